@@ -1,0 +1,10 @@
+"""Number formats: what each format's codes are and what values they stand for.
+
+Formats are registered under exact names (``int8``, ``uint4``, ...); see
+:func:`get_format` and :func:`list_formats`. Each family lives in its own module.
+"""
+
+from ._registry import NumberFormat, get_format, list_formats, register
+from .integer import IntFormat, int_format
+
+__all__ = ["NumberFormat", "get_format", "list_formats", "register", "IntFormat", "int_format"]

@@ -1,0 +1,354 @@
+"""Uniform (affine) integer quantization: quantize, dequantize, fake-quantize.
+
+The affine map between a real value ``x`` and an integer code ``q`` is
+
+.. math::
+
+    q = \\mathrm{clamp}\\big(\\mathrm{round}(x / s) + z,\\; q_{min},\\; q_{max}\\big),
+    \\qquad \\hat{x} = (q - z)\\, s
+
+with scale ``s > 0`` and zero point ``z`` (``z = 0``: symmetric). Peers agree on
+this formula and disagree on the details, so each detail is a named argument:
+
+==========================  ==================================================
+argument                    choices (default first)
+==========================  ==================================================
+``rounding``                half_even, half_away, half_up, half_down, half_zero,
+                            floor, ceil, trunc, stochastic (see ``rounding.py``)
+``scale_op``                ``"divide"`` x / s, ``"reciprocal"`` x * (1 / s)
+                            with the reciprocal rounded to ``precision`` first
+                            (PyTorch, pytorch#139464)
+``precision``               ``"float64"`` (the exact quotient of float32 inputs
+                            is rounded correctly: no false ties below 2^26),
+                            ``"float32"`` (x, s and x / s rounded to float32, as
+                            ONNX, onnxruntime and PyTorch compute)
+``zero_point_stage``        ``"after_rounding"`` round(x/s) + z,
+                            ``"before_rounding"`` round(x/s + z) (PyTorch's
+                            learnable fake-quant; float zero points)
+``clamp_stage``             ``"after_rounding"``, ``"before_rounding"``
+``overflow``                ``"saturate"`` clamp to [qmin, qmax], ``"wrap"``
+                            (two's complement at the format's width), ``"raise"``
+``nan``                     ``"raise"``, ``"zero"`` (code 0), ``"zero_point"``,
+                            ``"qmin"``, ``"qmax"``
+``inf``                     ``"saturate"`` (±Inf go to the ends of the range,
+                            also under overflow="wrap"), ``"raise"``
+==========================  ==================================================
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._errors import RefquantError
+from ..formats.integer import IntFormat, int_format
+from ._granularity import broadcast_param, check_block_size, normalize_axis
+from .rounding import round_to_int
+
+__all__ = ["quantize", "dequantize", "fake_quantize"]
+
+_PRECISIONS = {"float64": np.float64, "float32": np.float32}
+_CHOICES = {
+    "scale_op": ("divide", "reciprocal"),
+    "zero_point_stage": ("after_rounding", "before_rounding"),
+    "clamp_stage": ("after_rounding", "before_rounding"),
+    "overflow": ("saturate", "wrap", "raise"),
+    "nan": ("raise", "zero", "zero_point", "qmin", "qmax"),
+    "inf": ("saturate", "raise"),
+}
+
+
+def _choice(name, value):
+    if value not in _CHOICES[name]:
+        raise RefquantError(f"{name} must be one of {', '.join(_CHOICES[name])}; got {value!r}")
+
+
+def _as_float_array(x, name):
+    a = np.asarray(x)
+    if a.dtype.kind == "f" or a.dtype.name in ("bfloat16",):
+        return a
+    if a.dtype.kind in "iub":
+        return a.astype(np.float64)
+    raise RefquantError(f"{name} must be a real floating-point array, got dtype {a.dtype}")
+
+
+def _precision(precision):
+    try:
+        return _PRECISIONS[precision]
+    except KeyError:
+        raise RefquantError(
+            f"precision must be one of {', '.join(_PRECISIONS)}; got {precision!r}"
+        ) from None
+
+
+def check_scale(scale, name: str = "scale") -> np.ndarray:
+    """``scale`` as a float array; every element must be finite and > 0."""
+    s = np.asarray(scale)
+    if s.dtype.kind not in "fiu" and s.dtype.name != "bfloat16":
+        raise RefquantError(f"{name} must be a real number or array, got dtype {s.dtype}")
+    s64 = s.astype(np.float64)
+    bad = ~(np.isfinite(s64) & (s64 > 0))
+    if bad.any():
+        first = s64.reshape(-1)[np.flatnonzero(bad.reshape(-1))[0]]
+        raise RefquantError(
+            f"{name} must be finite and > 0; found {first!r} "
+            f"({int(bad.sum())} of {s64.size} element(s) invalid)"
+        )
+    return s
+
+
+def check_zero_point(zero_point, fmt: IntFormat, *, allow_float: bool, name="zero_point"):
+    """``zero_point`` as an int64 array inside [qmin, qmax] (or float64 if allowed)."""
+    z = np.asarray(zero_point)
+    if z.dtype.kind == "f" or z.dtype.name == "bfloat16":
+        z64 = z.astype(np.float64)
+        if not np.isfinite(z64).all():
+            raise RefquantError(f"{name} must be finite, got {z64[~np.isfinite(z64)][0]!r}")
+        if allow_float:
+            return z64
+        if not (z64 == np.round(z64)).all():
+            raise RefquantError(
+                f"{name} must be integral when added after rounding; got "
+                f"{z64[z64 != np.round(z64)][0]!r} (use zero_point_stage='before_rounding' "
+                "for float zero points)"
+            )
+        z = z64
+    elif z.dtype.kind not in "iub" and z.dtype.kind != "V":
+        raise RefquantError(f"{name} must be an integer or array of integers, got dtype {z.dtype}")
+    zi = z.astype(np.int64)
+    out = (zi < fmt.qmin) | (zi > fmt.qmax)
+    if out.any():
+        raise RefquantError(
+            f"{name} {int(zi[out].reshape(-1)[0])} is outside the range "
+            f"[{fmt.qmin}, {fmt.qmax}] of {fmt.name}"
+        )
+    return zi
+
+
+def _granularity(x, axis, block_size):
+    if axis is not None:
+        axis = normalize_axis(axis, x.ndim)
+    block_size = check_block_size(block_size, axis)
+    return axis, block_size
+
+
+def quantize(
+    x,
+    scale,
+    zero_point=0,
+    *,
+    dtype="int8",
+    axis=None,
+    block_size=None,
+    rounding="half_even",
+    narrow_range=None,
+    scale_op="divide",
+    precision="float64",
+    zero_point_stage="after_rounding",
+    clamp_stage="after_rounding",
+    overflow="saturate",
+    nan="raise",
+    inf="saturate",
+    seed=None,
+    rng=None,
+    out_dtype=None,
+) -> np.ndarray:
+    """Quantize real values to integer codes of ``dtype``.
+
+    Parameters
+    ----------
+    x : array_like of float
+        Values to quantize (integers are converted to float64). Never modified.
+    scale : float or array_like
+        Step size; scalar (per tensor), 1-D of ``x.shape[axis]`` (per axis) or
+        ``x``'s shape with ``ceil(n / block_size)`` along ``axis`` (blocked).
+        Every element finite and > 0.
+    zero_point : int or array_like, default 0
+        Same shape rules as ``scale``; inside [qmin, qmax] of ``dtype``. Float
+        zero points are allowed with ``zero_point_stage="before_rounding"``.
+    dtype : str, IntFormat or integer dtype, default "int8"
+        The code grid (``"int4"``, ``"uint8"``, ``IntFormat(6)``, ...).
+    axis, block_size : int, optional
+        Granularity (see ``_granularity.py``); negative axes count from the end.
+    rounding : str, default "half_even"
+        Rounding of ``x / s`` (see :func:`refquant.quant.rounding.round_to_int`).
+    narrow_range : bool, optional
+        Override the format's narrow range (int8 in [-127, 127]).
+    scale_op, precision, zero_point_stage, clamp_stage, overflow, nan, inf
+        The semantic choices tabulated in this module's docstring.
+    seed, rng
+        For ``rounding="stochastic"`` only.
+    out_dtype : dtype, optional
+        Output dtype; default the format's storage dtype (int4 -> int8).
+
+    Returns
+    -------
+    numpy.ndarray of integers, same shape as ``x``.
+
+    Formula
+    -------
+    :math:`q = \\mathrm{clamp}(\\mathrm{round}(x / s) + z, q_{min}, q_{max})`
+    (with the stages and operations chosen by the arguments).
+
+    Reference
+    ---------
+    ONNX QuantizeLinear-21 ("saturate(round(x / y_scale) + y_zero_point)", round
+    half to even); Jacob et al., "Quantization and Training of Neural Networks for
+    Efficient Integer-Arithmetic-Only Inference", CVPR 2018, eq. (1).
+    """
+    fmt = int_format(dtype, narrow_range)
+    for name, val in (
+        ("scale_op", scale_op),
+        ("zero_point_stage", zero_point_stage),
+        ("clamp_stage", clamp_stage),
+        ("overflow", overflow),
+        ("nan", nan),
+        ("inf", inf),
+    ):
+        _choice(name, val)
+    ft = _precision(precision)
+    xa = _as_float_array(x, "x")
+    axis, block_size = _granularity(xa, axis, block_size)
+    s = broadcast_param(check_scale(scale), xa.shape, axis, block_size, "scale").astype(ft)
+    z = broadcast_param(
+        check_zero_point(zero_point, fmt, allow_float=zero_point_stage == "before_rounding"),
+        xa.shape,
+        axis,
+        block_size,
+        "zero_point",
+    )
+
+    xf = xa.astype(ft)
+    if inf == "raise" and np.isinf(xf).any():
+        raise RefquantError("x contains ±Inf and inf='raise'")
+    if nan == "raise" and np.isnan(xf).any():
+        raise RefquantError(
+            f"x contains {int(np.isnan(xf).sum())} NaN value(s) and nan='raise'; choose a NaN "
+            "policy (nan='zero', 'zero_point', 'qmin' or 'qmax') to quantize them"
+        )
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        if scale_op == "divide":
+            v = xf / s
+        else:
+            v = xf * (ft(1) / s).astype(ft)
+        if zero_point_stage == "before_rounding":
+            v = (v + z.astype(ft)).astype(ft)
+            lo, hi = fmt.qmin, fmt.qmax
+        else:
+            lo, hi = fmt.qmin - z, fmt.qmax - z
+        if clamp_stage == "before_rounding":
+            v = np.clip(v, lo, hi).astype(ft)
+        r = round_to_int(v, rounding, seed=seed, rng=rng).astype(np.float64)
+        if zero_point_stage == "after_rounding":
+            r = r + z
+    nan_mask = np.isnan(r)
+    r = np.where(nan_mask, 0.0, r)
+    inf_mask = np.isinf(r)
+    if overflow == "saturate" or inf_mask.any():
+        sat = np.clip(r, fmt.qmin, fmt.qmax)
+        r = sat if overflow == "saturate" else np.where(inf_mask, sat, r)
+    if overflow == "raise":
+        bad = (r < fmt.qmin) | (r > fmt.qmax)
+        if bad.any():
+            raise RefquantError(
+                f"{int(bad.sum())} value(s) fall outside [{fmt.qmin}, {fmt.qmax}] of {fmt.name} "
+                f"(first: code {r[bad].reshape(-1)[0]:.17g}) and overflow='raise'"
+            )
+    qi = r.astype(np.int64) if overflow != "wrap" else _wrap(r, fmt)
+    if nan_mask.any():
+        fill = {"zero": 0, "qmin": fmt.qmin, "qmax": fmt.qmax}.get(nan)
+        qi = np.where(nan_mask, z if fill is None else fill, qi)
+        if nan == "zero" and not fmt.qmin <= 0 <= fmt.qmax:
+            raise RefquantError(f"nan='zero' but code 0 is outside the range of {fmt.name}")
+    qi = np.asarray(qi)
+    return qi.astype(fmt.storage_dtype if out_dtype is None else out_dtype)
+
+
+def _wrap(r: np.ndarray, fmt: IntFormat) -> np.ndarray:
+    """Two's-complement wrap of integral floats to the format's width (exact for |r| < 2^63)."""
+    big = np.abs(r) >= 2.0**62
+    if big.any():
+        raise RefquantError(
+            f"overflow='wrap' needs |round(x / s) + z| < 2^62; got {r[big].reshape(-1)[0]:.17g}"
+        )
+    span = 1 << fmt.bits
+    w = np.mod(r.astype(np.int64) - fmt.qmin, span) + fmt.qmin
+    return w
+
+
+def dequantize(
+    q, scale, zero_point=0, *, axis=None, block_size=None, out_dtype=np.float32
+) -> np.ndarray:
+    """Map integer codes back to real values: ``(q - z) * s``.
+
+    Parameters
+    ----------
+    q : array_like of integers (NumPy or ml_dtypes integer types)
+    scale, zero_point, axis, block_size
+        As for :func:`quantize`. Float zero points are accepted here.
+    out_dtype : float dtype, default float32
+
+    Formula
+    -------
+    :math:`\\hat{x} = (q - z)\\,s`, evaluated as the exact integer ``q - z`` times
+    ``s`` rounded once to ``out_dtype``. For float32 scales and ``|q - z| < 2^24``
+    this equals the float32 product ``float32(q - z) * s`` (ONNX DequantizeLinear,
+    onnx.reference), since both are the correctly rounded exact product.
+
+    Reference
+    ---------
+    ONNX DequantizeLinear-21: "y = (x - x_zero_point) * x_scale".
+    """
+    qa = np.asarray(q)
+    if qa.dtype.kind not in "iub" and qa.dtype.name not in ("int2", "int4", "uint2", "uint4"):
+        raise RefquantError(f"q must be an array of integer codes, got dtype {qa.dtype}")
+    axis, block_size = _granularity(qa, axis, block_size)
+    s = broadcast_param(check_scale(scale), qa.shape, axis, block_size, "scale")
+    z = np.asarray(zero_point)
+    if z.dtype.kind == "f":
+        diff = qa.astype(np.float64) - broadcast_param(z, qa.shape, axis, block_size, "zero_point")
+    else:
+        if z.dtype.kind not in "iub" and z.dtype.kind != "V":
+            raise RefquantError(f"zero_point must be integers, got dtype {z.dtype}")
+        diff = qa.astype(np.int64) - broadcast_param(
+            z.astype(np.int64), qa.shape, axis, block_size, "zero_point"
+        )
+    return (diff * s.astype(np.float64)).astype(out_dtype)
+
+
+def fake_quantize(
+    x,
+    scale,
+    zero_point=0,
+    *,
+    dtype="int8",
+    axis=None,
+    block_size=None,
+    rounding="half_even",
+    out_dtype=np.float32,
+    **semantics,
+) -> np.ndarray:
+    """Quantize then dequantize: the value ``x`` takes on the grid, as a float array.
+
+    Takes every argument of :func:`quantize` (``**semantics``), and ``out_dtype``.
+
+    Formula
+    -------
+    :math:`\\tilde{x} = (\\mathrm{clamp}(\\mathrm{round}(x/s) + z, q_{min}, q_{max}) - z)\\,s`
+
+    Reference
+    ---------
+    PyTorch ``torch.fake_quantize_per_tensor_affine`` (with scale_op="reciprocal",
+    precision="float32"); TF ``fake_quant_with_min_max_vars``.
+    """
+    q = quantize(
+        x,
+        scale,
+        zero_point,
+        dtype=dtype,
+        axis=axis,
+        block_size=block_size,
+        rounding=rounding,
+        out_dtype=np.int64,
+        **semantics,
+    )
+    return dequantize(q, scale, zero_point, axis=axis, block_size=block_size, out_dtype=out_dtype)

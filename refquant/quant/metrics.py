@@ -1,0 +1,60 @@
+"""Error metrics of a quantization: MSE, SQNR, max absolute error, error in steps."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._errors import RefquantError
+from ._granularity import broadcast_param, check_block_size, normalize_axis
+
+__all__ = ["mse", "sqnr_db", "max_abs_error", "error_in_steps"]
+
+
+def _pair(x, y):
+    a = np.asarray(x, dtype=np.float64)
+    b = np.asarray(y, dtype=np.float64)
+    if a.shape != b.shape:
+        raise RefquantError(f"shapes differ: {a.shape} (reference) vs {b.shape} (approximation)")
+    return a, b
+
+
+def mse(x, y) -> float:
+    """Mean squared error :math:`\\frac1n \\sum (x_i - y_i)^2`, in float64 (0 for empty input)."""
+    a, b = _pair(x, y)
+    return float(np.mean((a - b) ** 2)) if a.size else 0.0
+
+
+def sqnr_db(x, y) -> float:
+    """Signal-to-quantization-noise ratio :math:`10 \\log_{10}(\\sum x^2 / \\sum (x - y)^2)` in dB.
+
+    ``x`` is the reference signal, ``y`` its quantized approximation. Returns
+    +inf when the error is zero, -inf when the signal is zero and the error is not.
+    """
+    a, b = _pair(x, y)
+    sig = float(np.sum(a * a))
+    err = float(np.sum((a - b) ** 2))
+    if err == 0:
+        return float("inf")
+    if sig == 0:
+        return float("-inf")
+    return 10.0 * float(np.log10(sig / err))
+
+
+def max_abs_error(x, y) -> float:
+    """:math:`\\max_i |x_i - y_i|` in float64 (0 for empty input)."""
+    a, b = _pair(x, y)
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def error_in_steps(x, y, scale, *, axis=None, block_size=None) -> np.ndarray:
+    """Elementwise error measured in quantization steps (LSB): :math:`|x - y| / s`.
+
+    ``scale`` follows the granularity rules of :func:`refquant.quantize`. A
+    round-to-nearest quantizer inside its range has errors <= 0.5 step.
+    """
+    a, b = _pair(x, y)
+    if axis is not None:
+        axis = normalize_axis(axis, a.ndim)
+    block_size = check_block_size(block_size, axis)
+    s = broadcast_param(np.asarray(scale, dtype=np.float64), a.shape, axis, block_size, "scale")
+    return np.abs(a - b) / s

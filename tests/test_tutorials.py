@@ -1,0 +1,30 @@
+"""Every tutorial runs as a script, headless, and ends with its own assertions."""
+
+import os
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+TUTORIALS = sorted((Path(__file__).resolve().parents[1] / "tutorials").glob("[0-9][0-9]_*.py"))
+
+
+def test_there_are_tutorials():
+    assert TUTORIALS, "tutorials/ holds no NN_topic.py files"
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
+def test_tutorial_runs(path, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    monkeypatch.chdir(tmp_path)  # plots are saved into the working directory
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setattr(sys, "argv", [str(path)])
+    runpy.run_path(str(path), run_name="__main__")
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    assert os.listdir(tmp_path) is not None
