@@ -1,0 +1,219 @@
+"""Bit packing: several sub-byte codes per storage word, and back.
+
+Codes of ``bits`` bits (1, 2, 4 or 8) are packed along one axis into words of
+8, 32 or 64 bits. ``per = word_bits // bits`` consecutive codes fill one word;
+a length that is not a multiple of ``per`` is padded at the end with ``pad``
+(0 by default) and :func:`unpack` takes the original length back.
+
+``order`` says where the first code of a word goes::
+
+    4-bit codes c0 c1 into one uint8 word:
+
+      order="low_first"  (ONNX int4 raw data, ggml, compressed-tensors, NumPy bitorder="little")
+        bit  7 6 5 4 3 2 1 0
+            [  c1   |  c0   ]
+
+      order="high_first" (bitsandbytes' 4-bit, NumPy packbits bitorder="big")
+        bit  7 6 5 4 3 2 1 0
+            [  c0   |  c1   ]
+
+    1-bit codes b0..b31 into one uint32 word:
+
+      order="low_first":  bit i holds b_i          (b0 is the least significant bit)
+      order="high_first": bit 31 - i holds b_i     (b0 is the most significant bit)
+
+Words are integers in the machine's native byte order. Signed codes are stored
+in two's complement within their field (int4 -8 -> 0b1000) and sign-extended by
+``unpack(..., signed=True)``.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+
+from .._errors import RefquantError
+
+__all__ = [
+    "pack",
+    "unpack",
+    "pack_nibbles",
+    "unpack_nibbles",
+    "pack_bits",
+    "unpack_bits",
+    "pack_int4_to_int32",
+    "unpack_int4_from_int32",
+]
+
+_WORDS = {"uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64}
+_ORDERS = ("low_first", "high_first")
+
+
+def _check(bits, order, word):
+    if bits not in (1, 2, 4, 8):
+        raise RefquantError(f"bits must be 1, 2, 4 or 8; got {bits!r}")
+    if order not in _ORDERS:
+        raise RefquantError(f"order must be 'low_first' or 'high_first'; got {order!r}")
+    try:
+        wt = np.dtype(_WORDS[word] if isinstance(word, str) else word)
+    except (KeyError, TypeError):
+        raise RefquantError(f"word must be one of {', '.join(_WORDS)}; got {word!r}") from None
+    if wt.name not in _WORDS:
+        raise RefquantError(f"word must be one of {', '.join(_WORDS)}; got {word!r}")
+    wbits = wt.itemsize * 8
+    if bits > wbits:
+        raise RefquantError(f"{bits}-bit codes do not fit a {wt.name} word")
+    return wt, wbits // bits
+
+
+def _shifts(per, bits, order, wt):
+    s = np.arange(per, dtype=np.uint64) * np.uint64(bits)
+    if order == "high_first":
+        s = s[::-1]
+    return s.astype(wt)
+
+
+def pack(codes, bits, *, axis=-1, order="low_first", word="uint8", pad=0) -> np.ndarray:
+    """Pack ``bits``-wide codes along ``axis`` into words.
+
+    Parameters
+    ----------
+    codes : array_like of integers
+        Unsigned codes in ``[0, 2^bits)`` or signed codes in
+        ``[-2^(bits-1), 2^(bits-1))`` (stored in two's complement).
+    bits : {1, 2, 4, 8}
+    axis : int
+        Axis along which consecutive codes share a word.
+    order : "low_first" or "high_first"
+        Where the first code of a word goes (see the module diagram).
+    word : "uint8", "uint16", "uint32" or "uint64"
+    pad : int
+        Code used to fill the last word when the length is not a multiple.
+
+    Returns
+    -------
+    numpy.ndarray of ``word``: the shape of ``codes`` with ``ceil(n / per)``
+    along ``axis``.
+
+    Reference
+    ---------
+    ONNX IR "int4 ... packed two per byte, the first element in the low nibble";
+    numpy.packbits (``bitorder``); compressed-tensors ``pack_to_int32``.
+    """
+    wt, per = _check(bits, order, word)
+    c = np.asarray(codes)
+    if c.dtype.kind not in "iub" and c.dtype.name not in ("int4", "uint4", "int2", "uint2"):
+        raise RefquantError(f"codes must be integers, got dtype {c.dtype}")
+    c = c.astype(np.int64)
+    if c.ndim == 0:
+        raise RefquantError("codes must have at least one dimension")
+    ax = _axis(axis, c.ndim)
+    lo, hi = -(1 << (bits - 1)), (1 << bits) - 1
+    if c.size and (c.min() < lo or c.max() > hi):
+        bad = c[(c < lo) | (c > hi)].reshape(-1)[0]
+        raise RefquantError(
+            f"code {int(bad)} does not fit {bits} bits (allowed {lo} .. {hi})"
+        )
+    if not lo <= pad <= hi:
+        raise RefquantError(f"pad {pad} does not fit {bits} bits")
+    c = np.moveaxis(c, ax, -1)
+    n = c.shape[-1]
+    nw = -(-n // per)
+    if nw * per != n:
+        c = np.concatenate([c, np.full(c.shape[:-1] + (nw * per - n,), pad, np.int64)], axis=-1)
+    field = (c & ((1 << bits) - 1)).astype(wt).reshape(c.shape[:-1] + (nw, per))
+    words = np.bitwise_or.reduce(field << _shifts(per, bits, order, wt), axis=-1)
+    return np.moveaxis(words.astype(wt), -1, ax)
+
+
+def unpack(packed, bits, n=None, *, axis=-1, order="low_first", signed=False) -> np.ndarray:
+    """Inverse of :func:`pack`: the first ``n`` codes along ``axis`` (all when None).
+
+    Returns uint8 codes, or int8 codes sign-extended from ``bits`` when
+    ``signed``. The word type is the dtype of ``packed``.
+    """
+    w = np.asarray(packed)
+    wt, per = _check(bits, order, w.dtype.name if w.dtype.name in _WORDS else w.dtype)
+    if w.ndim == 0:
+        raise RefquantError("packed must have at least one dimension")
+    ax = _axis(axis, w.ndim)
+    w = np.moveaxis(w, ax, -1)
+    total = w.shape[-1] * per
+    if n is None:
+        n = total
+    n = operator.index(n)
+    if not 0 <= n <= total:
+        raise RefquantError(
+            f"n {n} is out of range: {w.shape[-1]} word(s) hold at most {total} codes"
+        )
+    fields = (w[..., None] >> _shifts(per, bits, order, wt)) & wt.type((1 << bits) - 1)
+    c = fields.reshape(w.shape[:-1] + (total,))[..., :n]
+    if signed:
+        c = c.astype(np.int16)
+        c = np.where(c >= (1 << (bits - 1)), c - (1 << bits), c).astype(np.int8)
+    else:
+        c = c.astype(np.uint8)
+    return np.moveaxis(c, -1, ax)
+
+
+def _axis(axis, ndim):
+    try:
+        a = operator.index(axis)
+    except TypeError:
+        raise RefquantError(f"axis must be an integer, got {axis!r}") from None
+    if not -ndim <= a < ndim:
+        raise RefquantError(f"axis {a} is out of range for an array of {ndim} dimension(s)")
+    return a % ndim
+
+
+def pack_nibbles(codes, *, axis=-1, order="low_first", pad=0) -> np.ndarray:
+    """Two 4-bit codes per byte (int4 / uint4). ``order="low_first"`` is ONNX's layout."""
+    return pack(codes, 4, axis=axis, order=order, word="uint8", pad=pad)
+
+
+def unpack_nibbles(packed, n=None, *, axis=-1, order="low_first", signed=False) -> np.ndarray:
+    """Inverse of :func:`pack_nibbles`."""
+    return unpack(np.asarray(packed, dtype=np.uint8), 4, n, axis=axis, order=order, signed=signed)
+
+
+def pack_bits(bits_, *, axis=-1, order="low_first", word="uint8") -> np.ndarray:
+    """One bit per element (0/1 or bool) into words; pads with 0 bits."""
+    b = np.asarray(bits_)
+    if b.dtype == bool:
+        b = b.astype(np.uint8)
+    return pack(b, 1, axis=axis, order=order, word=word)
+
+
+def unpack_bits(packed, n=None, *, axis=-1, order="low_first") -> np.ndarray:
+    """Inverse of :func:`pack_bits`, as uint8 0/1."""
+    return unpack(packed, 1, n, axis=axis, order=order)
+
+
+def pack_int4_to_int32(codes, *, axis=-1) -> np.ndarray:
+    """compressed-tensors ``pack-quantized``: eight int4 codes per int32 along ``axis``.
+
+    Signed codes in [-8, 7] are first offset by +8 to [0, 15] (as compressed-tensors'
+    ``pack_to_int32`` does for signed types), then packed low nibble first into
+    uint32 words that are returned viewed as int32.
+
+    Reference
+    ---------
+    neuralmagic/compressed-tensors, ``compressors/quantized_compressors/pack_quantized.py``.
+    """
+    c = np.asarray(codes)
+    if c.dtype.kind not in "iu":
+        raise RefquantError(f"codes must be integers, got dtype {c.dtype}")
+    c = c.astype(np.int64)
+    if c.size and (c.min() < -8 or c.max() > 7):
+        raise RefquantError(f"int4 codes must be in [-8, 7]; got {int(c[(c < -8) | (c > 7)][0])}")
+    return pack(c + 8, 4, axis=axis, order="low_first", word="uint32").view(np.int32)
+
+
+def unpack_int4_from_int32(packed, n, *, axis=-1) -> np.ndarray:
+    """Inverse of :func:`pack_int4_to_int32`: int8 codes in [-8, 7]."""
+    w = np.asarray(packed)
+    if w.dtype != np.int32:
+        raise RefquantError(f"packed must be int32, got dtype {w.dtype}")
+    u = unpack(w.view(np.uint32), 4, n, axis=axis, order="low_first")
+    return (u.astype(np.int16) - 8).astype(np.int8)

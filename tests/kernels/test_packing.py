@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from refquant import RefquantError
+from refquant.kernels.packing import (
+    pack,
+    pack_bits,
+    pack_int4_to_int32,
+    pack_nibbles,
+    unpack,
+    unpack_int4_from_int32,
+    unpack_nibbles,
+)
+
+
+def test_nibble_orders_by_hand():
+    # ONNX: first element in the low nibble; bitsandbytes: in the high nibble
+    np.testing.assert_array_equal(pack_nibbles([1, 2, 3]), [0x21, 0x03])
+    np.testing.assert_array_equal(pack_nibbles([1, 2, 3], order="high_first"), [0x12, 0x30])
+    np.testing.assert_array_equal(pack_nibbles([-8, 7, -1, 0]), [0x78, 0x0F])
+
+
+def test_compressed_tensors_pack_quantized_layout():
+    # eight int4 per int32, offset by +8, first element in the lowest nibble
+    w = pack_int4_to_int32(np.arange(-8, 8))
+    np.testing.assert_array_equal(w.view(np.uint32), [0x76543210, 0xFEDCBA98])
+    np.testing.assert_array_equal(unpack_int4_from_int32(w, 16), np.arange(-8, 8))
+
+
+@given(hnp.arrays(np.uint8, st.tuples(st.integers(1, 4), st.integers(1, 70)),
+                  elements=st.integers(0, 1)),
+       st.sampled_from([("low_first", "little"), ("high_first", "big")]))
+def test_one_bit_packing_matches_numpy_packbits(b, orders):
+    order, bitorder = orders
+    np.testing.assert_array_equal(pack_bits(b, order=order), np.packbits(b, axis=-1, bitorder=bitorder))
+    np.testing.assert_array_equal(pack_bits(b.T, axis=0, order=order),
+                                  np.packbits(b.T, axis=0, bitorder=bitorder))
+
+
+@given(st.sampled_from([1, 2, 4, 8]), st.sampled_from(["uint8", "uint16", "uint32", "uint64"]),
+       st.sampled_from(["low_first", "high_first"]), st.integers(1, 100), st.data())
+def test_round_trip_with_padding(bits, word, order, n, data):
+    codes = data.draw(hnp.arrays(np.int64, (2, n), elements=st.integers(0, (1 << bits) - 1)))
+    packed = pack(codes, bits, order=order, word=word)
+    per = np.dtype(word).itemsize * 8 // bits
+    assert packed.shape == (2, -(-n // per)) and packed.dtype == np.dtype(word)
+    np.testing.assert_array_equal(unpack(packed, bits, n, order=order), codes)
+
+
+def test_words_are_little_endian_packed_bytes_when_low_first():
+    b = np.random.default_rng(0).integers(0, 2, 64).astype(np.uint8)
+    w64 = pack_bits(b, word="uint64")
+    assert w64.astype("<u8").tobytes() == pack_bits(b).tobytes()
+
+
+def test_signed_unpack_sign_extends():
+    np.testing.assert_array_equal(unpack_nibbles(pack_nibbles([-8, -1, 7]), 3, signed=True),
+                                  [-8, -1, 7])
+    np.testing.assert_array_equal(unpack(pack([-2, 1, -1], 2), 2, 3, signed=True), [-2, 1, -1])
+
+
+def test_bad_input():
+    with pytest.raises(RefquantError, match="code 16 does not fit 4 bits"):
+        pack_nibbles([16])
+    with pytest.raises(RefquantError, match="bits must be 1, 2, 4 or 8"):
+        pack([1], 3)
+    with pytest.raises(RefquantError, match="order"):
+        pack([1], 4, order="msb")
+    with pytest.raises(RefquantError, match="n 5 is out of range"):
+        unpack_nibbles(np.zeros(2, np.uint8), 5)
+    with pytest.raises(RefquantError, match="int4 codes must be in"):
+        pack_int4_to_int32([8])
+    with pytest.raises(RefquantError, match="axis 1 is out of range"):
+        pack_bits([1, 0], axis=1)

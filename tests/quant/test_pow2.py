@@ -1,0 +1,64 @@
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from refquant import RefquantError
+from refquant.quant.pow2 import (
+    article_binary_formula,
+    fsr_exponent_range,
+    pow2_exponent,
+    pow2_quantize,
+)
+
+
+def test_log_and_linear_boundaries_differ_between_sqrt2_and_1_5():
+    x = np.array([1.4, 1.45, 1.5, 1.6])
+    np.testing.assert_array_equal(pow2_quantize(x, boundary="log")[0], [1, 2, 2, 2])
+    np.testing.assert_array_equal(pow2_quantize(x, boundary="linear")[0], [1, 1, 2, 2])
+    np.testing.assert_array_equal(pow2_quantize(x, boundary="floor")[0], [1, 1, 1, 1])
+
+
+def test_sqrt2_neighbours_are_split_exactly():
+    up = math.sqrt(2)  # fl(sqrt 2) > sqrt 2
+    down = np.nextafter(up, 0)
+    np.testing.assert_array_equal(pow2_exponent([up, down, -4 * up, 4 * down]), [1, 0, 3, 2])
+
+
+@given(st.floats(1e-300, 1e300))
+def test_log_boundary_gives_the_nearest_power_in_log_distance(v):
+    k = int(pow2_exponent([v])[0])
+    d = abs(math.log2(v) - k)
+    assert d <= 0.5 + 1e-12
+    assert abs(math.log2(v) - (k + 1)) >= 0.5 - 1e-12 and abs(math.log2(v) - (k - 1)) >= 0.5 - 1e-12
+
+
+def test_clipping_and_underflow():
+    x = np.array([1e-9, 1e9, 0.0, -3.0])
+    v, k = pow2_quantize(x, min_exp=-4, max_exp=4)
+    np.testing.assert_array_equal(v, [2**-4, 16, 0, -4])
+    v, _ = pow2_quantize(x, min_exp=-4, max_exp=4, underflow="zero")
+    assert v[0] == 0
+
+
+def test_miyashita_fsr_range():
+    assert fsr_exponent_range(0, 3) == (-8, 0)
+
+
+def test_article_formula_flips_the_exponent_of_negative_values():
+    out = article_binary_formula(np.array([0.3, -0.3, 5.0, -5.0, 0.0]))
+    np.testing.assert_array_equal(out[:4], [0.25, -4.0, 4.0, -0.25])
+    assert np.isnan(out[4])
+    intended, _ = pow2_quantize(np.array([0.3, -0.3, 5.0, -5.0]), boundary="floor")
+    np.testing.assert_array_equal(intended, [0.25, -0.25, 4.0, -4.0])
+
+
+def test_bad_input():
+    with pytest.raises(RefquantError, match="finite"):
+        pow2_quantize([np.inf])
+    with pytest.raises(RefquantError, match="boundary"):
+        pow2_quantize([1.0], boundary="round")
+    with pytest.raises(RefquantError, match="min_exp <= max_exp"):
+        pow2_quantize([1.0], min_exp=3, max_exp=1)
