@@ -28,3 +28,12 @@ def test_tutorial_runs(path, tmp_path, monkeypatch):
 
     plt.close("all")
     assert os.listdir(tmp_path) is not None
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
+def test_tutorial_opens_as_a_notebook_with_maths_and_code(path):
+    jupytext = pytest.importorskip("jupytext")
+    nb = jupytext.read(path, fmt="py:percent")
+    kinds = [c.cell_type for c in nb.cells]
+    assert kinds.count("markdown") >= 2 and kinds.count("code") >= 2
+    assert any("$" in c.source for c in nb.cells if c.cell_type == "markdown")
