@@ -4,6 +4,7 @@ Formats are registered under exact names (``int8``, ``uint4``, ...); see
 :func:`get_format` and :func:`list_formats`. Each family lives in its own module.
 """
 
+from . import floats  # noqa: F401  (registers float8_*, float6_*, float4_*, bfloat16, float16)
 from ._registry import NumberFormat, get_format, list_formats, register
 from .integer import IntFormat, int_format
 
