@@ -1,0 +1,671 @@
+"""ONNX's quantization operators, by the operator's own names and attribute names.
+
+One function per operator, read beside its spec (``onnx/defs/quantization/defs.cc``
+and ``old.cc``; the rendered text is ``onnx.defs.get_schema(op, opset).doc``):
+
+=========================  ============================================================
+function                   operator (opsets whose semantics it covers)
+=========================  ============================================================
+:func:`quantize_linear`    QuantizeLinear 10, 13, 19, 21, 23, 24, 25
+:func:`dequantize_linear`  DequantizeLinear 10, 13, 19, 21, 23, 24, 25
+:func:`dynamic_quantize_linear`  DynamicQuantizeLinear 11
+:func:`matmul_integer`     MatMulInteger 10
+:func:`qlinear_matmul`     QLinearMatMul 10, 21 (integer types)
+=========================  ============================================================
+
+Types are TensorProto enum values (``3``), their names (``"INT8"``, ``"int8"``,
+``"float8e4m3fn"``), refquant format names (``"float8_e4m3fn"``) or NumPy /
+ml_dtypes dtypes. Results carry the ONNX element type as a NumPy or ml_dtypes
+dtype (``ml_dtypes.int4`` for INT4, ``ml_dtypes.float8_e4m3fn`` for
+FLOAT8E4M3FN), so they feed straight back into :func:`dequantize_linear`.
+
+The arithmetic is refquant's core (:func:`refquant.quantize`,
+:func:`refquant.dequantize`, :func:`refquant.qparams_from_range`, the float
+formats of :mod:`refquant.formats.floats`); this module only fixes its arguments
+the way the spec reads. Where ``onnx.reference`` (the NumPy reference evaluator)
+departs from the spec, the spec is the default and ``reference_quirks=True``
+gives the evaluator's result; every such departure is listed in the function's
+docstring with its cause.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import ml_dtypes
+import numpy as np
+
+from .._errors import RefquantError
+from ..formats.integer import int_format
+from ..quant._granularity import broadcast_param, normalize_axis
+from ..quant.affine import check_scale, dequantize, quantize
+from ..quant.qparams import minmax_range, qparams_from_range
+from ..quant.rounding import round_to_int
+
+__all__ = [
+    "TENSOR_TYPES",
+    "quantize_linear",
+    "dequantize_linear",
+    "dynamic_quantize_linear",
+    "matmul_integer",
+    "qlinear_matmul",
+]
+
+#: TensorProto.DataType enum values of the types these operators use (onnx/onnx.proto).
+TENSOR_TYPES = {
+    "float": 1, "uint8": 2, "int8": 3, "uint16": 4, "int16": 5, "int32": 6,
+    "double": 11, "float16": 10, "bfloat16": 16, "float8e4m3fn": 17, "float8e4m3fnuz": 18,
+    "float8e5m2": 19, "float8e5m2fnuz": 20, "uint4": 21, "int4": 22, "float4e2m1": 23,
+    "float8e8m0": 24, "uint2": 25, "int2": 26,
+}
+_BY_ENUM = {v: k for k, v in TENSOR_TYPES.items()}
+
+_NUMPY = {
+    "float": np.dtype(np.float32), "double": np.dtype(np.float64),
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16), "int32": np.dtype(np.int32),
+    "uint8": np.dtype(np.uint8), "int8": np.dtype(np.int8),
+    "uint16": np.dtype(np.uint16), "int16": np.dtype(np.int16),
+    "uint4": np.dtype(ml_dtypes.uint4), "int4": np.dtype(ml_dtypes.int4),
+    "uint2": np.dtype(ml_dtypes.uint2), "int2": np.dtype(ml_dtypes.int2),
+    "float8e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
+    "float8e4m3fnuz": np.dtype(ml_dtypes.float8_e4m3fnuz),
+    "float8e5m2": np.dtype(ml_dtypes.float8_e5m2),
+    "float8e5m2fnuz": np.dtype(ml_dtypes.float8_e5m2fnuz),
+    "float4e2m1": np.dtype(ml_dtypes.float4_e2m1fn),
+    "float8e8m0": np.dtype(ml_dtypes.float8_e8m0fnu),
+}
+_BY_NUMPY = {v: k for k, v in _NUMPY.items()}
+
+# refquant.formats.floats names of the ONNX float types.
+_FLOAT_FORMATS = {
+    "float8e4m3fn": "float8_e4m3fn", "float8e4m3fnuz": "float8_e4m3fnuz",
+    "float8e5m2": "float8_e5m2", "float8e5m2fnuz": "float8_e5m2fnuz",
+    "float4e2m1": "float4_e2m1fn",
+}
+_INTEGER_OUTPUTS = ("uint8", "int8", "uint16", "int16", "uint4", "int4", "uint2", "int2")
+_PRECISIONS = ("float", "float16", "bfloat16")
+
+# QuantizeLinear / DequantizeLinear: the opset that first allows each quantized type
+# (the T2 / T3 type constraints in defs.cc and old.cc).
+_TYPE_SINCE = {
+    "uint8": 10, "int8": 10, "int32": 10,
+    "float8e4m3fn": 19, "float8e4m3fnuz": 19, "float8e5m2": 19, "float8e5m2fnuz": 19,
+    "uint16": 21, "int16": 21, "uint4": 21, "int4": 21,
+    "float4e2m1": 23,
+    "uint2": 25, "int2": 25,
+}
+# ... and each attribute.
+_ATTR_SINCE = {"axis": 13, "saturate": 19, "block_size": 21, "output_dtype": 21, "precision": 23}
+_OPSETS = (10, 13, 19, 21, 23, 24, 25)
+
+
+def _type_name(t, argname: str) -> str:
+    """ONNX type name of ``t`` (enum value, name, refquant name or dtype)."""
+    if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
+        if int(t) in _BY_ENUM:
+            return _BY_ENUM[int(t)]
+        raise RefquantError(f"{argname} {int(t)} is not a TensorProto type these operators take")
+    if isinstance(t, str):
+        key = t.lower().replace("_", "")
+        key = {"float32": "float", "float4e2m1fn": "float4e2m1", "float8e8m0fnu": "float8e8m0"}.get(
+            key, key
+        )
+        if key in TENSOR_TYPES:
+            return key
+        raise RefquantError(f"{argname} {t!r} is not an ONNX type name (e.g. 'int8', 'float8e4m3fn')")
+    try:
+        dt = np.dtype(t)
+    except TypeError:
+        raise RefquantError(f"{argname} {t!r} is not an ONNX type") from None
+    if dt in _BY_NUMPY:
+        return _BY_NUMPY[dt]
+    raise RefquantError(f"{argname} has dtype {dt}, which is not an ONNX type these operators take")
+
+
+def _check_opset(opset, used: dict, types: tuple) -> None:
+    if opset not in _OPSETS:
+        raise RefquantError(f"opset must be one of {_OPSETS}, got {opset!r}")
+    for attr, given in used.items():
+        if given and opset < _ATTR_SINCE[attr]:
+            raise RefquantError(
+                f"attribute {attr} needs opset >= {_ATTR_SINCE[attr]}; got opset {opset}"
+            )
+    for t in types:
+        if opset < _TYPE_SINCE.get(t, 0):
+            raise RefquantError(f"type {t} needs opset >= {_TYPE_SINCE[t]}; got opset {opset}")
+
+
+def _granularity(x_shape, scale, axis, block_size, argname):
+    """(axis, block_size) for the core from the shape of the scale, as the spec defines.
+
+    Scalar scale: per tensor. 1-D scale and block_size 0: per axis. Scale of x's
+    rank and block_size > 0: blocked, with block_size in the spec's accepted range
+    ``[ceil(Di/Si), ceil(Di/(Si-1)) - 1]``.
+    """
+    b = operator.index(block_size)
+    if b < 0:
+        raise RefquantError(f"block_size must be 0 (not blocked) or positive, got {b}")
+    s = np.asarray(scale)
+    if b == 0:
+        if s.size == 1:
+            return None, None
+        if s.ndim != 1:
+            raise RefquantError(
+                f"{argname} has shape {s.shape}; without block_size it must be a scalar "
+                "(per tensor) or a 1-D tensor (per axis)"
+            )
+        a = normalize_axis(axis, len(x_shape))
+        if s.shape[0] != x_shape[a]:
+            raise RefquantError(
+                f"{argname} has length {s.shape[0]} but per-axis quantization along axis {a} "
+                f"of an input of shape {tuple(x_shape)} needs length {x_shape[a]}"
+            )
+        return a, None
+    a = normalize_axis(axis, len(x_shape))
+    if s.ndim != len(x_shape):
+        raise RefquantError(
+            f"{argname} has shape {s.shape}; blocked quantization needs the rank of the input "
+            f"{tuple(x_shape)}"
+        )
+    for i, (d, n) in enumerate(zip(x_shape, s.shape, strict=True)):
+        if i != a and d != n:
+            raise RefquantError(
+                f"{argname} has shape {s.shape}; blocked quantization along axis {a} needs it to "
+                f"equal the input's shape {tuple(x_shape)} except along axis {a}"
+            )
+    di, si = x_shape[a], s.shape[a]
+    lo = -(-di // si) if si else 0
+    hi = (-(-di // (si - 1)) - 1) if si > 1 else None
+    if si == 0 or b < lo or (hi is not None and b > hi):
+        rng = f"[{lo}, {'inf' if hi is None else hi}]"
+        raise RefquantError(
+            f"block_size {b} is not in the accepted range {rng} = [ceil(Di/Si), "
+            f"ceil(Di/(Si-1))-1] for Di = {di} (input length along axis {a}) and Si = {si} "
+            f"({argname} length along axis {a})"
+        )
+    return a, b
+
+
+def _divide_in(x, scale_b, ptype: str) -> np.ndarray:
+    """``x / y_scale`` in ``ptype`` (float, double, float16, bfloat16): one rounded quotient.
+
+    Private stand-in until the core's ``precision=`` takes "float16" and
+    "bfloat16" (refquant.quant.affine._PRECISIONS); the float32 case goes through
+    the core directly. NumPy and ml_dtypes divide float16 / bfloat16 through
+    float32, which rounds the quotient correctly (24 >= 2*11 + 2 bits).
+    """
+    dt = _NUMPY[ptype]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return (np.asarray(x).astype(dt) / np.asarray(scale_b).astype(dt)).astype(dt)
+
+
+def _precision(x, y_scale, precision, reference_quirks) -> str:
+    """ONNX type name of the division's precision."""
+    if precision:
+        p = _type_name(precision, "precision")
+    elif reference_quirks:
+        # onnx/reference/ops/op_quantize_linear.py: ``x = x / y_scale`` in NumPy's promotion
+        p = _type_name(np.result_type(x.dtype, y_scale.dtype), "precision")
+    else:
+        p = _type_name(y_scale.dtype, "y_scale")
+    if p not in _PRECISIONS and not (reference_quirks and p == "double"):
+        raise RefquantError(
+            f"the division x / y_scale would run in {p}; the spec defines it for float, "
+            "float16 and bfloat16 (pass precision= for an integer or float8e8m0 y_scale)"
+        )
+    return p
+
+
+def quantize_linear(
+    x,
+    y_scale,
+    y_zero_point=None,
+    axis=1,
+    saturate=1,
+    block_size=0,
+    output_dtype=0,
+    precision=0,
+    *,
+    opset=25,
+    reference_quirks=False,
+):
+    """QuantizeLinear: ``y = saturate(round(x / y_scale) + y_zero_point)``.
+
+    Parameters
+    ----------
+    x : array_like (float32, float16, bfloat16 or int32)
+    y_scale : array_like
+        Scalar (per tensor), 1-D of ``x.shape[axis]`` (per axis) or ``x``'s shape
+        with ``ceil(Di / block_size)`` along ``axis`` (blocked). Its type sets the
+        precision of the division unless ``precision`` is given.
+    y_zero_point : array_like, optional
+        Same shape as ``y_scale``. Its dtype (``np.int8``, ``ml_dtypes.int4``, ...)
+        is the output type; a Python int or int64 array is read in ``output_dtype``.
+        Must be zero for float8 / float4 outputs.
+    axis, saturate, block_size, output_dtype, precision
+        The operator's attributes, with its defaults. ``output_dtype`` and
+        ``precision`` are TensorProto enum values or names; 0 means unset.
+    opset : int, default 25
+        The operator version; types and attributes it does not have are rejected.
+    reference_quirks : bool, default False
+        Reproduce ``onnx.reference`` (the NumPy reference evaluator) where it departs
+        from the spec (see Notes).
+
+    Returns
+    -------
+    numpy.ndarray of the output type (``ml_dtypes`` types for int4, int2, float8, float4).
+
+    Formula
+    -------
+    Integer outputs:
+    :math:`y = \\mathrm{clamp}(\\mathrm{rne}(x \\oslash_P s) + z, q_{min}, q_{max})`
+    where :math:`\\oslash_P` is division rounded once to the precision ``P`` (the
+    type of ``y_scale``, or ``precision``) and rne rounds half to even ("For
+    (x / y_scale), it rounds to the nearest even"). ±Inf saturate to the ends of
+    the range (spec: "saturate"); NaN, which the spec leaves undefined, gives
+    ``qmin`` as onnxruntime's MLAS kernels do.
+    Float outputs: :math:`y = \\mathrm{cast}(x \\oslash_P s)` rounded to nearest
+    even, with the Cast operator's saturation table: ``saturate=1`` sends ±Inf and
+    values whose rounding exceeds the largest finite value to ±max; ``saturate=0``
+    sends them to ±Inf (float8e5m2) or NaN (the others). NaN stays NaN.
+
+    Notes
+    -----
+    Departures of ``onnx.reference`` (``onnx/reference/ops/op_quantize_linear.py``,
+    ``_CommonQuantizeLinear._run``), reproduced with ``reference_quirks=True``:
+
+    * ``xi = np.rint(x).astype(np.int32)`` then ``xi += zero_point`` then
+      ``np.clip``: a quotient that is NaN, ±Inf or outside the int32 range becomes
+      INT32_MIN (x86-64's conversion of an out-of-range float; the C cast is
+      undefined, other CPUs saturate), and the int32 sum with the zero point wraps.
+      So ``x / y_scale >= 2**31`` and ``+Inf`` give ``qmin`` instead of ``qmax``
+      (int8, zero point 0: ``+Inf -> -128``); with a negative zero point every such
+      value wraps past INT32_MIN and gives ``qmax`` (zero point -100: ``-Inf -> 127``).
+    * ``x / y_scale`` runs in NumPy's type promotion of x and y_scale, not in
+      y_scale's type: float64 for an int32 x, float32 for float32 x with a float16
+      y_scale.
+    * For float8 outputs the zero point is ignored; refquant rejects a non-zero one.
+
+    onnxruntime (``QuantizeLinear`` CPU kernel, MLAS) follows the spec here: it
+    saturates ±Inf and out-of-range values and maps NaN to ``qmin``.
+
+    Reference
+    ---------
+    ONNX QuantizeLinear-25 (``onnx/defs/quantization/defs.cc``); earlier versions in
+    ``onnx/defs/quantization/old.cc``; Cast-25 for the float8 saturation tables.
+    """
+    x = np.asarray(x)
+    zp = None if y_zero_point is None else np.asarray(y_zero_point)
+    out = _output_type(zp, output_dtype)
+    _check_opset(
+        opset,
+        {"axis": axis != 1, "saturate": saturate != 1, "block_size": bool(block_size),
+         "output_dtype": bool(output_dtype), "precision": bool(precision)},
+        (out,),
+    )
+    if _type_name(x.dtype, "x") not in ("float", "float16", "bfloat16", "int32"):
+        raise RefquantError(f"x must be float32, float16, bfloat16 or int32, got {x.dtype}")
+    s = check_scale(y_scale, "y_scale")
+    ax, bs = _granularity(x.shape, s, axis, block_size, "y_scale")
+    if zp is not None and zp.shape != s.shape:
+        raise RefquantError(
+            f"y_zero_point has shape {zp.shape} but y_scale has shape {s.shape}: "
+            "the spec requires the same shape"
+        )
+    p = _precision(x, s, precision, reference_quirks)
+    if out in _FLOAT_FORMATS:
+        return _quantize_float(x, s, zp, ax, bs, out, saturate, p)
+    fmt = int_format(out)
+    z = 0 if zp is None else zp.astype(np.int64)
+    if p in ("float", "double"):
+        q = quantize(x, s, z, dtype=fmt, axis=ax, block_size=bs, rounding="half_even",
+                     precision="float32" if p == "float" else "float64", nan="qmin",
+                     inf="saturate", overflow="saturate", out_dtype=np.int64)
+    else:
+        v = _divide_in(x, broadcast_param(s, x.shape, ax, bs, "y_scale"), p)
+        q = quantize(v, 1.0, z if ax is None else broadcast_param(z, x.shape, ax, bs,
+                     "y_zero_point"), dtype=fmt, rounding="half_even", precision="float64",
+                     nan="qmin", inf="saturate", overflow="saturate", out_dtype=np.int64)
+    if reference_quirks:
+        q = _reference_int32_wrap(x, s, z, ax, bs, p, fmt, q)
+    return q.astype(_NUMPY[out])
+
+
+def _output_type(zp, output_dtype) -> str:
+    """QuantizeLinear's output type: y_zero_point's type, else output_dtype, else uint8."""
+    want = _type_name(output_dtype, "output_dtype") if output_dtype else None
+    if zp is not None and np.dtype(zp.dtype) in _BY_NUMPY:
+        ztype = _BY_NUMPY[np.dtype(zp.dtype)]
+        if want is not None and want != ztype:
+            raise RefquantError(
+                f"output_dtype {want} and y_zero_point of type {ztype} disagree: the spec "
+                "requires output_dtype to equal the type of y_zero_point when both are given"
+            )
+        want = ztype
+    elif zp is not None:
+        if zp.dtype.kind not in "iu" or want is None:
+            raise RefquantError(
+                f"y_zero_point of dtype {zp.dtype} has no ONNX quantized type; pass it with "
+                "the output type's dtype (np.int8, ml_dtypes.int4, ...) or give output_dtype"
+            )
+    want = want or "uint8"
+    if want not in _INTEGER_OUTPUTS and want not in _FLOAT_FORMATS:
+        raise RefquantError(f"output type {want} is not a QuantizeLinear output type")
+    return want
+
+
+def _quantize_float(x, s, zp, ax, bs, out, saturate, p):
+    """Float8 / float4 outputs: the spec's cast of ``x / y_scale`` with the saturate flag."""
+    if zp is not None and np.any(zp.astype(np.float32) != 0):
+        raise RefquantError(
+            f"y_zero_point must be 0 for {out} outputs (the spec: the zero point is not used "
+            "for float8 and 4-bit float types); got a non-zero value"
+        )
+    if saturate not in (0, 1):
+        raise RefquantError(f"saturate must be 0 or 1, got {saturate!r}")
+    from ..formats import floats  # the float formats module (refquant/formats/floats.py)
+
+    v = _divide_in(x, broadcast_param(s, x.shape, ax, bs, "y_scale"), p)
+    # float4e2m1 has no Inf/NaN encoding: saturate has no effect (QuantizeLinear-25 text).
+    codes = floats.encode(v.astype(np.float32), _FLOAT_FORMATS[out],
+                          saturate=bool(saturate) or out == "float4e2m1", rounding="half_even")
+    return np.asarray(codes, dtype=np.uint8).view(_NUMPY[out])
+
+
+def _reference_int32_wrap(x, s, z, ax, bs, p, fmt, q):
+    """onnx.reference's int32 arithmetic: out-of-range quotients become INT32_MIN, sums wrap.
+
+    Elements whose rounded quotient and sum with the zero point stay inside int32
+    are untouched (they equal the spec's result, ``q``).
+    """
+    v = _divide_in(x, broadcast_param(s, x.shape, ax, bs, "y_scale"), p)
+    r = round_to_int(v.astype(np.float64))
+    zb = np.broadcast_to(np.asarray(z) if ax is None else broadcast_param(
+        z, x.shape, ax, bs, "y_zero_point"), x.shape).astype(np.int64)
+    with np.errstate(invalid="ignore"):
+        bad = ~((r >= -(2.0**31)) & (r < 2.0**31))
+    r32 = np.where(bad, -(2**31), np.where(bad, 0, r).astype(np.int64))
+    total = r32 + zb
+    wrapped = (total + 2**31) % 2**32 - 2**31
+    touched = bad | (wrapped != total)
+    return np.where(touched, np.clip(wrapped, fmt.qmin, fmt.qmax), q)
+
+
+def dequantize_linear(x, x_scale, x_zero_point=None, axis=1, block_size=0, output_dtype=0,
+                      *, opset=25):
+    """DequantizeLinear: ``y = (x - x_zero_point) * x_scale``.
+
+    Parameters
+    ----------
+    x : array_like
+        Codes whose dtype is the ONNX input type: int8, uint8, int16, uint16, int32,
+        ``ml_dtypes`` int4 / uint4 / int2 / uint2, float8 types or float4_e2m1fn.
+    x_scale : array_like (float32, float16 or bfloat16)
+        Shape rules as for :func:`quantize_linear`.
+    x_zero_point : array_like, optional
+        Same type as ``x`` and same shape as ``x_scale``; must be 0 for int32 and
+        float inputs.
+    axis, block_size, output_dtype : the operator's attributes (0: unset).
+    opset : int, default 25
+
+    Returns
+    -------
+    numpy.ndarray of ``output_dtype`` (default: ``x_scale``'s type).
+
+    Formula
+    -------
+    :math:`y = (x - z)\\cdot s`, the product rounded once to the output type ("The
+    output type also determines the precision of the multiplication"). For integer
+    inputs :math:`x - z` is exact; an int32 ``x`` is first rounded to the output
+    type (float32: exact below :math:`2^{24}`), as the multiplication in that
+    precision reads it, which is what onnx.reference and onnxruntime compute
+    (``x = 16777217 -> 16777216``). For float16 / bfloat16 outputs of 16-bit codes,
+    refquant rounds the exact product once; float16 arithmetic would first round
+    :math:`x - z` when it exceeds :math:`2^{11}`.
+
+    Reference
+    ---------
+    ONNX DequantizeLinear-25 (``onnx/defs/quantization/defs.cc``);
+    ``onnx/reference/ops/op_dequantize_linear.py``.
+    """
+    x = np.asarray(x)
+    xt = _type_name(x.dtype, "x")
+    if xt not in _INTEGER_OUTPUTS and xt not in _FLOAT_FORMATS and xt != "int32":
+        raise RefquantError(f"x has type {xt}; DequantizeLinear takes quantized types")
+    s = check_scale(x_scale, "x_scale")
+    st = _type_name(s.dtype, "x_scale")
+    out = _type_name(output_dtype, "output_dtype") if output_dtype else st
+    if out not in _PRECISIONS:
+        raise RefquantError(f"output type {out} must be float, float16 or bfloat16")
+    _check_opset(opset, {"axis": axis != 1, "block_size": bool(block_size),
+                         "output_dtype": bool(output_dtype)}, (xt,))
+    ax, bs = _granularity(x.shape, s, axis, block_size, "x_scale")
+    zp = None if x_zero_point is None else np.asarray(x_zero_point)
+    if zp is not None:
+        if zp.shape != s.shape:
+            raise RefquantError(
+                f"x_zero_point has shape {zp.shape} but x_scale has shape {s.shape}: the spec "
+                "requires the same shape"
+            )
+        zt = _type_name(zp.dtype, "x_zero_point")
+        if zt != xt:
+            raise RefquantError(
+                f"x_zero_point has type {zt} but x has type {xt}: the spec requires the same type"
+            )
+        if (xt == "int32" or xt in _FLOAT_FORMATS) and np.any(zp.astype(np.float32) != 0):
+            raise RefquantError(
+                f"x_zero_point must be 0 for {xt} inputs (the spec: there is no zero point for "
+                "int32; it is not used for float8 and 4-bit float types)"
+            )
+    odt = _NUMPY[out]
+    if xt in _FLOAT_FORMATS:
+        # refquant.dequantize takes integer codes only: the decoded float8 value (exact in
+        # float64) times the scale, rounded once to the output type.
+        from ..formats import floats
+
+        vals = floats.decode(x.view(np.uint8), _FLOAT_FORMATS[xt]).astype(np.float64)
+        sb = broadcast_param(s, x.shape, ax, bs, "x_scale").astype(np.float64)
+        return (vals * sb).astype(odt)
+    q = x.astype(np.int64)
+    if xt == "int32":
+        q = x.astype(np.float32).astype(np.int64)  # float32(x): integral beyond 2^24
+    z = 0 if zp is None or xt == "int32" else zp.astype(np.int64)
+    return dequantize(q, s, z, axis=ax, block_size=bs, out_dtype=odt)
+
+
+def dynamic_quantize_linear(x, *, reference_quirks=False):
+    """DynamicQuantizeLinear: uint8 codes with a scale and zero point from the range of x.
+
+    Parameters
+    ----------
+    x : array_like of float32
+        Must be finite (the spec's min/max of NaN or ±Inf give a NaN or infinite scale).
+    reference_quirks : bool, default False
+        Give onnx.reference's scale for an input whose range is [0, 0] (see Notes).
+
+    Returns
+    -------
+    (y, y_scale, y_zero_point) : uint8 array, float32 scalar array, uint8 scalar array
+
+    Formula
+    -------
+    In float32, with :math:`q_{min} = 0, q_{max} = 255`:
+    :math:`s = (\\max(0, \\max x) - \\min(0, \\min x)) / (q_{max} - q_{min})`,
+    :math:`z = \\mathrm{rne}(\\mathrm{clamp}(q_{min} - \\min(0, \\min x) / s, q_{min}, q_{max}))`,
+    :math:`y = \\mathrm{clamp}(\\mathrm{rne}(x / s) + z, q_{min}, q_{max})`; rne rounds
+    half to even. This is :func:`refquant.qparams_from_range` with
+    ``symmetric=False, zero_point_formula="round_difference", precision="float32"``
+    and :func:`refquant.quantize` with ``precision="float32"``.
+
+    Notes
+    -----
+    For an all-zero input the spec's formula gives :math:`s = 0` and a 0/0 zero
+    point. refquant gives ``s = 1, z = 0``, as onnxruntime does
+    (``onnxruntime/core/util/qmath.h``, ``GetQuantizationParameter``:
+    ``scale = max == min ? 1.0f : (max - min) / float(qmax - qmin)``).
+    ``onnx.reference`` (``op_dynamic_quantize_linear.py``) quotes that line but
+    divides the 1.0 by 255 as well, giving ``s = 1/255`` (float32
+    0.003921569); ``reference_quirks=True`` gives that. A range so small that
+    ``s`` underflows to 0 raises RefquantError.
+
+    Reference
+    ---------
+    ONNX DynamicQuantizeLinear-11 (``onnx/defs/quantization/defs.cc``).
+    """
+    xa = np.asarray(x)
+    if xa.dtype != np.float32:
+        raise RefquantError(f"x must be float32 (the spec's T1), got {xa.dtype}")
+    if not np.isfinite(xa).all():
+        raise RefquantError(
+            "x holds NaN or ±Inf: the spec's scale would be NaN or infinite"
+        )
+    lo, hi = minmax_range(xa)
+    lo32, hi32 = np.minimum(np.float32(lo), np.float32(0)), np.maximum(np.float32(hi), np.float32(0))
+    if hi32 > lo32 and (hi32 - lo32) / np.float32(255) == 0:
+        raise RefquantError(
+            f"the range [{lo32!r}, {hi32!r}] of x is so small that y_scale = (max - min) / 255 "
+            "underflows to 0 in float32"
+        )
+    qp = qparams_from_range(lo, hi, dtype="uint8", symmetric=False, eps=0.0,
+                            zero_point_formula="round_difference", precision="float32")
+    scale = np.float32(qp.scale)
+    if reference_quirks and hi32 == lo32:
+        scale = np.float32(1.0) / np.float32(255)  # op_dynamic_quantize_linear.py
+    y = quantize(xa, scale, qp.zero_point, dtype="uint8", rounding="half_even",
+                 precision="float32", out_dtype=np.uint8)
+    return y, np.array(scale, dtype=np.float32), np.array(qp.zero_point, dtype=np.uint8)
+
+
+def _int_matmul_exact(a, b) -> np.ndarray:
+    """Exact integer matmul in int64 (private stand-in for the core's integer matmul).
+
+    Products of 8-bit differences are below 2^18, so int64 cannot overflow for
+    any inner dimension below 2^45.
+    """
+    return np.matmul(a.astype(np.int64), b.astype(np.int64))
+
+
+def _matmul_zero_point(z, name, m, rows: bool):
+    """A zero point as an array broadcastable against its matrix (per row / per column)."""
+    z = np.asarray(z).astype(np.int64)
+    if z.ndim == 1 and z.size > 1 and m.ndim == 2:
+        z = z.reshape(-1, 1) if rows else z.reshape(1, -1)
+    try:
+        np.broadcast_shapes(z.shape, m.shape)
+    except ValueError:
+        raise RefquantError(
+            f"{name} of shape {z.shape} does not fit a matrix of shape {m.shape} "
+            f"(scalar, {'M' if rows else 'N'} elements, or the matrix's rank with size 1 along "
+            f"the {'columns' if rows else 'rows'})"
+        ) from None
+    return z
+
+
+def matmul_integer(A, B, a_zero_point=None, b_zero_point=None):
+    """MatMulInteger: ``(A - a_zero_point) @ (B - b_zero_point)`` as int32.
+
+    Parameters
+    ----------
+    A, B : array_like of int8 or uint8 (numpy.matmul broadcasting)
+    a_zero_point : optional, A's type: scalar, M elements (per row) or ``[..., M, 1]``
+    b_zero_point : optional, B's type: scalar, N elements (per column) or ``[..., 1, N]``
+
+    Returns
+    -------
+    numpy.ndarray of int32
+
+    Formula
+    -------
+    :math:`Y_{ij} = \\sum_k (A_{ik} - z^A_i)(B_{kj} - z^B_j)`, accumulated exactly
+    and reduced to int32 by two's-complement wrapping ("The accumulation may
+    overflow if and only if in 32 bits"; wrapping arithmetic makes the result
+    independent of the order of summation).
+
+    Reference
+    ---------
+    ONNX MatMulInteger-10; ``onnx/reference/ops/op_matmul_integer.py``.
+    """
+    a, b = np.asarray(A), np.asarray(B)
+    for name, m in (("A", a), ("B", b)):
+        if m.dtype not in (np.int8, np.uint8):
+            raise RefquantError(f"{name} must be int8 or uint8, got {m.dtype}")
+    da, db = a.astype(np.int64), b.astype(np.int64)
+    for name, z, m in (("a_zero_point", a_zero_point, a), ("b_zero_point", b_zero_point, b)):
+        if z is not None and np.asarray(z).dtype != m.dtype:
+            raise RefquantError(
+                f"{name} has dtype {np.asarray(z).dtype} but its matrix has dtype {m.dtype}: "
+                "the spec requires the same type"
+            )
+    if a_zero_point is not None:
+        da = da - _matmul_zero_point(a_zero_point, "a_zero_point", a, rows=True)
+    if b_zero_point is not None:
+        db = db - _matmul_zero_point(b_zero_point, "b_zero_point", b, rows=False)
+    c = _int_matmul_exact(da, db)
+    return ((c + 2**31) % 2**32 - 2**31).astype(np.int32)
+
+
+def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point,
+                   *, reference_quirks=False):
+    """QLinearMatMul: integer matmul requantized to y's grid.
+
+    Parameters
+    ----------
+    a, b : int8 or uint8 arrays
+    a_scale, b_scale, y_scale : float32 scalars (per tensor); ``b_scale`` may hold
+        one value per column of b (N elements or ``[..., 1, N]``) and ``a_scale`` one
+        per row of a (M elements or ``[..., M, 1]``).
+    a_zero_point, b_zero_point, y_zero_point : zero points of the same types as
+        a, b and the output (int8 or uint8); shapes as the scales.
+    reference_quirks : bool, default False
+        Multiply in float64 as ``onnx.reference`` does (see Notes).
+
+    Returns
+    -------
+    numpy.ndarray of y_zero_point's type.
+
+    Formula
+    -------
+    :math:`C = (a - z_a)(b - z_b)` exactly (int32 wrap, as :func:`matmul_integer`),
+    :math:`M = \\mathrm{fl}_{32}(\\mathrm{fl}_{32}(s_a s_b) / s_y)`,
+    :math:`y = \\mathrm{clamp}(\\mathrm{rne}(\\mathrm{fl}_{32}(\\mathrm{fl}_{32}(C)\\,M)) + z_y,
+    q_{min}, q_{max})`: the spec's ``saturate((x / y_scale) + y_zero_point)`` on the
+    real product, evaluated in float32 as onnxruntime does (the multiplier
+    ``a_scale * b_scale / y_scale`` first, then one float32 product per element,
+    round half to even; MLAS ``MlasRequantizeOutput``).
+
+    Notes
+    -----
+    ``onnx.reference`` (``op_qlinear_matmul.py``) computes ``C * (a_scale * b_scale /
+    y_scale)`` with an int32 ``C`` and a float32 multiplier, which NumPy promotes to
+    float64: the product is rounded to float64 instead of float32, so a product
+    within half a float32 ulp of a tie can round the other way. The spec does not
+    say which precision; ``reference_quirks=True`` gives the float64 product.
+
+    Reference
+    ---------
+    ONNX QLinearMatMul-21 (``onnx/defs/math/defs.cc``).
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    zy = np.asarray(y_zero_point)
+    if zy.dtype not in (np.int8, np.uint8):
+        raise RefquantError(f"y_zero_point must be int8 or uint8, got {zy.dtype}")
+    c = matmul_integer(a, b, np.asarray(a_zero_point), np.asarray(b_zero_point)).astype(np.int64)
+    sa = check_scale(a_scale, "a_scale").astype(np.float32)
+    sb = check_scale(b_scale, "b_scale").astype(np.float32)
+    sy = check_scale(y_scale, "y_scale").astype(np.float32)
+    if sa.ndim == 1 and sa.size > 1:
+        sa = sa.reshape(-1, 1)
+    if sy.size != 1 or zy.size != 1:
+        raise RefquantError(
+            f"y_scale and y_zero_point must be scalars (per tensor), got shapes {sy.shape} and "
+            f"{zy.shape}"
+        )
+    mult = ((sa * sb).astype(np.float32) / sy.reshape(())).astype(np.float32)
+    if reference_quirks:
+        real = c.astype(np.float64) * mult.astype(np.float64)
+    else:
+        real = (c.astype(np.float32) * mult).astype(np.float32)
+    # `real` is the spec's x / y_scale: quantize it with scale 1 and y's zero point.
+    return quantize(real, 1.0, zy.reshape(()).astype(np.int64), dtype=int_format(zy.dtype),
+                    rounding="half_even", precision="float64", out_dtype=zy.dtype)
