@@ -132,3 +132,22 @@ def test_torch_e8m0_ignores_the_sign_and_rounds_ties_up_but_overflows_to_nan():
     x = np.array([1.5, 0.75, 3.0, 1.4, -1.5, 0.0, 2.0**-127, 1.5 * 2.0**127], np.float32)
     assert torch_codes(x, "float8_e8m0fnu").tolist() == [128, 127, 129, 127, 128, 0, 0, 255]
     assert encode(x, "float8_e8m0fnu", saturate=True).tolist() == [128, 127, 129, 127, 128, 0, 0, 254]
+
+
+def test_quantize_float_per_channel_equals_torch_divide_then_e4m3fn_cast():
+    torch = import_peer("torch")
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal((16, 33)) * np.logspace(-3, 3, 16)[:, None]).astype(np.float32)
+    w[3, 5] = 0.0
+    from refquant.quant.floatq import quantize_float
+
+    codes, s = quantize_float(w, "float8_e4m3fn", axis=0)
+    tw = torch.from_numpy(w)
+    ts = torch.from_numpy(s)[:, None]
+    ref = (tw / ts).to(torch.float8_e4m3fn).view(torch.uint8).numpy()
+    assert np.array_equal(codes, ref)
+    # and a scale that makes the largest values overflow: torch saturates, so does saturate=True
+    half = (s / 2).astype(np.float32)
+    codes2, _ = quantize_float(w, "float8_e4m3fn", half, axis=0)
+    ref2 = (tw / torch.from_numpy(half)[:, None]).to(torch.float8_e4m3fn).view(torch.uint8).numpy()
+    assert np.array_equal(codes2, ref2)

@@ -1,0 +1,162 @@
+"""Scaled float quantization: x / scale rounded to FP8, FP6, FP4, bfloat16 or float16.
+
+Granularity follows :mod:`refquant.quant._granularity`: per tensor (``axis=None``),
+per channel (``axis=a``: one scale per index along ``a``), or per block
+(``axis=a, block_size=B``: blocks of ``B`` along ``a``, the last one partial with
+its own scale, as ONNX-21 blocked quantization).
+
+The scale maps the group's absolute maximum onto the format's largest finite
+value, :math:`s = \\mathrm{amax} / \\mathrm{max}_{fmt}` (the "delayed / current
+scaling" recipe of Transformer Engine and torchao, written with a divide), or a
+power of two near it. A group of zeros (amax = 0) gets scale 1.
+
+PyTorch: ``(x / s).to(torch.float8_e4m3fn)`` saturates (values above 448 and ±Inf
+become ±448, NaN stays NaN), which is ``saturate=True`` here; PyTorch's
+``float8_e5m2`` and the fnuz casts do not saturate (overflow -> Inf / NaN),
+``saturate=False``. torchao multiplies by ``max / amax`` (``scale_op="reciprocal"``
+with the reciprocal rounded to float32 first), which can differ by one code from
+a divide.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._errors import RefquantError
+from ..formats.floats import decode, encode, float_format
+from ._granularity import broadcast_param, check_block_size, normalize_axis, reduce_groups
+
+__all__ = ["float_scale", "quantize_float", "dequantize_float"]
+
+_POW2 = (None, "ceil", "floor", "nearest")
+
+
+def _granularity(x, axis, block_size):
+    ax = None if axis is None else normalize_axis(axis, x.ndim)
+    return ax, check_block_size(block_size, ax)
+
+
+def float_scale(x, fmt, *, axis=None, block_size=None, power_of_two=None) -> np.ndarray:
+    """The scale that maps each group's absolute maximum onto ``fmt``'s max.
+
+    Parameters
+    ----------
+    x : array_like of float
+    fmt : str or FloatFormat
+    axis, block_size : int, optional
+        Granularity (see the module docstring).
+    power_of_two : {None, "ceil", "floor", "nearest"}
+        None: :math:`s = \\mathrm{amax}/\\mathrm{max}` in float32. ``"ceil"``:
+        :math:`2^{\\lceil \\log_2(\\mathrm{amax}/\\mathrm{max}) \\rceil}` (never overflows);
+        ``"floor"``: :math:`2^{\\lfloor \\cdot \\rfloor}` (the largest values may saturate);
+        ``"nearest"``: the exponent rounded half to even.
+
+    Returns
+    -------
+    numpy.ndarray of float32, the parameter shape of the granularity.
+
+    Formula
+    -------
+    :math:`s_g = \\max_{i \\in g} |x_i| \\, / \\, \\mathrm{max}_{fmt}`, 1 where the group is all zero.
+
+    Reference
+    ---------
+    NVIDIA Transformer Engine, "Using FP8" (amax-based scaling);
+    torchao ``float8`` ``amax_to_scale``.
+    """
+    f = float_format(fmt)
+    if power_of_two not in _POW2:
+        raise RefquantError(f"power_of_two must be one of {_POW2}, got {power_of_two!r}")
+    xa = np.abs(np.asarray(x, dtype=np.float64))
+    if not np.isfinite(xa).all():
+        raise RefquantError("x contains NaN or Inf; a scale cannot be computed from it")
+    ax, bs = _granularity(xa, axis, block_size)
+    amax = np.asarray(reduce_groups(xa, ax, bs, np.maximum), dtype=np.float64)
+    ratio = np.where(amax > 0, amax / f.max, 1.0)
+    if power_of_two is not None:
+        lg = np.log2(ratio)
+        ex = {"ceil": np.ceil, "floor": np.floor, "nearest": np.rint}[power_of_two](lg)
+        ratio = np.ldexp(1.0, ex.astype(np.int64))
+    return ratio.astype(np.float32)
+
+
+def quantize_float(x, fmt, scale=None, *, axis=None, block_size=None, saturate=True, rounding="half_even",
+                   power_of_two=None, scale_op="divide", precision="float32"):
+    """Quantize ``x`` to float codes of ``fmt``: ``encode(x / scale)``.
+
+    Parameters
+    ----------
+    x : array_like of float
+        Not modified.
+    fmt : str or FloatFormat
+        ``"float8_e4m3fn"``, ``"float4_e2m1fn"``, ... (E8M0 is a scale format, not accepted).
+    scale : array_like, optional
+        Per the granularity; computed with :func:`float_scale` when None.
+    axis, block_size : int, optional
+    saturate, rounding
+        As :func:`refquant.formats.floats.encode` (saturating, round half to even by default).
+    power_of_two : optional
+        Passed to :func:`float_scale` when the scale is computed.
+    scale_op : {"divide", "reciprocal"}
+        ``x / s`` or ``x * float32(1 / s)`` (torchao's multiply).
+    precision : {"float32", "float64"}
+        Where the quotient is formed; it is then rounded once to ``fmt``.
+
+    Returns
+    -------
+    codes : numpy.ndarray of uint8 (uint16 for bfloat16 / float16)
+    scale : numpy.ndarray of float32
+
+    Formula
+    -------
+    :math:`q = \\mathrm{encode}_{fmt}(x / s)`, rounded half to even, saturating to
+    :math:`\\pm\\mathrm{max}_{fmt}` when ``saturate``.
+
+    Reference
+    ---------
+    OCP OFP8 rev. 1.0; PyTorch ``Tensor.to(torch.float8_e4m3fn)``; ONNX QuantizeLinear-21
+    with a float8 zero point.
+    """
+    f = float_format(fmt)
+    if not f.signed:
+        raise RefquantError(f"fmt {f.name} is a scale format; pick an element format such as float8_e4m3fn")
+    if scale_op not in ("divide", "reciprocal"):
+        raise RefquantError(f"scale_op must be 'divide' or 'reciprocal', got {scale_op!r}")
+    if precision not in ("float32", "float64"):
+        raise RefquantError(f"precision must be 'float32' or 'float64', got {precision!r}")
+    dt = np.float32 if precision == "float32" else np.float64
+    xa = np.asarray(x)
+    if xa.dtype.kind not in "fiu":
+        raise RefquantError(f"x must be a real array, got dtype {xa.dtype}")
+    ax, bs = _granularity(xa, axis, block_size)
+    if scale is None:
+        scale = float_scale(xa, f, axis=ax, block_size=bs, power_of_two=power_of_two)
+    s = np.asarray(scale, dtype=np.float32)
+    if not (np.isfinite(s).all() and (s > 0).all()):
+        raise RefquantError(f"scale must be finite and positive, got {s.ravel()[:4]}")
+    sb = broadcast_param(s, xa.shape, ax, bs, "scale").astype(dt)
+    with np.errstate(over="ignore"):
+        if scale_op == "divide":
+            y = xa.astype(dt) / sb
+        else:
+            y = xa.astype(dt) * (np.float32(1) / sb.astype(np.float32)).astype(dt)
+    return encode(y, f, saturate=saturate, rounding=rounding), s
+
+
+def dequantize_float(codes, fmt, scale, *, axis=None, block_size=None) -> np.ndarray:
+    """``decode(codes) * scale`` in float32.
+
+    Formula
+    -------
+    :math:`\\hat x = \\mathrm{decode}_{fmt}(q) \\cdot s` (one float32 multiply, exact
+    when ``s`` is a power of two and the product is normal).
+
+    Reference
+    ---------
+    ONNX DequantizeLinear-21 (float8 input).
+    """
+    f = float_format(fmt)
+    v = decode(codes, f)
+    ax, bs = _granularity(v, axis, block_size)
+    s = np.asarray(scale, dtype=np.float32)
+    return (v * broadcast_param(s, v.shape, ax, bs, "scale")).astype(np.float32)

@@ -1,0 +1,72 @@
+"""Scaled float quantization: scales per tensor / channel / block, round trips, saturation."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from refquant import RefquantError
+from refquant.formats.floats import decode
+from refquant.quant.floatq import dequantize_float, float_scale, quantize_float
+
+
+def test_per_tensor_scale_maps_amax_to_448():
+    x = np.array([[-896.0, 1.0], [2.0, 3.0]])
+    codes, s = quantize_float(x, "float8_e4m3fn")
+    assert s == np.float32(2.0)
+    assert codes[0, 0] == 0xFE  # -448
+    assert dequantize_float(codes, "float8_e4m3fn", s).tolist() == [[-896.0, 1.0], [2.0, 3.0]]
+
+
+def test_per_channel_scale_is_one_per_row():
+    x = np.array([[6.0, -3.0], [0.5, 0.25], [0.0, 0.0]])
+    s = float_scale(x, "float4_e2m1fn", axis=0)
+    assert s.tolist() == [1.0, np.float32(0.5 / 6), 1.0]  # the all-zero row gets scale 1
+
+
+def test_blocks_with_a_partial_last_block_get_their_own_scale():
+    x = np.arange(1, 11, dtype=np.float64).reshape(1, 10)
+    s = float_scale(x, "float8_e4m3fn", axis=1, block_size=4)
+    assert s.shape == (1, 3)
+    assert s.ravel().tolist() == [np.float32(4 / 448), np.float32(8 / 448), np.float32(10 / 448)]
+    codes, _ = quantize_float(x, "float8_e4m3fn", axis=1, block_size=4)
+    assert codes[0, [3, 7, 9]].tolist() == [0x7E] * 3
+
+
+def test_power_of_two_scales():
+    x = np.array([100.0])
+    assert float_scale(x, "float8_e4m3fn", power_of_two="ceil")[()] == 0.25  # 100/448 = 0.223
+    assert float_scale(x, "float8_e4m3fn", power_of_two="floor")[()] == 0.125
+    codes, s = quantize_float(x, "float8_e4m3fn", power_of_two="floor")
+    assert decode(codes, "float8_e4m3fn")[0] == 448.0  # 800 saturates
+
+
+def test_saturating_vs_not_with_a_given_scale():
+    x = np.array([1000.0, -1000.0])
+    assert quantize_float(x, "float8_e4m3fn", 1.0)[0].tolist() == [0x7E, 0xFE]
+    assert quantize_float(x, "float8_e4m3fn", 1.0, saturate=False)[0].tolist() == [0x7F, 0xFF]
+
+
+@given(
+    st.lists(st.floats(-1e4, 1e4, allow_nan=False, width=32), min_size=1, max_size=40),
+    st.sampled_from(["float8_e4m3fn", "float8_e5m2", "float6_e2m3fn", "float4_e2m1fn"]),
+)
+def test_dequantized_error_is_at_most_half_a_step_of_the_scaled_grid(xs, fmt):
+    x = np.array(xs, np.float32)
+    codes, s = quantize_float(x, fmt)
+    q = decode(codes, fmt).astype(np.float64)
+    y = x / s
+    v = decode(np.arange(256 if fmt.startswith("float8") else 64 if "6" in fmt else 16), fmt)
+    grid = np.sort(v[np.isfinite(v)].astype(np.float64))
+    for yi, qi in zip(y, q, strict=True):
+        nearest = np.abs(grid - yi).min()
+        assert abs(qi - yi) == pytest.approx(nearest, abs=1e-6 * max(1, abs(yi)))
+
+
+def test_bad_scale_and_format_are_errors():
+    with pytest.raises(RefquantError, match="scale"):
+        quantize_float([1.0], "float8_e4m3fn", 0.0)
+    with pytest.raises(RefquantError, match="scale format"):
+        quantize_float([1.0], "float8_e8m0fnu")
+    with pytest.raises(RefquantError, match="NaN"):
+        float_scale([np.nan], "float8_e4m3fn")
