@@ -1,0 +1,291 @@
+"""llama.cpp / ggml quantization by ggml's type names: the very bytes llama.cpp writes.
+
+=====================  ==============================================================
+function               ggml / gguf-py counterpart
+=====================  ==============================================================
+:func:`quantize`       ``ggml_quantize_chunk(type, x, ..., imatrix=NULL)``, which calls
+                       ``quantize_row_<type>_ref``; ``gguf.quants.quantize``
+:func:`dequantize`     ``dequantize_row_<type>`` (``ggml_get_type_traits(t)->to_float``);
+                       ``gguf.quants.dequantize``
+:func:`type_size`,     ``ggml_type_size``, ``ggml_blck_size``, ``ggml_row_size``
+:func:`block_size`,
+:func:`row_size`
+:class:`LibGGML`       calls a built ``libggml-base`` through ctypes (for verification)
+=====================  ==============================================================
+
+Type names are ggml's, case-insensitive (``"q4_0"``, ``"Q4_K"``, ``"q4_k"``,
+``"mxfp4"``, ``"TQ1_0"``), or the integer ids of ``enum ggml_type`` /
+``gguf.GGMLQuantizationType`` (:data:`GGML_TYPES`), or a member of that enum.
+Here ``"mxfp4"`` is ggml's MXFP4, registered in :mod:`refquant.formats` as
+``ggml_mxfp4`` (the OCP ``mxfp4`` format is a different rule set: see
+:mod:`refquant.formats.ggml`, class ``GGML_MXFP4``).
+
+Semantics are those of :mod:`refquant.formats.ggml` (bit-exact with ggml's C
+reference without an importance matrix). Where this module's behaviour differs
+from ggml's:
+
+* Input is converted to float32 first (ggml reads ``float *``; float64 values
+  are rounded to nearest even, as a C cast does).
+* NaN and ±Inf raise :class:`RefquantError`; ggml has no defined result (C
+  undefined behaviour when a NaN is cast to ``int8_t``), so there is nothing to
+  match.
+* A row whose length is not a multiple of the block size raises; ggml asserts
+  (``GGML_ASSERT(start % blck_size == 0)`` / ``assert(k % qk == 0)``), and with
+  asserts compiled out would read past the row.
+* Q8_1 and Q8_K are ggml's activation formats: ``ggml_quantize_chunk`` rejects
+  them (aborts) but ``quantize_row_q8_1_ref`` / ``quantize_row_q8_K_ref`` exist
+  and are what :func:`quantize` reproduces. ggml has no ``dequantize_row_q8_1``;
+  :func:`dequantize` raises for it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from math import prod
+
+import numpy as np
+
+from .._errors import RefquantError
+from ..formats.ggml import GGML_BLOCK_TABLE, GGMLBlockFormat, ggml_block_formats
+
+__all__ = [
+    "GGML_TYPES",
+    "quantize",
+    "dequantize",
+    "type_size",
+    "block_size",
+    "row_size",
+    "resolve_type",
+    "LibGGML",
+]
+
+# ggml type name (upper case, as in gguf.GGMLQuantizationType) -> refquant format name
+_GGML_TO_REFQUANT = {
+    "Q4_0": "q4_0", "Q4_1": "q4_1", "Q5_0": "q5_0", "Q5_1": "q5_1", "Q8_0": "q8_0", "Q8_1": "q8_1",
+    "Q2_K": "q2_k", "Q3_K": "q3_k", "Q4_K": "q4_k", "Q5_K": "q5_k", "Q6_K": "q6_k", "Q8_K": "q8_k",
+    "TQ1_0": "tq1_0", "TQ2_0": "tq2_0", "MXFP4": "ggml_mxfp4",
+}  # fmt: skip
+
+#: ``enum ggml_type`` ids (ggml.h; ``gguf.GGMLQuantizationType``) of the block formats here.
+GGML_TYPES: dict[str, int] = {k: GGML_BLOCK_TABLE[v][0] for k, v in _GGML_TO_REFQUANT.items()}
+_BY_ID = {v: k for k, v in GGML_TYPES.items()}
+
+
+def resolve_type(type_name) -> GGMLBlockFormat:
+    """The block format for a ggml type name, id or ``GGMLQuantizationType`` member.
+
+    Raises :class:`RefquantError` listing the known names for anything else.
+    """
+    fmts = ggml_block_formats()
+    key = None
+    if isinstance(type_name, (int, np.integer)) and not isinstance(type_name, bool):
+        key = _BY_ID.get(int(type_name))  # also IntEnum members such as GGMLQuantizationType.Q4_0
+    elif isinstance(type_name, str):
+        up = type_name.upper()
+        if up in _GGML_TO_REFQUANT:
+            key = up
+        elif type_name in fmts:  # refquant's own names, e.g. "ggml_mxfp4"
+            return fmts[type_name]
+    if key is None:
+        known = ", ".join(f"{k} ({v})" for k, v in GGML_TYPES.items())
+        raise RefquantError(f"unknown ggml type {type_name!r}; known types (name (id)): {known}")
+    return fmts[_GGML_TO_REFQUANT[key]]
+
+
+def type_size(type_name) -> int:
+    """Bytes per block (``ggml_type_size``)."""
+    return resolve_type(type_name).type_size
+
+
+def block_size(type_name) -> int:
+    """Weights per block (``ggml_blck_size``)."""
+    return resolve_type(type_name).block_size
+
+
+def row_size(type_name, n_per_row: int) -> int:
+    """Bytes of one row of ``n_per_row`` weights (``ggml_row_size``); n_per_row must be a multiple of the block."""
+    fmt = resolve_type(type_name)
+    _check_row(int(n_per_row), fmt)
+    return int(n_per_row) // fmt.block_size * fmt.type_size
+
+
+def _check_row(n: int, fmt: GGMLBlockFormat) -> None:
+    if n % fmt.block_size != 0 or n <= 0:
+        raise RefquantError(
+            f"row size {n} is not a multiple of {_ggml_name(fmt)} block size {fmt.block_size}"
+        )
+
+
+def _ggml_name(fmt: GGMLBlockFormat) -> str:
+    return "mxfp4" if fmt.name == "ggml_mxfp4" else fmt.name
+
+
+def quantize(x, type_name) -> np.ndarray:
+    """Quantize rows of ``x`` to ggml's bytes for ``type_name``.
+
+    Parameters
+    ----------
+    x : array_like
+        Real values, at least 1-D; each row (last axis) is quantized on its own,
+        blocks running along the row. The row length must be a multiple of the
+        type's block size (32 or 256).
+    type_name : str or int
+        ggml type (``"q4_0"``, ``"Q4_K"``, ``"mxfp4"``, ``12``, ``GGMLQuantizationType.Q4_K``).
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 of shape ``x.shape[:-1] + (row_size,)``: the bytes
+        ``quantize_row_<type>_ref`` writes, row after row, which is also what a
+        GGUF file stores (gguf-py's ``quant_shape_to_byte_shape``).
+
+    Notes
+    -----
+    **Formula**: per format, see :mod:`refquant.formats.ggml` (e.g. Q4_0:
+    :math:`d = m/(-8)`, :math:`q = \\min(15, \\lfloor x/d + 8.5\\rfloor)`).
+    Rounding, ties and saturation are ggml's: round half up (``+0.5`` then
+    truncation) for Q4/Q5, half away from zero (``roundf``) for Q8_0/Q8_1 and
+    ``lroundf`` for TQ*, half to even (``nearest_int``) in the K-quants, first
+    index on ties for MXFP4; scales stored as fp16 with round to nearest even.
+
+    **Reference**: ggml ``ggml_quantize_chunk`` and ``quantize_row_*_ref``
+    (ggml/src/ggml-quants.c); gguf-py ``gguf.quants.quantize``.
+    """
+    fmt = resolve_type(type_name)
+    arr = np.asarray(x)
+    if arr.ndim == 0:
+        raise RefquantError(f"x must be at least 1-D, got a scalar {arr!r}")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise RefquantError(f"x must be a real array, got dtype {arr.dtype}")
+    _check_row(arr.shape[-1], fmt)
+    blocks = np.asarray(arr, dtype=np.float32).reshape(-1, fmt.block_size)
+    if not np.isfinite(blocks).all():
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(np.asarray(arr, dtype=np.float32)))[0])
+        raise RefquantError(
+            f"x contains a non-finite value at index {bad}; ggml's quantize_row_{fmt.c_name}_ref "
+            "has no defined result for NaN/Inf (refquant refuses instead of guessing)"
+        )
+    raw = fmt.quantize_blocks(blocks)
+    return raw.reshape(*arr.shape[:-1], arr.shape[-1] // fmt.block_size * fmt.type_size)
+
+
+def dequantize(raw, type_name, shape) -> np.ndarray:
+    """Dequantize ggml bytes to float32 of ``shape``.
+
+    Parameters
+    ----------
+    raw : array_like of uint8
+        The bytes (any shape; only the total count matters), e.g. what
+        :func:`quantize` returned or a GGUF tensor's data.
+    type_name : str or int
+        ggml type.
+    shape : tuple of int
+        Shape of the float tensor; the last axis is the row and must be a
+        multiple of the block size, and ``raw`` must hold exactly
+        ``prod(shape[:-1]) * row_size`` bytes.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 of ``shape``, bit for bit ``dequantize_row_<type>``.
+
+    Notes
+    -----
+    **Formula**: per format, e.g. Q4_0 :math:`\\hat x = (q - 8) d`, Q4_K
+    :math:`\\hat x = d\\,s_j q - d_{min} m_j`, all in float32 in ggml's order
+    (``d * sc`` first, then times the code). Nothing rounds or saturates here;
+    an fp16 scale of Inf/NaN propagates.
+
+    **Reference**: ``dequantize_row_*`` (ggml/src/ggml-quants.c); gguf-py
+    ``gguf.quants.dequantize``.
+    """
+    fmt = resolve_type(type_name)
+    if not fmt.has_dequantize:
+        raise RefquantError(f"type_name {type_name!r}: ggml has no dequantize_row_{fmt.c_name}")
+    try:
+        shp = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+    except (TypeError, ValueError):
+        raise RefquantError(f"shape must be a tuple of ints, got {shape!r}") from None
+    if len(shp) == 0 or any(s < 0 for s in shp):
+        raise RefquantError(f"shape must be a non-empty tuple of non-negative ints, got {shape!r}")
+    _check_row(shp[-1], fmt)
+    r = np.asarray(raw)
+    if r.dtype != np.uint8:
+        raise RefquantError(f"raw must be uint8 bytes, got dtype {r.dtype}")
+    n_blocks = prod(shp) // fmt.block_size
+    expected = n_blocks * fmt.type_size
+    if r.size != expected:
+        raise RefquantError(
+            f"raw has {r.size} bytes but shape {shp} in {_ggml_name(fmt)} needs {expected} "
+            f"({n_blocks} blocks of {fmt.type_size} bytes)"
+        )
+    return fmt.dequantize_blocks(r.reshape(n_blocks, fmt.type_size)).reshape(shp)
+
+
+class LibGGML:
+    """ggml's own C reference, called through ctypes on a built ``libggml-base``.
+
+    For verification only (refquant never needs it). ``path`` defaults to the
+    copy that llama-cpp-python installs (``llama_cpp/lib/libggml-base.so``),
+    found without importing ``llama_cpp``; :class:`RefquantError` when absent.
+
+    ``quantize_row(x, t)`` calls ``quantize_row_<t>_ref``; ``dequantize_row(raw, t, n)``
+    calls ``dequantize_row_<t>``; ``quantize_chunk(x, t)`` calls
+    ``ggml_quantize_chunk(t, x, dst, 0, nrows, n_per_row, NULL)``. Output
+    buffers are zero-filled first (``quantize_row_q8_K_ref`` leaves ``bsums``
+    unwritten for an all-zero block).
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        if path is None:
+            import importlib.util
+
+            spec = importlib.util.find_spec("llama_cpp")
+            if spec is None or not spec.submodule_search_locations:
+                raise RefquantError("path: llama-cpp-python is not installed and no libggml-base path was given")
+            folder = list(spec.submodule_search_locations)[0]
+            path = os.path.join(folder, "lib", "libggml-base.so")
+        if not os.path.exists(path):
+            raise RefquantError(f"path: no libggml-base at {str(path)!r}")
+        self.path = str(path)
+        self._lib = ctypes.CDLL(self.path)
+        self._lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+        self._lib.ggml_quantize_chunk.argtypes = [
+            ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+            ctypes.c_void_p,
+        ]  # fmt: skip
+
+    def _fn(self, name):
+        f = getattr(self._lib, name)
+        f.restype = None
+        f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+        return f
+
+    def quantize_row(self, x, type_name) -> np.ndarray:
+        fmt = resolve_type(type_name)
+        xs = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+        _check_row(xs.size, fmt)
+        out = np.zeros(xs.size // fmt.block_size * fmt.type_size, dtype=np.uint8)
+        self._fn(f"quantize_row_{fmt.c_name}_ref")(xs.ctypes.data, out.ctypes.data, xs.size)
+        return out.reshape(-1, fmt.type_size)
+
+    def dequantize_row(self, raw, type_name) -> np.ndarray:
+        fmt = resolve_type(type_name)
+        r = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1)
+        if r.size % fmt.type_size:
+            raise RefquantError(f"raw: {r.size} bytes is not a whole number of {fmt.type_size}-byte blocks")
+        out = np.zeros(r.size // fmt.type_size * fmt.block_size, dtype=np.float32)
+        self._fn(f"dequantize_row_{fmt.c_name}")(r.ctypes.data, out.ctypes.data, out.size)
+        return out.reshape(-1, fmt.block_size)
+
+    def quantize_chunk(self, x, type_name) -> np.ndarray:
+        fmt = resolve_type(type_name)
+        if fmt.name in ("q8_1", "q8_k"):
+            raise RefquantError(f"type_name {type_name!r}: ggml_quantize_chunk aborts on {fmt.name}")
+        xs = np.ascontiguousarray(x, dtype=np.float32)
+        xs2 = xs.reshape(-1, xs.shape[-1])
+        _check_row(xs2.shape[1], fmt)
+        out = np.zeros(xs2.size // fmt.block_size * fmt.type_size, dtype=np.uint8)
+        self._lib.ggml_quantize_chunk(fmt.type_id, xs2.ctypes.data, out.ctypes.data, 0, xs2.shape[0], xs2.shape[1], None)
+        return out.reshape(*xs.shape[:-1], -1)
