@@ -286,6 +286,9 @@ def quantize_linear(
       y_scale's type: float64 for an int32 x, float32 for float32 x with a float16
       y_scale.
     * For float8 outputs the zero point is ignored; refquant rejects a non-zero one.
+    * float4e2m1 has no NaN; the spec leaves NaN undefined and refquant raises.
+      The evaluator casts with ml_dtypes, which gives a zero with the opposite
+      sign (NaN -> -0.0, code 0x8); ``reference_quirks=True`` gives that.
 
     onnxruntime (``QuantizeLinear`` CPU kernel, MLAS) follows the spec here: it
     saturates ±Inf and out-of-range values and maps NaN to ``qmin``.
@@ -315,7 +318,7 @@ def quantize_linear(
         )
     p = _precision(x, s, precision, reference_quirks)
     if out in _FLOAT_FORMATS:
-        return _quantize_float(x, s, zp, ax, bs, out, saturate, p)
+        return _quantize_float(x, s, zp, ax, bs, out, saturate, p, reference_quirks)
     fmt = int_format(out)
     z = 0 if zp is None else zp.astype(np.int64)
     if p in ("float", "double"):
@@ -355,7 +358,7 @@ def _output_type(zp, output_dtype) -> str:
     return want
 
 
-def _quantize_float(x, s, zp, ax, bs, out, saturate, p):
+def _quantize_float(x, s, zp, ax, bs, out, saturate, p, reference_quirks):
     """Float8 / float4 outputs: the spec's cast of ``x / y_scale`` with the saturate flag."""
     if zp is not None and np.any(zp.astype(np.float32) != 0):
         raise RefquantError(
@@ -369,7 +372,8 @@ def _quantize_float(x, s, zp, ax, bs, out, saturate, p):
     v = _divide_in(x, broadcast_param(s, x.shape, ax, bs, "y_scale"), p)
     # float4e2m1 has no Inf/NaN encoding: saturate has no effect (QuantizeLinear-25 text).
     codes = floats.encode(v.astype(np.float32), _FLOAT_FORMATS[out],
-                          saturate=bool(saturate) or out == "float4e2m1", rounding="half_even")
+                          saturate=bool(saturate) or out == "float4e2m1", rounding="half_even",
+                          nan="ml_dtypes" if reference_quirks else "raise")
     return np.asarray(codes, dtype=np.uint8).view(_NUMPY[out])
 
 

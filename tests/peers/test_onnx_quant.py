@@ -1,0 +1,473 @@
+"""refquant's core and refquant.compat.onnx bit for bit against onnx.reference and onnxruntime.
+
+Each operator runs in a one-node ONNX model (plus Casts around it so that int4 /
+int2 / float8 tensors travel as int32 / float32, which both peers' Python APIs
+take), built once per signature (type, axis, block size, opset) and cached. Scale
+and zero point are graph inputs, so one session serves every drawn example.
+
+Inputs are drawn with hypothesis and always include exact ties x = (k + 1/2)·s
+(with power-of-two and short-mantissa scales, for which the float32 quotient is
+exactly k + 1/2), values far outside the range, ±Inf / NaN, per-axis along
+several axes and blocked quantization with a partial last block.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+
+import ml_dtypes
+import numpy as np
+import pytest
+from helpers import import_peer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import refquant
+from refquant.compat import onnx as ronnx
+from refquant.formats.integer import int_format
+
+pytestmark = pytest.mark.peer
+
+SETTINGS = settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+INT_TYPES = {  # name: (TensorProto enum, numpy dtype, opset that has it)
+    "uint8": (2, np.uint8, 21), "int8": (3, np.int8, 21), "uint16": (4, np.uint16, 21),
+    "int16": (5, np.int16, 21), "uint4": (21, ml_dtypes.uint4, 21),
+    "int4": (22, ml_dtypes.int4, 21), "uint2": (25, ml_dtypes.uint2, 25),
+    "int2": (26, ml_dtypes.int2, 25),
+}
+FLOAT8_TYPES = {"float8e4m3fn": 17, "float8e4m3fnuz": 18, "float8e5m2": 19, "float8e5m2fnuz": 20}
+# Scales whose float32 quotients (k + 1/2)·s / s are exactly k + 1/2, and some that are not.
+SCALES = [0.5, 0.25, 1.0, 2.0, 0.125, 1.5, 3.0, 0.0625, 0.75, 0.1, 0.3, 0.007, 2.0**-10]
+
+
+@functools.cache
+def _peers():
+    return import_peer("onnx"), import_peer("onnxruntime")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def peers():
+    return _peers()
+
+
+@functools.cache
+def _runner(build_key):
+    """(onnxruntime session, ReferenceEvaluator) for a model signature, built once."""
+    onnx, ort = _peers()
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    nodes, inputs, outputs, opset = _GRAPHS[build_key[0]](helper, *build_key[1:])
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info(n, t, None) for n, t in inputs],
+        [helper.make_tensor_value_info(n, t, None) for n, t in outputs],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 11
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess, ReferenceEvaluator(model)
+
+
+def _run(key, feeds):
+    sess, ref = _runner(key)
+    return sess.run(None, feeds), ref.run(None, feeds)
+
+
+def _ql_graph(helper, out_enum, axis, block_size, opset, saturate, with_zp):
+    FLOAT, INT32 = 1, 6
+    is_float = out_enum in FLOAT8_TYPES.values()
+    attrs = {"axis": axis, "block_size": block_size} if block_size else {"axis": axis}
+    if is_float:
+        attrs.update(saturate=saturate, output_dtype=out_enum)
+    nodes = []
+    names = ["x", "s"]
+    inputs = [("x", FLOAT), ("s", FLOAT)]
+    if with_zp:
+        nodes.append(helper.make_node("Cast", ["z32"], ["z"], to=out_enum))
+        names.append("z")
+        inputs.append(("z32", INT32))
+    nodes.append(helper.make_node("QuantizeLinear", names, ["q"], **attrs))
+    nodes.append(helper.make_node("Cast", ["q"], ["y"], to=FLOAT if is_float else INT32))
+    return nodes, inputs, [("y", FLOAT if is_float else INT32)], opset
+
+
+def _dql_graph(helper, in_enum, axis, block_size, opset):
+    FLOAT, INT32 = 1, 6
+    attrs = {"axis": axis, "block_size": block_size} if block_size else {"axis": axis}
+    nodes = [
+        helper.make_node("Cast", ["x32"], ["xq"], to=in_enum),
+        helper.make_node("Cast", ["z32"], ["z"], to=in_enum),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["y"], **attrs),
+    ]
+    return nodes, [("x32", INT32), ("s", FLOAT), ("z32", INT32)], [("y", FLOAT)], opset
+
+
+def _dyn_graph(helper):
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])]
+    return nodes, [("x", 1)], [("y", 2), ("s", 1), ("z", 2)], 11
+
+
+def _mmi_graph(helper, a_enum, b_enum):
+    nodes = [helper.make_node("MatMulInteger", ["a", "b", "za", "zb"], ["y"])]
+    return nodes, [("a", a_enum), ("b", b_enum), ("za", a_enum), ("zb", b_enum)], [("y", 6)], 10
+
+
+def _qlmm_graph(helper, a_enum, b_enum, y_enum):
+    nodes = [helper.make_node(
+        "QLinearMatMul", ["a", "sa", "za", "b", "sb", "zb", "sy", "zy"], ["y"])]
+    inputs = [("a", a_enum), ("sa", 1), ("za", a_enum), ("b", b_enum), ("sb", 1),
+              ("zb", b_enum), ("sy", 1), ("zy", y_enum)]
+    return nodes, inputs, [("y", y_enum)], 21
+
+
+_GRAPHS = {"ql": _ql_graph, "dql": _dql_graph, "dyn": _dyn_graph, "mmi": _mmi_graph,
+           "qlmm": _qlmm_graph}
+
+
+# ---------------------------------------------------------------- drawn cases
+
+
+@st.composite
+def quant_cases(draw, types=tuple(INT_TYPES), extremes=True):
+    """(x, scale, zero point, axis, block_size, type name): granularity and values drawn."""
+    name = draw(st.sampled_from(types))
+    ndim = draw(st.integers(1, 3))
+    shape = tuple(draw(st.lists(st.integers(1, 5), min_size=ndim, max_size=ndim)))
+    kind = draw(st.sampled_from(["tensor", "axis", "block"]))
+    axis = draw(st.integers(-ndim, ndim - 1))
+    block_size = 0
+    if kind == "tensor":
+        pshape = ()
+    elif kind == "axis":
+        pshape = (shape[axis],)
+    else:
+        block_size = draw(st.integers(1, 4))
+        pshape = list(shape)
+        pshape[axis] = -(-shape[axis] // block_size)  # partial last block when B does not divide
+        pshape = tuple(pshape)
+    n_par = int(np.prod(pshape, dtype=np.int64))
+    scale = np.array(draw(st.lists(st.sampled_from(SCALES), min_size=n_par, max_size=n_par)),
+                     dtype=np.float32).reshape(pshape)
+    if name in INT_TYPES:
+        fmt = int_format(name)
+        zp = np.array(draw(st.lists(st.integers(fmt.qmin, fmt.qmax), min_size=n_par,
+                                    max_size=n_par)), dtype=np.int64).reshape(pshape)
+        qmax = fmt.qmax
+    else:
+        zp = np.zeros(pshape, dtype=np.int64)
+        qmax = 64
+    sb = refquant.quant._granularity.broadcast_param(
+        scale, shape, None if kind == "tensor" else axis % ndim, block_size or None, "s")
+    sb = np.broadcast_to(sb, shape)
+    n = int(np.prod(shape))
+    ks = np.array(draw(st.lists(st.integers(-2 * qmax - 2, 2 * qmax + 2), min_size=n,
+                                max_size=n))).reshape(shape)
+    how = np.array(draw(st.lists(st.integers(0, 9), min_size=n, max_size=n))).reshape(shape)
+    frac = np.array(draw(st.lists(st.floats(-0.4375, 0.4375), min_size=n,
+                                  max_size=n))).reshape(shape)
+    x = np.where(how < 5, (ks + 0.5) * sb, (ks + frac) * sb)  # half of the elements are ties
+    if extremes:
+        big = np.array(draw(st.lists(st.sampled_from(
+            [1e4, -1e4, 3e9, -3e9, 1e12, -1e12, np.inf, -np.inf, 65504.0, -65504.0]),
+            min_size=n, max_size=n))).reshape(shape)
+        x = np.where(how == 9, big * sb, x)
+    return x.astype(np.float32), scale, zp, axis, block_size, name
+
+
+def _axis_attr(axis, block_size, scale):
+    return axis if (scale.ndim or block_size) else 1
+
+
+# ---------------------------------------------------------------- QuantizeLinear
+
+
+@SETTINGS
+@given(case=quant_cases())
+def test_quantize_linear_integer_types_match_onnxruntime_and_reference(case):
+    x, scale, zp, axis, block_size, name = case
+    enum, npdt, opset = INT_TYPES[name]
+    key = ("ql", enum, _axis_attr(axis, block_size, scale), block_size, opset, 1, True)
+    feeds = {"x": x, "s": scale, "z32": zp.astype(np.int32)}
+    (ort_y,), (ref_y,) = _run(key, feeds)
+    zq = zp.astype(npdt)
+    spec = ronnx.quantize_linear(x, scale, zq, axis=axis, block_size=block_size)
+    quirks = ronnx.quantize_linear(x, scale, zq, axis=axis, block_size=block_size,
+                                   reference_quirks=True)
+    core = refquant.quantize(
+        x, scale, zp, dtype=name, axis=None if scale.ndim == 0 else axis,
+        block_size=block_size or None, rounding="half_even", precision="float32",
+        inf="saturate", out_dtype=np.int64)
+    np.testing.assert_array_equal(spec.astype(np.int64), ort_y, err_msg="compat vs onnxruntime")
+    np.testing.assert_array_equal(core, ort_y, err_msg="core vs onnxruntime")
+    if X86:
+        np.testing.assert_array_equal(quirks.astype(np.int64), ref_y,
+                                      err_msg="compat(reference_quirks) vs onnx.reference")
+    # Where no quotient leaves the int32 range, the reference evaluator agrees with the spec.
+    with np.errstate(over="ignore"):
+        inside = np.abs(x.astype(np.float64) / np.broadcast_to(refquant.quant._granularity
+                        .broadcast_param(scale, x.shape, None if scale.ndim == 0 else axis % x.ndim,
+                                         block_size or None, "s"), x.shape)) < 2.0**30
+    np.testing.assert_array_equal(spec.astype(np.int64)[inside], ref_y[inside],
+                                  err_msg="compat vs onnx.reference inside int32")
+
+
+def test_quantize_linear_nan_gives_qmin_like_onnxruntime():
+    x = np.array([[np.nan, 1.0, np.nan]], dtype=np.float32)
+    for name, (enum, npdt, opset) in INT_TYPES.items():
+        fmt = int_format(name)
+        z = np.array(fmt.qmax, dtype=np.int64)
+        (ort_y,), _ = _run(("ql", enum, 1, 0, opset, 1, True),
+                           {"x": x, "s": np.array(1, np.float32), "z32": z.astype(np.int32)})
+        got = ronnx.quantize_linear(x, np.float32(1), z.astype(npdt))
+        np.testing.assert_array_equal(got.astype(np.int64), ort_y, err_msg=name)
+        assert got.astype(np.int64)[0, 0] == fmt.qmin
+
+
+@pytest.mark.skipif(not X86, reason="the reference's out-of-range float->int32 cast is x86's")
+def test_reference_evaluator_wraps_large_quotients_to_qmin_while_the_spec_saturates():
+    x = np.array([2.0**31, 1e10, np.inf, -np.inf, -1e10], dtype=np.float32)
+    key = ("ql", 3, 1, 0, 21, 1, True)
+    for z, ref_want in ((0, [-128] * 5), (-100, [127] * 5)):
+        (ort_y,), (ref_y,) = _run(key, {"x": x, "s": np.array(1, np.float32),
+                                        "z32": np.array(z, np.int32)})
+        assert ref_y.tolist() == ref_want  # the quirk, as the evaluator shows it
+        assert ort_y.tolist() == [127, 127, 127, -128, -128]  # onnxruntime saturates
+        spec = ronnx.quantize_linear(x, np.float32(1), np.int8(z))
+        quirks = ronnx.quantize_linear(x, np.float32(1), np.int8(z), reference_quirks=True)
+        assert spec.tolist() == ort_y.tolist()
+        assert quirks.tolist() == ref_y.tolist()
+
+
+@SETTINGS
+@given(case=quant_cases(types=tuple(FLOAT8_TYPES), extremes=True),
+       saturate=st.sampled_from([0, 1]), nan=st.booleans())
+def test_quantize_linear_float8_matches_onnxruntime_and_reference(case, saturate, nan):
+    x, scale, _, axis, block_size, name = case
+    if nan:
+        x = x.copy()
+        x.reshape(-1)[0] = np.nan
+    enum = FLOAT8_TYPES[name]
+    key = ("ql", enum, _axis_attr(axis, block_size, scale), block_size, 21, saturate, False)
+    got = ronnx.quantize_linear(x, scale, axis=axis, block_size=block_size, saturate=saturate,
+                                output_dtype=enum)
+    vals = got.astype(np.float32)
+    sess, ref = _runner(key)
+    (ref_y,) = ref.run(None, {"x": x, "s": scale})
+    np.testing.assert_array_equal(vals, ref_y, err_msg="compat vs onnx.reference")
+    _assert_same_bits(vals, ref_y, "compat vs onnx.reference")
+    if block_size == 0:  # onnxruntime implements blocked QuantizeLinear for int4/uint4 only
+        (ort_y,) = sess.run(None, {"x": x, "s": scale})
+        _assert_same_bits(vals, ort_y, "compat vs onnxruntime")
+
+
+def _assert_same_bits(a, b, msg):
+    """Equal float32 bit patterns, except that any NaN equals any NaN."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    assert a.shape == b.shape, msg
+    nan_a, nan_b = np.isnan(a), np.isnan(b)
+    np.testing.assert_array_equal(nan_a, nan_b, err_msg=msg + ": NaN positions")
+    np.testing.assert_array_equal(a[~nan_a].view(np.uint32), b[~nan_b].view(np.uint32),
+                                  err_msg=msg)
+
+
+# ---------------------------------------------------------------- DequantizeLinear
+
+
+@SETTINGS
+@given(case=quant_cases(extremes=False), data=st.data())
+def test_dequantize_linear_integer_types_match_onnxruntime_and_reference(case, data):
+    _, scale, zp, axis, block_size, name = case
+    enum, npdt, opset = INT_TYPES[name]
+    fmt = int_format(name)
+    shape = case[0].shape
+    n = int(np.prod(shape))
+    codes = np.array(data.draw(st.lists(st.integers(fmt.qmin, fmt.qmax), min_size=n,
+                                        max_size=n)), dtype=np.int64).reshape(shape)
+    key = ("dql", enum, _axis_attr(axis, block_size, scale), block_size, opset)
+    feeds = {"x32": codes.astype(np.int32), "s": scale, "z32": zp.astype(np.int32)}
+    sess, ref = _runner(key)
+    (ref_y,) = ref.run(None, feeds)
+    if block_size and scale.ndim <= 1 and scale.size == 1:
+        # onnxruntime quirk: a 1-D one-element scale is per tensor there, and then it refuses
+        # block_size > 0 ("block_size must be 0 for per-tensor quantization",
+        # quantize_linear.cc PrepareForQDQ), although the shape is a valid blocked one.
+        with pytest.raises(Exception, match="block_size must be 0"):
+            sess.run(None, feeds)
+        ort_y = ref_y
+    else:
+        (ort_y,) = sess.run(None, feeds)
+    got = ronnx.dequantize_linear(codes.astype(npdt), scale, zp.astype(npdt), axis=axis,
+                                  block_size=block_size)
+    core = refquant.dequantize(codes, scale, zp, axis=None if scale.ndim == 0 else axis,
+                               block_size=block_size or None)
+    for name_, y in (("compat", got), ("core", core)):
+        _assert_same_bits(y, ort_y, f"{name_} vs onnxruntime")
+        _assert_same_bits(y, ref_y, f"{name_} vs onnx.reference")
+
+
+def test_dequantize_linear_int32_rounds_codes_beyond_2_24_like_both_peers():
+    x = np.array([2**24 + 1, 2**30 + 65, -(2**31), 2**31 - 1, 12345], dtype=np.int32)
+    s = np.array(0.1, dtype=np.float32)
+    _, ort = _peers()
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    node = helper.make_node("DequantizeLinear", ["x", "s"], ["y"])
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 6, None),
+                                        helper.make_tensor_value_info("s", 1, None)],
+                          [helper.make_tensor_value_info("y", 1, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    ort_y = ort.InferenceSession(m.SerializeToString(),
+                                 providers=["CPUExecutionProvider"]).run(None, {"x": x, "s": s})[0]
+    ref_y = ReferenceEvaluator(m).run(None, {"x": x, "s": s})[0]
+    got = ronnx.dequantize_linear(x, s)
+    _assert_same_bits(got, ort_y, "compat vs onnxruntime")
+    _assert_same_bits(got, ref_y, "compat vs onnx.reference")
+
+
+@SETTINGS
+@given(case=quant_cases(types=tuple(FLOAT8_TYPES), extremes=False))
+def test_dequantize_linear_float8_round_trip_matches_onnx_reference(case):
+    x, scale, _, axis, block_size, name = case
+    enum = FLOAT8_TYPES[name]
+    onnx, _ = _peers()
+    from onnx.reference.ops.op_dequantize_linear import DequantizeLinear_21
+
+    q = ronnx.quantize_linear(x, scale, axis=axis, block_size=block_size, output_dtype=enum)
+    got = ronnx.dequantize_linear(q, scale, axis=axis, block_size=block_size)
+    want = DequantizeLinear_21.eval(q, scale, axis=axis, block_size=block_size)
+    _assert_same_bits(got, want, "compat vs onnx.reference")
+
+
+# ---------------------------------------------------------------- DynamicQuantizeLinear
+
+
+@st.composite
+def dynamic_inputs(draw):
+    n = draw(st.integers(1, 24))
+    kind = draw(st.sampled_from(["random", "positive", "negative", "ties", "constant"]))
+    vals = draw(st.lists(st.floats(-100, 100, width=32), min_size=n, max_size=n))
+    x = np.array(vals, dtype=np.float32)
+    if kind == "positive":
+        x = np.abs(x)
+    elif kind == "negative":
+        x = -np.abs(x)
+    elif kind == "ties":  # range [-1, 1.55] -> scale 0.01; many values on half steps
+        ks = draw(st.lists(st.integers(-100, 154), min_size=n, max_size=n))
+        x = np.concatenate([np.array([-1.0, 1.55]), (np.array(ks) + 0.5) * 0.01]).astype(
+            np.float32)
+    elif kind == "constant":
+        x = np.full(n, x[0], dtype=np.float32)
+    return x
+
+
+@SETTINGS
+@given(x=dynamic_inputs())
+def test_dynamic_quantize_linear_matches_onnxruntime_and_reference(x):
+    (oy, os_, oz), (ry, rs, rz) = _run(("dyn",), {"x": x})
+    y, s, z = ronnx.dynamic_quantize_linear(x)
+    np.testing.assert_array_equal(y, oy)
+    assert s.view(np.uint32) == np.asarray(os_, np.float32).view(np.uint32)
+    assert z == oz
+    if (x != 0).any():
+        np.testing.assert_array_equal(y, ry)
+        assert s.view(np.uint32) == np.asarray(rs, np.float32).view(np.uint32)
+        assert z == rz
+    # the core alone, set to the operator's semantics
+    qp = refquant.qparams_from_range(min(x.min(), 0), max(x.max(), 0), dtype="uint8",
+                                     symmetric=False, eps=0.0, precision="float32",
+                                     zero_point_formula="round_difference")
+    assert qp.scale.view(np.uint32) == np.asarray(os_, np.float32).view(np.uint32)
+    np.testing.assert_array_equal(qp.quantize(x, precision="float32"), oy)
+
+
+def test_dynamic_quantize_linear_all_zero_scale_is_one_in_onnxruntime_and_1_255_in_reference():
+    x = np.zeros(5, dtype=np.float32)
+    (oy, os_, oz), (ry, rs, rz) = _run(("dyn",), {"x": x})
+    assert float(os_) == 1.0
+    assert np.float32(rs) == np.float32(1) / np.float32(255)
+    y, s, z = ronnx.dynamic_quantize_linear(x)
+    assert float(s) == float(os_) and int(z) == int(oz) == 0
+    yq, sq, zq = ronnx.dynamic_quantize_linear(x, reference_quirks=True)
+    assert sq.view(np.uint32) == np.asarray(rs, np.float32).view(np.uint32)
+    np.testing.assert_array_equal(yq, ry)
+
+
+# ---------------------------------------------------------------- MatMulInteger / QLinearMatMul
+
+_I8 = {"uint8": (2, np.uint8), "int8": (3, np.int8)}
+
+
+@st.composite
+def int_matrices(draw):
+    ta, tb = draw(st.sampled_from(["uint8", "int8"])), draw(st.sampled_from(["uint8", "int8"]))
+    m, k, n = draw(st.integers(1, 4)), draw(st.integers(1, 6)), draw(st.integers(1, 4))
+    ia, ib = np.iinfo(_I8[ta][1]), np.iinfo(_I8[tb][1])
+    a = np.array(draw(st.lists(st.integers(ia.min, ia.max), min_size=m * k, max_size=m * k)),
+                 dtype=_I8[ta][1]).reshape(m, k)
+    b = np.array(draw(st.lists(st.integers(ib.min, ib.max), min_size=k * n, max_size=k * n)),
+                 dtype=_I8[tb][1]).reshape(k, n)
+    za = np.array(draw(st.integers(ia.min, ia.max)), dtype=_I8[ta][1])
+    zb = np.array(draw(st.integers(ib.min, ib.max)), dtype=_I8[tb][1])
+    return ta, tb, a, b, za, zb
+
+
+@SETTINGS
+@given(mats=int_matrices())
+def test_matmul_integer_matches_onnxruntime_and_reference(mats):
+    ta, tb, a, b, za, zb = mats
+    (oy,), (ry,) = _run(("mmi", _I8[ta][0], _I8[tb][0]), {"a": a, "b": b, "za": za, "zb": zb})
+    got = ronnx.matmul_integer(a, b, za, zb)
+    np.testing.assert_array_equal(got, oy)
+    np.testing.assert_array_equal(got, ry)
+    assert got.dtype == np.int32
+
+
+# The type combinations onnxruntime's CPU QLinearMatMul implements (T1 = T3; int8 a needs int8 b).
+ORT_QLMM = {("uint8", "uint8", "uint8"), ("uint8", "int8", "uint8"), ("int8", "int8", "int8")}
+
+
+@SETTINGS
+@given(mats=int_matrices(), ty=st.sampled_from(["uint8", "int8"]),
+       sa=st.sampled_from([0.5, 0.25, 0.1, 0.02, 1.0]),
+       sb=st.sampled_from([0.5, 0.125, 0.3, 0.05, 2.0]),
+       sy=st.sampled_from([1.0, 0.5, 4.0, 0.7, 0.01]), data=st.data())
+def test_qlinear_matmul_matches_onnxruntime_and_reference(mats, ty, sa, sb, sy, data):
+    ta, tb, a, b, za, zb = mats
+    iy = np.iinfo(_I8[ty][1])
+    zy = np.array(data.draw(st.integers(iy.min, iy.max)), dtype=_I8[ty][1])
+    sa, sb, sy = (np.array(v, dtype=np.float32) for v in (sa, sb, sy))
+    feeds = {"a": a, "sa": sa, "za": za, "b": b, "sb": sb, "zb": zb, "sy": sy, "zy": zy}
+    got = ronnx.qlinear_matmul(a, sa, za, b, sb, zb, sy, zy)
+    got_ref = ronnx.qlinear_matmul(a, sa, za, b, sb, zb, sy, zy, reference_quirks=True)
+    if (ta, tb, ty) in ORT_QLMM:
+        (oy,), (ry,) = _run(("qlmm", _I8[ta][0], _I8[tb][0], _I8[ty][0]), feeds)
+        np.testing.assert_array_equal(got, oy, err_msg="compat vs onnxruntime")
+    else:
+        from onnx.reference.ops.op_qlinear_matmul import QLinearMatMul
+
+        ry = QLinearMatMul.eval(a, sa, za, b, sb, zb, sy, zy)
+    np.testing.assert_array_equal(got_ref, ry, err_msg="compat(reference_quirks) vs reference")
+
+
+def test_qlinear_matmul_float32_product_vs_reference_float64_product():
+    # multiplier 0.1f = 0.100000001490116..., C = 5: the product 0.5000000075 is a tie in
+    # float32 (onnxruntime: rne(0.5) = 0) but not in float64 (onnx.reference: 1).
+    a, b = np.array([[5]], np.uint8), np.array([[1]], np.uint8)
+    one, tenth = np.array(1, np.float32), np.array(0.1, np.float32)
+    z = np.array(0, np.uint8)
+    feeds = {"a": a, "sa": tenth, "za": z, "b": b, "sb": one, "zb": z, "sy": one,
+             "zy": np.array(10, np.uint8)}
+    (oy,), (ry,) = _run(("qlmm", 2, 2, 2), feeds)
+    assert oy.tolist() == [[10]] and ry.tolist() == [[11]]
+    args = (a, tenth, z, b, one, z, one, np.array(10, np.uint8))
+    assert ronnx.qlinear_matmul(*args).tolist() == [[10]]
+    assert ronnx.qlinear_matmul(*args, reference_quirks=True).tolist() == [[11]]
