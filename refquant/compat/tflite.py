@@ -1,0 +1,469 @@
+"""TensorFlow Lite (and gemmlowp) integer-only semantics, by TFLite's names.
+
+Everything here reproduces TFLite's reference kernels bit for bit, built on
+:mod:`refquant.quant.integer` (the fixed-point core) and
+:mod:`refquant.quant.rounding`. TFLite's quirks, each named where it matters:
+
+- ``TfLiteRound`` is ``std::round``: ties go **away from zero** (ONNX and
+  PyTorch round half to even), in float quantization, in ``QuantizeMultiplier``
+  and in bias quantization.
+- Fixed-point requantization rounds **twice** by default (gemmlowp's
+  ``SaturatingRoundingDoublingHighMul`` then ``RoundingDivideByPOT``, both half
+  away from zero); builds with ``TFLITE_SINGLE_ROUNDING=1`` (TFLite Micro, some
+  delegates) round once, half up. The two differ by one step on some inputs.
+- Float-to-int casts of values beyond int32 (and NaN) are undefined in C++; on
+  x86 ``cvttss2si`` returns ``INT32_MIN``, so a huge positive input quantizes
+  to ``qmin`` (``cast="x86"``); ARM's ``fcvtzs`` saturates and maps NaN to 0
+  (``cast="arm"``).
+- TF's fake-quant nudges the zero point to an integer (``Nudge``), computes in
+  float32 and rounds with ``floor(x + 0.5)`` (ties up).
+
+Argument names follow TFLite's C++ (``input_offset`` is minus the input zero
+point, ``output_offset`` the output zero point); ``filter`` / ``input`` /
+``min`` / ``max`` are spelled ``filter_data`` / ``input_data`` / ``min_`` /
+``max_`` so as not to shadow Python builtins.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._errors import RefquantError
+from ..formats.integer import int_format
+from ..quant.integer import (
+    INT32_MAX,
+    INT32_MIN,
+    integer_matmul,
+    multiply_by_quantized_multiplier,
+    multiply_by_quantized_multiplier_int64,
+    quantize_bias,
+    quantize_multiplier,
+    rounding_divide_by_pot,
+    saturating_rounding_doubling_high_mul,
+)
+from ..quant.rounding import round_to_int
+
+__all__ = [
+    "quantize_multiplier",
+    "multiply_by_quantized_multiplier",
+    "multiply_by_quantized_multiplier_int64",
+    "saturating_rounding_doubling_high_mul",
+    "rounding_divide_by_pot",
+    "affine_quantize",
+    "nudge",
+    "fake_quant_with_min_max_args",
+    "symmetric_bias_quantize",
+    "populate_convolution_quantization_params",
+    "calculate_activation_range_quantized",
+    "compute_padding",
+    "fully_connected",
+    "conv2d",
+]
+
+_CASTS = ("x86", "arm")
+
+
+def _float_to_int32(v: np.ndarray, cast: str) -> np.ndarray:
+    """``static_cast<int32_t>(float)`` of integral floats, as the named CPU does it."""
+    finite_in = np.isfinite(v) & (v >= -(2.0**31)) & (v < 2.0**31)
+    safe = np.where(finite_in, v, 0.0).astype(np.int64)
+    if cast == "x86":  # cvttss2si: the "integer indefinite" value 0x80000000
+        return np.where(finite_in, safe, INT32_MIN)
+    sat = np.where(np.isnan(v), 0, np.where(v > 0, INT32_MAX, INT32_MIN))
+    return np.where(finite_in, safe, sat)
+
+
+def _wrap32(v):
+    return (np.asarray(v, dtype=np.int64) + 2**31) % 2**32 - 2**31
+
+
+def affine_quantize(input_data, scale, zero_point, *, dtype="int8", cast="x86",
+                    kernel="reference") -> np.ndarray:
+    """TFLite's ``AffineQuantize``: float32 to int8 / uint8 / int16 codes.
+
+    Parameters
+    ----------
+    input_data : array_like of float (converted to float32)
+    scale : float (converted to float32, as ``static_cast<float>(op_params.scale)``)
+    zero_point : int
+    dtype : {"int8", "uint8", "int16"}
+    cast : {"x86", "arm"}
+        How ``static_cast<int32_t>`` treats NaN and values beyond int32 (see the
+        module docstring): on x86 they become ``INT32_MIN`` before the zero point
+        is added (with wraparound) and the clamp, so +Inf and 1e10 give ``qmin``
+        (or ``qmax`` when ``zero_point < 0``: ``INT32_MIN - 1`` wraps).
+    kernel : {"reference", "optimized", "xnnpack"}
+        Which of LiteRT's QUANTIZE kernels: ``"reference"`` (``BUILTIN_REF``:
+        ``x / scale`` in float32, ``TfLiteRound``: half away from zero),
+        ``"optimized"`` (``BUILTIN`` without delegates: ``x * (1 / scale)`` with a
+        float32 reciprocal, ties to even, the same int32 cast), ``"xnnpack"``
+        (the default delegate: the reciprocal product, ties to even, and values
+        beyond the range, ±Inf and NaN saturate instead of going through the
+        int32 cast; NaN gives qmax).
+        Measured against ai-edge-litert 2.3.0 on x86-64 (tests/peers/test_tflite.py).
+
+    Formula
+    -------
+    :math:`q = \\mathrm{clamp}(\\mathrm{int32}(\\mathrm{round}(x / s)) + z, q_{min}, q_{max})`
+    with :math:`x / s` a float32 division and round half **away from zero**.
+
+    Reference
+    ---------
+    TFLite ``tensorflow/lite/kernels/internal/reference/quantize.h`` and
+    ``optimized/optimized_ops.h``, ``AffineQuantize``; ``cppmath.h`` ``TfLiteRound``.
+    """
+    if cast not in _CASTS:
+        raise RefquantError(f"cast must be one of {', '.join(_CASTS)}; got {cast!r}")
+    fmt = int_format(dtype)
+    x = np.asarray(input_data)
+    if x.dtype.kind not in "fiu":
+        raise RefquantError(f"input_data must be real numbers, got dtype {x.dtype}")
+    s = np.float32(scale)
+    if not (np.isfinite(s) and s > 0):
+        raise RefquantError(f"scale must be finite and > 0; got {scale!r}")
+    z = int(zero_point)
+    if not fmt.qmin <= z <= fmt.qmax:
+        raise RefquantError(f"zero_point {z} is outside [{fmt.qmin}, {fmt.qmax}] of {fmt.name}")
+    if kernel not in ("reference", "optimized", "xnnpack"):
+        raise RefquantError(f"kernel must be 'reference', 'optimized' or 'xnnpack'; got {kernel!r}")
+    mode = "half_away" if kernel == "reference" else "half_even"
+    with np.errstate(over="ignore", invalid="ignore"):
+        if kernel == "reference":
+            v = x.astype(np.float32) / s
+        else:
+            v = x.astype(np.float32) * np.float32(np.float32(1) / s)
+        v = round_to_int(v, mode).astype(np.float64)
+    if kernel == "xnnpack":
+        v = np.where(np.isnan(v), np.inf, v)
+        q = np.clip(np.clip(v, -(2.0**40), 2.0**40).astype(np.int64) + z, fmt.qmin, fmt.qmax)
+        return q.astype(fmt.storage_dtype)
+    q = _wrap32(_float_to_int32(v, cast) + z)
+    return np.clip(q, fmt.qmin, fmt.qmax).astype(fmt.storage_dtype)
+
+
+def nudge(min_, max_, quant_min, quant_max):
+    """TF's ``Nudge``: a float32 scale and a range whose zero is exactly on the grid.
+
+    Returns
+    -------
+    (nudged_min, nudged_max, scale, inv_scale) : numpy.float32
+
+    Formula
+    -------
+    In float32: :math:`s = (max - min) / (q_{max} - q_{min})`,
+    :math:`s^{-1} = (q_{max} - q_{min}) / (max - min)` (computed separately, not
+    as ``1 / s``), :math:`z_f = q_{min} - min / s`, :math:`z = q_{min}` if
+    :math:`z_f < q_{min}`, :math:`q_{max}` if :math:`z_f > q_{max}`, else
+    ``std::round`` (half away) of :math:`z_f`;
+    :math:`min' = (q_{min} - z) s`, :math:`max' = (q_{max} - z) s`.
+
+    Reference
+    ---------
+    TensorFlow ``tensorflow/core/kernels/fake_quant_ops_functor.h``, ``Nudge``;
+    TFLite ``quantization_util.cc`` ``NudgeQuantizationRange``.
+    """
+    f32 = np.float32
+    lo, hi = f32(min_), f32(max_)
+    qmin_f, qmax_f = f32(quant_min), f32(quant_max)
+    scale = f32((hi - lo) / (qmax_f - qmin_f))
+    inv_scale = f32((qmax_f - qmin_f) / (hi - lo))
+    zp_from_min = f32(qmin_f - f32(lo / scale))
+    if zp_from_min < qmin_f:
+        zp = int(quant_min)
+    elif zp_from_min > qmax_f:
+        zp = int(quant_max)
+    else:
+        zp = int(round_to_int(np.float64(zp_from_min), "half_away"))
+    nudged_min = f32(f32(qmin_f - f32(zp)) * scale)
+    nudged_max = f32(f32(qmax_f - f32(zp)) * scale)
+    return nudged_min, nudged_max, scale, inv_scale
+
+
+def fake_quant_with_min_max_args(inputs, min_=-6.0, max_=6.0, num_bits=8, narrow_range=False):
+    """TF's ``tf.quantization.fake_quant_with_min_max_args`` (float32 in, float32 out).
+
+    Parameters
+    ----------
+    inputs : array_like of float (converted to float32)
+    min_, max_ : float
+        TF's ``min`` and ``max`` attributes; ``min_ < max_`` required (TF's
+        ``InvalidArgument``). TF's functor asserts ``min <= 0 <= max`` only in
+        debug builds; outside that the nudged zero point clamps to the grid's end.
+    num_bits : int in [2, 16]
+    narrow_range : bool
+        Grid ``[1, 2^b - 1]`` instead of ``[0, 2^b - 1]``.
+
+    Formula
+    -------
+    With :func:`nudge`'s :math:`min', max', s, s^{-1}` and
+    :math:`z_0 = \\lfloor -min' s^{-1} + 0.5 \\rfloor`:
+    :math:`y = (\\lfloor (\\mathrm{clamp}(x, min', max') - min') s^{-1} - z_0 + 0.5 \\rfloor) s`,
+    every operation rounded to float32 (no fused multiply-add). The rounding is
+    ``floor(v + 0.5)``: ties go up (toward +Inf). NaN inputs give NaN (Eigen's
+    scalar ``cwiseMin``/``cwiseMax`` are ``std::min``/``std::max``, which return
+    their first operand, the input, when a comparison involves NaN).
+
+    Reference
+    ---------
+    TensorFlow ``tensorflow/core/kernels/fake_quant_ops_functor.h``,
+    ``FakeQuantWithMinMaxArgsFunctor``; ``fake_quant_ops.cc`` (attribute checks).
+    """
+    nb = int(num_bits)
+    if not 2 <= nb <= 16:
+        raise RefquantError(f"num_bits is out of range, expected between 2 and 16, was: {num_bits}")
+    lo, hi = np.float32(min_), np.float32(max_)
+    if not lo < hi:
+        raise RefquantError(f"min has to be smaller than max, was: {min_} >= {max_}")
+    quant_min = 1 if narrow_range else 0
+    quant_max = (1 << nb) - 1
+    nmin, nmax, scale, inv_scale = nudge(lo, hi, quant_min, quant_max)
+    f32 = np.float32
+    quant_zero = f32(np.floor(f32(f32(-nmin * inv_scale) + f32(0.5))))
+    x = np.asarray(inputs)
+    if x.dtype.kind not in "fiu":
+        raise RefquantError(f"inputs must be real numbers, got dtype {x.dtype}")
+    x = x.astype(np.float32)
+    clamped = np.where(np.isnan(x), x, np.minimum(np.maximum(x, nmin), nmax)).astype(f32)
+    shifted = (clamped - nmin).astype(f32)
+    v = ((shifted * inv_scale).astype(f32) - quant_zero).astype(f32)
+    v = np.floor((v + f32(0.5)).astype(f32)).astype(f32)
+    return (v * scale).astype(f32)
+
+
+def symmetric_bias_quantize(bias, input_scale, weight_scale) -> np.ndarray:
+    """TFLite converter's int32 bias: ``round_half_away(b * float(1 / float(s_in * s_w)))``.
+
+    Formula
+    -------
+    :math:`\\sigma = \\mathrm{fl}_{32}(s_{in} s_w)`,
+    :math:`\\iota = \\mathrm{fl}_{32}(1 / \\sigma)` (division in double),
+    :math:`b_q = \\mathrm{clamp}(\\mathrm{round}(\\mathrm{fl}_{32}(b \\iota)), -(2^{31}-1), 2^{31}-1)`,
+    round half away from zero.
+
+    Reference
+    ---------
+    TFLite ``tensorflow/lite/tools/optimize/quantization_utils.cc``,
+    ``SymmetricPerLayerBiasQuantize`` / ``SymmetricPerChannelBiasQuantize``.
+    """
+    return quantize_bias(bias, input_scale, weight_scale, rounding="half_away",
+                         scale_op="reciprocal", precision="float32", narrow_range=True)
+
+
+def populate_convolution_quantization_params(input_scale, filter_scale, output_scale, *,
+                                             single_rounding=False):
+    """Per-channel ``(output_multiplier, output_shift)`` as TFLite's kernels prepare them.
+
+    Formula
+    -------
+    :math:`M_c = \\mathrm{double}(s_{in}) \\cdot \\mathrm{double}(s_{w,c}) / \\mathrm{double}(s_{out})`
+    in double, then :func:`quantize_multiplier`.
+
+    Reference
+    ---------
+    TFLite ``tensorflow/lite/kernels/kernel_util.cc``, ``PopulateConvolutionQuantizationParams``.
+    """
+    s_in = np.float64(np.float32(input_scale))
+    s_w = np.asarray(filter_scale, dtype=np.float32).astype(np.float64)
+    s_out = np.float64(np.float32(output_scale))
+    for name, s in (("input_scale", s_in), ("filter_scale", s_w), ("output_scale", s_out)):
+        if not (np.isfinite(s) & (s > 0)).all():
+            raise RefquantError(f"{name} must be finite and > 0; got {s!r}")
+    eff = np.atleast_1d(s_in * s_w / s_out)
+    qm, sh = quantize_multiplier(eff, single_rounding=single_rounding)
+    return qm, sh
+
+
+_ACTIVATIONS = {"NONE": None, "RELU": (0.0, None), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0)}
+
+
+def calculate_activation_range_quantized(activation, output_scale, output_zero_point, dtype="int8"):
+    """``(output_activation_min, output_activation_max)`` of a fused activation.
+
+    Formula
+    -------
+    Each real bound :math:`r` becomes :math:`z + \\mathrm{int}(\\mathrm{round}(r / s))`
+    (float32 division, half away), intersected with :math:`[q_{min}, q_{max}]`.
+
+    Reference
+    ---------
+    TFLite ``kernel_util.cc``, ``CalculateActivationRangeQuantized`` (``Quantize`` helper).
+    """
+    if activation not in _ACTIVATIONS:
+        raise RefquantError(f"activation must be one of {', '.join(_ACTIVATIONS)}; got {activation!r}")
+    fmt = int_format(dtype)
+    lo, hi = fmt.qmin, fmt.qmax
+    bounds = _ACTIVATIONS[activation]
+    if bounds is None:
+        return lo, hi
+    s = np.float32(output_scale)
+
+    def q(r):
+        return int(output_zero_point) + int(round_to_int(np.float32(np.float32(r) / s), "half_away"))
+
+    lo = max(lo, q(bounds[0]))
+    if bounds[1] is not None:
+        hi = min(hi, q(bounds[1]))
+    return lo, hi
+
+
+def fully_connected(input_data, filter_data, bias_data=None, *, input_offset=0, filter_offset=0,
+                    output_offset=0, output_multiplier, output_shift,
+                    output_activation_min=-128, output_activation_max=127,
+                    single_rounding=False, output_dtype="int8") -> np.ndarray:
+    """TFLite's integer ``FullyConnected`` reference kernel (per tensor or per channel).
+
+    Parameters
+    ----------
+    input_data : array_like of int8 / uint8 / int16, shape (..., accum_depth)
+    filter_data : array_like of int8, shape (output_depth, accum_depth)
+    bias_data : array_like of int32, shape (output_depth,), optional
+    input_offset, filter_offset : int
+        Minus the zero points (TFLite's convention); int8 per-channel filters are
+        symmetric (``filter_offset=0``).
+    output_offset : int
+        The output zero point.
+    output_multiplier, output_shift : int or array of shape (output_depth,)
+        From :func:`populate_convolution_quantization_params`.
+    output_activation_min, output_activation_max : int
+        From :func:`calculate_activation_range_quantized`.
+    single_rounding : bool
+        ``TFLITE_SINGLE_ROUNDING`` builds.
+    output_dtype : str
+
+    Returns
+    -------
+    numpy.ndarray of shape (..., output_depth), the output dtype.
+
+    Formula
+    -------
+    :math:`\\mathrm{acc} = \\sum_d (w_{cd} + o_w)(x_{bd} + o_x) + \\mathrm{bias}_c` in a
+    wrapping int32 accumulator;
+    :math:`y = \\mathrm{clamp}(\\mathrm{MBQM}(\\mathrm{acc}, m_c, e_c) + o_y, a_{min}, a_{max})`.
+
+    Reference
+    ---------
+    TFLite ``reference/fully_connected.h`` and ``reference/integer_ops/fully_connected.h``
+    (``FullyConnected``, ``FullyConnectedPerChannel``).
+    """
+    fmt = int_format(output_dtype)
+    x = np.asarray(input_data)
+    w = np.asarray(filter_data)
+    if w.ndim != 2:
+        raise RefquantError(f"filter_data must be 2-D (output_depth, accum_depth); got shape {w.shape}")
+    if x.ndim < 1 or x.shape[-1] != w.shape[1]:
+        raise RefquantError(
+            f"input_data's last dimension {x.shape[-1] if x.ndim else None} must equal "
+            f"filter_data's accum_depth {w.shape[1]}"
+        )
+    n_out = w.shape[0]
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, w.shape[1])
+    acc = integer_matmul(x2, w.T, -int(input_offset), -int(filter_offset), accumulate="int32_wrap")
+    acc = acc.astype(np.int64)
+    if bias_data is not None:
+        b = np.asarray(bias_data)
+        if b.shape != (n_out,):
+            raise RefquantError(f"bias_data must have shape ({n_out},); got {b.shape}")
+        if b.dtype.kind not in "iu":
+            raise RefquantError(f"bias_data must be int32, got dtype {b.dtype}")
+        acc = _wrap32(acc + b.astype(np.int64))
+    m = np.broadcast_to(np.asarray(output_multiplier), (n_out,)).astype(np.int64)
+    e = np.broadcast_to(np.asarray(output_shift), (n_out,)).astype(np.int64)
+    scaled = multiply_by_quantized_multiplier(acc, m[None, :], e[None, :],
+                                              single_rounding=single_rounding).astype(np.int64)
+    lo = max(fmt.qmin, int(output_activation_min))
+    hi = min(fmt.qmax, int(output_activation_max))
+    if lo > hi:
+        raise RefquantError(f"output_activation_min {output_activation_min} > output_activation_max "
+                            f"{output_activation_max}")
+    out = np.clip(_wrap32(scaled + int(output_offset)), lo, hi)
+    return out.reshape(*lead, n_out).astype(fmt.storage_dtype)
+
+
+def compute_padding(padding, in_size, filter_size, stride, dilation):
+    """TFLite's output size and (before) padding for one spatial dimension.
+
+    Formula
+    -------
+    :math:`k' = (k - 1) d + 1`; SAME: :math:`o = \\lceil n / s \\rceil`; VALID:
+    :math:`o = \\lfloor (n - k') / s \\rfloor + 1`; total padding
+    :math:`\\max(0, (o - 1) s + k' - n)`, of which :math:`\\lfloor t/2 \\rfloor` goes
+    before and the rest after (the odd element at the end).
+
+    Reference
+    ---------
+    TFLite ``kernels/padding.h``, ``ComputeOutSize``, ``ComputePaddingWithOffset``.
+    """
+    if padding not in ("SAME", "VALID"):
+        raise RefquantError(f"padding must be 'SAME' or 'VALID'; got {padding!r}")
+    if stride < 1 or dilation < 1:
+        raise RefquantError(f"stride and dilation must be >= 1; got {stride}, {dilation}")
+    eff = (filter_size - 1) * dilation + 1
+    if padding == "SAME":
+        out = (in_size + stride - 1) // stride
+    else:
+        out = (in_size + stride - eff) // stride
+    if out < 1:
+        raise RefquantError(f"VALID convolution of size {in_size} with an effective filter of {eff} "
+                            "has no output")
+    total = max(0, (out - 1) * stride + eff - in_size)
+    return out, total // 2
+
+
+def conv2d(input_data, filter_data, bias_data=None, *, stride_width=1, stride_height=1,
+           padding="VALID", dilation_width_factor=1, dilation_height_factor=1, input_offset=0,
+           output_offset=0, output_multiplier, output_shift, output_activation_min=-128,
+           output_activation_max=127, single_rounding=False, output_dtype="int8") -> np.ndarray:
+    """TFLite's int8 ``Conv`` (``ConvPerChannel``) via im2col and :func:`fully_connected`.
+
+    Parameters
+    ----------
+    input_data : int8 array, NHWC (batches, height, width, in_channels)
+    filter_data : int8 array, OHWI (out_channels, kh, kw, in_channels), symmetric
+    bias_data : int32 array (out_channels,), optional
+    stride_width, stride_height, dilation_width_factor, dilation_height_factor : int
+    padding : {"SAME", "VALID"}
+    input_offset, output_offset, output_multiplier, output_shift,
+    output_activation_min, output_activation_max, single_rounding, output_dtype
+        As for :func:`fully_connected`.
+
+    Formula
+    -------
+    :math:`\\mathrm{acc}_{b,y,x,c} = \\sum_{i,j,k} w_{c,i,j,k}(x_{b, ys - p_h + i d_h, xs - p_w + j d_w, k} + o_x)`
+    over the taps inside the image (TFLite skips the others, which equals padding
+    with the input zero point, as done here), then requantized as in
+    :func:`fully_connected`.
+
+    Reference
+    ---------
+    TFLite ``reference/integer_ops/conv.h`` (``ConvPerChannel``), ``kernels/padding.h``.
+    """
+    x = np.asarray(input_data)
+    w = np.asarray(filter_data)
+    if x.ndim != 4 or w.ndim != 4:
+        raise RefquantError(f"input_data (NHWC) and filter_data (OHWI) must be 4-D; got {x.shape}, {w.shape}")
+    nb, ih, iw, ic = x.shape
+    oc, kh, kw, fc = w.shape
+    if fc != ic:
+        raise RefquantError(f"filter_data has {fc} input channels, input_data has {ic}")
+    oh, ph = compute_padding(padding, ih, kh, stride_height, dilation_height_factor)
+    ow, pw = compute_padding(padding, iw, kw, stride_width, dilation_width_factor)
+    ys = np.arange(oh)[:, None] * stride_height - ph + np.arange(kh)[None, :] * dilation_height_factor
+    xs = np.arange(ow)[:, None] * stride_width - pw + np.arange(kw)[None, :] * dilation_width_factor
+    pad_val = -int(input_offset)  # (pad_val + input_offset) == 0: the tap contributes nothing
+    x64 = x.astype(np.int64)
+    yin = (ys >= 0) & (ys < ih)
+    xin = (xs >= 0) & (xs < iw)
+    yc = np.clip(ys, 0, ih - 1)
+    xc = np.clip(xs, 0, iw - 1)
+    # patches[b, oy, ox, i, j, k]
+    patches = x64[:, yc[:, None, :, None], xc[None, :, None, :], :]
+    inside = (yin[:, None, :, None] & xin[None, :, None, :])[None, ..., None]
+    patches = np.where(inside, patches, pad_val)
+    cols = patches.reshape(nb, oh, ow, kh * kw * ic)
+    return fully_connected(cols, w.reshape(oc, kh * kw * ic), bias_data, input_offset=input_offset,
+                           filter_offset=0, output_offset=output_offset,
+                           output_multiplier=output_multiplier, output_shift=output_shift,
+                           output_activation_min=output_activation_min,
+                           output_activation_max=output_activation_max,
+                           single_rounding=single_rounding, output_dtype=output_dtype)

@@ -1,0 +1,144 @@
+"""refquant.compat.tflite: hand-worked TFLite examples and a literal loop oracle for Conv."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refquant import RefquantError
+from refquant.compat import tflite as T
+
+
+def test_affine_quantize_ties_away_from_zero():
+    x = np.array([0.5, 1.5, 2.5, -0.5, -1.5], np.float32)
+    np.testing.assert_array_equal(T.affine_quantize(x, 1.0, 0), [1, 2, 3, -1, -2])
+    np.testing.assert_array_equal(T.affine_quantize(x, 1.0, 0, kernel="optimized"),
+                                  [0, 2, 2, 0, -2])
+
+
+def test_affine_quantize_x86_cast_sends_huge_values_to_int32_min():
+    x = np.array([1e10, -1e10, np.inf, np.nan, 300.0], np.float32)
+    # cvttss2si gives INT32_MIN; + 3 then clamp -> -128; with zero point -1 it wraps to INT32_MAX
+    np.testing.assert_array_equal(T.affine_quantize(x, 1.0, 3), [-128, -128, -128, -128, 127])
+    np.testing.assert_array_equal(T.affine_quantize(x, 1.0, -1), [127, 127, 127, 127, 127])
+    # ARM saturates the cast (NaN -> 0); INT32_MAX + 3 then wraps, so zero point 0 shows it
+    np.testing.assert_array_equal(T.affine_quantize(x, 1.0, 0, cast="arm"), [127, -128, 127, 0, 127])
+    np.testing.assert_array_equal(T.affine_quantize(x, 1.0, 3, cast="arm"),
+                                  [-128, -128, -128, 3, 127])
+    np.testing.assert_array_equal(T.affine_quantize(x, 1.0, 3, kernel="xnnpack"),
+                                  [127, -128, 127, 127, 127])
+
+
+def test_affine_quantize_rejects_bad_zero_point_and_scale():
+    with pytest.raises(RefquantError, match="zero_point 200"):
+        T.affine_quantize([1.0], 1.0, 200)
+    with pytest.raises(RefquantError, match="scale"):
+        T.affine_quantize([1.0], 0.0, 0)
+
+
+def test_nudge_moves_the_zero_point_onto_the_grid():
+    # min=-0.4, max=1.1, 2 bits: s = 1.5/3 = 0.5, z_f = 0.8 -> 1 -> range [-0.5, 1.0]
+    nmin, nmax, s, inv = T.nudge(-0.4, 1.1, 0, 3)
+    assert (float(nmin), float(nmax), float(s), float(inv)) == (-0.5, 1.0, 0.5, 2.0)
+
+
+def test_fake_quant_with_min_max_args_rounds_ties_up_and_clamps():
+    x = np.array([0.25, -0.25, 2.0, -3.0, 0.74], np.float32)
+    # grid {-0.5, 0, 0.5, 1.0}: 0.25 tie -> 0.5, -0.25 tie -> 0 (up), clamps, 0.74 -> 0.5
+    out = T.fake_quant_with_min_max_args(x, -0.4, 1.1, num_bits=2)
+    np.testing.assert_array_equal(out, np.array([0.5, 0.0, 1.0, -0.5, 0.5], np.float32))
+    assert out.dtype == np.float32
+
+
+def test_fake_quant_narrow_range_drops_code_zero():
+    # narrow: quant range [1, 3], s = 1.0 / 2 = 0.5 for [-0.5, 0.5]; z_f = 1 - (-1) = 2
+    out = T.fake_quant_with_min_max_args(np.float32([-1.0, 1.0]), -0.5, 0.5, 2, narrow_range=True)
+    np.testing.assert_array_equal(out, [-0.5, 0.5])
+
+
+def test_fake_quant_rejects_tf_invalid_attributes():
+    with pytest.raises(RefquantError, match="smaller than max"):
+        T.fake_quant_with_min_max_args([0.0], 1.0, 1.0)
+    with pytest.raises(RefquantError, match="between 2 and 16"):
+        T.fake_quant_with_min_max_args([0.0], num_bits=1)
+
+
+def test_symmetric_bias_quantize_uses_float_reciprocal_and_half_away():
+    # s = 0.5 * 0.5 = 0.25, 1/s = 4: 0.125 * 4 = 0.5 -> 1 (away), -0.375 * 4 = -1.5 -> -2
+    np.testing.assert_array_equal(T.symmetric_bias_quantize([0.125, -0.375, 1e12], 0.5, 0.5),
+                                  [1, -2, 2**31 - 1])
+    assert T.symmetric_bias_quantize([-1e12], 1.0, 1.0)[0] == -(2**31 - 1)
+
+
+def test_activation_ranges():
+    assert T.calculate_activation_range_quantized("NONE", 0.1, 5) == (-128, 127)
+    assert T.calculate_activation_range_quantized("RELU", 0.1, 5) == (5, 127)
+    assert T.calculate_activation_range_quantized("RELU6", 0.1, -128) == (-128, -68)
+    assert T.calculate_activation_range_quantized("RELU_N1_TO_1", 0.25, 0) == (-4, 4)
+
+
+def test_compute_padding_same_puts_the_odd_pixel_at_the_end():
+    assert T.compute_padding("SAME", 5, 2, 1, 1) == (5, 0)  # total 1: 0 before, 1 after
+    assert T.compute_padding("SAME", 5, 3, 2, 1) == (3, 1)
+    assert T.compute_padding("VALID", 7, 3, 2, 2) == (2, 0)
+    with pytest.raises(RefquantError, match="no output"):
+        T.compute_padding("VALID", 2, 3, 1, 1)
+
+
+def test_fully_connected_hand_example():
+    # x = [1, 2] (zero point -1 -> input_offset 1), w = [[3, -4]], bias 10:
+    # acc = 3*2 + (-4)*3 + 10 = 4; M = 0.5 -> 2; + output zero point 7 = 9
+    m, e = T.populate_convolution_quantization_params(1.0, 1.0, 2.0)
+    out = T.fully_connected(np.int8([[1, 2]]), np.int8([[3, -4]]), np.int32([10]), input_offset=1,
+                            output_offset=7, output_multiplier=m, output_shift=e)
+    assert out.tolist() == [[9]] and out.dtype == np.int8
+
+
+def conv_literal(x, w, b, sh, sw, dh, dw, padding, in_off, out_off, m, e, lo, hi, sr):
+    """TFLite reference ConvPerChannel written as its loops (skips taps outside the image)."""
+    n, ih, iw, ic = x.shape
+    oc, kh, kw, _ = w.shape
+    oh, ph = T.compute_padding(padding, ih, kh, sh, dh)
+    ow, pw = T.compute_padding(padding, iw, kw, sw, dw)
+    out = np.zeros((n, oh, ow, oc), np.int64)
+    for bb in range(n):
+        for oy in range(oh):
+            for ox in range(ow):
+                for c in range(oc):
+                    acc = 0
+                    for fy in range(kh):
+                        for fx in range(kw):
+                            iy, ix = oy * sh - ph + dh * fy, ox * sw - pw + dw * fx
+                            if not (0 <= iy < ih and 0 <= ix < iw):
+                                continue
+                            for k in range(ic):
+                                acc += int(w[c, fy, fx, k]) * (int(x[bb, iy, ix, k]) + in_off)
+                    acc += int(b[c])
+                    v = int(T.multiply_by_quantized_multiplier(acc, m[c], e[c], single_rounding=sr))
+                    out[bb, oy, ox, c] = min(max(v + out_off, lo), hi)
+    return out
+
+
+@settings(max_examples=40)
+@given(st.integers(0, 2**32 - 1), st.sampled_from(["SAME", "VALID"]), st.booleans())
+def test_conv2d_matches_literal_loops(seed, padding, sr):
+    rng = np.random.default_rng(seed)
+    h, w_, c, oc = (int(v) for v in rng.integers(2, 6, 4))
+    kh, kw = (int(v) for v in rng.integers(1, 4, 2))
+    sh, sw, dh, dw = (int(v) for v in rng.integers(1, 3, 4))
+    if padding == "VALID" and ((kh - 1) * dh + 1 > h or (kw - 1) * dw + 1 > w_):
+        padding = "SAME"
+    x = rng.integers(-128, 128, (2, h, w_, c)).astype(np.int8)
+    wq = rng.integers(-127, 128, (oc, kh, kw, c)).astype(np.int8)
+    b = rng.integers(-2000, 2000, oc).astype(np.int32)
+    m, e = T.populate_convolution_quantization_params(0.05, rng.uniform(0.001, 0.02, oc), 0.3,
+                                                      single_rounding=sr)
+    z_in = int(rng.integers(-128, 128))
+    got = T.conv2d(x, wq, b, stride_height=sh, stride_width=sw, dilation_height_factor=dh,
+                   dilation_width_factor=dw, padding=padding, input_offset=-z_in, output_offset=3,
+                   output_multiplier=m, output_shift=e, output_activation_min=-100,
+                   output_activation_max=120, single_rounding=sr)
+    want = conv_literal(x, wq, b, sh, sw, dh, dw, padding, -z_in, 3, m, e, -100, 120, sr)
+    np.testing.assert_array_equal(got, want)

@@ -1,0 +1,116 @@
+"""refquant.compat.tflite bit for bit against LiteRT (ai-edge-litert), kernel by kernel.
+
+Models are built with LiteRT's own flatbuffer schema (``test_tflite_models.py``), so
+no TensorFlow is needed. Measured on ai-edge-litert 2.3.0, x86-64:
+
+- QUANTIZE: the reference kernel divides and rounds half away; the optimized
+  kernel and XNNPACK multiply by a float32 reciprocal and round half to even;
+  XNNPACK saturates NaN/Inf/huge values, the others go through x86's int32 cast.
+- FULLY_CONNECTED per channel: reference and XNNPACK requantize with single
+  rounding; CONV_2D per channel: reference with gemmlowp's double rounding,
+  XNNPACK with single rounding. (The optimized ruy kernels match neither on
+  every input and are not tested.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_tflite_models import run_conv2d, run_fully_connected, run_quantize
+
+from refquant.compat import tflite as T
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+scales = st.floats(1e-3, 2.0, allow_nan=False).map(np.float32).filter(lambda s: s > 0)
+
+
+@settings(max_examples=40)
+@given(scale=scales, zp=st.integers(-128, 127), seed=st.integers(0, 2**32 - 1),
+       kernel=st.sampled_from(["reference", "optimized", "xnnpack"]))
+def test_quantize_matches_litert(scale, zp, seed, kernel):
+    rng = np.random.default_rng(seed)
+    k = rng.integers(-300, 300, 48)
+    x = np.concatenate([
+        ((k + 0.5) * np.float64(scale)).astype(np.float32),  # ties (up to float32 rounding)
+        (k * np.float64(scale)).astype(np.float32),
+        rng.normal(0, 100 * scale, 32).astype(np.float32),
+        np.float32([0.0, -0.0, np.nan, np.inf, -np.inf, 3e9, -3e9, 1e38]),
+    ])
+    np.testing.assert_array_equal(T.affine_quantize(x, scale, zp, kernel=kernel),
+                                  run_quantize(x, scale, zp, kernel=kernel))
+
+
+@settings(max_examples=40)
+@given(seed=st.integers(0, 2**32 - 1), kernel=st.sampled_from(["reference", "xnnpack"]),
+       activation=st.sampled_from(["NONE", "RELU", "RELU6", "RELU_N1_TO_1"]))
+def test_fully_connected_per_channel_matches_litert(seed, kernel, activation):
+    rng = np.random.default_rng(seed)
+    k, n = int(rng.integers(1, 40)), int(rng.integers(1, 9))
+    x = rng.integers(-128, 128, (8, k)).astype(np.int8)
+    w = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    w[0, :] = 127  # ±max weights
+    b = rng.integers(-5000, 5000, n).astype(np.int32)
+    s_in, z_in = np.float32(rng.uniform(1e-3, 0.1)), int(rng.integers(-128, 128))
+    s_w = rng.uniform(1e-3, 0.05, n).astype(np.float32)
+    s_out, z_out = np.float32(rng.uniform(0.01, 2.0)), int(rng.integers(-128, 128))
+    m, e = T.populate_convolution_quantization_params(s_in, s_w, s_out, single_rounding=True)
+    lo, hi = T.calculate_activation_range_quantized(activation, s_out, z_out)
+    got = T.fully_connected(x, w, b, input_offset=-z_in, output_offset=z_out, output_multiplier=m,
+                            output_shift=e, output_activation_min=lo, output_activation_max=hi,
+                            single_rounding=True)
+    want = run_fully_connected(x, w, b, s_in, z_in, s_w, s_out, z_out, activation, kernel=kernel)
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=30)
+@given(seed=st.integers(0, 2**32 - 1), padding=st.sampled_from(["SAME", "VALID"]),
+       kernel=st.sampled_from(["reference", "xnnpack"]))
+def test_conv2d_per_channel_matches_litert(seed, padding, kernel):
+    rng = np.random.default_rng(seed)
+    h, w_ = (int(v) for v in rng.integers(3, 8, 2))
+    c, oc = (int(v) for v in rng.integers(1, 5, 2))
+    kh, kw = (int(v) for v in rng.integers(1, 4, 2))
+    stride = tuple(int(v) for v in rng.integers(1, 3, 2))
+    dilation = tuple(int(v) for v in rng.integers(1, 3, 2))
+    if padding == "VALID" and ((kh - 1) * dilation[0] + 1 > h or (kw - 1) * dilation[1] + 1 > w_):
+        padding = "SAME"
+    x = rng.integers(-128, 128, (2, h, w_, c)).astype(np.int8)
+    wq = rng.integers(-127, 128, (oc, kh, kw, c)).astype(np.int8)
+    b = rng.integers(-3000, 3000, oc).astype(np.int32)
+    s_in, z_in = np.float32(rng.uniform(0.01, 0.1)), int(rng.integers(-128, 128))
+    s_w = rng.uniform(1e-3, 0.05, oc).astype(np.float32)
+    s_out, z_out = np.float32(rng.uniform(0.05, 1.0)), int(rng.integers(-128, 128))
+    single = kernel == "xnnpack"
+    m, e = T.populate_convolution_quantization_params(s_in, s_w, s_out, single_rounding=single)
+    got = T.conv2d(x, wq, b, stride_height=stride[0], stride_width=stride[1],
+                   dilation_height_factor=dilation[0], dilation_width_factor=dilation[1],
+                   padding=padding, input_offset=-z_in, output_offset=z_out, output_multiplier=m,
+                   output_shift=e, single_rounding=single)
+    want = run_conv2d(x, wq, b, s_in, z_in, s_w, s_out, z_out, stride=stride, dilation=dilation,
+                      padding=padding, kernel=kernel)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_reference_conv_uses_double_rounding_not_single():
+    """A case found by search where the two roundings differ: LiteRT's reference Conv sides
+    with gemmlowp's double rounding."""
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        x = rng.integers(-128, 128, (1, 3, 3, 2)).astype(np.int8)
+        wq = rng.integers(-127, 128, (3, 2, 2, 2)).astype(np.int8)
+        b = rng.integers(-3000, 3000, 3).astype(np.int32)
+        s_w = rng.uniform(1e-3, 0.05, 3).astype(np.float32)
+        kw = dict(input_offset=5, output_offset=0)
+        outs = []
+        for single in (False, True):
+            m, e = T.populate_convolution_quantization_params(0.05, s_w, 0.1, single_rounding=single)
+            outs.append(T.conv2d(x, wq, b, output_multiplier=m, output_shift=e, single_rounding=single, **kw))
+        if not np.array_equal(*outs):
+            want = run_conv2d(x, wq, b, 0.05, -5, s_w, 0.1, 0, kernel="reference")
+            np.testing.assert_array_equal(outs[0], want)
+            assert not np.array_equal(outs[1], want)
+            return
+    pytest.fail("no input found where double and single rounding differ")
