@@ -1,1 +1,65 @@
-"""prune"""
+"""Pruning on plain arrays: importance scores, masks, schedules (see each module)."""
+
+from .article import article_snippet_as_written, article_weight_pruning
+from .masks import COUNT_RULES, apply_mask, global_mask, prune_count, sparsity, unstructured_mask
+from .schedules import (
+    ConstantSparsity,
+    PolynomialDecay,
+    gradual_sparsity,
+    iterative_rate,
+    iterative_sparsity,
+)
+from .scores import (
+    MovementScore,
+    fisher,
+    grasp,
+    group_reduce,
+    lamp,
+    llm_pruner_param_mix,
+    ln_norm,
+    lp_power_sum,
+    magnitude,
+    network_slimming,
+    normalize_scores,
+    obd,
+    outlier_ratio,
+    owl_layer_sparsity,
+    random_scores,
+    snip,
+    taylor,
+    wanda,
+)
+
+__all__ = [
+    "COUNT_RULES",
+    "ConstantSparsity",
+    "MovementScore",
+    "PolynomialDecay",
+    "apply_mask",
+    "article_snippet_as_written",
+    "article_weight_pruning",
+    "fisher",
+    "global_mask",
+    "gradual_sparsity",
+    "grasp",
+    "group_reduce",
+    "iterative_rate",
+    "iterative_sparsity",
+    "lamp",
+    "llm_pruner_param_mix",
+    "ln_norm",
+    "lp_power_sum",
+    "magnitude",
+    "network_slimming",
+    "normalize_scores",
+    "obd",
+    "outlier_ratio",
+    "owl_layer_sparsity",
+    "prune_count",
+    "random_scores",
+    "snip",
+    "sparsity",
+    "taylor",
+    "unstructured_mask",
+    "wanda",
+]
