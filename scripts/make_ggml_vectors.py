@@ -1,0 +1,102 @@
+"""Regenerate tests/data/ggml/*.npz: ggml's own C reference output for every block format.
+
+Needs llama-cpp-python (its ``llama_cpp/lib/libggml-base.so``; ``llama_cpp`` itself is
+not imported). For each format it writes ``<format>.npz`` with
+
+* ``x``       float32 (n_blocks, block_size): inputs, edge cases first, then random rows;
+* ``q``       uint8 (n_blocks, type_size): ``quantize_row_<type>_ref(x)``;
+* ``dq``      float32 (n_blocks, block_size): ``dequantize_row_<type>(q)`` (absent for q8_1);
+* ``raw``     uint8: random bytes (every bit pattern of scales, NaN/Inf fp16 included);
+* ``raw_dq``  float32: ``dequantize_row_<type>(raw)``;
+* ``ggml_version``: the llama-cpp-python version whose libggml-base wrote it.
+
+Usage: ``python scripts/make_ggml_vectors.py [--out tests/data/ggml]``. Deterministic
+(fixed seed); total size stays well under 3 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+
+import numpy as np
+
+from refquant.compat.ggml import LibGGML
+from refquant.formats.ggml import ggml_block_formats
+
+
+def edge_cases(bs: int, rng: np.random.Generator) -> np.ndarray:
+    """Blocks that pin down scales, ties and the special paths of each quantizer."""
+    f = np.float32
+    rows = [
+        np.zeros(bs, f),  # all zero
+        -np.zeros(bs, f),  # all -0.0
+        np.full(bs, 1.0, f),  # all equal positive
+        np.full(bs, -2.5, f),  # all equal negative
+        np.arange(bs, dtype=f) - bs // 2,  # integer ramp: ties in most formats
+        (np.arange(bs, dtype=f) - bs / 2) / 4,  # quarter steps
+        np.where(np.arange(bs) % 2 == 0, 1.0, -1.0).astype(f),  # ±1: equal |max|, first index wins
+        np.where(np.arange(bs) % 2 == 0, -1.0, 1.0).astype(f),
+        np.eye(1, bs, 0, dtype=f)[0] * 7.0,  # one outlier, rest zero
+        np.eye(1, bs, bs - 1, dtype=f)[0] * -7.0,
+        (rng.standard_normal(bs) * 1e-3).astype(f) + np.eye(1, bs, 3, dtype=f)[0] * 100.0,  # outlier + noise
+        (rng.standard_normal(bs) * 1e4).astype(f),  # large
+        (rng.standard_normal(bs) * 1e-6).astype(f),  # small
+        (rng.standard_normal(bs) * 1e-39).astype(f),  # subnormal: scale underflows, 1/d overflows
+        (rng.standard_normal(bs) * 1e-30).astype(f),
+        (rng.standard_normal(bs) * 6e4).astype(f),  # fp16 scale near its max (65504)
+        (rng.standard_normal(bs) * 1e7).astype(f),  # fp16 scale overflows to Inf
+        (rng.standard_normal(bs) * 1e30).astype(f),  # float32 intermediates overflow (x^3)
+        np.abs(rng.standard_normal(bs)).astype(f),  # all positive (min clamps to 0)
+        -np.abs(rng.standard_normal(bs)).astype(f),  # all negative
+    ]
+    # MXFP4 e2m1 midpoints: 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5 times 2^k with amax 6*2^k
+    mids = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0], f)
+    rows.append(np.resize(np.concatenate([mids, -mids]), bs).astype(f))
+    # amax = (2 - 2^-23) * 2^k: log2f rounds up to k + 1 for large |k|
+    for k in (-126, -60, -1, 0, 1, 5, 20, 100):
+        r = (rng.uniform(-1, 1, bs) * np.ldexp(1.0, k)).astype(f)
+        r[bs // 3] = np.ldexp(f(2 - 2**-23), k)
+        rows.append(r)
+    return np.stack(rows)
+
+
+def random_rows(bs: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    parts = [
+        rng.standard_normal((n // 2, bs)),
+        rng.integers(-16, 17, (n // 4, bs)) * 0.125,  # on a grid: exact ties
+        rng.laplace(size=(n - n // 2 - n // 4, bs)) * 10.0 ** rng.uniform(-4, 3, (n - n // 2 - n // 4, 1)),
+    ]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data", "ggml"))
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    lib = LibGGML()
+    version = f"llama-cpp-python {importlib.metadata.version('llama_cpp_python')} ({os.path.basename(lib.path)})"
+    total = 0
+    for name, fmt in ggml_block_formats().items():
+        rng = np.random.default_rng(sum(map(ord, name)))
+        bs = fmt.block_size
+        n_random = 48 if bs == 32 else 10
+        x = np.concatenate([edge_cases(bs, rng), random_rows(bs, n_random, rng)])
+        q = lib.quantize_row(x, name)
+        data = {"x": x, "q": q, "ggml_version": np.array(version)}
+        if fmt.has_dequantize:
+            data["dq"] = lib.dequantize_row(q, name)
+            raw = rng.integers(0, 256, (16 if bs == 32 else 6, fmt.type_size), dtype=np.uint8)
+            data["raw"] = raw
+            data["raw_dq"] = lib.dequantize_row(raw, name)
+        path = os.path.join(args.out, f"{name}.npz")
+        np.savez_compressed(path, **data)
+        total += os.path.getsize(path)
+        print(f"{name:11s} {x.shape[0]:4d} blocks  {os.path.getsize(path):7d} bytes")
+    print(f"total {total} bytes from {version}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""refquant's ggml block formats against vectors that libggml itself produced.
+
+The vectors in tests/data/ggml/*.npz come from ``quantize_row_<type>_ref`` and
+``dequantize_row_<type>`` of llama-cpp-python 0.3.36's libggml-base
+(regenerate with ``python scripts/make_ggml_vectors.py``). These tests need no
+peer, so they run everywhere, CI included; the live comparison on fresh data is
+tests/peers/test_ggml_libggml.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from refquant.formats.ggml import GGML_BLOCK_TABLE, ggml_block_formats
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "data", "ggml")
+FORMATS = ggml_block_formats()
+
+
+def _load(name):
+    path = os.path.join(DATA, f"{name}.npz")
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def assert_blocks_equal(actual, desired, what):
+    """Byte/bit equality per block; the message gives the share of bad blocks and the first bad one."""
+    __tracebackhide__ = True
+    a = np.ascontiguousarray(actual)
+    d = np.ascontiguousarray(desired)
+    assert a.shape == d.shape, f"{what}: shape {a.shape} != {d.shape}"
+    if a.dtype == np.float32:
+        a, d = a.view(np.uint32), d.view(np.uint32)
+    bad = np.any(a != d, axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        cols = np.nonzero(a[i] != d[i])[0]
+        raise AssertionError(
+            f"{what}: {bad.sum()} / {len(bad)} blocks differ ({100 * bad.mean():.1f}%); first bad block {i}, "
+            f"positions {cols[:8].tolist()}: ACTUAL {a[i, cols[:8]].tolist()} DESIRED {d[i, cols[:8]].tolist()}"
+        )
+
+
+def test_every_format_has_committed_vectors():
+    assert sorted(os.path.splitext(f)[0] for f in os.listdir(DATA) if f.endswith(".npz")) == sorted(GGML_BLOCK_TABLE)
+
+
+@pytest.mark.parametrize("name", list(GGML_BLOCK_TABLE))
+def test_quantize_matches_libggml_bytes(name):
+    v = _load(name)
+    assert_blocks_equal(FORMATS[name].quantize_blocks(v["x"]), v["q"], f"{name} quantize")
+
+
+@pytest.mark.parametrize("name", [n for n in GGML_BLOCK_TABLE if n != "q8_1"])
+def test_dequantize_matches_libggml_floats(name):
+    v = _load(name)
+    fmt = FORMATS[name]
+    assert_blocks_equal(fmt.dequantize_blocks(v["q"]), v["dq"], f"{name} dequantize")
+    assert_blocks_equal(fmt.dequantize_blocks(v["raw"]), v["raw_dq"], f"{name} dequantize random bytes")
+
+
+@pytest.mark.parametrize("name", list(GGML_BLOCK_TABLE))
+def test_vectors_cover_zero_ties_and_extremes(name):
+    # the vectors must exercise what they claim to: an all-zero block, and the
+    # overflowing and subnormal scales (edge cases are the first rows)
+    x = _load(name)["x"]
+    assert not np.any(x[0]) and np.abs(x).max() > 1e29 and 0 < np.abs(x[13]).max() < 1e-37
