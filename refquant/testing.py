@@ -1,0 +1,412 @@
+"""Assertions for quantized results, in numpy.testing's style, that say *why* they differ.
+
+:func:`assert_quantized_equal` compares integer codes, :func:`assert_dequantized_close`
+float results. Both go through one report (:func:`compare_quantized`,
+:func:`compare_dequantized` return it as a :class:`QuantReport`) and one message
+builder, which writes, in numpy.testing's order: the tolerances, a shape or dtype
+mismatch, NaN positions, ``Mismatched elements: k / n (p%)``, then the class of
+every mismatch, the first mismatching indices with ACTUAL and DESIRED (and ``x``),
+and the largest absolute and relative differences.
+
+Classes of mismatch (each element gets the first that applies):
+
+==============  =================================================================
+``nan_inf``     NaN/Inf handling: ``x`` is NaN or ±Inf there, or one side is
+``saturation``  one side at ``qmin`` or ``qmax`` and more than one step apart
+``tie``         one step apart where ``x / scale`` is exactly ``k + 1/2`` (in
+                float64 or in float32 arithmetic): the two sides break the tie
+                differently (half to even, half away from zero, half up, ...)
+``one_step``    one step apart elsewhere (divide vs reciprocal multiply, float32
+                vs float64 quotient, zero point added before rounding, ...)
+``multi_step``  more than one step apart (a different scale, zero point or formula)
+``sub_step``    (dequantized values) closer than one step: float arithmetic only
+``unclassified`` (dequantized values without ``scale``) not classified
+==============  =================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._errors import RefquantError
+from .quant._granularity import broadcast_param, check_block_size, normalize_axis
+
+__all__ = [
+    "CLASSES",
+    "QuantReport",
+    "compare_quantized",
+    "compare_dequantized",
+    "assert_quantized_equal",
+    "assert_dequantized_close",
+]
+
+CLASSES = {
+    "nan_inf": "NaN/Inf handling",
+    "saturation": "saturation (one side at qmin or qmax)",
+    "tie": "one step off at an exact rounding tie",
+    "one_step": "one step off elsewhere",
+    "multi_step": "more than one step off",
+    "sub_step": "less than one step off (float arithmetic)",
+    "unclassified": "not classified (pass scale= to count steps)",
+}
+_FIRST = 10  # mismatching elements listed in a message
+
+
+@dataclass
+class QuantReport:
+    """The outcome of one comparison, as data (for the CLI and for ``identify``).
+
+    ``indices[c]`` holds the flat (C-order) indices of the mismatches of class
+    ``c``; ``counts[c]`` their number. ``first`` lists the first mismatches as
+    dicts (index, actual, desired, x, class).
+    """
+
+    header: str
+    n_elements: int = 0
+    n_mismatched: int = 0
+    shape_mismatch: tuple | None = None
+    dtype_mismatch: tuple | None = None
+    nan_mismatch: np.ndarray | None = None
+    counts: dict = field(default_factory=dict)
+    indices: dict = field(default_factory=dict)
+    first: list = field(default_factory=list)
+    max_abs_diff: float = 0.0
+    max_rel_diff: float = 0.0
+    actual: np.ndarray | None = None
+    desired: np.ndarray | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing differs beyond the tolerance."""
+        return (self.shape_mismatch is None and self.dtype_mismatch is None
+                and self.n_mismatched == 0
+                and (self.nan_mismatch is None or self.nan_mismatch.size == 0))
+
+    def to_dict(self) -> dict:
+        """JSON-friendly summary."""
+        return {
+            "ok": self.ok, "header": self.header, "n_elements": self.n_elements,
+            "n_mismatched": self.n_mismatched,
+            "shape_mismatch": self.shape_mismatch, "dtype_mismatch": self.dtype_mismatch,
+            "nan_mismatch": None if self.nan_mismatch is None else self.nan_mismatch.tolist(),
+            "counts": dict(self.counts),
+            "indices": {k: v.tolist() for k, v in self.indices.items()},
+            "first": self.first, "max_abs_diff": self.max_abs_diff,
+            "max_rel_diff": self.max_rel_diff,
+        }
+
+    def format(self, err_msg: str = "", verbose: bool = True) -> str:
+        """The message, in numpy.testing's layout."""
+        lines = ["", self.header]
+        if err_msg:
+            lines.append(str(err_msg))
+        if self.shape_mismatch is not None:
+            lines.append(f"(shapes {self.shape_mismatch[0]}, {self.shape_mismatch[1]} mismatch)")
+        if self.dtype_mismatch is not None:
+            lines.append(f"(dtypes {self.dtype_mismatch[0]}, {self.dtype_mismatch[1]} mismatch)")
+        if self.nan_mismatch is not None and self.nan_mismatch.size:
+            pos = ", ".join(str(p) for p in self.nan_mismatch[:_FIRST].tolist())
+            lines.append(f"x and y nan location mismatch: {self.nan_mismatch.size} position(s) "
+                         f"(flat indices {pos})")
+        if self.shape_mismatch is None and self.n_mismatched:
+            pct = 100 * self.n_mismatched / self.n_elements
+            lines.append(f"Mismatched elements: {self.n_mismatched} / {self.n_elements} "
+                         f"({pct:.3g}%)")
+            for c, label in CLASSES.items():
+                k = self.counts.get(c, 0)
+                if k:
+                    first = np.unravel_index(int(self.indices[c][0]), self.actual.shape)
+                    lines.append(f"  {label}: {k} (first at index {tuple(int(i) for i in first)})")
+            has_x = any(r["x"] is not None for r in self.first)
+            lines.append("First mismatches (index: ACTUAL, DESIRED" + (", x" if has_x else "")
+                         + ", class):")
+            for r in self.first:
+                xs = f", x={r['x']!r}" if has_x else ""
+                lines.append(f"  {r['index']}: {r['actual']!r}, {r['desired']!r}{xs}, "
+                             f"{r['class']}")
+            lines.append(f"Max absolute difference among violations: {self.max_abs_diff:.9g}")
+            lines.append(f"Max relative difference among violations: {self.max_rel_diff:.9g}")
+        if verbose and self.actual is not None:
+            for name, arr in (("ACTUAL", self.actual), ("DESIRED", self.desired)):
+                r = np.array_repr(arr)
+                if r.count("\n") > 3:
+                    r = "\n".join(r.splitlines()[:3]) + "..."
+                lines.append(f" {name}: {r}")
+        return "\n".join(lines)
+
+
+def _as_codes(a, name):
+    a = np.asarray(a)
+    if a.dtype.kind in "iub" or a.dtype.name in ("int2", "int4", "uint2", "uint4"):
+        return a, a.astype(np.int64)
+    raise RefquantError(
+        f"{name} must hold integer codes, got dtype {a.dtype} (compare float results with "
+        "assert_dequantized_close)"
+    )
+
+
+def _quotient(x, scale, axis, block_size, shape):
+    """``x / scale`` in float64 and in float32, broadcast to ``shape`` (for tie detection)."""
+    if x is None or scale is None:
+        return None, None, None
+    xa = np.asarray(x, dtype=np.float64)
+    if xa.shape != shape:
+        raise RefquantError(f"x has shape {xa.shape} but the arrays have shape {shape}")
+    ax = None if axis is None else normalize_axis(axis, len(shape))
+    bs = check_block_size(block_size, ax)
+    s = broadcast_param(np.asarray(scale), shape, ax, bs, "scale")
+    with np.errstate(all="ignore"):
+        q64 = xa / s.astype(np.float64)
+        q32 = (xa.astype(np.float32) / s.astype(np.float32)).astype(np.float64)
+    return q64, q32, s
+
+
+def _is_tie(q):
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(q) & (q - np.floor(q) == 0.5)
+
+
+def _classify(mism, steps, x, q, at_end, nonfinite):
+    """Class name per mismatching element (flat arrays), in the documented precedence."""
+    cls = np.full(mism.shape, "", dtype=object)
+    rest = mism.copy()
+
+    def take(name, cond):
+        nonlocal rest
+        hit = rest & cond
+        cls[hit] = name
+        rest = rest & ~hit
+
+    take("nan_inf", nonfinite)
+    if at_end is not None:
+        take("saturation", at_end & (steps > 1))
+    if steps is None:
+        take("unclassified", np.ones_like(mism))
+        return cls
+    if q is not None:
+        take("tie", (steps == 1) & (_is_tie(q[0]) | _is_tie(q[1])))
+    take("one_step", steps == 1)
+    take("multi_step", steps > 1)
+    take("sub_step", steps == 0)
+    take("unclassified", np.ones_like(mism))
+    return cls
+
+
+def _finish(rep, a_flat, d_flat, mism, cls, x_flat, shape, a_show, d_show):
+    rep.n_mismatched = int(mism.sum())
+    idx = np.flatnonzero(mism)
+    for c in CLASSES:
+        sel = idx[cls[idx] == c]
+        if sel.size:
+            rep.counts[c] = int(sel.size)
+            rep.indices[c] = sel
+    for i in idx[:_FIRST]:
+        rep.first.append({
+            "index": tuple(int(j) for j in np.unravel_index(int(i), shape)),
+            "actual": a_show[i].item(), "desired": d_show[i].item(),
+            "x": None if x_flat is None else float(x_flat[i]), "class": cls[i],
+        })
+    if idx.size:
+        with np.errstate(all="ignore"):
+            da = np.abs(a_flat[idx].astype(np.float64) - d_flat[idx].astype(np.float64))
+            rel = da / np.abs(d_flat[idx].astype(np.float64))
+        fin = np.isfinite(da)
+        rep.max_abs_diff = float(da[fin].max()) if fin.any() else float("nan")
+        rel = rel[~np.isnan(rel)]
+        rep.max_rel_diff = float(rel.max()) if rel.size else float("nan")
+    return rep
+
+
+def compare_quantized(actual, desired, *, max_step_diff=0, x=None, scale=None, zero_point=None,
+                      axis=None, block_size=None, qmin=None, qmax=None,
+                      check_dtype=True) -> QuantReport:
+    """Compare integer codes and classify every difference (see the module docstring).
+
+    Parameters
+    ----------
+    actual, desired : array_like of integer codes (NumPy or ml_dtypes integer types)
+    max_step_diff : int
+        Differences up to this many steps are accepted.
+    x, scale : array_like, optional
+        The quantized input and its scale (per tensor, per ``axis`` or blocked with
+        ``block_size``); with both, one-step differences at exact ties are told apart.
+    zero_point : unused for codes (accepted so the same keywords serve both functions).
+    qmin, qmax : int, optional
+        Ends of the grid; default: the range of ``desired``'s dtype.
+    check_dtype : bool
+        Report differing dtypes as a mismatch.
+
+    Returns
+    -------
+    QuantReport
+    """
+    del zero_point
+    if max_step_diff < 0:
+        raise RefquantError(f"max_step_diff must be >= 0, got {max_step_diff}")
+    a_raw, a = _as_codes(actual, "actual")
+    d_raw, d = _as_codes(desired, "desired")
+    rep = QuantReport(header=f"Quantized codes are not equal (max_step_diff={max_step_diff})",
+                      actual=a_raw, desired=d_raw)
+    if check_dtype and a_raw.dtype != d_raw.dtype:
+        rep.dtype_mismatch = (str(a_raw.dtype), str(d_raw.dtype))
+    if a.shape != d.shape:
+        rep.shape_mismatch = (a.shape, d.shape)
+        return rep
+    if qmin is None or qmax is None:
+        info = np.iinfo(d_raw.dtype) if d_raw.dtype.kind in "iu" else None
+        if info is None and d_raw.dtype.name in ("int2", "int4", "uint2", "uint4"):
+            import ml_dtypes
+
+            info = ml_dtypes.iinfo(d_raw.dtype)
+        if info is not None and d_raw.dtype.kind != "b":
+            qmin = info.min if qmin is None else qmin
+            qmax = info.max if qmax is None else qmax
+    rep.n_elements = a.size
+    shape = a.shape
+    a_f, d_f = a.reshape(-1), d.reshape(-1)
+    steps = np.abs(a_f - d_f)
+    mism = steps > max_step_diff
+    q = None
+    x_flat = None
+    nonfinite = np.zeros(a_f.shape, dtype=bool)
+    if x is not None:
+        x_flat = np.asarray(x, dtype=np.float64).reshape(-1)
+        if x_flat.size != a.size:
+            raise RefquantError(f"x has {x_flat.size} elements but the arrays have {a.size}")
+        nonfinite = ~np.isfinite(x_flat)
+        if scale is not None:
+            q64, q32, _ = _quotient(x, scale, axis, block_size, shape)
+            q = (q64.reshape(-1), q32.reshape(-1))
+    at_end = None
+    if qmin is not None and qmax is not None:
+        at_end = (a_f == qmin) | (a_f == qmax) | (d_f == qmin) | (d_f == qmax)
+    cls = _classify(mism, steps, x_flat, q, at_end, nonfinite)
+    return _finish(rep, a_f, d_f, mism, cls, x_flat, shape, a_raw.reshape(-1),
+                   d_raw.reshape(-1))
+
+
+def _ulp_distance(a, b):
+    """Number of representable float32 values between a and b (numpy's nulp_diff rule)."""
+    ia = a.astype(np.float32).view(np.int32).astype(np.int64)
+    ib = b.astype(np.float32).view(np.int32).astype(np.int64)
+    ia = np.where(ia < 0, -(2**31) - ia, ia)
+    ib = np.where(ib < 0, -(2**31) - ib, ib)
+    return np.abs(ia - ib)
+
+
+def compare_dequantized(actual, desired, *, rtol=1e-6, atol=0.0, max_ulp=None, x=None,
+                        scale=None, zero_point=None, axis=None, block_size=None, qmin=None,
+                        qmax=None, check_dtype=True) -> QuantReport:
+    """Compare float results (dequantized or fake-quantized values) and classify differences.
+
+    A pair is close when ``|actual - desired| <= atol + rtol * |desired|`` or, with
+    ``max_ulp``, when they are at most ``max_ulp`` float32 values apart; NaN must
+    sit at the same positions and ±Inf must match exactly. With ``scale`` the
+    difference is counted in steps (``round(|actual - desired| / scale)``); with
+    ``zero_point``, ``qmin`` and ``qmax`` as well, values on the ends of the grid
+    are recognised as saturation.
+
+    Returns
+    -------
+    QuantReport
+    """
+    a_raw, d_raw = np.asarray(actual), np.asarray(desired)
+    for name, arr in (("actual", a_raw), ("desired", d_raw)):
+        if arr.dtype.kind not in "fiu" and arr.dtype.name != "bfloat16":
+            raise RefquantError(f"{name} must be a real array, got dtype {arr.dtype}")
+    tol = (f"max_ulp={max_ulp}" if max_ulp is not None else f"rtol={rtol:g}, atol={atol:g}")
+    rep = QuantReport(header=f"Dequantized values are not close ({tol})", actual=a_raw,
+                      desired=d_raw)
+    if check_dtype and a_raw.dtype != d_raw.dtype:
+        rep.dtype_mismatch = (str(a_raw.dtype), str(d_raw.dtype))
+    if a_raw.shape != d_raw.shape:
+        rep.shape_mismatch = (a_raw.shape, d_raw.shape)
+        return rep
+    shape = a_raw.shape
+    a = a_raw.astype(np.float64).reshape(-1)
+    d = d_raw.astype(np.float64).reshape(-1)
+    rep.n_elements = a.size
+    nan_a, nan_d = np.isnan(a), np.isnan(d)
+    rep.nan_mismatch = np.flatnonzero(nan_a != nan_d)
+    both_nan = nan_a & nan_d
+    with np.errstate(all="ignore"):
+        if max_ulp is not None:
+            close = _ulp_distance(a, d) <= max_ulp
+        else:
+            close = np.abs(a - d) <= atol + rtol * np.abs(d)
+        close |= a == d  # equal infinities
+    mism = ~close & ~both_nan  # NaN on one side only: a mismatch of class nan_inf
+    steps = None
+    q = None
+    x_flat = None
+    nonfinite = ~np.isfinite(a) | ~np.isfinite(d)
+    if x is not None:
+        x_flat = np.asarray(x, dtype=np.float64).reshape(-1)
+        if x_flat.size != a.size:
+            raise RefquantError(f"x has {x_flat.size} elements but the arrays have {a.size}")
+        nonfinite |= ~np.isfinite(x_flat)
+    at_end = None
+    if scale is not None:
+        ax = None if axis is None else normalize_axis(axis, len(shape))
+        s = np.broadcast_to(broadcast_param(np.asarray(scale), shape, ax,
+                                            check_block_size(block_size, ax), "scale"),
+                            shape).reshape(-1).astype(np.float64)
+        with np.errstate(all="ignore"):
+            steps = np.rint(np.abs(a - d) / s)
+            steps = np.where(np.isfinite(steps), steps, 0).astype(np.int64)
+        if x is not None:
+            q64, q32, _ = _quotient(x, scale, axis, block_size, shape)
+            q = (q64.reshape(-1), q32.reshape(-1))
+        if zero_point is not None and qmin is not None and qmax is not None:
+            z = np.broadcast_to(broadcast_param(np.asarray(zero_point), shape, ax,
+                                                check_block_size(block_size, ax), "zero_point"),
+                                shape).reshape(-1)
+            with np.errstate(all="ignore"):
+                ca, cd = np.rint(a / s) + z, np.rint(d / s) + z
+            at_end = (ca <= qmin) | (ca >= qmax) | (cd <= qmin) | (cd >= qmax)
+    cls = _classify(mism, steps, x_flat, q, at_end, nonfinite)
+    return _finish(rep, a, d, mism, cls, x_flat, shape, a_raw.reshape(-1), d_raw.reshape(-1))
+
+
+def assert_quantized_equal(actual, desired, *, max_step_diff=0, x=None, scale=None,
+                           zero_point=None, axis=None, block_size=None, qmin=None, qmax=None,
+                           check_dtype=True, err_msg="", verbose=True):
+    """Raise AssertionError unless integer codes agree within ``max_step_diff`` steps.
+
+    The message follows numpy.testing (tolerance, shape / dtype, "Mismatched
+    elements: k / n (p%)", first indices with ACTUAL and DESIRED, max differences)
+    and adds the class of every mismatch (see :mod:`refquant.testing`). Pass ``x``
+    and ``scale`` (with ``axis`` / ``block_size``) to have one-step differences at
+    exact rounding ties recognised.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refquant.testing import assert_quantized_equal
+    >>> assert_quantized_equal(np.int8([1, 2]), np.int8([1, 2]))
+    """
+    __tracebackhide__ = True
+    rep = compare_quantized(actual, desired, max_step_diff=max_step_diff, x=x, scale=scale,
+                            zero_point=zero_point, axis=axis, block_size=block_size, qmin=qmin,
+                            qmax=qmax, check_dtype=check_dtype)
+    if not rep.ok:
+        raise AssertionError(rep.format(err_msg=err_msg, verbose=verbose))
+
+
+def assert_dequantized_close(actual, desired, *, rtol=1e-6, atol=0.0, max_ulp=None, x=None,
+                             scale=None, zero_point=None, axis=None, block_size=None, qmin=None,
+                             qmax=None, check_dtype=True, err_msg="", verbose=True):
+    """Raise AssertionError unless float results agree within ``rtol``/``atol`` (or ``max_ulp``).
+
+    NaN must be at the same positions. With ``scale`` the differences are counted
+    in quantization steps and classified (see :mod:`refquant.testing`).
+    """
+    __tracebackhide__ = True
+    rep = compare_dequantized(actual, desired, rtol=rtol, atol=atol, max_ulp=max_ulp, x=x,
+                              scale=scale, zero_point=zero_point, axis=axis,
+                              block_size=block_size, qmin=qmin, qmax=qmax,
+                              check_dtype=check_dtype)
+    if not rep.ok:
+        raise AssertionError(rep.format(err_msg=err_msg, verbose=verbose))

@@ -1,0 +1,200 @@
+"""refquant.testing: the messages themselves (each class, the layout) and the report object."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from refquant import RefquantError
+from refquant.testing import (
+    CLASSES,
+    assert_dequantized_close,
+    assert_quantized_equal,
+    compare_dequantized,
+    compare_quantized,
+)
+
+
+def _message(fn, *args, **kw):
+    with pytest.raises(AssertionError) as info:
+        fn(*args, **kw)
+    return str(info.value)
+
+
+def test_equal_codes_pass_and_report_ok():
+    assert_quantized_equal(np.int8([1, -2, 3]), np.int8([1, -2, 3]))
+    rep = compare_quantized(np.int8([1, -2, 3]), np.int8([1, -2, 3]))
+    assert rep.ok and rep.n_mismatched == 0 and rep.counts == {}
+
+
+def test_one_step_at_exact_tie_is_named_as_a_tie():
+    # x / s = 2.5 exactly: half-even gives 2, half-away gives 3.
+    msg = _message(assert_quantized_equal, np.int8([3]), np.int8([2]), x=np.float32([2.5]),
+                   scale=1.0)
+    assert "one step off at an exact rounding tie: 1 (first at index (0,))" in msg
+    assert "(0,): 3, 2, x=2.5, tie" in msg
+
+
+def test_tie_detected_per_axis_and_in_blocks():
+    x = np.float32([[0.25, 1.0], [3.0, 0.5]])
+    s = np.float32([0.5, 2.0])  # per row: 0.25/0.5 = 0.5 and 3/2 = 1.5 are ties
+    rep = compare_quantized(np.int8([[1, 2], [2, 0]]), np.int8([[0, 2], [1, 0]]), x=x, scale=s,
+                            axis=0)
+    assert rep.counts == {"tie": 2}
+    sb = np.float32([[0.5], [2.0]])  # blocks of 2 along axis 1: same scales
+    rep = compare_quantized(np.int8([[1, 2], [2, 0]]), np.int8([[0, 2], [1, 0]]), x=x, scale=sb,
+                            axis=1, block_size=2)
+    assert rep.counts == {"tie": 2}
+
+
+def test_tie_in_float32_arithmetic_counts_as_tie():
+    # A peer dividing in float32 sees an exact tie where the float64 quotient has none.
+    x, s = np.float32(0.3), np.float32(0.2)
+    q32 = np.float32(x) / np.float32(s)
+    q64 = np.float64(x) / np.float64(s)
+    assert q32 == np.float32(1.5) and q64 != 1.5
+    rep = compare_quantized(np.int8([1]), np.int8([2]), x=[x], scale=s)
+    assert rep.counts == {"tie": 1}
+
+
+def test_one_step_elsewhere_more_than_one_step_and_saturation_are_told_apart():
+    x = np.float32([0.3, 1.0, 300.0])
+    msg = _message(assert_quantized_equal, np.int8([0, 5, 127]), np.int8([1, 1, -128]), x=x,
+                   scale=1.0)
+    assert "one step off elsewhere: 1 (first at index (0,))" in msg
+    assert "more than one step off: 1 (first at index (1,))" in msg
+    assert "saturation (one side at qmin or qmax): 1 (first at index (2,))" in msg
+
+
+def test_saturation_uses_given_qmin_qmax_for_narrow_grids():
+    rep = compare_quantized(np.int8([-127, 5]), np.int8([3, 5]), qmin=-127, qmax=127)
+    assert rep.counts == {"saturation": 1}
+    rep = compare_quantized(np.int8([-100, 5]), np.int8([3, 5]), qmin=-127, qmax=127)
+    assert rep.counts == {"multi_step": 1}
+
+
+def test_nan_and_inf_inputs_are_classified_as_nan_inf_handling():
+    msg = _message(assert_quantized_equal, np.int8([-128, 127, 0]), np.int8([0, -128, 0]),
+                   x=np.float32([np.nan, np.inf, 0.0]), scale=1.0)
+    assert "NaN/Inf handling: 2 (first at index (0,))" in msg
+
+
+def test_message_layout_follows_numpy_testing():
+    msg = _message(assert_quantized_equal, np.int8([1, 2, 3]), np.int8([1, 2, 5]),
+                   err_msg="kernel v2")
+    lines = msg.splitlines()
+    assert lines[1] == "Quantized codes are not equal (max_step_diff=0)"
+    assert lines[2] == "kernel v2"
+    assert "Mismatched elements: 1 / 3 (33.3%)" in msg
+    assert "Max absolute difference among violations: 2" in msg
+    assert "Max relative difference among violations: 0.4" in msg
+    assert " ACTUAL: array([1, 2, 3], dtype=int8)" in msg
+    assert " DESIRED: array([1, 2, 5], dtype=int8)" in msg
+    order = [msg.index(s) for s in ("not equal", "kernel v2", "Mismatched", "more than one step",
+                                    "First mismatches", "Max absolute", " ACTUAL: array")]
+    assert order == sorted(order)
+    quiet = _message(assert_quantized_equal, np.int8([1]), np.int8([3]), verbose=False)
+    assert "ACTUAL:" not in quiet
+
+
+def test_max_step_diff_accepts_small_differences():
+    assert_quantized_equal(np.int8([1, 2]), np.int8([2, 2]), max_step_diff=1)
+    msg = _message(assert_quantized_equal, np.int8([1, 5]), np.int8([2, 2]), max_step_diff=1)
+    assert "(max_step_diff=1)" in msg and "Mismatched elements: 1 / 2 (50%)" in msg
+
+
+def test_shape_mismatch_is_reported_before_values():
+    msg = _message(assert_quantized_equal, np.int8([1, 2]), np.int8([1, 2, 3]))
+    assert "(shapes (2,), (3,) mismatch)" in msg
+    assert "Mismatched elements" not in msg
+
+
+def test_dtype_mismatch_is_reported_and_values_still_compared():
+    msg = _message(assert_quantized_equal, np.int8([1, 2]), np.int16([1, 3]))
+    assert "(dtypes int8, int16 mismatch)" in msg
+    assert "Mismatched elements: 1 / 2 (50%)" in msg
+    assert_quantized_equal(np.int8([1, 2]), np.int16([1, 2]), check_dtype=False)
+
+
+def test_first_mismatches_are_listed_with_nd_indices_and_capped():
+    a = np.zeros((4, 5), np.uint8)
+    d = np.ones((4, 5), np.uint8)
+    msg = _message(assert_quantized_equal, a, d)
+    assert "(0, 0): 0, 1, one_step" in msg
+    assert "(1, 4): 0, 1, one_step" in msg  # the tenth
+    assert "(2, 0):" not in msg  # the eleventh is left out
+    assert "Mismatched elements: 20 / 20 (100%)" in msg
+
+
+def test_ml_dtypes_int4_codes_use_their_own_range():
+    rep = compare_quantized(np.array([7, 0], ml_dtypes.int4), np.array([-8, 0], ml_dtypes.int4))
+    assert rep.counts == {"saturation": 1}
+
+
+def test_float_codes_are_refused_with_a_pointer_to_assert_dequantized_close():
+    with pytest.raises(RefquantError, match="assert_dequantized_close"):
+        compare_quantized(np.float32([1.0]), np.float32([1.0]))
+
+
+def test_report_is_structured_and_json_serialisable():
+    rep = compare_quantized(np.int8([3, 0, 5]), np.int8([2, 0, 1]), x=np.float32([2.5, 0, 1]),
+                            scale=1.0)
+    d = rep.to_dict()
+    assert d["counts"] == {"tie": 1, "multi_step": 1}
+    assert d["indices"] == {"tie": [0], "multi_step": [2]}
+    assert d["first"][0]["class"] == "tie"
+    json.dumps(d)
+    assert set(rep.counts) <= set(CLASSES)
+
+
+def test_dequantized_close_within_rtol_passes_and_tolerance_is_printed_first():
+    assert_dequantized_close(np.float32([1.0, 2.0]), np.float32([1.0, 2.0000002]))
+    msg = _message(assert_dequantized_close, np.float32([1.0]), np.float32([1.1]), rtol=1e-3,
+                   atol=0.5e-2)
+    assert msg.splitlines()[1] == "Dequantized values are not close (rtol=0.001, atol=0.005)"
+
+
+def test_dequantized_steps_are_counted_with_scale():
+    x = np.float32([0.75, 0.3, 2.0, 0.1])
+    msg = _message(assert_dequantized_close, np.float32([1.0, 0.0, 0.0, 0.1000001]),
+                   np.float32([0.5, 0.5, 2.0, 0.1]), x=x, scale=0.5, rtol=1e-9)
+    assert "one step off at an exact rounding tie: 1 (first at index (0,))" in msg
+    assert "one step off elsewhere: 1 (first at index (1,))" in msg
+    assert "more than one step off: 1 (first at index (2,))" in msg
+    assert "less than one step off (float arithmetic): 1 (first at index (3,))" in msg
+
+
+def test_dequantized_saturation_needs_zero_point_and_grid():
+    rep = compare_dequantized(np.float32([127.0]), np.float32([-128.0]), scale=1.0,
+                              zero_point=0, qmin=-128, qmax=127)
+    assert rep.counts == {"saturation": 1}
+
+
+def test_dequantized_nan_positions_are_reported():
+    msg = _message(assert_dequantized_close, np.float32([np.nan, 1.0]), np.float32([0.0, 1.0]))
+    assert "nan location mismatch: 1 position(s) (flat indices 0)" in msg
+    assert "NaN/Inf handling: 1" in msg
+    assert_dequantized_close(np.float32([np.nan, np.inf]), np.float32([np.nan, np.inf]))
+
+
+def test_dequantized_max_ulp():
+    one = np.float32(1.0)
+    two_ulp = np.nextafter(np.nextafter(one, np.float32(2)), np.float32(2))
+    assert_dequantized_close(np.float32([two_ulp]), np.float32([one]), max_ulp=2)
+    msg = _message(assert_dequantized_close, np.float32([two_ulp]), np.float32([one]), max_ulp=1)
+    assert "(max_ulp=1)" in msg
+    assert_dequantized_close(np.float32([-0.0]), np.float32([0.0]), max_ulp=0)
+
+
+def test_dequantized_without_scale_is_unclassified():
+    rep = compare_dequantized(np.float32([1.0]), np.float32([2.0]))
+    assert rep.counts == {"unclassified": 1}
+
+
+def test_assertions_hide_their_frames_from_pytest():
+    for fn in (assert_quantized_equal, assert_dequantized_close):
+        assert "__tracebackhide__ = True" in inspect.getsource(fn)
