@@ -352,8 +352,10 @@ def semi_structured_compress(dense, *, reorder: bool = True):
     Parameters
     ----------
     dense : array_like, 2-D (m, k)
-        int8 (m % 16 == 0, k % 32 == 0), float16 / bfloat16 (m % 32, k % 16) or
-        float32 (m % 32, k % 16; stored 1:2). It should already be 2:4 sparse;
+        int8 (m % 16 == 0, k % 64 == 0), float16 / bfloat16 (m % 32, k % 32) or
+        float32 (m % 32, k % 16; stored 1:2). torch itself checks k % 32 / k % 16
+        only and then fails (RuntimeError: index out of bounds) when the metadata has an odd
+        number of columns (int8 k = 32, float16 k = 16); refquant refuses those. It should already be 2:4 sparse;
         otherwise torch's table decides (groups with more than 2 non-zeros lose
         the higher ones, groups with fewer keep zeros at fixed positions).
     reorder : bool
@@ -384,15 +386,24 @@ def semi_structured_compress(dense, *, reorder: bool = True):
     row_mult = 16 if itemsize == 4 else 32
     if m % row_mult:
         raise RefquantError(f"dense has {m} rows; torch's layout needs a multiple of {row_mult}")
-    if k % (4 * quadbits):
-        raise RefquantError(f"dense has {k} columns; torch's layout needs a multiple of {4 * quadbits}")
+    # torch checks k % (4 * quadbits) only, but an odd number of metadata columns
+    # makes its ColumnMajorInterleaved<2> scatter run out of bounds (RuntimeError),
+    # so the real rule is an even number of metadata words per row.
+    col_mult = 16 if is_f32 else 8 * quadbits
+    if k % col_mult:
+        raise RefquantError(
+            f"dense has {k} columns; torch's layout needs a multiple of {col_mult} "
+            f"(an even number of {8 * itemsize}-bit metadata words per row)"
+        )
     if is_f32:
         pairs = a.reshape(m, k // 2, 2)
-        nz = pairs != 0
+        with np.errstate(invalid="ignore"):  # NaN != 0 is True, as in torch
+            nz = pairs != 0
         flags = np.stack([nz[..., 0], nz[..., 0], nz[..., 1], nz[..., 1]], axis=-1)
     else:
         quads = a.reshape(m, k // 4, 4)
-        flags = quads != 0
+        with np.errstate(invalid="ignore"):
+            flags = quads != 0
     code = (flags[..., 0] * 1 + flags[..., 1] * 2 + flags[..., 2] * 4 + flags[..., 3] * 8).astype(np.int64)
     idx0, idx1 = _IDX[code, 0], _IDX[code, 1]
     if is_f32:
