@@ -375,7 +375,7 @@ SAFETENSORS_DTYPES: dict[str, np.dtype] = {
 
 #: Bits per element in a safetensors file (``Dtype::bitsize``).
 SAFETENSORS_BITS: dict[str, int] = {
-    k: (4 if k == "F4" else 6 if k.startswith("F6") else 8 * v.itemsize)
+    k: (4 if k == "F4" else 6 if k.startswith("F6_") else 8 * v.itemsize)
     for k, v in SAFETENSORS_DTYPES.items()
 }
 

@@ -1,0 +1,166 @@
+"""refquant.io.pytorch on hand-built torch.save files (no torch needed)."""
+
+import struct
+
+import ml_dtypes
+import numpy as np
+import pytest
+from picklekit import (
+    EMPTY_DICT,
+    INT,
+    PROTO2,
+    SETITEM,
+    STOP,
+    UNI,
+    state_dict,
+    tensor_v2,
+    tensor_v3,
+    torch_legacy,
+    torch_zip,
+)
+
+import refquant.io as rio
+from refquant import RefquantError
+
+F32_0_5 = struct.pack("<6f", 0, 1, 2, 3, 4, 5)
+
+
+def _zip(tmp_path, items, storages, **kw):
+    return torch_zip(tmp_path / "m.pt", state_dict(items), storages, **kw)
+
+
+def test_zip_state_dict_reads_values_shape_and_dtype(tmp_path):
+    p = _zip(tmp_path, [("w", tensor_v2("0", "FloatStorage", 6, 0, (2, 3), (3, 1)))], {"0": F32_0_5})
+    with rio.open(p) as ck:
+        assert ck.format == "pytorch-zip"
+        np.testing.assert_array_equal(ck["w"], np.arange(6, dtype=np.float32).reshape(2, 3))
+        assert ck.info("w").stored_dtype == "torch.float32"
+
+
+def test_zip_top_folder_may_have_any_name(tmp_path):
+    p = _zip(tmp_path, [("w", tensor_v2("0", "FloatStorage", 6, 0, (6,), (1,)))], {"0": F32_0_5},
+             top="some_other_name")
+    with rio.open(p) as ck:
+        assert ck["w"].shape == (6,)
+
+
+def test_views_sharing_a_storage_with_offset_and_transposed_strides(tmp_path):
+    items = [
+        ("full", tensor_v2("0", "FloatStorage", 6, 0, (2, 3), (3, 1))),
+        ("row1", tensor_v2("0", "FloatStorage", 6, 3, (3,), (1,))),
+        ("col2", tensor_v2("0", "FloatStorage", 6, 2, (2,), (3,))),
+        ("t", tensor_v2("0", "FloatStorage", 6, 0, (3, 2), (1, 3))),
+    ]
+    with rio.open(_zip(tmp_path, items, {"0": F32_0_5})) as ck:
+        full = np.arange(6, dtype=np.float32).reshape(2, 3)
+        np.testing.assert_array_equal(ck["row1"], full[1])
+        np.testing.assert_array_equal(ck["col2"], full[:, 2])
+        np.testing.assert_array_equal(ck["t"], full.T)
+        assert np.shares_memory(ck["full"], ck["t"])
+
+
+def test_v3_untyped_storage_with_bf16_and_fp8(tmp_path):
+    bf = np.array([1.5, -2, 3], ml_dtypes.bfloat16)
+    f8 = np.array([448, -1, 0.5, 2], ml_dtypes.float8_e4m3fn)
+    items = [("bf", tensor_v3("0", 6, 0, (3,), (1,), "bfloat16")),
+             ("f8", tensor_v3("1", 4, 0, (2, 2), (2, 1), "float8_e4m3fn"))]
+    with rio.open(_zip(tmp_path, items, {"0": bf.tobytes(), "1": f8.tobytes()})) as ck:
+        np.testing.assert_array_equal(ck["bf"], bf)
+        np.testing.assert_array_equal(ck["f8"].view(np.uint8), f8.view(np.uint8).reshape(2, 2))
+
+
+def test_compressed_storage_entry_is_read(tmp_path):
+    p = _zip(tmp_path, [("w", tensor_v2("0", "FloatStorage", 6, 0, (6,), (1,)))], {"0": F32_0_5},
+             compress=("0",))
+    with rio.open(p) as ck:
+        np.testing.assert_array_equal(ck["w"], np.arange(6, dtype=np.float32))
+
+
+def test_training_checkpoint_nested_dicts_ints_and_strings(tmp_path):
+    model = state_dict([("w", tensor_v2("0", "FloatStorage", 6, 0, (6,), (1,)))])[2:-1]
+    pkl = (PROTO2 + EMPTY_DICT + UNI("model") + model + SETITEM + UNI("epoch") + INT(7) + SETITEM
+           + UNI("note") + UNI("hello") + SETITEM + STOP)
+    with rio.open(torch_zip(tmp_path / "c.pt", pkl, {"0": F32_0_5})) as ck:
+        assert list(ck) == ["model.w"]
+        assert ck.metadata["epoch"] == 7 and ck.metadata["note"] == "hello"
+
+
+def test_big_endian_byteorder_record_is_refused(tmp_path):
+    p = _zip(tmp_path, [("w", tensor_v2("0", "FloatStorage", 6, 0, (6,), (1,)))], {"0": F32_0_5},
+             byteorder=b"big")
+    with pytest.raises(RefquantError, match="big-endian") as e:
+        rio.open(p)
+    assert str(p) in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "tensor, storage, match",
+    [
+        (tensor_v2("0", "FloatStorage", 6, 0, (7,), (1,)), F32_0_5, "reach element 6"),
+        (tensor_v2("0", "FloatStorage", 6, 4, (2, 2), (1, 1)), F32_0_5, "reach element 6"),
+        (tensor_v2("0", "FloatStorage", 6, 0, (2, 3), (4, 1)), F32_0_5, "reach element 6"),
+        (tensor_v2("0", "FloatStorage", 8, 0, (6,), (1,)), F32_0_5, "the pickle says"),
+        (tensor_v2("0", "FloatStorage", 2**40, 0, (2**40,), (1,)), F32_0_5, "the pickle says"),
+        (tensor_v2("9", "FloatStorage", 6, 0, (6,), (1,)), F32_0_5, "no entry"),
+        (tensor_v3("0", 6, 0, (3,), (1,), "float32"), F32_0_5, "not a multiple"),
+    ],
+    ids=["size-past-end", "offset-past-end", "stride-past-end", "storage-bytes", "2**40-numel",
+         "missing-entry", "untyped-not-multiple"],
+)
+def test_lying_sizes_offsets_and_strides_are_refused(tmp_path, tensor, storage, match):
+    with pytest.raises(RefquantError, match=match):
+        rio.open(_zip(tmp_path, [("w", tensor)], {"0": storage}))
+
+
+def test_negative_size_is_refused(tmp_path):
+    with pytest.raises(RefquantError, match="size"):
+        rio.open(_zip(tmp_path, [("w", tensor_v2("0", "FloatStorage", 6, 0, (-1,), (1,)))],
+                      {"0": F32_0_5}))
+
+
+def _legacy(tmp_path, **kw):
+    pkl = state_dict([("w", tensor_v2("k1", "FloatStorage", 6, 0, (2, 3), (3, 1), legacy=True))])
+    return torch_legacy(tmp_path / "l.pt", pkl, [("k1", 6, F32_0_5)], **kw)
+
+
+def test_legacy_format_reads_values(tmp_path):
+    with rio.open(_legacy(tmp_path)) as ck:
+        assert ck.format == "pytorch-legacy"
+        np.testing.assert_array_equal(ck["w"], np.arange(6, dtype=np.float32).reshape(2, 3))
+        assert not ck["w"].flags.owndata  # memory-mapped
+
+
+@pytest.mark.parametrize("kw, match", [({"protocol": 1000}, "unsupported legacy protocol version 1000"),
+                                       ({"little_endian": False}, "big-endian")])
+def test_legacy_unsupported_version_and_big_endian_are_refused(tmp_path, kw, match):
+    with pytest.raises(RefquantError, match=match):
+        rio.open(_legacy(tmp_path, **kw))
+
+
+def test_legacy_wrong_magic_is_refused(tmp_path):
+    from refquant.io.pytorch import TorchLegacyCheckpoint
+
+    with pytest.raises(RefquantError, match="wrong magic"):
+        TorchLegacyCheckpoint(_legacy(tmp_path, magic=12345))
+
+
+def test_legacy_truncated_storage_is_refused(tmp_path):
+    p = _legacy(tmp_path)
+    p.write_bytes(p.read_bytes()[:-5])
+    with pytest.raises(RefquantError, match="truncated|outside the file"):
+        rio.open(p)
+
+
+def test_legacy_element_count_mismatch_is_refused(tmp_path):
+    pkl = state_dict([("w", tensor_v2("k1", "FloatStorage", 6, 0, (6,), (1,), legacy=True))])
+    p = torch_legacy(tmp_path / "l.pt", pkl, [("k1", 5, F32_0_5)])
+    with pytest.raises(RefquantError, match="record holds 5 elements"):
+        rio.open(p)
+
+
+def test_zip_truncated_file_is_refused_naming_the_file(tmp_path):
+    p = _zip(tmp_path, [("w", tensor_v2("0", "FloatStorage", 6, 0, (6,), (1,)))], {"0": F32_0_5})
+    p.write_bytes(p.read_bytes()[:100])
+    with pytest.raises(RefquantError) as e:
+        rio.open(p)
+    assert str(p) in str(e.value)
