@@ -40,6 +40,8 @@ __all__ = [
     "compare_dequantized",
     "assert_quantized_equal",
     "assert_dequantized_close",
+    "load_arrays",
+    "verify_files",
 ]
 
 CLASSES = {
@@ -76,18 +78,21 @@ class QuantReport:
     max_rel_diff: float = 0.0
     actual: np.ndarray | None = None
     desired: np.ndarray | None = None
+    missing: str | None = None
 
     @property
     def ok(self) -> bool:
         """True when nothing differs beyond the tolerance."""
-        return (self.shape_mismatch is None and self.dtype_mismatch is None
+        return (self.missing is None and self.shape_mismatch is None
+                and self.dtype_mismatch is None
                 and self.n_mismatched == 0
                 and (self.nan_mismatch is None or self.nan_mismatch.size == 0))
 
     def to_dict(self) -> dict:
         """JSON-friendly summary."""
         return {
-            "ok": self.ok, "header": self.header, "n_elements": self.n_elements,
+            "ok": self.ok, "header": self.header, "missing": self.missing,
+            "n_elements": self.n_elements,
             "n_mismatched": self.n_mismatched,
             "shape_mismatch": self.shape_mismatch, "dtype_mismatch": self.dtype_mismatch,
             "nan_mismatch": None if self.nan_mismatch is None else self.nan_mismatch.tolist(),
@@ -102,6 +107,8 @@ class QuantReport:
         lines = ["", self.header]
         if err_msg:
             lines.append(str(err_msg))
+        if self.missing is not None:
+            lines.append(self.missing)
         if self.shape_mismatch is not None:
             lines.append(f"(shapes {self.shape_mismatch[0]}, {self.shape_mismatch[1]} mismatch)")
         if self.dtype_mismatch is not None:
@@ -410,3 +417,95 @@ def assert_dequantized_close(actual, desired, *, rtol=1e-6, atol=0.0, max_ulp=No
                               check_dtype=check_dtype)
     if not rep.ok:
         raise AssertionError(rep.format(err_msg=err_msg, verbose=verbose))
+
+
+def load_arrays(path, what: str = "file") -> dict:
+    """Arrays of a ``.npy`` file (key ``""``) or ``.npz`` file (by key), never unpickling.
+
+    Raises RefquantError for a missing file, another extension, an unreadable file or
+    an object array (which would need pickle).
+    """
+    import os
+
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise RefquantError(f"{what} {p!r} does not exist or is not a file")
+    ext = os.path.splitext(p)[1].lower()
+    if ext not in (".npy", ".npz"):
+        raise RefquantError(f"{what} {p!r} must be a .npy or .npz file, got {ext or 'no extension'}")
+    try:
+        loaded = np.load(p, allow_pickle=False)
+        if ext == ".npy":
+            return {"": np.asarray(loaded)}
+        with loaded as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError) as e:
+        raise RefquantError(f"cannot read {what} {p!r} as {ext} without pickle: {e}") from None
+
+
+def _param(value, name):
+    """A parameter given as a number, an array, or a .npy path (CLI strings)."""
+    if value is None or not isinstance(value, str):
+        return value
+    if value.lower().endswith(".npy"):
+        return load_arrays(value, name)[""]
+    try:
+        return float(value) if name == "scale" else int(value)
+    except ValueError:
+        raise RefquantError(f"{name} must be a number or a .npy file, got {value!r}") from None
+
+
+def verify_files(actual, expected, *, scale=None, zero_point=None, axis=None, block_size=None,
+                 x=None, max_step_diff=0, qmin=None, qmax=None, rtol=1e-6, atol=0.0,
+                 max_ulp=None, key=None) -> dict:
+    """Compare the arrays of two .npy / .npz files; a :class:`QuantReport` per array.
+
+    ``.npz`` files are compared key by key (an array missing from one side is a
+    mismatch) or only ``key``. Integer arrays are compared as codes
+    (:func:`compare_quantized`), others as values (:func:`compare_dequantized`).
+    ``scale`` and ``zero_point`` are numbers, arrays or ``.npy`` paths; ``x`` an
+    array or a ``.npy`` / ``.npz`` path (an ``.npz`` is read by the same keys).
+    This is what ``refquant verify`` runs.
+    """
+    a_all = load_arrays(actual, "ACTUAL")
+    d_all = load_arrays(expected, "EXPECTED")
+    x_all = None
+    if isinstance(x, str):
+        x_all = load_arrays(x, "x")
+    scale = _param(scale, "scale")
+    zero_point = _param(zero_point, "zero_point")
+    if key is not None:
+        for what, arrs in (("ACTUAL", a_all), ("EXPECTED", d_all)):
+            if "" not in arrs and key not in arrs:
+                raise RefquantError(f"{what} has no array {key!r}; it has {sorted(arrs)}")
+        keys = [key]
+    elif "" in a_all or "" in d_all:
+        if len(a_all) != 1 or len(d_all) != 1:
+            raise RefquantError(
+                "one file is .npy and the other holds several arrays: pass --key to choose one"
+            )
+        keys = [""]
+    else:
+        keys = sorted(set(a_all) | set(d_all))
+    out = {}
+    for k in keys:
+        a = a_all.get(k, a_all.get(""))
+        d = d_all.get(k, d_all.get(""))
+        if a is None or d is None:
+            side = "ACTUAL" if a is None else "EXPECTED"
+            out[k] = QuantReport(header="Arrays are not comparable",
+                                 missing=f"array {k!r} is missing from {side}")
+            continue
+        xk = x
+        if x_all is not None:
+            xk = x_all.get(k, x_all.get(""))
+            if xk is None:
+                raise RefquantError(f"x has no array {k!r}")
+        common = dict(x=xk, scale=scale, zero_point=zero_point, axis=axis,
+                      block_size=block_size, qmin=qmin, qmax=qmax)
+        if a.dtype.kind in "iu" and d.dtype.kind in "iu" or (
+                a.dtype.name in ("int2", "int4", "uint2", "uint4")):
+            out[k] = compare_quantized(a, d, max_step_diff=max_step_diff, **common)
+        else:
+            out[k] = compare_dequantized(a, d, rtol=rtol, atol=atol, max_ulp=max_ulp, **common)
+    return out
