@@ -355,7 +355,7 @@ def prune_count(amount, n: int, rule: str = "round_half_even") -> int:
     floor               :math:`\\lfloor sN \\rfloor`                          ``int(s*N)``
     ceil                :math:`\\lceil sN \\rceil`
     keep_floor          :math:`N - \\lfloor (1-s)N \\rfloor`                  Torch-Pruning
-    tfmot               :math:`N - \\max(\\operatorname{round}_{\\text{even}}((1-s)N), 1)`  tfmot
+    tfmot               :math:`N - \\max(\\operatorname{round}_{\\text{even}}((1-s)N), 1)`  tfmot (float32)
     ==================  =================================================  ===================
 
     Reference
@@ -386,7 +386,9 @@ def prune_count(amount, n: int, rule: str = "round_half_even") -> int:
         return int(np.ceil(s * n))
     if rule == "keep_floor":
         return n - int((1.0 - s) * n)
-    return n - max(int(round((1.0 - s) * n)), 1)
+    # tfmot: k = max(round(float32(size) * (1 - sparsity)), 1) in float32, half to even
+    kept = np.round(np.float32(n) * (np.float32(1.0) - np.float32(s)))
+    return n - max(int(kept), 1)
 
 
 # --------------------------------------------------------------------------- pruning
