@@ -1,0 +1,864 @@
+"""PyTorch's quantization semantics by name, on NumPy arrays (torch is never imported).
+
+Functions carry PyTorch's names and argument names and reproduce its CPU
+results bit for bit (torch 2.13, x86 build with FBGEMM), quirks included:
+
+=====================================================  =====================================================
+quirk                                                  where in PyTorch
+=====================================================  =====================================================
+multiply by the float32 reciprocal ``1.0f / scale``     fbgemm ``Quantize`` (QuantUtils.h), pytorch#139464:
+instead of dividing (x = 0.273939937, s = 0.00214854861   ``x * (1/s)`` is 127.5 in float32, x / s is
+gives 128 for quint8 / qint32, ONNX gives 127)            127.49999...
+quint8 / qint8 per tensor: zero point added *before*   fbgemm ``QuantizeAvx2<T, LEGACY=true>``
+rounding, in one fused multiply-add                    (src/QuantUtilsAvx2.cc): ``_mm256_fmadd_ps(x, 1/s, z)``
+``fma(x, 1/s, z)`` (one rounding), ties to even        then ``_mm256_cvtps_epi32``; called by
+                                                       ``quantize_tensor_per_tensor_affine_cpu``
+                                                       (QuantizedOpKernels.cpp) with the default LEGACY
+qint32 per tensor and every per-channel quantize:      fbgemm ``Quantize<T, LEGACY=true>`` (scalar):
+``nearbyint(float(z) + x * (1/s))``: zero point added   ``std::nearbyint(zero_point + transformed_val)``
+before rounding, two float32 roundings                 via ``at::native::quantize_val``
+NaN → qmax (quint8/qint8 per tensor), → code 0          ``_mm256_min_ps(NaN, c)`` returns c; the scalar
+(8-bit per channel), → INT32_MIN (qint32)               path casts NaN to int32 (INT_MIN, low byte 0)
+fake-quant: zero point added *after* rounding           ``fake_quantize_tensor_cachemask_kernel`` /
+                                                       ``..._per_channel_cachemask_kernel``
+                                                       (aten/src/ATen/native/quantized/cpu/kernels/
+                                                       QuantizedOpKernels.cpp)
+fake-quant per channel: ``|round(x/s) + z| >= 2^63``,   ``static_cast<int64_t>(...)`` overflows to INT64_MIN,
+±Inf and NaN all give ``quant_min``                     then clamps to quant_min
+learnable fake-quant forward: the zero point is         ``_fake_quantize_learnable_per_tensor_affine``
+``clamp(nearbyint(z))`` first, then the ordinary        (FakeQuantPerTensorAffine.cpp,
+fake-quant (zero point after rounding); only the        ``_get_zero_point_from_tensor``); the backward's
+*backward* mask uses ``nearbyint(z + x/s)``              ``xqi = nearbyint(z + x * inv_scale)``
+dequantize per tensor: ``float(q - z) * s`` in float32   fbgemm ``Dequantize`` (QuantUtils.h)
+dequantize per channel: ``(float(q) - z) * double(s)``   ``dequantize_tensor_per_channel_affine_cpu``
+observers: symmetric scale ``amax / ((qmax-qmin)/2)``   observer.py ``_calculate_qparams``
+(127.5 for 8 bits); quint8 symmetric zero point 128,
+custom range ``(qmin + qmax) // 2``; affine zero
+point int32, symmetric int64; empty observer → scale
+1, zero point 0 with a warning; NaN → scale NaN
+=====================================================  =====================================================
+
+PyTorch accepts a scale of 0, a negative or a NaN scale and returns garbage;
+refquant raises :class:`RefquantError` there instead (documented departure).
+
+The vectorised CPU dequantize of other ATen ops uses
+``fma(s, q, -z*s)``; ``torch.dequantize`` on x86 with FBGEMM does not (measured
+bit for bit: ``float(q - z) * s``), so neither does :func:`dequantize`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from .._errors import RefquantError
+from ..formats.integer import IntFormat, int_format
+from ..quant.affine import dequantize as _core_dequantize
+from ..quant.affine import quantize as _core_quantize
+from ..quant.calibration import TorchHistogram, _fma_f32
+from ..quant.qparams import qparams_from_range
+
+__all__ = [
+    "quantize_per_tensor",
+    "quantize_per_channel",
+    "dequantize",
+    "fake_quantize_per_tensor_affine",
+    "fake_quantize_per_channel_affine",
+    "fake_quantize_learnable_per_tensor_affine",
+    "MinMaxObserver",
+    "MovingAverageMinMaxObserver",
+    "PerChannelMinMaxObserver",
+    "MovingAveragePerChannelMinMaxObserver",
+    "HistogramObserver",
+    "QSCHEMES",
+    "DTYPES",
+]
+
+_F = np.float32
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
+QSCHEMES = (
+    "per_tensor_affine",
+    "per_tensor_symmetric",
+    "per_channel_affine",
+    "per_channel_symmetric",
+    "per_channel_affine_float_qparams",
+)
+
+
+class _TorchGrid(IntFormat):
+    """An integer grid [qmin, qmax] of any width up to 32 bits (qint32, custom ranges).
+
+    The core's :class:`IntFormat` stops at 16 bits; this private subclass
+    carries PyTorch's ranges (qint32, fake-quant's quant_min / quant_max) into
+    the core's ``quantize`` / ``dequantize``, which only read ``qmin``,
+    ``qmax``, ``storage_dtype`` and ``name``. (Core change proposed in the
+    report: IntFormat up to 32 bits and a public custom-range grid.)
+    """
+
+    @classmethod
+    def make(cls, qmin: int, qmax: int, storage, name: str) -> _TorchGrid:
+        g = cls(16, True, False)
+        object.__setattr__(g, "_qmin", int(qmin))
+        object.__setattr__(g, "_qmax", int(qmax))
+        object.__setattr__(g, "_storage", np.dtype(storage))
+        object.__setattr__(g, "_name", name)
+        return g
+
+    @property
+    def qmin(self) -> int:
+        return self._qmin
+
+    @property
+    def qmax(self) -> int:
+        return self._qmax
+
+    @property
+    def storage_dtype(self) -> np.dtype:
+        return self._storage
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+
+# name: (qmin, qmax, storage, core format or None)
+DTYPES = {
+    "quint8": (0, 255, np.uint8),
+    "qint8": (-128, 127, np.int8),
+    "qint32": (-(2**31), 2**31 - 1, np.int32),
+    "quint4x2": (0, 15, np.uint8),
+}
+_ALIASES = {"uint8": "quint8", "int8": "qint8", "int32": "qint32"}
+
+
+def _dtype_name(dtype, allowed=("quint8", "qint8", "qint32", "quint4x2")) -> str:
+    name = str(dtype)
+    name = name[len("torch."):] if name.startswith("torch.") else name
+    name = _ALIASES.get(name, name)
+    if name not in allowed:
+        raise RefquantError(f"dtype must be one of {', '.join(allowed)}; got {dtype!r}")
+    return name
+
+
+def _grid(name: str):
+    qmin, qmax, storage = DTYPES[name]
+    if name == "qint8":
+        return int_format("int8")
+    if name == "quint8":
+        return int_format("uint8")
+    if name == "quint4x2":
+        return int_format("uint4")
+    return _TorchGrid.make(qmin, qmax, storage, name)
+
+
+def _range_grid(quant_min: int, quant_max: int):
+    return _TorchGrid.make(quant_min, quant_max, np.int64, f"[{quant_min}, {quant_max}]")
+
+
+def _float_input(x, name="input"):
+    """torch's quantize ops take float32 only ("Quantize only works on Float Tensor")."""
+    a = np.asarray(x)
+    if isinstance(x, np.ndarray) and a.dtype != np.float32:
+        raise RefquantError(
+            f"{name} must be float32 (torch: 'Quantize only works on Float Tensor, got "
+            f"{a.dtype}')"
+        )
+    if a.dtype.kind not in "fiub":
+        raise RefquantError(f"{name} must be a real array, got dtype {a.dtype}")
+    return a.astype(np.float32)
+
+
+def _check_zp_range(zp, qmin, qmax, where):
+    z = np.asarray(zp)
+    if z.dtype.kind == "f" and not np.all(z == np.round(z)):
+        raise RefquantError(f"{where}: zero_point must be an integer, got {z}")
+    zi = z.astype(np.int64)
+    if np.any(zi > qmax):
+        raise RefquantError(f"{where} zero_point {int(zi[zi > qmax].flat[0])} is above upper bound.")
+    if np.any(zi < qmin):
+        raise RefquantError(f"{where} zero_point {int(zi[zi < qmin].flat[0])} is below lower bound.")
+    return zi
+
+
+def _check_torch_scale(scale, name="scale"):
+    s = np.asarray(scale, dtype=np.float64)
+    bad = ~(np.isfinite(s) & (s > 0))
+    if bad.any():
+        raise RefquantError(
+            f"{name} must be finite and > 0, got {s[bad].flat[0]!r} (PyTorch accepts it "
+            "and returns codes computed from 1/scale; refquant refuses)"
+        )
+    return s
+
+
+def _int64_cast_overflow(v):
+    """Where ``static_cast<int64_t>(v)`` is undefined on x86 (gives INT64_MIN): NaN, ±Inf, |v| >= 2^63."""
+    with np.errstate(invalid="ignore"):
+        return ~np.isfinite(v) | (np.abs(v) >= 2.0**63)
+
+
+# --------------------------------------------------------------------------- quantize
+
+
+def quantize_per_tensor(input, scale, zero_point, dtype):
+    """``torch.quantize_per_tensor`` → integer codes (``q.int_repr()``), NumPy in and out.
+
+    Parameters
+    ----------
+    input : float32 array
+    scale : float (> 0; converted to float32 as torch does)
+    zero_point : int inside the dtype's range
+    dtype : "quint8", "qint8", "qint32" or "quint4x2"
+
+    Returns
+    -------
+    codes : uint8 / int8 / int32 array of ``input.shape`` (quint4x2: one unpacked
+    code 0..15 per element in uint8; torch packs two per byte, low nibble first:
+    ``refquant.kernels.packing.pack_nibbles(codes, order="low_first")``).
+
+    Formula
+    -------
+    quint8 / qint8: :math:`q = \\mathrm{clamp}(\\mathrm{rint}(\\mathrm{fma}(x, 1/s, z)))`
+    with ``1/s`` rounded to float32 and the fma rounded once to float32;
+    NaN → qmax. qint32: :math:`q = \\mathrm{clamp}(\\mathrm{rint}(z + x \\cdot (1/s)))`
+    with each operation rounded to float32; NaN → INT32_MIN. quint4x2:
+    :math:`q = \\mathrm{clamp}(\\mathrm{rint}(x \\cdot (1/s)) + z, 0, 15)`; NaN and
+    values whose code is not a valid ``long`` (|·| >= 2^63, ±Inf) → 0.
+    rint is round half to even. Saturating.
+
+    Reference
+    ---------
+    ``quantize_tensor_per_tensor_affine_cpu`` (QuantizedOpKernels.cpp) → fbgemm
+    ``Quantize<T, LEGACY=true>`` / ``QuantizeAvx2`` (QuantUtilsAvx2.cc);
+    ``quantize_tensor_per_tensor_affine_sub_byte_cpu`` for quint4x2.
+    """
+    name = _dtype_name(dtype)
+    x = _float_input(input)
+    _check_torch_scale(scale)
+    qmin, qmax, storage = DTYPES[name]
+    z = int(_check_zp_range(zero_point, qmin, qmax, "quantize_tensor_per_tensor_affine"))
+    s32 = _F(scale)
+    inv = _F(_F(1) / s32)
+    grid = _grid(name)
+    if name in ("quint8", "qint8"):
+        v = _fma_f32(x, inv, _F(z))  # the fused multiply-add of QuantizeAvx2<LEGACY>
+        return _core_quantize(
+            v, 1.0, 0, dtype=grid, precision="float32", nan="qmax", out_dtype=storage
+        )
+    if name == "qint32":
+        return _core_quantize(
+            x, s32, z, dtype=grid, scale_op="reciprocal", precision="float32",
+            zero_point_stage="before_rounding", nan="qmin", out_dtype=storage,
+        )
+    q = _core_quantize(
+        x, s32, z, dtype=grid, scale_op="reciprocal", precision="float32", nan="qmin",
+        out_dtype=storage,
+    )
+    with np.errstate(over="ignore", invalid="ignore"):
+        r = np.rint((x * inv).astype(np.float32)).astype(np.float64) + z
+    return np.where(_int64_cast_overflow(r), np.uint8(qmin), q).astype(storage)
+
+
+def _channel_axis(axis, ndim):
+    a = int(axis)
+    if not 0 <= a < ndim:
+        raise RefquantError(
+            f"Channel axis out of range in per channel affine quantization. Got: {axis} "
+            f"Expected: [0, {ndim})"
+        )
+    return a
+
+
+def quantize_per_channel(input, scales, zero_points, axis, dtype):
+    """``torch.quantize_per_channel`` → integer codes.
+
+    Parameters
+    ----------
+    input : float32 array
+    scales : 1-D array (torch keeps them as float64 and casts each to float32 here)
+    zero_points : 1-D integer array, each inside the dtype's range
+    axis : int in [0, ndim) (torch rejects negative axes)
+    dtype : "quint8", "qint8" or "qint32"
+
+    Formula
+    -------
+    :math:`q = \\mathrm{clamp}(\\mathrm{rint}(z_c + x \\cdot (1/s_c)))`, every
+    operation in float32 (zero point added *before* rounding), round half to
+    even, saturating. NaN → code 0 for quint8 / qint8 (the int32 cast of NaN is
+    INT32_MIN, whose low byte is 0), INT32_MIN for qint32.
+
+    Reference
+    ---------
+    ``quantize_tensor_per_channel_affine_cpu`` (QuantizedOpKernels.cpp) →
+    ``at::native::quantize_val`` → fbgemm ``Quantize<T, LEGACY=true>`` (scalar).
+    """
+    name = _dtype_name(dtype, ("quint8", "qint8", "qint32"))
+    x = _float_input(input)
+    ax = _channel_axis(axis, x.ndim)
+    s = _check_torch_scale(np.asarray(scales, dtype=np.float64).reshape(-1), "scales")
+    qmin, qmax, storage = DTYPES[name]
+    zp = np.asarray(zero_points).reshape(-1)
+    if s.size != x.shape[ax]:
+        raise RefquantError(
+            f"length of scales must equal to channel, expected {x.shape[ax]} got, {s.size}"
+        )
+    if zp.size != x.shape[ax]:
+        raise RefquantError(
+            f"length of zero_points must equal to channel expected {x.shape[ax]} got, {zp.size}"
+        )
+    zi = _check_zp_range(zp, qmin, qmax, "quantize_tensor_per_channel_affine")
+    return _core_quantize(
+        x, s.astype(np.float32), zi, dtype=_grid(name), axis=ax, scale_op="reciprocal",
+        precision="float32", zero_point_stage="before_rounding",
+        nan="qmin" if name == "qint32" else "zero", out_dtype=storage,
+    )
+
+
+def dequantize(input, scale, zero_point, axis=None, dtype=None):
+    """``Tensor.dequantize()`` of codes ``input`` with their parameters → float32.
+
+    Parameters
+    ----------
+    input : integer codes (as ``int_repr()`` returns them)
+    scale, zero_point : per tensor (scalars) or per channel (1-D, with ``axis``)
+    axis : int, optional
+        The channel axis of a per-channel tensor.
+    dtype : optional, "quint8" / "qint8" / "qint32"; only qint32 changes the arithmetic.
+
+    Formula
+    -------
+    Per tensor: :math:`\\hat x = \\mathrm{fl}_{32}(\\mathrm{fl}_{32}(q - z) \\cdot s_{32})`
+    (``q - z`` in int32; exact in float32 for 8-bit codes). Per channel:
+    :math:`\\hat x = \\mathrm{fl}_{32}(\\mathrm{fl}_{32}(q - z_c) \\cdot s_c)` with the
+    product in float64 (torch keeps per-channel scales as double; ``q - z`` is
+    formed as ``float(q) - float(z)``, exact for 8-bit codes).
+
+    Reference
+    ---------
+    fbgemm ``Dequantize`` (QuantUtils.h: ``scale * (src - zero_point)``) via
+    ``dequantize_tensor_per_tensor_affine_cpu``; ``dequantize_tensor_per_channel_affine_cpu``.
+    """
+    q = np.asarray(input)
+    if q.dtype.kind not in "iu":
+        raise RefquantError(f"input must be integer codes, got dtype {q.dtype}")
+    if axis is None:
+        _check_torch_scale(scale)
+        s32 = _F(scale)
+        if dtype is not None and _dtype_name(dtype) == "qint32":
+            return _dequantize_int32_float32(q, s32, int(zero_point))
+        return _core_dequantize(q, s32, int(zero_point), out_dtype=np.float32)
+    ax = _channel_axis(axis, q.ndim)
+    s = _check_torch_scale(np.asarray(scale, dtype=np.float64).reshape(-1), "scale")
+    z = np.asarray(zero_point).reshape(-1).astype(np.int64)
+    if s.size != q.shape[ax] or z.size != q.shape[ax]:
+        raise RefquantError(
+            f"scale and zero_point must have {q.shape[ax]} elements (the size of axis {ax}); "
+            f"got {s.size} and {z.size}"
+        )
+    if dtype is not None and _dtype_name(dtype) == "qint32":
+        view = [1] * q.ndim
+        view[ax] = -1
+        d = (q.astype(np.float32) - z.astype(np.float32).reshape(view)).astype(np.float32)
+        # float(q) - float(z) rounded to float32 (inexact above 2^24), times the double scale
+        return (d.astype(np.float64) * s.reshape(view)).astype(np.float32)
+    return _core_dequantize(q, s, z, axis=ax, out_dtype=np.float32)
+
+
+def _dequantize_int32_float32(q, s32, z):
+    """qint32 dequantize: ``float(int32(q - z)) * s`` in float32.
+
+    The core's dequantize forms ``(q - z) * s`` in float64 and rounds once; for
+    ``|q - z| >= 2^24`` torch rounds ``q - z`` to float32 first (two roundings).
+    Core change proposed: ``dequantize(..., precision="float32")``.
+    """
+    d = (q.astype(np.int64) - z).astype(np.int64)
+    d = ((d + 2**31) % 2**32) - 2**31  # int32 arithmetic wraps
+    return (d.astype(np.float32) * s32).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- fake quantize
+
+
+def _check_fake_args(quant_min, quant_max, zero_point):
+    if quant_min > quant_max:
+        raise RefquantError("`quant_min` should be less than or equal to `quant_max`.")
+    z = np.asarray(zero_point)
+    if np.any(z < quant_min) or np.any(z > quant_max):
+        raise RefquantError("`zero_point` must be between `quant_min` and `quant_max`.")
+
+
+def fake_quantize_per_tensor_affine(input, scale, zero_point, quant_min, quant_max):
+    """``torch.fake_quantize_per_tensor_affine`` → float32.
+
+    Formula
+    -------
+    :math:`q = \\mathrm{clamp}(\\mathrm{rint}(\\mathrm{fl}_{32}(x \\cdot (1/s))) + z, q_{min}, q_{max})`,
+    :math:`\\tilde x = (q - z)\\,s` rounded once to float32. Zero point added
+    *after* rounding (half to even); +Inf and large values → quant_max, -Inf →
+    quant_min, NaN → quant_min.
+
+    Reference
+    ---------
+    ``fake_quantize_tensor_cachemask_kernel`` (QuantizedOpKernels.cpp).
+    """
+    x = _float_input(input)
+    qmin, qmax = int(quant_min), int(quant_max)
+    _check_fake_args(qmin, qmax, zero_point)
+    _check_torch_scale(scale)
+    s32, z = _F(scale), int(zero_point)
+    grid = _range_grid(qmin, qmax)
+    q = _core_quantize(
+        x, s32, z, dtype=grid, scale_op="reciprocal", precision="float32", nan="qmin",
+        out_dtype=np.int64,
+    )
+    return _core_dequantize(q, s32, z, out_dtype=np.float32)
+
+
+def fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, quant_max):
+    """``torch.fake_quantize_per_channel_affine`` → float32.
+
+    ``zero_point`` must be int32 or float (torch: "Zero-point must be Int32,
+    Float or Half, found Long" — refquant accepts any integer array). Float zero
+    points are added *before* rounding (``nearbyint(x/s + z)``); integer ones after.
+
+    Formula
+    -------
+    Integer z: :math:`q = \\mathrm{clamp}(\\mathrm{rint}(\\mathrm{fl}_{32}(x/s)) + z_c)`;
+    float z: :math:`q = \\mathrm{clamp}(\\mathrm{rint}(\\mathrm{fl}_{32}(\\mathrm{fl}_{32}(x/s) + z_c)))`;
+    both with ``x/s`` as ``x * fl32(1/s)``, then :math:`\\tilde x = (q - z_c)\\,s_c`.
+    Quirk: before clamping, the code is cast to int64, so NaN, ±Inf and
+    :math:`|q| \\ge 2^{63}` become INT64_MIN and clamp to quant_min (+Inf gives
+    quant_min here but quant_max in the per-tensor version).
+
+    Reference
+    ---------
+    ``fake_quantize_per_channel_cachemask_kernel`` /
+    ``_fake_quantize_per_channel_affine`` float-zero-point kernel (QuantizedOpKernels.cpp).
+    """
+    x = _float_input(input)
+    ax = _channel_axis(axis, x.ndim)
+    qmin, qmax = int(quant_min), int(quant_max)
+    s = _check_torch_scale(np.asarray(scale, dtype=np.float64).reshape(-1)).astype(np.float32)
+    z = np.asarray(zero_point).reshape(-1)
+    if s.size != x.shape[ax] or z.size != x.shape[ax]:
+        raise RefquantError(
+            f"scale and zero_point must have {x.shape[ax]} elements (the size of axis {ax}); "
+            f"got {s.size} and {z.size}"
+        )
+    _check_fake_args(qmin, qmax, z)
+    grid = _range_grid(qmin, qmax)
+    view = [1] * x.ndim
+    view[ax] = -1
+    inv = (_F(1) / s).astype(np.float32).reshape(view)
+    with np.errstate(over="ignore", invalid="ignore"):
+        v = (x * inv).astype(np.float32)
+        if z.dtype.kind == "f":
+            zf = z.astype(np.float32)
+            pre = np.rint((v + zf.reshape(view)).astype(np.float32)).astype(np.float64)
+            stage = "before_rounding"
+            zq = zf.astype(np.float64)
+        else:
+            zq = z.astype(np.int64)
+            pre = np.rint(v).astype(np.float64) + zq.reshape(view)
+            stage = "after_rounding"
+    q = _core_quantize(
+        x, s, zq, dtype=grid, axis=ax, scale_op="reciprocal", precision="float32",
+        zero_point_stage=stage, nan="qmin", out_dtype=np.int64,
+    )
+    q = np.where(_int64_cast_overflow(pre), qmin, q)
+    return _core_dequantize(q, s.astype(np.float64), zq, axis=ax, out_dtype=np.float32)
+
+
+def fake_quantize_learnable_per_tensor_affine(
+    input, scale, zero_point, quant_min, quant_max, grad_factor=1.0
+):
+    """Forward of ``torch._fake_quantize_learnable_per_tensor_affine`` → float32.
+
+    ``scale`` and ``zero_point`` are float (1-element) parameters. The forward
+    rounds the zero point first, ``z = clamp(nearbyint(float32(zero_point)),
+    quant_min, quant_max)``, then runs the ordinary per-tensor fake-quant (zero
+    point added *after* rounding). The "zero point before rounding" form,
+    ``nearbyint(z + x / s)``, is only the backward's in-range mask.
+    ``grad_factor`` only scales gradients and is accepted for the signature.
+
+    Formula
+    -------
+    :math:`z' = \\mathrm{clamp}(\\mathrm{rint}(z)),\\;
+    \\tilde x = \\mathrm{fake\\_quantize\\_per\\_tensor\\_affine}(x, s, z')`
+
+    Reference
+    ---------
+    aten/src/ATen/native/quantized/FakeQuantPerTensorAffine.cpp:
+    ``_fake_quantize_learnable_per_tensor_affine``, ``_get_zero_point_from_tensor``.
+    """
+    del grad_factor
+    s = np.asarray(scale, dtype=np.float32).reshape(-1)
+    zf = np.asarray(zero_point, dtype=np.float32).reshape(-1)
+    if s.size < 1 or zf.size < 1:
+        raise RefquantError("scale and zero_point must hold at least one element")
+    zr = _F(np.rint(zf[0]))
+    zc = int(min(max(zr, _F(quant_min)), _F(quant_max)))
+    return fake_quantize_per_tensor_affine(input, s[0], zc, quant_min, quant_max)
+
+
+_fake_quantize_learnable_per_tensor_affine = fake_quantize_learnable_per_tensor_affine
+
+
+# --------------------------------------------------------------------------- observers
+
+
+def _qscheme_name(qscheme) -> str:
+    name = str(qscheme)
+    name = name[len("torch."):] if name.startswith("torch.") else name
+    if name not in QSCHEMES:
+        raise RefquantError(
+            "Default Observer only works for per_tensor_affine, per_tensor_symmetric, "
+            "per_channel_affine, per_channel_symmetric and per_channel_float_qparams "
+            f"quantization scheme; got {qscheme!r}"
+        )
+    return name
+
+
+class _UniformObserver:
+    """``UniformQuantizationObserverBase``: grid, qscheme and ``_calculate_qparams``."""
+
+    _per_channel = False
+
+    def __init__(
+        self, dtype="quint8", qscheme="per_tensor_affine", reduce_range=False,
+        quant_min=None, quant_max=None, eps=FLOAT32_EPS,
+    ):
+        self.dtype = _dtype_name(dtype, ("quint8", "qint8", "qint32"))
+        self.qscheme = _qscheme_name(qscheme)
+        is_pc = self.qscheme.startswith("per_channel")
+        if is_pc != self._per_channel:
+            kind = "per_channel" if self._per_channel else "per_tensor"
+            raise RefquantError(
+                f"{type(self).__name__}'s qscheme only supports {kind} schemes; got {self.qscheme!r}"
+            )
+        self.reduce_range = bool(reduce_range)
+        if self.reduce_range:
+            warnings.warn(
+                "Please use quant_min and quant_max to specify the range for observers. "
+                "reduce_range will be deprecated in a future release of PyTorch.",
+                stacklevel=2,
+            )
+        self.eps = _F(eps)
+        self.has_customized_qrange = quant_min is not None and quant_max is not None
+        if self.has_customized_qrange:
+            if not quant_min <= 0 <= quant_max:
+                raise RefquantError("Used-specified quantization range must include 0.")
+            if quant_min >= quant_max:
+                raise RefquantError(
+                    "qmin must be strictly less than qmax for user-specified quantization range."
+                )
+            qlen = quant_max - quant_min + 1
+            if self.dtype == "qint8" and not 0 < qlen <= 256:
+                raise RefquantError(
+                    "quantization range should be positive and not exceed the maximum bit "
+                    "range (=256)."
+                )
+            qmin, qmax = int(quant_min), int(quant_max)
+            if self.reduce_range:
+                qmin, qmax = qmin // 2, qmax // 2
+        else:
+            qmin, qmax = DTYPES[self.dtype][:2]
+            if self.reduce_range and self.dtype == "qint8":
+                qmin, qmax = -64, 63
+            elif self.reduce_range and self.dtype == "quint8":
+                qmin, qmax = 0, 127
+        self.quant_min, self.quant_max = qmin, qmax
+        if self.qscheme.endswith("symmetric") and self.reduce_range and self.dtype == "quint8":
+            raise RefquantError("Cannot reduce range for symmetric quantization for quint8")
+
+    # ---------------------------------------------------------------- qparams
+
+    def _calculate_qparams(self, min_val, max_val):
+        """observer.py ``_calculate_qparams`` on float32 min / max (per tensor: 0-d)."""
+        min_val = np.asarray(min_val, dtype=np.float32)
+        max_val = np.asarray(max_val, dtype=np.float32)
+        if min_val.size == 0 or (
+            min_val.ndim == 0 and min_val == np.inf and max_val == -np.inf
+        ):
+            warnings.warn(
+                "must run observer before calling calculate_qparams. Returning default values.",
+                stacklevel=3,
+            )
+            return np.array([1.0], dtype=np.float32), np.array([0], dtype=np.int64)
+        if np.any(min_val > max_val):
+            raise RefquantError(f"min {min_val} should be less than max {max_val}")
+        qmin, qmax = self.quant_min, self.quant_max
+        nan = np.isnan(min_val) | np.isnan(max_val)
+        lo = np.where(nan, _F(0), min_val)
+        hi = np.where(nan, _F(0), max_val)
+        if self.qscheme == "per_channel_affine_float_qparams":
+            scale = ((hi - lo).astype(_F) / _F(qmax - qmin)).astype(_F)
+            scale = np.where(scale > self.eps, scale, _F(1)).astype(_F)
+            zp = ((_F(-1) * lo).astype(_F) / scale).astype(_F)
+            scale = np.where(nan, _F(np.nan), scale).astype(_F)
+            zp = np.where(nan, _F(np.nan), zp).astype(_F)
+        else:
+            symmetric = self.qscheme.endswith("symmetric")
+            base = {"quint8": "uint8", "qint8": "int8"}.get(self.dtype)
+            grid = int_format(base) if base else _grid("qint32")
+            qp = qparams_from_range(
+                lo, hi, dtype=grid, symmetric=symmetric, include_zero=True,
+                eps=float(self.eps), symmetric_divisor="half_span",
+                zero_point_formula="qmin_minus_round", precision="float32",
+                quant_min=qmin if (qmin, qmax) != (grid.qmin, grid.qmax) else None,
+                quant_max=qmax if (qmin, qmax) != (grid.qmin, grid.qmax) else None,
+            )
+            scale = np.where(nan, _F(np.nan), qp.scale).astype(_F)
+            if symmetric:
+                zp = np.full(scale.shape, self._symmetric_zero_point(), dtype=np.int64)
+            else:
+                # NaN: round(NaN).to(int32) is INT32_MIN; qmin - INT32_MIN wraps in int32
+                wrapped = ((qmin + 2**31 + 2**31) % 2**32) - 2**31
+                zcore = qp.zero_point
+                if self.dtype == "qint32":
+                    zcore = _qint32_zero_point(lo, qp.scale, qmin, qmax)
+                zp = np.where(nan, np.clip(wrapped, qmin, qmax), zcore).astype(np.int32)
+        if scale.ndim == 0:
+            scale, zp = scale.reshape(1), zp.reshape(1)
+        return scale, zp
+
+    def _symmetric_zero_point(self) -> int:
+        # observer.py: quint8 -> 128 (custom range: (qmin + qmax) // 2); signed -> 0
+        if self.dtype == "quint8":
+            return (self.quant_min + self.quant_max) // 2 if self.has_customized_qrange else 128
+        return 0
+
+    @staticmethod
+    def _as_float32(x):
+        a = np.asarray(x)
+        if a.dtype.kind not in "fiub":
+            raise RefquantError(f"x must be a real array, got dtype {a.dtype}")
+        return a.astype(np.float32)
+
+
+def _qint32_zero_point(lo, scale, qmin, qmax):
+    """``quant_min - round(min_neg / scale).to(int32)``, clamped, in exact integers.
+
+    The core's ``qparams_from_range`` subtracts the rounded quotient as a float32
+    array, which is exact for 8-bit grids but rounds ``-2^31 - r`` for qint32
+    (torch subtracts in int32). Core change proposed: cast the rounded quotient
+    to int64 before ``qmin - ...`` in ``qparams_from_range``.
+    """
+    lo_neg = np.minimum(np.asarray(lo, dtype=np.float32), _F(0))
+    r = np.rint((lo_neg / scale).astype(np.float32)).astype(np.int64)
+    return np.clip(qmin - r, qmin, qmax)
+
+
+class MinMaxObserver(_UniformObserver):
+    """``torch.ao.quantization.MinMaxObserver``: running min and max, per tensor.
+
+    ``forward(x)`` records ``min(x)`` / ``max(x)`` (NaN propagates, as
+    ``torch.aminmax`` / ``torch.min`` do) and returns ``x``;
+    ``calculate_qparams()`` returns ``(scale, zero_point)``: float32 of shape
+    (1,), zero point int32 (affine) or int64 (symmetric).
+
+    Formula
+    -------
+    Affine: :math:`s = \\max((x_{max}^+ - x_{min}^-)/(q_{max} - q_{min}), \\epsilon)`,
+    :math:`z = \\mathrm{clamp}(q_{min} - \\mathrm{rint}(x_{min}^- / s))`;
+    symmetric: :math:`s = \\max(\\max(-x_{min}^-, x_{max}^+) / ((q_{max} - q_{min})/2), \\epsilon)`,
+    all in float32 (:math:`x^\\pm` the range widened to contain 0).
+
+    Reference
+    ---------
+    ``torch/ao/quantization/observer.py``: ``MinMaxObserver``,
+    ``UniformQuantizationObserverBase._calculate_qparams``; ``utils.py``
+    ``calculate_qmin_qmax``, ``validate_qmin_qmax``, ``check_min_max_valid``.
+    """
+
+    def __init__(
+        self, dtype="quint8", qscheme="per_tensor_affine", reduce_range=False,
+        quant_min=None, quant_max=None, eps=FLOAT32_EPS,
+    ):
+        super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, eps)
+        self.min_val = _F(np.inf)
+        self.max_val = _F(-np.inf)
+
+    def forward(self, x):
+        xf = self._as_float32(x)
+        if xf.size == 0:
+            return x
+        cur_min, cur_max = _F(np.min(xf)), _F(np.max(xf))
+        self._update(cur_min, cur_max)
+        return x
+
+    __call__ = forward
+
+    def _update(self, cur_min, cur_max):
+        self.min_val = _F(np.minimum(cur_min, self.min_val))
+        self.max_val = _F(np.maximum(cur_max, self.max_val))
+
+    def calculate_qparams(self):
+        return self._calculate_qparams(self.min_val, self.max_val)
+
+    def reset_min_max_vals(self):
+        self.min_val, self.max_val = _F(np.inf), _F(-np.inf)
+
+
+class MovingAverageMinMaxObserver(MinMaxObserver):
+    """``torch.ao.quantization.MovingAverageMinMaxObserver``.
+
+    The first batch sets min / max; later batches update
+    :math:`m \\leftarrow m + c\\,(\\min X - m)` in float32 (c = averaging_constant).
+
+    Reference
+    ---------
+    ``torch/ao/quantization/observer.py``: ``MovingAverageMinMaxObserver.forward``.
+    """
+
+    def __init__(
+        self, averaging_constant=0.01, dtype="quint8", qscheme="per_tensor_affine",
+        reduce_range=False, quant_min=None, quant_max=None, eps=FLOAT32_EPS,
+    ):
+        super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, eps)
+        self.averaging_constant = float(averaging_constant)
+
+    def _update(self, cur_min, cur_max):
+        if self.min_val == np.inf and self.max_val == -np.inf:
+            self.min_val, self.max_val = cur_min, cur_max
+            return
+        c = _F(self.averaging_constant)
+        self.min_val = _F(self.min_val + _F(c * _F(cur_min - self.min_val)))
+        self.max_val = _F(self.max_val + _F(c * _F(cur_max - self.max_val)))
+
+
+class PerChannelMinMaxObserver(_UniformObserver):
+    """``torch.ao.quantization.PerChannelMinMaxObserver``: min / max per slice of ``ch_axis``.
+
+    ``calculate_qparams()`` returns float32 scales and zero points of shape
+    (channels,): int32 (per_channel_affine), int64 (per_channel_symmetric) or
+    float32 (per_channel_affine_float_qparams: :math:`s = (max - min)/(q_{max}-q_{min})`,
+    1 where not above eps, :math:`z = -min / s`, range not widened to 0).
+
+    Reference
+    ---------
+    ``torch/ao/quantization/observer.py``: ``PerChannelMinMaxObserver``.
+    """
+
+    _per_channel = True
+
+    def __init__(
+        self, ch_axis=0, dtype="quint8", qscheme="per_channel_affine", reduce_range=False,
+        quant_min=None, quant_max=None, eps=FLOAT32_EPS,
+    ):
+        super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, eps)
+        self.ch_axis = int(ch_axis)
+        self.min_val = np.zeros(0, dtype=np.float32)
+        self.max_val = np.zeros(0, dtype=np.float32)
+
+    def _channel_minmax(self, x):
+        xf = self._as_float32(x)
+        if not -xf.ndim <= self.ch_axis < xf.ndim:
+            raise RefquantError(f"ch_axis {self.ch_axis} is out of range for {xf.ndim} dims")
+        y = np.moveaxis(xf, self.ch_axis, 0).reshape(xf.shape[self.ch_axis], -1)
+        return y.min(axis=1).astype(_F), y.max(axis=1).astype(_F)
+
+    def forward(self, x):
+        if np.asarray(x).size == 0:
+            return x
+        cur_min, cur_max = self._channel_minmax(x)
+        if self.min_val.size == 0:
+            self.min_val, self.max_val = cur_min, cur_max
+        else:
+            self._update(cur_min, cur_max)
+        return x
+
+    __call__ = forward
+
+    def _update(self, cur_min, cur_max):
+        self.min_val = np.minimum(cur_min, self.min_val).astype(_F)
+        self.max_val = np.maximum(cur_max, self.max_val).astype(_F)
+
+    def calculate_qparams(self):
+        return self._calculate_qparams(self.min_val, self.max_val)
+
+    def reset_min_max_vals(self):
+        self.min_val = np.zeros(0, dtype=np.float32)
+        self.max_val = np.zeros(0, dtype=np.float32)
+
+
+class MovingAveragePerChannelMinMaxObserver(PerChannelMinMaxObserver):
+    """``torch.ao.quantization.MovingAveragePerChannelMinMaxObserver`` (float32 moving average).
+
+    Reference
+    ---------
+    ``torch/ao/quantization/observer.py``: ``MovingAveragePerChannelMinMaxObserver.forward``.
+    """
+
+    def __init__(
+        self, averaging_constant=0.01, ch_axis=0, dtype="quint8",
+        qscheme="per_channel_affine", reduce_range=False, quant_min=None, quant_max=None,
+        eps=FLOAT32_EPS,
+    ):
+        super().__init__(ch_axis, dtype, qscheme, reduce_range, quant_min, quant_max, eps)
+        self.averaging_constant = float(averaging_constant)
+
+    def _update(self, cur_min, cur_max):
+        c = _F(self.averaging_constant)
+        self.min_val = (self.min_val + (c * (cur_min - self.min_val).astype(_F))).astype(_F)
+        self.max_val = (self.max_val + (c * (cur_max - self.max_val).astype(_F))).astype(_F)
+
+
+class HistogramObserver(_UniformObserver):
+    """``torch.ao.quantization.HistogramObserver``: running histogram and L2 range search.
+
+    ``forward(x)`` bins ``x`` (±Inf dropped with a warning; NaN raises, as
+    torch.histc does); ``calculate_qparams()`` runs the search of
+    :class:`refquant.quant.calibration.TorchHistogram` (``dst_nbins = 2 ** 8``
+    for 8-bit dtypes) and computes the parameters of the found range as
+    :class:`MinMaxObserver` does. Bit for bit with torch on CPU.
+
+    Reference
+    ---------
+    ``torch/ao/quantization/observer.py``: ``HistogramObserver``.
+    """
+
+    def __init__(
+        self, bins=2048, dtype="quint8", qscheme="per_tensor_affine", reduce_range=False,
+        quant_min=None, quant_max=None, eps=FLOAT32_EPS,
+    ):
+        super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, eps)
+        self.bins = int(bins)
+        self.dst_nbins = 2 ** (32 if self.dtype == "qint32" else 8)
+        self.upsample_rate = 16
+        self._hist = TorchHistogram(self.bins, self.dst_nbins, self.upsample_rate)
+
+    @property
+    def histogram(self):
+        return self._hist.histogram
+
+    @property
+    def min_val(self):
+        return self._hist.min_val
+
+    @property
+    def max_val(self):
+        return self._hist.max_val
+
+    def forward(self, x):
+        xf = self._as_float32(x)
+        if xf.size and np.isinf(xf).any():
+            warnings.warn("torch.inf detected in input tensor, ignoring input", stacklevel=2)
+        if xf.size and np.isnan(xf).any():
+            raise RefquantError("torch.histc: range of [nan, nan] is not finite")
+        self._hist.update(xf)
+        return x
+
+    __call__ = forward
+
+    def calculate_qparams(self):
+        if not self._hist.initialized:
+            warnings.warn(
+                "must run observer before calling calculate_qparams. Returning default "
+                "scale and zero point ",
+                stacklevel=2,
+            )
+            return np.array([1.0], dtype=np.float32), np.array([0], dtype=np.int64)
+        new_min, new_max = self._hist.search()
+        return self._calculate_qparams(new_min, new_max)
