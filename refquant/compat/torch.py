@@ -38,6 +38,9 @@ point int32, symmetric int64; empty observer → scale
 1, zero point 0 with a warning; NaN → scale NaN
 =====================================================  =====================================================
 
+Arguments keep PyTorch's names, ``input`` included (it shadows the builtin on
+purpose, so that calls written for torch run unchanged).
+
 PyTorch accepts a scale of 0, a negative or a NaN scale and returns garbage;
 refquant raises :class:`RefquantError` there instead (documented departure).
 
@@ -201,7 +204,7 @@ def _int64_cast_overflow(v):
 # --------------------------------------------------------------------------- quantize
 
 
-def quantize_per_tensor(input, scale, zero_point, dtype):
+def quantize_per_tensor(input, scale, zero_point, dtype):  # noqa: A002 (torch's name)
     """``torch.quantize_per_tensor`` → integer codes (``q.int_repr()``), NumPy in and out.
 
     Parameters
@@ -270,7 +273,7 @@ def _channel_axis(axis, ndim):
     return a
 
 
-def quantize_per_channel(input, scales, zero_points, axis, dtype):
+def quantize_per_channel(input, scales, zero_points, axis, dtype):  # noqa: A002 (torch's name)
     """``torch.quantize_per_channel`` → integer codes.
 
     Parameters
@@ -315,7 +318,7 @@ def quantize_per_channel(input, scales, zero_points, axis, dtype):
     )
 
 
-def dequantize(input, scale, zero_point, axis=None, dtype=None):
+def dequantize(input, scale, zero_point, axis=None, dtype=None):  # noqa: A002 (torch's name)
     """``Tensor.dequantize()`` of codes ``input`` with their parameters → float32.
 
     Parameters
@@ -388,7 +391,7 @@ def _check_fake_args(quant_min, quant_max, zero_point):
         raise RefquantError("`zero_point` must be between `quant_min` and `quant_max`.")
 
 
-def fake_quantize_per_tensor_affine(input, scale, zero_point, quant_min, quant_max):
+def fake_quantize_per_tensor_affine(input, scale, zero_point, quant_min, quant_max):  # noqa: A002 (torch's name)
     """``torch.fake_quantize_per_tensor_affine`` → float32.
 
     Formula
@@ -415,7 +418,7 @@ def fake_quantize_per_tensor_affine(input, scale, zero_point, quant_min, quant_m
     return _core_dequantize(q, s32, z, out_dtype=np.float32)
 
 
-def fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, quant_max):
+def fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, quant_max):  # noqa: A002 (torch's name)
     """``torch.fake_quantize_per_channel_affine`` → float32.
 
     ``zero_point`` must be int32 or float (torch: "Zero-point must be Int32,
@@ -471,7 +474,7 @@ def fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, 
 
 
 def fake_quantize_learnable_per_tensor_affine(
-    input, scale, zero_point, quant_min, quant_max, grad_factor=1.0
+    input, scale, zero_point, quant_min, quant_max, grad_factor=1.0  # noqa: A002
 ):
     """Forward of ``torch._fake_quantize_learnable_per_tensor_affine`` → float32.
 
