@@ -577,7 +577,10 @@ def owl_layer_sparsity(outlier_ratios, sparsity, lam=0.08) -> np.ndarray:
     """OWL's per-layer sparsities from the layers' outlier ratios.
 
     Layers with more outliers get a lower sparsity; the mean stays at
-    ``sparsity`` and every value lies in ``[sparsity - lam, sparsity + lam]``.
+    ``sparsity`` and the values span exactly ``2 * lam`` (the paper's
+    "[S - λ, S + λ]" holds when the ratios are spread symmetrically; with
+    skewed ratios the interval shifts, e.g. D = [0, 1, 1], S = 0.5,
+    λ = 0.0625 gives [0.5833, 0.4583, 0.4583]).
 
     Formula
     -------
