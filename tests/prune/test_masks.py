@@ -21,18 +21,19 @@ from refquant.prune.masks import (
 #   tfmot          N - max(rint(N(1-s)),1): rint(3.5) = 4 kept -> 3 pruned; s=1 keeps 1
 #   floor          int(s*N)              int(3.5) = 3
 #   torch_pruning  N - int(N(1-s))       7 - int(3.5) = 4
-BOUNDARY = {
-    "torch": {0.0: 0, 1.0: 7, 0.5: 4, 7: 7, 0: 0},
-    "tfmot": {0.0: 0, 1.0: 6, 0.5: 3, 7: 7, 0: 0},
-    "floor": {0.0: 0, 1.0: 7, 0.5: 3, 7: 7, 0: 0},
-    "torch_pruning": {0.0: 0, 1.0: 7, 0.5: 4, 7: 7, 0: 0},
-}
+BOUNDARY = [  # (amount, {rule: count})
+    (0.0, {"torch": 0, "tfmot": 0, "floor": 0, "torch_pruning": 0}),
+    (0, {"torch": 0, "tfmot": 0, "floor": 0, "torch_pruning": 0}),
+    (1.0, {"torch": 7, "tfmot": 6, "floor": 7, "torch_pruning": 7}),
+    (0.5, {"torch": 4, "tfmot": 3, "floor": 3, "torch_pruning": 4}),
+    (7, {"torch": 7, "tfmot": 7, "floor": 7, "torch_pruning": 7}),
+]
 
 
 @pytest.mark.parametrize("rule", COUNT_RULES)
-@pytest.mark.parametrize("amount", [0.0, 1.0, 0.5, 7, 0])
-def test_each_count_rule_on_the_boundary_amounts_of_odd_n(rule, amount):
-    assert prune_count(amount, 7, rule=rule) == BOUNDARY[rule][amount]
+@pytest.mark.parametrize("amount, counts", BOUNDARY, ids=["0.0", "0", "1.0", "0.5", "N"])
+def test_each_count_rule_on_the_boundary_amounts_of_odd_n(rule, amount, counts):
+    assert prune_count(amount, 7, rule=rule) == counts[rule]
 
 
 @pytest.mark.parametrize(
