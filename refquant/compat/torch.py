@@ -137,7 +137,7 @@ _ALIASES = {"uint8": "quint8", "int8": "qint8", "int32": "qint32"}
 
 def _dtype_name(dtype, allowed=("quint8", "qint8", "qint32", "quint4x2")) -> str:
     name = str(dtype)
-    name = name[len("torch."):] if name.startswith("torch.") else name
+    name = name[len("torch.") :] if name.startswith("torch.") else name
     name = _ALIASES.get(name, name)
     if name not in allowed:
         raise RefquantError(f"dtype must be one of {', '.join(allowed)}; got {dtype!r}")
@@ -164,8 +164,7 @@ def _float_input(x, name="input"):
     a = np.asarray(x)
     if isinstance(x, np.ndarray) and a.dtype != np.float32:
         raise RefquantError(
-            f"{name} must be float32 (torch: 'Quantize only works on Float Tensor, got "
-            f"{a.dtype}')"
+            f"{name} must be float32 (torch: 'Quantize only works on Float Tensor, got {a.dtype}')"
         )
     if a.dtype.kind not in "fiub":
         raise RefquantError(f"{name} must be a real array, got dtype {a.dtype}")
@@ -178,9 +177,13 @@ def _check_zp_range(zp, qmin, qmax, where):
         raise RefquantError(f"{where}: zero_point must be an integer, got {z}")
     zi = z.astype(np.int64)
     if np.any(zi > qmax):
-        raise RefquantError(f"{where} zero_point {int(zi[zi > qmax].flat[0])} is above upper bound.")
+        raise RefquantError(
+            f"{where} zero_point {int(zi[zi > qmax].flat[0])} is above upper bound."
+        )
     if np.any(zi < qmin):
-        raise RefquantError(f"{where} zero_point {int(zi[zi < qmin].flat[0])} is below lower bound.")
+        raise RefquantError(
+            f"{where} zero_point {int(zi[zi < qmin].flat[0])} is below lower bound."
+        )
     return zi
 
 
@@ -251,11 +254,24 @@ def quantize_per_tensor(input, scale, zero_point, dtype):  # noqa: A002 (torch's
         )
     if name == "qint32":
         return _core_quantize(
-            x, s32, z, dtype=grid, scale_op="reciprocal", precision="float32",
-            zero_point_stage="before_rounding", nan="qmin", out_dtype=storage,
+            x,
+            s32,
+            z,
+            dtype=grid,
+            scale_op="reciprocal",
+            precision="float32",
+            zero_point_stage="before_rounding",
+            nan="qmin",
+            out_dtype=storage,
         )
     q = _core_quantize(
-        x, s32, z, dtype=grid, scale_op="reciprocal", precision="float32", nan="qmin",
+        x,
+        s32,
+        z,
+        dtype=grid,
+        scale_op="reciprocal",
+        precision="float32",
+        nan="qmin",
         out_dtype=storage,
     )
     with np.errstate(over="ignore", invalid="ignore"):
@@ -312,9 +328,16 @@ def quantize_per_channel(input, scales, zero_points, axis, dtype):  # noqa: A002
         )
     zi = _check_zp_range(zp, qmin, qmax, "quantize_tensor_per_channel_affine")
     return _core_quantize(
-        x, s.astype(np.float32), zi, dtype=_grid(name), axis=ax, scale_op="reciprocal",
-        precision="float32", zero_point_stage="before_rounding",
-        nan="qmin" if name == "qint32" else "zero", out_dtype=storage,
+        x,
+        s.astype(np.float32),
+        zi,
+        dtype=_grid(name),
+        axis=ax,
+        scale_op="reciprocal",
+        precision="float32",
+        zero_point_stage="before_rounding",
+        nan="qmin" if name == "qint32" else "zero",
+        out_dtype=storage,
     )
 
 
@@ -412,7 +435,13 @@ def fake_quantize_per_tensor_affine(input, scale, zero_point, quant_min, quant_m
     s32, z = _F(scale), int(zero_point)
     grid = _range_grid(qmin, qmax)
     q = _core_quantize(
-        x, s32, z, dtype=grid, scale_op="reciprocal", precision="float32", nan="qmin",
+        x,
+        s32,
+        z,
+        dtype=grid,
+        scale_op="reciprocal",
+        precision="float32",
+        nan="qmin",
         out_dtype=np.int64,
     )
     return _core_dequantize(q, s32, z, out_dtype=np.float32)
@@ -466,15 +495,28 @@ def fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, 
             pre = np.rint(v).astype(np.float64) + zq.reshape(view)
             stage = "after_rounding"
     q = _core_quantize(
-        x, s, zq, dtype=grid, axis=ax, scale_op="reciprocal", precision="float32",
-        zero_point_stage=stage, nan="qmin", out_dtype=np.int64,
+        x,
+        s,
+        zq,
+        dtype=grid,
+        axis=ax,
+        scale_op="reciprocal",
+        precision="float32",
+        zero_point_stage=stage,
+        nan="qmin",
+        out_dtype=np.int64,
     )
     q = np.where(_int64_cast_overflow(pre), qmin, q)
     return _core_dequantize(q, s.astype(np.float64), zq, axis=ax, out_dtype=np.float32)
 
 
 def fake_quantize_learnable_per_tensor_affine(
-    input, scale, zero_point, quant_min, quant_max, grad_factor=1.0  # noqa: A002
+    input,  # noqa: A002 (torch's name)
+    scale,
+    zero_point,
+    quant_min,
+    quant_max,
+    grad_factor=1.0,
 ):
     """Forward of ``torch._fake_quantize_learnable_per_tensor_affine`` → float32.
 
@@ -513,7 +555,7 @@ _fake_quantize_learnable_per_tensor_affine = fake_quantize_learnable_per_tensor_
 
 def _qscheme_name(qscheme) -> str:
     name = str(qscheme)
-    name = name[len("torch."):] if name.startswith("torch.") else name
+    name = name[len("torch.") :] if name.startswith("torch.") else name
     if name not in QSCHEMES:
         raise RefquantError(
             "Default Observer only works for per_tensor_affine, per_tensor_symmetric, "
@@ -529,8 +571,13 @@ class _UniformObserver:
     _per_channel = False
 
     def __init__(
-        self, dtype="quint8", qscheme="per_tensor_affine", reduce_range=False,
-        quant_min=None, quant_max=None, eps=FLOAT32_EPS,
+        self,
+        dtype="quint8",
+        qscheme="per_tensor_affine",
+        reduce_range=False,
+        quant_min=None,
+        quant_max=None,
+        eps=FLOAT32_EPS,
     ):
         self.dtype = _dtype_name(dtype, ("quint8", "qint8", "qint32"))
         self.qscheme = _qscheme_name(qscheme)
@@ -581,9 +628,7 @@ class _UniformObserver:
         """observer.py ``_calculate_qparams`` on float32 min / max (per tensor: 0-d)."""
         min_val = np.asarray(min_val, dtype=np.float32)
         max_val = np.asarray(max_val, dtype=np.float32)
-        if min_val.size == 0 or (
-            min_val.ndim == 0 and min_val == np.inf and max_val == -np.inf
-        ):
+        if min_val.size == 0 or (min_val.ndim == 0 and min_val == np.inf and max_val == -np.inf):
             warnings.warn(
                 "must run observer before calling calculate_qparams. Returning default values.",
                 stacklevel=3,
@@ -606,9 +651,15 @@ class _UniformObserver:
             base = {"quint8": "uint8", "qint8": "int8"}.get(self.dtype)
             grid = int_format(base) if base else _grid("qint32")
             qp = qparams_from_range(
-                lo, hi, dtype=grid, symmetric=symmetric, include_zero=True,
-                eps=float(self.eps), symmetric_divisor="half_span",
-                zero_point_formula="qmin_minus_round", precision="float32",
+                lo,
+                hi,
+                dtype=grid,
+                symmetric=symmetric,
+                include_zero=True,
+                eps=float(self.eps),
+                symmetric_divisor="half_span",
+                zero_point_formula="qmin_minus_round",
+                precision="float32",
                 quant_min=qmin if (qmin, qmax) != (grid.qmin, grid.qmax) else None,
                 quant_max=qmax if (qmin, qmax) != (grid.qmin, grid.qmax) else None,
             )
@@ -676,8 +727,13 @@ class MinMaxObserver(_UniformObserver):
     """
 
     def __init__(
-        self, dtype="quint8", qscheme="per_tensor_affine", reduce_range=False,
-        quant_min=None, quant_max=None, eps=FLOAT32_EPS,
+        self,
+        dtype="quint8",
+        qscheme="per_tensor_affine",
+        reduce_range=False,
+        quant_min=None,
+        quant_max=None,
+        eps=FLOAT32_EPS,
     ):
         super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, eps)
         self.min_val = _F(np.inf)
@@ -716,8 +772,14 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
     """
 
     def __init__(
-        self, averaging_constant=0.01, dtype="quint8", qscheme="per_tensor_affine",
-        reduce_range=False, quant_min=None, quant_max=None, eps=FLOAT32_EPS,
+        self,
+        averaging_constant=0.01,
+        dtype="quint8",
+        qscheme="per_tensor_affine",
+        reduce_range=False,
+        quant_min=None,
+        quant_max=None,
+        eps=FLOAT32_EPS,
     ):
         super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, eps)
         self.averaging_constant = float(averaging_constant)
@@ -747,8 +809,14 @@ class PerChannelMinMaxObserver(_UniformObserver):
     _per_channel = True
 
     def __init__(
-        self, ch_axis=0, dtype="quint8", qscheme="per_channel_affine", reduce_range=False,
-        quant_min=None, quant_max=None, eps=FLOAT32_EPS,
+        self,
+        ch_axis=0,
+        dtype="quint8",
+        qscheme="per_channel_affine",
+        reduce_range=False,
+        quant_min=None,
+        quant_max=None,
+        eps=FLOAT32_EPS,
     ):
         super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, eps)
         self.ch_axis = int(ch_axis)
@@ -795,8 +863,14 @@ class MovingAveragePerChannelMinMaxObserver(PerChannelMinMaxObserver):
     """
 
     def __init__(
-        self, averaging_constant=0.01, ch_axis=0, dtype="quint8",
-        qscheme="per_channel_affine", reduce_range=False, quant_min=None, quant_max=None,
+        self,
+        averaging_constant=0.01,
+        ch_axis=0,
+        dtype="quint8",
+        qscheme="per_channel_affine",
+        reduce_range=False,
+        quant_min=None,
+        quant_max=None,
         eps=FLOAT32_EPS,
     ):
         super().__init__(ch_axis, dtype, qscheme, reduce_range, quant_min, quant_max, eps)
@@ -823,8 +897,14 @@ class HistogramObserver(_UniformObserver):
     """
 
     def __init__(
-        self, bins=2048, dtype="quint8", qscheme="per_tensor_affine", reduce_range=False,
-        quant_min=None, quant_max=None, eps=FLOAT32_EPS,
+        self,
+        bins=2048,
+        dtype="quint8",
+        qscheme="per_tensor_affine",
+        reduce_range=False,
+        quant_min=None,
+        quant_max=None,
+        eps=FLOAT32_EPS,
     ):
         super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, eps)
         self.bins = int(bins)

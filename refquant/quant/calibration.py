@@ -195,9 +195,7 @@ def mse_range(
             r = k / K
             lo, hi = lo0 * r, hi0 * r
             qp = qparams_from_range(lo, hi, dtype=fmt, symmetric=symmetric, **qparams_kwargs)
-            fq = fake_quantize(
-                v, qp.scale, qp.zero_point, dtype=qp.dtype, out_dtype=np.float64
-            )
+            fq = fake_quantize(v, qp.scale, qp.zero_point, dtype=qp.dtype, out_dtype=np.float64)
             err = float(np.mean((v - fq) ** 2))
             if err < best[0]:
                 best = (err, (lo, hi))
@@ -352,7 +350,7 @@ def _torch_histc_f32(x, bins, lo, hi):
     keep = (x >= lo32) & (x <= hi32)
     v = x[keep]
     with np.errstate(over="ignore", invalid="ignore"):
-        pos = (((v - lo32).astype(np.float32) * _F(bins)).astype(np.float32) / _F(hi32 - lo32))
+        pos = ((v - lo32).astype(np.float32) * _F(bins)).astype(np.float32) / _F(hi32 - lo32)
     pos = np.trunc(pos.astype(np.float32)).astype(np.int64)
     pos = np.where(pos == bins, bins - 1, pos)
     return np.bincount(pos, minlength=bins).astype(np.float32)
@@ -433,8 +431,9 @@ class TorchHistogram:
             return
         if self.min_val == self.max_val:
             total = _torch_sum_f32(self.histogram)
-            moved = (_torch_histc_f32(np.array([self.min_val]), self.bins, new_min, new_max)
-                     * total).astype(np.float32)
+            moved = (
+                _torch_histc_f32(np.array([self.min_val]), self.bins, new_min, new_max) * total
+            ).astype(np.float32)
         else:
             moved = self._upscale(new_min, new_max)
         self.histogram = (upd + moved).astype(np.float32)
@@ -445,8 +444,9 @@ class TorchHistogram:
         n = self.bins * u
         hist = (np.repeat(self.histogram, u) / _F(u)).astype(np.float32)
         bin_size = _F(_F(self.max_val - self.min_val) / _F(n))
-        mids = (_torch_linspace_f32(self.min_val, self.max_val, n + 1)[:-1]
-                + _F(_F(0.5) * bin_size)).astype(np.float32)
+        mids = (
+            _torch_linspace_f32(self.min_val, self.max_val, n + 1)[:-1] + _F(_F(0.5) * bin_size)
+        ).astype(np.float32)
         edges = _torch_linspace_f32(new_min, new_max, self.bins + 1)
         b = np.searchsorted(edges, mids, side="right") - 1
         b = np.clip(b, 0, self.bins - 1)
@@ -555,7 +555,7 @@ def histogram_range(
     xa = _check_x(x)
 
     def fn(v):
-        h = TorchHistogram(bins, 2 ** fmt.bits, upsample_rate)
+        h = TorchHistogram(bins, 2**fmt.bits, upsample_rate)
         h.update(v)
         if not h.initialized:
             raise RefquantError("method 'histogram': a group of x has no finite value")
@@ -632,8 +632,10 @@ def entropy_range(
     (the smoothing, eps = 1e-4).
     """
     fmt = int_format(dtype)
-    nq = int(quantized_bins) if quantized_bins is not None else (
-        2 ** (fmt.bits - 1) if fmt.signed else 2 ** fmt.bits
+    nq = (
+        int(quantized_bins)
+        if quantized_bins is not None
+        else (2 ** (fmt.bits - 1) if fmt.signed else 2**fmt.bits)
     )
     nb = int(bins)
     sb = nq if start_bin is None else int(start_bin)
@@ -719,9 +721,7 @@ def calibrate_range(x, method, *, dtype, symmetric, axis=None, block_size=None, 
         return entropy_range(
             x, dtype=dtype, symmetric=symmetric, axis=axis, block_size=block_size, **opts
         )
-    raise RefquantError(
-        f"method must be one of minmax, {', '.join(METHODS)}; got {method!r}"
-    )
+    raise RefquantError(f"method must be one of minmax, {', '.join(METHODS)}; got {method!r}")
 
 
 # --------------------------------------------------------------------------- moving average
@@ -781,6 +781,11 @@ class MovingAverageMinMax:
         """:func:`qparams_from_range` of the running range (static quantization)."""
         lo, hi = self.range()
         return qparams_from_range(
-            lo, hi, dtype=dtype, symmetric=symmetric, axis=self.axis,
-            block_size=self.block_size, **kwargs,
+            lo,
+            hi,
+            dtype=dtype,
+            symmetric=symmetric,
+            axis=self.axis,
+            block_size=self.block_size,
+            **kwargs,
         )
