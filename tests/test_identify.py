@@ -1,0 +1,112 @@
+"""refquant.identify: planted semantics are recovered, and only those."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from refquant import RefquantError, quantize
+from refquant.cli import main
+from refquant.identify import identify
+
+TIES = np.float32([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5, 10.5, -10.5])
+
+
+@pytest.mark.parametrize("mode", ["half_even", "half_away", "half_up", "half_down", "trunc"])
+def test_planted_rounding_mode_is_recovered_when_ties_exist(mode):
+    x = np.concatenate([TIES, np.float32([0.2, -0.7, 3.9])])
+    q = quantize(x, 1.0, 0, rounding=mode)
+    rep = identify(x, q, 1.0, 0)
+    assert rep.matches
+    assert rep.determined["rounding"] == mode
+
+
+def test_half_away_codes_are_not_identified_as_half_even():
+    x = TIES * np.float32(0.25)
+    q = quantize(x, 0.25, 0, rounding="half_away")
+    rep = identify(x, q, 0.25, 0)
+    assert {c.semantics["rounding"] for c in rep.matching} == {"half_away"}
+    assert "onnx QuantizeLinear (onnxruntime)" not in [c.name for c in rep.presets]
+    assert "tflite QUANTIZE (reference kernel)" in [c.name for c in rep.presets]
+
+
+def test_without_ties_the_rounding_mode_is_reported_undetermined():
+    x = np.float32([0.2, 0.7, -1.3, 2.9])
+    rep = identify(x, quantize(x, 1.0), 1.0)
+    assert {"half_even", "half_away"} <= set(rep.undetermined["rounding"])
+    assert "floor" not in rep.undetermined["rounding"]
+
+
+def test_pytorch_reciprocal_example_is_identified():
+    # pytorch#139464: x * float32(1 / scale) = 128 where x / scale = 127 (ONNX)
+    x, s = np.float32([0.273939937]), np.float32(0.00214854861)
+    rep = identify(x, np.uint8([128]), s, 0)
+    names = [c.name for c in rep.presets]
+    assert "pytorch quantize_per_tensor" in names
+    assert "onnx QuantizeLinear (onnxruntime)" not in names
+    onnx_rep = identify(x, np.uint8([127]), s, 0)
+    assert "onnx QuantizeLinear (onnxruntime)" in [c.name for c in onnx_rep.presets]
+
+
+def test_reciprocal_multiply_is_determined_on_many_inputs():
+    rng = np.random.default_rng(0)
+    s = np.float32(0.00214854861)
+    x = np.concatenate([np.float32([0.273939937]),
+                        (rng.integers(0, 255, 4000) * s + np.float32(0.5) * s).astype(np.float32)])
+    q = quantize(x, s, 0, dtype="uint8", scale_op="reciprocal", precision="float32")
+    rep = identify(x, q, s, 0)
+    assert rep.determined["scale_op"] == "reciprocal"
+    assert rep.determined["precision"] == "float32"
+    assert rep.determined["rounding"] == "half_even"
+
+
+def test_nan_policy_and_zero_point_stage_are_recovered():
+    x = np.float32([np.nan, 0.5, 1.5, -0.5, 100.0])
+    q = quantize(x, 1.0, 3, nan="qmin", zero_point_stage="before_rounding", rounding="half_even")
+    rep = identify(x, q, 1.0, 3)
+    assert rep.determined["nan"] == "qmin"
+    assert rep.determined["zero_point_stage"] == "before_rounding"
+
+
+def test_when_nothing_matches_the_closest_and_their_departures_are_reported():
+    x = np.float32([0.5, 1.5, 2.7])
+    rep = identify(x, np.int8([1, 1, 3]), 1.0, 0)  # 0.5 -> 1 (away) but 1.5 -> 1: no mode
+    assert not rep.matches
+    best = rep.closest[0]
+    assert best.mismatches == 1
+    idx, xv, expected, got = best.departures[0]
+    assert xv in (0.5, 1.5) and expected != got
+    assert "no combination reproduces Q" in str(rep)
+
+
+def test_per_axis_and_blocked_granularity():
+    x = np.float32([[0.5, -1.5, 2.5], [0.25, -0.75, 1.25]])  # ties of both signs
+    s = np.float32([1.0, 0.5])
+    q = quantize(x, s, 0, axis=0, rounding="half_away")
+    assert identify(x, q, s, 0, axis=0).determined["rounding"] == "half_away"
+    qb = quantize(x, np.float32([[1.0, 2.0], [0.5, 1.0]]), 0, axis=1, block_size=2)
+    rep = identify(x, qb, np.float32([[1.0, 2.0], [0.5, 1.0]]), 0, axis=1, block_size=2)
+    assert rep.matches
+
+
+def test_identify_rejects_mismatched_shapes_and_unknown_dtype():
+    with pytest.raises(RefquantError, match="shape"):
+        identify(np.zeros(3), np.zeros(2, np.int8), 1.0)
+    with pytest.raises(RefquantError, match="dtype="):
+        identify(np.zeros(3), np.zeros(3, np.int64), 1.0)
+
+
+def test_cli_identify_prints_the_determined_rounding(tmp_path, capsys):
+    x = np.concatenate([TIES, np.float32([0.3])])
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "q.npy", quantize(x, 1.0, -2, rounding="half_away"))
+    rc = main(["identify", str(tmp_path / "x.npy"), str(tmp_path / "q.npy"), "--scale", "1.0",
+               "--zero-point", "-2", "--json"])
+    assert rc == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["determined"]["rounding"] == "half_away"
+    np.save(tmp_path / "bad.npy", np.int8([5] * x.size))
+    assert main(["identify", str(tmp_path / "x.npy"), str(tmp_path / "bad.npy"),
+                 "--scale", "0.5"]) == 1
