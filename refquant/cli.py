@@ -94,9 +94,83 @@ def _run_verify(args) -> int:
     return 1 if bad else 0
 
 
+def _add_vectors(sub):
+    p = sub.add_parser("vectors", help="write golden vectors (npz + index.json) for other "
+                       "implementations to test against")
+    p.add_argument("outdir", help="folder to write (created if missing)")
+    p.add_argument("--family", action="append", default=None,
+                   help="family to write (repeatable; default all): integer, affine, tflite, "
+                   "onnx, torch")
+    p.add_argument("--check", action="store_true",
+                   help="instead of writing, recompute the vectors in OUTDIR and report mismatches")
+
+
+def _run_vectors(args) -> int:
+    from .vectors import check_vectors, write_vectors
+
+    if args.check:
+        problems = check_vectors(args.outdir)
+        for line in problems:
+            print(line)
+        print(f"{len(problems)} mismatch(es)")
+        return 1 if problems else 0
+    summary = write_vectors(args.outdir, args.family)
+    for fam, n in summary["cases"].items():
+        print(f"{fam:<10}{n:>4} case(s)")
+    for fam, why in summary["skipped"].items():
+        print(f"{fam:<10} skipped: {why}")
+    print(f"index: {args.outdir}/index.json")
+    return 0
+
+
+def _add_identify(sub):
+    p = sub.add_parser("identify", help="find which rounding / scale / clamp semantics "
+                       "reproduce integer codes Q from inputs X (.npy files)")
+    p.add_argument("x", help=".npy file of the float inputs")
+    p.add_argument("q", help=".npy file of the integer codes to explain")
+    p.add_argument("--scale", required=True,
+                   help="a number, or a .npy file of per-axis / per-block scales")
+    p.add_argument("--zero-point", default="0", help="a number or a .npy file (default 0)")
+    p.add_argument("--dtype", default=None, help="integer format (default: from Q's dtype)")
+    p.add_argument("--axis", type=int, default=None)
+    p.add_argument("--block-size", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _run_identify(args) -> int:
+    import numpy as np
+
+    from .identify import identify
+
+    def load(v, name):
+        if v.endswith(".npy"):
+            try:
+                return np.load(v, allow_pickle=False)
+            except OSError as e:
+                raise RefquantError(f"{name}: cannot read {v!r}: {e}") from None
+        try:
+            return float(v) if name == "scale" else int(v)
+        except ValueError:
+            raise RefquantError(f"{name} must be a number or a .npy file, got {v!r}") from None
+
+    x = load(args.x if args.x.endswith(".npy") else args.x + ".npy", "x")
+    q = load(args.q if args.q.endswith(".npy") else args.q + ".npy", "q")
+    rep = identify(x, q, load(args.scale, "scale"), load(args.zero_point, "zero_point"),
+                   dtype=args.dtype, axis=args.axis, block_size=args.block_size)
+    if args.json:
+        import json
+
+        print(json.dumps(rep.to_dict(), indent=1))
+    else:
+        print(rep)
+    return 0 if rep.matches else 1
+
+
 COMMANDS = {
     "demo": (_add_demo, _run_demo),
     "verify": (_add_verify, _run_verify),
+    "vectors": (_add_vectors, _run_vectors),
+    "identify": (_add_identify, _run_identify),
 }
 
 
