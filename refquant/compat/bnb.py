@@ -1,0 +1,333 @@
+"""bitsandbytes' blockwise quantization by its own names, in NumPy: NF4 / FP4 and the 8-bit dynamic map.
+
+``quantize_4bit`` / ``dequantize_4bit`` / ``quantize_blockwise`` /
+``dequantize_blockwise`` take and return NumPy arrays; the quant state is a plain
+dict with bitsandbytes' ``QuantState`` field names (``absmax``, ``shape``,
+``dtype``, ``blocksize``, ``quant_type``, ``code``, ``offset``, ``state2``).
+
+Layout of the packed 4-bit output (``kQuantizeBlockwise``; the default backend's
+``(q[::2] << 4) | q[1::2]``)::
+
+    byte k:  bit 7 6 5 4 | 3 2 1 0
+                 q[2k]     q[2k+1]        first element in the HIGH nibble
+
+An odd element count is padded with the code of 0.0 (NF4: 7, FP4: 0); the packed
+array has shape ``((n + 1) // 2, 1)``.
+
+Two backends, which differ only on exact ties and all-zero blocks:
+
+``backend="default"`` — bitsandbytes' pure-PyTorch backend (``backends/default/
+ops.py``), which is what bitsandbytes runs for 4-bit quantization on the CPU:
+
+* full blocks are scaled by ``x * float32(1 / max(absmax, 1e-38))``; the partial
+  last block by ``x / max(absmax, 1e-38)`` (a divide) and its stored absmax is the
+  clamped value (an all-zero partial block stores 1e-38, a full one stores 0);
+* codes by ``torch.bucketize`` on float32 midpoints of the value-sorted table: a
+  value exactly on a midpoint takes the lower value (``x > t`` decides);
+* FP4 maps through ``argsort(code)``, whose two zeros sort index 0 before index 8,
+  so a small *positive* value (0 < x / absmax <= 0.0026) gets code 8, the
+  sign-bit-set zero.
+
+``backend="cuda"`` — the CUDA kernel (``csrc/kernels.cu`` ``kQuantizeBlockwise``):
+
+* every block is multiplied by ``1.0f / absmax``; an all-zero block gives
+  0 * Inf = NaN, which every ``x > t`` test rejects: code 0 (NF4 -1.0 * 0 = -0);
+* NF4 by ``dQuantizeNF4``'s decision tree on the float32 literals below;
+  FP4 by ``dQuantizeFP4``: sign bit from ``x < 0``, the magnitude through a tree
+  whose literal ``0.583333f`` sits 3e-7 below the midpoint 7/12.
+
+The 8-bit ``quantize_blockwise`` follows the default backend (reciprocal multiply,
+float32 midpoints, ties to the lower value). bitsandbytes' native CPU library
+(``quantize_cpu``) divides and uses an approximate binary search: about 0.15 % of
+normal data lands one code away from the nearest (x / absmax = 0.0240595 gets
+code 164 = 0.0254687 where 163 = 0.0226562 is nearer).
+
+Reference
+---------
+bitsandbytes 0.50 ``functional.py`` (``quantize_4bit``, ``dequantize_4bit``,
+``quantize_blockwise``, ``get_4bit_type``, ``create_dynamic_map``),
+``backends/default/ops.py``, ``csrc/kernels.cu``; Dettmers et al., "QLoRA" (2023).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._errors import RefquantError
+from ..formats.codebook import (
+    BNB_FP4_VALUES,
+    NF4_VALUES,
+    create_dynamic_map,
+    midpoint_thresholds,
+    threshold_index,
+)
+from ..kernels.packing import pack_nibbles, unpack_nibbles
+
+__all__ = [
+    "get_4bit_type",
+    "create_dynamic_map",
+    "quantize_4bit",
+    "dequantize_4bit",
+    "quantize_blockwise",
+    "dequantize_blockwise",
+    "CUDA_NF4_THRESHOLDS",
+    "CUDA_FP4_MAGNITUDE_THRESHOLDS",
+]
+
+_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+# dQuantizeNF4's comparisons `x > t`, sorted (csrc/kernels.cu).
+CUDA_NF4_THRESHOLDS = np.array(
+    [
+        -0.8480964004993439, -0.6106329262256622, -0.4599952697753906, -0.33967943489551544,
+        -0.23460740596055984, -0.13791173323988914, -0.045525018125772476, 0.03979014977812767,
+        0.1202552504837513, 0.2035212516784668, 0.2920137718319893, 0.3893125355243683,
+        0.5016634166240692, 0.6427869200706482, 0.8614784181118011,
+    ],
+    dtype=np.float32,
+)  # fmt: skip
+# dQuantizeFP4's comparisons on |x|, sorted, and the 3-bit code of each magnitude bucket.
+CUDA_FP4_MAGNITUDE_THRESHOLDS = np.array(
+    [0.00260417, 0.0859375, 0.20833333, 0.29166667, 0.4166667, 0.583333, 0.8333333], dtype=np.float32
+)
+_CUDA_FP4_MAGNITUDE_CODES = np.array([0b000, 0b001, 0b110, 0b111, 0b100, 0b101, 0b010, 0b011], np.uint8)
+
+
+def get_4bit_type(typename: str) -> np.ndarray:
+    """The 16 float32 values of ``"nf4"`` or ``"fp4"`` (``functional.get_4bit_type``)."""
+    if typename == "nf4":
+        return NF4_VALUES.copy()
+    if typename == "fp4":
+        return BNB_FP4_VALUES.copy()
+    raise RefquantError(f"quant_type must be 'nf4' or 'fp4', got {typename!r}")
+
+
+def _as_input(A):
+    a = np.asarray(A)
+    if a.dtype.kind != "f" and a.dtype.name != "bfloat16":
+        raise RefquantError(f"A must be a float array (float16, bfloat16 or float32), got dtype {a.dtype}")
+    with np.errstate(invalid="ignore"):
+        a32 = a.astype(np.float32)
+    if not np.isfinite(a32).all():
+        raise RefquantError("A contains NaN or Inf; blockwise absmax quantization needs finite values")
+    return a, a32.ravel()
+
+
+def _check_backend(backend):
+    if backend not in ("default", "cuda"):
+        raise RefquantError(f"backend must be 'default' or 'cuda', got {backend!r}")
+
+
+def _scale(a, blocksize, backend):
+    """Per-element scaled values and the stored absmax per block (both float32)."""
+    n = a.size
+    nb = -(-n // blocksize)
+    full = n // blocksize
+    pad = nb * blocksize - n
+    absmax = np.abs(np.concatenate([a, np.zeros(pad, np.float32)])).reshape(nb, blocksize).max(axis=1)
+    absmax = absmax.astype(np.float32)
+    per = np.repeat(absmax, blocksize)[:n]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if backend == "cuda":
+            scaled = a * (np.float32(1) / per)  # 0 * inf = NaN for an all-zero block
+        else:
+            div = np.maximum(per, np.float32(1e-38))
+            scaled = a * (np.float32(1) / div)
+            if full < nb:  # the partial last block divides, and stores the clamped absmax
+                scaled[full * blocksize :] = a[full * blocksize :] / div[full * blocksize :]
+                absmax[-1] = max(absmax[-1], np.float32(1e-38))
+    scaled = np.clip(scaled, np.float32(-1), np.float32(1))  # NaN stays NaN
+    return scaled.astype(np.float32), absmax
+
+
+def _codes_4bit(scaled, quant_type, backend):
+    if backend == "default":
+        t, order = midpoint_thresholds(get_4bit_type(quant_type))
+        return threshold_index(scaled, t, order)
+    nan = np.isnan(scaled)
+    s = np.where(nan, 0, scaled).astype(np.float32)
+    if quant_type == "nf4":
+        q = np.searchsorted(CUDA_NF4_THRESHOLDS, s, side="left").astype(np.uint8)
+    else:
+        mag = np.searchsorted(CUDA_FP4_MAGNITUDE_THRESHOLDS, np.abs(s), side="left")
+        q = _CUDA_FP4_MAGNITUDE_CODES[mag] + np.where(s < 0, 8, 0).astype(np.uint8)
+    return np.where(nan, 0, q).astype(np.uint8)
+
+
+def _check_blocksize(blocksize, allowed=_BLOCKSIZES):
+    if blocksize not in allowed or isinstance(blocksize, bool):
+        raise RefquantError(f"blocksize must be one of {allowed}, got {blocksize!r}")
+    return int(blocksize)
+
+
+def quantize_4bit(A, blocksize: int = 64, quant_type: str = "fp4", compress_statistics: bool = False, *,
+                  backend: str = "default"):
+    """Blockwise 4-bit NF4 / FP4 quantization, packed two per byte (first element high).
+
+    Parameters
+    ----------
+    A : array_like of float16, bfloat16 or float32
+        Flattened in C order; not modified.
+    blocksize : int
+        32, 64, ..., 4096 (bitsandbytes' list); the last block may be partial.
+    quant_type : {"fp4", "nf4"}
+    compress_statistics : bool
+        Double quantization: ``offset = mean(absmax)``, then ``absmax - offset`` is
+        quantized with :func:`quantize_blockwise` (8-bit dynamic map, block 256).
+    backend : {"default", "cuda"}
+        Whose tie and zero-block behaviour to reproduce (module docstring).
+
+    Returns
+    -------
+    packed : uint8 array of shape ``((n + 1) // 2, 1)``
+    quant_state : dict
+
+    Formula
+    -------
+    :math:`a_b = \\max_{i\\in b}|A_i|`, :math:`q_i = \\#\\{j : A_i / a_b > t_j\\}` mapped to the
+    table's index, :math:`t` the midpoints (or kernel literals); ties take the lower value.
+
+    Reference
+    ---------
+    bitsandbytes ``functional.quantize_4bit``; ``backends/default/ops.py``; ``kQuantizeBlockwise``.
+    """
+    _check_backend(backend)
+    get_4bit_type(quant_type)
+    blocksize = _check_blocksize(blocksize)
+    a, flat = _as_input(A)
+    scaled, absmax = _scale(flat, blocksize, backend)
+    q = _codes_4bit(scaled, quant_type, backend)
+    pad = int(_codes_4bit(np.zeros(1, np.float32), quant_type, backend)[0])
+    packed = pack_nibbles(q, order="high_first", pad=pad).reshape(-1, 1)
+    state = {
+        "absmax": absmax,
+        "shape": tuple(a.shape),
+        "dtype": a.dtype,
+        "blocksize": blocksize,
+        "quant_type": quant_type,
+        "code": get_4bit_type(quant_type),
+        "nested": bool(compress_statistics),
+        "offset": None,
+        "state2": None,
+    }
+    if compress_statistics:
+        offset = _mean32(absmax)
+        qabs, state2 = quantize_blockwise(absmax - offset, blocksize=256)
+        state.update(absmax=qabs, offset=offset, state2=state2)
+    return packed, state
+
+
+def _mean32(x):
+    # torch's float32 mean; computed here in float64 and rounded once (can differ by an ulp)
+    return np.float32(np.mean(np.asarray(x, np.float64)))
+
+
+def _state_absmax(state):
+    if state.get("nested"):
+        am = dequantize_blockwise(state["absmax"], state["state2"]).astype(np.float32)
+        return (am + np.float32(state["offset"])).astype(np.float32)
+    return np.asarray(state["absmax"], np.float32)
+
+
+def _to_dtype(x, dtype):
+    return x.astype(dtype) if dtype is not None else x
+
+
+def dequantize_4bit(A, quant_state) -> np.ndarray:
+    """``code[q] * absmax`` (float32), reshaped to ``quant_state["shape"]`` and cast to its dtype.
+
+    Formula
+    -------
+    :math:`\\hat A_i = c_{q_i} \\cdot a_{\\lfloor i / B \\rfloor}`; with double quantization
+    :math:`a = \\mathrm{dequantize\\_blockwise}(q_a) + \\mathrm{offset}` first.
+
+    Reference
+    ---------
+    bitsandbytes ``functional.dequantize_4bit``; ``_dequantize_4bit_compute``.
+    """
+    try:
+        shape, blocksize = tuple(quant_state["shape"]), int(quant_state["blocksize"])
+        code = np.asarray(quant_state["code"], np.float32)
+    except (KeyError, TypeError) as e:
+        raise RefquantError(f"quant_state must be the dict from quantize_4bit; missing {e}") from None
+    n = int(np.prod(shape))
+    packed = np.asarray(A)
+    if packed.dtype != np.uint8 or packed.size != (n + 1) // 2:
+        raise RefquantError(
+            f"A must be {(n + 1) // 2} packed uint8 bytes for shape {shape}, got {packed.size} of {packed.dtype}"
+        )
+    q = unpack_nibbles(packed.ravel(), 2 * packed.size, order="high_first")[:n]
+    absmax = _state_absmax(quant_state)
+    nb = -(-n // blocksize)
+    if absmax.size != nb:
+        raise RefquantError(f"absmax has {absmax.size} values; {n} elements in blocks of {blocksize} need {nb}")
+    out = (code[q] * np.repeat(absmax, blocksize)[:n]).astype(np.float32)
+    return _to_dtype(out.reshape(shape), quant_state.get("dtype"))
+
+
+def quantize_blockwise(A, code=None, blocksize: int = 4096, nested: bool = False):
+    """8-bit blockwise quantization onto ``code`` (default: the dynamic map).
+
+    Multiplies each full block by ``float32(1 / absmax)`` (the partial last block
+    divides), and assigns by float32 midpoints, ties to the lower value: the
+    default backend's rule. ``nested`` quantizes ``absmax - mean(absmax)`` again with
+    the same block size.
+
+    Returns
+    -------
+    codes : uint8 array of ``A``'s shape
+    quant_state : dict (``absmax``, ``code``, ``blocksize``, ``dtype``, ``nested``, ``offset``, ``state2``)
+
+    Formula
+    -------
+    :math:`q_i = \\#\\{j : A_i / a_b > (c_j + c_{j+1}) / 2\\}` on the sorted code.
+
+    Reference
+    ---------
+    bitsandbytes ``functional.quantize_blockwise``; ``backends/default/ops.py``.
+    """
+    if isinstance(blocksize, bool) or not isinstance(blocksize, (int, np.integer)) or blocksize <= 0:
+        raise RefquantError(f"blocksize must be a positive integer, got {blocksize!r}")
+    blocksize = int(blocksize)
+    c = create_dynamic_map() if code is None else np.asarray(code, np.float32)
+    if c.ndim != 1 or c.size != 256 or np.any(np.diff(c) < 0):
+        raise RefquantError(f"code must be 256 sorted float32 values, got shape {c.shape}")
+    a, flat = _as_input(A)
+    scaled, absmax = _scale(flat, blocksize, "default")
+    t = ((c[:-1] + c[1:]) / np.float32(2)).astype(np.float32)
+    q = threshold_index(scaled, t).reshape(a.shape)
+    state = {"absmax": absmax, "code": c, "blocksize": blocksize, "dtype": a.dtype, "nested": bool(nested),
+             "offset": None, "state2": None}
+    if nested:
+        offset = _mean32(absmax)
+        qabs, state2 = quantize_blockwise(absmax - offset, blocksize=blocksize, nested=False)
+        state.update(absmax=qabs, offset=offset, state2=state2)
+    return q, state
+
+
+def dequantize_blockwise(A, quant_state) -> np.ndarray:
+    """``code[q] * absmax`` per block (float32), cast to the state's dtype.
+
+    Formula
+    -------
+    :math:`\\hat A_i = c_{q_i} \\cdot a_{\\lfloor i / B \\rfloor}`.
+
+    Reference
+    ---------
+    bitsandbytes ``functional.dequantize_blockwise``.
+    """
+    try:
+        code = np.asarray(quant_state["code"], np.float32)
+        blocksize = int(quant_state["blocksize"])
+    except (KeyError, TypeError) as e:
+        raise RefquantError(f"quant_state must be the dict from quantize_blockwise; missing {e}") from None
+    q = np.asarray(A)
+    if q.dtype != np.uint8:
+        raise RefquantError(f"A must be uint8 codes, got dtype {q.dtype}")
+    absmax = _state_absmax(quant_state)
+    n = q.size
+    nb = -(-n // blocksize)
+    if absmax.size != nb:
+        raise RefquantError(f"absmax has {absmax.size} values; {n} codes in blocks of {blocksize} need {nb}")
+    out = (code[q.ravel()] * np.repeat(absmax, blocksize)[:n]).astype(np.float32).reshape(q.shape)
+    return _to_dtype(out, quant_state.get("dtype"))
