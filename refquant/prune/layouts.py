@@ -134,7 +134,16 @@ def to_scipy_sparse(x, fmt: str = "csr", *, mask=None, explicit_zeros: str = "dr
 
 
 def from_scipy_sparse(s) -> np.ndarray:
-    """Back to dense: explicit zeros become zeros; duplicates are summed (scipy's rule)."""
+    """Back to dense: explicit zeros become zeros; duplicates are summed (scipy's rule).
+
+    Formula
+    -------
+    :math:`x_{ij} = \sum_{e:\,(r_e, c_e) = (i, j)} d_e`, else 0.
+
+    Reference
+    ---------
+    SciPy ``scipy.sparse.*_array.toarray``.
+    """
     import scipy.sparse as sp
 
     if not sp.issparse(s):
@@ -262,7 +271,17 @@ def sparse24_bitmask_compress(x, *, tie_break: str = "lower_index_kept"):
 
 
 def sparse24_bitmask_decompress(values, bitmask, shape) -> np.ndarray:
-    """Inverse of :func:`sparse24_bitmask_compress` (compressed-tensors ``sparse24_bitmask_decompress``)."""
+    """Inverse of :func:`sparse24_bitmask_compress`.
+
+    Formula
+    -------
+    As :func:`bitmask_decompress` with ``values`` flattened row-major.
+
+    Reference
+    ---------
+    compressed-tensors ``sparse24_bitmask_decompress`` (``values.flatten()`` then
+    ``decompressed[bytemasks] = values``).
+    """
     return bitmask_decompress(np.asarray(values).reshape(-1), bitmask, shape)
 
 

@@ -362,7 +362,9 @@ def transposable_nm_mask(scores, *, keep: int = 2, group: int = 4, method: str =
         out = _greedy_tiles(tiles, n, m, tie_break)
     elif method == "exhaustive":
         pats = valid_2d_patterns(n, m).reshape(-1, m * m)
-        totals = tiles @ pats.T.astype(np.float64)  # exact for M*M <= 2**... sums of float64
+        # float64 sums: totals that are equal in exact arithmetic but round
+        # differently are not ties (exact for integer-valued scores)
+        totals = tiles @ pats.T.astype(np.float64)
         if tie_break == "lower_index_pruned":
             best = np.argmax(totals, axis=1)
         else:

@@ -348,6 +348,9 @@ def prune_count(amount, n: int, rule: str = "round_half_even") -> int:
     ``amount`` is a fraction (float in [0, 1]) or a count (int in [0, n]); a
     count is used as is.
 
+    Formula
+    -------
+
     ==================  =================================================  ===================
     rule                pruned count for fraction s                        used by
     ==================  =================================================  ===================

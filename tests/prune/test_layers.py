@@ -46,7 +46,7 @@ def shortgpt_block_influence(x_in, x_out):
     a, b = x_in.reshape(-1, d), x_out.reshape(-1, d)
     na = np.linalg.norm(a, axis=-1, keepdims=True)
     nb = np.linalg.norm(b, axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):
         sim = np.diagonal((a @ b.T) / (na * nb))
     return 1 - np.nan_to_num(sim, nan=0.5)
 
