@@ -4,8 +4,11 @@ Formats are registered under exact names (``int8``, ``uint4``, ...); see
 :func:`get_format` and :func:`list_formats`. Each family lives in its own module.
 """
 
-from . import floats  # noqa: F401  (registers float8_*, float6_*, float4_*, bfloat16, float16)
-from . import ggml  # noqa: F401  (registers q4_0 ... q8_k, tq1_0, tq2_0, ggml_mxfp4)
+from . import (
+    codebook,  # noqa: F401  (registers nf4, bnb_fp4, bnb_dynamic8)
+    floats,  # noqa: F401  (registers float8_*, float6_*, float4_*, bfloat16, float16)
+    ggml,  # noqa: F401  (registers q4_0 ... q8_k, tq1_0, tq2_0, ggml_mxfp4)
+)
 from ._registry import NumberFormat, get_format, list_formats, register
 from .integer import IntFormat, int_format
 
