@@ -134,7 +134,7 @@ def to_scipy_sparse(x, fmt: str = "csr", *, mask=None, explicit_zeros: str = "dr
 
 
 def from_scipy_sparse(s) -> np.ndarray:
-    """Back to dense: explicit zeros become zeros; duplicates are summed (scipy's rule).
+    r"""Back to dense: explicit zeros become zeros; duplicates are summed (scipy's rule).
 
     Formula
     -------
