@@ -1,0 +1,89 @@
+"""compat.bnb: layout, tie rules of both backends, double quantization, round trips."""
+
+import numpy as np
+import pytest
+
+from refquant import RefquantError
+from refquant.compat import bnb
+from refquant.formats.codebook import NF4_VALUES
+
+
+def test_first_element_goes_in_the_high_nibble_and_odd_length_pads_with_zero_code():
+    A = np.array([-1.0, 1.0, 0.0], np.float32)  # NF4 codes 0, 15, 7; pad 7
+    packed, st = bnb.quantize_4bit(A, 64, "nf4")
+    assert packed.shape == (2, 1) and packed.ravel().tolist() == [0x0F, 0x77]
+    assert st["absmax"].tolist() == [1.0]
+    assert bnb.dequantize_4bit(packed, st).tolist() == [-1.0, 1.0, 0.0]
+
+
+def test_fp4_codes_of_hand_values():
+    # absmax 12 -> x / 12: 12 -> 1.0 (0b0011), -6 -> -0.5 (0b1101), 2 -> 1/6 (0b0110), 3 -> 0.25 (0b0111)
+    A = np.array([12.0, -6.0, 2.0, 3.0], np.float32)
+    packed, st = bnb.quantize_4bit(A, 64, "fp4")
+    assert packed.ravel().tolist() == [0x3D, 0x67]
+    assert bnb.dequantize_4bit(packed, st).tolist() == [12.0, -6.0, 2.0, 3.0]
+
+
+def test_cuda_fp4_literal_0_583333_differs_from_the_midpoint_at_7_12():
+    x = np.float32(7 / 12)  # 0.58333331: above CUDA's 0.583333f, below the float32 midpoint 0.5833334
+    A = np.array([1.0, x, -x, 0.0], np.float32)
+    d, _ = bnb.quantize_4bit(A, 64, "fp4", backend="default")
+    c, _ = bnb.quantize_4bit(A, 64, "fp4", backend="cuda")
+    # default: x -> 0.5 (0b0101); its negative: -x is above the midpoint -0.5833334 -> -0.5 (0b1101)
+    assert d.ravel().tolist() == [0x35, 0xD0]
+    # cuda: |x| > 0.583333f -> 2/3 (0b0010), sign from x < 0
+    assert c.ravel().tolist() == [0x32, 0xA0]
+
+
+def test_cuda_all_zero_block_gives_nan_scaled_and_code_0():
+    A = np.zeros(4, np.float32)
+    c, st = bnb.quantize_4bit(A, 64, "nf4", backend="cuda")
+    assert c.ravel().tolist() == [0x00, 0x00] and st["absmax"].tolist() == [0.0]
+    d, _ = bnb.quantize_4bit(A, 64, "nf4", backend="default")
+    assert d.ravel().tolist() == [0x77, 0x77]
+    assert np.all(bnb.dequantize_4bit(c, st) == 0)
+
+
+def test_default_backend_partial_zero_block_stores_1e_38():
+    A = np.concatenate([np.ones(64, np.float32), np.zeros(3, np.float32)])
+    _, st = bnb.quantize_4bit(A, 64, "nf4")
+    assert st["absmax"].tolist() == [1.0, np.float32(1e-38)]
+
+
+def test_double_quantization_round_trip_is_close():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((50, 64)).astype(np.float32)
+    p1, s1 = bnb.quantize_4bit(A, 64, "nf4")
+    p2, s2 = bnb.quantize_4bit(A, 64, "nf4", compress_statistics=True)
+    assert np.array_equal(p1, p2)
+    assert s2["absmax"].dtype == np.uint8 and s2["state2"]["blocksize"] == 256
+    assert np.allclose(bnb.dequantize_4bit(p2, s2), bnb.dequantize_4bit(p1, s1), rtol=0.01)
+    assert s2["offset"] == pytest.approx(s1["absmax"].mean(), rel=1e-6)
+
+
+def test_blockwise_8bit_round_trip_error_is_within_half_a_code_gap():
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal(5000).astype(np.float32)
+    q, st = bnb.quantize_blockwise(A, blocksize=256)
+    back = bnb.dequantize_blockwise(q, st)
+    code = st["code"]
+    gaps = np.diff(code).max()
+    assert np.abs(back - A).max() <= gaps / 2 * np.abs(A).max()
+
+
+def test_nf4_quantize_of_the_table_times_absmax_is_exact():
+    A = (NF4_VALUES * np.float32(4)).astype(np.float32)
+    packed, st = bnb.quantize_4bit(A, 32, "nf4")
+    assert np.array_equal(bnb.dequantize_4bit(packed, st), A)
+
+
+def test_bad_arguments():
+    with pytest.raises(RefquantError, match="blocksize"):
+        bnb.quantize_4bit(np.ones(4, np.float32), 48)
+    with pytest.raises(RefquantError, match="quant_type"):
+        bnb.quantize_4bit(np.ones(4, np.float32), 64, "int4")
+    with pytest.raises(RefquantError, match="NaN"):
+        bnb.quantize_4bit(np.array([np.nan], np.float32))
+    p, st = bnb.quantize_4bit(np.ones(4, np.float32))
+    with pytest.raises(RefquantError, match="packed"):
+        bnb.dequantize_4bit(p[:1], st)
