@@ -245,8 +245,10 @@ def sparse24_bitmask_compress(x, *, tie_break: str = "lower_index_kept"):
     x : array_like, 2-D with C a multiple of 4
     tie_break : {"lower_index_kept", "lower_index_pruned"}
         compressed-tensors uses ``torch.topk(2)``, whose tie order is not
-        documented (on the CPU it keeps the lower index of equal values);
-        refquant's default here is ``lower_index_kept``.
+        documented and follows no index rule: measured on torch 2.13's CPU,
+        ``[1, 1, 1, 1]`` keeps positions 2 and 3, ``[3, 1, 1, 1]`` keeps 0 and 2,
+        ``[0, 0, 0, 0.5]`` keeps 3 and 2. refquant's default here is
+        ``lower_index_kept`` (``tf.math.top_k``'s rule); on tie-free groups all agree.
 
     Returns
     -------

@@ -105,3 +105,13 @@ def test_sparse24_mask_equals_compressed_tensors_on_tie_free_rows(seed):
     mask = ct_get_24_bytemasks_via_torch(x)
     assert np.array_equal(values, x[mask].reshape(4, 4))
     assert np.array_equal(bitmask, np.packbits(mask, axis=-1, bitorder="little"))
+
+
+def test_torch_topk_ties_follow_no_index_rule_so_compressed_tensors_24_masks_differ_on_ties():
+    """Measured on torch 2.13 CPU: the quirk behind refquant's explicit tie_break."""
+    x = np.array([[1.0, 1.0, 1.0, 1.0], [3.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.5]], np.float32)
+    theirs = ct_get_24_bytemasks_via_torch(x)
+    assert theirs.astype(int).tolist() == [[0, 0, 1, 1], [1, 0, 1, 0], [0, 0, 1, 1]]
+    values, bitmask = sparse24_bitmask_compress(x)
+    ours = np.unpackbits(bitmask, axis=-1, count=4, bitorder="little").astype(bool)
+    assert ours.astype(int).tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [1, 0, 0, 1]]

@@ -79,6 +79,31 @@ def tie_free(shape, seed):
     return rng.permutation(np.arange(1, int(np.prod(shape)) + 1)).reshape(shape) * rng.choice([-1, 1], shape) / 7.0
 
 
+def apex_create_mask_4d(tensor):
+    """apex create_mask for a 4-D conv weight (K, C, R, S): m4n2_1d on permute(2, 3, 0, 1).view(-1, C)."""
+    k, c, r, s = tensor.shape
+    t = tensor.transpose(2, 3, 0, 1).reshape(r * s * k, c)
+    mask = apex_mn_1d_best(t, 4, 2)
+    return mask.reshape(r, s, k, c).transpose(2, 3, 0, 1)
+
+
+def tfmot_generate_m_by_n_mask(weights, m_by_n):
+    """tfmot pruning_utils.generate_m_by_n_mask on a rank-2 (C_out, C_in) array, NumPy re-expression.
+
+    tf.math.top_k: "if two elements are equal, the lower-index element appears first".
+    """
+    num_zeros, block = m_by_n
+    keep = block - num_zeros
+    a = np.abs(weights)
+    pad = -(-a.shape[-1] // block) * block - a.shape[-1]
+    a = np.pad(a, [(0, 0), (0, pad)])
+    blocks = a.reshape(-1, block)
+    top = np.argsort(-blocks, axis=1, kind="stable")[:, :keep]
+    mask = np.zeros(blocks.shape)
+    np.put_along_axis(mask, top, 1.0, axis=1)
+    return mask.reshape(a.shape)[:, : weights.shape[1]]
+
+
 # --------------------------------------------------------------------------- naming clash
 
 
@@ -141,6 +166,24 @@ def test_nm_mask_equals_apex_best_pattern_on_tie_free_input(nm, rows, groups, se
     assert np.array_equal(got, apex_mn_1d_best(w, m, n))
     assert is_nm_sparse(np.where(got, w, 0), keep=n, group=m)
     assert (got.reshape(-1, m).sum(axis=1) == n).all()
+
+
+@settings(max_examples=20)
+@given(st.integers(0, 10**6))
+def test_conv_weight_groups_along_input_channels_like_apex_create_mask(seed):
+    w = tie_free((3, 8, 2, 2), seed)
+    assert np.array_equal(nm_mask(np.abs(w), keep=2, group=4, axis=1), apex_create_mask_4d(w))
+
+
+@settings(max_examples=40)
+@given(hnp.arrays(np.float64, (2, 8), elements=st.sampled_from([0.0, 1.0, -1.0, 2.0])),
+       st.sampled_from([(2, 4), (1, 4), (3, 4), (1, 2)]))
+def test_tfmot_m_by_n_on_a_keras_kernel_including_ties(kernel_t, m_by_n):
+    """A Keras Dense kernel is (C_in, C_out); tfmot groups along C_in, i.e. axis 0 of the kernel."""
+    kernel = kernel_t.T
+    want = tfmot_generate_m_by_n_mask(kernel.T, m_by_n).T.astype(bool)
+    got = nm_mask(np.abs(kernel), **nm_keywords(m_by_n, "tfmot"), axis=0, tie_break="lower_index_kept")
+    assert np.array_equal(got, want)
 
 
 @settings(max_examples=40)
