@@ -556,13 +556,15 @@ def _matmul_zero_point(z, name, m, rows: bool):
     if z.ndim == 1 and z.size > 1 and m.ndim == 2:
         z = z.reshape(-1, 1) if rows else z.reshape(1, -1)
     try:
-        np.broadcast_shapes(z.shape, m.shape)
+        fits = np.broadcast_shapes(z.shape, m.shape) == m.shape
     except ValueError:
+        fits = False
+    if not fits:
         raise RefquantError(
             f"{name} of shape {z.shape} does not fit a matrix of shape {m.shape} "
             f"(scalar, {'M' if rows else 'N'} elements, or the matrix's rank with size 1 along "
             f"the {'columns' if rows else 'rows'})"
-        ) from None
+        )
     return z
 
 
@@ -622,7 +624,8 @@ def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, 
     a_zero_point, b_zero_point, y_zero_point : zero points of the same types as
         a, b and the output (int8 or uint8); shapes as the scales.
     reference_quirks : bool, default False
-        Multiply in float64 as ``onnx.reference`` does (see Notes).
+        Multiply in float64 and add the zero point before rounding, as
+        ``onnx.reference`` does (see Notes).
 
     Returns
     -------
@@ -644,7 +647,11 @@ def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, 
     y_scale)`` with an int32 ``C`` and a float32 multiplier, which NumPy promotes to
     float64: the product is rounded to float64 instead of float32, so a product
     within half a float32 ulp of a tie can round the other way. The spec does not
-    say which precision; ``reference_quirks=True`` gives the float64 product.
+    say which precision. It also adds ``y_zero_point`` before rounding
+    (``D += y_zero_point`` then ``np.rint(D)``), against the spec's
+    ``round(x / y_scale) + y_zero_point``: a tie with an odd zero point rounds the
+    other way (C = 2, multiplier 0.25, zero point 1: spec and onnxruntime 1,
+    reference 2). ``reference_quirks=True`` gives both departures.
 
     Reference
     ---------
@@ -672,4 +679,5 @@ def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, 
         real = (c.astype(np.float32) * mult).astype(np.float32)
     # `real` is the spec's x / y_scale: quantize it with scale 1 and y's zero point.
     return quantize(real, 1.0, zy.reshape(()).astype(np.int64), dtype=int_format(zy.dtype),
-                    rounding="half_even", precision="float64", out_dtype=zy.dtype)
+                    rounding="half_even", precision="float64", out_dtype=zy.dtype,
+                    zero_point_stage="before_rounding" if reference_quirks else "after_rounding")

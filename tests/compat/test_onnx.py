@@ -1,0 +1,265 @@
+"""refquant.compat.onnx: the spec's examples worked by hand, its errors, its opset rules.
+
+Bit-for-bit comparisons with onnx.reference and onnxruntime are in
+tests/peers/test_onnx_quant.py.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from refquant import RefquantError
+from refquant.compat import onnx as ronnx
+
+F32 = np.float32
+
+
+def test_quantize_linear_spec_example_uint8():
+    # QuantizeLinear docs: x / 2 rounded half to even, + 128, saturated to [0, 255].
+    x = F32([0, 2, 3, 1000, -254, -1000])
+    y = ronnx.quantize_linear(x, F32(2), np.uint8(128))
+    assert y.dtype == np.uint8
+    assert y.tolist() == [128, 129, 130, 255, 1, 0]  # 3/2 = 1.5 -> 2; -254/2 = -127 -> 1
+
+
+def test_quantize_linear_ties_go_to_even():
+    y = ronnx.quantize_linear(F32([0.5, 1.5, 2.5, -0.5, -1.5, -2.5]), F32(1), np.int8(0))
+    assert y.tolist() == [0, 2, 2, 0, -2, -2]
+
+
+def test_quantize_linear_default_output_is_uint8_with_zero_point_0():
+    y = ronnx.quantize_linear(F32([-3.0, 3.0, 300.0]), F32(1))
+    assert y.dtype == np.uint8 and y.tolist() == [0, 3, 255]
+
+
+def test_quantize_linear_per_axis_default_axis_1():
+    x = F32([[1.0, 1.0, 1.0], [4.0, 4.0, 4.0]])
+    y = ronnx.quantize_linear(x, F32([1.0, 2.0, 4.0]), np.int8([0, 1, -1]))
+    assert y.tolist() == [[1, 1, -1], [4, 3, 0]]  # 1/4 = 0.25 -> 0, -1; 4/2 = 2, +1
+
+
+def test_quantize_linear_blocked_with_partial_last_block_int4():
+    # x (1, 5), blocks of 2 along axis 1: scales 1 | 2 | 4 (the last block holds one value)
+    x = F32([[3.0, -9.0, 5.0, 7.0, 20.0]])
+    y = ronnx.quantize_linear(x, F32([[1.0, 2.0, 4.0]]), np.zeros((1, 3), ml_dtypes.int4),
+                              block_size=2)
+    assert y.dtype == ml_dtypes.int4
+    assert y.astype(int).tolist() == [[3, -8, 2, 4, 5]]  # -9 saturates; 2.5 -> 2; 3.5 -> 4
+
+
+def test_quantize_linear_int2_and_uint16_ranges():
+    assert ronnx.quantize_linear(F32([-5, -2, 1, 5]), F32(1), np.zeros((), ml_dtypes.int2)
+                                 ).astype(int).tolist() == [-2, -2, 1, 1]
+    assert ronnx.quantize_linear(F32([-1, 70000]), F32(1), np.uint16(0)).tolist() == [0, 65535]
+
+
+def test_quantize_linear_inf_saturates_and_nan_gives_qmin():
+    y = ronnx.quantize_linear(F32([np.inf, -np.inf, np.nan, 3e9]), F32(1), np.int8(5))
+    assert y.tolist() == [127, -128, -128, 127]
+
+
+def test_quantize_linear_reference_quirk_wraps_through_int32():
+    x = F32([np.inf, 3e9, -3e9, 1.0])
+    assert ronnx.quantize_linear(x, F32(1), np.int8(0), reference_quirks=True).tolist() == [
+        -128, -128, -128, 1]
+    # INT32_MIN + (-1) wraps to INT32_MAX: clipped to qmax
+    assert ronnx.quantize_linear(x, F32(1), np.int8(-1), reference_quirks=True).tolist() == [
+        127, 127, 127, 0]
+
+
+def test_precision_attribute_divides_in_float16():
+    # 2049 / 1 = 2049 in float32, but float16 holds 2048 and 2050 only: the tie goes to 2048.
+    x = F32([2049.0])
+    assert ronnx.quantize_linear(x, F32(1), np.int16(0)).tolist() == [2049]
+    assert ronnx.quantize_linear(x, F32(1), np.int16(0), precision=10).tolist() == [2048]
+    # a float16 y_scale sets the precision by default (the spec) ...
+    assert ronnx.quantize_linear(x, np.float16(1), np.int16(0)).tolist() == [2048]
+    # ... while onnx.reference divides in NumPy's promotion, float32
+    assert ronnx.quantize_linear(x, np.float16(1), np.int16(0),
+                                 reference_quirks=True).tolist() == [2049]
+
+
+def test_output_dtype_by_enum_name_and_dtype_agree():
+    x = F32([1.4, -7.6])
+    want = ronnx.quantize_linear(x, F32(1), output_dtype=3)
+    for t in ("INT8", "int8", np.int8):
+        got = ronnx.quantize_linear(x, F32(1), output_dtype=t)
+        assert got.dtype == np.int8 and got.tolist() == want.tolist() == [1, -8]
+    # a plain integer zero point is read in output_dtype
+    assert ronnx.quantize_linear(x, F32(1), 3, output_dtype="int8").tolist() == [4, -5]
+
+
+def test_float8_saturate_table():
+    x = F32([np.inf, -1e6, 464.0, 465.0, np.nan])
+    sat = ronnx.quantize_linear(x, F32(1), output_dtype="float8e4m3fn").astype(F32)
+    assert sat[:4].tolist() == [448.0, -448.0, 448.0, 448.0] and np.isnan(sat[4])
+    raw = ronnx.quantize_linear(x, F32(1), output_dtype="float8e4m3fn", saturate=0).astype(F32)
+    assert np.isnan(raw[[0, 1, 3, 4]]).all() and raw[2] == 448.0  # 464 is a tie -> 448
+    e5 = ronnx.quantize_linear(x[:2], F32(1), output_dtype=19, saturate=0).astype(F32)
+    assert e5.tolist() == [np.inf, -np.inf]
+
+
+def test_float8_round_trip_through_dequantize_linear():
+    x = F32([0.3, -2.0, 100.0])
+    q = ronnx.quantize_linear(x, F32(0.5), output_dtype="float8e5m2")
+    assert q.dtype == ml_dtypes.float8_e5m2
+    y = ronnx.dequantize_linear(q, F32(0.5))
+    assert y.tolist() == [0.3125, -2.0, 96.0]  # 0.6 -> 0.625 ; 200 -> 192 (e5m2 grid)
+
+
+def test_dequantize_linear_spec_example_and_blocked():
+    y = ronnx.dequantize_linear(np.uint8([0, 3, 128, 255]), F32(2), np.uint8(128))
+    assert y.dtype == np.float32 and y.tolist() == [-256.0, -250.0, 0.0, 254.0]
+    q = np.array([[1, -8, 7, 3, 2]], ml_dtypes.int4)
+    y = ronnx.dequantize_linear(q, F32([[0.5, 2.0, 3.0]]), np.array([[1, 0, -1]], ml_dtypes.int4),
+                                block_size=2)
+    assert y.tolist() == [[0.0, -4.5, 14.0, 6.0, 9.0]]
+
+
+def test_dequantize_linear_output_dtype_float16():
+    y = ronnx.dequantize_linear(np.int8([3]), F32(0.5), output_dtype=10)
+    assert y.dtype == np.float16 and y.tolist() == [1.5]
+
+
+def test_dequantize_linear_int32_rounds_through_float32():
+    y = ronnx.dequantize_linear(np.int32([2**24 + 1]), F32(1))
+    assert y.tolist() == [2.0**24]
+
+
+def test_dynamic_quantize_linear_hand_example():
+    # range [-1, 2]: scale 3/255, zero point round(0 + 1 / (3/255)) = 85
+    y, s, z = ronnx.dynamic_quantize_linear(F32([-1.0, 2.0, 0.0]))
+    assert s == F32(3) / F32(255) and int(z) == 85
+    assert y.tolist() == [0, 255, 85]
+
+
+def test_dynamic_quantize_linear_all_zero_scale():
+    y, s, z = ronnx.dynamic_quantize_linear(np.zeros(3, F32))
+    assert float(s) == 1.0 and int(z) == 0 and y.tolist() == [0, 0, 0]
+    _, sq, _ = ronnx.dynamic_quantize_linear(np.zeros(3, F32), reference_quirks=True)
+    assert sq == F32(1) / F32(255)
+
+
+def test_dynamic_quantize_linear_positive_input_zero_point_is_0():
+    y, s, z = ronnx.dynamic_quantize_linear(F32([0.5, 1.0]))
+    # s = fl32(1/255) = 0.0039215689 is above 1/255, so 0.5 / s = 127.499992 -> 127: no tie
+    assert int(z) == 0 and s == F32(1) / F32(255) and y.tolist() == [127, 255]
+
+
+def test_matmul_integer_hand_example_and_per_column_zero_point():
+    a = np.uint8([[1, 2], [3, 4]])
+    b = np.int8([[1, -2], [3, 4]])
+    assert ronnx.matmul_integer(a, b, np.uint8(1)).tolist() == [[3, 4], [11, 8]]
+    # b - [1, -2] per column: [[0, 0], [2, 6]]
+    y = ronnx.matmul_integer(a, b, None, np.int8([1, -2]))
+    assert y.dtype == np.int32 and y.tolist() == [[4, 12], [8, 24]]
+
+
+def test_matmul_integer_wraps_in_32_bits():
+    k = 70000
+    a = np.full((1, k), 255, np.uint8)
+    b = np.full((k, 1), 255, np.uint8)
+    exact = 255 * 255 * k  # 4_551_750_000 > 2^31
+    want = (exact + 2**31) % 2**32 - 2**31
+    assert ronnx.matmul_integer(a, b).tolist() == [[want]]
+
+
+def test_qlinear_matmul_hand_example():
+    a = np.uint8([[1, 2], [3, 4]])
+    b = np.int8([[1, -2], [3, 4]])
+    # C = (a - 1) @ b = [[3, 4], [11, 8]]; multiplier 0.1*0.2/0.05 = 0.4 (float32)
+    # C * 0.4 = [1.2, 1.6, 4.4, 3.2] -> [1, 2, 4, 3] + 10
+    y = ronnx.qlinear_matmul(a, F32(0.1), np.uint8(1), b, F32(0.2), np.int8(0), F32(0.05),
+                             np.uint8(10))
+    assert y.dtype == np.uint8 and y.tolist() == [[11, 12], [14, 13]]
+
+
+# ---------------------------------------------------------------- what the spec rejects
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: ronnx.quantize_linear(F32([1]), F32(1), np.int8(1), output_dtype=2),
+     "output_dtype to equal the type of y_zero_point"),
+    (lambda: ronnx.quantize_linear(F32([1]), F32(1), np.int64(1)), "no ONNX quantized type"),
+    (lambda: ronnx.quantize_linear(F32([1]), F32(1), np.ones((), ml_dtypes.float8_e4m3fn)),
+     "must be 0 for float8e4m3fn"),
+    (lambda: ronnx.quantize_linear(F32(np.ones((2, 6))), F32(np.ones((2, 2))), np.int8(0),
+                                   block_size=2),
+     r"block_size 2 is not in the accepted range \[3, 5\]"),
+    (lambda: ronnx.quantize_linear(F32(np.ones((2, 6))), F32(np.ones((2, 2))), block_size=-1),
+     "block_size must be 0"),
+    (lambda: ronnx.quantize_linear(F32(np.ones((2, 6))), F32(np.ones((3, 2))), block_size=3),
+     "except along axis 1"),
+    (lambda: ronnx.quantize_linear(F32(np.ones((2, 6))), F32(np.ones(5))),
+     "needs length 6"),
+    (lambda: ronnx.quantize_linear(F32(np.ones((2, 6))), F32(np.ones((2, 6)))),
+     "without block_size it must be a scalar"),
+    (lambda: ronnx.quantize_linear(F32(np.ones((2, 6))), F32(np.ones(6)), np.int8([0, 1])),
+     "same shape"),
+    (lambda: ronnx.quantize_linear(F32([1]), F32(0)), "y_scale must be finite and > 0"),
+    (lambda: ronnx.quantize_linear(F32([1]), np.int32(1)), "pass precision="),
+    (lambda: ronnx.quantize_linear(np.float64([1]), F32(1)), "x must be float32"),
+    (lambda: ronnx.quantize_linear(F32([1]), F32(1), output_dtype="int32"),
+     "not a QuantizeLinear output type"),
+    (lambda: ronnx.quantize_linear(F32([1]), F32(1), output_dtype=999), "999"),
+    (lambda: ronnx.dequantize_linear(np.int8([1]), F32(1), np.uint8(0)),
+     "x_zero_point has type uint8 but x has type int8"),
+    (lambda: ronnx.dequantize_linear(np.int32([1]), F32(1), np.int32(2)),
+     "must be 0 for int32"),
+    (lambda: ronnx.dequantize_linear(np.int64([1]), F32(1)), "int64"),
+    (lambda: ronnx.dequantize_linear(np.int8([1]), F32(1), output_dtype="int8"),
+     "must be float, float16 or bfloat16"),
+    (lambda: ronnx.dynamic_quantize_linear(F32([np.nan, 1])), "NaN or ±Inf"),
+    (lambda: ronnx.dynamic_quantize_linear(np.float64([1])), "float32"),
+    (lambda: ronnx.dynamic_quantize_linear(F32([0, 1e-45])), "underflows"),
+    (lambda: ronnx.matmul_integer(np.int16([[1]]), np.int8([[1]])), "int8 or uint8"),
+    (lambda: ronnx.matmul_integer(np.int8([[1]]), np.int8([[1]]), np.uint8(0)), "same type"),
+    (lambda: ronnx.matmul_integer(np.int8([[1, 2]]), np.int8([[1], [2]]), None,
+                                  np.int8([1, 2, 3])), "does not fit"),
+    (lambda: ronnx.qlinear_matmul(np.uint8([[1]]), F32(1), np.uint8(0), np.uint8([[1]]), F32(1),
+                                  np.uint8(0), F32([1, 2]), np.uint8(0)), "must be scalars"),
+])
+def test_spec_rejects_with_its_reason(call, match):
+    with pytest.raises(RefquantError, match=match):
+        call()
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"y_zero_point": np.zeros((), ml_dtypes.int4), "opset": 19}, "type int4 needs opset >= 21"),
+    ({"y_zero_point": np.zeros((), ml_dtypes.int2), "opset": 24}, "type int2 needs opset >= 25"),
+    ({"output_dtype": "float4e2m1", "opset": 21}, "type float4e2m1 needs opset >= 23"),
+    ({"precision": 1, "opset": 21}, "precision needs opset >= 23"),
+    ({"output_dtype": 3, "opset": 19}, "output_dtype needs opset >= 21"),
+    ({"saturate": 0, "opset": 13}, "saturate needs opset >= 19"),
+    ({"opset": 22}, "opset must be one of"),
+])
+def test_opset_rules(kw, match):
+    with pytest.raises(RefquantError, match=match):
+        ronnx.quantize_linear(F32([1.0]), F32(1), **kw)
+
+
+def test_every_opset_accepts_what_it_defines():
+    for opset in (10, 13, 19, 21, 23, 24, 25):
+        assert ronnx.quantize_linear(F32([2.5]), F32(1), np.int8(0), opset=opset).tolist() == [2]
+    z8 = np.zeros((), ml_dtypes.float8_e4m3fn)  # opset 19: the zero point's type decides
+    assert ronnx.quantize_linear(F32([2.5]), F32(1), z8, opset=19).astype(F32).tolist() == [2.5]
+
+
+def test_block_size_bounds_match_the_spec_range():
+    x = F32(np.arange(12).reshape(2, 6))
+    s = F32(np.ones((2, 2)))
+    for b in (3, 4, 5):  # [ceil(6/2), ceil(6/1) - 1]
+        ronnx.quantize_linear(x, s, block_size=b)
+    with pytest.raises(RefquantError, match="accepted range"):
+        ronnx.quantize_linear(x, s, block_size=6)
+
+
+def test_inputs_are_not_modified():
+    x = F32([1.5, np.nan, 3e9])
+    s = F32(0.5)
+    z = np.int8(3)
+    before = x.copy()
+    ronnx.quantize_linear(x, s, z, reference_quirks=True)
+    np.testing.assert_array_equal(x, before)
