@@ -54,14 +54,14 @@ __all__ = [
     "channel_to_columns",
     "build_dependency_groups",
     "group_channel_scores",
-    "prune_count",
     "structured_prune",
 ]
 
 _ORDERS = ("channel_major", "channel_minor")
 _NORMS = ("l1", "l2", "l2_squared", "linf")
 _REDUCTIONS = ("sum", "mean", "max")
-_COUNT_RULES = ("round_half_even", "floor", "ceil", "keep_floor", "tfmot")
+# the same names as refquant.prune.masks.COUNT_RULES (computed here independently)
+_COUNT_RULES = ("torch", "tfmot", "floor", "torch_pruning")
 
 
 @dataclass(frozen=True)
@@ -342,30 +342,23 @@ def group_channel_scores(arrays, group: DependencyGroup, *, norm: str = "l2",
     return {"sum": stack.sum, "mean": stack.mean, "max": stack.max}[reduce](axis=0)
 
 
-def prune_count(amount, n: int, rule: str = "round_half_even") -> int:
+def _channel_count(amount, n: int, rule: str = "torch") -> int:
     """How many of ``n`` channels an ``amount`` removes, by a named rule.
 
     ``amount`` is a fraction (float in [0, 1]) or a count (int in [0, n]); a
-    count is used as is.
+    count is used as is. The rule names are those of
+    ``refquant.prune.masks.COUNT_RULES``:
 
-    Formula
-    -------
-
-    ==================  =================================================  ===================
-    rule                pruned count for fraction s                        used by
-    ==================  =================================================  ===================
-    round_half_even     :math:`\\operatorname{round}_{\\text{even}}(sN)`    torch.nn.utils.prune
-    floor               :math:`\\lfloor sN \\rfloor`                          ``int(s*N)``
-    ceil                :math:`\\lceil sN \\rceil`
-    keep_floor          :math:`N - \\lfloor (1-s)N \\rfloor`                  Torch-Pruning
-    tfmot               :math:`N - \\max(\\operatorname{round}_{\\text{even}}((1-s)N), 1)`  tfmot (float32)
-    ==================  =================================================  ===================
+    * ``torch``: :math:`\\operatorname{round}_{\\text{even}}(sN)` pruned (torch.nn.utils.prune);
+    * ``floor``: :math:`\\lfloor sN \\rfloor` pruned (``int(s*N)``, wanda);
+    * ``torch_pruning``: :math:`N - \\lfloor (1-s)N \\rfloor` pruned (Torch-Pruning);
+    * ``tfmot``: :math:`N - \\max(\\operatorname{rint}_{f32}((1-s)N), 1)` pruned (tfmot).
 
     Reference
     ---------
     torch ``prune._compute_nparams_toprune`` (``round(amount * tensor_size)``),
     Torch-Pruning ``MetaPruner`` (``int(initial_channels * (1 - ratio))`` kept),
-    tfmot ``pruning_impl._update_mask``.
+    tfmot ``pruning_impl._update_mask`` (float32, ``tf.math.round``).
     """
     if rule not in _COUNT_RULES:
         raise RefquantError(f"count_rule must be one of {_COUNT_RULES}, got {rule!r}")
@@ -381,16 +374,14 @@ def prune_count(amount, n: int, rule: str = "round_half_even") -> int:
         raise RefquantError(f"amount must be a float fraction or an int count, got {amount!r}") from None
     if not 0.0 <= s <= 1.0:
         raise RefquantError(f"amount={s} as a fraction must lie in [0, 1]")
-    if rule == "round_half_even":
+    if rule == "torch":
         return int(round(s * n))
     if rule == "floor":
-        return int(np.floor(s * n))
-    if rule == "ceil":
-        return int(np.ceil(s * n))
-    if rule == "keep_floor":
+        return int(s * n)
+    if rule == "torch_pruning":
         return n - int((1.0 - s) * n)
     # tfmot: k = max(round(float32(size) * (1 - sparsity)), 1) in float32, half to even
-    kept = np.round(np.float32(n) * (np.float32(1.0) - np.float32(s)))
+    kept = np.rint(np.float32(n) * (np.float32(1.0) - np.float32(s)))
     return n - max(int(kept), 1)
 
 
@@ -399,7 +390,7 @@ def prune_count(amount, n: int, rule: str = "round_half_even") -> int:
 
 def structured_prune(arrays, couplings, amount, *, norm: str = "l2", reduce: str = "sum",
                      scores=None, score_members=None,
-                     count_rule: str = "round_half_even") -> StructuredPruning:
+                     count_rule: str = "torch") -> StructuredPruning:
     """Remove the lowest-scoring channels of every dependency group, masks and smaller arrays.
 
     Parameters
@@ -417,8 +408,12 @@ def structured_prune(arrays, couplings, amount, *, norm: str = "l2", reduce: str
     scores : array or dict, optional
         Precomputed channel scores (one group: an array; else dict group name
         -> array of length C). They replace the norm.
-    count_rule : str
-        How a fraction becomes a count (:func:`prune_count`).
+    count_rule : {"torch", "floor", "torch_pruning", "tfmot"}
+        How a fraction becomes a count: torch's round-half-even of
+        :math:`sC`, ``int(sC)``, Torch-Pruning's kept count
+        :math:`\\lfloor (1-s)C \\rfloor`, tfmot's kept
+        :math:`\\max(\\operatorname{rint}_{f32}((1-s)C), 1)`; names as in
+        ``refquant.prune.masks.COUNT_RULES``.
 
     Returns
     -------
@@ -474,7 +469,7 @@ def structured_prune(arrays, couplings, amount, *, norm: str = "l2", reduce: str
                 raise RefquantError(f"scores[{g.name!r}] holds NaN; channel scores must be ordered")
         else:
             s = group_channel_scores(arrays, g, norm=norm, reduce=reduce, members=score_members)
-        k = prune_count(amt, g.channels, count_rule)
+        k = _channel_count(amt, g.channels, count_rule)
         order = np.argsort(s, kind="stable")
         keep = np.sort(order[k:]).astype(np.int64)
         kept[g.name], used[g.name] = keep, s

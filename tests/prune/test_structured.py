@@ -10,7 +10,6 @@ from refquant.models import digits_mlp_forward, load_digits_mlp
 from refquant.prune.structured import (
     build_dependency_groups,
     channel_to_columns,
-    prune_count,
     structured_prune,
 )
 
@@ -177,28 +176,43 @@ def test_arrays_are_the_masked_elements_and_counts_follow_the_rule(c, seed, amou
 # --------------------------------------------------------------------------- count rules
 
 
+def pruned(amount, n, rule="torch"):
+    arrays = {"w": np.arange(1.0, n + 1.0)[:, None]}
+    return n - structured_prune(arrays, {"w:0": []}, amount, count_rule=rule).kept["w:0"].size
+
+
 @pytest.mark.parametrize(
     ("rule", "counts"),
     # amounts 0, 1, 0.5 of N = 5, 0.5 of N = 4, 0.3 of N = 5. tfmot keeps
-    # round_half_even(5 * 0.7 = 3.5) = 4 and at least 1 (so amount 1 prunes 4 of 5)
-    [("round_half_even", [0, 5, 2, 2, 2]), ("floor", [0, 5, 2, 2, 1]), ("ceil", [0, 5, 3, 2, 2]),
-     ("keep_floor", [0, 5, 3, 2, 2]), ("tfmot", [0, 4, 3, 2, 1])],
+    # rint(5 * 0.7 = 3.5) = 4 and at least 1 (so amount 1 prunes 4 of 5)
+    [("torch", [0, 5, 2, 2, 2]), ("floor", [0, 5, 2, 2, 1]),
+     ("torch_pruning", [0, 5, 3, 2, 2]), ("tfmot", [0, 4, 3, 2, 1])],
 )
 def test_count_rules_on_boundary_amounts(rule, counts):
-    got = [prune_count(0.0, 5, rule), prune_count(1.0, 5, rule), prune_count(0.5, 5, rule),
-           prune_count(0.5, 4, rule), prune_count(0.3, 5, rule)]
+    got = [pruned(0.0, 5, rule), pruned(1.0, 5, rule), pruned(0.5, 5, rule),
+           pruned(0.5, 4, rule), pruned(0.3, 5, rule)]
     assert got == counts
 
 
 def test_an_int_amount_is_a_count_up_to_n():
-    assert prune_count(5, 5) == 5 and prune_count(0, 5) == 0
+    assert pruned(5, 5) == 5 and pruned(0, 5) == 0 and pruned(2, 5, "tfmot") == 2
+
+
+def test_pruned_channels_are_the_lowest_scores():
+    arrays = {"w": np.array([[3.0], [1.0], [4.0], [1.5], [9.0]])}
+    assert structured_prune(arrays, {"w:0": []}, 2).kept["w:0"].tolist() == [0, 2, 4]
 
 
 @pytest.mark.parametrize(("amount", "match"), [(6, r"\[0, 5\]"), (-1, r"\[0, 5\]"), (1.5, r"\[0, 1\]"),
                                               (-0.1, r"\[0, 1\]"), (True, "amount"), ("half", "amount")])
 def test_bad_amounts_are_named(amount, match):
     with pytest.raises(RefquantError, match=match):
-        prune_count(amount, 5)
+        pruned(amount, 5)
+
+
+def test_unknown_count_rule_is_named():
+    with pytest.raises(RefquantError, match="count_rule"):
+        pruned(0.5, 5, "round_half_even")
 
 
 # --------------------------------------------------------------------------- bad input
