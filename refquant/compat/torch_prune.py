@@ -44,6 +44,12 @@ Semantics matched (torch 2.x ``torch/nn/utils/prune.py``):
   or a dict keyed by ``name`` (names must then be unique).
 * ``ln_structured``'s ``n`` accepts numbers, ``inf``, ``-inf`` and ``"fro"``
   (= 2); ``"nuc"`` is refused.
+* A failed call leaves the module as it was. torch does not quite: when a
+  *repeated* pruning fails (``l1_unstructured(m, "weight", 4)`` on a 2×2
+  weight, then ``l1_unstructured(m, "weight", 1)``: "amount=1 should be
+  smaller than the number of parameters to prune=0"), torch has already
+  removed the pruning hook, so ``is_pruned(m)`` turns False while
+  ``weight_orig`` / ``weight_mask`` remain and ``prune.remove`` then raises.
 """
 
 from __future__ import annotations
