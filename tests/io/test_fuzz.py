@@ -1,0 +1,208 @@
+"""Property-based fuzzing of every reader: only RefquantError, no hang, no big allocation.
+
+Each property builds a valid file, damages it (random headers, flipped bytes,
+truncation), then opens it and reads every tensor. Allowed outcomes: success, or
+RefquantError. Peak Python/NumPy allocation (tracemalloc tracks both) must stay
+within a small multiple of the file's size: a header that claims 2**60 elements
+is refused before anything is allocated.
+"""
+
+import json
+import struct
+import tracemalloc
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from picklekit import GLOBAL, INT, UNI, state_dict, tensor_v2, tensor_v3, torch_legacy, torch_zip
+
+import refquant.io as rio
+from refquant import RefquantError
+from refquant.io._pickle import restricted_load
+from refquant.io.numpy import NpyCheckpoint, NpzCheckpoint
+from refquant.io.pytorch import TorchLegacyCheckpoint, TorchZipCheckpoint, torch_allowlist
+from refquant.io.safetensors import SafetensorsCheckpoint
+
+FUZZ = settings(max_examples=int(__import__("os").environ.get("REFQUANT_FUZZ_EXAMPLES", "60")), suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                        HealthCheck.too_slow])
+
+
+def _open_and_read(path, opener=None):
+    """Open and read everything; return peak bytes allocated; only RefquantError may escape."""
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        try:
+            with (opener or rio.open)(path) as ck:
+                for k in ck:
+                    ck.info(k)
+                    a = ck[k]
+                    a.sum() if a.dtype.kind in "iub" else None
+        except RefquantError:
+            pass
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= 4 * size + (1 << 20), f"peak allocation {peak} bytes for a {size}-byte file"
+    return peak
+
+
+def _mutate(data: bytes, draw) -> bytes:
+    b = bytearray(data)
+    kind = draw(st.sampled_from(["flip", "truncate", "insert"]))
+    if kind == "truncate":
+        return bytes(b[: draw(st.integers(0, max(len(b) - 1, 0)))])
+    if kind == "insert":
+        i = draw(st.integers(0, len(b)))
+        return bytes(b[:i] + draw(st.binary(min_size=1, max_size=16)) + b[i:])
+    for _ in range(draw(st.integers(1, 8))):
+        if b:
+            b[draw(st.integers(0, len(b) - 1))] = draw(st.integers(0, 255))
+    return bytes(b)
+
+
+# --------------------------------------------------------------------------- safetensors
+
+_DTYPES = ["F32", "F16", "BF16", "U8", "I64", "F4", "F6_E2M3", "F8_E4M3", "BOOL", "X", 3]
+_DIM = st.one_of(st.integers(0, 8), st.sampled_from([-1, 2**31, 2**60, 2**64]), st.just("2"))
+
+
+@st.composite
+def _st_header(draw):
+    n = draw(st.integers(0, 4))
+    h, off = {}, 0
+    for i in range(n):
+        shape = draw(st.lists(_DIM, max_size=3))
+        nb = draw(st.one_of(st.integers(0, 64), st.sampled_from([2**62, 2**64])))
+        begin = off if draw(st.booleans()) else draw(st.integers(0, 100))
+        h[f"t{i}"] = {"dtype": draw(st.sampled_from(_DTYPES)), "shape": shape,
+                      "data_offsets": [begin, begin + nb]}
+        off = begin + nb
+    if draw(st.booleans()):
+        h["__metadata__"] = draw(st.sampled_from([{"a": "b"}, {"a": 1}, [], "x"]))
+    return h, draw(st.integers(0, 200))
+
+
+@FUZZ
+@given(_st_header())
+def test_fuzz_safetensors_headers(tmp_path_factory, hd):
+    header, nbytes = hd
+    hb = json.dumps(header).encode()
+    p = tmp_path_factory.mktemp("st") / "f.safetensors"
+    p.write_bytes(struct.pack("<Q", len(hb)) + hb + b"\x01" * nbytes)
+    _open_and_read(p, SafetensorsCheckpoint)
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_safetensors_bytes(tmp_path_factory, data):
+    p = tmp_path_factory.mktemp("st") / "f.safetensors"
+    rio.save({"a": np.arange(6, dtype=np.float32), "b": np.zeros(8, np.uint8)}, p)
+    p.write_bytes(_mutate(p.read_bytes(), data.draw))
+    _open_and_read(p, SafetensorsCheckpoint)
+
+
+def test_safetensors_claiming_2_60_elements_allocates_nothing(tmp_path):
+    hb = json.dumps({"w": {"dtype": "F32", "shape": [2**60], "data_offsets": [0, 2**62]}}).encode()
+    p = tmp_path / "huge.safetensors"
+    p.write_bytes(struct.pack("<Q", len(hb)) + hb + b"\0" * 16)
+    assert _open_and_read(p, SafetensorsCheckpoint) < (1 << 20)
+
+
+# --------------------------------------------------------------------------- torch zip / legacy
+
+
+def _valid_zip(path):
+    items = [("a", tensor_v2("0", "FloatStorage", 6, 0, (2, 3), (3, 1))),
+             ("b", tensor_v3("1", 4, 0, (2,), (1,), "bfloat16"))]
+    return torch_zip(path, state_dict(items), {"0": bytes(24), "1": bytes(4)})
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_torch_zip_entries(tmp_path_factory, data):
+    p = _valid_zip(tmp_path_factory.mktemp("tz") / "m.pt")
+    p.write_bytes(_mutate(p.read_bytes(), data.draw))
+    _open_and_read(p, TorchZipCheckpoint)
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_torch_legacy(tmp_path_factory, data):
+    pkl = state_dict([("w", tensor_v2("k", "FloatStorage", 6, 0, (6,), (1,), legacy=True))])
+    p = torch_legacy(tmp_path_factory.mktemp("tl") / "l.pt", pkl, [("k", 6, bytes(24))])
+    p.write_bytes(_mutate(p.read_bytes(), data.draw))
+    _open_and_read(p, TorchLegacyCheckpoint)
+
+
+# --------------------------------------------------------------------------- npy
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_npy_headers_and_bytes(tmp_path_factory, data):
+    d = tmp_path_factory.mktemp("npy")
+    p = d / "a.npy"
+    if data.draw(st.booleans()):
+        np.save(p, np.arange(5, dtype=np.int16))
+        p.write_bytes(_mutate(p.read_bytes(), data.draw))
+    else:
+        descr = data.draw(st.sampled_from(["'<f4'", "'|O'", "'>i8'", "[('a', '<f4')]", "'V0'", "1", "'<U3'"]))
+        shape = data.draw(st.sampled_from(["(2,)", "()", "(-1,)", "(2**60,)", "(1152921504606846976,)", "[2]", "(0, 3)"]))
+        fo = data.draw(st.sampled_from(["False", "True", "0"]))
+        h = f"{{'descr': {descr}, 'fortran_order': {fo}, 'shape': {shape}, }}".encode()
+        h += b" " * (-(len(h) + 11) % 64) + b"\n"
+        p.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h + bytes(data.draw(st.integers(0, 40))))
+    _open_and_read(p, NpyCheckpoint)
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_npz_zip_members(tmp_path_factory, data):
+    p = tmp_path_factory.mktemp("npz") / "a.npz"
+    (np.savez if data.draw(st.booleans()) else np.savez_compressed)(p, a=np.arange(7.0), b=np.ones((2, 2), np.int8))
+    p.write_bytes(_mutate(p.read_bytes(), data.draw))
+    _open_and_read(p, NpzCheckpoint)
+
+
+# --------------------------------------------------------------------------- pickles
+
+_FRAGMENTS = [
+    b"(", b"t", b"R", b"Q", b"}", b")", b"]", b"s", b"u", b"a", b"e", b"b", b"0", b"1", b"2",
+    b"\x85", b"\x86", b"\x87", b"\x88", b"\x89", b"N", b"q\x00", b"h\x00", b"h\x05", b"\x94",
+    b"\x81", b"\x82\x01", b"\x93", b"\x8a\x08" + b"\xff" * 8, b"B\xff\xff\xff\x7f", b"\x8e" + b"\xff" * 8,
+    INT(3), INT(-1), INT(2**40), UNI("storage"), UNI("0"), UNI("cpu"), UNI("x"),
+    GLOBAL("collections", "OrderedDict"), GLOBAL("torch._utils", "_rebuild_tensor_v2"),
+    GLOBAL("torch._utils", "_rebuild_tensor_v3"), GLOBAL("torch", "FloatStorage"),
+    GLOBAL("torch", "bfloat16"), GLOBAL("torch._utils", "_rebuild_parameter"),
+    GLOBAL("torch._tensor", "_rebuild_from_type_v2"), GLOBAL("torch", "Size"),
+    GLOBAL("builtins", "set"), GLOBAL("_codecs", "encode"), GLOBAL("os", "system"),
+]
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(_FRAGMENTS), max_size=40), st.binary(max_size=8))
+def test_fuzz_pickle_opcode_streams(frags, tail):
+    data = b"\x80\x02" + b"".join(frags) + tail + b"."
+
+    def pl(pid):
+        raise RefquantError("no storages here")
+
+    tracemalloc.start()
+    try:
+        try:
+            restricted_load(data, allowed=torch_allowlist("<fuzz>"), persistent_load=pl, path="<fuzz>")
+        except RefquantError:
+            pass
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * len(data) + (1 << 20)
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(_FRAGMENTS), max_size=30))
+def test_fuzz_pickles_inside_a_torch_zip(tmp_path_factory, frags):
+    p = torch_zip(tmp_path_factory.mktemp("pz") / "m.pt", b"\x80\x02" + b"".join(frags) + b".",
+                  {"0": bytes(24)})
+    _open_and_read(p, TorchZipCheckpoint)
