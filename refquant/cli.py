@@ -166,11 +166,63 @@ def _run_identify(args) -> int:
     return 0 if rep.matches else 1
 
 
+def _add_inspect(sub):
+    p = sub.add_parser(
+        "inspect",
+        help="list a checkpoint's tensors (name, dtype, shape, bytes, quantization scheme) "
+        "without its framework",
+        description="Open PATH lazily (format detected from its content: safetensors, PyTorch "
+        ".pt/.bin, npy/npz, GGUF, ONNX, Keras, Flax msgpack, TensorFlow, sharded indexes, Hugging "
+        "Face folders) and print its tensors, totals and metadata. Reads headers only.",
+    )
+    p.add_argument("path", help="checkpoint file, index .json or model folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _run_inspect(args) -> int:
+    import math
+
+    from . import io as rio
+
+    with rio.open(args.path) as ck:
+        schemes = rio.quant_schemes(ck)
+        rows = [{"name": n, "dtype": i.dtype.name, "stored_dtype": i.stored_dtype,
+                 "shape": list(i.shape), "bytes": i.nbytes, "scheme": schemes[n]}
+                for n, i in ck.infos.items()]
+        meta = dict(ck.metadata)
+        fmt = ck.format
+    total = sum(r["bytes"] for r in rows)
+    numel = sum(math.prod(r["shape"]) for r in rows)
+    if args.json:
+        import json
+
+        print(json.dumps({"path": args.path, "format": fmt, "tensors": rows, "total_bytes": total,
+                          "total_elements": numel, "metadata": meta}, indent=1, default=str))
+        return 0
+    w = max([len(r["name"]) for r in rows] + [4])
+    print(f"{args.path}: {fmt}, {len(rows)} tensors, {numel} elements, {total} bytes\n")
+    head = f"{'name':<{w}}  {'dtype':<16}{'shape':<20}{'bytes':>12}  scheme"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        shape = "x".join(str(d) for d in r["shape"]) or "scalar"
+        print(f"{r['name']:<{w}}  {r['stored_dtype']:<16}{shape:<20}{r['bytes']:>12}  {r['scheme'] or '-'}")
+    print("-" * len(head))
+    print(f"{'total':<{w}}  {'':<16}{'':<20}{total:>12}")
+    if meta:
+        print("\nmetadata:")
+        for k, v in meta.items():
+            text = str(v)
+            print(f"  {k}: {text[:100] + '...' if len(text) > 100 else text}")
+    return 0
+
+
 COMMANDS = {
     "demo": (_add_demo, _run_demo),
     "verify": (_add_verify, _run_verify),
     "vectors": (_add_vectors, _run_vectors),
     "identify": (_add_identify, _run_identify),
+    "inspect": (_add_inspect, _run_inspect),
 }
 
 

@@ -403,5 +403,7 @@ def quant_schemes(ck: LazyCheckpoint) -> dict:
                 scheme = "bitsandbytes 4-bit (absmax/quant_map)"
             elif name.rsplit(".", 1)[0] + ".SCB" in names:
                 scheme = "bitsandbytes LLM.int8 (SCB)"
+        if scheme is None and info.dtype.name.startswith(("float8", "float6", "float4")):
+            scheme = info.dtype.name
         out[name] = scheme
     return out
