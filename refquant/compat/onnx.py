@@ -136,6 +136,14 @@ def _check_opset(opset, used: dict, types: tuple) -> None:
             raise RefquantError(f"type {t} needs opset >= {_TYPE_SINCE[t]}; got opset {opset}")
 
 
+def _check_per_axis_opset(opset, ax, argname):
+    if ax is not None and opset < 13:
+        raise RefquantError(
+            f"{argname} is not a scalar, but opset {opset} quantizes per tensor only "
+            "(per-axis scales came with opset 13)"
+        )
+
+
 def _granularity(x_shape, scale, axis, block_size, argname):
     """(axis, block_size) for the core from the shape of the scale, as the spec defines.
 
@@ -290,8 +298,13 @@ def quantize_linear(
       The evaluator casts with ml_dtypes, which gives a zero with the opposite
       sign (NaN -> -0.0, code 0x8); ``reference_quirks=True`` gives that.
 
-    onnxruntime (``QuantizeLinear`` CPU kernel, MLAS) follows the spec here: it
-    saturates ±Inf and out-of-range values and maps NaN to ``qmin``.
+    onnxruntime (``QuantizeLinear`` CPU kernel, MLAS) saturates ±Inf and
+    out-of-range values as the spec says and maps NaN to ``qmin``. It departs from
+    the spec for float16 ``x`` and ``y_scale``: it divides in float32, not float16
+    (``274 / 0.1`` in float16: spec and onnx.reference 2740, onnxruntime 2741);
+    ``precision=1`` (float) reproduces it. It also refuses ``block_size > 0`` with a
+    one-element 1-D scale ("block_size must be 0 for per-tensor quantization"),
+    which the spec's shape rule accepts.
 
     Reference
     ---------
@@ -311,6 +324,7 @@ def quantize_linear(
         raise RefquantError(f"x must be float32, float16, bfloat16 or int32, got {x.dtype}")
     s = check_scale(y_scale, "y_scale")
     ax, bs = _granularity(x.shape, s, axis, block_size, "y_scale")
+    _check_per_axis_opset(opset, ax, "y_scale")
     if zp is not None and zp.shape != s.shape:
         raise RefquantError(
             f"y_zero_point has shape {zp.shape} but y_scale has shape {s.shape}: "
@@ -327,9 +341,9 @@ def quantize_linear(
                      inf="saturate", overflow="saturate", out_dtype=np.int64)
     else:
         v = _divide_in(x, broadcast_param(s, x.shape, ax, bs, "y_scale"), p)
-        q = quantize(v, 1.0, z if ax is None else broadcast_param(z, x.shape, ax, bs,
-                     "y_zero_point"), dtype=fmt, rounding="half_even", precision="float64",
-                     nan="qmin", inf="saturate", overflow="saturate", out_dtype=np.int64)
+        q = quantize(v, 1.0, z, dtype=fmt, axis=ax, block_size=bs, rounding="half_even",
+                     precision="float64", nan="qmin", inf="saturate", overflow="saturate",
+                     out_dtype=np.int64)
     if reference_quirks:
         q = _reference_int32_wrap(x, s, z, ax, bs, p, fmt, q)
     return q.astype(_NUMPY[out])
@@ -445,6 +459,7 @@ def dequantize_linear(x, x_scale, x_zero_point=None, axis=1, block_size=0, outpu
     _check_opset(opset, {"axis": axis != 1, "block_size": bool(block_size),
                          "output_dtype": bool(output_dtype)}, (xt,))
     ax, bs = _granularity(x.shape, s, axis, block_size, "x_scale")
+    _check_per_axis_opset(opset, ax, "x_scale")
     zp = None if x_zero_point is None else np.asarray(x_zero_point)
     if zp is not None:
         if zp.shape != s.shape:

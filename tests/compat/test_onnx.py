@@ -263,3 +263,10 @@ def test_inputs_are_not_modified():
     before = x.copy()
     ronnx.quantize_linear(x, s, z, reference_quirks=True)
     np.testing.assert_array_equal(x, before)
+
+
+def test_opset_10_is_per_tensor_only():
+    with pytest.raises(RefquantError, match="per-axis scales came with opset 13"):
+        ronnx.quantize_linear(F32([[1.0, 2.0]]), F32([1.0, 2.0]), np.int8([0, 0]), opset=10)
+    assert ronnx.quantize_linear(F32([[1.0, 2.0]]), F32([1.0, 2.0]), np.int8([0, 0]),
+                                 opset=13).tolist() == [[1, 1]]

@@ -507,3 +507,42 @@ def test_qlinear_matmul_reference_adds_zero_point_before_rounding():
     args = (a, half, z1, b, half, z1, one, z1)
     assert ronnx.qlinear_matmul(*args).tolist() == [[1]]
     assert ronnx.qlinear_matmul(*args, reference_quirks=True).tolist() == [[2]]
+
+
+def test_quantize_linear_float16_divides_in_float16_in_reference_and_float32_in_onnxruntime():
+    # quotients that round in float16: 2049/1024 / (0.1 in float16), 3 / 2 (a tie), and
+    # 60000 / 0.5 = 120000, beyond float16's 65504: Inf, which saturates to 32767
+    x = np.float16([2048.0, 0.1, 3.0, -5.0, 60000.0, 1.0])
+    s = np.float16([1.0, 0.1, 2.0, 2.0, 0.5, 3.0])
+    onnx, ort = _peers()
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    node = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"], axis=0)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 10, None),
+                                        helper.make_tensor_value_info("s", 10, None),
+                                        helper.make_tensor_value_info("z", 5, None)],
+                          [helper.make_tensor_value_info("y", 5, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    z = np.int16([0, 0, 0, 1, 0, 0])
+    # 274 / 0.1: float16 quotient 2740 (ulp 2), float32 2741.04 -> 2741: tells the two apart
+    x16 = np.float16([274.0, -460.5, -918.0, 274.0, -460.5, -918.0])
+    s16 = np.float16([0.1] * 6)
+    assert ronnx.quantize_linear(x16, s16, np.zeros(6, np.int16), axis=0).tolist()[:3] == [
+        2740, -4608, -9184]
+    for xx, ss in ((x, s), (-x, s), (np.float16([2049.0 / 1024] * 6), s), (x16, s16)):
+        feeds = {"x": xx, "s": ss, "z": z}
+        ort_y = ort.InferenceSession(m.SerializeToString(),
+                                     providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        ref_y = ReferenceEvaluator(m).run(None, feeds)[0]
+        got = ronnx.quantize_linear(xx, ss, z, axis=0)
+        quirks = ronnx.quantize_linear(xx, ss, z, axis=0, reference_quirks=True)
+        in_float32 = ronnx.quantize_linear(xx, ss, z, axis=0, precision=1)
+        # onnxruntime quirk: it divides float16 inputs in float32 (the spec: in float16)
+        np.testing.assert_array_equal(in_float32, ort_y, err_msg="compat(float) vs onnxruntime")
+        if X86:  # 60000 / 0.5 overflows float16 to Inf, which the reference wraps to qmin
+            np.testing.assert_array_equal(quirks, ref_y, err_msg="compat quirks vs reference")
+        finite = np.abs(xx.astype(np.float64) / ss) < 65504
+        np.testing.assert_array_equal(got[finite], ref_y[finite], err_msg="spec vs reference")
+    assert not np.array_equal(got, in_float32)  # the last inputs tell float16 and float32 apart
