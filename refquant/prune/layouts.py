@@ -185,7 +185,9 @@ def bitmask_compress(x, *, mask=None):
 
     Reference
     ---------
-    neuralmagic/compressed-tensors
+    neuralmagic/compressed-tensors (repository; the 0.20.0 wheel on PyPI no
+    longer ships the sparse compressors, only their configs and
+    ``utils.helpers.pack_bitmasks``)
     ``compressors/sparse_compressors/sparse_bitmask.py``: ``bitmask_compress``
     (``row_offsets = cumsum(row_counts) - row_counts``, ``values = tensor[bytemasks]``)
     and ``pack_bitmasks`` (``numpy.packbits(..., axis=-1, bitorder="little")``).
