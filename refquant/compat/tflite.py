@@ -95,12 +95,17 @@ def affine_quantize(input_data, scale, zero_point, *, dtype="int8", cast="x86",
     kernel : {"reference", "optimized", "xnnpack"}
         Which of LiteRT's QUANTIZE kernels: ``"reference"`` (``BUILTIN_REF``:
         ``x / scale`` in float32, ``TfLiteRound``: half away from zero),
-        ``"optimized"`` (``BUILTIN`` without delegates: ``x * (1 / scale)`` with a
-        float32 reciprocal, ties to even, the same int32 cast), ``"xnnpack"``
+        ``"optimized"`` (``BUILTIN`` without delegates: a vector loop over whole
+        groups of 8 elements in C order computes ``x * (1 / scale)`` with a float32
+        reciprocal and rounds ties to even (``RoundToNearest``); the last
+        ``size % 8`` elements are divided by the scale **in double** and rounded
+        half away (``optimized_ops.h`` holds the scale as a double); the same
+        int32 cast), ``"xnnpack"``
         (the default delegate: the reciprocal product, ties to even, and values
         beyond the range, ±Inf and NaN saturate instead of going through the
-        int32 cast; NaN gives qmax).
-        Measured against ai-edge-litert 2.3.0 on x86-64 (tests/peers/test_tflite.py).
+        int32 cast; NaN gives qmax). For int16 outputs XNNPACK does not take the
+        operator and LiteRT runs the optimized kernel.
+        Measured against ai-edge-litert 2.3.0 on x86-64 (tests/peers/test_tflite_litert.py).
 
     Formula
     -------
@@ -126,13 +131,22 @@ def affine_quantize(input_data, scale, zero_point, *, dtype="int8", cast="x86",
         raise RefquantError(f"zero_point {z} is outside [{fmt.qmin}, {fmt.qmax}] of {fmt.name}")
     if kernel not in ("reference", "optimized", "xnnpack"):
         raise RefquantError(f"kernel must be 'reference', 'optimized' or 'xnnpack'; got {kernel!r}")
-    mode = "half_away" if kernel == "reference" else "half_even"
+    if kernel == "xnnpack" and fmt.bits == 16:
+        kernel = "optimized"  # XNNPACK takes no int16 QUANTIZE: LiteRT's builtin kernel runs
+    xf = x.astype(np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
-        if kernel == "reference":
-            v = x.astype(np.float32) / s
-        else:
-            v = x.astype(np.float32) * np.float32(np.float32(1) / s)
-        v = round_to_int(v, mode).astype(np.float64)
+        scalar = round_to_int(xf / s, "half_away")  # TfLiteRound(val / scale)
+        simd = round_to_int(xf * np.float32(np.float32(1) / s), "half_even")
+    if kernel == "reference":
+        v = scalar
+    elif kernel == "xnnpack":
+        v = simd
+    else:  # NEON loop (SSE through neon2sse on x86) over whole groups of 8, scalar tail
+        n_simd = (xf.size // 8) * 8
+        with np.errstate(over="ignore", invalid="ignore"):  # tail: val / (double) scale
+            tail = round_to_int(xf.astype(np.float64) / np.float64(s), "half_away")
+        v = np.where((np.arange(xf.size) < n_simd).reshape(xf.shape), simd, tail)
+    v = v.astype(np.float64)
     if kernel == "xnnpack":
         v = np.where(np.isnan(v), np.inf, v)
         q = np.clip(np.clip(v, -(2.0**40), 2.0**40).astype(np.int64) + z, fmt.qmin, fmt.qmax)

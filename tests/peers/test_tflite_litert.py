@@ -3,8 +3,9 @@
 Models are built with LiteRT's own flatbuffer schema (``test_tflite_models.py``), so
 no TensorFlow is needed. Measured on ai-edge-litert 2.3.0, x86-64:
 
-- QUANTIZE: the reference kernel divides and rounds half away; the optimized
-  kernel and XNNPACK multiply by a float32 reciprocal and round half to even;
+- QUANTIZE: the reference kernel divides and rounds half away; XNNPACK
+  multiplies by a float32 reciprocal and rounds half to even; the optimized
+  kernel does the latter on whole groups of 8 elements and the former on the tail;
   XNNPACK saturates NaN/Inf/huge values, the others go through x86's int32 cast.
 - FULLY_CONNECTED per channel: reference and XNNPACK requantize with single
   rounding; CONV_2D per channel: reference with gemmlowp's double rounding,
@@ -27,20 +28,34 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 scales = st.floats(1e-3, 2.0, allow_nan=False).map(np.float32).filter(lambda s: s > 0)
 
 
-@settings(max_examples=40)
+@settings(max_examples=60)
 @given(scale=scales, zp=st.integers(-128, 127), seed=st.integers(0, 2**32 - 1),
-       kernel=st.sampled_from(["reference", "optimized", "xnnpack"]))
-def test_quantize_matches_litert(scale, zp, seed, kernel):
+       kernel=st.sampled_from(["reference", "optimized", "xnnpack"]),
+       dtype=st.sampled_from(["int8", "uint8", "int16"]), n=st.integers(0, 40))
+def test_quantize_matches_litert(scale, zp, seed, kernel, dtype, n):
     rng = np.random.default_rng(seed)
+    if dtype == "uint8":
+        zp = zp + 128
+    if dtype == "int16":
+        zp = 0  # TFLite requires a zero int16 zero point
     k = rng.integers(-300, 300, 48)
     x = np.concatenate([
         ((k + 0.5) * np.float64(scale)).astype(np.float32),  # ties (up to float32 rounding)
         (k * np.float64(scale)).astype(np.float32),
         rng.normal(0, 100 * scale, 32).astype(np.float32),
         np.float32([0.0, -0.0, np.nan, np.inf, -np.inf, 3e9, -3e9, 1e38]),
-    ])
-    np.testing.assert_array_equal(T.affine_quantize(x, scale, zp, kernel=kernel),
-                                  run_quantize(x, scale, zp, kernel=kernel))
+        np.float32([0.5, 1.5, 2.5, -2.5][: n % 5]) * np.float32(scale),
+    ])[: 100 + n]  # lengths that are and are not multiples of 8 (the SIMD tail)
+    x = x.reshape(-1, 1) if n % 2 else x
+    np.testing.assert_array_equal(T.affine_quantize(x, scale, zp, dtype=dtype, kernel=kernel),
+                                  run_quantize(x, scale, zp, dtype=dtype, kernel=kernel))
+
+
+def test_optimized_quantize_rounds_simd_groups_to_even_and_the_tail_away():
+    x = np.float32([0.5, 1.5, 2.5, -2.5] * 3)  # 12 elements: 8 through SIMD, 4 scalar
+    got = run_quantize(x, 1.0, 0, kernel="optimized")
+    assert got.tolist() == [0, 2, 2, -2] * 2 + [1, 2, 3, -3]
+    np.testing.assert_array_equal(T.affine_quantize(x, 1.0, 0, kernel="optimized"), got)
 
 
 @settings(max_examples=40)

@@ -1,0 +1,322 @@
+"""Generate docs/peers.md: one row per known disagreement between peers, computed by refquant.
+
+Usage (from the repository root)::
+
+    python scripts/make_peers_table.py              # print the page
+    python scripts/make_peers_table.py --write      # write docs/peers.md
+    python scripts/make_peers_table.py --check-peers  # also run each installed peer
+
+Every value on the page is computed here with refquant's compat functions, so the
+page cannot drift from the code (tests/test_peers_table.py regenerates it and
+compares). ``--check-peers`` (and tests/test_peers_table.py) runs the peer library
+itself on the same input wherever it is installed and fails if any value differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC = os.path.join(ROOT, "docs", "peers.md")
+F32 = np.float32
+
+
+def _fmt(v) -> str:
+    a = np.asarray(v)
+    if a.dtype.kind == "f" or a.dtype.kind == "V":
+        a = a.astype(np.float64)
+        vals = ["NaN" if np.isnan(t) else f"{t:.9g}" for t in a.reshape(-1)]
+    else:
+        vals = [str(int(t)) for t in a.reshape(-1)]
+    return vals[0] if len(vals) == 1 else "[" + ", ".join(vals) + "]"
+
+
+# ---------------------------------------------------------------- peer runners (optional)
+
+def _ort_quantize(x, scale, zp):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    zt = TensorProto.UINT8 if np.asarray(zp).dtype == np.uint8 else TensorProto.INT8
+    node = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])
+    g = helper.make_graph([node], "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                          [helper.make_tensor_value_info("y", zt, None)],
+                          [helper.make_tensor("s", TensorProto.FLOAT, [], [float(scale)]),
+                           helper.make_tensor("z", zt, [], [int(zp)])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    del onnx
+    return sess.run(None, {"x": np.asarray(x, np.float32)})[0]
+
+
+def _ref_quantize(x, scale, zp):
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    zt = TensorProto.UINT8 if np.asarray(zp).dtype == np.uint8 else TensorProto.INT8
+    node = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])
+    g = helper.make_graph([node], "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                          [helper.make_tensor_value_info("y", zt, None)],
+                          [helper.make_tensor("s", TensorProto.FLOAT, [], [float(scale)]),
+                           helper.make_tensor("z", zt, [], [int(zp)])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    return ReferenceEvaluator(m).run(None, {"x": np.asarray(x, np.float32)})[0]
+
+
+def _dql(runner):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])
+    g = helper.make_graph([node], "d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                          [helper.make_tensor_value_info("y", TensorProto.UINT8, None),
+                           helper.make_tensor_value_info("s", TensorProto.FLOAT, None),
+                           helper.make_tensor_value_info("z", TensorProto.UINT8, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    x = np.zeros(3, np.float32)
+    if runner == "ort":
+        import onnxruntime as ort
+
+        return ort.InferenceSession(m.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})[1]
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(m).run(None, {"x": x})[1]
+
+
+def _litert_quantize(x, scale, zp, kernel, dtype="int8"):
+    sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "peers")]
+    from test_tflite_models import run_quantize
+
+    return run_quantize(np.asarray(x, np.float32), scale, zp, dtype=dtype, kernel=kernel)
+
+
+def _torch_quantize(x, scale, zp):
+    import torch
+
+    return torch.quantize_per_tensor(torch.tensor(np.asarray(x, np.float32)), float(scale), zp,
+                                     torch.quint8).int_repr().numpy()
+
+
+def _torch_minmax_scale():
+    import torch
+
+    o = torch.ao.quantization.MinMaxObserver(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+    o(torch.tensor([-1.0, 1.0]))
+    return o.calculate_qparams()[0].numpy()
+
+
+def _torch_fake(x, scale, zp, qmin, qmax):
+    import torch
+
+    return torch.fake_quantize_per_tensor_affine(torch.tensor(np.float32(x)), float(scale), zp,
+                                                 qmin, qmax).numpy()
+
+
+# ------------------------------------------------------------------------------- rows
+
+def rows():
+    """The disagreements: each a dict with the input and one result per peer.
+
+    A result is (peer label, refquant's value, (peer module, callable) or None).
+    """
+    from refquant.compat import onnx as O
+    from refquant.compat import tflite as T
+    from refquant.compat import torch as P
+    from refquant.quant.integer import integer_matmul, multiply_by_quantized_multiplier
+    from refquant.quant.qparams import qparams_from_range
+
+    x_pt, s_pt = F32(0.273939937), F32(0.00214854861)
+    obs = P.MinMaxObserver(dtype="qint8", qscheme="per_tensor_symmetric")
+    obs.forward(F32([-1.0, 1.0]))
+    ml = importlib.import_module("ml_dtypes")
+    a8 = np.int8([[100, 100]])
+    b8 = np.int8([[100], [100]])
+    out = [
+        dict(topic="Divide by the scale, or multiply by its float32 reciprocal",
+             input="x = 0.273939937, scale = 0.00214854861, uint8, zero point 0",
+             why="x / s = 127.49999 in float32 (exactly 127.4999953...), but x · fl32(1/s) "
+                 "rounds to exactly 127.5, which half-even rounding sends to 128 (pytorch#139464)",
+             results=[
+                 ("PyTorch quantize_per_tensor", P.quantize_per_tensor(np.float32([x_pt]), float(s_pt), 0, "quint8"),
+                  ("torch", lambda: _torch_quantize([x_pt], s_pt, 0))),
+                 ("ONNX QuantizeLinear", O.quantize_linear(np.float32([x_pt]), s_pt, np.uint8(0)),
+                  ("onnxruntime", lambda: _ort_quantize([x_pt], s_pt, np.uint8(0)))),
+                 ("LiteRT QUANTIZE (reference kernel)",
+                  T.affine_quantize([x_pt], s_pt, 0, dtype="uint8"),
+                  ("ai_edge_litert", lambda: _litert_quantize([x_pt], s_pt, 0, "reference", "uint8"))),
+             ]),
+        dict(topic="Ties: half to even or away from zero",
+             input="x = [0.5, 1.5, 2.5, -2.5], scale = 1, int8, zero point 0",
+             why="std::round (TfLiteRound) rounds ties away from zero; ONNX and PyTorch use "
+                 "round-half-even",
+             results=[
+                 ("ONNX QuantizeLinear", O.quantize_linear(F32([0.5, 1.5, 2.5, -2.5]), F32(1), np.int8(0)),
+                  ("onnxruntime", lambda: _ort_quantize(F32([0.5, 1.5, 2.5, -2.5]), 1.0, np.int8(0)))),
+                 ("LiteRT QUANTIZE (reference kernel)", T.affine_quantize(F32([0.5, 1.5, 2.5, -2.5]), 1.0, 0),
+                  ("ai_edge_litert", lambda: _litert_quantize(F32([0.5, 1.5, 2.5, -2.5]), 1.0, 0, "reference"))),
+             ]),
+        dict(topic="LiteRT's optimized QUANTIZE rounds by position",
+             input="x = 2.5 repeated 9 times, scale = 1, int8, zero point 0",
+             why="its vector loop takes whole groups of 8 (x · fl32(1/s), ties to even); the "
+                 "remaining size % 8 elements are divided in double and rounded half away",
+             results=[
+                 ("LiteRT QUANTIZE (optimized kernel)",
+                  T.affine_quantize(F32([2.5] * 9), 1.0, 0, kernel="optimized"),
+                  ("ai_edge_litert", lambda: _litert_quantize(F32([2.5] * 9), 1.0, 0, "optimized"))),
+                 ("LiteRT QUANTIZE (reference kernel)", T.affine_quantize(F32([2.5] * 9), 1.0, 0),
+                  ("ai_edge_litert", lambda: _litert_quantize(F32([2.5] * 9), 1.0, 0, "reference"))),
+             ]),
+        dict(topic="Values at or beyond 2^31 and +Inf",
+             input="x = [3e9, +Inf], scale = 1, uint8, zero point 3",
+             why="onnx.reference casts to int32 first and wraps; LiteRT's x86 cast gives INT32_MIN; "
+                 "onnxruntime and XNNPACK saturate",
+             results=[
+                 ("onnxruntime QuantizeLinear", O.quantize_linear(F32([3e9, np.inf]), F32(1), np.uint8(3)),
+                  ("onnxruntime", lambda: _ort_quantize(F32([3e9, np.inf]), 1.0, np.uint8(3)))),
+                 ("onnx.reference QuantizeLinear",
+                  O.quantize_linear(F32([3e9, np.inf]), F32(1), np.uint8(3), reference_quirks=True),
+                  ("onnx", lambda: _ref_quantize(F32([3e9, np.inf]), 1.0, np.uint8(3)))),
+                 ("LiteRT QUANTIZE (reference, x86)", T.affine_quantize(F32([3e9, np.inf]), 1.0, 3, dtype="uint8"),
+                  ("ai_edge_litert", lambda: _litert_quantize(F32([3e9, np.inf]), 1.0, 3, "reference", "uint8"))),
+                 ("LiteRT QUANTIZE (XNNPACK)",
+                  T.affine_quantize(F32([3e9, np.inf]), 1.0, 3, dtype="uint8", kernel="xnnpack"),
+                  ("ai_edge_litert",
+                   lambda: _litert_quantize(F32([3e9, np.inf]), 1.0, 3, "xnnpack", "uint8"))),
+             ]),
+        dict(topic="DynamicQuantizeLinear of an all-zero input (scale)",
+             input="x = [0, 0, 0]",
+             why="the spec's (max - min) / 255 is 0; the implementations pick different stand-ins",
+             results=[
+                 ("onnxruntime", O.dynamic_quantize_linear(np.zeros(3, F32))[1],
+                  ("onnxruntime", lambda: _dql("ort"))),
+                 ("onnx.reference", O.dynamic_quantize_linear(np.zeros(3, F32), reference_quirks=True)[1],
+                  ("onnx", lambda: _dql("ref"))),
+             ]),
+        dict(topic="Symmetric int8 scale from amax",
+             input="observed range [-1, 1], qint8, per-tensor symmetric",
+             why="PyTorch divides amax by (qmax - qmin) / 2 = 127.5; TFLite, TensorRT and ONNX "
+                 "tooling divide by qmax = 127",
+             results=[
+                 ("PyTorch MinMaxObserver", obs.calculate_qparams()[0],
+                  ("torch", _torch_minmax_scale)),
+                 ("amax / 127 (TFLite, TensorRT)",
+                  qparams_from_range(-1.0, 1.0, dtype="int8", symmetric=True).scale, None),
+             ]),
+        dict(topic="float8 e4m3fn overflow",
+             input="x = [500, +Inf], scale = 1",
+             why="ml_dtypes' cast has no saturation (NaN above 464); ONNX saturate=1 clamps to ±448",
+             results=[
+                 ("ml_dtypes astype(float8_e4m3fn)",
+                  F32([500.0, np.inf]).astype(ml.float8_e4m3fn), ("ml_dtypes", lambda: F32([500.0, np.inf]).astype(ml.float8_e4m3fn))),
+                 ("ONNX QuantizeLinear saturate=1",
+                  O.quantize_linear(F32([500.0, np.inf]), F32(1), output_dtype="float8e4m3fn", saturate=1), None),
+                 ("ONNX QuantizeLinear saturate=0",
+                  O.quantize_linear(F32([500.0, np.inf]), F32(1), output_dtype="float8e4m3fn", saturate=0), None),
+             ]),
+        dict(topic="Fixed-point requantization: double or single rounding",
+             input="acc = 3, multiplier 2^31 - 1, shift -1 (M = 0.49999999977)",
+             why="gemmlowp rounds 2.9999999986 to 3, then 3/2 = 1.5 away to 2; "
+                 "TFLITE_SINGLE_ROUNDING rounds 1.4999999993 once to 1",
+             results=[
+                 ("TFLite (double rounding, gemmlowp)", multiply_by_quantized_multiplier(3, 2**31 - 1, -1), None),
+                 ("TFLite (TFLITE_SINGLE_ROUNDING)",
+                  multiply_by_quantized_multiplier(3, 2**31 - 1, -1, single_rounding=True), None),
+             ]),
+        dict(topic="Fake quantization ties",
+             input="x = -0.75, scale 0.5, zero point 2, range [0, 3] (TF: min = -1, max = 0.5, 2 bits)",
+             why="TF computes floor(v + 0.5) (ties up); PyTorch rounds half to even",
+             results=[
+                 ("TF fake_quant_with_min_max_args",
+                  T.fake_quant_with_min_max_args(F32([-0.75]), -1.0, 0.5, num_bits=2), None),
+                 ("PyTorch fake_quantize_per_tensor_affine",
+                  P.fake_quantize_per_tensor_affine(F32([-0.75]), 0.5, 2, 0, 3),
+                  ("torch", lambda: _torch_fake([-0.75], 0.5, 2, 0, 3))),
+             ]),
+        dict(topic="int8 matmul accumulator",
+             input="[[100, 100]] @ [[100], [100]], both int8",
+             why="NumPy's int8 @ int8 returns int8 and wraps silently (20000 mod 256); MatMulInteger "
+                 "and refquant accumulate exactly",
+             results=[
+                 ("NumPy int8 @ int8", a8 @ b8, ("numpy", lambda: a8 @ b8)),
+                 ("ONNX MatMulInteger / refquant", integer_matmul(a8, b8), None),
+             ]),
+    ]
+    return out
+
+
+def render() -> str:
+    lines = [
+        "# Where the peers disagree",
+        "",
+        "Generated by `scripts/make_peers_table.py` from refquant's compat functions; "
+        "do not edit by hand",
+        "(`tests/test_peers_table.py` fails when this page and the script disagree, and checks "
+        "each value marked ✓ against the peer library itself wherever it is installed).",
+        "",
+        "| # | disagreement | input | results | why |",
+        "|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(rows(), 1):
+        res = "<br>".join(f"{label}: **{_fmt(v)}**{' ✓' if peer else ''}"
+                          for label, v, peer in r["results"])
+        lines.append(f"| {i} | {r['topic']} | {r['input']} | {res} | {r['why']} |")
+    lines += ["", "✓: value cross-checked against the peer (torch, onnxruntime, onnx.reference, "
+              "ai-edge-litert, ml_dtypes, numpy) by `--check-peers` and the test suite.", ""]
+    return "\n".join(lines)
+
+
+def check_peers(required=False) -> list[str]:
+    """Run each installed peer; return a line per checked value. Raises on a mismatch."""
+    report = []
+    for r in rows():
+        for label, v, peer in r["results"]:
+            if peer is None:
+                continue
+            mod, fn = peer
+            try:
+                importlib.import_module(mod)
+            except ImportError:
+                if required:
+                    raise
+                report.append(f"skipped {label}: {mod} not installed")
+                continue
+            got = np.asarray(fn())
+            want = np.asarray(v)
+            same = np.array_equal(np.asarray(got, np.float64).reshape(-1),
+                                  np.asarray(want, np.float64).reshape(-1), equal_nan=True)
+            if not same:
+                raise AssertionError(f"{r['topic']} / {label}: peer {mod} gives {_fmt(got)}, "
+                                     f"refquant {_fmt(want)}")
+            report.append(f"ok {label}: {_fmt(got)} ({mod})")
+    return report
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write", action="store_true", help="write docs/peers.md")
+    ap.add_argument("--check-peers", action="store_true", help="run the installed peers too")
+    args = ap.parse_args(argv)
+    text = render()
+    if args.check_peers:
+        for line in check_peers():
+            print(line, file=sys.stderr)
+    if args.write:
+        tmp = DOC + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, DOC)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
