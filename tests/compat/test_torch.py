@@ -1,0 +1,283 @@
+"""refquant.compat.torch: PyTorch's semantics worked by hand, and bad input with torch's reasons.
+
+(The bit-for-bit comparison with torch itself is in tests/peers/test_torch_quant.py.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from refquant import RefquantError
+from refquant.compat import torch as rt
+from refquant.quant.affine import quantize
+
+F = np.float32
+
+# ------------------------------------------------------------------ reciprocal (pytorch#139464)
+
+X_ISSUE, S_ISSUE = F(0.273939937), F(0.00214854861)
+
+
+def test_reciprocal_multiply_rounds_the_issue_example_up():
+    # float32: x * (1/s) = 127.5 exactly (a tie, -> 128 half to even); x / s = 127.49999
+    inv = F(F(1) / S_ISSUE)
+    assert F(X_ISSUE * inv) == F(127.5)
+    assert F(X_ISSUE / S_ISSUE) < F(127.5)
+    assert rt.quantize_per_tensor(np.array([X_ISSUE]), S_ISSUE, 0, "quint8")[0] == 128
+    assert rt.quantize_per_tensor(np.array([X_ISSUE]), S_ISSUE, 0, "qint32")[0] == 128
+    # qint8 saturates 128 to 127
+    assert rt.quantize_per_tensor(np.array([X_ISSUE]), S_ISSUE, 0, "qint8")[0] == 127
+
+
+def test_core_with_reciprocal_float32_gives_torchs_128_and_divide_gives_127():
+    x = np.array([X_ISSUE])
+    assert quantize(x, S_ISSUE, dtype="uint8", scale_op="reciprocal", precision="float32")[0] == 128
+    assert quantize(x, S_ISSUE, dtype="uint8", scale_op="divide", precision="float32")[0] == 127
+
+
+# ------------------------------------------------------------------ zero point stage
+
+
+def test_quint8_per_tensor_adds_the_zero_point_before_rounding():
+    # s = 0.5, x = 0.25: x * 2 = 0.5; fma(0.25, 2, 3) = 3.5 -> 4 (even).
+    # Adding after rounding would give rint(0.5) + 3 = 3.
+    x = np.array([0.25, 0.75, -0.25], F)
+    np.testing.assert_array_equal(rt.quantize_per_tensor(x, 0.5, 3, "quint8"), [4, 4, 2])
+
+
+def test_per_channel_adds_the_zero_point_before_rounding_too():
+    x = np.array([[0.25], [0.25]], F)
+    q = rt.quantize_per_channel(x, np.array([0.5, 0.5]), np.array([3, 0]), 0, "quint8")
+    np.testing.assert_array_equal(q, [[4], [0]])  # 3.5 -> 4; 0.5 -> 0
+
+
+def test_fake_quantize_adds_the_zero_point_after_rounding():
+    # rint(0.5) = 0 -> q = 3 -> (3 - 3) * 0.5 = 0
+    y = rt.fake_quantize_per_tensor_affine(np.array([0.25], F), 0.5, 3, 0, 255)
+    assert y.dtype == np.float32 and float(y[0]) == 0.0
+
+
+# s = float32(1 / (1 + 2^-23)) = 1 - 2^-23, so 1/s = 1 + 2^-23 in float32, and
+# x = -127.5 + 2^-16 gives the exact product x * (1/s) = -127.5 + 2^-24 + 2^-39.
+FMA_S = F(1 - 2.0**-23)
+FMA_X = F(-127.5 + 2.0**-16)
+
+
+def test_fused_multiply_add_rounds_once():
+    assert F(F(1) / FMA_S) == F(1 + 2.0**-23)
+    # two roundings: float32(x / s) = -127.5, + 128 = 0.5 -> 0 (even)
+    assert F(FMA_X * F(1 + 2.0**-23)) == F(-127.5)
+    # one rounding (quint8 per tensor): 0.5 + 2^-24 + 2^-39 -> 0.5 + 2^-24 -> 1
+    assert rt.quantize_per_tensor(np.array([FMA_X]), FMA_S, 128, "quint8")[0] == 1
+    # qint32 (fbgemm scalar path: float32 x * (1/s), then + z, then rint) gives 0
+    assert rt.quantize_per_tensor(np.array([FMA_X]), FMA_S, 128, "qint32")[0] == 0
+
+
+# ------------------------------------------------------------------ NaN, Inf, saturation
+
+
+def test_nan_goes_where_each_torch_kernel_sends_it():
+    x = np.array([np.nan], F)
+    assert rt.quantize_per_tensor(x, 0.1, 3, "quint8")[0] == 255
+    assert rt.quantize_per_tensor(x, 0.1, 3, "qint8")[0] == 127
+    assert rt.quantize_per_tensor(x, 0.1, 0, "qint32")[0] == -(2**31)
+    assert rt.quantize_per_channel(x[None], [0.1], [3], 0, "quint8")[0, 0] == 0
+    assert rt.quantize_per_channel(x[None], [0.1], [3], 0, "qint8")[0, 0] == 0
+    # fake-quant: NaN -> quant_min: (0 - 3) * 0.1
+    assert rt.fake_quantize_per_tensor_affine(x, 0.1, 3, 0, 255)[0] == F(-3 * np.float64(F(0.1)))
+
+
+def test_inf_saturates_per_tensor_but_goes_to_quant_min_in_per_channel_fake_quant():
+    x = np.array([np.inf, -np.inf, 1e30], F)
+    np.testing.assert_array_equal(rt.quantize_per_tensor(x, 0.1, 3, "quint8"), [255, 0, 255])
+    y = rt.fake_quantize_per_tensor_affine(x, 0.5, 0, 0, 255)
+    np.testing.assert_array_equal(y, [127.5, 0.0, 127.5])
+    # per channel: the int64 cast of inf / 2e30 is INT64_MIN -> quant_min
+    y = rt.fake_quantize_per_channel_affine(x[None], [0.5], np.array([0], np.int32), 0, 0, 255)
+    np.testing.assert_array_equal(y, [[0.0, 0.0, 0.0]])
+    y = rt.fake_quantize_per_channel_affine(
+        np.array([[3e9]], F), [0.5], np.array([0], np.int32), 0, 0, 255
+    )
+    assert y[0, 0] == 127.5  # 6e9 fits in int64: saturates to quant_max
+
+
+def test_quint4x2_codes_unpacked():
+    # s = 0.1 (1/s = 10 in float32), z = 2: 0.5 -> 7, 1.0 -> 12, -3 -> 0, 0.7 -> 9
+    q = rt.quantize_per_tensor(np.array([0.5, 1.0, -3.0, 0.7], F), 0.1, 2, "quint4x2")
+    np.testing.assert_array_equal(q, [7, 12, 0, 9])
+    assert q.dtype == np.uint8
+
+
+# ------------------------------------------------------------------ dequantize
+
+
+def test_dequantize_per_tensor_is_a_float32_product():
+    q = np.array([0, 128, 255], np.uint8)
+    y = rt.dequantize(q, 0.1, 128)
+    np.testing.assert_array_equal(y, [F(-128) * F(0.1), 0.0, F(127) * F(0.1)])
+
+
+def test_dequantize_qint32_rounds_q_minus_z_to_float32_first():
+    q = np.array([2**24 + 1], np.int32)  # not a float32: float(q - 0) = 2^24
+    y = rt.dequantize(q, 1.0, 0, dtype="qint32")
+    assert float(y[0]) == 2.0**24
+    yc = rt.dequantize(q, [1.0], [0], axis=0, dtype="qint32")
+    assert float(yc[0]) == 2.0**24
+
+
+def test_dequantize_per_channel_uses_the_double_scale():
+    s = np.array([0.1, 0.2])
+    y = rt.dequantize(np.array([[3, 3]], np.uint8), s, [1, 0], axis=1)
+    np.testing.assert_array_equal(y, [[F(2 * 0.1), F(3 * 0.2)]])
+
+
+# ------------------------------------------------------------------ learnable
+
+
+def test_learnable_forward_rounds_the_zero_point_first():
+    # z = 2.5 -> nearbyint -> 2 (even); x = 0.25, s = 0.5: rint(0.5) + 2 = 2 -> (2 - 2) * 0.5 = 0
+    y = rt.fake_quantize_learnable_per_tensor_affine(np.array([0.25], F), [0.5], [2.5], 0, 255)
+    assert float(y[0]) == 0.0
+    # a zero point outside [quant_min, quant_max] is clamped, not rejected
+    y = rt.fake_quantize_learnable_per_tensor_affine(np.array([0.0], F), [1.0], [300.0], 0, 255)
+    assert float(y[0]) == 0.0
+
+
+# ------------------------------------------------------------------ observers
+
+
+def test_minmax_observer_affine_by_hand():
+    # [-2, 3]: s = 5 / 255 (float32), z = 0 - rint(-2 / s) = rint(102.0) = 102
+    o = rt.MinMaxObserver()
+    assert o.forward(np.array([1.0, -2.0, 3.0], F)) is not None
+    s, z = o.calculate_qparams()
+    assert s.dtype == np.float32 and s.shape == (1,) and s[0] == F(5) / F(255)
+    assert z.dtype == np.int32 and z[0] == 102
+
+
+def test_minmax_observer_symmetric_uses_half_the_span_and_zero_point_128():
+    o = rt.MinMaxObserver(qscheme="per_tensor_symmetric")
+    o.forward(np.array([1.0, -2.0, 3.0], F))
+    s, z = o.calculate_qparams()
+    assert s[0] == F(3) / F(127.5) and z.dtype == np.int64 and z[0] == 128
+
+
+def test_symmetric_custom_range_zero_point_rounds_the_midpoint_down():
+    o = rt.MinMaxObserver(qscheme="per_tensor_symmetric", quant_min=0, quant_max=15)
+    o.forward(np.array([1.0, -2.0], F))
+    s, z = o.calculate_qparams()
+    assert z[0] == 7 and s[0] == F(2) / F(7.5)
+
+
+def test_empty_observer_returns_scale_1_zero_point_0_with_a_warning():
+    for obs in (rt.MinMaxObserver(), rt.PerChannelMinMaxObserver(), rt.HistogramObserver()):
+        with pytest.warns(UserWarning, match="must run observer"):
+            s, z = obs.calculate_qparams()
+        assert s.tolist() == [1.0] and z.tolist() == [0] and z.dtype == np.int64
+
+
+def test_nan_observed_gives_a_nan_scale():
+    o = rt.MinMaxObserver()
+    o.forward(np.array([1.0, np.nan], F))
+    s, z = o.calculate_qparams()
+    assert np.isnan(s[0]) and z[0] == 0
+
+
+def test_moving_average_observer_by_hand():
+    o = rt.MovingAverageMinMaxObserver(averaging_constant=0.5)
+    o.forward(np.array([0.0, 4.0], F))
+    o.forward(np.array([2.0, 8.0], F))
+    assert (float(o.min_val), float(o.max_val)) == (1.0, 6.0)
+    s, z = o.calculate_qparams()
+    assert s[0] == F(6) / F(255) and z[0] == 0
+
+
+def test_per_channel_float_qparams_zero_point_is_minus_min_over_scale():
+    o = rt.PerChannelMinMaxObserver(qscheme="per_channel_affine_float_qparams")
+    o.forward(np.array([[1.0, -2.0], [3.0, 4.0]], F))
+    s, z = o.calculate_qparams()
+    assert s.dtype == np.float32 and z.dtype == np.float32
+    assert s[0] == F(3) / F(255) and z[0] == F(2) / s[0]  # range [-2, 1]
+    assert s[1] == F(1) / F(255) and z[1] == F(-3) / s[1]  # range [3, 4], not widened to 0
+
+
+def test_per_channel_observer_on_a_negative_axis():
+    o = rt.PerChannelMinMaxObserver(ch_axis=-1, qscheme="per_channel_symmetric", dtype="qint8")
+    o.forward(np.array([[1.0, -2.0], [3.0, 0.5]], F))
+    s, z = o.calculate_qparams()
+    np.testing.assert_array_equal(s, [F(3) / F(127.5), F(2) / F(127.5)])
+    assert z.dtype == np.int64 and z.tolist() == [0, 0]
+
+
+def test_histogram_observer_forward_returns_its_input_and_drops_inf():
+    o = rt.HistogramObserver()
+    x = np.array([1.0, np.inf, -1.0], F)
+    with pytest.warns(UserWarning, match="inf"):
+        assert o.forward(x) is x
+    assert (float(o.min_val), float(o.max_val)) == (-1.0, 1.0)
+
+
+# ------------------------------------------------------------------ bad input, torch's reasons
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: rt.fake_quantize_per_tensor_affine(np.ones(2, F), 0.1, 3, 10, 5), "quant_min"),
+        (lambda: rt.fake_quantize_per_tensor_affine(np.ones(2, F), 0.1, 300, 0, 255), "zero_point"),
+        (
+            lambda: rt.fake_quantize_per_channel_affine(
+                np.ones((1, 2), F), [0.1], np.array([0], np.int32), 0, 255, 0
+            ),
+            "quant_min",
+        ),
+        (lambda: rt.quantize_per_tensor(np.ones(2, F), 0.1, 300, "quint8"), "above upper bound"),
+        (lambda: rt.quantize_per_tensor(np.ones(2, F), 0.1, -1, "quint8"), "below lower bound"),
+        (lambda: rt.quantize_per_tensor(np.ones(2), 0.1, 0, "quint8"), "Float Tensor"),
+        (lambda: rt.quantize_per_tensor(np.ones(2, F), 0.0, 0, "quint8"), "scale"),
+        (lambda: rt.quantize_per_tensor(np.ones(2, F), float("nan"), 0, "quint8"), "scale"),
+        (lambda: rt.quantize_per_tensor(np.ones(2, F), 0.1, 0, "quint16"), "dtype"),
+        (
+            lambda: rt.quantize_per_channel(
+                np.ones((2, 2), F), [0.1, 0.1, 0.1], [0] * 3, 0, "qint8"
+            ),
+            "length of scales",
+        ),
+        (
+            lambda: rt.quantize_per_channel(np.ones((2, 2), F), [0.1, 0.1], [0, 0], 2, "qint8"),
+            "Channel axis out of range",
+        ),
+        (
+            lambda: rt.quantize_per_channel(np.ones((2, 2), F), [0.1, 0.1], [0, 300], 0, "quint8"),
+            "above upper bound",
+        ),
+        (lambda: rt.MinMaxObserver(qscheme="per_channel_affine"), "qscheme"),
+        (lambda: rt.PerChannelMinMaxObserver(qscheme="per_tensor_affine"), "qscheme"),
+        (lambda: rt.MinMaxObserver(qscheme="per_tensor_affine_float"), "per_channel_float_qparams"),
+        (
+            lambda: rt.MinMaxObserver(qscheme="per_tensor_symmetric", reduce_range=True),
+            "Cannot reduce range for symmetric quantization for quint8",
+        ),
+        (lambda: rt.MinMaxObserver(quant_min=1, quant_max=10), "must include 0"),
+        (lambda: rt.MinMaxObserver(quant_min=0, quant_max=0), "strictly less"),
+        (
+            lambda: rt.MinMaxObserver(dtype="qint8", quant_min=-200, quant_max=100),
+            "maximum bit range",
+        ),
+        (lambda: rt.HistogramObserver().forward(np.array([np.nan], F)), "not finite"),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:Please use quant_min")
+def test_bad_input_raises_with_torchs_reason(call, match):
+    with pytest.raises(RefquantError, match=match):
+        call()
+
+
+def test_inputs_are_not_modified():
+    x = np.array([0.25, np.nan, 3.0], F)
+    before = x.copy()
+    rt.quantize_per_tensor(x, 0.5, 3, "quint8")
+    rt.fake_quantize_per_channel_affine(x[None], [0.5], np.array([1], np.int32), 0, 0, 255)
+    rt.MinMaxObserver().forward(x)
+    np.testing.assert_array_equal(x, before)
