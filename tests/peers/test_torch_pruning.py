@@ -1,0 +1,137 @@
+"""refquant.compat.torch_pruning against Torch-Pruning's importance classes on small real models.
+
+The group Torch-Pruning builds for a layer's output channels is written out
+by hand as (tensor name, axis) pairs in the same order. The models are float64,
+so Torch-Pruning's per-tensor sums are float64 as refquant's are; both then
+reduce and normalise in float32, and the scores agree to float32 rounding (a
+few ulps: the summation orders differ), not bit for bit.
+"""
+
+import numpy as np
+import pytest
+from helpers import import_peer
+
+from refquant.compat import torch_pruning as rtp
+from refquant.prune.masks import prune_count, unstructured_mask
+
+pytestmark = pytest.mark.peer
+
+REDUCTIONS = ["sum", "mean", "max", "prod", "first"]
+NORMALIZERS = [None, "sum", "mean", "max", "gaussian", "standarization", "lamp"]
+
+
+@pytest.fixture(scope="module")
+def peers():
+    torch = import_peer("torch")
+    tp = import_peer("torch_pruning")
+    return torch, tp
+
+
+def build(torch, tp, kind):
+    nn = torch.nn
+    torch.manual_seed(0)
+    if kind == "mlp":
+        model = nn.Sequential(nn.Linear(8, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 4))
+        x = torch.randn(5, 8)
+        root, fn = model[0], tp.prune_linear_out_channels
+    else:
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 5, 3))
+        x = torch.randn(2, 3, 7, 7)
+        root, fn = model[0], tp.prune_conv_out_channels
+    model = model.double()
+    x = x.double()
+    with torch.no_grad():
+        model[1].weight.uniform_(-1, 1)
+        model[1].bias.uniform_(-1, 1)
+    model(x).pow(2).sum().backward()
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+    n = root.out_channels if kind == "conv" else root.out_features
+    group = dg.get_pruning_group(root, fn, idxs=list(range(n)))
+    params = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()
+              if v.dtype == torch.float64}
+    grads = {k: p.grad.numpy().copy() for k, p in model.named_parameters()}
+    return group, params, grads
+
+
+GROUP = [("0.weight", 0), ("1.weight", 0), ("3.weight", 1)]
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("normalizer", NORMALIZERS)
+def test_magnitude_importance_equals_torch_pruning(peers, kind, reduction, normalizer):
+    torch, tp = peers
+    group, params, _ = build(torch, tp, kind)
+    for p in (1, 2):
+        for bias in (False, True):
+            want = tp.importance.MagnitudeImportance(
+                p=p, group_reduction=reduction, normalizer=normalizer, bias=bias)(group).numpy()
+            got = rtp.MagnitudeImportance(p=p, group_reduction=reduction, normalizer=normalizer,
+                                          bias=bias)(params, GROUP)
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+@pytest.mark.parametrize("multivariable", [False, True])
+def test_taylor_importance_equals_torch_pruning_which_ignores_batchnorm(peers, kind, multivariable):
+    torch, tp = peers
+    group, params, grads = build(torch, tp, kind)
+    for reduction in REDUCTIONS:
+        want = tp.importance.TaylorImportance(group_reduction=reduction, normalizer="mean",
+                                              multivariable=multivariable)(group).numpy()
+        got = rtp.TaylorImportance(group_reduction=reduction, normalizer="mean",
+                                   multivariable=multivariable)(
+            params, [("0.weight", 0), ("3.weight", 1)], grads)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+def test_bn_scale_and_lamp_importance_equal_torch_pruning(peers, kind):
+    torch, tp = peers
+    group, params, _ = build(torch, tp, kind)
+    np.testing.assert_allclose(rtp.BNScaleImportance()(params, GROUP),
+                               tp.importance.BNScaleImportance()(group).numpy(), rtol=1e-6)
+    for reduction in REDUCTIONS:
+        np.testing.assert_allclose(rtp.LAMPImportance(group_reduction=reduction)(params, GROUP),
+                                   tp.importance.LAMPImportance(group_reduction=reduction)(group).numpy(),
+                                   rtol=1e-5)
+
+
+def run_pruner(torch, tp, n, ratio, steps):
+    nn = torch.nn
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(8, n), nn.ReLU(), nn.Linear(n, 3))
+    original = model[0].weight.detach().numpy().copy()
+    pruner = tp.pruner.MagnitudePruner(
+        model, example_inputs=torch.randn(2, 8), importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=ratio, ignored_layers=[model[2]], iterative_steps=steps)
+    params = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    kept = []
+    for _ in range(steps):
+        pruner.step()
+        rows = model[0].weight.detach().numpy()
+        kept.append(sorted(int(np.flatnonzero((original == r).all(axis=1))[0]) for r in rows))
+    return params, kept
+
+
+@pytest.mark.parametrize("n, ratio", [(7, 0.5), (5, 0.5), (10, 0.7), (7, 0.0), (9, 1 / 3)])
+def test_torch_pruning_keeps_int_of_n_times_one_minus_ratio_and_the_same_channels(peers, n, ratio):
+    torch, tp = peers
+    params, kept = run_pruner(torch, tp, n, ratio, 1)
+    scores = rtp.MagnitudeImportance(p=2)(params, [("0.weight", 0), ("2.weight", 1)])
+    mask = unstructured_mask(scores, ratio, rule="torch_pruning", relative_to="initial")
+    assert len(kept[0]) == n - prune_count(ratio, n, rule="torch_pruning")
+    assert kept[0] == np.flatnonzero(mask).tolist()
+
+
+def test_iterative_torch_pruning_counts_relative_to_the_initial_size(peers):
+    torch, tp = peers
+    params, kept = run_pruner(torch, tp, 10, 0.5, 3)
+    scores = rtp.MagnitudeImportance(p=2)(params, [("0.weight", 0), ("2.weight", 1)])
+    mask = None
+    for step, k in enumerate(kept, start=1):
+        ratio = step / 3 * 0.5  # tp's linear_scheduler
+        mask = unstructured_mask(scores, ratio, rule="torch_pruning", previous_mask=mask,
+                                 relative_to="initial")
+        assert np.flatnonzero(mask).tolist() == k
+    assert [len(k) for k in kept] == [8, 6, 5]  # int(10 * 5/6), int(10 * 2/3), int(5.0)
