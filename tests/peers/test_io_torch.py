@@ -1,0 +1,113 @@
+"""refquant.io reads what torch.save writes, in both containers, bit for bit."""
+
+import collections
+
+import numpy as np
+import pytest
+from helpers import import_peer
+
+import refquant.io as rio
+
+pytestmark = pytest.mark.peer
+
+
+def _bits(a):
+    a = np.asarray(a)
+    return a.view(f"u{a.dtype.itemsize}") if a.dtype.itemsize in (1, 2, 4, 8) else a
+
+
+def _np(t):
+    torch = import_peer("torch")
+    t = t.detach().contiguous()
+    if t.dtype in (torch.bfloat16, torch.float16):
+        return t.view(torch.int16).numpy().view(np.uint16)
+    if t.dtype.itemsize == 1 and t.dtype not in (torch.bool, torch.int8, torch.uint8):
+        return t.view(torch.uint8).numpy()
+    return t.numpy()
+
+
+DTYPES = ["float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8",
+          "bool", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "complex64",
+          "uint16", "uint32", "uint64"]
+
+
+def _state(torch):
+    g = torch.Generator().manual_seed(0)
+    sd = collections.OrderedDict()
+    for name in DTYPES:
+        dt = getattr(torch, name)
+        x = torch.randn(3, 4, generator=g) * 100
+        if name == "bool":
+            t = x > 0
+        elif name.startswith(("int", "uint")):
+            t = x.to(torch.int64).clamp(0 if name.startswith("u") else -100, 100).to(dt)
+        else:
+            t = x.to(dt)
+        sd[name] = t
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    sd["view_row"] = base[2]
+    sd["view_t"] = base.t()
+    sd["view_strided"] = base[::2, 1::3]
+    sd["param"] = torch.nn.Parameter(torch.ones(2, 2))
+    sd["scalar"] = torch.tensor(3.5)
+    sd["empty"] = torch.zeros(0, 3)
+    return sd
+
+
+@pytest.mark.parametrize("zipfmt", [True, False], ids=["zip", "legacy"])
+def test_state_dict_every_dtype_views_and_parameters_bit_for_bit(tmp_path, zipfmt):
+    torch = import_peer("torch")
+    sd = _state(torch)
+    p = tmp_path / "m.pt"
+    torch.save(sd, p, _use_new_zipfile_serialization=zipfmt)
+    with rio.open(p) as ck:
+        assert ck.format == ("pytorch-zip" if zipfmt else "pytorch-legacy")
+        assert list(ck) == list(sd)
+        for k, t in sd.items():
+            a = ck[k]
+            assert a.shape == tuple(t.shape), k
+            np.testing.assert_array_equal(_bits(a), _bits(_np(t)), err_msg=k)
+
+
+@pytest.mark.parametrize("zipfmt", [True, False], ids=["zip", "legacy"])
+def test_training_checkpoint_with_optimizer_state(tmp_path, zipfmt):
+    torch = import_peer("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(5, 4)).sum().backward()
+    opt.step()
+    ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 4, "arch": "mlp"}
+    p = tmp_path / "ckpt.pth"
+    torch.save(ck, p, _use_new_zipfile_serialization=zipfmt)
+    with rio.open(p) as r:
+        np.testing.assert_array_equal(r["model.0.weight"], model[0].weight.detach().numpy())
+        np.testing.assert_array_equal(r["optimizer.state.0.exp_avg"],
+                                      opt.state_dict()["state"][0]["exp_avg"].numpy())
+        assert r.metadata["epoch"] == 4 and r.metadata["arch"] == "mlp"
+        assert r.metadata["optimizer.param_groups.0.lr"] == 1e-3
+
+
+def test_storages_are_memory_mapped_and_64_byte_aligned(tmp_path):
+    torch = import_peer("torch")
+    p = tmp_path / "m.pt"
+    torch.save({"w": torch.ones(100)}, p)
+    with rio.open(p) as ck:
+        a = ck["w"]
+        assert not a.flags.owndata and not a.flags.writeable
+        off = ck._entries["0"]
+        from refquant.io.pytorch import zip_entry_offset
+
+        assert zip_entry_offset(ck._m, off) % 64 == 0
+
+
+def test_torch_own_weights_only_loader_agrees_on_a_shared_storage_file(tmp_path):
+    torch = import_peer("torch")
+    base = torch.randn(8, 8)
+    sd = {"a": base, "b": base[2:4, 1:7], "c": base.t()[::3]}
+    p = tmp_path / "s.pt"
+    torch.save(sd, p)
+    ref = torch.load(p, weights_only=True, mmap=True)
+    with rio.open(p) as ck:
+        for k in sd:
+            np.testing.assert_array_equal(ck[k], ref[k].numpy())
