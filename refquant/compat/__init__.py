@@ -3,4 +3,8 @@
 - :mod:`refquant.compat.onnx`: QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear,
   MatMulInteger, QLinearMatMul as ``quantize_linear`` ... (the spec through opset 25;
   ``reference_quirks=True`` for onnx.reference's departures).
+- :mod:`refquant.compat.tflite`: TFLite / gemmlowp integer-only arithmetic:
+  ``quantize_multiplier``, ``multiply_by_quantized_multiplier`` (double or single
+  rounding), ``affine_quantize`` (LiteRT's reference, optimized and XNNPACK kernels),
+  TF ``fake_quant_with_min_max_args``, int8 ``fully_connected`` and ``conv2d``.
 """
