@@ -448,6 +448,13 @@ def _tflite_cases() -> list[Case]:
              f"tflite-{k}", ["exact_ties", "max", "saturation", "nan_inf"])
         for k in ("reference", "optimized", "xnnpack") for zp in (3, -1)
     ]
+    cases.append(Case(
+        "affine_quantize_optimized_tail", t + "affine_quantize",
+        {"input_data": _f32([2.5] * 9 + [-2.5] * 3), "scale": _f32(1.0), "zero_point": 0,
+         "kernel": "optimized"}, [],
+        "LiteRT's optimized QUANTIZE on 12 elements: the first 8 go through the vector loop "
+        "(ties to even), the last 4 through the scalar tail (divide in double, ties away)",
+        "tflite-optimized", ["exact_ties", "partial_blocks"]))
     cases += [
         Case("fake_quant_min_max_args_nudged", t + "fake_quant_with_min_max_args",
              {"inputs": _f32([-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 0.74, 1.0, 2.0]),

@@ -67,6 +67,8 @@ def test_stored_values_match_hand_derivations(vecdir):
     a, b = srdhm["arrays"]["in.a"][:, 0], srdhm["arrays"]["in.b"][0]
     i, j = int(np.flatnonzero(a == -(2**31))[0]), int(np.flatnonzero(b == -(2**31))[0])
     assert srdhm["arrays"]["out.0"][i, j] == 2**31 - 1
+    tail = _case(d, "tflite", "affine_quantize_optimized_tail")["arrays"]["out.0"]
+    assert tail.tolist() == [2] * 8 + [3, -3, -3, -3]
     wrap = _case(d, "integer", "integer_matmul_int32_wrap")["arrays"]["out.0"]
     assert int(wrap[0, 0]) == 16384 * 131073 - 2**32
 

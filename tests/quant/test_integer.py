@@ -216,6 +216,14 @@ def test_integer_matmul_is_exact_against_python_ints(m, k, n, seed, za, zb):
     np.testing.assert_array_equal(integer_matmul(a, b, za, zb), want)
 
 
+def test_integer_matmul_beyond_2_pow_53_stays_exact():
+    # products of 2^30-sized int32 values exceed float64's exact range: the int64 path
+    a = np.array([[2**30 + 1, -(2**30) - 3]], np.int32)
+    b = np.array([[2**30 - 5], [2**29 + 7]], np.int32)
+    want = (2**30 + 1) * (2**30 - 5) + (-(2**30) - 3) * (2**29 + 7)
+    assert int(integer_matmul(a, b)[0, 0]) == want
+
+
 def test_integer_matmul_int32_wrap_and_checked():
     k = 131073
     a = np.full((1, k), -128, np.int8)
