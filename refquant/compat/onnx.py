@@ -304,7 +304,9 @@ def quantize_linear(
     (``274 / 0.1`` in float16: spec and onnx.reference 2740, onnxruntime 2741);
     ``precision=1`` (float) reproduces it. It also refuses ``block_size > 0`` with a
     one-element 1-D scale ("block_size must be 0 for per-tensor quantization"),
-    which the spec's shape rule accepts.
+    which the spec's shape rule accepts. With ``saturate=0`` its float8 overflow
+    departs from the Cast table: float8e4m3fn ``x / y_scale`` in [480, 496) gives
+    ±448 instead of NaN, float8e5m2 in [61440, 65536) gives NaN instead of ±Inf.
 
     Reference
     ---------
@@ -411,7 +413,7 @@ def _reference_int32_wrap(x, s, z, ax, bs, p, fmt, q):
 
 
 def dequantize_linear(x, x_scale, x_zero_point=None, axis=1, block_size=0, output_dtype=0,
-                      *, opset=25):
+                      *, opset=25, reference_quirks=False):
     """DequantizeLinear: ``y = (x - x_zero_point) * x_scale``.
 
     Parameters
@@ -426,6 +428,9 @@ def dequantize_linear(x, x_scale, x_zero_point=None, axis=1, block_size=0, outpu
         float inputs.
     axis, block_size, output_dtype : the operator's attributes (0: unset).
     opset : int, default 25
+    reference_quirks : bool, default False
+        For float16 / bfloat16 outputs, round the product to float32 first and then
+        to the output type, as onnx.reference and onnxruntime do (see Notes).
 
     Returns
     -------
@@ -438,9 +443,20 @@ def dequantize_linear(x, x_scale, x_zero_point=None, axis=1, block_size=0, outpu
     inputs :math:`x - z` is exact; an int32 ``x`` is first rounded to the output
     type (float32: exact below :math:`2^{24}`), as the multiplication in that
     precision reads it, which is what onnx.reference and onnxruntime compute
-    (``x = 16777217 -> 16777216``). For float16 / bfloat16 outputs of 16-bit codes,
-    refquant rounds the exact product once; float16 arithmetic would first round
-    :math:`x - z` when it exceeds :math:`2^{11}`.
+    (``x = 16777217 -> 16777216``).
+
+    Notes
+    -----
+    For float16 / bfloat16 outputs refquant rounds the exact product once to the
+    output type. onnx.reference (``dx = x.astype(np.float32) - zero_point``,
+    ``y = dx * x_scale``, ``y.astype(output type)``) and onnxruntime both round it
+    to float32 first: a double rounding that differs about once in 20000 int16
+    codes (int16 ``x = 28677``, float16 ``x_scale = 0.1``: the product
+    2866.99988 is 2866 in float16, but 2867.0 in float32 and then 2868, a tie
+    broken to even). ``reference_quirks=True`` gives the peers' result. Float16
+    arithmetic on float16 operands (a literal reading of "the output type
+    determines the precision of the multiplication") is implemented by neither
+    peer: it would round :math:`x - z` to float16 first.
 
     Reference
     ---------
@@ -478,6 +494,10 @@ def dequantize_linear(x, x_scale, x_zero_point=None, axis=1, block_size=0, outpu
                 "int32; it is not used for float8 and 4-bit float types)"
             )
     odt = _NUMPY[out]
+    if reference_quirks and out != "float":
+        y = dequantize_linear(x, s, zp, axis=axis, block_size=block_size, output_dtype=1,
+                              opset=max(opset, 21))
+        return y.astype(odt)  # float32 product, then the output type
     if xt in _FLOAT_FORMATS:
         # refquant.dequantize takes integer codes only: the decoded float8 value (exact in
         # float64) times the scale, rounded once to the output type.
