@@ -76,7 +76,10 @@ class TensorInfo:
     scheme : str or None
         For quantized storage, the scheme that decodes it (``"ggml:Q4_0"``); ``None``
         for plain numbers. Naming conventions of quantized checkpoints
-        (``.weight_scale``, ``.qweight``) are recognised by :func:`refquant.io.describe`.
+        (``.weight_scale``, ``.qweight``) are recognised by :func:`refquant.io.quant_schemes`.
+    logical_shape : tuple of int or None
+        For block-quantized storage returned as raw bytes: the shape of the numbers
+        those bytes decode to.
     """
 
     name: str
@@ -85,6 +88,7 @@ class TensorInfo:
     nbytes: int
     stored_dtype: str
     scheme: str | None = None
+    logical_shape: tuple | None = None
 
     @property
     def numel(self) -> int:
