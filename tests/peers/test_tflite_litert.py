@@ -7,8 +7,8 @@ no TensorFlow is needed. Measured on ai-edge-litert 2.3.0, x86-64:
   multiplies by a float32 reciprocal and rounds half to even; the optimized
   kernel does the latter on whole groups of 8 elements and the former on the tail;
   XNNPACK saturates NaN/Inf/huge values, the others go through x86's int32 cast.
-- FULLY_CONNECTED per channel: reference and XNNPACK requantize with single
-  rounding; CONV_2D per channel: reference with gemmlowp's double rounding,
+- FULLY_CONNECTED (per tensor and per channel): reference and XNNPACK
+  requantize with single rounding; CONV_2D per channel: reference with gemmlowp's double rounding,
   XNNPACK with single rounding. (The optimized ruy kernels match neither on
   every input and are not tested.)
 """
@@ -60,8 +60,9 @@ def test_optimized_quantize_rounds_simd_groups_to_even_and_the_tail_away():
 
 @settings(max_examples=40)
 @given(seed=st.integers(0, 2**32 - 1), kernel=st.sampled_from(["reference", "xnnpack"]),
-       activation=st.sampled_from(["NONE", "RELU", "RELU6", "RELU_N1_TO_1"]))
-def test_fully_connected_per_channel_matches_litert(seed, kernel, activation):
+       activation=st.sampled_from(["NONE", "RELU", "RELU6", "RELU_N1_TO_1"]),
+       per_channel=st.booleans())
+def test_fully_connected_matches_litert(seed, kernel, activation, per_channel):
     rng = np.random.default_rng(seed)
     k, n = int(rng.integers(1, 40)), int(rng.integers(1, 9))
     x = rng.integers(-128, 128, (8, k)).astype(np.int8)
@@ -69,7 +70,7 @@ def test_fully_connected_per_channel_matches_litert(seed, kernel, activation):
     w[0, :] = 127  # ±max weights
     b = rng.integers(-5000, 5000, n).astype(np.int32)
     s_in, z_in = np.float32(rng.uniform(1e-3, 0.1)), int(rng.integers(-128, 128))
-    s_w = rng.uniform(1e-3, 0.05, n).astype(np.float32)
+    s_w = rng.uniform(1e-3, 0.05, n if per_channel else 1).astype(np.float32)
     s_out, z_out = np.float32(rng.uniform(0.01, 2.0)), int(rng.integers(-128, 128))
     m, e = T.populate_convolution_quantization_params(s_in, s_w, s_out, single_rounding=True)
     lo, hi = T.calculate_activation_range_quantized(activation, s_out, z_out)
