@@ -8,7 +8,10 @@ import json
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import refquant
 from refquant import RefquantError
 from refquant.testing import (
     CLASSES,
@@ -198,3 +201,37 @@ def test_dequantized_without_scale_is_unclassified():
 def test_assertions_hide_their_frames_from_pytest():
     for fn in (assert_quantized_equal, assert_dequantized_close):
         assert "__tracebackhide__ = True" in inspect.getsource(fn)
+
+
+# ---------------------------------------------------------------- properties
+
+codes = st.lists(st.integers(-128, 127), min_size=1, max_size=40)
+
+
+@settings(max_examples=60)
+@given(a=codes, data=st.data())
+def test_report_counts_add_up_and_equal_arrays_pass(a, data):
+    d = data.draw(st.lists(st.integers(-128, 127), min_size=len(a), max_size=len(a)))
+    a, d = np.int8(a), np.int8(d)
+    assert compare_quantized(a, a).ok
+    rep = compare_quantized(a, d)
+    assert rep.ok == bool((a == d).all())
+    assert sum(rep.counts.values()) == rep.n_mismatched == int((a != d).sum())
+    flat = np.sort(np.concatenate([v for v in rep.indices.values()] or [np.zeros(0, int)]))
+    np.testing.assert_array_equal(flat, np.flatnonzero(a != d))
+    if rep.n_mismatched:
+        assert rep.max_abs_diff == np.abs(a.astype(int) - d).max()
+
+
+@settings(max_examples=60)
+@given(ks=st.lists(st.integers(-200, 200), min_size=1, max_size=30),
+       scale=st.sampled_from([0.5, 0.25, 1.0, 0.125, 3.0]))
+def test_rounding_mode_differences_are_all_classified_as_ties(ks, scale):
+    # Half-even and half-away differ only at exact ties: the report must name every one a tie
+    # (or saturation at the ends of the grid).
+    x = ((np.array(ks) + 0.5) * scale).astype(np.float32)
+    even = refquant.quantize(x, scale, dtype="int8", rounding="half_even")
+    away = refquant.quantize(x, scale, dtype="int8", rounding="half_away")
+    rep = compare_quantized(away, even, x=x, scale=scale)
+    assert set(rep.counts) <= {"tie"}
+    assert rep.counts.get("tie", 0) == int((away != even).sum())

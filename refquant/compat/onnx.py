@@ -297,6 +297,10 @@ def quantize_linear(
     * float4e2m1 has no NaN; the spec leaves NaN undefined and refquant raises.
       The evaluator casts with ml_dtypes, which gives a zero with the opposite
       sign (NaN -> -0.0, code 0x8); ``reference_quirks=True`` gives that.
+    * For float4e2m1 the evaluator adds the zero point (``x = x + zero_point``), which
+      turns ``-0.0`` into ``+0.0``; refquant keeps the sign of zero, as both peers do
+      for float8 (the zero point "is not used" for float types). ``reference_quirks``
+      adds it.
 
     onnxruntime (``QuantizeLinear`` CPU kernel, MLAS) saturates ±Inf and
     out-of-range values as the spec says and maps NaN to ``qmin``. It departs from
@@ -386,6 +390,8 @@ def _quantize_float(x, s, zp, ax, bs, out, saturate, p, reference_quirks):
     from ..formats import floats  # the float formats module (refquant/formats/floats.py)
 
     v = _divide_in(x, broadcast_param(s, x.shape, ax, bs, "y_scale"), p)
+    if reference_quirks and out == "float4e2m1" and zp is not None:
+        v = v + v.dtype.type(0)  # the evaluator adds the (zero) zero point: -0.0 -> +0.0
     # float4e2m1 has no Inf/NaN encoding: saturate has no effect (QuantizeLinear-25 text).
     codes = floats.encode(v.astype(np.float32), _FLOAT_FORMATS[out],
                           saturate=bool(saturate) or out == "float4e2m1", rounding="half_even",

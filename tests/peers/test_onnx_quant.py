@@ -613,3 +613,52 @@ def test_dequantize_linear_float16_output_peers_round_twice(scale):
         assert ronnx.dequantize_linear(np.int16([28677]), s, np.int16(0)).tolist() == [2866.0]
         assert ronnx.dequantize_linear(np.int16([28677]), s, np.int16(0),
                                        reference_quirks=True).tolist() == [2868.0]
+
+
+def test_float4e2m1_quantize_and_dequantize_match_onnx_reference():
+    # onnxruntime 1.32 has no float4e2m1 QuantizeLinear kernel; onnx.reference casts with
+    # ml_dtypes (round half to even on the grid 0, .5, 1, 1.5, 2, 3, 4, 6; saturating).
+    _peers()
+    from onnx.reference.ops.op_dequantize_linear import DequantizeLinear_23
+    from onnx.reference.ops.op_quantize_linear import QuantizeLinear_23
+
+    grid = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6], np.float32)
+    mids = (grid[1:] + grid[:-1]) / 2  # exact ties between grid points
+    x = np.concatenate([grid, -grid, mids, -mids, [7.0, 100.0, -1e9, np.inf, -np.inf, 0.26]])
+    x = x.astype(np.float32).reshape(2, -1)
+    s = np.float32([[0.5, 2.0, 1.0], [1.0, 0.25, 3.0]])
+    z = np.zeros(s.shape, ml_dtypes.float4_e2m1fn)
+    block = -(-x.shape[1] // 3)
+    want = QuantizeLinear_23.eval(x, s, z, axis=1, block_size=block)
+    got = ronnx.quantize_linear(x, s, z, block_size=block, reference_quirks=True)
+    assert got.dtype == want.dtype == ml_dtypes.float4_e2m1fn
+    np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+    # the spec's default keeps -0.0 (code 0x8), which the evaluator's "+ zero_point" loses
+    spec = ronnx.quantize_linear(x, s, z, block_size=block)
+    neg0 = (x == 0) & np.signbit(x)
+    assert (spec.view(np.uint8)[neg0] == 8).all() and (want.view(np.uint8)[neg0] == 0).all()
+    np.testing.assert_array_equal(spec.view(np.uint8)[~neg0], want.view(np.uint8)[~neg0])
+    y_want = DequantizeLinear_23.eval(want, s, z, axis=1, block_size=block)
+    _assert_same_bits(ronnx.dequantize_linear(got, s, z, block_size=block), y_want,
+                      "dequantize vs onnx.reference")
+    # NaN: ml_dtypes' zero with the opposite sign under reference_quirks, an error otherwise
+    nan_ref = QuantizeLinear_23.eval(np.float32([np.nan]), np.float32(1), z[0, :1].reshape(()))
+    nan_got = ronnx.quantize_linear(np.float32([np.nan]), np.float32(1), z[0, 0],
+                                    reference_quirks=True)
+    assert nan_got.view(np.uint8).tolist() == nan_ref.view(np.uint8).tolist()
+    with pytest.raises(refquant.RefquantError):
+        ronnx.quantize_linear(np.float32([np.nan]), np.float32(1), z[0, 0])
+
+
+def test_bfloat16_input_and_scale_divide_in_bfloat16_like_onnx_reference():
+    _peers()
+    from onnx.reference.ops.op_quantize_linear import QuantizeLinear_21
+
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-300, 300, 200).astype(ml_dtypes.bfloat16)
+    x[:20] = (np.arange(20) + 0.5).astype(ml_dtypes.bfloat16)  # ties
+    for sv in (1.0, 0.1, 0.7, 3.0):
+        s = np.array(sv, ml_dtypes.bfloat16)
+        want = QuantizeLinear_21.eval(x, s, np.int16(0))
+        got = ronnx.quantize_linear(x, s, np.int16(0))
+        np.testing.assert_array_equal(got, want)
