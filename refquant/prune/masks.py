@@ -310,7 +310,16 @@ def apply_mask(w, mask) -> np.ndarray:
 
 
 def sparsity(mask) -> float:
-    """Fraction of pruned entries of a keep-mask (or of a dict of masks, together)."""
+    """Fraction of pruned entries of a keep-mask (or of a dict of masks, together).
+
+    Formula
+    -------
+    :math:`\\#\\{i : m_i = 0\\} / N` (0 for an empty mask).
+
+    Reference
+    ---------
+    The usual definition (tfmot logs ``1 - reduce_mean(mask)``).
+    """
     if isinstance(mask, dict):
         arrs = [np.asarray(m) for m in mask.values()]
         total = sum(a.size for a in arrs)

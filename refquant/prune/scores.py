@@ -469,12 +469,18 @@ def lamp(w, *, square=True) -> np.ndarray:
     Lee, Park, Mo, Ahn, Shin, "Layer-adaptive Sparsity for the Magnitude-based
     Pruning", ICLR 2021, eq. 2; Torch-Pruning ``GroupMagnitudeImportance._lamp``
     (which divides by ``scores.sum() - exclusive cumsum``; refquant sums the tail
-    directly, a reverse cumulative sum, so no cancellation).
+    directly, a reverse cumulative sum, so no cancellation, after dividing by
+    the largest magnitude so that squares neither underflow nor overflow).
     """
     a = _as_float(w, "w")
-    s = a * a if square else a
-    if not square and np.any(s < 0):
+    if not square and np.any(a < 0):
         raise RefquantError("w must be non-negative scores when square=False")
+    # LAMP is scale-invariant; dividing by the largest |w| first keeps w**2 from
+    # underflowing (w = 1e-200) or overflowing (w = 1e200).
+    peak = np.max(np.abs(a)) if a.size else 0.0
+    if peak > 0 and np.isfinite(peak):
+        a = a / peak
+    s = a * a if square else a
     flat = s.ravel()
     order = np.argsort(flat, kind="stable")
     srt = flat[order]

@@ -105,6 +105,8 @@ def test_movement_scores_accumulate_minus_g_times_w():
         ([1.0, 1.0], [0.5, 1.0]),  # tie: the lower index sorts first, scores lower
         ([0.0, 2.0], [0.0, 1.0]),
         ([0.0, 0.0], [0.0, 0.0]),  # 0/0 defined as 0
+        ([1e-200, 2e-200], [0.2, 1.0]),  # squares would underflow to 0
+        ([1e200, 3e200], [0.1, 1.0]),  # squares would overflow to inf
     ],
 )
 def test_lamp_by_hand_including_ties_and_the_all_zero_tail(w, expected):
