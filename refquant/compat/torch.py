@@ -696,12 +696,17 @@ def _qint32_zero_point(lo, scale, qmin, qmax):
 
     The core's ``qparams_from_range`` subtracts the rounded quotient as a float32
     array, which is exact for 8-bit grids but rounds ``-2^31 - r`` for qint32
-    (torch subtracts in int32). Core change proposed: cast the rounded quotient
+    (torch subtracts in int32). Quirk: a quotient outside int32 (|min / s| >=
+    2^31, possible only for qint32) converts to INT32_MIN, and
+    ``-2^31 - INT32_MIN = 0``: min = -300 gives zero point 0. Core change proposed: cast the rounded quotient
     to int64 before ``qmin - ...`` in ``qparams_from_range``.
     """
     lo_neg = np.minimum(np.asarray(lo, dtype=np.float32), _F(0))
-    r = np.rint((lo_neg / scale).astype(np.float32)).astype(np.int64)
-    return np.clip(qmin - r, qmin, qmax)
+    r = np.rint((lo_neg / scale).astype(np.float32)).astype(np.float64)
+    # .to(torch.int) of a float outside int32 is INT32_MIN on x86 (cvttss2si)
+    r = np.where((r >= -(2.0**31)) & (r < 2.0**31), r, -(2.0**31)).astype(np.int64)
+    z = ((qmin - r + 2**31) % 2**32) - 2**31  # int32 subtraction wraps
+    return np.clip(z, qmin, qmax)
 
 
 class MinMaxObserver(_UniformObserver):
@@ -825,6 +830,11 @@ class PerChannelMinMaxObserver(_UniformObserver):
 
     def _channel_minmax(self, x):
         xf = self._as_float32(x)
+        if xf.ndim < 2:
+            raise RefquantError(
+                f"per-channel observers need at least 2 dimensions, got shape {xf.shape} "
+                "(torch: 'Dimension out of range' from flatten(start_dim=1))"
+            )
         if not -xf.ndim <= self.ch_axis < xf.ndim:
             raise RefquantError(f"ch_axis {self.ch_axis} is out of range for {xf.ndim} dims")
         y = np.moveaxis(xf, self.ch_axis, 0).reshape(xf.shape[self.ch_axis], -1)

@@ -1,0 +1,372 @@
+"""refquant.compat.torch and refquant's core bit for bit against PyTorch on the CPU.
+
+Inputs are drawn with hypothesis and always include exact ties x = (k + 1/2)·s
+(and their float32 neighbours, where the reciprocal multiply and the fused
+multiply-add decide), values far outside the range, ±Inf and NaN (where torch
+defines a result), lengths that are not a multiple of the SIMD width, and
+per-channel tensors on every axis. Observers see several batches, with ranges
+that grow, shrink and stay.
+
+Every comparison is exact: codes equal, float results equal bit for bit
+(``view(uint32)``), dtypes and shapes equal.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import numpy as np
+import pytest
+from helpers import import_peer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from refquant.compat import torch as rt
+from refquant.quant.affine import quantize
+from refquant.quant.calibration import TorchHistogram, calibrate_range
+
+pytestmark = pytest.mark.peer
+
+SETTINGS = settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+F = np.float32
+QDTYPES = ("quint8", "qint8", "qint32")
+
+
+@functools.cache
+def _torch():
+    t = import_peer("torch")
+    warnings.filterwarnings("ignore", message=".*deprecated.*")
+    return t
+
+
+@pytest.fixture(scope="module", autouse=True)
+def torch():
+    return _torch()
+
+
+def _tdtype(name):
+    return getattr(_torch(), name)
+
+
+def _same(actual, desired):
+    """Exact equality: dtype, shape and bits (NaN bit patterns compared as floats)."""
+    a, d = np.asarray(actual), np.asarray(desired)
+    assert a.dtype == d.dtype, (a.dtype, d.dtype)
+    assert a.shape == d.shape, (a.shape, d.shape)
+    if a.dtype.kind == "f":
+        bad = ~((a == d) & (np.signbit(a) == np.signbit(d)) | (np.isnan(a) & np.isnan(d)))
+    else:
+        bad = a != d
+    if bad.any():
+        i = np.flatnonzero(bad.reshape(-1))[:5]
+        raise AssertionError(
+            f"{int(bad.sum())} / {a.size} differ; first at {i.tolist()}: "
+            f"refquant {a.reshape(-1)[i].tolist()} torch {d.reshape(-1)[i].tolist()}"
+        )
+
+
+# ------------------------------------------------------------------ strategies
+
+SCALES = st.one_of(
+    st.sampled_from([0.5, 0.25, 1.0, 0.1, 0.3, 0.007, 2.0**-10, 0.00214854861, 3.0]),
+    st.floats(1e-4, 10.0).map(lambda v: float(F(v))),
+)
+
+
+@st.composite
+def tensors(draw, scale, n_min=1, n_max=70, special=True):
+    """float32 values: exact ties (k + 1/2)·s, their neighbours, far values, ±Inf, NaN."""
+    n = draw(st.integers(n_min, n_max))
+    k = np.array(draw(st.lists(st.integers(-400, 400), min_size=n, max_size=n)), np.float64)
+    kind = np.array(draw(st.lists(st.integers(0, 9), min_size=n, max_size=n)))
+    x = ((k + 0.5) * np.float64(F(scale))).astype(F)  # ties (as float32 allows)
+    x = np.where(kind == 1, np.nextafter(x, F(np.inf)), x)
+    x = np.where(kind == 2, np.nextafter(x, F(-np.inf)), x)
+    x = np.where(kind == 3, (k * np.float64(F(scale))).astype(F), x)
+    if special:
+        x = np.where(kind == 4, F(1e30) * np.sign(k + 0.5).astype(F), x)
+        x = np.where(kind == 5, F(3e9) * np.sign(k + 0.5).astype(F), x)
+        x = np.where(kind == 6, F(np.inf) * np.sign(k + 0.5).astype(F), x)
+        x = np.where(kind == 7, F(np.nan), x)
+    return x.astype(F)
+
+
+@st.composite
+def per_tensor_case(draw, dtypes=QDTYPES):
+    name = draw(st.sampled_from(dtypes))
+    s = draw(SCALES)
+    lo, hi = rt.DTYPES[name][:2]
+    z = draw(st.integers(max(lo, -2000), min(hi, 2000)))
+    return name, s, z, draw(tensors(s))
+
+
+@st.composite
+def per_channel_case(draw, dtypes=QDTYPES, float_zp=False):
+    name = draw(st.sampled_from(dtypes))
+    ndim = draw(st.integers(1, 3))
+    shape = draw(st.lists(st.integers(1, 5), min_size=ndim, max_size=ndim))
+    axis = draw(st.integers(0, ndim - 1))
+    s = draw(st.lists(SCALES, min_size=shape[axis], max_size=shape[axis]))
+    lo, hi = rt.DTYPES[name][:2]
+    z = draw(
+        st.lists(
+            st.integers(max(lo, -2000), min(hi, 2000)), min_size=shape[axis], max_size=shape[axis]
+        )
+    )
+    n = int(np.prod(shape))
+    x = draw(tensors(s[0], n_min=n, n_max=n)).reshape(shape)
+    return name, np.array(s), np.array(z), axis, x
+
+
+# ------------------------------------------------------------------ the issue's example
+
+
+def test_core_reciprocal_float32_equals_torch_on_the_issue_example(torch):
+    x = np.array([0.273939937], F)
+    s = 0.00214854861
+    for name in ("quint8", "qint32"):
+        t = torch.quantize_per_tensor(torch.from_numpy(x), s, 0, _tdtype(name)).int_repr()
+        assert int(t[0]) == 128
+    core = quantize(x, s, dtype="uint8", scale_op="reciprocal", precision="float32")
+    assert int(core[0]) == 128
+    assert int(quantize(x, s, dtype="uint8")[0]) == 127  # dividing (ONNX) gives 127
+
+
+def test_fused_multiply_add_case_matches_torch(torch):
+    x = np.array([F(-127.5 + 2.0**-16)])
+    s = float(F(1 - 2.0**-23))
+    for name in ("quint8", "qint32"):
+        t = torch.quantize_per_tensor(torch.from_numpy(x), s, 128, _tdtype(name)).int_repr()
+        _same(rt.quantize_per_tensor(x, s, 128, name), t.numpy())
+
+
+# ------------------------------------------------------------------ quantize / dequantize
+
+
+@SETTINGS
+@given(per_tensor_case(dtypes=("quint8", "qint8", "qint32", "quint4x2")))
+def test_quantize_per_tensor_bit_exact(case):
+    torch = _torch()
+    name, s, z, x = case
+    qt = torch.quantize_per_tensor(torch.from_numpy(x), s, z, _tdtype(name))
+    q = rt.quantize_per_tensor(x, s, z, name)
+    if name == "quint4x2":  # torch packs two codes per byte, low nibble first
+        q8 = q.astype(np.uint8)
+        q8 = np.append(q8, np.uint8(0)) if q8.size % 2 else q8
+        packed = (q8[0::2] | (q8[1::2] << 4)).astype(np.uint8)
+        _same(packed, qt.int_repr().numpy())
+        return
+    _same(q, qt.int_repr().numpy())
+    _same(rt.dequantize(q, s, z, dtype=name), qt.dequantize().numpy())
+
+
+@SETTINGS
+@given(per_channel_case())
+def test_quantize_per_channel_and_dequantize_bit_exact(case):
+    torch = _torch()
+    name, s, z, axis, x = case
+    qt = torch.quantize_per_channel(
+        torch.from_numpy(x), torch.from_numpy(s), torch.from_numpy(z), axis, _tdtype(name)
+    )
+    q = rt.quantize_per_channel(x, s, z, axis, name)
+    _same(q, qt.int_repr().numpy())
+    _same(rt.dequantize(q, s, z, axis=axis, dtype=name), qt.dequantize().numpy())
+
+
+@SETTINGS
+@given(st.sampled_from(QDTYPES), SCALES, st.integers(0, 60), st.data())
+def test_dequantize_of_arbitrary_codes_bit_exact(name, s, n, data):
+    torch = _torch()
+    lo, hi, storage = rt.DTYPES[name]
+    q = np.array(data.draw(st.lists(st.integers(lo, hi), min_size=n, max_size=n)), storage)
+    z = data.draw(st.integers(max(lo, -2000), min(hi, 2000)))
+    qt = torch._make_per_tensor_quantized_tensor(torch.from_numpy(q), s, z)
+    _same(rt.dequantize(q, s, z, dtype=name), qt.dequantize().numpy())
+
+
+# ------------------------------------------------------------------ fake quantize
+
+RANGES = st.sampled_from([(0, 255), (-128, 127), (0, 15), (-8, 7), (0, 1), (-3, 3), (5, 5)])
+
+
+@SETTINGS
+@given(SCALES, RANGES, st.data())
+def test_fake_quantize_per_tensor_affine_bit_exact(s, rng_, data):
+    torch = _torch()
+    qmin, qmax = rng_
+    z = data.draw(st.integers(qmin, qmax))
+    x = data.draw(tensors(s))
+    want = torch.fake_quantize_per_tensor_affine(torch.from_numpy(x), s, z, qmin, qmax).numpy()
+    _same(rt.fake_quantize_per_tensor_affine(x, s, z, qmin, qmax), want)
+
+
+@SETTINGS
+@given(per_channel_case(dtypes=("quint8",)), RANGES, st.booleans(), st.data())
+def test_fake_quantize_per_channel_affine_bit_exact(case, rng_, float_zp, data):
+    torch = _torch()
+    _, s, _, axis, x = case
+    qmin, qmax = rng_
+    c = x.shape[axis]
+    z = np.array(data.draw(st.lists(st.integers(qmin, qmax), min_size=c, max_size=c)), np.int32)
+    if float_zp:
+        off = data.draw(st.lists(st.sampled_from([0.0, 0.5, -0.5, 0.25]), min_size=c, max_size=c))
+        z = np.clip(z + np.array(off), qmin, qmax).astype(F)
+    s32 = s.astype(F)
+    want = torch.fake_quantize_per_channel_affine(
+        torch.from_numpy(x), torch.from_numpy(s32), torch.from_numpy(z), axis, qmin, qmax
+    ).numpy()
+    _same(rt.fake_quantize_per_channel_affine(x, s32, z, axis, qmin, qmax), want)
+
+
+@SETTINGS
+@given(SCALES, RANGES, st.floats(-10, 300), st.data())
+def test_learnable_fake_quantize_forward_bit_exact(s, rng_, zf, data):
+    torch = _torch()
+    qmin, qmax = rng_
+    x = data.draw(tensors(s))
+    want = torch._fake_quantize_learnable_per_tensor_affine(
+        torch.from_numpy(x), torch.tensor([s]), torch.tensor([zf]), qmin, qmax, 1.0
+    ).numpy()
+    _same(rt.fake_quantize_learnable_per_tensor_affine(x, [s], [zf], qmin, qmax), want)
+
+
+# ------------------------------------------------------------------ observers
+
+
+@st.composite
+def batches(draw, shape=None, nmax=4):
+    """Several float32 batches whose range grows, shrinks or stays the same."""
+    k = draw(st.integers(1, nmax))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(k):
+        sh = shape if shape is not None else (int(rng.integers(1, 300)),)
+        mode = draw(st.sampled_from(["t", "grow", "same", "pos", "const"]))
+        if mode == "same" and out and out[-1].shape == sh:
+            out.append(out[-1][::-1].copy())
+            continue
+        x = rng.standard_t(3, size=sh) * rng.uniform(0.01, 10) + rng.normal()
+        if mode == "grow":
+            x = x * (3.0 ** (i + 1))
+        elif mode == "pos":
+            x = np.abs(x)
+        elif mode == "const":
+            x = np.full(sh, rng.normal())
+        out.append(x.astype(F))
+    return out
+
+
+def _obs_kwargs(draw, name, qscheme):
+    kw = {}
+    symmetric = qscheme.endswith("symmetric")
+    if name != "qint32" and draw(st.booleans()) and not (symmetric and name == "quint8"):
+        kw["reduce_range"] = True
+    if name != "qint32" and draw(st.integers(0, 3)) == 0:
+        kw["quant_min"], kw["quant_max"] = (0, 15) if name == "quint8" else (-8, 7)
+    return kw
+
+
+def _compare_observer(cls_name, kw, xs, per_channel_kw=None):
+    torch = _torch()
+    from torch.ao.quantization import observer as tobs
+
+    tkw = dict(kw)
+    tkw["dtype"] = _tdtype(kw["dtype"])
+    tkw["qscheme"] = getattr(torch, kw["qscheme"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = getattr(tobs, cls_name)(**tkw)
+        r = getattr(rt, cls_name)(**kw)
+        for x in xs:
+            t(torch.from_numpy(x))
+            assert r.forward(x) is x
+        ts, tz = t.calculate_qparams()
+        rs, rz = r.calculate_qparams()
+    _same(rs, ts.numpy())
+    _same(rz, tz.numpy())
+
+
+@SETTINGS
+@given(
+    st.sampled_from(["MinMaxObserver", "MovingAverageMinMaxObserver"]),
+    st.sampled_from(QDTYPES),
+    st.sampled_from(["per_tensor_affine", "per_tensor_symmetric"]),
+    st.floats(0.01, 1.0),
+    batches(),
+    st.data(),
+)
+def test_per_tensor_observers_bit_exact(cls_name, name, qscheme, c, xs, data):
+    kw = {"dtype": name, "qscheme": qscheme, **_obs_kwargs(data.draw, name, qscheme)}
+    if cls_name.startswith("MovingAverage"):
+        kw["averaging_constant"] = c
+    _compare_observer(cls_name, kw, xs)
+
+
+@SETTINGS
+@given(
+    st.sampled_from(["PerChannelMinMaxObserver", "MovingAveragePerChannelMinMaxObserver"]),
+    st.sampled_from(QDTYPES),
+    st.sampled_from(
+        ["per_channel_affine", "per_channel_symmetric", "per_channel_affine_float_qparams"]
+    ),
+    st.floats(0.01, 1.0),
+    st.lists(st.integers(1, 4), min_size=2, max_size=3),
+    st.data(),
+)
+def test_per_channel_observers_bit_exact_on_every_axis(cls_name, name, qscheme, c, shape, data):
+    ch_axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    xs = data.draw(batches(shape=tuple(shape)))
+    kw = {"dtype": name, "qscheme": qscheme, "ch_axis": ch_axis}
+    if qscheme != "per_channel_affine_float_qparams":
+        kw.update(_obs_kwargs(data.draw, name, qscheme))
+    if cls_name.startswith("MovingAverage"):
+        kw["averaging_constant"] = c
+    _compare_observer(cls_name, kw, xs)
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(["quint8", "qint8"]),
+    st.sampled_from(["per_tensor_affine", "per_tensor_symmetric"]),
+    batches(nmax=4),
+    st.data(),
+)
+def test_histogram_observer_bit_exact_over_growing_batches(name, qscheme, xs, data):
+    kw = {"dtype": name, "qscheme": qscheme, **_obs_kwargs(data.draw, name, qscheme)}
+    _compare_observer("HistogramObserver", kw, xs)
+
+
+def test_histogram_state_matches_torch_after_every_batch(torch):
+    from torch.ao.quantization import HistogramObserver
+
+    rng = np.random.default_rng(11)
+    t, r = HistogramObserver(), TorchHistogram()
+    for scale in (1.0, 0.5, 4.0, 4.0, 20.0):
+        x = (rng.standard_t(2, size=700) * scale).astype(F)
+        t(torch.from_numpy(x))
+        r.update(x)
+        _same(r.histogram, t.histogram.numpy())
+        assert (r.min_val, r.max_val) == (t.min_val.item(), t.max_val.item())
+    nmin, nmax = t._non_linear_param_search()
+    assert r.search() == (F(nmin.item()), F(nmax.item()))
+
+
+def test_histogram_calibration_method_equals_torch_observer(torch):
+    from torch.ao.quantization import HistogramObserver
+
+    x = np.random.default_rng(12).standard_t(2, size=3000).astype(F)
+    t = HistogramObserver()
+    t(torch.from_numpy(x))
+    nmin, nmax = t._non_linear_param_search()
+    lo, hi = calibrate_range(x, "histogram", dtype="uint8", symmetric=False)
+    assert (float(lo), float(hi)) == (nmin.item(), nmax.item())
+
+
+@pytest.mark.parametrize("name", QDTYPES)
+@pytest.mark.parametrize("qscheme", ["per_tensor_affine", "per_tensor_symmetric"])
+def test_nan_and_empty_observer_qparams_match_torch(name, qscheme):
+    _compare_observer("MinMaxObserver", {"dtype": name, "qscheme": qscheme}, [])
+    x = np.array([1.0, np.nan, -2.0], F)
+    _compare_observer("MinMaxObserver", {"dtype": name, "qscheme": qscheme}, [x])
