@@ -7,4 +7,10 @@
   ``quantize_multiplier``, ``multiply_by_quantized_multiplier`` (double or single
   rounding), ``affine_quantize`` (LiteRT's reference, optimized and XNNPACK kernels),
   TF ``fake_quant_with_min_max_args``, int8 ``fully_connected`` and ``conv2d``.
+- :mod:`refquant.compat.torch_prune`: ``torch.nn.utils.prune`` on dicts of arrays
+  (``l1_unstructured``, ``ln_structured``, ``global_unstructured``, ``remove``, ...):
+  torch's masks, ``*_orig`` / ``*_mask`` names, PruningContainer repeats, error messages.
+- :mod:`refquant.compat.torch_pruning`: Torch-Pruning's importance classes
+  (``MagnitudeImportance``, ``TaylorImportance``, ``BNScaleImportance``,
+  ``LAMPImportance``, ``RandomImportance``) on explicit (tensor, axis) groups.
 """
