@@ -35,6 +35,16 @@ Semantics matched (Torch-Pruning 1.6):
   BatchNorm layers; a LayerNorm scale listed here would count);
 * ``RandomImportance`` draws from ``numpy.random.default_rng(seed)`` (not
   torch's stream).
+* Not covered: transposed convolutions (give their output channels as
+  ``axis=1``; the bias is then not added by ``bias=True``), grouped-convolution
+  index repetition, ``HessianImportance``, ``OBDCImportance``, ``FPGMImportance``.
+
+Other Torch-Pruning behaviour worth knowing (1.6.0, ``base_pruner.py``): the
+pruner keeps ``int(N0 * (1 - ratio))`` channels of the *initial* count ``N0``
+(``refquant.prune.prune_count(..., rule="torch_pruning")``), so ratio 0.9 of 10
+channels computes ``int(0.9999999999999998) = 0`` kept, and then prunes nothing
+because a group may not lose all its channels; ``manual_prune_width(layer, fn,
+0.3)`` prunes ``int(N * (1 - 0.3))`` channels, i.e. 7 of 10, not 3.
 
 Local scores are computed in float64 and rounded to float32 (torch sums in
 float32 in its own order: results agree to a few float32 ulps, not bit for bit).
