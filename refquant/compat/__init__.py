@@ -13,4 +13,8 @@
 - :mod:`refquant.compat.torch_pruning`: Torch-Pruning's importance classes
   (``MagnitudeImportance``, ``TaylorImportance``, ``BNScaleImportance``,
   ``LAMPImportance``, ``RandomImportance``) on explicit (tensor, axis) groups.
+- :mod:`refquant.compat.bnb`: bitsandbytes ``quantize_4bit`` / ``dequantize_4bit`` (NF4, FP4,
+  double quantization), ``quantize_blockwise`` (8-bit dynamic map); default or CUDA tie rules.
+- :mod:`refquant.compat.ocp`: OCP OFP8 (``E4M3``, ``E5M2``) and MX v1.0 (``to_mx``, ``from_mx``,
+  ``mx_dot``; ``MXFP8_E4M3`` ... ``MXINT8``).
 """
