@@ -135,3 +135,22 @@ def test_iterative_torch_pruning_counts_relative_to_the_initial_size(peers):
                                  relative_to="initial")
         assert np.flatnonzero(mask).tolist() == k
     assert [len(k) for k in kept] == [8, 6, 5]  # int(10 * 5/6), int(10 * 2/3), int(5.0)
+
+
+def test_torch_pruning_quirk_ratio_point_nine_of_ten_keeps_zero_so_prunes_nothing(peers):
+    torch, tp = peers
+    assert prune_count(0.9, 10, rule="torch_pruning") == 10  # int(10 * 0.09999999999999998) = 0 kept
+    _, kept = run_pruner(torch, tp, 10, 0.9, 1)
+    assert len(kept[0]) == 10  # check_pruning_group refuses to remove every channel
+
+
+def test_torch_pruning_quirk_manual_prune_width_prunes_the_kept_fraction(peers):
+    torch, tp = peers
+    nn = torch.nn
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 10), nn.ReLU(), nn.Linear(10, 3))
+    pruner = tp.pruner.MagnitudePruner(model, example_inputs=torch.randn(2, 8),
+                                       importance=tp.importance.MagnitudeImportance(p=2),
+                                       pruning_ratio=0.5, ignored_layers=[model[2]])
+    pruner.manual_prune_width(model[0], tp.prune_linear_out_channels, 0.3)
+    assert model[0].out_features == 3  # int(10 * (1 - 0.3)) = 7 pruned, not 3
