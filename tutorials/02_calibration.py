@@ -145,7 +145,7 @@ for a, (x, key) in zip(ax, panels, strict=True):
     a.set_title(key)
     a.set_xlabel("value")
     a.legend(fontsize=7)
-ax[0].set_xlim(-25, 25)
+ax[0].set_xlim(-50, 50)
 ax[0].set_ylabel("count (log)")
 fig.tight_layout()
 plt.savefig("calibration_ranges.png", dpi=100)
