@@ -7,6 +7,10 @@
   ``quantize_multiplier``, ``multiply_by_quantized_multiplier`` (double or single
   rounding), ``affine_quantize`` (LiteRT's reference, optimized and XNNPACK kernels),
   TF ``fake_quant_with_min_max_args``, int8 ``fully_connected`` and ``conv2d``.
+- :mod:`refquant.compat.torch`: ``quantize_per_tensor``, ``quantize_per_channel``, ``dequantize``,
+  ``fake_quantize_per_tensor_affine`` / ``_per_channel_affine``, the learnable fake-quant's
+  forward, and the observers (``MinMaxObserver`` ... ``HistogramObserver``), bit for bit with
+  torch's CPU kernels (float32 reciprocal, fused multiply-add, NaN codes, empty defaults).
 - :mod:`refquant.compat.torch_prune`: ``torch.nn.utils.prune`` on dicts of arrays
   (``l1_unstructured``, ``ln_structured``, ``global_unstructured``, ``remove``, ...):
   torch's masks, ``*_orig`` / ``*_mask`` names, PruningContainer repeats, error messages.
