@@ -57,6 +57,19 @@ E8M0 (an exponent only) ties 1.5·2^k upward, as ml_dtypes, ONNX ``round_mode=
 as 2^-127, as ONNX's ``to_float8e8m0`` does. Values below 2^-127 round to 2^-127
 (there is no zero); overflow is NaN, or 2^127 when saturating.
 
+Peer notes
+----------
+* ml_dtypes and PyTorch cast float64 to FP8 / bfloat16 through float32 (two
+  roundings): 1 + 2^-4 + 2^-40 becomes 1.0 in e4m3fn there, 1.125 here (one
+  rounding). Their float32 casts agree with refquant bit for bit.
+* PyTorch writes the e5m2 NaN as S.11111.11 (0x7F), ml_dtypes and refquant as S.11111.10.
+* PyTorch's float8_e8m0fnu ignores the sign, maps 0 to 2^-127 and ties up like
+  ``saturate=True`` here, but overflows to NaN (1.5 * 2^127 -> 0xFF) where
+  ``saturate=True`` gives 2^127.
+* ml_dtypes' E8M0 rounds a float32 *subnormal* on a linear grid of 2^-126
+  (1.4 * 2^-127 -> 2^-126); ONNX's ``to_float8e8m0`` rounds one "up" to 2^-126
+  (2^-128 -> 2^-126). refquant rounds the value: both give 2^-127 here.
+
 Reference
 ---------
 OCP 8-bit Floating Point Specification (OFP8) rev. 1.0 (2023); OCP Microscaling
