@@ -40,7 +40,8 @@ def edge_cases(bs: int, rng: np.random.Generator) -> np.ndarray:
         np.where(np.arange(bs) % 2 == 0, -1.0, 1.0).astype(f),
         np.eye(1, bs, 0, dtype=f)[0] * 7.0,  # one outlier, rest zero
         np.eye(1, bs, bs - 1, dtype=f)[0] * -7.0,
-        (rng.standard_normal(bs) * 1e-3).astype(f) + np.eye(1, bs, 3, dtype=f)[0] * 100.0,  # outlier + noise
+        (rng.standard_normal(bs) * 1e-3).astype(f)
+        + np.eye(1, bs, 3, dtype=f)[0] * 100.0,  # outlier + noise
         (rng.standard_normal(bs) * 1e4).astype(f),  # large
         (rng.standard_normal(bs) * 1e-6).astype(f),  # small
         (rng.standard_normal(bs) * 1e-39).astype(f),  # subnormal: scale underflows, 1/d overflows
@@ -66,14 +67,17 @@ def random_rows(bs: int, n: int, rng: np.random.Generator) -> np.ndarray:
     parts = [
         rng.standard_normal((n // 2, bs)),
         rng.integers(-16, 17, (n // 4, bs)) * 0.125,  # on a grid: exact ties
-        rng.laplace(size=(n - n // 2 - n // 4, bs)) * 10.0 ** rng.uniform(-4, 3, (n - n // 2 - n // 4, 1)),
+        rng.laplace(size=(n - n // 2 - n // 4, bs))
+        * 10.0 ** rng.uniform(-4, 3, (n - n // 2 - n // 4, 1)),
     ]
     return np.concatenate(parts).astype(np.float32)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data", "ggml"))
+    ap.add_argument(
+        "--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data", "ggml")
+    )
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     lib = LibGGML()

@@ -243,7 +243,9 @@ class LibGGML:
 
             spec = importlib.util.find_spec("llama_cpp")
             if spec is None or not spec.submodule_search_locations:
-                raise RefquantError("path: llama-cpp-python is not installed and no libggml-base path was given")
+                raise RefquantError(
+                    "path: llama-cpp-python is not installed and no libggml-base path was given"
+                )
             folder = list(spec.submodule_search_locations)[0]
             path = os.path.join(folder, "lib", "libggml-base.so")
         if not os.path.exists(path):
@@ -274,7 +276,9 @@ class LibGGML:
         fmt = resolve_type(type_name)
         r = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1)
         if r.size % fmt.type_size:
-            raise RefquantError(f"raw: {r.size} bytes is not a whole number of {fmt.type_size}-byte blocks")
+            raise RefquantError(
+                f"raw: {r.size} bytes is not a whole number of {fmt.type_size}-byte blocks"
+            )
         out = np.zeros(r.size // fmt.type_size * fmt.block_size, dtype=np.float32)
         self._fn(f"dequantize_row_{fmt.c_name}")(r.ctypes.data, out.ctypes.data, out.size)
         return out.reshape(-1, fmt.block_size)
@@ -282,10 +286,14 @@ class LibGGML:
     def quantize_chunk(self, x, type_name) -> np.ndarray:
         fmt = resolve_type(type_name)
         if fmt.name in ("q8_1", "q8_k"):
-            raise RefquantError(f"type_name {type_name!r}: ggml_quantize_chunk aborts on {fmt.name}")
+            raise RefquantError(
+                f"type_name {type_name!r}: ggml_quantize_chunk aborts on {fmt.name}"
+            )
         xs = np.ascontiguousarray(x, dtype=np.float32)
         xs2 = xs.reshape(-1, xs.shape[-1])
         _check_row(xs2.shape[1], fmt)
         out = np.zeros(xs2.size // fmt.block_size * fmt.type_size, dtype=np.uint8)
-        self._lib.ggml_quantize_chunk(fmt.type_id, xs2.ctypes.data, out.ctypes.data, 0, xs2.shape[0], xs2.shape[1], None)
+        self._lib.ggml_quantize_chunk(
+            fmt.type_id, xs2.ctypes.data, out.ctypes.data, 0, xs2.shape[0], xs2.shape[1], None
+        )
         return out.reshape(*xs.shape[:-1], -1)

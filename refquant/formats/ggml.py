@@ -189,7 +189,9 @@ def _first_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     idx = np.argmax(ax, axis=1)  # first occurrence of the largest |v|
     rows = np.arange(x.shape[0])
     hit = ax[rows, idx] > 0
-    return np.where(hit, ax[rows, idx], _f(0)).astype(_F32), np.where(hit, x[rows, idx], _f(0)).astype(_F32)
+    return np.where(hit, ax[rows, idx], _f(0)).astype(_F32), np.where(
+        hit, x[rows, idx], _f(0)
+    ).astype(_F32)
 
 
 def _running_max0(v: np.ndarray) -> np.ndarray:
@@ -452,7 +454,9 @@ class Q4_0(GGMLBlockFormat, name="q4_0"):
         _, mx = _first_absmax(x)
         d = mx / _f(-self._nmax)
         idd = np.where(d != 0, _f(1) / d, _f(0)).astype(_F32)
-        c = _cvtt(x * idd[:, None] + _f(self._nmax + 0.5)) & 0xFF  # (int8_t)(x*id + 8.5f), as a byte
+        c = (
+            _cvtt(x * idd[:, None] + _f(self._nmax + 0.5)) & 0xFF
+        )  # (int8_t)(x*id + 8.5f), as a byte
         # MIN(15, int8): a negative int8 (byte >= 128) passes through unchanged
         q = np.where(c >= 128, c, np.minimum(2 * self._nmax - 1, c)).astype(np.uint8)
         return d, q
@@ -509,7 +513,11 @@ class Q4_1(GGMLBlockFormat, name="q4_1"):
 def _qh_pack(q: np.ndarray) -> np.ndarray:
     """The 5th bit of each of 32 codes into a little-endian uint32: bit j <- code j."""
     bits = ((q >> 4) & 1).astype(np.uint32) << np.arange(32, dtype=np.uint32)
-    return np.ascontiguousarray(np.bitwise_or.reduce(bits, axis=1).astype("<u4")).view(np.uint8).reshape(-1, 4)
+    return (
+        np.ascontiguousarray(np.bitwise_or.reduce(bits, axis=1).astype("<u4"))
+        .view(np.uint8)
+        .reshape(-1, 4)
+    )
 
 
 def _qh_unpack(qh: np.ndarray) -> np.ndarray:
@@ -713,7 +721,9 @@ class TQ1_0(GGMLBlockFormat, name="tq1_0"):
         b = t[:, 160:240].reshape(n, 5, 16).transpose(0, 2, 1)
         c = t[:, 240:].reshape(n, 4, 4).transpose(0, 2, 1)
         qh = _base3_byte(np.concatenate([c, np.zeros((n, 4, 1), dtype=np.int64)], axis=2))
-        return np.concatenate([_base3_byte(a), _base3_byte(b), qh, _u16_bytes(_fp16_bits(d))], axis=1)
+        return np.concatenate(
+            [_base3_byte(a), _base3_byte(b), qh, _u16_bytes(_fp16_bits(d))], axis=1
+        )
 
     def _dequantize(self, raw):
         n = raw.shape[0]
@@ -986,7 +996,9 @@ class Q5_K(GGMLBlockFormat, name="q5_k"):
         low = np.concatenate([qs & 0xF, qs >> 4], axis=2)
         shifts = (2 * np.arange(4)[:, None] + np.arange(2)[None, :]).reshape(1, 4, 2, 1)
         high = ((qh[:, None, None, :] >> shifts) & 1) << 4
-        return _qk_affine_dequant(raw[:, 0:2], raw[:, 2:4], raw[:, 4:16], (low + high).reshape(n, QK_K))
+        return _qk_affine_dequant(
+            raw[:, 0:2], raw[:, 2:4], raw[:, 4:16], (low + high).reshape(n, QK_K)
+        )
 
 
 # block_q6_K (210 bytes, 256 weights in 16 sub-blocks of 16):
@@ -1021,11 +1033,25 @@ class Q6_K(GGMLBlockFormat, name="q6_k"):
         lq = np.clip(_nearest_int(x.reshape(n, 16, 16) / d[:, :, None]), -32, 31) + 32
         L = np.where((d != 0)[:, :, None], lq, L).reshape(n, 2, 4, 32)
         ql = np.concatenate(
-            [(L[:, :, 0] & 0xF) | ((L[:, :, 2] & 0xF) << 4), (L[:, :, 1] & 0xF) | ((L[:, :, 3] & 0xF) << 4)], axis=2
+            [
+                (L[:, :, 0] & 0xF) | ((L[:, :, 2] & 0xF) << 4),
+                (L[:, :, 1] & 0xF) | ((L[:, :, 3] & 0xF) << 4),
+            ],
+            axis=2,
         ).reshape(n, 128)
-        qh = ((L[:, :, 0] >> 4) | ((L[:, :, 1] >> 4) << 2) | ((L[:, :, 2] >> 4) << 4) | ((L[:, :, 3] >> 4) << 6))
+        qh = (
+            (L[:, :, 0] >> 4)
+            | ((L[:, :, 1] >> 4) << 2)
+            | ((L[:, :, 2] >> 4) << 4)
+            | ((L[:, :, 3] >> 4) << 6)
+        )
         out = np.concatenate(
-            [ql.astype(np.uint8), qh.reshape(n, 64).astype(np.uint8), (sc & 0xFF).astype(np.uint8), _u16_bytes(d16)],
+            [
+                ql.astype(np.uint8),
+                qh.reshape(n, 64).astype(np.uint8),
+                (sc & 0xFF).astype(np.uint8),
+                _u16_bytes(d16),
+            ],
             axis=1,
         )
         out[zero] = 0
@@ -1037,7 +1063,9 @@ class Q6_K(GGMLBlockFormat, name="q6_k"):
         qh = raw[:, 128:192].reshape(n, 2, 1, 32).astype(np.int64)
         sc = raw[:, 192:208].view(np.int8).astype(_F32)
         d = _fp16_to_f32(_bytes_u16(raw[:, 208:210]))
-        low = np.stack([ql[:, :, 0] & 0xF, ql[:, :, 1] & 0xF, ql[:, :, 0] >> 4, ql[:, :, 1] >> 4], axis=2)
+        low = np.stack(
+            [ql[:, :, 0] & 0xF, ql[:, :, 1] & 0xF, ql[:, :, 0] >> 4, ql[:, :, 1] >> 4], axis=2
+        )
         high = (qh >> (2 * np.arange(4)).reshape(1, 1, 4, 1)) & 3
         q = (low | (high << 4)) - 32  # (n, 2, 4, 32): group g of 32 within each 128
         dl = d[:, None] * sc  # (d * sc) first, then * q, as C evaluates d * sc[is] * q
@@ -1082,7 +1110,23 @@ class Q8_K(GGMLBlockFormat, name="q8_k"):
 
 _FORMATS = tuple(
     register(cls())
-    for cls in (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, TQ1_0, TQ2_0, GGML_MXFP4)
+    for cls in (
+        Q4_0,
+        Q4_1,
+        Q5_0,
+        Q5_1,
+        Q8_0,
+        Q8_1,
+        Q2_K,
+        Q3_K,
+        Q4_K,
+        Q5_K,
+        Q6_K,
+        Q8_K,
+        TQ1_0,
+        TQ2_0,
+        GGML_MXFP4,
+    )
 )
 
 

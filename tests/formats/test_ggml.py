@@ -115,7 +115,13 @@ def test_tq2_0_rounds_half_away_and_packs_four_per_byte():
     raw = FORMATS["tq2_0"].quantize_blocks(x)[0]
     assert raw[:4].tolist() == [0x52, 0x56, 0x54, 0x55] and set(raw[4:64].tolist()) == {0x55}
     assert raw[64:].tolist() == [0x00, 0x40]
-    assert FORMATS["tq2_0"].dequantize_blocks(raw[None])[0, [0, 1, 2, 3, 32]].tolist() == [2, 2, -2, 0, -2]
+    assert FORMATS["tq2_0"].dequantize_blocks(raw[None])[0, [0, 1, 2, 3, 32]].tolist() == [
+        2,
+        2,
+        -2,
+        0,
+        -2,
+    ]
 
 
 def test_tq1_0_base3_bytes_are_ceil_of_q_times_256_over_243():
@@ -145,7 +151,13 @@ def test_q4_k_dequantize_reads_six_bit_scales_and_mins():
     raw[0, 0:4] = ONE + [0x00, 0x38]  # d = 1, dmin = 0.5
     # sub-block 0: sc 2, m 4 (bytes 0, 4); sub-block 5: sc 33, m 17 -> byte 9 = 0x11 low nibbles,
     # top two bits: byte 1 |= (33 >> 4) << 6, byte 5 |= (17 >> 4) << 6
-    raw[0, 4 + 0], raw[0, 4 + 4], raw[0, 4 + 1], raw[0, 4 + 5], raw[0, 4 + 9] = 2, 4, 0x80, 0x40, 0x11
+    raw[0, 4 + 0], raw[0, 4 + 4], raw[0, 4 + 1], raw[0, 4 + 5], raw[0, 4 + 9] = (
+        2,
+        4,
+        0x80,
+        0x40,
+        0x11,
+    )
     raw[0, 16 + 0] = 0x03  # element 0: code 3
     raw[0, 16 + 64] = 0x70  # element 160 (chunk 2, high nibble): code 7
     y = FORMATS["q4_k"].dequantize_blocks(raw)[0]
@@ -173,7 +185,10 @@ def test_q3_k_dequantize_hmask_and_offset_scales():
     raw[0, 96] = 0x01
     raw[0, 96 + 8 : 96 + 12] = [0xAA, 0x8A, 0xAA, 0xAA]
     raw[0, 32 + 0], raw[0, 0] = 0x03, 0x01  # element 0: low 3, high bit set -> q = 3
-    raw[0, 32 + 48], raw[0, 16] = 0x01, 0x10  # element 144: low 1, high bit (bit 4 of hmask[16]) -> q = 1
+    raw[0, 32 + 48], raw[0, 16] = (
+        0x01,
+        0x10,
+    )  # element 144: low 1, high bit (bit 4 of hmask[16]) -> q = 1
     y = FORMATS["q3_k"].dequantize_blocks(raw)[0]
     assert y[0] == 6 and np.all(y[1:16] == -8)
     assert y[144] == -64 and np.all(y[145:160] == 256)
@@ -290,7 +305,9 @@ def test_non_finite_input_is_refused(bad):
 
 
 def test_wrong_block_shape_is_refused():
-    with pytest.raises(RefquantError, match=r"blocks must be a 2-D array of shape \(n, 256\) for q4_k"):
+    with pytest.raises(
+        RefquantError, match=r"blocks must be a 2-D array of shape \(n, 256\) for q4_k"
+    ):
         FORMATS["q4_k"].quantize_blocks(np.zeros((2, 32), np.float32))
     with pytest.raises(RefquantError, match=r"raw must be a 2-D array of shape \(n, 18\) for q4_0"):
         FORMATS["q4_0"].dequantize_blocks(np.zeros((2, 17), np.uint8))

@@ -45,7 +45,9 @@ def assert_blocks_equal(actual, desired, what):
 
 
 def test_every_format_has_committed_vectors():
-    assert sorted(os.path.splitext(f)[0] for f in os.listdir(DATA) if f.endswith(".npz")) == sorted(GGML_BLOCK_TABLE)
+    assert sorted(os.path.splitext(f)[0] for f in os.listdir(DATA) if f.endswith(".npz")) == sorted(
+        GGML_BLOCK_TABLE
+    )
 
 
 @pytest.mark.parametrize("name", list(GGML_BLOCK_TABLE))
@@ -59,7 +61,9 @@ def test_dequantize_matches_libggml_floats(name):
     v = _load(name)
     fmt = FORMATS[name]
     assert_blocks_equal(fmt.dequantize_blocks(v["q"]), v["dq"], f"{name} dequantize")
-    assert_blocks_equal(fmt.dequantize_blocks(v["raw"]), v["raw_dq"], f"{name} dequantize random bytes")
+    assert_blocks_equal(
+        fmt.dequantize_blocks(v["raw"]), v["raw_dq"], f"{name} dequantize random bytes"
+    )
 
 
 @pytest.mark.parametrize("name", list(GGML_BLOCK_TABLE))
