@@ -325,3 +325,18 @@ def test_ml_dtypes_e8m0_rounds_float32_subnormals_on_a_linear_grid():
     x = np.array([1.4 * 2.0**-127], np.float32)
     assert ml_encode(x, FLOAT_FORMATS["float8_e8m0fnu"])[0] == 1
     assert encode(x, "float8_e8m0fnu", saturate=False)[0] == 0
+
+
+@settings(max_examples=200)
+@given(name=st.sampled_from([n for n in NAMES if n != "float8_e8m0fnu"]), data=st.data())
+def test_saturating_encode_equals_clip_then_ml_dtypes_cast(name, data):
+    # ONNX's saturate_cast: np.clip(x, finfo.min, finfo.max).astype(dtype), NaN passing through
+    fmt = FLOAT_FORMATS[name]
+    xs = np.array(data.draw(st.lists(_float32s(), min_size=1, max_size=16)), np.float32)
+    xs = np.where(np.isnan(xs), np.float32(0), xs) if not fmt.has_nan else xs
+    clipped = np.clip(xs, np.float32(-fmt.max), np.float32(fmt.max))
+    ref = ml_encode(clipped, fmt)
+    got = encode(xs, name, saturate=True)
+    nan = np.isnan(xs)
+    assert got[~nan].tolist() == ref[~nan].tolist()
+    assert np.isnan(decode(got[nan], name)).all()
