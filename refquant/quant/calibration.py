@@ -381,6 +381,9 @@ class TorchHistogram:
     Everything is evaluated in float32 in the order torch evaluates it; the
     reductions reproduce ATen's summation order (:func:`_torch_sum_f32`), the
     cumulative sum accumulates in float64 as ATen's CPU ``cumsum`` does.
+    Measured bit for bit against torch 2.13 on x86-64 (AVX2 / AVX-512 builds);
+    other builds may differ in the last bits where their SIMD width or FMA
+    contraction differs (``torch.linspace``, ``torch.sum``).
 
     Reference
     ---------
