@@ -1,7 +1,35 @@
 """Pruning on plain arrays: importance scores, masks, schedules (see each module)."""
 
 from .article import article_snippet_as_written, article_weight_pruning
+from .layers import (
+    LayerAblation,
+    ablation_importance,
+    angular_distances,
+    block_influence,
+    choose_layers_to_drop,
+    choose_span_to_drop,
+)
+from .layouts import (
+    bitmask_compress,
+    bitmask_decompress,
+    from_scipy_sparse,
+    semi_structured_compress,
+    semi_structured_decompress,
+    semi_structured_meta_offsets,
+    sparse24_bitmask_compress,
+    sparse24_bitmask_decompress,
+    to_scipy_sparse,
+)
 from .masks import COUNT_RULES, apply_mask, global_mask, prune_count, sparsity, unstructured_mask
+from .nm import (
+    block_mask,
+    block_scores,
+    is_nm_sparse,
+    nm_keywords,
+    nm_mask,
+    transposable_nm_mask,
+    valid_2d_patterns,
+)
 from .schedules import (
     ConstantSparsity,
     PolynomialDecay,
@@ -29,8 +57,46 @@ from .scores import (
     taylor,
     wanda,
 )
+from .structured import (
+    Coupling,
+    DependencyGroup,
+    StructuredPruning,
+    build_dependency_groups,
+    channel_to_columns,
+    group_channel_scores,
+    structured_prune,
+)
 
 __all__ = [
+    "LayerAblation",
+    "ablation_importance",
+    "angular_distances",
+    "block_influence",
+    "choose_layers_to_drop",
+    "choose_span_to_drop",
+    "bitmask_compress",
+    "bitmask_decompress",
+    "from_scipy_sparse",
+    "semi_structured_compress",
+    "semi_structured_decompress",
+    "semi_structured_meta_offsets",
+    "sparse24_bitmask_compress",
+    "sparse24_bitmask_decompress",
+    "to_scipy_sparse",
+    "block_mask",
+    "block_scores",
+    "is_nm_sparse",
+    "nm_keywords",
+    "nm_mask",
+    "transposable_nm_mask",
+    "valid_2d_patterns",
+    "Coupling",
+    "DependencyGroup",
+    "StructuredPruning",
+    "build_dependency_groups",
+    "channel_to_columns",
+    "group_channel_scores",
+    "structured_prune",
     "COUNT_RULES",
     "ConstantSparsity",
     "MovementScore",
