@@ -175,7 +175,7 @@ def quant_cases(draw, types=tuple(INT_TYPES), extremes=True):
     x = np.where(how < 5, (ks + 0.5) * sb, (ks + frac) * sb)  # half of the elements are ties
     if extremes:
         big = np.array(draw(st.lists(st.sampled_from(
-            [1e4, -1e4, 3e9, -3e9, 1e12, -1e12, np.inf, -np.inf, 65504.0, -65504.0]),
+            [1e4, -1e4, 3e9, -3e9, 1e12, -1e12, np.inf, -np.inf, np.nan, 65504.0, -65504.0]),
             min_size=n, max_size=n))).reshape(shape)
         x = np.where(how == 9, big * sb, x)
     return x.astype(np.float32), scale, zp, axis, block_size, name
@@ -204,7 +204,7 @@ def test_quantize_linear_integer_types_match_onnxruntime_and_reference(case):
     core = refquant.quantize(
         x, scale, zp, dtype=name, axis=None if scale.ndim == 0 else axis,
         block_size=block_size or None, rounding="half_even", precision="float32",
-        inf="saturate", out_dtype=np.int64)
+        inf="saturate", nan="qmin", out_dtype=np.int64)
     if _ort_refuses(scale, block_size):
         with pytest.raises(Exception, match="block_size must be 0"):
             sess.run(None, feeds)
