@@ -23,6 +23,7 @@ a count the file cannot back.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import tempfile
@@ -53,6 +54,7 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 _STRING, _ARRAY = 8, 9
 
 
+@functools.lru_cache(maxsize=1)
 def ggml_type_table() -> dict[int, tuple[str, int, int]]:
     """ggml type id -> (NAME, block size, type size) for quantized types.
 

@@ -23,6 +23,10 @@ from refquant.io.numpy import NpyCheckpoint, NpzCheckpoint
 from refquant.io.pytorch import TorchLegacyCheckpoint, TorchZipCheckpoint, torch_allowlist
 from refquant.io.safetensors import SafetensorsCheckpoint
 
+# warm imports and caches outside the measured regions (imports allocate)
+__import__("refquant.io.gguf").io.gguf.ggml_type_table()
+__import__("refquant.io.flax")
+
 FUZZ = settings(max_examples=int(__import__("os").environ.get("REFQUANT_FUZZ_EXAMPLES", "60")), suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                         HealthCheck.too_slow])
 
@@ -206,3 +210,87 @@ def test_fuzz_pickles_inside_a_torch_zip(tmp_path_factory, frags):
     p = torch_zip(tmp_path_factory.mktemp("pz") / "m.pt", b"\x80\x02" + b"".join(frags) + b".",
                   {"0": bytes(24)})
     _open_and_read(p, TorchZipCheckpoint)
+
+
+# --------------------------------------------------------------------------- GGUF
+
+
+@st.composite
+def _gguf_header(draw):
+    from test_gguf import _s
+
+    version = draw(st.sampled_from([2, 3, 1, 4, 3 << 24]))
+    n_kv = draw(st.integers(0, 3))
+    kv = b""
+    for i in range(n_kv):
+        vtype = draw(st.integers(0, 14))
+        payload = draw(st.one_of(st.binary(max_size=24), st.just(struct.pack("<IQ", 8, 2**40)),
+                                 st.just(struct.pack("<Q", 2**62))))
+        kv += _s(f"k{i}") + struct.pack("<I", vtype) + payload
+    n_t = draw(st.integers(0, 2))
+    infos = b""
+    for i in range(n_t):
+        nd = draw(st.integers(0, 5))
+        infos += _s(f"t{i}") + struct.pack("<I", nd)
+        infos += b"".join(struct.pack("<Q", draw(st.sampled_from([0, 1, 32, 2**40, 2**63]))) for _ in range(nd))
+        infos += struct.pack("<IQ", draw(st.sampled_from([0, 1, 2, 8, 12, 30, 99])),
+                             draw(st.sampled_from([0, 32, 7, 2**62])))
+    head = b"GGUF" + struct.pack("<IQQ", version, n_t + draw(st.sampled_from([0, 0, 1, 2**50])), n_kv)
+    return head + kv + infos + draw(st.binary(max_size=128))
+
+
+@FUZZ
+@given(_gguf_header())
+def test_fuzz_gguf_headers(tmp_path_factory, raw):
+    from refquant.io.gguf import GGUFCheckpoint
+
+    p = tmp_path_factory.mktemp("gguf") / "f.gguf"
+    p.write_bytes(raw)
+    _open_and_read(p, GGUFCheckpoint)
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_gguf_bytes(tmp_path_factory, data):
+    from test_gguf import _s, gguf_bytes
+
+    from refquant.io.gguf import GGUFCheckpoint
+
+    p = tmp_path_factory.mktemp("gguf") / "f.gguf"
+    kv = [("general.name", 8, _s("x")), ("a", 9, struct.pack("<IQ", 8, 1) + _s("tok"))]
+    raw = gguf_bytes([("w", [4, 2], 0, bytes(32)), ("q", [32], 8, bytes(34))], kv)
+    p.write_bytes(_mutate(raw, data.draw))
+    _open_and_read(p, GGUFCheckpoint)
+
+
+# --------------------------------------------------------------------------- detection
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_open_detects_and_reads_any_damaged_file(tmp_path_factory, data):
+    """rio.open on damaged files of every format it detects: only RefquantError."""
+    msgpack = __import__("msgpack")
+    d = tmp_path_factory.mktemp("any")
+    kind = data.draw(st.sampled_from(["safetensors", "zip", "npz", "npy", "flax", "gguf"]))
+    p = d / "f.bin"
+    if kind == "safetensors":
+        rio.save({"a": np.arange(4, dtype=np.float32)}, d / "f.safetensors")
+        raw = (d / "f.safetensors").read_bytes()
+    elif kind == "zip":
+        raw = _valid_zip(d / "m.pt").read_bytes()
+    elif kind == "npz":
+        np.savez(d / "a.npz", a=np.arange(3))
+        raw = (d / "a.npz").read_bytes()
+    elif kind == "npy":
+        np.save(d / "a.npy", np.arange(3))
+        raw = (d / "a.npy").read_bytes()
+    elif kind == "flax":
+        ext = msgpack.ExtType(1, msgpack.packb(((2,), "float32", bytes(8))))
+        raw = msgpack.packb({"params": {"w": ext}, "step": 1})
+    else:
+        from test_gguf import gguf_bytes
+
+        raw = gguf_bytes([("w", [4], 0, bytes(16))])
+    p.write_bytes(_mutate(raw, data.draw))
+    _open_and_read(p)
