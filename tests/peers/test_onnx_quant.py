@@ -27,9 +27,14 @@ import refquant
 from refquant.compat import onnx as ronnx
 from refquant.formats.integer import int_format
 
-pytestmark = pytest.mark.peer
+pytestmark = [
+    pytest.mark.peer,
+    # onnx.reference's own int32 cast of NaN / Inf / huge quotients (the quirk pinned below)
+    pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:overflow encountered in divide:RuntimeWarning"),
+]
 
-SETTINGS = settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 INT_TYPES = {  # name: (TensorProto enum, numpy dtype, opset that has it)
@@ -71,6 +76,7 @@ def _runner(build_key):
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = 1
+    so.log_severity_level = 4  # the refusals pinned below are expected; keep stderr quiet
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return sess, ReferenceEvaluator(model)
 
