@@ -668,3 +668,31 @@ def test_bfloat16_input_and_scale_divide_in_bfloat16_like_onnx_reference():
         want = QuantizeLinear_21.eval(x, s, np.int16(0))
         got = ronnx.quantize_linear(x, s, np.int16(0))
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name", sorted(FLOAT8_TYPES))
+def test_float8_dequantize_linear_matches_onnxruntime_through_a_quantize_dequantize_chain(name):
+    # onnxruntime's Python API cannot feed float8 tensors: QuantizeLinear -> DequantizeLinear
+    # in one graph, compared with refquant's two functions.
+    _, ort = _peers()
+    from onnx import helper
+
+    t = FLOAT8_TYPES[name]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s"], ["q"], axis=0, output_dtype=t),
+             helper.make_node("DequantizeLinear", ["q", "s"], ["y"], axis=0)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, None),
+                                       helper.make_tensor_value_info("s", 1, None)],
+                          [helper.make_tensor_value_info("y", 1, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((3, 50)) * rng.choice([1e-6, 0.3, 20, 1e4], (3, 50))).astype(F32)
+    x[0, :4] = [0.0, -0.0, 1e9, -1e9]
+    s = np.float32([0.5, 0.03, 7.0])
+    y_ort = ort.InferenceSession(m.SerializeToString(),
+                                 providers=["CPUExecutionProvider"]).run(None, {"x": x, "s": s})[0]
+    q = ronnx.quantize_linear(x, s, axis=0, output_dtype=t)
+    _assert_same_bits(ronnx.dequantize_linear(q, s, axis=0), y_ort, name)
+
+
+F32 = np.float32
