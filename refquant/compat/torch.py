@@ -59,7 +59,7 @@ from .._errors import RefquantError
 from ..formats.integer import IntFormat, int_format
 from ..quant.affine import dequantize as _core_dequantize
 from ..quant.affine import quantize as _core_quantize
-from ..quant.calibration import TorchHistogram, _fma_f32
+from ..quant.calibration import TorchHistogram
 from ..quant.qparams import qparams_from_range
 
 __all__ = [
@@ -248,9 +248,10 @@ def quantize_per_tensor(input, scale, zero_point, dtype):  # noqa: A002 (torch's
     inv = _F(_F(1) / s32)
     grid = _grid(name)
     if name in ("quint8", "qint8"):
-        v = _fma_f32(x, inv, _F(z))  # the fused multiply-add of QuantizeAvx2<LEGACY>
+        # the fused multiply-add of QuantizeAvx2<LEGACY>: fma(x, float32(1/s), z), one rounding
         return _core_quantize(
-            v, 1.0, 0, dtype=grid, precision="float32", nan="qmax", out_dtype=storage
+            x, s32, z, dtype=grid, scale_op="reciprocal", precision="float32",
+            zero_point_stage="fused", nan="qmax", out_dtype=storage,
         )
     if name == "qint32":
         return _core_quantize(

@@ -23,8 +23,11 @@ argument                    choices (default first)
                             ``"float32"`` (x, s and x / s rounded to float32, as
                             ONNX, onnxruntime and PyTorch compute)
 ``zero_point_stage``        ``"after_rounding"`` round(x/s) + z,
-                            ``"before_rounding"`` round(x/s + z) (PyTorch's
-                            learnable fake-quant; float zero points)
+                            ``"before_rounding"`` round(x/s + z) (float zero
+                            points), ``"fused"`` round(fma(x, 1/s, z)) with one
+                            rounding of the multiply-add (PyTorch's AVX2
+                            quint8/qint8 kernel; needs scale_op="reciprocal",
+                            precision="float32")
 ``clamp_stage``             ``"after_rounding"``, ``"before_rounding"``
 ``overflow``                ``"saturate"`` clamp to [qmin, qmax], ``"wrap"``
                             (two's complement at the format's width), ``"raise"``
@@ -41,6 +44,7 @@ import numpy as np
 
 from .._errors import RefquantError
 from ..formats.integer import IntFormat, int_format
+from ._float32 import fma_f32
 from ._granularity import broadcast_param, check_block_size, normalize_axis
 from .rounding import round_to_int
 
@@ -49,7 +53,7 @@ __all__ = ["quantize", "dequantize", "fake_quantize"]
 _PRECISIONS = {"float64": np.float64, "float32": np.float32}
 _CHOICES = {
     "scale_op": ("divide", "reciprocal"),
-    "zero_point_stage": ("after_rounding", "before_rounding"),
+    "zero_point_stage": ("after_rounding", "before_rounding", "fused"),
     "clamp_stage": ("after_rounding", "before_rounding"),
     "overflow": ("saturate", "wrap", "raise"),
     "nan": ("raise", "zero", "zero_point", "qmin", "qmax"),
@@ -206,11 +210,16 @@ def quantize(
     ):
         _choice(name, val)
     ft = _precision(precision)
+    if zero_point_stage == "fused" and (scale_op, precision) != ("reciprocal", "float32"):
+        raise RefquantError(
+            "zero_point_stage='fused' computes fma(x, float32(1/s), z) and needs "
+            f"scale_op='reciprocal' and precision='float32'; got {scale_op!r}, {precision!r}"
+        )
     xa = _as_float_array(x, "x")
     axis, block_size = _granularity(xa, axis, block_size)
     s = broadcast_param(check_scale(scale), xa.shape, axis, block_size, "scale").astype(ft)
     z = broadcast_param(
-        check_zero_point(zero_point, fmt, allow_float=zero_point_stage == "before_rounding"),
+        check_zero_point(zero_point, fmt, allow_float=zero_point_stage != "after_rounding"),
         xa.shape,
         axis,
         block_size,
@@ -226,11 +235,15 @@ def quantize(
             "policy (nan='zero', 'zero_point', 'qmin' or 'qmax') to quantize them"
         )
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        if scale_op == "divide":
+        if zero_point_stage == "fused":
+            v = fma_f32(xf, (ft(1) / s).astype(ft), z.astype(ft))
+        elif scale_op == "divide":
             v = xf / s
         else:
             v = xf * (ft(1) / s).astype(ft)
-        if zero_point_stage == "before_rounding":
+        if zero_point_stage == "fused":
+            lo, hi = fmt.qmin, fmt.qmax
+        elif zero_point_stage == "before_rounding":
             v = (v + z.astype(ft)).astype(ft)
             lo, hi = fmt.qmin, fmt.qmax
         else:
@@ -276,7 +289,8 @@ def _wrap(r: np.ndarray, fmt: IntFormat) -> np.ndarray:
 
 
 def dequantize(
-    q, scale, zero_point=0, *, axis=None, block_size=None, out_dtype=np.float32
+    q, scale, zero_point=0, *, axis=None, block_size=None, out_dtype=np.float32,
+    precision="exact",
 ) -> np.ndarray:
     """Map integer codes back to real values: ``(q - z) * s``.
 
@@ -286,6 +300,11 @@ def dequantize(
     scale, zero_point, axis, block_size
         As for :func:`quantize`. Float zero points are accepted here.
     out_dtype : float dtype, default float32
+    precision : {"exact", "float32"}
+        ``"exact"``: the exact ``q - z`` times ``s``, rounded once to
+        ``out_dtype``. ``"float32"``: ``float32(q - z) * float32(s)`` with both
+        steps rounded to float32 (they differ only for ``|q - z| >= 2^24``,
+        i.e. 32-bit codes: PyTorch's qint32, int32 accumulators).
 
     Formula
     -------
@@ -301,6 +320,8 @@ def dequantize(
     qa = np.asarray(q)
     if qa.dtype.kind not in "iub" and qa.dtype.name not in ("int2", "int4", "uint2", "uint4"):
         raise RefquantError(f"q must be an array of integer codes, got dtype {qa.dtype}")
+    if precision not in ("exact", "float32"):
+        raise RefquantError(f"precision must be 'exact' or 'float32'; got {precision!r}")
     axis, block_size = _granularity(qa, axis, block_size)
     s = broadcast_param(check_scale(scale), qa.shape, axis, block_size, "scale")
     z = np.asarray(zero_point)
@@ -312,6 +333,8 @@ def dequantize(
         diff = qa.astype(np.int64) - broadcast_param(
             z.astype(np.int64), qa.shape, axis, block_size, "zero_point"
         )
+    if precision == "float32":
+        return (diff.astype(np.float32) * s.astype(np.float32)).astype(out_dtype)
     return (diff * s.astype(np.float64)).astype(out_dtype)
 
 

@@ -226,10 +226,13 @@ def qparams_from_range(
     else:
         scale = np.where(scale > 0, scale, ft(1)).astype(ft)
     if not symmetric:
+        # the rounded values are integral; subtract and clamp in float64, where
+        # every integer below 2^53 is exact (float32 would round qmin - r for
+        # 32-bit grids), and convert only after clamping
         if zero_point_formula == "qmin_minus_round":
-            zp = qmin - round_to_int((lo / scale).astype(ft))
+            zp = qmin - round_to_int((lo / scale).astype(ft)).astype(np.float64)
         else:
-            zp = round_to_int((ft(qmin) - lo / scale).astype(ft))
+            zp = round_to_int((ft(qmin) - lo / scale).astype(ft)).astype(np.float64)
         zp = np.clip(zp, qmin, qmax).astype(np.int64)
     grid = fmt if (qmin, qmax) == (fmt.qmin, fmt.qmax) else _CustomGrid.make(fmt, qmin, qmax)
     return QParams(

@@ -207,3 +207,26 @@ def test_fake_quantize_is_the_nearest_grid_point_inside_the_range(x, s, dtype):
     inside = (x >= lo) & (x <= hi)
     assert np.all(np.abs(y[inside] - x[inside]) <= 0.5 * np.float64(s) * (1 + 1e-6))
     assert np.all((y >= np.float32(lo) * (1 + 1e-6) - 1e-30) | ~np.isfinite(y))
+
+
+def test_fused_zero_point_rounds_the_multiply_add_once():
+    # x * (1/s) + z: with s = 1 - 2^-23, 1/s rounds to 1 + 2^-23 in float32; for
+    # x = -127.5 + 2^-16 the exact fma lands just below -127.5 + 128 = 0.5 + ...
+    s = np.float32(1 - 2.0**-23)
+    x = np.float32(-127.5 + 2.0**-16)
+    inv = np.float32(1) / s
+    exact = float(np.float64(x) * np.float64(inv) + 128)  # exact in float64 here
+    two_roundings = float(np.float32(np.float32(x * inv) + np.float32(128)))
+    fused = quantize(x, s, 128, dtype="uint8", scale_op="reciprocal", precision="float32",
+                     zero_point_stage="fused")
+    assert int(fused) == round(exact) and round(exact) != round(two_roundings)
+    with pytest.raises(RefquantError, match="fused"):
+        quantize(x, s, 128, dtype="uint8", zero_point_stage="fused")
+
+
+def test_dequantize_float32_precision_rounds_q_minus_z_first():
+    q = np.array([2**24 + 1], dtype=np.int64)
+    assert dequantize(q, 1.0, 0, out_dtype=np.float64)[0] == 2**24 + 1
+    assert dequantize(q, 1.0, 0, out_dtype=np.float64, precision="float32")[0] == 2**24
+    with pytest.raises(RefquantError, match="precision"):
+        dequantize(q, 1.0, precision="half")

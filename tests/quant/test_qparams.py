@@ -97,3 +97,12 @@ def test_qparams_reproduce_stored_semantics():
     s = float(qp.scale)
     assert qp.quantize(np.float64(0.5) * s) == 1
     assert qp.quantize(np.float64(0.5) * s, rounding="half_even") == 0
+
+
+def test_zero_point_is_formed_in_integers_for_wide_grids():
+    # qmin - round(lo / s) must not round in float32: int16 with a far-off lo
+    qp = qparams_from_range(-1.0, 1000.0, dtype="uint16", symmetric=False, include_zero=False,
+                            eps=0)
+    s = np.float32(np.float32(1001.0) / np.float32(65535))
+    assert qp.scale == s
+    assert int(qp.zero_point) == -int(np.rint(np.float32(np.float32(-1.0) / s)))
