@@ -500,23 +500,22 @@ def dequantize_linear(x, x_scale, x_zero_point=None, axis=1, block_size=0, outpu
                 "int32; it is not used for float8 and 4-bit float types)"
             )
     odt = _NUMPY[out]
-    if reference_quirks and out != "float":
-        y = dequantize_linear(x, s, zp, axis=axis, block_size=block_size, output_dtype=1,
-                              opset=max(opset, 21))
-        return y.astype(odt)  # float32 product, then the output type
+    # "exact": (x - z) * s rounded once to the output type. "float32": both steps in float32,
+    # then the output type: int32 codes (the spec's float32 product) and the peers'
+    # float16 / bfloat16 results (reference_quirks).
+    prec = "float32" if xt == "int32" or (reference_quirks and out != "float") else "exact"
     if xt in _FLOAT_FORMATS:
         # refquant.dequantize takes integer codes only: the decoded float8 value (exact in
-        # float64) times the scale, rounded once to the output type.
+        # float32 and float64) times the scale, rounded to the output type.
         from ..formats import floats
 
-        vals = floats.decode(x.view(np.uint8), _FLOAT_FORMATS[xt]).astype(np.float64)
-        sb = broadcast_param(s, x.shape, ax, bs, "x_scale").astype(np.float64)
-        return (vals * sb).astype(odt)
-    q = x.astype(np.int64)
-    if xt == "int32":
-        q = x.astype(np.float32).astype(np.int64)  # float32(x): integral beyond 2^24
+        vals = floats.decode(x.view(np.uint8), _FLOAT_FORMATS[xt])
+        sb = broadcast_param(s, x.shape, ax, bs, "x_scale")
+        wide = np.float32 if prec == "float32" else np.float64
+        return (vals.astype(wide) * sb.astype(wide)).astype(odt)
     z = 0 if zp is None or xt == "int32" else zp.astype(np.int64)
-    return dequantize(q, s, z, axis=ax, block_size=bs, out_dtype=odt)
+    return dequantize(x.astype(np.int64), s, z, axis=ax, block_size=bs, out_dtype=odt,
+                      precision=prec)
 
 
 def dynamic_quantize_linear(x, *, reference_quirks=False):
