@@ -696,3 +696,17 @@ def test_float8_dequantize_linear_matches_onnxruntime_through_a_quantize_dequant
 
 
 F32 = np.float32
+
+
+def test_qlinear_matmul_per_column_b_scale_and_zero_point_match_both_peers():
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, (4, 6)).astype(np.uint8)
+    b = rng.integers(-128, 128, (6, 3)).astype(np.int8)
+    sa, sy = np.array(0.02, F32), np.array(0.5, F32)
+    sb = F32([0.01, 0.25, 0.003])
+    za, zb, zy = np.array(100, np.uint8), np.int8([0, 0, 0]), np.array(128, np.uint8)
+    feeds = {"a": a, "sa": sa, "za": za, "b": b, "sb": sb, "zb": zb, "sy": sy, "zy": zy}
+    (oy,), (ry,) = _run(("qlmm", 2, 3, 2), feeds)
+    np.testing.assert_array_equal(ronnx.qlinear_matmul(a, sa, za, b, sb, zb, sy, zy), oy)
+    np.testing.assert_array_equal(
+        ronnx.qlinear_matmul(a, sa, za, b, sb, zb, sy, zy, reference_quirks=True), ry)
