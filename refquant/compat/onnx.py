@@ -653,7 +653,7 @@ def matmul_integer(A, B, a_zero_point=None, b_zero_point=None):
 
 def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point,
                    *, reference_quirks=False):
-    """QLinearMatMul: integer matmul requantized to y's grid.
+    """QLinearMatMul: integer matmul requantized to y's grid (int8 / uint8 types).
 
     Parameters
     ----------
@@ -700,7 +700,10 @@ def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, 
     a, b = np.asarray(a), np.asarray(b)
     zy = np.asarray(y_zero_point)
     if zy.dtype not in (np.int8, np.uint8):
-        raise RefquantError(f"y_zero_point must be int8 or uint8, got {zy.dtype}")
+        raise RefquantError(
+            f"y_zero_point must be int8 or uint8, got {zy.dtype} (the float8 types of "
+            "QLinearMatMul-21 are not implemented here)"
+        )
     c = matmul_integer(a, b, np.asarray(a_zero_point), np.asarray(b_zero_point)).astype(np.int64)
     sa = check_scale(a_scale, "a_scale").astype(np.float32)
     sb = check_scale(b_scale, "b_scale").astype(np.float32)
