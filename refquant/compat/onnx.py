@@ -217,6 +217,11 @@ def _precision(x, y_scale, precision, reference_quirks) -> str:
         p = _type_name(np.result_type(x.dtype, y_scale.dtype), "precision")
     else:
         p = _type_name(y_scale.dtype, "y_scale")
+    if p == "double" and not precision and not reference_quirks:
+        raise RefquantError(
+            "y_scale is float64, which ONNX does not allow (float, float16, bfloat16); pass "
+            "np.float32(scale) or an array of the scale's ONNX type"
+        )
     if p not in _PRECISIONS and not (reference_quirks and p == "double"):
         raise RefquantError(
             f"the division x / y_scale would run in {p}; the spec defines it for float, "

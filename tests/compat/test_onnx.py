@@ -200,6 +200,7 @@ def test_qlinear_matmul_hand_example():
      "same shape"),
     (lambda: ronnx.quantize_linear(F32([1]), F32(0)), "y_scale must be finite and > 0"),
     (lambda: ronnx.quantize_linear(F32([1]), np.int32(1)), "pass precision="),
+    (lambda: ronnx.quantize_linear(F32([1]), 0.5), "y_scale is float64"),
     (lambda: ronnx.quantize_linear(np.float64([1]), F32(1)), "x must be float32"),
     (lambda: ronnx.quantize_linear(F32([1]), F32(1), output_dtype="int32"),
      "not a QuantizeLinear output type"),
