@@ -248,6 +248,17 @@ def compare_quantized(actual, desired, *, max_step_diff=0, x=None, scale=None, z
     Returns
     -------
     QuantReport
+
+    Formula
+    -------
+    Steps :math:`d = |a - b|`; a mismatch is :math:`d > ` ``max_step_diff``. A tie is
+    :math:`x / s - \\lfloor x / s \\rfloor = 1/2` exactly, with the quotient taken in
+    float64 or in float32.
+
+    Reference
+    ---------
+    numpy.testing ``assert_array_compare`` and ``build_err_msg``
+    (``numpy/testing/_private/utils.py``) for the layout of the message.
     """
     del zero_point
     if max_step_diff < 0:
@@ -318,6 +329,17 @@ def compare_dequantized(actual, desired, *, rtol=1e-6, atol=0.0, max_ulp=None, x
     Returns
     -------
     QuantReport
+
+    Formula
+    -------
+    Close: :math:`|a - d| \\le atol + rtol\\,|d|`, or
+    :math:`\\mathrm{ulp}(a, d) \\le` ``max_ulp`` (distance between the float32 bit
+    patterns read as sign-magnitude integers, numpy's ``nulp_diff``). Steps:
+    :math:`\\mathrm{rne}(|a - d| / s)`.
+
+    Reference
+    ---------
+    numpy.testing ``assert_allclose`` / ``assert_array_max_ulp``.
     """
     a_raw, d_raw = np.asarray(actual), np.asarray(desired)
     for name, arr in (("actual", a_raw), ("desired", d_raw)):
