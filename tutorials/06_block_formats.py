@@ -124,8 +124,9 @@ for label, (bpw, fn) in methods.items():
 # 1.7 dB at the same 4.5 bits, thanks to its fitted scales and mins; NF4's
 # normal-quantile codebook does not beat Q4_0's uniform grid on these
 # (not very Gaussian) blocks; MXFP4 pays about 2 dB for its power-of-two scale
-# (a block whose absmax is just under $2^k$ uses barely half of the e2m1 range),
-# and int4-g128 pays for its 4x larger groups.
+# (a block's absmax lands anywhere in $[4, 8)$ scale units, so the top codes
+# are either unused or, above 6, clipped), and int4-g128 pays for its 4x
+# larger groups.
 #
 # The ggml ladder from 2 to 8.5 bits per weight on the same matrices places
 # these 4-bit formats on a curve: each extra bit is worth about 6 dB.
