@@ -286,23 +286,24 @@ def quantize_linear(
     Notes
     -----
     Departures of ``onnx.reference`` (``onnx/reference/ops/op_quantize_linear.py``,
-    ``_CommonQuantizeLinear._run``), reproduced with ``reference_quirks=True``:
+    ``_CommonQuantizeLinear._run``; line numbers of onnx 1.23), reproduced with
+    ``reference_quirks=True``:
 
-    * ``xi = np.rint(x).astype(np.int32)`` then ``xi += zero_point`` then
+    * ``xi = np.rint(x).astype(np.int32)`` (line 89) then ``xi += zero_point`` (91) then
       ``np.clip``: a quotient that is NaN, ±Inf or outside the int32 range becomes
       INT32_MIN (x86-64's conversion of an out-of-range float; the C cast is
       undefined, other CPUs saturate), and the int32 sum with the zero point wraps.
       So ``x / y_scale >= 2**31`` and ``+Inf`` give ``qmin`` instead of ``qmax``
       (int8, zero point 0: ``+Inf -> -128``); with a negative zero point every such
       value wraps past INT32_MIN and gives ``qmax`` (zero point -100: ``-Inf -> 127``).
-    * ``x / y_scale`` runs in NumPy's type promotion of x and y_scale, not in
+    * ``x = x / y_scale`` (line 86) runs in NumPy's type promotion of x and y_scale, not in
       y_scale's type: float64 for an int32 x, float32 for float32 x with a float16
       y_scale.
     * For float8 outputs the zero point is ignored; refquant rejects a non-zero one.
     * float4e2m1 has no NaN; the spec leaves NaN undefined and refquant raises.
       The evaluator casts with ml_dtypes, which gives a zero with the opposite
       sign (NaN -> -0.0, code 0x8); ``reference_quirks=True`` gives that.
-    * For float4e2m1 the evaluator adds the zero point (``x = x + zero_point``), which
+    * For float4e2m1 the evaluator adds the zero point (``x = x + zero_point``, line 120), which
       turns ``-0.0`` into ``+0.0``; refquant keeps the sign of zero, as both peers do
       for float8 (the zero point "is not used" for float types). ``reference_quirks``
       adds it.
@@ -459,7 +460,8 @@ def dequantize_linear(x, x_scale, x_zero_point=None, axis=1, block_size=0, outpu
     Notes
     -----
     For float16 / bfloat16 outputs refquant rounds the exact product once to the
-    output type. onnx.reference (``dx = x.astype(np.float32) - zero_point``,
+    output type. onnx.reference (``op_dequantize_linear.py`` line 42:
+    ``dx = x.astype(np.float32) - zero_point``,
     ``y = dx * x_scale``, ``y.astype(output type)``) and onnxruntime both round it
     to float32 first: a double rounding that differs about once in 20000 int16
     codes (int16 ``x = 28677``, float16 ``x_scale = 0.1``: the product
@@ -553,7 +555,7 @@ def dynamic_quantize_linear(x, *, reference_quirks=False):
     point. refquant gives ``s = 1, z = 0``, as onnxruntime does
     (``onnxruntime/core/util/qmath.h``, ``GetQuantizationParameter``:
     ``scale = max == min ? 1.0f : (max - min) / float(qmax - qmin)``).
-    ``onnx.reference`` (``op_dynamic_quantize_linear.py``) quotes that line but
+    ``onnx.reference`` (``op_dynamic_quantize_linear.py``, line 17) quotes that line but
     divides the 1.0 by 255 as well, giving ``s = 1/255`` (float32
     0.003921569); ``reference_quirks=True`` gives that. A range so small that
     ``s`` underflows to 0 raises RefquantError.
@@ -688,12 +690,12 @@ def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, 
 
     Notes
     -----
-    ``onnx.reference`` (``op_qlinear_matmul.py``) computes ``C * (a_scale * b_scale /
+    ``onnx.reference`` (``op_qlinear_matmul.py``, line 22) computes ``C * (a_scale * b_scale /
     y_scale)`` with an int32 ``C`` and a float32 multiplier, which NumPy promotes to
     float64: the product is rounded to float64 instead of float32, so a product
     within half a float32 ulp of a tie can round the other way. The spec does not
     say which precision. It also adds ``y_zero_point`` before rounding
-    (``D += y_zero_point`` then ``np.rint(D)``), against the spec's
+    (``D += y_zero_point``, line 24, then ``np.rint(D)``), against the spec's
     ``round(x / y_scale) + y_zero_point``: a tie with an odd zero point rounds the
     other way (C = 2, multiplier 0.25, zero point 1: spec and onnxruntime 1,
     reference 2). ``reference_quirks=True`` gives both departures.
