@@ -27,7 +27,9 @@ from refquant.io.safetensors import SafetensorsCheckpoint
 __import__("refquant.io.gguf").io.gguf.ggml_type_table()
 __import__("refquant.io.flax")
 
-FUZZ = settings(max_examples=int(__import__("os").environ.get("REFQUANT_FUZZ_EXAMPLES", "60")), suppress_health_check=[HealthCheck.function_scoped_fixture,
+# deadline: a reader that hangs on some input fails instead of stalling the suite
+FUZZ = settings(max_examples=int(__import__("os").environ.get("REFQUANT_FUZZ_EXAMPLES", "60")),
+                deadline=10_000, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                         HealthCheck.too_slow])
 
 

@@ -117,3 +117,26 @@ def test_quant_schemes_recognise_naming_conventions(tmp_path):
     assert s["g.qzeros"] == "packed zero points of g.qweight"
     assert s["c.weight_packed"].startswith("compressed-tensors")
     assert s["p.weight"] is None
+
+
+@pytest.mark.parametrize("module, extra, build", [
+    ("onnx", "refquant[onnx]", lambda p: p.write_bytes(b"\x08\x07\x12\x04test")),
+    ("msgpack", "refquant[flax]", lambda p: p.write_bytes(b"\x81\xa1a\x01")),
+    ("h5py", "refquant[keras]", lambda p: p.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))),
+])
+def test_missing_optional_package_names_the_extra(tmp_path, monkeypatch, module, extra, build):
+    import sys
+
+    p = tmp_path / "f.bin"
+    build(p)
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
+    with pytest.raises(RefquantError, match=extra.replace("[", "\\[").replace("]", "\\]")):
+        rio.open(p)
+
+
+def test_gguf_writer_missing_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gguf", None)
+    with pytest.raises(RefquantError, match="refquant\\[gguf\\]"):
+        rio.save({"w": np.zeros(2, np.float32)}, tmp_path / "w.gguf")

@@ -111,3 +111,20 @@ def test_torch_own_weights_only_loader_agrees_on_a_shared_storage_file(tmp_path)
     with rio.open(p) as ck:
         for k in sd:
             np.testing.assert_array_equal(ck[k], ref[k].numpy())
+
+
+def test_sharded_pytorch_model_bin_index_and_hf_folder(tmp_path):
+    import json
+
+    torch = import_peer("torch")
+    a, b = torch.randn(3, 2), torch.arange(4, dtype=torch.int64)
+    torch.save({"a": a}, tmp_path / "pytorch_model-00001-of-00002.bin")
+    torch.save({"b": b}, tmp_path / "pytorch_model-00002-of-00002.bin")
+    (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({
+        "metadata": {"total_size": 56},
+        "weight_map": {"a": "pytorch_model-00001-of-00002.bin", "b": "pytorch_model-00002-of-00002.bin"}}))
+    for target in (tmp_path / "pytorch_model.bin.index.json", tmp_path):
+        with rio.open(target) as ck:
+            assert ck.format == "sharded" and ck.metadata["total_size"] == 56
+            np.testing.assert_array_equal(ck["a"], a.numpy())
+            np.testing.assert_array_equal(ck["b"], b.numpy())
