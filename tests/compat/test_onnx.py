@@ -9,9 +9,13 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+import refquant
 from refquant import RefquantError
 from refquant.compat import onnx as ronnx
+from refquant.formats.integer import int_format
 
 F32 = np.float32
 
@@ -271,3 +275,33 @@ def test_opset_10_is_per_tensor_only():
         ronnx.quantize_linear(F32([[1.0, 2.0]]), F32([1.0, 2.0]), np.int8([0, 0]), opset=10)
     assert ronnx.quantize_linear(F32([[1.0, 2.0]]), F32([1.0, 2.0]), np.int8([0, 0]),
                                  opset=13).tolist() == [[1, 1]]
+
+
+# ---------------------------------------------------------------- properties
+
+_TYPES = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "uint16": np.uint16,
+          "int4": ml_dtypes.int4, "uint4": ml_dtypes.uint4, "int2": ml_dtypes.int2,
+          "uint2": ml_dtypes.uint2}
+
+
+@given(name=st.sampled_from(sorted(_TYPES)), e=st.integers(-20, 10), data=st.data())
+def test_dequantize_then_quantize_returns_every_code_for_power_of_two_scales(name, e, data):
+    fmt = int_format(name)
+    n = data.draw(st.integers(1, 30))
+    q = np.array(data.draw(st.lists(st.integers(fmt.qmin, fmt.qmax), min_size=n, max_size=n)))
+    z = data.draw(st.integers(fmt.qmin, fmt.qmax))
+    s = F32(2.0**e)  # (q - z) * 2^e is exact in float32, and so is its quotient by 2^e
+    dt = _TYPES[name]
+    y = ronnx.dequantize_linear(q.astype(dt), s, np.array(z, dt))
+    back = ronnx.quantize_linear(y, s, np.array(z, dt))
+    assert back.dtype == np.dtype(dt)
+    np.testing.assert_array_equal(back.astype(np.int64), q)
+
+
+@given(x=st.lists(st.floats(-1e6, 1e6, width=32), min_size=1, max_size=30),
+       s=st.floats(2.0**-10, 1024.0, width=32), z=st.integers(-128, 127))
+def test_quantize_linear_int8_equals_the_core_with_onnx_arguments(x, s, z):
+    x = F32(x)
+    want = refquant.quantize(x, F32(s), z, dtype="int8", rounding="half_even",
+                             precision="float32")
+    np.testing.assert_array_equal(ronnx.quantize_linear(x, F32(s), np.int8(z)), want)
