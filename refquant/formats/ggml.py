@@ -110,6 +110,7 @@ KVALUES_MXFP4 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -1
 
 _F32 = np.float32
 _GROUP_MAX_EPS = _F32(1e-15)
+_CHUNK = 8192  # blocks quantized at a time (K-quant temporaries: ~1 MB per 256-block)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -403,9 +404,11 @@ class GGMLBlockFormat:
                 f"blocks contains a non-finite value {x[where]!r} at index {where}; ggml's "
                 f"quantize_row_{self.c_name}_ref has no defined result for NaN/Inf input"
             )
+        out = np.empty((x.shape[0], self.type_size), dtype=np.uint8)
         with np.errstate(all="ignore"):
-            out = self._quantize(x)
-        assert out.shape == (x.shape[0], self.type_size) and out.dtype == np.uint8
+            # blocks are independent: bound the temporaries by working on chunks of blocks
+            for start in range(0, x.shape[0], _CHUNK):
+                out[start : start + _CHUNK] = self._quantize(x[start : start + _CHUNK])
         return out
 
     def dequantize_blocks(self, raw: np.ndarray) -> np.ndarray:

@@ -313,3 +313,15 @@ def test_wrong_block_shape_is_refused():
         FORMATS["q4_0"].dequantize_blocks(np.zeros((2, 17), np.uint8))
     with pytest.raises(RefquantError, match="raw must be a uint8 array"):
         FORMATS["q4_0"].dequantize_blocks(np.zeros((2, 18), np.int16))
+
+
+@pytest.mark.parametrize("name", ["q4_0", "q4_k"])
+def test_quantizing_in_chunks_of_blocks_gives_the_same_bytes(name, monkeypatch):
+    import refquant.formats.ggml as ggml_module
+
+    fmt = FORMATS[name]
+    x = np.random.default_rng(4).standard_normal((10, fmt.block_size)).astype(np.float32)
+    whole = fmt.quantize_blocks(x)
+    monkeypatch.setattr(ggml_module, "_CHUNK", 3)
+    assert np.array_equal(fmt.quantize_blocks(x), whole)
+    assert np.array_equal(whole[4:5], fmt.quantize_blocks(x[4:5]))
