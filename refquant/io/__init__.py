@@ -50,7 +50,19 @@ _LEGACY_TORCH = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
 
 
 def detect_format(path) -> str:
-    """Name the format of ``path`` from its content (see the module table)."""
+    """Name the format of ``path`` from its content (see the module table), never its name.
+
+    Notes
+    -----
+    **Formula**: first match wins, in the order of the checks: zip (then its
+    entries decide), ``\x93NUMPY``, ``GGUF``, HDF5 signature, the legacy PyTorch
+    magic pickle, ``u64 n`` followed by ``{`` with ``8 + n <=`` size (safetensors),
+    a JSON object (an index), the LevelDB table magic in the last 8 bytes (TF),
+    protobuf field 1 varint (ONNX), a msgpack map (Flax).
+
+    **Reference**: the magic numbers of each format's specification (see the
+    reader modules).
+    """
     p = Path(path)
     if p.is_dir():
         return "directory"
@@ -335,6 +347,12 @@ def load_arrays(path, key=None):
         Any format :func:`open` reads.
     key : str, optional
         Return only this tensor; RefquantError listing a few names when absent.
+
+    Notes
+    -----
+    **Formula**: ``{k: open(path)[k] for k in open(path)}``: bits unchanged.
+
+    **Reference**: :func:`open`.
     """
     with open(path) as ck:
         if key is not None:
@@ -375,6 +393,16 @@ def quant_schemes(ck: LazyCheckpoint) -> dict:
     ``weight_scale_inv``, ``input_scale``), bitsandbytes (``absmax``, ``quant_map``,
     ``SCB``) and int8 / fp8 weights with a ``_scale`` sibling. Returns
     ``{name: scheme or None}``.
+
+    Notes
+    -----
+    **Formula**: a naming rule, no arithmetic: a tensor's role comes from its
+    suffix and its siblings' names, its kind from its dtype.
+
+    **Reference**: AutoGPTQ / AutoAWQ (``qweight``, ``qzeros``, ``scales``,
+    ``g_idx``); neuralmagic compressed-tensors (``weight_packed``,
+    ``weight_scale``, ``weight_zero_point``); DeepSeek-V3 FP8
+    (``weight_scale_inv``); bitsandbytes (``absmax``, ``quant_map``, ``SCB``).
     """
     names = set(ck)
     out = {}

@@ -201,12 +201,25 @@ def open_npy(path, key="array"):
 
 
 def open_npz(path):
-    """Open a ``.npz`` archive lazily; stored members memory-mapped (see :func:`open_npy`)."""
+    """Open a ``.npz`` archive lazily; stored members memory-mapped (see :func:`open_npy`).
+
+    Notes
+    -----
+    **Formula**: member data at local header offset + 30 + name + extra + npy
+    header length. **Reference**: numpy/lib/npyio.py (``NpzFile``), PKWARE
+    APPNOTE.TXT 4.3.7 (local file header).
+    """
     return NpzCheckpoint(path)
 
 
 def save_npz(tensors, path, *, overwrite=False):
-    """Write ``tensors`` as an uncompressed ``.npz`` (members memory-mappable), atomically."""
+    """Write ``tensors`` as an uncompressed ``.npz`` (members memory-mappable), atomically.
+
+    Notes
+    -----
+    **Formula**: values bit for bit. **Reference**: ``numpy.lib.format.write_array``
+    with ``allow_pickle=False`` inside a ``ZIP_STORED`` archive (as ``np.savez``).
+    """
     import io
 
     from .._errors import RefquantError

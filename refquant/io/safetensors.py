@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from .._errors import RefquantError
+from ..kernels.packing import pack_nibbles, unpack_nibbles
 from ._common import (
     SAFETENSORS_BITS,
     SAFETENSORS_DTYPES,
@@ -87,14 +88,12 @@ MAX_HEADER_SIZE = 100_000_000
 def unpack_subbyte(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     """Unpack ``count`` codes of ``bits`` (4 or 6) bits from ``packed`` uint8 bytes.
 
-    Returns a uint8 array of codes, LSB-first as drawn in the module docstring.
+    Returns a uint8 array of codes, LSB-first as drawn in the module docstring
+    (4 bits: :func:`refquant.kernels.packing.unpack_nibbles`, ``order="low_first"``).
     """
     packed = np.asarray(packed, dtype=np.uint8).reshape(-1)
     if bits == 4:
-        out = np.empty(packed.size * 2, dtype=np.uint8)
-        out[0::2] = packed & 0x0F
-        out[1::2] = packed >> 4
-        return out[:count]
+        return unpack_nibbles(packed, count, order="low_first")
     if bits == 6:
         b = packed.reshape(-1, 3).astype(np.uint8)
         out = np.empty((b.shape[0], 4), dtype=np.uint8)
@@ -110,7 +109,7 @@ def pack_subbyte(codes: np.ndarray, bits: int) -> np.ndarray:
     """Pack uint8 ``codes`` (each < 2**bits) LSB-first; ``codes.size * bits % 8 == 0``."""
     c = np.asarray(codes, dtype=np.uint8).reshape(-1)
     if bits == 4:
-        return (c[0::2] & 0x0F) | ((c[1::2] & 0x0F) << 4)
+        return pack_nibbles(c & 0x0F, order="low_first")
     if bits == 6:
         q = (c & 0x3F).reshape(-1, 4)
         out = np.empty((q.shape[0], 3), dtype=np.uint8)
