@@ -186,8 +186,9 @@ def _run_inspect(args) -> int:
 
     with rio.open(args.path) as ck:
         schemes = rio.quant_schemes(ck)
+        # shape: of the numbers (block-quantized tensors: of what the blocks decode to)
         rows = [{"name": n, "dtype": i.dtype.name, "stored_dtype": i.stored_dtype,
-                 "shape": list(i.shape), "bytes": i.nbytes, "scheme": schemes[n]}
+                 "shape": list(i.logical_shape or i.shape), "bytes": i.nbytes, "scheme": schemes[n]}
                 for n, i in ck.infos.items()]
         meta = dict(ck.metadata)
         fmt = ck.format
