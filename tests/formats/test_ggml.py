@@ -325,3 +325,21 @@ def test_quantizing_in_chunks_of_blocks_gives_the_same_bytes(name, monkeypatch):
     monkeypatch.setattr(ggml_module, "_CHUNK", 3)
     assert np.array_equal(fmt.quantize_blocks(x), whole)
     assert np.array_equal(whole[4:5], fmt.quantize_blocks(x[4:5]))
+
+
+def test_ggml_mxfp4_exponent_follows_float32_log2f_rounding():
+    # amax = (2 - 2^-23) * 2^20: log2 = 21 - 1.7e-7 rounds to 21.0f (spacing 1.9e-6 there), so
+    # e = 21 - 2 + 127 = 146, one more than floor(log2 amax) would give; at 2^0 the same mantissa
+    # gives log2f = 0.99999988 (representable), floor 0, e = 125
+    fmt = FORMATS["ggml_mxfp4"]
+    for k, e in ((20, 146), (0, 125)):
+        x = np.zeros((1, 32), np.float32)
+        x[0, 0] = np.ldexp(np.float32(2 - 2**-23), k)
+        assert fmt.quantize_blocks(x)[0, 0] == e
+
+
+def test_q8_0_subnormal_scale_gives_zero_codes_as_x86_does():
+    # amax = 1e-39 -> d = amax/127 ~ 7.9e-42, 1/d = +Inf, x*id = +-Inf or NaN (0*Inf); C's cast of
+    # those to int8_t is undefined, x86-64's cvttss2si gives INT32_MIN whose low byte is 0
+    x = _block(32, i0=1e-39, i1=-5e-40)
+    assert FORMATS["q8_0"].quantize_blocks(x)[0].tolist() == [0] * 34
