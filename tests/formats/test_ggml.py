@@ -343,3 +343,20 @@ def test_q8_0_subnormal_scale_gives_zero_codes_as_x86_does():
     # those to int8_t is undefined, x86-64's cvttss2si gives INT32_MIN whose low byte is 0
     x = _block(32, i0=1e-39, i1=-5e-40)
     assert FORMATS["q8_0"].quantize_blocks(x)[0].tolist() == [0] * 34
+
+
+def test_ggml_mxfp4_equals_ocp_mxfp4_except_where_ocp_rounds_a_tie_up_to_even():
+    from refquant.formats.mx import dequantize_mx, quantize_mx
+
+    fmt = FORMATS["ggml_mxfp4"]
+    # same scale rule (floor(log2 amax) - 2) and nearest e2m1 element away from ties
+    x = np.random.default_rng(5).standard_normal((200, 32)).astype(np.float32)
+    codes, scales = quantize_mx(x, "mxfp4")
+    raw = fmt.quantize_blocks(x)
+    assert np.array_equal(raw[:, 0], scales[:, 0])
+    assert np.array_equal(fmt.dequantize_blocks(raw), dequantize_mx(codes, scales, "mxfp4"))
+    # ties: OCP (half to even) 1.75 -> 2, 0.75 -> 1, 3.5 -> 4; ggml (first index) -> 1.5, 0.5, 3
+    t = _block(32, i0=6, i1=1.75, i2=0.75, i3=3.5)
+    codes, scales = quantize_mx(t, "mxfp4")
+    assert dequantize_mx(codes, scales, "mxfp4")[0, 1:4].tolist() == [2, 1, 4]
+    assert fmt.dequantize_blocks(fmt.quantize_blocks(t))[0, 1:4].tolist() == [1.5, 0.5, 3]
