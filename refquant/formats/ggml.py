@@ -647,8 +647,10 @@ class GGML_MXFP4(GGMLBlockFormat, name="ggml_mxfp4"):
     the e2m1 values doubled); each element takes the first index i of
     ``kvalues_mxfp4`` that minimises :math:`|k_i d - x|` (float32). Ties go to
     the lower index: the smaller magnitude (x = 1.5·2d -> 1, not 2), and +0
-    (index 0) for ±0. ``log2f`` is taken correctly rounded to float32 (glibc's
-    log2f is within 0.75 ulp, which gives the same floor here). A scale below
+    (index 0) for ±0. ``log2f`` is taken as log2 correctly rounded to float32,
+    so (2 - 2^-23)·2^k gets e one higher for |k| large enough that the rounding
+    reaches the next integer (checked against glibc's log2f in libggml for every
+    exponent, subnormal amax included, with mantissas near 1 and 2). A scale below
     2^-125 makes C convert a negative float to ``uint8_t`` (undefined): x86-64
     keeps the low byte (-1 -> 255), and so does this.
     **Reference**: ``quantize_row_mxfp4_ref``, ``best_index_mxfp4``,
