@@ -1,0 +1,132 @@
+"""Properties every registered format must have: a new format is tested the moment it registers.
+
+Each family is driven through one small adapter (how to round values to the
+format and back); the properties themselves are the same for every format.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import refquant as rq
+from refquant.formats import floats
+from refquant.formats.codebook import nearest_index
+from refquant.formats.mx import dequantize_mx, quantize_mx
+
+ALL = rq.list_formats()
+ELEMENT = [n for n in ALL if rq.get_format(n).family in ("integer", "float", "codebook")]
+BLOCK = [n for n in ALL if rq.get_format(n).family == "block"]
+
+
+def test_registry_holds_every_family():
+    fams = {rq.get_format(n).family for n in ALL}
+    assert fams == {"integer", "float", "codebook", "block"}
+    for must in ("int8", "uint4", "float8_e4m3fn", "float4_e2m1fn", "nf4", "mxfp4", "q4_0",
+                 "q4_k", "tq2_0"):
+        assert must in ALL
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_format_is_found_by_its_exact_name(name):
+    f = rq.get_format(name)
+    assert f.name == name and rq.get_format(f) is f
+    assert 1 <= f.bits <= 32
+
+
+# ----------------------------------------------------------------- element formats
+
+
+def _grid(f):
+    """Every finite value of an element format, sorted."""
+    if f.family == "integer":
+        return np.arange(f.qmin, f.qmax + 1, dtype=np.float64)
+    if f.family == "float":
+        n = 1 << (f.bits if f.bits <= 8 else 16)
+        dt = np.uint16 if f.bits > 8 else np.uint8
+        v = floats.decode(np.arange(n).astype(dt), f.name).astype(np.float64)
+        return np.unique(v[np.isfinite(v)])
+    return np.unique(f.values.astype(np.float64))
+
+
+def _round(f, x):
+    """x rounded to the format (values inside its range), as float64."""
+    if f.family == "integer":
+        return rq.fake_quantize(x, 1.0, dtype=f, out_dtype=np.float64)
+    if f.family == "float":
+        return floats.decode(floats.encode(x, f.name, saturate=True), f.name).astype(np.float64)
+    return f.values[nearest_index(x, f.values)].astype(np.float64)
+
+
+def _inputs(f, data):
+    g = _grid(f)
+    lo, hi = g[0], g[-1]
+    pick = data.draw(hnp.arrays(np.int64, 24, elements=st.integers(0, g.size - 1)))
+    frac = data.draw(hnp.arrays(np.float64, 24, elements=st.floats(0, 1)))
+    mids = g[pick] + (g[np.minimum(pick + 1, g.size - 1)] - g[pick]) * frac
+    exact_mid = (g[pick] + g[np.minimum(pick + 1, g.size - 1)]) / 2
+    x = np.concatenate([g[pick], mids, exact_mid, [lo, hi]])
+    if f.family == "float" and f.bits == 8 and f.name.endswith("e8m0fnu"):
+        x = x[x > 0]
+    return x.astype(np.float32).astype(np.float64), g
+
+
+@settings(max_examples=25)
+@given(data=st.data())
+@pytest.mark.parametrize("name", ELEMENT)
+def test_element_format_rounds_to_a_nearest_representable_value(name, data):
+    f = rq.get_format(name)
+    x, g = _inputs(f, data)
+    y = _round(f, x)
+    assert np.isin(y, g).all(), "rounded values must lie on the grid"
+    nearest = np.min(np.abs(x[:, None] - g[None, :]), axis=1)
+    np.testing.assert_array_equal(np.abs(x - y), nearest)
+
+
+@pytest.mark.parametrize("name", ELEMENT)
+def test_element_format_round_trip_is_exact_on_the_grid_and_idempotent(name):
+    f = rq.get_format(name)
+    g = _grid(f)
+    np.testing.assert_array_equal(_round(f, g), g)
+    x = np.linspace(g[0], g[-1], 301)
+    y = _round(f, x)
+    np.testing.assert_array_equal(_round(f, y), y)
+    assert np.all(np.diff(y) >= 0), "rounding must be monotone"
+
+
+# ----------------------------------------------------------------- block formats
+
+
+def _block_round_trip(f, x):
+    if type(f).__name__ == "MXFormat":
+        codes, scales = quantize_mx(x, f)
+        return dequantize_mx(codes, scales, f)
+    raw = f.quantize_blocks(x.reshape(-1, f.block_size))
+    if not f.has_dequantize:
+        return None
+    return f.dequantize_blocks(raw).reshape(x.shape)
+
+
+@settings(max_examples=10)
+@given(data=st.data())
+@pytest.mark.parametrize("name", BLOCK)
+def test_block_format_round_trip_keeps_shape_zeros_and_bounds(name, data):
+    f = rq.get_format(name)
+    n = f.block_size * data.draw(st.integers(1, 3))
+    x = data.draw(hnp.arrays(np.float32, (2, n), elements=st.floats(-100, 100, width=32)))
+    x[:, : f.block_size] = 0  # a whole zero block
+    y = _block_round_trip(f, x)
+    if y is None:  # a format ggml only quantizes (q8_1)
+        return
+    assert y.shape == x.shape and np.isfinite(y).all()
+    np.testing.assert_array_equal(y[:, : f.block_size], 0)
+    blocks = np.abs(x.reshape(-1, f.block_size)).max(axis=1, keepdims=True)
+    err = np.abs(y.reshape(-1, f.block_size) - x.reshape(-1, f.block_size))
+    assert np.all(err <= blocks * 1.01 + 1e-30)
+
+
+@pytest.mark.parametrize("name", BLOCK)
+def test_block_format_bits_per_weight_counts_the_scales(name):
+    f = rq.get_format(name)
+    assert f.bits > getattr(f, "element_bits", 1)
