@@ -22,6 +22,18 @@ from .quant import (
     round_to_int,
     sqnr_db,
 )
+from .quant.binary import binarize, binarize_xnor, ternarize_absmean, ternarize_twn
+from .quant.calibration import MovingAverageMinMax, calibrate_range
+from .quant.dynamic import dynamic_quantize, dynamic_quantize_per_token
+from .quant.floatq import dequantize_float, quantize_float
+from .quant.integer import (
+    integer_matmul,
+    multiply_by_quantized_multiplier,
+    quantize_bias,
+    quantize_multiplier,
+    requantize,
+)
+from .quant.pow2 import pow2_quantize
 
 __version__ = "0.1.0"
 
@@ -42,4 +54,20 @@ __all__ = [
     "sqnr_db",
     "max_abs_error",
     "error_in_steps",
+    "calibrate_range",
+    "MovingAverageMinMax",
+    "dynamic_quantize",
+    "dynamic_quantize_per_token",
+    "quantize_float",
+    "dequantize_float",
+    "binarize",
+    "binarize_xnor",
+    "ternarize_twn",
+    "ternarize_absmean",
+    "pow2_quantize",
+    "integer_matmul",
+    "requantize",
+    "quantize_multiplier",
+    "multiply_by_quantized_multiplier",
+    "quantize_bias",
 ]

@@ -51,8 +51,8 @@ def _add_verify(sub):
         "arrays are compared as codes, float arrays as values. Exit status: 0 match, "
         "1 mismatch, 2 bad input.",
     )
-    p.add_argument("actual", help="the results to check (.npy or .npz)")
-    p.add_argument("expected", help="the reference results (.npy or .npz)")
+    p.add_argument("actual", help="the results to check (.npy, .npz or any checkpoint)")
+    p.add_argument("expected", help="the reference results (.npy, .npz or any checkpoint)")
     p.add_argument("--scale", help="scale: a number or a .npy file (enables step counting)")
     p.add_argument("--zero-point", help="zero point: an integer or a .npy file")
     p.add_argument("--axis", type=int, help="axis of per-axis or blocked parameters")

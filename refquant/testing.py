@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._errors import RefquantError
+from .identify import IdentifyReport, identify
 from .quant._granularity import broadcast_param, check_block_size, normalize_axis
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "assert_dequantized_close",
     "load_arrays",
     "verify_files",
+    "identify",
+    "IdentifyReport",
 ]
 
 CLASSES = {
@@ -442,10 +445,14 @@ def assert_dequantized_close(actual, desired, *, rtol=1e-6, atol=0.0, max_ulp=No
 
 
 def load_arrays(path, what: str = "file") -> dict:
-    """Arrays of a ``.npy`` file (key ``""``) or ``.npz`` file (by key), never unpickling.
+    """Arrays of a ``.npy`` file (key ``""``), ``.npz`` file or any checkpoint, never unpickling.
 
-    Raises RefquantError for a missing file, another extension, an unreadable file or
-    an object array (which would need pickle).
+    ``.npy`` and ``.npz`` are read with ``allow_pickle=False``; every other file
+    goes through :func:`refquant.io.load_arrays` (safetensors, PyTorch, GGUF,
+    ONNX, Keras, Flax, TensorFlow; format detected from the bytes).
+
+    Raises RefquantError for a missing file, an unrecognised format, an
+    unreadable file or an object array (which would need pickle).
     """
     import os
 
@@ -454,7 +461,12 @@ def load_arrays(path, what: str = "file") -> dict:
         raise RefquantError(f"{what} {p!r} does not exist or is not a file")
     ext = os.path.splitext(p)[1].lower()
     if ext not in (".npy", ".npz"):
-        raise RefquantError(f"{what} {p!r} must be a .npy or .npz file, got {ext or 'no extension'}")
+        from .io import load_arrays as load_checkpoint
+
+        try:
+            return dict(load_checkpoint(p))
+        except RefquantError as e:
+            raise RefquantError(f"cannot read {what} {p!r}: {e}") from None
     try:
         loaded = np.load(p, allow_pickle=False)
         if ext == ".npy":

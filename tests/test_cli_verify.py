@@ -112,7 +112,7 @@ def test_bad_input_exits_2_with_a_message(files, tmp_path, capsys, case):
     assert main(["verify", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("refquant verify: error:")
-    assert {"missing": "does not exist", "extension": "must be a .npy or .npz",
+    assert {"missing": "does not exist", "extension": "unrecognised checkpoint format",
             "pickle": "without pickle", "bad_scale": "scale must be a number",
             "no_key": "has no array 'q'", "npy_vs_many": "pass --key"}[case] in err
 
@@ -134,3 +134,13 @@ def test_console_script_exit_status(files):
                        text=True, check=False)
     assert r.returncode == 1
     assert "Mismatched elements: 1 / 1 (100%)" in r.stdout
+
+
+def test_verify_reads_checkpoints_through_refquant_io(tmp_path, capsys):
+    import refquant.io as rio
+
+    rio.save({"w": np.int8([1, 2, 3])}, tmp_path / "a.safetensors")
+    rio.save({"w": np.int8([1, 2, 4])}, tmp_path / "b.safetensors")
+    assert main(["verify", str(tmp_path / "a.safetensors"), str(tmp_path / "a.safetensors")]) == 0
+    assert main(["verify", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")]) == 1
+    assert "Mismatched elements: 1 / 3" in capsys.readouterr().out
