@@ -21,16 +21,16 @@ def _add_demo(sub):
 
 
 def _run_demo(args) -> int:
-    from .demo import integer_scheme_rows
+    from .demo import format_rows, integer_scheme_rows
 
     rows = integer_scheme_rows()
     if args.json:
         import json
 
-        print(json.dumps(rows, indent=1))
+        print(json.dumps({"integer": rows, "formats": format_rows()}, indent=1))
         return 0
     print("refquant demo: the bundled digits MLP (6 weight matrices, "
-          f"{rows[0]['bytes'] // 4} weights), every integer scheme\n")
+          f"{rows[0]['bytes'] // 4} weights) under every scheme\n")
     head = f"{'scheme':<14}{'bits':>5}  {'kind':<10}{'SQNR dB':>9}{'max err':>9}{'bytes':>9}{'acc %':>8}"
     print(head)
     print("-" * len(head))
@@ -40,6 +40,14 @@ def _run_demo(args) -> int:
               f"{r['max_err_steps']:>9.3f}{r['bytes']:>9d}{100 * r['accuracy']:>8.2f}")
     print("\nmax err: largest |w - dequantize(quantize(w))| in quantization steps (<= 0.5 when "
           "nothing clips)")
+    fmt_rows = format_rows()
+    print("\nfloat, codebook and block formats (bits per weight include the stored scales)\n")
+    head = f"{'format':<27}{'bits/w':>7}{'SQNR dB':>9}{'bytes':>9}{'acc %':>8}"
+    print(head)
+    print("-" * len(head))
+    for r in fmt_rows:
+        print(f"{r['format']:<27}{r['bits_per_weight']:>7.3f}{r['sqnr_db']:>9.2f}"
+              f"{r['bytes']:>9d}{100 * r['accuracy']:>8.2f}")
     return 0
 
 
