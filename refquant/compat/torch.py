@@ -56,7 +56,7 @@ import warnings
 import numpy as np
 
 from .._errors import RefquantError
-from ..formats.integer import IntFormat, int_format
+from ..formats.integer import IntRange, int_format
 from ..quant.affine import dequantize as _core_dequantize
 from ..quant.affine import quantize as _core_quantize
 from ..quant.calibration import TorchHistogram
@@ -89,43 +89,6 @@ QSCHEMES = (
 )
 
 
-class _TorchGrid(IntFormat):
-    """An integer grid [qmin, qmax] of any width up to 32 bits (qint32, custom ranges).
-
-    The core's :class:`IntFormat` stops at 16 bits; this private subclass
-    carries PyTorch's ranges (qint32, fake-quant's quant_min / quant_max) into
-    the core's ``quantize`` / ``dequantize``, which only read ``qmin``,
-    ``qmax``, ``storage_dtype`` and ``name``. (Core change proposed in the
-    report: IntFormat up to 32 bits and a public custom-range grid.)
-    """
-
-    @classmethod
-    def make(cls, qmin: int, qmax: int, storage, name: str) -> _TorchGrid:
-        g = cls(16, True, False)
-        object.__setattr__(g, "_qmin", int(qmin))
-        object.__setattr__(g, "_qmax", int(qmax))
-        object.__setattr__(g, "_storage", np.dtype(storage))
-        object.__setattr__(g, "_name", name)
-        return g
-
-    @property
-    def qmin(self) -> int:
-        return self._qmin
-
-    @property
-    def qmax(self) -> int:
-        return self._qmax
-
-    @property
-    def storage_dtype(self) -> np.dtype:
-        return self._storage
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-
-# name: (qmin, qmax, storage, core format or None)
 DTYPES = {
     "quint8": (0, 255, np.uint8),
     "qint8": (-128, 127, np.int8),
@@ -152,11 +115,11 @@ def _grid(name: str):
         return int_format("uint8")
     if name == "quint4x2":
         return int_format("uint4")
-    return _TorchGrid.make(qmin, qmax, storage, name)
+    return IntRange(qmin, qmax, storage, name)
 
 
 def _range_grid(quant_min: int, quant_max: int):
-    return _TorchGrid.make(quant_min, quant_max, np.int64, f"[{quant_min}, {quant_max}]")
+    return IntRange(quant_min, quant_max, np.int64, f"[{quant_min}, {quant_max}]")
 
 
 def _float_input(x, name="input"):

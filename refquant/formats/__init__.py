@@ -11,6 +11,6 @@ from . import (
     mx,  # noqa: F401  (registers mxfp8_e4m3, mxfp8_e5m2, mxfp6_*, mxfp4, mxint8)
 )
 from ._registry import NumberFormat, get_format, list_formats, register
-from .integer import IntFormat, int_format
+from .integer import IntFormat, IntRange, int_format
 
-__all__ = ["NumberFormat", "get_format", "list_formats", "register", "IntFormat", "int_format"]
+__all__ = ["NumberFormat", "get_format", "list_formats", "register", "IntFormat", "IntRange", "int_format"]

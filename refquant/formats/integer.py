@@ -26,7 +26,7 @@ import numpy as np
 from .._errors import RefquantError
 from ._registry import register
 
-__all__ = ["IntFormat", "int_format"]
+__all__ = ["IntFormat", "IntRange", "int_format"]
 
 _NAME = re.compile(r"^(u?)int(\d+)(_narrow)?$")
 
@@ -79,6 +79,68 @@ class IntFormat:
         return f"IntFormat({self.name!r}, qmin={self.qmin}, qmax={self.qmax})"
 
 
+class IntRange(IntFormat):
+    """A custom integer grid ``[qmin, qmax]`` held in a NumPy integer ``storage`` dtype.
+
+    For ranges that are not a full (or narrow) ``bits``-wide format: PyTorch's
+    ``quant_min`` / ``quant_max`` (a 4-bit grid [0, 15] in a quint8 tensor),
+    ``reduce_range``, and 32-bit grids such as PyTorch's qint32. It works
+    everywhere an :class:`IntFormat` does; ``bits`` is the storage width, which
+    is also the width at which ``overflow="wrap"`` wraps. Not registered.
+    """
+
+    def __init__(self, qmin: int, qmax: int, storage=None, name: str | None = None):
+        qmin, qmax = int(qmin), int(qmax)
+        if qmin > qmax:
+            raise RefquantError(f"quant_min {qmin} must be <= quant_max {qmax}")
+        if storage is None:
+            for cand in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64):
+                info = np.iinfo(cand)
+                if info.min <= qmin and qmax <= info.max:
+                    storage = cand
+                    break
+        st = np.dtype(storage)
+        if st.kind not in "iu":
+            raise RefquantError(f"storage must be an integer dtype, got {st}")
+        info = np.iinfo(st)
+        if not info.min <= qmin <= qmax <= info.max:
+            raise RefquantError(f"[{qmin}, {qmax}] does not fit the storage dtype {st}")
+        object.__setattr__(self, "bits", st.itemsize * 8)
+        object.__setattr__(self, "signed", info.min < 0)
+        object.__setattr__(self, "narrow_range", False)
+        object.__setattr__(self, "family", "integer")
+        object.__setattr__(self, "_qmin", qmin)
+        object.__setattr__(self, "_qmax", qmax)
+        object.__setattr__(self, "_storage", st)
+        object.__setattr__(self, "_name", name or f"{st.name}[{qmin}:{qmax}]")
+
+    @property
+    def qmin(self) -> int:
+        return self._qmin
+
+    @property
+    def qmax(self) -> int:
+        return self._qmax
+
+    @property
+    def storage_dtype(self) -> np.dtype:
+        return self._storage
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def __eq__(self, other):
+        return isinstance(other, IntRange) and (self.qmin, self.qmax, self.storage_dtype) == (
+            other.qmin, other.qmax, other.storage_dtype)
+
+    def __hash__(self):
+        return hash((IntRange, self._qmin, self._qmax, self._storage))
+
+    def __repr__(self) -> str:
+        return f"IntRange({self.qmin}, {self.qmax}, storage={self.storage_dtype.name})"
+
+
 def int_format(dtype, narrow_range: bool | None = None) -> IntFormat:
     """Resolve ``dtype`` to an :class:`IntFormat`.
 
@@ -86,6 +148,10 @@ def int_format(dtype, narrow_range: bool | None = None) -> IntFormat:
     :class:`IntFormat`, or a NumPy / ml_dtypes integer dtype (``np.int8``,
     ``ml_dtypes.int4``). ``narrow_range``, when given, overrides the format's.
     """
+    if isinstance(dtype, IntRange):
+        if narrow_range:
+            raise RefquantError(f"narrow_range does not apply to the custom range {dtype.name}")
+        return dtype
     if isinstance(dtype, IntFormat):
         fmt = dtype
     elif isinstance(dtype, str):

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._errors import RefquantError
-from ..formats.integer import IntFormat, int_format
+from ..formats.integer import IntFormat, IntRange, int_format
 from ._granularity import check_block_size, normalize_axis, param_shape, reduce_groups
 from .affine import dequantize, fake_quantize, quantize
 from .rounding import round_to_int
@@ -234,7 +234,8 @@ def qparams_from_range(
         else:
             zp = round_to_int((ft(qmin) - lo / scale).astype(ft)).astype(np.float64)
         zp = np.clip(zp, qmin, qmax).astype(np.int64)
-    grid = fmt if (qmin, qmax) == (fmt.qmin, fmt.qmax) else _CustomGrid.make(fmt, qmin, qmax)
+    grid = (fmt if (qmin, qmax) == (fmt.qmin, fmt.qmax)
+            else IntRange(qmin, qmax, fmt.storage_dtype, f"{fmt.name}[{qmin}:{qmax}]"))
     return QParams(
         scale=np.asarray(scale, dtype=np.float32),
         zero_point=np.asarray(zp),
@@ -243,29 +244,6 @@ def qparams_from_range(
         block_size=block_size,
         semantics=dict(semantics or {}),
     )
-
-
-class _CustomGrid(IntFormat):
-    """An integer format restricted to [quant_min, quant_max] (PyTorch's custom ranges)."""
-
-    @classmethod
-    def make(cls, fmt: IntFormat, qmin: int, qmax: int) -> _CustomGrid:
-        g = cls(fmt.bits, fmt.signed, fmt.narrow_range)
-        object.__setattr__(g, "_qmin", qmin)
-        object.__setattr__(g, "_qmax", qmax)
-        return g
-
-    @property
-    def qmin(self) -> int:
-        return self._qmin
-
-    @property
-    def qmax(self) -> int:
-        return self._qmax
-
-    @property
-    def name(self) -> str:
-        return f"{super().name}[{self._qmin}:{self._qmax}]"
 
 
 def choose_qparams(

@@ -60,3 +60,18 @@ def test_registry_holds_every_width_signedness_and_range():
     names = list_formats("integer")
     assert len(names) == 15 * 2 * 2
     assert "uint16_narrow" in names and "int2" in names
+
+
+def test_custom_ranges_work_as_formats_and_compare_by_range():
+    from refquant import quantize
+    from refquant.formats import IntRange
+
+    g = IntRange(0, 15, np.uint8)
+    assert (g.qmin, g.qmax, g.storage_dtype, g.bits) == (0, 15, np.dtype(np.uint8), 8)
+    np.testing.assert_array_equal(quantize([-3.0, 7.4, 99.0], 1.0, dtype=g), [0, 7, 15])
+    assert g == IntRange(0, 15, np.uint8) and g != IntRange(0, 14, np.uint8)
+    assert IntRange(-(2**31), 2**31 - 1).storage_dtype == np.int32
+    with pytest.raises(RefquantError, match="quant_min 3 must be <= quant_max 2"):
+        IntRange(3, 2)
+    with pytest.raises(RefquantError, match="does not fit"):
+        IntRange(0, 300, np.uint8)
