@@ -60,7 +60,7 @@ def test_dequantized_error_is_at_most_half_a_step_of_the_scaled_grid(xs, fmt):
     grid = np.sort(v[np.isfinite(v)].astype(np.float64))
     for yi, qi in zip(y, q, strict=True):
         nearest = np.abs(grid - yi).min()
-        assert abs(qi - yi) == pytest.approx(nearest, abs=1e-6 * max(1, abs(yi)))
+        assert abs(qi - yi) == pytest.approx(nearest, abs=1e-6 * max(1.0, abs(float(yi))))
 
 
 def test_bad_scale_and_format_are_errors():
