@@ -123,7 +123,10 @@ def test_lamp_without_squaring_uses_the_scores_as_they_are():
 @given(hnp.arrays(np.float64, st.integers(1, 30), elements=st.floats(-1e3, 1e3)))
 def test_lamp_ranks_like_magnitude_and_its_largest_is_one(w):
     out = S.lamp(w)
-    assert np.array_equal(np.argsort(out, kind="stable"), np.argsort(np.abs(w), kind="stable"))
+    # weakly monotone in |w| (a score may underflow to a tie: w = [1, 2.6e-177, 0])
+    a = np.abs(w)
+    smaller = a[:, None] < a[None, :]
+    assert not np.any(smaller & (out[:, None] > out[None, :]))
     if np.any(w != 0):
         assert out.max() == 1.0
     assert np.all((out >= 0) & (out <= 1))
