@@ -1,3 +1,5 @@
+import os
+
 from hypothesis import HealthCheck, settings
 
 # Property tests compare against exact references and peers; some calls compile
@@ -6,4 +8,7 @@ from hypothesis import HealthCheck, settings
 settings.register_profile(
     "refquant", deadline=None, max_examples=100, suppress_health_check=[HealthCheck.too_slow]
 )
-settings.load_profile("refquant")
+# CI explores the same examples on every run (a fixed seed per test), so that a
+# landing decision never depends on the draw; local runs keep exploring.
+settings.register_profile("refquant-ci", parent=settings.get_profile("refquant"), derandomize=True)
+settings.load_profile("refquant-ci" if os.environ.get("CI") else "refquant")

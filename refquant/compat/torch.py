@@ -57,6 +57,7 @@ import numpy as np
 
 from .._errors import RefquantError
 from ..formats.integer import IntRange, int_format
+from ..quant._float32 import fma_f32
 from ..quant.affine import dequantize as _core_dequantize
 from ..quant.affine import quantize as _core_quantize
 from ..quant.calibration import TorchHistogram
@@ -421,8 +422,11 @@ def fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, 
     Formula
     -------
     Integer z: :math:`q = \\mathrm{clamp}(\\mathrm{rint}(\\mathrm{fl}_{32}(x/s)) + z_c)`;
-    float z: :math:`q = \\mathrm{clamp}(\\mathrm{rint}(\\mathrm{fl}_{32}(\\mathrm{fl}_{32}(x/s) + z_c)))`;
-    both with ``x/s`` as ``x * fl32(1/s)``, then :math:`\\tilde x = (q - z_c)\\,s_c`.
+    float z: :math:`q = \\mathrm{clamp}(\\mathrm{rint}(\\mathrm{fma}_{32}(x, 1/s, z_c)))` —
+    torch's scalar kernel writes ``zero_point + self * inv_scale`` and the x86
+    build contracts it into a fused multiply-add (one rounding: x = -28.5·s + ε,
+    z = 30 gives code 1, where rounding the product first gives 1.5 → 2);
+    ``x/s`` is ``x * fl32(1/s)``; then :math:`\\tilde x = (q - z_c)\\,s_c`.
     Quirk: before clamping, the code is cast to int64, so NaN, ±Inf and
     :math:`|q| \\ge 2^{63}` become INT64_MIN and clamp to quant_min (+Inf gives
     quant_min here but quant_max in the per-tensor version).
@@ -450,9 +454,11 @@ def fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, 
     with np.errstate(over="ignore", invalid="ignore"):
         v = (x * inv).astype(np.float32)
         if z.dtype.kind == "f":
+            # std::nearbyint(zero_point + self * inv_scale) in a scalar cpu_kernel, which the
+            # compiler contracts into one fused multiply-add (one rounding)
             zf = z.astype(np.float32)
-            pre = np.rint((v + zf.reshape(view)).astype(np.float32)).astype(np.float64)
-            stage = "before_rounding"
+            pre = np.rint(fma_f32(x, inv, zf.reshape(view))).astype(np.float64)
+            stage = "fused"
             zq = zf.astype(np.float64)
         else:
             zq = z.astype(np.int64)

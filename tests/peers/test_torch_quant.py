@@ -370,3 +370,20 @@ def test_nan_and_empty_observer_qparams_match_torch(name, qscheme):
     _compare_observer("MinMaxObserver", {"dtype": name, "qscheme": qscheme}, [])
     x = np.array([1.0, np.nan, -2.0], F)
     _compare_observer("MinMaxObserver", {"dtype": name, "qscheme": qscheme}, [x])
+
+
+def test_float_zero_point_fake_quant_rounds_a_fused_multiply_add():
+    # x * float32(1/s) = -28.5000003 exactly, which rounds to -28.5 in float32; with
+    # z = 30 the fused x * (1/s) + z = 1.4999997 rounds to 1, the product rounded
+    # first gives exactly 1.5 and then 2 (half to even)
+    torch = _torch()
+    s = np.array([0.0092148], np.float32)
+    z = np.array([30.0], np.float32)
+    x = np.array([[-0.2626218]], np.float32)
+    assert np.float32(x[0, 0] * (np.float32(1) / s[0])) == np.float32(-28.5)
+    want = torch.fake_quantize_per_channel_affine(
+        torch.from_numpy(x), torch.from_numpy(s), torch.from_numpy(z), 0, 0, 255
+    ).numpy()
+    got = rt.fake_quantize_per_channel_affine(x, s, z, 0, 0, 255)
+    _same(got, want)
+    assert got[0, 0] == np.float32((1 - 30) * np.float64(s[0]))
