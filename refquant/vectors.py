@@ -22,13 +22,13 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ._errors import RefquantError
+from .io._common import atomic_write
 
 __all__ = [
     "Case",
@@ -133,19 +133,6 @@ def _restore(a: np.ndarray, dtype: str) -> np.ndarray:
     return a.view(dt)
 
 
-def _atomic_write(path: str, write: Callable) -> None:
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _entry_and_arrays(family: str, case: Case):
     arrays, args, outs = {}, [], []
     for i, (name, v) in enumerate(case.args.items()):
@@ -206,12 +193,12 @@ def write_vectors(outdir, family=None) -> dict:
         os.makedirs(os.path.join(outdir, n), exist_ok=True)
         for c in cases:
             entry, arrays = _entry_and_arrays(n, c)
-            _atomic_write(os.path.join(outdir, entry["file"]),
-                          lambda f, a=arrays: np.savez(f, **a))
+            atomic_write(os.path.join(outdir, entry["file"]),
+                         lambda f, a=arrays: np.savez(f, **a), overwrite=True)
             index["cases"].append(entry)
         counts[n] = len(cases)
     text = json.dumps(index, indent=1, sort_keys=False).encode()
-    _atomic_write(os.path.join(outdir, "index.json"), lambda f: f.write(text))
+    atomic_write(os.path.join(outdir, "index.json"), lambda f: f.write(text), overwrite=True)
     return {"cases": counts, "skipped": index["skipped"]}
 
 

@@ -16,6 +16,7 @@ Rules every reader follows (DESIGN.md, "Bad input gets a clear error"):
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import tempfile
@@ -37,6 +38,7 @@ __all__ = [
     "fail",
     "checked_numel",
     "readonly",
+    "atomic_target",
     "atomic_write",
     "SAFETENSORS_DTYPES",
     "SAFETENSORS_BITS",
@@ -111,7 +113,9 @@ def checked_numel(shape, path, what: str) -> int:
         if isinstance(d, bool) or not isinstance(d, int) or d < 0:
             raise fail(path, f"{what}: shape {list(shape)!r} holds {d!r}; expected integers >= 0")
         n *= d
-        if n > MAX_INDEX:
+        # each dim on its own too: after a zero dim the product stays 0, yet a
+        # later dim above 2**62 could not be an array dimension
+        if n > MAX_INDEX or d > MAX_INDEX:
             raise fail(path, f"{what}: shape {list(shape)!r} has more than 2**62 elements")
     return n
 
@@ -210,12 +214,13 @@ def is_being_read(path) -> bool:
         return fid is not None and fid in _OPEN_FILES
 
 
-def atomic_write(path, write: Callable, *, overwrite: bool) -> Path:
-    """Write a file through ``write(fileobj)`` into a temporary file, then rename it.
+@contextlib.contextmanager
+def atomic_target(path, *, overwrite: bool):
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
     The temporary file lives in the destination folder (so :func:`os.replace` is
-    atomic), is flushed and fsynced before the rename, and is removed when
-    ``write`` fails. An existing ``path`` is replaced only when ``overwrite`` is
+    atomic) and is removed when the body fails: no partial output is ever left
+    under ``path``. An existing ``path`` is replaced only when ``overwrite`` is
     true, and never while a refquant checkpoint still reads it.
     """
     path = Path(path)
@@ -235,11 +240,9 @@ def atomic_write(path, write: Callable, *, overwrite: bool) -> Path:
     if not folder.is_dir():
         raise RefquantError(f"folder {os.fspath(folder)!r} of path does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -247,7 +250,20 @@ def atomic_write(path, write: Callable, *, overwrite: bool) -> Path:
         except OSError:
             pass
         raise
-    return path
+
+
+def atomic_write(path, write: Callable, *, overwrite: bool) -> Path:
+    """Write a file through ``write(fileobj)`` into a temporary file, then rename it.
+
+    The temporary file is flushed and fsynced before the rename; see
+    :func:`atomic_target` for where it lives and when ``path`` may be replaced.
+    """
+    with atomic_target(path, overwrite=overwrite) as tmp:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
 
 
 # ---------------------------------------------------------------------------

@@ -24,16 +24,21 @@ a count the file cannot back.
 from __future__ import annotations
 
 import functools
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 
 from .._errors import RefquantError
-from ._common import MAX_INDEX, LazyCheckpoint, MappedFile, TensorInfo, fail, is_being_read
+from ._common import (
+    LazyCheckpoint,
+    MappedFile,
+    TensorInfo,
+    atomic_target,
+    checked_numel,
+    fail,
+)
 
 __all__ = ["GGUFCheckpoint", "open_gguf", "save_gguf", "GGML_PLAIN_TYPES", "ggml_type_table"]
 
@@ -186,11 +191,7 @@ class GGUFCheckpoint(LazyCheckpoint):
         infos, self._recs = {}, {}
         spans = []
         for name, ne, ttype, off in raw_infos:
-            numel = 1
-            for d in ne:
-                numel *= d
-                if numel > MAX_INDEX:
-                    raise fail(path, f"tensor {name!r}: dims {ne} exceed 2**62 elements")
+            numel = checked_numel(ne, path, f"tensor {name!r}")
             shape = tuple(reversed(ne))
             if ttype in GGML_PLAIN_TYPES:
                 tname, dt = GGML_PLAIN_TYPES[ttype]
@@ -287,17 +288,11 @@ def save_gguf(tensors, path, *, metadata=None, overwrite=False, arch="refquant",
     except ImportError:
         raise RefquantError("writing GGUF needs the gguf package: pip install 'refquant[gguf]'") from None
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise RefquantError(f"path {os.fspath(path)!r} exists; pass overwrite=True to replace it")
-    if path.exists() and is_being_read(path):
-        raise RefquantError(f"path {os.fspath(path)!r} is an input still open for reading")
     types = dict(types or {})
     plain = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype(ml_dtypes.bfloat16): "BF16",
              np.dtype("<f8"): "F64", np.dtype("i1"): "I8", np.dtype("<i2"): "I16",
              np.dtype("<i4"): "I32", np.dtype("<i8"): "I64"}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path, overwrite=overwrite) as tmp:
         w = gguf.GGUFWriter(tmp, arch)
         for k, v in dict(metadata or {}).items():
             if isinstance(v, np.ndarray):
@@ -328,11 +323,4 @@ def save_gguf(tensors, path, *, metadata=None, overwrite=False, arch="refquant",
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return path

@@ -12,6 +12,7 @@ import struct
 import tracemalloc
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from picklekit import GLOBAL, INT, UNI, state_dict, tensor_v2, tensor_v3, torch_legacy, torch_zip
@@ -296,3 +297,18 @@ def test_fuzz_open_detects_and_reads_any_damaged_file(tmp_path_factory, data):
         raw = gguf_bytes([("w", [4], 0, bytes(16))])
     p.write_bytes(_mutate(raw, data.draw))
     _open_and_read(p)
+
+
+def test_a_zero_dim_does_not_hide_a_huge_one(tmp_path):
+    # found by the GGUF fuzzer: dims (0, 2**63) multiply to 0 elements, but 2**63
+    # cannot be an array dimension; refused as a shape beyond 2**62 elements
+    def s(b):
+        return struct.pack("<Q", len(b)) + b
+
+    raw = (b"GGUF" + struct.pack("<IQQ", 3, 1, 0) + s(b"t0")
+           + struct.pack("<I", 2) + struct.pack("<QQ", 0, 2**63) + struct.pack("<IQ", 0, 0))
+    p = tmp_path / "zero_then_huge.gguf"
+    p.write_bytes(raw + b"\0" * 64)
+    with pytest.raises(RefquantError, match="2\\*\\*62"):
+        with rio.open(p) as ck:
+            ck["t0"]
