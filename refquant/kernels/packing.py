@@ -34,6 +34,7 @@ import operator
 import numpy as np
 
 from .._errors import RefquantError
+from ..quant._granularity import normalize_axis
 
 __all__ = [
     "pack",
@@ -108,7 +109,7 @@ def pack(codes, bits, *, axis=-1, order="low_first", word="uint8", pad=0) -> np.
     c = c.astype(np.int64)
     if c.ndim == 0:
         raise RefquantError("codes must have at least one dimension")
-    ax = _axis(axis, c.ndim)
+    ax = normalize_axis(axis, c.ndim)
     lo, hi = -(1 << (bits - 1)), (1 << bits) - 1
     if c.size and (c.min() < lo or c.max() > hi):
         bad = c[(c < lo) | (c > hi)].reshape(-1)[0]
@@ -137,7 +138,7 @@ def unpack(packed, bits, n=None, *, axis=-1, order="low_first", signed=False) ->
     wt, per = _check(bits, order, w.dtype.name if w.dtype.name in _WORDS else w.dtype)
     if w.ndim == 0:
         raise RefquantError("packed must have at least one dimension")
-    ax = _axis(axis, w.ndim)
+    ax = normalize_axis(axis, w.ndim)
     w = np.moveaxis(w, ax, -1)
     total = w.shape[-1] * per
     if n is None:
@@ -155,16 +156,6 @@ def unpack(packed, bits, n=None, *, axis=-1, order="low_first", signed=False) ->
     else:
         c = c.astype(np.uint8)
     return np.moveaxis(c, -1, ax)
-
-
-def _axis(axis, ndim):
-    try:
-        a = operator.index(axis)
-    except TypeError:
-        raise RefquantError(f"axis must be an integer, got {axis!r}") from None
-    if not -ndim <= a < ndim:
-        raise RefquantError(f"axis {a} is out of range for an array of {ndim} dimension(s)")
-    return a % ndim
 
 
 def pack_nibbles(codes, *, axis=-1, order="low_first", pad=0) -> np.ndarray:

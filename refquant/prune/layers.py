@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._errors import RefquantError
+from ..quant._granularity import positive_int
 
 __all__ = [
     "LayerAblation",
@@ -105,12 +106,7 @@ def ablation_importance(n_layers: int, evaluate, *, candidates=None, higher_is_b
     ShortGPT's layer-removal baselines; the founding article's validation
     ("cross-validation") criterion for layer pruning.
     """
-    try:
-        n = operator.index(n_layers)
-    except TypeError:
-        raise RefquantError(f"n_layers must be a positive integer, got {n_layers!r}") from None
-    if n <= 0:
-        raise RefquantError(f"n_layers must be a positive integer, got {n}")
+    n = positive_int(n_layers, "n_layers")
     if not callable(evaluate):
         raise RefquantError(f"evaluate must be callable as evaluate(skip=...), got {evaluate!r}")
     if candidates is None:

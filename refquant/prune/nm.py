@@ -47,6 +47,7 @@ from math import comb
 import numpy as np
 
 from .._errors import RefquantError
+from ..quant._granularity import normalize_axis, positive_int
 
 __all__ = [
     "nm_keywords",
@@ -78,18 +79,8 @@ def _as_scores(x, name: str) -> np.ndarray:
     return a
 
 
-def _positive_int(v, name: str) -> int:
-    try:
-        i = operator.index(v)
-    except TypeError:
-        raise RefquantError(f"{name} must be a positive integer, got {v!r}") from None
-    if i <= 0:
-        raise RefquantError(f"{name} must be a positive integer, got {i}")
-    return i
-
-
 def _check_nm(keep, group) -> tuple[int, int]:
-    g = _positive_int(group, "group")
+    g = positive_int(group, "group")
     try:
         n = operator.index(keep)
     except TypeError:
@@ -163,7 +154,7 @@ def nm_keywords(spec, convention: str) -> dict:
             a, b = (operator.index(v) for v in spec)
         except (TypeError, ValueError):
             raise RefquantError(f"spec must be 'N:M' or a pair of ints, got {spec!r}") from None
-    b = _positive_int(b, "spec group size")
+    b = positive_int(b, "spec group size")
     if not 0 <= a <= b:
         raise RefquantError(f"spec {spec!r}: the first number must lie in [0, {b}]")
     if convention in ("nvidia", "apex", "torch"):
@@ -223,9 +214,7 @@ def nm_mask(scores, *, keep: int, group: int, axis: int = -1,
     s = _as_scores(scores, "scores")
     n, m = _check_nm(keep, group)
     _check_tie_break(tie_break)
-    if not -s.ndim <= operator.index(axis) < s.ndim:
-        raise RefquantError(f"axis {axis} is out of range for scores of shape {s.shape}")
-    ax = operator.index(axis) % s.ndim
+    ax = normalize_axis(axis, s.ndim)
     length = s.shape[ax]
     if length % m:
         raise RefquantError(
@@ -256,9 +245,7 @@ def is_nm_sparse(x, *, keep: int, group: int, axis: int = -1) -> bool:
     n, m = _check_nm(keep, group)
     if a.ndim == 0:
         raise RefquantError("x must have at least one dimension")
-    if not -a.ndim <= operator.index(axis) < a.ndim:
-        raise RefquantError(f"axis {axis} is out of range for x of shape {a.shape}")
-    ax = operator.index(axis) % a.ndim
+    ax = normalize_axis(axis, a.ndim)
     if a.shape[ax] % m:
         raise RefquantError(f"length {a.shape[ax]} of axis {ax} is not a multiple of group={m}")
     moved = np.moveaxis(a != 0, ax, -1)
@@ -426,7 +413,7 @@ def block_scores(weights, block: tuple[int, int], pooling: str = "avg") -> np.nd
     if w.ndim != 2:
         raise RefquantError(f"weights must be 2-D for block sparsity (as in tfmot), got shape {w.shape}")
     try:
-        bh, bw = (_positive_int(b, "block") for b in block)
+        bh, bw = (positive_int(b, "block") for b in block)
     except TypeError:
         raise RefquantError(f"block must be a pair of positive integers, got {block!r}") from None
     if pooling not in ("avg", "max"):

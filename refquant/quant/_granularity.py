@@ -22,7 +22,7 @@ import numpy as np
 
 from .._errors import RefquantError
 
-__all__ = ["normalize_axis", "check_block_size", "param_shape", "broadcast_param", "reduce_groups"]
+__all__ = ["normalize_axis", "positive_int", "check_block_size", "param_shape", "broadcast_param", "reduce_groups"]
 
 
 def normalize_axis(axis, ndim: int, name: str = "axis") -> int:
@@ -36,15 +36,21 @@ def normalize_axis(axis, ndim: int, name: str = "axis") -> int:
     return a % ndim
 
 
+def positive_int(value, name: str) -> int:
+    """``value`` as a Python int > 0; RefquantError naming ``name`` otherwise."""
+    try:
+        i = operator.index(value)
+    except TypeError:
+        raise RefquantError(f"{name} must be a positive integer, got {value!r}") from None
+    if i <= 0:
+        raise RefquantError(f"{name} must be a positive integer, got {i}")
+    return int(i)
+
+
 def check_block_size(block_size, axis) -> int | None:
     if block_size is None:
         return None
-    try:
-        b = operator.index(block_size)
-    except TypeError:
-        raise RefquantError(f"block_size must be a positive integer, got {block_size!r}") from None
-    if b <= 0:
-        raise RefquantError(f"block_size must be a positive integer, got {b}")
+    b = positive_int(block_size, "block_size")
     if axis is None:
         raise RefquantError("block_size needs an axis along which the blocks run; axis is None")
     return b
