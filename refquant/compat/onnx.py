@@ -39,6 +39,7 @@ from .._errors import RefquantError
 from ..formats.integer import int_format
 from ..quant._granularity import broadcast_param, normalize_axis
 from ..quant.affine import check_scale, dequantize, quantize
+from ..quant.integer import integer_matmul
 from ..quant.qparams import minmax_range, qparams_from_range
 from ..quant.rounding import round_to_int
 
@@ -588,15 +589,6 @@ def dynamic_quantize_linear(x, *, reference_quirks=False):
     return y, np.array(scale, dtype=np.float32), np.array(qp.zero_point, dtype=np.uint8)
 
 
-def _int_matmul_exact(a, b) -> np.ndarray:
-    """Exact integer matmul in int64 (private stand-in for the core's integer matmul).
-
-    Products of 8-bit differences are below 2^18, so int64 cannot overflow for
-    any inner dimension below 2^45.
-    """
-    return np.matmul(a.astype(np.int64), b.astype(np.int64))
-
-
 def _matmul_zero_point(z, name, m, rows: bool):
     """A zero point as an array broadcastable against its matrix (per row / per column)."""
     z = np.asarray(z).astype(np.int64)
@@ -654,8 +646,7 @@ def matmul_integer(A, B, a_zero_point=None, b_zero_point=None):
         da = da - _matmul_zero_point(a_zero_point, "a_zero_point", a, rows=True)
     if b_zero_point is not None:
         db = db - _matmul_zero_point(b_zero_point, "b_zero_point", b, rows=False)
-    c = _int_matmul_exact(da, db)
-    return ((c + 2**31) % 2**32 - 2**31).astype(np.int32)
+    return integer_matmul(da, db, accumulate="int32_wrap")
 
 
 def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point,
