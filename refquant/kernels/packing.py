@@ -133,6 +133,15 @@ def unpack(packed, bits, n=None, *, axis=-1, order="low_first", signed=False) ->
 
     Returns uint8 codes, or int8 codes sign-extended from ``bits`` when
     ``signed``. The word type is the dtype of ``packed``.
+
+    Formula
+    -------
+    :math:`c_j = (w \\gg \\mathrm{shift}_j)\\ \\&\\ (2^{b} - 1)`, then
+    :math:`c_j - 2^{b}` where :math:`c_j \\ge 2^{b-1}` when signed.
+
+    Reference
+    ---------
+    As :func:`pack`; ``numpy.unpackbits`` for one-bit codes.
     """
     w = np.asarray(packed)
     wt, per = _check(bits, order, w.dtype.name if w.dtype.name in _WORDS else w.dtype)
@@ -159,17 +168,34 @@ def unpack(packed, bits, n=None, *, axis=-1, order="low_first", signed=False) ->
 
 
 def pack_nibbles(codes, *, axis=-1, order="low_first", pad=0) -> np.ndarray:
-    """Two 4-bit codes per byte (int4 / uint4). ``order="low_first"`` is ONNX's layout."""
+    """Two 4-bit codes per byte (int4 / uint4); an odd length is padded with ``pad``.
+
+    Reference
+    ---------
+    ``order="low_first"``: ONNX IR int4/uint4 raw data; ``"high_first"``:
+    bitsandbytes' 4-bit quantization (first element in the high nibble).
+    """
     return pack(codes, 4, axis=axis, order=order, word="uint8", pad=pad)
 
 
 def unpack_nibbles(packed, n=None, *, axis=-1, order="low_first", signed=False) -> np.ndarray:
-    """Inverse of :func:`pack_nibbles`."""
+    """Inverse of :func:`pack_nibbles` (``signed`` sign-extends int4 codes).
+
+    Reference
+    ---------
+    As :func:`pack_nibbles`.
+    """
     return unpack(np.asarray(packed, dtype=np.uint8), 4, n, axis=axis, order=order, signed=signed)
 
 
 def pack_bits(bits_, *, axis=-1, order="low_first", word="uint8") -> np.ndarray:
-    """One bit per element (0/1 or bool) into words; pads with 0 bits."""
+    """One bit per element (0/1 or bool) into words; pads with 0 bits.
+
+    Reference
+    ---------
+    ``numpy.packbits`` (``order="low_first"`` is ``bitorder="little"``, ``"high_first"``
+    is ``"big"``); wider words hold the same bits in native byte order.
+    """
     b = np.asarray(bits_)
     if b.dtype == bool:
         b = b.astype(np.uint8)
@@ -177,7 +203,12 @@ def pack_bits(bits_, *, axis=-1, order="low_first", word="uint8") -> np.ndarray:
 
 
 def unpack_bits(packed, n=None, *, axis=-1, order="low_first") -> np.ndarray:
-    """Inverse of :func:`pack_bits`, as uint8 0/1."""
+    """Inverse of :func:`pack_bits`, as uint8 0/1.
+
+    Reference
+    ---------
+    ``numpy.unpackbits``.
+    """
     return unpack(packed, 1, n, axis=axis, order=order)
 
 
@@ -202,7 +233,12 @@ def pack_int4_to_int32(codes, *, axis=-1) -> np.ndarray:
 
 
 def unpack_int4_from_int32(packed, n, *, axis=-1) -> np.ndarray:
-    """Inverse of :func:`pack_int4_to_int32`: int8 codes in [-8, 7]."""
+    """Inverse of :func:`pack_int4_to_int32`: int8 codes in [-8, 7].
+
+    Reference
+    ---------
+    compressed-tensors ``unpack_from_int32``.
+    """
     w = np.asarray(packed)
     if w.dtype != np.int32:
         raise RefquantError(f"packed must be int32, got dtype {w.dtype}")

@@ -79,7 +79,17 @@ def article_integer_quantize(w, levels=127, *, rounding="half_even"):
 
 
 def article_integer_dequantize(q, a, levels=127) -> np.ndarray:
-    """Rescale the article's codes: :math:`\\hat w = q \\cdot a / L` (float32)."""
+    """Rescale the article's codes back to weights (float32).
+
+    Formula
+    -------
+    :math:`\\hat w = q \\cdot a / L`, evaluated as :func:`refquant.dequantize` with
+    scale :math:`a / L` (exact product, one rounding).
+
+    Reference
+    ---------
+    The founding article, §3.1.1 step 3 ("rescale").
+    """
     if a == 0:
         return np.zeros(np.shape(q), dtype=np.float32)
     return dequantize(np.asarray(q, dtype=np.int64), np.float64(a) / levels)

@@ -146,6 +146,16 @@ def ternarize_threshold(w, threshold, alpha=None, *, axis=None):
     Returns
     -------
     codes : int8, alpha : float64 (keepdims per channel)
+
+    Formula
+    -------
+    :math:`t_i = \\mathrm{sign}(w_i)\\,[|w_i| > \\Delta]`,
+    :math:`\\alpha = \\frac{1}{|I_\\Delta|}\\sum_{i \\in I_\\Delta} |w_i|`. A weight exactly at
+    the threshold goes to 0 (strict inequality).
+
+    Reference
+    ---------
+    Li, Zhang & Liu, "Ternary Weight Networks", 2016, eq. (3) and (5).
     """
     a = _weights(w)
     t = np.asarray(threshold, dtype=np.float64)

@@ -29,6 +29,15 @@ def pow2_exponent(x, *, boundary="log") -> np.ndarray:
     """Integer exponent k of the power of two nearest ``|x|`` (int64; 0 where x is 0).
 
     NaN and ±Inf raise RefquantError (they have no exponent).
+
+    Formula
+    -------
+    With :math:`|x| = m\\,2^e`, :math:`m \\in [1, 2)` (exact, from ``frexp``):
+    :math:`k = e + [m \\ge \\sqrt2]` (log), :math:`e + [m \\ge 1.5]` (linear), :math:`e` (floor).
+
+    Reference
+    ---------
+    Miyashita, Lee & Murmann, 2016, eq. (3) (Round(log2|x|)).
     """
     a = np.abs(np.asarray(x, dtype=np.float64))
     if not np.isfinite(a).all():
@@ -88,7 +97,16 @@ def pow2_quantize(x, *, min_exp=-126, max_exp=127, boundary="log", underflow="cl
 
 
 def fsr_exponent_range(fsr: int, bits: int) -> tuple[int, int]:
-    """Miyashita et al.'s exponent range for a full-scale range ``fsr`` and ``bits``: (fsr - 2^bits, fsr)."""
+    """Miyashita et al.'s exponent range for a full-scale range ``fsr`` and ``bits``.
+
+    Formula
+    -------
+    :math:`[\\mathrm{FSR} - 2^{b},\\ \\mathrm{FSR}]`.
+
+    Reference
+    ---------
+    Miyashita, Lee & Murmann, 2016, eq. (3) (the Clip of LogQuant).
+    """
     if bits < 1:
         raise RefquantError(f"bits must be >= 1, got {bits}")
     return int(fsr) - (1 << int(bits)), int(fsr)

@@ -97,6 +97,15 @@ def minmax_range(x, *, axis=None, block_size=None):
 
     An empty group (an empty tensor) gives lo = hi = 0. A group that is all NaN
     raises RefquantError. ±Inf are kept (and rejected later by the scale check).
+
+    Formula
+    -------
+    :math:`lo_g = \\min_{i \\in g} x_i`, :math:`hi_g = \\max_{i \\in g} x_i` over the non-NaN
+    elements of each group (tensor, channel or block).
+
+    Reference
+    ---------
+    PyTorch ``MinMaxObserver`` (``torch.aminmax``); ONNX DynamicQuantizeLinear's min / max.
     """
     x = np.asarray(x)
     if x.dtype.kind not in "fiub":
