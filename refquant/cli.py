@@ -54,7 +54,7 @@ def _run_demo(args) -> int:
 def _add_verify(sub):
     p = sub.add_parser(
         "verify",
-        help="compare quantized results (.npy / .npz) with expected ones and classify mismatches",
+        help="compare quantized results (.npy, .npz or any checkpoint) with expected ones and classify mismatches",
         description="Compare ACTUAL with EXPECTED (.npy, or .npz compared key by key). Integer "
         "arrays are compared as codes, float arrays as values. Exit status: 0 match, "
         "1 mismatch, 2 bad input.",
