@@ -422,10 +422,13 @@ def fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, 
     Formula
     -------
     Integer z: :math:`q = \\mathrm{clamp}(\\mathrm{rint}(\\mathrm{fl}_{32}(x/s)) + z_c)`;
-    float z: :math:`q = \\mathrm{clamp}(\\mathrm{rint}(\\mathrm{fma}_{32}(x, 1/s, z_c)))` —
+    float32 z: :math:`q = \\mathrm{clamp}(\\mathrm{rint}(\\mathrm{fma}_{32}(x, 1/s, z_c)))` —
     torch's scalar kernel writes ``zero_point + self * inv_scale`` and the x86
     build contracts it into a fused multiply-add (one rounding: x = -28.5·s + ε,
     z = 30 gives code 1, where rounding the product first gives 1.5 → 2);
+    float16 z: :math:`q = \\mathrm{clamp}(\\mathrm{rint}(\\mathrm{fl}_{32}(z_c + \\mathrm{fl}_{32}(x \\cdot (1/s)))))`
+    — the ``Half + float`` operator is not contracted, so the product is rounded
+    first (x·(1/s) = 49.5 exactly, z = -54 gives -4.5 → -4: code 50, not 49);
     ``x/s`` is ``x * fl32(1/s)``; then :math:`\\tilde x = (q - z_c)\\,s_c`.
     Quirk: before clamping, the code is cast to int64, so NaN, ±Inf and
     :math:`|q| \\ge 2^{63}` become INT64_MIN and clamp to quant_min (+Inf gives
@@ -453,8 +456,16 @@ def fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, 
     inv = (_F(1) / s).astype(np.float32).reshape(view)
     with np.errstate(over="ignore", invalid="ignore"):
         v = (x * inv).astype(np.float32)
-        if z.dtype.kind == "f":
-            # std::nearbyint(zero_point + self * inv_scale) in a scalar cpu_kernel, which the
+        if z.dtype == np.float16:
+            # std::lrintf(zero_point + self * inv_scale) with an at::Half zero point: the
+            # Half + float operator converts first and is not contracted, so the product
+            # is rounded to float32 before the zero point is added (two roundings)
+            zf = z.astype(np.float32)
+            pre = np.rint((v + zf.reshape(view)).astype(np.float32)).astype(np.float64)
+            stage = "before_rounding"
+            zq = zf.astype(np.float64)
+        elif z.dtype.kind == "f":
+            # std::lrintf(zero_point + self * inv_scale) in a scalar cpu_kernel, which the
             # compiler contracts into one fused multiply-add (one rounding)
             zf = z.astype(np.float32)
             pre = np.rint(fma_f32(x, inv, zf.reshape(view))).astype(np.float64)

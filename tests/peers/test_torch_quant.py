@@ -387,3 +387,21 @@ def test_float_zero_point_fake_quant_rounds_a_fused_multiply_add():
     got = rt.fake_quantize_per_channel_affine(x, s, z, 0, 0, 255)
     _same(got, want)
     assert got[0, 0] == np.float32((1 - 30) * np.float64(s[0]))
+
+
+def test_half_zero_point_fake_quant_rounds_the_product_first():
+    # x * float32(1/s) rounds to exactly 49.5; with a float16 zero point -54 torch
+    # adds it to the rounded product (-4.5 -> -4, half to even: code 50), where the
+    # fused multiply-add of a float32 zero point gives -4.500001 -> -5 (code 49)
+    torch = _torch()
+    s = np.array([0.0015996582], F)
+    x = np.array([[0.07918308]], F)
+    assert F(x[0, 0] * (F(1) / s[0])) == F(49.5)
+    for zdt, code in ((np.float16, 50), (np.float32, 49)):
+        z = np.array([-54.0], zdt)
+        want = torch.fake_quantize_per_channel_affine(
+            torch.from_numpy(x), torch.from_numpy(s), torch.from_numpy(z), 0, -128, 127
+        ).numpy()
+        got = rt.fake_quantize_per_channel_affine(x, s, z, 0, -128, 127)
+        _same(got, want)
+        assert got[0, 0] == F(code * np.float64(s[0]))
