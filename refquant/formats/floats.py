@@ -244,11 +244,13 @@ def _as_float64(x, argname="x") -> np.ndarray:
     raise RefquantError(f"{argname} must be a real numeric array, got dtype {x.dtype}")
 
 
-def _round_away(rem, half, shift, lsb, neg, rounding, rng):
+def _round_away(rem, half, shift, lsb, neg, rounding, rng, excess):
     """Whether to step the truncated magnitude one unit away from zero.
 
     ``rem`` is the discarded low part (``shift`` bits), ``half`` is ``1 << (shift - 1)``,
-    ``lsb`` the kept magnitude's last bit, ``neg`` the sign.
+    ``lsb`` the kept magnitude's last bit, ``neg`` the sign. ``excess`` is how far the
+    true shift exceeds ``shift`` (which is clipped at 63): the discarded part is
+    really ``rem / 2**(shift + excess)`` of a unit.
     """
     nonzero = rem != 0
     above, tie = rem > half, rem == half
@@ -268,10 +270,12 @@ def _round_away(rem, half, shift, lsb, neg, rounding, rng):
         return nonzero & neg
     if rounding == "ceil":
         return nonzero & ~neg
-    # stochastic: away with probability rem / 2**shift (u uniform on the shift-bit integers)
+    # stochastic: away with probability rem / 2**(shift + excess) (u uniform on the
+    # shift-bit integers; rem < 2**53, so an excess of 53 or more leaves probability 0,
+    # below the 2**-63 resolution of the draw)
     draws = rng.integers(0, np.iinfo(np.uint64).max, size=rem.shape, dtype=np.uint64, endpoint=True)
     u = draws >> (np.uint64(64) - shift.astype(np.uint64))
-    return u < rem
+    return u < (rem >> np.minimum(excess, 63).astype(np.uint64))
 
 
 def encode(x, name, *, saturate: bool = True, rounding: str = "half_even", nan: str = "raise",
@@ -350,11 +354,12 @@ def encode(x, name, *, saturate: bool = True, rounding: str = "half_even", nan: 
     e = np.where(expf == 0, -1022, expf - 1023)
     m = fmt.mantissa_bits
     e_eff = np.maximum(e, fmt.emin) if fmt.subnormals else e
-    shift = np.clip(52 - m + (e_eff - e), 0, 63).astype(np.uint64)
+    shift_full = 52 - m + (e_eff - e)
+    shift = np.clip(shift_full, 0, 63).astype(np.uint64)
     kept = sig >> shift
     rem = sig & ((np.uint64(1) << shift) - np.uint64(1))
     half = np.uint64(1) << (shift - np.uint64(1))
-    step = _round_away(rem, half, shift, kept & np.uint64(1), neg, rounding, gen)
+    step = _round_away(rem, half, shift, kept & np.uint64(1), neg, rounding, gen, np.maximum(shift_full - 63, 0))
     n = kept.astype(np.int64) + step
     if fmt.subnormals:  # exponent field 1 holds emin; a subnormal n < 2^M lands in field 0
         mag = ((e_eff - fmt.emin) << m) + n

@@ -182,6 +182,17 @@ def test_stochastic_rounding_is_unbiased_and_seeded():
     assert abs((a == 0x39).mean() - 0.25) < 0.02
 
 
+def test_stochastic_rounding_far_below_the_smallest_subnormal_keeps_its_probability():
+    # 2^-30 is 2^-21 of e4m3fn's smallest subnormal 2^-9: it must round up with
+    # probability 2^-21 (about 0.05 of 100000 draws), not 2^-11 (about 49: the
+    # discarded bits measured against a shift clipped at 63 instead of 70).
+    a = encode(np.full(100000, 2.0**-30), "float8_e4m3fn", rounding="stochastic", seed=5)
+    assert int((a != 0).sum()) <= 3
+    # float16: 2^-36 is 2^-12 of 2^-24 (shift 64): about 24 of 100000, not 49.
+    b = encode(np.full(100000, 2.0**-36), "float16", rounding="stochastic", seed=6)
+    assert 8 <= int((b != 0).sum()) <= 40
+
+
 def test_e8m0_rounding_and_specials():
     x = np.array([1.0, 1.5, 1.4, 3.0, 2.0**-130, 2.0**127 * 1.5, 0.0, -2.0, np.inf])
     assert encode(x, "float8_e8m0fnu", saturate=False).tolist() == [127, 128, 127, 129, 0, 255, 255, 255, 255]
