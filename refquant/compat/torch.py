@@ -62,6 +62,7 @@ from ..quant.affine import dequantize as _core_dequantize
 from ..quant.affine import quantize as _core_quantize
 from ..quant.calibration import TorchHistogram
 from ..quant.qparams import qparams_from_range
+from ..quant.rounding import round_to_int
 
 __all__ = [
     "quantize_per_tensor",
@@ -384,10 +385,11 @@ def fake_quantize_per_tensor_affine(input, scale, zero_point, quant_min, quant_m
 
     Formula
     -------
-    :math:`q = \\mathrm{clamp}(\\mathrm{rint}(\\mathrm{fl}_{32}(x \\cdot (1/s))) + z, q_{min}, q_{max})`,
-    :math:`\\tilde x = (q - z)\\,s` rounded once to float32. Zero point added
-    *after* rounding (half to even); +Inf and large values → quant_max, -Inf →
-    quant_min, NaN → quant_min.
+    :math:`q = \\mathrm{clamp}(\\mathrm{fl}_{32}(\\mathrm{rint}(\\mathrm{fl}_{32}(x \\cdot (1/s))) + z), q_{min}, q_{max})`,
+    :math:`\\tilde x = \\mathrm{fl}_{32}(\\mathrm{fl}_{32}(q - z) \\cdot s)`. Zero point added
+    *after* rounding (half to even), in float32 (inexact for codes above 2^24:
+    x = 2^24 + 2, s = 1, z = 1 gives 2^24 + 4); +Inf and large values → quant_max,
+    -Inf → quant_min, NaN → quant_min.
 
     Reference
     ---------
@@ -398,18 +400,16 @@ def fake_quantize_per_tensor_affine(input, scale, zero_point, quant_min, quant_m
     _check_fake_args(qmin, qmax, zero_point)
     _check_torch_scale(scale)
     s32, z = _F(scale), int(zero_point)
-    grid = _range_grid(qmin, qmax)
-    q = _core_quantize(
-        x,
-        s32,
-        z,
-        dtype=grid,
-        scale_op="reciprocal",
-        precision="float32",
-        nan="qmin",
-        out_dtype=np.int64,
-    )
-    return _core_dequantize(q, s32, z, out_dtype=np.float32)
+    # z_point + std::nearbyint(x * inv_scale): an int64 plus a float is a float32
+    # sum, so codes above 2^24 (32-bit ranges) are rounded to float32 before clamping
+    inv = _F(_F(1) / s32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        r = round_to_int((x * inv).astype(_F), "half_even")
+        qf = (r + _F(z)).astype(_F)
+    qf = np.where(np.isnan(qf), _F(qmin), qf).astype(np.float64)  # fmax(NaN, qmin) = qmin
+    q = np.clip(qf, qmin, qmax).astype(np.int64)
+    # (qval - z_point) * sc: the int64 difference converted to float32, times the float scale
+    return _core_dequantize(q, s32, z, out_dtype=np.float32, precision="float32")
 
 
 def fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, quant_max):  # noqa: A002 (torch's name)
@@ -421,7 +421,8 @@ def fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, 
 
     Formula
     -------
-    Integer z: :math:`q = \\mathrm{clamp}(\\mathrm{rint}(\\mathrm{fl}_{32}(x/s)) + z_c)`;
+    Integer z: :math:`q = \\mathrm{clamp}(\\mathrm{fl}_{32}(\\mathrm{rint}(\\mathrm{fl}_{32}(x/s)) + z_c))`
+    (the zero point added in float32, inexact for codes above 2^24);
     float32 z: :math:`q = \\mathrm{clamp}(\\mathrm{rint}(\\mathrm{fma}_{32}(x, 1/s, z_c)))` —
     torch's scalar kernel writes ``zero_point + self * inv_scale`` and the x86
     build contracts it into a fused multiply-add (one rounding: x = -28.5·s + ε,
@@ -472,8 +473,10 @@ def fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, 
             stage = "fused"
             zq = zf.astype(np.float64)
         else:
+            # int32 zero_point + std::nearbyint(self * inv_scale) is a float32 sum
             zq = z.astype(np.int64)
-            pre = np.rint(v).astype(np.float64) + zq.reshape(view)
+            pre = (np.rint(v) + zq.astype(np.float32).reshape(view)).astype(np.float32)
+            pre = pre.astype(np.float64)
             stage = "after_rounding"
     q = _core_quantize(
         x,
@@ -487,6 +490,9 @@ def fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, 
         nan="qmin",
         out_dtype=np.int64,
     )
+    if stage == "after_rounding":  # the core adds z exactly; torch's float32 sum decides
+        with np.errstate(invalid="ignore"):
+            q = np.clip(np.where(np.isnan(pre), qmin, pre), qmin, qmax).astype(np.int64)
     q = np.where(_int64_cast_overflow(pre), qmin, q)
     return _core_dequantize(q, s.astype(np.float64), zq, axis=ax, out_dtype=np.float32)
 

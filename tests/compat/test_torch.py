@@ -58,6 +58,24 @@ def test_fake_quantize_adds_the_zero_point_after_rounding():
     assert y.dtype == np.float32 and float(y[0]) == 0.0
 
 
+def test_fake_quantize_adds_the_zero_point_in_float32():
+    # torch writes z + nearbyint(x * inv_scale): an integer plus a float, a float32
+    # sum. x = 2^24 + 2, s = 1, z = 1: 2^24 + 3 is a float32 tie -> 2^24 + 4 (even),
+    # so q = 2^24 + 4 and q - z = 2^24 + 3 -> 2^24 + 4 again; exact integers give
+    # q - z = 2^24 + 2. Negative: -2^24 - 1 -> -2^24 (even), q - z -> -2^24.
+    x = np.array([2.0**24 + 2, -(2.0**24) - 2], F)
+    want = np.array([2.0**24 + 4, -(2.0**24)], F)
+    qmin, qmax = -(2**31), 2**31 - 1
+    np.testing.assert_array_equal(rt.fake_quantize_per_tensor_affine(x, 1.0, 1, qmin, qmax), want)
+    np.testing.assert_array_equal(
+        rt.fake_quantize_learnable_per_tensor_affine(x, [1.0], [1.0], qmin, qmax), want
+    )
+    y = rt.fake_quantize_per_channel_affine(
+        x.reshape(1, 2), np.array([1.0], F), np.array([1], np.int32), 0, qmin, qmax
+    )
+    np.testing.assert_array_equal(y, want.reshape(1, 2))
+
+
 # s = float32(1 / (1 + 2^-23)) = 1 - 2^-23, so 1/s = 1 + 2^-23 in float32, and
 # x = -127.5 + 2^-16 gives the exact product x * (1/s) = -127.5 + 2^-24 + 2^-39.
 FMA_S = F(1 - 2.0**-23)

@@ -405,3 +405,22 @@ def test_half_zero_point_fake_quant_rounds_the_product_first():
         got = rt.fake_quantize_per_channel_affine(x, s, z, 0, -128, 127)
         _same(got, want)
         assert got[0, 0] == F(code * np.float64(s[0]))
+
+
+@pytest.mark.parametrize("qrange", [(-(2**31), 2**31 - 1), (0, 2**31 - 1), (-(2**24), 2**26)])
+def test_fake_quantize_with_32_bit_ranges_bit_exact(qrange):
+    # codes above 2^24: torch adds the zero point in float32 (z + nearbyint(x/s))
+    torch = _torch()
+    qmin, qmax = qrange
+    rng = np.random.default_rng(7)
+    for s, z in ((F(0.0027255071), 47945767), (F(1.7), 7), (F(5.17), -1000)):
+        z = min(max(z, qmin), qmax)
+        x = (rng.uniform(-1, 1, 500) * float(s) * 2.0**rng.uniform(10, 33, 500)).astype(F)
+        want = torch.fake_quantize_per_tensor_affine(torch.from_numpy(x), float(s), z, qmin, qmax)
+        _same(rt.fake_quantize_per_tensor_affine(x, float(s), z, qmin, qmax), want.numpy())
+        zc = np.array([z], np.int32)
+        want = torch.fake_quantize_per_channel_affine(
+            torch.from_numpy(x.reshape(1, -1)), torch.tensor([s]), torch.from_numpy(zc), 0, qmin, qmax
+        )
+        got = rt.fake_quantize_per_channel_affine(x.reshape(1, -1), np.array([s]), zc, 0, qmin, qmax)
+        _same(got, want.numpy())
