@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from .._errors import RefquantError
 
-__all__ = ["Allowed", "restricted_load", "describe"]
+__all__ = ["Allowed", "restricted_load", "describe", "check_hashable_depth", "MAX_KEY_DEPTH"]
 
 
 class Allowed:
@@ -58,6 +58,9 @@ def describe(obj, depth: int = 0) -> str:
     """A short, non-recursive description of a pickled value for error messages."""
     if isinstance(obj, str | bytes):
         return repr(obj[:40]) + ("..." if len(obj) > 40 else "")
+    if isinstance(obj, int) and not isinstance(obj, bool) and obj.bit_length() > 128:
+        # repr of an int beyond 4300 digits raises ValueError (int max str digits)
+        return f"<int of {obj.bit_length()} bits>"
     if isinstance(obj, int | float | bool | type(None)):
         s = repr(obj)
         return s if len(s) < 40 else s[:37] + "..."
@@ -70,13 +73,32 @@ def _fail(path, msg):
     return RefquantError(f"{path}: pickle refused: {msg}")
 
 
+#: Deepest tuple nesting a hashed value (dict key, set member) may have. CPython's
+#: tuple hash recurses without a depth check: hashing a tuple nested a million
+#: deep (one TUPLE1 opcode per level) overflows the C stack.
+MAX_KEY_DEPTH = 64
+
+
+def check_hashable_depth(path, k, what="a dict key"):
+    """Refuse a tuple / frozenset nested deeper than :data:`MAX_KEY_DEPTH` (iteratively)."""
+    todo = [(k, 0)]
+    while todo:
+        x, depth = todo.pop()
+        if isinstance(x, tuple | frozenset):
+            if depth >= MAX_KEY_DEPTH:
+                raise _fail(path, f"{what} nested deeper than {MAX_KEY_DEPTH} levels")
+            todo.extend((y, depth + 1) for y in x)
+
+
 def _check_key(path, k):
-    if isinstance(k, tuple):
-        for x in k:
-            _check_key(path, x)
-        return
-    if not isinstance(k, _SAFE_KEY):
-        raise _fail(path, f"a dict key of type {type(k).__name__} (only str, int, float, bool, bytes, None, tuples)")
+    check_hashable_depth(path, k)
+    todo = [k]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, tuple):
+            todo.extend(x)
+        elif not isinstance(x, _SAFE_KEY):
+            raise _fail(path, f"a dict key of type {type(x).__name__} (only str, int, float, bool, bytes, None, tuples)")
 
 
 def restricted_load(source, *, allowed: dict, persistent_load: Callable | None, path="<pickle>",

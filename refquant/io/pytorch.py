@@ -58,7 +58,7 @@ from ._common import (
     checked_numel,
     fail,
 )
-from ._pickle import Allowed, AttrDict, describe, restricted_load
+from ._pickle import Allowed, AttrDict, check_hashable_depth, describe, restricted_load
 
 __all__ = [
     "LEGACY_MAGIC",
@@ -203,6 +203,7 @@ def torch_allowlist(path="<pickle>", on_storage_type=None) -> dict:
         for kv in items:
             if not isinstance(kv, tuple | list) or len(kv) != 2:
                 raise fail(path, f"pickle refused: OrderedDict item {describe(kv)}")
+            check_hashable_depth(path, kv[0], "an OrderedDict key")
             d[kv[0]] = kv[1]
         return d
 
@@ -227,6 +228,8 @@ def torch_allowlist(path="<pickle>", on_storage_type=None) -> dict:
     def mkset(items=()):
         if not isinstance(items, list | tuple):
             raise fail(path, f"pickle refused: set({describe(items)})")
+        for x in items:
+            check_hashable_depth(path, x, "a set member")
         return set(items)
 
     def mkcomplex(re_=0.0, im=0.0):
@@ -281,13 +284,27 @@ def _storage_from_type(stype, key, location, numel, path):
     return Storage(key, stype.np, numel * stype.np.itemsize, location, typed)
 
 
-def _flatten(obj, path):
-    """name -> LazyTensor and name -> plain value, dict keys joined with '.'."""
+def _flatten(obj, path, max_nodes=None):
+    """name -> LazyTensor and name -> plain value, dict keys joined with '.'.
+
+    A container reached twice (shared, as torch.load returns it) is flattened under
+    each of its names; one that contains itself is recorded as ``"<cycle>"``.
+    Sharing can make the tree exponentially larger than the pickle (``t = (t, t)``
+    forty times), so at most ``max_nodes`` nodes are visited.
+    """
     tensors, meta = {}, {}
     stack = [("", obj, 0)]
-    on_path = set()
+    on_path = set()  # ids of the containers that enclose the node being visited
+    visited = 0
     while stack:
         prefix, o, depth = stack.pop()
+        if prefix is None:  # every child of container id ``o`` is done
+            on_path.discard(o)
+            continue
+        visited += 1
+        if max_nodes is not None and visited > max_nodes:
+            raise fail(path, f"object graph flattens to more than {max_nodes} entries "
+                             "(containers shared over and over)")
         if depth > 64:
             raise fail(path, f"object graph nested deeper than 64 levels at {prefix!r}")
         if isinstance(o, LazyTensor):
@@ -299,10 +316,11 @@ def _flatten(obj, path):
             tensors[name] = o
             continue
         if isinstance(o, dict | list | tuple):
-            if id(o) in on_path and isinstance(o, dict | list):
+            if id(o) in on_path:
                 meta[prefix] = "<cycle>"
                 continue
             on_path.add(id(o))
+            stack.append((None, id(o), depth))
             items = o.items() if isinstance(o, dict) else enumerate(o)
             kids = [(f"{prefix}.{k}" if prefix else str(k), v, depth + 1) for k, v in items]
             if not kids and prefix:
@@ -317,9 +335,15 @@ def _flatten(obj, path):
     return tensors, meta
 
 
+def _node_budget(pickle_bytes: int) -> int:
+    """Nodes a flattened graph may have: an unshared node costs at least one opcode
+    byte, so only sharing can exceed the pickle's size; allow it 8x."""
+    return 8 * pickle_bytes + 4096
+
+
 class _TorchCheckpoint(LazyCheckpoint):
-    def _setup(self, obj, path, metadata_extra):
-        tensors, meta = _flatten(obj, path)
+    def _setup(self, obj, path, metadata_extra, pickle_bytes):
+        tensors, meta = _flatten(obj, path, _node_budget(pickle_bytes))
         self.tree = obj
         self._tensors = tensors
         infos = {}
@@ -473,7 +497,7 @@ class TorchZipCheckpoint(_TorchCheckpoint):
             if info.compress_type == zipfile.ZIP_STORED:
                 zip_entry_offset(m, info)
             self._entries[key] = info
-        self._setup(obj, path, {})
+        self._setup(obj, path, {}, len(data))
 
     def _storage_bytes(self, storage):
         mv = self._cache.get(storage.key)
@@ -539,7 +563,9 @@ class TorchLegacyCheckpoint(_TorchCheckpoint):
                 raise fail(path, f"storage view {vkey!r} [{voff}, {voff + vsize}) exceeds storage {key!r}")
             return views.setdefault(vkey, Storage(vkey, st.dtype, vsize * isz, location, st.typed, root, voff * isz))
 
+        start = mm.tell()
         obj = restricted_load(mm, allowed=torch_allowlist(path), persistent_load=persistent_load, path=path)
+        pickle_bytes = mm.tell() - start
         keys = restricted_load(mm, allowed={}, persistent_load=None, path=path)
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise fail(path, f"storage key list is {describe(keys)}, expected a list of str")
@@ -561,7 +587,7 @@ class TorchLegacyCheckpoint(_TorchCheckpoint):
             raise fail(path, f"storages {sorted(missing)[:4]} are named but not stored: truncated")
         self._m = m
         extra = {"sys_info." + k: v for k, v in sys_info.items() if isinstance(v, int | str | bool)}
-        self._setup(obj, path, extra)
+        self._setup(obj, path, extra, pickle_bytes)
 
     def _storage_bytes(self, storage):
         root = storage.root or storage

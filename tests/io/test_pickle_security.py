@@ -204,3 +204,32 @@ def test_plain_python_pickle_of_the_gadget_would_run(tmp_path):
 
     with pytest.raises(pickle.UnpicklingError, match="posix.system"):
         Probe(io.BytesIO(CORPUS["os.system"])).load()
+
+
+# --------------------------------------------------------------------------- resource bombs
+
+_DEEP_TUPLE = PROTO2 + b"N" + b"\x85" * 100_000  # None wrapped in 100000 TUPLE1s
+
+
+def test_deeply_nested_tuple_as_dict_key_is_refused_not_a_recursion_error():
+    # _check_key recursed once per level: RecursionError escaped
+    pkl = PROTO2 + EMPTY_DICT + _DEEP_TUPLE[2:] + INT(1) + SETITEM + STOP
+    with pytest.raises(RefquantError, match="nested deeper"):
+        restricted_load(pkl, allowed={}, persistent_load=None)
+
+
+@pytest.mark.parametrize("glob", [("builtins", "set"), ("collections", "OrderedDict")])
+def test_deeply_nested_tuple_hashed_by_an_allowed_class_is_refused(glob):
+    # set(items) / OrderedDict(items) hashed the 100000-deep tuple: CPython's tuple
+    # hash recurses without a depth check (a segfault for a deep enough tuple)
+    item = _DEEP_TUPLE[2:] + (INT(1) + b"\x86" if glob[1] == "OrderedDict" else b"")
+    pkl = PROTO2 + GLOBAL(*glob) + MARK + MARK + item + TUPLE + TUPLE + REDUCE + STOP
+    with pytest.raises(RefquantError, match="nested deeper"):
+        restricted_load(pkl, allowed=torch_allowlist(), persistent_load=None)
+
+
+def test_huge_int_named_in_a_refusal_is_described_not_printed():
+    # describe() called repr() on a 40000-bit int: int->str limit ValueError escaped
+    pkl = PROTO2 + pickle.dumps(1 << 40000, protocol=2)[2:-1] + UNI("a") + b"\x93" + STOP
+    with pytest.raises(RefquantError, match="global with non-string name <int of 40001 bits>"):
+        restricted_load(pkl, allowed={}, persistent_load=None)
