@@ -164,3 +164,44 @@ def test_zip_truncated_file_is_refused_naming_the_file(tmp_path):
     with pytest.raises(RefquantError) as e:
         rio.open(p)
     assert str(p) in str(e.value)
+
+
+# memo opcodes: BINPUT i / BINGET i (one-byte slot)
+def _put(i):
+    return b"q" + bytes([i])
+
+
+def _get(i):
+    return b"h" + bytes([i])
+
+
+def test_container_shared_by_two_names_is_read_under_both_not_called_a_cycle(tmp_path):
+    # {"a": [w], "b": <the same list>}: torch.load gives d["b"][0] is d["a"][0];
+    # the flattener marked the second visit "<cycle>" and dropped b.0
+    w = tensor_v2("0", "FloatStorage", 6, 0, (6,), (1,))
+    pkl = (PROTO2 + EMPTY_DICT + UNI("a") + b"]" + _put(0) + w + b"a" + SETITEM
+           + UNI("b") + _get(0) + SETITEM + STOP)
+    with rio.open(torch_zip(tmp_path / "s.pt", pkl, {"0": F32_0_5})) as ck:
+        assert list(ck) == ["a.0", "b.0"]
+        assert "b" not in ck.metadata
+        np.testing.assert_array_equal(ck["b.0"], np.arange(6, dtype=np.float32))
+
+
+def test_list_that_contains_itself_is_a_cycle(tmp_path):
+    pkl = PROTO2 + EMPTY_DICT + UNI("a") + b"]" + _put(0) + _get(0) + b"a" + SETITEM + STOP
+    with rio.open(torch_zip(tmp_path / "c.pt", pkl, {})) as ck:
+        assert len(ck) == 0 and ck.metadata["a.0"] == "<cycle>"
+
+
+def test_tuple_sharing_bomb_is_refused_quickly(tmp_path):
+    # t0 = (w,); t_{i+1} = (t_i, t_i): 40 levels, 2**40 paths to w in a ~300-byte
+    # pickle. torch.load builds it at once (shared objects); the flattener walked
+    # every path (a hang)
+    w = tensor_v2("0", "FloatStorage", 6, 0, (6,), (1,))
+    body = w + b"\x85" + _put(0) + b"0"  # TUPLE1, BINPUT, POP
+    for i in range(40):
+        body += _get(i) + _get(i) + b"\x86" + _put(i + 1) + b"0"
+    body += _get(40)
+    pkl = PROTO2 + EMPTY_DICT + UNI("a") + body + SETITEM + STOP
+    with pytest.raises(RefquantError, match="shared"):
+        rio.open(torch_zip(tmp_path / "b.pt", pkl, {"0": F32_0_5}))
