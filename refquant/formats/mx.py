@@ -136,6 +136,8 @@ def shared_exponent(amax, fmt, scale_rule: str = "floor") -> np.ndarray:
     ``floor``: :math:`e = \\lfloor \\log_2 \\mathrm{amax} \\rfloor - e_{max,elem}` (exact, from
     ``frexp``); ``ceil``: :math:`e = \\lceil \\log_2 \\mathrm{fl}_{32}(\\mathrm{amax} / \\mathrm{max}_{elem}) \\rceil`.
     Then :math:`e \\leftarrow \\max(e, -127)`; :math:`e > 127` is NaN. amax = 0 gives -127.
+    Under ``ceil`` a quotient that underflows float32 gives -127 and an amax beyond
+    float32's range (a float64 input) gives NaN, as E8M0 of 0 and of Inf do.
 
     Reference
     ---------
@@ -151,12 +153,23 @@ def shared_exponent(amax, fmt, scale_rule: str = "floor") -> np.ndarray:
         _, ex = np.frexp(safe)  # safe = m * 2^ex with m in [0.5, 1): floor(log2) = ex - 1
         e = (ex - 1).astype(np.float64) - f.emax_elem
     else:
-        q = (safe.astype(np.float32) / np.float32(f.element_max)).astype(np.float64)
-        m, ex = np.frexp(q)
+        with np.errstate(over="ignore", under="ignore"):
+            q = (safe.astype(np.float32) / np.float32(f.element_max)).astype(np.float64)
+        m, ex = np.frexp(q)  # frexp(0) and frexp(inf) give exponent 0: handled below
         e = np.where(m == 0.5, ex - 1, ex).astype(np.float64)  # ceil(log2 q)
+        e = np.where(q == 0, -127.0, e)  # a quotient that underflows float32 is below 2^-149
+        bad = bad | np.isinf(q)  # amax beyond float32 (float64 input): as E8M0 of Inf, NaN
     e = np.where(a == 0, -127.0, e)
     e = np.maximum(e, -127.0)
     return np.where(bad | (e > 127), np.nan, e)
+
+
+def _block_size(f, block_size) -> int:
+    """``k``: the format's 32 unless given; a positive integer."""
+    k = f.block_size if block_size is None else block_size
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise RefquantError(f"block_size must be a positive integer, got {block_size!r}")
+    return int(k)
 
 
 def _blocked(x, axis, k):
@@ -216,9 +229,7 @@ def quantize_mx(x, fmt, *, axis: int = -1, block_size: int | None = None, scale_
     f = mx_format(fmt)
     if rounding not in ROUNDING_MODES:
         raise RefquantError(f"rounding must be one of {', '.join(ROUNDING_MODES)}; got {rounding!r}")
-    k = f.block_size if block_size is None else block_size
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-        raise RefquantError(f"block_size must be a positive integer, got {block_size!r}")
+    k = _block_size(f, block_size)
     xa = np.asarray(x)
     if xa.dtype.kind not in "fiu":
         raise RefquantError(f"x must be a real array, got dtype {xa.dtype}")
@@ -254,7 +265,7 @@ def dequantize_mx(codes, scales, fmt, *, axis: int = -1, block_size: int | None 
     OCP MX v1.0 §5.2.
     """
     f = mx_format(fmt)
-    k = f.block_size if block_size is None else block_size
+    k = _block_size(f, block_size)
     c = np.asarray(codes)
     s = np.asarray(scales)
     if c.ndim == 0:

@@ -110,3 +110,20 @@ def test_bad_arguments():
     c, s = quantize_mx(np.ones(64), "mxfp4")
     with pytest.raises(RefquantError, match="scales"):
         dequantize_mx(c, s[:1], "mxfp4")
+
+
+def test_ceil_rule_whose_float32_quotient_underflows_gets_the_smallest_scale():
+    # 2^-149 / 6 is 0 in float32: ceil(log2(amax / 6)) is about -152, clamped to -127
+    # (code 0, as ONNX Cast to FLOAT8E8M0 round_mode="up" makes of a zero quotient), not 2^0.
+    assert shared_exponent([np.float32(2.0**-149)], "mxfp4", "ceil").tolist() == [-127.0]
+    c, s = quantize_mx(block(2.0**-149, -(2.0**-149)), "mxfp4", scale_rule="ceil")
+    assert s.tolist() == [0] and c[:2].tolist() == [0, 0x8]  # 2^-22 at scale 2^-127 rounds to -+0
+    # a float64 amax beyond float32 makes the float32 quotient Inf: NaN, not 2^0
+    assert np.isnan(shared_exponent([1e39], "mxfp8_e4m3", "ceil")).all()
+
+
+def test_dequantize_block_size_must_be_a_positive_integer():
+    c, s = quantize_mx(np.ones(4), "mxfp4")
+    for k in (0, -32, 2.5, True):
+        with pytest.raises(RefquantError, match="block_size"):
+            dequantize_mx(c, s, "mxfp4", block_size=k)
