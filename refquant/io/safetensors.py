@@ -15,6 +15,8 @@ Rules checked by the reader (each failure names the file and the rule):
 
 * ``n <= 100_000_000`` (``MAX_HEADER_SIZE``) and ``8 + n <= file size``;
 * the header is UTF-8 JSON, an object that starts with ``{``, no duplicate keys,
+  no lone surrogate escapes (``"\\ud800"``) and no ``-0`` (serde_json, which
+  safetensors parses with, refuses both: ``-0`` is a float to it),
   ``__metadata__`` maps str to str, every entry has exactly ``dtype``, ``shape``,
   ``data_offsets``;
 * sorted by offsets the tensors tile the buffer: the first begins at 0, each
@@ -125,16 +127,34 @@ def pack_subbyte(codes: np.ndarray, bits: int) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
+def _is_unicode(s: str) -> bool:
+    """Whether ``s`` holds Unicode scalars only (a ``\\ud800`` escape decodes to a lone surrogate)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _no_duplicates(path):
     def hook(pairs):
         d = {}
         for k, v in pairs:
             if k in d:
                 raise fail(path, f"header holds the key {k!r} twice")
+            for x in (k, v):
+                if isinstance(x, str) and not _is_unicode(x):
+                    # serde_json refuses lone surrogate escapes
+                    raise fail(path, f"header string {x!r:.60} holds a lone surrogate escape")
             d[k] = v
         return d
 
     return hook
+
+
+def _json_int(s: str):
+    # serde_json reads "-0" as the float -0.0 (no usize): refused as a non-integer
+    return -0.0 if s == "-0" else int(s)
 
 
 def parse_header(raw: bytes, file_size: int, path="<bytes>"):
@@ -158,7 +178,7 @@ def parse_header(raw: bytes, file_size: int, path="<bytes>"):
     if not text.startswith("{"):
         raise fail(path, "header does not start with '{'")
     try:
-        header = json.loads(text, object_pairs_hook=_no_duplicates(path))
+        header = json.loads(text, object_pairs_hook=_no_duplicates(path), parse_int=_json_int)
     except RefquantError:
         raise
     except (ValueError, RecursionError) as e:
@@ -286,6 +306,8 @@ def _prepare(tensors: Mapping):
     for name, a in tensors.items():
         if not isinstance(name, str) or name == "__metadata__":
             raise RefquantError(f"tensor name {name!r} must be a str other than '__metadata__'")
+        if not _is_unicode(name):
+            raise RefquantError(f"tensor name {name!r} holds a lone surrogate; expected Unicode text")
         a = np.asarray(a)
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
@@ -336,6 +358,9 @@ def _check_metadata(metadata):
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         raise RefquantError(f"metadata must map str to str, got {metadata!r:.200}")
+    for k, v in metadata.items():
+        if not (_is_unicode(k) and _is_unicode(v)):
+            raise RefquantError(f"metadata entry {k!r}: {v!r:.60} holds a lone surrogate; expected Unicode text")
     return dict(metadata)
 
 

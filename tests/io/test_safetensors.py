@@ -232,3 +232,35 @@ def test_sharded_save_writes_index_and_opens_as_one_mapping(tmp_path):
             np.testing.assert_array_equal(ck[k], v)
     with rio.open(tmp_path) as ck:  # the folder finds the index
         assert len(ck) == 5
+
+
+@pytest.mark.parametrize("shape, offsets", [("[-0]", "[0,0]"), ("[1]", "[-0,4]")])
+def test_minus_zero_in_shape_or_offsets_is_refused_like_serde(tmp_path, shape, offsets):
+    # serde_json reads -0 as the float -0.0, which is no usize: safetensors refuses
+    # ("invalid JSON in header"); Python's json read it as the int 0
+    raw = f'{{"t":{{"dtype":"F32","shape":{shape},"data_offsets":{offsets}}}}}'.encode()
+    p = _file(tmp_path, raw, b"\0" * (4 if shape == "[1]" else 0))
+    with pytest.raises(RefquantError, match="-0.0"):
+        open_safetensors(p)
+
+
+@pytest.mark.parametrize("where", ["name", "metadata key", "metadata value"])
+def test_lone_surrogate_escape_is_refused_as_not_unicode(tmp_path, where):
+    # "\ud800" is valid JSON syntax but no Unicode scalar: serde_json (safetensors)
+    # refuses it; Python's json returned a str that cannot be encoded back
+    name = '"\\ud800"' if where == "name" else '"t"'
+    meta = {"name": "", "metadata key": '"__metadata__":{"\\ud800":"v"},',
+            "metadata value": '"__metadata__":{"k":"\\ud800"},'}[where]
+    raw = f'{{{meta}{name}:{{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}}}'.encode()
+    with pytest.raises(RefquantError, match="surrogate"):
+        open_safetensors(_file(tmp_path, raw, b"\0" * 4))
+
+
+@pytest.mark.parametrize("kw", [{"tensors": {"\ud800": np.zeros(1, np.float32)}},
+                                {"metadata": {"k": "\udc80"}}])
+def test_writer_refuses_a_lone_surrogate_and_leaves_no_file(tmp_path, kw):
+    # json.dumps(ensure_ascii=False).encode("utf-8") raised UnicodeEncodeError
+    tensors = kw.get("tensors", {"a": np.zeros(1, np.float32)})
+    with pytest.raises(RefquantError, match="surrogate"):
+        save_safetensors(tensors, tmp_path / "o.safetensors", metadata=kw.get("metadata"))
+    assert list(tmp_path.iterdir()) == []
