@@ -41,6 +41,7 @@ from ggml's:
 from __future__ import annotations
 
 import ctypes
+import operator
 import os
 from math import prod
 
@@ -106,8 +107,12 @@ def block_size(type_name) -> int:
 def row_size(type_name, n_per_row: int) -> int:
     """Bytes of one row of ``n_per_row`` weights (``ggml_row_size``); n_per_row must be a multiple of the block."""
     fmt = resolve_type(type_name)
-    _check_row(int(n_per_row), fmt)
-    return int(n_per_row) // fmt.block_size * fmt.type_size
+    try:
+        n = operator.index(n_per_row)
+    except TypeError:
+        raise RefquantError(f"n_per_row must be an integer, got {n_per_row!r}") from None
+    _check_row(n, fmt)
+    return n // fmt.block_size * fmt.type_size
 
 
 def _check_row(n: int, fmt: GGMLBlockFormat) -> None:
@@ -204,8 +209,8 @@ def dequantize(raw, type_name, shape) -> np.ndarray:
     if not fmt.has_dequantize:
         raise RefquantError(f"type_name {type_name!r}: ggml has no dequantize_row_{fmt.c_name}")
     try:
-        shp = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
-    except (TypeError, ValueError):
+        shp = tuple(operator.index(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+    except TypeError:
         raise RefquantError(f"shape must be a tuple of ints, got {shape!r}") from None
     if len(shp) == 0 or any(s < 0 for s in shp):
         raise RefquantError(f"shape must be a non-empty tuple of non-negative ints, got {shape!r}")

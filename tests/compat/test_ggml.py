@@ -109,3 +109,14 @@ def test_q8_1_has_no_ggml_dequantizer():
 def test_libggml_path_that_does_not_exist_is_refused(tmp_path):
     with pytest.raises(RefquantError, match="path: no libggml-base at"):
         ggml.LibGGML(tmp_path / "nothing.so")
+
+
+def test_row_size_and_shape_must_be_integers():
+    for n in ("x", None, 32.5):
+        with pytest.raises(RefquantError, match="n_per_row must be an integer"):
+            ggml.row_size("q4_0", n)
+    assert ggml.row_size("q4_0", np.int64(64)) == 36
+    for shape in ((32.7,), (1, "32"), "32", (None,)):
+        with pytest.raises(RefquantError, match="shape must be a tuple of ints"):
+            ggml.dequantize(np.zeros(18, np.uint8), "q4_0", shape)
+    assert ggml.dequantize(np.zeros(18, np.uint8), "q4_0", np.int64(32)).shape == (32,)
