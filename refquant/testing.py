@@ -33,6 +33,7 @@ import numpy as np
 from ._errors import RefquantError
 from .identify import IdentifyReport, identify
 from .quant._granularity import broadcast_param, check_block_size, normalize_axis
+from .quant.affine import check_scale
 
 __all__ = [
     "CLASSES",
@@ -157,11 +158,23 @@ def _as_codes(a, name):
     )
 
 
+def _as_float64(x, name):
+    """``x`` (any real dtype, ml_dtypes floats included) as float64; else RefquantError."""
+    a = np.asarray(x)
+    if a.dtype.kind in "OSUcMmb":
+        raise RefquantError(f"{name} must be a real array, got dtype {a.dtype}")
+    try:
+        return a.astype(np.float64)
+    except (TypeError, ValueError):
+        raise RefquantError(f"{name} must be a real array, got dtype {a.dtype}") from None
+
+
 def _quotient(x, scale, axis, block_size, shape):
     """``x / scale`` in float64 and in float32, broadcast to ``shape`` (for tie detection)."""
     if x is None or scale is None:
         return None, None, None
-    xa = np.asarray(x, dtype=np.float64)
+    xa = _as_float64(x, "x")
+    scale = check_scale(scale, "scale")
     if xa.shape != shape:
         raise RefquantError(f"x has shape {xa.shape} but the arrays have shape {shape}")
     ax = None if axis is None else normalize_axis(axis, len(shape))
@@ -240,8 +253,9 @@ def compare_quantized(actual, desired, *, max_step_diff=0, x=None, scale=None, z
     max_step_diff : int
         Differences up to this many steps are accepted.
     x, scale : array_like, optional
-        The quantized input and its scale (per tensor, per ``axis`` or blocked with
-        ``block_size``); with both, one-step differences at exact ties are told apart.
+        The quantized input and its scale (finite, > 0; per tensor, per ``axis`` or blocked
+        with ``block_size``); with both, one-step differences at exact ties are told apart.
+        Non-real ``x`` or an invalid scale raise RefquantError.
     zero_point : unused for codes (accepted so the same keywords serve both functions).
     qmin, qmax : int, optional
         Ends of the grid; default: the range of ``desired``'s dtype.
@@ -264,8 +278,9 @@ def compare_quantized(actual, desired, *, max_step_diff=0, x=None, scale=None, z
     (``numpy/testing/_private/utils.py``) for the layout of the message.
     """
     del zero_point
-    if max_step_diff < 0:
-        raise RefquantError(f"max_step_diff must be >= 0, got {max_step_diff}")
+    if (not isinstance(max_step_diff, int | np.integer) or isinstance(max_step_diff, bool)
+            or max_step_diff < 0):
+        raise RefquantError(f"max_step_diff must be an integer >= 0, got {max_step_diff!r}")
     a_raw, a = _as_codes(actual, "actual")
     d_raw, d = _as_codes(desired, "desired")
     rep = QuantReport(header=f"Quantized codes are not equal (max_step_diff={max_step_diff})",
@@ -293,7 +308,7 @@ def compare_quantized(actual, desired, *, max_step_diff=0, x=None, scale=None, z
     x_flat = None
     nonfinite = np.zeros(a_f.shape, dtype=bool)
     if x is not None:
-        x_flat = np.asarray(x, dtype=np.float64).reshape(-1)
+        x_flat = _as_float64(x, "x").reshape(-1)
         if x_flat.size != a.size:
             raise RefquantError(f"x has {x_flat.size} elements but the arrays have {a.size}")
         nonfinite = ~np.isfinite(x_flat)
@@ -375,14 +390,15 @@ def compare_dequantized(actual, desired, *, rtol=1e-6, atol=0.0, max_ulp=None, x
     x_flat = None
     nonfinite = ~np.isfinite(a) | ~np.isfinite(d)
     if x is not None:
-        x_flat = np.asarray(x, dtype=np.float64).reshape(-1)
+        x_flat = _as_float64(x, "x").reshape(-1)
         if x_flat.size != a.size:
             raise RefquantError(f"x has {x_flat.size} elements but the arrays have {a.size}")
         nonfinite |= ~np.isfinite(x_flat)
     at_end = None
     if scale is not None:
+        scale = check_scale(scale, "scale")
         ax = None if axis is None else normalize_axis(axis, len(shape))
-        s = np.broadcast_to(broadcast_param(np.asarray(scale), shape, ax,
+        s = np.broadcast_to(broadcast_param(scale, shape, ax,
                                             check_block_size(block_size, ax), "scale"),
                             shape).reshape(-1).astype(np.float64)
         with np.errstate(all="ignore"):

@@ -235,3 +235,19 @@ def test_rounding_mode_differences_are_all_classified_as_ties(ks, scale):
     rep = compare_quantized(away, even, x=x, scale=scale)
     assert set(rep.counts) <= {"tie"}
     assert rep.counts.get("tie", 0) == int((away != even).sum())
+
+
+@pytest.mark.parametrize("call", [
+    lambda: compare_quantized(np.int8([1]), np.int8([2]), x=np.array(["a"]), scale=1.0),
+    lambda: compare_quantized(np.int8([1]), np.int8([2]), x=[0.5], scale="a"),
+    lambda: compare_quantized(np.int8([1]), np.int8([2]), max_step_diff="1"),
+    lambda: compare_quantized(np.int8([1]), np.int8([2]), max_step_diff=0.5),
+    lambda: compare_quantized(np.int8([1]), np.int8([2]), x=[0.5], scale=0.0),
+    lambda: compare_dequantized(np.float32([1]), np.float32([2]), x=[0.5], scale=-1.0),
+    lambda: compare_dequantized(np.float32([1]), np.float32([2]), scale=np.nan),
+    lambda: compare_dequantized(np.float32([1]), np.float32([2]), x=np.array([None])),
+])
+def test_bad_x_scale_or_tolerance_raise_refquant_error(call):
+    # once: ValueError / TypeError from NumPy, and a scale of 0 classed a 1-step gap "sub_step"
+    with pytest.raises(RefquantError):
+        call()
