@@ -375,10 +375,14 @@ class _TorchCheckpoint(LazyCheckpoint):
             expect *= s
         if contiguous:
             return base[t.offset : t.offset + numel].reshape(t.size)
-        sub = base[t.offset :]
-        return np.lib.stride_tricks.as_strided(
-            sub, shape=t.size, strides=[st * t.dtype.itemsize for st in t.stride], writeable=False
-        )
+        # np.ndarray over the buffer, not as_strided: as_strided goes through
+        # __array_interface__, whose typestr numpy cannot parse for some ml_dtypes
+        # ('<f1' for float8_e5m2). make_tensor checked the extent lies in the storage.
+        isz = t.dtype.itemsize
+        a = np.ndarray(t.size, dtype=t.dtype, buffer=base, offset=t.offset * isz,
+                       strides=[st * isz for st in t.stride])
+        a.flags.writeable = False
+        return a
 
 
 _DATA_PKL = re.compile(r"^(?:[^/]*/)?data\.pkl$")

@@ -69,6 +69,21 @@ def test_v3_untyped_storage_with_bf16_and_fp8(tmp_path):
         np.testing.assert_array_equal(ck["f8"].view(np.uint8), f8.view(np.uint8).reshape(2, 2))
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu"])
+def test_transposed_ml_dtypes_tensor_reads_strided(tmp_path, dtype):
+    # as_strided rebuilt the array through __array_interface__, whose typestr for
+    # float8_e5m2 ('<f1') numpy cannot parse: TypeError on every non-contiguous
+    # e5m2 tensor (torch.save of w.t())
+    npdt = np.dtype(getattr(ml_dtypes, dtype))
+    raw = bytes(range(1, 1 + 6 * npdt.itemsize))
+    items = [("t", tensor_v3("0", len(raw), 0, (3, 2), (1, 3), dtype))]
+    with rio.open(_zip(tmp_path, items, {"0": raw})) as ck:
+        got = ck["t"]
+    want = np.frombuffer(raw, npdt).reshape(2, 3).T  # element [i, j] is storage[i + 3j]
+    assert got.dtype == npdt and got.shape == (3, 2)
+    np.testing.assert_array_equal(got.view(f"u{npdt.itemsize}"), want.view(f"u{npdt.itemsize}"))
+
+
 def test_compressed_storage_entry_is_read(tmp_path):
     p = _zip(tmp_path, [("w", tensor_v2("0", "FloatStorage", 6, 0, (6,), (1,)))], {"0": F32_0_5},
              compress=("0",))
