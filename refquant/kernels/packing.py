@@ -106,16 +106,22 @@ def pack(codes, bits, *, axis=-1, order="low_first", word="uint8", pad=0) -> np.
     c = np.asarray(codes)
     if c.dtype.kind not in "iub" and c.dtype.name not in ("int4", "uint4", "int2", "uint2"):
         raise RefquantError(f"codes must be integers, got dtype {c.dtype}")
-    c = c.astype(np.int64)
+    if c.dtype == bool:
+        c = c.astype(np.uint8)
     if c.ndim == 0:
         raise RefquantError("codes must have at least one dimension")
     ax = normalize_axis(axis, c.ndim)
     lo, hi = -(1 << (bits - 1)), (1 << bits) - 1
-    if c.size and (c.min() < lo or c.max() > hi):
+    if c.size and (int(c.min()) < lo or int(c.max()) > hi):  # in the codes' own dtype: no wrap
         bad = c[(c < lo) | (c > hi)].reshape(-1)[0]
         raise RefquantError(
             f"code {int(bad)} does not fit {bits} bits (allowed {lo} .. {hi})"
         )
+    c = c.astype(np.int64)
+    try:
+        pad = operator.index(pad)
+    except TypeError:
+        raise RefquantError(f"pad must be an integer, got {pad!r}") from None
     if not lo <= pad <= hi:
         raise RefquantError(f"pad {pad} does not fit {bits} bits")
     c = np.moveaxis(c, ax, -1)
@@ -152,7 +158,10 @@ def unpack(packed, bits, n=None, *, axis=-1, order="low_first", signed=False) ->
     total = w.shape[-1] * per
     if n is None:
         n = total
-    n = operator.index(n)
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise RefquantError(f"n must be an integer or None, got {n!r}") from None
     if not 0 <= n <= total:
         raise RefquantError(
             f"n {n} is out of range: {w.shape[-1]} word(s) hold at most {total} codes"
@@ -185,7 +194,13 @@ def unpack_nibbles(packed, n=None, *, axis=-1, order="low_first", signed=False) 
     ---------
     As :func:`pack_nibbles`.
     """
-    return unpack(np.asarray(packed, dtype=np.uint8), 4, n, axis=axis, order=order, signed=signed)
+    p = np.asarray(packed)
+    if p.dtype != np.uint8:  # an integer array of byte values (a list of ints) is taken, nothing else
+        if p.dtype.kind not in "iu" or (p.size and (int(p.min()) < 0 or int(p.max()) > 255)):
+            raise RefquantError(f"packed must be bytes (uint8, or integers in 0 .. 255), got dtype {p.dtype}"
+                                + (f" with values {int(p.min())} .. {int(p.max())}" if p.dtype.kind in "iu" else ""))
+        p = p.astype(np.uint8)
+    return unpack(p, 4, n, axis=axis, order=order, signed=signed)
 
 
 def pack_bits(bits_, *, axis=-1, order="low_first", word="uint8") -> np.ndarray:

@@ -75,3 +75,26 @@ def test_bad_input():
         pack_int4_to_int32([8])
     with pytest.raises(RefquantError, match="axis 1 is out of range"):
         pack_bits([1, 0], axis=1)
+
+
+def test_out_of_range_wide_codes_are_refused_not_wrapped():
+    # uint64 2^64 - 1 used to wrap to int64 -1 and pack as 0xF
+    with pytest.raises(RefquantError, match="does not fit 4 bits"):
+        pack(np.array([2**64 - 1], np.uint64), 4)
+    assert pack(np.array([15, 2], np.uint64), 4).tolist() == [0x2F]
+
+
+def test_pad_and_n_must_be_integers():
+    for bad in (1.5, "a", None):
+        with pytest.raises(RefquantError, match="pad must be an integer"):
+            pack([1, 2, 3], 4, pad=bad)
+        with pytest.raises(RefquantError, match="n must be an integer"):
+            unpack(np.zeros(1, np.uint8), 4, bad if bad is not None else "1")
+
+
+def test_unpack_nibbles_refuses_values_that_are_not_bytes():
+    # int64 300 used to wrap to 0x2C (-> [12, 2]); uint16 0x1234 lost its high byte; 1.7 became 1
+    for bad in (np.array([300]), np.array([-1]), np.array([0x1234], np.uint16), np.array([1.7])):
+        with pytest.raises(RefquantError, match="packed must be bytes"):
+            unpack_nibbles(bad)
+    assert unpack_nibbles([0x21, 0xF0]).tolist() == [1, 2, 0, 15]
