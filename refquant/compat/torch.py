@@ -36,6 +36,8 @@ observers: symmetric scale ``amax / ((qmax-qmin)/2)``   observer.py ``_calculate
 custom range ``(qmin + qmax) // 2``; affine zero
 point int32, symmetric int64; empty observer → scale
 1, zero point 0 with a warning; NaN → scale NaN
+(float_qparams: scale 1, zero point NaN); ±Inf →
+scale Inf; eps = 0 lets a zero range keep scale 0
 =====================================================  =====================================================
 
 Arguments keep PyTorch's names, ``input`` included (it shadows the builtin on
@@ -624,15 +626,18 @@ class _UniformObserver:
         if np.any(min_val > max_val):
             raise RefquantError(f"min {min_val} should be less than max {max_val}")
         qmin, qmax = self.quant_min, self.quant_max
-        nan = np.isnan(min_val) | np.isnan(max_val)
-        lo = np.where(nan, _F(0), min_val)
-        hi = np.where(nan, _F(0), max_val)
+        # NaN / ±Inf bounds (and, with eps <= 0, a zero scale) are not ranges the core
+        # takes: those groups get torch's float32 formula as written (_direct_qparams)
+        special = ~(np.isfinite(min_val) & np.isfinite(max_val))
+        lo = np.where(special, _F(0), min_val)
+        hi = np.where(special, _F(0), max_val)
         if self.qscheme == "per_channel_affine_float_qparams":
-            scale = ((hi - lo).astype(_F) / _F(qmax - qmin)).astype(_F)
-            scale = np.where(scale > self.eps, scale, _F(1)).astype(_F)
-            zp = ((_F(-1) * lo).astype(_F) / scale).astype(_F)
-            scale = np.where(nan, _F(np.nan), scale).astype(_F)
-            zp = np.where(nan, _F(np.nan), zp).astype(_F)
+            # no widening to 0: scale = (max - min) / (qmax - qmin), 1 where not > eps
+            # (NaN included), zero point -min / scale, all float32
+            with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+                scale = ((max_val - min_val).astype(_F) / _F(qmax - qmin)).astype(_F)
+                scale = np.where(scale > self.eps, scale, _F(1)).astype(_F)
+                zp = ((_F(-1) * min_val).astype(_F) / scale).astype(_F)
         else:
             symmetric = self.qscheme.endswith("symmetric")
             base = {"quint8": "uint8", "qint8": "int8"}.get(self.dtype)
@@ -650,19 +655,53 @@ class _UniformObserver:
                 quant_min=qmin if (qmin, qmax) != (grid.qmin, grid.qmax) else None,
                 quant_max=qmax if (qmin, qmax) != (grid.qmin, grid.qmax) else None,
             )
-            scale = np.where(nan, _F(np.nan), qp.scale).astype(_F)
+            scale = qp.scale
             if symmetric:
                 zp = np.full(scale.shape, self._symmetric_zero_point(), dtype=np.int64)
             else:
-                # NaN: round(NaN).to(int32) is INT32_MIN; qmin - INT32_MIN wraps in int32
-                wrapped = ((qmin + 2**31 + 2**31) % 2**32) - 2**31
-                zcore = qp.zero_point
+                zp = qp.zero_point
                 if self.dtype == "qint32":
-                    zcore = _qint32_zero_point(lo, qp.scale, qmin, qmax)
-                zp = np.where(nan, np.clip(wrapped, qmin, qmax), zcore).astype(np.int32)
+                    zp = _qint32_zero_point(lo, qp.scale, qmin, qmax)
+                zp = zp.astype(np.int32)
+            dscale, dzp = self._direct_qparams(min_val, max_val)
+            special = special | (dscale == 0)
+            scale = np.where(special, dscale, scale).astype(_F)
+            zp = np.where(special, dzp, zp).astype(zp.dtype)
         if scale.ndim == 0:
             scale, zp = scale.reshape(1), zp.reshape(1)
         return scale, zp
+
+    def _direct_qparams(self, min_val, max_val):
+        """observer.py's affine / symmetric formula step by step in float32, for any bounds.
+
+        ``torch.min`` / ``torch.max`` propagate NaN and return their first argument on
+        a tie (so -0.0 survives: eps = 0 and an all-zero input give scale -0.0);
+        ``torch.round(v).to(torch.int)`` of NaN, ±Inf or |v| >= 2^31 is INT32_MIN
+        (cvttss2si), and ``quant_min - INT32_MIN`` wraps in int32 before the clamp:
+        min = -Inf gives scale Inf, 0 / ... → NaN → zero point quant_max for signed grids.
+        """
+        qmin, qmax = self.quant_min, self.quant_max
+
+        def tmin(a, b):
+            return np.where(np.isnan(a) | np.isnan(b), _F(np.nan), np.where(b < a, b, a))
+
+        def tmax(a, b):
+            return np.where(np.isnan(a) | np.isnan(b), _F(np.nan), np.where(b > a, b, a))
+
+        zero = np.zeros_like(min_val)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            neg, pos = tmin(min_val, zero).astype(_F), tmax(max_val, zero).astype(_F)
+            if self.qscheme.endswith("symmetric"):
+                amax = tmax((-neg).astype(_F), pos).astype(_F)
+                scale = tmax((amax / _F((qmax - qmin) / 2)).astype(_F), self.eps).astype(_F)
+                zp = np.full(scale.shape, self._symmetric_zero_point(), dtype=np.int64)
+                return scale, zp
+            scale = tmax(((pos - neg).astype(_F) / _F(qmax - qmin)).astype(_F), self.eps)
+            scale = scale.astype(_F)
+            r = np.rint((neg / scale).astype(_F)).astype(np.float64)
+        r = np.where(np.isfinite(r) & (r >= -(2.0**31)) & (r < 2.0**31), r, -(2.0**31))
+        z = ((qmin - r.astype(np.int64) + 2**31) % 2**32) - 2**31  # int32 subtraction wraps
+        return scale, np.clip(z, qmin, qmax).astype(np.int32)
 
     def _symmetric_zero_point(self) -> int:
         # observer.py: quint8 -> 128 (custom range: (qmin + qmax) // 2); signed -> 0

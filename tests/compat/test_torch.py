@@ -299,3 +299,46 @@ def test_inputs_are_not_modified():
     rt.fake_quantize_per_channel_affine(x[None], [0.5], np.array([1], np.int32), 0, 0, 255)
     rt.MinMaxObserver().forward(x)
     np.testing.assert_array_equal(x, before)
+
+
+# ------------------------------------------------------------------ observers: bounds the core refuses
+
+
+def _qparams(obs, *batches):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for x in batches:
+            obs.forward(np.asarray(x, F))
+        return obs.calculate_qparams()
+
+
+def test_observer_with_infinite_bounds_returns_torchs_infinite_scale():
+    # min = -Inf: scale (1 + Inf) / 255 = Inf; -Inf / Inf = NaN; round(NaN).to(int32) is
+    # INT32_MIN and -128 - INT32_MIN = 2^31 - 128 (int32), clamped to 127
+    s, z = _qparams(rt.MinMaxObserver(dtype="qint8"), [1.0, -np.inf])
+    assert s.tolist() == [np.inf] and z.tolist() == [127] and z.dtype == np.int32
+    # max = +Inf, min = -2: scale Inf, -2 / Inf = -0 -> zero point 0 - 0 = 0
+    s, z = _qparams(rt.MinMaxObserver(dtype="quint8"), [1.0, np.inf, -2.0])
+    assert s.tolist() == [np.inf] and z.tolist() == [0]
+    s, z = _qparams(rt.MinMaxObserver(qscheme="per_tensor_symmetric"), [np.inf])
+    assert s.tolist() == [np.inf] and z.tolist() == [128] and z.dtype == np.int64
+
+
+def test_observer_with_eps_zero_keeps_a_zero_scale():
+    # torch.max(scale, eps) with eps = 0: an all-zero input keeps scale 0 (symmetric:
+    # max(-min(0, 0), 0) = max(-0.0, 0.0) = -0.0, torch.max keeping its first argument)
+    s, z = _qparams(rt.MinMaxObserver(dtype="qint8", qscheme="per_tensor_symmetric", eps=0.0), [0, 0])
+    assert s.tolist() == [0.0] and np.signbit(s[0]) and z.tolist() == [0]
+    # affine: 0 / 0 = NaN -> INT32_MIN -> -128 - INT32_MIN wraps to 2^31 - 128 -> 127
+    s, z = _qparams(rt.MinMaxObserver(dtype="qint8", eps=0.0), [0, 0])
+    assert s.tolist() == [0.0] and not np.signbit(s[0]) and z.tolist() == [127]
+
+
+def test_float_qparams_observer_maps_a_nan_scale_to_one():
+    # scale = (max - min) / 255 is NaN, NaN > eps is False -> 1; zero point -min / 1
+    obs = rt.PerChannelMinMaxObserver(qscheme="per_channel_affine_float_qparams")
+    s, z = _qparams(obs, [[1.0, np.nan], [1.0, 3.0], [-np.inf, 2.0]])
+    assert s[0] == 1 and s[1] == F(F(2) / F(255)) and s[2] == np.inf
+    assert np.isnan(z[0]) and z[1] == F(F(-1) / s[1]) and np.isnan(z[2])

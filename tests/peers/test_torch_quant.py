@@ -424,3 +424,22 @@ def test_fake_quantize_with_32_bit_ranges_bit_exact(qrange):
         )
         got = rt.fake_quantize_per_channel_affine(x.reshape(1, -1), np.array([s]), zc, 0, qmin, qmax)
         _same(got, want.numpy())
+
+
+@pytest.mark.parametrize("name", QDTYPES)
+@pytest.mark.parametrize("qscheme", ["per_tensor_affine", "per_tensor_symmetric"])
+@pytest.mark.parametrize("eps", [F(np.finfo(F).eps), 0.0])
+def test_infinite_and_zero_observer_ranges_match_torch(name, qscheme, eps):
+    kw = {"dtype": name, "qscheme": qscheme, "eps": float(eps)}
+    for xs in ([[1.0, np.inf, -2.0]], [[1.0, -np.inf]], [[-np.inf, np.inf]], [[0.0, 0.0]],
+               [[-0.0]], [[2.0, 3.0], [np.inf]]):
+        _compare_observer("MinMaxObserver", kw, [np.array(x, F) for x in xs])
+
+
+@pytest.mark.parametrize("qscheme", ["per_channel_affine", "per_channel_affine_float_qparams"])
+def test_per_channel_observer_with_nan_and_inf_channels_matches_torch(qscheme):
+    x = np.array([[1.0, np.nan], [1.0, 3.0], [-np.inf, 2.0], [0.5, np.inf]], F)
+    kw = {"dtype": "quint8", "qscheme": qscheme, "ch_axis": 0}
+    _compare_observer("PerChannelMinMaxObserver", kw, [x])
+    kw["averaging_constant"] = 0.5
+    _compare_observer("MovingAveragePerChannelMinMaxObserver", kw, [x[::-1].copy(), x])
