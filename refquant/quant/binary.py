@@ -50,8 +50,8 @@ def _reduce_axes(a, axis):
 
 def _mean_abs(a, axis):
     red = _reduce_axes(a, axis)
-    if a.size == 0:
-        shape = () if axis is None else (a.shape[normalize_axis(axis, a.ndim)],)
+    if a.size == 0:  # the keepdims shape np.mean would give, without its NaN and warning
+        shape = () if axis is None else tuple(1 if i in red else n for i, n in enumerate(a.shape))
         return np.zeros(shape)
     return np.mean(np.abs(a), axis=red, keepdims=axis is not None)
 
@@ -158,12 +158,24 @@ def ternarize_threshold(w, threshold, alpha=None, *, axis=None):
     Li, Zhang & Liu, "Ternary Weight Networks", 2016, eq. (3) and (5).
     """
     a = _weights(w)
-    t = np.asarray(threshold, dtype=np.float64)
+    try:
+        t = np.asarray(threshold, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise RefquantError(f"threshold must be a real number or array, got {threshold!r}") from None
     if axis is not None and t.ndim == 1:
         ax = normalize_axis(axis, a.ndim)
         shape = [1] * a.ndim
         shape[ax] = -1
         t = t.reshape(shape)
+    try:
+        fits = np.broadcast_shapes(t.shape, a.shape) == a.shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise RefquantError(
+            f"threshold of shape {np.shape(threshold)} does not fit weights of shape {a.shape}"
+            + ("" if axis is None else f" along axis {axis}")
+        )
     if np.any(~np.isfinite(t)) or np.any(t < 0):
         raise RefquantError(f"threshold must be finite and >= 0, got {threshold!r}")
     keep = np.abs(a) > t
@@ -230,8 +242,12 @@ def ternarize_absmean(w, *, eps=1e-5, eps_rule="add", rounding="half_even"):
     """
     if eps_rule not in ("add", "clamp"):
         raise RefquantError(f"eps_rule must be 'add' or 'clamp'; got {eps_rule!r}")
-    if not eps > 0:
-        raise RefquantError(f"eps must be > 0, got {eps!r}")
+    try:
+        eps_ok = float(eps) > 0
+    except (TypeError, ValueError):
+        eps_ok = False
+    if not eps_ok:
+        raise RefquantError(f"eps must be a number > 0, got {eps!r}")
     a = _weights(w)
     gamma = float(np.mean(np.abs(a))) if a.size else 0.0
     denom = gamma + eps if eps_rule == "add" else max(gamma, eps)

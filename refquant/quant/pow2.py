@@ -39,7 +39,10 @@ def pow2_exponent(x, *, boundary="log") -> np.ndarray:
     ---------
     Miyashita, Lee & Murmann, 2016, eq. (3) (Round(log2|x|)).
     """
-    a = np.abs(np.asarray(x, dtype=np.float64))
+    xa = np.asarray(x)
+    if xa.dtype.kind not in "fiub":
+        raise RefquantError(f"x must be a real array, got dtype {xa.dtype}")
+    a = np.abs(xa.astype(np.float64))
     if not np.isfinite(a).all():
         raise RefquantError("x must be finite for power-of-two quantization (found NaN or Inf)")
     if boundary not in ("log", "linear", "floor"):
@@ -82,12 +85,16 @@ def pow2_quantize(x, *, min_exp=-126, max_exp=127, boundary="log", underflow="cl
     Miyashita, Lee & Murmann, "Convolutional Neural Networks using Logarithmic
     Data Representation", 2016, eq. (3).
     """
-    if int(min_exp) != min_exp or int(max_exp) != max_exp or min_exp > max_exp:
-        raise RefquantError(f"need integers min_exp <= max_exp, got {min_exp!r}, {max_exp!r}")
+    try:
+        ok = int(min_exp) == min_exp and int(max_exp) == max_exp and min_exp <= max_exp
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise RefquantError(f"need integers min_exp <= max_exp, got min_exp={min_exp!r}, max_exp={max_exp!r}")
     if underflow not in ("clamp", "zero"):
         raise RefquantError(f"underflow must be 'clamp' or 'zero'; got {underflow!r}")
-    xa = np.asarray(x, dtype=np.float64)
-    k = pow2_exponent(xa, boundary=boundary)
+    k = pow2_exponent(x, boundary=boundary)
+    xa = np.asarray(x).astype(np.float64)
     zero = xa == 0
     if underflow == "zero":
         zero = zero | (k < min_exp)

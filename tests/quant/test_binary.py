@@ -86,3 +86,20 @@ def test_bad_input():
         ternarize_threshold(W, -1.0)
     with pytest.raises(RefquantError, match="eps_rule"):
         ternarize_absmean(W, eps_rule="max")
+
+
+def test_empty_weights_per_channel_keep_the_keepdims_scale_shape():
+    # (3, 0) per output channel: alpha must be (3, 1) as for (3, 2), and TWN must not crash
+    codes, alpha = binarize_xnor(np.zeros((3, 0)), axis=0)
+    assert codes.shape == (3, 0) and alpha.shape == (3, 1) and (alpha == 0).all()
+    codes, alpha, delta = ternarize_twn(np.zeros((3, 0)), axis=0)
+    assert codes.shape == (3, 0) and alpha.shape == (3, 1) and delta.shape == (3, 1)
+
+
+def test_bad_thresholds_and_eps_raise_refquant_errors():
+    with pytest.raises(RefquantError, match="threshold"):
+        ternarize_threshold(np.ones((3, 4)), [0.1, 0.2], axis=0)  # 2 thresholds for 3 channels
+    with pytest.raises(RefquantError, match="threshold"):
+        ternarize_threshold(np.ones((3, 4)), "a")
+    with pytest.raises(RefquantError, match="eps"):
+        ternarize_absmean(np.ones(3), eps="a")

@@ -62,3 +62,11 @@ def test_bad_input():
         pow2_quantize([1.0], boundary="round")
     with pytest.raises(RefquantError, match="min_exp <= max_exp"):
         pow2_quantize([1.0], min_exp=3, max_exp=1)
+
+
+def test_exponent_bounds_that_are_not_integers_raise_refquant_errors():
+    for bad in (None, "a", float("inf"), 1.5):
+        with pytest.raises(RefquantError, match="min_exp"):
+            pow2_quantize([1.0], min_exp=bad)
+    with pytest.raises(RefquantError, match="x must be"):
+        pow2_exponent("a")
