@@ -23,8 +23,12 @@ Semantics matched (torch 2.x ``torch/nn/utils/prune.py``):
 
 * ``amount``: an ``int`` is a count, a ``float`` a fraction turned into a count
   by Python's ``round`` (half to even): ``_compute_nparams_toprune``. ``bool``
-  counts as an int (``True`` prunes one), as in torch. Errors carry torch's
-  messages; type errors are also ``TypeError`` and bad dims ``IndexError``.
+  is an int to torch, but ``True`` reaches ``torch.topk`` / ``torch.kthvalue``
+  as ``k``, which refuse a bool: ``TypeError`` in the unstructured and random
+  methods, while ``ln_structured`` (``k`` = channels kept, an int) prunes one.
+  A NaN ``amount`` fails in ``round`` with torch's ValueError message. Errors
+  carry torch's messages; type errors are also ``TypeError`` and bad dims
+  ``IndexError``.
 * Repeated pruning goes through torch's ``PruningContainer``: unstructured
   methods choose among the still-unpruned entries and count ``amount`` on them;
   structured methods among the channels not yet entirely zero; the importance
@@ -42,8 +46,13 @@ Semantics matched (torch 2.x ``torch/nn/utils/prune.py``):
 * ``global_unstructured`` takes ``(module, name)`` pairs; because dicts cannot
   be dict keys, its ``importance_scores`` is a list aligned with ``parameters``
   or a dict keyed by ``name`` (names must then be unique).
-* ``ln_structured``'s ``n`` accepts numbers, ``inf``, ``-inf`` and ``"fro"``
-  (= 2); ``"nuc"`` is refused.
+* ``ln_structured``'s ``n`` accepts numbers (negative ones too, as torch.norm
+  does), ``inf``, ``-inf`` and ``"fro"`` (= 2); ``"nuc"`` is refused. Norms are
+  computed in float64; torch computes float32 weights' norms in float32
+  (squares underflow below about 1e-19 and overflow above about 1.8e19:
+  ``[[1e-30, 1e-30], [2e-30, 0]]`` has norms ``[0, 0]`` in torch), so on such
+  weights torch may see ties where refquant does not. float16 / bfloat16
+  weights are accumulated in float32 by torch and match.
 * A failed call leaves the module as it was. torch does not quite: when a
   *repeated* pruning fails (``l1_unstructured(m, "weight", 4)`` on a 2×2
   weight, then ``l1_unstructured(m, "weight", 1)``: "amount=1 should be
@@ -113,8 +122,33 @@ def _validate_pruning_amount(amount, tensor_size) -> None:
 def _compute_nparams_toprune(amount, tensor_size) -> int:
     # torch: an Integral is a count; anything else round(amount * size), half to even.
     if isinstance(amount, numbers.Integral):
-        return int(amount)
-    return round(amount * tensor_size)
+        return amount if isinstance(amount, bool) else int(amount)
+    try:
+        return round(amount * tensor_size)
+    except ValueError as e:  # nan: torch's own ValueError, as a RefquantError
+        raise RefquantError(str(e)) from None
+
+
+def _check_k(k, op: str) -> None:
+    """torch hands the count to ``torch.topk`` / ``torch.kthvalue``, which refuse a bool."""
+    if isinstance(k, bool):
+        raise PruneTypeError(f"{op}(): argument 'k' must be int, not bool")
+
+
+def _compute_norm(t: np.ndarray, n, dim: int) -> np.ndarray:
+    """torch ``_compute_norm``: ``torch.norm(t, p=n, dim=all but dim)``.
+
+    Beyond :func:`refquant.prune.ln_norm`: channels with no entries have norm 0,
+    and ``n < 0`` is :math:`(\\sum |x|^n)^{1/n}` (a zero entry gives ``inf``, so
+    the norm 0), both as torch.norm computes them.
+    """
+    if t.size == 0:
+        return np.zeros(t.shape[dim])
+    if isinstance(n, numbers.Real) and not isinstance(n, bool) and -np.inf < float(n) < 0:
+        a = np.moveaxis(np.abs(np.asarray(t, dtype=np.float64)), dim, 0).reshape(t.shape[dim], -1)
+        with np.errstate(divide="ignore", over="ignore"):
+            return np.sum(a ** float(n), axis=1) ** (1.0 / float(n))
+    return ln_norm(t, n, axis=dim)
 
 
 def _validate_structured_pruning(t: np.ndarray) -> None:
@@ -169,6 +203,7 @@ class L1Unstructured(_Method):
         _validate_pruning_amount(k, t.size)
         mask = default_mask.copy()
         if k:
+            _check_k(k, "topk")
             mask.reshape(-1)[_lowest(np.abs(t).reshape(-1), k)] = 0
         return mask
 
@@ -186,6 +221,7 @@ class RandomUnstructured(_Method):
         _validate_pruning_amount(k, t.size)
         mask = default_mask.copy()
         if k:
+            _check_k(k, "topk")
             prob = np.random.default_rng(self.seed).random(t.size)
             mask.reshape(-1)[np.argsort(-prob, kind="stable")[:k]] = 0
         return mask
@@ -214,7 +250,7 @@ class LnStructured(_Method):
         _validate_pruning_amount(k, size)
         if k == 0:
             return default_mask
-        norm = ln_norm(t, self.n, axis=dim)
+        norm = _compute_norm(t, self.n, dim)
         keep = np.ones(size, bool)
         keep[_lowest(norm, k)] = False
         mask = np.zeros_like(default_mask)
@@ -241,6 +277,7 @@ class RandomStructured(_Method):
         _validate_pruning_amount(k, size)
         if k == 0:
             return default_mask
+        _check_k(k, "kthvalue")
         prob = np.random.default_rng(self.seed).random(size)
         threshold = np.sort(prob)[k - 1]  # torch.kthvalue(prob, k)
         mask = np.zeros_like(default_mask)

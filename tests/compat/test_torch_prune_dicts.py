@@ -162,3 +162,52 @@ def test_other_bad_input():
         prune.ln_structured(module([[1.0]]), "weight", 1, n="nuc", dim=0)
     with pytest.raises(RefquantError, match="naming"):
         prune.l1_unstructured(module([1.0]), "weight", 0, naming="keras")
+
+
+@pytest.mark.parametrize("fn, args", [("l1_unstructured", ()), ("random_unstructured", ()),
+                                      ("ln_structured", (2, 0)), ("random_structured", (0,))])
+def test_nan_amount_is_a_refquant_error_with_torchs_message(fn, args):
+    # round(nan * size) raised a bare ValueError (torch raises the same ValueError)
+    m = module([[1.0, 2.0], [3.0, 4.0]])
+    with pytest.raises(RefquantError, match="^cannot convert float NaN to integer$"):
+        getattr(prune, fn)(m, "weight", float("nan"), *args)
+    assert sorted(m) == ["weight"]
+
+
+@pytest.mark.parametrize("fn, args, k", [("l1_unstructured", (), "topk"),
+                                         ("random_unstructured", (), "topk"),
+                                         ("random_structured", (0,), "kthvalue")])
+def test_amount_true_is_a_type_error_where_torch_passes_it_to_topk(fn, args, k):
+    # torch hands the bool count to torch.topk / torch.kthvalue, which refuse a bool k;
+    # refquant pruned one entry (and its docstring said torch did too)
+    m = module([[1.0, 2.0], [3.0, 4.0]])
+    with pytest.raises(TypeError, match=f"^{k}\\(\\): argument 'k' must be int, not bool$"):
+        getattr(prune, fn)(m, "weight", True, *args)
+    assert sorted(m) == ["weight"]
+
+
+def test_amount_true_prunes_one_channel_in_ln_structured_and_false_prunes_nothing():
+    # ln_structured hands topk the count to keep (size - True, an int): it works in torch
+    m = prune.ln_structured(module([[1.0, 2.0], [3.0, 4.0]]), "weight", True, n=1, dim=0)
+    assert m["weight_mask"].tolist() == [[0.0, 0.0], [1.0, 1.0]]
+    m = prune.l1_unstructured(module([1.0, 2.0]), "weight", False)
+    assert m["weight_mask"].tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("shape, dim", [((3, 0), 0), ((0, 3), 1)])
+def test_ln_structured_on_channels_with_no_entries_gives_an_empty_mask(shape, dim):
+    # torch.norm of an empty slice is 0: torch returns an (empty) mask; ln_norm refused
+    m = prune.ln_structured(module(np.zeros(shape)), "weight", 1, n=2, dim=dim)
+    assert m["weight_mask"].shape == shape and m["weight"].shape == shape
+
+
+@pytest.mark.parametrize("n, keep", [(-1, [0, 1, 0]), (-2, [0, 1, 0]), (-0.5, [0, 1, 0])])
+def test_ln_structured_accepts_negative_n_as_torch_norm_does(n, keep):
+    # torch.norm(p<0) = (sum |x|^p)^(1/p): a zero entry gives |0|^p = inf, norm 0.
+    # rows [1,2,0] -> 0, [1,2,4] -> (1 + 2^p + 4^p)^(1/p) > 0, [0,0,0] -> 0; prune
+    # one channel: the ties at 0 lose the lower index (row 0)
+    w = [[1.0, 2.0, 0.0], [1.0, 2.0, 4.0], [0.0, 0.0, 0.0]]
+    m = prune.ln_structured(module(w), "weight", 1, n=n, dim=0)
+    assert m["weight_mask"][:, 0].tolist() == [0.0, 1.0, 1.0]
+    m = prune.ln_structured(module(w), "weight", 2, n=n, dim=0)
+    assert m["weight_mask"][:, 0].tolist() == [float(x) for x in keep]
