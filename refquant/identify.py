@@ -121,6 +121,14 @@ class IdentifyReport:
         return "\n".join(lines)
 
 
+def _one(v, name):
+    """The single value of a per-tensor ``scale`` / ``zero_point`` (scalar or one element)."""
+    a = np.asarray(v)
+    if a.size != 1:
+        raise RefquantError(f"{name} has shape {a.shape}; a per-tensor preset needs one value")
+    return a.reshape(-1)[0]
+
+
 def _presets(fmt, axis, block_size):
     """(name, fn(x, scale, zp) -> codes) for every peer preset that applies here."""
     out, na = [], []
@@ -147,16 +155,21 @@ def _presets(fmt, axis, block_size):
             "per-tensor 8/16-bit only here")
     except ImportError as e:  # pragma: no cover - the module ships with refquant
         na.append(f"onnx.reference: {e}")
+    from .compat import torch as _torch  # torch's own semantics: fma(x, 1/s, z), NaN -> qmax
+
     add("pytorch quantize_per_tensor", name in ("int8", "uint8") and per_tensor,
-        core(rounding="half_even", scale_op="reciprocal", precision="float32"),
+        lambda x, s, z: _torch.quantize_per_tensor(
+            np.asarray(x, np.float32), float(_one(s, "scale")), int(_one(z, "zero_point")),
+            "qint8" if name == "int8" else "quint8").astype(np.int64),
         "per-tensor int8/uint8 only")
     if per_tensor and name in ("int8", "uint8", "int16"):
         from .compat import tflite as _tfl
 
         for k in ("reference", "optimized", "xnnpack"):
             out.append((f"tflite QUANTIZE ({k} kernel)",
-                        lambda x, s, z, k=k: _tfl.affine_quantize(x, s, int(z), dtype=name,
-                                                                  kernel=k)))
+                        lambda x, s, z, k=k: _tfl.affine_quantize(
+                            x, _one(s, "scale"), int(_one(z, "zero_point")), dtype=name,
+                            kernel=k)))
     else:
         na.append("tflite QUANTIZE: per-tensor int8/uint8/int16 only")
     return out, na

@@ -50,6 +50,21 @@ def test_pytorch_reciprocal_example_is_identified():
     assert "onnx QuantizeLinear (onnxruntime)" in [c.name for c in onnx_rep.presets]
 
 
+
+def test_pytorch_preset_adds_the_zero_point_in_a_fused_multiply_add():
+    # torch.quantize_per_tensor (fbgemm QuantizeAvx2<LEGACY>) rounds fma(x, 1/s, z) once:
+    # x = -13.65000057220459, 1/s = float32(1 / 0.1f) = 10, z = 208: x * 10 + 208 =
+    # 71.49999428 -> 71 (torch 2.13 gives 71). Rounding x * 10 to float32 first gives -136.5,
+    # + 208 = 71.5 -> 72: the preset once computed that and missed torch's codes.
+    x = np.full(8, np.float32(-13.65000057220459))
+    rep = identify(x, np.full(8, 71, np.uint8), np.float32(0.1), 208)
+    assert "pytorch quantize_per_tensor" in [c.name for c in rep.presets]
+    rep = identify(x, np.full(8, 72, np.uint8), np.float32(0.1), 208)
+    assert "pytorch quantize_per_tensor" not in [c.name for c in rep.presets]
+    # a one-element scale and zero point are per tensor too (int(z) once raised TypeError)
+    rep = identify(x, np.full(8, 71, np.uint8), np.float32([0.1]), np.int64([208]))
+    assert "pytorch quantize_per_tensor" in [c.name for c in rep.presets]
+
 def test_reciprocal_multiply_is_determined_on_many_inputs():
     rng = np.random.default_rng(0)
     s = np.float32(0.00214854861)
