@@ -922,7 +922,8 @@ class HistogramObserver(_UniformObserver):
     """``torch.ao.quantization.HistogramObserver``: running histogram and L2 range search.
 
     ``forward(x)`` bins ``x`` (±Inf dropped with a warning; NaN raises, as
-    torch.histc does); ``calculate_qparams()`` runs the search of
+    torch.histc does; float16 / bfloat16 input raises, as torch bins it in half
+    precision, which is not reproduced); ``calculate_qparams()`` runs the search of
     :class:`refquant.quant.calibration.TorchHistogram` (``dst_nbins = 2 ** 8``
     for 8-bit dtypes) and computes the parameters of the found range as
     :class:`MinMaxObserver` does. Bit for bit with torch on CPU.
@@ -961,6 +962,15 @@ class HistogramObserver(_UniformObserver):
         return self._hist.max_val
 
     def forward(self, x):
+        a = np.asarray(x)
+        if a.dtype == np.float16 or a.dtype.name == "bfloat16":
+            # torch bins the input in its own dtype: torch.histc on a Half tensor rounds
+            # every step of the bin position to half and counts in half, per thread
+            raise RefquantError(
+                f"HistogramObserver input must be float32 or float64, got {a.dtype}: torch "
+                "histograms half-precision input in half precision, which is not reproduced; "
+                "convert it with x.astype(np.float32) on both sides"
+            )
         xf = self._as_float32(x)
         if xf.size and np.isinf(xf).any():
             warnings.warn("torch.inf detected in input tensor, ignoring input", stacklevel=2)

@@ -342,3 +342,12 @@ def test_float_qparams_observer_maps_a_nan_scale_to_one():
     s, z = _qparams(obs, [[1.0, np.nan], [1.0, 3.0], [-np.inf, 2.0]])
     assert s[0] == 1 and s[1] == F(F(2) / F(255)) and s[2] == np.inf
     assert np.isnan(z[0]) and z[1] == F(F(-1) / s[1]) and np.isnan(z[2])
+
+
+def test_histogram_observer_refuses_half_precision_input():
+    # torch.histc bins a Half tensor in half arithmetic: (x - min) * 2048 overflows
+    # half for x - min > 32, so the bins differ from float32's; refused, not guessed
+    x = np.array([0.0, 1.0, 50.0, 100.0], np.float16)
+    with pytest.raises(RefquantError, match="float16"):
+        rt.HistogramObserver().forward(x)
+    rt.HistogramObserver().forward(x.astype(np.float32))

@@ -22,6 +22,7 @@ from helpers import import_peer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from refquant import RefquantError
 from refquant.compat import torch as rt
 from refquant.quant.affine import quantize
 from refquant.quant.calibration import TorchHistogram, calibrate_range
@@ -282,7 +283,14 @@ def _compare_observer(cls_name, kw, xs, per_channel_kw=None):
         for x in xs:
             t(torch.from_numpy(x))
             assert r.forward(x) is x
-        ts, tz = t.calculate_qparams()
+        try:
+            ts, tz = t.calculate_qparams()
+        except AssertionError as e:
+            # a moving average can leave min > max (float32 rounding); torch asserts
+            assert "should be less than max" in str(e)
+            with pytest.raises(RefquantError, match="should be less than max"):
+                r.calculate_qparams()
+            return
         rs, rz = r.calculate_qparams()
     _same(rs, ts.numpy())
     _same(rz, tz.numpy())
