@@ -284,7 +284,9 @@ def _wrap(r: np.ndarray, fmt: IntFormat) -> np.ndarray:
             f"overflow='wrap' needs |round(x / s) + z| < 2^62; got {r[big].reshape(-1)[0]:.17g}"
         )
     span = 1 << fmt.bits
-    w = np.mod(r.astype(np.int64) - fmt.qmin, span) + fmt.qmin
+    # the width's own range, not a narrow grid's: int8_narrow wraps 128 to -128, as a C cast does
+    low = -(span >> 1) if fmt.signed else 0
+    w = np.mod(r.astype(np.int64) - low, span) + low
     return w
 
 

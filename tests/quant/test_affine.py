@@ -116,6 +116,15 @@ def test_saturation_wrap_and_raise():
         quantize(x, 1.0, overflow="raise")
 
 
+
+def test_wrap_of_a_narrow_grid_is_twos_complement_at_the_full_width():
+    # 128 wraps to -128 in 8-bit two's complement (and 200 to -56, 383 to 127); wrapping
+    # from the narrow qmin (-127) gave 128, a value no int8 holds (out_dtype=int64)
+    x = np.array([128.0, 200.0, 383.0, -129.0])
+    for kw in ({"narrow_range": True}, {"dtype": "int8_narrow"}):
+        got = quantize(x, 1.0, overflow="wrap", out_dtype=np.int64, **kw)
+        np.testing.assert_array_equal(got, [-128, -56, 127, 127])
+
 def test_narrow_range_never_produces_the_most_negative_code():
     assert quantize(-1000.0, 1.0, narrow_range=True) == -127
     assert quantize(-1000.0, 1.0, dtype="int8_narrow") == -127
