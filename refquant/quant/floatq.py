@@ -24,7 +24,13 @@ import numpy as np
 
 from .._errors import RefquantError
 from ..formats.floats import decode, encode, float_format
-from ._granularity import broadcast_param, check_block_size, normalize_axis, reduce_groups
+from ._granularity import (
+    broadcast_param,
+    check_block_size,
+    normalize_axis,
+    param_shape,
+    reduce_groups,
+)
 
 __all__ = ["float_scale", "quantize_float", "dequantize_float"]
 
@@ -34,6 +40,14 @@ _POW2 = (None, "ceil", "floor", "nearest")
 def _granularity(x, axis, block_size):
     ax = None if axis is None else normalize_axis(axis, x.ndim)
     return ax, check_block_size(block_size, ax)
+
+
+def _scale32(scale) -> np.ndarray:
+    try:
+        with np.errstate(over="ignore"):
+            return np.asarray(scale, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise RefquantError(f"scale must be a real number or array, got {scale!r}") from None
 
 
 def float_scale(x, fmt, *, axis=None, block_size=None, power_of_two=None) -> np.ndarray:
@@ -71,7 +85,10 @@ def float_scale(x, fmt, *, axis=None, block_size=None, power_of_two=None) -> np.
     if not np.isfinite(xa).all():
         raise RefquantError("x contains NaN or Inf; a scale cannot be computed from it")
     ax, bs = _granularity(xa, axis, block_size)
-    amax = np.asarray(reduce_groups(xa, ax, bs, np.maximum), dtype=np.float64)
+    if xa.size:
+        amax = np.asarray(reduce_groups(xa, ax, bs, np.maximum), dtype=np.float64)
+    else:  # np.maximum has no identity: an empty group has amax 0 (scale 1)
+        amax = np.zeros(param_shape(xa.shape, ax, bs))
     ratio = np.where(amax > 0, amax / f.max, 1.0)
     if power_of_two is not None:
         lg = np.log2(ratio)
@@ -131,7 +148,7 @@ def quantize_float(x, fmt, scale=None, *, axis=None, block_size=None, saturate=T
     ax, bs = _granularity(xa, axis, block_size)
     if scale is None:
         scale = float_scale(xa, f, axis=ax, block_size=bs, power_of_two=power_of_two)
-    s = np.asarray(scale, dtype=np.float32)
+    s = _scale32(scale)
     if not (np.isfinite(s).all() and (s > 0).all()):
         raise RefquantError(f"scale must be finite and positive, got {s.ravel()[:4]}")
     sb = broadcast_param(s, xa.shape, ax, bs, "scale").astype(dt)
@@ -158,5 +175,5 @@ def dequantize_float(codes, fmt, scale, *, axis=None, block_size=None) -> np.nda
     f = float_format(fmt)
     v = decode(codes, f)
     ax, bs = _granularity(v, axis, block_size)
-    s = np.asarray(scale, dtype=np.float32)
+    s = _scale32(scale)
     return (v * broadcast_param(s, v.shape, ax, bs, "scale")).astype(np.float32)

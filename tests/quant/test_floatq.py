@@ -70,3 +70,19 @@ def test_bad_scale_and_format_are_errors():
         quantize_float([1.0], "float8_e8m0fnu")
     with pytest.raises(RefquantError, match="NaN"):
         float_scale([np.nan], "float8_e4m3fn")
+
+
+def test_empty_inputs_quantize_to_empty_codes_with_unit_scales():
+    # amax of an empty group used to raise numpy's "zero-size array to reduction operation"
+    c, s = quantize_float(np.zeros(0), "float8_e4m3fn")
+    assert c.shape == (0,) and s.tolist() == 1.0
+    c, s = quantize_float(np.zeros((3, 0)), "float8_e4m3fn", axis=0)
+    assert c.shape == (3, 0) and s.tolist() == [1.0, 1.0, 1.0]
+    assert float_scale(np.zeros((0, 2)), "float4_e2m1fn", axis=1).tolist() == [1.0, 1.0]
+
+
+def test_a_scale_that_is_not_numeric_raises_refquant_error():
+    with pytest.raises(RefquantError, match="scale"):
+        quantize_float(np.ones(3), "float8_e4m3fn", scale="a")
+    with pytest.raises(RefquantError, match="scale"):
+        dequantize_float(np.ones(3, np.uint8), "float8_e4m3fn", "a")
