@@ -18,6 +18,7 @@ unsigned formats it drops the top code (TF's ``narrow_range`` fake-quant).
 
 from __future__ import annotations
 
+import operator
 import re
 from dataclasses import dataclass
 
@@ -79,6 +80,16 @@ class IntFormat:
         return f"IntFormat({self.name!r}, qmin={self.qmin}, qmax={self.qmax})"
 
 
+def _integral(v, name: str) -> int:
+    """``v`` as an int: any integer, or a float with an integral value (``15.0``)."""
+    try:
+        return operator.index(v)
+    except TypeError:
+        if isinstance(v, (float, np.floating)) and float(v).is_integer():
+            return int(v)
+        raise RefquantError(f"{name} must be an integer, got {v!r}") from None
+
+
 class IntRange(IntFormat):
     """A custom integer grid ``[qmin, qmax]`` held in a NumPy integer ``storage`` dtype.
 
@@ -90,7 +101,7 @@ class IntRange(IntFormat):
     """
 
     def __init__(self, qmin: int, qmax: int, storage=None, name: str | None = None):
-        qmin, qmax = int(qmin), int(qmax)
+        qmin, qmax = _integral(qmin, "quant_min"), _integral(qmax, "quant_max")
         if qmin > qmax:
             raise RefquantError(f"quant_min {qmin} must be <= quant_max {qmax}")
         if storage is None:
@@ -99,7 +110,12 @@ class IntRange(IntFormat):
                 if info.min <= qmin and qmax <= info.max:
                     storage = cand
                     break
-        st = np.dtype(storage)
+            else:
+                raise RefquantError(f"[{qmin}, {qmax}] does not fit any integer storage up to int64")
+        try:
+            st = np.dtype(storage)
+        except TypeError:
+            raise RefquantError(f"storage must be an integer dtype, got {storage!r}") from None
         if st.kind not in "iu":
             raise RefquantError(f"storage must be an integer dtype, got {st}")
         info = np.iinfo(st)

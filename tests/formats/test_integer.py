@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from refquant import IntFormat, RefquantError, get_format, list_formats
-from refquant.formats import int_format
+from refquant.formats import IntRange, int_format
 
 
 @pytest.mark.parametrize(
@@ -75,3 +75,16 @@ def test_custom_ranges_work_as_formats_and_compare_by_range():
         IntRange(3, 2)
     with pytest.raises(RefquantError, match="does not fit"):
         IntRange(0, 300, np.uint8)
+
+
+def test_int_range_refuses_non_integral_bounds_and_names_the_storage_problem():
+    # 1.5 used to be truncated to 1; 'a' raised ValueError; storage 'foo' TypeError; and
+    # [0, 2^64] blamed a storage "float64" the caller never passed
+    for bad in (1.5, "a", None):
+        with pytest.raises(RefquantError, match="quant_min"):
+            IntRange(bad, 3)
+    with pytest.raises(RefquantError, match="storage"):
+        IntRange(0, 3, "foo")
+    with pytest.raises(RefquantError, match=r"\[0, 18446744073709551616\] does not fit any integer storage"):
+        IntRange(0, 2**64)
+    assert IntRange(np.int64(0), 15.0).qmax == 15
