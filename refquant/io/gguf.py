@@ -168,6 +168,9 @@ class GGUFCheckpoint(LazyCheckpoint):
             vtype = c.unpack("<I", f"metadata {key!r} type")
             if key in meta:
                 raise fail(path, f"metadata key {key!r} appears twice")
+            if key == "general.alignment" and vtype != 4:
+                # gguf.md types it uint32; gguf-py refuses other types, ggml asserts
+                raise fail(path, f"general.alignment must be a uint32 (value type 4), not value type {vtype}")
             meta[key] = c.value(vtype, f"metadata {key!r}")
         align = meta.get("general.alignment", 32)
         if isinstance(align, bool) or not isinstance(align, int) or align <= 0 or align & (align - 1) or align > 1 << 20:
@@ -199,9 +202,10 @@ class GGUFCheckpoint(LazyCheckpoint):
                 out_shape, scheme, logical = shape, None, None
             elif ttype in quant:
                 tname, bs, ts = quant[ttype]
-                if ne and ne[0] % bs:
-                    raise fail(path, f"tensor {name!r}: row of {ne[0]} is not a multiple of {tname} block size {bs}")
-                row = (ne[0] // bs * ts) if ne else ts
+                ne0 = ne[0] if ne else 1  # ggml: missing dims are 1
+                if ne0 % bs:
+                    raise fail(path, f"tensor {name!r}: row of {ne0} is not a multiple of {tname} block size {bs}")
+                row = ne0 // bs * ts
                 nbytes = (numel // bs) * ts
                 dt, out_shape, scheme, logical = np.dtype("u1"), (*shape[:-1], row), f"ggml:{tname}", shape
             else:

@@ -95,3 +95,31 @@ def test_row_not_a_multiple_of_the_block_is_refused(tmp_path):
     p.write_bytes(gguf_bytes([("q", [33], 8, bytes(34))]))
     with pytest.raises(RefquantError, match="not a multiple of Q8_0 block size 32"):
         open_gguf(p)
+
+
+@pytest.mark.parametrize("vtype, payload", [(0, struct.pack("<B", 32)), (10, struct.pack("<Q", 32)),
+                                            (5, struct.pack("<i", 32))])
+def test_alignment_of_a_type_other_than_uint32_is_refused(tmp_path, vtype, payload):
+    # gguf.md: general.alignment is a uint32; gguf-py raises "Bad type for
+    # general.alignment field" and ggml's gguf_get_val_u32 asserts the type
+    p = tmp_path / "a.gguf"
+    p.write_bytes(gguf_bytes([("w", [4], 0, bytes(16))], kv=[("general.alignment", vtype, payload)]))
+    with pytest.raises(RefquantError, match="general.alignment must be a uint32"):
+        open_gguf(p)
+
+
+def test_uint32_alignment_is_used(tmp_path):
+    p = tmp_path / "a.gguf"
+    p.write_bytes(gguf_bytes([("w", [4], 0, bytes(range(16)))], align=64,
+                             kv=[("general.alignment", 4, struct.pack("<I", 64))]))
+    with open_gguf(p) as ck:
+        assert ck["w"].view(np.uint8).tolist() == list(range(16))
+
+
+def test_block_quantized_tensor_with_no_dims_is_refused(tmp_path):
+    # n_dims = 0: ggml takes ne = [1, 1, 1, 1], and 1 is not a multiple of Q4_0's 32;
+    # refquant sized it as 0 bytes, then reshape to (18,) raised ValueError
+    p = tmp_path / "z.gguf"
+    p.write_bytes(gguf_bytes([("q", [], 2, bytes(32))]))
+    with pytest.raises(RefquantError, match="row of 1 is not a multiple of Q4_0 block size 32"):
+        rio.load_arrays(p)
