@@ -81,9 +81,27 @@ def families() -> list[str]:
     return list(_GENERATORS)
 
 
+# The modules whose public functions a vectors folder may name: check_vectors reads the
+# function from index.json, which is input and must not pick what runs.
+_CALLABLE_MODULES = ("refquant.compat.", "refquant.quant.")
+
+
+def _function(name):
+    """The public refquant.compat / refquant.quant function ``name`` (RefquantError otherwise)."""
+    mod, _, fname = str(name).rpartition(".")
+    if not mod.startswith(_CALLABLE_MODULES) or not fname:
+        raise RefquantError(
+            f"function {name!r} is not a public function of refquant.compat or refquant.quant"
+        )
+    module = importlib.import_module(mod)
+    fn = getattr(module, fname, None)
+    if fname not in getattr(module, "__all__", ()) or not callable(fn):
+        raise RefquantError(f"function {name!r} is not a public function of {mod}")
+    return fn
+
+
 def _call(case: Case):
-    mod, _, fname = case.function.rpartition(".")
-    fn = getattr(importlib.import_module(mod), fname)
+    fn = _function(case.function)
     names = list(case.args)
     pos = [case.args[n] for n in names[: case.positional]]
     kw = {n: case.args[n] for n in names[case.positional:]}
@@ -210,20 +228,33 @@ def load_vectors(outdir) -> list[dict]:
             index = json.load(f)
     except FileNotFoundError:
         raise RefquantError(f"{path} not found: not a refquant vectors folder") from None
-    if index.get("format_version") != FORMAT_VERSION:
-        raise RefquantError(f"{path}: format_version {index.get('format_version')!r}, "
-                            f"expected {FORMAT_VERSION}")
+    except (OSError, ValueError) as err:
+        raise RefquantError(f"{path} is not readable JSON: {err}") from None
+    if not isinstance(index, dict) or index.get("format_version") != FORMAT_VERSION:
+        version = index.get("format_version") if isinstance(index, dict) else None
+        raise RefquantError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION}")
     out = []
-    for e in index["cases"]:
-        fpath = os.path.normpath(os.path.join(outdir, e["file"]))
-        if not fpath.startswith(os.path.normpath(outdir) + os.sep):
-            raise RefquantError(f"case {e['name']}: file {e['file']!r} lies outside {outdir}")
-        with np.load(fpath, allow_pickle=False) as z:
-            arrays = {}
-            for item in [a for a in e["args"] if a["kind"] == "array"] + e["outputs"]:
-                arrays[item["key"]] = _restore(z[item["key"]], item["dtype"])
-        out.append({**e, "arrays": arrays})
+    for i, e in enumerate(index.get("cases", [])):
+        try:
+            out.append(_load_case(outdir, e))
+        except RefquantError:
+            raise
+        except (KeyError, TypeError, AttributeError, ValueError, OSError, EOFError) as err:
+            name = e.get("name", i) if isinstance(e, dict) else i
+            raise RefquantError(f"{path}: case {name!r} is malformed or its arrays are "
+                                f"unreadable: {type(err).__name__}: {err}") from None
     return out
+
+
+def _load_case(outdir, e) -> dict:
+    fpath = os.path.normpath(os.path.join(outdir, e["file"]))
+    if not fpath.startswith(os.path.normpath(outdir) + os.sep):
+        raise RefquantError(f"case {e['name']}: file {e['file']!r} lies outside {outdir}")
+    with np.load(fpath, allow_pickle=False) as z:
+        arrays = {}
+        for item in [a for a in e["args"] if a["kind"] == "array"] + e["outputs"]:
+            arrays[item["key"]] = _restore(z[item["key"]], item["dtype"])
+    return {**e, "arrays": arrays}
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:

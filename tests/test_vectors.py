@@ -123,3 +123,46 @@ def test_cli_vectors_writes_and_checks(tmp_path, capsys):
     assert "tflite" in capsys.readouterr().out
     assert main(["vectors", str(tmp_path), "--check"]) == 0
     assert main(["vectors", str(tmp_path), "--family", "bogus"]) == 2
+
+
+def test_check_runs_only_refquant_compat_and_quant_functions(tmp_path):
+    # index.json is input: a tampered "function" once ran any importable callable
+    # (os.system here) with arguments from the file.
+    d = str(tmp_path)
+    V.write_vectors(d, "affine")
+    idx = tmp_path / "index.json"
+    index = json.loads(idx.read_text())
+    flag = tmp_path / "ran"
+    for fn in ("os.system", "refquant.vectors.write_vectors", "refquant.compat.onnx._NUMPY"):
+        index["cases"][0]["function"] = fn
+        index["cases"][0]["args"] = [{"name": "command", "positional": True, "kind": "scalar",
+                                      "value": f"touch {flag}"}]
+        idx.write_text(json.dumps(index))
+        with pytest.raises(RefquantError, match="function"):
+            V.check_vectors(d)
+        assert not flag.exists()
+
+
+@pytest.mark.parametrize("tamper", [
+    lambda ix, d: ix["cases"][0].pop("args"),
+    lambda ix, d: ix["cases"][0].update(file="affine/missing.npz"),
+    lambda ix, d: ix["cases"][0]["outputs"][0].update(key="out.99"),
+    lambda ix, d: ix["cases"][0]["outputs"][0].update(dtype="no_such_dtype"),
+    lambda ix, d: ix.update(cases=[1]),
+    lambda ix, d: open(os.path.join(d, ix["cases"][0]["file"]), "wb").write(b"not a zip"),
+])
+def test_a_malformed_vectors_folder_raises_refquant_error(tmp_path, tamper):
+    d = str(tmp_path)
+    V.write_vectors(d, "affine")
+    idx = tmp_path / "index.json"
+    index = json.loads(idx.read_text())
+    tamper(index, d)
+    idx.write_text(json.dumps(index))
+    with pytest.raises(RefquantError):
+        V.check_vectors(d)
+
+
+def test_a_corrupt_index_raises_refquant_error(tmp_path):
+    (tmp_path / "index.json").write_text("{not json")
+    with pytest.raises(RefquantError, match="index.json"):
+        V.load_vectors(str(tmp_path))
