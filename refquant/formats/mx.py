@@ -184,7 +184,7 @@ def _blocked(x, axis, k):
 
 
 def _unblocked(y, n, axis):
-    y = y.reshape(y.shape[:-2] + (-1,))[..., :n]
+    y = y.reshape(y.shape[:-2] + (y.shape[-2] * y.shape[-1],))[..., :n]  # not -1: a 0-size y
     return np.moveaxis(y, -1, axis)
 
 

@@ -127,3 +127,11 @@ def test_dequantize_block_size_must_be_a_positive_integer():
     for k in (0, -32, 2.5, True):
         with pytest.raises(RefquantError, match="block_size"):
             dequantize_mx(c, s, "mxfp4", block_size=k)
+
+
+def test_empty_rows_quantize_and_dequantize_to_empty():
+    # (3, 0) with blocks along axis 0: one (empty) block per column; reshape(-1) of 0 elements
+    # used to raise numpy's "cannot reshape array of size 0"
+    c, s = quantize_mx(np.zeros((3, 0)), "mxfp4", axis=0)
+    assert c.shape == (3, 0) and s.shape == (1, 0)
+    assert dequantize_mx(c, s, "mxfp4", axis=0).shape == (3, 0)
