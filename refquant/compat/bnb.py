@@ -51,6 +51,8 @@ bitsandbytes 0.50 ``functional.py`` (``quantize_4bit``, ``dequantize_4bit``,
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from .._errors import RefquantError
@@ -222,6 +224,27 @@ def _mean32(x):
     return np.float32(np.mean(np.asarray(x, np.float64)))
 
 
+def _state_code_blocksize(quant_state, maker):
+    """``(code, blocksize)`` of a quant state dict, checked."""
+    try:
+        code, blocksize = quant_state["code"], quant_state["blocksize"]
+    except (KeyError, TypeError) as e:
+        raise RefquantError(f"quant_state must be the dict from {maker}; missing {e}") from None
+    try:
+        code = np.asarray(code, np.float32)
+    except (TypeError, ValueError):
+        raise RefquantError(f"quant_state['code'] must be float values, got {code!r}") from None
+    if code.ndim != 1:
+        raise RefquantError(f"quant_state['code'] must be 1-D, got shape {code.shape}")
+    try:
+        bs = operator.index(blocksize)
+    except TypeError:
+        bs = 0
+    if bs <= 0:
+        raise RefquantError(f"quant_state['blocksize'] must be a positive integer, got {blocksize!r}")
+    return code, bs
+
+
 def _state_absmax(state):
     if state.get("nested"):
         am = dequantize_blockwise(state["absmax"], state["state2"]).astype(np.float32)
@@ -245,11 +268,17 @@ def dequantize_4bit(A, quant_state) -> np.ndarray:
     ---------
     bitsandbytes ``functional.dequantize_4bit``; ``_dequantize_4bit_compute``.
     """
+    code, blocksize = _state_code_blocksize(quant_state, "quantize_4bit")
     try:
-        shape, blocksize = tuple(quant_state["shape"]), int(quant_state["blocksize"])
-        code = np.asarray(quant_state["code"], np.float32)
-    except (KeyError, TypeError) as e:
-        raise RefquantError(f"quant_state must be the dict from quantize_4bit; missing {e}") from None
+        shape = tuple(operator.index(d) for d in quant_state["shape"])
+    except (TypeError, KeyError):
+        raise RefquantError(
+            f"quant_state['shape'] must be a tuple of ints, got {quant_state.get('shape')!r}"
+        ) from None
+    if any(d < 0 for d in shape):
+        raise RefquantError(f"quant_state['shape'] must not have negative dims, got {shape}")
+    if code.size != 16:
+        raise RefquantError(f"quant_state['code'] must hold the 16 4-bit values, got {code.size}")
     n = int(np.prod(shape))
     packed = np.asarray(A)
     if packed.dtype != np.uint8 or packed.size != (n + 1) // 2:
@@ -289,7 +318,10 @@ def quantize_blockwise(A, code=None, blocksize: int = 4096, nested: bool = False
     if isinstance(blocksize, bool) or not isinstance(blocksize, (int, np.integer)) or blocksize <= 0:
         raise RefquantError(f"blocksize must be a positive integer, got {blocksize!r}")
     blocksize = int(blocksize)
-    c = create_dynamic_map() if code is None else np.asarray(code, np.float32)
+    try:
+        c = create_dynamic_map() if code is None else np.asarray(code, np.float32)
+    except (TypeError, ValueError):
+        raise RefquantError(f"code must be 256 sorted float32 values, got {code!r}") from None
     if c.ndim != 1 or c.size != 256 or np.any(np.diff(c) < 0):
         raise RefquantError(f"code must be 256 sorted float32 values, got shape {c.shape}")
     a, flat = _as_input(A)
@@ -316,14 +348,12 @@ def dequantize_blockwise(A, quant_state) -> np.ndarray:
     ---------
     bitsandbytes ``functional.dequantize_blockwise``.
     """
-    try:
-        code = np.asarray(quant_state["code"], np.float32)
-        blocksize = int(quant_state["blocksize"])
-    except (KeyError, TypeError) as e:
-        raise RefquantError(f"quant_state must be the dict from quantize_blockwise; missing {e}") from None
+    code, blocksize = _state_code_blocksize(quant_state, "quantize_blockwise")
     q = np.asarray(A)
     if q.dtype != np.uint8:
         raise RefquantError(f"A must be uint8 codes, got dtype {q.dtype}")
+    if q.size and int(q.max()) >= code.size:
+        raise RefquantError(f"quant_state['code'] has {code.size} values but A holds code {int(q.max())}")
     absmax = _state_absmax(quant_state)
     n = q.size
     nb = -(-n // blocksize)

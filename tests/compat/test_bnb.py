@@ -87,3 +87,17 @@ def test_bad_arguments():
     p, st = bnb.quantize_4bit(np.ones(4, np.float32))
     with pytest.raises(RefquantError, match="packed"):
         bnb.dequantize_4bit(p[:1], st)
+
+
+def test_a_damaged_quant_state_raises_refquant_error():
+    p, st = bnb.quantize_4bit(np.ones(4, np.float32))
+    for key, bad in (("blocksize", 0), ("blocksize", "x"), ("shape", "ab"), ("shape", (2.5,)),
+                     ("code", np.zeros(4, np.float32))):
+        with pytest.raises(RefquantError, match=key):  # were ZeroDivisionError, UFuncTypeError, IndexError
+            bnb.dequantize_4bit(p, {**st, key: bad})
+    q, st8 = bnb.quantize_blockwise(np.linspace(-1, 1, 300).astype(np.float32), blocksize=256)
+    for key, bad in (("blocksize", 0), ("code", np.zeros(4, np.float32))):
+        with pytest.raises(RefquantError, match=key):
+            bnb.dequantize_blockwise(q, {**st8, key: bad})
+    with pytest.raises(RefquantError, match="code"):
+        bnb.quantize_blockwise(np.ones(4, np.float32), code="a")
