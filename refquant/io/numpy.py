@@ -79,6 +79,9 @@ def parse_npy_header(buf, total: int, path, what="npy"):
         raise fail(path, f"{what}: unreadable dtype descr {descr!r:.80}") from None
     if dt.hasobject:
         raise fail(path, f"{what}: dtype {descr!r:.80} holds Python objects (needs pickle; refused)")
+    if dt.subdtype is not None:
+        # an array of it would grow the subarray's dims: np.load cannot read it either
+        raise fail(path, f"{what}: dtype {descr!r:.80} is a subarray dtype; expected a scalar or structured one")
     if dt.byteorder == ">" or any(
         dt.fields and f[0].byteorder == ">" for f in (dt.fields or {}).values()
     ):

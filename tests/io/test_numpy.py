@@ -102,3 +102,12 @@ def test_save_npz_round_trips_and_is_detected_by_content(tmp_path):
     with rio.open(p) as ck:
         np.testing.assert_array_equal(ck["w"], np.arange(4.0))
     np.testing.assert_array_equal(np.load(p)["w"], np.arange(4.0))
+
+
+def test_subarray_descr_is_refused(tmp_path):
+    # '(2,)<f4' is a subarray dtype: frombuffer expands it to 6 floats and the
+    # reshape to (3,) raised ValueError (np.load cannot read it either)
+    p = _npy(tmp_path, "{'descr': '(2,)<f4', 'fortran_order': False, 'shape': (3,), }",
+             np.arange(6, dtype="<f4").tobytes())
+    with pytest.raises(RefquantError, match="subarray"):
+        rio.load_arrays(p)
