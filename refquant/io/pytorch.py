@@ -623,8 +623,11 @@ def open_torch(path):
     torch/_utils.py (``_rebuild_tensor_v2``, ``_rebuild_tensor_v3``),
     torch/_weights_only_unpickler.py (the allowlist).
     """
-    with open(path, "rb") as f:
-        head = f.read(4)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise fail(path, f"cannot open: {e.strerror or e}") from None
     if head == b"PK\x03\x04":
         return TorchZipCheckpoint(path)
     if head[:2] == b"\x80\x02" or head[:1] == b"\x80":

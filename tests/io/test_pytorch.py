@@ -220,3 +220,14 @@ def test_tuple_sharing_bomb_is_refused_quickly(tmp_path):
     pkl = PROTO2 + EMPTY_DICT + UNI("a") + body + SETITEM + STOP
     with pytest.raises(RefquantError, match="shared"):
         rio.open(torch_zip(tmp_path / "b.pt", pkl, {"0": F32_0_5}))
+
+
+@pytest.mark.parametrize("what", ["missing", "folder"])
+def test_open_torch_on_a_missing_file_or_a_folder_is_a_refquant_error(tmp_path, what):
+    # open_torch sniffed the first bytes with a bare open(): FileNotFoundError /
+    # IsADirectoryError escaped
+    from refquant.io.pytorch import open_torch
+
+    p = tmp_path / "nope.pt" if what == "missing" else tmp_path
+    with pytest.raises(RefquantError, match="cannot open"):
+        open_torch(p)
