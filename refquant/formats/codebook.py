@@ -173,7 +173,10 @@ class Codebook:
     family: str = "codebook"
 
     def __post_init__(self):
-        v = np.asarray(self.values, dtype=np.float32)
+        try:
+            v = np.asarray(self.values, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise RefquantError(f"codebook values must be real numbers, got {self.values!r}") from None
         if v.ndim != 1 or v.size < 2 or not np.isfinite(v).all():
             raise RefquantError(f"codebook values must be a 1-D finite array of >= 2 values, got {v!r}")
         v = v.copy()
@@ -258,11 +261,19 @@ def threshold_index(x, thresholds, order=None) -> np.ndarray:
     ``torch.bucketize(x, t, right=False)`` in bitsandbytes' default backend;
     ``dQuantizeNF4`` / ``dQuantize`` in ``csrc/kernels.cu``.
     """
-    t = np.asarray(thresholds, dtype=np.float32)
+    t = _finite(thresholds, "thresholds").astype(np.float32)
+    if t.ndim != 1:
+        raise RefquantError(f"thresholds must be 1-D, got shape {t.shape}")
     a = _finite(x).astype(np.float32)
     k = np.searchsorted(t, a, side="left")  # count of t_j < x
     if order is not None:
-        k = np.asarray(order)[k]
+        order = np.asarray(order)
+        if order.shape != (t.size + 1,) or order.dtype.kind not in "iu":
+            raise RefquantError(
+                f"order must hold {t.size + 1} integer indices (one per bucket of {t.size} thresholds), "
+                f"got shape {order.shape} of {order.dtype}"
+            )
+        k = order[k]
     return k.astype(np.uint8)
 
 
@@ -308,9 +319,20 @@ def quantize_blockwise_absmax(x, values, block_size: int = 64, *, scale_op: str 
     ---------
     bitsandbytes ``backends/default/ops.py`` ``quantize_blockwise`` / ``quantize_4bit``.
     """
-    a = _finite(x).astype(np.float32).ravel()
+    a = _finite(x)
+    if a.dtype.kind == "f" and a.size and np.abs(a).max() > np.finfo(np.float32).max:
+        raise RefquantError(
+            f"x holds {float(np.abs(a).max())!r}, beyond float32 (blockwise absmax works in float32)"
+        )
+    a = a.astype(np.float32).ravel()
     n = a.size
     nb = _blocks(n, block_size)
+    try:
+        zero_ok = float(zero_absmax) > 0 and np.isfinite(np.float32(zero_absmax))
+    except (TypeError, ValueError):
+        zero_ok = False
+    if not zero_ok:
+        raise RefquantError(f"zero_absmax must be a positive float32 number, got {zero_absmax!r}")
     if scale_op not in ("reciprocal", "divide"):
         raise RefquantError(f"scale_op must be 'reciprocal' or 'divide', got {scale_op!r}")
     if assign not in ("midpoints", "nearest"):
@@ -348,8 +370,11 @@ def dequantize_blockwise_absmax(codes, absmax, values, block_size: int = 64) -> 
     q = np.asarray(codes).ravel()
     if q.dtype.kind not in "iu" or (q.size and (q.min() < 0 or q.max() >= c.size)):
         raise RefquantError(f"codes must be integers in [0, {c.size}), got dtype {q.dtype}")
-    am = np.asarray(absmax, dtype=np.float32).ravel()
-    nb = _blocks(q.size, block_size) if q.size else 0
+    try:
+        am = np.asarray(absmax, dtype=np.float32).ravel()
+    except (TypeError, ValueError):
+        raise RefquantError(f"absmax must be real numbers, got {absmax!r}") from None
+    nb = _blocks(q.size, block_size)
     if am.size != nb:
         raise RefquantError(f"absmax has {am.size} values but {q.size} codes in blocks of {block_size} need {nb}")
     return (c[q] * np.repeat(am, block_size)[: q.size]).astype(np.float32)
@@ -378,6 +403,11 @@ def kmeans_codebook(x, k: int, *, iters: int = 50, seed: int = 0, sample: int | 
         raise RefquantError(f"k must be an integer in 2..256, got {k!r}")
     if a.size < k:
         raise RefquantError(f"x has {a.size} values, fewer than k = {k}")
+    if isinstance(iters, bool) or not isinstance(iters, (int, np.integer)) or iters < 0:
+        raise RefquantError(f"iters must be a non-negative integer, got {iters!r}")
+    if sample is not None and (isinstance(sample, bool) or not isinstance(sample, (int, np.integer))
+                               or sample < k):
+        raise RefquantError(f"sample must be None or an integer >= k = {k}, got {sample!r}")
     if sample is not None and a.size > sample:
         a = np.random.default_rng(seed).choice(a, size=sample, replace=False)
     c = np.quantile(a, (np.arange(k) + 0.5) / k)

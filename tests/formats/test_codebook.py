@@ -10,6 +10,7 @@ from refquant.formats import get_format, list_formats
 from refquant.formats.codebook import (
     BNB_FP4_VALUES,
     NF4_VALUES,
+    codebook,
     create_dynamic_map,
     dequantize_blockwise_absmax,
     kmeans_codebook,
@@ -111,3 +112,25 @@ def test_bad_inputs_raise():
         kmeans_codebook([1.0, 2.0], 1)
     with pytest.raises(RefquantError, match="not a codebook"):
         nearest_index([1.0], "int8")
+
+
+def test_bad_codebook_arguments_raise_refquant_errors():
+    # each of these raised ValueError / IndexError / TypeError, or blamed NaN the caller never passed
+    with pytest.raises(RefquantError, match="values"):
+        codebook(["a", "b"])
+    with pytest.raises(RefquantError, match="thresholds"):
+        threshold_index([0.1], "a")
+    with pytest.raises(RefquantError, match="order"):
+        threshold_index([0.1, 2.0], [0.0, 1.0], order=[0])  # 2 thresholds need 3 order entries
+    with pytest.raises(RefquantError, match="zero_absmax"):
+        quantize_blockwise_absmax(np.zeros(4), "nf4", zero_absmax=0)
+    with pytest.raises(RefquantError, match="zero_absmax"):
+        quantize_blockwise_absmax(np.zeros(4), "nf4", zero_absmax="a")
+    with pytest.raises(RefquantError, match="float32"):
+        quantize_blockwise_absmax(np.array([1e39, 1.0]), "nf4")  # finite, but not a float32
+    with pytest.raises(RefquantError, match="absmax"):
+        dequantize_blockwise_absmax(np.zeros(3, np.uint8), ["a"], "nf4")
+    with pytest.raises(RefquantError, match="sample"):
+        kmeans_codebook(np.arange(10.0), 2, sample=0)
+    with pytest.raises(RefquantError, match="iters"):
+        kmeans_codebook(np.arange(10.0), 2, iters="a")
