@@ -65,6 +65,7 @@ from ._common import (
     atomic_write,
     checked_numel,
     fail,
+    is_being_read,
     safetensors_name_of,
 )
 
@@ -416,15 +417,32 @@ def save_safetensors(tensors, path, *, metadata=None, overwrite=False, max_shard
     if cur or not shards:
         shards.append(cur)
     names = [f"{stem}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    for nm in names:
-        if (path.parent / nm).exists() and not overwrite:
-            raise RefquantError(f"path {os.fspath(path.parent / nm)!r} exists; pass overwrite=True to replace it")
-    weight_map, total = {}, 0
-    for nm, shard in zip(names, shards, strict=True):
-        atomic_write(path.parent / nm, lambda f, s=shard: _write_one(s, metadata, f), overwrite=overwrite)
-        for name, dt, a in shard:
-            weight_map[name] = nm
-            total += a.size * SAFETENSORS_BITS[dt] // 8
+    # every target (shards and index) is checked before anything is written
+    for target in [path.parent / nm for nm in names] + [path]:
+        if target.is_dir():
+            raise RefquantError(f"path {os.fspath(target)!r} is a directory; expected a file name")
+        if target.exists() and not overwrite:
+            raise RefquantError(f"path {os.fspath(target)!r} exists; pass overwrite=True to replace it")
+        if target.exists() and is_being_read(target):
+            raise RefquantError(f"path {os.fspath(target)!r} is an input still open for reading; "
+                                "write elsewhere or close it first")
+    weight_map, total, written = {}, 0, []
+    try:
+        for nm, shard in zip(names, shards, strict=True):
+            atomic_write(path.parent / nm, lambda f, s=shard: _write_one(s, metadata, f), overwrite=overwrite)
+            written.append(path.parent / nm)
+            for name, dt, a in shard:
+                weight_map[name] = nm
+                total += a.size * SAFETENSORS_BITS[dt] // 8
+    except BaseException:
+        for w in written:  # no partial output: the shards of this call go
+            w.unlink(missing_ok=True)
+        raise
     index = {"metadata": {"total_size": total, **metadata}, "weight_map": dict(sorted(weight_map.items()))}
     text = json.dumps(index, indent=2).encode("utf-8")
-    return atomic_write(path, lambda f: f.write(text), overwrite=overwrite)
+    try:
+        return atomic_write(path, lambda f: f.write(text), overwrite=overwrite)
+    except BaseException:
+        for w in written:
+            w.unlink(missing_ok=True)
+        raise

@@ -264,3 +264,32 @@ def test_writer_refuses_a_lone_surrogate_and_leaves_no_file(tmp_path, kw):
     with pytest.raises(RefquantError, match="surrogate"):
         save_safetensors(tensors, tmp_path / "o.safetensors", metadata=kw.get("metadata"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sharded_save_onto_an_existing_index_writes_no_shard(tmp_path):
+    # the index's existence was checked only after every shard had been written:
+    # the refusal left model-0000k-of-00002.safetensors behind
+    idx = tmp_path / "model.safetensors.index.json"
+    idx.write_text("{}")
+    t = {"a": np.zeros(4, np.float32), "b": np.ones(4, np.float32)}
+    with pytest.raises(RefquantError, match="exists"):
+        save_safetensors(t, idx, max_shard_size=16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors.index.json"]
+
+
+def test_sharded_save_that_fails_midway_removes_the_shards_it_wrote(tmp_path, monkeypatch):
+    import refquant.io.safetensors as sm
+
+    real, calls = sm._write_one, []
+
+    def flaky(rows, metadata, f):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real(rows, metadata, f)
+
+    monkeypatch.setattr(sm, "_write_one", flaky)
+    t = {"a": np.zeros(4, np.float32), "b": np.ones(4, np.float32)}
+    with pytest.raises(OSError, match="disk full"):
+        save_safetensors(t, tmp_path / "model.safetensors.index.json", max_shard_size=16)
+    assert list(tmp_path.iterdir()) == []
