@@ -591,7 +591,12 @@ def dynamic_quantize_linear(x, *, reference_quirks=False):
 
 def _matmul_zero_point(z, name, m, rows: bool):
     """A zero point as an array broadcastable against its matrix (per row / per column)."""
-    z = np.asarray(z).astype(np.int64)
+    return _matmul_param(np.asarray(z).astype(np.int64), name, m, rows)
+
+
+def _matmul_param(z, name, m, rows: bool):
+    """A zero point or scale, reshaped to broadcast against its matrix (per row / column)."""
+    z = np.asarray(z)
     if z.ndim == 1 and z.size > 1 and m.ndim == 2:
         z = z.reshape(-1, 1) if rows else z.reshape(1, -1)
     try:
@@ -703,11 +708,9 @@ def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, 
             "QLinearMatMul-21 are not implemented here)"
         )
     c = matmul_integer(a, b, np.asarray(a_zero_point), np.asarray(b_zero_point)).astype(np.int64)
-    sa = check_scale(a_scale, "a_scale").astype(np.float32)
-    sb = check_scale(b_scale, "b_scale").astype(np.float32)
+    sa = _matmul_param(check_scale(a_scale, "a_scale").astype(np.float32), "a_scale", a, True)
+    sb = _matmul_param(check_scale(b_scale, "b_scale").astype(np.float32), "b_scale", b, False)
     sy = check_scale(y_scale, "y_scale").astype(np.float32)
-    if sa.ndim == 1 and sa.size > 1:
-        sa = sa.reshape(-1, 1)
     if sy.size != 1 or zy.size != 1:
         raise RefquantError(
             f"y_scale and y_zero_point must be scalars (per tensor), got shapes {sy.shape} and "

@@ -225,6 +225,12 @@ def test_qlinear_matmul_hand_example():
                                   np.int8([1, 2, 3])), "does not fit"),
     (lambda: ronnx.qlinear_matmul(np.uint8([[1]]), F32(1), np.uint8(0), np.uint8([[1]]), F32(1),
                                   np.uint8(0), F32([1, 2]), np.uint8(0)), "must be scalars"),
+    # a 2-element a_scale for a 1-row a (or b_scale for a 1-column b) once broadcast the
+    # output to shape (2, 1) / (1, 2) instead of (1, 1)
+    (lambda: ronnx.qlinear_matmul(np.uint8([[1]]), F32([1, 2]), np.uint8(0), np.uint8([[1]]),
+                                  F32(1), np.uint8(0), F32(1), np.uint8(0)), "a_scale"),
+    (lambda: ronnx.qlinear_matmul(np.uint8([[1, 2]]), F32(1), np.uint8(0), np.uint8([[1], [1]]),
+                                  F32([1, 2]), np.uint8(0), F32(1), np.uint8(0)), "b_scale"),
 ])
 def test_spec_rejects_with_its_reason(call, match):
     with pytest.raises(RefquantError, match=match):
