@@ -103,6 +103,34 @@ def _c_div_pow2(v: np.ndarray, k: int) -> np.ndarray:
     return np.where(v >= 0, v >> k, -((-v) >> k))
 
 
+def _check_broadcast(**arrays) -> None:
+    """RefquantError naming the shapes when the arrays do not broadcast together."""
+    try:
+        np.broadcast_shapes(*(np.shape(a) for a in arrays.values()))
+    except ValueError:
+        shapes = ", ".join(f"{k} {np.shape(a)}" for k, a in arrays.items())
+        raise RefquantError(f"shapes do not broadcast together: {shapes}") from None
+
+
+def _real(v, name, dtype=np.float64) -> np.ndarray:
+    """``v`` as a real (float / integer) array of ``dtype``; RefquantError otherwise."""
+    a = np.asarray(v)
+    if a.dtype.kind not in "fiu" and a.dtype.name != "bfloat16":
+        raise RefquantError(f"{name} must be real numbers, got {v!r} (dtype {a.dtype})")
+    return a.astype(dtype)
+
+
+def _int(v, name) -> int:
+    """A Python int from an integer (or integral) scalar; RefquantError otherwise."""
+    try:
+        i = int(v)
+    except (TypeError, ValueError):
+        raise RefquantError(f"{name} must be an integer, got {v!r}") from None
+    if i != v:
+        raise RefquantError(f"{name} must be an integer, got {v!r}")
+    return i
+
+
 # ----------------------------------------------------------------------------- matmul
 
 
@@ -165,6 +193,12 @@ def integer_matmul(a, b, a_zero_point=0, b_zero_point=0, *, accumulate="int64") 
         raise RefquantError(
             f"inner dimensions differ: a has shape {ai.shape} (K={k_a}), b has shape {bi.shape} (K={k_b})"
         )
+    try:
+        np.broadcast_shapes(ai.shape[:-2], bi.shape[:-2])
+    except ValueError:
+        raise RefquantError(
+            f"batch dimensions do not broadcast: a has shape {ai.shape}, b has shape {bi.shape}"
+        ) from None
     m = ai.shape[-2] if ai.ndim >= 2 else 1
     n = bi.shape[-1] if bi.ndim >= 2 else 1
     za = _zero_point(a_zero_point, m, "a_zero_point", "row of a")
@@ -199,7 +233,7 @@ def integer_matmul(a, b, a_zero_point=0, b_zero_point=0, *, accumulate="int64") 
 
 def _range_of(r, name):
     if isinstance(r, tuple | list) and len(r) == 2:
-        lo, hi = int(r[0]), int(r[1])
+        lo, hi = _int(r[0], name), _int(r[1], name)
         if lo > hi:
             raise RefquantError(f"{name} must be (lo, hi) with lo <= hi; got {r!r}")
         return lo, hi
@@ -236,15 +270,15 @@ def accumulator_range(depth, a_range="int8", b_range="int8", a_zero_point=0, b_z
     ---------
     gemmlowp ``doc/low-precision.md`` (the int32 accumulator); Jacob et al. 2018 §2.4.
     """
-    k = int(depth)
+    k = _int(depth, "depth")
     if k < 0:
         raise RefquantError(f"depth must be >= 0, got {depth}")
     alo, ahi = _range_of(a_range, "a_range")
     blo, bhi = _range_of(b_range, "b_range")
-    za, zb = int(a_zero_point), int(b_zero_point)
+    za, zb = _int(a_zero_point, "a_zero_point"), _int(b_zero_point, "b_zero_point")
     corners = [x * y for x in (alo - za, ahi - za) for y in (blo - zb, bhi - zb)]
     tlo, thi = min(corners), max(corners)
-    blo_, bhi_ = (int(bias_range[0]), int(bias_range[1]))
+    blo_, bhi_ = _range_of(bias_range, "bias_range")
     return min(0, k * tlo) + min(0, blo_), max(0, k * thi) + max(0, bhi_)
 
 
@@ -307,6 +341,7 @@ def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
     """
     a64 = _int_array(a, "a", lo=INT32_MIN, hi=INT32_MAX, what="int32")
     b64 = _int_array(b, "b", lo=INT32_MIN, hi=INT32_MAX, what="int32")
+    _check_broadcast(a=a64, b=b64)
     ab = a64 * b64  # |ab| <= 2^62: exact in int64
     nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
     high = _c_div_pow2(ab + nudge, 31)
@@ -329,6 +364,7 @@ def rounding_divide_by_pot(x, exponent) -> np.ndarray:
     """
     x64 = _int_array(x, "x", lo=INT32_MIN, hi=INT32_MAX, what="int32")
     e = _int_array(exponent, "exponent", lo=0, hi=31)
+    _check_broadcast(x=x64, exponent=e)
     mask = (np.int64(1) << e) - 1
     remainder = x64 & mask
     threshold = (mask >> 1) + (x64 < 0)
@@ -429,6 +465,7 @@ def multiply_by_quantized_multiplier(x, quantized_multiplier, shift, *, single_r
     qm = _int_array(quantized_multiplier, "quantized_multiplier", lo=INT32_MIN, hi=INT32_MAX,
                     what="int32")
     sh = _int_array(shift, "shift", lo=-31, hi=30)
+    _check_broadcast(x=x64, quantized_multiplier=qm, shift=sh)
     if single_rounding:
         if qm.size and qm.min() < 0:
             raise RefquantError(
@@ -470,6 +507,7 @@ def multiply_by_quantized_multiplier_int64(x, quantized_multiplier, shift) -> np
     x64 = _int_array(x, "x", lo=-(2**47), hi=2**47 - 1, what="TFLite's [-2^47, 2^47)")
     qm = _int_array(quantized_multiplier, "quantized_multiplier", lo=0, hi=INT32_MAX)
     sh = _int_array(shift, "shift", lo=-31, hi=7)
+    _check_broadcast(x=x64, quantized_multiplier=qm, shift=sh)
     reduced = np.where(qm < 0x7FFF0000, (qm + (1 << 15)) >> 16, 0x7FFF)
     total = 15 - sh
     return _wrap_int32((x64 * reduced + (np.int64(1) << (total - 1))) >> total)
@@ -528,11 +566,11 @@ def requantize(acc, multiplier, zero_point=0, *, dtype="int8", axis=None, method
     a = _int_array(acc, "acc", lo=INT32_MIN, hi=INT32_MAX, what="int32 accumulators")
     if axis is not None:
         axis = normalize_axis(axis, a.ndim)
-    m = np.asarray(multiplier, dtype=np.float64)
+    m = _real(multiplier, "multiplier")
     if not (np.isfinite(m) & (m > 0)).all():
         raise RefquantError(f"multiplier must be finite and > 0; got {m[~(np.isfinite(m) & (m > 0))].reshape(-1)[0]!r}")
     mb = broadcast_param(m, a.shape, axis, None, "multiplier")
-    z = int(zero_point)
+    z = _int(zero_point, "zero_point")
     if not fmt.qmin <= z <= fmt.qmax:
         raise RefquantError(f"zero_point {z} is outside [{fmt.qmin}, {fmt.qmax}] of {fmt.name}")
     lo = fmt.qmin if activation_min is None else max(fmt.qmin, int(activation_min))
@@ -601,8 +639,8 @@ def quantize_bias(bias, input_scale, weight_scale, *, axis=None, rounding="half_
         raise RefquantError(f"bias must be real numbers, got dtype {b.dtype}")
     if not np.isfinite(b.astype(np.float64)).all():
         raise RefquantError("bias must be finite (TFLite's cast of NaN/Inf to int32 is undefined)")
-    si = np.asarray(input_scale, dtype=np.float64)
-    sw = np.asarray(weight_scale, dtype=np.float64)
+    si = _real(input_scale, "input_scale")
+    sw = _real(weight_scale, "weight_scale")
     for name, s in (("input_scale", si), ("weight_scale", sw)):
         if not (np.isfinite(s) & (s > 0)).all():
             raise RefquantError(f"{name} must be finite and > 0; got {s.reshape(-1)[0]!r}")

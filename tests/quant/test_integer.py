@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import refquant.quant.integer as I
 from refquant import RefquantError
 from refquant.quant.integer import (
     INT32_MAX,
@@ -286,3 +287,21 @@ def test_quantize_bias_ties_even_vs_away_and_narrow_range():
 
 def test_quantize_bias_per_channel_scales():
     np.testing.assert_array_equal(quantize_bias([1.0, 1.0], 0.5, [0.5, 0.25]), [4, 8])
+
+
+@pytest.mark.parametrize("call", [
+    lambda: I.multiply_by_quantized_multiplier(np.int32([1, 2, 3]), np.int32([1 << 30] * 2), 0),
+    lambda: I.saturating_rounding_doubling_high_mul(np.int32([1, 2, 3]), np.int32([1, 2])),
+    lambda: I.rounding_divide_by_pot(np.int32([1, 2, 3]), np.int32([1, 2])),
+    lambda: I.multiply_by_quantized_multiplier_int64(np.int64([1, 2, 3]), np.int32([1, 2]), 0),
+    lambda: I.integer_matmul(np.int8(np.ones((2, 1, 2))), np.int8(np.ones((3, 2, 1)))),
+    lambda: I.requantize(np.int32([1]), "a"),
+    lambda: I.requantize(np.int32([1]), 0.1, "a"),
+    lambda: I.quantize_bias(np.float32([1]), "a", 0.1),
+    lambda: I.accumulator_range("a"),
+    lambda: I.accumulator_range(4, bias_range=5),
+])
+def test_shapes_that_do_not_broadcast_and_non_numbers_raise_refquant_error(call):
+    # once NumPy's ValueError ("operands could not be broadcast") or TypeError
+    with pytest.raises(RefquantError):
+        call()
