@@ -9,8 +9,9 @@ MX (OCP Microscaling Formats v1.0): blocks of ``k = 32`` elements sharing one
 E8M0 scale ``X``; :func:`to_mx` follows §6.3 ("Conversion from vector of FP32
 to MX") and returns ``(X, P)`` by the spec's letters: ``X`` the E8M0 scale codes,
 ``P`` the element codes. :func:`mx_dot` is §6.2's ``Dot``:
-:math:`X^{(A)} X^{(B)} \\sum_i P_i^{(A)} P_i^{(B)}`, computed exactly (float64 is
-exact for these products and short sums) and summed over blocks.
+:math:`X^{(A)} X^{(B)} \\sum_i P_i^{(A)} P_i^{(B)}` summed over blocks: every
+scaled product is exact in float64 and their exact sum is rounded once
+(``math.fsum``; a plain float64 sum is not exact, E5M2 products span 64 bits).
 
 =============  ==================  ==========================
 spec name      element             refquant format
@@ -31,6 +32,8 @@ product), §6.3 (conversion).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -147,7 +150,7 @@ def mx_dot(XA, PA, XB, PB, fmt=MXFP8_E4M3, *, k: int = 32) -> float:
     Reference
     ---------
     OCP MX v1.0 §6.2 (DotGeneral over blocks; the spec leaves the final precision
-    to the implementation: here float64, exact for k = 32 FP8 products).
+    to the implementation: here the exact value rounded once to float64).
     """
     f = mx_format(fmt)
     pa, pb = np.asarray(PA), np.asarray(PB)
@@ -159,9 +162,12 @@ def mx_dot(XA, PA, XB, PB, fmt=MXFP8_E4M3, *, k: int = 32) -> float:
     n = pa.size
     nb = -(-n // k)
     pad = nb * k - n
-    prod = np.concatenate([va * vb, np.zeros(pad)]).reshape(nb, k).sum(axis=1)
+    prod = np.concatenate([va * vb, np.zeros(pad)]).reshape(nb, k)  # exact: <= 16 significant bits
     xa, xb = np.asarray(XA).astype(np.int64), np.asarray(XB).astype(np.int64)
     if xa.shape != (nb,) or xb.shape != (nb,):
         raise RefquantError(f"XA and XB must have {nb} scale codes for {n} elements in blocks of {k}")
     scale = np.where((xa == 0xFF) | (xb == 0xFF), np.nan, np.ldexp(1.0, xa + xb - 254))
-    return float(np.sum(scale * prod))
+    # each term is exact (2^-286 .. 2^286); their sum is not (E5M2 products span 64 bits):
+    # fsum rounds the exact sum once. NaN / Inf terms: the IEEE sum (fsum refuses inf - inf).
+    terms = (scale[:, None] * prod).ravel()
+    return math.fsum(terms) if np.isfinite(terms).all() else float(np.sum(terms))

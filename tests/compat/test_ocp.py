@@ -40,3 +40,16 @@ def test_mx_dot_is_the_scaled_sum_of_element_products():
     PA = encode(np.array([1.0, 2.0]), "float8_e4m3fn")
     PB = encode(np.array([3.0, 0.5]), "float8_e4m3fn")
     assert ocp.mx_dot(XA, PA, XB, PB) == 4.0
+
+
+def test_mx_dot_of_e5m2_products_that_cancel_keeps_the_small_one():
+    # 57344^2 + 2^-32 - 57344^2 = 2^-32 exactly (a 64-bit spread of exponents, beyond float64's
+    # 53 bits): a plain float64 sum returned 0.0
+    from refquant.formats.floats import encode
+
+    for pad in (0, 31):  # within one block, and across three blocks
+        z = [0.0] * pad
+        PA = encode(np.array([57344.0, *z, 2.0**-16, *z, -57344.0]), "float8_e5m2")
+        PB = encode(np.array([57344.0, *z, 2.0**-16, *z, 57344.0]), "float8_e5m2")
+        X = np.full(-(-PA.size // 32), 127, np.uint8)
+        assert ocp.mx_dot(X, PA, X, PB, ocp.MXFP8_E5M2) == 2.0**-32
