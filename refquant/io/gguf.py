@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 
 import ml_dtypes
@@ -264,6 +265,61 @@ def open_gguf(path) -> GGUFCheckpoint:
     return GGUFCheckpoint(path)
 
 
+def _gguf_value_kind(v, key):
+    """gguf-py's ``GGUFValueType.get_type`` classes, checked so that packing cannot fail."""
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RefquantError(f"metadata {key!r}: string {v!r:.60} is not Unicode text") from None
+        return "str"
+    if isinstance(v, bytes | bytearray):
+        return "str"
+    if isinstance(v, float):
+        return "float"
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        # gguf-py types every Python int as INT32
+        if not -(2**31) <= v < 2**31:
+            raise RefquantError(f"metadata {key!r}: {v} is outside int32, the type gguf-py gives an int")
+        return "int"
+    if isinstance(v, list):
+        if not v:
+            raise RefquantError(f"metadata {key!r}: an empty list cannot be stored (GGUF arrays are typed)")
+        kinds = {_gguf_value_kind(x, key) for x in v}
+        if len(kinds) != 1:
+            raise RefquantError(f"metadata {key!r}: list items must all have the same type, got {sorted(kinds)}")
+        return "list"
+    raise RefquantError(f"metadata {key!r}: value of type {type(v).__name__}; expected str, bool, int, "
+                        "float or a list of one of those")
+
+
+def _check_gguf_inputs(tensors, metadata):
+    if not isinstance(tensors, Mapping):
+        raise RefquantError(f"tensors must be a mapping name -> array, got {type(tensors).__name__}")
+    arrays = {}
+    for name, a in tensors.items():
+        if not isinstance(name, str):
+            raise RefquantError(f"tensor name {name!r} must be a str")
+        try:
+            a = np.asarray(a)
+        except (ValueError, TypeError) as e:
+            raise RefquantError(f"tensor {name!r} is not an array: {e}") from None
+        if a.ndim > 4:
+            raise RefquantError(f"tensor {name!r} has {a.ndim} dims; GGUF holds at most 4 (GGML_MAX_DIMS)")
+        arrays[name] = a
+    meta = {}
+    for k, v in dict(metadata or {}).items():
+        if not isinstance(k, str):
+            raise RefquantError(f"metadata key {k!r} must be a str")
+        if isinstance(v, np.ndarray):
+            v = v.tolist()
+        _gguf_value_kind(v, k)
+        meta[k] = v
+    return arrays, meta
+
+
 def save_gguf(tensors, path, *, metadata=None, overwrite=False, arch="refquant", types=None):
     """Write tensors and metadata as GGUF through the ``gguf`` package's GGUFWriter.
 
@@ -275,7 +331,9 @@ def save_gguf(tensors, path, *, metadata=None, overwrite=False, arch="refquant",
         named in ``types``.
     path : str or os.PathLike
     metadata : mapping of str to value, optional
-        Extra key/values (str, bool, int, float, lists of those).
+        Extra key/values (str, bool, int, float, non-empty lists of one of those),
+        typed by gguf-py's ``GGUFValueType.get_type``: an int is stored as INT32
+        (outside its range: RefquantError) and a float as FLOAT32 (rounded).
     overwrite : bool
     arch : str
         ``general.architecture``.
@@ -287,6 +345,7 @@ def save_gguf(tensors, path, *, metadata=None, overwrite=False, arch="refquant",
     **Formula**: values are written bit for bit. **Reference**: gguf-py
     ``gguf/gguf_writer.py`` (``GGUFWriter.add_tensor(raw_dtype=...)``).
     """
+    tensors, metadata = _check_gguf_inputs(tensors, metadata)
     try:
         import gguf
     except ImportError:
@@ -298,9 +357,7 @@ def save_gguf(tensors, path, *, metadata=None, overwrite=False, arch="refquant",
              np.dtype("<i4"): "I32", np.dtype("<i8"): "I64"}
     with atomic_target(path, overwrite=overwrite) as tmp:
         w = gguf.GGUFWriter(tmp, arch)
-        for k, v in dict(metadata or {}).items():
-            if isinstance(v, np.ndarray):
-                v = v.tolist()
+        for k, v in metadata.items():
             w.add_key_value(k, v, gguf.GGUFValueType.get_type(v))
         for name, a in tensors.items():
             a = np.asarray(a)

@@ -123,3 +123,28 @@ def test_block_quantized_tensor_with_no_dims_is_refused(tmp_path):
     p.write_bytes(gguf_bytes([("q", [], 2, bytes(32))]))
     with pytest.raises(RefquantError, match="row of 1 is not a multiple of Q4_0 block size 32"):
         rio.load_arrays(p)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"metadata": {"k": object()}}, "metadata 'k'"),
+    ({"metadata": {"k": {"x": 1}}}, "metadata 'k'"),
+    ({"metadata": {"k": None}}, "metadata 'k'"),
+    ({"metadata": {"k": [1, "a"]}}, "metadata 'k'.*same type"),
+    ({"metadata": {"k": []}}, "metadata 'k'.*empty"),
+    ({"metadata": {"k": 2**40}}, "metadata 'k'.*int32"),  # gguf-py types an int as INT32
+    ({"metadata": {3: "v"}}, "metadata key 3"),
+    ({"tensors": {1: np.zeros(4, np.float32)}}, "tensor name 1"),
+    ({"tensors": [("a", np.zeros(4, np.float32))]}, "mapping"),
+    ({"tensors": {"a": np.zeros((1, 1, 1, 1, 2), np.float32)}}, "GGML_MAX_DIMS"),
+    ({"tensors": {"a": [[1.0], [1.0, 2.0]]}}, "tensor 'a'"),
+])
+def test_save_gguf_refuses_what_gguf_cannot_hold_and_writes_nothing(tmp_path, kw, match):
+    # these escaped as ValueError / TypeError / struct.error / AttributeError from
+    # gguf-py, and a 5-dim tensor was written although GGUF allows 4 (refquant's
+    # own reader then refused the file)
+    from refquant.io.gguf import save_gguf
+
+    kw = {"tensors": {"a": np.zeros(4, np.float32)}, **kw}
+    with pytest.raises(RefquantError, match=match):
+        save_gguf(kw.pop("tensors"), tmp_path / "o.gguf", **kw)
+    assert list(tmp_path.iterdir()) == []
