@@ -224,15 +224,21 @@ def save_npz(tensors, path, *, overwrite=False):
     with ``allow_pickle=False`` inside a ``ZIP_STORED`` archive (as ``np.savez``).
     """
     import io
+    from collections.abc import Mapping
 
     from .._errors import RefquantError
     from ._common import atomic_write
 
+    if not isinstance(tensors, Mapping):
+        raise RefquantError(f"tensors must be a mapping name -> array, got {type(tensors).__name__}")
     arrays = {}
     for k, v in dict(tensors).items():
         if not isinstance(k, str):
             raise RefquantError(f"tensor name {k!r} must be a str")
-        a = np.asarray(v)
+        try:
+            a = np.asarray(v)
+        except (ValueError, TypeError) as e:
+            raise RefquantError(f"tensor {k!r} is not an array: {e}") from None
         if a.dtype.hasobject:
             raise RefquantError(f"tensor {k!r} has dtype object; npz without pickle cannot hold it")
         arrays[k] = a

@@ -309,7 +309,10 @@ def _prepare(tensors: Mapping):
             raise RefquantError(f"tensor name {name!r} must be a str other than '__metadata__'")
         if not _is_unicode(name):
             raise RefquantError(f"tensor name {name!r} holds a lone surrogate; expected Unicode text")
-        a = np.asarray(a)
+        try:
+            a = np.asarray(a)
+        except (ValueError, TypeError) as e:
+            raise RefquantError(f"tensor {name!r} is not an array: {e}") from None
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
         dt = safetensors_name_of(a.dtype)

@@ -111,3 +111,13 @@ def test_subarray_descr_is_refused(tmp_path):
              np.arange(6, dtype="<f4").tobytes())
     with pytest.raises(RefquantError, match="subarray"):
         rio.load_arrays(p)
+
+
+@pytest.mark.parametrize("tensors, match", [({"a": [[1.0], [1.0, 2.0]]}, "tensor 'a'"), (5, "mapping")])
+def test_save_npz_refuses_ragged_lists_and_non_mappings(tmp_path, tensors, match):
+    # numpy's ValueError (ragged) and dict(5)'s TypeError escaped
+    from refquant.io.numpy import save_npz
+
+    with pytest.raises(RefquantError, match=match):
+        save_npz(tensors, tmp_path / "o.npz")
+    assert list(tmp_path.iterdir()) == []

@@ -293,3 +293,10 @@ def test_sharded_save_that_fails_midway_removes_the_shards_it_wrote(tmp_path, mo
     with pytest.raises(OSError, match="disk full"):
         save_safetensors(t, tmp_path / "model.safetensors.index.json", max_shard_size=16)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_refuses_a_ragged_list_as_a_refquant_error(tmp_path):
+    # np.asarray([[1], [1, 2]]) raised numpy's ValueError
+    with pytest.raises(RefquantError, match="tensor 'a'"):
+        save_safetensors({"a": [[1.0], [1.0, 2.0]]}, tmp_path / "o.safetensors")
+    assert list(tmp_path.iterdir()) == []
