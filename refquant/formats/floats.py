@@ -55,7 +55,8 @@ E8M0 (an exponent only) ties 1.5·2^k upward, as ml_dtypes, ONNX ``round_mode=
 ``saturate=False`` (ml_dtypes) zero and negative inputs are NaN; with
 ``saturate=True`` (ONNX Cast-24 with saturate) the sign is ignored and zero encodes
 as 2^-127, as ONNX's ``to_float8e8m0`` does. Values below 2^-127 round to 2^-127
-(there is no zero); overflow is NaN, or 2^127 when saturating.
+(there is no zero); overflow is NaN, or 2^127 when saturating; ±Inf and NaN are
+NaN (0xFF) in both modes (ONNX keeps the all-ones exponent).
 
 Peer notes
 ----------
@@ -66,8 +67,8 @@ Peer notes
 * PyTorch's float8_e8m0fnu ignores the sign, maps 0 to 2^-127 and ties up like
   ``saturate=True`` here, but overflows to NaN (1.5 * 2^127 -> 0xFF) where
   ``saturate=True`` gives 2^127.
-* ml_dtypes' E8M0 rounds a float32 *subnormal* on a linear grid of 2^-126
-  (1.4 * 2^-127 -> 2^-126); ONNX's ``to_float8e8m0`` rounds one "up" to 2^-126
+* ml_dtypes' and PyTorch's E8M0 round a float32 *subnormal* on a linear grid of
+  2^-126 (1.01 * 2^-127 -> 2^-126); ONNX's ``to_float8e8m0`` rounds one "up" to 2^-126
   (2^-128 -> 2^-126). refquant rounds the value: both give 2^-127 here.
 
 Reference
@@ -290,7 +291,7 @@ def encode(x, name, *, saturate: bool = True, rounding: str = "half_even", nan: 
         One of :data:`FLOAT_FORMATS`.
     saturate : bool
         True: ±overflow and ±Inf become ±max (ONNX ``saturate=1``; PyTorch's e4m3fn
-        cast). False: they become Inf / NaN as the format allows (ml_dtypes,
+        cast); E8M0 keeps Inf as NaN, as ONNX does. False: they become Inf / NaN as the format allows (ml_dtypes,
         ONNX ``saturate=0``). See the module docstring for every case.
     rounding : str
         A mode of :data:`refquant.quant.rounding.ROUNDING_MODES`, applied to the
