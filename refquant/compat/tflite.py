@@ -33,6 +33,8 @@ from ..formats.integer import int_format
 from ..quant.integer import (
     INT32_MAX,
     INT32_MIN,
+    _int,
+    _real,
     integer_matmul,
     multiply_by_quantized_multiplier,
     multiply_by_quantized_multiplier_int64,
@@ -71,6 +73,22 @@ def _float_to_int32(v: np.ndarray, cast: str) -> np.ndarray:
         return np.where(finite_in, safe, INT32_MIN)
     sat = np.where(np.isnan(v), 0, np.where(v > 0, INT32_MAX, INT32_MIN))
     return np.where(finite_in, safe, sat)
+
+
+def _f32_scalar(v, name) -> np.float32:
+    """A single real number as float32 (``static_cast<float>``); RefquantError otherwise."""
+    a = _real(v, name)
+    if a.size != 1:
+        raise RefquantError(f"{name} must be a single number, got shape {a.shape}")
+    return np.float32(a.reshape(-1)[0])
+
+
+def _integer_codes(a, name) -> np.ndarray:
+    """``a`` as an array of an integer dtype (quantized codes); RefquantError otherwise."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "iu":
+        raise RefquantError(f"{name} must hold integer codes, got dtype {a.dtype}")
+    return a
 
 
 def _wrap32(v):
@@ -123,10 +141,10 @@ def affine_quantize(input_data, scale, zero_point, *, dtype="int8", cast="x86",
     x = np.asarray(input_data)
     if x.dtype.kind not in "fiu":
         raise RefquantError(f"input_data must be real numbers, got dtype {x.dtype}")
-    s = np.float32(scale)
+    s = _f32_scalar(scale, "scale")
     if not (np.isfinite(s) and s > 0):
         raise RefquantError(f"scale must be finite and > 0; got {scale!r}")
-    z = int(zero_point)
+    z = _int(zero_point, "zero_point")
     if not fmt.qmin <= z <= fmt.qmax:
         raise RefquantError(f"zero_point {z} is outside [{fmt.qmin}, {fmt.qmax}] of {fmt.name}")
     if kernel not in ("reference", "optimized", "xnnpack"):
@@ -222,10 +240,10 @@ def fake_quant_with_min_max_args(inputs, min_=-6.0, max_=6.0, num_bits=8, narrow
     TensorFlow ``tensorflow/core/kernels/fake_quant_ops_functor.h``,
     ``FakeQuantWithMinMaxArgsFunctor``; ``fake_quant_ops.cc`` (attribute checks).
     """
-    nb = int(num_bits)
+    nb = _int(num_bits, "num_bits")
     if not 2 <= nb <= 16:
         raise RefquantError(f"num_bits is out of range, expected between 2 and 16, was: {num_bits}")
-    lo, hi = np.float32(min_), np.float32(max_)
+    lo, hi = _f32_scalar(min_, "min_"), _f32_scalar(max_, "max_")
     if not lo < hi:
         raise RefquantError(f"min has to be smaller than max, was: {min_} >= {max_}")
     quant_min = 1 if narrow_range else 0
@@ -276,9 +294,9 @@ def populate_convolution_quantization_params(input_scale, filter_scale, output_s
     ---------
     TFLite ``tensorflow/lite/kernels/kernel_util.cc``, ``PopulateConvolutionQuantizationParams``.
     """
-    s_in = np.float64(np.float32(input_scale))
-    s_w = np.asarray(filter_scale, dtype=np.float32).astype(np.float64)
-    s_out = np.float64(np.float32(output_scale))
+    s_in = np.float64(_f32_scalar(input_scale, "input_scale"))
+    s_w = _real(filter_scale, "filter_scale", np.float32).astype(np.float64)
+    s_out = np.float64(_f32_scalar(output_scale, "output_scale"))
     for name, s in (("input_scale", s_in), ("filter_scale", s_w), ("output_scale", s_out)):
         if not (np.isfinite(s) & (s > 0)).all():
             raise RefquantError(f"{name} must be finite and > 0; got {s!r}")
@@ -309,10 +327,13 @@ def calculate_activation_range_quantized(activation, output_scale, output_zero_p
     bounds = _ACTIVATIONS[activation]
     if bounds is None:
         return lo, hi
-    s = np.float32(output_scale)
+    s = _f32_scalar(output_scale, "output_scale")
+    if not (np.isfinite(s) and s > 0):
+        raise RefquantError(f"output_scale must be finite and > 0; got {output_scale!r}")
+    z = _int(output_zero_point, "output_zero_point")
 
     def q(r):
-        return int(output_zero_point) + int(round_to_int(np.float32(np.float32(r) / s), "half_away"))
+        return z + int(round_to_int(np.float32(np.float32(r) / s), "half_away"))
 
     lo = max(lo, q(bounds[0]))
     if bounds[1] is not None:
@@ -372,7 +393,8 @@ def fully_connected(input_data, filter_data, bias_data=None, *, input_offset=0, 
     n_out = w.shape[0]
     lead = x.shape[:-1]
     x2 = x.reshape(-1, w.shape[1])
-    acc = integer_matmul(x2, w.T, -int(input_offset), -int(filter_offset), accumulate="int32_wrap")
+    acc = integer_matmul(x2, w.T, -_int(input_offset, "input_offset"),
+                         -_int(filter_offset, "filter_offset"), accumulate="int32_wrap")
     acc = acc.astype(np.int64)
     if bias_data is not None:
         b = np.asarray(bias_data)
@@ -381,16 +403,22 @@ def fully_connected(input_data, filter_data, bias_data=None, *, input_offset=0, 
         if b.dtype.kind not in "iu":
             raise RefquantError(f"bias_data must be int32, got dtype {b.dtype}")
         acc = _wrap32(acc + b.astype(np.int64))
-    m = np.broadcast_to(np.asarray(output_multiplier), (n_out,)).astype(np.int64)
-    e = np.broadcast_to(np.asarray(output_shift), (n_out,)).astype(np.int64)
+    try:
+        m = np.broadcast_to(np.asarray(output_multiplier), (n_out,))
+        e = np.broadcast_to(np.asarray(output_shift), (n_out,))
+    except ValueError:
+        raise RefquantError(
+            f"output_multiplier {np.shape(output_multiplier)} and output_shift "
+            f"{np.shape(output_shift)} must be scalars or have output_depth = {n_out} values"
+        ) from None
     scaled = multiply_by_quantized_multiplier(acc, m[None, :], e[None, :],
                                               single_rounding=single_rounding).astype(np.int64)
-    lo = max(fmt.qmin, int(output_activation_min))
-    hi = min(fmt.qmax, int(output_activation_max))
+    lo = max(fmt.qmin, _int(output_activation_min, "output_activation_min"))
+    hi = min(fmt.qmax, _int(output_activation_max, "output_activation_max"))
     if lo > hi:
         raise RefquantError(f"output_activation_min {output_activation_min} > output_activation_max "
                             f"{output_activation_max}")
-    out = np.clip(_wrap32(scaled + int(output_offset)), lo, hi)
+    out = np.clip(_wrap32(scaled + _int(output_offset, "output_offset")), lo, hi)
     return out.reshape(*lead, n_out).astype(fmt.storage_dtype)
 
 
@@ -410,8 +438,12 @@ def compute_padding(padding, in_size, filter_size, stride, dilation):
     """
     if padding not in ("SAME", "VALID"):
         raise RefquantError(f"padding must be 'SAME' or 'VALID'; got {padding!r}")
+    in_size, filter_size = _int(in_size, "in_size"), _int(filter_size, "filter_size")
+    stride, dilation = _int(stride, "stride"), _int(dilation, "dilation")
     if stride < 1 or dilation < 1:
         raise RefquantError(f"stride and dilation must be >= 1; got {stride}, {dilation}")
+    if in_size < 1 or filter_size < 1:
+        raise RefquantError(f"in_size and filter_size must be >= 1; got {in_size}, {filter_size}")
     eff = (filter_size - 1) * dilation + 1
     if padding == "SAME":
         out = (in_size + stride - 1) // stride
@@ -452,8 +484,8 @@ def conv2d(input_data, filter_data, bias_data=None, *, stride_width=1, stride_he
     ---------
     TFLite ``reference/integer_ops/conv.h`` (``ConvPerChannel``), ``kernels/padding.h``.
     """
-    x = np.asarray(input_data)
-    w = np.asarray(filter_data)
+    x = _integer_codes(input_data, "input_data")
+    w = _integer_codes(filter_data, "filter_data")
     if x.ndim != 4 or w.ndim != 4:
         raise RefquantError(f"input_data (NHWC) and filter_data (OHWI) must be 4-D; got {x.shape}, {w.shape}")
     nb, ih, iw, ic = x.shape

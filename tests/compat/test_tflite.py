@@ -145,3 +145,31 @@ def test_conv2d_matches_literal_loops(seed, padding, sr):
                    output_activation_max=120, single_rounding=sr)
     want = conv_literal(x, wq, b, sh, sw, dh, dw, padding, -z_in, 3, m, e, -100, 120, sr)
     np.testing.assert_array_equal(got, want)
+
+
+_M = {"output_multiplier": 1 << 30, "output_shift": 0}
+
+
+@pytest.mark.parametrize("call", [
+    # silently wrong once: float input truncated to integers, a negative scale giving an
+    # activation range (0, -6), a zero point of 0.5 read as 0
+    lambda: T.conv2d(np.float32(np.full((1, 3, 3, 1), 1.7)), np.int8(np.ones((1, 2, 2, 1))), **_M),
+    lambda: T.conv2d(np.int8(np.ones((1, 3, 3, 1))), np.float32(np.ones((1, 2, 2, 1))), **_M),
+    lambda: T.calculate_activation_range_quantized("RELU6", -1.0, 0),
+    lambda: T.affine_quantize(np.float32([1]), 0.1, 0.5),
+    # NumPy / Python errors once
+    lambda: T.calculate_activation_range_quantized("RELU6", 0.0, 0),
+    lambda: T.calculate_activation_range_quantized("RELU", 0.1, "a"),
+    lambda: T.affine_quantize(np.float32([1]), np.float32([0.1, 0.2]), 0),
+    lambda: T.affine_quantize(np.float32([1]), "a", 0),
+    lambda: T.fully_connected(np.int8([[1, 2]]), np.int8([[1, 2]] * 3),
+                              output_multiplier=[1 << 30] * 2, output_shift=0),
+    lambda: T.fully_connected(np.int8([[1, 2]]), np.int8([[1, 2]]), input_offset="a", **_M),
+    lambda: T.compute_padding("SAME", "a", 3, 1, 1),
+    lambda: T.compute_padding("VALID", 5, 0, 1, 1),
+    lambda: T.fake_quant_with_min_max_args(np.float32([1]), "a", 1.0),
+    lambda: T.populate_convolution_quantization_params("a", 0.1, 0.2),
+])
+def test_bad_arguments_raise_refquant_error(call):
+    with pytest.raises(RefquantError):
+        call()
