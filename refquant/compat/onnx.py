@@ -152,7 +152,10 @@ def _granularity(x_shape, scale, axis, block_size, argname):
     rank and block_size > 0: blocked, with block_size in the spec's accepted range
     ``[ceil(Di/Si), ceil(Di/(Si-1)) - 1]``.
     """
-    b = operator.index(block_size)
+    try:
+        b = operator.index(block_size)
+    except TypeError:
+        raise RefquantError(f"block_size must be an integer, got {block_size!r}") from None
     if b < 0:
         raise RefquantError(f"block_size must be 0 (not blocked) or positive, got {b}")
     s = np.asarray(scale)

@@ -231,6 +231,11 @@ def test_qlinear_matmul_hand_example():
                                   F32(1), np.uint8(0), F32(1), np.uint8(0)), "a_scale"),
     (lambda: ronnx.qlinear_matmul(np.uint8([[1, 2]]), F32(1), np.uint8(0), np.uint8([[1], [1]]),
                                   F32([1, 2]), np.uint8(0), F32(1), np.uint8(0)), "b_scale"),
+    # TypeError once (operator.index)
+    (lambda: ronnx.quantize_linear(F32([[1]]), F32([[1]]), np.int8([[0]]), block_size=1.5),
+     "block_size must be an integer"),
+    (lambda: ronnx.dequantize_linear(np.int8([[1]]), F32([[1]]), np.int8([[0]]), block_size="2"),
+     "block_size must be an integer"),
 ])
 def test_spec_rejects_with_its_reason(call, match):
     with pytest.raises(RefquantError, match=match):
