@@ -164,9 +164,15 @@ def quantize(x, type_name) -> np.ndarray:
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise RefquantError(f"x must be a real array, got dtype {arr.dtype}")
     _check_row(arr.shape[-1], fmt)
-    blocks = np.asarray(arr, dtype=np.float32).reshape(-1, fmt.block_size)
+    with np.errstate(over="ignore"):
+        x32 = np.asarray(arr, dtype=np.float32)
+    blocks = x32.reshape(-1, fmt.block_size)
     if not np.isfinite(blocks).all():
-        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(np.asarray(arr, dtype=np.float32)))[0])
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(x32))[0])
+        if np.isfinite(arr[bad]):
+            raise RefquantError(
+                f"x holds {float(arr[bad])!r} at index {bad}, which overflows float32 (ggml reads float)"
+            )
         raise RefquantError(
             f"x contains a non-finite value at index {bad}; ggml's quantize_row_{fmt.c_name}_ref "
             "has no defined result for NaN/Inf (refquant refuses instead of guessing)"

@@ -120,3 +120,9 @@ def test_row_size_and_shape_must_be_integers():
         with pytest.raises(RefquantError, match="shape must be a tuple of ints"):
             ggml.dequantize(np.zeros(18, np.uint8), "q4_0", shape)
     assert ggml.dequantize(np.zeros(18, np.uint8), "q4_0", np.int64(32)).shape == (32,)
+
+
+def test_a_finite_float64_beyond_float32_is_named_as_such():
+    # 1e300 is finite: the error used to say "non-finite value" (it becomes Inf in float32)
+    with pytest.raises(RefquantError, match=r"1e\+300 at index \(3,\), which overflows float32"):
+        ggml.quantize(np.r_[np.zeros(3), 1e300, np.zeros(28)], "q4_0")
