@@ -138,6 +138,29 @@ def _float_input(x, name="input"):
     return a.astype(np.float32)
 
 
+def _fake_input(x, name="input"):
+    """torch's fake-quant ops take float32, float64, float16 and bfloat16 tensors.
+
+    Returns the input as an array of its own dtype (non-arrays become float32).
+    float16 / bfloat16 are computed in float32 (``Half * float`` is a float
+    product) and the result rounded back; float64 is computed in double.
+    """
+    a = np.asarray(x)
+    if isinstance(x, np.ndarray) and a.dtype not in _FAKE_DTYPES and a.dtype.name != "bfloat16":
+        raise RefquantError(
+            f"{name} must be float32, float64, float16 or bfloat16 (torch dispatches "
+            f"fake-quant on floating types only), got {a.dtype}"
+        )
+    if a.dtype.kind not in "fiub" and a.dtype.name != "bfloat16":
+        raise RefquantError(f"{name} must be a real array, got dtype {a.dtype}")
+    if a.dtype in _FAKE_DTYPES or a.dtype.name == "bfloat16":
+        return a
+    return a.astype(np.float32)
+
+
+_FAKE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
+
+
 def _check_zp_range(zp, qmin, qmax, where):
     z = np.asarray(zp)
     if z.dtype.kind == "f" and not np.all(z == np.round(z)):
@@ -383,7 +406,12 @@ def _check_fake_args(quant_min, quant_max, zero_point):
 
 
 def fake_quantize_per_tensor_affine(input, scale, zero_point, quant_min, quant_max):  # noqa: A002 (torch's name)
-    """``torch.fake_quantize_per_tensor_affine`` → float32.
+    """``torch.fake_quantize_per_tensor_affine`` → an array of the input's dtype.
+
+    ``input`` may be float32, float64, float16 or bfloat16, as in torch: float16 /
+    bfloat16 are computed in float32 and the result rounded to their dtype;
+    float64 forms ``x * (1/s)``, its rounding and ``+ z`` in double, and the
+    result is still the float32 product ``float32(q - z) * s``.
 
     Formula
     -------
@@ -397,25 +425,34 @@ def fake_quantize_per_tensor_affine(input, scale, zero_point, quant_min, quant_m
     ---------
     ``fake_quantize_tensor_cachemask_kernel`` (QuantizedOpKernels.cpp).
     """
-    x = _float_input(input)
+    x = _fake_input(input)
     qmin, qmax = int(quant_min), int(quant_max)
     _check_fake_args(qmin, qmax, zero_point)
     _check_torch_scale(scale)
     s32, z = _F(scale), int(zero_point)
     # z_point + std::nearbyint(x * inv_scale): an int64 plus a float is a float32
     # sum, so codes above 2^24 (32-bit ranges) are rounded to float32 before clamping
+    # (double input: the product, its rounding and the sum are in double)
+    ft = np.float64 if x.dtype == np.float64 else _F
     inv = _F(_F(1) / s32)
     with np.errstate(over="ignore", invalid="ignore"):
-        r = round_to_int((x * inv).astype(_F), "half_even")
-        qf = (r + _F(z)).astype(_F)
-    qf = np.where(np.isnan(qf), _F(qmin), qf).astype(np.float64)  # fmax(NaN, qmin) = qmin
+        r = round_to_int((x.astype(ft) * ft(inv)).astype(ft), "half_even")
+        qf = (r + ft(z)).astype(ft)
+    qf = np.where(np.isnan(qf), qmin, qf).astype(np.float64)  # fmax(NaN, qmin) = qmin
     q = np.clip(qf, qmin, qmax).astype(np.int64)
-    # (qval - z_point) * sc: the int64 difference converted to float32, times the float scale
-    return _core_dequantize(q, s32, z, out_dtype=np.float32, precision="float32")
+    # (qval - z_point) * sc: the int64 difference converted to float32, times the float
+    # scale, in float32 whatever the input dtype; then stored in the input's dtype
+    y = _core_dequantize(q, s32, z, out_dtype=np.float32, precision="float32")
+    return y.astype(x.dtype)
 
 
 def fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, quant_max):  # noqa: A002 (torch's name)
-    """``torch.fake_quantize_per_channel_affine`` → float32.
+    """``torch.fake_quantize_per_channel_affine`` → an array of the input's dtype.
+
+    ``input`` may be float32, float64, float16 or bfloat16, as in torch (float16
+    and bfloat16 computed in float32; float64 in double; the dequantized value
+    ``(q - z) * s`` is formed in double and rounded to the input's dtype, via
+    float32 for float16 / bfloat16).
 
     ``zero_point`` must be int32 or float (torch: "Zero-point must be Int32,
     Float or Half, found Long" — refquant accepts any integer array). Float zero
@@ -442,7 +479,7 @@ def fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, 
     ``fake_quantize_per_channel_cachemask_kernel`` /
     ``_fake_quantize_per_channel_affine`` float-zero-point kernel (QuantizedOpKernels.cpp).
     """
-    x = _float_input(input)
+    x = _fake_input(input)
     ax = _channel_axis(axis, x.ndim)
     qmin, qmax = int(quant_min), int(quant_max)
     s = _check_torch_scale(np.asarray(scale, dtype=np.float64).reshape(-1)).astype(np.float32)
@@ -453,50 +490,43 @@ def fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, 
             f"got {s.size} and {z.size}"
         )
     _check_fake_args(qmin, qmax, z)
-    grid = _range_grid(qmin, qmax)
     view = [1] * x.ndim
     view[ax] = -1
     inv = (_F(1) / s).astype(np.float32).reshape(view)
+    # float16 / bfloat16 self times the float inv_scale is a float product; double
+    # self makes the product, its rounding and the integer zero point's sum double
+    ft = np.float64 if x.dtype == np.float64 else _F
+    xw = x.astype(ft)
     with np.errstate(over="ignore", invalid="ignore"):
-        v = (x * inv).astype(np.float32)
-        if z.dtype == np.float16:
-            # std::lrintf(zero_point + self * inv_scale) with an at::Half zero point: the
-            # Half + float operator converts first and is not contracted, so the product
-            # is rounded to float32 before the zero point is added (two roundings)
-            zf = z.astype(np.float32)
-            pre = np.rint((v + zf.reshape(view)).astype(np.float32)).astype(np.float64)
-            stage = "before_rounding"
-            zq = zf.astype(np.float64)
-        elif z.dtype.kind == "f":
-            # std::lrintf(zero_point + self * inv_scale) in a scalar cpu_kernel, which the
-            # compiler contracts into one fused multiply-add (one rounding)
-            zf = z.astype(np.float32)
-            pre = np.rint(fma_f32(x, inv, zf.reshape(view))).astype(np.float64)
-            stage = "fused"
-            zq = zf.astype(np.float64)
+        v = (xw * inv.astype(ft)).astype(ft)
+        if z.dtype.kind == "f":
+            zf = z.astype(np.float32).reshape(view)
+            if ft is np.float64:
+                # std::lrintf(zero_point + self * inv_scale): the double sum is
+                # converted to float for lrintf
+                pre = np.rint((v + zf.astype(np.float64)).astype(np.float32))
+            elif z.dtype == np.float16:
+                # an at::Half zero point: the Half + float operator converts first and is
+                # not contracted, so the product is rounded to float32 before the zero
+                # point is added (two roundings)
+                pre = np.rint((v + zf).astype(np.float32))
+            else:
+                # a float zero point: the scalar cpu_kernel's zero_point + self * inv_scale
+                # is contracted into one fused multiply-add (one rounding)
+                pre = np.rint(fma_f32(xw, inv, zf))
+            zq = z.astype(np.float32).astype(np.float64)
         else:
             # int32 zero_point + std::nearbyint(self * inv_scale) is a float32 sum
+            # (double for double self)
             zq = z.astype(np.int64)
-            pre = (np.rint(v) + zq.astype(np.float32).reshape(view)).astype(np.float32)
-            pre = pre.astype(np.float64)
-            stage = "after_rounding"
-    q = _core_quantize(
-        x,
-        s,
-        zq,
-        dtype=grid,
-        axis=ax,
-        scale_op="reciprocal",
-        precision="float32",
-        zero_point_stage=stage,
-        nan="qmin",
-        out_dtype=np.int64,
-    )
-    if stage == "after_rounding":  # the core adds z exactly; torch's float32 sum decides
-        with np.errstate(invalid="ignore"):
-            q = np.clip(np.where(np.isnan(pre), qmin, pre), qmin, qmax).astype(np.int64)
-    q = np.where(_int64_cast_overflow(pre), qmin, q)
-    return _core_dequantize(q, s.astype(np.float64), zq, axis=ax, out_dtype=np.float32)
+            pre = (np.rint(v) + zq.astype(ft).reshape(view)).astype(ft)
+        pre = pre.astype(np.float64)
+        # static_cast<int64_t> / lrintf of NaN, ±Inf or |v| >= 2^63 is INT64_MIN -> quant_min
+        q = np.clip(np.where(_int64_cast_overflow(pre), qmin, pre), qmin, qmax).astype(np.int64)
+    # (double(q) - z) * scale in double, returned as the input's dtype (Half via float)
+    out = np.float64 if x.dtype == np.float64 else np.float32
+    y = _core_dequantize(q, s.astype(np.float64), zq, axis=ax, out_dtype=out)
+    return y.astype(x.dtype)
 
 
 def fake_quantize_learnable_per_tensor_affine(
@@ -507,7 +537,7 @@ def fake_quantize_learnable_per_tensor_affine(
     quant_max,
     grad_factor=1.0,
 ):
-    """Forward of ``torch._fake_quantize_learnable_per_tensor_affine`` → float32.
+    """Forward of ``torch._fake_quantize_learnable_per_tensor_affine`` → the input's dtype.
 
     ``scale`` and ``zero_point`` are float (1-element) parameters. The forward
     rounds the zero point first, ``z = clamp(nearbyint(float32(zero_point)),

@@ -351,3 +351,18 @@ def test_histogram_observer_refuses_half_precision_input():
     with pytest.raises(RefquantError, match="float16"):
         rt.HistogramObserver().forward(x)
     rt.HistogramObserver().forward(x.astype(np.float32))
+
+
+def test_fake_quantize_keeps_float64_and_float16_inputs_in_their_dtype():
+    # s = float32(0.1), 1/s = 10 in float32; x = 0.3 -> rint(3.0000000000000004) = 3.
+    # Per tensor the output is float32(3 * s) stored as float64; per channel it is the
+    # double product 3 * s; float16 input gets float16(float32(3 * s)) = 1229 / 4096
+    s = F(0.1)
+    y = rt.fake_quantize_per_tensor_affine(np.array([0.3]), s, 0, 0, 255)
+    assert y.dtype == np.float64 and y[0] == float(F(3 * np.float64(s)))
+    y = rt.fake_quantize_per_channel_affine(np.array([[0.3]]), np.array([s]), np.array([0]), 0, 0, 255)
+    assert y.dtype == np.float64 and y[0, 0] == 3 * np.float64(s) != float(F(3 * np.float64(s)))
+    y = rt.fake_quantize_per_tensor_affine(np.array([0.3], np.float16), s, 0, 0, 255)
+    assert y.dtype == np.float16 and y[0] == 1229 / 4096
+    with pytest.raises(RefquantError, match="float32, float64, float16 or bfloat16"):
+        rt.fake_quantize_per_tensor_affine(np.array([3], np.int32), s, 0, 0, 255)

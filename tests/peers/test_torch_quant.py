@@ -451,3 +451,35 @@ def test_per_channel_observer_with_nan_and_inf_channels_matches_torch(qscheme):
     _compare_observer("PerChannelMinMaxObserver", kw, [x])
     kw["averaging_constant"] = 0.5
     _compare_observer("MovingAveragePerChannelMinMaxObserver", kw, [x[::-1].copy(), x])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float16", "bfloat16"])
+def test_fake_quantize_of_float64_float16_bfloat16_inputs_bit_exact(dtype):
+    import ml_dtypes
+
+    torch = _torch()
+    npdt = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    rng = np.random.default_rng(3)
+    s = np.array([0.0123, 0.5, 0.07, 3.0], F)
+    k = rng.integers(-300, 300, (4, 50))
+    x = (k + 0.5) * s[:, None].astype(np.float64) * (1 + rng.choice([0, 1e-9, -1e-9], (4, 50)))
+    x[0, :3] = [np.nan, np.inf, -np.inf]
+    x = x.astype(npdt)
+
+    def tt(a):
+        if dtype == "bfloat16":
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(a)
+
+    def back(t):
+        return t.view(torch.int16).numpy().view(npdt) if dtype == "bfloat16" else t.numpy()
+
+    want = back(torch.fake_quantize_per_tensor_affine(tt(x), 0.0123, 3, 0, 255))
+    _same(rt.fake_quantize_per_tensor_affine(x, 0.0123, 3, 0, 255).view(want.dtype), want)
+    for z in (np.array([3, 0, 250, 9], np.int32), np.array([3.5, 0, 2.25, 9], F),
+              np.array([3.5, 0, 2.5, 9], np.float16)):
+        want = back(
+            torch.fake_quantize_per_channel_affine(tt(x), torch.from_numpy(s), torch.from_numpy(z), 0, 0, 255)
+        )
+        got = rt.fake_quantize_per_channel_affine(x, s, z, 0, 0, 255)
+        _same(got.view(want.dtype), want)
