@@ -14,7 +14,8 @@ Classes of mismatch (each element gets the first that applies):
 ``nan_inf``     NaN/Inf handling: ``x`` is NaN or ±Inf there, or one side is
 ``saturation``  one side at ``qmin`` or ``qmax`` and more than one step apart
 ``tie``         one step apart where ``x / scale`` is exactly ``k + 1/2`` (in
-                float64 or in float32 arithmetic): the two sides break the tie
+                float64 or float32 arithmetic, or in float16 / bfloat16 when ``x``
+                or ``scale`` has that type): the two sides break the tie
                 differently (half to even, half away from zero, half up, ...)
 ``one_step``    one step apart elsewhere (divide vs reciprocal multiply, float32
                 vs float64 quotient, zero point added before rounding, ...)
@@ -170,20 +171,26 @@ def _as_float64(x, name):
 
 
 def _quotient(x, scale, axis, block_size, shape):
-    """``x / scale`` in float64 and in float32, broadcast to ``shape`` (for tie detection)."""
+    """``x / scale`` broadcast to ``shape`` (for tie detection), as a tuple of flat float64
+    arrays: the quotient in float64, in float32, and in each 16-bit float type (float16,
+    bfloat16) that ``x`` or ``scale`` has (ONNX divides float16 inputs in float16)."""
     if x is None or scale is None:
-        return None, None, None
-    xa = _as_float64(x, "x")
+        return None
+    xr = np.asarray(x)
+    xa = _as_float64(xr, "x")
     scale = check_scale(scale, "scale")
     if xa.shape != shape:
         raise RefquantError(f"x has shape {xa.shape} but the arrays have shape {shape}")
     ax = None if axis is None else normalize_axis(axis, len(shape))
     bs = check_block_size(block_size, ax)
     s = broadcast_param(np.asarray(scale), shape, ax, bs, "scale")
+    narrow = [t for t in dict.fromkeys((xr.dtype, s.dtype)) if t.name in ("float16", "bfloat16")]
     with np.errstate(all="ignore"):
-        q64 = xa / s.astype(np.float64)
-        q32 = (xa.astype(np.float32) / s.astype(np.float32)).astype(np.float64)
-    return q64, q32, s
+        qs = [xa / s.astype(np.float64),
+              (xa.astype(np.float32) / s.astype(np.float32)).astype(np.float64)]
+        # one correctly rounded division: NumPy and ml_dtypes divide 16-bit floats in float32
+        qs += [(xr.astype(t) / s.astype(t)).astype(t).astype(np.float64) for t in narrow]
+    return tuple(np.broadcast_to(q, shape).reshape(-1) for q in qs)
 
 
 def _is_tie(q):
@@ -209,7 +216,7 @@ def _classify(mism, steps, x, q, at_end, nonfinite):
         take("unclassified", np.ones_like(mism))
         return cls
     if q is not None:
-        take("tie", (steps == 1) & (_is_tie(q[0]) | _is_tie(q[1])))
+        take("tie", (steps == 1) & np.logical_or.reduce([_is_tie(qi) for qi in q]))
     take("one_step", steps == 1)
     take("multi_step", steps > 1)
     take("sub_step", steps == 0)
@@ -270,7 +277,7 @@ def compare_quantized(actual, desired, *, max_step_diff=0, x=None, scale=None, z
     -------
     Steps :math:`d = |a - b|`; a mismatch is :math:`d > ` ``max_step_diff``. A tie is
     :math:`x / s - \\lfloor x / s \\rfloor = 1/2` exactly, with the quotient taken in
-    float64 or in float32.
+    float64, in float32, or in the float16 / bfloat16 type of ``x`` or ``s``.
 
     Reference
     ---------
@@ -313,8 +320,7 @@ def compare_quantized(actual, desired, *, max_step_diff=0, x=None, scale=None, z
             raise RefquantError(f"x has {x_flat.size} elements but the arrays have {a.size}")
         nonfinite = ~np.isfinite(x_flat)
         if scale is not None:
-            q64, q32, _ = _quotient(x, scale, axis, block_size, shape)
-            q = (q64.reshape(-1), q32.reshape(-1))
+            q = _quotient(x, scale, axis, block_size, shape)
     at_end = None
     if qmin is not None and qmax is not None:
         at_end = (a_f == qmin) | (a_f == qmax) | (d_f == qmin) | (d_f == qmax)
@@ -405,8 +411,7 @@ def compare_dequantized(actual, desired, *, rtol=1e-6, atol=0.0, max_ulp=None, x
             steps = np.rint(np.abs(a - d) / s)
             steps = np.where(np.isfinite(steps), steps, 0).astype(np.int64)
         if x is not None:
-            q64, q32, _ = _quotient(x, scale, axis, block_size, shape)
-            q = (q64.reshape(-1), q32.reshape(-1))
+            q = _quotient(x, scale, axis, block_size, shape)
         if zero_point is not None and qmin is not None and qmax is not None:
             z = np.broadcast_to(broadcast_param(np.asarray(zero_point), shape, ax,
                                                 check_block_size(block_size, ax), "zero_point"),

@@ -251,3 +251,19 @@ def test_bad_x_scale_or_tolerance_raise_refquant_error(call):
     # once: ValueError / TypeError from NumPy, and a scale of 0 classed a 1-step gap "sub_step"
     with pytest.raises(RefquantError):
         call()
+
+
+def test_tie_in_the_float16_arithmetic_of_x_and_scale_counts_as_tie():
+    # ONNX QuantizeLinear divides float16 x by a float16 scale in float16:
+    # 62.65625 / fl16(0.1) = 626.5 exactly there (spec: 626, half to even), 626.7156 in
+    # float32 (onnxruntime: 627). The one-step gap sits on the spec's tie.
+    x, s = np.float16([62.65625]), np.float16(0.1)
+    assert float(x[0] / s) == 626.5 and float(np.float32(x[0]) / np.float32(s)) != 626.5
+    rep = compare_quantized(np.int16([627]), np.int16([626]), x=x, scale=s)
+    assert rep.counts == {"tie": 1}
+    rep = compare_dequantized(np.float16([627]) * s, np.float16([626]) * s, x=x, scale=s)
+    assert rep.counts == {"tie": 1}
+    # bfloat16 alike: 3.0 / bf16(0.4) = 7.5 exactly in bfloat16 (7.49999 in float32)
+    xb, sb = np.array([3.0], ml_dtypes.bfloat16), np.array(0.4, ml_dtypes.bfloat16)
+    assert float((xb / sb)[0]) == 7.5
+    assert compare_quantized(np.int8([7]), np.int8([8]), x=xb, scale=sb).counts == {"tie": 1}
