@@ -13,7 +13,11 @@
   (keras/src/legacy/saving/legacy_h5_format.py); keys are the weight names
   (``sequential/d1/kernel``).
 
-Datasets are read on access (h5py); only numeric datasets are accepted.
+Datasets are read on access (h5py); only numeric datasets are accepted. HDF5 can
+take a dataset's bytes from other files (external links, external storage,
+virtual datasets): all three are refused, so a hostile file cannot make refquant
+read another file; so is a dataset declaring more bytes than deflate could
+expand its stored bytes to (1032x), such as chunks never written.
 """
 
 from __future__ import annotations
@@ -78,6 +82,44 @@ def _var_names(cls, cfg, n):
     return names if len(names) == n else [str(i) for i in range(n)]
 
 
+def _refuse_external_links(h5py, root, path):
+    """Refuse HDF5 external links anywhere in the file: following one opens another file."""
+    stack, seen = [root], set()
+    while stack:
+        g = stack.pop()
+        for name in g:
+            link = g.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                raise fail(path, f"{g.name.rstrip('/')}/{name} is an external link to {link.filename!r}: "
+                                 "reading other files is refused")
+            if isinstance(link, h5py.SoftLink):
+                continue  # resolves inside this file; its target is visited where it lives
+            obj = g.get(name)
+            if isinstance(obj, h5py.Group) and obj.id not in seen:
+                seen.add(obj.id)
+                stack.append(obj)
+
+
+def _check_storage(ds, path):
+    """A dataset's bytes must be stored in this file, and about as many as it declares.
+
+    External storage and virtual datasets take their bytes from other files (any
+    file the process can read); a chunked dataset whose chunks were never written
+    declares any size it likes, filled on read. Compressed chunks may expand, but
+    not beyond deflate's bound (1032x), as for zip entries.
+    """
+    if ds.shape is None:
+        raise fail(path, f"dataset {ds.name!r} has a null dataspace (h5py.Empty): no shape, no values")
+    if ds.is_virtual:
+        raise fail(path, f"dataset {ds.name!r} is a virtual dataset (mapped from other files); refused")
+    if ds.external:
+        raise fail(path, f"dataset {ds.name!r} has external storage in {ds.external[0][0]!r}; refused")
+    nbytes = int(np.prod(ds.shape, dtype=object)) * ds.dtype.itemsize
+    stored = ds.id.get_storage_size()
+    if nbytes > 1032 * stored + 1024:
+        raise fail(path, f"dataset {ds.name!r} declares {nbytes} bytes but the file stores {stored} for it")
+
+
 class KerasCheckpoint(LazyCheckpoint):
     """Keras 3 ``.keras`` archive or legacy ``.h5`` weights, name -> array."""
 
@@ -122,15 +164,22 @@ class KerasCheckpoint(LazyCheckpoint):
                     config = json.loads(self._h5.attrs["model_config"])
                 except (ValueError, TypeError, RecursionError):
                     config = None
-            if "layers" in self._h5:
-                self._walk_v3(self._h5, [], _layer_classes(config or {}), path)
-            else:
-                self._walk_legacy(path)
+            try:
+                _refuse_external_links(h5py, self._h5, path)
+                if "layers" in self._h5:
+                    self._walk_v3(self._h5, [], _layer_classes(config or {}), path)
+                else:
+                    self._walk_legacy(path)
+            except RefquantError:
+                raise
+            except Exception as e:  # noqa: BLE001 - HDF5 raises many kinds on bad files
+                raise fail(path, f"unreadable HDF5 structure: {type(e).__name__}: {e}") from None
             infos = {}
             for k, ds in self._datasets.items():
                 dt = ds.dtype
                 if dt.kind not in "biufc":
                     raise fail(path, f"dataset {ds.name!r} has non-numeric dtype {dt}")
+                _check_storage(ds, path)
                 dt = dt.newbyteorder("<") if dt.itemsize > 1 else dt
                 infos[k] = TensorInfo(k, dt, tuple(ds.shape), int(np.prod(ds.shape, dtype=np.int64)) * dt.itemsize,
                                       str(ds.dtype))
@@ -192,7 +241,10 @@ class KerasCheckpoint(LazyCheckpoint):
                 self._datasets[wn] = ds
 
     def _read(self, name):
-        a = self._datasets[name][()]
+        try:
+            a = self._datasets[name][()]
+        except Exception as e:  # noqa: BLE001 - HDF5 raises many kinds on bad data
+            raise fail(self.path, f"dataset {name!r} unreadable: {type(e).__name__}: {e}") from None
         a = np.asarray(a)
         return a.astype(a.dtype.newbyteorder("<")) if a.dtype.byteorder == ">" else a
 

@@ -47,3 +47,85 @@ def test_legacy_h5_weights_by_weight_names(tmp_path):
         assert any(n.endswith("d1/kernel") for n in names)
         k = next(n for n in names if n.endswith("d1/kernel"))
         np.testing.assert_array_equal(ck[k], m.get_layer("d1").kernel.numpy())
+
+
+# --------------------------------------------------------------------------- hostile HDF5
+
+
+def _h5(tmp_path, build):
+    h5py = import_peer("h5py")
+    p = tmp_path / "m.h5"
+    with h5py.File(p, "w") as f:
+        build(h5py, f)
+    return p
+
+
+def test_dataset_with_external_storage_is_refused_not_read(tmp_path):
+    # HDF5 external storage makes a dataset's bytes those of another file: a 1.4 kB
+    # .h5 returned /any/local/file's contents as a uint8 array
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"do not leak this")
+    p = _h5(tmp_path, lambda h5py, f: f.create_dataset("w", shape=(16,), dtype="u1",
+                                                       external=[(str(secret), 0, 16)]))
+    from refquant import RefquantError
+
+    with pytest.raises(RefquantError, match="external storage"):
+        rio.open(p)
+
+
+def test_virtual_dataset_reading_another_file_is_refused(tmp_path):
+    def build(h5py, f):
+        with h5py.File(tmp_path / "other.h5", "w") as g:
+            g["d"] = np.arange(5, dtype="f4")
+        lay = h5py.VirtualLayout(shape=(5,), dtype="f4")
+        lay[:] = h5py.VirtualSource(str(tmp_path / "other.h5"), "d", shape=(5,))
+        f.create_virtual_dataset("w", lay)
+
+    from refquant import RefquantError
+
+    with pytest.raises(RefquantError, match="virtual"):
+        rio.open(_h5(tmp_path, build))
+
+
+@pytest.mark.parametrize("target", ["exists", "missing"])
+def test_external_link_to_another_file_is_refused(tmp_path, target):
+    # an ExternalLink opened the other file (KeyError escaped when it was missing)
+    def build(h5py, f):
+        if target == "exists":
+            with h5py.File(tmp_path / "other.h5", "w") as g:
+                g["d"] = np.arange(5, dtype="f4")
+        f["w"] = h5py.ExternalLink(str(tmp_path / "other.h5"), "d")
+
+    from refquant import RefquantError
+
+    with pytest.raises(RefquantError, match="external link|other file"):
+        rio.load_arrays(_h5(tmp_path, build))
+
+
+def test_dataset_declaring_8_gb_without_storage_is_refused_at_open(tmp_path):
+    # a chunked dataset with no chunks written claims 2**31 float32 (8 GiB) in a
+    # 1.4 kB file; reading it allocated the 8 GiB
+    p = _h5(tmp_path, lambda h5py, f: f.create_dataset("w", shape=(2**31,), dtype="f4", chunks=(1024,)))
+    from refquant import RefquantError
+
+    with pytest.raises(RefquantError, match="stores"):
+        rio.open(p)
+
+
+def test_null_dataspace_dataset_is_refused(tmp_path):
+    # h5py.Empty has shape None: np.prod(None) then int() raised TypeError
+    p = _h5(tmp_path, lambda h5py, f: f.create_dataset("w", data=h5py.Empty("f4")))
+    from refquant import RefquantError
+
+    with pytest.raises(RefquantError, match="null dataspace"):
+        rio.open(p)
+
+
+def test_gzip_dataset_and_a_hard_link_cycle_still_read(tmp_path):
+    def build(h5py, f):
+        f.create_dataset("w", data=np.arange(1000, dtype="f4"), compression="gzip")
+        g = f.create_group("g")
+        g["loop"] = g  # a group hard-linked into itself
+
+    with rio.open(_h5(tmp_path, build)) as ck:
+        np.testing.assert_array_equal(ck["w"], np.arange(1000, dtype="f4"))
