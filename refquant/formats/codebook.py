@@ -224,16 +224,24 @@ def nearest_index(x, values) -> np.ndarray:
 
     Formula
     -------
-    :math:`q = \\min \\arg\\min_j |x - c_j|` (distances in float64; exact for float32 inputs).
+    :math:`q = \\min \\arg\\min_j |x - c_j|`, decided exactly: each difference is formed in
+    float64 together with its rounding error (TwoSum), and distances are compared on
+    (rounded value, error), so 1 - 1e-20 and 1 + 1e-20 do not tie.
 
     Reference
     ---------
     Nearest-neighbour vector quantization, scalar case (Gersho & Gray, 1992).
     """
     c = codebook(values).astype(np.float64)
-    a = _finite(x).astype(np.float64)
-    d = np.abs(a[..., None] - c)
-    return np.argmin(d, axis=-1).astype(np.uint8 if c.size <= 256 else np.int64)  # argmin: first minimum
+    a = _finite(x).astype(np.float64)[..., None]
+    hi = a - c  # TwoSum: a - c = hi + lo exactly
+    bb = hi - a
+    lo = (a - (hi - bb)) + (-c - bb)
+    dist = np.abs(hi)
+    tied = dist == dist.min(axis=-1, keepdims=True, initial=np.inf)
+    # |a - c| = |hi| + sign(hi) * lo, and rounding is monotone: order by |hi|, then by sign(hi) * lo
+    second = np.where(tied, np.sign(hi) * lo, np.inf)
+    return np.argmin(second, axis=-1).astype(np.uint8 if c.size <= 256 else np.int64)  # first minimum
 
 
 def midpoint_thresholds(values) -> tuple[np.ndarray, np.ndarray]:

@@ -134,3 +134,11 @@ def test_bad_codebook_arguments_raise_refquant_errors():
         kmeans_codebook(np.arange(10.0), 2, sample=0)
     with pytest.raises(RefquantError, match="iters"):
         kmeans_codebook(np.arange(10.0), 2, iters="a")
+
+
+def test_nearest_index_is_exact_when_the_float64_distances_round_to_a_tie():
+    # 1e-20 is nearer +1 than -1, but 1 + 1e-20 and 1 - 1e-20 are both 1.0 in float64:
+    # the rounded distances tied and the lower index (-1) won
+    x = np.array([1e-20, -1e-20, 2.0**-149, 0.0], np.float32)
+    assert nearest_index(x, [-1.0, 1.0]).tolist() == [1, 0, 1, 0]  # exact tie at 0: lower index
+    assert nearest_index(np.array([0.5 + 2.0**-53]), [0.0, 1.0]).tolist() == [1]
