@@ -76,6 +76,8 @@ class OnnxCheckpoint(LazyCheckpoint):
             loc = ext.get("location")
             if not loc:
                 raise fail(path, f"initializer {t.name!r}: external data without a location")
+            if "\0" in loc:
+                raise fail(path, f"initializer {t.name!r}: external location {loc!r} holds a NUL byte; refused")
             if os.path.isabs(loc):
                 raise fail(path, f"initializer {t.name!r}: external location {loc!r} is absolute; refused")
             target = (folder / loc).resolve()

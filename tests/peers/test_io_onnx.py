@@ -68,3 +68,18 @@ def test_external_length_that_lies_is_refused(tmp_path):
     (tmp_path / "w.bin").write_bytes(bytes(20))
     with pytest.raises(RefquantError, match="outside the file"):
         rio.open(tmp_path / "model.onnx")
+
+
+def test_external_location_with_a_nul_byte_is_refused(tmp_path):
+    # Path.resolve() raised ValueError("embedded null byte")
+    onnx = import_peer("onnx")
+    m = _model(onnx, {"w": np.zeros((3, 4), np.float32)})
+    t = m.graph.initializer[0]
+    t.ClearField("raw_data")
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for k, v in (("location", "w\x00.bin"), ("offset", "0"), ("length", "48")):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    onnx.save(m, tmp_path / "model.onnx")
+    with pytest.raises(RefquantError, match="NUL"):
+        rio.open(tmp_path / "model.onnx")
