@@ -598,6 +598,16 @@ def calibrate_range(x, method, *, dtype, symmetric, axis=None, block_size=None, 
         if opts:
             raise RefquantError(f"method 'minmax' takes no options, got {sorted(opts)}")
         return minmax_range(x, axis=axis, block_size=block_size)
+    allowed = _METHOD_OPTIONS.get(method)
+    if allowed is not None:
+        extra = _QPARAMS_OPTIONS if method == "mse" else ()
+        unknown = sorted(set(opts) - set(allowed) - set(extra))
+        if unknown:
+            more = " and qparams_from_range keywords" if extra else ""
+            raise RefquantError(
+                f"method {method!r} takes the options {', '.join(allowed)}{more}; "
+                f"got unknown option(s) {unknown}"
+            )
     if method == "percentile":
         return percentile_range(x, symmetric=symmetric, axis=axis, block_size=block_size, **opts)
     if method == "mse":
@@ -613,6 +623,18 @@ def calibrate_range(x, method, *, dtype, symmetric, axis=None, block_size=None, 
             x, dtype=dtype, symmetric=symmetric, axis=axis, block_size=block_size, **opts
         )
     raise RefquantError(f"method must be one of minmax, {', '.join(METHODS)}; got {method!r}")
+
+
+_METHOD_OPTIONS = {
+    "percentile": ("percentile",),
+    "mse": ("grid",),
+    "histogram": ("bins", "upsample_rate"),
+    "entropy": ("bins", "quantized_bins", "start_bin", "smoothing"),
+}
+_QPARAMS_OPTIONS = (
+    "narrow_range", "reduce_range", "include_zero", "eps", "symmetric_divisor",
+    "zero_point_formula", "precision", "quant_min", "quant_max", "semantics",
+)
 
 
 # --------------------------------------------------------------------------- moving average

@@ -289,3 +289,12 @@ def test_fma_avoids_double_rounding_through_float64():
     assert exact == 1 + Fraction(1, 2**24) + Fraction(1, 2**60)
     assert float(fma_f32(a, b, c)) == 1 + 2.0**-23
     assert float(np.float32(float(a) * float(b) + float(c))) == 1.0
+
+
+@pytest.mark.parametrize("method", ["percentile", "mse", "histogram", "entropy"])
+def test_unknown_method_option_is_a_refquant_error_naming_it(method):
+    # a misspelt option reached the method as a keyword and raised TypeError
+    x = np.linspace(-1, 1, 50)
+    with pytest.raises(RefquantError, match="percentil"):
+        choose_qparams(x, method=method, method_options={"percentil": 99.0})
+    choose_qparams(x, method="mse", method_options={"grid": 10, "eps": 0.0})  # qparams keyword
