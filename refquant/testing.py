@@ -12,7 +12,9 @@ Classes of mismatch (each element gets the first that applies):
 
 ==============  =================================================================
 ``nan_inf``     NaN/Inf handling: ``x`` is NaN or ±Inf there, or one side is
-``saturation``  one side at ``qmin`` or ``qmax`` and more than one step apart
+``saturation``  one side at ``qmin`` or ``qmax`` and more than one step apart, or
+                one step apart where ``x / scale + zero_point`` lies more than half
+                a step outside [qmin, qmax] (with ``x``, ``scale`` and ``zero_point``)
 ``tie``         one step apart where ``x / scale`` is exactly ``k + 1/2`` (in
                 float64 or float32 arithmetic, or in float16 / bfloat16 when ``x``
                 or ``scale`` has that type): the two sides break the tie
@@ -198,7 +200,19 @@ def _is_tie(q):
         return np.isfinite(q) & (q - np.floor(q) == 0.5)
 
 
-def _classify(mism, steps, x, q, at_end, nonfinite):
+def _outside(q, zero_point, axis, block_size, shape, qmin, qmax):
+    """Flat mask: ``x / s + z`` more than half a step outside [qmin, qmax] (or None)."""
+    if q is None or zero_point is None or qmin is None or qmax is None:
+        return None
+    ax = None if axis is None else normalize_axis(axis, len(shape))
+    z = broadcast_param(_as_float64(zero_point, "zero_point"), shape, ax,
+                        check_block_size(block_size, ax), "zero_point")
+    v = q[0] + np.broadcast_to(z, shape).reshape(-1)
+    with np.errstate(invalid="ignore"):
+        return (v < qmin - 0.5) | (v > qmax + 0.5)
+
+
+def _classify(mism, steps, x, q, at_end, nonfinite, outside=None):
     """Class name per mismatching element (flat arrays), in the documented precedence."""
     cls = np.full(mism.shape, "", dtype=object)
     rest = mism.copy()
@@ -211,7 +225,8 @@ def _classify(mism, steps, x, q, at_end, nonfinite):
 
     take("nan_inf", nonfinite)
     if at_end is not None:
-        take("saturation", at_end & (steps > 1))
+        far = steps > 1 if outside is None or steps is None else (steps > 1) | outside
+        take("saturation", at_end & far)
     if steps is None:
         take("unclassified", np.ones_like(mism))
         return cls
@@ -263,7 +278,9 @@ def compare_quantized(actual, desired, *, max_step_diff=0, x=None, scale=None, z
         The quantized input and its scale (finite, > 0; per tensor, per ``axis`` or blocked
         with ``block_size``); with both, one-step differences at exact ties are told apart.
         Non-real ``x`` or an invalid scale raise RefquantError.
-    zero_point : unused for codes (accepted so the same keywords serve both functions).
+    zero_point : array_like, optional
+        With ``x`` and ``scale``: a one-step difference at ``qmin`` / ``qmax`` whose
+        ``x / scale + zero_point`` lies beyond the grid is classed saturation.
     qmin, qmax : int, optional
         Ends of the grid; default: the range of ``desired``'s dtype.
     check_dtype : bool
@@ -284,7 +301,6 @@ def compare_quantized(actual, desired, *, max_step_diff=0, x=None, scale=None, z
     numpy.testing ``assert_array_compare`` and ``build_err_msg``
     (``numpy/testing/_private/utils.py``) for the layout of the message.
     """
-    del zero_point
     if (not isinstance(max_step_diff, int | np.integer) or isinstance(max_step_diff, bool)
             or max_step_diff < 0):
         raise RefquantError(f"max_step_diff must be an integer >= 0, got {max_step_diff!r}")
@@ -324,7 +340,8 @@ def compare_quantized(actual, desired, *, max_step_diff=0, x=None, scale=None, z
     at_end = None
     if qmin is not None and qmax is not None:
         at_end = (a_f == qmin) | (a_f == qmax) | (d_f == qmin) | (d_f == qmax)
-    cls = _classify(mism, steps, x_flat, q, at_end, nonfinite)
+    outside = _outside(q, zero_point, axis, block_size, shape, qmin, qmax)
+    cls = _classify(mism, steps, x_flat, q, at_end, nonfinite, outside)
     return _finish(rep, a_f, d_f, mism, cls, x_flat, shape, a_raw.reshape(-1),
                    d_raw.reshape(-1))
 
@@ -419,7 +436,8 @@ def compare_dequantized(actual, desired, *, rtol=1e-6, atol=0.0, max_ulp=None, x
             with np.errstate(all="ignore"):
                 ca, cd = np.rint(a / s) + z, np.rint(d / s) + z
             at_end = (ca <= qmin) | (ca >= qmax) | (cd <= qmin) | (cd >= qmax)
-    cls = _classify(mism, steps, x_flat, q, at_end, nonfinite)
+    outside = _outside(q, zero_point, axis, block_size, shape, qmin, qmax)
+    cls = _classify(mism, steps, x_flat, q, at_end, nonfinite, outside)
     return _finish(rep, a, d, mism, cls, x_flat, shape, a_raw.reshape(-1), d_raw.reshape(-1))
 
 

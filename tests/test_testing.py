@@ -267,3 +267,23 @@ def test_tie_in_the_float16_arithmetic_of_x_and_scale_counts_as_tie():
     xb, sb = np.array([3.0], ml_dtypes.bfloat16), np.array(0.4, ml_dtypes.bfloat16)
     assert float((xb / sb)[0]) == 7.5
     assert compare_quantized(np.int8([7]), np.int8([8]), x=xb, scale=sb).counts == {"tie": 1}
+
+
+def test_one_step_saturation_is_saturation_when_the_zero_point_shows_x_out_of_range():
+    # int8, scale 1, zero point 0. x = 382 and 382.5 lie far beyond 127: one side saturates
+    # (127), the other wrapped (382 - 256 = 126), one step apart by chance -- once classed
+    # one_step and tie. x = 126.5 is inside the grid: a true tie that reaches qmax.
+    x = np.float32([382.0, 382.5, 126.5])
+    a, d = np.int8([126, 126, 127]), np.int8([127, 127, 126])
+    rep = compare_quantized(a, d, x=x, scale=1.0, zero_point=0)
+    assert rep.indices["saturation"].tolist() == [0, 1] and rep.indices["tie"].tolist() == [2]
+    # the zero point moves the grid: with z = -100, x = 226.5 is 126.5 on the codes
+    rep = compare_quantized(np.int8([127]), np.int8([126]), x=[226.5], scale=1.0,
+                            zero_point=-100)
+    assert rep.counts == {"tie": 1}
+    # without a zero point nothing says where the grid ends: the old classes
+    rep = compare_quantized(a, d, x=x, scale=1.0)
+    assert rep.counts == {"one_step": 1, "tie": 2}
+    rep = compare_dequantized(a.astype(np.float32), d.astype(np.float32), x=x, scale=1.0,
+                              zero_point=0, qmin=-128, qmax=127)
+    assert rep.indices["saturation"].tolist() == [0, 1] and rep.indices["tie"].tolist() == [2]
