@@ -562,6 +562,8 @@ def fake_quantize_learnable_per_tensor_affine(
     if s.size < 1 or zf.size < 1:
         raise RefquantError("scale and zero_point must hold at least one element")
     zr = _F(np.rint(zf[0]))
+    if np.isnan(zr):  # std::min / std::max keep NaN; its int64 cast fails torch's range check
+        raise RefquantError("`zero_point` must be between `quant_min` and `quant_max`.")
     zc = int(min(max(zr, _F(quant_min)), _F(quant_max)))
     return fake_quantize_per_tensor_affine(input, s[0], zc, quant_min, quant_max)
 
@@ -903,6 +905,12 @@ class PerChannelMinMaxObserver(_UniformObserver):
         if self.min_val.size == 0:
             self.min_val, self.max_val = cur_min, cur_max
         else:
+            if cur_min.size != self.min_val.size and 1 not in (cur_min.size, self.min_val.size):
+                raise RefquantError(
+                    f"the batch has {cur_min.size} channels along ch_axis {self.ch_axis} but the "
+                    f"observer holds {self.min_val.size} (torch: 'The size of tensor a must "
+                    "match the size of tensor b')"
+                )
             self._update(cur_min, cur_max)
         return x
 

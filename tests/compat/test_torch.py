@@ -366,3 +366,18 @@ def test_fake_quantize_keeps_float64_and_float16_inputs_in_their_dtype():
     assert y.dtype == np.float16 and y[0] == 1229 / 4096
     with pytest.raises(RefquantError, match="float32, float64, float16 or bfloat16"):
         rt.fake_quantize_per_tensor_affine(np.array([3], np.int32), s, 0, 0, 255)
+
+
+def test_learnable_fake_quant_with_a_nan_zero_point_fails_torchs_range_check():
+    # nearbyint(NaN) survives std::max / std::min; torch rejects it (ValueError before)
+    with pytest.raises(RefquantError, match="must be between"):
+        rt.fake_quantize_learnable_per_tensor_affine(np.ones(3, F), [0.5], [np.nan], 0, 255)
+
+
+def test_per_channel_observer_refuses_a_batch_with_another_channel_count():
+    obs = rt.PerChannelMinMaxObserver()
+    obs.forward(np.ones((2, 3), F))
+    obs.forward(np.zeros((2, 5), F))  # same channels, other size: fine (as torch)
+    assert obs.min_val.tolist() == [0, 0]
+    with pytest.raises(RefquantError, match="3 channels"):
+        obs.forward(np.ones((3, 3), F))
