@@ -218,8 +218,15 @@ class TFCheckpoint(LazyCheckpoint):
         ioff, p = _varint(footer, p, m.path, "footer")
         isize, _ = _varint(footer, p, m.path, "footer")
         entries = {}
+        total = 0
         for _, handle in _block(m, ioff, isize, "index block"):
             off, size = _handle(handle, m.path, "block handle")
+            # the blocks of a table are disjoint: an index naming one block many
+            # times would make the work quadratic in the file's size
+            total += size + 5
+            if total > m.size:
+                raise fail(m.path, f"index names {total} bytes of data blocks in a {m.size}-byte file "
+                                   "(blocks repeated or overlapping)")
             for k, v in _block(m, off, size, "data block"):
                 if k in entries:
                     raise fail(m.path, f"key {k!r} appears twice")

@@ -110,3 +110,30 @@ def test_wrong_magic_and_truncated_data_are_refused(tmp_path):
     d.write_bytes(d.read_bytes()[:-3])
     with pytest.raises(RefquantError, match="outside the file"):
         open_tf(prefix)
+
+
+def test_index_naming_one_data_block_over_and_over_is_refused(tmp_path):
+    # an index block whose 20000 handles all name one empty 64 kB data block made
+    # the reader copy and scan it 20000 times (1.3 GB of work from a 300 kB file;
+    # work grows as the square of the file: a 5 MB file took 28 s). Table blocks
+    # are disjoint: their sizes cannot add up to more than the file.
+    size = 1 << 16
+    nr = size // 4 - 1  # restart array fills the block: no entries
+    data_block = struct.pack("<I", 0) * nr + struct.pack("<I", nr) + b"\0" * 5
+    handle = _varint(0) + _varint(size)
+    n = 20_000
+    idx = b"".join(_varint(0) + _varint(4) + _varint(len(handle)) + struct.pack(">I", i) + handle
+                   for i in range(n))
+    # shared=0 for each entry: the keys are full and distinct; one restart point
+    idx_body = idx + struct.pack("<I", 0) + struct.pack("<I", 1)
+    out = data_block
+    meta_body, meta_tr = _block([])
+    mh = (len(out), len(meta_body))
+    out += meta_body + meta_tr
+    ih = (len(out), len(idx_body))
+    out += idx_body + b"\0" * 5
+    footer = _varint(mh[0]) + _varint(mh[1]) + _varint(ih[0]) + _varint(ih[1])
+    footer += b"\0" * (40 - len(footer)) + struct.pack("<Q", TABLE_MAGIC)
+    (tmp_path / "m.ckpt.index").write_bytes(out + footer)
+    with pytest.raises(RefquantError, match="data blocks"):
+        open_tf(tmp_path / "m.ckpt")
