@@ -220,6 +220,8 @@ def float_format(name) -> FloatFormat:
     """Resolve a name, a :class:`FloatFormat` or an ml_dtypes / NumPy float dtype."""
     if isinstance(name, FloatFormat):
         return name
+    if name is None:  # np.dtype(None) would be float64
+        raise RefquantError("format must be a float format name, got None")
     if not isinstance(name, str):
         try:
             name = np.dtype(name).name
@@ -331,7 +333,10 @@ def encode(x, name, *, saturate: bool = True, rounding: str = "half_even", nan: 
         raise RefquantError(f"saturate must be True or False, got {saturate!r}")
     gen = None
     if rounding == "stochastic":
-        gen = rng if rng is not None else np.random.default_rng(seed)
+        try:
+            gen = rng if rng is not None else np.random.default_rng(seed)
+        except (TypeError, ValueError):
+            raise RefquantError(f"seed must be None or a non-negative integer, got {seed!r}") from None
         if not isinstance(gen, np.random.Generator):
             raise RefquantError(f"rng must be a numpy.random.Generator, got {type(gen).__name__}")
     xf = _as_float64(x)

@@ -351,3 +351,12 @@ def test_saturating_encode_equals_clip_then_ml_dtypes_cast(name, data):
     nan = np.isnan(xs)
     assert got[~nan].tolist() == ref[~nan].tolist()
     assert np.isnan(decode(got[nan], name)).all()
+
+
+def test_none_format_and_bad_seed_are_named():
+    # float_format(None) said "unknown format 'float64'" (np.dtype(None) is float64);
+    # seed='x' raised NumPy's TypeError
+    with pytest.raises(RefquantError, match="got None"):
+        float_format(None)
+    with pytest.raises(RefquantError, match="seed"):
+        encode(np.ones(2), "float16", rounding="stochastic", seed="x")
