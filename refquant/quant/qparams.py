@@ -225,6 +225,11 @@ def qparams_from_range(
     if symmetric:
         zmid = 0 if fmt.signed else (qmin + qmax + 1) // 2
         div = ft(qmax - zmid) if symmetric_divisor == "qmax" else ft((qmax - qmin) / 2)
+        if div <= 0:
+            raise RefquantError(
+                f"symmetric quantization onto [{qmin}, {qmax}] has no code above the middle "
+                f"{zmid}, so amax has nothing to map onto (symmetric_divisor={symmetric_divisor!r})"
+            )
         amax = np.maximum(-lo, hi)
         scale = (amax / div).astype(ft)
         zp = np.full(scale.shape, zmid, dtype=np.int64)

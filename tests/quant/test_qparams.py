@@ -106,3 +106,15 @@ def test_zero_point_is_formed_in_integers_for_wide_grids():
     s = np.float32(np.float32(1001.0) / np.float32(65535))
     assert qp.scale == s
     assert int(qp.zero_point) == -int(np.rint(np.float32(np.float32(-1.0) / s)))
+
+
+def test_symmetric_grid_without_a_code_above_the_middle_is_refused():
+    # int2 with reduce_range is [-1, 0]: qmax - 0 = 0 divided amax (scale Inf, a
+    # RuntimeWarning, and the error only at quantize time)
+    with pytest.raises(RefquantError, match="no code above the middle"):
+        qparams_from_range(-1.0, 1.0, dtype="int2", reduce_range=True)
+    with pytest.raises(RefquantError, match="no code above the middle"):
+        qparams_from_range(-1.0, 1.0, dtype="uint8", quant_min=0, quant_max=1)
+    qp = qparams_from_range(-1.0, 1.0, dtype="uint8", quant_min=0, quant_max=1,
+                            symmetric_divisor="half_span")
+    assert qp.scale == np.float32(2.0) and qp.zero_point == 1
