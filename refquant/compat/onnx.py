@@ -562,7 +562,9 @@ def dynamic_quantize_linear(x, *, reference_quirks=False):
     ``onnx.reference`` (``op_dynamic_quantize_linear.py``, line 17) quotes that line but
     divides the 1.0 by 255 as well, giving ``s = 1/255`` (float32
     0.003921569); ``reference_quirks=True`` gives that. A range so small that
-    ``s`` underflows to 0 raises RefquantError.
+    ``s`` underflows to 0 raises RefquantError. A range so wide that
+    :math:`\\max - \\min` overflows float32 gives, as the formula does in IEEE
+    arithmetic and both peers compute, ``s = inf``, ``z = 0`` and ``y = 0``.
 
     Reference
     ---------
@@ -577,11 +579,18 @@ def dynamic_quantize_linear(x, *, reference_quirks=False):
         )
     lo, hi = minmax_range(xa)
     lo32, hi32 = np.minimum(np.float32(lo), np.float32(0)), np.maximum(np.float32(hi), np.float32(0))
-    if hi32 > lo32 and (hi32 - lo32) / np.float32(255) == 0:
+    with np.errstate(over="ignore"):
+        span = np.float32(hi32 - lo32)
+    if hi32 > lo32 and span / np.float32(255) == 0:
         raise RefquantError(
             f"the range [{lo32!r}, {hi32!r}] of x is so small that y_scale = (max - min) / 255 "
             "underflows to 0 in float32"
         )
+    if not np.isfinite(span):
+        # max - min overflows float32: the spec's s = inf, z = rne(0 - min / inf) = 0 and
+        # x / inf = ±0 for every finite x, so y = 0 (onnxruntime and onnx.reference agree)
+        return (np.zeros(xa.shape, np.uint8), np.array(np.inf, dtype=np.float32),
+                np.array(0, dtype=np.uint8))
     qp = qparams_from_range(lo, hi, dtype="uint8", symmetric=False, eps=0.0,
                             zero_point_formula="round_difference", precision="float32")
     scale = np.float32(qp.scale)

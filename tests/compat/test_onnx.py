@@ -152,6 +152,14 @@ def test_dynamic_quantize_linear_positive_input_zero_point_is_0():
     assert int(z) == 0 and s == F32(1) / F32(255) and y.tolist() == [127, 255]
 
 
+
+def test_dynamic_quantize_linear_range_beyond_float32_gives_infinite_scale():
+    # max - min = 6e38 overflows float32: the spec's s = inf, z = rne(0 - (-3e38) / inf) = 0,
+    # y = rne(x / inf) + 0 = 0 (onnxruntime and onnx.reference: the same); once RefquantError
+    y, s, z = ronnx.dynamic_quantize_linear(F32([-3e38, 3e38, 1.0]))
+    assert np.isinf(s) and s > 0 and s.dtype == np.float32 and int(z) == 0
+    assert y.dtype == np.uint8 and y.tolist() == [0, 0, 0]
+
 def test_matmul_integer_hand_example_and_per_column_zero_point():
     a = np.uint8([[1, 2], [3, 4]])
     b = np.int8([[1, -2], [3, 4]])
