@@ -369,7 +369,7 @@ def _meta_kind(dtype) -> tuple[int, int, bool]:
     )
 
 
-def semi_structured_compress(dense, *, reorder: bool = True):
+def semi_structured_compress(dense, *, reorder: bool = True, nan_payloads: str = "exact"):
     """PyTorch's 2:4 semi-structured (CUTLASS) layout: kept values and metadata, bit for bit.
 
     Parameters
@@ -384,6 +384,13 @@ def semi_structured_compress(dense, *, reorder: bool = True):
     reorder : bool
         Scatter the metadata into CUTLASS's interleaved order (what torch
         returns); ``False`` gives the plain row-major metadata words.
+    nan_payloads : {"exact", "torch_cpu"}
+        ``"exact"`` (default) keeps every value's bits. torch's CPU ``gather``
+        / ``stack`` of 16-bit floats rewrite NaN bit patterns as its
+        ``scatter_`` does (see :func:`semi_structured_decompress`): a float16
+        signalling NaN is quieted (0x7c01 -> 0x7e01), every bfloat16 NaN becomes
+        0xffff; ``"torch_cpu"`` reproduces that. float32 values are kept in
+        both (measured, torch 2.13).
 
     Returns
     -------
@@ -392,6 +399,7 @@ def semi_structured_compress(dense, *, reorder: bool = True):
 
     Formula
     -------
+    Values bit for bit (NaN payloads: see ``nan_payloads``).
     Per group of 4 with non-zero flags :math:`(f_0..f_3)`: kept positions
     :math:`(i_0, i_1) = T(f)`, nibble :math:`i_0 | i_1 \\ll 2`; word
     :math:`= \\sum_q \\text{nibble}_q \\ll 4q` (two's complement wrap to int16 /
@@ -403,6 +411,8 @@ def semi_structured_compress(dense, *, reorder: bool = True):
     ``sparse_semi_structured_from_dense_cutlass`` (its Espresso-minimised
     boolean formulas equal the table ``_META_TABLE`` here).
     """
+    if nan_payloads not in ("exact", "torch_cpu"):
+        raise RefquantError(f"nan_payloads must be 'exact' or 'torch_cpu', got {nan_payloads!r}")
     a = _dense2d(dense, "dense")
     quadbits, itemsize, is_f32 = _meta_kind(a.dtype)
     m, k = a.shape
@@ -435,6 +445,9 @@ def semi_structured_compress(dense, *, reorder: bool = True):
         v0 = np.take_along_axis(quads, idx0[..., None], axis=-1)
         v1 = np.take_along_axis(quads, idx1[..., None], axis=-1)
         values = np.concatenate([v0, v1], axis=-1).reshape(m, k // 2)
+        if nan_payloads == "torch_cpu" and values.dtype.itemsize == 2:  # float16 / bfloat16
+            kind = "float16" if values.dtype == np.float16 else "bfloat16"
+            values = _torch_cpu_scatter_nans(values.view(np.uint16), kind).view(values.dtype)
     nib = (idx0 | (idx1 << 2)).reshape(m, -1, quadbits)
     meta_ncols = nib.shape[1]
     word = np.zeros((m, meta_ncols), dtype=np.int64)

@@ -153,3 +153,16 @@ def test_transposable_greedy_equals_torch_sparse_semi_structured_tile_including_
     ours = transposable_nm_mask(x, method="greedy", tie_break="lower_index_kept")
     # torch ranks the signed values (x.sort(descending=True)), not magnitudes
     assert np.array_equal(np.where(ours, x, 0), theirs)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
+def test_compressing_random_bit_patterns_equals_torch_including_nans(dtype):
+    # every 16-bit pattern class, NaNs included (1 in 32 of random float16 bits)
+    torch, conv = _torch()
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 1 << 16, (64, 64)).astype(np.uint16).view(dtype)
+    x[rng.random(x.shape) < 0.5] = 0
+    values, meta = semi_structured_compress(x, nan_payloads="torch_cpu")
+    tv, tm = conv.sparse_semi_structured_from_dense_cutlass(_to_torch(torch, x))
+    assert np.array_equal(values.view(np.uint16), _bits(torch, tv, values).view(np.uint16))
+    assert np.array_equal(meta, tm.numpy())

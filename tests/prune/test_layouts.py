@@ -197,3 +197,24 @@ def test_semi_structured_round_trips(dtype):
 def test_semi_structured_shape_and_dtype_rules(x, match):
     with pytest.raises(RefquantError, match=match):
         semi_structured_compress(x)
+
+
+@pytest.mark.parametrize("dtype, bits, torch_bits", [
+    (np.float16, 0x7C01, 0x7E01),            # signalling NaN: bit 9 set by torch
+    (np.float16, 0x7E00, 0x7E00),            # quiet NaN: kept
+    (ml_dtypes.bfloat16, 0x7F81, 0xFFFF),    # every bfloat16 NaN: 0xffff
+    (ml_dtypes.bfloat16, 0x3F80, 0x3F80),    # 1.0: kept
+])
+def test_compress_nan_payloads_exact_or_as_torch_cpu(dtype, bits, torch_bits):
+    # torch's CPU gather/stack rewrite 16-bit NaNs (measured: 0x7c01 -> 0x7e01,
+    # bf16 0x7f81 -> 0xffff); compress had no torch_cpu mode, so "bit for bit"
+    # with sparse_semi_structured_from_dense_cutlass failed on such values
+    x = np.zeros((32, 32), np.uint16)
+    x[0, 0] = bits
+    x = x.view(dtype)
+    exact, _ = semi_structured_compress(x)
+    torchlike, _ = semi_structured_compress(x, nan_payloads="torch_cpu")
+    assert exact.view(np.uint16)[0, 0] == bits
+    assert torchlike.view(np.uint16)[0, 0] == torch_bits
+    with pytest.raises(RefquantError, match="nan_payloads"):
+        semi_structured_compress(x, nan_payloads="cuda")
