@@ -31,6 +31,7 @@ from ._granularity import (
     param_shape,
     reduce_groups,
 )
+from .pow2 import pow2_exponent
 
 __all__ = ["float_scale", "quantize_float", "dequantize_float"]
 
@@ -63,7 +64,9 @@ def float_scale(x, fmt, *, axis=None, block_size=None, power_of_two=None) -> np.
         None: :math:`s = \\mathrm{amax}/\\mathrm{max}` in float32. ``"ceil"``:
         :math:`2^{\\lceil \\log_2(\\mathrm{amax}/\\mathrm{max}) \\rceil}` (never overflows);
         ``"floor"``: :math:`2^{\\lfloor \\cdot \\rfloor}` (the largest values may saturate);
-        ``"nearest"``: the exponent rounded half to even.
+        ``"nearest"``: the exponent nearest :math:`\\log_2` (never a tie: up from
+        :math:`\\sqrt 2 \\cdot 2^k`). Each is decided exactly on the float64 quotient
+        ``amax / max`` (:func:`refquant.quant.pow2.pow2_exponent`), not on a rounded log2.
 
     Returns
     -------
@@ -71,7 +74,8 @@ def float_scale(x, fmt, *, axis=None, block_size=None, power_of_two=None) -> np.
 
     Formula
     -------
-    :math:`s_g = \\max_{i \\in g} |x_i| \\, / \\, \\mathrm{max}_{fmt}`, 1 where the group is all zero.
+    :math:`s_g = \\max_{i \\in g} |x_i| \\, / \\, \\mathrm{max}_{fmt}`, 1 where the group is all zero,
+    at least :math:`2^{-149}` (a quotient that underflows float32 is not a usable scale).
 
     Reference
     ---------
@@ -91,10 +95,17 @@ def float_scale(x, fmt, *, axis=None, block_size=None, power_of_two=None) -> np.
         amax = np.zeros(param_shape(xa.shape, ax, bs))
     ratio = np.where(amax > 0, amax / f.max, 1.0)
     if power_of_two is not None:
-        lg = np.log2(ratio)
-        ex = {"ceil": np.ceil, "floor": np.floor, "nearest": np.rint}[power_of_two](lg)
-        ratio = np.ldexp(1.0, ex.astype(np.int64))
-    return ratio.astype(np.float32)
+        # exact, from the bits of the float64 quotient (np.log2 rounds: log2(4 fl(sqrt 2)) == 2.5)
+        if power_of_two == "nearest":
+            ex = pow2_exponent(ratio, boundary="log")
+        else:
+            ex = pow2_exponent(ratio, boundary="floor")
+            if power_of_two == "ceil":
+                ex = ex + (ratio > np.ldexp(1.0, ex))
+        ratio = np.ldexp(1.0, ex)
+    # a quotient below float32's range would give scale 0, which quantize_float refuses:
+    # the smallest positive float32 instead (a power of two; amax / s stays below max / 2)
+    return np.asarray(np.maximum(ratio.astype(np.float32), np.float32(2.0**-149)))
 
 
 def quantize_float(x, fmt, scale=None, *, axis=None, block_size=None, saturate=True, rounding="half_even",

@@ -86,3 +86,26 @@ def test_a_scale_that_is_not_numeric_raises_refquant_error():
         quantize_float(np.ones(3), "float8_e4m3fn", scale="a")
     with pytest.raises(RefquantError, match="scale"):
         dequantize_float(np.ones(3, np.uint8), "float8_e4m3fn", "a")
+
+
+def test_power_of_two_exponents_are_decided_exactly_on_the_quotient():
+    # amax / 448 = 4 * fl(sqrt 2) exactly, above 2^2.5: the nearest exponent is 3, but float64
+    # log2 returns 2.5 and rint took 2
+    amax = 2534.2707037725863
+    assert amax / 448 == 4 * np.sqrt(2.0) and np.log2(amax / 448) == 2.5
+    assert float_scale(np.array([amax]), "float8_e4m3fn", power_of_two="nearest") == 8.0
+    # 448 * 16 * (1 + 2^-52) / 448 is just above 16: ceil is 32 (float64 log2 rounds to 4.0)
+    up = 448 * 16 * (1 + 2.0**-52)
+    assert up / 448 > 16 and float_scale(np.array([up]), "float8_e4m3fn", power_of_two="ceil") == 32.0
+    # 448 * (2 - 2^-52) * 2 / 448 is just below 4: floor is 2 (float64 log2 rounds to 2.0)
+    down = 448 * (2 - 2.0**-52) * 2
+    assert down / 448 < 4 and float_scale(np.array([down]), "float8_e4m3fn", power_of_two="floor") == 2.0
+
+
+def test_a_scale_that_underflows_float32_becomes_the_smallest_positive_float32():
+    # amax 3.26e-41 / 57344 is 0 in float32: the computed scale was 0 and quantize_float
+    # refused its own scale ("scale must be finite and positive")
+    x = np.array([3.2608215264838493e-41], np.float32)
+    assert float_scale(x, "float8_e5m2") == np.float32(2.0**-149)
+    codes, s = quantize_float(x, "float8_e5m2")
+    assert s == np.float32(2.0**-149) and decode(codes, "float8_e5m2")[0] == 24576.0  # 23270 -> 24576
