@@ -494,6 +494,8 @@ def load_arrays(path, what: str = "file") -> dict:
     unreadable file or an object array (which would need pickle).
     """
     import os
+    import zipfile
+    import zlib
 
     p = os.fspath(path)
     if not os.path.isfile(p):
@@ -512,7 +514,7 @@ def load_arrays(path, what: str = "file") -> dict:
             return {"": np.asarray(loaded)}
         with loaded as z:
             return {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise RefquantError(f"cannot read {what} {p!r} as {ext} without pickle: {e}") from None
 
 

@@ -98,7 +98,7 @@ def test_json_output_is_a_report_per_array(files, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing", "extension", "pickle", "bad_scale", "no_key",
-                                  "npy_vs_many"])
+                                  "npy_vs_many", "truncated_npz"])
 def test_bad_input_exits_2_with_a_message(files, tmp_path, capsys, case):
     a = files("a.npy", np.int8([1]))
     args = {
@@ -108,17 +108,20 @@ def test_bad_input_exits_2_with_a_message(files, tmp_path, capsys, case):
         "bad_scale": [a, a, "--scale", "abc"],
         "no_key": [files("z.npz", w=np.int8([1])), files("y.npz", w=np.int8([1])), "--key", "q"],
         "npy_vs_many": [a, files("m.npz", w=np.int8([1]), v=np.int8([2]))],
+        # a zip header and nothing after it: zipfile.BadZipFile once escaped as a traceback
+        "truncated_npz": [a, str(_write(tmp_path / "t.npz", b"PK\x03\x04" + b"x" * 64))],
     }[case]
     assert main(["verify", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("refquant verify: error:")
     assert {"missing": "does not exist", "extension": "unrecognised checkpoint format",
             "pickle": "without pickle", "bad_scale": "scale must be a number",
-            "no_key": "has no array 'q'", "npy_vs_many": "pass --key"}[case] in err
+            "no_key": "has no array 'q'", "npy_vs_many": "pass --key",
+            "truncated_npz": "without pickle"}[case] in err
 
 
-def _write(p):
-    p.write_text("1 2 3")
+def _write(p, data=b"1 2 3"):
+    p.write_bytes(data)
     return p
 
 
