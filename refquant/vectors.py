@@ -22,6 +22,8 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -239,7 +241,8 @@ def load_vectors(outdir) -> list[dict]:
             out.append(_load_case(outdir, e))
         except RefquantError:
             raise
-        except (KeyError, TypeError, AttributeError, ValueError, OSError, EOFError) as err:
+        except (KeyError, TypeError, AttributeError, ValueError, OSError, EOFError,
+                zipfile.BadZipFile, zlib.error) as err:
             name = e.get("name", i) if isinstance(e, dict) else i
             raise RefquantError(f"{path}: case {name!r} is malformed or its arrays are "
                                 f"unreadable: {type(err).__name__}: {err}") from None

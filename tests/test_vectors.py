@@ -150,6 +150,7 @@ def test_check_runs_only_refquant_compat_and_quant_functions(tmp_path):
     lambda ix, d: ix["cases"][0]["outputs"][0].update(dtype="no_such_dtype"),
     lambda ix, d: ix.update(cases=[1]),
     lambda ix, d: open(os.path.join(d, ix["cases"][0]["file"]), "wb").write(b"not a zip"),
+    lambda ix, d: open(os.path.join(d, ix["cases"][0]["file"]), "wb").write(b"PK\x03\x04" * 9),
 ])
 def test_a_malformed_vectors_folder_raises_refquant_error(tmp_path, tamper):
     d = str(tmp_path)
