@@ -288,7 +288,9 @@ def encode(x, name, *, saturate: bool = True, rounding: str = "half_even", nan: 
     Parameters
     ----------
     x : array_like of real numbers
-        Any float dtype (float64 inputs are rounded once, from float64); not modified.
+        Any float or integer dtype (float64 inputs are rounded once, from float64;
+        integers beyond 2^53 are rounded to float64 first, a second rounding:
+        2^60 + 2^52 + 1 becomes the tie 2^60 + 2^52, bfloat16 0x5D80 not 0x5D81); not modified.
     name : str or FloatFormat
         One of :data:`FLOAT_FORMATS`.
     saturate : bool
