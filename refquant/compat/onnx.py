@@ -456,10 +456,11 @@ def dequantize_linear(x, x_scale, x_zero_point=None, axis=1, block_size=0, outpu
     -------
     :math:`y = (x - z)\\cdot s`, the product rounded once to the output type ("The
     output type also determines the precision of the multiplication"). For integer
-    inputs :math:`x - z` is exact; an int32 ``x`` is first rounded to the output
-    type (float32: exact below :math:`2^{24}`), as the multiplication in that
-    precision reads it, which is what onnx.reference and onnxruntime compute
-    (``x = 16777217 -> 16777216``).
+    inputs :math:`x - z` is exact. An int32 ``x`` is read in float32 (exact below
+    :math:`2^{24}`: ``x = 16777217 -> 16777216``) and multiplied in float32, the
+    product then rounded to the output type, which is what onnx.reference and
+    onnxruntime compute; for float16 / bfloat16 outputs that is a second rounding
+    (int32 ``x = 28677``, float16 ``x_scale = 0.1``: 2868, where int16 ``x`` gives 2866).
 
     Notes
     -----

@@ -324,3 +324,12 @@ def test_quantize_linear_int8_equals_the_core_with_onnx_arguments(x, s, z):
     want = refquant.quantize(x, F32(s), z, dtype="int8", rounding="half_even",
                              precision="float32")
     np.testing.assert_array_equal(ronnx.quantize_linear(x, F32(s), np.int8(z)), want)
+
+
+def test_dequantize_linear_int32_to_float16_rounds_through_float32():
+    # 28677 * fl16(0.1) = 2866.99988 exactly: 2866 in float16 rounded once (int16 codes),
+    # but int32 codes multiply in float32 (2867.0, as onnx.reference and onnxruntime do),
+    # and 2867 is a float16 tie that goes to even, 2868.
+    s = np.float16(0.1)
+    assert ronnx.dequantize_linear(np.int16([28677]), s).tolist() == [2866.0]
+    assert ronnx.dequantize_linear(np.int32([28677]), s).tolist() == [2868.0]
