@@ -23,6 +23,7 @@ import operator
 import numpy as np
 
 from .._errors import RefquantError
+from ._arrays import as_array, as_shape
 from .nm import nm_mask
 
 __all__ = [
@@ -39,7 +40,7 @@ __all__ = [
 
 
 def _dense2d(x, name: str) -> np.ndarray:
-    a = np.asarray(x)
+    a = as_array(x, name)
     if a.ndim != 2:
         raise RefquantError(f"{name} must be 2-D, got shape {a.shape}")
     if a.size == 0:
@@ -54,7 +55,7 @@ def _structure(a: np.ndarray, mask, explicit_zeros: str, name: str = "mask") -> 
     if mask is None:
         keep = a != 0
     else:
-        keep = np.asarray(mask)
+        keep = as_array(mask, name)
         if keep.dtype != np.bool_:
             raise RefquantError(f"{name} must be a boolean array, got dtype {keep.dtype}")
         if keep.shape != a.shape:
@@ -192,7 +193,7 @@ def bitmask_compress(x, *, mask=None):
     (``row_offsets = cumsum(row_counts) - row_counts``, ``values = tensor[bytemasks]``)
     and ``pack_bitmasks`` (``numpy.packbits(..., axis=-1, bitorder="little")``).
     """
-    a = np.asarray(x)
+    a = as_array(x, "x")
     if a.ndim == 1:
         a = a[None, :]
     a = _dense2d(a, "x")
@@ -216,9 +217,9 @@ def bitmask_decompress(values, bitmask, shape) -> np.ndarray:
     compressed-tensors ``unpack_bitmasks`` (``numpy.unpackbits(..., count=C,
     bitorder="little")``) then ``decompressed[bytemasks] = values``.
     """
-    v = np.asarray(values)
-    bm = np.asarray(bitmask)
-    shp = tuple(int(s) for s in shape)
+    v = as_array(values, "values")
+    bm = as_array(bitmask, "bitmask")
+    shp = as_shape(shape)
     if len(shp) not in (1, 2):
         raise RefquantError(f"shape must be 1-D or 2-D, got {shp}")
     r, c = (1, shp[0]) if len(shp) == 1 else shp
@@ -286,7 +287,7 @@ def sparse24_bitmask_decompress(values, bitmask, shape) -> np.ndarray:
     compressed-tensors ``sparse24_bitmask_decompress`` (``values.flatten()`` then
     ``decompressed[bytemasks] = values``).
     """
-    return bitmask_decompress(np.asarray(values).reshape(-1), bitmask, shape)
+    return bitmask_decompress(as_array(values, "values").reshape(-1), bitmask, shape)
 
 
 # --------------------------------------------------------------------------- PyTorch / CUTLASS 2:4

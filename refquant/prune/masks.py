@@ -48,6 +48,7 @@ import numbers
 import numpy as np
 
 from .._errors import RefquantError
+from ._arrays import as_array, as_count
 
 __all__ = [
     "COUNT_RULES",
@@ -109,9 +110,7 @@ def prune_count(amount, n: int, *, rule: str = "torch", initial: int | None = No
     """
     if rule not in COUNT_RULES:
         raise RefquantError(f"rule must be one of {COUNT_RULES}, got {rule!r}")
-    n = int(n)
-    if n < 0:
-        raise RefquantError(f"n must be >= 0, got {n}")
+    n = as_count(n, "n")
     a = _check_amount(amount)
     if isinstance(a, int):
         if a > n:
@@ -136,7 +135,7 @@ def prune_count(amount, n: int, *, rule: str = "torch", initial: int | None = No
 
 
 def _as_scores(scores, name: str) -> np.ndarray:
-    s = np.asarray(scores)
+    s = as_array(scores, name)
     if s.dtype.kind not in "biuf":
         raise RefquantError(f"{name} must be a real numeric array, got dtype {s.dtype}")
     if s.size == 0:
@@ -148,7 +147,7 @@ def _as_scores(scores, name: str) -> np.ndarray:
 
 
 def _as_mask(mask, shape, name: str) -> np.ndarray:
-    m = np.asarray(mask)
+    m = as_array(mask, name)
     if m.shape != tuple(shape):
         raise RefquantError(f"{name} has shape {m.shape}; expected {tuple(shape)}")
     if m.dtype.kind == "b":
@@ -304,7 +303,7 @@ def apply_mask(w, mask) -> np.ndarray:
     ---------
     ``torch.nn.utils.prune.BasePruningMethod.apply_mask`` (differs as stated).
     """
-    w = np.asarray(w)
+    w = as_array(w, "w")
     m = _as_mask(mask, w.shape, "mask")
     return np.where(m, w, np.zeros((), dtype=w.dtype))
 
@@ -321,8 +320,8 @@ def sparsity(mask) -> float:
     The usual definition (tfmot logs ``1 - reduce_mean(mask)``).
     """
     if isinstance(mask, dict):
-        arrs = [np.asarray(m) for m in mask.values()]
+        arrs = [as_array(m, f"mask[{k!r}]") for k, m in mask.items()]
         total = sum(a.size for a in arrs)
         return float(sum(np.count_nonzero(a == 0) for a in arrs)) / total if total else 0.0
-    a = np.asarray(mask)
+    a = as_array(mask, "mask")
     return float(np.count_nonzero(a == 0)) / a.size if a.size else 0.0

@@ -48,6 +48,7 @@ import numpy as np
 
 from .._errors import RefquantError
 from ..quant._granularity import normalize_axis, positive_int
+from ._arrays import as_array
 
 __all__ = [
     "nm_keywords",
@@ -66,7 +67,7 @@ _TIE_BREAKS = ("lower_index_pruned", "lower_index_kept")
 
 
 def _as_scores(x, name: str) -> np.ndarray:
-    a = np.asarray(x)
+    a = as_array(x, name)
     if a.dtype == np.bool_ or a.dtype.kind in "OSUMmc":
         raise RefquantError(f"{name} must be a real numeric array, got dtype {a.dtype}")
     if a.size == 0:
@@ -241,7 +242,7 @@ def is_nm_sparse(x, *, keep: int, group: int, axis: int = -1) -> bool:
     tfmot ``pruning_utils.is_pruned_m_by_n`` (at least m zeros per n) and
     compressed-tensors ``tensor_follows_mask_structure``; NaN counts as non-zero.
     """
-    a = np.asarray(x)
+    a = as_array(x, "x")
     n, m = _check_nm(keep, group)
     if a.ndim == 0:
         raise RefquantError("x must have at least one dimension")

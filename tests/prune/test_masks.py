@@ -227,3 +227,24 @@ def test_global_mask_equals_the_mask_of_the_concatenation(parts, s):
     m = global_mask(scores, s)
     flat = unstructured_mask(np.concatenate(list(scores.values())), s)
     assert np.array_equal(np.concatenate([m[k] for k in scores]), flat)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: __import__("refquant.prune.masks").prune.masks.unstructured_mask([[1.0], [1.0, 2.0]], 1),
+    lambda: __import__("refquant.prune.masks").prune.masks.apply_mask([[1.0], [2.0, 3.0]], [1]),
+    lambda: __import__("refquant.prune.masks").prune.masks.sparsity([[1], [1, 0]]),
+    lambda: __import__("refquant.prune.masks").prune.masks.prune_count(0.5, 3.7),
+    lambda: __import__("refquant.prune.masks").prune.masks.prune_count(0.5, "x"),
+    lambda: __import__("refquant.prune.nm").prune.nm.transposable_nm_mask([[1.0], [1.0, 2.0]]),
+    lambda: __import__("refquant.prune.layouts").prune.layouts.bitmask_compress([[1.0], [1.0, 2.0]]),
+    lambda: __import__("refquant.prune.layouts").prune.layouts.semi_structured_compress([[1.0], [2.0, 3.0]]),
+    lambda: __import__("refquant.prune.layouts").prune.layouts.bitmask_decompress(
+        np.zeros(0), np.zeros((1, 1), np.uint8), float("nan")),
+    lambda: __import__("refquant.prune.scores").prune.scores.random_scores(float("nan")),
+    lambda: __import__("refquant.prune.scores").prune.scores.random_scores([[2, 2]]),
+])
+def test_ragged_arrays_and_non_integer_counts_or_shapes_are_refquant_errors(call):
+    # numpy's ValueError (ragged list, int(nan)) and TypeError escaped; prune_count
+    # truncated n = 3.7 to 3
+    with pytest.raises(RefquantError):
+        call()
