@@ -43,6 +43,7 @@ import numpy as np
 
 from .._errors import RefquantError
 from ..quant._granularity import normalize_axis
+from ._arrays import as_shape
 
 __all__ = [
     "magnitude",
@@ -211,9 +212,7 @@ def random_scores(shape, seed=None) -> np.ndarray:
     prunes the largest of ``torch.rand_like(t)`` (a different generator: the
     streams cannot agree).
     """
-    shape = tuple(int(s) for s in np.atleast_1d(shape)) if not np.isscalar(shape) else (int(shape),)
-    if any(s < 0 for s in shape):
-        raise RefquantError(f"shape must have non-negative sizes, got {shape}")
+    shape = as_shape(shape)
     return np.random.default_rng(seed).random(shape)
 
 
@@ -593,7 +592,9 @@ def owl_layer_sparsity(outlier_ratios, sparsity, lam=0.08) -> np.ndarray:
     :math:`r_l = 2\\lambda \\, (D_l - \\min D) / (\\max D - \\min D)`,
     :math:`r_l \\leftarrow r_l - \\bar r + (1 - S)`, sparsity :math:`S_l = 1 - r_l`.
     When all :math:`D_l` are equal (OWL divides 0 by 0 and gets NaN) refquant
-    returns :math:`S` for every layer.
+    returns :math:`S` for every layer; when :math:`\\max D - \\min D` is so small
+    that its reciprocal overflows (a subnormal span, where OWL gets
+    :math:`0 \\cdot \\infty` = NaN) refquant divides by it instead.
 
     Reference
     ---------
@@ -613,7 +614,12 @@ def owl_layer_sparsity(outlier_ratios, sparsity, lam=0.08) -> np.ndarray:
     span = d.max() - d.min()
     if span == 0:
         return np.full(d.shape, s)
-    r = (d - d.min()) * (1.0 / span * lam * 2)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale = 1.0 / span * lam * 2
+    if np.isfinite(scale):
+        r = (d - d.min()) * scale
+    else:  # a subnormal span: OWL's 1 / span overflows and 0 * inf gives NaN
+        r = (d - d.min()) / span * (lam * 2)
     r = r - np.mean(r) + (1.0 - s)
     return 1.0 - r
 

@@ -169,6 +169,14 @@ def test_owl_keeps_the_mean_and_spans_two_lambda(d, s, lam):
     assert abs(span - (2 * lam if np.ptp(d) > 0 else 0.0)) < 1e-12
 
 
+def test_owl_with_a_subnormal_span_keeps_the_mean_instead_of_nan():
+    # hypothesis find: 1 / 2.2e-309 overflows to inf and (0 * inf) gave NaN
+    out = S.owl_layer_sparsity([2.22507386e-309, 0.0], 0.5, 0.0)
+    assert out.tolist() == [0.5, 0.5]
+    out = S.owl_layer_sparsity([2.22507386e-309, 0.0], 0.5, 0.05)
+    np.testing.assert_allclose(out, [0.45, 0.55], rtol=0, atol=1e-15)
+
+
 @pytest.mark.parametrize(
     "reduction, expected",
     [("sum", [4.0, 6.0]), ("mean", [2.0, 3.0]), ("max", [3.0, 4.0]), ("prod", [3.0, 8.0]),
