@@ -590,6 +590,9 @@ class _UniformObserver:
     """``UniformQuantizationObserverBase``: grid, qscheme and ``_calculate_qparams``."""
 
     _per_channel = False
+    # MinMaxObserver and PerChannelMinMaxObserver (and their moving averages) refuse
+    # quint8 + symmetric + reduce_range in __init__; HistogramObserver does not
+    _refuses_symmetric_reduce_range = True
 
     def __init__(
         self,
@@ -630,6 +633,11 @@ class _UniformObserver:
                     "quantization range should be positive and not exceed the maximum bit "
                     "range (=256)."
                 )
+            if self.dtype == "qint32" and not 0 < qlen <= 2**32:
+                raise RefquantError(
+                    "quantization range should be positive and not exceed the maximum bit "
+                    "range (=4294967296)."
+                )
             qmin, qmax = int(quant_min), int(quant_max)
             if self.reduce_range:
                 qmin, qmax = qmin // 2, qmax // 2
@@ -640,7 +648,8 @@ class _UniformObserver:
             elif self.reduce_range and self.dtype == "quint8":
                 qmin, qmax = 0, 127
         self.quant_min, self.quant_max = qmin, qmax
-        if self.qscheme.endswith("symmetric") and self.reduce_range and self.dtype == "quint8":
+        if (self.qscheme.endswith("symmetric") and self.reduce_range and self.dtype == "quint8"
+                and self._refuses_symmetric_reduce_range):
             raise RefquantError("Cannot reduce range for symmetric quantization for quint8")
 
     # ---------------------------------------------------------------- qparams
@@ -672,20 +681,22 @@ class _UniformObserver:
                 zp = ((_F(-1) * min_val).astype(_F) / scale).astype(_F)
         else:
             symmetric = self.qscheme.endswith("symmetric")
-            base = {"quint8": "uint8", "qint8": "int8"}.get(self.dtype)
-            grid = int_format(base) if base else _grid("qint32")
+            # torch checks a custom range only against 256 / 2^32 codes, not against the
+            # dtype (quint8 with [-64, 300] is accepted), and reduce_range can leave
+            # quant_min == quant_max: the grid is [quant_min, quant_max] as given
+            if qmin >= qmax:
+                special = np.ones(min_val.shape, dtype=bool)
+                lo, hi = np.zeros_like(min_val), np.zeros_like(max_val)
             qp = qparams_from_range(
                 lo,
                 hi,
-                dtype=grid,
+                dtype=_range_grid(min(qmin, qmax - 1), qmax),
                 symmetric=symmetric,
                 include_zero=True,
-                eps=float(self.eps),
+                eps=float(self.eps) if self.eps > 0 else 0.0,
                 symmetric_divisor="half_span",
                 zero_point_formula="qmin_minus_round",
                 precision="float32",
-                quant_min=qmin if (qmin, qmax) != (grid.qmin, grid.qmax) else None,
-                quant_max=qmax if (qmin, qmax) != (grid.qmin, grid.qmax) else None,
             )
             scale = qp.scale
             if symmetric:
@@ -696,7 +707,7 @@ class _UniformObserver:
                     zp = _qint32_zero_point(lo, qp.scale, qmin, qmax)
                 zp = zp.astype(np.int32)
             dscale, dzp = self._direct_qparams(min_val, max_val)
-            special = special | (dscale == 0)
+            special = special | (dscale == 0) | np.isnan(dscale)
             scale = np.where(special, dscale, scale).astype(_F)
             zp = np.where(special, dzp, zp).astype(zp.dtype)
         if scale.ndim == 0:
@@ -970,6 +981,8 @@ class HistogramObserver(_UniformObserver):
     ---------
     ``torch/ao/quantization/observer.py``: ``HistogramObserver``.
     """
+
+    _refuses_symmetric_reduce_range = False
 
     def __init__(
         self,

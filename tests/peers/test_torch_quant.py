@@ -483,3 +483,30 @@ def test_fake_quantize_of_float64_float16_bfloat16_inputs_bit_exact(dtype):
         )
         got = rt.fake_quantize_per_channel_affine(x, s, z, 0, 0, 255)
         _same(got.view(want.dtype), want)
+
+
+@pytest.mark.filterwarnings("ignore:Please use quant_min")
+@pytest.mark.parametrize("cls_name", ["MinMaxObserver", "PerChannelMinMaxObserver", "HistogramObserver"])
+@pytest.mark.parametrize(
+    "name,qrange,reduce",
+    [("quint8", (-64, 300), False), ("qint8", (-127, 128), False), ("qint8", (0, 1), True),
+     ("quint8", (0, 7), True), ("quint8", None, True), ("qint32", (-5, 2**31 - 1), False)],
+)
+def test_observer_custom_ranges_torch_accepts_give_torchs_qparams(cls_name, name, qrange, reduce):
+    # torch checks a custom range against 256 (2^32) codes only, not against the dtype,
+    # reduce_range may leave quant_min == quant_max, and HistogramObserver alone takes
+    # quint8 + symmetric + reduce_range: refquant raised RefquantError on all of them
+    if cls_name == "HistogramObserver" and name == "qint32":
+        return
+    pc = cls_name.startswith("PerChannel")
+    x = np.random.default_rng(5).normal(0.3, 2.0, (3, 40)).astype(F)
+    for qscheme in ("affine", "symmetric"):
+        kw = {"dtype": name, "qscheme": ("per_channel_" if pc else "per_tensor_") + qscheme,
+              "reduce_range": reduce}
+        if qrange is not None:
+            kw["quant_min"], kw["quant_max"] = qrange
+        if reduce and name == "quint8" and qscheme == "symmetric" and not cls_name.startswith("Hist"):
+            with pytest.raises(RefquantError, match="Cannot reduce range"):
+                getattr(rt, cls_name)(**kw)
+            continue
+        _compare_observer(cls_name, kw, [x, x[::-1].copy() * 2])
