@@ -38,6 +38,7 @@ sums run in NumPy's pairwise order (relative error below ``n * 2**-53``).
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -605,10 +606,10 @@ def owl_layer_sparsity(outlier_ratios, sparsity, lam=0.08) -> np.ndarray:
     d = _as_float(outlier_ratios, "outlier_ratios")
     if d.ndim != 1:
         raise RefquantError(f"outlier_ratios must be 1-D (one per layer), got shape {d.shape}")
-    s = float(sparsity)
+    s = _check_p(sparsity, "sparsity")
     if not 0.0 <= s <= 1.0:
         raise RefquantError(f"sparsity must be in [0, 1], got {sparsity!r}")
-    lam = float(lam)
+    lam = _check_p(lam, "lam")
     if not lam >= 0:
         raise RefquantError(f"lam must be >= 0, got {lam!r}")
     span = d.max() - d.min()
@@ -648,6 +649,8 @@ def group_reduce(scores, reduction="mean") -> np.ndarray:
     """
     if reduction not in GROUP_REDUCTIONS:
         raise RefquantError(f"reduction must be one of {GROUP_REDUCTIONS}, got {reduction!r}")
+    if isinstance(scores, np.ndarray) and scores.ndim == 0 or not isinstance(scores, Iterable):
+        raise RefquantError(f"scores must be a sequence of 1-D arrays, got {type(scores).__name__}")
     arrs = [_as_float(s, f"scores[{i}]") for i, s in enumerate(scores)]
     if not arrs:
         raise RefquantError("scores is empty; expected the scores of at least one tensor")

@@ -234,3 +234,16 @@ def test_scores_do_not_modify_inputs():
     S.lamp(w)
     S.wanda(w, g)
     assert np.array_equal(w, before[0]) and np.array_equal(g, before[1])
+
+
+@pytest.mark.parametrize("call", [
+    lambda: S.owl_layer_sparsity([1.0, 2.0], "x"),
+    lambda: S.owl_layer_sparsity([1.0, 2.0], [0.5]),
+    lambda: S.owl_layer_sparsity([1.0, 2.0], 0.5, lam=None),
+    lambda: S.group_reduce(np.array(1.0)),
+    lambda: S.group_reduce(3),
+])
+def test_non_numeric_sparsity_lam_and_non_sequence_scores_are_refquant_errors(call):
+    # float("x") / float([0.5]) / iterating a 0-d array raised ValueError / TypeError
+    with pytest.raises(RefquantError):
+        call()
