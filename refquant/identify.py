@@ -138,12 +138,14 @@ def _presets(fmt, axis, block_size):
     def add(label, ok, fn, why):
         (out.append((label, fn)) if ok else na.append(f"{label}: {why}"))
 
-    def core(**sem):
+    def core(nan="zero", **sem):
         return lambda x, s, z: quantize(x, s, z, dtype=fmt, axis=axis, block_size=block_size,
-                                        nan="zero", **sem)
+                                        nan=nan, **sem)
 
+    # onnxruntime's MLAS kernels send NaN to qmin (compat.onnx.quantize_linear)
     add("onnx QuantizeLinear (onnxruntime)", not fmt.narrow_range,
-        core(rounding="half_even", scale_op="divide", precision="float32"), "narrow range")
+        core(rounding="half_even", scale_op="divide", precision="float32", nan="qmin"),
+        "narrow range")
     try:
         from .compat import onnx as _onnx
 

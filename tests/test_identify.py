@@ -65,6 +65,14 @@ def test_pytorch_preset_adds_the_zero_point_in_a_fused_multiply_add():
     rep = identify(x, np.full(8, 71, np.uint8), np.float32([0.1]), np.int64([208]))
     assert "pytorch quantize_per_tensor" in [c.name for c in rep.presets]
 
+
+def test_onnxruntime_preset_sends_nan_to_qmin():
+    # onnxruntime 1.32 QuantizeLinear, int8, s = 1, z = 5: NaN -> -128 (qmin), 2.5 -> 2 + 5;
+    # the preset once sent NaN to code 0 and missed onnxruntime's own output
+    x = np.float32([np.nan, 1.0, 2.5])
+    rep = identify(x, np.int8([-128, 6, 7]), np.float32(1), 5)
+    assert "onnx QuantizeLinear (onnxruntime)" in [c.name for c in rep.presets]
+
 def test_reciprocal_multiply_is_determined_on_many_inputs():
     rng = np.random.default_rng(0)
     s = np.float32(0.00214854861)
