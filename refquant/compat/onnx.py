@@ -645,6 +645,15 @@ def matmul_integer(A, B, a_zero_point=None, b_zero_point=None):
     overflow if and only if in 32 bits"; wrapping arithmetic makes the result
     independent of the order of summation).
 
+    Notes
+    -----
+    A per-row ``a_zero_point`` of M elements is subtracted from each row, as the
+    spec says. Neither peer does that: ``onnx.reference`` (``A32 -= a_zero_point``)
+    broadcasts it along the last axis, subtracting it per column, which runs when
+    M = K and gives another result (``A = [[1, 2], [3, 4]]``, ``B = I``,
+    ``a_zero_point = [1, 2]``: spec ``[[0, 1], [1, 2]]``, reference ``[[0, 0], [2, 2]]``);
+    onnxruntime 1.32 refuses any ``a_zero_point`` that is not a scalar.
+
     Reference
     ---------
     ONNX MatMulInteger-10; ``onnx/reference/ops/op_matmul_integer.py``.

@@ -718,3 +718,16 @@ def test_qlinear_matmul_per_column_b_scale_and_zero_point_match_both_peers():
     np.testing.assert_array_equal(ronnx.qlinear_matmul(a, sa, za, b, sb, zb, sy, zy), oy)
     np.testing.assert_array_equal(
         ronnx.qlinear_matmul(a, sa, za, b, sb, zb, sy, zy, reference_quirks=True), ry)
+
+
+def test_matmul_integer_per_row_a_zero_point_departs_from_both_peers():
+    # spec: a_zero_point [1, 2] per row of A; onnx.reference subtracts it per column (M = K),
+    # onnxruntime refuses a non-scalar a_zero_point
+    a, b, za = np.uint8([[1, 2], [3, 4]]), np.uint8([[1, 0], [0, 1]]), np.uint8([1, 2])
+    zb = np.array(0, np.uint8)
+    sess, ref = _runner(("mmi", 2, 2))
+    feeds = {"a": a, "b": b, "za": za, "zb": zb}
+    assert ref.run(None, feeds)[0].tolist() == [[0, 0], [2, 2]]
+    with pytest.raises(Exception, match="zero point must be a scalar"):
+        sess.run(None, feeds)
+    assert ronnx.matmul_integer(a, b, za, zb).tolist() == [[0, 1], [1, 2]]
