@@ -153,6 +153,9 @@ class QuantReport:
 
 def _as_codes(a, name):
     a = np.asarray(a)
+    if a.dtype == np.uint64 and a.size and int(a.max()) > 2**63 - 1:
+        raise RefquantError(f"{name} holds codes above 2^63 - 1 ({int(a.max())}), which the "
+                            "step counts (int64) cannot hold")
     if a.dtype.kind in "iub" or a.dtype.name in ("int2", "int4", "uint2", "uint4"):
         return a, a.astype(np.int64)
     raise RefquantError(

@@ -287,3 +287,9 @@ def test_one_step_saturation_is_saturation_when_the_zero_point_shows_x_out_of_ra
     rep = compare_dequantized(a.astype(np.float32), d.astype(np.float32), x=x, scale=1.0,
                               zero_point=0, qmin=-128, qmax=127)
     assert rep.indices["saturation"].tolist() == [0, 1] and rep.indices["tie"].tolist() == [2]
+
+
+def test_uint64_codes_beyond_int64_are_refused_not_wrapped():
+    # 2^64 - 1 vs 0 once read as -1 vs 0: "one step off"
+    with pytest.raises(RefquantError, match="2\\^63"):
+        compare_quantized(np.uint64([2**64 - 1]), np.uint64([0]))
