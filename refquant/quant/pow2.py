@@ -89,8 +89,11 @@ def pow2_quantize(x, *, min_exp=-126, max_exp=127, boundary="log", underflow="cl
         ok = int(min_exp) == min_exp and int(max_exp) == max_exp and min_exp <= max_exp
     except (TypeError, ValueError, OverflowError):
         ok = False
-    if not ok:
-        raise RefquantError(f"need integers min_exp <= max_exp, got min_exp={min_exp!r}, max_exp={max_exp!r}")
+    if not ok or not -(2**62) <= int(min_exp) <= int(max_exp) <= 2**62:
+        raise RefquantError(
+            f"need integers min_exp <= max_exp within +-2^62, got min_exp={min_exp!r}, max_exp={max_exp!r}"
+        )
+    min_exp, max_exp = int(min_exp), int(max_exp)  # 3.0 -> 3: ldexp needs integer exponents
     if underflow not in ("clamp", "zero"):
         raise RefquantError(f"underflow must be 'clamp' or 'zero'; got {underflow!r}")
     k = pow2_exponent(x, boundary=boundary)

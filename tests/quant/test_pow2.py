@@ -70,3 +70,12 @@ def test_exponent_bounds_that_are_not_integers_raise_refquant_errors():
             pow2_quantize([1.0], min_exp=bad)
     with pytest.raises(RefquantError, match="x must be"):
         pow2_exponent("a")
+
+
+def test_integral_float_bounds_and_huge_bounds():
+    # max_exp=np.float64(3.0) passed the integer check, then made ldexp raise a TypeError;
+    # min_exp=10**30 raised OverflowError inside np.clip
+    vals, ks = pow2_quantize(np.array([3.0, 100.0]), min_exp=np.int64(-3), max_exp=np.float64(3.0))
+    assert vals.tolist() == [4.0, 8.0] and ks.tolist() == [2, 3]
+    with pytest.raises(RefquantError, match="min_exp"):
+        pow2_quantize([1.0], min_exp=10**30, max_exp=10**31)
