@@ -21,6 +21,7 @@ refquant's torch reader mirrors).
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import pickletools
 from collections import OrderedDict
@@ -141,13 +142,22 @@ def restricted_load(source, *, allowed: dict, persistent_load: Callable | None, 
         del stack[m:]
         return items
 
-    def resolve(module, name):
+    def resolve(module, name, py2_names=False):
         if not isinstance(module, str) or not isinstance(name, str):
             raise _fail(path, f"global with non-string name {describe(module)}.{describe(name)}")
         key = f"{module}.{name}"
-        if key not in allowed:
-            raise _fail(path, f"global {key!r} is not in the allowlist")
-        return allowed[key]
+        if py2_names:
+            # torch's _read_global_instruction maps Python 2 names of protocol-2
+            # pickles (__builtin__.set -> builtins.set) with _compat_pickle's tables
+            if (module, name) in _compat_pickle.NAME_MAPPING:
+                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+            elif module in _compat_pickle.IMPORT_MAPPING:
+                module = _compat_pickle.IMPORT_MAPPING[module]
+        mapped = f"{module}.{name}"
+        if mapped not in allowed:
+            shown = key if mapped == key else f"{key} (= {mapped})"
+            raise _fail(path, f"global {shown!r} is not in the allowlist")
+        return allowed[mapped]
 
     def call(fn, args, how):
         if not isinstance(fn, Allowed):
@@ -296,7 +306,7 @@ def restricted_load(source, *, allowed: dict, persistent_load: Callable | None, 
             memo[len(memo)] = stack[-1]
         elif name == "GLOBAL":
             module, _, attr = arg.partition(" ")
-            stack.append(resolve(module, attr))
+            stack.append(resolve(module, attr, py2_names=True))
         elif name == "STACK_GLOBAL":
             attr = pop()
             module = pop()

@@ -200,6 +200,8 @@ def torch_allowlist(path="<pickle>", on_storage_type=None) -> dict:
 
     def odict(items=()):
         d = AttrDict()
+        if isinstance(items, dict):  # Counter.__reduce__ passes (dict(self),)
+            items = list(items.items())
         for kv in items:
             if not isinstance(kv, tuple | list) or len(kv) != 2:
                 raise fail(path, f"pickle refused: OrderedDict item {describe(kv)}")

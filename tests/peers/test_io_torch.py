@@ -128,3 +128,22 @@ def test_sharded_pytorch_model_bin_index_and_hf_folder(tmp_path):
             assert ck.format == "sharded" and ck.metadata["total_size"] == 56
             np.testing.assert_array_equal(ck["a"], a.numpy())
             np.testing.assert_array_equal(ck["b"], b.numpy())
+
+
+@pytest.mark.parametrize("zipfmt", [True, False], ids=["zip", "legacy"])
+def test_counter_set_complex_and_bytearray_load_as_torch_weights_only_loads_them(tmp_path, zipfmt):
+    # torch.save pickles with protocol 2, so set / complex / bytearray are named
+    # __builtin__.* (torch maps them through _compat_pickle); Counter.__reduce__
+    # passes (dict,). Both were refused ("global '__builtin__.set' is not in the
+    # allowlist", "OrderedDict item 'a'") though torch.load(weights_only=True) reads them
+    torch = import_peer("torch")
+    obj = {"w": torch.arange(3.0), "counter": collections.Counter({"a": 2, "b": 1}), "set": {1, 2},
+           "c": 1 + 2j, "ba": bytearray(b"xy")}
+    p = tmp_path / "c.pt"
+    torch.save(obj, p, _use_new_zipfile_serialization=zipfmt)
+    ref = torch.load(p, weights_only=True)
+    with rio.open(p) as ck:
+        np.testing.assert_array_equal(ck["w"], ref["w"].numpy())
+        assert ck.metadata["counter.a"] == 2 and ck.metadata["counter.b"] == 1
+        assert ck.metadata["set"] == ref["set"] and ck.metadata["c"] == ref["c"]
+        assert ck.metadata["ba"] == ref["ba"]
