@@ -379,7 +379,8 @@ def dequantize(input, scale, zero_point, axis=None, dtype=None):  # noqa: A002 (
         d = (q.astype(np.float32) - z.astype(np.float32).reshape(view)).astype(np.float32)
         # float(q) - float(z) rounded to float32 (inexact above 2^24), times the double scale
         return (d.astype(np.float64) * s.reshape(view)).astype(np.float32)
-    return _core_dequantize(q, s, z, axis=ax, out_dtype=np.float32)
+    # (float(q) - z) * double(s): a double product, then rounded again to float32
+    return _core_dequantize(q, s, z, axis=ax, out_dtype=np.float64).astype(np.float32)
 
 
 def _dequantize_int32_float32(q, s32, z):
@@ -523,10 +524,10 @@ def fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, 
         pre = pre.astype(np.float64)
         # static_cast<int64_t> / lrintf of NaN, ±Inf or |v| >= 2^63 is INT64_MIN -> quant_min
         q = np.clip(np.where(_int64_cast_overflow(pre), qmin, pre), qmin, qmax).astype(np.int64)
-    # (double(q) - z) * scale in double, returned as the input's dtype (Half via float)
-    out = np.float64 if x.dtype == np.float64 else np.float32
-    y = _core_dequantize(q, s.astype(np.float64), zq, axis=ax, out_dtype=out)
-    return y.astype(x.dtype)
+    # (double(q) - z) * scale in double, returned as the input's dtype (Half via float):
+    # rounded to double first, then again (torch rounds twice)
+    y = _core_dequantize(q, s.astype(np.float64), zq, axis=ax, out_dtype=np.float64)
+    return (y if x.dtype == np.float64 else y.astype(np.float32)).astype(x.dtype)
 
 
 def fake_quantize_learnable_per_tensor_affine(

@@ -337,7 +337,33 @@ def dequantize(
         )
     if precision == "float32":
         return (diff.astype(np.float32) * s.astype(np.float32)).astype(out_dtype)
-    return (diff * s.astype(np.float64)).astype(out_dtype)
+    return _round_product(diff.astype(np.float64), s.astype(np.float64), out_dtype)
+
+
+def _round_product(a: np.ndarray, b: np.ndarray, out_dtype) -> np.ndarray:
+    """``a * b`` (float64 arrays, ``a`` integral) rounded once to ``out_dtype``.
+
+    The float64 product ``p`` is rounded; Dekker's TwoProduct gives its error
+    ``e`` exactly (``a * b = p + e``), and ``p`` is moved one ulp toward ``e``
+    when ``e != 0`` and ``p`` is even: round-to-odd at 53 bits, which then rounds
+    correctly to any format of at most 51 bits (Boldo & Melquiond, 2008). Without
+    it ``float32(float64(3 * s))`` rounds twice: s = float64((1 + 2^-24) / 3) gave
+    1.0 where the exact product rounds to 1 + 2^-23.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        p = a * b
+        if np.dtype(out_dtype) == np.float64:
+            return p
+        c = 134217729.0  # 2^27 + 1: Veltkamp splitting into 26-bit halves
+        ta, tb = c * a, c * b
+        ah = ta - (ta - a)
+        bh = tb - (tb - b)
+        al, bl = a - ah, b - bh
+        e = ((ah * bh - p) + ah * bl + al * bh) + al * bl
+        odd = (np.asarray(p).view(np.int64) & 1) == 1
+        step = np.isfinite(p) & np.isfinite(e) & (e != 0) & ~odd
+        p = np.where(step, np.nextafter(p, np.where(e > 0, np.inf, -np.inf)), p)
+    return np.asarray(p).astype(out_dtype)
 
 
 def fake_quantize(

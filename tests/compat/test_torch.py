@@ -381,3 +381,11 @@ def test_per_channel_observer_refuses_a_batch_with_another_channel_count():
     assert obs.min_val.tolist() == [0, 0]
     with pytest.raises(RefquantError, match="3 channels"):
         obs.forward(np.ones((3, 3), F))
+
+
+def test_per_channel_dequantize_rounds_twice_through_double_as_torch():
+    # torch forms (q - z) * double(s) in double and then casts to float32:
+    # 3 * float64((1 + 2^-24) / 3) is exactly the float32 tie 1 + 2^-24 in double,
+    # which goes to 1.0 (the core's single rounding gives 1 + 2^-23)
+    s = (1 + 2.0**-24) / 3
+    assert rt.dequantize(np.array([[3]], np.uint8), [s], [0], axis=0)[0, 0] == 1.0

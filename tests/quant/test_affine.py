@@ -239,3 +239,17 @@ def test_dequantize_float32_precision_rounds_q_minus_z_first():
     assert dequantize(q, 1.0, 0, out_dtype=np.float64, precision="float32")[0] == 2**24
     with pytest.raises(RefquantError, match="precision"):
         dequantize(q, 1.0, precision="half")
+
+
+def test_dequantize_rounds_the_exact_product_once():
+    # s = float64((1 + 2^-24) / 3): 3 * s = 1 + 2^-24 + e with e > 0, which rounds to
+    # exactly 1 + 2^-24 in float64, a float32 tie that goes to 1.0 (even); the exact
+    # product is above the tie, so one rounding gives 1 + 2^-23
+    s = float(Fraction(1 + 2.0**-24) / 3)
+    assert Fraction(s) * 3 > Fraction(1 + 2.0**-24) and 3 * s == 1 + 2.0**-24
+    assert dequantize(np.array([3]), s)[0] == np.float32(1 + 2.0**-23)
+    assert dequantize(np.array([3]), s, out_dtype=np.float64)[0] == 3 * s
+    # below a tie whose even neighbour is above: s = float64((1 + 3 * 2^-24) / 3)
+    s = float(Fraction(1 + 3 * 2.0**-24) / 3)
+    assert Fraction(s) * 3 < Fraction(1 + 3 * 2.0**-24)
+    assert dequantize(np.array([3]), s)[0] == np.float32(1 + 2.0**-23)
