@@ -80,7 +80,7 @@ def binarize(w, *, zero="+1") -> np.ndarray:
     Courbariaux et al., "BinaryConnect", NeurIPS 2015, eq. (1);
     Hubara et al., "Binarized Neural Networks", NeurIPS 2016, eq. (1).
     """
-    if zero not in _ZERO:
+    if not isinstance(zero, str) or zero not in _ZERO:
         raise RefquantError(f"zero must be one of '+1', '0', '-1'; got {zero!r}")
     a = _weights(w)
     return np.where(a > 0, 1, np.where(a < 0, -1, _ZERO[zero])).astype(np.int8)
@@ -185,7 +185,11 @@ def ternarize_threshold(w, threshold, alpha=None, *, axis=None):
         n = np.sum(keep, axis=red, keepdims=axis is not None)
         s = np.sum(np.abs(a) * keep, axis=red, keepdims=axis is not None)
         alpha = np.divide(s, n, out=np.zeros(np.shape(s)), where=n > 0)
-    return codes, np.asarray(alpha, dtype=np.float64)
+    try:
+        alpha = np.asarray(alpha, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise RefquantError(f"alpha must be a real number or array, got {alpha!r}") from None
+    return codes, alpha
 
 
 def ternarize_twn(w, *, axis=None, delta_factor=0.7):
@@ -208,7 +212,13 @@ def ternarize_twn(w, *, axis=None, delta_factor=0.7):
     Li, Zhang & Liu, "Ternary Weight Networks", 2016, eq. (5)-(7).
     """
     a = _weights(w)
-    delta = delta_factor * _mean_abs(a, axis)
+    try:
+        delta_ok = float(delta_factor) >= 0
+    except (TypeError, ValueError):
+        delta_ok = False
+    if not delta_ok:
+        raise RefquantError(f"delta_factor must be a number >= 0, got {delta_factor!r}")
+    delta = float(delta_factor) * _mean_abs(a, axis)
     codes, alpha = ternarize_threshold(a, delta, axis=None)
     if axis is not None:
         red = _reduce_axes(a, axis)
@@ -249,6 +259,8 @@ def ternarize_absmean(w, *, eps=1e-5, eps_rule="add", rounding="half_even"):
     if not eps_ok:
         raise RefquantError(f"eps must be a number > 0, got {eps!r}")
     a = _weights(w)
+    if np.isinf(a).any():
+        raise RefquantError("w contains Inf: gamma = mean|W| would be Inf and W / gamma NaN")
     gamma = float(np.mean(np.abs(a))) if a.size else 0.0
     denom = gamma + eps if eps_rule == "add" else max(gamma, eps)
     codes = np.clip(round_to_int(a / denom, rounding), -1, 1).astype(np.int8)

@@ -103,3 +103,19 @@ def test_bad_thresholds_and_eps_raise_refquant_errors():
         ternarize_threshold(np.ones((3, 4)), "a")
     with pytest.raises(RefquantError, match="eps"):
         ternarize_absmean(np.ones(3), eps="a")
+
+
+def test_more_bad_arguments_raise_refquant_errors():
+    # delta_factor='a' and alpha='a' raised TypeError / ValueError, zero=[1] "unhashable type"
+    with pytest.raises(RefquantError, match="delta_factor"):
+        ternarize_twn(np.ones(3), delta_factor="a")
+    with pytest.raises(RefquantError, match="alpha"):
+        ternarize_threshold(np.ones(3), 0.5, alpha="a")
+    with pytest.raises(RefquantError, match="zero"):
+        binarize(np.ones(3), zero=[1])
+
+
+def test_absmean_of_infinite_weights_is_refused():
+    # gamma = Inf makes W / gamma NaN (Inf / Inf), whose int8 cast is undefined: codes came out 0
+    with pytest.raises(RefquantError, match="Inf"):
+        ternarize_absmean(np.array([np.inf, 1.0]))
