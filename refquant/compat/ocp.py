@@ -156,14 +156,17 @@ def mx_dot(XA, PA, XB, PB, fmt=MXFP8_E4M3, *, k: int = 32) -> float:
     pa, pb = np.asarray(PA), np.asarray(PB)
     if pa.ndim != 1 or pa.shape != pb.shape:
         raise RefquantError(f"PA and PB must be 1-D of equal length, got shapes {pa.shape} and {pb.shape}")
-    one = np.zeros_like(np.asarray(XA), dtype=np.uint8) + 127  # unit scales: element values only
+    xa, xb = np.asarray(XA), np.asarray(XB)
+    if xa.dtype.kind not in "iu" or xb.dtype.kind not in "iu":
+        raise RefquantError(f"XA and XB must be integer E8M0 codes, got dtypes {xa.dtype} and {xb.dtype}")
+    one = np.zeros_like(xa, dtype=np.uint8) + 127  # unit scales: element values only
     va = dequantize_mx(pa, one, f, block_size=k).astype(np.float64)
     vb = dequantize_mx(pb, one, f, block_size=k).astype(np.float64)
     n = pa.size
     nb = -(-n // k)
     pad = nb * k - n
     prod = np.concatenate([va * vb, np.zeros(pad)]).reshape(nb, k)  # exact: <= 16 significant bits
-    xa, xb = np.asarray(XA).astype(np.int64), np.asarray(XB).astype(np.int64)
+    xa, xb = xa.astype(np.int64), xb.astype(np.int64)
     if xa.shape != (nb,) or xb.shape != (nb,):
         raise RefquantError(f"XA and XB must have {nb} scale codes for {n} elements in blocks of {k}")
     scale = np.where((xa == 0xFF) | (xb == 0xFF), np.nan, np.ldexp(1.0, xa + xb - 254))

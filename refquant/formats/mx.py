@@ -146,7 +146,10 @@ def shared_exponent(amax, fmt, scale_rule: str = "floor") -> np.ndarray:
     f = mx_format(fmt)
     if scale_rule not in _SCALE_RULES:
         raise RefquantError(f"scale_rule must be one of {_SCALE_RULES}, got {scale_rule!r}")
-    a = np.abs(np.asarray(amax, dtype=np.float64))
+    am = np.asarray(amax)
+    if am.dtype.kind not in "fiu":
+        raise RefquantError(f"amax must be real numbers, got dtype {am.dtype}")
+    a = np.abs(am.astype(np.float64))
     bad = ~np.isfinite(a)
     safe = np.where(bad | (a == 0), 1.0, a)
     if scale_rule == "floor":

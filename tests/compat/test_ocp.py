@@ -53,3 +53,14 @@ def test_mx_dot_of_e5m2_products_that_cancel_keeps_the_small_one():
         PB = encode(np.array([57344.0, *z, 2.0**-16, *z, 57344.0]), "float8_e5m2")
         X = np.full(-(-PA.size // 32), 127, np.uint8)
         assert ocp.mx_dot(X, PA, X, PB, ocp.MXFP8_E5M2) == 2.0**-32
+
+
+def test_mx_dot_and_shared_exponent_refuse_non_numeric_input():
+    # XA='a' raised NumPy's AxisError; shared_exponent('a') a ValueError
+    from refquant.formats.mx import shared_exponent
+
+    P = np.zeros(4, np.uint8)
+    with pytest.raises(RefquantError, match="XA"):
+        ocp.mx_dot("a", P, "b", P)
+    with pytest.raises(RefquantError, match="amax"):
+        shared_exponent("a", "mxfp4")
