@@ -286,18 +286,21 @@ def _storage_from_type(stype, key, location, numel, path):
     return Storage(key, stype.np, numel * stype.np.itemsize, location, typed)
 
 
-def _flatten(obj, path, max_nodes=None):
+def _flatten(obj, path, max_nodes=None, max_chars=None):
     """name -> LazyTensor and name -> plain value, dict keys joined with '.'.
 
     A container reached twice (shared, as torch.load returns it) is flattened under
     each of its names; one that contains itself is recorded as ``"<cycle>"``.
     Sharing can make the tree exponentially larger than the pickle (``t = (t, t)``
-    forty times), so at most ``max_nodes`` nodes are visited.
+    forty times), so at most ``max_nodes`` nodes are visited; and a long key
+    repeated through the memo (one 1 MB string as the key of many dicts) would
+    make the names far larger than the file, so they hold at most ``max_chars``
+    characters in all.
     """
     tensors, meta = {}, {}
     stack = [("", obj, 0)]
     on_path = set()  # ids of the containers that enclose the node being visited
-    visited = 0
+    visited = chars = 0
     while stack:
         prefix, o, depth = stack.pop()
         if prefix is None:  # every child of container id ``o`` is done
@@ -324,7 +327,14 @@ def _flatten(obj, path, max_nodes=None):
             on_path.add(id(o))
             stack.append((None, id(o), depth))
             items = o.items() if isinstance(o, dict) else enumerate(o)
-            kids = [(f"{prefix}.{k}" if prefix else str(k), v, depth + 1) for k, v in items]
+            kids = []
+            for k, v in items:
+                name = f"{prefix}.{k}" if prefix else str(k)
+                chars += len(name)
+                if max_chars is not None and chars > max_chars:
+                    raise fail(path, f"object graph's names add up to more than {max_chars} characters "
+                                     "(long keys repeated)")
+                kids.append((name, v, depth + 1))
             if not kids and prefix:
                 meta[prefix] = type(o)()
             stack.extend(reversed(kids))
@@ -343,9 +353,15 @@ def _node_budget(pickle_bytes: int) -> int:
     return 8 * pickle_bytes + 4096
 
 
+def _name_budget(pickle_bytes: int) -> int:
+    """Characters the flattened names may hold: each name repeats its parents' keys,
+    so a real checkpoint (nested a few levels) stays within a few times its pickle."""
+    return 16 * pickle_bytes + (1 << 20)
+
+
 class _TorchCheckpoint(LazyCheckpoint):
     def _setup(self, obj, path, metadata_extra, pickle_bytes):
-        tensors, meta = _flatten(obj, path, _node_budget(pickle_bytes))
+        tensors, meta = _flatten(obj, path, _node_budget(pickle_bytes), _name_budget(pickle_bytes))
         self.tree = obj
         self._tensors = tensors
         infos = {}

@@ -231,3 +231,14 @@ def test_open_torch_on_a_missing_file_or_a_folder_is_a_refquant_error(tmp_path, 
     p = tmp_path / "nope.pt" if what == "missing" else tmp_path
     with pytest.raises(RefquantError, match="cannot open"):
         open_torch(p)
+
+
+def test_one_long_key_repeated_through_the_memo_is_refused(tmp_path):
+    # a 64 kB key memoized once and used as the key of 40 dicts: 2.6 MB of names
+    # from a 66 kB pickle (a 1 MB key in 100000 dicts: 100 GB from a 1.6 MB file)
+    key = "k" * (1 << 16)
+    body = PROTO2 + EMPTY_DICT + UNI("a") + b"](" + UNI(key) + _put(0) + b"0"
+    body += (EMPTY_DICT + _get(0) + INT(0) + SETITEM) * 40
+    pkl = body + b"e" + SETITEM + STOP  # APPENDS, SETITEM
+    with pytest.raises(RefquantError, match="names add up"):
+        rio.open(torch_zip(tmp_path / "k.pt", pkl, {}))
