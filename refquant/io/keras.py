@@ -193,16 +193,22 @@ class KerasCheckpoint(LazyCheckpoint):
         super().__init__(path, infos, meta)
         self._closers.append(self._h5.close)
 
-    def _walk_v3(self, group, names, classes, path, depth=0):
+    def _walk_v3(self, group, names, classes, path, depth=0, seen=None):
         h5py = _h5py()
         if depth > 32:
             raise fail(path, "layers nested deeper than 32")
+        seen = set() if seen is None else seen
         layers = group.get("layers")
         if isinstance(layers, h5py.Group):
             for gname in layers:
                 lg = layers[gname]
                 if not isinstance(lg, h5py.Group):
                     continue
+                # a group hard-linked under several names is one layer: walk it once
+                # (two links per level, 25 levels deep, were 2**25 walks)
+                if lg.id in seen:
+                    continue
+                seen.add(lg.id)
                 v = lg.get("vars")
                 lname = gname
                 if isinstance(v, h5py.Group):
@@ -216,7 +222,7 @@ class KerasCheckpoint(LazyCheckpoint):
                         if key in self._datasets:
                             key = "/".join([*names, gname, vn])
                         self._datasets[key] = v[k]
-                self._walk_v3(lg, [*names, lname], classes, path, depth + 1)
+                self._walk_v3(lg, [*names, lname], classes, path, depth + 1, seen)
 
     def _walk_legacy(self, path):
         h5py = _h5py()
@@ -228,8 +234,12 @@ class KerasCheckpoint(LazyCheckpoint):
                     self._datasets[name] = obj
             root.visititems(visit)
             return
+        done = set()
         for ln in layer_names:
             ln = ln.decode() if isinstance(ln, bytes) else str(ln)
+            if ln in done:  # Keras never repeats one; repeats would multiply the work
+                raise fail(path, f"layer {ln!r} is named twice in layer_names")
+            done.add(ln)
             g = root.get(ln)
             if not isinstance(g, h5py.Group):
                 raise fail(path, f"layer {ln!r} named in layer_names has no group")

@@ -129,3 +129,35 @@ def test_gzip_dataset_and_a_hard_link_cycle_still_read(tmp_path):
 
     with rio.open(_h5(tmp_path, build)) as ck:
         np.testing.assert_array_equal(ck["w"], np.arange(1000, dtype="f4"))
+
+
+def test_layer_groups_hard_linked_twice_per_level_are_walked_once(tmp_path):
+    # layers/{a, b} both hard links to the next group, 25 levels: 2**25 walks (a
+    # hang) from a few-kB file; each group is one layer, read once
+    def build(h5py, f):
+        gs = [f.create_group(f"g{i}") for i in range(25)]
+        gs[-1].create_group("vars")["0"] = np.arange(3, dtype="f4")
+        for i in range(24):
+            lay = gs[i].create_group("layers")
+            lay["a"] = gs[i + 1]
+            lay["b"] = gs[i + 1]
+        lay = f.create_group("layers")
+        lay["a"] = gs[0]
+        lay["b"] = gs[0]
+
+    with rio.open(_h5(tmp_path, build)) as ck:
+        assert len(ck) == 1
+        np.testing.assert_array_equal(next(iter(ck.values())), np.arange(3, dtype="f4"))
+
+
+def test_legacy_layer_named_twice_is_refused(tmp_path):
+    def build(h5py, f):
+        g = f.create_group("d")
+        g["w"] = np.zeros(2, "f4")
+        g.attrs["weight_names"] = [b"w"]
+        f.attrs["layer_names"] = [b"d", b"d"]
+
+    from refquant import RefquantError
+
+    with pytest.raises(RefquantError, match="named twice"):
+        rio.open(_h5(tmp_path, build))
