@@ -222,6 +222,8 @@ class ShardedCheckpoint(LazyCheckpoint):
         infos = {}
         try:
             for name, shard in wm.items():
+                if "\0" in shard:
+                    raise fail(path, f"shard name {shard!r} holds a NUL byte")
                 sp = (folder / shard).resolve()
                 if sp.parent != folder and folder not in sp.parents:
                     raise fail(path, f"shard {shard!r} lies outside the index's folder")
@@ -229,6 +231,8 @@ class ShardedCheckpoint(LazyCheckpoint):
                 if ck is None:
                     if not sp.is_file():
                         raise fail(path, f"shard {shard!r} is missing")
+                    if detect_format(sp) == "index":  # an index of indexes recurses
+                        raise fail(path, f"shard {shard!r} is itself an index")
                     ck = self._shards[shard] = open(sp)
                 if name not in ck:
                     raise fail(path, f"tensor {name!r} is not in its shard {shard!r}")

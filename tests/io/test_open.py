@@ -140,3 +140,24 @@ def test_gguf_writer_missing_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "gguf", None)
     with pytest.raises(RefquantError, match="refquant\\[gguf\\]"):
         rio.save({"w": np.zeros(2, np.float32)}, tmp_path / "w.gguf")
+
+
+def test_index_naming_itself_or_another_index_as_a_shard_is_refused(tmp_path):
+    # the index opened itself recursively until RecursionError, reported as
+    # "index is not valid JSON: maximum recursion depth exceeded"
+    idx = tmp_path / "model.safetensors.index.json"
+    idx.write_text(json.dumps({"weight_map": {"w": "model.safetensors.index.json"}}))
+    with pytest.raises(RefquantError, match="is itself an index"):
+        rio.open(idx)
+    (tmp_path / "b.index.json").write_text(json.dumps({"weight_map": {"w": "model.safetensors.index.json"}}))
+    idx.write_text(json.dumps({"weight_map": {"w": "b.index.json"}}))
+    with pytest.raises(RefquantError, match="is itself an index"):
+        rio.open(idx)
+
+
+def test_shard_name_with_a_nul_byte_is_refused(tmp_path):
+    # Path.resolve() raised ValueError("embedded null byte")
+    idx = tmp_path / "model.safetensors.index.json"
+    idx.write_text(json.dumps({"weight_map": {"w": "w\u0000.safetensors"}}))
+    with pytest.raises(RefquantError, match="NUL"):
+        rio.open(idx)
