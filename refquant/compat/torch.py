@@ -19,10 +19,11 @@ qint32 per tensor and every per-channel quantize:      fbgemm ``Quantize<T, LEGA
 before rounding, two float32 roundings                 via ``at::native::quantize_val``
 NaN → qmax (quint8/qint8 per tensor), → code 0          ``_mm256_min_ps(NaN, c)`` returns c; the scalar
 (8-bit per channel), → INT32_MIN (qint32)               path casts NaN to int32 (INT_MIN, low byte 0)
-fake-quant: zero point added *after* rounding           ``fake_quantize_tensor_cachemask_kernel`` /
-                                                       ``..._per_channel_cachemask_kernel``
-                                                       (aten/src/ATen/native/quantized/cpu/kernels/
-                                                       QuantizedOpKernels.cpp)
+fake-quant: integer zero point added *after*            ``fake_quantize_tensor_cachemask_kernel`` /
+rounding, as a float32 sum (codes above 2^24 round);   ``..._per_channel_cachemask_kernel``
+float zero points before (float32: one fma; float16:   (aten/src/ATen/native/quantized/cpu/kernels/
+two roundings); float64 / float16 / bfloat16 inputs    QuantizedOpKernels.cpp)
+keep their dtype                                       ``_fake_quant_per_channel_cachemask_cpu_helper``
 fake-quant per channel: ``|round(x/s) + z| >= 2^63``,   ``static_cast<int64_t>(...)`` overflows to INT64_MIN,
 ±Inf and NaN all give ``quant_min``                     then clamps to quant_min
 learnable fake-quant forward: the zero point is         ``_fake_quantize_learnable_per_tensor_affine``
