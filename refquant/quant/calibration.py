@@ -679,6 +679,11 @@ class MovingAverageMinMax:
         if self.lo is None:
             self.lo, self.hi = lo, hi
         else:
+            if lo.shape != self.lo.shape:
+                raise RefquantError(
+                    f"this batch gives ranges of shape {lo.shape} but the running range has "
+                    f"shape {self.lo.shape} (axis={self.axis}, block_size={self.block_size})"
+                )
             c = _F(self.averaging_constant)
             self.lo = (self.lo + (c * (lo - self.lo).astype(_F)).astype(_F)).astype(_F)
             self.hi = (self.hi + (c * (hi - self.hi).astype(_F)).astype(_F)).astype(_F)

@@ -298,3 +298,12 @@ def test_unknown_method_option_is_a_refquant_error_naming_it(method):
     with pytest.raises(RefquantError, match="percentil"):
         choose_qparams(x, method=method, method_options={"percentil": 99.0})
     choose_qparams(x, method="mse", method_options={"grid": 10, "eps": 0.0})  # qparams keyword
+
+
+def test_moving_average_refuses_a_batch_with_another_parameter_shape():
+    # 3 channels, then 2: numpy broadcasting raised ValueError
+    mm = MovingAverageMinMax(0.5, axis=0).update(np.ones((3, 4)))
+    with pytest.raises(RefquantError, match=r"shape \(2,\) but the running range has shape \(3,\)"):
+        mm.update(np.ones((2, 4)))
+    mm.update(np.zeros((3, 7)))  # same channels, other length: fine
+    assert mm.range()[0].tolist() == [0.5, 0.5, 0.5]
