@@ -387,13 +387,13 @@ def dequantize(input, scale, zero_point, axis=None, dtype=None):  # noqa: A002 (
 def _dequantize_int32_float32(q, s32, z):
     """qint32 dequantize: ``float(int32(q - z)) * s`` in float32.
 
-    The core's dequantize forms ``(q - z) * s`` in float64 and rounds once; for
-    ``|q - z| >= 2^24`` torch rounds ``q - z`` to float32 first (two roundings).
-    Core change proposed: ``dequantize(..., precision="float32")``.
+    Two torch-specific steps on top of the core's ``precision="float32"``
+    dequantize (which rounds ``q - z`` to float32 before multiplying): the
+    difference is formed in int32 arithmetic, so it wraps.
     """
     d = (q.astype(np.int64) - z).astype(np.int64)
     d = ((d + 2**31) % 2**32) - 2**31  # int32 arithmetic wraps
-    return (d.astype(np.float32) * s32).astype(np.float32)
+    return _core_dequantize(d, s32, 0, out_dtype=np.float32, precision="float32")
 
 
 # --------------------------------------------------------------------------- fake quantize
@@ -765,12 +765,10 @@ class _UniformObserver:
 def _qint32_zero_point(lo, scale, qmin, qmax):
     """``quant_min - round(min_neg / scale).to(int32)``, clamped, in exact integers.
 
-    The core's ``qparams_from_range`` subtracts the rounded quotient as a float32
-    array, which is exact for 8-bit grids but rounds ``-2^31 - r`` for qint32
-    (torch subtracts in int32). Quirk: a quotient outside int32 (|min / s| >=
-    2^31, possible only for qint32) converts to INT32_MIN, and
-    ``-2^31 - INT32_MIN = 0``: min = -300 gives zero point 0. Core change proposed: cast the rounded quotient
-    to int64 before ``qmin - ...`` in ``qparams_from_range``.
+    Torch subtracts in int32 arithmetic, which the core's exact integer zero
+    point does not wrap. Quirk: a quotient outside int32 (|min / s| >= 2^31,
+    possible only for qint32) converts to INT32_MIN, and
+    ``-2^31 - INT32_MIN = 0``: min = -300 gives zero point 0.
     """
     lo_neg = np.minimum(np.asarray(lo, dtype=np.float32), _F(0))
     r = np.rint((lo_neg / scale).astype(np.float32)).astype(np.float64)
