@@ -227,6 +227,16 @@ class RandomUnstructured(_Method):
         return mask
 
 
+def _structured_count(t, amount, dim):
+    """torch's shared prelude of the structured methods: (dim, channels, channels to prune)."""
+    _validate_structured_pruning(t)
+    dim = _validate_pruning_dim(t, dim)
+    size = t.shape[dim]
+    k = _compute_nparams_toprune(amount, size)
+    _validate_pruning_amount(k, size)
+    return dim, size, k
+
+
 class LnStructured(_Method):
     """torch ``prune.LnStructured(amount, n, dim=-1)``: drop the channels of lowest L``n`` norm."""
 
@@ -243,11 +253,7 @@ class LnStructured(_Method):
         self.dim = dim
 
     def compute_mask(self, t, default_mask):
-        _validate_structured_pruning(t)
-        dim = _validate_pruning_dim(t, self.dim)
-        size = t.shape[dim]
-        k = _compute_nparams_toprune(self.amount, size)
-        _validate_pruning_amount(k, size)
+        dim, size, k = _structured_count(t, self.amount, self.dim)
         if k == 0:
             return default_mask
         norm = _compute_norm(t, self.n, dim)
@@ -270,11 +276,7 @@ class RandomStructured(_Method):
         self.seed = seed
 
     def compute_mask(self, t, default_mask):
-        _validate_structured_pruning(t)
-        dim = _validate_pruning_dim(t, self.dim)
-        size = t.shape[dim]
-        k = _compute_nparams_toprune(self.amount, size)
-        _validate_pruning_amount(k, size)
+        dim, size, k = _structured_count(t, self.amount, self.dim)
         if k == 0:
             return default_mask
         _check_k(k, "kthvalue")
