@@ -192,7 +192,7 @@ def _unblocked(y, n, axis):
 
 
 def quantize_mx(x, fmt, *, axis: int = -1, block_size: int | None = None, scale_rule: str = "floor",
-                rounding: str = "half_even"):
+                rounding: str = "half_even", seed=None, rng=None):
     """Quantize ``x`` to an MX format: E8M0 scale codes and element codes.
 
     Parameters
@@ -213,6 +213,9 @@ def quantize_mx(x, fmt, *, axis: int = -1, block_size: int | None = None, scale_
         Element rounding (:data:`refquant.quant.rounding.ROUNDING_MODES`);
         ``"half_even"`` by default, ``"half_away"`` is microxcaling's ``"nearest"``.
         Elements saturate at the element max (OCP: clamped to max normal).
+    seed, rng
+        For ``rounding="stochastic"`` only: the draws come from ``rng`` if given,
+        else from ``numpy.random.default_rng(seed)``.
 
     Returns
     -------
@@ -249,9 +252,9 @@ def quantize_mx(x, fmt, *, axis: int = -1, block_size: int | None = None, scale_
     scale_codes = np.where(nan_block, 0xFF, e_safe + 127).astype(np.uint8)
     scaled = np.where(nan_block[..., None], 0.0, blocks / np.ldexp(1.0, e_safe.astype(np.int64))[..., None])
     if f.element == "int8":
-        q = np.clip(round_to_int(scaled * 64.0, rounding), -127, 127).astype(np.int8)
+        q = np.clip(round_to_int(scaled * 64.0, rounding, seed=seed, rng=rng), -127, 127).astype(np.int8)
     else:
-        q = encode(scaled, f.element_format, saturate=True, rounding=rounding)
+        q = encode(scaled, f.element_format, saturate=True, rounding=rounding, seed=seed, rng=rng)
     return _unblocked(q, n, ax), np.moveaxis(scale_codes, -1, ax)
 
 

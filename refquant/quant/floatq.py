@@ -109,7 +109,7 @@ def float_scale(x, fmt, *, axis=None, block_size=None, power_of_two=None) -> np.
 
 
 def quantize_float(x, fmt, scale=None, *, axis=None, block_size=None, saturate=True, rounding="half_even",
-                   power_of_two=None, scale_op="divide", precision="float32"):
+                   power_of_two=None, scale_op="divide", precision="float32", seed=None, rng=None):
     """Quantize ``x`` to float codes of ``fmt``: ``encode(x / scale)``.
 
     Parameters
@@ -129,6 +129,8 @@ def quantize_float(x, fmt, scale=None, *, axis=None, block_size=None, saturate=T
         ``x / s`` or ``x * float32(1 / s)`` (torchao's multiply).
     precision : {"float32", "float64"}
         Where the quotient is formed; it is then rounded once to ``fmt``.
+    seed, rng
+        For ``rounding="stochastic"`` only (as :func:`refquant.formats.floats.encode`).
 
     Returns
     -------
@@ -168,7 +170,7 @@ def quantize_float(x, fmt, scale=None, *, axis=None, block_size=None, saturate=T
             y = xa.astype(dt) / sb
         else:
             y = xa.astype(dt) * (np.float32(1) / sb.astype(np.float32)).astype(dt)
-    return encode(y, f, saturate=saturate, rounding=rounding), s
+    return encode(y, f, saturate=saturate, rounding=rounding, seed=seed, rng=rng), s
 
 
 def dequantize_float(codes, fmt, scale, *, axis=None, block_size=None) -> np.ndarray:

@@ -135,3 +135,13 @@ def test_empty_rows_quantize_and_dequantize_to_empty():
     c, s = quantize_mx(np.zeros((3, 0)), "mxfp4", axis=0)
     assert c.shape == (3, 0) and s.shape == (1, 0)
     assert dequantize_mx(c, s, "mxfp4", axis=0).shape == (3, 0)
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "mxint8"])
+def test_stochastic_element_rounding_is_reproducible_from_a_seed(fmt):
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    a = quantize_mx(x, fmt, rounding="stochastic", seed=5)
+    b = quantize_mx(x, fmt, rounding="stochastic", seed=5)
+    c = quantize_mx(x, fmt, rounding="stochastic", seed=6)
+    assert all(np.array_equal(p, q) for p, q in zip(a, b, strict=True))
+    assert not np.array_equal(a[0], c[0])

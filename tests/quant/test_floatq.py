@@ -109,3 +109,11 @@ def test_a_scale_that_underflows_float32_becomes_the_smallest_positive_float32()
     assert float_scale(x, "float8_e5m2") == np.float32(2.0**-149)
     codes, s = quantize_float(x, "float8_e5m2")
     assert s == np.float32(2.0**-149) and decode(codes, "float8_e5m2")[0] == 24576.0  # 23270 -> 24576
+
+
+def test_stochastic_rounding_is_reproducible_from_a_seed():
+    x = np.random.default_rng(0).standard_normal(256).astype(np.float32)
+    a, _ = quantize_float(x, "float8_e4m3fn", rounding="stochastic", seed=3)
+    b, _ = quantize_float(x, "float8_e4m3fn", rounding="stochastic", seed=3)
+    c, _ = quantize_float(x, "float8_e4m3fn", rounding="stochastic", seed=4)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
