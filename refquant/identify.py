@@ -48,7 +48,7 @@ SEMANTIC_CHOICES = {
                  "trunc"),
     "scale_op": ("divide", "reciprocal"),
     "precision": ("float64", "float32"),
-    "zero_point_stage": ("after_rounding", "before_rounding"),
+    "zero_point_stage": ("after_rounding", "before_rounding", "fused"),
     "clamp_stage": ("after_rounding", "before_rounding"),
     "overflow": ("saturate", "wrap"),
     "narrow_range": (False, True),

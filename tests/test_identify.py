@@ -90,7 +90,8 @@ def test_nan_policy_and_zero_point_stage_are_recovered():
     q = quantize(x, 1.0, 3, nan="qmin", zero_point_stage="before_rounding", rounding="half_even")
     rep = identify(x, q, 1.0, 3)
     assert rep.determined["nan"] == "qmin"
-    assert rep.determined["zero_point_stage"] == "before_rounding"
+    # with s = 1 the fused fma(x, 1, z) rounds exactly like x + z: both stay, after_rounding goes
+    assert rep.undetermined["zero_point_stage"] == ["before_rounding", "fused"]
 
 
 def test_when_nothing_matches_the_closest_and_their_departures_are_reported():
@@ -133,3 +134,25 @@ def test_cli_identify_prints_the_determined_rounding(tmp_path, capsys):
     np.save(tmp_path / "bad.npy", np.int8([5] * x.size))
     assert main(["identify", str(tmp_path / "x.npy"), str(tmp_path / "bad.npy"),
                  "--scale", "0.5"]) == 1
+
+
+def test_fused_multiply_add_is_identified_from_near_ties():
+    # x * fl32(1/s) rounds to exactly k + 0.5 in float32, but the exact product does not:
+    # only a kernel that rounds fma(x, 1/s, z) once (PyTorch's AVX2 quint8 path) gets these
+    rng = np.random.default_rng(0)
+    s = np.float32(0.1)
+    inv = np.float32(1) / s
+    xs = []
+    while len(xs) < 40:
+        k = int(rng.integers(-100, 100))
+        x0 = np.float32((k + 0.5) / np.float64(inv))
+        for v in (x0, np.nextafter(x0, np.float32(-1e9)), np.nextafter(x0, np.float32(1e9))):
+            if np.float32(v * inv) == np.float32(k + 0.5) and np.float64(v) * np.float64(inv) != k + 0.5:
+                xs.append(v)
+                break
+    x = np.array(xs, np.float32)
+    q = quantize(x, s, 100, dtype="uint8", scale_op="reciprocal", precision="float32",
+                 zero_point_stage="fused")
+    report = identify(x, q.astype(np.uint8), s, 100)
+    assert report.determined["zero_point_stage"] == "fused"
+    assert "pytorch quantize_per_tensor" in [c.name for c in report.presets]
