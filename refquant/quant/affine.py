@@ -237,17 +237,15 @@ def quantize(
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         if zero_point_stage == "fused":
             v = fma_f32(xf, (ft(1) / s).astype(ft), z.astype(ft))
-        elif scale_op == "divide":
-            v = xf / s
         else:
-            v = xf * (ft(1) / s).astype(ft)
-        if zero_point_stage == "fused":
-            lo, hi = fmt.qmin, fmt.qmax
-        elif zero_point_stage == "before_rounding":
-            v = (v + z.astype(ft)).astype(ft)
-            lo, hi = fmt.qmin, fmt.qmax
-        else:
+            v = xf / s if scale_op == "divide" else xf * (ft(1) / s).astype(ft)
+            if zero_point_stage == "before_rounding":
+                v = (v + z.astype(ft)).astype(ft)
+        # the clamp bounds of v: the grid itself once z is in, else the grid shifted by -z
+        if zero_point_stage == "after_rounding":
             lo, hi = fmt.qmin - z, fmt.qmax - z
+        else:
+            lo, hi = fmt.qmin, fmt.qmax
         if clamp_stage == "before_rounding":
             v = np.clip(v, lo, hi).astype(ft)
         r = round_to_int(v, rounding, seed=seed, rng=rng).astype(np.float64)
