@@ -98,11 +98,11 @@ def _litert_quantize(x, scale, zp, kernel, dtype="int8"):
     return run_quantize(np.asarray(x, np.float32), scale, zp, dtype=dtype, kernel=kernel)
 
 
-def _torch_quantize(x, scale, zp):
+def _torch_quantize(x, scale, zp, dtype="quint8"):
     import torch
 
     return torch.quantize_per_tensor(torch.tensor(np.asarray(x, np.float32)), float(scale), zp,
-                                     torch.quint8).int_repr().numpy()
+                                     getattr(torch, dtype)).int_repr().numpy()
 
 
 def _torch_minmax_scale():
@@ -134,6 +134,7 @@ def rows():
     from refquant.quant.qparams import qparams_from_range
 
     x_pt, s_pt = F32(0.273939937), F32(0.00214854861)
+    x_fma = F32(-13.65000057)
     obs = P.MinMaxObserver(dtype="qint8", qscheme="per_tensor_symmetric")
     obs.forward(F32([-1.0, 1.0]))
     ml = importlib.import_module("ml_dtypes")
@@ -152,6 +153,19 @@ def rows():
                  ("LiteRT QUANTIZE (reference kernel)",
                   T.affine_quantize([x_pt], s_pt, 0, dtype="uint8"),
                   ("ai_edge_litert", lambda: _litert_quantize([x_pt], s_pt, 0, "reference", "uint8"))),
+             ]),
+        dict(topic="One fused multiply-add, or a product rounded before the zero point is added",
+             input="x = -13.65000057 (float32), scale = 0.1, zero point 208",
+             why="x · fl32(1/s) is exactly -136.50000572...; PyTorch's 8-bit kernel (fbgemm "
+                 "QuantizeAvx2) rounds fma(x, 1/s, z) = 71.4999943 once, to 71; its qint32 path "
+                 "rounds the product to -136.5 first and half-even gives 72, as ONNX's division does",
+             results=[
+                 ("PyTorch quantize_per_tensor, quint8", P.quantize_per_tensor(F32([x_fma]), 0.1, 208, "quint8"),
+                  ("torch", lambda: _torch_quantize([x_fma], 0.1, 208))),
+                 ("PyTorch quantize_per_tensor, qint32", P.quantize_per_tensor(F32([x_fma]), 0.1, 208, "qint32"),
+                  ("torch", lambda: _torch_quantize([x_fma], 0.1, 208, "qint32"))),
+                 ("ONNX QuantizeLinear, uint8", O.quantize_linear(F32([x_fma]), F32(0.1), np.uint8(208)),
+                  ("onnxruntime", lambda: _ort_quantize([x_fma], F32(0.1), np.uint8(208)))),
              ]),
         dict(topic="Ties: half to even or away from zero",
              input="x = [0.5, 1.5, 2.5, -2.5], scale = 1, int8, zero point 0",
