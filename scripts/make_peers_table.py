@@ -38,9 +38,8 @@ def _fmt(v) -> str:
 
 # ---------------------------------------------------------------- peer runners (optional)
 
-def _ort_quantize(x, scale, zp):
-    import onnx
-    import onnxruntime as ort
+def _quantize_model(scale, zp):
+    """A one-node QuantizeLinear-21 model with a per-tensor scale and zero point."""
     from onnx import TensorProto, helper
 
     zt = TensorProto.UINT8 if np.asarray(zp).dtype == np.uint8 else TensorProto.INT8
@@ -51,23 +50,21 @@ def _ort_quantize(x, scale, zp):
                            helper.make_tensor("z", zt, [], [int(zp)])])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
     m.ir_version = 10
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    del onnx
+    return m
+
+
+def _ort_quantize(x, scale, zp):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(_quantize_model(scale, zp).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
     return sess.run(None, {"x": np.asarray(x, np.float32)})[0]
 
 
 def _ref_quantize(x, scale, zp):
-    from onnx import TensorProto, helper
     from onnx.reference import ReferenceEvaluator
 
-    zt = TensorProto.UINT8 if np.asarray(zp).dtype == np.uint8 else TensorProto.INT8
-    node = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])
-    g = helper.make_graph([node], "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
-                          [helper.make_tensor_value_info("y", zt, None)],
-                          [helper.make_tensor("s", TensorProto.FLOAT, [], [float(scale)]),
-                           helper.make_tensor("z", zt, [], [int(zp)])])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
-    return ReferenceEvaluator(m).run(None, {"x": np.asarray(x, np.float32)})[0]
+    return ReferenceEvaluator(_quantize_model(scale, zp)).run(None, {"x": np.asarray(x, np.float32)})[0]
 
 
 def _dql(runner):
