@@ -24,7 +24,7 @@ import zipfile
 import numpy as np
 
 from ._common import LazyCheckpoint, MappedFile, TensorInfo, checked_numel, fail
-from .pytorch import _zip_errors, open_zip, read_zip_entry, zip_entry_offset
+from .pytorch import _zip_errors, open_mapped_zip, read_zip_entry, zip_entry_offset
 
 __all__ = ["NPY_MAGIC", "parse_npy_header", "NpyCheckpoint", "NpzCheckpoint", "open_npy", "open_npz",
            "save_npz"]
@@ -130,18 +130,7 @@ class NpzCheckpoint(LazyCheckpoint):
     format = "npz"
 
     def __init__(self, path):
-        m = MappedFile(path)
-        try:
-            zf = open_zip(m)
-        except BaseException:
-            m.close()
-            raise
-        try:
-            infos = self._scan(m, zf)
-        except BaseException:
-            zf.close()
-            m.close()
-            raise
+        m, zf, infos = open_mapped_zip(path, self._scan)
         super().__init__(path, infos, {})
         self._closers += [m.close, zf.close]
 

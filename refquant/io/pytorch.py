@@ -457,24 +457,33 @@ def open_zip(m: MappedFile) -> zipfile.ZipFile:
         raise fail(m.path, f"not a readable zip archive: {type(e).__name__}: {e}") from None
 
 
+def open_mapped_zip(path, scan):
+    """Map ``path``, open it as a zip and return ``(m, zf, scan(m, zf))``.
+
+    Both the map and the archive are closed again when opening or ``scan`` fails,
+    so a refused file holds nothing open.
+    """
+    m = MappedFile(path)
+    try:
+        zf = open_zip(m)
+    except BaseException:
+        m.close()
+        raise
+    try:
+        return m, zf, scan(m, zf)
+    except BaseException:
+        zf.close()
+        m.close()
+        raise
+
+
 class TorchZipCheckpoint(_TorchCheckpoint):
     """``torch.save`` zip format; storages memory-mapped from stored entries."""
 
     format = "pytorch-zip"
 
     def __init__(self, path):
-        m = MappedFile(path)
-        try:
-            zf = open_zip(m)
-        except BaseException:
-            m.close()
-            raise
-        try:
-            self._open(m, zf)
-        except BaseException:
-            zf.close()
-            m.close()
-            raise
+        m, zf, _ = open_mapped_zip(path, self._open)
         self._closers += [m.close, zf.close]
 
     def _open(self, m, zf):
