@@ -11,4 +11,10 @@ settings.register_profile(
 # CI explores the same examples on every run (a fixed seed per test), so that a
 # landing decision never depends on the draw; local runs keep exploring.
 settings.register_profile("refquant-ci", parent=settings.get_profile("refquant"), derandomize=True)
-settings.load_profile("refquant-ci" if os.environ.get("CI") else "refquant")
+# A longer local hunt: REFQUANT_HYPOTHESIS_PROFILE=refquant-hunt (tests that set
+# their own max_examples keep it; vary --hypothesis-seed to explore those).
+settings.register_profile("refquant-hunt", parent=settings.get_profile("refquant"), max_examples=500)
+settings.load_profile(
+    os.environ.get("REFQUANT_HYPOTHESIS_PROFILE")
+    or ("refquant-ci" if os.environ.get("CI") else "refquant")
+)
