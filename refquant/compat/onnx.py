@@ -562,8 +562,11 @@ def dynamic_quantize_linear(x, *, reference_quirks=False):
     ``scale = max == min ? 1.0f : (max - min) / float(qmax - qmin)``).
     ``onnx.reference`` (``op_dynamic_quantize_linear.py``, line 17) quotes that line but
     divides the 1.0 by 255 as well, giving ``s = 1/255`` (float32
-    0.003921569); ``reference_quirks=True`` gives that. A range so small that
-    ``s`` underflows to 0 raises RefquantError. A range so wide that
+    0.003921569); ``reference_quirks=True`` gives that. A non-zero range so small that
+    ``s`` underflows to 0 (all of x within a few subnormals of 0) gives ``s = 0``,
+    ``z = 255`` and ``y = 255`` where ``x > 0``, else 0: the spec's formula in IEEE
+    arithmetic, with the saturation of the NaN zero point (``min = 0``) as both
+    onnxruntime and onnx.reference do it. A range so wide that
     :math:`\\max - \\min` overflows float32 gives, as the formula does in IEEE
     arithmetic and both peers compute, ``s = inf``, ``z = 0`` and ``y = 0``.
 
@@ -583,10 +586,11 @@ def dynamic_quantize_linear(x, *, reference_quirks=False):
     with np.errstate(over="ignore"):
         span = np.float32(hi32 - lo32)
     if hi32 > lo32 and span / np.float32(255) == 0:
-        raise RefquantError(
-            f"the range [{lo32!r}, {hi32!r}] of x is so small that y_scale = (max - min) / 255 "
-            "underflows to 0 in float32"
-        )
+        # s underflows to 0: the spec's z = sat(rne(0 - min / 0)) is sat(+inf) = 255, or
+        # sat(NaN) when min = 0, which both peers also saturate to 255; then x / 0 is +inf
+        # (code 255) for x > 0 and -inf or NaN (code 0) otherwise, in both peers
+        return (np.where(xa > 0, np.uint8(255), np.uint8(0)), np.array(0, dtype=np.float32),
+                np.array(255, dtype=np.uint8))
     if not np.isfinite(span):
         # max - min overflows float32: the spec's s = inf, z = rne(0 - min / inf) = 0 and
         # x / inf = ±0 for every finite x, so y = 0 (onnxruntime and onnx.reference agree)
