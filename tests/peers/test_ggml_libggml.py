@@ -5,11 +5,12 @@ Calls ``quantize_row_<type>_ref``, ``dequantize_row_<type>`` and
 (through :class:`refquant.compat.ggml.LibGGML`, ctypes; ``llama_cpp`` is never
 imported).
 
-CI does not build llama-cpp-python (a source build takes ~17 minutes on two
-cores), so this module skips wherever it is missing *even under
+``.ci/run`` does not install llama-cpp-python (a source build takes ~17 minutes
+on two cores), so this module skips wherever it is missing *even under
 REFQUANT_REQUIRE_PEERS=1*: it deliberately does not use ``helpers.import_peer``.
-What CI checks instead is tests/formats/test_ggml_vectors.py, against vectors
-this same library produced (scripts/make_ggml_vectors.py).
+Where it is missing, what checks the formats is tests/formats/test_ggml_vectors.py,
+against vectors this same library produced (scripts/make_ggml_vectors.py); where
+it is installed (as on the machine that ran CI on 2026-11-28), this module runs.
 """
 
 from __future__ import annotations
