@@ -52,8 +52,9 @@ _ORDERS = ("low_first", "high_first")
 
 
 def _check(bits, order, word):
-    if bits not in (1, 2, 4, 8):
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits not in (1, 2, 4, 8):
         raise RefquantError(f"bits must be 1, 2, 4 or 8; got {bits!r}")
+    bits = int(bits)
     if order not in _ORDERS:
         raise RefquantError(f"order must be 'low_first' or 'high_first'; got {order!r}")
     try:
@@ -65,7 +66,7 @@ def _check(bits, order, word):
     wbits = wt.itemsize * 8
     if bits > wbits:
         raise RefquantError(f"{bits}-bit codes do not fit a {wt.name} word")
-    return wt, wbits // bits
+    return wt, wbits // bits, bits
 
 
 def _shifts(per, bits, order, wt):
@@ -102,8 +103,11 @@ def pack(codes, bits, *, axis=-1, order="low_first", word="uint8", pad=0) -> np.
     ONNX IR "int4 ... packed two per byte, the first element in the low nibble";
     numpy.packbits (``bitorder``); compressed-tensors ``pack_to_int32``.
     """
-    wt, per = _check(bits, order, word)
-    c = np.asarray(codes)
+    wt, per, bits = _check(bits, order, word)
+    try:
+        c = np.asarray(codes)
+    except (TypeError, ValueError):
+        raise RefquantError("codes must be a rectangular array of integers") from None
     if c.dtype.kind not in "iub" and c.dtype.name not in ("int4", "uint4", "int2", "uint2"):
         raise RefquantError(f"codes must be integers, got dtype {c.dtype}")
     if c.dtype == bool:
@@ -150,7 +154,7 @@ def unpack(packed, bits, n=None, *, axis=-1, order="low_first", signed=False) ->
     As :func:`pack`; ``numpy.unpackbits`` for one-bit codes.
     """
     w = np.asarray(packed)
-    wt, per = _check(bits, order, w.dtype.name if w.dtype.name in _WORDS else w.dtype)
+    wt, per, bits = _check(bits, order, w.dtype.name if w.dtype.name in _WORDS else w.dtype)
     if w.ndim == 0:
         raise RefquantError("packed must have at least one dimension")
     ax = normalize_axis(axis, w.ndim)

@@ -98,3 +98,16 @@ def test_unpack_nibbles_refuses_values_that_are_not_bytes():
         with pytest.raises(RefquantError, match="packed must be bytes"):
             unpack_nibbles(bad)
     assert unpack_nibbles([0x21, 0xF0]).tolist() == [1, 2, 0, 15]
+
+
+def test_bits_must_be_an_integer_and_ragged_codes_are_refused():
+    # bits=4.0 passed the `in (1, 2, 4, 8)` test and then raised TypeError from `1 << (bits - 1)`;
+    # a ragged list raised NumPy's ValueError
+    for bad in (4.0, np.float64(4), True, "4"):
+        with pytest.raises(RefquantError, match="bits must be 1, 2, 4 or 8"):
+            pack([1, 2], bad)
+        with pytest.raises(RefquantError, match="bits must be 1, 2, 4 or 8"):
+            unpack(np.zeros(1, np.uint8), bad)
+    with pytest.raises(RefquantError, match="codes must be"):
+        pack([[1], [2, 3]], 4)
+    assert pack([1, 2], np.int64(4)).tolist() == [0x21]
