@@ -217,8 +217,10 @@ def _precision(x, y_scale, precision, reference_quirks) -> str:
     if precision:
         p = _type_name(precision, "precision")
     elif reference_quirks:
-        # onnx/reference/ops/op_quantize_linear.py: ``x = x / y_scale`` in NumPy's promotion
-        p = _type_name(np.result_type(x.dtype, y_scale.dtype), "precision")
+        # onnx/reference/ops/op_quantize_linear.py: ``x = x / y_scale``, in the dtype NumPy's
+        # division returns (np.result_type has no common type for float16 and bfloat16, but
+        # ml_dtypes' division loop for them returns float32)
+        p = _type_name((np.ones(1, x.dtype) / np.ones(1, y_scale.dtype)).dtype, "precision")
     else:
         p = _type_name(y_scale.dtype, "y_scale")
     if p == "double" and not precision and not reference_quirks:
@@ -300,9 +302,9 @@ def quantize_linear(
       So ``x / y_scale >= 2**31`` and ``+Inf`` give ``qmin`` instead of ``qmax``
       (int8, zero point 0: ``+Inf -> -128``); with a negative zero point every such
       value wraps past INT32_MIN and gives ``qmax`` (zero point -100: ``-Inf -> 127``).
-    * ``x = x / y_scale`` (line 86) runs in NumPy's type promotion of x and y_scale, not in
-      y_scale's type: float64 for an int32 x, float32 for float32 x with a float16
-      y_scale.
+    * ``x = x / y_scale`` (line 86) runs in the type NumPy's division gives x and y_scale,
+      not in y_scale's type: float64 for an int32 x, float32 for float32 x with a float16
+      y_scale and for float16 with bfloat16 (either way round).
     * For float8 outputs the zero point is ignored; refquant rejects a non-zero one.
     * float4e2m1 has no NaN; the spec leaves NaN undefined and refquant raises.
       The evaluator casts with ml_dtypes, which gives a zero with the opposite
@@ -313,10 +315,12 @@ def quantize_linear(
       adds it.
 
     onnxruntime (``QuantizeLinear`` CPU kernel, MLAS) saturates ±Inf and
-    out-of-range values as the spec says and maps NaN to ``qmin``. It departs from
-    the spec for float16 ``x`` and ``y_scale``: it divides in float32, not float16
-    (``274 / 0.1`` in float16: spec and onnx.reference 2740, onnxruntime 2741);
-    ``precision=1`` (float) reproduces it. It also refuses ``block_size > 0`` with a
+    out-of-range values as the spec says and maps NaN to ``qmin``. At opsets 19 and
+    21 (its QuantizeLinear-19 / -21 kernels) it departs from the spec for float16 ``x``
+    and ``y_scale``: it divides in float32, not float16 (``274 / 0.1`` in float16: spec
+    and onnx.reference 2740, onnxruntime 2741); ``precision=1`` (float, which needs
+    ``opset >= 23`` here) reproduces it. From opset 23 on it divides in ``y_scale``'s
+    type (or ``precision``) as the spec says. It also refuses ``block_size > 0`` with a
     one-element 1-D scale ("block_size must be 0 for per-tensor quantization"),
     which the spec's shape rule accepts. With ``saturate=0`` its float8 overflow
     departs from the Cast table: float8e4m3fn ``x / y_scale`` in [480, 496) gives

@@ -731,3 +731,49 @@ def test_matmul_integer_per_row_a_zero_point_departs_from_both_peers():
     with pytest.raises(Exception, match="zero point must be a scalar"):
         sess.run(None, feeds)
     assert ronnx.matmul_integer(a, b, za, zb).tolist() == [[0, 1], [1, 2]]
+
+
+@pytest.mark.parametrize("xdt,sdt", [(np.float16, ml_dtypes.bfloat16),
+                                     (ml_dtypes.bfloat16, np.float16)])
+def test_reference_quirks_divide_mixed_float16_bfloat16_in_float32_like_onnx_reference(xdt, sdt):
+    # opset 23+ lets x and y_scale differ; NumPy has no common type for float16 and
+    # bfloat16 (np.result_type raises DTypePromotionError) but ml_dtypes' division loop
+    # returns float32, which onnx.reference's ``x / y_scale`` then rounds. 0.6 / 0.25 =
+    # 2.4 in float32 -> 2; a float16 quotient of x = 0.625 / 0.25 = 2.5 ties to 2.
+    _peers()
+    from onnx.reference.ops.op_quantize_linear import QuantizeLinear_25
+
+    x = np.array([0.6, 0.625, -1.375, 100.0, 3.1, 1e4], dtype=xdt)
+    s = np.array(0.25, dtype=sdt)
+    for z in (np.int8(0), np.array(0, ml_dtypes.int4)):
+        want = QuantizeLinear_25.eval(x, s, z)
+        got = ronnx.quantize_linear(x, s, z, reference_quirks=True)
+        np.testing.assert_array_equal(got.astype(np.int64), want.astype(np.int64))
+    want = QuantizeLinear_25.eval(x, s, output_dtype=17)
+    got = ronnx.quantize_linear(x, s, output_dtype=17, reference_quirks=True)
+    _assert_same_bits(got.astype(np.float32), want.astype(np.float32), "float8e4m3fn")
+
+
+@pytest.mark.parametrize("opset", [19, 21, 23, 25])
+def test_onnxruntime_divides_float16_in_float32_only_at_opsets_19_and_21(opset):
+    # float16 -9.25 / 0.1 (0.0999755859375): -92.5 in float16 (a tie, to even -92), -92.52 in
+    # float32 (-93). onnxruntime's QuantizeLinear-19/21 kernels divide in float32; from
+    # opset 23 it divides in y_scale's type as the spec says.
+    _, ort = _peers()
+    from onnx import helper
+
+    node = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 10, None),
+                                        helper.make_tensor_value_info("s", 10, None),
+                                        helper.make_tensor_value_info("z", 3, None)],
+                          [helper.make_tensor_value_info("y", 3, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 10
+    x, s, z = np.float16([-9.25, -9.6484375]), np.array(0.1, np.float16), np.int8(0)
+    ort_y = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x, "s": s, "z": np.array(z)})[0]
+    spec = ronnx.quantize_linear(x, s, z, opset=opset)
+    assert spec.tolist() == [-92, -96]
+    in_float32 = ronnx.quantize_linear(x, s, z, precision=1)
+    assert in_float32.tolist() == [-93, -97]
+    assert ort_y.tolist() == (in_float32 if opset < 23 else spec).tolist()
