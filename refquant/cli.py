@@ -154,7 +154,7 @@ def _run_identify(args) -> int:
         if v.endswith(".npy"):
             try:
                 return np.load(v, allow_pickle=False)
-            except OSError as e:
+            except (OSError, ValueError, EOFError) as e:  # missing, truncated, pickled, not .npy
                 raise RefquantError(f"{name}: cannot read {v!r}: {e}") from None
         try:
             return float(v) if name == "scale" else int(v)

@@ -213,8 +213,13 @@ def identify(x, q, scale, zero_point=0, *, dtype=None, axis=None, block_size=Non
     modules for the presets (ONNX QuantizeLinear, PyTorch quantize_per_tensor,
     TFLite AffineQuantize).
     """
-    xa = np.asarray(x)
-    qa = np.asarray(q)
+    arrays = []
+    for name, v in (("x", x), ("q", q)):
+        try:
+            arrays.append(np.asarray(v))
+        except (TypeError, ValueError):
+            raise RefquantError(f"{name} must be a rectangular array of numbers") from None
+    xa, qa = arrays
     if xa.shape != qa.shape:
         raise RefquantError(f"x has shape {xa.shape} but q has shape {qa.shape}; they must match")
     if qa.dtype.kind not in "iu" and qa.dtype.name not in ("int4", "uint4", "int2", "uint2"):
@@ -239,15 +244,18 @@ def identify(x, q, scale, zero_point=0, *, dtype=None, axis=None, block_size=Non
     if not has_nan:
         dims["nan"] = ("zero",)
     names = list(dims)
-    results = []
+    results, first_error = [], None
     for combo in itertools.product(*(dims[n] for n in names)):
         sem = dict(zip(names, combo, strict=True))
         try:
             got = quantize(xa, scale, zero_point, dtype=fmt.name.replace("_narrow", ""),
                            axis=axis, block_size=block_size, out_dtype=np.int64, **sem)
-        except RefquantError:
+        except RefquantError as e:
+            first_error = first_error or e
             continue  # e.g. wrap beyond 2^62, nan="zero" outside an unsigned narrow grid
         results.append(("semantics", sem, got))
+    if not results:  # no semantics accepts these arguments: x, scale or zero_point is bad
+        raise first_error
     presets, not_applicable = _presets(fmt, axis, block_size)
     for label, fn in presets:
         try:

@@ -156,3 +156,32 @@ def test_fused_multiply_add_is_identified_from_near_ties():
     report = identify(x, q.astype(np.uint8), s, 100)
     assert report.determined["zero_point_stage"] == "fused"
     assert "pytorch quantize_per_tensor" in [c.name for c in report.presets]
+
+
+@pytest.mark.parametrize("scale, zero_point, x, what", [
+    (0.0, 0, TIES, "scale must be finite and > 0"),  # used to report 'no combination reproduces Q'
+    (float("nan"), 0, TIES, "scale must be finite and > 0"),
+    (np.array(["a"]), 0, TIES, "scale must be a real"),  # ValueError from a preset's float()
+    (None, 0, TIES, "scale must be a real"),  # TypeError from a preset's float()
+    (1.0, "a", TIES, "zero_point must be"),  # ValueError from a preset's int()
+    (1.0, 10**23, TIES, "zero_point must be"),  # OverflowError from a preset
+    (1.0, 0, TIES.astype(np.complex64), "x must be a real"),  # ComplexWarning, then 'matches'
+    (1.0, 0, np.array(["a"] * TIES.size), "x must be a real"),
+    (1.0, 0, [[1.0], [2.0, 3.0]], "x must be"),  # ragged: NumPy's ValueError
+])
+def test_bad_scale_zero_point_or_x_is_an_error_not_a_search_result(scale, zero_point, x, what):
+    with pytest.raises(RefquantError, match=what):
+        identify(x, np.zeros(np.shape(TIES), np.int8), scale, zero_point)
+
+
+def test_cli_identify_unreadable_npy_exits_2_with_a_message(tmp_path, capsys):
+    np.save(tmp_path / "q.npy", np.int8([1, 2]))
+    (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY\x01\x00garbage")  # header runs past the end
+    (tmp_path / "empty.npy").write_bytes(b"")
+    np.save(tmp_path / "obj.npy", np.array([None, 1], object), allow_pickle=True)
+    for x in ("bad.npy", "empty.npy", "obj.npy"):  # ValueError / EOFError tracebacks before
+        assert main(["identify", str(tmp_path / x), str(tmp_path / "q.npy"), "--scale", "1"]) == 2
+        assert f"x: cannot read '{tmp_path / x}'" in capsys.readouterr().err
+    assert main(["identify", str(tmp_path / "q.npy"), str(tmp_path / "q.npy"),
+                 "--scale", str(tmp_path / "obj.npy")]) == 2
+    assert "scale: cannot read" in capsys.readouterr().err
