@@ -197,7 +197,10 @@ def write_vectors(outdir, family=None) -> dict:
     for n in names:
         if n not in _GENERATORS:
             raise RefquantError(f"unknown vector family {n!r}; known: {', '.join(_GENERATORS)}")
-    os.makedirs(outdir, exist_ok=True)
+    try:
+        os.makedirs(outdir, exist_ok=True)
+    except OSError as err:  # a file in the way, no permission, missing parent under /proc ...
+        raise RefquantError(f"outdir: cannot create folder {outdir!r}: {err}") from None
     index = {"format_version": FORMAT_VERSION, "generator": "refquant", "cases": [],
              "skipped": {}}
     counts = {}
@@ -235,8 +238,11 @@ def load_vectors(outdir) -> list[dict]:
     if not isinstance(index, dict) or index.get("format_version") != FORMAT_VERSION:
         version = index.get("format_version") if isinstance(index, dict) else None
         raise RefquantError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION}")
+    cases = index.get("cases", [])
+    if not isinstance(cases, list):
+        raise RefquantError(f"{path}: 'cases' must be a list, got {type(cases).__name__}")
     out = []
-    for i, e in enumerate(index.get("cases", [])):
+    for i, e in enumerate(cases):
         try:
             out.append(_load_case(outdir, e))
         except RefquantError:
@@ -250,6 +256,10 @@ def load_vectors(outdir) -> list[dict]:
 
 
 def _load_case(outdir, e) -> dict:
+    for k in ("family", "name", "function", "args", "outputs"):  # KeyError: malformed
+        e[k]
+    for a in e["args"]:
+        a["name"], a["positional"], a["key"] if a["kind"] == "array" else a["value"]
     fpath = os.path.normpath(os.path.join(outdir, e["file"]))
     if not fpath.startswith(os.path.normpath(outdir) + os.sep):
         raise RefquantError(f"case {e['name']}: file {e['file']!r} lies outside {outdir}")
@@ -283,12 +293,15 @@ def check_vectors(outdir) -> list[str]:
             args[item["name"]] = (e["arrays"][item["key"]] if item["kind"] == "array"
                                   else item["value"])
         npos = sum(1 for item in e["args"] if item["positional"])
-        case = Case(e["name"], e["function"], args, [], e["description"], positional=npos)
+        case = Case(e["name"], e["function"], args, [], e.get("description", ""), positional=npos)
         try:
             got = _call(case)
         except ImportError as err:
             problems.append(f"{e['family']}/{e['name']}: cannot import: {err}")
             continue
+        except TypeError as err:  # argument names or count from index.json do not fit
+            raise RefquantError(f"case {e['name']!r}: {e['function']} does not take these "
+                                f"arguments: {err}") from None
         want = [e["arrays"][o["key"]] for o in e["outputs"]]
         if len(got) != len(want):
             problems.append(f"{e['family']}/{e['name']}: {len(got)} outputs, expected {len(want)}")

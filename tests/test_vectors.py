@@ -167,3 +167,32 @@ def test_a_corrupt_index_raises_refquant_error(tmp_path):
     (tmp_path / "index.json").write_text("{not json")
     with pytest.raises(RefquantError, match="index.json"):
         V.load_vectors(str(tmp_path))
+
+
+@pytest.mark.parametrize("tamper", [
+    lambda ix: ix["cases"][0].pop("name"),  # each of these raised KeyError / TypeError
+    lambda ix: ix["cases"][0]["args"][0].pop("name"),
+    lambda ix: ix["cases"][0]["args"][0].pop("positional"),
+    lambda ix: [a for a in ix["cases"][0]["args"] if a["kind"] == "scalar"][0].pop("value"),
+    lambda ix: ix["cases"][0]["args"][-1].update(name="bogus"),
+    lambda ix: ix.update(cases=None),
+])
+def test_a_tampered_index_entry_raises_refquant_error(tmp_path, tamper):
+    d = str(tmp_path)
+    V.write_vectors(d, "affine")
+    idx = tmp_path / "index.json"
+    index = json.loads(idx.read_text())
+    tamper(index)
+    idx.write_text(json.dumps(index))
+    with pytest.raises(RefquantError):
+        V.check_vectors(d)
+
+
+def test_an_outdir_that_cannot_be_created_is_a_refquant_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"x")  # FileExistsError / NotADirectoryError before
+    with pytest.raises(RefquantError, match="outdir"):
+        V.write_vectors(str(blocker), "integer")
+    assert main(["vectors", str(blocker / "sub"), "--family", "integer"]) == 2
+    assert "cannot create folder" in capsys.readouterr().err
+    assert blocker.read_bytes() == b"x"
