@@ -105,7 +105,10 @@ def get_4bit_type(typename: str) -> np.ndarray:
 
 
 def _as_input(A):
-    a = np.asarray(A)
+    try:
+        a = np.asarray(A)
+    except (TypeError, ValueError):
+        raise RefquantError("A must be a rectangular float array") from None
     if a.dtype.kind != "f" and a.dtype.name != "bfloat16":
         raise RefquantError(f"A must be a float array (float16, bfloat16 or float32), got dtype {a.dtype}")
     with np.errstate(invalid="ignore"):
@@ -245,15 +248,27 @@ def _state_code_blocksize(quant_state, maker):
     return code, bs
 
 
+def _state_float(state, key):
+    try:
+        return np.asarray(state[key], np.float32)
+    except (KeyError, TypeError, ValueError):
+        raise RefquantError(f"quant_state[{key!r}] must be float values, got {state.get(key)!r}") from None
+
+
 def _state_absmax(state):
     if state.get("nested"):
         am = dequantize_blockwise(state["absmax"], state["state2"]).astype(np.float32)
-        return (am + np.float32(state["offset"])).astype(np.float32)
-    return np.asarray(state["absmax"], np.float32)
+        return (am + _state_float(state, "offset")).astype(np.float32)
+    return _state_float(state, "absmax")
 
 
 def _to_dtype(x, dtype):
-    return x.astype(dtype) if dtype is not None else x
+    if dtype is None:
+        return x
+    try:
+        return x.astype(dtype)
+    except (TypeError, ValueError):
+        raise RefquantError(f"quant_state['dtype'] must be a float dtype, got {dtype!r}") from None
 
 
 def dequantize_4bit(A, quant_state) -> np.ndarray:

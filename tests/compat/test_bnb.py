@@ -101,3 +101,23 @@ def test_a_damaged_quant_state_raises_refquant_error():
             bnb.dequantize_blockwise(q, {**st8, key: bad})
     with pytest.raises(RefquantError, match="code"):
         bnb.quantize_blockwise(np.ones(4, np.float32), code="a")
+
+
+def test_a_damaged_absmax_offset_or_dtype_and_a_ragged_input_raise_refquant_error():
+    # absmax 'ab' and offset 'a' raised ValueError, dtype 'foo' / 5 TypeError, a ragged A ValueError
+    p, st = bnb.quantize_4bit(np.ones(70, np.float32), 64, "nf4")
+    pn, stn = bnb.quantize_4bit(np.ones(70, np.float32), 64, "nf4", compress_statistics=True)
+    q, st8 = bnb.quantize_blockwise(np.ones(70, np.float32), blocksize=64)
+    for fn, packed, state, key, bad in (
+        (bnb.dequantize_4bit, p, st, "absmax", "ab"),
+        (bnb.dequantize_4bit, p, st, "dtype", "foo"),
+        (bnb.dequantize_4bit, p, st, "dtype", 5),
+        (bnb.dequantize_4bit, pn, stn, "offset", "a"),
+        (bnb.dequantize_blockwise, q, st8, "absmax", "ab"),
+        (bnb.dequantize_blockwise, q, st8, "dtype", "foo"),
+    ):
+        with pytest.raises(RefquantError, match=key):
+            fn(packed, {**state, key: bad})
+    for fn in (bnb.quantize_4bit, bnb.quantize_blockwise):
+        with pytest.raises(RefquantError, match="A must be"):
+            fn([[1.0], [2.0, 3.0]])
