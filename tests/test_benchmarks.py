@@ -1,0 +1,39 @@
+"""The benchmarks run, on tiny sizes, so that they cannot rot between releases.
+
+bench_formats checks that refquant and each installed peer give equal outputs
+before it times them, so this also cross-checks every pair once more.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_formats_runs_and_every_pair_agrees():
+    lines = []
+    results = _load("bench_formats").run(2 * 4096, repeat=1, out=lines.append)
+    assert results, "no peer installed: nothing was compared"
+    assert all(r[2] > 0 and r[3] > 0 for r in results)
+    assert any("int8 per tensor" in line for line in lines)
+
+
+def test_bench_formats_rejects_a_size_that_is_not_whole_rows():
+    with pytest.raises(SystemExit, match="multiple of 4096"):
+        _load("bench_formats").run(100)
+
+
+def test_bench_io_runs_on_a_small_file(tmp_path, capsys):
+    _load("bench_io").main(["--size-mb", "2", "--tensors", "4", "--dir", str(tmp_path)])
+    assert "safetensors" in capsys.readouterr().out
