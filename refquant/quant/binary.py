@@ -236,8 +236,13 @@ def ternarize_absmean(w, *, eps=1e-5, eps_rule="add", rounding="half_even"):
     ----------
     eps_rule : {"add", "clamp"}
         ``"add"``: divide by γ + ε, as the paper writes it; ``"clamp"``:
-        divide by max(γ, ε), as the authors' released training code does
-        (``w.abs().mean().clamp_(min=1e-5)``).
+        multiply by the reciprocal 1 / max(γ, ε), as the authors' released
+        training code does (``s = 1.0 / w.abs().mean().clamp_(min=1e-5)``,
+        ``(w * s).round()``; near a tie the product and the quotient can round
+        apart: w = [0.4, -0.6, 0.2] gives 0.2·(1/γ) = 0.5 -> 0, 0.2/γ -> 1).
+        γ is the float64 mean of |W| (NumPy's pairwise sum); the released
+        code's float32 ``mean`` sums in PyTorch's order, which can differ in
+        the last bit.
     rounding : str
         Rounding of W / γ (PyTorch's ``round``: half to even).
 
@@ -261,7 +266,13 @@ def ternarize_absmean(w, *, eps=1e-5, eps_rule="add", rounding="half_even"):
     a = _weights(w)
     if np.isinf(a).any():
         raise RefquantError("w contains Inf: gamma = mean|W| would be Inf and W / gamma NaN")
+    eps = float(eps)
     gamma = float(np.mean(np.abs(a))) if a.size else 0.0
-    denom = gamma + eps if eps_rule == "add" else max(gamma, eps)
-    codes = np.clip(round_to_int(a / denom, rounding), -1, 1).astype(np.int8)
+    if eps_rule == "add":
+        denom = gamma + eps
+        scaled = a / denom
+    else:  # the released code: s = 1 / mean.clamp(min=eps); (w * s).round()
+        denom = max(gamma, eps)
+        scaled = a * (1.0 / denom)
+    codes = np.clip(round_to_int(scaled, rounding), -1, 1).astype(np.int8)
     return codes, denom

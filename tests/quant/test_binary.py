@@ -119,3 +119,22 @@ def test_absmean_of_infinite_weights_is_refused():
     # gamma = Inf makes W / gamma NaN (Inf / Inf), whose int8 cast is undefined: codes came out 0
     with pytest.raises(RefquantError, match="Inf"):
         ternarize_absmean(np.array([np.inf, 1.0]))
+
+
+def test_absmean_clamp_rule_multiplies_by_the_reciprocal_as_the_released_code():
+    # BitNet b1.58's weight_quant: s = 1 / w.abs().mean().clamp_(min=1e-5); (w * s).round().
+    # gamma = (0.4 + 0.6 + 0.2) / 3 = 0.39999999999999997, 1 / gamma = 2.5 exactly, and
+    # 0.2 * 2.5 = 0.5 rounds half to even to 0; dividing gave 0.2 / gamma = 0.5000000000000001 -> 1
+    w = np.array([0.4, -0.6, 0.2])
+    codes, g = ternarize_absmean(w, eps_rule="clamp")
+    np.testing.assert_array_equal(codes, [1, -1, 0])
+    assert g == (0.4 + 0.6 + 0.2) / 3
+    codes, _ = ternarize_absmean(w, eps_rule="add", eps=1e-300)  # the paper's W / (gamma + eps)
+    np.testing.assert_array_equal(codes, [1, -1, 1])
+
+
+def test_absmean_eps_given_as_a_string_number_is_a_number():
+    # eps="1e-5" passed float(eps) and then raised TypeError in gamma + eps
+    codes, g = ternarize_absmean(np.array([0.3, -0.1, 0.05, -0.9]), eps="1e-5")
+    np.testing.assert_array_equal(codes, [1, 0, 0, -1])
+    assert g == pytest.approx(0.3375 + 1e-5)
