@@ -31,7 +31,10 @@ _ZERO = {"+1": 1, "0": 0, "-1": -1}
 
 
 def _weights(w, name="w"):
-    a = np.asarray(w)
+    try:
+        a = np.asarray(w)
+    except (TypeError, ValueError):
+        raise RefquantError(f"{name} must be a rectangular real array") from None
     if a.dtype.kind not in "fiu":
         raise RefquantError(f"{name} must be a real array, got dtype {a.dtype}")
     a = a.astype(np.float64)

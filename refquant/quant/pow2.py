@@ -16,6 +16,8 @@ Then the exponent is clipped to ``[min_exp, max_exp]``. Zero stays zero.
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from .._errors import RefquantError
@@ -23,6 +25,16 @@ from .._errors import RefquantError
 __all__ = ["pow2_exponent", "pow2_quantize", "fsr_exponent_range", "article_binary_formula"]
 
 _SQRT2 = np.sqrt(2.0)  # fl(√2) = 1.4142135623730951 > √2
+
+
+def _real(x) -> np.ndarray:
+    try:
+        xa = np.asarray(x)
+    except (TypeError, ValueError):
+        raise RefquantError("x must be a rectangular real array") from None
+    if xa.dtype.kind not in "fiub":
+        raise RefquantError(f"x must be a real array, got dtype {xa.dtype}")
+    return xa
 
 
 def pow2_exponent(x, *, boundary="log") -> np.ndarray:
@@ -39,9 +51,7 @@ def pow2_exponent(x, *, boundary="log") -> np.ndarray:
     ---------
     Miyashita, Lee & Murmann, 2016, eq. (3) (Round(log2|x|)).
     """
-    xa = np.asarray(x)
-    if xa.dtype.kind not in "fiub":
-        raise RefquantError(f"x must be a real array, got dtype {xa.dtype}")
+    xa = _real(x)
     a = np.abs(xa.astype(np.float64))
     if not np.isfinite(a).all():
         raise RefquantError("x must be finite for power-of-two quantization (found NaN or Inf)")
@@ -117,6 +127,10 @@ def fsr_exponent_range(fsr: int, bits: int) -> tuple[int, int]:
     ---------
     Miyashita, Lee & Murmann, 2016, eq. (3) (the Clip of LogQuant).
     """
+    try:
+        fsr, bits = operator.index(fsr), operator.index(bits)
+    except TypeError:
+        raise RefquantError(f"fsr and bits must be integers, got fsr={fsr!r}, bits={bits!r}") from None
     if bits < 1:
         raise RefquantError(f"bits must be >= 1, got {bits}")
     return int(fsr) - (1 << int(bits)), int(fsr)
@@ -140,7 +154,7 @@ def article_binary_formula(x) -> np.ndarray:
     :math:`x_{bin} = \\mathrm{sign}(x) \\times 2^{\\mathrm{sign}(x) \\times \\lfloor \\log_2 |x| \\rfloor}`
     (article §3.1.2), evaluated in float64 as written.
     """
-    xa = np.asarray(x, dtype=np.float64)
+    xa = _real(x).astype(np.float64)
     s = np.sign(xa)
     with np.errstate(divide="ignore", invalid="ignore"):
         return s * np.exp2(s * np.floor(np.log2(np.abs(xa))))

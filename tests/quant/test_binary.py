@@ -138,3 +138,10 @@ def test_absmean_eps_given_as_a_string_number_is_a_number():
     codes, g = ternarize_absmean(np.array([0.3, -0.1, 0.05, -0.9]), eps="1e-5")
     np.testing.assert_array_equal(codes, [1, 0, 0, -1])
     assert g == pytest.approx(0.3375 + 1e-5)
+
+
+def test_ragged_weights_raise_refquant_error():
+    # np.asarray of a ragged list raised NumPy's ValueError
+    for fn in (binarize, ternarize_twn, ternarize_absmean):
+        with pytest.raises(RefquantError, match="w must be"):
+            fn([[1.0], [2.0, 3.0]])

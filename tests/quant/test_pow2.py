@@ -79,3 +79,17 @@ def test_integral_float_bounds_and_huge_bounds():
     assert vals.tolist() == [4.0, 8.0] and ks.tolist() == [2, 3]
     with pytest.raises(RefquantError, match="min_exp"):
         pow2_quantize([1.0], min_exp=10**30, max_exp=10**31)
+
+
+def test_fsr_range_bad_arguments_and_ragged_or_text_input_raise_refquant_errors():
+    # bits='a' raised TypeError, fsr='a' ValueError, bits=2.5 was truncated to 2;
+    # a ragged list raised NumPy's ValueError in pow2_exponent / pow2_quantize / article formula
+    for fsr, bits in (("a", 3), (5, "a"), (5, 2.5), (5.5, 3), (5, None)):
+        with pytest.raises(RefquantError, match="fsr|bits"):
+            fsr_exponent_range(fsr, bits)
+    assert fsr_exponent_range(np.int64(5), np.int64(3)) == (-3, 5)
+    for fn in (pow2_exponent, pow2_quantize, article_binary_formula):
+        with pytest.raises(RefquantError, match="x must be"):
+            fn([[1.0], [2.0, 3.0]])
+    with pytest.raises(RefquantError, match="x must be"):
+        article_binary_formula(["a"])
