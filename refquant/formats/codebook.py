@@ -44,6 +44,7 @@ Dettmers et al., "QLoRA" (2023) §3 (NF4, double quantization); Dettmers et al.,
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -115,6 +116,18 @@ def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bi
     bitsandbytes ``functional.create_dynamic_map``; Dettmers (2016), "8-Bit
     Approximations for Parallelism in Deep Learning".
     """
+    try:
+        max_exponent_bits = operator.index(max_exponent_bits)  # range() in bitsandbytes
+        tb_ok = int(total_bits) == total_bits  # only arithmetic: bitsandbytes takes 8.0
+    except (TypeError, ValueError, OverflowError):
+        tb_ok = False
+    if not tb_ok:
+        raise RefquantError(f"max_exponent_bits must be an integer and total_bits an integral "
+                            f"number, got {max_exponent_bits!r}, {total_bits!r}")
+    total_bits = int(total_bits)
+    if max_exponent_bits <= 0 and 2 ** (total_bits - 1 - max_exponent_bits) - 1 > 0:
+        raise RefquantError(f"max_exponent_bits={max_exponent_bits} with total_bits={total_bits}: "
+                            "bitsandbytes fails here (the padding items reuse an exponent never set)")
     data: list[float] = []
     non_sign_bits = total_bits - 1
     additional_items = 2 ** (non_sign_bits - max_exponent_bits) - 1
@@ -211,7 +224,10 @@ def codebook(cb) -> np.ndarray:
 
 
 def _finite(x, argname="x"):
-    a = np.asarray(x)
+    try:
+        a = np.asarray(x)
+    except (TypeError, ValueError):
+        raise RefquantError(f"{argname} must be a rectangular real array") from None
     if a.dtype.kind not in "fiu":
         raise RefquantError(f"{argname} must be a real array, got dtype {a.dtype}")
     if a.dtype.kind == "f" and not np.isfinite(a).all():
@@ -311,8 +327,11 @@ def quantize_blockwise_absmax(x, values, block_size: int = 64, *, scale_op: str 
         :func:`threshold_index` on float32 midpoints (bitsandbytes) or
         :func:`nearest_index` (exact, ties to the lower index).
     zero_absmax : float
-        The divisor used for an all-zero block (bitsandbytes clamps absmax to 1e-38
-        there); the absmax returned for it is 0.
+        The smallest divisor: each block divides by ``max(absmax, zero_absmax)``
+        (bitsandbytes' ``absmax.clamp(min=1e-38)``), so an all-zero block and a
+        block whose absmax is below it (float32 subnormals: [1e-40, -5e-41] codes
+        as [0, 0]) both use it. The absmax returned is the unclamped one (0 for an
+        all-zero block).
 
     Returns
     -------

@@ -142,3 +142,29 @@ def test_nearest_index_is_exact_when_the_float64_distances_round_to_a_tie():
     x = np.array([1e-20, -1e-20, 2.0**-149, 0.0], np.float32)
     assert nearest_index(x, [-1.0, 1.0]).tolist() == [1, 0, 1, 0]  # exact tie at 0: lower index
     assert nearest_index(np.array([0.5 + 2.0**-53]), [0.0, 1.0]).tolist() == [1]
+
+
+def test_dynamic_map_bad_arguments_raise_refquant_errors():
+    # max_exponent_bits=2.0 / 'a' raised TypeError; max_exponent_bits=0 with total_bits=8 returned a
+    # map where bitsandbytes' create_dynamic_map fails (UnboundLocalError: i is never set)
+    for kw in ({"max_exponent_bits": 2.0}, {"max_exponent_bits": "a"}, {"total_bits": "a"},
+               {"max_exponent_bits": 0}, {"max_exponent_bits": 2.5}):
+        with pytest.raises(RefquantError, match="max_exponent_bits|total_bits"):
+            create_dynamic_map(**kw)
+    # bitsandbytes computes these: 8.0 works as 8, and max_exponent_bits=0 with 1 bit gives [0, 1, 0...]
+    assert np.array_equal(create_dynamic_map(total_bits=8.0), create_dynamic_map())
+    m = create_dynamic_map(max_exponent_bits=0, total_bits=1)
+    assert m.size == 256 and m[-1] == 1 and (m[:-1] == 0).all()
+
+
+def test_ragged_input_raises_refquant_error():
+    with pytest.raises(RefquantError, match="x must be"):
+        nearest_index([[0.1], [0.2, 0.3]], "nf4")
+    with pytest.raises(RefquantError, match="x must be"):
+        quantize_blockwise_absmax([[0.1], [0.2, 0.3]], "nf4")
+
+
+def test_a_subnormal_block_divides_by_zero_absmax_too():
+    # as bitsandbytes' absmax.clamp(min=1e-38): 1e-40 / 1e-38 = 0.01 -> NF4 code 7 (0.0)
+    codes, absmax = quantize_blockwise_absmax(np.float32([1e-40, -5e-41]), "nf4", 2)
+    assert codes.tolist() == [7, 7] and absmax.tolist() == [np.float32(1e-40)]
