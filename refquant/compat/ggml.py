@@ -158,7 +158,10 @@ def quantize(x, type_name) -> np.ndarray:
     (ggml/src/ggml-quants.c); gguf-py ``gguf.quants.quantize``.
     """
     fmt = resolve_type(type_name)
-    arr = np.asarray(x)
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError):
+        raise RefquantError("x must be a rectangular real array") from None
     if arr.ndim == 0:
         raise RefquantError(f"x must be at least 1-D, got a scalar {arr!r}")
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
@@ -221,7 +224,10 @@ def dequantize(raw, type_name, shape) -> np.ndarray:
     if len(shp) == 0 or any(s < 0 for s in shp):
         raise RefquantError(f"shape must be a non-empty tuple of non-negative ints, got {shape!r}")
     _check_row(shp[-1], fmt)
-    r = np.asarray(raw)
+    try:
+        r = np.asarray(raw)
+    except (TypeError, ValueError):
+        raise RefquantError("raw must be a rectangular array of uint8 bytes") from None
     if r.dtype != np.uint8:
         raise RefquantError(f"raw must be uint8 bytes, got dtype {r.dtype}")
     n_blocks = prod(shp) // fmt.block_size
@@ -262,7 +268,10 @@ class LibGGML:
         if not os.path.exists(path):
             raise RefquantError(f"path: no libggml-base at {str(path)!r}")
         self.path = str(path)
-        self._lib = ctypes.CDLL(self.path)
+        try:
+            self._lib = ctypes.CDLL(self.path)
+        except OSError as e:  # not a shared library, wrong architecture, missing dependency
+            raise RefquantError(f"path: cannot load {self.path!r}: {e}") from None
         self._lib.ggml_quantize_chunk.restype = ctypes.c_size_t
         self._lib.ggml_quantize_chunk.argtypes = [
             ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
@@ -270,7 +279,10 @@ class LibGGML:
         ]  # fmt: skip
 
     def _fn(self, name):
-        f = getattr(self._lib, name)
+        try:
+            f = getattr(self._lib, name)
+        except AttributeError:
+            raise RefquantError(f"type_name: {self.path} has no {name}") from None
         f.restype = None
         f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
         return f

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import importlib.util
 
 import numpy as np
 import pytest
@@ -126,3 +127,23 @@ def test_a_finite_float64_beyond_float32_is_named_as_such():
     # 1e300 is finite: the error used to say "non-finite value" (it becomes Inf in float32)
     with pytest.raises(RefquantError, match=r"1e\+300 at index \(3,\), which overflows float32"):
         ggml.quantize(np.r_[np.zeros(3), 1e300, np.zeros(28)], "q4_0")
+
+
+def test_ragged_input_is_refused():
+    # np.asarray of a ragged list raised NumPy's ValueError
+    with pytest.raises(RefquantError, match="x must be"):
+        ggml.quantize([[1.0], [1.0, 2.0]], "q4_0")
+    with pytest.raises(RefquantError, match="raw must be"):
+        ggml.dequantize([[1], [1, 2]], "q4_0", (32,))
+
+
+def test_libggml_refuses_what_it_cannot_call(tmp_path):
+    # a file that is not a shared library raised OSError; dequantize_row for Q8_1 (which ggml
+    # lacks) raised AttributeError from ctypes
+    (tmp_path / "fake.so").write_bytes(b"not an ELF file")
+    with pytest.raises(RefquantError, match="path: cannot load"):
+        ggml.LibGGML(tmp_path / "fake.so")
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python (libggml-base) is not installed")
+    with pytest.raises(RefquantError, match="dequantize_row_q8_1"):
+        ggml.LibGGML().dequantize_row(np.zeros(36, np.uint8), "q8_1")
