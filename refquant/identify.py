@@ -11,7 +11,7 @@ dimension              values tried
                        floor, ceil, trunc
 ``scale_op``           divide, reciprocal
 ``precision``          float64, float32
-``zero_point_stage``   after_rounding, before_rounding
+``zero_point_stage``   after_rounding, before_rounding, fused
 ``clamp_stage``        after_rounding, before_rounding
 ``overflow``           saturate, wrap
 ``narrow_range``       False, True (signed formats only)
@@ -236,7 +236,12 @@ def identify(x, q, scale, zero_point=0, *, dtype=None, axis=None, block_size=Non
     qi = qa.astype(np.int64)
     if qi.size and (qi.min() < fmt.qmin or qi.max() > fmt.qmax):
         raise RefquantError(f"q holds values outside [{fmt.qmin}, {fmt.qmax}] of {fmt.name}")
-    has_nan = bool(np.isnan(np.asarray(xa, dtype=np.float64)).any()) if xa.dtype.kind == "f" else False
+    has_nan = False  # integers have none; quantize refuses complex, text, objects below
+    if xa.dtype.kind in "fV":  # float16/32/64 and ml_dtypes floats (bfloat16 is kind "V")
+        try:
+            has_nan = bool(np.isnan(xa.astype(np.float64)).any())
+        except (TypeError, ValueError):
+            pass
 
     dims = dict(SEMANTIC_CHOICES)
     if not fmt.signed:

@@ -185,3 +185,14 @@ def test_cli_identify_unreadable_npy_exits_2_with_a_message(tmp_path, capsys):
     assert main(["identify", str(tmp_path / "q.npy"), str(tmp_path / "q.npy"),
                  "--scale", str(tmp_path / "obj.npy")]) == 2
     assert "scale: cannot read" in capsys.readouterr().err
+
+
+def test_nan_policy_is_searched_for_bfloat16_and_float16_inputs():
+    # the NaN check looked at dtype.kind == "f" only: bfloat16 (kind "V") never searched nan=
+    import ml_dtypes
+
+    x = np.array([np.nan, 1.5, 2.5, -0.5], np.float32)
+    q = np.int8([127, 2, 2, 0])  # NaN -> qmax, ties to even
+    for dt in (ml_dtypes.bfloat16, np.float16):
+        rep = identify(x.astype(dt), q, 1.0)
+        assert rep.determined.get("nan") == "qmax", (dt, rep.determined)
