@@ -116,7 +116,9 @@ def row_size(type_name, n_per_row: int) -> int:
 
 
 def _check_row(n: int, fmt: GGMLBlockFormat) -> None:
-    if n % fmt.block_size != 0 or n <= 0:
+    if n < 0:
+        raise RefquantError(f"row size {n} is negative")
+    if n % fmt.block_size != 0:  # 0 is a multiple: ggml_row_size(t, 0) == 0
         raise RefquantError(
             f"row size {n} is not a multiple of {_ggml_name(fmt)} block size {fmt.block_size}"
         )
@@ -313,9 +315,13 @@ class LibGGML:
                 f"type_name {type_name!r}: ggml_quantize_chunk aborts on {fmt.name}"
             )
         xs = np.ascontiguousarray(x, dtype=np.float32)
-        xs2 = xs.reshape(-1, xs.shape[-1])
+        if xs.ndim == 0:
+            raise RefquantError("x must be at least 1-D")
+        xs2 = xs.reshape(prod(xs.shape[:-1]), xs.shape[-1])
         _check_row(xs2.shape[1], fmt)
         out = np.zeros(xs2.size // fmt.block_size * fmt.type_size, dtype=np.uint8)
+        if out.size == 0:
+            return out.reshape(*xs.shape[:-1], xs.shape[-1] // fmt.block_size * fmt.type_size)
         self._lib.ggml_quantize_chunk(
             fmt.type_id, xs2.ctypes.data, out.ctypes.data, 0, xs2.shape[0], xs2.shape[1], None
         )

@@ -147,3 +147,14 @@ def test_libggml_refuses_what_it_cannot_call(tmp_path):
         pytest.skip("llama-cpp-python (libggml-base) is not installed")
     with pytest.raises(RefquantError, match="dequantize_row_q8_1"):
         ggml.LibGGML().dequantize_row(np.zeros(36, np.uint8), "q8_1")
+
+
+def test_rows_of_zero_weights_are_empty_like_ggml_row_size():
+    # ggml_row_size(GGML_TYPE_Q4_0, 0) is 0; refquant raised "row size 0 is not a multiple of
+    # q4_0 block size 32" (0 is a multiple)
+    assert ggml.row_size("q4_0", 0) == 0
+    raw = ggml.quantize(np.zeros((5, 0), np.float32), "q4_k")
+    assert raw.shape == (5, 0) and raw.dtype == np.uint8
+    assert ggml.dequantize(raw, "q4_k", (5, 0)).shape == (5, 0)
+    with pytest.raises(RefquantError, match="row size -32"):
+        ggml.row_size("q4_0", -32)
