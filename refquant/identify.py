@@ -262,6 +262,10 @@ def identify(x, q, scale, zero_point=0, *, dtype=None, axis=None, block_size=Non
     if not results:  # no semantics accepts these arguments: x, scale or zero_point is bad
         raise first_error
     presets, not_applicable = _presets(fmt, axis, block_size)
+    zp = np.asarray(zero_point, dtype=np.float64)  # valid: quantize accepted it above
+    if not np.array_equal(zp, np.round(zp)):  # the peers store it as an integer: no truncation
+        not_applicable += [f"{label}: zero point {zero_point!r} is not an integer" for label, _ in presets]
+        presets = []
     for label, fn in presets:
         try:
             got = np.asarray(fn(xa, scale, zero_point)).astype(np.int64)

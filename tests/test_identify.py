@@ -196,3 +196,12 @@ def test_nan_policy_is_searched_for_bfloat16_and_float16_inputs():
     for dt in (ml_dtypes.bfloat16, np.float16):
         rep = identify(x.astype(dt), q, 1.0)
         assert rep.determined.get("nan") == "qmax", (dt, rep.determined)
+
+
+def test_presets_do_not_truncate_a_fractional_zero_point():
+    # zero_point 0.5 was cast to 0 by the onnx.reference, pytorch and tflite presets, which then
+    # 'reproduced' codes made with zero point 0: x = [1, 2, 3], q = [1, 2, 3], scale 1
+    rep = identify(np.float32([1, 2, 3]), np.int8([1, 2, 3]), 1.0, 0.5)
+    assert rep.presets == []
+    assert any("zero point" in line for line in rep.not_applicable)
+    assert [c.name for c in identify(np.float32([1, 2, 3]), np.int8([1, 2, 3]), 1.0, 0).presets]
