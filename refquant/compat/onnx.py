@@ -137,6 +137,22 @@ def _check_opset(opset, used: dict, types: tuple) -> None:
             raise RefquantError(f"type {t} needs opset >= {_TYPE_SINCE[t]}; got opset {opset}")
 
 
+def _check_float_types(opset, x_type, scale_type, xname, sname):
+    """The float types of x / scale an opset allows (T1 / T2 of defs.cc and old.cc).
+
+    Before opset 19 the scale is float only (and QuantizeLinear's x float or int32);
+    at opsets 19 and 21 QuantizeLinear's x and y_scale share one type constraint T1.
+    """
+    for name, t in ((xname, x_type), (sname, scale_type)):
+        if name and t in ("float16", "bfloat16") and opset < 19:
+            raise RefquantError(f"{name} of type {t} needs opset >= 19; got opset {opset}")
+    if xname and opset in (19, 21) and x_type != "int32" and x_type != scale_type:
+        raise RefquantError(
+            f"opset {opset} takes x and y_scale of one type (T1); got {x_type} and {scale_type} "
+            "(different types came with opset 23)"
+        )
+
+
 def _check_per_axis_opset(opset, ax, argname):
     if ax is not None and opset < 13:
         raise RefquantError(
@@ -343,6 +359,8 @@ def quantize_linear(
     if _type_name(x.dtype, "x") not in ("float", "float16", "bfloat16", "int32"):
         raise RefquantError(f"x must be float32, float16, bfloat16 or int32, got {x.dtype}")
     s = check_scale(y_scale, "y_scale")
+    _check_float_types(opset, _type_name(x.dtype, "x"), _type_name(s.dtype, "y_scale"),
+                       "x", "y_scale")
     ax, bs = _granularity(x.shape, s, axis, block_size, "y_scale")
     _check_per_axis_opset(opset, ax, "y_scale")
     if zp is not None and zp.shape != s.shape:
@@ -496,6 +514,7 @@ def dequantize_linear(x, x_scale, x_zero_point=None, axis=1, block_size=0, outpu
         raise RefquantError(f"output type {out} must be float, float16 or bfloat16")
     _check_opset(opset, {"axis": axis != 1, "block_size": bool(block_size),
                          "output_dtype": bool(output_dtype)}, (xt,))
+    _check_float_types(opset, xt, st, None, "x_scale")
     ax, bs = _granularity(x.shape, s, axis, block_size, "x_scale")
     _check_per_axis_opset(opset, ax, "x_scale")
     zp = None if x_zero_point is None else np.asarray(x_zero_point)

@@ -340,3 +340,28 @@ def test_dynamic_quantize_linear_subnormal_range_gives_zero_scale_and_saturated_
     y, s, z = ronnx.dynamic_quantize_linear(F32([0, 1e-45, -1e-45, 3e-45]))
     assert float(s) == 0.0 and int(z) == 255
     np.testing.assert_array_equal(y, np.uint8([0, 255, 0, 255]))
+
+
+@pytest.mark.parametrize("call, match", [
+    # QuantizeLinear-10/13: x is float or int32, y_scale float only
+    (lambda: ronnx.quantize_linear(np.float16([1.0]), np.float16(1), np.int8(0), opset=13),
+     "x of type float16 needs opset >= 19"),
+    (lambda: ronnx.quantize_linear(F32([1.0]), np.float16(1), np.int8(0), opset=10),
+     "y_scale of type float16 needs opset >= 19"),
+    (lambda: ronnx.quantize_linear(np.array([1.0], ml_dtypes.bfloat16), F32(1), np.int8(0),
+                                   opset=13), "x of type bfloat16 needs opset >= 19"),
+    # QuantizeLinear-19/21: x and y_scale share the type T1
+    (lambda: ronnx.quantize_linear(F32([1.0]), np.float16(1), np.int8(0), opset=21),
+     "x and y_scale of one type"),
+    # DequantizeLinear-10/13: x_scale (and the output) float only
+    (lambda: ronnx.dequantize_linear(np.int8([1]), np.float16(1), np.int8(0), opset=13),
+     "x_scale of type float16 needs opset >= 19"),
+])
+def test_opsets_before_19_take_float32_only_and_19_21_one_float_type(call, match):
+    with pytest.raises(RefquantError, match=match):
+        call()
+    # what the same opsets define is accepted
+    assert ronnx.quantize_linear(np.float16([2.5]), np.float16(1), np.int8(0),
+                                 opset=19).tolist() == [2]
+    assert ronnx.quantize_linear(F32([2.5]), np.float16(1), np.int8(0), opset=23).tolist() == [2]
+    assert ronnx.dequantize_linear(np.int8([3]), np.float16(1), opset=19).tolist() == [3.0]
