@@ -743,7 +743,10 @@ def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, 
     (``D += y_zero_point``, line 24, then ``np.rint(D)``), against the spec's
     ``round(x / y_scale) + y_zero_point``: a tie with an odd zero point rounds the
     other way (C = 2, multiplier 0.25, zero point 1: spec and onnxruntime 1,
-    reference 2). ``reference_quirks=True`` gives both departures.
+    reference 2). ``reference_quirks=True`` gives both departures. A 1-D ``a`` gives
+    ``numpy.matmul``'s shape (``(K,) @ (K, N)`` is ``(N,)``, as in onnxruntime) also with a
+    ``b_scale`` of shape ``(1, N)``, which onnx.reference broadcasts to ``(1, N)`` (and
+    refuses for a batched ``b``); that shape quirk is not reproduced.
 
     Reference
     ---------
@@ -765,7 +768,17 @@ def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, 
             f"y_scale and y_zero_point must be scalars (per tensor), got shapes {sy.shape} and "
             f"{zy.shape}"
         )
+    for name, sc, m in (("a_scale", sa, a), ("b_scale", sb, b)):
+        if m.ndim == 1 and sc.size != 1:
+            raise RefquantError(f"{name} must be a scalar for a 1-D {name[0]} (it has no "
+                                f"{'rows' if name[0] == 'a' else 'columns'}), got shape {sc.shape}")
     mult = ((sa * sb).astype(np.float32) / sy.reshape(())).astype(np.float32)
+    # the multiplier is laid out as (..., M, N); numpy.matmul drops the M axis of a 1-D a
+    # and the N axis of a 1-D b, and so must the multiplier
+    if a.ndim == 1 and mult.ndim >= 2:
+        mult = mult[..., 0, :]
+    if b.ndim == 1 and mult.ndim >= 1:
+        mult = mult[..., 0] if mult.ndim >= 2 else mult.reshape(())
     if reference_quirks:
         real = c.astype(np.float64) * mult.astype(np.float64)
     else:

@@ -777,3 +777,22 @@ def test_onnxruntime_divides_float16_in_float32_only_at_opsets_19_and_21(opset):
     in_float32 = ronnx.quantize_linear(x, s, z, precision=1)
     assert in_float32.tolist() == [-93, -97]
     assert ort_y.tolist() == (in_float32 if opset < 23 else spec).tolist()
+
+
+def test_qlinear_matmul_vector_a_with_per_column_b_scale_has_numpy_matmul_shape():
+    # a of shape (K,): numpy.matmul (and onnxruntime) drop the M axis, so the result is (N,)
+    # or (batch, N); the per-column multiplier of shape (1, N) / (batch, 1, N) must lose it too
+    # (it gave (1, N), and a ValueError for a batched b).
+    a = np.uint8([3, 200, 17])
+    one, sy = np.array(1, F32), np.array(0.7, F32)
+    za, zy = np.array(5, np.uint8), np.array(3, np.uint8)
+    for b, sb, zb in (
+        (np.uint8([[1, 2], [3, 4], [250, 6]]), F32([0.011, 0.3]), np.uint8([1, 128])),
+        (np.arange(2 * 3 * 2).reshape(2, 3, 2).astype(np.uint8) * 9,
+         F32([0.011, 0.3, 0.05, 0.125]).reshape(2, 1, 2), np.uint8([1, 128, 0, 7]).reshape(2, 1, 2)),
+    ):
+        feeds = {"a": a, "sa": one, "za": za, "b": b, "sb": sb, "zb": zb, "sy": sy, "zy": zy}
+        (oy,), _ = _run(("qlmm", 2, 2, 2), feeds)
+        got = ronnx.qlinear_matmul(a, one, za, b, sb, zb, sy, zy)
+        assert got.shape == oy.shape == np.matmul(a, b).shape
+        np.testing.assert_array_equal(got, oy)
