@@ -355,7 +355,9 @@ def quantize_blockwise_absmax(x, values, block_size: int = 64, *, scale_op: str 
     n = a.size
     nb = _blocks(n, block_size)
     try:
-        zero_ok = float(zero_absmax) > 0 and np.isfinite(np.float32(zero_absmax))
+        with np.errstate(over="ignore"):
+            z32 = np.float32(zero_absmax)
+        zero_ok = bool(z32 > 0 and np.isfinite(z32))  # 1e-50 is 0 in float32
     except (TypeError, ValueError):
         zero_ok = False
     if not zero_ok:
@@ -394,7 +396,10 @@ def dequantize_blockwise_absmax(codes, absmax, values, block_size: int = 64) -> 
     bitsandbytes ``dequantize_blockwise`` / ``dequantize_4bit``.
     """
     c = codebook(values)
-    q = np.asarray(codes).ravel()
+    try:
+        q = np.asarray(codes).ravel()
+    except (TypeError, ValueError):
+        raise RefquantError("codes must be a rectangular array of integers") from None
     if q.dtype.kind not in "iu" or (q.size and (q.min() < 0 or q.max() >= c.size)):
         raise RefquantError(f"codes must be integers in [0, {c.size}), got dtype {q.dtype}")
     try:
@@ -435,6 +440,8 @@ def kmeans_codebook(x, k: int, *, iters: int = 50, seed: int = 0, sample: int | 
     if sample is not None and (isinstance(sample, bool) or not isinstance(sample, (int, np.integer))
                                or sample < k):
         raise RefquantError(f"sample must be None or an integer >= k = {k}, got {sample!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise RefquantError(f"seed must be a non-negative integer, got {seed!r}")
     if sample is not None and a.size > sample:
         a = np.random.default_rng(seed).choice(a, size=sample, replace=False)
     c = np.quantile(a, (np.arange(k) + 0.5) / k)

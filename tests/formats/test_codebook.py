@@ -168,3 +168,15 @@ def test_a_subnormal_block_divides_by_zero_absmax_too():
     # as bitsandbytes' absmax.clamp(min=1e-38): 1e-40 / 1e-38 = 0.01 -> NF4 code 7 (0.0)
     codes, absmax = quantize_blockwise_absmax(np.float32([1e-40, -5e-41]), "nf4", 2)
     assert codes.tolist() == [7, 7] and absmax.tolist() == [np.float32(1e-40)]
+
+
+def test_more_bad_arguments_raise_refquant_errors():
+    # seed='a' raised TypeError, seed=-1 ValueError; ragged codes ValueError; zero_absmax=1e-50
+    # passed as 'positive' but is 0 in float32, so an all-zero block divided 0 by 0
+    for seed in ("a", -1, 1.5):
+        with pytest.raises(RefquantError, match="seed"):
+            kmeans_codebook(np.arange(10.0), 2, seed=seed, sample=3)
+    with pytest.raises(RefquantError, match="codes must be"):
+        dequantize_blockwise_absmax([[1], [1, 2]], [1.0], "nf4")
+    with pytest.raises(RefquantError, match="zero_absmax"):
+        quantize_blockwise_absmax(np.zeros(3), "nf4", 64, zero_absmax=1e-50)
