@@ -196,3 +196,17 @@ def test_an_outdir_that_cannot_be_created_is_a_refquant_error(tmp_path, capsys):
     assert main(["vectors", str(blocker / "sub"), "--family", "integer"]) == 2
     assert "cannot create folder" in capsys.readouterr().err
     assert blocker.read_bytes() == b"x"
+
+
+def test_a_case_that_refquant_now_refuses_is_reported_with_its_name(tmp_path):
+    # a RefquantError from one case aborted the whole check without naming the case
+    d = str(tmp_path)
+    V.write_vectors(d, "affine")
+    idx = tmp_path / "index.json"
+    index = json.loads(idx.read_text())
+    scalar = [a for a in index["cases"][0]["args"] if a["name"] == "zero_point"][0]
+    scalar["value"] = [1, 2]
+    idx.write_text(json.dumps(index))
+    problems = V.check_vectors(d)
+    assert len(problems) == 1
+    assert problems[0].startswith(f"affine/{index['cases'][0]['name']}: refused:")
