@@ -2,7 +2,11 @@
 
 Everything here reproduces TFLite's reference kernels bit for bit, built on
 :mod:`refquant.quant.integer` (the fixed-point core) and
-:mod:`refquant.quant.rounding`. TFLite's quirks, each named where it matters:
+:mod:`refquant.quant.rounding`; ``affine_quantize``, ``fully_connected`` and
+``conv2d`` also reproduce LiteRT's other CPU kernels (``kernel="optimized"``: the
+builtin kernels without delegates, ruy on x86-64; ``kernel="xnnpack"``: the
+default XNNPACK delegate), measured against ai-edge-litert 2.3.0. TFLite's
+quirks, each named where it matters:
 
 - ``TfLiteRound`` is ``std::round``: ties go **away from zero** (ONNX and
   PyTorch round half to even), in float quantization, in ``QuantizeMultiplier``
@@ -40,6 +44,7 @@ from ..quant.integer import (
     multiply_by_quantized_multiplier_int64,
     quantize_bias,
     quantize_multiplier,
+    requantize,
     rounding_divide_by_pot,
     saturating_rounding_doubling_high_mul,
 )
@@ -58,6 +63,8 @@ __all__ = [
     "populate_convolution_quantization_params",
     "calculate_activation_range_quantized",
     "compute_padding",
+    "xnnpack_requantization_scale",
+    "xnnpack_activation_range",
     "fully_connected",
     "conv2d",
 ]
@@ -341,11 +348,97 @@ def calculate_activation_range_quantized(activation, output_scale, output_zero_p
     return lo, hi
 
 
+def xnnpack_requantization_scale(input_scale, filter_scale, output_scale) -> np.ndarray:
+    """XNNPACK's float32 requantization scale of a quantized FULLY_CONNECTED / CONV_2D.
+
+    Returns
+    -------
+    numpy.ndarray of float32, one value per filter scale (shape ``(1,)`` per tensor).
+
+    Formula
+    -------
+    :math:`\\sigma_c = \\mathrm{fl}_{32}(\\mathrm{fl}_{32}(s_{in} s_{w,c}) / s_{out})`: every
+    scale is a float32 and each operation rounds to float32 (left to right, as C
+    evaluates ``input_scale * kernel_scale / output_scale``). XNNPACK refuses
+    :math:`\\sigma \\ge 256` (LiteRT's delegate then leaves the operator to the builtin
+    kernel); so does this function, with a RefquantError.
+
+    Reference
+    ---------
+    XNNPACK ``src/operators/fully-connected-nc.c`` (``create_fully_connected_nc_qs8``,
+    ``..._qs8_qc8w``) and ``convolution-nhwc.c``: ``const float requantization_scale =
+    input_scale * kernel_scale / output_scale``.
+    """
+    s_in = _f32_scalar(input_scale, "input_scale")
+    s_w = np.atleast_1d(_real(filter_scale, "filter_scale", np.float32)).reshape(-1)
+    s_out = _f32_scalar(output_scale, "output_scale")
+    for name, v in (("input_scale", s_in), ("filter_scale", s_w), ("output_scale", s_out)):
+        if not (np.isfinite(v) & (v > 0)).all():
+            raise RefquantError(f"{name} must be finite and > 0; got {v!r}")
+    with np.errstate(over="ignore", under="ignore"):
+        sigma = ((s_in * s_w).astype(np.float32) / s_out).astype(np.float32)
+    if not (sigma < 256).all():
+        raise RefquantError(f"requantization scale {float(sigma.max())!r} is >= 256: XNNPACK rejects "
+                            "the operator and LiteRT runs its builtin kernel (kernel='optimized')")
+    return sigma
+
+
+def xnnpack_activation_range(activation, output_scale, output_zero_point, dtype="int8"):
+    """``(output_min, output_max)`` of a fused activation as LiteRT's XNNPACK delegate sets them.
+
+    Differs from :func:`calculate_activation_range_quantized` (TFLite's builtin kernels)
+    where :math:`r / s` lands on a half: XNNPACK rounds ties to even **after** adding the
+    zero point (``output_scale=12, output_zero_point=0`` with RELU6: ``(0, 0)`` here,
+    ``(0, 1)`` in the builtin kernels; with ``output_zero_point=1``: ``(1, 2)`` in both).
+
+    Formula
+    -------
+    Each real bound :math:`r` becomes
+    :math:`\\mathrm{rint}(\\mathrm{fl}_{32}(\\mathrm{fl}_{32}(r / s) + z))` (round half to even),
+    clamped to :math:`[q_{min}, q_{max}]`; a missing bound (RELU's upper) is the grid's end.
+
+    Reference
+    ---------
+    TFLite ``delegates/xnnpack/xnnpack_delegate.cc`` (``ConvertActivationToOutputRange``:
+    float bounds 0, 6, -1, 1, ±Inf); XNNPACK ``xnn_qs8_quantize`` in
+    ``src/xnnpack/quantization.h``: ``lrintf(value / scale + (float) zero_point)`` clamped.
+    """
+    if activation not in _ACTIVATIONS:
+        raise RefquantError(f"activation must be one of {', '.join(_ACTIVATIONS)}; got {activation!r}")
+    fmt = int_format(dtype)
+    bounds = _ACTIVATIONS[activation]
+    if bounds is None:
+        return fmt.qmin, fmt.qmax
+    s = _f32_scalar(output_scale, "output_scale")
+    if not (np.isfinite(s) and s > 0):
+        raise RefquantError(f"output_scale must be finite and > 0; got {output_scale!r}")
+    z = _int(output_zero_point, "output_zero_point")
+
+    def q(r):
+        v = np.float32(np.float32(np.float32(r) / s) + np.float32(z))
+        return int(np.clip(round_to_int(np.float64(v), "half_even"), fmt.qmin, fmt.qmax))
+
+    return q(bounds[0]), (fmt.qmax if bounds[1] is None else q(bounds[1]))
+
+
+def _mbqm_srdhm_half_up_shift(acc, m, e):
+    """``RoundingShiftRight(SRDHM(acc << l, m), r)``: SRDHM, then a shift rounding half up."""
+    left = np.maximum(e, 0)
+    right = np.maximum(-e, 0)
+    high = saturating_rounding_doubling_high_mul(_wrap32(acc << left), m).astype(np.float64)
+    # high / 2^right is exact in float64 (|high| < 2^31); half_up = floor(v + 1/2)
+    return round_to_int(high / np.exp2(right), "half_up").astype(np.int64)
+
+
+_FC_KERNELS = ("reference", "optimized", "xnnpack")
+
+
 def fully_connected(input_data, filter_data, bias_data=None, *, input_offset=0, filter_offset=0,
-                    output_offset=0, output_multiplier, output_shift,
+                    output_offset=0, output_multiplier=None, output_shift=None,
                     output_activation_min=-128, output_activation_max=127,
-                    single_rounding=False, output_dtype="int8") -> np.ndarray:
-    """TFLite's integer ``FullyConnected`` reference kernel (per tensor or per channel).
+                    single_rounding=False, output_dtype="int8", kernel="reference",
+                    requantization_scale=None) -> np.ndarray:
+    """TFLite's integer ``FullyConnected`` (per tensor or per channel), kernel by kernel.
 
     Parameters
     ----------
@@ -358,12 +451,39 @@ def fully_connected(input_data, filter_data, bias_data=None, *, input_offset=0, 
     output_offset : int
         The output zero point.
     output_multiplier, output_shift : int or array of shape (output_depth,)
-        From :func:`populate_convolution_quantization_params`.
+        From :func:`populate_convolution_quantization_params`; required by the
+        ``"reference"`` and ``"optimized"`` kernels.
     output_activation_min, output_activation_max : int
-        From :func:`calculate_activation_range_quantized`.
+        From :func:`calculate_activation_range_quantized` (builtin kernels) or
+        :func:`xnnpack_activation_range` (``kernel="xnnpack"``).
     single_rounding : bool
-        ``TFLITE_SINGLE_ROUNDING`` builds.
+        ``TFLITE_SINGLE_ROUNDING`` builds; ``kernel="reference"`` only.
     output_dtype : str
+    kernel : {"reference", "optimized", "xnnpack"}
+        Which requantization (the accumulator is the same exact wrapping int32 sum in all):
+
+        - ``"reference"``: gemmlowp's ``MultiplyByQuantizedMultiplier`` (double
+          rounding, or single with ``single_rounding=True``), TFLite's
+          ``reference_integer_ops::FullyConnected``. LiteRT 2.3's ``BUILTIN_REF``
+          FULLY_CONNECTED agrees with ``single_rounding=True`` except on exact ties of
+          :math:`\\mathrm{acc}\\,M` (it rounds them half away from zero, with the real
+          multiplier: ``acc = -1, M = 1/2`` gives -1 there, 0 here); its CONV_2D is
+          the double rounding.
+        - ``"optimized"`` (LiteRT ``BUILTIN_WITHOUT_DEFAULT_DELEGATES``, ruy on x86-64):
+          :math:`h = \\mathrm{SRDHM}(\\mathrm{acc} \\ll l, m)` (ties toward +Inf), then
+          :math:`\\lfloor (h + 2^{r-1}) / 2^r \\rfloor`: the right shift rounds half **up**
+          (NEON ``vqrdmulh`` + ``vrshl`` semantics), where gemmlowp's ``RoundingDivideByPOT``
+          rounds half away from zero. Two roundings: it is one step above both
+          the double- and the single-rounding result when :math:`\\mathrm{acc}\\,M` lies just
+          below a half (within :math:`2^{-r-1}`), and on exact negative ties.
+        - ``"xnnpack"`` (LiteRT's default delegate): float32 arithmetic,
+          :math:`y = \\mathrm{rint}(\\mathrm{fl}_{32}(\\mathrm{fl}_{32}(\\mathrm{acc})\\,\\sigma_c)) + o_y`,
+          ties to even, clamped; ``requantization_scale`` :math:`\\sigma` from
+          :func:`xnnpack_requantization_scale` replaces the fixed-point multiplier.
+        Measured bit-exact against ai-edge-litert 2.3.0 on x86-64 (AVX-512), see
+        ``tests/peers/test_tflite_litert.py``.
+    requantization_scale : float or array of shape (output_depth,), float32
+        ``kernel="xnnpack"`` only (and required there).
 
     Returns
     -------
@@ -373,13 +493,24 @@ def fully_connected(input_data, filter_data, bias_data=None, *, input_offset=0, 
     -------
     :math:`\\mathrm{acc} = \\sum_d (w_{cd} + o_w)(x_{bd} + o_x) + \\mathrm{bias}_c` in a
     wrapping int32 accumulator;
-    :math:`y = \\mathrm{clamp}(\\mathrm{MBQM}(\\mathrm{acc}, m_c, e_c) + o_y, a_{min}, a_{max})`.
+    :math:`y = \\mathrm{clamp}(\\mathrm{MBQM}(\\mathrm{acc}, m_c, e_c) + o_y, a_{min}, a_{max})`
+    with MBQM the kernel's requantization above (:math:`l = \\max(e, 0)`,
+    :math:`r = \\max(-e, 0)`, :math:`\\mathrm{acc} \\ll l` wrapping in int32).
 
     Reference
     ---------
-    TFLite ``reference/fully_connected.h`` and ``reference/integer_ops/fully_connected.h``
-    (``FullyConnected``, ``FullyConnectedPerChannel``).
+    TFLite ``reference/integer_ops/fully_connected.h`` (``FullyConnected``,
+    ``FullyConnectedPerChannel``); ``optimized/integer_ops/fully_connected.h`` through
+    ``cpu_backend_gemm_x86.h`` (int8 always goes to ruy) and ruy's 8-bit kernels;
+    gemmlowp ``fixedpoint.h`` ``SaturatingRoundingDoublingHighMul``; XNNPACK
+    ``src/qs8-gemm`` fp32-requantization micro-kernels (``vfpacc = (float) vacc * vscale``,
+    ``min`` with ``output_max - zero_point``, ``cvtps``/``lrintf``, saturating packs, ``max``
+    with ``output_min``).
     """
+    if kernel not in _FC_KERNELS:
+        raise RefquantError(f"kernel must be one of {', '.join(_FC_KERNELS)}; got {kernel!r}")
+    if single_rounding and kernel != "reference":
+        raise RefquantError(f"single_rounding=True applies to kernel='reference' only; got kernel={kernel!r}")
     fmt = int_format(output_dtype)
     x = np.asarray(input_data)
     w = np.asarray(filter_data)
@@ -403,22 +534,45 @@ def fully_connected(input_data, filter_data, bias_data=None, *, input_offset=0, 
         if b.dtype.kind not in "iu":
             raise RefquantError(f"bias_data must be int32, got dtype {b.dtype}")
         acc = _wrap32(acc + b.astype(np.int64))
-    try:
-        m = np.broadcast_to(np.asarray(output_multiplier), (n_out,))
-        e = np.broadcast_to(np.asarray(output_shift), (n_out,))
-    except ValueError:
-        raise RefquantError(
-            f"output_multiplier {np.shape(output_multiplier)} and output_shift "
-            f"{np.shape(output_shift)} must be scalars or have output_depth = {n_out} values"
-        ) from None
-    scaled = multiply_by_quantized_multiplier(acc, m[None, :], e[None, :],
-                                              single_rounding=single_rounding).astype(np.int64)
     lo = max(fmt.qmin, _int(output_activation_min, "output_activation_min"))
     hi = min(fmt.qmax, _int(output_activation_max, "output_activation_max"))
     if lo > hi:
         raise RefquantError(f"output_activation_min {output_activation_min} > output_activation_max "
                             f"{output_activation_max}")
-    out = np.clip(_wrap32(scaled + _int(output_offset, "output_offset")), lo, hi)
+    z = _int(output_offset, "output_offset")
+    if kernel == "xnnpack":
+        if requantization_scale is None:
+            raise RefquantError("kernel='xnnpack' needs requantization_scale "
+                                "(xnnpack_requantization_scale(input_scale, filter_scale, output_scale))")
+        sigma = np.atleast_1d(_real(requantization_scale, "requantization_scale", np.float32))
+        if sigma.shape not in ((1,), (n_out,)):
+            raise RefquantError(f"requantization_scale must be a scalar or have output_depth = {n_out} "
+                                f"values; got shape {sigma.shape}")
+        out = requantize(acc, np.broadcast_to(sigma, (n_out,)), z, dtype=fmt, axis=-1, method="float",
+                         rounding="half_even", precision="float32", activation_min=lo,
+                         activation_max=hi)
+        return out.reshape(*lead, n_out)
+    if output_multiplier is None or output_shift is None:
+        raise RefquantError(f"kernel={kernel!r} needs output_multiplier and output_shift "
+                            "(populate_convolution_quantization_params)")
+    try:
+        m = np.broadcast_to(np.asarray(output_multiplier), (n_out,))[None, :]
+        e = np.broadcast_to(np.asarray(output_shift), (n_out,))[None, :]
+    except ValueError:
+        raise RefquantError(
+            f"output_multiplier {np.shape(output_multiplier)} and output_shift "
+            f"{np.shape(output_shift)} must be scalars or have output_depth = {n_out} values"
+        ) from None
+    if kernel == "optimized":
+        m = _integer_codes(m, "output_multiplier").astype(np.int64)
+        e = _integer_codes(e, "output_shift").astype(np.int64)
+        if m.min() < 0 or m.max() > INT32_MAX or e.min() < -31 or e.max() > 30:
+            raise RefquantError("output_multiplier must be in [0, 2^31 - 1] and output_shift in [-31, 30]")
+        scaled = _mbqm_srdhm_half_up_shift(acc, m, e)
+    else:
+        scaled = multiply_by_quantized_multiplier(acc, m, e,
+                                                  single_rounding=single_rounding).astype(np.int64)
+    out = np.clip(_wrap32(scaled + z), lo, hi)
     return out.reshape(*lead, n_out).astype(fmt.storage_dtype)
 
 
@@ -458,8 +612,9 @@ def compute_padding(padding, in_size, filter_size, stride, dilation):
 
 def conv2d(input_data, filter_data, bias_data=None, *, stride_width=1, stride_height=1,
            padding="VALID", dilation_width_factor=1, dilation_height_factor=1, input_offset=0,
-           output_offset=0, output_multiplier, output_shift, output_activation_min=-128,
-           output_activation_max=127, single_rounding=False, output_dtype="int8") -> np.ndarray:
+           output_offset=0, output_multiplier=None, output_shift=None, output_activation_min=-128,
+           output_activation_max=127, single_rounding=False, output_dtype="int8",
+           kernel="reference", requantization_scale=None) -> np.ndarray:
     """TFLite's int8 ``Conv`` (``ConvPerChannel``) via im2col and :func:`fully_connected`.
 
     Parameters
@@ -472,6 +627,12 @@ def conv2d(input_data, filter_data, bias_data=None, *, stride_width=1, stride_he
     input_offset, output_offset, output_multiplier, output_shift,
     output_activation_min, output_activation_max, single_rounding, output_dtype
         As for :func:`fully_connected`.
+    kernel : {"reference", "optimized", "xnnpack"}
+        The requantization of :func:`fully_connected`'s kernel of that name: LiteRT's
+        optimized ``ConvPerChannel`` is im2col plus the same ruy GEMM
+        (``optimized/integer_ops/conv.h``), XNNPACK's ``qs8``/``qc8w`` convolution the same
+        fp32 requantization (``requantization_scale``). Measured against ai-edge-litert 2.3.0.
+    requantization_scale : float32 array (out_channels,), ``kernel="xnnpack"`` only
 
     Formula
     -------
@@ -512,4 +673,5 @@ def conv2d(input_data, filter_data, bias_data=None, *, stride_width=1, stride_he
                            output_multiplier=output_multiplier, output_shift=output_shift,
                            output_activation_min=output_activation_min,
                            output_activation_max=output_activation_max,
-                           single_rounding=single_rounding, output_dtype=output_dtype)
+                           single_rounding=single_rounding, output_dtype=output_dtype,
+                           kernel=kernel, requantization_scale=requantization_scale)

@@ -99,6 +99,52 @@ def test_fully_connected_hand_example():
     assert out.tolist() == [[9]] and out.dtype == np.int8
 
 
+def test_optimized_fully_connected_rounds_after_srdhm_half_up_by_hand():
+    # M = 2^30 * 2^(-3 - 31) = 1/16. acc = 7: SRDHM(7, 2^30) = 3.5 -> 4, (4 + 4) >> 3 = 1,
+    # where 7/16 = 0.4375 rounds once to 0. acc = -8: -4, (-4 + 4) >> 3 = 0 (half up);
+    # gemmlowp's RoundingDivideByPOT gives -1 (away). acc = -24: -12 -> (-12 + 4) >> 3 = -1.
+    x = np.int8([[7], [-8], [-24], [9]])
+    w = np.int8([[1]])
+    kw = dict(output_multiplier=1 << 30, output_shift=-3)
+    assert T.fully_connected(x, w, kernel="optimized", **kw)[:, 0].tolist() == [1, 0, -1, 1]
+    assert T.fully_connected(x, w, **kw)[:, 0].tolist() == [1, -1, -2, 1]
+    assert T.fully_connected(x, w, single_rounding=True, **kw)[:, 0].tolist() == [0, 0, -1, 1]
+
+
+def test_optimized_left_shift_applies_before_the_multiplier():
+    # shift +2: (acc << 2) then SRDHM with m = 2^30 (x 1/2): acc = 3 -> 12 -> 6
+    out = T.fully_connected(np.int8([[3], [-3]]), np.int8([[1]]), output_multiplier=1 << 30,
+                            output_shift=2, kernel="optimized")
+    assert out[:, 0].tolist() == [6, -6]
+
+
+def test_xnnpack_fully_connected_is_a_float32_product_rounded_to_even():
+    # sigma = 0.5 (exact): acc = 5 -> 2.5 -> 2, acc = -3 -> -1.5 -> -2, acc = 7 -> 3.5 -> 4;
+    # + zero point 1, then clamp at output_activation_max 4
+    sigma = T.xnnpack_requantization_scale(0.25, 1.0, 0.5)
+    assert sigma.tolist() == [0.5] and sigma.dtype == np.float32
+    out = T.fully_connected(np.int8([[5], [-3], [7]]), np.int8([[1]]), output_offset=1,
+                            output_activation_max=4, kernel="xnnpack", requantization_scale=sigma)
+    assert out[:, 0].tolist() == [3, -1, 4]
+
+
+def test_xnnpack_requantization_scale_rounds_each_step_to_float32():
+    # fl32(fl32(s_in * s_w) / s_out): (1 + 2^-20)(1 - 2^-20) = 1 - 2^-40 rounds to 1 in float32
+    s = T.xnnpack_requantization_scale(1 + 2**-20, [1 - 2**-20, 0.5], 2.0)
+    assert s.tolist() == [0.5, np.float32((1 + 2**-20) * 0.5) / 2]
+    with pytest.raises(RefquantError, match="256"):
+        T.xnnpack_requantization_scale(16.0, 16.0, 1.0)
+
+
+def test_xnnpack_activation_range_ties_to_even_after_adding_the_zero_point():
+    assert T.xnnpack_activation_range("RELU6", 12.0, 0) == (0, 0)  # 0.5 -> 0
+    assert T.calculate_activation_range_quantized("RELU6", 12.0, 0) == (0, 1)  # away: 1
+    assert T.xnnpack_activation_range("RELU6", 12.0, 1) == (1, 2)  # 1.5 -> 2
+    assert T.xnnpack_activation_range("RELU", 0.1, 5) == (5, 127)
+    assert T.xnnpack_activation_range("NONE", 0.1, 5) == (-128, 127)
+    assert T.xnnpack_activation_range("RELU_N1_TO_1", 1e-3, 0) == (-128, 127)
+
+
 def conv_literal(x, w, b, sh, sw, dh, dw, padding, in_off, out_off, m, e, lo, hi, sr):
     """TFLite reference ConvPerChannel written as its loops (skips taps outside the image)."""
     n, ih, iw, ic = x.shape
@@ -169,6 +215,16 @@ _M = {"output_multiplier": 1 << 30, "output_shift": 0}
     lambda: T.compute_padding("VALID", 5, 0, 1, 1),
     lambda: T.fake_quant_with_min_max_args(np.float32([1]), "a", 1.0),
     lambda: T.populate_convolution_quantization_params("a", 0.1, 0.2),
+    lambda: T.fully_connected(np.int8([[1]]), np.int8([[1]]), kernel="ruy", **_M),
+    lambda: T.fully_connected(np.int8([[1]]), np.int8([[1]]), kernel="optimized",
+                              single_rounding=True, **_M),
+    lambda: T.fully_connected(np.int8([[1]]), np.int8([[1]]), kernel="xnnpack"),
+    lambda: T.fully_connected(np.int8([[1]]), np.int8([[1]])),
+    lambda: T.fully_connected(np.int8([[1]]), np.int8([[1]]), kernel="xnnpack",
+                              requantization_scale=[0.5, 0.5]),
+    lambda: T.fully_connected(np.int8([[1]]), np.int8([[1]]), kernel="optimized",
+                              output_multiplier=-1, output_shift=0),
+    lambda: T.xnnpack_activation_range("TANH", 0.1, 0),
 ])
 def test_bad_arguments_raise_refquant_error(call):
     with pytest.raises(RefquantError):

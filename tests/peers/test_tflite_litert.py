@@ -7,10 +7,14 @@ no TensorFlow is needed. Measured on ai-edge-litert 2.3.0, x86-64:
   multiplies by a float32 reciprocal and rounds half to even; the optimized
   kernel does the latter on whole groups of 8 elements and the former on the tail;
   XNNPACK saturates NaN/Inf/huge values, the others go through x86's int32 cast.
-- FULLY_CONNECTED (per tensor and per channel): reference and XNNPACK
-  requantize with single rounding; CONV_2D per channel: reference with gemmlowp's double rounding,
-  XNNPACK with single rounding. (The optimized ruy kernels match neither on
-  every input and are not tested.)
+- FULLY_CONNECTED and CONV_2D (per tensor and per channel), by resolver:
+  ``BUILTIN_REF`` FC matches single rounding on random inputs but rounds exact
+  ties of ``acc * M`` half away from zero with the real (double) multiplier,
+  where refquant's fixed point rounds them up (pinned below, not matched); the
+  reference Conv is gemmlowp's double rounding. ``BUILTIN_WITHOUT_DEFAULT_DELEGATES``
+  (ruy): SRDHM then a right shift rounding half up (``kernel="optimized"``).
+  ``AUTO`` (XNNPACK): float32 ``acc * fl32(fl32(s_in s_w) / s_out)``, ties to even,
+  with its own activation bounds (``kernel="xnnpack"``).
 """
 
 from __future__ import annotations
@@ -58,33 +62,148 @@ def test_optimized_quantize_rounds_simd_groups_to_even_and_the_tail_away():
     np.testing.assert_array_equal(T.affine_quantize(x, 1.0, 0, kernel="optimized"), got)
 
 
-@settings(max_examples=40)
-@given(seed=st.integers(0, 2**32 - 1), kernel=st.sampled_from(["reference", "xnnpack"]),
+def _requant_args(kernel, s_in, s_w, s_out, z_out, activation="NONE"):
+    """fully_connected / conv2d keyword arguments for one LiteRT kernel, from the float scales."""
+    if kernel == "xnnpack":
+        lo, hi = T.xnnpack_activation_range(activation, s_out, z_out)
+        return dict(requantization_scale=T.xnnpack_requantization_scale(s_in, s_w, s_out),
+                    output_activation_min=lo, output_activation_max=hi, kernel=kernel)
+    single = False
+    m, e = T.populate_convolution_quantization_params(s_in, s_w, s_out, single_rounding=single)
+    lo, hi = T.calculate_activation_range_quantized(activation, s_out, z_out)
+    return dict(output_multiplier=m, output_shift=e, output_activation_min=lo,
+                output_activation_max=hi, kernel=kernel)
+
+
+@settings(max_examples=60)
+@given(seed=st.integers(0, 2**32 - 1), kernel=st.sampled_from(["optimized", "xnnpack"]),
        activation=st.sampled_from(["NONE", "RELU", "RELU6", "RELU_N1_TO_1"]),
-       per_channel=st.booleans())
-def test_fully_connected_matches_litert(seed, kernel, activation, per_channel):
+       per_channel=st.booleans(), has_bias=st.booleans(), batch=st.integers(1, 9))
+def test_fully_connected_optimized_and_xnnpack_match_litert(seed, kernel, activation, per_channel,
+                                                             has_bias, batch):
+    rng = np.random.default_rng(seed)
+    k, n = int(rng.integers(1, 40)), int(rng.integers(1, 9))
+    x = rng.integers(-128, 128, (batch, k)).astype(np.int8)
+    x[0, : k // 2] = -128  # extremes of the input grid
+    x[-1, k // 2:] = 127
+    w = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    w[0, :] = rng.choice([-127, 127], k)  # ±max weights
+    b = rng.integers(-5000, 5000, n).astype(np.int32) if has_bias else None
+    s_in, z_in = np.float32(rng.uniform(1e-3, 0.1)), int(rng.integers(-128, 128))
+    s_w = rng.uniform(1e-3, 0.05, n if per_channel else 1).astype(np.float32)
+    s_out, z_out = np.float32(rng.uniform(0.01, 2.0)), int(rng.integers(-128, 128))
+    got = T.fully_connected(x, w, b, input_offset=-z_in, output_offset=z_out,
+                            **_requant_args(kernel, s_in, s_w, s_out, z_out, activation))
+    want = run_fully_connected(x, w, b, s_in, z_in, s_w, s_out, z_out, activation, kernel=kernel)
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=40)
+@given(seed=st.integers(0, 2**32 - 1), activation=st.sampled_from(["NONE", "RELU", "RELU6"]))
+def test_reference_fully_connected_matches_litert_off_ties(seed, activation):
+    """Random inputs (no exact ties of acc * M): single rounding reproduces BUILTIN_REF."""
     rng = np.random.default_rng(seed)
     k, n = int(rng.integers(1, 40)), int(rng.integers(1, 9))
     x = rng.integers(-128, 128, (8, k)).astype(np.int8)
     w = rng.integers(-127, 128, (n, k)).astype(np.int8)
-    w[0, :] = 127  # ±max weights
+    w[0, :] = 127
     b = rng.integers(-5000, 5000, n).astype(np.int32)
     s_in, z_in = np.float32(rng.uniform(1e-3, 0.1)), int(rng.integers(-128, 128))
-    s_w = rng.uniform(1e-3, 0.05, n if per_channel else 1).astype(np.float32)
+    s_w = rng.uniform(1e-3, 0.05, n if seed % 2 else 1).astype(np.float32)
     s_out, z_out = np.float32(rng.uniform(0.01, 2.0)), int(rng.integers(-128, 128))
     m, e = T.populate_convolution_quantization_params(s_in, s_w, s_out, single_rounding=True)
     lo, hi = T.calculate_activation_range_quantized(activation, s_out, z_out)
     got = T.fully_connected(x, w, b, input_offset=-z_in, output_offset=z_out, output_multiplier=m,
                             output_shift=e, output_activation_min=lo, output_activation_max=hi,
                             single_rounding=True)
-    want = run_fully_connected(x, w, b, s_in, z_in, s_w, s_out, z_out, activation, kernel=kernel)
+    want = run_fully_connected(x, w, b, s_in, z_in, s_w, s_out, z_out, activation, kernel="reference")
     np.testing.assert_array_equal(got, want)
+
+
+# acc = x (one input, weight 1, no zero points), s_in = 1/4, s_w = 1, s_out = 4: M = 1/16
+# exactly (m = 2^30, shift -3), so acc = 8j + 4 are exact ties and acc = 8j + 3 lie 1/16
+# below one.
+_TIE_X = np.arange(-128, 128, dtype=np.int8).reshape(-1, 1)
+_TIE_W = np.ones((1, 1), np.int8)
+
+
+@pytest.mark.parametrize("kernel", ["optimized", "xnnpack"])
+def test_exact_multiplier_ties_match_litert(kernel):
+    s_in, s_w, s_out = np.float32(0.25), np.float32([1.0]), np.float32(4.0)
+    got = T.fully_connected(_TIE_X, _TIE_W, None, **_requant_args(kernel, s_in, s_w, s_out, 0))
+    np.testing.assert_array_equal(got, run_fully_connected(_TIE_X, _TIE_W, None, s_in, 0, s_w, s_out,
+                                                           0, kernel=kernel))
+    conv = T.conv2d(_TIE_X.reshape(1, 16, 16, 1), _TIE_W.reshape(1, 1, 1, 1), None,
+                    **_requant_args(kernel, s_in, s_w, s_out, 0))
+    want = run_conv2d(_TIE_X.reshape(1, 16, 16, 1), _TIE_W.reshape(1, 1, 1, 1), np.int32([0]), s_in, 0,
+                      s_w, s_out, 0, kernel=kernel)
+    np.testing.assert_array_equal(conv, want)
+
+
+def test_optimized_kernel_rounds_twice_and_ties_up_by_hand():
+    """acc * M for acc = 7, -4, -20, 3 with M = 1/16: 0.4375, -0.25, -1.25, 0.1875.
+    SRDHM(acc, 2^30) = acc / 2 rounded (ties up): 4, -2, -10, 2; then (h + 4) >> 3: 1, 0, -1, 0.
+    Single rounding gives 0, 0, -1, 0 and gemmlowp's double rounding 1, 0, -1, 0; acc = -8
+    (-0.5 exactly): optimized 0 (half up), gemmlowp -1 (away), XNNPACK 0 (to even)."""
+    idx = np.array([7, -4, -20, 3, -8]) + 128
+    want_opt = [1, 0, -1, 0, 0]
+    got = run_fully_connected(_TIE_X[idx], _TIE_W, None, 0.25, 0, [1.0], 4.0, 0, kernel="optimized")
+    assert got[:, 0].tolist() == want_opt
+    assert T.fully_connected(_TIE_X[idx], _TIE_W, output_multiplier=2**30, output_shift=-3,
+                             kernel="optimized")[:, 0].tolist() == want_opt
+
+
+def test_xnnpack_rounds_a_float32_product_that_lands_on_a_tie_to_even():
+    """Dyadic scales (exact in float32): acc * s_in * s_w / s_out = -48.5000030..., which the
+    single- and double-rounding fixed point round to -49; XNNPACK's float32 sigma * acc is
+    exactly -48.5 and rounds to even, -48."""
+    s_in, s_w, s_out = 0.2137451171875, np.float32([0.0603790283203125]), 0.571044921875
+    x = np.zeros((1, 1), np.int8)
+    b = np.int32([-2146])
+    want = run_fully_connected(x, _TIE_W, b, s_in, 0, s_w, s_out, 0, kernel="xnnpack")
+    assert want.tolist() == [[-48]]
+    args = _requant_args("xnnpack", s_in, s_w, s_out, 0)
+    assert T.fully_connected(x, _TIE_W, b, **args).tolist() == [[-48]]
+    m, e = T.populate_convolution_quantization_params(s_in, s_w, s_out)
+    for single in (False, True):
+        assert T.fully_connected(x, _TIE_W, b, output_multiplier=m, output_shift=e,
+                                 single_rounding=single).tolist() == [[-49]]
+
+
+@pytest.mark.parametrize("activation, s_out, z_out, want", [
+    ("RELU6", 12.0, 0, (0, 0)),  # 6/12 + 0 = 0.5 -> 0 (builtin: 1)
+    ("RELU6", 12.0, 1, (1, 2)),  # 1.5 -> 2 (builtin: 2)
+    ("RELU6", 4.0, 3, (3, 4)),  # 4.5 -> 4 (builtin: 5)
+    ("RELU_N1_TO_1", 2.0, 2, (2, 2)),  # 1.5 -> 2, 2.5 -> 2 (builtin: 1, 3)
+])
+def test_xnnpack_activation_bounds_round_ties_to_even_after_the_zero_point(activation, s_out, z_out,
+                                                                            want):
+    assert T.xnnpack_activation_range(activation, s_out, z_out) == want
+    got = run_fully_connected(_TIE_X, _TIE_W, None, s_out, 0, [1.0], s_out, z_out, activation,
+                              kernel="xnnpack")
+    assert (int(got.min()), int(got.max())) == want
+    ours = T.fully_connected(_TIE_X, _TIE_W, None, output_offset=z_out,
+                             **_requant_args("xnnpack", s_out, [1.0], s_out, z_out, activation))
+    np.testing.assert_array_equal(ours, got)
+
+
+def test_litert_reference_fully_connected_rounds_exact_ties_away_unlike_refquant():
+    """Known gap, pinned: LiteRT 2.3's BUILTIN_REF FULLY_CONNECTED rounds acc * M half away
+    from zero (and uses the real multiplier: M = (1 + 2^-20)(1 - 2^-20) / 2 is not a tie
+    there), so refquant's fixed-point reference differs on exact negative ties:
+    acc = -1, M = 1/2: LiteRT -1, refquant (single rounding, half up) 0."""
+    x = np.int8([[-1], [-3], [1]])
+    want = run_fully_connected(x, _TIE_W, None, 0.25, 0, [1.0], 0.5, 0, kernel="reference")
+    assert want[:, 0].tolist() == [-1, -2, 1]
+    got = T.fully_connected(x, _TIE_W, output_multiplier=2**30, output_shift=0, single_rounding=True)
+    assert got[:, 0].tolist() == [0, -1, 1]
 
 
 @settings(max_examples=30)
 @given(seed=st.integers(0, 2**32 - 1), padding=st.sampled_from(["SAME", "VALID"]),
-       kernel=st.sampled_from(["reference", "xnnpack"]))
-def test_conv2d_per_channel_matches_litert(seed, padding, kernel):
+       kernel=st.sampled_from(["reference", "optimized", "xnnpack"]),
+       activation=st.sampled_from(["NONE", "RELU", "RELU6"]), per_channel=st.booleans())
+def test_conv2d_matches_litert(seed, padding, kernel, activation, per_channel):
     rng = np.random.default_rng(seed)
     h, w_ = (int(v) for v in rng.integers(3, 8, 2))
     c, oc = (int(v) for v in rng.integers(1, 5, 2))
@@ -95,18 +214,17 @@ def test_conv2d_per_channel_matches_litert(seed, padding, kernel):
         padding = "SAME"
     x = rng.integers(-128, 128, (2, h, w_, c)).astype(np.int8)
     wq = rng.integers(-127, 128, (oc, kh, kw, c)).astype(np.int8)
+    wq[0] = 127
     b = rng.integers(-3000, 3000, oc).astype(np.int32)
     s_in, z_in = np.float32(rng.uniform(0.01, 0.1)), int(rng.integers(-128, 128))
-    s_w = rng.uniform(1e-3, 0.05, oc).astype(np.float32)
+    s_w = rng.uniform(1e-3, 0.05, oc if per_channel else 1).astype(np.float32)
     s_out, z_out = np.float32(rng.uniform(0.05, 1.0)), int(rng.integers(-128, 128))
-    single = kernel == "xnnpack"
-    m, e = T.populate_convolution_quantization_params(s_in, s_w, s_out, single_rounding=single)
     got = T.conv2d(x, wq, b, stride_height=stride[0], stride_width=stride[1],
                    dilation_height_factor=dilation[0], dilation_width_factor=dilation[1],
-                   padding=padding, input_offset=-z_in, output_offset=z_out, output_multiplier=m,
-                   output_shift=e, single_rounding=single)
+                   padding=padding, input_offset=-z_in, output_offset=z_out,
+                   **_requant_args(kernel, s_in, s_w, s_out, z_out, activation))
     want = run_conv2d(x, wq, b, s_in, z_in, s_w, s_out, z_out, stride=stride, dilation=dilation,
-                      padding=padding, kernel=kernel)
+                      padding=padding, activation=activation, kernel=kernel)
     np.testing.assert_array_equal(got, want)
 
 

@@ -95,23 +95,30 @@ _ACT = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
 
 def run_fully_connected(x_q, w_q, b_q, s_in, z_in, s_w, s_out, z_out, activation="NONE",
                         kernel="reference"):
+    """One FULLY_CONNECTED (int8, per-tensor or per-channel weights); ``b_q=None``: no bias."""
     S = litert()[0]
     x_q = np.ascontiguousarray(x_q, np.int8)
     w_q = np.ascontiguousarray(w_q, np.int8)
-    b_q = np.ascontiguousarray(b_q, np.int32)
     s_w = np.atleast_1d(np.asarray(s_w, np.float32))
     s_b = (np.float32(s_in) * s_w).astype(np.float32)
     n_out = w_q.shape[0]
     tensors = [
         _tensor(S, "x", x_q.shape, S.TensorType.INT8, 1, s_in, z_in),
         _tensor(S, "w", w_q.shape, S.TensorType.INT8, 2, s_w, np.zeros(s_w.size, int), 0),
-        _tensor(S, "b", b_q.shape, S.TensorType.INT32, 3, s_b, np.zeros(s_b.size, int), 0),
-        _tensor(S, "y", (x_q.shape[0], n_out), S.TensorType.INT8, 4, s_out, z_out),
+        _tensor(S, "y", (x_q.shape[0], n_out), S.TensorType.INT8, 3, s_out, z_out),
     ]
+    buffers = [None, None, w_q, None]
+    inputs = [0, 1, -1]
+    if b_q is not None:
+        b_q = np.ascontiguousarray(b_q, np.int32)
+        tensors.append(_tensor(S, "b", b_q.shape, S.TensorType.INT32, 4, s_b,
+                               np.zeros(s_b.size, int), 0))
+        buffers.append(b_q)
+        inputs = [0, 1, 3]
     o = S.FullyConnectedOptionsT()
     o.fusedActivationFunction = _ACT[activation]
-    buf = _model(S.BuiltinOperator.FULLY_CONNECTED, tensors, [0, 1, 2], [3],
-                 [None, None, w_q, b_q, None], S.BuiltinOptions.FullyConnectedOptions, o)
+    buf = _model(S.BuiltinOperator.FULLY_CONNECTED, tensors, inputs, [2], buffers,
+                 S.BuiltinOptions.FullyConnectedOptions, o)
     return _run(buf, x_q, kernel)
 
 
