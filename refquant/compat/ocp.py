@@ -153,12 +153,16 @@ def mx_dot(XA, PA, XB, PB, fmt=MXFP8_E4M3, *, k: int = 32) -> float:
     to the implementation: here the exact value rounded once to float64).
     """
     f = mx_format(fmt)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise RefquantError(f"k (the block size) must be a positive integer, got {k!r}")
     pa, pb = np.asarray(PA), np.asarray(PB)
     if pa.ndim != 1 or pa.shape != pb.shape:
         raise RefquantError(f"PA and PB must be 1-D of equal length, got shapes {pa.shape} and {pb.shape}")
     xa, xb = np.asarray(XA), np.asarray(XB)
     if xa.dtype.kind not in "iu" or xb.dtype.kind not in "iu":
         raise RefquantError(f"XA and XB must be integer E8M0 codes, got dtypes {xa.dtype} and {xb.dtype}")
+    if xa.ndim != 1 or xb.ndim != 1:
+        raise RefquantError(f"XA and XB must be 1-D (one code per block), got shapes {xa.shape} and {xb.shape}")
     one = np.zeros_like(xa, dtype=np.uint8) + 127  # unit scales: element values only
     va = dequantize_mx(pa, one, f, block_size=k).astype(np.float64)
     vb = dequantize_mx(pb, one, f, block_size=k).astype(np.float64)

@@ -180,6 +180,8 @@ def _blocked(x, axis, k):
     xm = np.moveaxis(x, axis, -1)
     n = xm.shape[-1]
     nb = -(-n // k)
+    if nb <= 1:  # one (partial) block or none: padding it to k zeros changes nothing
+        k = max(n, 1)
     pad = nb * k - n
     if pad:
         xm = np.concatenate([xm, np.zeros(xm.shape[:-1] + (pad,), xm.dtype)], axis=-1)
@@ -286,6 +288,9 @@ def dequantize_mx(codes, scales, fmt, *, axis: int = -1, block_size: int | None 
     else:
         vals = decode(c, f.element_format).astype(np.float64)
     blocks, n = _blocked(vals, ax, int(k))
+    if s.ndim != c.ndim:
+        raise RefquantError(f"scales have shape {s.shape}; codes of shape {c.shape} need scales "
+                            f"of the same rank ({c.ndim}) with ceil(n / {k}) along axis {ax}")
     sm = np.moveaxis(s, ax, -1)
     if sm.shape != blocks.shape[:-1]:
         raise RefquantError(

@@ -85,7 +85,10 @@ def float_scale(x, fmt, *, axis=None, block_size=None, power_of_two=None) -> np.
     f = float_format(fmt)
     if power_of_two not in _POW2:
         raise RefquantError(f"power_of_two must be one of {_POW2}, got {power_of_two!r}")
-    xa = np.abs(np.asarray(x, dtype=np.float64))
+    xa = np.asarray(x)
+    if xa.dtype.kind not in "fiu" and xa.dtype.name != "bfloat16":
+        raise RefquantError(f"x must be a real array, got dtype {xa.dtype}")
+    xa = np.abs(xa.astype(np.float64))
     if not np.isfinite(xa).all():
         raise RefquantError("x contains NaN or Inf; a scale cannot be computed from it")
     ax, bs = _granularity(xa, axis, block_size)

@@ -64,3 +64,12 @@ def test_mx_dot_and_shared_exponent_refuse_non_numeric_input():
         ocp.mx_dot("a", P, "b", P)
     with pytest.raises(RefquantError, match="amax"):
         shared_exponent("a", "mxfp4")
+
+
+def test_mx_dot_refuses_a_bad_k_and_scalar_scales_with_refquant_error():
+    p = np.uint8([1, 2])
+    for k in (None, 0, 1.5):
+        with pytest.raises(RefquantError, match="block_size|k"):
+            ocp.mx_dot(np.uint8([127]), p, np.uint8([127]), p, ocp.MXFP4, k=k)
+    with pytest.raises(RefquantError, match="XA and XB"):
+        ocp.mx_dot(np.uint8(127), p, np.uint8([127]), p, ocp.MXFP4)

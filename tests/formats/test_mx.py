@@ -145,3 +145,18 @@ def test_stochastic_element_rounding_is_reproducible_from_a_seed(fmt):
     c = quantize_mx(x, fmt, rounding="stochastic", seed=6)
     assert all(np.array_equal(p, q) for p, q in zip(a, b, strict=True))
     assert not np.array_equal(a[0], c[0])
+
+
+def test_scales_of_the_wrong_rank_and_a_huge_block_size_are_handled():
+    # 1-D scales for 2-D codes raised numpy's AxisError; a block longer than the row is one
+    # partial block (the spec's zero padding), so 10**30 must not allocate 10**30 zeros
+    codes = np.uint8([[1, 2, 3], [4, 5, 6]])
+    with pytest.raises(RefquantError, match="scales"):
+        dequantize_mx(codes, np.uint8([127, 127]), "mxfp4")
+    x = np.float32([[1.5, -3.0, 0.25], [6.0, 0.0, 1.0]])
+    c_big, s_big = quantize_mx(x, "mxfp4", block_size=10**30)
+    c_3, s_3 = quantize_mx(x, "mxfp4", block_size=3)
+    np.testing.assert_array_equal(c_big, c_3)
+    np.testing.assert_array_equal(s_big, s_3)
+    np.testing.assert_array_equal(dequantize_mx(c_big, s_big, "mxfp4", block_size=10**30),
+                                  dequantize_mx(c_3, s_3, "mxfp4", block_size=3))

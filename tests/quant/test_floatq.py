@@ -117,3 +117,11 @@ def test_stochastic_rounding_is_reproducible_from_a_seed():
     b, _ = quantize_float(x, "float8_e4m3fn", rounding="stochastic", seed=3)
     c, _ = quantize_float(x, "float8_e4m3fn", rounding="stochastic", seed=4)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_non_numeric_x_raises_refquant_error():
+    for x in ("a", ["x", "y"]):
+        with pytest.raises(RefquantError, match="x"):
+            float_scale(x, "float8_e4m3fn")
+        with pytest.raises(RefquantError, match="x"):
+            quantize_float(x, "float8_e4m3fn")
