@@ -48,7 +48,7 @@ from math import prod
 import numpy as np
 
 from .._errors import RefquantError
-from ..formats.ggml import GGML_BLOCK_TABLE, GGMLBlockFormat, ggml_block_formats
+from ..formats.ggml import GGML_BLOCK_TABLE, GGMLBlockFormat, _real_dtype, ggml_block_formats
 
 __all__ = [
     "GGML_TYPES",
@@ -166,7 +166,7 @@ def quantize(x, type_name) -> np.ndarray:
         raise RefquantError("x must be a rectangular real array") from None
     if arr.ndim == 0:
         raise RefquantError(f"x must be at least 1-D, got a scalar {arr!r}")
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+    if not _real_dtype(arr.dtype):
         raise RefquantError(f"x must be a real array, got dtype {arr.dtype}")
     _check_row(arr.shape[-1], fmt)
     with np.errstate(over="ignore"):

@@ -139,6 +139,19 @@ def _bytes_u16(raw: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(raw).view("<u2").reshape(-1).astype(np.uint16)
 
 
+def _real_dtype(dt: np.dtype) -> bool:
+    """Integers, floats and the ml_dtypes floats (bfloat16, float8_*: kind "V", exact in float32)."""
+    if np.issubdtype(dt, np.floating) or np.issubdtype(dt, np.integer):
+        return True
+    if dt.kind != "V" or dt.fields is not None:
+        return False
+    try:
+        np.zeros(1, dt).astype(_F32)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _nearest_int(v: np.ndarray) -> np.ndarray:
     """ggml's nearest_int: bits of (v + 12582912.f), low 23 bits minus 2^22.
 
@@ -394,7 +407,7 @@ class GGMLBlockFormat:
             raise RefquantError(
                 f"blocks must be a 2-D array of shape (n, {self.block_size}) for {self.name}, got shape {x.shape}"
             )
-        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        if not _real_dtype(x.dtype):
             raise RefquantError(f"blocks must be a real array, got dtype {x.dtype}")
         x = np.ascontiguousarray(x, dtype=_F32)
         bad = ~np.isfinite(x)

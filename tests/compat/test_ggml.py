@@ -158,3 +158,16 @@ def test_rows_of_zero_weights_are_empty_like_ggml_row_size():
     assert ggml.dequantize(raw, "q4_k", (5, 0)).shape == (5, 0)
     with pytest.raises(RefquantError, match="row size -32"):
         ggml.row_size("q4_0", -32)
+
+
+def test_bfloat16_and_float8_inputs_are_real_numbers():
+    # "x must be a real array, got dtype bfloat16": ml_dtypes floats convert to float32 exactly
+    import ml_dtypes
+
+    x = np.linspace(-1, 1, 64).astype(ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(ggml.quantize(x, "q4_0"), ggml.quantize(x.astype(np.float32), "q4_0"))
+    fmt = get_format("q8_0")
+    x8 = np.linspace(-1, 1, 32).astype(ml_dtypes.float8_e4m3fn).reshape(1, 32)
+    np.testing.assert_array_equal(fmt.quantize_blocks(x8), fmt.quantize_blocks(x8.astype(np.float32)))
+    with pytest.raises(RefquantError, match="real array"):
+        ggml.quantize(np.zeros(32, "V4"), "q4_0")
