@@ -140,10 +140,10 @@ def _bytes_u16(raw: np.ndarray) -> np.ndarray:
 
 
 def _real_dtype(dt: np.dtype) -> bool:
-    """Integers, floats and the ml_dtypes floats (bfloat16, float8_*: kind "V", exact in float32)."""
+    """Integers, floats and the ml_dtypes floats (bfloat16, float8_*: kind "V" or "f", exact in float32)."""
     if np.issubdtype(dt, np.floating) or np.issubdtype(dt, np.integer):
         return True
-    if dt.kind != "V" or dt.fields is not None:
+    if dt.kind not in "fV" or dt.fields is not None:
         return False
     try:
         np.zeros(1, dt).astype(_F32)

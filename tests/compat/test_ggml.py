@@ -167,7 +167,8 @@ def test_bfloat16_and_float8_inputs_are_real_numbers():
     x = np.linspace(-1, 1, 64).astype(ml_dtypes.bfloat16)
     np.testing.assert_array_equal(ggml.quantize(x, "q4_0"), ggml.quantize(x.astype(np.float32), "q4_0"))
     fmt = get_format("q8_0")
-    x8 = np.linspace(-1, 1, 32).astype(ml_dtypes.float8_e4m3fn).reshape(1, 32)
-    np.testing.assert_array_equal(fmt.quantize_blocks(x8), fmt.quantize_blocks(x8.astype(np.float32)))
+    for d in (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2):  # NumPy kinds "V" and "f"
+        x8 = np.linspace(-1, 1, 32).astype(d).reshape(1, 32)
+        np.testing.assert_array_equal(fmt.quantize_blocks(x8), fmt.quantize_blocks(x8.astype(np.float32)))
     with pytest.raises(RefquantError, match="real array"):
         ggml.quantize(np.zeros(32, "V4"), "q4_0")
