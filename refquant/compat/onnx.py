@@ -212,7 +212,8 @@ def _granularity(x_shape, scale, axis, block_size, argname):
             f"ceil(Di/(Si-1))-1] for Di = {di} (input length along axis {a}) and Si = {si} "
             f"({argname} length along axis {a})"
         )
-    return a, b
+    # one block (Si = 1) for every b >= Di: the same as b = Di, which the core can hold
+    return a, (min(b, di) if si == 1 else b)
 
 
 def _divide_in(x, scale_b, ptype: str) -> np.ndarray:

@@ -365,3 +365,16 @@ def test_opsets_before_19_take_float32_only_and_19_21_one_float_type(call, match
                                  opset=19).tolist() == [2]
     assert ronnx.quantize_linear(F32([2.5]), np.float16(1), np.int8(0), opset=23).tolist() == [2]
     assert ronnx.dequantize_linear(np.int8([3]), np.float16(1), opset=19).tolist() == [3.0]
+
+
+def test_one_block_accepts_any_block_size_from_the_axis_length_up():
+    # Si = 1: the spec's accepted range is [Di, inf); 10**30 raised OverflowError in the core
+    x = F32([[0.5, 1.5, 2.5], [3.5, -4.5, 5.0]])
+    s = F32([[0.5], [1.0]])
+    z = np.int8([[0], [1]])
+    want = [[1, 3, 5], [5, -3, 6]]  # rne(x / s) + z, hand-derived
+    for b in (3, 4, 10**30):
+        assert ronnx.quantize_linear(x, s, z, block_size=b).tolist() == want
+        q = ronnx.quantize_linear(x, s, z, block_size=b)
+        assert ronnx.dequantize_linear(q, s, z, block_size=b).tolist() == [[0.5, 1.5, 2.5],
+                                                                          [4.0, -4.0, 5.0]]
