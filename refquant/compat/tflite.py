@@ -472,10 +472,14 @@ def fully_connected(input_data, filter_data, bias_data=None, *, input_offset=0, 
         - ``"optimized"`` (LiteRT ``BUILTIN_WITHOUT_DEFAULT_DELEGATES``, ruy on x86-64):
           :math:`h = \\mathrm{SRDHM}(\\mathrm{acc} \\ll l, m)` (ties toward +Inf), then
           :math:`\\lfloor (h + 2^{r-1}) / 2^r \\rfloor`: the right shift rounds half **up**
-          (NEON ``vqrdmulh`` + ``vrshl`` semantics), where gemmlowp's ``RoundingDivideByPOT``
-          rounds half away from zero. Two roundings: it is one step above both
-          the double- and the single-rounding result when :math:`\\mathrm{acc}\\,M` lies just
-          below a half (within :math:`2^{-r-1}`), and on exact negative ties.
+          (the arithmetic of ARM's ``SQRDMULH`` then ``SRSHL``), where gemmlowp's ``RoundingDivideByPOT`` rounds half away from
+          zero. Two roundings: it is one step above both the double- and the
+          single-rounding result when :math:`\\mathrm{acc}\\,M` lies just below a half
+          (within :math:`2^{-r-1}`), and on exact negative ties. Pinned by experiment
+          (per tensor, per channel, batch 1 and more): the x86 kernels of google/ruy
+          as published (``kernel_avx512.cc``: ``((acc << l) m + 2^{30+r}) >> (31 + r)``)
+          round once, which the wheel's results refute; which source it was built
+          from is not known.
         - ``"xnnpack"`` (LiteRT's default delegate): float32 arithmetic,
           :math:`y = \\mathrm{rint}(\\mathrm{fl}_{32}(\\mathrm{fl}_{32}(\\mathrm{acc})\\,\\sigma_c)) + o_y`,
           ties to even, clamped; ``requantization_scale`` :math:`\\sigma` from
