@@ -154,7 +154,9 @@ def unpack(packed, bits, n=None, *, axis=-1, order="low_first", signed=False) ->
     As :func:`pack`; ``numpy.unpackbits`` for one-bit codes.
     """
     w = np.asarray(packed)
-    wt, per, bits = _check(bits, order, w.dtype.name if w.dtype.name in _WORDS else w.dtype)
+    if w.dtype.name not in _WORDS:
+        raise RefquantError(f"packed must be uint8, uint16, uint32 or uint64 words, got dtype {w.dtype}")
+    wt, per, bits = _check(bits, order, w.dtype.name)
     if w.ndim == 0:
         raise RefquantError("packed must have at least one dimension")
     ax = normalize_axis(axis, w.ndim)

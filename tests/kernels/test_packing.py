@@ -111,3 +111,9 @@ def test_bits_must_be_an_integer_and_ragged_codes_are_refused():
     with pytest.raises(RefquantError, match="codes must be"):
         pack([[1], [2, 3]], 4)
     assert pack([1, 2], np.int64(4)).tolist() == [0x21]
+
+
+def test_unpack_names_packed_when_its_dtype_is_not_a_word():
+    # the message said "word must be one of ..." though unpack has no word argument
+    with pytest.raises(RefquantError, match=r"^packed must be uint8, uint16, uint32 or uint64 words"):
+        unpack(np.array([1], np.int8), 4)
