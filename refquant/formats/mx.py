@@ -35,8 +35,9 @@ after scaling are clamped to it (the spec's "clamped to the max normal").
 FLOAT8E8M0 with ``round_mode="up"``): :math:`X = 2^{\\lceil \\log_2(\\mathrm{amax} / \\mathrm{max}_{elem}) \\rceil}`
 with the quotient formed in float32; no element saturates.
 
-An all-zero block gets the smallest scale 2^-127 (microxcaling: log2 of FP32_MIN_NORMAL,
-clamped); exponents are clamped to [-127, 127]; a block containing NaN or ±Inf gets
+An all-zero block gets the smallest scale 2^-127 (microxcaling takes log2 of FP32_MIN_NORMAL
+minus emax_elem, clamped: the same 2^-127 for the float elements, but 2^-126 for MXINT8,
+whose emax_elem is 0; the decoded zeros agree); exponents are clamped to [-127, 127]; a block containing NaN or ±Inf gets
 the NaN scale 0xFF and its elements decode to NaN.
 
 Reference

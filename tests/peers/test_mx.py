@@ -128,3 +128,18 @@ def test_microxcaling_floor_plus_half_rounds_0_49999997_up():
     ref = microxcaling_quantize_mx(torch, torch.from_numpy(x), "mxint8").numpy()
     c, s = quantize_mx(x, "mxint8", rounding="half_away")
     assert ref[1] == 1.0 and dequantize_mx(c, s, "mxint8")[1] == 0.0
+
+
+def test_all_zero_mxint8_block_scale_is_2_to_the_minus_127_where_microxcaling_gives_minus_126():
+    # microxcaling takes floor(log2(0 + FP32_MIN_NORMAL)) - emax: -126 - 0 for MXINT8 (emax 0),
+    # which the clamp at -127 leaves; for the float elements (emax >= 2) it clamps to -127.
+    # refquant gives every all-zero block the smallest scale, code 0. The values agree (0).
+    torch = import_peer("torch")
+    a = torch.zeros(32)
+    shared = torch.floor(torch.log2(a.abs().max() + FP32_MIN_NORMAL)) - PARAMS["mxint8"][2]
+    assert float(shared) == -126.0
+    for name, (_, _, emax, _) in PARAMS.items():
+        c, s = quantize_mx(np.zeros(32, np.float32), name)
+        assert s.tolist() == [0], name
+        assert (dequantize_mx(c, s, name) == 0).all()
+        assert max(-126 - emax, -127) == (-126 if name == "mxint8" else -127)
