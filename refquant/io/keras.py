@@ -158,40 +158,47 @@ class KerasCheckpoint(LazyCheckpoint):
         except Exception as e:  # noqa: BLE001 - HDF5 raises many kinds on bad bytes
             raise fail(path, f"not a readable HDF5 file: {type(e).__name__}: {e}") from None
         try:
-            self._datasets = {}
-            if config is None and "model_config" in self._h5.attrs:
-                try:
-                    config = json.loads(self._h5.attrs["model_config"])
-                except (ValueError, TypeError, RecursionError):
-                    config = None
             try:
-                _refuse_external_links(h5py, self._h5, path)
-                if "layers" in self._h5:
-                    self._walk_v3(self._h5, [], _layer_classes(config or {}), path)
-                else:
-                    self._walk_legacy(path)
+                infos, meta, config = self._index(h5py, config, path)
             except RefquantError:
                 raise
             except Exception as e:  # noqa: BLE001 - HDF5 raises many kinds on bad files
+                # attributes and dtypes are decoded lazily: damaged ones raise OSError,
+                # RuntimeError, KeyError or ValueError from any access, not just the walk
                 raise fail(path, f"unreadable HDF5 structure: {type(e).__name__}: {e}") from None
-            infos = {}
-            for k, ds in self._datasets.items():
-                dt = ds.dtype
-                if dt.kind not in "biufc":
-                    raise fail(path, f"dataset {ds.name!r} has non-numeric dtype {dt}")
-                _check_storage(ds, path)
-                dt = dt.newbyteorder("<") if dt.itemsize > 1 else dt
-                infos[k] = TensorInfo(k, dt, tuple(ds.shape), int(np.prod(ds.shape, dtype=np.int64)) * dt.itemsize,
-                                      str(ds.dtype))
         except BaseException:
             self._h5.close()
             raise
-        meta = {k: (v if isinstance(v, int | float | str) else str(v)) for k, v in self._h5.attrs.items()
-                if k != "model_config"}
         if config is not None:
             meta["config"] = config
         super().__init__(path, infos, meta)
         self._closers.append(self._h5.close)
+
+    def _index(self, h5py, config, path):
+        """Walk the file: (tensor infos, attributes, config); any HDF5 access may raise."""
+        self._datasets = {}
+        if config is None and "model_config" in self._h5.attrs:
+            try:
+                config = json.loads(self._h5.attrs["model_config"])
+            except (ValueError, TypeError, RecursionError):
+                config = None
+        _refuse_external_links(h5py, self._h5, path)
+        if "layers" in self._h5:
+            self._walk_v3(self._h5, [], _layer_classes(config or {}), path)
+        else:
+            self._walk_legacy(path)
+        infos = {}
+        for k, ds in self._datasets.items():
+            dt = ds.dtype
+            if dt.kind not in "biufc":
+                raise fail(path, f"dataset {ds.name!r} has non-numeric dtype {dt}")
+            _check_storage(ds, path)
+            dt = dt.newbyteorder("<") if dt.itemsize > 1 else dt
+            infos[k] = TensorInfo(k, dt, tuple(ds.shape), int(np.prod(ds.shape, dtype=np.int64)) * dt.itemsize,
+                                  str(ds.dtype))
+        meta = {k: (v if isinstance(v, int | float | str) else str(v)) for k, v in self._h5.attrs.items()
+                if k != "model_config"}
+        return infos, meta, config
 
     def _walk_v3(self, group, names, classes, path, depth=0, seen=None):
         h5py = _h5py()

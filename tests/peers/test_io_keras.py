@@ -161,3 +161,22 @@ def test_legacy_layer_named_twice_is_refused(tmp_path):
 
     with pytest.raises(RefquantError, match="named twice"):
         rio.open(_h5(tmp_path, build))
+
+
+@pytest.mark.parametrize("attr", ["model_config", "keras_version"])
+def test_damaged_string_attribute_is_a_refquant_error(tmp_path, attr):
+    # a variable-length string attribute whose global heap is damaged ("GCOL"
+    # signature overwritten): reading it raised h5py's OSError from the
+    # model_config read and from the metadata dict (found by byte mutation)
+    def build(h5py, f):
+        f.attrs[attr] = '{"class_name": "Sequential"}'
+        f["w"] = np.arange(3, dtype="f4")
+
+    p = _h5(tmp_path, build)
+    raw = p.read_bytes()
+    assert raw.count(b"GCOL") == 1
+    p.write_bytes(raw.replace(b"GCOL", b"XCOL"))
+    from refquant import RefquantError
+
+    with pytest.raises(RefquantError, match="unreadable HDF5"):
+        rio.open(p)
