@@ -64,6 +64,9 @@ Peer notes
   roundings): 1 + 2^-4 + 2^-40 becomes 1.0 in e4m3fn there, 1.125 here (one
   rounding). Their float32 casts agree with refquant bit for bit.
 * PyTorch writes the e5m2 NaN as S.11111.11 (0x7F), ml_dtypes and refquant as S.11111.10.
+* onnxruntime's Cast (and QuantizeLinear) with ``saturate=0`` departs from the Cast
+  table that onnx.reference and ``saturate=False`` follow: e4m3fn values in [480, 496)
+  give ±448 instead of NaN, e5m2 values in [61440, 65536) NaN instead of ±Inf.
 * PyTorch's float8_e8m0fnu ignores the sign, maps 0 to 2^-127 and ties up like
   ``saturate=True`` here, but overflows to NaN (1.5 * 2^127 -> 0xFF) where
   ``saturate=True`` gives 2^127.

@@ -151,3 +151,30 @@ def test_quantize_float_per_channel_equals_torch_divide_then_e4m3fn_cast():
     codes2, _ = quantize_float(w, "float8_e4m3fn", half, axis=0)
     ref2 = (tw / torch.from_numpy(half)[:, None]).to(torch.float8_e4m3fn).view(torch.uint8).numpy()
     assert np.array_equal(codes2, ref2)
+
+
+def test_onnxruntime_cast_saturate_0_overflow_departs_from_the_cast_table():
+    # Cast-19+ saturate=0: x > FLT_MAX after rounding is NaN (e4m3fn) / Inf (e5m2), as
+    # onnx.reference and encode(saturate=False) give; onnxruntime gives 448 for e4m3fn in
+    # [480, 496) and NaN for e5m2 in [61440, 65536) (Inf only from 65536).
+    import_peer("onnx")
+    ort = import_peer("onnxruntime")
+    from onnx import TensorProto, helper
+
+    cases = {"float8_e4m3fn": ([480.0, 490.0, -484.0, 496.0], [448.0, 448.0, -448.0, np.nan]),
+             "float8_e5m2": ([61440.0, -64000.0, 65536.0], [np.nan, np.nan, np.inf])}
+    for name, (xs, ort_want) in cases.items():
+        to = getattr(TensorProto, ONNX_TYPE[name])
+        nodes = [helper.make_node("Cast", ["x"], ["q"], to=to, saturate=0),
+                 helper.make_node("Cast", ["q"], ["y"], to=TensorProto.FLOAT)]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, None)],
+                              [helper.make_tensor_value_info("y", 1, None)])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+        m.ir_version = 10
+        x = np.array(xs, np.float32)
+        y = ort.InferenceSession(m.SerializeToString(),
+                                 providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_array_equal(y, np.array(ort_want, np.float32))
+        got = decode(encode(x, name, saturate=False), name)
+        assert np.array_equal(got, decode(onnx_cast(x, name, saturate=0), name), equal_nan=True)
+        assert not np.array_equal(got, y, equal_nan=True)
