@@ -32,6 +32,14 @@ def _onnx():
     return onnx
 
 
+def _text(value, path, what: str) -> str:
+    """A protobuf string field as str: the Python protobuf runtime hands back bytes
+    for one that is not valid UTF-8 (which the protobuf spec forbids); refused."""
+    if isinstance(value, str):
+        return value
+    raise fail(path, f"{what} {value!r:.80} is not valid UTF-8")
+
+
 class OnnxCheckpoint(LazyCheckpoint):
     """The initializers of an ONNX model (main graph), name -> array."""
 
@@ -49,14 +57,18 @@ class OnnxCheckpoint(LazyCheckpoint):
         infos = {}
         try:
             for t in model.graph.initializer:
-                infos[t.name] = self._info(t, folder, path, onnx)
+                name = _text(t.name, path, "initializer name")
+                infos[name] = self._info(t, folder, path, onnx)
+            meta = {"ir_version": model.ir_version,
+                    "producer_name": _text(model.producer_name, path, "producer_name"),
+                    "opset": {_text(o.domain, path, "opset domain") or "ai.onnx": o.version
+                              for o in model.opset_import}}
+            meta.update({_text(e.key, path, "metadata key"): _text(e.value, path, f"metadata value of {e.key!r}")
+                         for e in model.metadata_props})
         except BaseException:
             for m in self._maps.values():
                 m.close()
             raise
-        meta = {"ir_version": model.ir_version, "producer_name": model.producer_name,
-                "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import}}
-        meta.update({e.key: e.value for e in model.metadata_props})
         super().__init__(path, infos, meta)
         self._closers += [m.close for m in self._maps.values()]
 
@@ -72,7 +84,8 @@ class OnnxCheckpoint(LazyCheckpoint):
         n = checked_numel(list(shape), path, f"initializer {t.name!r}")
         nbytes = (n + 1) // 2 if tname in _PACKED_4BIT else n * dt.itemsize
         if t.data_location == onnx.TensorProto.EXTERNAL:
-            ext = {e.key: e.value for e in t.external_data}
+            ext = {_text(e.key, path, f"initializer {t.name!r}: external data key"):
+                   _text(e.value, path, f"initializer {t.name!r}: external data value") for e in t.external_data}
             loc = ext.get("location")
             if not loc:
                 raise fail(path, f"initializer {t.name!r}: external data without a location")

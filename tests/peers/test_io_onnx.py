@@ -83,3 +83,22 @@ def test_external_location_with_a_nul_byte_is_refused(tmp_path):
     onnx.save(m, tmp_path / "model.onnx")
     with pytest.raises(RefquantError, match="NUL"):
         rio.open(tmp_path / "model.onnx")
+
+
+@pytest.mark.parametrize("word", [b"weights.bin", b"wname", b"prodname", b"mkey", b"mval"])
+def test_string_field_that_is_not_utf8_is_refused(tmp_path, word):
+    # protobuf's Python runtime returns bytes for a string field holding invalid
+    # UTF-8: an external location b'\xffeights.bin' raised TypeError ("\0" in loc);
+    # a bytes initializer name became a bytes key, bytes metadata passed through
+    onnx = import_peer("onnx")
+    from onnx import helper
+
+    m = _model(onnx, {"wname": np.arange(3, dtype=np.float32)})
+    m.producer_name = "prodname"
+    helper.set_model_props(m, {"mkey": "mval"})
+    onnx.save(m, tmp_path / "m.onnx", save_as_external_data=True, location="weights.bin", size_threshold=0)
+    raw = (tmp_path / "m.onnx").read_bytes()
+    assert raw.count(word) == 1
+    (tmp_path / "m.onnx").write_bytes(raw.replace(word, b"\xff" + word[1:]))
+    with pytest.raises(RefquantError, match="not valid UTF-8"):
+        rio.open(tmp_path / "m.onnx")
