@@ -124,6 +124,13 @@ def _type_name(t, argname: str) -> str:
     raise RefquantError(f"{argname} has dtype {dt}, which is not an ONNX type these operators take")
 
 
+def _check_attributes(**attrs) -> None:
+    """Attributes are single values (an int, a type name, a dtype), never sequences."""
+    for name, v in attrs.items():
+        if isinstance(v, (list, tuple, dict, set)) or (isinstance(v, np.ndarray) and v.ndim):
+            raise RefquantError(f"{name} must be a single value (an ONNX attribute), got {v!r}")
+
+
 def _check_opset(opset, used: dict, types: tuple) -> None:
     if opset not in _OPSETS:
         raise RefquantError(f"opset must be one of {_OPSETS}, got {opset!r}")
@@ -348,6 +355,8 @@ def quantize_linear(
     ONNX QuantizeLinear-25 (``onnx/defs/quantization/defs.cc``); earlier versions in
     ``onnx/defs/quantization/old.cc``; Cast-25 for the float8 saturation tables.
     """
+    _check_attributes(axis=axis, saturate=saturate, block_size=block_size,
+                      output_dtype=output_dtype, precision=precision, opset=opset)
     x = np.asarray(x)
     zp = None if y_zero_point is None else np.asarray(y_zero_point)
     out = _output_type(zp, output_dtype)
@@ -504,6 +513,7 @@ def dequantize_linear(x, x_scale, x_zero_point=None, axis=1, block_size=0, outpu
     ONNX DequantizeLinear-25 (``onnx/defs/quantization/defs.cc``);
     ``onnx/reference/ops/op_dequantize_linear.py``.
     """
+    _check_attributes(axis=axis, block_size=block_size, output_dtype=output_dtype, opset=opset)
     x = np.asarray(x)
     xt = _type_name(x.dtype, "x")
     if xt not in _INTEGER_OUTPUTS and xt not in _FLOAT_FORMATS and xt != "int32":

@@ -330,9 +330,9 @@ def encode(x, name, *, saturate: bool = True, rounding: str = "half_even", nan: 
     IEEE 754-2019 §4.3, §7.4.
     """
     fmt = float_format(name)
-    if rounding not in ROUNDING_MODES:
+    if not isinstance(rounding, str) or rounding not in ROUNDING_MODES:
         raise RefquantError(f"rounding must be one of {', '.join(ROUNDING_MODES)}; got {rounding!r}")
-    if nan not in ("raise", "ml_dtypes"):
+    if not isinstance(nan, str) or nan not in ("raise", "ml_dtypes"):
         raise RefquantError(f"nan must be 'raise' or 'ml_dtypes', got {nan!r}")
     if not isinstance(saturate, (bool, np.bool_)):
         raise RefquantError(f"saturate must be True or False, got {saturate!r}")

@@ -145,7 +145,7 @@ def shared_exponent(amax, fmt, scale_rule: str = "floor") -> np.ndarray:
     OCP MX v1.0 §6.3; microxcaling ``_shared_exponents`` and ``_quantize_mx``.
     """
     f = mx_format(fmt)
-    if scale_rule not in _SCALE_RULES:
+    if not isinstance(scale_rule, str) or scale_rule not in _SCALE_RULES:
         raise RefquantError(f"scale_rule must be one of {_SCALE_RULES}, got {scale_rule!r}")
     am = np.asarray(amax)
     if am.dtype.kind not in "fiu":
@@ -236,7 +236,7 @@ def quantize_mx(x, fmt, *, axis: int = -1, block_size: int | None = None, scale_
     microxcaling ``_quantize_mx``.
     """
     f = mx_format(fmt)
-    if rounding not in ROUNDING_MODES:
+    if not isinstance(rounding, str) or rounding not in ROUNDING_MODES:
         raise RefquantError(f"rounding must be one of {', '.join(ROUNDING_MODES)}; got {rounding!r}")
     k = _block_size(f, block_size)
     xa = np.asarray(x)

@@ -83,7 +83,7 @@ def float_scale(x, fmt, *, axis=None, block_size=None, power_of_two=None) -> np.
     torchao ``float8`` ``amax_to_scale``.
     """
     f = float_format(fmt)
-    if power_of_two not in _POW2:
+    if not (power_of_two is None or isinstance(power_of_two, str)) or power_of_two not in _POW2:
         raise RefquantError(f"power_of_two must be one of {_POW2}, got {power_of_two!r}")
     xa = np.asarray(x)
     if xa.dtype.kind not in "fiu" and xa.dtype.name != "bfloat16":
@@ -153,9 +153,9 @@ def quantize_float(x, fmt, scale=None, *, axis=None, block_size=None, saturate=T
     f = float_format(fmt)
     if not f.signed:
         raise RefquantError(f"fmt {f.name} is a scale format; pick an element format such as float8_e4m3fn")
-    if scale_op not in ("divide", "reciprocal"):
+    if not isinstance(scale_op, str) or scale_op not in ("divide", "reciprocal"):
         raise RefquantError(f"scale_op must be 'divide' or 'reciprocal', got {scale_op!r}")
-    if precision not in ("float32", "float64"):
+    if not isinstance(precision, str) or precision not in ("float32", "float64"):
         raise RefquantError(f"precision must be 'float32' or 'float64', got {precision!r}")
     dt = np.float32 if precision == "float32" else np.float64
     xa = np.asarray(x)

@@ -378,3 +378,16 @@ def test_one_block_accepts_any_block_size_from_the_axis_length_up():
         q = ronnx.quantize_linear(x, s, z, block_size=b)
         assert ronnx.dequantize_linear(q, s, z, block_size=b).tolist() == [[0.5, 1.5, 2.5],
                                                                           [4.0, -4.0, 5.0]]
+
+
+@pytest.mark.parametrize("attr", ["axis", "saturate", "block_size", "output_dtype", "precision",
+                                  "opset"])
+@pytest.mark.parametrize("value", [np.array([1.0, 2.0, 3.0]), np.array([]), [1, 2]])
+def test_an_array_attribute_is_a_refquant_error(attr, value):
+    # np.array([1., 2., 3.]) as an attribute raised numpy's "truth value of an array is ambiguous"
+    x, s, z = F32([[1.5, -2.0, 3.0]]), F32([1.0, 2.0, 0.5]), np.int8([0, 0, 0])
+    with pytest.raises(RefquantError, match=attr):
+        ronnx.quantize_linear(x, s, z, **{attr: value})
+    if attr not in ("saturate", "precision"):
+        with pytest.raises(RefquantError, match=attr):
+            ronnx.dequantize_linear(np.int8([[1, 2, 3]]), s, z, **{attr: value})

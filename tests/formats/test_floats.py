@@ -360,3 +360,10 @@ def test_none_format_and_bad_seed_are_named():
         float_format(None)
     with pytest.raises(RefquantError, match="seed"):
         encode(np.ones(2), "float16", rounding="stochastic", seed="x")
+
+
+@pytest.mark.parametrize("kw", [{"rounding": np.array([1.0, 2.0])}, {"rounding": np.array([])},
+                                {"nan": np.array(["raise", "x"])}])
+def test_an_array_for_an_option_name_is_a_refquant_error(kw):
+    with pytest.raises(RefquantError):
+        encode(np.float32([1.0, -3.0]), "float8_e4m3fn", **kw)

@@ -160,3 +160,14 @@ def test_scales_of_the_wrong_rank_and_a_huge_block_size_are_handled():
     np.testing.assert_array_equal(s_big, s_3)
     np.testing.assert_array_equal(dequantize_mx(c_big, s_big, "mxfp4", block_size=10**30),
                                   dequantize_mx(c_3, s_3, "mxfp4", block_size=3))
+
+
+@pytest.mark.parametrize("kw", [{"scale_rule": np.array([1.0, 2.0])}, {"rounding": np.array([])},
+                                {"rounding": ["half_even"]}])
+def test_an_array_for_an_option_name_is_a_refquant_error(kw):
+    # numpy's ambiguous-truth ValueError came out of ``value not in (names...)``
+    with pytest.raises(RefquantError):
+        quantize_mx(np.float32([1.0, 2.0]), "mxfp4", **kw)
+    if "scale_rule" in kw:
+        with pytest.raises(RefquantError):
+            shared_exponent(1.0, "mxfp4", kw["scale_rule"])

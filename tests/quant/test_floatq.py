@@ -125,3 +125,11 @@ def test_non_numeric_x_raises_refquant_error():
             float_scale(x, "float8_e4m3fn")
         with pytest.raises(RefquantError, match="x"):
             quantize_float(x, "float8_e4m3fn")
+
+
+@pytest.mark.parametrize("kw", [{"power_of_two": np.array([1.0, 2.0])}, {"scale_op": np.array([])},
+                                {"precision": np.array(["float32", "float64"])},
+                                {"rounding": np.array([1.0, 2.0])}])
+def test_an_array_for_an_option_name_is_a_refquant_error(kw):
+    with pytest.raises(RefquantError):
+        quantize_float(np.float32([1.0, -3.0]), "float8_e4m3fn", **kw)
