@@ -40,7 +40,10 @@ _POW2 = (None, "ceil", "floor", "nearest")
 
 def _granularity(x, axis, block_size):
     ax = None if axis is None else normalize_axis(axis, x.ndim)
-    return ax, check_block_size(block_size, ax)
+    bs = check_block_size(block_size, ax)
+    if bs is not None and bs > x.shape[ax]:  # one partial block, whatever its nominal length
+        bs = max(x.shape[ax], 1)
+    return ax, bs
 
 
 def _scale32(scale) -> np.ndarray:

@@ -133,3 +133,17 @@ def test_non_numeric_x_raises_refquant_error():
 def test_an_array_for_an_option_name_is_a_refquant_error(kw):
     with pytest.raises(RefquantError):
         quantize_float(np.float32([1.0, -3.0]), "float8_e4m3fn", **kw)
+
+
+def test_a_block_longer_than_the_axis_is_one_partial_block():
+    # block_size=10**30 raised TypeError (object-dtype repeat counts) in the granularity helpers
+    x = np.float32([[1.0, -448.0, 3.0], [0.5, 2.0, -0.25]])
+    s_big = float_scale(x, "float8_e4m3fn", axis=1, block_size=10**30)
+    assert s_big.tolist() == [[1.0], [float(np.float32(2.0 / 448))]] == float_scale(x, "float8_e4m3fn", axis=1,
+                                                                  block_size=3).tolist()
+    c_big, _ = quantize_float(x, "float8_e4m3fn", axis=1, block_size=10**30)
+    c_3, _ = quantize_float(x, "float8_e4m3fn", axis=1, block_size=3)
+    np.testing.assert_array_equal(c_big, c_3)
+    np.testing.assert_array_equal(dequantize_float(c_big, "float8_e4m3fn", s_big, axis=1,
+                                                   block_size=10**30),
+                                  dequantize_float(c_3, "float8_e4m3fn", s_big, axis=1, block_size=3))
