@@ -160,6 +160,14 @@ def _check_float_types(opset, x_type, scale_type, xname, sname):
         )
 
 
+def _refuse_e8m0(scale, argname):
+    if np.asarray(scale).dtype == _NUMPY["float8e8m0"]:
+        raise RefquantError(
+            f"a float8e8m0 {argname} is not implemented (opset 24 allows it; onnxruntime 1.32 "
+            "and onnx.reference 1.23 do not run it); pass its float32 values"
+        )
+
+
 def _check_per_axis_opset(opset, ax, argname):
     if ax is not None and opset < 13:
         raise RefquantError(
@@ -255,7 +263,7 @@ def _precision(x, y_scale, precision, reference_quirks) -> str:
     if p not in _PRECISIONS and not (reference_quirks and p == "double"):
         raise RefquantError(
             f"the division x / y_scale would run in {p}; the spec defines it for float, "
-            "float16 and bfloat16 (pass precision= for an integer or float8e8m0 y_scale)"
+            "float16 and bfloat16 (pass precision= for an integer y_scale)"
         )
     return p
 
@@ -368,6 +376,7 @@ def quantize_linear(
     )
     if _type_name(x.dtype, "x") not in ("float", "float16", "bfloat16", "int32"):
         raise RefquantError(f"x must be float32, float16, bfloat16 or int32, got {x.dtype}")
+    _refuse_e8m0(y_scale, "y_scale")
     s = check_scale(y_scale, "y_scale")
     _check_float_types(opset, _type_name(x.dtype, "x"), _type_name(s.dtype, "y_scale"),
                        "x", "y_scale")
@@ -518,6 +527,7 @@ def dequantize_linear(x, x_scale, x_zero_point=None, axis=1, block_size=0, outpu
     xt = _type_name(x.dtype, "x")
     if xt not in _INTEGER_OUTPUTS and xt not in _FLOAT_FORMATS and xt != "int32":
         raise RefquantError(f"x has type {xt}; DequantizeLinear takes quantized types")
+    _refuse_e8m0(x_scale, "x_scale")
     s = check_scale(x_scale, "x_scale")
     st = _type_name(s.dtype, "x_scale")
     out = _type_name(output_dtype, "output_dtype") if output_dtype else st

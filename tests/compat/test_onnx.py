@@ -391,3 +391,17 @@ def test_an_array_attribute_is_a_refquant_error(attr, value):
     if attr not in ("saturate", "precision"):
         with pytest.raises(RefquantError, match=attr):
             ronnx.dequantize_linear(np.int8([[1, 2, 3]]), s, z, **{attr: value})
+
+
+def test_a_float8e8m0_scale_is_refused_as_not_implemented():
+    # opset 24+ allows float8e8m0 scales; refquant does not implement them (neither
+    # onnxruntime 1.32 nor onnx.reference 1.23 runs them): say so, and no hint that
+    # precision= would make QuantizeLinear accept one
+    s = np.array(1.0, ml_dtypes.float8_e8m0fnu)
+    with pytest.raises(RefquantError, match="float8e8m0 y_scale is not implemented"):
+        ronnx.quantize_linear(F32([1.0]), s, np.int8(0), precision=1)
+    with pytest.raises(RefquantError, match="float8e8m0 x_scale is not implemented"):
+        ronnx.dequantize_linear(np.int8([1]), s, np.int8(0), output_dtype=1)
+    with pytest.raises(RefquantError) as err:
+        ronnx.quantize_linear(F32([1.0]), np.int32(2), np.int8(0))
+    assert "float8e8m0" not in str(err.value)
