@@ -11,8 +11,9 @@ Layout of the packed 4-bit output (``kQuantizeBlockwise``; the default backend's
     byte k:  bit 7 6 5 4 | 3 2 1 0
                  q[2k]     q[2k+1]        first element in the HIGH nibble
 
-An odd element count is padded with the code of 0.0 (NF4: 7, FP4: 0); the packed
-array has shape ``((n + 1) // 2, 1)``.
+An odd element count is padded with the code of 0.0 (NF4: 7, FP4: 0), except that the
+CUDA kernel scales the missing element like the rest of its block, so an all-zero last
+block pads with code 0 (0 * Inf = NaN); the packed array has shape ``((n + 1) // 2, 1)``.
 
 Two backends, which differ only on exact ties and all-zero blocks:
 
@@ -202,7 +203,13 @@ def quantize_4bit(A, blocksize: int = 64, quant_type: str = "fp4", compress_stat
     a, flat = _as_input(A)
     scaled, absmax = _scale(flat, blocksize, backend)
     q = _codes_4bit(scaled, quant_type, backend)
-    pad = int(_codes_4bit(np.zeros(1, np.float32), quant_type, backend)[0])
+    # the odd element's partner: 0.0 scaled as its block is (CUDA: 0 * (1 / absmax), NaN when
+    # the last block is all zero, code 0; the default backend pads the scaled values with 0)
+    zero = np.zeros(1, np.float32)
+    if backend == "cuda" and absmax.size:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            zero = (np.float32(0) * (np.float32(1) / absmax[-1:])).astype(np.float32)
+    pad = int(_codes_4bit(zero, quant_type, backend)[0])
     packed = pack_nibbles(q, order="high_first", pad=pad).reshape(-1, 1)
     state = {
         "absmax": absmax,

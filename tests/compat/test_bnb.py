@@ -121,3 +121,15 @@ def test_a_damaged_absmax_offset_or_dtype_and_a_ragged_input_raise_refquant_erro
     for fn in (bnb.quantize_4bit, bnb.quantize_blockwise):
         with pytest.raises(RefquantError, match="A must be"):
             fn([[1.0], [2.0, 3.0]])
+
+
+def test_cuda_odd_length_pad_of_an_all_zero_last_block_is_code_0():
+    # kQuantizeBlockwise loads the missing element as 0.0f and multiplies it by 1/absmax = Inf
+    # like the others: NaN, which dQuantizeNF4 sends to 0b0000. The pad was the code of 0.0 (7).
+    c, _ = bnb.quantize_4bit(np.zeros(3, np.float32), 64, "nf4", backend="cuda")
+    assert c.ravel().tolist() == [0x00, 0x00]
+    c, _ = bnb.quantize_4bit(np.float32([1, 0, 0]), 64, "nf4", backend="cuda")
+    assert c.ravel().tolist() == [0xF7, 0x77]  # a block with absmax 1: 0 * 1 = 0 -> code 7
+    A = np.concatenate([np.ones(64, np.float32), np.zeros(3, np.float32)])
+    c, _ = bnb.quantize_4bit(A, 64, "fp4", backend="cuda")
+    assert c.ravel()[-2:].tolist() == [0x00, 0x00]  # FP4: NaN and 0 both give 0b0000
