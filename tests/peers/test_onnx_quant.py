@@ -796,3 +796,45 @@ def test_qlinear_matmul_vector_a_with_per_column_b_scale_has_numpy_matmul_shape(
         got = ronnx.qlinear_matmul(a, one, za, b, sb, zb, sy, zy)
         assert got.shape == oy.shape == np.matmul(a, b).shape
         np.testing.assert_array_equal(got, oy)
+
+
+_X_TYPES = {10: ("float",), 13: ("float",), 19: ("float", "float16", "bfloat16"),
+            21: ("float", "float16", "bfloat16"), 23: ("float", "float16", "bfloat16"),
+            24: ("float", "float16", "bfloat16"), 25: ("float", "float16", "bfloat16")}
+_NP_FLOAT = {"float": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+
+
+@SETTINGS
+@given(case=quant_cases(types=("uint8", "int8")), opset=st.sampled_from(sorted(_X_TYPES)),
+       data=st.data())
+def test_quantize_linear_every_opset_and_float_type_matches_onnx_reference(case, opset, data):
+    # x / y_scale types per opset (one shared type at 19 / 21, independent from 23), the
+    # precision attribute (23+): reference_quirks=True equals the evaluator's class for that
+    # opset wherever the quotient stays inside int32 (outside, the x86 cast quirk pinned above)
+    from onnx.reference.ops import op_quantize_linear as oq
+
+    x, scale, zp, axis, block_size, name = case
+    if opset < 21 and block_size or opset < 13 and scale.ndim:
+        return
+    xt = data.draw(st.sampled_from(_X_TYPES[opset]))
+    st_ = xt if opset < 23 else data.draw(st.sampled_from(_X_TYPES[opset]))
+    prec = data.draw(st.sampled_from([0, 1, 10, 16])) if opset >= 23 else 0
+    xa, sa = x.astype(_NP_FLOAT[xt]), scale.astype(_NP_FLOAT[st_])
+    zq = zp.astype(INT_TYPES[name][1])
+    attrs = {"axis": axis} if opset >= 13 else {}
+    if block_size:
+        attrs["block_size"] = block_size
+    if prec:
+        attrs["precision"] = prec
+    cls = {10: oq.QuantizeLinear_10, 13: oq.QuantizeLinear_10, 19: oq.QuantizeLinear_19,
+           21: oq.QuantizeLinear_21, 23: oq.QuantizeLinear_23, 24: oq.QuantizeLinear_23,
+           25: oq.QuantizeLinear_25}[opset]
+    want = cls.eval(xa, sa, zq, **attrs).astype(np.int64)
+    got = ronnx.quantize_linear(xa, sa, zq, opset=opset, reference_quirks=True,
+                                **attrs).astype(np.int64)
+    with np.errstate(all="ignore"):
+        q = np.abs(xa.astype(np.float64) / _full(sa.astype(np.float64), x.shape, axis, block_size))
+    inside = q < 2.0**30
+    np.testing.assert_array_equal(got[inside], want[inside])
+    if X86:
+        np.testing.assert_array_equal(got, want)
