@@ -15,6 +15,10 @@ quirks, each named where it matters:
   ``SaturatingRoundingDoublingHighMul`` then ``RoundingDivideByPOT``, both half
   away from zero); builds with ``TFLITE_SINGLE_ROUNDING=1`` (TFLite Micro, some
   delegates) round once, half up. The two differ by one step on some inputs.
+- LiteRT's reference FULLY_CONNECTED requantizes with the **real** multiplier in
+  double, ``round(double(acc) * M)`` (half away), not with the fixed-point
+  ``(multiplier, shift)`` it also prepares; its reference CONV_2D uses the fixed
+  point (:func:`fully_connected`'s ``input_scale=`` / ``output_multiplier=``).
 - Float-to-int casts of values beyond int32 (and NaN) are undefined in C++; on
   x86 ``cvttss2si`` returns ``INT32_MIN``, so a huge positive input quantizes
   to ``qmin`` (``cast="x86"``); ARM's ``fcvtzs`` saturates and maps NaN to 0
@@ -301,15 +305,25 @@ def populate_convolution_quantization_params(input_scale, filter_scale, output_s
     ---------
     TFLite ``tensorflow/lite/kernels/kernel_util.cc``, ``PopulateConvolutionQuantizationParams``.
     """
+    qm, sh = quantize_multiplier(_effective_output_scale(input_scale, filter_scale, output_scale),
+                                 single_rounding=single_rounding)
+    return qm, sh
+
+
+def _effective_output_scale(input_scale, filter_scale, output_scale) -> np.ndarray:
+    """``double(s_in) * double(s_w) / double(s_out)`` from float32 scales, shape (1,) or (C,).
+
+    ``s_in s_w`` is exact in double (two 24-bit significands); the division rounds once.
+    """
     s_in = np.float64(_f32_scalar(input_scale, "input_scale"))
     s_w = _real(filter_scale, "filter_scale", np.float32).astype(np.float64)
     s_out = np.float64(_f32_scalar(output_scale, "output_scale"))
+    if s_w.ndim > 1:
+        raise RefquantError(f"filter_scale must be a scalar or 1-D (one per channel); got shape {s_w.shape}")
     for name, s in (("input_scale", s_in), ("filter_scale", s_w), ("output_scale", s_out)):
         if not (np.isfinite(s) & (s > 0)).all():
             raise RefquantError(f"{name} must be finite and > 0; got {s!r}")
-    eff = np.atleast_1d(s_in * s_w / s_out)
-    qm, sh = quantize_multiplier(eff, single_rounding=single_rounding)
-    return qm, sh
+    return np.atleast_1d(s_in * s_w / s_out)
 
 
 _ACTIVATIONS = {"NONE": None, "RELU": (0.0, None), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0)}
@@ -435,40 +449,63 @@ _FC_KERNELS = ("reference", "optimized", "xnnpack")
 
 def fully_connected(input_data, filter_data, bias_data=None, *, input_offset=0, filter_offset=0,
                     output_offset=0, output_multiplier=None, output_shift=None,
-                    output_activation_min=-128, output_activation_max=127,
+                    output_activation_min=None, output_activation_max=None,
                     single_rounding=False, output_dtype="int8", kernel="reference",
-                    requantization_scale=None) -> np.ndarray:
+                    requantization_scale=None, input_scale=None, filter_scale=None,
+                    output_scale=None, cast="x86") -> np.ndarray:
     """TFLite's integer ``FullyConnected`` (per tensor or per channel), kernel by kernel.
 
     Parameters
     ----------
     input_data : array_like of int8 / uint8 / int16, shape (..., accum_depth)
-    filter_data : array_like of int8, shape (output_depth, accum_depth)
-    bias_data : array_like of int32, shape (output_depth,), optional
+    filter_data : array_like of int8 (uint8 with uint8 inputs), shape (output_depth, accum_depth)
+    bias_data : array_like of int32 (or int64), shape (output_depth,), optional
     input_offset, filter_offset : int
         Minus the zero points (TFLite's convention); int8 per-channel filters are
         symmetric (``filter_offset=0``).
     output_offset : int
         The output zero point.
     output_multiplier, output_shift : int or array of shape (output_depth,)
-        From :func:`populate_convolution_quantization_params`; required by the
-        ``"reference"`` and ``"optimized"`` kernels.
-    output_activation_min, output_activation_max : int
+        From :func:`populate_convolution_quantization_params`; required by
+        ``kernel="optimized"``, and by ``kernel="reference"`` unless the float scales
+        are given instead.
+    output_activation_min, output_activation_max : int, optional
         From :func:`calculate_activation_range_quantized` (builtin kernels) or
-        :func:`xnnpack_activation_range` (``kernel="xnnpack"``).
+        :func:`xnnpack_activation_range` (``kernel="xnnpack"``); default: the range
+        of ``output_dtype``.
     single_rounding : bool
-        ``TFLITE_SINGLE_ROUNDING`` builds; ``kernel="reference"`` only.
+        ``TFLITE_SINGLE_ROUNDING`` builds; ``kernel="reference"`` with
+        ``output_multiplier`` only.
     output_dtype : str
     kernel : {"reference", "optimized", "xnnpack"}
-        Which requantization (the accumulator is the same exact wrapping int32 sum in all):
+        Which requantization (the accumulator is the same wrapping int32 sum in all; int64
+        with an int64 bias and float scales):
 
-        - ``"reference"``: gemmlowp's ``MultiplyByQuantizedMultiplier`` (double
-          rounding, or single with ``single_rounding=True``), TFLite's
-          ``reference_integer_ops::FullyConnected``. LiteRT 2.3's ``BUILTIN_REF``
-          FULLY_CONNECTED agrees with ``single_rounding=True`` except on exact ties of
-          :math:`\\mathrm{acc}\\,M` (it rounds them half away from zero, with the real
-          multiplier: ``acc = -1, M = 1/2`` gives -1 there, 0 here); its CONV_2D is
-          the double rounding.
+        - ``"reference"`` with ``input_scale``, ``filter_scale``, ``output_scale``:
+          LiteRT's ``BUILTIN_REF`` FULLY_CONNECTED (``kernels/fully_connected.cc``,
+          ``kReference``), which calls the **float-scale** overloads of
+          ``reference_integer_ops::FullyConnected`` / ``FullyConnectedPerChannel``
+          (int8, int16 activations) and ``reference_ops::FullyConnected`` (uint8):
+          :math:`M_c = \\mathrm{double}(s_{in})\\,\\mathrm{double}(s_{w,c}) / \\mathrm{double}(s_{out})`,
+          :math:`\\mathrm{static\\_cast<int32>}(\\mathrm{round}(\\mathrm{double}(\\mathrm{acc}) \\cdot M_c))`:
+          the product rounded to double, then to an integer **half away from zero** (C
+          ``round``): the real multiplier, not the quantized ``(m, shift)`` the op also prepares
+          (``acc = -1``, :math:`M = 1/2` gives -1; :math:`M = (1 - 2^{-40})/2`, whose
+          quantized multiplier is exactly 1/2, is no tie). A product beyond int32 goes
+          through the C++ cast, undefined behaviour: ``cast="x86"`` (``cvttsd2si``) gives
+          ``INT32_MIN``, so a huge positive result comes out as the activation minimum
+          (the int32 addition of the zero point wraps, as in :func:`affine_quantize`);
+          ``cast="arm"`` saturates. With an int64 ``bias_data`` the accumulator is int64
+          (``BiasType``; LiteRT's int16 op without a bias and without
+          ``quantized_bias_type`` also accumulates in int64: pass a zero int64 bias; an
+          int32 bias in such a model is read as int64, ``[5, 1]`` as ``5 + 2^32`` with the
+          last element past the buffer, unless ``quantized_bias_type`` is INT32).
+        - ``"reference"`` with ``output_multiplier`` / ``output_shift``: the fixed-point
+          overloads of the same functions (the only ones in older TensorFlow releases'
+          ``tensorflow/lite/kernels/internal/reference/integer_ops/fully_connected.h``),
+          gemmlowp's ``MultiplyByQuantizedMultiplier`` (double rounding, or
+          single with ``single_rounding=True``); LiteRT 2.3's reference CONV_2D
+          (:func:`conv2d`) is this with double rounding.
         - ``"optimized"`` (LiteRT ``BUILTIN_WITHOUT_DEFAULT_DELEGATES``, ruy on x86-64):
           :math:`h = \\mathrm{SRDHM}(\\mathrm{acc} \\ll l, m)` (ties toward +Inf), then
           :math:`\\lfloor (h + 2^{r-1}) / 2^r \\rfloor`: the right shift rounds half **up**
@@ -488,6 +525,10 @@ def fully_connected(input_data, filter_data, bias_data=None, *, input_offset=0, 
         ``tests/peers/test_tflite_litert.py``.
     requantization_scale : float or array of shape (output_depth,), float32
         ``kernel="xnnpack"`` only (and required there).
+    input_scale, output_scale : float (float32); filter_scale : float or array of shape (output_depth,)
+        ``kernel="reference"`` only: selects LiteRT's float-scale reference (above).
+    cast : {"x86", "arm"}
+        The float-scale reference's ``static_cast<int32_t>`` of a product beyond int32.
 
     Returns
     -------
@@ -496,15 +537,21 @@ def fully_connected(input_data, filter_data, bias_data=None, *, input_offset=0, 
     Formula
     -------
     :math:`\\mathrm{acc} = \\sum_d (w_{cd} + o_w)(x_{bd} + o_x) + \\mathrm{bias}_c` in a
-    wrapping int32 accumulator;
-    :math:`y = \\mathrm{clamp}(\\mathrm{MBQM}(\\mathrm{acc}, m_c, e_c) + o_y, a_{min}, a_{max})`
-    with MBQM the kernel's requantization above (:math:`l = \\max(e, 0)`,
-    :math:`r = \\max(-e, 0)`, :math:`\\mathrm{acc} \\ll l` wrapping in int32).
+    wrapping int32 accumulator (int64 with an int64 bias and float scales);
+    :math:`y = \\mathrm{clamp}(\\mathrm{wrap}_{32}(\\mathrm{S}(\\mathrm{acc}) + o_y), a_{min}, a_{max})`
+    with S the kernel's requantization: LiteRT's reference
+    :math:`\\mathrm{int32}(\\mathrm{round\\_half\\_away}(\\mathrm{fl}_{64}(\\mathrm{acc}\\,M_c)))`,
+    or :math:`\\mathrm{MBQM}(\\mathrm{acc}, m_c, e_c)` in the fixed-point kernels above
+    (:math:`l = \\max(e, 0)`, :math:`r = \\max(-e, 0)`, :math:`\\mathrm{acc} \\ll l`
+    wrapping in int32).
 
     Reference
     ---------
-    TFLite ``reference/integer_ops/fully_connected.h`` (``FullyConnected``,
-    ``FullyConnectedPerChannel``); ``optimized/integer_ops/fully_connected.h`` through
+    LiteRT ``tflite/kernels/fully_connected.cc`` (``EvalQuantized``, ``FullyConnectedInt8``,
+    ``FullyConnectedPerChannelInt8``, ``FullyConnectedInt16`` with ``kReference``);
+    ``reference/integer_ops/fully_connected.h`` (``FullyConnected``,
+    ``FullyConnectedPerChannel``, both overloads); ``reference/fully_connected.h`` (uint8);
+    ``optimized/integer_ops/fully_connected.h`` through
     ``cpu_backend_gemm_x86.h`` (int8 always goes to ruy) and ruy's 8-bit kernels;
     gemmlowp ``fixedpoint.h`` ``SaturatingRoundingDoublingHighMul``; XNNPACK
     ``src/qs8-gemm`` fp32-requantization micro-kernels (``vfpacc = (float) vacc * vscale``,
@@ -515,6 +562,21 @@ def fully_connected(input_data, filter_data, bias_data=None, *, input_offset=0, 
         raise RefquantError(f"kernel must be one of {', '.join(_FC_KERNELS)}; got {kernel!r}")
     if single_rounding and kernel != "reference":
         raise RefquantError(f"single_rounding=True applies to kernel='reference' only; got kernel={kernel!r}")
+    if cast not in _CASTS:
+        raise RefquantError(f"cast must be one of {', '.join(_CASTS)}; got {cast!r}")
+    scales = (input_scale, filter_scale, output_scale)
+    float_scales = any(v is not None for v in scales)
+    if float_scales:
+        if kernel != "reference":
+            raise RefquantError(f"input_scale / filter_scale / output_scale select kernel='reference''s "
+                                f"float-scale path; got kernel={kernel!r}")
+        if any(v is None for v in scales):
+            raise RefquantError("the float-scale reference needs all of input_scale, filter_scale and "
+                                "output_scale")
+        if output_multiplier is not None or output_shift is not None or single_rounding:
+            raise RefquantError("give either input_scale / filter_scale / output_scale (LiteRT's "
+                                "float-scale reference) or output_multiplier / output_shift "
+                                "(single_rounding), not both")
     fmt = int_format(output_dtype)
     x = np.asarray(input_data)
     w = np.asarray(filter_data)
@@ -528,18 +590,25 @@ def fully_connected(input_data, filter_data, bias_data=None, *, input_offset=0, 
     n_out = w.shape[0]
     lead = x.shape[:-1]
     x2 = x.reshape(-1, w.shape[1])
-    acc = integer_matmul(x2, w.T, -_int(input_offset, "input_offset"),
-                         -_int(filter_offset, "filter_offset"), accumulate="int32_wrap")
-    acc = acc.astype(np.int64)
+    b = None
     if bias_data is not None:
         b = np.asarray(bias_data)
         if b.shape != (n_out,):
             raise RefquantError(f"bias_data must have shape ({n_out},); got {b.shape}")
         if b.dtype.kind not in "iu":
             raise RefquantError(f"bias_data must be int32, got dtype {b.dtype}")
-        acc = _wrap32(acc + b.astype(np.int64))
-    lo = max(fmt.qmin, _int(output_activation_min, "output_activation_min"))
-    hi = min(fmt.qmax, _int(output_activation_max, "output_activation_max"))
+    wide = float_scales and b is not None and b.dtype == np.int64  # BiasType int64: int64 acc
+    acc = integer_matmul(x2, w.T, -_int(input_offset, "input_offset"),
+                         -_int(filter_offset, "filter_offset"),
+                         accumulate="int64" if wide else "int32_wrap")
+    acc = acc.astype(np.int64)
+    if b is not None:
+        acc = acc + b.astype(np.int64) if wide else _wrap32(acc + b.astype(np.int64))
+    lo, hi = fmt.qmin, fmt.qmax
+    if output_activation_min is not None:
+        lo = max(lo, _int(output_activation_min, "output_activation_min"))
+    if output_activation_max is not None:
+        hi = min(hi, _int(output_activation_max, "output_activation_max"))
     if lo > hi:
         raise RefquantError(f"output_activation_min {output_activation_min} > output_activation_max "
                             f"{output_activation_max}")
@@ -556,9 +625,29 @@ def fully_connected(input_data, filter_data, bias_data=None, *, input_offset=0, 
                          rounding="half_even", precision="float32", activation_min=lo,
                          activation_max=hi)
         return out.reshape(*lead, n_out)
+    if float_scales:
+        eff = _effective_output_scale(input_scale, filter_scale, output_scale)
+        if eff.shape not in ((1,), (n_out,)):
+            raise RefquantError(f"filter_scale must be a scalar or have output_depth = {n_out} values; "
+                                f"got shape {eff.shape}")
+        # static_cast<int32_t>(round(static_cast<double>(acc) * effective_output_scale))
+        with np.errstate(over="ignore", invalid="ignore"):
+            v = round_to_int(acc.astype(np.float64) * eff[None, :], "half_away")
+        scaled = _float_to_int32(v, cast)
+    else:
+        scaled = _requantize_fixed_point(acc, output_multiplier, output_shift, n_out, kernel,
+                                         single_rounding)
+    out = np.clip(_wrap32(scaled + z), lo, hi)
+    return out.reshape(*lead, n_out).astype(fmt.storage_dtype)
+
+
+def _requantize_fixed_point(acc, output_multiplier, output_shift, n_out, kernel, single_rounding):
+    """``fully_connected``'s fixed-point kernels: gemmlowp's MBQM or LiteRT's ruy variant."""
     if output_multiplier is None or output_shift is None:
         raise RefquantError(f"kernel={kernel!r} needs output_multiplier and output_shift "
-                            "(populate_convolution_quantization_params)")
+                            "(populate_convolution_quantization_params)"
+                            + (" or input_scale, filter_scale and output_scale" if kernel == "reference"
+                               else ""))
     try:
         m = np.broadcast_to(np.asarray(output_multiplier), (n_out,))[None, :]
         e = np.broadcast_to(np.asarray(output_shift), (n_out,))[None, :]
@@ -576,8 +665,7 @@ def fully_connected(input_data, filter_data, bias_data=None, *, input_offset=0, 
     else:
         scaled = multiply_by_quantized_multiplier(acc, m, e,
                                                   single_rounding=single_rounding).astype(np.int64)
-    out = np.clip(_wrap32(scaled + z), lo, hi)
-    return out.reshape(*lead, n_out).astype(fmt.storage_dtype)
+    return scaled
 
 
 def compute_padding(padding, in_size, filter_size, stride, dilation):
@@ -616,8 +704,8 @@ def compute_padding(padding, in_size, filter_size, stride, dilation):
 
 def conv2d(input_data, filter_data, bias_data=None, *, stride_width=1, stride_height=1,
            padding="VALID", dilation_width_factor=1, dilation_height_factor=1, input_offset=0,
-           output_offset=0, output_multiplier=None, output_shift=None, output_activation_min=-128,
-           output_activation_max=127, single_rounding=False, output_dtype="int8",
+           output_offset=0, output_multiplier=None, output_shift=None, output_activation_min=None,
+           output_activation_max=None, single_rounding=False, output_dtype="int8",
            kernel="reference", requantization_scale=None) -> np.ndarray:
     """TFLite's int8 ``Conv`` (``ConvPerChannel``) via im2col and :func:`fully_connected`.
 

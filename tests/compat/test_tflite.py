@@ -99,6 +99,65 @@ def test_fully_connected_hand_example():
     assert out.tolist() == [[9]] and out.dtype == np.int8
 
 
+def test_reference_fully_connected_with_float_scales_rounds_the_double_product_half_away():
+    # LiteRT's reference FC: round(double(acc) * (double(s_in) double(s_w) / double(s_out))).
+    # M = 0.25 * 1 / 0.5 = 1/2: acc = -1, -3, 1, 3, -5 -> -0.5, -1.5, 0.5, 1.5, -2.5 -> half away
+    # from zero: -1, -2, 1, 2, -3 (the fixed point, single rounding half up: 0, -1, 1, 2, -2).
+    x = np.int8([[-1], [-3], [1], [3], [-5]])
+    w = np.int8([[1]])
+    out = T.fully_connected(x, w, input_scale=0.25, filter_scale=1.0, output_scale=0.5)
+    assert out[:, 0].tolist() == [-1, -2, 1, 2, -3] and out.dtype == np.int8
+    # per channel (M = 1/2, 1/8): acc = -1 + bias (0, -3) = -1, -4 -> -0.5, -0.5 -> -1, -1;
+    # + zero point 2
+    out = T.fully_connected(np.int8([[-1]]), np.int8([[1], [1]]), np.int32([0, -3]), output_offset=2,
+                            input_scale=0.25, filter_scale=[1.0, 0.25], output_scale=0.5)
+    assert out.tolist() == [[1, 1]]
+    out = T.fully_connected(np.int8([[-1]]), np.int8([[1], [2]]), input_scale=0.25,
+                            filter_scale=[1.0, 0.25], output_scale=0.5)
+    assert out.tolist() == [[-1, 0]]  # -0.5 -> -1; -2 * 1/8 = -0.25 -> 0
+
+
+def test_reference_fully_connected_uses_the_real_multiplier_not_the_quantized_one():
+    # M = (1 + 2^-20)(1 - 2^-20) / 2 = 1/2 - 2^-41 quantizes to (2^30, 0) = exactly 1/2, but the
+    # float-scale reference multiplies by the double M: acc = 1 -> 0.4999... -> 0, acc = -1 -> 0,
+    # acc = 3 -> 1.4999... -> 1 (gemmlowp on the exact tie 1/2: SRDHM ties up: 1, 0, 2)
+    a, c = 1 + 2.0**-20, 1 - 2.0**-20
+    m, e = T.populate_convolution_quantization_params(a, c, 2.0)
+    assert (m.tolist(), e.tolist()) == ([2**30], [0])
+    x, w = np.int8([[1], [-1], [3]]), np.int8([[1]])
+    out = T.fully_connected(x, w, input_scale=a, filter_scale=c, output_scale=2.0)
+    assert out[:, 0].tolist() == [0, 0, 1]
+    assert T.fully_connected(x, w, output_multiplier=m, output_shift=e)[:, 0].tolist() == [1, 0, 2]
+
+
+def test_reference_fully_connected_int32_cast_of_a_huge_product_is_int32_min_on_x86():
+    # 127 * 127 / 1e-6 = 1.6e10 leaves int32: x86's cvttsd2si gives INT32_MIN -> clamp -128;
+    # ARM's fcvtzs saturates to INT32_MAX -> 127.
+    kw = dict(input_scale=1.0, filter_scale=1.0, output_scale=1e-6)
+    x, w = np.int8([[127], [-128]]), np.int8([[127]])
+    assert T.fully_connected(x, w, **kw)[:, 0].tolist() == [-128, -128]
+    assert T.fully_connected(x, w, cast="arm", **kw)[:, 0].tolist() == [127, -128]
+
+
+def test_reference_fully_connected_int64_bias_accumulates_exactly():
+    # 600 * 32767 * 127 = 2496845400 > 2^31 - 1: exact with an int64 bias, wrapped with int32
+    x, w = np.full((1, 600), 32767, np.int16), np.full((1, 600), 127, np.int8)
+    kw = dict(input_scale=1.0, filter_scale=1.0, output_scale=2.0**20, output_dtype="int16")
+    exact = 2496845400
+    wrapped = exact - 2**32
+    assert T.fully_connected(x, w, np.zeros(1, np.int64), **kw).tolist() == [[round(exact / 2**20)]]
+    assert T.fully_connected(x, w, np.zeros(1, np.int32), **kw).tolist() == [[round(wrapped / 2**20)]]
+
+
+def test_fully_connected_default_activation_range_is_the_output_dtype_range():
+    # uint8 output 200 and int16 output -1000 are not clipped to int8's [-128, 127]
+    kw = dict(input_scale=1.0, filter_scale=1.0, output_scale=1.0)
+    out = T.fully_connected(np.uint8([[200]]), np.uint8([[1]]), output_dtype="uint8", **kw)
+    assert out.tolist() == [[200]] and out.dtype == np.uint8
+    out = T.fully_connected(np.int16([[-1000]]), np.int8([[1]]), output_dtype="int16", **kw)
+    assert out.tolist() == [[-1000]] and out.dtype == np.int16
+
+
 def test_optimized_fully_connected_rounds_after_srdhm_half_up_by_hand():
     # M = 2^30 * 2^(-3 - 31) = 1/16. acc = 7: SRDHM(7, 2^30) = 3.5 -> 4, (4 + 4) >> 3 = 1,
     # where 7/16 = 0.4375 rounds once to 0. acc = -8: -4, (-4 + 4) >> 3 = 0 (half up);
@@ -225,6 +284,20 @@ _M = {"output_multiplier": 1 << 30, "output_shift": 0}
     lambda: T.fully_connected(np.int8([[1]]), np.int8([[1]]), kernel="optimized",
                               output_multiplier=-1, output_shift=0),
     lambda: T.xnnpack_activation_range("TANH", 0.1, 0),
+    # the float-scale reference: incomplete, mixed with the fixed point, other kernels, bad values
+    lambda: T.fully_connected(np.int8([[1]]), np.int8([[1]]), input_scale=1.0, filter_scale=1.0),
+    lambda: T.fully_connected(np.int8([[1]]), np.int8([[1]]), input_scale=1.0, filter_scale=1.0,
+                              output_scale=1.0, **_M),
+    lambda: T.fully_connected(np.int8([[1]]), np.int8([[1]]), input_scale=1.0, filter_scale=1.0,
+                              output_scale=1.0, single_rounding=True),
+    lambda: T.fully_connected(np.int8([[1]]), np.int8([[1]]), input_scale=1.0, filter_scale=1.0,
+                              output_scale=1.0, kernel="optimized"),
+    lambda: T.fully_connected(np.int8([[1]]), np.int8([[1]]), input_scale=1.0,
+                              filter_scale=[1.0, 1.0], output_scale=1.0),
+    lambda: T.fully_connected(np.int8([[1]]), np.int8([[1]]), input_scale=0.0, filter_scale=1.0,
+                              output_scale=1.0),
+    lambda: T.fully_connected(np.int8([[1]]), np.int8([[1]]), input_scale=1.0, filter_scale=1.0,
+                              output_scale=1.0, cast="riscv"),
 ])
 def test_bad_arguments_raise_refquant_error(call):
     with pytest.raises(RefquantError):

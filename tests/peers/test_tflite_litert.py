@@ -8,10 +8,10 @@ no TensorFlow is needed. Measured on ai-edge-litert 2.3.0, x86-64:
   kernel does the latter on whole groups of 8 elements and the former on the tail;
   XNNPACK saturates NaN/Inf/huge values, the others go through x86's int32 cast.
 - FULLY_CONNECTED and CONV_2D (per tensor and per channel), by resolver:
-  ``BUILTIN_REF`` FC matches single rounding on random inputs but rounds exact
-  ties of ``acc * M`` half away from zero with the real (double) multiplier,
-  where refquant's fixed point rounds them up (pinned below, not matched); the
-  reference Conv is gemmlowp's double rounding. ``BUILTIN_WITHOUT_DEFAULT_DELEGATES``
+  ``BUILTIN_REF`` FC (int8, uint8, int16) multiplies the accumulator by the real
+  multiplier ``double(s_in) double(s_w) / double(s_out)`` in double and rounds half away
+  (``input_scale=`` / ``filter_scale=`` / ``output_scale=``), through x86's int32 cast;
+  the reference Conv is gemmlowp's double rounding. ``BUILTIN_WITHOUT_DEFAULT_DELEGATES``
   (ruy): SRDHM then a right shift rounding half up (``kernel="optimized"``).
   ``AUTO`` (XNNPACK): float32 ``acc * fl32(fl32(s_in s_w) / s_out)``, ties to even,
   with its own activation bounds (``kernel="xnnpack"``).
@@ -98,25 +98,63 @@ def test_fully_connected_optimized_and_xnnpack_match_litert(seed, kernel, activa
     np.testing.assert_array_equal(got, want)
 
 
-@settings(max_examples=40)
-@given(seed=st.integers(0, 2**32 - 1), activation=st.sampled_from(["NONE", "RELU", "RELU6"]))
-def test_reference_fully_connected_matches_litert_off_ties(seed, activation):
-    """Random inputs (no exact ties of acc * M): single rounding reproduces BUILTIN_REF."""
+_ACT_RANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
+
+
+def _scales(rng, n_w, dyadic):
+    """(s_in, s_w, s_out), float32. ``dyadic``: s_in = a 2^-p, s_w = b 2^-q (a, b odd) and
+    s_out = 2^(j - p - q), so that M = ab / 2^j with j in 1..5 and exact ties of acc * M are common."""
+    if not dyadic:
+        return (np.float32(rng.uniform(1e-3, 0.1)), rng.uniform(1e-3, 0.05, n_w).astype(np.float32),
+                np.float32(rng.uniform(0.01, 2.0)))
+    p, q, j = int(rng.integers(4, 7)), int(rng.integers(5, 8)), int(rng.integers(1, 6))
+    s_w = rng.choice([1, 3, 5], n_w) * 2.0**-q
+    return np.float32(rng.choice([1, 3]) * 2.0**-p), s_w.astype(np.float32), np.float32(2.0 ** (j - p - q))
+
+
+@settings(max_examples=100)
+@given(seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from(["int8", "uint8", "int16"]),
+       activation=st.sampled_from(["NONE", "RELU", "RELU6"]), per_channel=st.booleans(),
+       bias=st.sampled_from([None, "int32", "int64"]), batch=st.integers(1, 6),
+       dyadic=st.booleans())
+def test_reference_fully_connected_matches_litert(seed, dtype, activation, per_channel, bias, batch,
+                                                  dyadic):
+    """BUILTIN_REF FC bit for bit: int8 / uint8 / int16 activations, per tensor and per channel,
+    with and without bias, batch > 1, grid extremes; ``dyadic`` draws small accumulators and
+    dyadic multipliers, where exact ties of acc * M are common."""
     rng = np.random.default_rng(seed)
-    k, n = int(rng.integers(1, 40)), int(rng.integers(1, 9))
-    x = rng.integers(-128, 128, (8, k)).astype(np.int8)
-    w = rng.integers(-127, 128, (n, k)).astype(np.int8)
-    w[0, :] = 127
-    b = rng.integers(-5000, 5000, n).astype(np.int32)
-    s_in, z_in = np.float32(rng.uniform(1e-3, 0.1)), int(rng.integers(-128, 128))
-    s_w = rng.uniform(1e-3, 0.05, n if seed % 2 else 1).astype(np.float32)
-    s_out, z_out = np.float32(rng.uniform(0.01, 2.0)), int(rng.integers(-128, 128))
-    m, e = T.populate_convolution_quantization_params(s_in, s_w, s_out, single_rounding=True)
-    lo, hi = T.calculate_activation_range_quantized(activation, s_out, z_out)
-    got = T.fully_connected(x, w, b, input_offset=-z_in, output_offset=z_out, output_multiplier=m,
-                            output_shift=e, output_activation_min=lo, output_activation_max=hi,
-                            single_rounding=True)
-    want = run_fully_connected(x, w, b, s_in, z_in, s_w, s_out, z_out, activation, kernel="reference")
+    qmin, qmax = _ACT_RANGE[dtype]
+    k, n = int(rng.integers(1, 30)), int(rng.integers(1, 7))
+    if dtype == "uint8":
+        per_channel = False  # TFLite: per-channel weights need int8 / int16 activations
+    qbt = None
+    if dtype == "int16":  # zero points 0; default quantized_bias_type reads the bias as int64
+        z_in = z_out = 0
+        if bias == "int32":
+            qbt = "int32"
+    else:
+        z_in, z_out = (int(v) for v in rng.integers(qmin, qmax + 1, 2))
+        bias = "int32" if bias else None
+    z_w = int(rng.integers(0, 256)) if dtype == "uint8" else 0
+    w_span = 3 if dyadic else 127
+    w = z_w + rng.integers(-w_span, w_span + 1, (n, k))
+    w[0, :] = z_w + rng.choice([-w_span, w_span], k)  # the extremes of the weights drawn
+    w = np.clip(w, 0, 255) if dtype == "uint8" else w
+    if dyadic:
+        x = np.clip(z_in + rng.integers(-4, 5, (batch, k)), qmin, qmax)
+    else:
+        x = rng.integers(qmin, qmax + 1, (batch, k))
+        x[0, : k // 2] = qmin  # extremes of the input grid
+        x[-1, k // 2:] = qmax
+    b = None if bias is None else rng.integers(-300 if dyadic else -5000, 300 if dyadic else 5000, n).astype(bias)
+    s_in, s_w, s_out = _scales(rng, n if per_channel else 1, dyadic)
+    lo, hi = T.calculate_activation_range_quantized(activation, s_out, z_out, dtype=dtype)
+    got = T.fully_connected(x.astype(dtype), w.astype("uint8" if dtype == "uint8" else "int8"), b,
+                            input_offset=-z_in, filter_offset=-z_w, output_offset=z_out,
+                            input_scale=s_in, filter_scale=s_w, output_scale=s_out,
+                            output_activation_min=lo, output_activation_max=hi, output_dtype=dtype)
+    want = run_fully_connected(x, w, b, s_in, z_in, s_w, s_out, z_out, activation, kernel="reference",
+                               dtype=dtype, z_w=z_w, quantized_bias_type=qbt)
     np.testing.assert_array_equal(got, want)
 
 
@@ -187,16 +225,92 @@ def test_xnnpack_activation_bounds_round_ties_to_even_after_the_zero_point(activ
     np.testing.assert_array_equal(ours, got)
 
 
-def test_litert_reference_fully_connected_rounds_exact_ties_away_unlike_refquant():
-    """Known gap, pinned: LiteRT 2.3's BUILTIN_REF FULLY_CONNECTED rounds acc * M half away
-    from zero (and uses the real multiplier: M = (1 + 2^-20)(1 - 2^-20) / 2 is not a tie
-    there), so refquant's fixed-point reference differs on exact negative ties:
-    acc = -1, M = 1/2: LiteRT -1, refquant (single rounding, half up) 0."""
-    x = np.int8([[-1], [-3], [1]])
-    want = run_fully_connected(x, _TIE_W, None, 0.25, 0, [1.0], 0.5, 0, kernel="reference")
-    assert want[:, 0].tolist() == [-1, -2, 1]
-    got = T.fully_connected(x, _TIE_W, output_multiplier=2**30, output_shift=0, single_rounding=True)
-    assert got[:, 0].tolist() == [0, -1, 1]
+def test_reference_fully_connected_rounds_exact_ties_half_away_with_the_real_multiplier():
+    """acc = x (weight 1). M = 1/4 / (1/2) = 1/2 exactly: acc * M = -0.5, -1.5, 0.5, 1.5, -2.5, 2.5
+    round half away to -1, -2, 1, 2, -3, 3 (gemmlowp's single rounding, half up: 0, -1, 1, 2, -2, 3).
+    M = (1 + 2^-20)(1 - 2^-20) / 2 = (1 - 2^-40) / 2 quantizes to exactly (2^30, 0), a tie for the
+    fixed point, but LiteRT multiplies by the double M: acc * M lies just inside each half, so
+    -1, -3, 1, 3, -5, 5 give 0, -1, 0, 1, -2, 2 (the fixed point sees ties: acc = 1 gives 1)."""
+    x = np.int8([[-1], [-3], [1], [3], [-5], [5]])
+    want_tie = [-1, -2, 1, 2, -3, 3]
+    assert run_fully_connected(x, _TIE_W, None, 0.25, 0, [1.0], 0.5, 0)[:, 0].tolist() == want_tie
+    got = T.fully_connected(x, _TIE_W, input_scale=0.25, filter_scale=1.0, output_scale=0.5)
+    assert got[:, 0].tolist() == want_tie
+    fixed = T.fully_connected(x, _TIE_W, output_multiplier=2**30, output_shift=0, single_rounding=True)
+    assert fixed[:, 0].tolist() == [0, -1, 1, 2, -2, 3]
+
+    a, c = 1 + 2.0**-20, 1 - 2.0**-20  # exact in float32
+    assert [int(v[0]) for v in T.populate_convolution_quantization_params(a, c, 2.0)] == [2**30, 0]
+    want_near = [0, -1, 0, 1, -2, 2]
+    assert run_fully_connected(x, _TIE_W, None, a, 0, [c], 2.0, 0)[:, 0].tolist() == want_near
+    got = T.fully_connected(x, _TIE_W, input_scale=a, filter_scale=[c], output_scale=2.0)
+    assert got[:, 0].tolist() == want_near
+    for single in (False, True):
+        fixed = T.fully_connected(x, _TIE_W, output_multiplier=2**30, output_shift=0,
+                                  single_rounding=single)
+        assert fixed[2, 0] == 1
+
+
+def test_reference_fully_connected_ties_per_channel_with_bias_and_batches():
+    """Per channel (M = 1/2, 1/4, 3/8 exactly), biases that move acc onto ties, batch 256."""
+    x = _TIE_X
+    w = np.int8([[1], [1], [1]])
+    b = np.int32([0, 2, -1])
+    s_w = np.float32([1.0, 0.5, 0.75])
+    want = run_fully_connected(x, w, b, 0.25, 0, s_w, 0.5, 0)
+    got = T.fully_connected(x, w, b, input_scale=0.25, filter_scale=s_w, output_scale=0.5)
+    np.testing.assert_array_equal(got, want)
+    acc = x.astype(np.int64) + b  # hand-derived: half away from zero of acc * M
+    m = np.array([0.5, 0.25, 0.375])
+    hand = np.clip(np.sign(acc * m) * np.floor(np.abs(acc * m) + 0.5), -128, 127)
+    np.testing.assert_array_equal(got, hand)
+
+
+@pytest.mark.parametrize("z_out, want, want_arm", [(0, [-128, -128, 127], [127, -128, 127]),
+                                                   (-5, [127, 127, 127], [127, 127, 127])])
+def test_reference_fully_connected_casts_products_beyond_int32_to_int32_min_on_x86(z_out, want,
+                                                                                    want_arm):
+    """M = 1 / 1e-6: acc * M = 1.6e10 and -1.6e10 leave int32; static_cast<int32_t> (cvttsd2si)
+    gives INT32_MIN, clamped to -128 (a positive overflow comes out as the minimum); with
+    zero point -5 the int32 addition wraps INT32_MIN - 5 to INT32_MAX - 4: 127. ARM's fcvtzs
+    saturates instead (INT32_MAX, INT32_MIN), with the same wrapping addition."""
+    x = np.int8([[127], [-128], [1]])
+    w = np.int8([[127]])
+    assert run_fully_connected(x, w, None, 1.0, 0, [1.0], 1e-6, z_out)[:, 0].tolist() == want
+    kw = dict(output_offset=z_out, input_scale=1.0, filter_scale=1.0, output_scale=1e-6)
+    assert T.fully_connected(x, w, **kw)[:, 0].tolist() == want
+    assert T.fully_connected(x, w, cast="arm", **kw)[:, 0].tolist() == want_arm
+
+
+@pytest.mark.parametrize("bias_dtype, qbt, exact", [("int64", None, True), ("int32", "int32", False)])
+def test_int16_reference_fully_connected_accumulates_in_the_bias_type(bias_dtype, qbt, exact):
+    """K = 600 products 32767 * 127 sum to 2.5e9 > 2^31: an int64 bias (the default
+    quantized_bias_type) keeps it exact, an int32 one wraps."""
+    x = np.full((1, 600), 32767, np.int16)
+    w = np.full((1, 600), 127, np.int8)
+    b = np.zeros(1, bias_dtype)
+    want = run_fully_connected(x, w, b, 1.0, 0, [1.0], 2.0**20, 0, dtype="int16",
+                               quantized_bias_type=qbt)
+    acc = 600 * 32767 * 127
+    acc = acc if exact else (acc + 2**31) % 2**32 - 2**31
+    assert want[0, 0] == np.sign(acc) * np.floor(abs(acc) / 2**20 + 0.5)
+    got = T.fully_connected(x, w, b, input_scale=1.0, filter_scale=1.0, output_scale=2.0**20,
+                            output_dtype="int16")
+    np.testing.assert_array_equal(got, want)
+
+
+def test_reference_conv_rounds_with_the_quantized_multiplier_unlike_reference_fc():
+    """M = (1 - 2^-40) / 2 quantizes to exactly 1/2: LiteRT's reference CONV_2D sees the ties
+    (gemmlowp double rounding: acc = 1 -> 1, -1 -> 0), its reference FC does not (0, 0)."""
+    a, c = 1 + 2.0**-20, np.float32([1 - 2.0**-20])
+    x = np.int8([1, -1, 3, -3]).reshape(1, 2, 2, 1)
+    m, e = T.populate_convolution_quantization_params(a, c, 2.0)
+    conv = run_conv2d(x, _TIE_W.reshape(1, 1, 1, 1), np.int32([0]), a, 0, c, 2.0, 0, kernel="reference")
+    assert conv.reshape(-1).tolist() == [1, 0, 2, -1]
+    ours = T.conv2d(x, _TIE_W.reshape(1, 1, 1, 1), None, output_multiplier=m, output_shift=e)
+    np.testing.assert_array_equal(ours, conv)
+    fc = run_fully_connected(x.reshape(4, 1), _TIE_W, None, a, 0, c, 2.0, 0, kernel="reference")
+    assert fc[:, 0].tolist() == [0, 0, 1, -1]
 
 
 @settings(max_examples=30)

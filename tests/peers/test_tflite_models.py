@@ -94,29 +94,44 @@ _ACT = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
 
 
 def run_fully_connected(x_q, w_q, b_q, s_in, z_in, s_w, s_out, z_out, activation="NONE",
-                        kernel="reference"):
-    """One FULLY_CONNECTED (int8, per-tensor or per-channel weights); ``b_q=None``: no bias."""
+                        kernel="reference", *, dtype="int8", z_w=0, quantized_bias_type=None):
+    """One FULLY_CONNECTED with per-tensor or per-channel weights; ``b_q=None``: no bias.
+
+    ``dtype`` is the activations' type: ``"int8"`` (int8 weights), ``"uint8"`` (uint8
+    weights with zero point ``z_w``, per tensor) or ``"int16"`` (int8 weights, zero points
+    0; the bias's dtype, int32 or int64, is written as is). ``quantized_bias_type``
+    (``"int32"``/``"int64"``) sets FullyConnectedOptions.quantized_bias_type.
+    """
     S = litert()[0]
-    x_q = np.ascontiguousarray(x_q, np.int8)
-    w_q = np.ascontiguousarray(w_q, np.int8)
+    act_np = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16}[dtype]
+    act_tt = {"int8": S.TensorType.INT8, "uint8": S.TensorType.UINT8,
+              "int16": S.TensorType.INT16}[dtype]
+    w_np, w_tt = (np.uint8, S.TensorType.UINT8) if dtype == "uint8" else (np.int8, S.TensorType.INT8)
+    x_q = np.ascontiguousarray(x_q, act_np)
+    w_q = np.ascontiguousarray(w_q, w_np)
     s_w = np.atleast_1d(np.asarray(s_w, np.float32))
     s_b = (np.float32(s_in) * s_w).astype(np.float32)
     n_out = w_q.shape[0]
     tensors = [
-        _tensor(S, "x", x_q.shape, S.TensorType.INT8, 1, s_in, z_in),
-        _tensor(S, "w", w_q.shape, S.TensorType.INT8, 2, s_w, np.zeros(s_w.size, int), 0),
-        _tensor(S, "y", (x_q.shape[0], n_out), S.TensorType.INT8, 3, s_out, z_out),
+        _tensor(S, "x", x_q.shape, act_tt, 1, s_in, z_in),
+        _tensor(S, "w", w_q.shape, w_tt, 2, s_w, np.full(s_w.size, z_w, int), 0),
+        _tensor(S, "y", (x_q.shape[0], n_out), act_tt, 3, s_out, z_out),
     ]
     buffers = [None, None, w_q, None]
     inputs = [0, 1, -1]
     if b_q is not None:
-        b_q = np.ascontiguousarray(b_q, np.int32)
-        tensors.append(_tensor(S, "b", b_q.shape, S.TensorType.INT32, 4, s_b,
-                               np.zeros(s_b.size, int), 0))
+        b_q = np.ascontiguousarray(b_q)
+        if b_q.dtype not in (np.int32, np.int64):
+            b_q = b_q.astype(np.int32)
+        b_tt = S.TensorType.INT64 if b_q.dtype == np.int64 else S.TensorType.INT32
+        tensors.append(_tensor(S, "b", b_q.shape, b_tt, 4, s_b, np.zeros(s_b.size, int), 0))
         buffers.append(b_q)
         inputs = [0, 1, 3]
     o = S.FullyConnectedOptionsT()
     o.fusedActivationFunction = _ACT[activation]
+    if quantized_bias_type is not None:
+        o.quantizedBiasType = {"int32": S.TensorType.INT32,
+                               "int64": S.TensorType.INT64}[quantized_bias_type]
     buf = _model(S.BuiltinOperator.FULLY_CONNECTED, tensors, inputs, [2], buffers,
                  S.BuiltinOptions.FullyConnectedOptions, o)
     return _run(buf, x_q, kernel)
