@@ -522,8 +522,14 @@ def _tflite_cases() -> list[Case]:
              {"input_data": xq, "filter_data": wq, "bias_data": bq, "input_offset": 7,
               "output_offset": -3, "output_multiplier": ms, "output_shift": es,
               "output_activation_min": -3, "output_activation_max": 27, "single_rounding": True},
-             [], "as above with single rounding (LiteRT's reference FC) and a RELU6 clamp",
+             [], "as above with single rounding (TFLITE_SINGLE_ROUNDING builds) and a RELU6 clamp",
              "tflite-single-rounding", ["max", "saturation"]),
+        Case("fully_connected_litert_reference_ties", t + "fully_connected",
+             {"input_data": np.int8([[-1], [1], [3], [-3], [-5], [5], [127], [-128]]),
+              "filter_data": np.int8([[1]]), "input_offset": 0, "output_offset": 0,
+              "input_scale": _f32(0.5), "filter_scale": _f32(1.0), "output_scale": _f32(1.0)},
+             [], "LiteRT's reference FC: round(acc * double M) half away, M = 1/2 (exact ties)",
+             "litert-reference", ["exact_ties", "max"]),
     ]
     for pad, st_, dl in (("SAME", 2, 1), ("VALID", 1, 2), ("SAME", 1, 2)):
         cases.append(Case(
