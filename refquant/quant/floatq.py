@@ -13,9 +13,9 @@ power of two near it. A group of zeros (amax = 0) gets scale 1.
 PyTorch: ``(x / s).to(torch.float8_e4m3fn)`` saturates (values above 448 and ±Inf
 become ±448, NaN stays NaN), which is ``saturate=True`` here; PyTorch's
 ``float8_e5m2`` and the fnuz casts do not saturate (overflow -> Inf / NaN),
-``saturate=False``. torchao multiplies by ``max / amax`` (``scale_op="reciprocal"``
-with the reciprocal rounded to float32 first), which can differ by one code from
-a divide.
+``saturate=False``. torchao multiplies by ``max / amax`` (``scale_op="reciprocal"``:
+the float64 quotient rounded once to float32, as its ``amax_to_scale``), which can
+differ by one code from a divide.
 """
 
 from __future__ import annotations
@@ -52,6 +52,13 @@ def _scale32(scale) -> np.ndarray:
             return np.asarray(scale, dtype=np.float32)
     except (TypeError, ValueError):
         raise RefquantError(f"scale must be a real number or array, got {scale!r}") from None
+
+
+def _group_amax(xa, ax, bs) -> np.ndarray:
+    """float64 absolute maximum of each group of ``|x|`` (0 for an empty group)."""
+    if xa.size:
+        return np.asarray(reduce_groups(xa, ax, bs, np.maximum), dtype=np.float64)
+    return np.zeros(param_shape(xa.shape, ax, bs))  # np.maximum has no identity
 
 
 def float_scale(x, fmt, *, axis=None, block_size=None, power_of_two=None) -> np.ndarray:
@@ -95,10 +102,7 @@ def float_scale(x, fmt, *, axis=None, block_size=None, power_of_two=None) -> np.
     if not np.isfinite(xa).all():
         raise RefquantError("x contains NaN or Inf; a scale cannot be computed from it")
     ax, bs = _granularity(xa, axis, block_size)
-    if xa.size:
-        amax = np.asarray(reduce_groups(xa, ax, bs, np.maximum), dtype=np.float64)
-    else:  # np.maximum has no identity: an empty group has amax 0 (scale 1)
-        amax = np.zeros(param_shape(xa.shape, ax, bs))
+    amax = _group_amax(xa, ax, bs)
     ratio = np.where(amax > 0, amax / f.max, 1.0)
     if power_of_two is not None:
         # exact, from the bits of the float64 quotient (np.log2 rounds: log2(4 fl(sqrt 2)) == 2.5)
@@ -132,7 +136,10 @@ def quantize_float(x, fmt, scale=None, *, axis=None, block_size=None, saturate=T
     power_of_two : optional
         Passed to :func:`float_scale` when the scale is computed.
     scale_op : {"divide", "reciprocal"}
-        ``x / s`` or ``x * float32(1 / s)`` (torchao's multiply).
+        ``x / s`` or ``x * r`` (torchao's multiply) with ``r = fl32(max / amax)`` (the float64
+        quotient rounded once, torchao's ``amax_to_scale``) when the scale is computed here
+        without ``power_of_two``, else ``r = fl32(1 / s)``. torchao's clamp of amax at 1e-12
+        is not reproduced (a group of zeros gets ``r = 1``).
     precision : {"float32", "float64"}
         Where the quotient is formed; it is then rounded once to ``fmt``.
     seed, rng
@@ -165,8 +172,16 @@ def quantize_float(x, fmt, scale=None, *, axis=None, block_size=None, saturate=T
     if xa.dtype.kind not in "fiu":
         raise RefquantError(f"x must be a real array, got dtype {xa.dtype}")
     ax, bs = _granularity(xa, axis, block_size)
+    recip = None
     if scale is None:
         scale = float_scale(xa, f, axis=ax, block_size=bs, power_of_two=power_of_two)
+        if scale_op == "reciprocal" and power_of_two is None:
+            # torchao's amax_to_scale: max / amax in float64, rounded once to float32, not
+            # 1 / fl32(amax / max) (one ulp apart about a quarter of the time). A power-of-two
+            # scale has an exact reciprocal either way.
+            amax = _group_amax(np.abs(xa.astype(np.float64)), ax, bs)
+            with np.errstate(over="ignore"):
+                recip = np.where(amax > 0, f.max / np.where(amax > 0, amax, 1.0), 1.0).astype(np.float32)
     s = _scale32(scale)
     if not (np.isfinite(s).all() and (s > 0).all()):
         raise RefquantError(f"scale must be finite and positive, got {s.ravel()[:4]}")
@@ -175,7 +190,9 @@ def quantize_float(x, fmt, scale=None, *, axis=None, block_size=None, saturate=T
         if scale_op == "divide":
             y = xa.astype(dt) / sb
         else:
-            y = xa.astype(dt) * (np.float32(1) / sb.astype(np.float32)).astype(dt)
+            if recip is None:
+                recip = np.float32(1) / s
+            y = xa.astype(dt) * broadcast_param(recip, xa.shape, ax, bs, "scale").astype(dt)
     return encode(y, f, saturate=saturate, rounding=rounding, seed=seed, rng=rng), s
 
 

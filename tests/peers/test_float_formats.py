@@ -178,3 +178,28 @@ def test_onnxruntime_cast_saturate_0_overflow_departs_from_the_cast_table():
         got = decode(encode(x, name, saturate=False), name)
         assert np.array_equal(got, decode(onnx_cast(x, name, saturate=0), name), equal_nan=True)
         assert not np.array_equal(got, y, equal_nan=True)
+
+
+def test_quantize_float_reciprocal_equals_torchao_amax_to_scale_multiply():
+    # torchao.float8 (float8_utils.amax_to_scale / to_fp8_saturated): scale = fl32(448 / amax)
+    # with the quotient in float64, then (x * scale).clamp(-448, 448).to(float8_e4m3fn).
+    # refquant multiplied by fl32(1 / fl32(amax / 448)), one ulp off here: 0.38123959 * it
+    # gave code 35 where torchao gives 36.
+    torch = import_peer("torch")
+    from refquant.quant.floatq import quantize_float
+
+    def torchao(x):
+        t = torch.from_numpy(x)
+        amax = t.abs().max().to(torch.float64)
+        scale = (448.0 / torch.clamp(amax, min=1e-12)).to(torch.float32)
+        return (t * scale).clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8).numpy()
+
+    x = np.float32([950.5132446289062, 0.3812395930290222, -0.3812395930290222])
+    codes, s = quantize_float(x, "float8_e4m3fn", scale_op="reciprocal")
+    assert codes[1] == torchao(x)[1] == 36
+    assert s == np.float32(950.5132446289062 / 448)  # the returned scale is still amax / max
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        x = (rng.standard_normal(64) * 10.0 ** rng.uniform(-3, 3)).astype(np.float32)
+        np.testing.assert_array_equal(quantize_float(x, "float8_e4m3fn", scale_op="reciprocal")[0],
+                                      torchao(x))
