@@ -95,6 +95,16 @@ def _litert_quantize(x, scale, zp, kernel, dtype="int8"):
     return run_quantize(np.asarray(x, np.float32), scale, zp, dtype=dtype, kernel=kernel)
 
 
+def _litert_fc(acc, kernel):
+    """LiteRT FULLY_CONNECTED on acc = x (one input, weight 1), s_in = 1/4, s_w = 1, s_out = 4."""
+    sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "peers")]
+    from test_tflite_models import run_fully_connected
+
+    x = np.asarray(acc, np.int8).reshape(-1, 1)
+    return run_fully_connected(x, np.ones((1, 1), np.int8), None, 0.25, 0, [1.0], 4.0, 0,
+                               kernel=kernel)[:, 0]
+
+
 def _torch_quantize(x, scale, zp, dtype="quint8"):
     import torch
 
@@ -137,6 +147,7 @@ def rows():
     ml = importlib.import_module("ml_dtypes")
     a8 = np.int8([[100, 100]])
     b8 = np.int8([[100], [100]])
+    fc_x, fc_w = np.int8([[7], [-8]]), np.int8([[1]])
     out = [
         dict(topic="Divide by the scale, or multiply by its float32 reciprocal",
              input="x = 0.273939937, scale = 0.00214854861, uint8, zero point 0",
@@ -250,6 +261,31 @@ def rows():
                  ("PyTorch fake_quantize_per_tensor_affine",
                   P.fake_quantize_per_tensor_affine(F32([-0.75]), 0.5, 2, 0, 3),
                   ("torch", lambda: _torch_fake([-0.75], 0.5, 2, 0, 3))),
+             ]),
+        dict(topic="LiteRT's three int8 FULLY_CONNECTED kernels round acc · M three ways",
+             input="acc = [7, -8] (x = acc, weight 1, no zero points), s_in = 1/4, s_w = 1, "
+                   "s_out = 4: M = 1/16 exactly",
+             why="acc · M = [0.4375, -0.5]. The reference kernel rounds acc · double(M) once, "
+                 "half away; the builtin (ruy) kernel takes SRDHM(acc, 2^30) = [4, -4] (ties up), "
+                 "then a shift by 3 rounding half up; XNNPACK rounds the float32 product to even; "
+                 "gemmlowp's double rounding (TFLite's reference CONV_2D) gives the fourth row",
+             results=[
+                 ("LiteRT reference (BUILTIN_REF)",
+                  T.fully_connected(fc_x, fc_w, input_scale=F32(0.25), filter_scale=F32(1),
+                                    output_scale=F32(4))[:, 0],
+                  ("ai_edge_litert", lambda: _litert_fc([7, -8], "reference"))),
+                 ("LiteRT optimized (builtin, ruy)",
+                  T.fully_connected(fc_x, fc_w, output_multiplier=2**30, output_shift=-3,
+                                    kernel="optimized")[:, 0],
+                  ("ai_edge_litert", lambda: _litert_fc([7, -8], "optimized"))),
+                 ("LiteRT XNNPACK (default delegate)",
+                  T.fully_connected(fc_x, fc_w, kernel="xnnpack",
+                                    requantization_scale=T.xnnpack_requantization_scale(
+                                        F32(0.25), F32(1), F32(4)))[:, 0],
+                  ("ai_edge_litert", lambda: _litert_fc([7, -8], "xnnpack"))),
+                 ("gemmlowp double rounding",
+                  T.fully_connected(fc_x, fc_w, output_multiplier=2**30, output_shift=-3)[:, 0],
+                  None),
              ]),
         dict(topic="int8 matmul accumulator",
              input="[[100, 100]] @ [[100], [100]], both int8",
