@@ -700,7 +700,9 @@ def matmul_integer(A, B, a_zero_point=None, b_zero_point=None):
     broadcasts it along the last axis, subtracting it per column, which runs when
     M = K and gives another result (``A = [[1, 2], [3, 4]]``, ``B = I``,
     ``a_zero_point = [1, 2]``: spec ``[[0, 1], [1, 2]]``, reference ``[[0, 0], [2, 2]]``);
-    onnxruntime 1.32 refuses any ``a_zero_point`` that is not a scalar.
+    onnxruntime 1.32 refuses any ``a_zero_point`` that is not a scalar, and a per-column
+    ``b_zero_point`` of N elements when ``B`` has batch dimensions ("B zero point is not
+    valid"; ``[..., 1, N]`` it takes), which the spec and onnx.reference apply per column.
 
     Reference
     ---------

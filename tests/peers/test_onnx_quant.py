@@ -838,3 +838,19 @@ def test_quantize_linear_every_opset_and_float_type_matches_onnx_reference(case,
     np.testing.assert_array_equal(got[inside], want[inside])
     if X86:
         np.testing.assert_array_equal(got, want)
+
+
+def test_matmul_integer_per_column_b_zero_point_with_a_batched_b_is_refused_by_onnxruntime():
+    # b of shape (2, 3, 4) with b_zero_point of N = 4 elements: the spec's per-column zero
+    # point, which onnx.reference and refquant apply; onnxruntime 1.32 refuses it
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 256, (2, 2, 3)).astype(np.uint8)
+    b = rng.integers(0, 256, (2, 3, 4)).astype(np.uint8)
+    za, zb = np.array(3, np.uint8), np.uint8([1, 2, 3, 250])
+    sess, ref = _runner(("mmi", 2, 2))
+    feeds = {"a": a, "b": b, "za": za, "zb": zb}
+    with pytest.raises(Exception, match="B zero point is not valid"):
+        sess.run(None, feeds)
+    want = np.matmul(a.astype(np.int64) - 3, b.astype(np.int64) - zb.astype(np.int64))
+    np.testing.assert_array_equal(ref.run(None, feeds)[0], want)
+    np.testing.assert_array_equal(ronnx.matmul_integer(a, b, za, zb), want)
