@@ -14,10 +14,16 @@ stored). After pruning ``name``:
 ``"plain"``         ``name`` (pruned), ``name_mask``             (compact; no original kept)
 ==================  ===========================================  ===========================
 
-Masks have the weight's dtype (0.0 / 1.0), as torch's ``ones_like(orig)``;
-the pruned weight is torch's product ``mask * orig``, so a pruned negative
-weight is -0.0 and a pruned NaN stays NaN (``refquant.prune.apply_mask`` gives
-+0 instead).
+Masks have the weight's dtype (0.0 / 1.0), as torch's ``ones_like(orig)`` on a
+first unstructured pruning. torch's stored mask takes the *importance scores'*
+dtype instead wherever it builds the mask from them: ``ln_structured`` (and
+``random_structured``) ``zeros_like(t)``, and every repeated pruning
+(``PruningContainer`` casts the mask ``.to(dtype=t.dtype)``); float64
+importance scores on a float32 weight give torch a float64 ``weight_mask``.
+The values, and the pruned weight (torch casts the mask to the weight's dtype
+before multiplying), are the same. The pruned weight is torch's product
+``mask * orig``, so a pruned negative weight is -0.0 and a pruned NaN stays NaN
+(``refquant.prune.apply_mask`` gives +0 instead).
 
 Semantics matched (torch 2.x ``torch/nn/utils/prune.py``):
 
@@ -50,9 +56,18 @@ Semantics matched (torch 2.x ``torch/nn/utils/prune.py``):
   does), ``inf``, ``-inf`` and ``"fro"`` (= 2); ``"nuc"`` is refused. Norms are
   computed in float64; torch computes float32 weights' norms in float32
   (squares underflow below about 1e-19 and overflow above about 1.8e19:
-  ``[[1e-30, 1e-30], [2e-30, 0]]`` has norms ``[0, 0]`` in torch), so on such
-  weights torch may see ties where refquant does not. float16 / bfloat16
-  weights are accumulated in float32 by torch and match.
+  ``[[1e-30, 1e-30], [2e-30, 0]]`` has norms ``[0, 0]`` in torch; partly
+  subnormal squares lose precision and can reorder channels, e.g. entries
+  near 1e-22), so on such weights torch may see ties where refquant does not,
+  or rank differently. Channels whose norms agree to float32 rounding are
+  ranked by torch's rounding, which refquant does not reproduce: two
+  channels holding the same magnitudes in another order (equal norms in exact
+  arithmetic; refquant's float64 sums agree to the last bit or two) get L0.5
+  norms one float32 ulp apart in torch
+  (``[1, 2, 0, 2, -2, 2, -3, -3, 1, 3, 2, -3]`` and
+  ``[1, -2, 3, 2, -2, -3, -3, -2, 0, 2, -3, -1]``: 255.97667 vs 255.97665).
+  float16 / bfloat16 weights are accumulated in float32 by torch and match
+  on tie-free norms.
 * A failed call leaves the module as it was. torch does not quite: when a
   *repeated* pruning fails (``l1_unstructured(m, "weight", 4)`` on a 2×2
   weight, then ``l1_unstructured(m, "weight", 1)``: "amount=1 should be

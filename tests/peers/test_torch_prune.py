@@ -230,3 +230,37 @@ def test_state_dict_names_equal_torch(torch):
     prune.l1_unstructured(tm, "weight", 2)
     rp.l1_unstructured(rm, "weight", 2)
     assert set(tm.state_dict()) <= set(rm) and set(rm) - set(tm.state_dict()) == {"weight"}
+
+
+def test_torch_mask_takes_the_importance_dtype_values_and_weight_equal(torch):
+    # the docstring said masks have the weight's dtype "as torch's ones_like(orig)";
+    # torch's ln_structured / repeated pruning build the mask in the importance
+    # scores' dtype (float64 here, on a float32 weight)
+    from torch.nn.utils import prune
+
+    w = np.array([[0.5, -2.0, 1.0], [3.0, 0.25, -1.5]], dtype=np.float32)
+    s = np.array([[1.0, 4.0, 2.0], [3.0, 0.5, 5.0]])
+    tm = torch.nn.Module()
+    tm.weight = torch.nn.Parameter(torch.tensor(w))
+    rm = {"weight": w.copy()}
+    prune.ln_structured(tm, "weight", 1, n=1, dim=1, importance_scores=torch.tensor(s))
+    rp.ln_structured(rm, "weight", 1, n=1, dim=1, importance_scores=s)
+    assert tm.weight_mask.dtype == torch.float64 and rm["weight_mask"].dtype == np.float32
+    np.testing.assert_array_equal(rm["weight_mask"], tm.weight_mask.numpy())  # column 0 (norm 4) pruned
+    assert rm["weight_mask"].tolist() == [[0, 1, 1], [0, 1, 1]]
+    np.testing.assert_array_equal(rm["weight"], tm.weight.detach().numpy())
+    assert tm.weight.dtype == torch.float32
+
+
+def test_float32_exact_tie_is_ranked_by_torchs_rounding(torch):
+    # two channels holding the same magnitudes in another order: equal L0.5 norms
+    # in exact arithmetic, one float32 ulp apart in torch (its rounding decides),
+    # as the docstring names; refquant's float64 norms agree to 1e-15
+    c0 = [1.0, 2.0, 0.0, 2.0, -2.0, 2.0, -3.0, -3.0, 1.0, 3.0, 2.0, -3.0]
+    c1 = [1.0, -2.0, 3.0, 2.0, -2.0, -3.0, -3.0, -2.0, 0.0, 2.0, -3.0, -1.0]
+    assert sorted(np.abs(c0)) == sorted(np.abs(c1))
+    w = np.array([c0, c1], dtype=np.float32).T.copy()
+    norms = torch.norm(torch.tensor(w), p=0.5, dim=[0]).numpy()
+    assert abs(int(norms.view(np.int32)[0]) - int(norms.view(np.int32)[1])) == 1
+    ours = rp._compute_norm(w, 0.5, 1)
+    assert abs(ours[0] - ours[1]) <= 1e-15 * ours[0]
