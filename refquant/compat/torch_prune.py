@@ -63,7 +63,7 @@ Semantics matched (torch 2.x ``torch/nn/utils/prune.py``):
   ranked by torch's rounding, which refquant does not reproduce: two
   channels holding the same magnitudes in another order (equal norms in exact
   arithmetic; refquant's float64 sums agree to the last bit or two) get L0.5
-  norms one float32 ulp apart in torch
+  norms two float32 ulps apart in torch
   (``[1, 2, 0, 2, -2, 2, -3, -3, 1, 3, 2, -3]`` and
   ``[1, -2, 3, 2, -2, -3, -3, -2, 0, 2, -3, -1]``: 255.97667 vs 255.97665).
   float16 / bfloat16 weights are accumulated in float32 by torch and match
