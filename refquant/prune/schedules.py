@@ -21,6 +21,7 @@ import numbers
 import numpy as np
 
 from .._errors import RefquantError
+from ._arrays import as_array
 
 __all__ = [
     "gradual_sparsity",
@@ -42,9 +43,16 @@ def _fraction(v, name: str, *, upper_open: bool = False) -> float:
 
 
 def _int(v, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise RefquantError(f"{name} must be an integer, got {v!r}")
+    # steps are int64 in tfmot (and the float conversions below overflow beyond it)
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not -(2**63) <= int(v) < 2**63:
+        raise RefquantError(f"{name} must be an integer in the int64 range, got {v!r:.60}")
     return int(v)
+
+
+def _real(v, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise RefquantError(f"{name} must be a real number, got {v!r:.60}")
+    return float(v)
 
 
 def gradual_sparsity(step, *, initial_sparsity=0.0, final_sparsity, begin_step=0, n_steps,
@@ -87,9 +95,13 @@ def gradual_sparsity(step, *, initial_sparsity=0.0, final_sparsity, begin_step=0
     dt = _int(frequency, "frequency")
     if n <= 0 or dt <= 0:
         raise RefquantError(f"n_steps and frequency must be > 0, got n_steps={n}, frequency={dt}")
-    t = np.asarray(step, dtype=np.float64)
+    power = _real(power, "power")
+    t = as_array(step, "step")
+    if t.dtype.kind not in "iuf" or not np.all(np.isfinite(t)):
+        raise RefquantError(f"step must be finite numbers, got {step!r:.60}")
+    t = t.astype(np.float64)
     frac = np.clip((t - t0) / (n * dt), 0.0, 1.0)
-    out = sf + (si - sf) * (1.0 - frac) ** float(power)
+    out = sf + (si - sf) * (1.0 - frac) ** power
     return float(out) if out.ndim == 0 else out
 
 
@@ -157,7 +169,7 @@ class ConstantSparsity(_TfmotSchedule):
         self.end_step = _int(end_step, "end_step")
         self.frequency = _int(frequency, "frequency")
         self._validate_step(self.begin_step, self.end_step, self.frequency, True)
-        self._validate_sparsity(float(target_sparsity), "target_sparsity")
+        self._validate_sparsity(_real(target_sparsity, "target_sparsity"), "target_sparsity")
 
     def __call__(self, step):
         return self.should_prune_in_step(step), np.float32(self.target_sparsity)
@@ -198,8 +210,9 @@ class PolynomialDecay(_TfmotSchedule):
         self.end_step = _int(end_step, "end_step")
         self.frequency = _int(frequency, "frequency")
         self._validate_step(self.begin_step, self.end_step, self.frequency, False)
-        self._validate_sparsity(float(initial_sparsity), "initial_sparsity")
-        self._validate_sparsity(float(final_sparsity), "final_sparsity")
+        self._validate_sparsity(_real(initial_sparsity, "initial_sparsity"), "initial_sparsity")
+        self._validate_sparsity(_real(final_sparsity, "final_sparsity"), "final_sparsity")
+        _real(power, "power")
 
     def sparsity(self, step) -> np.float32:
         """The float32 sparsity at ``step`` (any step, pruning turn or not)."""
@@ -238,7 +251,7 @@ def iterative_sparsity(rate, rounds):
     (iterative pruning, :math:`p^{1/n}\\%` per round).
     """
     p = _fraction(rate, "rate")
-    k = np.asarray(rounds)
+    k = as_array(rounds, "rounds")
     if k.dtype.kind not in "iu" or np.any(k < 0):
         raise RefquantError(f"rounds must be non-negative integers, got {rounds!r}")
     out = 1.0 - (1.0 - p) ** k.astype(np.float64)

@@ -151,3 +151,28 @@ def test_per_round_counts_rounded_by_torch_drift_from_the_closed_form():
 def test_bad_schedule_arguments_are_refused(call, match):
     with pytest.raises(RefquantError, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        # each raised ValueError / TypeError / OverflowError instead
+        (lambda: ConstantSparsity("a", 0), "target_sparsity"),
+        (lambda: ConstantSparsity(None, 0), "target_sparsity"),
+        (lambda: ConstantSparsity([0.5], 0), "target_sparsity"),
+        (lambda: PolynomialDecay(0.1, "x", 0, 10), "final_sparsity"),
+        (lambda: PolynomialDecay(0.1, 0.5, 0, 10, power="a"), "power"),
+        (lambda: PolynomialDecay(0.1, 0.5, 0, 10, power=None), "power"),
+        (lambda: gradual_sparsity("a", final_sparsity=0.5, n_steps=3), "step"),
+        (lambda: gradual_sparsity([1, [2]], final_sparsity=0.5, n_steps=3), "step"),
+        (lambda: gradual_sparsity(np.nan, final_sparsity=0.5, n_steps=3), "step"),
+        (lambda: gradual_sparsity(10**400, final_sparsity=0.5, n_steps=3), "step"),
+        (lambda: gradual_sparsity(1, final_sparsity=0.5, n_steps=3, power="x"), "power"),
+        (lambda: iterative_sparsity(0.5, [[1], [1, 2]]), "rounds"),
+        (lambda: iterative_rate(0.5, 10**400), "rounds"),
+        (lambda: PolynomialDecay(0.1, 0.5, 0, 10).sparsity(10**400), "step"),
+    ],
+)
+def test_bad_schedule_arguments_are_refusals_not_numpy_or_python_errors(call, match):
+    with pytest.raises(RefquantError, match=match):
+        call()
