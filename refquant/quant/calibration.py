@@ -229,17 +229,30 @@ def _torch_histc_f32(x, bins, lo, hi):
     folded into the last bin; elements outside [lo, hi] and NaN are skipped.
     With lo == hi the range becomes [lo - 1, hi + 1] (Histogram.cpp
     ``histc_select_outer_bin_edges``), rounded to float32.
+
+    Huge ranges (x86-64 behaviour of torch's undefined casts): the outer edges
+    come from ``torch.linspace``, whose float32 step ``(hi - lo) / bins`` is Inf
+    when ``hi - lo`` overflows; its edges are then ``lo + Inf * 0`` = NaN and
+    nothing is counted. Where ``(x - lo) * bins`` alone overflows, the Inf
+    position casts to INT64_MIN and the pointer offset ``INT64_MIN *
+    sizeof(float)`` wraps to 0: the element is counted in bin 0.
     """
     x = np.asarray(x, dtype=np.float32).reshape(-1)
     lo64, hi64 = float(lo), float(hi)
     if lo64 == hi64:
         lo64, hi64 = lo64 - 1.0, hi64 + 1.0
     lo32, hi32 = _F(lo64), _F(hi64)
+    with np.errstate(over="ignore"):
+        width = _F(hi32 - lo32)
+    if not np.isfinite(width):
+        return np.zeros(bins, dtype=np.float32)  # linspace edges NaN: no element inside
     keep = (x >= lo32) & (x <= hi32)
     v = x[keep]
     with np.errstate(over="ignore", invalid="ignore"):
-        pos = ((v - lo32).astype(np.float32) * _F(bins)).astype(np.float32) / _F(hi32 - lo32)
-    pos = np.trunc(pos.astype(np.float32)).astype(np.int64)
+        pos = ((v - lo32).astype(np.float32) * _F(bins)).astype(np.float32) / width
+    pos = pos.astype(np.float32)
+    # static_cast<int64_t>(Inf) = INT64_MIN, an offset that wraps to bin 0 on x86-64
+    pos = np.where(np.isfinite(pos), np.trunc(pos), 0).astype(np.int64)
     pos = np.where(pos == bins, bins - 1, pos)
     return np.bincount(pos, minlength=bins).astype(np.float32)
 

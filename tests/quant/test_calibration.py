@@ -107,6 +107,22 @@ def test_histc_of_a_constant_widens_the_range_by_one():
     np.testing.assert_array_equal(_torch_histc_f32(np.array([2.0, 2.0]), 4, 2.0, 2.0), [0, 0, 2, 0])
 
 
+def test_histc_position_overflowing_float32_lands_in_bin_0_as_on_x86():
+    # [-2e37, 2e37], 16 bins: (x - lo) * 16 is 0 for -2e37 (bin 0), 3.2e38 for 0 (/ 4e37
+    # = bin 8) and Inf for 2e37: static_cast<int64_t>(Inf) is INT64_MIN, and the x86
+    # pointer offset INT64_MIN * sizeof(float) wraps to 0, so torch counts it in bin 0
+    # (refquant raised numpy's ValueError from a negative bincount index)
+    h = _torch_histc_f32(np.array([-2e37, 2e37, 0.0], np.float32), 16, -2e37, 2e37)
+    np.testing.assert_array_equal(h, [2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0])
+
+
+def test_histc_of_a_range_wider_than_float32_counts_nothing():
+    # hi - lo = 6e38 overflows: torch.linspace's step is Inf, its edges are
+    # start + Inf * 0 = NaN, and no element compares inside [NaN, NaN]
+    h = _torch_histc_f32(np.array([-3e38, 3e38, 0.0], np.float32), 16, -3e38, 3e38)
+    np.testing.assert_array_equal(h, np.zeros(16))
+
+
 def test_histogram_same_range_batches_add_exactly():
     x = np.linspace(-1, 1, 301, dtype=np.float32)
     h = TorchHistogram()
