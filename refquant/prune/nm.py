@@ -468,8 +468,8 @@ def block_mask(weights, block: tuple[int, int], sparsity: float, *, pooling: str
     sc = block_scores(weights, block, pooling)
     try:
         sp = float(sparsity)
-    except (TypeError, ValueError):
-        raise RefquantError(f"sparsity must be a float in [0, 1], got {sparsity!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise RefquantError(f"sparsity must be a float in [0, 1], got {sparsity!r:.60}") from None
     if not 0.0 <= sp <= 1.0:
         raise RefquantError(f"sparsity must lie in [0, 1], got {sp}")
     if ties not in ("stable", "threshold"):

@@ -35,7 +35,7 @@ __all__ = [
 def _fraction(v, name: str, *, upper_open: bool = False) -> float:
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise RefquantError(f"{name} must be a number in [0, 1], got {v!r}")
-    f = float(v)
+    f = float(v) if abs(v) <= 2 else 2.0  # a huge int overflows float(); any > 1 is out of range
     ok = 0.0 <= f < 1.0 if upper_open else 0.0 <= f <= 1.0
     if not ok:
         raise RefquantError(f"{name}={v!r} must be in range [0, {'1)' if upper_open else '1]'}")

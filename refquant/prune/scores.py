@@ -128,8 +128,12 @@ def magnitude(w) -> np.ndarray:
 
 
 def _check_p(p, name: str = "p") -> float:
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or np.isnan(float(p)):
-        raise RefquantError(f"{name} must be a real number (or ±inf), got {p!r}")
+    try:
+        ok = not isinstance(p, bool) and isinstance(p, numbers.Real) and not np.isnan(float(p))
+    except OverflowError:  # an int beyond float range (10**400)
+        ok = False
+    if not ok:
+        raise RefquantError(f"{name} must be a real number (or ±inf) in float range, got {p!r:.60}")
     return float(p)
 
 
@@ -214,7 +218,15 @@ def random_scores(shape, seed=None) -> np.ndarray:
     streams cannot agree).
     """
     shape = as_shape(shape)
-    return np.random.default_rng(seed).random(shape)
+    try:
+        rng = np.random.default_rng(seed)
+    except (TypeError, ValueError) as e:
+        raise RefquantError(f"seed must be None, a non-negative int or a numpy Generator / SeedSequence, "
+                            f"got {seed!r:.60}: {e}") from None
+    try:
+        return rng.random(shape)
+    except ValueError as e:  # "Maximum allowed dimension exceeded"
+        raise RefquantError(f"shape {shape!r:.60} is too large: {e}") from None
 
 
 # --------------------------------------------------------------------------- gradients
@@ -575,7 +587,7 @@ def outlier_ratio(scores, m=5.0) -> float:
         raise RefquantError("scores is empty; expected at least one score")
     if np.isnan(s).any():
         raise RefquantError("scores contains NaN")
-    m = float(m)
+    m = _check_p(m, "m")
     return float(np.count_nonzero(s > np.mean(s) * m)) / s.size * 100.0
 
 

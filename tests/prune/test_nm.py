@@ -343,3 +343,9 @@ def test_block_threshold_ties_keep_every_block_at_the_threshold_like_tfmot():
 def test_bad_block_arguments_are_named(args, kwargs, match):
     with pytest.raises(RefquantError, match=match):
         block_mask(*args, **kwargs)
+
+
+def test_block_sparsity_beyond_float_range_is_refused():
+    # float(10**400) raised OverflowError
+    with pytest.raises(RefquantError, match="sparsity"):
+        block_mask(np.ones((4, 4)), (2, 2), 10**400)

@@ -176,3 +176,14 @@ def test_bad_schedule_arguments_are_refused(call, match):
 def test_bad_schedule_arguments_are_refusals_not_numpy_or_python_errors(call, match):
     with pytest.raises(RefquantError, match=match):
         call()
+
+
+@pytest.mark.parametrize("call", [
+    lambda: gradual_sparsity(1, initial_sparsity=10**400, final_sparsity=0.5, n_steps=3),
+    lambda: iterative_rate(10**400, 2),
+    lambda: iterative_sparsity(10**400, 2),
+])
+def test_fraction_beyond_float_range_is_refused(call):
+    # float(10**400) raised OverflowError
+    with pytest.raises(RefquantError, match="must be in range"):
+        call()

@@ -247,3 +247,22 @@ def test_non_numeric_sparsity_lam_and_non_sequence_scores_are_refquant_errors(ca
     # float("x") / float([0.5]) / iterating a 0-d array raised ValueError / TypeError
     with pytest.raises(RefquantError):
         call()
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        # OverflowError / ValueError / TypeError from float() or default_rng before
+        (lambda: S.ln_norm(np.ones((2, 2)), 10**400), "p"),
+        (lambda: S.lp_power_sum(np.ones((2, 2)), 10**400), "p"),
+        (lambda: S.outlier_ratio(np.ones(4), "a"), "m"),
+        (lambda: S.outlier_ratio(np.ones(4), None), "m"),
+        (lambda: S.outlier_ratio(np.ones(4), 10**400), "m"),
+        (lambda: S.random_scores((2, 2), seed="a"), "seed"),
+        (lambda: S.random_scores((2, 2), seed=-1), "seed"),
+        (lambda: S.random_scores(10**400), "shape"),
+    ],
+)
+def test_unconvertible_numbers_and_seeds_are_refused(call, match):
+    with pytest.raises(RefquantError, match=match):
+        call()
