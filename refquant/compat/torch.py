@@ -704,10 +704,9 @@ class _UniformObserver:
             if symmetric:
                 zp = np.full(scale.shape, self._symmetric_zero_point(), dtype=np.int64)
             else:
-                zp = qp.zero_point
-                if self.dtype == "qint32":
-                    zp = _qint32_zero_point(lo, qp.scale, qmin, qmax)
-                zp = zp.astype(np.int32)
+                # torch forms quant_min - round(min / s).to(int) in int32, for every dtype
+                # (a custom 2^32-code range makes quint8 wrap as qint32 does)
+                zp = _qint32_zero_point(lo, qp.scale, qmin, qmax).astype(np.int32)
             dscale, dzp = self._direct_qparams(min_val, max_val)
             special = special | (dscale == 0) | np.isnan(dscale)
             scale = np.where(special, dscale, scale).astype(_F)
@@ -756,8 +755,10 @@ class _UniformObserver:
 
     @staticmethod
     def _as_float32(x):
+        # torch's observers convert any floating input to float32 (x.to(min_val.dtype));
+        # bfloat16 (an ml_dtypes type, dtype kind 'V') converts exactly
         a = np.asarray(x)
-        if a.dtype.kind not in "fiub":
+        if a.dtype.kind not in "fiub" and a.dtype.name != "bfloat16":
             raise RefquantError(f"x must be a real array, got dtype {a.dtype}")
         return a.astype(np.float32)
 
@@ -765,10 +766,11 @@ class _UniformObserver:
 def _qint32_zero_point(lo, scale, qmin, qmax):
     """``quant_min - round(min_neg / scale).to(int32)``, clamped, in exact integers.
 
-    Torch subtracts in int32 arithmetic, which the core's exact integer zero
-    point does not wrap. Quirk: a quotient outside int32 (|min / s| >= 2^31,
-    possible only for qint32) converts to INT32_MIN, and
-    ``-2^31 - INT32_MIN = 0``: min = -300 gives zero point 0.
+    Used for every dtype (the name is historical). Torch subtracts in int32
+    arithmetic, which the core's exact integer zero point does not wrap. Quirk: a
+    quotient outside int32 (|min / s| >= 2^31, possible only for a range of more
+    than 2^31 codes: qint32, or quint8 with a custom 32-bit range) converts to
+    INT32_MIN, and ``-2^31 - INT32_MIN = 0``: min = -300 gives zero point 0.
     """
     lo_neg = np.minimum(np.asarray(lo, dtype=np.float32), _F(0))
     r = np.rint((lo_neg / scale).astype(np.float32)).astype(np.float64)

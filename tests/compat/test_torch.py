@@ -389,3 +389,31 @@ def test_per_channel_dequantize_rounds_twice_through_double_as_torch():
     # which goes to 1.0 (the core's single rounding gives 1 + 2^-23)
     s = (1 + 2.0**-24) / 3
     assert rt.dequantize(np.array([[3]], np.uint8), [s], [0], axis=0)[0, 0] == 1.0
+
+
+def test_affine_observer_with_a_32_bit_custom_range_wraps_the_zero_point_for_every_dtype():
+    # quint8 with quant_min, quant_max = -2^31, 2^31 - 1 (torch accepts any 2^32-code
+    # range) on [-512, 0]: scale = 512 / float32(2^32 - 1) = 2^-23; -512 / 2^-23 = -2^32 is
+    # outside int32, .to(torch.int) gives INT32_MIN and -2^31 - INT32_MIN = 0 (was
+    # 2^31 - 1: the int32 wrap was applied to qint32 only)
+    for name in ("quint8", "qint32"):
+        obs = rt.MinMaxObserver(dtype=name, quant_min=-(2**31), quant_max=2**31 - 1)
+        s, z = _qparams(obs, [-512.0, 0.0])
+        assert s.tolist() == [2.0**-23] and z.tolist() == [0], name
+
+
+def test_observers_take_bfloat16_input_as_torch_does():
+    # torch's observers convert any floating input to their float32 buffers; bfloat16
+    # raised RefquantError ('x must be a real array'). [-1, 3]: scale 4/255, zero point
+    # 0 - round(-1 / (4/255)) = round(63.75) = 64; per channel the same per row
+    import ml_dtypes
+
+    x = np.array([-1.0, 3.0], ml_dtypes.bfloat16)
+    obs = rt.MinMaxObserver()
+    assert obs.forward(x) is x
+    s, z = obs.calculate_qparams()
+    assert s.tolist() == [F(F(4) / F(255))] and z.tolist() == [64]
+    obs = rt.MovingAveragePerChannelMinMaxObserver()
+    obs.forward(np.stack([x, x]))
+    s, z = obs.calculate_qparams()
+    assert s.tolist() == [F(F(4) / F(255))] * 2 and z.tolist() == [64, 64]
