@@ -491,6 +491,12 @@ def fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, 
             f"scale and zero_point must have {x.shape[ax]} elements (the size of axis {ax}); "
             f"got {s.size} and {z.size}"
         )
+    if z.size == 0:
+        raise RefquantError(
+            f"axis {ax} of input shape {x.shape} has no channel (torch's zero_point.min() "
+            "range check raises: 'min(): Expected reduction dim to be specified for "
+            "input.numel() == 0')"
+        )
     _check_fake_args(qmin, qmax, z)
     view = [1] * x.ndim
     view[ax] = -1

@@ -250,6 +250,14 @@ def test_histogram_observer_forward_returns_its_input_and_drops_inf():
             ),
             "quant_min",
         ),
+        # a channel axis of length 0: torch's zero_point.min() range check raises (refquant
+        # returned an empty array)
+        (
+            lambda: rt.fake_quantize_per_channel_affine(
+                np.ones((2, 0), F), np.ones(0, F), np.zeros(0, np.int32), 1, 0, 255
+            ),
+            "no channel",
+        ),
         (lambda: rt.quantize_per_tensor(np.ones(2, F), 0.1, 300, "quint8"), "above upper bound"),
         (lambda: rt.quantize_per_tensor(np.ones(2, F), 0.1, -1, "quint8"), "below lower bound"),
         (lambda: rt.quantize_per_tensor(np.ones(2), 0.1, 0, "quint8"), "Float Tensor"),
