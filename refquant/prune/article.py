@@ -37,9 +37,12 @@ the snippet runs), so the tutorial can show the difference.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .._errors import RefquantError
+from ._arrays import as_array
 from .masks import apply_mask, unstructured_mask
 from .scores import ln_norm
 
@@ -85,7 +88,7 @@ def article_weight_pruning(w, amount, *, norm="l1", axis=None, rule="torch"):
     The founding article, section 3.2.1 (权重剪枝): steps 1-3 and
     :math:`x_{prune} = x_{orig} - x_{unimportant}`.
     """
-    w = np.asarray(w)
+    w = as_array(w, "w")
     if w.dtype.kind not in "biuf" or w.size == 0:
         raise RefquantError(f"w must be a non-empty real array, got dtype {w.dtype}, shape {w.shape}")
     if norm not in ("l1", "l2"):
@@ -134,7 +137,9 @@ def article_snippet_as_written(w, threshold=0.1):
     The founding article, section 4.2 (剪枝代码实例). As written it raises
     ``TypeError`` (``torch.sum`` of the generator ``model.parameters()``).
     """
-    w = np.asarray(w)
+    w = as_array(w, "w")
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
+        raise RefquantError(f"threshold must be a real number, got {threshold!r:.60}")
     if w.ndim != 2:
         raise RefquantError(f"w must be a 2-D (out, in) weight, got shape {w.shape}")
     importance = np.sum(w, axis=0)

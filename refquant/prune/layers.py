@@ -264,7 +264,10 @@ def choose_layers_to_drop(importance, n: int) -> np.ndarray:
     ---------
     ShortGPT §3.2: remove the layers of lowest Block Influence.
     """
-    s = np.asarray(importance, dtype=np.float64)
+    try:
+        s = np.asarray(importance, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise RefquantError(f"importance must be a 1-D array of numbers: {e}") from None
     if s.ndim != 1 or s.size == 0:
         raise RefquantError(f"importance must be a non-empty 1-D array, got shape {s.shape}")
     if np.isnan(s).any():

@@ -197,8 +197,10 @@ def bitmask_compress(x, *, mask=None):
     if a.ndim == 1:
         a = a[None, :]
     a = _dense2d(a, "x")
-    if mask is not None and np.ndim(mask) == 1:
-        mask = np.asarray(mask)[None, :]
+    if mask is not None:
+        mask = as_array(mask, "mask")
+        if mask.ndim == 1:
+            mask = mask[None, :]
     keep = _structure(a, mask, "keep")
     counts = keep.sum(axis=1).astype(np.int64)
     row_offsets = np.cumsum(counts) - counts

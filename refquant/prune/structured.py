@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._errors import RefquantError
+from ._arrays import as_array, as_count
 
 __all__ = [
     "Coupling",
@@ -266,7 +267,14 @@ def channel_to_columns(channels, n_channels: int, repeat: int, order: str = "cha
     ---------
     PyTorch ``torch.flatten`` and NumPy ``reshape`` (C order) of (C, H, W) and (H, W, C) maps.
     """
-    ch = np.asarray(channels, dtype=np.int64).reshape(-1)
+    if not isinstance(order, str) or order not in _ORDERS:
+        raise RefquantError(f"order must be one of {_ORDERS}, got {order!r:.60}")
+    n_channels = as_count(n_channels, "n_channels")
+    repeat = as_count(repeat, "repeat")
+    ch = as_array(channels, "channels").reshape(-1)
+    if ch.size and (ch.dtype.kind not in "iu" or ch.min() < 0 or ch.max() >= n_channels):
+        raise RefquantError(f"channels must be integers in [0, {n_channels}), got {channels!r:.60}")
+    ch = ch.astype(np.int64)
     s = np.arange(repeat, dtype=np.int64)
     if order == "channel_major":
         idx = ch[:, None] * repeat + s[None, :]

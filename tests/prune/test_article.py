@@ -69,3 +69,15 @@ def test_the_article_snippet_raises_in_torch_and_matches_once_made_to_run():
     importance = torch.sum(parameters, dim=0)
     unimportant = torch.where(importance < 0.1, parameters, torch.zeros_like(parameters))
     assert np.array_equal(article_snippet_as_written(parameters.numpy()), unimportant.numpy())
+
+
+@pytest.mark.parametrize("call, match", [
+    # ragged lists raised numpy's ValueError; threshold 'a' / None a ufunc TypeError
+    (lambda: article_snippet_as_written([[1.0], [1.0, 2.0]]), "w"),
+    (lambda: article_snippet_as_written(np.ones((2, 2)), "a"), "threshold"),
+    (lambda: article_snippet_as_written(np.ones((2, 2)), None), "threshold"),
+    (lambda: article_weight_pruning([[1.0], [1.0, 2.0]], 0.5), "w"),
+])
+def test_unconvertible_article_inputs_are_refused(call, match):
+    with pytest.raises(RefquantError, match=match):
+        call()

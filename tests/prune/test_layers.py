@@ -155,3 +155,10 @@ def test_choose_layers_to_drop_breaks_ties_toward_the_lower_index():
 def test_bad_layer_pruning_input_is_named(call, match):
     with pytest.raises(RefquantError, match=match):
         call()
+
+
+@pytest.mark.parametrize("importance", ["a", [[1.0], [1.0, 2.0]], {"x": 1}, [10**400, 1]])
+def test_unconvertible_importance_is_refused(importance):
+    # float conversion raised ValueError / TypeError / OverflowError
+    with pytest.raises(RefquantError, match="importance"):
+        choose_layers_to_drop(importance, 1)

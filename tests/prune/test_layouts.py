@@ -218,3 +218,9 @@ def test_compress_nan_payloads_exact_or_as_torch_cpu(dtype, bits, torch_bits):
     assert torchlike.view(np.uint16)[0, 0] == torch_bits
     with pytest.raises(RefquantError, match="nan_payloads"):
         semi_structured_compress(x, nan_payloads="cuda")
+
+
+def test_ragged_bitmask_mask_is_refused():
+    # np.asarray of the ragged mask raised numpy's ValueError
+    with pytest.raises(RefquantError, match="mask"):
+        bitmask_compress(np.ones((2, 2)), mask=[[True], [True, False]])

@@ -256,3 +256,22 @@ def test_nan_weights_empty_tensors_and_bad_scores_are_named():
         structured_prune(small_net(), COUPLINGS, {"fc9.weight:0": 1})
     with pytest.raises(RefquantError, match="norm"):
         structured_prune(small_net(), COUPLINGS, 1, norm="l3")
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        # channel 5 of 4 gave flat indices [10, 11] past C*R = 8; -1 gave [-2, -1];
+        # 'a' / None raised ValueError / TypeError; repeat=-1 returned nothing
+        (([5], 4, 2), "channels"),
+        (([-1], 4, 2), "channels"),
+        ((["a"], 4, 2), "channels"),
+        ((None, 4, 2), "channels"),
+        (([1], 4, -1), "repeat"),
+        (([1], "a", 2), "n_channels"),
+        (([1], 4, 2, "rows"), "order"),
+    ],
+)
+def test_channel_to_columns_refuses_channels_outside_the_axis(args, match):
+    with pytest.raises(RefquantError, match=match):
+        channel_to_columns(*args)
