@@ -79,6 +79,7 @@ Semantics matched (torch 2.x ``torch/nn/utils/prune.py``):
 from __future__ import annotations
 
 import numbers
+import operator
 from collections.abc import Iterable, MutableMapping
 
 import numpy as np
@@ -174,7 +175,31 @@ def _validate_structured_pruning(t: np.ndarray) -> None:
         )
 
 
+def _as_tensor(x, what: str) -> np.ndarray:
+    """``np.asarray(x)`` of a real (or bool) array; anything else is refused, naming ``what``."""
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise RefquantError(f"{what} must be an array of numbers: {e}") from None
+    if a.dtype.kind not in "biuf" and not a.dtype.name.startswith(("float", "bfloat")):  # ml_dtypes too
+        raise PruneTypeError(f"{what} must be an array of real numbers, got dtype {a.dtype}")
+    return a
+
+
+def _rng(seed):
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as e:
+        raise RefquantError(f"seed must be None, a non-negative int or a numpy Generator, got {seed!r:.60}: {e}") from None
+
+
 def _validate_pruning_dim(t: np.ndarray, dim: int) -> int:
+    if isinstance(dim, bool):
+        dim = int(dim)
+    try:
+        dim = operator.index(dim)
+    except TypeError:
+        raise PruneTypeError(f"dim must be an int, got {dim!r:.60}") from None
     if dim >= t.ndim or dim < -t.ndim:
         raise PruneIndexError(f"Invalid index {dim} for tensor of size {t.shape}")
     return dim % t.ndim
@@ -237,7 +262,7 @@ class RandomUnstructured(_Method):
         mask = default_mask.copy()
         if k:
             _check_k(k, "topk")
-            prob = np.random.default_rng(self.seed).random(t.size)
+            prob = _rng(self.seed).random(t.size)
             mask.reshape(-1)[np.argsort(-prob, kind="stable")[:k]] = 0
         return mask
 
@@ -263,6 +288,12 @@ class LnStructured(_Method):
             if n != "fro":
                 raise RefquantError(f"n={n!r} is not supported; expected a number, ±inf or 'fro'")
             n = 2
+        try:
+            ok = isinstance(n, numbers.Real) and not np.isnan(float(n))
+        except OverflowError:  # an int beyond float range
+            ok = False
+        if not ok:
+            raise RefquantError(f"n={n!r:.60} is not supported; expected a number, ±inf or 'fro'")
         self.amount = amount
         self.n = n
         self.dim = dim
@@ -295,7 +326,7 @@ class RandomStructured(_Method):
         if k == 0:
             return default_mask
         _check_k(k, "kthvalue")
-        prob = np.random.default_rng(self.seed).random(size)
+        prob = _rng(self.seed).random(size)
         threshold = np.sort(prob)[k - 1]  # torch.kthvalue(prob, k)
         mask = np.zeros_like(default_mask)
         mask[_channel_slice(t.ndim, dim, prob > threshold)] = 1
@@ -308,7 +339,7 @@ class CustomFromMask(_Method):
     PRUNING_TYPE = "global"
 
     def __init__(self, mask):
-        self.mask = np.asarray(mask)
+        self.mask = _as_tensor(mask, "mask")
 
     def compute_mask(self, t, default_mask):
         if default_mask.shape != self.mask.shape:
@@ -338,6 +369,8 @@ def _combine(method: _Method, t: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def _check_module(module, name: str) -> None:
     if not isinstance(module, MutableMapping):
         raise RefquantError(f"module must be a mutable mapping of names to arrays, got {type(module).__name__}")
+    if not isinstance(name, str):
+        raise PruneTypeError(f"name must be a str, got {name!r:.60}")  # torch: getattr's TypeError
     if name not in module and name + "_orig" not in module:
         raise RefquantError(f"module has no tensor named {name!r}; it has {sorted(module)}")
 
@@ -346,9 +379,10 @@ def _current(module, name: str) -> np.ndarray:
     """``getattr(module, name)``: the pruned tensor if pruned, else the tensor."""
     if name + "_mask" in module:
         if name + "_orig" in module:
-            return np.asarray(module[name + "_mask"]) * np.asarray(module[name + "_orig"])
-        return np.asarray(module[name])
-    return np.asarray(module[name])
+            return (_as_tensor(module[name + "_mask"], f"module[{name + '_mask'!r}]")
+                    * _as_tensor(module[name + "_orig"], f"module[{name + '_orig'!r}]"))
+        return _as_tensor(module[name], f"module[{name!r}]")
+    return _as_tensor(module[name], f"module[{name!r}]")
 
 
 def _apply(module, name: str, method: _Method, importance_scores=None, naming: str = "torch"):
@@ -357,7 +391,7 @@ def _apply(module, name: str, method: _Method, importance_scores=None, naming: s
     _check_module(module, name)
     current = _current(module, name)
     if importance_scores is not None:
-        importance_scores = np.asarray(importance_scores)
+        importance_scores = _as_tensor(importance_scores, "importance_scores")
         if importance_scores.shape != current.shape:
             raise RefquantError(
                 f"importance_scores should have the same shape as parameter {name}, "
@@ -475,7 +509,7 @@ def custom_from_mask(module, name, mask, *, naming="torch"):
     ``torch.nn.utils.prune.CustomFromMask``.
     """
     _check_module(module, name)
-    mask = np.asarray(mask)
+    mask = _as_tensor(mask, "mask")
     if mask.shape != _current(module, name).shape:
         raise RefquantError(f"mask has shape {mask.shape}; expected {_current(module, name).shape}")
     return _apply(module, name, CustomFromMask(mask), naming=naming)
@@ -506,7 +540,15 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, *, n
     """
     if not isinstance(parameters, Iterable):
         raise PruneTypeError("global_unstructured(): parameters is not an Iterable")
-    parameters = list(parameters)
+    try:
+        parameters = list(parameters)
+    except TypeError:  # a 0-d array is an Iterable that cannot be iterated
+        raise PruneTypeError("global_unstructured(): parameters is not an Iterable") from None
+    if not parameters:
+        raise RefquantError("torch.cat(): expected a non-empty list of Tensors")  # torch's ValueError
+    for item in parameters:
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise PruneTypeError(f"global_unstructured(): parameters must hold (module, name) pairs, got {item!r:.60}")
     for module, name in parameters:
         _check_module(module, name)
     if importance_scores is None:
@@ -532,7 +574,7 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, *, n
     currents = [_current(m, n) for m, n in parameters]
     imps = []
     for (_, n), cur, s in zip(parameters, currents, scores, strict=True):
-        s = cur if s is None else np.asarray(s)
+        s = cur if s is None else _as_tensor(s, f"importance_scores for {n!r}")
         if s.shape != cur.shape:
             raise RefquantError(f"importance_scores for {n!r} has shape {s.shape}; expected {cur.shape}")
         imps.append(np.asarray(s, dtype=np.float64).reshape(-1))

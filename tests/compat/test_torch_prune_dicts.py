@@ -211,3 +211,33 @@ def test_ln_structured_accepts_negative_n_as_torch_norm_does(n, keep):
     assert m["weight_mask"][:, 0].tolist() == [0.0, 1.0, 1.0]
     m = prune.ln_structured(module(w), "weight", 2, n=n, dim=0)
     assert m["weight_mask"][:, 0].tolist() == [float(x) for x in keep]
+
+
+def _w():
+    return {"weight": np.arange(12.0).reshape(3, 4) - 5}
+
+
+@pytest.mark.parametrize(
+    "call, kind",
+    [
+        # each raised a plain TypeError / ValueError / OverflowError / numpy error before
+        (lambda: prune.ln_structured(_w(), "weight", 1, 2, "a"), TypeError),
+        (lambda: prune.random_structured(_w(), "weight", 1, "a"), TypeError),
+        (lambda: prune.l1_unstructured(_w(), None, 1), TypeError),
+        (lambda: prune.l1_unstructured({"weight": np.array(["x", "y"])}, "weight", 1), TypeError),
+        (lambda: prune.l1_unstructured({"weight": [[1.0], [1.0, 2.0]]}, "weight", 1), None),
+        (lambda: prune.l1_unstructured(_w(), "weight", 2, importance_scores=[[1.0], [1.0, 2.0]]), None),
+        (lambda: prune.custom_from_mask(_w(), "weight", [[1.0], [1.0, 2.0]]), None),
+        (lambda: prune.random_unstructured(_w(), "weight", 2, seed="a"), None),
+        (lambda: prune.random_structured(_w(), "weight", 1, 0, seed=-1), None),
+        (lambda: prune.ln_structured(_w(), "weight", 1, 10**400, 0), None),
+        (lambda: prune.global_unstructured(["a"], prune.L1Unstructured, amount=1), TypeError),
+        (lambda: prune.global_unstructured(np.array(0.5), prune.L1Unstructured, amount=1), TypeError),
+        (lambda: prune.global_unstructured([], prune.L1Unstructured, amount=1), None),
+    ],
+)
+def test_malformed_arguments_are_refquant_errors(call, kind):
+    with pytest.raises(RefquantError) as e:
+        call()
+    if kind is not None:
+        assert isinstance(e.value, kind)
