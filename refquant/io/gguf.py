@@ -302,6 +302,8 @@ def _check_gguf_inputs(tensors, metadata):
     for name, a in tensors.items():
         if not isinstance(name, str):
             raise RefquantError(f"tensor name {name!r} must be a str")
+        if any(0xD800 <= ord(c) <= 0xDFFF for c in name):  # GGUF strings are UTF-8
+            raise RefquantError(f"tensor name {name!r:.60} holds a lone surrogate; expected Unicode text")
         try:
             a = np.asarray(a)
         except (ValueError, TypeError) as e:

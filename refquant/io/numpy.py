@@ -224,12 +224,19 @@ def save_npz(tensors, path, *, overwrite=False):
     for k, v in dict(tensors).items():
         if not isinstance(k, str):
             raise RefquantError(f"tensor name {k!r} must be a str")
+        # a zip member name is UTF-8 and stops at a NUL ('a\x00b' came back as 'a')
+        if "\0" in k or any(0xD800 <= ord(c) <= 0xDFFF for c in k):
+            raise RefquantError(f"tensor name {k!r:.60} holds a NUL or a lone surrogate; a zip member name cannot")
         try:
             a = np.asarray(v)
         except (ValueError, TypeError) as e:
             raise RefquantError(f"tensor {k!r} is not an array: {e}") from None
         if a.dtype.hasobject:
             raise RefquantError(f"tensor {k!r} has dtype object; npz without pickle cannot hold it")
+        if a.dtype.fields and any(f[0].byteorder == ">" for f in a.dtype.fields.values()):
+            raise RefquantError(f"tensor {k!r} has big-endian fields ({a.dtype}); the npz reader takes little-endian")
+        if a.dtype.byteorder == ">":  # stored little-endian, as the reader requires; values unchanged
+            a = a.astype(a.dtype.newbyteorder("<"))
         arrays[k] = a
 
     def write(f):

@@ -148,3 +148,10 @@ def test_save_gguf_refuses_what_gguf_cannot_hold_and_writes_nothing(tmp_path, kw
     with pytest.raises(RefquantError, match=match):
         save_gguf(kw.pop("tensors"), tmp_path / "o.gguf", **kw)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_save_gguf_refuses_a_lone_surrogate_name(tmp_path):
+    # UnicodeEncodeError escaped from the writer
+    with pytest.raises(RefquantError, match="lone surrogate"):
+        rio.save({"\ud800": np.ones(2, np.float32)}, tmp_path / "a.gguf")
+    assert not (tmp_path / "a.gguf").exists()

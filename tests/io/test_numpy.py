@@ -121,3 +121,21 @@ def test_save_npz_refuses_ragged_lists_and_non_mappings(tmp_path, tensors, match
     with pytest.raises(RefquantError, match=match):
         save_npz(tensors, tmp_path / "o.npz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_save_npz_writes_big_endian_input_little_endian_so_it_reads_back(tmp_path):
+    # a '>f4' array was written big-endian, which open() then refused
+    a = np.array([1.5, -2.0, 65504.0], dtype=">f4")
+    save_npz({"w": a}, tmp_path / "a.npz")
+    with rio.open(tmp_path / "a.npz") as ck:
+        assert ck["w"].dtype == np.dtype("<f4")
+        assert ck["w"].tolist() == [1.5, -2.0, 65504.0]
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "\ud800"])
+def test_save_npz_refuses_names_a_zip_member_cannot_hold(tmp_path, name):
+    # 'a\x00b' wrote a member that read back as 'a' (then refused as an unknown
+    # layout); '\ud800' raised UnicodeEncodeError
+    with pytest.raises(RefquantError, match="NUL or a lone surrogate"):
+        save_npz({name: np.ones(2)}, tmp_path / "a.npz")
+    assert not (tmp_path / "a.npz").exists()
