@@ -154,3 +154,25 @@ def test_torch_pruning_quirk_manual_prune_width_prunes_the_kept_fraction(peers):
                                        pruning_ratio=0.5, ignored_layers=[model[2]])
     pruner.manual_prune_width(model[0], tp.prune_linear_out_channels, 0.3)
     assert model[0].out_features == 3  # int(10 * (1 - 0.3)) = 7 pruned, not 3
+
+
+@pytest.mark.parametrize("normalizer", ["standarization", "max"])
+def test_min_max_normalizers_equal_torch_pruning_bit_for_bit(peers, normalizer):
+    # torch evaluates (s - min) / (max - min + 1e-8) in float32; refquant evaluated
+    # it in float64 and rounded once: 0.43157318 and 0.65774876 where torch (and
+    # now refquant) give 0.43157321 and 0.65774882
+    torch, tp = peers
+    x = np.array([1.1360465288162231, 0.10970640182495117, 0.5526472926139832, 0.7847803831100464],
+                 dtype=np.float32)
+    model = torch.nn.Sequential(torch.nn.Linear(1, 4, bias=False)).double()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor(x.astype(np.float64))[:, None])
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.ones(1, 1).double())
+    group = dg.get_pruning_group(model[0], tp.prune_linear_out_channels, idxs=list(range(4)))
+    want = tp.importance.MagnitudeImportance(p=1, group_reduction="first", normalizer=normalizer)(group).numpy()
+    got = rtp.MagnitudeImportance(p=1, group_reduction="first", normalizer=normalizer)(
+        {"0.weight": x[:, None].astype(np.float64)}, [("0.weight", 0)])
+    assert got.dtype == want.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    if normalizer == "standarization":
+        assert got[2] == np.float32(0.43157321214675903)
