@@ -17,8 +17,11 @@ Rules checked by the reader (each failure names the file and the rule):
 * the header is UTF-8 JSON, an object that starts with ``{``, no duplicate keys,
   no lone surrogate escapes (``"\\ud800"``) and no ``-0`` (serde_json, which
   safetensors parses with, refuses both: ``-0`` is a float to it),
-  ``__metadata__`` maps str to str, every entry has exactly ``dtype``, ``shape``,
-  ``data_offsets``;
+  ``__metadata__`` maps str to str, every entry has ``dtype``, ``shape`` and
+  ``data_offsets`` (other fields are ignored, as safetensors' serde struct
+  ignores them). Departure: safetensors keeps the *last* of two tensors of the
+  same name (serde builds a map), refquant refuses the file (duplicate fields
+  *within* an entry both refuse);
 * sorted by offsets the tensors tile the buffer: the first begins at 0, each
   begins where the previous ended, and the last ends at the end of the file (no
   gaps, no overlaps, no trailing bytes);
@@ -195,10 +198,10 @@ def parse_header(raw: bytes, file_size: int, path="<bytes>"):
         raise fail(path, "__metadata__ must map strings to strings")
     entries = []
     for name, e in header.items():
-        if not isinstance(e, dict) or set(e) != {"dtype", "shape", "data_offsets"}:
+        if not isinstance(e, dict) or not {"dtype", "shape", "data_offsets"} <= set(e):
             raise fail(
                 path,
-                f"tensor {name!r}: entry {e!r:.200} must hold exactly dtype, shape, data_offsets",
+                f"tensor {name!r}: entry {e!r:.200} must hold dtype, shape and data_offsets",
             )
         dt = e["dtype"]
         if not isinstance(dt, str) or dt not in SAFETENSORS_DTYPES:

@@ -95,3 +95,22 @@ def test_package_rejects_what_refquant_rejects_trailing_bytes(tmp_path):
         safetensors.safe_open(p, "np")
     with pytest.raises(RefquantError, match="trailing"):
         rio.open(p)
+
+
+def test_an_entry_with_an_extra_field_reads_as_safetensors_reads_it(tmp_path):
+    # safetensors' serde struct ignores unknown fields; refquant refused the file
+    # ("must hold exactly dtype, shape, data_offsets") though the docstring cites
+    # safetensors' own rules
+    import json
+    import struct
+
+    safetensors = import_peer("safetensors")
+    h = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8], "x": {"n": [1]}}}).encode()
+    h += b" " * (-len(h) % 8)
+    p = tmp_path / "x.safetensors"
+    p.write_bytes(struct.pack("<Q", len(h)) + h + np.array([1.5, -2.0], np.float32).tobytes())
+    with safetensors.safe_open(p, "np") as f:
+        want = f.get_tensor("w")
+    with rio.open(p) as ck:
+        np.testing.assert_array_equal(ck["w"], want)
+        assert ck["w"].tolist() == [1.5, -2.0]
