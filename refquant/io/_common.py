@@ -239,12 +239,15 @@ def atomic_target(path, *, overwrite: bool):
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise RefquantError(f"folder {os.fspath(folder)!r} of path does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:  # a folder that takes no new files (/proc, read-only, full)
+        raise RefquantError(f"cannot create a file in {os.fspath(folder)!r}: {e.strerror or e}") from None
     os.close(fd)
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException:  # (an OSError while writing, disk full, propagates as itself)
         try:
             os.unlink(tmp)
         except OSError:

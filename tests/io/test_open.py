@@ -161,3 +161,11 @@ def test_shard_name_with_a_nul_byte_is_refused(tmp_path):
     idx.write_text(json.dumps({"weight_map": {"w": "w\u0000.safetensors"}}))
     with pytest.raises(RefquantError, match="NUL"):
         rio.open(idx)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+@pytest.mark.parametrize("fmt", ["safetensors", "npz", "gguf"])
+def test_a_folder_that_takes_no_files_is_a_refquant_error(fmt):
+    # tempfile.mkstemp in /proc raised FileNotFoundError from every writer
+    with pytest.raises(RefquantError, match="cannot create a file"):
+        rio.save({"a": np.ones(2, np.float32)}, f"/proc/refquant-test.{fmt}")
