@@ -274,6 +274,10 @@ def _gguf_value_kind(v, key):
             raise RefquantError(f"metadata {key!r}: string {v!r:.60} is not Unicode text") from None
         return "str"
     if isinstance(v, bytes | bytearray):
+        try:  # GGUF strings are UTF-8: the reader refuses any other bytes
+            bytes(v).decode("utf-8")
+        except UnicodeDecodeError:
+            raise RefquantError(f"metadata {key!r}: bytes {bytes(v)!r:.60} are not UTF-8 text") from None
         return "str"
     if isinstance(v, float):
         return "float"

@@ -155,3 +155,12 @@ def test_save_gguf_refuses_a_lone_surrogate_name(tmp_path):
     with pytest.raises(RefquantError, match="lone surrogate"):
         rio.save({"\ud800": np.ones(2, np.float32)}, tmp_path / "a.gguf")
     assert not (tmp_path / "a.gguf").exists()
+
+
+def test_save_gguf_refuses_metadata_bytes_that_are_not_utf8(tmp_path):
+    # b'\xff' was written as a GGUF string that open() then refused ("not UTF-8")
+    with pytest.raises(RefquantError, match="not UTF-8"):
+        rio.save({"a": np.ones(2, np.float32)}, tmp_path / "a.gguf", metadata={"k": b"\xff"})
+    assert not (tmp_path / "a.gguf").exists()
+    rio.save({"a": np.ones(2, np.float32)}, tmp_path / "b.gguf", metadata={"k": "é".encode()})
+    assert rio.open(tmp_path / "b.gguf").metadata["k"] == "é"
