@@ -8,7 +8,7 @@ import numpy as np
 
 from .._errors import RefquantError
 
-__all__ = ["as_array", "as_shape", "as_count"]
+__all__ = ["as_array", "as_shape", "as_count", "is_choice"]
 
 
 def as_array(x, name: str) -> np.ndarray:
@@ -41,3 +41,12 @@ def as_shape(shape, name: str = "shape") -> tuple[int, ...]:
     except TypeError:
         raise RefquantError(f"{name} must be an integer or a sequence of integers, got {shape!r:.60}") from None
     return tuple(as_count(d, f"{name}[{i}]") for i, d in enumerate(dims))
+
+
+def is_choice(value, choices) -> bool:
+    """Whether ``value`` is one of the option names ``choices`` (str, or None where listed).
+
+    ``value in choices`` is not enough: an array compared with the names raises
+    numpy's "truth value of an array is ambiguous" ValueError.
+    """
+    return (value is None and None in choices) or (isinstance(value, str) and value in choices)

@@ -42,7 +42,7 @@ import numbers
 import numpy as np
 
 from .._errors import RefquantError
-from ._arrays import as_array
+from ._arrays import as_array, is_choice
 from .masks import apply_mask, unstructured_mask
 from .scores import ln_norm
 
@@ -91,7 +91,7 @@ def article_weight_pruning(w, amount, *, norm="l1", axis=None, rule="torch"):
     w = as_array(w, "w")
     if w.dtype.kind not in "biuf" or w.size == 0:
         raise RefquantError(f"w must be a non-empty real array, got dtype {w.dtype}, shape {w.shape}")
-    if norm not in ("l1", "l2"):
+    if not is_choice(norm, ("l1", "l2")):
         raise RefquantError(f"norm must be 'l1' or 'l2', got {norm!r}")
     wf = w.astype(np.float64)
     peak = np.max(np.abs(wf))

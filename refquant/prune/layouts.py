@@ -23,7 +23,7 @@ import operator
 import numpy as np
 
 from .._errors import RefquantError
-from ._arrays import as_array, as_shape
+from ._arrays import as_array, as_shape, is_choice
 from .nm import nm_mask
 
 __all__ = [
@@ -50,7 +50,7 @@ def _dense2d(x, name: str) -> np.ndarray:
 
 def _structure(a: np.ndarray, mask, explicit_zeros: str, name: str = "mask") -> np.ndarray:
     """Which positions are stored: the mask (or ``a != 0``), minus zeros if dropped."""
-    if explicit_zeros not in ("keep", "drop"):
+    if not is_choice(explicit_zeros, ("keep", "drop")):
         raise RefquantError(f"explicit_zeros must be 'keep' or 'drop', got {explicit_zeros!r}")
     if mask is None:
         keep = a != 0
@@ -414,7 +414,7 @@ def semi_structured_compress(dense, *, reorder: bool = True, nan_payloads: str =
     ``sparse_semi_structured_from_dense_cutlass`` (its Espresso-minimised
     boolean formulas equal the table ``_META_TABLE`` here).
     """
-    if nan_payloads not in ("exact", "torch_cpu"):
+    if not is_choice(nan_payloads, ("exact", "torch_cpu")):
         raise RefquantError(f"nan_payloads must be 'exact' or 'torch_cpu', got {nan_payloads!r}")
     a = _dense2d(dense, "dense")
     quadbits, itemsize, is_f32 = _meta_kind(a.dtype)
@@ -527,7 +527,7 @@ def semi_structured_decompress(values, meta, *, reordered: bool = True,
     idx = ((words[:, None] >> shifts) & 0b11).reshape(-1)
     slots = np.arange(idx.size, dtype=np.int64)
     offsets = idx + 4 * (slots // 2)
-    if nan_payloads not in ("exact", "torch_cpu"):
+    if not is_choice(nan_payloads, ("exact", "torch_cpu")):
         raise RefquantError(f"nan_payloads must be 'exact' or 'torch_cpu', got {nan_payloads!r}")
     if is_f32:
         src = v.view(np.uint16).ravel()  # each float32 as two 16-bit halves (native order)

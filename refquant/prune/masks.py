@@ -48,7 +48,7 @@ import numbers
 import numpy as np
 
 from .._errors import RefquantError
-from ._arrays import as_array, as_count
+from ._arrays import as_array, as_count, is_choice
 
 __all__ = [
     "COUNT_RULES",
@@ -108,7 +108,7 @@ def prune_count(amount, n: int, *, rule: str = "torch", initial: int | None = No
     (``int(W_metric.shape[1] * sparsity_ratio)``); Torch-Pruning
     ``base_pruner.py`` (``n_pruned = len(concat_imp) - int(initial * (1 - ratio))``).
     """
-    if rule not in COUNT_RULES:
+    if not is_choice(rule, COUNT_RULES):
         raise RefquantError(f"rule must be one of {COUNT_RULES}, got {rule!r}")
     n = as_count(n, "n")
     a = _check_amount(amount)
@@ -176,9 +176,9 @@ def _select(flat_scores: np.ndarray, alive: np.ndarray, amount, rule: str, relat
 
 
 def _check_opts(rule: str, relative_to: str) -> None:
-    if rule not in COUNT_RULES:
+    if not is_choice(rule, COUNT_RULES):
         raise RefquantError(f"rule must be one of {COUNT_RULES}, got {rule!r}")
-    if relative_to not in ("remaining", "initial"):
+    if not is_choice(relative_to, ("remaining", "initial")):
         raise RefquantError(f"relative_to must be 'remaining' or 'initial', got {relative_to!r}")
 
 

@@ -48,7 +48,7 @@ import numpy as np
 
 from .._errors import RefquantError
 from ..quant._granularity import normalize_axis, positive_int
-from ._arrays import as_array
+from ._arrays import as_array, is_choice
 
 __all__ = [
     "nm_keywords",
@@ -92,7 +92,7 @@ def _check_nm(keep, group) -> tuple[int, int]:
 
 
 def _check_tie_break(tie_break: str) -> str:
-    if tie_break not in _TIE_BREAKS:
+    if not is_choice(tie_break, _TIE_BREAKS):
         raise RefquantError(f"tie_break must be one of {_TIE_BREAKS}, got {tie_break!r}")
     return tie_break
 
@@ -417,7 +417,7 @@ def block_scores(weights, block: tuple[int, int], pooling: str = "avg") -> np.nd
         bh, bw = (positive_int(b, "block") for b in block)
     except TypeError:
         raise RefquantError(f"block must be a pair of positive integers, got {block!r}") from None
-    if pooling not in ("avg", "max"):
+    if not is_choice(pooling, ("avg", "max")):
         raise RefquantError(f"pooling must be 'avg' or 'max', got {pooling!r}")
     a = np.abs(w)
     r, c = a.shape
@@ -472,7 +472,7 @@ def block_mask(weights, block: tuple[int, int], sparsity: float, *, pooling: str
         raise RefquantError(f"sparsity must be a float in [0, 1], got {sparsity!r:.60}") from None
     if not 0.0 <= sp <= 1.0:
         raise RefquantError(f"sparsity must lie in [0, 1], got {sp}")
-    if ties not in ("stable", "threshold"):
+    if not is_choice(ties, ("stable", "threshold")):
         raise RefquantError(f"ties must be 'stable' or 'threshold', got {ties!r}")
     nb = sc.size
     # tfmot computes size * (1 - sparsity) in float32 and rounds half to even

@@ -44,7 +44,7 @@ import numpy as np
 
 from .._errors import RefquantError
 from ..quant._granularity import normalize_axis
-from ._arrays import as_shape
+from ._arrays import as_shape, is_choice
 
 __all__ = [
     "magnitude",
@@ -259,7 +259,7 @@ def taylor(w, g, *, axis=None, reduction="squared_sum") -> np.ndarray:
     w = _as_float(w, "w")
     g = _as_float(g, "g")
     _same_shape(w, g, "w", "g")
-    if reduction not in TAYLOR_REDUCTIONS:
+    if not is_choice(reduction, TAYLOR_REDUCTIONS):
         raise RefquantError(f"reduction must be one of {TAYLOR_REDUCTIONS}, got {reduction!r}")
     gw = g * w
     if reduction == "sum_abs":
@@ -659,7 +659,7 @@ def group_reduce(scores, reduction="mean") -> np.ndarray:
     :class:`refquant.compat.torch_pruning.MagnitudeImportance`); here float64
     and a plain maximum.
     """
-    if reduction not in GROUP_REDUCTIONS:
+    if not is_choice(reduction, GROUP_REDUCTIONS):
         raise RefquantError(f"reduction must be one of {GROUP_REDUCTIONS}, got {reduction!r}")
     if isinstance(scores, np.ndarray) and scores.ndim == 0 or not isinstance(scores, Iterable):
         raise RefquantError(f"scores must be a sequence of 1-D arrays, got {type(scores).__name__}")
@@ -709,7 +709,7 @@ def normalize_scores(scores, normalizer="mean", *, eps=1e-8) -> np.ndarray:
     Torch-Pruning ``GroupMagnitudeImportance._normalize``.
     """
     s = _as_float(scores, "scores")
-    if normalizer not in NORMALIZERS:
+    if not is_choice(normalizer, NORMALIZERS):
         raise RefquantError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
     with np.errstate(divide="ignore", invalid="ignore"):
         if normalizer is None:

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._errors import RefquantError
-from ._arrays import as_array, as_count
+from ._arrays import as_array, as_count, is_choice
 
 __all__ = [
     "Coupling",
@@ -321,9 +321,9 @@ def group_channel_scores(arrays, group: DependencyGroup, *, norm: str = "l2",
     Torch-Pruning ``GroupMagnitudeImportance`` (``local_imp = w.abs().pow(p).sum(1)``
     per dependency, ``group_reduction`` over the group; no root).
     """
-    if norm not in _NORMS:
+    if not is_choice(norm, _NORMS):
         raise RefquantError(f"norm must be one of {_NORMS}, got {norm!r}")
-    if reduce not in _REDUCTIONS:
+    if not is_choice(reduce, _REDUCTIONS):
         raise RefquantError(f"reduce must be one of {_REDUCTIONS}, got {reduce!r}")
     chosen = [c for c in group.members
               if members is None or c.tensor in members or c.key in members]
@@ -368,7 +368,7 @@ def _channel_count(amount, n: int, rule: str = "torch") -> int:
     Torch-Pruning ``MetaPruner`` (``int(initial_channels * (1 - ratio))`` kept),
     tfmot ``pruning_impl._update_mask`` (float32, ``tf.math.round``).
     """
-    if rule not in _COUNT_RULES:
+    if not is_choice(rule, _COUNT_RULES):
         raise RefquantError(f"count_rule must be one of {_COUNT_RULES}, got {rule!r}")
     if isinstance(amount, (bool, np.bool_)):
         raise RefquantError(f"amount must be a float fraction or an int count, got {amount!r}")

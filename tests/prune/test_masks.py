@@ -6,6 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refquant import RefquantError
+from refquant.prune import article as _article
+from refquant.prune import layouts as _layouts
+from refquant.prune import nm as _nm
+from refquant.prune import scores as _scores
 from refquant.prune.masks import (
     COUNT_RULES,
     apply_mask,
@@ -246,5 +250,25 @@ def test_global_mask_equals_the_mask_of_the_concatenation(parts, s):
 def test_ragged_arrays_and_non_integer_counts_or_shapes_are_refquant_errors(call):
     # numpy's ValueError (ragged list, int(nan)) and TypeError escaped; prune_count
     # truncated n = 3.7 to 3
+    with pytest.raises(RefquantError):
+        call()
+
+
+_ARR = np.array([])
+
+
+@pytest.mark.parametrize("call", [
+    lambda: unstructured_mask(np.ones(4), 0.5, rule=_ARR),
+    lambda: unstructured_mask(np.ones(4), 0.5, relative_to=_ARR),
+    lambda: prune_count(0.5, 4, rule=_ARR),
+    lambda: _nm.nm_mask(np.ones((2, 4)), keep=2, group=4, tie_break=_ARR),
+    lambda: _scores.group_reduce([np.ones(2)], _ARR),
+    lambda: _scores.normalize_scores(np.ones(2), _ARR),
+    lambda: _layouts.semi_structured_compress(np.zeros((32, 32), np.float16), nan_payloads=_ARR),
+    lambda: _article.article_weight_pruning(np.ones((2, 2)), 0.5, norm=_ARR),
+])
+def test_an_array_given_as_an_option_name_is_refused(call):
+    # `option not in CHOICES` with an array raised numpy's "truth value of an
+    # empty array is ambiguous" ValueError
     with pytest.raises(RefquantError):
         call()
