@@ -68,6 +68,10 @@ def round_to_int(x, mode: str = "half_even", *, seed=None, rng=None) -> np.ndarr
     IEEE 754-2019 §4.3 (roundTiesToEven, roundTiesToAway, directed roundings).
     """
     x = np.asarray(x)
+    if x.dtype.name == "bfloat16":
+        # ml_dtypes' bfloat16 (kind 'V') has no rint/trunc loops: round its exact float32
+        # value; every integer a bfloat16 with a fraction rounds to (< 2^8) is a bfloat16
+        return round_to_int(x.astype(np.float32), mode, seed=seed, rng=rng).astype(x.dtype)
     if x.dtype.kind not in "f":
         if x.dtype.kind in "iub":
             return x.copy()

@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from refquant import RefquantError, round_to_int
+from refquant.quant.rounding import ROUNDING_MODES
 
 TIES = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5])
 EXPECTED = {
@@ -87,3 +88,19 @@ def test_stochastic_rounding_is_seeded_and_unbiased():
 def test_unknown_mode_is_named_in_the_error():
     with pytest.raises(RefquantError, match="rounding must be one of.*'nearest'"):
         round_to_int(np.ones(2), "nearest")
+
+
+@pytest.mark.parametrize("mode", [m for m in ROUNDING_MODES if m != "stochastic"])
+def test_bfloat16_input_keeps_its_dtype(mode):
+    # "same float dtype": bfloat16 (an ml_dtypes type, dtype kind 'V') came back as float64.
+    # Every integer a bfloat16 with a fraction rounds to is below 2^8, so exact in bfloat16
+    import ml_dtypes
+
+    x = np.array([2.5, -2.5, 0.75, -127.5, 2.0**20], ml_dtypes.bfloat16)
+    want = {"half_even": [2, -2, 1, -128], "half_away": [3, -3, 1, -128],
+            "half_up": [3, -2, 1, -127], "half_down": [2, -3, 1, -128],
+            "half_zero": [2, -2, 1, -127], "floor": [2, -3, 0, -128],
+            "ceil": [3, -2, 1, -127], "trunc": [2, -2, 0, -127]}[mode]
+    r = round_to_int(x, mode)
+    assert r.dtype == x.dtype
+    assert r.astype(np.float64).tolist() == [*want, 2.0**20]
