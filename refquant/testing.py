@@ -328,8 +328,11 @@ def compare_quantized(actual, desired, *, max_step_diff=0, x=None, scale=None, z
     rep.n_elements = a.size
     shape = a.shape
     a_f, d_f = a.reshape(-1), d.reshape(-1)
-    steps = np.abs(a_f - d_f)
-    mism = steps > max_step_diff
+    # |a - d| exactly, as uint64: the int64 difference of codes of opposite sign overflows
+    # (2^63 - 1 vs -1 gave -2^63, "equal")
+    au, du = a_f.astype(np.uint64), d_f.astype(np.uint64)
+    steps = np.where(a_f >= d_f, au - du, du - au)
+    mism = steps > min(int(max_step_diff), 2**64 - 1)
     q = None
     x_flat = None
     nonfinite = np.zeros(a_f.shape, dtype=bool)

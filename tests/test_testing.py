@@ -298,3 +298,15 @@ def test_uint64_codes_beyond_int64_are_refused_not_wrapped():
     # 2^64 - 1 vs 0 once read as -1 vs 0: "one step off"
     with pytest.raises(RefquantError, match="2\\^63"):
         compare_quantized(np.uint64([2**64 - 1]), np.uint64([0]))
+
+
+def test_int64_codes_of_opposite_sign_are_counted_in_exact_steps():
+    # 2^63 - 1 vs -1 are 2^63 steps apart; the int64 difference overflowed to -2^63,
+    # whose abs() is still negative, and the pair was reported equal (2^63 - 1 is the
+    # int64 grid's qmax: saturation)
+    rep = compare_quantized(np.int64([2**63 - 1, 5]), np.int64([-1, 5]), max_step_diff=3)
+    assert not rep.ok and rep.n_mismatched == 1 and rep.counts == {"saturation": 1}
+    # 2^63 - 1 vs -2^63 (2^64 - 1 steps) wrapped to 1 step: "one step off"
+    rep = compare_quantized(np.int64([2**63 - 1]), np.int64([-(2**63)]), qmin=-(2**63) - 1,
+                            qmax=2**63)
+    assert rep.counts == {"multi_step": 1}
