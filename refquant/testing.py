@@ -432,7 +432,9 @@ def compare_dequantized(actual, desired, *, rtol=1e-6, atol=0.0, max_ulp=None, x
                             shape).reshape(-1).astype(np.float64)
         with np.errstate(all="ignore"):
             steps = np.rint(np.abs(a - d) / s)
-            steps = np.where(np.isfinite(steps), steps, 0).astype(np.int64)
+            # beyond 2^62 steps the count only needs to stay > 1 (an int64 cast of 1e40
+            # would be INT64_MIN); non-finite differences are the nan_inf class's
+            steps = np.where(np.isfinite(steps), np.minimum(steps, 2.0**62), 0).astype(np.int64)
         if x is not None:
             q = _quotient(x, scale, axis, block_size, shape)
         if zero_point is not None and qmin is not None and qmax is not None:

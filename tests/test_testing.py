@@ -310,3 +310,11 @@ def test_int64_codes_of_opposite_sign_are_counted_in_exact_steps():
     rep = compare_quantized(np.int64([2**63 - 1]), np.int64([-(2**63)]), qmin=-(2**63) - 1,
                             qmax=2**63)
     assert rep.counts == {"multi_step": 1}
+
+
+def test_dequantized_difference_of_more_than_2_63_steps_is_multi_step():
+    # |3e38 - (-3e38)| / 1 = 6e38 steps: the int64 cast of the step count gave INT64_MIN,
+    # which no class takes, so the element came out 'unclassified' although scale was given
+    rep = compare_dequantized(np.float32([3e38, 1e30]), np.float32([-3e38, 0.0]),
+                              scale=np.float32(1e-10))
+    assert rep.counts == {"multi_step": 2}
