@@ -52,7 +52,8 @@ def dynamic_quantize(
     **qparams_kwargs
         Passed to :func:`qparams_from_range`. Defaults here follow ONNX
         DynamicQuantizeLinear: ``zero_point_formula="round_difference"``,
-        ``eps=0`` (a zero range gives scale 1 instead of dividing by 0),
+        ``eps=0`` (a zero range, or a subnormal one whose float32 scale underflows
+        to 0, gives scale 1 instead of dividing by 0; ONNX's peers return scale 0 there),
         ``precision="float32"``; the codes are ``x / s`` in float32, rounded
         half to even, saturated.
 

@@ -163,7 +163,10 @@ def qparams_from_range(
         Widen the range to contain 0 before computing parameters.
     eps : float
         Floor of the scale (PyTorch observers: float32 eps). 0 disables it; then
-        a zero range gives scale 1 (nothing to resolve).
+        a scale that is 0 gives scale 1: a zero range (nothing to resolve), and
+        also a nonzero range whose scale underflows in ``precision`` (uint8 on
+        [0, 1e-43] in float32: 1e-43 / 255 rounds to 0; ONNX's peers keep scale 0
+        and zero point 255 there).
     symmetric_divisor : "qmax" or "half_span"
     zero_point_formula : "qmin_minus_round" or "round_difference"
     precision : "float32" or "float64"

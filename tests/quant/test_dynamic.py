@@ -85,3 +85,11 @@ def test_dynamic_codes_use_the_ends_of_the_grid_and_reconstruct_within_half_a_st
     if x.max() > 0:
         assert q.max() == 255 or x.max() == 0
     np.testing.assert_array_equal(x, before)
+
+
+def test_a_subnormal_range_whose_float32_scale_underflows_gets_scale_1():
+    # [0, 1e-43]: 1e-43 / 255 rounds to 0 in float32, and eps=0 maps a zero scale to 1
+    # (as for a zero range); the codes are then all the zero point 0
+    x = np.array([1e-43, 0.0, 5e-44], np.float32)
+    q, qp = dynamic_quantize(x)
+    assert float(qp.scale) == 1.0 and int(qp.zero_point) == 0 and q.tolist() == [0, 0, 0]
