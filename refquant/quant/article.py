@@ -8,6 +8,9 @@ recipe precise and shows what it is: symmetric per-tensor quantization.
 
 from __future__ import annotations
 
+import math
+import operator
+
 import numpy as np
 
 from .._errors import RefquantError
@@ -65,9 +68,11 @@ def article_integer_quantize(w, levels=127, *, rounding="half_even"):
     The founding article, §3.1.1 and §4.1; symmetric quantization as in
     Jacob et al., CVPR 2018 (zero point 0).
     """
-    if isinstance(levels, bool) or int(levels) != levels or levels < 1:
-        raise RefquantError(f"levels must be a positive integer, got {levels!r}")
-    wa = np.asarray(w, dtype=np.float64)
+    levels = _levels(levels)
+    try:
+        wa = np.asarray(w, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise RefquantError("w must be a rectangular array of real numbers") from None
     if not np.isfinite(wa).all():
         raise RefquantError("w must be finite (found NaN or Inf)")
     a = float(np.max(np.abs(wa))) if wa.size else 0.0
@@ -90,7 +95,35 @@ def article_integer_dequantize(q, a, levels=127) -> np.ndarray:
     ---------
     The founding article, §3.1.1 step 3 ("rescale").
     """
+    levels = _levels(levels)
+    try:
+        a = float(a)
+        qa = np.asarray(q)
+        qf = qa.astype(np.float64)
+    except (TypeError, ValueError):
+        raise RefquantError("q must be integer codes and a a real number") from None
+    if qa.dtype.kind not in "iub" and not (np.isfinite(qf).all() and (qf == np.round(qf)).all()):
+        raise RefquantError(f"q must hold integer codes, got non-integral values of dtype {qa.dtype}")
     if a == 0:
-        return np.zeros(np.shape(q), dtype=np.float32)
-    return dequantize(np.asarray(q, dtype=np.int64), np.float64(a) / levels)
+        return np.zeros(qa.shape, dtype=np.float32)
+    return dequantize(qa.astype(np.int64), np.float64(a) / levels)
+
+
+def _levels(levels) -> int:
+    """``levels`` as an int in [1, 2^62] (integral floats accepted); RefquantError otherwise."""
+    if isinstance(levels, bool):
+        raise RefquantError(f"levels must be a positive integer, got {levels!r}")
+    try:
+        v = operator.index(levels)
+    except TypeError:
+        try:
+            f = float(levels)
+        except (TypeError, ValueError):
+            raise RefquantError(f"levels must be a positive integer, got {levels!r}") from None
+        if not (math.isfinite(f) and f == int(f)):
+            raise RefquantError(f"levels must be a positive integer, got {levels!r}") from None
+        v = int(f)
+    if not 1 <= v <= 2**62:
+        raise RefquantError(f"levels must be a positive integer <= 2^62, got {levels!r}")
+    return v
 

@@ -43,3 +43,26 @@ def test_levels_must_be_a_positive_integer(levels):
 def test_non_finite_weights_are_refused():
     with pytest.raises(rq.RefquantError, match="finite"):
         article_integer_quantize(np.array([1.0, np.nan]))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: article_integer_quantize([1.0, 2.0], "a"),  # ValueError from int()
+        lambda: article_integer_quantize([1.0, 2.0], float("nan")),  # ValueError
+        lambda: article_integer_quantize([1.0, 2.0], float("inf")),  # OverflowError
+        lambda: article_integer_quantize([1.0, 2.0], None),  # TypeError
+        lambda: article_integer_quantize([1.0, 2.0], 10**400),  # OverflowError in x * levels
+        lambda: article_integer_quantize("abc"),  # ValueError from np.asarray
+        lambda: article_integer_quantize([1 + 2j]),  # TypeError
+        lambda: article_integer_quantize([[1.0], [1.0, 2.0]]),  # ragged: ValueError
+        lambda: article_integer_dequantize([1, 2], "x"),  # ValueError
+        lambda: article_integer_dequantize(["a"], 1.0),  # ValueError
+        lambda: article_integer_dequantize([1, 2], 1.0, "a"),  # TypeError from numpy
+        lambda: article_integer_dequantize([1, 2], 1.0, 0),  # scale inf (RuntimeWarning)
+        lambda: article_integer_dequantize([1.5, 2], 1.0),  # 1.5 was truncated to code 1
+    ],
+)
+def test_bad_arguments_raise_refquant_error(call):
+    with pytest.raises(rq.RefquantError):
+        call()
