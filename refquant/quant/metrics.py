@@ -6,13 +6,17 @@ import numpy as np
 
 from .._errors import RefquantError
 from ._granularity import broadcast_param, check_block_size, normalize_axis
+from .affine import check_scale
 
 __all__ = ["mse", "sqnr_db", "max_abs_error", "error_in_steps"]
 
 
 def _pair(x, y):
-    a = np.asarray(x, dtype=np.float64)
-    b = np.asarray(y, dtype=np.float64)
+    try:
+        a = np.asarray(x, dtype=np.float64)
+        b = np.asarray(y, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise RefquantError("x and y must be rectangular arrays of real numbers") from None
     if a.shape != b.shape:
         raise RefquantError(f"shapes differ: {a.shape} (reference) vs {b.shape} (approximation)")
     return a, b
@@ -42,6 +46,8 @@ def sqnr_db(x, y) -> float:
     Formula
     -------
     :math:`10 \\log_{10}\\big(\\sum_i x_i^2 / \\sum_i (x_i - y_i)^2\\big)`, sums in float64.
+    Where the squares overflow or underflow float64, both sums are taken on
+    :math:`x` and :math:`y` scaled by one power of two (the ratio is unchanged).
     A uniform quantizer gains :math:`20\\log_{10} 2 \\approx 6.02` dB per bit.
 
     Reference
@@ -49,8 +55,18 @@ def sqnr_db(x, y) -> float:
     Gray & Neuhoff, "Quantization", IEEE Trans. Inf. Theory 44(6), 1998 (the 6 dB/bit rule).
     """
     a, b = _pair(x, y)
-    sig = float(np.sum(a * a))
-    err = float(np.sum((a - b) ** 2))
+    with np.errstate(over="ignore", under="ignore"):
+        sig = float(np.sum(a * a))
+        err = float(np.sum((a - b) ** 2))
+        finite = bool(np.isfinite(a).all() and np.isfinite(b).all())
+        if finite and (not np.isfinite(sig) or not np.isfinite(err)
+                       or (sig == 0 and a.any()) or (err == 0 and (a != b).any())):
+            # the squares overflowed or underflowed float64 (|x| > 1e154 or < 1e-154):
+            # scale both by the same power of two, exactly, so that the largest is ~1
+            e = int(np.frexp(max(np.abs(a).max(), np.abs(b).max()))[1])
+            a2, b2 = np.ldexp(a, -e), np.ldexp(b, -e)
+            sig = float(np.sum(a2 * a2))
+            err = float(np.sum((a2 - b2) ** 2))
     if err == 0:
         return float("inf")
     if sig == 0:
@@ -76,7 +92,8 @@ def max_abs_error(x, y) -> float:
 def error_in_steps(x, y, scale, *, axis=None, block_size=None) -> np.ndarray:
     """Elementwise error measured in quantization steps (LSB): :math:`|x - y| / s`.
 
-    ``scale`` follows the granularity rules of :func:`refquant.quantize`. A
+    ``scale`` follows the granularity rules of :func:`refquant.quantize` (every
+    element finite and > 0, else RefquantError). A
     round-to-nearest quantizer inside its range has errors <= 0.5 step.
 
     Formula
@@ -91,5 +108,5 @@ def error_in_steps(x, y, scale, *, axis=None, block_size=None) -> np.ndarray:
     if axis is not None:
         axis = normalize_axis(axis, a.ndim)
     block_size = check_block_size(block_size, axis)
-    s = broadcast_param(np.asarray(scale, dtype=np.float64), a.shape, axis, block_size, "scale")
+    s = broadcast_param(check_scale(scale).astype(np.float64), a.shape, axis, block_size, "scale")
     return np.abs(a - b) / s
