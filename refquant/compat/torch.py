@@ -129,7 +129,7 @@ def _range_grid(quant_min: int, quant_max: int):
 
 def _float_input(x, name="input"):
     """torch's quantize ops take float32 only ("Quantize only works on Float Tensor")."""
-    a = np.asarray(x)
+    a = _asarray(x, name) if not isinstance(x, np.ndarray) else x
     if isinstance(x, np.ndarray) and a.dtype != np.float32:
         raise RefquantError(
             f"{name} must be float32 (torch: 'Quantize only works on Float Tensor, got {a.dtype}')"
@@ -146,7 +146,7 @@ def _fake_input(x, name="input"):
     float16 / bfloat16 are computed in float32 (``Half * float`` is a float
     product) and the result rounded back; float64 is computed in double.
     """
-    a = np.asarray(x)
+    a = _asarray(x, name) if not isinstance(x, np.ndarray) else x
     if isinstance(x, np.ndarray) and a.dtype not in _FAKE_DTYPES and a.dtype.name != "bfloat16":
         raise RefquantError(
             f"{name} must be float32, float64, float16 or bfloat16 (torch dispatches "
@@ -163,8 +163,8 @@ _FAKE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)
 
 
 def _check_zp_range(zp, qmin, qmax, where):
-    z = np.asarray(zp)
-    if z.dtype.kind == "f" and not np.all(z == np.round(z)):
+    z = _asarray(zp, "zero_point")
+    if z.dtype.kind == "f" and not np.all(np.isfinite(z) & (z == np.round(z))):
         raise RefquantError(f"{where}: zero_point must be an integer, got {z}")
     zi = z.astype(np.int64)
     if np.any(zi > qmax):
@@ -179,7 +179,7 @@ def _check_zp_range(zp, qmin, qmax, where):
 
 
 def _check_torch_scale(scale, name="scale"):
-    s = np.asarray(scale, dtype=np.float64)
+    s = _asarray(scale, name, np.float64)
     bad = ~(np.isfinite(s) & (s > 0))
     if bad.any():
         raise RefquantError(
@@ -187,6 +187,34 @@ def _check_torch_scale(scale, name="scale"):
             "and returns codes computed from 1/scale; refquant refuses)"
         )
     return s
+
+
+def _asarray(v, name, dtype=None):
+    """``np.asarray`` whose failures (ragged lists, text, complex) are RefquantError."""
+    try:
+        a = np.asarray(v, dtype=dtype)
+    except (TypeError, ValueError):
+        raise RefquantError(f"{name} must be a rectangular array of real numbers") from None
+    if dtype is None and a.dtype.kind not in "fiub" and a.dtype.name != "bfloat16":
+        raise RefquantError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    return a
+
+
+def _integer(v, name) -> int:
+    """A Python int for torch's int64 arguments (axis, quant_min, ...); integral floats pass."""
+    a = _asarray(v, name)
+    if a.size != 1 or a.ndim > 1:
+        raise RefquantError(f"{name} must be one integer, got shape {a.shape}")
+    if a.dtype.kind in "iub":
+        i = int(a.reshape(()))
+    else:
+        f = float(a.reshape(()).astype(np.float64))
+        if not (np.isfinite(f) and f == np.round(f)):
+            raise RefquantError(f"{name} must be an integer, got {v!r}")
+        i = int(f)
+    if not -(2**63) <= i < 2**63:
+        raise RefquantError(f"{name} {i} does not fit torch's int64")
+    return i
 
 
 def _int64_cast_overflow(v):
@@ -234,7 +262,8 @@ def quantize_per_tensor(input, scale, zero_point, dtype):  # noqa: A002 (torch's
     x = _float_input(input)
     _check_torch_scale(scale)
     qmin, qmax, storage = DTYPES[name]
-    z = int(_check_zp_range(zero_point, qmin, qmax, "quantize_tensor_per_tensor_affine"))
+    z = _integer(zero_point, "zero_point")
+    z = int(_check_zp_range(z, qmin, qmax, "quantize_tensor_per_tensor_affine"))
     s32 = _F(scale)
     inv = _F(_F(1) / s32)
     grid = _grid(name)
@@ -272,7 +301,7 @@ def quantize_per_tensor(input, scale, zero_point, dtype):  # noqa: A002 (torch's
 
 
 def _channel_axis(axis, ndim):
-    a = int(axis)
+    a = _integer(axis, "axis")
     if not 0 <= a < ndim:
         raise RefquantError(
             f"Channel axis out of range in per channel affine quantization. Got: {axis} "
@@ -307,7 +336,7 @@ def quantize_per_channel(input, scales, zero_points, axis, dtype):  # noqa: A002
     name = _dtype_name(dtype, ("quint8", "qint8", "qint32"))
     x = _float_input(input)
     ax = _channel_axis(axis, x.ndim)
-    s = _check_torch_scale(np.asarray(scales, dtype=np.float64).reshape(-1), "scales")
+    s = _check_torch_scale(_asarray(scales, "scales", np.float64).reshape(-1), "scales")
     qmin, qmax, storage = DTYPES[name]
     zp = np.asarray(zero_points).reshape(-1)
     if s.size != x.shape[ax]:
@@ -357,18 +386,23 @@ def dequantize(input, scale, zero_point, axis=None, dtype=None):  # noqa: A002 (
     fbgemm ``Dequantize`` (QuantUtils.h: ``scale * (src - zero_point)``) via
     ``dequantize_tensor_per_tensor_affine_cpu``; ``dequantize_tensor_per_channel_affine_cpu``.
     """
-    q = np.asarray(input)
+    q = _asarray(input, "input")
     if q.dtype.kind not in "iu":
         raise RefquantError(f"input must be integer codes, got dtype {q.dtype}")
+    if q.dtype == np.uint64 and q.size and int(q.max()) > 2**63 - 1:
+        raise RefquantError(f"input holds codes above 2^63 - 1 ({int(q.max())}), beyond any torch dtype")
     if axis is None:
         _check_torch_scale(scale)
         s32 = _F(scale)
         if dtype is not None and _dtype_name(dtype) == "qint32":
-            return _dequantize_int32_float32(q, s32, int(zero_point))
-        return _core_dequantize(q, s32, int(zero_point), out_dtype=np.float32)
+            return _dequantize_int32_float32(q, s32, _integer(zero_point, "zero_point"))
+        return _core_dequantize(q, s32, _integer(zero_point, "zero_point"), out_dtype=np.float32)
     ax = _channel_axis(axis, q.ndim)
-    s = _check_torch_scale(np.asarray(scale, dtype=np.float64).reshape(-1), "scale")
-    z = np.asarray(zero_point).reshape(-1).astype(np.int64)
+    s = _check_torch_scale(_asarray(scale, "scale", np.float64).reshape(-1), "scale")
+    z = _asarray(zero_point, "zero_point").reshape(-1)
+    if z.dtype.kind == "f" and not np.all(np.isfinite(z) & (z == np.round(z))):
+        raise RefquantError(f"zero_point must hold integers, got {z}")
+    z = z.astype(np.int64)
     if s.size != q.shape[ax] or z.size != q.shape[ax]:
         raise RefquantError(
             f"scale and zero_point must have {q.shape[ax]} elements (the size of axis {ax}); "
@@ -400,6 +434,8 @@ def _dequantize_int32_float32(q, s32, z):
 
 
 def _check_fake_args(quant_min, quant_max, zero_point):
+    if _asarray(zero_point, "zero_point").dtype.kind not in "fiu":
+        raise RefquantError(f"zero_point must hold numbers, got {zero_point!r}")
     if quant_min > quant_max:
         raise RefquantError("`quant_min` should be less than or equal to `quant_max`.")
     z = np.asarray(zero_point)
@@ -428,10 +464,11 @@ def fake_quantize_per_tensor_affine(input, scale, zero_point, quant_min, quant_m
     ``fake_quantize_tensor_cachemask_kernel`` (QuantizedOpKernels.cpp).
     """
     x = _fake_input(input)
-    qmin, qmax = int(quant_min), int(quant_max)
-    _check_fake_args(qmin, qmax, zero_point)
+    qmin, qmax = _integer(quant_min, "quant_min"), _integer(quant_max, "quant_max")
+    z = _integer(zero_point, "zero_point")
+    _check_fake_args(qmin, qmax, z)
     _check_torch_scale(scale)
-    s32, z = _F(scale), int(zero_point)
+    s32 = _F(scale)
     # z_point + std::nearbyint(x * inv_scale): an int64 plus a float is a float32
     # sum, so codes above 2^24 (32-bit ranges) are rounded to float32 before clamping
     # (double input: the product, its rounding and the sum are in double)
@@ -483,9 +520,9 @@ def fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, 
     """
     x = _fake_input(input)
     ax = _channel_axis(axis, x.ndim)
-    qmin, qmax = int(quant_min), int(quant_max)
-    s = _check_torch_scale(np.asarray(scale, dtype=np.float64).reshape(-1)).astype(np.float32)
-    z = np.asarray(zero_point).reshape(-1)
+    qmin, qmax = _integer(quant_min, "quant_min"), _integer(quant_max, "quant_max")
+    s = _check_torch_scale(_asarray(scale, "scale", np.float64).reshape(-1)).astype(np.float32)
+    z = _asarray(zero_point, "zero_point").reshape(-1)
     if s.size != x.shape[ax] or z.size != x.shape[ax]:
         raise RefquantError(
             f"scale and zero_point must have {x.shape[ax]} elements (the size of axis {ax}); "
@@ -565,8 +602,9 @@ def fake_quantize_learnable_per_tensor_affine(
     ``_fake_quantize_learnable_per_tensor_affine``, ``_get_zero_point_from_tensor``.
     """
     del grad_factor
-    s = np.asarray(scale, dtype=np.float32).reshape(-1)
-    zf = np.asarray(zero_point, dtype=np.float32).reshape(-1)
+    quant_min, quant_max = _integer(quant_min, "quant_min"), _integer(quant_max, "quant_max")
+    s = _asarray(scale, "scale", np.float32).reshape(-1)
+    zf = _asarray(zero_point, "zero_point", np.float32).reshape(-1)
     if s.size < 1 or zf.size < 1:
         raise RefquantError("scale and zero_point must hold at least one element")
     zr = _F(np.rint(zf[0]))
@@ -626,9 +664,13 @@ class _UniformObserver:
                 "reduce_range will be deprecated in a future release of PyTorch.",
                 stacklevel=2,
             )
-        self.eps = _F(eps)
+        e = _asarray(eps, "eps", np.float64)
+        if e.size != 1:
+            raise RefquantError(f"eps must be one number, got {eps!r}")
+        self.eps = _F(e.reshape(-1)[0])
         self.has_customized_qrange = quant_min is not None and quant_max is not None
         if self.has_customized_qrange:
+            quant_min, quant_max = _integer(quant_min, "quant_min"), _integer(quant_max, "quant_max")
             if not quant_min <= 0 <= quant_max:
                 raise RefquantError("Used-specified quantization range must include 0.")
             if quant_min >= quant_max:
@@ -763,7 +805,7 @@ class _UniformObserver:
     def _as_float32(x):
         # torch's observers convert any floating input to float32 (x.to(min_val.dtype));
         # bfloat16 (an ml_dtypes type, dtype kind 'V') converts exactly
-        a = np.asarray(x)
+        a = _asarray(x, "x")
         if a.dtype.kind not in "fiub" and a.dtype.name != "bfloat16":
             raise RefquantError(f"x must be a real array, got dtype {a.dtype}")
         return a.astype(np.float32)
@@ -864,7 +906,7 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
         eps=FLOAT32_EPS,
     ):
         super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, eps)
-        self.averaging_constant = float(averaging_constant)
+        self.averaging_constant = float(_asarray(averaging_constant, "averaging_constant", np.float64))
 
     def _update(self, cur_min, cur_max):
         if self.min_val == np.inf and self.max_val == -np.inf:
@@ -901,7 +943,7 @@ class PerChannelMinMaxObserver(_UniformObserver):
         eps=FLOAT32_EPS,
     ):
         super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, eps)
-        self.ch_axis = int(ch_axis)
+        self.ch_axis = _integer(ch_axis, "ch_axis")
         self.min_val = np.zeros(0, dtype=np.float32)
         self.max_val = np.zeros(0, dtype=np.float32)
 
@@ -918,7 +960,7 @@ class PerChannelMinMaxObserver(_UniformObserver):
         return y.min(axis=1).astype(_F), y.max(axis=1).astype(_F)
 
     def forward(self, x):
-        if np.asarray(x).size == 0:
+        if _asarray(x, "x").size == 0:
             return x
         cur_min, cur_max = self._channel_minmax(x)
         if self.min_val.size == 0:
@@ -967,7 +1009,7 @@ class MovingAveragePerChannelMinMaxObserver(PerChannelMinMaxObserver):
         eps=FLOAT32_EPS,
     ):
         super().__init__(ch_axis, dtype, qscheme, reduce_range, quant_min, quant_max, eps)
-        self.averaging_constant = float(averaging_constant)
+        self.averaging_constant = float(_asarray(averaging_constant, "averaging_constant", np.float64))
 
     def _update(self, cur_min, cur_max):
         c = _F(self.averaging_constant)
@@ -1003,7 +1045,7 @@ class HistogramObserver(_UniformObserver):
         eps=FLOAT32_EPS,
     ):
         super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, eps)
-        self.bins = int(bins)
+        self.bins = _integer(bins, "bins")
         self.dst_nbins = 2 ** (32 if self.dtype == "qint32" else 8)
         self.upsample_rate = 16
         self._hist = TorchHistogram(self.bins, self.dst_nbins, self.upsample_rate)
@@ -1021,7 +1063,7 @@ class HistogramObserver(_UniformObserver):
         return self._hist.max_val
 
     def forward(self, x):
-        a = np.asarray(x)
+        a = _asarray(x, "x")
         if a.dtype == np.float16 or a.dtype.name == "bfloat16":
             # torch bins the input in its own dtype: torch.histc on a Half tensor rounds
             # every step of the bin position to half and counts in half, per thread

@@ -425,3 +425,48 @@ def test_observers_take_bfloat16_input_as_torch_does():
     obs.forward(np.stack([x, x]))
     s, z = obs.calculate_qparams()
     assert s.tolist() == [F(F(4) / F(255))] * 2 and z.tolist() == [64, 64]
+
+
+@pytest.mark.filterwarnings("ignore:Please use quant_min")
+@pytest.mark.parametrize(
+    "call",
+    [
+        # raised ValueError / TypeError / OverflowError / UFuncTypeError from int(), float(),
+        # np.asarray or a comparison
+        lambda: rt.quantize_per_tensor(np.ones(2, F), "a", 0, "quint8"),
+        lambda: rt.quantize_per_tensor(np.ones(2, F), 0.1, "a", "quint8"),
+        lambda: rt.quantize_per_tensor(np.ones(2, F), 0.1, 10**30, "qint32"),
+        lambda: rt.quantize_per_tensor(np.ones(2, F), 0.1, [1, 2], "quint8"),
+        lambda: rt.quantize_per_tensor([[1.0], [1.0, 2.0]], 0.1, 0, "quint8"),
+        lambda: rt.quantize_per_channel(np.ones((2, 3), F), [0.1] * 3, [0] * 3, "a", "quint8"),
+        lambda: rt.quantize_per_channel(np.ones((2, 3), F), [0.1] * 3, [0] * 3, None, "quint8"),
+        lambda: rt.quantize_per_channel(np.ones((2, 3), F), ["a"] * 3, [0] * 3, 1, "quint8"),
+        lambda: rt.dequantize(np.ones(3, np.uint8), 0.1, float("nan")),
+        lambda: rt.dequantize(np.ones(3, np.uint8), 0.1, [1, 2]),
+        lambda: rt.dequantize(np.ones((2, 3), np.uint8), [0.1] * 3, ["a"] * 3, axis=1),
+        lambda: rt.fake_quantize_per_tensor_affine(np.ones(2, F), 0.1, 0, "a", 255),
+        lambda: rt.fake_quantize_per_tensor_affine(np.ones(2, F), 0.1, 0, None, 255),
+        lambda: rt.fake_quantize_per_tensor_affine(np.ones(2, F), 0.1, "a", 0, 255),
+        lambda: rt.fake_quantize_per_tensor_affine(np.ones(2, F), 0.1, float("nan"), 0, 255),
+        lambda: rt.fake_quantize_per_channel_affine(np.ones((2, 3), F), [0.1] * 3, ["a"] * 3, 1, 0, 255),
+        lambda: rt.fake_quantize_learnable_per_tensor_affine(np.ones(2, F), [0.1], [0.0], "a", 255),
+        lambda: rt.MinMaxObserver(quant_min="a", quant_max=5),
+        lambda: rt.MinMaxObserver(eps="a"),
+        lambda: rt.MinMaxObserver().forward([[1.0], [1.0, 2.0]]),
+        lambda: rt.MovingAverageMinMaxObserver(averaging_constant="a"),
+        lambda: rt.PerChannelMinMaxObserver(ch_axis="a"),
+        lambda: rt.HistogramObserver(bins="a"),
+        lambda: rt.HistogramObserver().forward([[1.0], [1.0, 2.0]]),
+        # silently truncated or wrapped where torch refuses the argument's type
+        lambda: rt.dequantize(np.ones(3, np.uint8), 0.1, 1.5),  # zero point 1
+        lambda: rt.dequantize(np.array([2**64 - 1], np.uint64), 0.1, 0),  # code -1
+        lambda: rt.fake_quantize_per_tensor_affine(np.ones(2, F), 0.1, 1.5, 0, 255),
+        lambda: rt.fake_quantize_per_tensor_affine(np.ones(2, F), 0.1, 0, 0.5, 255),
+        lambda: rt.fake_quantize_per_tensor_affine(np.ones(2, F), 0.1, 0, 0, 2**70),
+        lambda: rt.quantize_per_channel(np.ones((2, 3), F), [0.1] * 3, [0] * 3, 1.5, "quint8"),
+        lambda: rt.PerChannelMinMaxObserver(ch_axis=1.5),
+    ],
+)
+def test_bad_argument_values_and_types_raise_refquant_error(call):
+    with pytest.raises(RefquantError):
+        call()
