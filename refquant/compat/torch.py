@@ -720,6 +720,10 @@ class _UniformObserver:
         # NaN / ±Inf bounds (and, with eps <= 0, a zero scale) are not ranges the core
         # takes: those groups get torch's float32 formula as written (_direct_qparams)
         special = ~(np.isfinite(min_val) & np.isfinite(max_val))
+        with np.errstate(over="ignore", invalid="ignore"):
+            # a finite range whose float32 width overflows (-3e38, 3e38): torch's scale is Inf
+            width = (np.maximum(max_val, _F(0)) - np.minimum(min_val, _F(0))).astype(_F)
+        special |= ~np.isfinite(width)
         lo = np.where(special, _F(0), min_val)
         hi = np.where(special, _F(0), max_val)
         if self.qscheme == "per_channel_affine_float_qparams":

@@ -22,7 +22,16 @@ import numpy as np
 
 from .._errors import RefquantError
 
-__all__ = ["normalize_axis", "positive_int", "check_block_size", "param_shape", "broadcast_param", "reduce_groups"]
+__all__ = ["as_array", "normalize_axis", "positive_int", "check_block_size", "param_shape", "broadcast_param", "reduce_groups"]
+
+
+def as_array(value, name: str, dtype=None) -> np.ndarray:
+    """``np.asarray(value, dtype)``; a ragged list, text or an impossible conversion is a
+    RefquantError naming ``name`` (NumPy raises ValueError / TypeError)."""
+    try:
+        return np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError, OverflowError):
+        raise RefquantError(f"{name} must be a rectangular array of real numbers") from None
 
 
 def normalize_axis(axis, ndim: int, name: str = "axis") -> int:

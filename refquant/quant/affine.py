@@ -45,7 +45,7 @@ import numpy as np
 from .._errors import RefquantError
 from ..formats.integer import IntFormat, int_format
 from ._float32 import fma_f32
-from ._granularity import broadcast_param, check_block_size, normalize_axis
+from ._granularity import as_array, broadcast_param, check_block_size, normalize_axis
 from .rounding import round_to_int
 
 __all__ = ["quantize", "dequantize", "fake_quantize"]
@@ -67,7 +67,7 @@ def _choice(name, value):
 
 
 def _as_float_array(x, name):
-    a = np.asarray(x)
+    a = as_array(x, name)
     if a.dtype.kind == "f" or a.dtype.name in ("bfloat16",):
         return a
     if a.dtype.kind in "iub":
@@ -86,7 +86,7 @@ def _precision(precision):
 
 def check_scale(scale, name: str = "scale") -> np.ndarray:
     """``scale`` as a float array; every element must be finite and > 0."""
-    s = np.asarray(scale)
+    s = as_array(scale, name)
     if s.dtype.kind not in "fiu" and s.dtype.name != "bfloat16":
         raise RefquantError(f"{name} must be a real number or array, got dtype {s.dtype}")
     s64 = s.astype(np.float64)
@@ -102,11 +102,17 @@ def check_scale(scale, name: str = "scale") -> np.ndarray:
 
 def check_zero_point(zero_point, fmt: IntFormat, *, allow_float: bool, name="zero_point"):
     """``zero_point`` as an int64 array inside [qmin, qmax] (or float64 if allowed)."""
-    z = np.asarray(zero_point)
+    z = as_array(zero_point, name)
     if z.dtype.kind == "f" or z.dtype.name == "bfloat16":
         z64 = z.astype(np.float64)
         if not np.isfinite(z64).all():
             raise RefquantError(f"{name} must be finite, got {z64[~np.isfinite(z64)][0]!r}")
+        far = (z64 < fmt.qmin) | (z64 > fmt.qmax)  # before an int64 cast (1e30 is undefined)
+        if far.any():
+            raise RefquantError(
+                f"{name} {z64[far].reshape(-1)[0]!r} is outside the range "
+                f"[{fmt.qmin}, {fmt.qmax}] of {fmt.name}"
+            )
         if allow_float:
             return z64
         if not (z64 == np.round(z64)).all():
@@ -317,14 +323,16 @@ def dequantize(
     ---------
     ONNX DequantizeLinear-21: "y = (x - x_zero_point) * x_scale".
     """
-    qa = np.asarray(q)
+    qa = as_array(q, "q")
     if qa.dtype.kind not in "iub" and qa.dtype.name not in ("int2", "int4", "uint2", "uint4"):
         raise RefquantError(f"q must be an array of integer codes, got dtype {qa.dtype}")
+    if qa.dtype == np.uint64 and qa.size and int(qa.max()) > 2**63 - 1:
+        raise RefquantError(f"q holds codes above 2^63 - 1 ({int(qa.max())}); q - z is formed in int64")
     if precision not in ("exact", "float32"):
         raise RefquantError(f"precision must be 'exact' or 'float32'; got {precision!r}")
     axis, block_size = _granularity(qa, axis, block_size)
     s = broadcast_param(check_scale(scale), qa.shape, axis, block_size, "scale")
-    z = np.asarray(zero_point)
+    z = as_array(zero_point, "zero_point")
     if z.dtype.kind == "f":
         diff = qa.astype(np.float64) - broadcast_param(z, qa.shape, axis, block_size, "zero_point")
     else:

@@ -33,7 +33,7 @@ import numpy as np
 from .._errors import RefquantError
 from ..formats.integer import int_format
 from ._float32 import torch_linspace_f32, torch_sum_f32
-from ._granularity import check_block_size, normalize_axis, param_shape
+from ._granularity import as_array, check_block_size, normalize_axis, param_shape
 from .affine import fake_quantize
 from .qparams import minmax_range, qparams_from_range
 
@@ -56,7 +56,7 @@ _F = np.float32
 
 
 def _check_x(x):
-    xa = np.asarray(x)
+    xa = as_array(x, "x")
     if xa.dtype.kind not in "fiub":
         raise RefquantError(f"x must be a real array, got dtype {xa.dtype}")
     return xa
@@ -309,7 +309,7 @@ class TorchHistogram:
         return not (self.min_val == np.inf or self.max_val == -np.inf)
 
     def update(self, x) -> None:
-        x = np.asarray(x)
+        x = as_array(x, "x")
         if x.dtype.kind not in "fiub":
             raise RefquantError(f"x must be a real array, got dtype {x.dtype}")
         x = x.astype(np.float32).reshape(-1)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._errors import RefquantError
+from ._granularity import as_array
 from .qparams import QParams, minmax_range, qparams_from_range
 
 __all__ = ["dynamic_quantize", "dynamic_quantize_per_token"]
@@ -76,7 +77,7 @@ def dynamic_quantize(
     = qmin - min(x) / y_scale", "y_zero_point = cast(round(saturate(itermediate_zero_point)))",
     "y = saturate(round(x / y_scale) + y_zero_point)".
     """
-    xa = np.asarray(x)
+    xa = as_array(x, "x")
     if xa.dtype.kind not in "fiub":
         raise RefquantError(f"x must be a real array, got dtype {xa.dtype}")
     kw = {
@@ -122,7 +123,7 @@ def dynamic_quantize_per_token(
     Dettmers et al., "LLM.int8()", NeurIPS 2022 (vector-wise quantization);
     Xiao et al., "SmoothQuant", ICML 2023 (per-token dynamic activation scales).
     """
-    xa = np.asarray(x)
+    xa = as_array(x, "x")
     if xa.ndim == 0:
         raise RefquantError("per-token quantization needs at least one axis; x is a scalar")
     hidden = xa.shape[-1]

@@ -34,7 +34,7 @@ import numpy as np
 
 from .._errors import RefquantError
 from ..formats.integer import IntFormat, IntRange, int_format
-from ._granularity import check_block_size, normalize_axis, param_shape, reduce_groups
+from ._granularity import as_array, check_block_size, normalize_axis, param_shape, reduce_groups
 from .affine import dequantize, fake_quantize, quantize
 from .rounding import round_to_int
 
@@ -107,7 +107,7 @@ def minmax_range(x, *, axis=None, block_size=None):
     ---------
     PyTorch ``MinMaxObserver`` (``torch.aminmax``); ONNX DynamicQuantizeLinear's min / max.
     """
-    x = np.asarray(x)
+    x = as_array(x, "x")
     if x.dtype.kind not in "fiub":
         raise RefquantError(f"x must be a real array, got dtype {x.dtype}")
     x = x.astype(np.float64) if x.dtype.kind != "f" else x
@@ -124,6 +124,17 @@ def minmax_range(x, *, axis=None, block_size=None):
     if np.any(np.asarray(lo) > np.asarray(hi)):
         raise RefquantError("x has a group whose values are all NaN; no range can be computed")
     return np.asarray(lo), np.asarray(hi)
+
+
+def _integral(value, name) -> int:
+    """``value`` as an int (integral floats accepted); RefquantError otherwise."""
+    v = as_array(value, name)
+    if v.size != 1 or v.dtype.kind not in "fiu":
+        raise RefquantError(f"{name} must be one integer, got {value!r}")
+    f = v.reshape(-1)[0]
+    if v.dtype.kind == "f" and not (np.isfinite(f) and f == np.round(f)):
+        raise RefquantError(f"{name} must be an integer, got {value!r}")
+    return int(f)
 
 
 def qparams_from_range(
@@ -195,8 +206,8 @@ def qparams_from_range(
         else:
             qmin, qmax = 0, (1 << (fmt.bits - 1)) - 1
     if quant_min is not None or quant_max is not None:
-        qmin = qmin if quant_min is None else int(quant_min)
-        qmax = qmax if quant_max is None else int(quant_max)
+        qmin = qmin if quant_min is None else _integral(quant_min, "quant_min")
+        qmax = qmax if quant_max is None else _integral(quant_max, "quant_max")
         if not fmt.qmin <= qmin < qmax <= fmt.qmax:
             raise RefquantError(
                 f"quant_min {qmin} and quant_max {qmax} must satisfy "
@@ -214,8 +225,12 @@ def qparams_from_range(
     ft = {"float32": np.float32, "float64": np.float64}.get(precision)
     if ft is None:
         raise RefquantError(f"precision must be 'float32' or 'float64'; got {precision!r}")
-    lo = np.asarray(lo, dtype=np.float64)
-    hi = np.asarray(hi, dtype=np.float64)
+    lo = as_array(lo, "lo", np.float64)
+    hi = as_array(hi, "hi", np.float64)
+    e = as_array(eps, "eps", np.float64)
+    if e.size != 1 or not (np.isfinite(e).all() and (e >= 0).all()):
+        raise RefquantError(f"eps must be one finite number >= 0, got {eps!r}")
+    eps = float(e.reshape(-1)[0])
     if lo.shape != hi.shape:
         raise RefquantError(f"lo has shape {lo.shape} but hi has shape {hi.shape}")
     if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
@@ -237,7 +252,15 @@ def qparams_from_range(
         scale = (amax / div).astype(ft)
         zp = np.full(scale.shape, zmid, dtype=np.int64)
     else:
-        scale = ((hi - lo) / ft(qmax - qmin)).astype(ft)
+        with np.errstate(over="ignore"):
+            width = (hi - lo).astype(ft)
+        if not np.isfinite(width).all():
+            raise RefquantError(
+                f"the range [lo, hi] is wider than the largest {precision} "
+                f"(hi - lo overflows: [{lo[~np.isfinite(width)].reshape(-1)[0]}, "
+                f"{hi[~np.isfinite(width)].reshape(-1)[0]}]); no finite scale maps it"
+            )
+        scale = (width / ft(qmax - qmin)).astype(ft)
     if eps > 0:
         scale = np.maximum(scale, ft(eps)).astype(ft)
     else:
@@ -251,10 +274,17 @@ def qparams_from_range(
         else:
             zp = round_to_int((ft(qmin) - lo / scale).astype(ft)).astype(np.float64)
         zp = np.clip(zp, qmin, qmax).astype(np.int64)
+    with np.errstate(over="ignore"):
+        s32 = np.asarray(scale).astype(np.float32)
+    if not np.isfinite(s32).all():
+        raise RefquantError(
+            f"the scale {np.asarray(scale)[~np.isfinite(s32)].reshape(-1)[0]!r} of the range "
+            "[lo, hi] overflows float32, in which scales are returned"
+        )
     grid = (fmt if (qmin, qmax) == (fmt.qmin, fmt.qmax)
             else IntRange(qmin, qmax, fmt.storage_dtype, f"{fmt.name}[{qmin}:{qmax}]"))
     return QParams(
-        scale=np.asarray(scale, dtype=np.float32),
+        scale=s32,
         zero_point=np.asarray(zp),
         dtype=grid,
         axis=axis,
@@ -296,7 +326,7 @@ def choose_qparams(
     ---------
     See :func:`qparams_from_range` and each calibration method.
     """
-    xa = np.asarray(x)
+    xa = as_array(x, "x")
     if axis is not None:
         axis = normalize_axis(axis, xa.ndim)
     block_size = check_block_size(block_size, axis)

@@ -102,7 +102,12 @@ def round_to_int(x, mode: str = "half_even", *, seed=None, rng=None) -> np.ndarr
         elif mode == "half_down":
             step = np.where(neg, a >= 0.5, a > 0.5)
         else:  # stochastic: away from zero with probability |d|
-            gen = rng if rng is not None else np.random.default_rng(seed)
+            try:
+                gen = rng if rng is not None else np.random.default_rng(seed)
+            except (TypeError, ValueError):
+                raise RefquantError(
+                    f"seed must be None or a non-negative integer, got {seed!r}"
+                ) from None
             if not isinstance(gen, np.random.Generator):
                 raise RefquantError(
                     f"rng must be a numpy.random.Generator, got {type(gen).__name__}"

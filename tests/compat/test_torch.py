@@ -470,3 +470,11 @@ def test_observers_take_bfloat16_input_as_torch_does():
 def test_bad_argument_values_and_types_raise_refquant_error(call):
     with pytest.raises(RefquantError):
         call()
+
+
+def test_observer_on_a_finite_range_whose_width_overflows_float32_gives_scale_inf():
+    # [-3e38, 3e38]: (3e38 + 3e38) / 255 is Inf in float32; zero point qmin - round(-0)
+    # (the core refuses such a range, so the observer takes torch's formula as written)
+    for name, z in (("quint8", 0), ("qint8", -128)):
+        s, zp = _qparams(rt.MinMaxObserver(dtype=name), [-3e38, 3e38])
+        assert s.tolist() == [np.inf] and zp.tolist() == [z]

@@ -253,3 +253,25 @@ def test_dequantize_rounds_the_exact_product_once():
     s = float(Fraction(1 + 3 * 2.0**-24) / 3)
     assert Fraction(s) * 3 < Fraction(1 + 3 * 2.0**-24)
     assert dequantize(np.array([3]), s)[0] == np.float32(1 + 2.0**-23)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        # ragged lists raised NumPy's ValueError
+        lambda: quantize([[1.0], [1.0, 2.0]], 0.1),
+        lambda: quantize(np.ones(2), [[1.0], [1.0, 2.0]]),
+        lambda: quantize(np.ones(2), 0.1, [[1], [1, 2]]),
+        lambda: dequantize([[1], [1, 2]], 0.1),
+        # a float zero point beyond int64 (1e30) was cast with a RuntimeWarning, then compared
+        lambda: quantize(np.ones(2), 0.1, 1e30, zero_point_stage="before_rounding"),
+        # a uint64 code 2^64 - 1 wrapped to -1 in q - z
+        lambda: dequantize(np.array([2**64 - 1], np.uint64), 1.0),
+        # seed 'a' / -1 raised NumPy's TypeError / ValueError
+        lambda: quantize(np.ones(2), 0.1, rounding="stochastic", seed="a"),
+        lambda: quantize(np.ones(2), 0.1, rounding="stochastic", seed=-1),
+    ],
+)
+def test_bad_arrays_zero_points_codes_and_seeds_raise_refquant_error(call):
+    with pytest.raises(RefquantError):
+        call()

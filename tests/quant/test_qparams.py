@@ -118,3 +118,26 @@ def test_symmetric_grid_without_a_code_above_the_middle_is_refused():
     qp = qparams_from_range(-1.0, 1.0, dtype="uint8", quant_min=0, quant_max=1,
                             symmetric_divisor="half_span")
     assert qp.scale == np.float32(2.0) and qp.zero_point == 1
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: qparams_from_range(-1, 1, eps="a"),  # TypeError from a comparison
+        lambda: qparams_from_range(-1, 1, eps=float("nan")),  # silently no floor
+        lambda: qparams_from_range(-1, 1, eps=float("inf")),  # scale inf
+        lambda: qparams_from_range(-1, 1, quant_min="a"),  # ValueError from int()
+        lambda: qparams_from_range(-1, 1, quant_min=-1.5),  # truncated to -1
+        lambda: qparams_from_range("a", 1),  # ValueError
+        lambda: qparams_from_range([[1.0], [1.0, 2.0]], [[1.0], [1.0, 2.0]]),  # ragged
+        # hi - lo overflows float32: scale inf with a RuntimeWarning
+        lambda: qparams_from_range(-3e38, 3e38, symmetric=False),
+        # the float64 scale 2e300 / 255 overflows the float32 it is returned in
+        lambda: qparams_from_range(-1e300, 1e300, symmetric=False, precision="float64"),
+        lambda: minmax_range([[1.0], [1.0, 2.0]]),
+        lambda: choose_qparams([[1.0], [1.0, 2.0]]),
+    ],
+)
+def test_bad_ranges_and_options_raise_refquant_error(call):
+    with pytest.raises(RefquantError):
+        call()
