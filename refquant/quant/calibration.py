@@ -33,7 +33,7 @@ import numpy as np
 from .._errors import RefquantError
 from ..formats.integer import int_format
 from ._float32 import torch_linspace_f32, torch_sum_f32
-from ._granularity import as_array, check_block_size, normalize_axis, param_shape
+from ._granularity import as_array, check_block_size, normalize_axis, param_shape, positive_int
 from .affine import fake_quantize
 from .qparams import minmax_range, qparams_from_range
 
@@ -53,6 +53,14 @@ _F = np.float32
 
 
 # --------------------------------------------------------------------------- groups
+
+
+def _real(value, name) -> float:
+    """``value`` as one Python float; RefquantError for text, arrays of another size, ..."""
+    v = as_array(value, name)
+    if v.size != 1 or v.dtype.kind not in "fiu":
+        raise RefquantError(f"{name} must be one real number, got {value!r}")
+    return float(v.reshape(-1)[0])
 
 
 def _check_x(x):
@@ -133,7 +141,7 @@ def percentile_range(x, percentile=99.99, *, symmetric=True, axis=None, block_si
     NVIDIA pytorch-quantization ``HistogramCalibrator`` ("percentile" method,
     which reads the percentile off a histogram instead of the sorted data).
     """
-    p = float(percentile)
+    p = _real(percentile, "percentile")
     if not 0 < p <= 100:
         raise RefquantError(f"percentile must be in (0, 100], got {percentile!r}")
     xa = _check_x(x)
@@ -177,7 +185,7 @@ def mse_range(
     for rapid-deployment" (ACIQ), NeurIPS 2019 (MSE-optimal clipping); NVIDIA
     pytorch-quantization ``HistogramCalibrator`` "mse" method.
     """
-    K = int(grid)
+    K = positive_int(grid, "grid")
     if K < 1:
         raise RefquantError(f"grid must be a positive integer, got {grid!r}")
     xa = _check_x(x)
@@ -295,11 +303,9 @@ class TorchHistogram:
     """
 
     def __init__(self, bins=2048, dst_nbins=256, upsample_rate=16):
-        if int(bins) < 1:
-            raise RefquantError(f"bins must be a positive integer, got {bins!r}")
-        self.bins = int(bins)
-        self.dst_nbins = int(dst_nbins)
-        self.upsample_rate = int(upsample_rate)
+        self.bins = positive_int(bins, "bins")
+        self.dst_nbins = positive_int(dst_nbins, "dst_nbins")
+        self.upsample_rate = positive_int(upsample_rate, "upsample_rate")
         self.histogram = np.zeros(self.bins, dtype=np.float32)
         self.min_val = _F(np.inf)
         self.max_val = _F(-np.inf)
@@ -537,12 +543,12 @@ def entropy_range(
     """
     fmt = int_format(dtype)
     nq = (
-        int(quantized_bins)
+        positive_int(quantized_bins, "quantized_bins")
         if quantized_bins is not None
         else (2 ** (fmt.bits - 1) if fmt.signed else 2**fmt.bits)
     )
-    nb = int(bins)
-    sb = nq if start_bin is None else int(start_bin)
+    nb = positive_int(bins, "bins")
+    sb = nq if start_bin is None else positive_int(start_bin, "start_bin")
     if not 1 <= nq <= nb:
         raise RefquantError(f"quantized_bins must be in [1, bins={nb}], got {nq}")
     if not 1 <= sb <= nb:
@@ -674,7 +680,7 @@ class MovingAverageMinMax:
     """
 
     def __init__(self, averaging_constant=0.01, *, axis=None, block_size=None):
-        c = float(averaging_constant)
+        c = _real(averaging_constant, "averaging_constant")
         if not 0 < c <= 1:
             raise RefquantError(f"averaging_constant must be in (0, 1], got {averaging_constant!r}")
         self.averaging_constant = c

@@ -330,6 +330,10 @@ def choose_qparams(
     if axis is not None:
         axis = normalize_axis(axis, xa.ndim)
     block_size = check_block_size(block_size, axis)
+    if method_options is not None and not isinstance(method_options, dict):
+        raise RefquantError(
+            f"method_options must be a dict of option names, got {type(method_options).__name__}"
+        )
     opts = dict(method_options or {})
     if method == "minmax":
         if opts:

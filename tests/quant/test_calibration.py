@@ -323,3 +323,26 @@ def test_moving_average_refuses_a_batch_with_another_parameter_shape():
         mm.update(np.ones((2, 4)))
     mm.update(np.zeros((3, 7)))  # same channels, other length: fine
     assert mm.range()[0].tolist() == [0.5, 0.5, 0.5]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        # ValueError / TypeError from float(), int() or dict(); 1.5 bins truncated to 1
+        lambda: percentile_range(np.ones(4), "a"),
+        lambda: mse_range(np.ones(4), grid="a"),
+        lambda: mse_range(np.ones(4), grid=2.5),
+        lambda: entropy_range(np.ones(4), bins="a"),
+        lambda: TorchHistogram("a"),
+        lambda: TorchHistogram(1.5),
+        lambda: TorchHistogram(16, 0),
+        lambda: MovingAverageMinMax("a"),
+        lambda: TorchHistogram().update([[1.0], [1.0, 2.0]]),
+        lambda: MovingAverageMinMax().update([[1.0], [1.0, 2.0]]),
+        lambda: choose_qparams(np.ones(4), method="percentile", method_options=[1]),
+        lambda: choose_qparams(np.ones(4), method="histogram", method_options={"bins": "a"}),
+    ],
+)
+def test_bad_method_options_raise_refquant_error(call):
+    with pytest.raises(RefquantError):
+        call()
