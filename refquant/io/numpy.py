@@ -8,9 +8,11 @@
       a multiple of 64 | raw data, numel * itemsize bytes
 
 refquant parses the header with :func:`ast.literal_eval` (no names, no calls),
-refuses object dtypes (what ``allow_pickle`` would load), big-endian dtypes, shapes
-beyond 2**62 elements and any size mismatch with the file, then memory-maps the
-data. ``.npz`` is a zip of ``<key>.npy`` members: stored members are
+refuses object dtypes (what ``allow_pickle`` would load), structured dtypes with
+big-endian fields, shapes beyond 2**62 elements and any size mismatch with the
+file, then memory-maps the data. A big-endian array (``'>f4'``, as ``np.save``
+writes one on any machine) reads as the same values in a little-endian copy,
+made when the tensor is read (it cannot be a view of the file). ``.npz`` is a zip of ``<key>.npy`` members: stored members are
 memory-mapped in place (offset from the local file header), compressed ones
 (``np.savez_compressed``) are decompressed on access.
 """
@@ -82,10 +84,9 @@ def parse_npy_header(buf, total: int, path, what="npy"):
     if dt.subdtype is not None:
         # an array of it would grow the subarray's dims: np.load cannot read it either
         raise fail(path, f"{what}: dtype {descr!r:.80} is a subarray dtype; expected a scalar or structured one")
-    if dt.byteorder == ">" or any(
-        dt.fields and f[0].byteorder == ">" for f in (dt.fields or {}).values()
-    ):
-        raise fail(path, f"{what}: dtype {descr!r:.80} is big-endian; only little-endian is supported")
+    if any(f[0].byteorder == ">" for f in (dt.fields or {}).values()):
+        raise fail(path, f"{what}: dtype {descr!r:.80} has big-endian fields; only little-endian "
+                         "structured dtypes are supported")
     if dt.itemsize == 0:
         raise fail(path, f"{what}: dtype {descr!r:.80} has itemsize 0")
     need = numel * dt.itemsize
@@ -96,8 +97,16 @@ def parse_npy_header(buf, total: int, path, what="npy"):
     return dt, tuple(shape), d["fortran_order"], start + hlen
 
 
+def _native(dt):
+    """The dtype an array is returned in: a big-endian scalar dtype becomes little-endian."""
+    return dt.newbyteorder("<") if dt.byteorder == ">" else dt
+
+
 def _array(buf, dt, shape, fortran):
+    """The array in ``buf``: a zero-copy view, or a byteswapped copy for big-endian data."""
     a = np.frombuffer(buf, dtype=dt)
+    if dt.byteorder == ">":  # np.save(">f4") on any machine: same values, native bytes
+        a = a.astype(_native(dt))
     return a.reshape(shape, order="F" if fortran else "C")
 
 
@@ -115,7 +124,7 @@ class NpyCheckpoint(LazyCheckpoint):
             m.close()
             raise
         self._m, self._rec = m, (dt, shape, fortran, off)
-        info = TensorInfo(key, dt, shape, m.size - off, dt.str)
+        info = TensorInfo(key, _native(dt), shape, m.size - off, dt.str)
         super().__init__(path, {key: info}, {})
         self._closers.append(m.close)
 
@@ -165,7 +174,7 @@ class NpzCheckpoint(LazyCheckpoint):
             dt, shape, fortran, off = parse_npy_header(head, zi.file_size, m.path, what)
             if key in infos:
                 raise fail(m.path, f"npz holds the key {key!r} twice")
-            infos[key] = TensorInfo(key, dt, shape, zi.file_size - off, dt.str)
+            infos[key] = TensorInfo(key, _native(dt), shape, zi.file_size - off, dt.str)
             self._recs[key] = (zi, off0, dt, shape, fortran, off)
         return infos
 
@@ -235,7 +244,7 @@ def save_npz(tensors, path, *, overwrite=False):
             raise RefquantError(f"tensor {k!r} has dtype object; npz without pickle cannot hold it")
         if a.dtype.fields and any(f[0].byteorder == ">" for f in a.dtype.fields.values()):
             raise RefquantError(f"tensor {k!r} has big-endian fields ({a.dtype}); the npz reader takes little-endian")
-        if a.dtype.byteorder == ">":  # stored little-endian, as the reader requires; values unchanged
+        if a.dtype.byteorder == ">":  # stored little-endian (native on every machine refquant runs on)
             a = a.astype(a.dtype.newbyteorder("<"))
         arrays[k] = a
 

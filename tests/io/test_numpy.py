@@ -44,7 +44,8 @@ def test_version_2_header_with_u32_length(tmp_path):
     "header, data, match",
     [
         ("{'descr': '|O', 'fortran_order': False, 'shape': (1,), }", b"\0" * 8, "Python objects"),
-        ("{'descr': '>f4', 'fortran_order': False, 'shape': (1,), }", b"\0" * 4, "big-endian"),
+        ("{'descr': [('a', '>f4')], 'fortran_order': False, 'shape': (1,), }", b"\0" * 4,
+         "big-endian fields"),
         ("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", b"\0" * 4, "truncated"),
         ("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }", b"\0" * 5, "holds 5"),
         ("{'descr': '<f4', 'fortran_order': False, 'shape': (1152921504606846976,), }", b"\0" * 4, "needs"),
@@ -139,3 +140,23 @@ def test_save_npz_refuses_names_a_zip_member_cannot_hold(tmp_path, name):
     with pytest.raises(RefquantError, match="NUL or a lone surrogate"):
         save_npz({name: np.ones(2)}, tmp_path / "a.npz")
     assert not (tmp_path / "a.npz").exists()
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">f8", ">i2", ">u4", ">c8", ">f2"])
+@pytest.mark.parametrize("fortran", [False, True])
+def test_big_endian_npy_and_npz_read_as_numpy_reads_them(tmp_path, dtype, fortran):
+    # np.save keeps the byte order it is given; np.load returns the same values,
+    # and so does refquant (in a little-endian copy: a view would keep the byte order)
+    a = (np.arange(12).reshape(3, 4) * 1.5 - 7).astype(dtype)
+    a = np.asfortranarray(a) if fortran else a
+    np.save(tmp_path / "a.npy", a)
+    np.savez(tmp_path / "a.npz", w=a)
+    np.savez_compressed(tmp_path / "c.npz", w=a)
+    want = np.load(tmp_path / "a.npy")
+    for path, key in ((tmp_path / "a.npy", None), (tmp_path / "a.npz", "w"), (tmp_path / "c.npz", "w")):
+        with rio.open(path) as ck:
+            key = key or next(iter(ck))
+            got = ck[key]
+            assert got.dtype == np.dtype(dtype).newbyteorder("<")
+            assert ck.info(key).dtype == got.dtype
+            np.testing.assert_array_equal(got, want)
