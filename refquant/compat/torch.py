@@ -528,9 +528,10 @@ def fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, 
             f"scale and zero_point must have {x.shape[ax]} elements (the size of axis {ax}); "
             f"got {s.size} and {z.size}"
         )
-    if z.size == 0:
+    if z.size == 0 and z.dtype.kind != "f":
+        # integer zero points only: torch's float-zero-point kernel returns the empty result
         raise RefquantError(
-            f"axis {ax} of input shape {x.shape} has no channel (torch's zero_point.min() "
+            f"axis {ax} of input shape {x.shape} has no channel (torch's integer zero_point "
             "range check raises: 'min(): Expected reduction dim to be specified for "
             "input.numel() == 0')"
         )

@@ -250,8 +250,8 @@ def test_histogram_observer_forward_returns_its_input_and_drops_inf():
             ),
             "quant_min",
         ),
-        # a channel axis of length 0: torch's zero_point.min() range check raises (refquant
-        # returned an empty array)
+        # a channel axis of length 0 with int32 zero points: torch's zero_point.min() range
+        # check raises (refquant returned an empty array); float zero points return it
         (
             lambda: rt.fake_quantize_per_channel_affine(
                 np.ones((2, 0), F), np.ones(0, F), np.zeros(0, np.int32), 1, 0, 255
@@ -478,3 +478,10 @@ def test_observer_on_a_finite_range_whose_width_overflows_float32_gives_scale_in
     for name, z in (("quint8", 0), ("qint8", -128)):
         s, zp = _qparams(rt.MinMaxObserver(dtype=name), [-3e38, 3e38])
         assert s.tolist() == [np.inf] and zp.tolist() == [z]
+
+
+def test_fake_quantize_per_channel_with_no_channel_and_float_zero_points_is_empty():
+    # torch's float-zero-point kernel has no integer range check: (2, 0) in, (2, 0) out
+    for zdt in (np.float32, np.float16):
+        y = rt.fake_quantize_per_channel_affine(np.ones((2, 0), F), np.ones(0, F), np.zeros(0, zdt), 1, 0, 255)
+        assert y.shape == (2, 0) and y.dtype == np.float32
