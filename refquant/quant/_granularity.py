@@ -106,7 +106,8 @@ def broadcast_param(p, shape, axis, block_size, name: str) -> np.ndarray:
             f"{name} has shape {p.shape} but blocks of {block_size} along axis {axis} of an "
             f"array of shape {tuple(shape)} need shape {want}"
         )
-    return np.repeat(p, block_size, axis=axis)[
+    # a block longer than the axis is one partial block: repeat no further than the axis
+    return np.repeat(p, min(block_size, max(shape[axis], 1)), axis=axis)[
         tuple(slice(0, n) if i == axis else slice(None) for i, n in enumerate(shape))
     ]
 
@@ -124,9 +125,9 @@ def reduce_groups(x: np.ndarray, axis, block_size, ufunc) -> np.ndarray:
         others = tuple(i for i in range(x.ndim) if i != axis)
         return ufunc.reduce(x, axis=others) if others else x.copy()
     n = x.shape[axis]
-    starts = np.arange(0, n, block_size)
     if n == 0:
         shape = list(x.shape)
         shape[axis] = 0
         return np.empty(shape, dtype=x.dtype)
+    starts = np.arange(0, n, min(block_size, n))  # a block longer than the axis: one block
     return ufunc.reduceat(x, starts, axis=axis)

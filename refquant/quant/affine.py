@@ -62,7 +62,7 @@ _CHOICES = {
 
 
 def _choice(name, value):
-    if value not in _CHOICES[name]:
+    if not isinstance(value, str) or value not in _CHOICES[name]:
         raise RefquantError(f"{name} must be one of {', '.join(_CHOICES[name])}; got {value!r}")
 
 

@@ -67,6 +67,8 @@ def round_to_int(x, mode: str = "half_even", *, seed=None, rng=None) -> np.ndarr
     ---------
     IEEE 754-2019 §4.3 (roundTiesToEven, roundTiesToAway, directed roundings).
     """
+    if not isinstance(mode, str) or mode not in ROUNDING_MODES:
+        raise RefquantError(f"rounding must be one of {', '.join(ROUNDING_MODES)}; got {mode!r}")
     x = np.asarray(x)
     if x.dtype.name == "bfloat16":
         # ml_dtypes' bfloat16 (kind 'V') has no rint/trunc loops: round its exact float32
@@ -84,8 +86,6 @@ def round_to_int(x, mode: str = "half_even", *, seed=None, rng=None) -> np.ndarr
         return np.ceil(x)
     if mode == "trunc":
         return np.trunc(x)
-    if mode not in ROUNDING_MODES:
-        raise RefquantError(f"rounding must be one of {', '.join(ROUNDING_MODES)}; got {mode!r}")
     # t = trunc(x) and d = x - t are exact for every finite x (|d| < 1 and, for
     # |x| >= 1, x and t lie within a factor of two: Sterbenz). x - floor(x) is not
     # exact for small negative x, so every decision is made on |d| and the sign.
