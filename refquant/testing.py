@@ -267,6 +267,24 @@ def _finish(rep, a_flat, d_flat, mism, cls, x_flat, shape, a_show, d_show):
     return rep
 
 
+def _check_grid(ndim, axis, qmin, qmax):
+    """Validate the granularity axis and the code range shared by both comparisons."""
+    if axis is not None:
+        normalize_axis(axis, ndim)
+    for name, v in (("qmin", qmin), ("qmax", qmax)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | np.integer)):
+            raise RefquantError(f"{name} must be an integer, got {v!r}")
+    if qmin is not None and qmax is not None and qmin > qmax:
+        raise RefquantError(f"qmin {qmin} is greater than qmax {qmax}")
+
+
+def _check_tolerance(name, v, integer=False):
+    ok = isinstance(v, int | np.integer) if integer else isinstance(v, int | float | np.number)
+    if isinstance(v, bool) or not ok or not np.isfinite(v) or v < 0:
+        kind = "an integer" if integer else "a finite number"
+        raise RefquantError(f"{name} must be {kind} >= 0, got {v!r}")
+
+
 def compare_quantized(actual, desired, *, max_step_diff=0, x=None, scale=None, zero_point=None,
                       axis=None, block_size=None, qmin=None, qmax=None,
                       check_dtype=True) -> QuantReport:
@@ -316,6 +334,7 @@ def compare_quantized(actual, desired, *, max_step_diff=0, x=None, scale=None, z
     if a.shape != d.shape:
         rep.shape_mismatch = (a.shape, d.shape)
         return rep
+    _check_grid(a.ndim, axis, qmin, qmax)
     if qmin is None or qmax is None:
         info = np.iinfo(d_raw.dtype) if d_raw.dtype.kind in "iu" else None
         if info is None and d_raw.dtype.name in ("int2", "int4", "uint2", "uint4"):
@@ -392,6 +411,10 @@ def compare_dequantized(actual, desired, *, rtol=1e-6, atol=0.0, max_ulp=None, x
     for name, arr in (("actual", a_raw), ("desired", d_raw)):
         if arr.dtype.kind not in "fiu" and arr.dtype.name != "bfloat16":
             raise RefquantError(f"{name} must be a real array, got dtype {arr.dtype}")
+    if max_ulp is not None:
+        _check_tolerance("max_ulp", max_ulp, integer=True)
+    _check_tolerance("rtol", rtol)
+    _check_tolerance("atol", atol)
     tol = (f"max_ulp={max_ulp}" if max_ulp is not None else f"rtol={rtol:g}, atol={atol:g}")
     rep = QuantReport(header=f"Dequantized values are not close ({tol})", actual=a_raw,
                       desired=d_raw)
@@ -400,6 +423,7 @@ def compare_dequantized(actual, desired, *, rtol=1e-6, atol=0.0, max_ulp=None, x
     if a_raw.shape != d_raw.shape:
         rep.shape_mismatch = (a_raw.shape, d_raw.shape)
         return rep
+    _check_grid(a_raw.ndim, axis, qmin, qmax)
     shape = a_raw.shape
     a = a_raw.astype(np.float64).reshape(-1)
     d = d_raw.astype(np.float64).reshape(-1)

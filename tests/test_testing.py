@@ -318,3 +318,26 @@ def test_dequantized_difference_of_more_than_2_63_steps_is_multi_step():
     rep = compare_dequantized(np.float32([3e38, 1e30]), np.float32([-3e38, 0.0]),
                               scale=np.float32(1e-10))
     assert rep.counts == {"multi_step": 2}
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(rtol=float("nan")), "rtol must be a finite number >= 0"),
+    (dict(rtol=-1.0), "rtol must be"),
+    (dict(atol=float("inf")), "atol must be"),
+    (dict(max_ulp=-3), "max_ulp must be an integer >= 0"),
+    (dict(max_ulp=1.5), "max_ulp must be an integer"),
+    (dict(qmin=5, qmax=1), "qmin 5 is greater than qmax 1"),
+    (dict(qmin=0.5), "qmin must be an integer"),
+    (dict(axis=5), "axis 5 is out of range"),
+])
+def test_compare_dequantized_refuses_tolerances_and_grids_that_mean_nothing(kw, match):
+    # each was accepted before, and --rtol nan then made every element 'not close'
+    with pytest.raises(RefquantError, match=match):
+        compare_dequantized(np.float32([1, 2]), np.float32([1, 2.5]), **kw)
+
+
+@pytest.mark.parametrize("kw, match", [(dict(qmin=5, qmax=1), "greater than qmax"),
+                                       (dict(axis=-2), "out of range")])
+def test_compare_quantized_refuses_an_empty_grid_and_a_missing_axis(kw, match):
+    with pytest.raises(RefquantError, match=match):
+        compare_quantized(np.int8([1, 2]), np.int8([1, 2]), **kw)
