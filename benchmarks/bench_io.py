@@ -91,6 +91,8 @@ def main(argv=None):
     ap.add_argument("--size-mb", type=int, default=1024)
     ap.add_argument("--tensors", type=int, default=64)
     ap.add_argument("--dir", default=None, help="folder for the files (default: a temporary one)")
+    ap.add_argument("--opens", type=int, default=21, help="lazy opens timed (median)")
+    ap.add_argument("--reads", type=int, default=3, help="full reads timed (best)")
     args = ap.parse_args(argv)
 
     import safetensors
@@ -132,16 +134,16 @@ def main(argv=None):
                 v.numpy().copy()
 
         rows = []
-        t_rq_st = _median_time(lambda: rq_open(st))
-        t_st = _median_time(st_open)
-        t_rq_pt = _median_time(lambda: rq_open(pt))
-        t_pt = _median_time(pt_open)
+        t_rq_st = _median_time(lambda: rq_open(st), args.opens)
+        t_st = _median_time(st_open, args.opens)
+        t_rq_pt = _median_time(lambda: rq_open(pt), args.opens)
+        t_pt = _median_time(pt_open, args.opens)
         rows.append(("lazy open (ms), safetensors file", t_rq_st * 1e3, "safetensors.safe_open", t_st * 1e3))
         rows.append(("lazy open (ms), torch.save file", t_rq_pt * 1e3, "torch.load(mmap=True)", t_pt * 1e3))
-        r_rq_st = total / _best_time(lambda: rq_read(st)) / 1e9
-        r_st = total / _best_time(st_read) / 1e9
-        r_rq_pt = total / _best_time(lambda: rq_read(pt)) / 1e9
-        r_pt = total / _best_time(pt_read) / 1e9
+        r_rq_st = total / _best_time(lambda: rq_read(st), args.reads) / 1e9
+        r_st = total / _best_time(st_read, args.reads) / 1e9
+        r_rq_pt = total / _best_time(lambda: rq_read(pt), args.reads) / 1e9
+        r_pt = total / _best_time(pt_read, args.reads) / 1e9
         rows.append(("read all (GB/s), safetensors file", r_rq_st, "safetensors get_tensor", r_st))
         rows.append(("read all (GB/s), torch.save file", r_rq_pt, "torch.load(mmap) + copy", r_pt))
 

@@ -35,5 +35,6 @@ def test_bench_formats_rejects_a_size_that_is_not_whole_rows():
 
 
 def test_bench_io_runs_on_a_small_file(tmp_path, capsys):
-    _load("bench_io").main(["--size-mb", "2", "--tensors", "4", "--dir", str(tmp_path)])
+    _load("bench_io").main(["--size-mb", "2", "--tensors", "4", "--dir", str(tmp_path),
+                            "--opens", "3", "--reads", "1"])
     assert "safetensors" in capsys.readouterr().out
