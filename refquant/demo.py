@@ -88,7 +88,7 @@ def _mx(name):
 def _nf4(w):
     from .compat.bnb import dequantize_4bit, quantize_4bit
 
-    packed, state = quantize_4bit(w, 64, "nf4")
+    packed, state = quantize_4bit(w, blocksize=64, quant_type="nf4")
     return dequantize_4bit(packed, state)
 
 

@@ -160,26 +160,42 @@ def _codes_4bit(scaled, quant_type, backend):
     return np.where(nan, 0, q).astype(np.uint8)
 
 
+def _no_buffers(**buffers):
+    for name, v in buffers.items():
+        if v is not None:
+            raise RefquantError(f"{name} must be None: refquant returns new arrays instead of "
+                                "filling bitsandbytes' preallocated output buffers")
+
+
 def _check_blocksize(blocksize, allowed=_BLOCKSIZES):
     if blocksize not in allowed or isinstance(blocksize, bool):
         raise RefquantError(f"blocksize must be one of {allowed}, got {blocksize!r}")
     return int(blocksize)
 
 
-def quantize_4bit(A, blocksize: int = 64, quant_type: str = "fp4", compress_statistics: bool = False, *,
-                  backend: str = "default"):
+def quantize_4bit(A, absmax=None, out=None, blocksize=None, compress_statistics: bool = False,
+                  quant_type: str = "fp4", quant_storage="uint8", *, backend: str = "default"):
     """Blockwise 4-bit NF4 / FP4 quantization, packed two per byte (first element high).
+
+    The arguments are bitsandbytes' own, in its order, so a call written for
+    ``bitsandbytes.functional.quantize_4bit`` runs unchanged.
 
     Parameters
     ----------
     A : array_like of float16, bfloat16 or float32
         Flattened in C order; not modified.
-    blocksize : int
-        32, 64, ..., 4096 (bitsandbytes' list); the last block may be partial.
-    quant_type : {"fp4", "nf4"}
+    absmax, out : None
+        bitsandbytes' preallocated output buffers; refquant returns new arrays, so
+        these must be None.
+    blocksize : int or None
+        32, 64, ..., 4096 (bitsandbytes' list); the last block may be partial. None
+        means 64, bitsandbytes' default on CPU and CUDA (128 on ROCm).
     compress_statistics : bool
         Double quantization: ``offset = mean(absmax)``, then ``absmax - offset`` is
         quantized with :func:`quantize_blockwise` (8-bit dynamic map, block 256).
+    quant_type : {"fp4", "nf4"}
+    quant_storage : "uint8"
+        The packed bytes' dtype; only uint8 (bitsandbytes' default) is supported.
     backend : {"default", "cuda"}
         Whose tie and zero-block behaviour to reproduce (module docstring).
 
@@ -198,8 +214,12 @@ def quantize_4bit(A, blocksize: int = 64, quant_type: str = "fp4", compress_stat
     bitsandbytes ``functional.quantize_4bit``; ``backends/default/ops.py``; ``kQuantizeBlockwise``.
     """
     _check_backend(backend)
+    _no_buffers(absmax=absmax, out=out)
+    if not (isinstance(quant_storage, str) and quant_storage == "uint8") and not (
+            isinstance(quant_storage, type) and quant_storage is np.uint8):
+        raise RefquantError(f"quant_storage must be 'uint8' (bitsandbytes' default), got {quant_storage!r}")
     get_4bit_type(quant_type)
-    blocksize = _check_blocksize(blocksize)
+    blocksize = _check_blocksize(64 if blocksize is None else blocksize)
     a, flat = _as_input(A)
     scaled, absmax = _scale(flat, blocksize, backend)
     q = _codes_4bit(scaled, quant_type, backend)
@@ -316,8 +336,12 @@ def dequantize_4bit(A, quant_state) -> np.ndarray:
     return _to_dtype(out.reshape(shape), quant_state.get("dtype"))
 
 
-def quantize_blockwise(A, code=None, blocksize: int = 4096, nested: bool = False):
+def quantize_blockwise(A, code=None, absmax=None, out=None, blocksize: int = 4096,
+                       nested: bool = False):
     """8-bit blockwise quantization onto ``code`` (default: the dynamic map).
+
+    bitsandbytes' arguments in its order; ``absmax`` and ``out`` (its output
+    buffers) must be None, since refquant returns new arrays.
 
     Multiplies each full block by ``float32(1 / absmax)`` (the partial last block
     divides), and assigns by float32 midpoints, ties to the lower value: the
@@ -337,6 +361,7 @@ def quantize_blockwise(A, code=None, blocksize: int = 4096, nested: bool = False
     ---------
     bitsandbytes ``functional.quantize_blockwise``; ``backends/default/ops.py``.
     """
+    _no_buffers(absmax=absmax, out=out)
     if isinstance(blocksize, bool) or not isinstance(blocksize, (int, np.integer)) or blocksize <= 0:
         raise RefquantError(f"blocksize must be a positive integer, got {blocksize!r}")
     blocksize = int(blocksize)

@@ -70,7 +70,7 @@ def test_quantize_4bit_bit_for_bit(F, torch, quant_type, blocksize):
     rng = np.random.default_rng(blocksize)
     for A in _inputs(rng):
         q, st = F.quantize_4bit(torch.from_numpy(A), blocksize=blocksize, quant_type=quant_type)
-        mq, ms = bnb.quantize_4bit(A, blocksize, quant_type)
+        mq, ms = bnb.quantize_4bit(A, blocksize=blocksize, quant_type=quant_type)
         bad = np.flatnonzero(q.numpy().ravel() != mq.ravel())
         assert bad.size == 0, (A.shape, bad[:5], q.numpy().ravel()[bad[:5]], mq.ravel()[bad[:5]])
         assert q.shape == mq.shape
@@ -90,7 +90,7 @@ def test_native_cpu_dequantize_4bit_misplaces_blocks_when_rows_are_not_whole_blo
     rng = np.random.default_rng(3)
     A = rng.standard_normal((4, 96)).astype(np.float32)
     q, st = F.quantize_4bit(torch.from_numpy(A), blocksize=64, quant_type="nf4")
-    mq, ms = bnb.quantize_4bit(A, 64, "nf4")
+    mq, ms = bnb.quantize_4bit(A, blocksize=64, quant_type="nf4")
     md = bnb.dequantize_4bit(mq, ms)
     assert np.array_equal(md, default_dequantize_4bit(q, st))
     native = F.dequantize_4bit(q, st).numpy()
@@ -114,7 +114,7 @@ def test_quantize_4bit_half_inputs(F, torch, dtype):
         import ml_dtypes
 
         a_np = a_np.view(ml_dtypes.bfloat16)
-    mq, ms = bnb.quantize_4bit(a_np, 64, "nf4")
+    mq, ms = bnb.quantize_4bit(a_np, blocksize=64, quant_type="nf4")
     assert np.array_equal(q.numpy(), mq)
     assert st_shape == ms["shape"] and np.array_equal(st.absmax.numpy(), ms["absmax"])
     d = default_dequantize_4bit(q, st)
@@ -180,7 +180,7 @@ def test_double_quantization_against_bitsandbytes(F, torch):
     rng = np.random.default_rng(11)
     A = rng.standard_normal((300, 64)).astype(np.float32)
     q, st = F.quantize_4bit(torch.from_numpy(A), blocksize=64, quant_type="nf4", compress_statistics=True)
-    mq, ms = bnb.quantize_4bit(A, 64, "nf4", compress_statistics=True)
+    mq, ms = bnb.quantize_4bit(A, blocksize=64, quant_type="nf4", compress_statistics=True)
     assert np.array_equal(q.numpy(), mq)
     # torch's float32 mean sums in its own order: within a few ulp of the float64 mean
     assert abs(float(st.offset) - float(ms["offset"])) <= 4 * np.spacing(np.float32(ms["offset"]))
@@ -188,3 +188,14 @@ def test_double_quantization_against_bitsandbytes(F, torch):
     # nested codes come from the native 8-bit path on CPU (see the previous test): +-1 code at most
     assert np.abs(st.absmax.numpy().astype(int) - ms["absmax"].astype(int)).max() <= 1
     assert np.allclose(F.dequantize_4bit(q, st).numpy(), bnb.dequantize_4bit(mq, ms), rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["quantize_4bit", "dequantize_4bit", "quantize_blockwise",
+                                  "dequantize_blockwise"])
+def test_positional_parameters_are_bitsandbytes_own_in_its_order(F, name):
+    import inspect
+
+    theirs = list(inspect.signature(getattr(F, name)).parameters)
+    ours = [p.name for p in inspect.signature(getattr(bnb, name)).parameters.values()
+            if p.kind is not p.KEYWORD_ONLY]
+    assert theirs[:len(ours)] == ours
