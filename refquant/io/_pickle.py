@@ -103,7 +103,7 @@ def _check_key(path, k):
 
 
 def restricted_load(source, *, allowed: dict, persistent_load: Callable | None, path="<pickle>",
-                    max_ops: int | None = None):
+                    max_ops: int | None = None, refusal_hints: dict | None = None):
     """Interpret one pickle from ``source`` (bytes or a readable file at the pickle).
 
     Parameters
@@ -118,6 +118,8 @@ def restricted_load(source, *, allowed: dict, persistent_load: Callable | None, 
     max_ops : int, optional
         Refuse streams with more opcodes (a bound on work; default: no bound
         beyond the stream's length).
+    refusal_hints : dict of str to str, optional
+        ``"module.name"`` -> why that global is refused, added to the error.
 
     Returns
     -------
@@ -156,7 +158,8 @@ def restricted_load(source, *, allowed: dict, persistent_load: Callable | None, 
         mapped = f"{module}.{name}"
         if mapped not in allowed:
             shown = key if mapped == key else f"{key} (= {mapped})"
-            raise _fail(path, f"global {shown!r} is not in the allowlist")
+            hint = (refusal_hints or {}).get(mapped)
+            raise _fail(path, f"global {shown!r} is not in the allowlist" + (f": {hint}" if hint else ""))
         return allowed[mapped]
 
     def call(fn, args, how):

@@ -63,6 +63,7 @@ from ._pickle import Allowed, AttrDict, check_hashable_depth, describe, restrict
 __all__ = [
     "LEGACY_MAGIC",
     "LEGACY_PROTOCOL",
+    "TORCH_REFUSAL_HINTS",
     "TorchZipCheckpoint",
     "TorchLegacyCheckpoint",
     "open_torch",
@@ -127,6 +128,21 @@ def _ints(x, what, path):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0 or v > MAX_INDEX:
             raise fail(path, f"pickle refused: {what} {list(x)!r:.80} holds {describe(v)}; expected ints in [0, 2**62]")
     return tuple(x)
+
+
+_QUANTIZED = ("quantized tensors are not read; save q.int_repr() with q.q_scale() / "
+              "q.q_per_channel_scales() and the zero points as plain tensors")
+#: Why some globals that torch.load(weights_only=True) accepts are refused here.
+TORCH_REFUSAL_HINTS = {
+    "torch.complex32": "torch.complex32 (ComplexHalf) has no NumPy dtype",
+    "torch.ComplexHalfStorage": "torch.complex32 (ComplexHalf) has no NumPy dtype",
+    "torch._utils._rebuild_qtensor": _QUANTIZED,
+    **{f"torch.{q}": _QUANTIZED for q in ("qint8", "quint8", "qint32", "quint4x2", "quint2x4",
+                                         "per_tensor_affine", "per_channel_affine",
+                                         "per_channel_affine_float_qparams")},
+    "torch._utils._rebuild_sparse_tensor": "sparse tensors are not read; save to_dense() or "
+                                           "the indices and values as plain tensors",
+}
 
 
 def torch_allowlist(path="<pickle>", on_storage_type=None) -> dict:
@@ -515,7 +531,8 @@ class TorchZipCheckpoint(_TorchCheckpoint):
                 raise fail(path, f"storage {st.key!r} named with {old.nbytes} and {st.nbytes} bytes")
             return old
 
-        obj = restricted_load(data, allowed=torch_allowlist(path), persistent_load=persistent_load, path=path)
+        obj = restricted_load(data, allowed=torch_allowlist(path), persistent_load=persistent_load, path=path,
+                              refusal_hints=TORCH_REFUSAL_HINTS)
         self._zip, self._m, self._cache = zf, m, {}
         self._entries = {}
         for key, st in storages.items():
@@ -595,7 +612,8 @@ class TorchLegacyCheckpoint(_TorchCheckpoint):
             return views.setdefault(vkey, Storage(vkey, st.dtype, vsize * isz, location, st.typed, root, voff * isz))
 
         start = mm.tell()
-        obj = restricted_load(mm, allowed=torch_allowlist(path), persistent_load=persistent_load, path=path)
+        obj = restricted_load(mm, allowed=torch_allowlist(path), persistent_load=persistent_load, path=path,
+                              refusal_hints=TORCH_REFUSAL_HINTS)
         pickle_bytes = mm.tell() - start
         keys = restricted_load(mm, allowed={}, persistent_load=None, path=path)
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):

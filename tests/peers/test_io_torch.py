@@ -7,6 +7,7 @@ import pytest
 from helpers import import_peer
 
 import refquant.io as rio
+from refquant import RefquantError
 
 pytestmark = pytest.mark.peer
 
@@ -147,3 +148,21 @@ def test_counter_set_complex_and_bytearray_load_as_torch_weights_only_loads_them
         assert ck.metadata["counter.a"] == 2 and ck.metadata["counter.b"] == 1
         assert ck.metadata["set"] == ref["set"] and ck.metadata["c"] == ref["c"]
         assert ck.metadata["ba"] == ref["ba"]
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda torch: torch.zeros(2, dtype=torch.complex32), "ComplexHalf. has no NumPy dtype"),
+    (lambda torch: torch.quantize_per_tensor(torch.ones(2), 0.5, 3, torch.quint8), "int_repr"),
+    (lambda torch: torch.ones(2, 2).to_sparse(), "sparse tensors are not read"),
+])
+def test_tensors_refquant_does_not_read_are_refused_with_the_reason(tmp_path, make, match):
+    # complex32 was refused as just 'not in the allowlist'
+    torch = import_peer("torch")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.save({"t": make(torch)}, tmp_path / "m.pt")
+    with pytest.raises(RefquantError, match=match):
+        with rio.open(tmp_path / "m.pt") as ck:
+            ck["t"]
