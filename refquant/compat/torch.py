@@ -318,6 +318,9 @@ def quantize_per_channel(input, scales, zero_points, axis, dtype):  # noqa: A002
     input : float32 array
     scales : 1-D array (torch keeps them as float64 and casts each to float32 here)
     zero_points : 1-D integer array, each inside the dtype's range
+        (refquant's departure: torch also takes a float tensor here and truncates it,
+        so 0.5 acts as 0 and 300.0 gives wrapped codes for qint8; refquant refuses a
+        non-integral or out-of-range zero point with RefquantError instead)
     axis : int in [0, ndim) (torch rejects negative axes)
     dtype : "quint8", "qint8" or "qint32"
 
