@@ -317,10 +317,14 @@ def quantize_per_channel(input, scales, zero_points, axis, dtype):  # noqa: A002
     ----------
     input : float32 array
     scales : 1-D array (torch keeps them as float64 and casts each to float32 here)
-    zero_points : 1-D integer array, each inside the dtype's range
-        (refquant's departure: torch also takes a float tensor here and truncates it,
-        so 0.5 acts as 0 and 300.0 gives wrapped codes for qint8; refquant refuses a
-        non-integral or out-of-range zero point with RefquantError instead)
+    zero_points : 1-D array
+        Integer: each inside the dtype's range (``per_channel_affine``). Floating
+        point: torch's ``per_channel_affine_float_qparams`` instead, whatever the
+        values: ``q = clamp(int(lrintf(fl32(fl32(x * fl32(1/s)) + z))))``, the zero
+        point added before rounding, any finite value allowed (0.5 sends x = 1, s = 1
+        to 2; 300.0 saturates qint8), a zero scale read as 1, NaN / ±Inf / |.| >= 2^55
+        giving 0 and 3e9 wrapping through int32 (see ``_quantize_per_channel_float_qparams``);
+        quint8 and qint8 only. :func:`dequantize` follows the same switch.
     axis : int in [0, ndim) (torch rejects negative axes)
     dtype : "quint8", "qint8" or "qint32"
 
@@ -339,9 +343,11 @@ def quantize_per_channel(input, scales, zero_points, axis, dtype):  # noqa: A002
     name = _dtype_name(dtype, ("quint8", "qint8", "qint32"))
     x = _float_input(input)
     ax = _channel_axis(axis, x.ndim)
+    zp = _asarray(zero_points, "zero_points").reshape(-1)
+    if zp.dtype.kind == "f":
+        return _quantize_per_channel_float_qparams(x, scales, zp, ax, name)
     s = _check_torch_scale(_asarray(scales, "scales", np.float64).reshape(-1), "scales")
     qmin, qmax, storage = DTYPES[name]
-    zp = np.asarray(zero_points).reshape(-1)
     if s.size != x.shape[ax]:
         raise RefquantError(
             f"length of scales must equal to channel, expected {x.shape[ax]} got, {s.size}"
@@ -363,6 +369,49 @@ def quantize_per_channel(input, scales, zero_points, axis, dtype):  # noqa: A002
         nan="qmin" if name == "qint32" else "zero",
         out_dtype=storage,
     )
+
+
+# A grid wide enough that every float32 at or beyond its ends has zero low 32 bits
+# (a multiple of 2^38), as the int64 -> int cast below needs; see the function's Notes.
+_FLOAT_QPARAMS_GRID = IntRange(-(2**62), 2**62, name="lrintf")
+
+
+def _float_qparams(scales, zero_points, n, ax):
+    s = _asarray(scales, "scales", np.float64).reshape(-1)
+    z = _asarray(zero_points, "zero_points", np.float64).reshape(-1)
+    if s.size != n or z.size != n:
+        raise RefquantError(f"scales and zero_points must have {n} elements (the size of axis "
+                            f"{ax}); got {s.size} and {z.size}")
+    if not (np.all(np.isfinite(s)) and np.all(s >= 0)):
+        raise RefquantError(f"scales must be finite and >= 0, got {s}")
+    if not np.all(np.isfinite(z)):
+        raise RefquantError(f"zero_points must be finite, got {z}")
+    return s.astype(np.float32), z.astype(np.float32)
+
+
+def _quantize_per_channel_float_qparams(x, scales, zero_points, ax, name):
+    """torch's ``per_channel_affine_float_qparams`` quantize (float zero points).
+
+    ``quantize_val_float_qparams`` (``ATen/native/quantized/AffineQuantizerBase.cpp``):
+    ``int q = lrintf(value * inv_scale + zero_point)`` with ``inv_scale = 1.0f / scale``
+    (1 for a zero scale), then clamped to the dtype's range. In float32: the product is
+    rounded, then the sum, then rint (ties to even); the zero point is added *before*
+    rounding (the core's ``zero_point_stage="before_rounding"``). Two x86-64 quirks of
+    the ``int`` it lands in: ``lrintf`` gives INT64_MIN for NaN, ±Inf and anything past
+    ±2^63, and the int64 -> int conversion keeps the low 32 bits, so those, and every
+    float32 past ±2^55, become 0, while 3e9 wraps to -1294967296 and clamps to qmin.
+    """
+    if name == "qint32":
+        raise RefquantError("quantize_per_channel with float zero_points (per_channel_affine_"
+                            "float_qparams) takes quint8 or qint8; torch 2.13's CPU kernel dies "
+                            "with SIGILL on qint32")
+    qmin, qmax, storage = DTYPES[name]
+    s32, z32 = _float_qparams(scales, zero_points, x.shape[ax], ax)
+    s32 = np.where(s32 == 0, np.float32(1), s32)  # 1.0f / 1.0f == the kernel's inv_scale 1
+    wide = _core_quantize(x, s32, z32, dtype=_FLOAT_QPARAMS_GRID, axis=ax, scale_op="reciprocal",
+                          precision="float32", zero_point_stage="before_rounding", nan="zero")
+    low32 = wide.astype(np.int64).astype(np.int32).astype(np.int64)  # keeps the low 32 bits
+    return np.clip(low32, qmin, qmax).astype(storage)
 
 
 def dequantize(input, scale, zero_point, axis=None, dtype=None):  # noqa: A002 (torch's name)
@@ -401,11 +450,20 @@ def dequantize(input, scale, zero_point, axis=None, dtype=None):  # noqa: A002 (
             return _dequantize_int32_float32(q, s32, _integer(zero_point, "zero_point"))
         return _core_dequantize(q, s32, _integer(zero_point, "zero_point"), out_dtype=np.float32)
     ax = _channel_axis(axis, q.ndim)
+    if _asarray(zero_point, "zero_point").dtype.kind == "f":
+        # per_channel_affine_float_qparams: (float(q) - z) * s, all float32
+        # (dequantize_per_channel_affine_kernel<float, float, T>)
+        s32, z32 = _float_qparams(scale, zero_point, q.shape[ax], ax)
+        zero = s32 == 0  # the core refuses a zero scale; (q - z) * 0 is a signed zero
+        d = _core_dequantize(q, np.where(zero, np.float32(1), s32), z32, axis=ax,
+                             out_dtype=np.float32, precision="float32")
+        if zero.any():
+            view = [1] * q.ndim
+            view[ax] = -1
+            d = np.where(zero.reshape(view), d * np.float32(0), d)
+        return d
     s = _check_torch_scale(_asarray(scale, "scale", np.float64).reshape(-1), "scale")
-    z = _asarray(zero_point, "zero_point").reshape(-1)
-    if z.dtype.kind == "f" and not np.all(np.isfinite(z) & (z == np.round(z))):
-        raise RefquantError(f"zero_point must hold integers, got {z}")
-    z = z.astype(np.int64)
+    z = _asarray(zero_point, "zero_point").reshape(-1).astype(np.int64)
     if s.size != q.shape[ax] or z.size != q.shape[ax]:
         raise RefquantError(
             f"scale and zero_point must have {q.shape[ax]} elements (the size of axis {ax}); "

@@ -510,3 +510,45 @@ def test_observer_custom_ranges_torch_accepts_give_torchs_qparams(cls_name, name
                 getattr(rt, cls_name)(**kw)
             continue
         _compare_observer(cls_name, kw, [x, x[::-1].copy() * 2])
+
+
+_FLOAT_QPARAM_SPECIALS = [np.nan, np.inf, -np.inf, 3e9, -3e9, 2.2e9, 1e19, -1e19, 2.0**55,
+                          2.0**54 + 512, 0.5, -0.5, 1.5, 2.5]
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), ax=st.integers(0, 1), dtype=st.sampled_from(["qint8", "quint8"]),
+       n_special=st.integers(0, 3), zero_scale=st.booleans(), dyadic=st.booleans(), halves=st.booleans())
+def test_quantize_per_channel_float_zero_points_bit_exact(torch, seed, ax, dtype, n_special,
+                                                          zero_scale, dyadic, halves):
+    # per_channel_affine_float_qparams: the zero point added before rounding, a zero scale
+    # read as 1, NaN / Inf / huge values through lrintf's int64 and the int's low 32 bits
+    rng = np.random.default_rng(seed)
+    c, k = int(rng.integers(1, 4)), int(rng.integers(1, 12))
+    x = (rng.standard_normal((c, k) if ax == 0 else (k, c)) * rng.choice([1, 10, 1e3])).astype(F)
+    x.flat[rng.integers(0, x.size, n_special)] = rng.choice(_FLOAT_QPARAM_SPECIALS, n_special)
+    s = (2.0 ** rng.integers(-4, 3, c)) if dyadic else rng.uniform(0.01, 2, c)
+    s = s.astype(F)
+    if zero_scale:
+        s[0] = 0
+    zp = rng.uniform(-300, 300, c).astype(F)
+    if halves:
+        zp = (np.round(zp * 2) / 2).astype(F)
+    tq = torch.quantize_per_channel(torch.from_numpy(x), torch.from_numpy(s.astype(np.float64)),
+                                    torch.from_numpy(zp), ax, _tdtype(dtype))
+    _same(rt.quantize_per_channel(x, s.astype(np.float64), zp, ax, dtype), tq.int_repr().numpy())
+    _same(rt.dequantize(tq.int_repr().numpy(), s, zp, axis=ax, dtype=dtype), tq.dequantize().numpy())
+
+
+def test_quantize_per_channel_float_zero_points_by_hand(torch):
+    # x * 1 + 0.5: 0.5 -> 0 and -0.5 -> -0 (ties to even), 1.5 -> 2; NaN and +Inf -> 0 (lrintf's
+    # INT64_MIN keeps no low bits); 3e9 + 0.5 is 3e9 in float32, whose low 32 bits are
+    # -1294967296 (clamped to -128); -3e9 -> +1294967296 (clamped to 127)
+    x = F([[0.0, -1.0, 1.0, np.nan, np.inf, 3e9, -3e9]])
+    want = [[0, 0, 2, 0, 0, -128, 127]]
+    assert rt.quantize_per_channel(x, [1.0], F([0.5]), 0, "qint8").tolist() == want
+    tq = torch.quantize_per_channel(torch.from_numpy(x), torch.tensor([1.0], dtype=torch.float64),
+                                    torch.tensor([0.5]), 0, torch.qint8)
+    assert tq.int_repr().tolist() == want
+    with pytest.raises(RefquantError, match="SIGILL"):
+        rt.quantize_per_channel(x, [1.0], F([0.5]), 0, "qint32")
