@@ -37,7 +37,7 @@ import numpy as np
 
 from .._errors import RefquantError
 from ..formats.integer import int_format
-from ..quant._granularity import broadcast_param, normalize_axis
+from ..quant._granularity import broadcast_param, broadcasts_to, normalize_axis
 from ..quant.affine import check_scale, dequantize, quantize
 from ..quant.integer import integer_matmul
 from ..quant.qparams import minmax_range, qparams_from_range
@@ -660,11 +660,7 @@ def _matmul_param(z, name, m, rows: bool):
     z = np.asarray(z)
     if z.ndim == 1 and z.size > 1 and m.ndim == 2:
         z = z.reshape(-1, 1) if rows else z.reshape(1, -1)
-    try:
-        fits = np.broadcast_shapes(z.shape, m.shape) == m.shape
-    except ValueError:
-        fits = False
-    if not fits:
+    if not broadcasts_to(z.shape, m.shape):
         raise RefquantError(
             f"{name} of shape {z.shape} does not fit a matrix of shape {m.shape} "
             f"(scalar, {'M' if rows else 'N'} elements, or the matrix's rank with size 1 along "

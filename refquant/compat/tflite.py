@@ -94,6 +94,13 @@ def _f32_scalar(v, name) -> np.float32:
     return np.float32(a.reshape(-1)[0])
 
 
+def _check_positive(**scales) -> None:
+    """Every named scale (scalar or array) finite and > 0; RefquantError naming the first that is not."""
+    for name, v in scales.items():
+        if not (np.isfinite(v) & (v > 0)).all():
+            raise RefquantError(f"{name} must be finite and > 0; got {v!r}")
+
+
 def _integer_codes(a, name) -> np.ndarray:
     """``a`` as an array of an integer dtype (quantized codes); RefquantError otherwise."""
     a = np.asarray(a)
@@ -153,8 +160,7 @@ def affine_quantize(input_data, scale, zero_point, *, dtype="int8", cast="x86",
     if x.dtype.kind not in "fiu":
         raise RefquantError(f"input_data must be real numbers, got dtype {x.dtype}")
     s = _f32_scalar(scale, "scale")
-    if not (np.isfinite(s) and s > 0):
-        raise RefquantError(f"scale must be finite and > 0; got {scale!r}")
+    _check_positive(scale=s)
     z = _int(zero_point, "zero_point")
     if not fmt.qmin <= z <= fmt.qmax:
         raise RefquantError(f"zero_point {z} is outside [{fmt.qmin}, {fmt.qmax}] of {fmt.name}")
@@ -320,9 +326,7 @@ def _effective_output_scale(input_scale, filter_scale, output_scale) -> np.ndarr
     s_out = np.float64(_f32_scalar(output_scale, "output_scale"))
     if s_w.ndim > 1:
         raise RefquantError(f"filter_scale must be a scalar or 1-D (one per channel); got shape {s_w.shape}")
-    for name, s in (("input_scale", s_in), ("filter_scale", s_w), ("output_scale", s_out)):
-        if not (np.isfinite(s) & (s > 0)).all():
-            raise RefquantError(f"{name} must be finite and > 0; got {s!r}")
+    _check_positive(input_scale=s_in, filter_scale=s_w, output_scale=s_out)
     return np.atleast_1d(s_in * s_w / s_out)
 
 
@@ -349,8 +353,7 @@ def calculate_activation_range_quantized(activation, output_scale, output_zero_p
     if bounds is None:
         return lo, hi
     s = _f32_scalar(output_scale, "output_scale")
-    if not (np.isfinite(s) and s > 0):
-        raise RefquantError(f"output_scale must be finite and > 0; got {output_scale!r}")
+    _check_positive(output_scale=s)
     z = _int(output_zero_point, "output_zero_point")
 
     def q(r):
@@ -386,9 +389,7 @@ def xnnpack_requantization_scale(input_scale, filter_scale, output_scale) -> np.
     s_in = _f32_scalar(input_scale, "input_scale")
     s_w = np.atleast_1d(_real(filter_scale, "filter_scale", np.float32)).reshape(-1)
     s_out = _f32_scalar(output_scale, "output_scale")
-    for name, v in (("input_scale", s_in), ("filter_scale", s_w), ("output_scale", s_out)):
-        if not (np.isfinite(v) & (v > 0)).all():
-            raise RefquantError(f"{name} must be finite and > 0; got {v!r}")
+    _check_positive(input_scale=s_in, filter_scale=s_w, output_scale=s_out)
     with np.errstate(over="ignore", under="ignore"):
         sigma = ((s_in * s_w).astype(np.float32) / s_out).astype(np.float32)
     if not (sigma < 256).all():
@@ -424,8 +425,7 @@ def xnnpack_activation_range(activation, output_scale, output_zero_point, dtype=
     if bounds is None:
         return fmt.qmin, fmt.qmax
     s = _f32_scalar(output_scale, "output_scale")
-    if not (np.isfinite(s) and s > 0):
-        raise RefquantError(f"output_scale must be finite and > 0; got {output_scale!r}")
+    _check_positive(output_scale=s)
     z = _int(output_zero_point, "output_zero_point")
 
     def q(r):

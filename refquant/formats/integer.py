@@ -27,7 +27,7 @@ import numpy as np
 from .._errors import RefquantError
 from ._registry import register
 
-__all__ = ["IntFormat", "IntRange", "int_format"]
+__all__ = ["IntFormat", "IntRange", "int_format", "integral"]
 
 _NAME = re.compile(r"^(u?)int(\d+)(_narrow)?$")
 
@@ -80,7 +80,7 @@ class IntFormat:
         return f"IntFormat({self.name!r}, qmin={self.qmin}, qmax={self.qmax})"
 
 
-def _integral(v, name: str) -> int:
+def integral(v, name: str) -> int:
     """``v`` as an int: any integer, or a float with an integral value (``15.0``)."""
     try:
         return operator.index(v)
@@ -101,7 +101,7 @@ class IntRange(IntFormat):
     """
 
     def __init__(self, qmin: int, qmax: int, storage=None, name: str | None = None):
-        qmin, qmax = _integral(qmin, "quant_min"), _integral(qmax, "quant_max")
+        qmin, qmax = integral(qmin, "quant_min"), integral(qmax, "quant_max")
         if qmin > qmax:
             raise RefquantError(f"quant_min {qmin} must be <= quant_max {qmax}")
         if storage is None:

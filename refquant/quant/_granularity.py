@@ -22,7 +22,8 @@ import numpy as np
 
 from .._errors import RefquantError
 
-__all__ = ["as_array", "normalize_axis", "positive_int", "check_block_size", "param_shape", "broadcast_param", "reduce_groups"]
+__all__ = ["as_array", "normalize_axis", "positive_int", "check_block_size", "param_shape", "broadcast_param",
+           "broadcasts_to", "reduce_groups"]
 
 
 def as_array(value, name: str, dtype=None) -> np.ndarray:
@@ -74,6 +75,14 @@ def param_shape(shape, axis, block_size) -> tuple:
     out = list(shape)
     out[axis] = -(-shape[axis] // block_size)
     return tuple(out)
+
+
+def broadcasts_to(small_shape, shape) -> bool:
+    """Whether an array of ``small_shape`` broadcasts to exactly ``shape`` (NumPy's rules)."""
+    try:
+        return np.broadcast_shapes(tuple(small_shape), tuple(shape)) == tuple(shape)
+    except ValueError:
+        return False
 
 
 def broadcast_param(p, shape, axis, block_size, name: str) -> np.ndarray:

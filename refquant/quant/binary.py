@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._errors import RefquantError
-from ._granularity import normalize_axis
+from ._granularity import broadcasts_to, normalize_axis
 from .rounding import round_to_int
 
 __all__ = [
@@ -170,11 +170,7 @@ def ternarize_threshold(w, threshold, alpha=None, *, axis=None):
         shape = [1] * a.ndim
         shape[ax] = -1
         t = t.reshape(shape)
-    try:
-        fits = np.broadcast_shapes(t.shape, a.shape) == a.shape
-    except ValueError:
-        fits = False
-    if not fits:
+    if not broadcasts_to(t.shape, a.shape):
         raise RefquantError(
             f"threshold of shape {np.shape(threshold)} does not fit weights of shape {a.shape}"
             + ("" if axis is None else f" along axis {axis}")

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._errors import RefquantError
-from ..formats.integer import IntFormat, IntRange, int_format
+from ..formats.integer import IntFormat, IntRange, int_format, integral
 from ._granularity import as_array, check_block_size, normalize_axis, param_shape, reduce_groups
 from .affine import dequantize, fake_quantize, quantize
 from .rounding import round_to_int
@@ -127,14 +127,11 @@ def minmax_range(x, *, axis=None, block_size=None):
 
 
 def _integral(value, name) -> int:
-    """``value`` as an int (integral floats accepted); RefquantError otherwise."""
+    """``value`` (a number or a one-element array) as an int; integral floats accepted."""
     v = as_array(value, name)
     if v.size != 1 or v.dtype.kind not in "fiu":
         raise RefquantError(f"{name} must be one integer, got {value!r}")
-    f = v.reshape(-1)[0]
-    if v.dtype.kind == "f" and not (np.isfinite(f) and f == np.round(f)):
-        raise RefquantError(f"{name} must be an integer, got {value!r}")
-    return int(f)
+    return integral(v.reshape(-1)[0], name)
 
 
 def qparams_from_range(
