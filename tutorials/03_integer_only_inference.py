@@ -204,6 +204,32 @@ for name, other in (("single rounding", fixed_single), ("float32, half even", fl
           f"by at most {np.abs(d).max()} step")
 
 # %% [markdown]
+# **5. One runtime, three kernels.** LiteRT itself requantizes FULLY_CONNECTED
+# three ways, depending on which CPU kernel runs the layer. Its reference kernel
+# multiplies by the real $M$ in double and rounds half away from zero. Its builtin
+# kernel (ruy) rounds twice, the second time half *up*. XNNPACK, its default
+# delegate, rounds a float32 product half to even. Take $M = 1/16$ exactly
+# ($s_{in} = 1/4$, $s_w = 1$, $s_{out} = 4$) and $\mathrm{acc} = 7, -8$, so
+# $\mathrm{acc}\,M = 0.4375, -0.5$:
+
+# %%
+acc_x, one = np.int8([[7], [-8]]), np.int8([[1]])
+kernels = {
+    "reference": tflite.fully_connected(acc_x, one, input_scale=np.float32(0.25),
+                                        filter_scale=np.float32(1), output_scale=np.float32(4)),
+    "optimized": tflite.fully_connected(acc_x, one, output_multiplier=2**30, output_shift=-3,
+                                        kernel="optimized"),
+    "xnnpack": tflite.fully_connected(acc_x, one, kernel="xnnpack",
+                                      requantization_scale=tflite.xnnpack_requantization_scale(
+                                          np.float32(0.25), np.float32(1), np.float32(4))),
+}
+for name, y in kernels.items():
+    print(f"LiteRT {name:9}: {y[:, 0].tolist()}")
+# 0.4375 -> 0 once (reference, xnnpack); twice: SRDHM gives 4, then (4 + 4) >> 3 = 1 (optimized).
+# -0.5 -> -1 away from zero (reference); 0 half up (optimized) and half to even (xnnpack).
+assert [y[:, 0].tolist() for y in kernels.values()] == [[0, -1], [1, 0], [0, 0]]
+
+# %% [markdown]
 # Every difference is one step, and each is a named, reproducible choice:
 # ``refquant.identify`` finds which one a foreign kernel made, and
 # ``docs/peers.md`` lists them with inputs. The hand-worked value still holds:
