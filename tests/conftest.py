@@ -18,3 +18,12 @@ settings.load_profile(
     os.environ.get("REFQUANT_HYPOTHESIS_PROFILE")
     or ("refquant-ci" if os.environ.get("CI") else "refquant")
 )
+
+
+
+def pytest_report_header(config):
+    # Results of peer tests depend on the peers' versions (ml_dtypes 0.7 changed three
+    # casts): every run names what it ran against. tests/test_versions.py checks them.
+    from helpers import version_header
+
+    return version_header()

@@ -22,3 +22,36 @@ def import_peer(name: str):
         if REQUIRE_PEERS:
             pytest.fail(f"peer {name!r} is required (REFQUANT_REQUIRE_PEERS=1) but: {e}")
         pytest.skip(f"peer {name!r} is not installed")
+
+
+def installed_versions():
+    """(group, requirement, installed version or None) for every package pyproject names."""
+    import tomllib
+    from importlib import metadata
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    rows = []
+    for group, reqs in [("core", project["dependencies"]),
+                        *sorted(project["optional-dependencies"].items())]:
+        for text in reqs:
+            req = Requirement(text)
+            try:
+                have = metadata.version(req.name)
+            except metadata.PackageNotFoundError:
+                have = None
+            rows.append((group, req, have))
+    return rows
+
+
+def version_header() -> list[str]:
+    """pytest's header lines: each core, peer, test and cuda package with its installed version."""
+    rows = installed_versions()
+    lines = []
+    for group in ("core", "peers", "test", "cuda"):
+        seen = [f"{r.name} {have or '-'}" for g, r, have in rows if g == group]
+        if seen:
+            lines.append(f"refquant {group}: " + ", ".join(seen))
+    return lines
