@@ -8,3 +8,8 @@ class RefquantError(ValueError):
 
     A subclass of :class:`ValueError`, so ``except ValueError`` also catches it.
     """
+
+
+# Tracebacks and reprs name the class where users import it from (refquant.RefquantError),
+# not the private module that defines it.
+RefquantError.__module__ = "refquant"

@@ -133,12 +133,13 @@ def _run_vectors(args) -> int:
 
 def _add_identify(sub):
     p = sub.add_parser("identify", help="find which rounding / scale / clamp semantics "
-                       "reproduce integer codes Q from inputs X (.npy files)")
-    p.add_argument("x", help=".npy file of the float inputs")
-    p.add_argument("q", help=".npy file of the integer codes to explain")
+                       "reproduce integer codes Q from inputs X (.npy / .npz files)")
+    p.add_argument("x", help="file of the float inputs (.npy, .npz or any checkpoint)")
+    p.add_argument("q", help="file of the integer codes to explain (.npy, .npz, ...)")
     p.add_argument("--scale", required=True,
-                   help="a number, or a .npy file of per-axis / per-block scales")
-    p.add_argument("--zero-point", default="0", help="a number or a .npy file (default 0)")
+                   help="a number, or a file of per-axis / per-block scales")
+    p.add_argument("--zero-point", default="0", help="a number or a file (default 0)")
+    p.add_argument("--key", help="the array to use when a file holds several")
     p.add_argument("--dtype", default=None, help="integer format (default: from Q's dtype)")
     p.add_argument("--axis", type=int, default=None)
     p.add_argument("--block-size", type=int, default=None)
@@ -146,25 +147,37 @@ def _add_identify(sub):
 
 
 def _run_identify(args) -> int:
-    import numpy as np
+    import os
 
     from .identify import identify
+    from .testing import load_arrays
 
-    def load(v, name):
-        if v.endswith(".npy"):
-            try:
-                return np.load(v, allow_pickle=False)
-            except (OSError, ValueError, EOFError) as e:  # missing, truncated, pickled, not .npy
-                raise RefquantError(f"{name}: cannot read {v!r}: {e}") from None
+    def array(path, name):
+        # X and Q are files as given (.npy, .npz or any checkpoint); one array each,
+        # or the one --key names.
+        arrays = load_arrays(path, name)
+        if args.key is not None and "" not in arrays:
+            if args.key not in arrays:
+                raise RefquantError(f"{name} {path!r} has no array {args.key!r}; it has "
+                                    f"{sorted(arrays)}")
+            return arrays[args.key]
+        if len(arrays) != 1:
+            raise RefquantError(f"{name} {path!r} holds {len(arrays)} arrays "
+                                f"({', '.join(sorted(arrays))}): pass --key to choose one")
+        return next(iter(arrays.values()))
+
+    def param(v, name):
+        if os.path.isfile(v):
+            return array(v, name)
         try:
             return float(v) if name == "scale" else int(v)
         except ValueError:
-            raise RefquantError(f"{name} must be a number or a .npy file, got {v!r}") from None
+            raise RefquantError(f"{name} must be a number or an existing file (.npy, .npz), "
+                                f"got {v!r}") from None
 
-    x = load(args.x if args.x.endswith(".npy") else args.x + ".npy", "x")
-    q = load(args.q if args.q.endswith(".npy") else args.q + ".npy", "q")
-    rep = identify(x, q, load(args.scale, "scale"), load(args.zero_point, "zero_point"),
-                   dtype=args.dtype, axis=args.axis, block_size=args.block_size)
+    rep = identify(array(args.x, "X"), array(args.q, "Q"), param(args.scale, "scale"),
+                   param(args.zero_point, "zero_point"), dtype=args.dtype, axis=args.axis,
+                   block_size=args.block_size)
     if args.json:
         import json
 
@@ -195,7 +208,11 @@ def _run_inspect(args) -> int:
     with rio.open(args.path) as ck:
         schemes = rio.quant_schemes(ck)
         # shape: of the numbers (block-quantized tensors: of what the blocks decode to)
-        rows = [{"name": n, "dtype": i.dtype.name, "stored_dtype": i.stored_dtype,
+        # dtype: one vocabulary for every format (NumPy / ml_dtypes names; a block-quantized
+        # tensor shows its stored type, q4_0); stored_dtype: the file's own name for it
+        # (F32, torch.float32, |i1, Q4_0).
+        rows = [{"name": n, "dtype": i.stored_dtype.lower() if i.logical_shape else i.dtype.name,
+                 "stored_dtype": i.stored_dtype,
                  "shape": list(i.logical_shape or i.shape), "bytes": i.nbytes, "scheme": schemes[n]}
                 for n, i in ck.infos.items()]
         meta = dict(ck.metadata)
@@ -215,7 +232,7 @@ def _run_inspect(args) -> int:
     print("-" * len(head))
     for r in rows:
         shape = "x".join(str(d) for d in r["shape"]) or "scalar"
-        print(f"{r['name']:<{w}}  {r['stored_dtype']:<16}{shape:<20}{r['bytes']:>12}  {r['scheme'] or '-'}")
+        print(f"{r['name']:<{w}}  {r['dtype']:<16}{shape:<20}{r['bytes']:>12}  {r['scheme'] or '-'}")
     print("-" * len(head))
     print(f"{'total':<{w}}  {'':<16}{'':<20}{total:>12}")
     if meta:
@@ -236,11 +253,14 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="refquant",
         description="Reference arithmetic of model compression: quantize, prune, verify.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"refquant {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add, _ in COMMANDS.values():
         add(sub)
     return parser
@@ -249,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:  # a bare `refquant`: what it can do, not an error
+        parser.print_help()
+        return 0
     try:
         return COMMANDS[args.command][1](args)
     except RefquantError as e:

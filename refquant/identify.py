@@ -63,11 +63,11 @@ class Candidate:
     name: str
     semantics: dict
     mismatches: int
-    departures: list = field(default_factory=list)  # (index, x, expected, got)
+    departures: list = field(default_factory=list)  # (index, x, code in Q, code these semantics give)
 
     def to_dict(self):
         return {"name": self.name, "semantics": self.semantics, "mismatches": self.mismatches,
-                "departures": [{"index": list(i), "x": xv, "expected": e, "got": g}
+                "departures": [{"index": list(i), "x": xv, "q": e, "candidate": g}
                                for i, xv, e, g in self.departures]}
 
 
@@ -117,7 +117,8 @@ class IdentifyReport:
                 sem = ", ".join(f"{k}={v}" for k, v in c.semantics.items())
                 lines.append(f"  {c.name}: {c.mismatches} / {self.n} element(s) differ  [{sem}]")
                 for idx, xv, e, g in c.departures:
-                    lines.append(f"    at {tuple(idx)}: x={xv!r} expected {e}, got {g}")
+                    lines.append(f"    at {tuple(idx)}: x={float(xv)!r}: Q has {e}, "
+                                 f"these semantics give {g}")
         return "\n".join(lines)
 
 

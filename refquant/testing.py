@@ -325,9 +325,12 @@ def compare_quantized(actual, desired, *, max_step_diff=0, x=None, scale=None, z
     if (not isinstance(max_step_diff, int | np.integer) or isinstance(max_step_diff, bool)
             or max_step_diff < 0):
         raise RefquantError(f"max_step_diff must be an integer >= 0, got {max_step_diff!r}")
+    if scale is not None:  # checked even where it is not needed (without x), never ignored
+        scale = check_scale(scale, "scale")
     a_raw, a = _as_codes(actual, "actual")
     d_raw, d = _as_codes(desired, "desired")
-    rep = QuantReport(header=f"Quantized codes are not equal (max_step_diff={max_step_diff})",
+    rep = QuantReport(header="Quantized codes are not equal" if max_step_diff == 0 else
+                      f"Quantized codes differ by more than {max_step_diff} step(s)",
                       actual=a_raw, desired=d_raw)
     if check_dtype and a_raw.dtype != d_raw.dtype:
         rep.dtype_mismatch = (str(a_raw.dtype), str(d_raw.dtype))
@@ -580,6 +583,8 @@ def verify_files(actual, expected, *, scale=None, zero_point=None, axis=None, bl
     if isinstance(x, str):
         x_all = load_arrays(x, "x")
     scale = _param(scale, "scale")
+    if scale is not None:
+        scale = check_scale(scale, "scale")
     zero_point = _param(zero_point, "zero_point")
     if key is not None:
         for what, arrs in (("ACTUAL", a_all), ("EXPECTED", d_all)):

@@ -33,3 +33,82 @@ def test_demo_lists_float_codebook_and_block_formats(capsys):
     assert fmts["q4_k (llama.cpp)"]["sqnr_db"] > fmts["q4_0 (llama.cpp)"]["sqnr_db"]
     assert fmts["q8_0 (llama.cpp)"]["sqnr_db"] > fmts["q4_0 (llama.cpp)"]["sqnr_db"] + 20
     assert 8.2 < fmts["float8_e4m3fn per-channel"]["bits_per_weight"] < 8.3
+
+
+def test_version_and_a_bare_command_print_instead_of_erroring(capsys):
+    import pytest
+
+    import refquant
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"refquant {refquant.__version__}"
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: refquant") and "inspect" in out and "verify" in out
+
+
+def test_identify_reads_the_files_it_is_given_npz_included(tmp_path, capsys):
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.float32([0.5, 1.5, 2.5]))
+    np.savez(tmp_path / "mine.npz", q=np.int8([0, 2, 2]))  # half to even
+    assert main(["identify", str(tmp_path / "x.npy"), str(tmp_path / "mine.npz"),
+                 "--scale", "1"]) == 0
+    assert "rounding          = half_even" in capsys.readouterr().out
+    np.savez(tmp_path / "two.npz", a=np.int8([0, 2, 2]), b=np.int8([1, 2, 3]))
+    assert main(["identify", str(tmp_path / "x.npy"), str(tmp_path / "two.npz"),
+                 "--scale", "1"]) == 2
+    assert "pass --key" in capsys.readouterr().err
+    assert main(["identify", str(tmp_path / "x.npy"), str(tmp_path / "two.npz"),
+                 "--scale", "1", "--key", "a"]) == 0
+
+
+def test_verify_refuses_a_bad_scale_even_without_x(tmp_path, capsys):
+    import numpy as np
+
+    np.save(tmp_path / "a.npy", np.int8([1, 2]))
+    for bad in ("-1", "0", "nan", "inf"):
+        assert main(["verify", str(tmp_path / "a.npy"), str(tmp_path / "a.npy"),
+                     "--scale", bad]) == 2
+        assert "scale must be finite and > 0" in capsys.readouterr().err
+
+
+def test_messages_show_plain_numbers_and_the_public_error_class():
+    import numpy as np
+    import pytest
+
+    import refquant
+
+    assert repr(refquant.RefquantError("m")) == "RefquantError('m')"
+    assert refquant.RefquantError.__module__ == "refquant"
+    cases = [lambda: refquant.quantize(np.float32([1]), np.float64(-1.0)),
+             lambda: refquant.quantize(np.float32([1]), 1.0, np.float64(0.5)),
+             lambda: refquant.quantize_bias(np.float32([1]), np.float32(-2), 1.0)]
+    for call in cases:
+        with pytest.raises(refquant.RefquantError) as e:
+            call()
+        assert "np.float" not in str(e.value), str(e.value)
+
+
+def test_unknown_format_suggests_the_nearest_name():
+    import pytest
+
+    import refquant
+
+    with pytest.raises(refquant.RefquantError, match=r"did you mean 'q4_k'\?"):
+        refquant.get_format("q4k")
+    with pytest.raises(refquant.RefquantError, match=r"did you mean 'float8_e4m3fn'"):
+        refquant.get_format("float8_e4m3")
+    with pytest.raises(refquant.RefquantError) as e:
+        refquant.get_format("zzzz")
+    assert "did you mean" not in str(e.value)
+
+
+def test_quantize_of_text_says_what_it_accepts():
+    import pytest
+
+    import refquant
+
+    with pytest.raises(refquant.RefquantError, match="real numbers .floating-point, integer"):
+        refquant.quantize("abc", 0.1)

@@ -100,9 +100,13 @@ def test_when_nothing_matches_the_closest_and_their_departures_are_reported():
     assert not rep.matches
     best = rep.closest[0]
     assert best.mismatches == 1
-    idx, xv, expected, got = best.departures[0]
-    assert xv in (0.5, 1.5) and expected != got
-    assert "no combination reproduces Q" in str(rep)
+    idx, xv, q, candidate = best.departures[0]
+    assert xv in (0.5, 1.5) and q != candidate
+    text = str(rep)
+    assert "no combination reproduces Q" in text
+    # the user's own codes are Q, not "expected"
+    assert f"Q has {q}, these semantics give {candidate}" in text and "expected" not in text
+    assert rep.to_dict()["closest"][0]["departures"][0]["q"] == q
 
 
 def test_per_axis_and_blocked_granularity():
@@ -165,8 +169,8 @@ def test_fused_multiply_add_is_identified_from_near_ties():
     (None, 0, TIES, "scale must be a real"),  # TypeError from a preset's float()
     (1.0, "a", TIES, "zero_point must be"),  # ValueError from a preset's int()
     (1.0, 10**23, TIES, "zero_point must be"),  # OverflowError from a preset
-    (1.0, 0, TIES.astype(np.complex64), "x must be a real"),  # ComplexWarning, then 'matches'
-    (1.0, 0, np.array(["a"] * TIES.size), "x must be a real"),
+    (1.0, 0, TIES.astype(np.complex64), "x must be an array of real numbers"),  # ComplexWarning, then 'matches'
+    (1.0, 0, np.array(["a"] * TIES.size), "x must be an array of real numbers"),
     (1.0, 0, [[1.0], [2.0, 3.0]], "x must be"),  # ragged: NumPy's ValueError
 ])
 def test_bad_scale_zero_point_or_x_is_an_error_not_a_search_result(scale, zero_point, x, what):
@@ -181,10 +185,10 @@ def test_cli_identify_unreadable_npy_exits_2_with_a_message(tmp_path, capsys):
     np.save(tmp_path / "obj.npy", np.array([None, 1], object), allow_pickle=True)
     for x in ("bad.npy", "empty.npy", "obj.npy"):  # ValueError / EOFError tracebacks before
         assert main(["identify", str(tmp_path / x), str(tmp_path / "q.npy"), "--scale", "1"]) == 2
-        assert f"x: cannot read '{tmp_path / x}'" in capsys.readouterr().err
+        assert f"cannot read X '{tmp_path / x}'" in capsys.readouterr().err
     assert main(["identify", str(tmp_path / "q.npy"), str(tmp_path / "q.npy"),
                  "--scale", str(tmp_path / "obj.npy")]) == 2
-    assert "scale: cannot read" in capsys.readouterr().err
+    assert "cannot read scale" in capsys.readouterr().err
 
 
 def test_nan_policy_is_searched_for_bfloat16_and_float16_inputs():

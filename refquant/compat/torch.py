@@ -183,7 +183,7 @@ def _check_torch_scale(scale, name="scale"):
     bad = ~(np.isfinite(s) & (s > 0))
     if bad.any():
         raise RefquantError(
-            f"{name} must be finite and > 0, got {s[bad].flat[0]!r} (PyTorch accepts it "
+            f"{name} must be finite and > 0, got {s[bad].flat[0].item()!r} (PyTorch accepts it "
             "and returns codes computed from 1/scale; refquant refuses)"
         )
     return s

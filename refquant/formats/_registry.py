@@ -52,8 +52,19 @@ def get_format(name: str | NumberFormat) -> NumberFormat:
     try:
         return _REGISTRY[name]
     except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
-        raise RefquantError(f"unknown format {name!r}; known formats: {known}") from None
+        raise RefquantError(_unknown(name)) from None
+
+
+def _unknown(name: str) -> str:
+    """'unknown format' with the nearest registered names first, then every name."""
+    import difflib
+
+    names = sorted(_REGISTRY)
+    folded = {n.replace("_", "").lower(): n for n in names}
+    near = [folded[k] for k in difflib.get_close_matches(
+        name.replace("_", "").lower(), list(folded), n=3, cutoff=0.75)]
+    hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+    return f"unknown format {name!r}{hint} (known formats: {', '.join(names)})"
 
 
 def list_formats(family: str | None = None) -> list[str]:

@@ -414,7 +414,7 @@ class GGMLBlockFormat:
         if bad.any():
             where = tuple(int(i) for i in np.argwhere(bad)[0])
             raise RefquantError(
-                f"blocks contains a non-finite value {x[where]!r} at index {where}; ggml's "
+                f"blocks contains a non-finite value {x[where].item()!r} at index {where}; ggml's "
                 f"quantize_row_{self.c_name}_ref has no defined result for NaN/Inf input"
             )
         out = np.empty((x.shape[0], self.type_size), dtype=np.uint8)

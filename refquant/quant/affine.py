@@ -72,7 +72,10 @@ def _as_float_array(x, name):
         return a
     if a.dtype.kind in "iub":
         return a.astype(np.float64)
-    raise RefquantError(f"{name} must be a real floating-point array, got dtype {a.dtype}")
+    raise RefquantError(
+        f"{name} must be an array of real numbers (floating-point, integer or bool), "
+        f"got dtype {a.dtype}"
+    )
 
 
 def _precision(precision):
@@ -94,7 +97,7 @@ def check_scale(scale, name: str = "scale") -> np.ndarray:
     if bad.any():
         first = s64.reshape(-1)[np.flatnonzero(bad.reshape(-1))[0]]
         raise RefquantError(
-            f"{name} must be finite and > 0; found {first!r} "
+            f"{name} must be finite and > 0; found {first.item()!r} "
             f"({int(bad.sum())} of {s64.size} element(s) invalid)"
         )
     return s
@@ -106,11 +109,11 @@ def check_zero_point(zero_point, fmt: IntFormat, *, allow_float: bool, name="zer
     if z.dtype.kind == "f" or z.dtype.name == "bfloat16":
         z64 = z.astype(np.float64)
         if not np.isfinite(z64).all():
-            raise RefquantError(f"{name} must be finite, got {z64[~np.isfinite(z64)][0]!r}")
+            raise RefquantError(f"{name} must be finite, got {z64[~np.isfinite(z64)][0].item()!r}")
         far = (z64 < fmt.qmin) | (z64 > fmt.qmax)  # before an int64 cast (1e30 is undefined)
         if far.any():
             raise RefquantError(
-                f"{name} {z64[far].reshape(-1)[0]!r} is outside the range "
+                f"{name} {z64[far].reshape(-1)[0].item()!r} is outside the range "
                 f"[{fmt.qmin}, {fmt.qmax}] of {fmt.name}"
             )
         if allow_float:
@@ -118,7 +121,7 @@ def check_zero_point(zero_point, fmt: IntFormat, *, allow_float: bool, name="zer
         if not (z64 == np.round(z64)).all():
             raise RefquantError(
                 f"{name} must be integral when added after rounding; got "
-                f"{z64[z64 != np.round(z64)][0]!r} (use zero_point_stage='before_rounding' "
+                f"{z64[z64 != np.round(z64)][0].item()!r} (use zero_point_stage='before_rounding' "
                 "for float zero points)"
             )
         z = z64

@@ -404,7 +404,7 @@ def quantize_multiplier(real_multiplier, *, single_rounding=False):
     m = m.astype(np.float64)
     if not np.isfinite(m).all():
         raise RefquantError(
-            f"real_multiplier must be finite, got {m[~np.isfinite(m)].reshape(-1)[0]!r}"
+            f"real_multiplier must be finite, got {m[~np.isfinite(m)].reshape(-1)[0].item()!r}"
         )
     q, e = np.frexp(m)
     qf = round_to_int(q * 2.0**31, "half_away").astype(np.int64)  # q * 2^31 is exact
@@ -568,7 +568,7 @@ def requantize(acc, multiplier, zero_point=0, *, dtype="int8", axis=None, method
         axis = normalize_axis(axis, a.ndim)
     m = _real(multiplier, "multiplier")
     if not (np.isfinite(m) & (m > 0)).all():
-        raise RefquantError(f"multiplier must be finite and > 0; got {m[~(np.isfinite(m) & (m > 0))].reshape(-1)[0]!r}")
+        raise RefquantError(f"multiplier must be finite and > 0; got {m[~(np.isfinite(m) & (m > 0))].reshape(-1)[0].item()!r}")
     mb = broadcast_param(m, a.shape, axis, None, "multiplier")
     z = _int(zero_point, "zero_point")
     if not fmt.qmin <= z <= fmt.qmax:
@@ -643,7 +643,7 @@ def quantize_bias(bias, input_scale, weight_scale, *, axis=None, rounding="half_
     sw = _real(weight_scale, "weight_scale")
     for name, s in (("input_scale", si), ("weight_scale", sw)):
         if not (np.isfinite(s) & (s > 0)).all():
-            raise RefquantError(f"{name} must be finite and > 0; got {s.reshape(-1)[0]!r}")
+            raise RefquantError(f"{name} must be finite and > 0; got {s[~(np.isfinite(s) & (s > 0))].reshape(-1)[0].item()!r}")
     if si.size != 1:
         raise RefquantError(f"input_scale must be a scalar, got shape {si.shape}")
     if axis is None and sw.size > 1 and b.ndim == 1:

@@ -275,7 +275,7 @@ def qparams_from_range(
         s32 = np.asarray(scale).astype(np.float32)
     if not np.isfinite(s32).all():
         raise RefquantError(
-            f"the scale {np.asarray(scale)[~np.isfinite(s32)].reshape(-1)[0]!r} of the range "
+            f"the scale {np.asarray(scale)[~np.isfinite(s32)].reshape(-1)[0].item()!r} of the range "
             "[lo, hi] overflows float32, in which scales are returned"
         )
     grid = (fmt if (qmin, qmax) == (fmt.qmin, fmt.qmax)
