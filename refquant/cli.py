@@ -243,7 +243,83 @@ def _run_inspect(args) -> int:
     return 0
 
 
+def _add_compress(sub):
+    from .compress.recipe import PRESETS
+
+    p = sub.add_parser(
+        "compress", help="compress every tensor of a checkpoint (streaming) and report the cost",
+        description="Read IN (any format refquant reads), quantize its weights by --scheme or "
+        "--recipe, and write OUT (.safetensors: refquant's self-describing layout; .gguf: "
+        "llama.cpp's types) one tensor at a time. Norms, biases, embeddings and the output "
+        "head are kept unless a recipe rule names them. Prints one line per tensor and the "
+        f"totals. Presets: {', '.join(PRESETS)}; or any format name of the registry.",
+    )
+    p.add_argument("input", help="checkpoint file, index .json or model folder")
+    p.add_argument("-o", "--output", required=True, help="OUT.safetensors or OUT.gguf")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--scheme", help="a preset or format name (int8, int4-g128, fp8, q4_0, ...)")
+    g.add_argument("--recipe", help="a TOML recipe of rules by name pattern")
+    p.add_argument("--report", action="append", default=[],
+                   help="also write the report to FILE.json or FILE.csv (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--nonfinite", choices=("raise", "keep"), default="raise",
+                   help="a tensor with NaN/Inf: refuse it (default) or keep it unquantized")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no table, no progress bar")
+
+
+def _write_reports(rep, paths):
+    import os
+
+    for path in paths:
+        ext = os.path.splitext(path)[1].lower()
+        if ext not in (".json", ".csv"):
+            raise RefquantError(f"--report {path!r}: name it .json or .csv")
+        from .io._common import atomic_write
+
+        text = rep.to_json() if ext == ".json" else rep.to_csv()
+        atomic_write(path, lambda f, t=text: f.write(t.encode("utf-8")), overwrite=True)
+
+
+def _run_compress(args) -> int:
+    from .compress.pipeline import compress, tqdm_progress
+
+    for path in args.report:  # refuse a bad report name before any work
+        if not path.lower().endswith((".json", ".csv")):
+            raise RefquantError(f"--report {path!r}: name it .json or .csv")
+    rep = compress(args.input, args.output, scheme=args.scheme, recipe=args.recipe,
+                   overwrite=args.overwrite, nonfinite=args.nonfinite,
+                   progress=None if args.quiet else tqdm_progress())
+    _write_reports(rep, args.report)
+    if args.json:
+        print(rep.to_json())
+    elif not args.quiet:
+        print(rep.table())
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _add_decompress(sub):
+    p = sub.add_parser("decompress", help="restore float tensors from a compressed checkpoint",
+                       description="Dequantize every tensor of IN (refquant's compressed "
+                       "safetensors, or any GGUF) and write them as float32 safetensors.")
+    p.add_argument("input", help="a refquant-compressed .safetensors or a .gguf")
+    p.add_argument("-o", "--output", required=True, help="OUT.safetensors")
+    p.add_argument("--dtype", default="float32", help="float32 (default), float16 or float64")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+
+def _run_decompress(args) -> int:
+    from .compress.pipeline import decompress
+
+    n = decompress(args.input, args.output, overwrite=args.overwrite, dtype=args.dtype)
+    print(f"wrote {n} tensors to {args.output}")
+    return 0
+
+
 COMMANDS = {
+    "compress": (_add_compress, _run_compress),
+    "decompress": (_add_decompress, _run_decompress),
     "demo": (_add_demo, _run_demo),
     "verify": (_add_verify, _run_verify),
     "vectors": (_add_vectors, _run_vectors),
@@ -277,6 +353,11 @@ def main(argv=None) -> int:
     except RefquantError as e:
         print(f"refquant {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `refquant inspect big.gguf | head`: the reader left, not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

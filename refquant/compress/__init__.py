@@ -1,1 +1,16 @@
-"""compress"""
+"""Compress whole checkpoints: recipes, the streaming pipeline and its report.
+
+``refquant.compress.compress(src, dst, scheme="q4_0")`` (the ``refquant
+compress`` command) reads any checkpoint refquant reads and writes a compressed
+safetensors or GGUF file one tensor at a time, returning a
+:class:`~refquant.compress.report.CompressReport`; ``decompress`` restores the
+floats.
+"""
+
+from .pipeline import compress, decompress, plan
+from .recipe import PRESETS, Recipe, Rule, load_recipe, preset_recipe
+from .report import CompressReport, TensorRow
+from .schemes import get_scheme
+
+__all__ = ["compress", "decompress", "plan", "PRESETS", "Recipe", "Rule", "load_recipe",
+           "preset_recipe", "CompressReport", "TensorRow", "get_scheme"]

@@ -1,0 +1,390 @@
+"""``refquant compress``: a whole checkpoint, streamed tensor by tensor, with its report.
+
+The pipeline reads any checkpoint :func:`refquant.io.open` reads, decides each
+tensor's scheme from the recipe, plans the whole output (names, dtypes, shapes,
+bytes) from the headers alone, writes the output's header, then reads,
+quantizes, checks and writes one tensor at a time: peak memory is a few copies
+of the largest tensor, whatever the checkpoint's size. Output goes to a
+temporary file that is renamed into place at the end; the input is only ever
+read.
+
+Outputs
+-------
+``.safetensors``
+    refquant's self-describing layout: each quantized tensor's parts (see
+    :mod:`refquant.compress.schemes`) and, in ``__metadata__["refquant.compress"]``,
+    a JSON document naming every tensor's scheme, shape and dtype, which is all
+    :func:`decompress` needs.
+``.gguf``
+    llama.cpp's container: ggml block schemes (``q4_0`` ... ``q6_k``) stored as
+    their ggml types, kept tensors as F32 / F16 / BF16 / integer; from a GGUF
+    input every metadata key is copied with its type and ``general.file_type``
+    and ``general.quantization_version`` are set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .._errors import RefquantError
+from .recipe import Recipe, preset_recipe
+from .report import CompressReport, TensorRow
+from .schemes import KEEP, Part, Scheme, get_scheme
+
+__all__ = ["compress", "decompress", "plan"]
+
+_META_KEY = "refquant.compress"
+# llama.cpp's GGML_QNT_VERSION (ggml.h), written as general.quantization_version
+_GGML_QNT_VERSION = 2
+
+
+@dataclass
+class Planned:
+    """One input tensor's fate: its scheme (None: kept) and the output parts it becomes."""
+
+    name: str
+    shape: tuple
+    dtype: np.dtype
+    bytes_in: int
+    scheme: Scheme | None
+    reason: str
+    parts: list[Part] = field(default_factory=list)
+    raw_type: str | None = None  # a kept GGUF tensor already in a ggml block type
+
+    def out_name(self, part: Part) -> str:
+        return self.name + part.suffix
+
+
+def _recipe_of(scheme, recipe) -> Recipe:
+    if (scheme is None) == (recipe is None):
+        raise RefquantError("give exactly one of scheme= (a preset or format name) and recipe=")
+    if recipe is not None:
+        if isinstance(recipe, Recipe):
+            return recipe
+        from .recipe import load_recipe
+
+        return load_recipe(recipe)
+    return preset_recipe(scheme)
+
+
+def _output_format(dst, output_format) -> str:
+    if output_format is not None:
+        if output_format not in ("safetensors", "gguf"):
+            raise RefquantError(f"output_format must be 'safetensors' or 'gguf', got "
+                                f"{output_format!r}")
+        return output_format
+    name = os.fspath(dst)
+    if name.endswith(".safetensors"):
+        return "safetensors"
+    if name.endswith(".gguf"):
+        return "gguf"
+    raise RefquantError(f"output {name!r}: cannot tell the format from the suffix; name it "
+                        "*.safetensors or *.gguf, or pass output_format=")
+
+
+def plan(ck, recipe: Recipe, fmt: str = "safetensors") -> list[Planned]:
+    """Decide every tensor's scheme and output parts from ``ck``'s headers alone."""
+    out = []
+    for name, info in ck.infos.items():
+        shape = tuple(info.logical_shape or info.shape)
+        raw = info.stored_dtype.upper() if info.scheme and info.scheme.startswith("ggml:") else None
+        if raw is not None and not any(r.matches(name) for r in recipe.rules):
+            sname, why = KEEP, f"already {raw} (requantizing compounds the error)"
+        else:
+            sname, why = recipe.decide(name, np.dtype(np.float32) if raw else info.dtype, shape)
+        scheme = None
+        if sname != KEEP:
+            scheme = get_scheme(sname)
+            bad = scheme.unsupported(shape)
+            if bad is not None:
+                scheme, why = None, f"kept: {bad}"
+            elif fmt == "gguf" and scheme.gguf_type is None:
+                raise RefquantError(f"tensor {name!r}: scheme {sname!r} has no ggml type, so it "
+                                    "cannot be written to GGUF; use a ggml type (q8_0, q4_k, ...) "
+                                    "or write .safetensors")
+        p = Planned(name, shape, np.dtype(info.dtype), int(info.nbytes), scheme, why,
+                    raw_type=raw)
+        if scheme is None:
+            p.parts = [Part("", np.dtype(info.dtype), tuple(info.shape))]
+        else:
+            p.parts = scheme.parts(shape)
+        out.append(p)
+    recipe.check_required()
+    return out
+
+
+def _finite_or_refuse(name, w, nonfinite):
+    bad = ~np.isfinite(w)
+    if not bad.any():
+        return True
+    if nonfinite == "keep":
+        return False
+    idx = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise RefquantError(f"tensor {name!r} holds {int(bad.sum())} NaN/Inf value(s), the first "
+                        f"{w[idx].item()!r} at index {idx}; refused (pass nonfinite='keep' to "
+                        "store such tensors unquantized)")
+
+
+def _measure(w, w_hat, scheme, parts, shape) -> tuple[float | None, float | None, bool]:
+    """SQNR in dB (None when exact), max error in steps (None without steps), exact."""
+    w64 = np.asarray(w, np.float64).reshape(-1)
+    err = w64 - np.asarray(w_hat, np.float64).reshape(-1)
+    noise = float(np.dot(err, err))
+    if noise == 0:
+        return None, (0.0 if scheme.has_steps else None), True
+    signal = float(np.dot(w64, w64))
+    sq = 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+    steps = None
+    st = scheme.steps(parts, shape)
+    if st is not None:
+        e = np.abs(err.reshape(np.shape(st)[0], -1)) / st
+        steps = float(e.max()) if e.size else 0.0
+    return (sq if math.isfinite(sq) else None), steps, False
+
+
+def _gguf_fields(src):
+    """(key, value, type) of every metadata key of a GGUF input, through gguf-py's reader."""
+    import gguf
+
+    r = gguf.GGUFReader(src)
+    fields = []
+    for key, f in r.fields.items():
+        if key.startswith("GGUF.") or key in ("general.architecture", "general.file_type",
+                                              "general.quantization_version"):
+            continue
+        vtype = f.types[0]
+        if vtype == gguf.GGUFValueType.ARRAY:
+            sub = f.types[-1] if len(f.types) > 1 else None
+            fields.append((key, (f.contents(), sub), vtype))
+        else:
+            fields.append((key, f.contents(), vtype))
+    arch = r.fields.get("general.architecture")
+    return fields, (arch.contents() if arch is not None else None)
+
+
+def _file_type(planned) -> int | None:
+    """llama.cpp's ``general.file_type`` when one ggml type holds the quantized tensors."""
+    import gguf
+
+    types = {p.scheme.gguf_type for p in planned if p.scheme is not None}
+    if len(types) != 1:
+        return None
+    name = "MOSTLY_" + types.pop().upper()
+    return int(gguf.LlamaFileType[name]) if name in gguf.LlamaFileType.__members__ else None
+
+
+def _plain_ggml(dtype) -> str:
+    names = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64",
+             "int8": "I8", "int16": "I16", "int32": "I32", "int64": "I64"}
+    try:
+        return names[np.dtype(dtype).name]
+    except KeyError:
+        raise RefquantError(f"dtype {np.dtype(dtype)} has no ggml type; GGUF stores "
+                            f"{', '.join(sorted(names))}") from None
+
+
+def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrite=False,
+             nonfinite="raise", progress=None) -> CompressReport:
+    """Compress every tensor of checkpoint ``src`` into ``dst``, one tensor in memory at a time.
+
+    Parameters
+    ----------
+    src : path
+        Any checkpoint :func:`refquant.io.open` reads (a file, an index, a folder).
+    dst : path
+        ``*.safetensors`` or ``*.gguf`` (see the module docstring); never ``src``.
+    scheme : str, optional
+        A preset (:data:`refquant.compress.recipe.PRESETS`) or a format name of the
+        registry; the defaults keep norms, biases, embeddings and the head.
+    recipe : path or Recipe, optional
+        Rules by name pattern instead of ``scheme``.
+    nonfinite : {"raise", "keep"}
+        A tensor holding NaN / Inf is refused naming the tensor and the first index,
+        or (``"keep"``) stored unquantized.
+    progress : callable, optional
+        Called as ``progress(i, n, name)`` after each tensor.
+
+    Returns
+    -------
+    CompressReport
+        One row per tensor: scheme, bits per weight, SQNR (dB), max error in steps,
+        bytes before and after.
+    """
+    from .. import io as rio
+    from ..io.streaming import GGUFStreamWriter, SafetensorsStreamWriter
+
+    if nonfinite not in ("raise", "keep"):
+        raise RefquantError(f"nonfinite must be 'raise' or 'keep', got {nonfinite!r}")
+    rec = _recipe_of(scheme, recipe)
+    fmt = _output_format(dst, output_format)
+    src_p, dst_p = Path(src), Path(dst)
+    if dst_p.exists() and src_p.exists() and os.path.samefile(src_p, dst_p):
+        raise RefquantError(f"output {os.fspath(dst)!r} is the input; refquant never "
+                            "overwrites its input")
+    report = CompressReport(os.fspath(src), os.fspath(dst), rec.source)
+    with rio.open(src) as ck:
+        planned = plan(ck, rec, fmt)
+        # A tensor with NaN / Inf falls back to being kept: its parts change, so the
+        # check runs before the layout is fixed (one pass over each quantized tensor).
+        for p in planned:
+            if p.scheme is not None and nonfinite == "keep":
+                w = _logical(ck, p)
+                if not np.isfinite(w).all():
+                    p.scheme, p.reason = None, "kept: holds NaN/Inf"
+                    p.parts = [Part("", p.dtype, tuple(ck.info(p.name).shape))]
+        if fmt == "safetensors":
+            layout = [(p.out_name(t), t.dtype, t.shape) for p in planned for t in p.parts]
+            meta = {"format": "pt", _META_KEY: json.dumps({
+                "version": 1, "source": os.path.basename(os.fspath(src)), "recipe": rec.source,
+                "tensors": {p.name: {"shape": list(p.shape), "dtype": p.dtype.name,
+                                     **(p.scheme.describe() if p.scheme else {"scheme": KEEP})}
+                            for p in planned}}, separators=(",", ":"))}
+            writer = SafetensorsStreamWriter(dst, layout, metadata=meta, overwrite=overwrite)
+        else:
+            fields, arch = ([], None)
+            if ck.format == "gguf":
+                fields, arch = _gguf_fields(src)
+            layout = []
+            for p in planned:
+                t = p.parts[0]
+                tname = (p.scheme.gguf_type if p.scheme else p.raw_type or _plain_ggml(p.dtype))
+                layout.append((p.name, tname, p.shape, t.nbytes))
+            ftype = _file_type(planned)
+            if ftype is not None:
+                import gguf
+
+                fields.append(("general.file_type", ftype, gguf.GGUFValueType.UINT32))
+            if any(p.scheme is not None for p in planned):
+                import gguf
+
+                fields.append(("general.quantization_version", _GGML_QNT_VERSION,
+                               gguf.GGUFValueType.UINT32))
+            writer = GGUFStreamWriter(dst, layout, arch=arch or "refquant", fields=fields,
+                                      overwrite=overwrite)
+        with writer:
+            for i, p in enumerate(planned):
+                report.rows.append(_one(ck, p, writer, fmt, nonfinite))
+                if progress is not None:
+                    progress(i + 1, len(planned), p.name)
+    return report
+
+
+def _logical(ck, p: Planned) -> np.ndarray:
+    """Tensor ``p`` as float32 in its logical shape (GGUF blocks dequantized)."""
+    info = ck.info(p.name)
+    if info.scheme is not None and hasattr(ck, "dequantize"):
+        return np.asarray(ck.dequantize(p.name), np.float32)
+    return np.asarray(ck[p.name], np.float32)
+
+
+def _one(ck, p: Planned, writer, fmt, nonfinite) -> TensorRow:
+    numel = math.prod(p.shape)
+    if p.scheme is None:
+        a = ck[p.name]
+        writer.write(p.name, a.view(np.uint8) if fmt == "gguf" and p.raw_type else a)
+        return TensorRow(p.name, list(p.shape), p.dtype.name, KEEP, p.reason,
+                         8 * p.bytes_in / numel if numel else 0.0, p.bytes_in, p.bytes_in,
+                         exact=True)
+    w = _logical(ck, p)
+    _finite_or_refuse(p.name, w, nonfinite)
+    parts = p.scheme.quantize(w)
+    for t in p.parts:
+        got = np.asarray(parts[t.suffix])
+        if got.shape != tuple(t.shape) or got.dtype != t.dtype:  # a scheme bug, never input
+            raise AssertionError(f"{p.name}{t.suffix}: {got.dtype}{got.shape} != planned "
+                                 f"{t.dtype}{tuple(t.shape)}")
+        writer.write(p.out_name(t), got)
+    w_hat = p.scheme.dequantize(parts, p.shape)
+    sq, steps, exact = _measure(w, w_hat, p.scheme, parts, p.shape)
+    out_bytes = sum(t.nbytes for t in p.parts)
+    return TensorRow(p.name, list(p.shape), p.dtype.name, p.scheme.name, p.reason,
+                     8 * out_bytes / numel if numel else 0.0, p.bytes_in, out_bytes, sq, steps,
+                     exact=exact)
+
+
+def decompress(src, dst, *, overwrite=False, dtype="float32", progress=None) -> int:
+    """Restore float tensors from a compressed checkpoint (refquant's layout or any GGUF).
+
+    Every tensor refquant can dequantize (refquant's own parts, GGUF block types,
+    plain floats) is written as ``dtype`` (float32 by default) to ``dst``
+    (``.safetensors``), streaming; other tensors are copied unchanged. Returns the
+    number of tensors written.
+    """
+    from .. import io as rio
+    from ..io.streaming import SafetensorsStreamWriter
+
+    out_dt = np.dtype(dtype)
+    if out_dt.kind != "f":
+        raise RefquantError(f"dtype must be a float type, got {dtype!r}")
+    if _output_format(dst, None) != "safetensors":
+        raise RefquantError("decompress writes .safetensors")
+    with rio.open(src) as ck:
+        meta = ck.metadata.get(_META_KEY)
+        entries = []  # (name, shape, scheme or None, part names)
+        if meta is not None:
+            try:
+                doc = json.loads(meta)
+                tensors = doc["tensors"]
+            except (ValueError, KeyError, TypeError):
+                raise RefquantError(f"{os.fspath(src)}: metadata {_META_KEY!r} is not refquant's "
+                                    "compression record") from None
+            for name, d in tensors.items():
+                sch = None if d.get("scheme") == KEEP else get_scheme(d["scheme"])
+                shape = tuple(int(x) for x in d["shape"])
+                names = [name + t.suffix for t in (sch.parts(shape) if sch else [Part("", 0, ())])]
+                for n in names:
+                    if n not in ck:
+                        raise RefquantError(f"{os.fspath(src)}: part {n!r} of {name!r} is missing")
+                entries.append((name, shape, sch, names))
+        else:
+            for name, info in ck.infos.items():
+                entries.append((name, tuple(info.logical_shape or info.shape), None, [name]))
+        layout = []
+        for name, shape, sch, _ in entries:
+            info = ck.info(name) if sch is None else None
+            floaty = sch is not None or info.scheme is not None or info.dtype.kind == "f" or (
+                info.dtype.name == "bfloat16")
+            layout.append((name, out_dt if floaty else info.dtype,
+                           shape if floaty else info.shape))
+        with SafetensorsStreamWriter(dst, layout, overwrite=overwrite) as w:
+            for i, ((name, shape, sch, names), (_, dt, _)) in enumerate(zip(entries, layout,
+                                                                             strict=True)):
+                if sch is not None:
+                    parts = {n[len(name):]: ck[n] for n in names}
+                    a = sch.dequantize(parts, shape)
+                elif ck.info(name).scheme is not None and hasattr(ck, "dequantize"):
+                    a = ck.dequantize(name)
+                else:
+                    a = ck[name]
+                w.write(name, np.asarray(a).astype(dt, copy=False))
+                if progress is not None:
+                    progress(i + 1, len(entries), name)
+    return len(entries)
+
+
+def tqdm_progress(total_hint: str = "tensors"):
+    """A progress callback drawing tqdm's bar on a terminal (None when not a terminal)."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    bar = {}
+
+    def step(i, n, name):
+        if "b" not in bar:
+            bar["b"] = tqdm(total=n, unit=total_hint, file=sys.stderr)
+        bar["b"].set_postfix_str(name[-40:])
+        bar["b"].update(1)
+        if i == n:
+            bar["b"].close()
+
+    return step

@@ -1,0 +1,180 @@
+"""Which tensors get which scheme: presets, rules by name pattern, and TOML recipes.
+
+A recipe is an ordered list of rules; the first rule whose pattern matches a
+tensor's name decides its scheme (``"keep"`` leaves it as it is). After the
+rules come the defaults users expect of a weight compressor (llama-quantize's
+and llm-compressor's): tensors that are not floating point, 1-D tensors (norms,
+biases), embeddings and the output head are kept unless a rule names them.
+
+A recipe file (TOML)::
+
+    scheme = "q4_0"                 # the default scheme for the weights left over
+
+    [[rules]]
+    pattern = "*.mlp.down_proj.weight"
+    scheme = "q8_0"
+    required = true                 # an error if no tensor matches
+
+    [[rules]]
+    pattern = "lm_head.weight"
+    scheme = "keep"
+
+Patterns are shell globs (``fnmatch``, case-sensitive) or, written as
+``re:...``, regular expressions matched against the whole name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .._errors import RefquantError
+from .schemes import KEEP, get_scheme
+
+__all__ = ["Recipe", "Rule", "load_recipe", "preset_recipe", "PRESETS"]
+
+#: named presets: the scheme the weights get (ggml presets: llama.cpp's type names)
+PRESETS = ("int8", "int4-g128", "int4-g32", "fp8", "fp8-channel", "fp8-block", "nf4", "q8_0",
+           "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "mxfp4",
+           "mxfp8_e4m3")
+
+_EMBEDDING = re.compile(r"(^|\.)(embed_tokens|wte|wpe|tok_embeddings|token_embd|word_embeddings"
+                        r"|embeddings?)(\.|$)")
+_HEAD = re.compile(r"(^|\.)(lm_head|output|classifier|head)\.weight$")
+
+
+@dataclass
+class Rule:
+    """Tensors whose name matches ``pattern`` get ``scheme``."""
+
+    pattern: str
+    scheme: str
+    required: bool = False
+    line: int | None = None
+    matched: int = 0
+
+    def matches(self, name: str) -> bool:
+        if self.pattern.startswith("re:"):
+            return re.fullmatch(self.pattern[3:], name) is not None
+        return fnmatch.fnmatchcase(name, self.pattern)
+
+    def where(self) -> str:
+        return f"line {self.line}" if self.line else f"rule {self.pattern!r}"
+
+
+@dataclass
+class Recipe:
+    """An ordered list of rules and the default scheme for the weights they leave."""
+
+    scheme: str = KEEP
+    rules: list[Rule] = field(default_factory=list)
+    keep_embeddings: bool = True
+    keep_head: bool = True
+    source: str = "flags"
+
+    def decide(self, name: str, dtype, shape) -> tuple[str, str]:
+        """(scheme name or "keep", why) for one tensor."""
+        for r in self.rules:
+            if r.matches(name):
+                r.matched += 1
+                return r.scheme, f"rule {r.where()}"
+        if getattr(dtype, "kind", "f") != "f" and str(dtype) != "bfloat16":
+            return KEEP, f"not floating point ({dtype})"
+        if len(shape) < 2:
+            return KEEP, "1-D (norms and biases stay in full precision)"
+        if self.keep_embeddings and _EMBEDDING.search(name):
+            return KEEP, "embedding"
+        if self.keep_head and _HEAD.search(name):
+            return KEEP, "output head"
+        return self.scheme, "default"
+
+    def check_required(self) -> None:
+        for r in self.rules:
+            if r.required and not r.matched:
+                raise RefquantError(f"recipe {self.source}: {r.where()}: pattern {r.pattern!r} "
+                                    "is required but matches no tensor")
+
+
+def preset_recipe(scheme: str) -> Recipe:
+    """The recipe of ``--scheme NAME``: the defaults above and ``NAME`` for every other weight."""
+    get_scheme(scheme)  # a clear error for an unknown name
+    return Recipe(scheme=scheme, source=f"--scheme {scheme}")
+
+
+_TOP_KEYS = {"scheme", "rules", "keep_embeddings", "keep_head"}
+_RULE_KEYS = {"pattern", "scheme", "required"}
+
+
+def _line_of(text: str, needle: str, start: int = 0) -> int | None:
+    i = text.find(needle, start)
+    return None if i < 0 else text.count("\n", 0, i) + 1
+
+
+def load_recipe(path) -> Recipe:
+    """Read a TOML recipe; unknown keys, bad values and conflicting rules name their line."""
+    import tomllib
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RefquantError(f"recipe {str(p)!r}: cannot read: {e}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise RefquantError(f"recipe {str(p)!r}: not valid TOML: {e}") from None
+    src = str(p)
+    for k in data:
+        if k not in _TOP_KEYS:
+            raise RefquantError(f"recipe {src}: line {_line_of(text, k)}: unknown key {k!r} "
+                                f"(known: {', '.join(sorted(_TOP_KEYS))})")
+    scheme = data.get("scheme", KEEP)
+    if not isinstance(scheme, str):
+        raise RefquantError(f"recipe {src}: line {_line_of(text, 'scheme')}: scheme must be a "
+                            f"string, got {scheme!r}")
+    if scheme != KEEP:
+        get_scheme(scheme)
+    for flag in ("keep_embeddings", "keep_head"):
+        if not isinstance(data.get(flag, True), bool):
+            raise RefquantError(f"recipe {src}: line {_line_of(text, flag)}: {flag} must be "
+                                "true or false")
+    rules_raw = data.get("rules", [])
+    if not isinstance(rules_raw, list):
+        raise RefquantError(f"recipe {src}: 'rules' must be an array of tables ([[rules]])")
+    rules, seen, pos = [], {}, 0
+    for i, r in enumerate(rules_raw):
+        line = _line_of(text, "[[rules]]", pos)
+        if line is not None:
+            pos = text.find("[[rules]]", pos) + 1
+        where = f"recipe {src}: line {line}" if line else f"recipe {src}: rule {i + 1}"
+        if not isinstance(r, dict):
+            raise RefquantError(f"{where}: a rule must be a table")
+        for k in r:
+            if k not in _RULE_KEYS:
+                raise RefquantError(f"{where}: unknown key {k!r} in [[rules]] (known: "
+                                    f"{', '.join(sorted(_RULE_KEYS))})")
+        pat, sch = r.get("pattern"), r.get("scheme")
+        if not isinstance(pat, str) or not pat:
+            raise RefquantError(f"{where}: pattern must be a non-empty string, got {pat!r}")
+        if not isinstance(sch, str):
+            raise RefquantError(f"{where}: scheme must be a string, got {sch!r}")
+        if sch != KEEP:
+            get_scheme(sch)
+        if pat.startswith("re:"):
+            try:
+                re.compile(pat[3:])
+            except re.error as e:
+                raise RefquantError(f"{where}: pattern {pat!r} is not a regular expression: "
+                                    f"{e}") from None
+        if pat in seen and seen[pat][0] != sch:
+            raise RefquantError(f"{where}: pattern {pat!r} conflicts with the rule at line "
+                                f"{seen[pat][1]} ({seen[pat][0]!r} vs {sch!r})")
+        seen[pat] = (sch, line)
+        req = r.get("required", False)
+        if not isinstance(req, bool):
+            raise RefquantError(f"{where}: required must be true or false, got {req!r}")
+        rules.append(Rule(pat, sch, req, line))
+    return Recipe(scheme=scheme, rules=rules, keep_embeddings=data.get("keep_embeddings", True),
+                  keep_head=data.get("keep_head", True), source=src)

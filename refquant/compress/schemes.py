@@ -1,0 +1,406 @@
+"""What one weight tensor becomes: a scheme's stored parts, its round trip, its cost.
+
+A scheme turns one float tensor ``w`` into named stored arrays (its *parts*) and
+back. Every scheme here is round to nearest with the calibration its format
+defines (min-max per channel or per group, amax per block); the stored layout
+is decided by the input shape alone, so a pipeline can plan a whole output file
+(every part's dtype, shape and bytes) before it quantizes anything.
+
+Part names are the tensor's name plus a suffix (compressed-tensors' naming where
+there is one)::
+
+    int8 / int4-g128 / intN     NAME (codes; 4-bit and narrower packed two per byte,
+                                low nibble first), NAME_scale (float32),
+                                NAME_zero_point (asymmetric schemes, the codes' dtype)
+    fp8 / fp8-block / float*    NAME (float8 codes), NAME_scale (float32)
+    nf4                         NAME (packed codes, high nibble first as bitsandbytes),
+                                NAME_absmax (float32 per block of 64)
+    mxfp4 / mxfp6 / mxfp8 ...   NAME (element codes, one per byte), NAME_scale (e8m0 codes)
+    ggml types (q4_0 ... q6_k)  NAME (the raw llama.cpp blocks, uint8 rows)
+
+The Formula and Reference of each format are those of the function each scheme
+calls (``refquant.choose_qparams``, ``refquant.quant.floatq``,
+``refquant.formats.mx``, ``refquant.compat.bnb``, ``refquant.compat.ggml``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._errors import RefquantError
+
+__all__ = ["Scheme", "get_scheme", "KEEP"]
+
+KEEP = "keep"
+
+
+@dataclass(frozen=True)
+class Part:
+    """One stored array of a quantized tensor: its name suffix, dtype and shape."""
+
+    suffix: str
+    dtype: np.dtype
+    shape: tuple
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+
+
+class Scheme:
+    """A quantization scheme for one tensor (see the module docstring for the parts)."""
+
+    name: str = ""
+    #: the ggml type that stores the result in GGUF ("Q4_0"), or None
+    gguf_type: str | None = None
+    #: stores its result as one float32 scale per what (for the report)
+    has_steps: bool = False
+
+    def unsupported(self, shape) -> str | None:
+        """Why this scheme cannot store a tensor of ``shape`` (None when it can)."""
+        return None
+
+    def parts(self, shape) -> list[Part]:
+        raise NotImplementedError
+
+    def quantize(self, w: np.ndarray) -> dict[str, np.ndarray]:
+        """Stored parts by suffix, exactly as :meth:`parts` declares them."""
+        raise NotImplementedError
+
+    def dequantize(self, parts: dict[str, np.ndarray], shape) -> np.ndarray:
+        """float32 of ``shape`` from the stored parts."""
+        raise NotImplementedError
+
+    def steps(self, parts: dict[str, np.ndarray], shape) -> np.ndarray | None:
+        """The quantization step of every element (float64, broadcastable), or None."""
+        return None
+
+    def describe(self) -> dict:
+        """The scheme as JSON-able metadata (enough to dequantize the parts)."""
+        return {"scheme": self.name}
+
+
+def _rows(shape) -> tuple[int, int]:
+    """A tensor seen as (output channels, the rest): how per-channel schemes read it."""
+    if len(shape) == 0:
+        return 1, 1
+    return shape[0], math.prod(shape[1:])
+
+
+class IntegerScheme(Scheme):
+    """Integer codes, per output channel or per group of ``group`` along the input dimension.
+
+    Symmetric schemes scale by ``amax / qmax``; asymmetric ones map [min, max] onto
+    the grid (:func:`refquant.choose_qparams`), round half to even.
+    """
+
+    has_steps = True
+
+    def __init__(self, name, fmt, *, symmetric, group=None):
+        from ..formats.integer import int_format
+
+        self.name, self.fmt, self.symmetric, self.group = name, int_format(fmt), symmetric, group
+
+    def _layout(self, shape):
+        rows, cols = _rows(shape)
+        groups = 1 if self.group is None else -(-cols // self.group)
+        return rows, cols, groups
+
+    def _code_dtype(self):
+        return np.dtype(np.int8 if self.fmt.signed else np.uint8) if self.fmt.bits <= 8 else (
+            np.dtype(np.int16 if self.fmt.signed else np.uint16))
+
+    def _packed(self):
+        return self.fmt.bits <= 4
+
+    def parts(self, shape):
+        rows, cols, groups = self._layout(shape)
+        pshape = (rows, groups) if self.group else (rows,)
+        code_shape = (rows, -(-cols // 2)) if self._packed() else tuple(shape)
+        out = [Part("", np.dtype(np.uint8) if self._packed() else self._code_dtype(), code_shape),
+               Part("_scale", np.dtype(np.float32), pshape)]
+        if not self.symmetric:
+            out.append(Part("_zero_point", self._code_dtype(), pshape))
+        return out
+
+    def _qparams(self, w2):
+        from ..quant.qparams import choose_qparams
+
+        if self.group is None:
+            return choose_qparams(w2, dtype=self.fmt, symmetric=self.symmetric, axis=0)
+        return choose_qparams(w2, dtype=self.fmt, symmetric=self.symmetric, axis=1,
+                              block_size=self.group)
+
+    def quantize(self, w):
+        from ..kernels.packing import pack_nibbles
+
+        rows, cols, _ = self._layout(w.shape)
+        w2 = w.reshape(rows, cols)
+        qp = self._qparams(w2)
+        q = qp.quantize(w2).astype(np.int64)
+        scale = np.asarray(qp.scale, np.float32).reshape(self.parts(w.shape)[1].shape)
+        if self._packed():
+            codes = pack_nibbles(q & 0xF, axis=1)  # two's complement nibbles for signed codes
+        else:
+            codes = q.astype(self._code_dtype()).reshape(w.shape)
+        out = {"": codes, "_scale": scale}
+        if not self.symmetric:
+            out["_zero_point"] = np.asarray(qp.zero_point).astype(self._code_dtype()).reshape(
+                scale.shape)
+        return out
+
+    def _codes(self, parts, shape):
+        from ..kernels.packing import unpack_nibbles
+
+        rows, cols, _ = self._layout(shape)
+        if self._packed():
+            return unpack_nibbles(parts[""], cols, axis=1, signed=self.fmt.signed).astype(
+                np.int64)
+        return parts[""].reshape(rows, cols).astype(np.int64)
+
+    def _expand(self, p, shape):
+        rows, cols, _ = self._layout(shape)
+        p = np.asarray(p, np.float64)
+        if self.group is None:
+            return p.reshape(rows, 1)
+        return np.repeat(p, self.group, axis=1)[:, :cols]
+
+    def dequantize(self, parts, shape):
+        q = self._codes(parts, shape)
+        z = self._expand(parts["_zero_point"], shape) if not self.symmetric else 0.0
+        s = self._expand(parts["_scale"].astype(np.float32), shape)
+        # (q - z) * s with s the stored float32 scale, rounded once to float32
+        return ((q - z) * s).astype(np.float32).reshape(shape)
+
+    def steps(self, parts, shape):
+        return self._expand(parts["_scale"], shape).reshape(
+            (shape[0], -1) if len(shape) else (1, 1))
+
+    def describe(self):
+        return {"scheme": self.name, "format": self.fmt.name, "symmetric": self.symmetric,
+                "group_size": self.group, "axis": 0 if self.group is None else 1,
+                "packing": "nibbles low_first" if self._packed() else None}
+
+
+class FloatScheme(Scheme):
+    """Float codes (fp8 / fp6 / fp4) with a float32 scale per tensor, channel or tile.
+
+    The scale maps the block's amax onto the format's largest finite value
+    (:func:`refquant.quant.floatq.quantize_float`); ``tile`` gives DeepSeek-V3's
+    128 x 128 block scales (``weight_scale_inv`` in its checkpoints).
+    """
+
+    has_steps = False
+
+    def __init__(self, name, fmt, *, axis=None, tile=None):
+        from ..formats.floats import float_format
+
+        self.name, self.fmt, self.axis, self.tile = name, float_format(fmt), axis, tile
+
+    def unsupported(self, shape):
+        if self.tile and len(shape) != 2:
+            return f"{self.name} scales 2-D weights in {self.tile}x{self.tile} tiles"
+        return None
+
+    def _scale_shape(self, shape):
+        rows, _ = _rows(shape)
+        if self.tile:
+            return (-(-shape[0] // self.tile), -(-shape[1] // self.tile))
+        return (rows,) if self.axis == 0 else ()
+
+    def parts(self, shape):
+        return [Part("", np.dtype(self.fmt.ml_dtype), tuple(shape)),
+                Part("_scale", np.dtype(np.float32), self._scale_shape(shape))]
+
+    def _expand(self, s, shape):
+        s = np.asarray(s, np.float32)
+        if self.tile:
+            t = self.tile
+            return np.repeat(np.repeat(s, t, 0), t, 1)[:shape[0], :shape[1]]
+        if self.axis == 0:
+            return s.reshape((-1,) + (1,) * (len(shape) - 1))
+        return s
+
+    def quantize(self, w):
+        from ..formats.floats import encode
+
+        w32 = np.asarray(w, np.float32)
+        if self.tile:
+            t = self.tile
+            r, c = w32.shape
+            pad = np.zeros((-(-r // t) * t, -(-c // t) * t), np.float32)
+            pad[:r, :c] = np.abs(w32)
+            amax = pad.reshape(pad.shape[0] // t, t, pad.shape[1] // t, t).max(axis=(1, 3))
+        elif self.axis == 0:
+            amax = np.abs(w32.reshape(w32.shape[0], -1)).max(axis=1) if w32.size else np.zeros(
+                w32.shape[0], np.float32)
+        else:
+            amax = np.float32(np.abs(w32).max()) if w32.size else np.float32(0)
+        # scale = amax / max finite, in float32; an all-zero block gets scale 1
+        scale = np.asarray(amax, np.float32) / np.float32(self.fmt.max)
+        scale = np.where(scale > 0, scale, np.float32(1)).astype(np.float32)
+        codes = encode(w32 / self._expand(scale, w32.shape), self.fmt.name, saturate=True)
+        return {"": codes.view(self.fmt.ml_dtype).reshape(w.shape),
+                "_scale": scale.reshape(self._scale_shape(w.shape))}
+
+    def dequantize(self, parts, shape):
+        from ..formats.floats import decode
+
+        codes = np.asarray(parts[""]).view(np.uint8) if self.fmt.bits == 8 else np.asarray(
+            parts[""])
+        v = decode(codes, self.fmt.name).astype(np.float32)
+        return (v * self._expand(parts["_scale"], shape)).astype(np.float32).reshape(shape)
+
+    def describe(self):
+        return {"scheme": self.name, "format": self.fmt.name,
+                "granularity": "tile" if self.tile else "channel" if self.axis == 0 else "tensor",
+                "tile": self.tile}
+
+
+class NF4Scheme(Scheme):
+    """bitsandbytes NF4: absmax per block of 64 consecutive weights, 4-bit codebook codes."""
+
+    name = "nf4"
+    blocksize = 64
+
+    def parts(self, shape):
+        n = math.prod(shape)
+        return [Part("", np.dtype(np.uint8), ((n + 1) // 2,)),
+                Part("_absmax", np.dtype(np.float32), (-(-n // self.blocksize),))]
+
+    def quantize(self, w):
+        from ..compat.bnb import quantize_4bit
+
+        packed, state = quantize_4bit(np.asarray(w, np.float32), blocksize=self.blocksize,
+                                      quant_type="nf4")
+        return {"": packed.reshape(-1), "_absmax": np.asarray(state["absmax"], np.float32)}
+
+    def dequantize(self, parts, shape):
+        from ..compat.bnb import dequantize_4bit
+        from ..formats.codebook import NF4
+
+        state = {"absmax": parts["_absmax"], "shape": tuple(shape), "dtype": np.dtype(np.float32),
+                 "blocksize": self.blocksize, "quant_type": "nf4",
+                 "code": np.asarray(NF4.values, np.float32), "nested": False}
+        return dequantize_4bit(parts[""], state)
+
+    def describe(self):
+        return {"scheme": "nf4", "blocksize": self.blocksize, "packing": "nibbles high_first"}
+
+
+class MXScheme(Scheme):
+    """OCP MX: blocks of 32 along the last axis, an e8m0 scale each (refquant.formats.mx)."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def parts(self, shape):
+        if not shape:
+            shape = (1,)
+        return [Part("", np.dtype(np.uint8), tuple(shape)),
+                Part("_scale", np.dtype(np.uint8), (*shape[:-1], -(-shape[-1] // 32)))]
+
+    def quantize(self, w):
+        from ..formats.mx import quantize_mx
+
+        codes, scales = quantize_mx(np.asarray(w, np.float32).reshape(w.shape or (1,)), self.name)
+        return {"": codes, "_scale": scales}
+
+    def dequantize(self, parts, shape):
+        from ..formats.mx import dequantize_mx
+
+        return np.asarray(dequantize_mx(parts[""], parts["_scale"], self.name),
+                          np.float32).reshape(shape)
+
+    def describe(self):
+        return {"scheme": self.name, "block_size": 32, "axis": -1}
+
+
+class GGMLScheme(Scheme):
+    """A llama.cpp block type: rows of whole blocks, the very bytes libggml writes."""
+
+    def __init__(self, name):
+        from ..formats import get_format
+
+        self.name = name
+        self.fmt = get_format(name)
+        self.gguf_type = self.fmt.c_name.upper() if hasattr(self.fmt, "c_name") else name.upper()
+
+    def unsupported(self, shape):
+        bs = self.fmt.block_size
+        if len(shape) == 0 or shape[-1] % bs:
+            row = shape[-1] if shape else 1
+            return f"row size {row} is not a multiple of the {self.name} block size {bs}"
+        return None
+
+    def parts(self, shape):
+        bs, ts = self.fmt.block_size, self.fmt.type_size
+        return [Part("", np.dtype(np.uint8), (*shape[:-1], shape[-1] // bs * ts))]
+
+    def quantize(self, w):
+        from ..compat.ggml import quantize
+
+        return {"": quantize(np.asarray(w, np.float32), self.name)}
+
+    def dequantize(self, parts, shape):
+        from ..compat.ggml import dequantize
+
+        return np.asarray(dequantize(parts[""], self.name, tuple(shape)), np.float32)
+
+    def describe(self):
+        return {"scheme": self.name, "ggml_type": self.gguf_type}
+
+
+def _named():
+    return {
+        "int8": lambda: IntegerScheme("int8", "int8", symmetric=True),
+        "int4-g128": lambda: IntegerScheme("int4-g128", "uint4", symmetric=False, group=128),
+        "int4-g32": lambda: IntegerScheme("int4-g32", "uint4", symmetric=False, group=32),
+        "fp8": lambda: FloatScheme("fp8", "float8_e4m3fn"),
+        "fp8-channel": lambda: FloatScheme("fp8-channel", "float8_e4m3fn", axis=0),
+        "fp8-block": lambda: FloatScheme("fp8-block", "float8_e4m3fn", tile=128),
+        "nf4": NF4Scheme,
+    }
+
+
+def get_scheme(name: str) -> Scheme:
+    """The scheme called ``name``: a preset above, or a format name of refquant's registry.
+
+    Registry names take their family's default: integer formats per output channel
+    (symmetric when signed, min-max affine when unsigned), float formats with one
+    scale per output channel, MX formats and ggml block types as they define.
+    """
+    if not isinstance(name, str):
+        raise RefquantError(f"scheme must be a name, got {name!r}")
+    named = _named()
+    if name in named:
+        return named[name]()
+    from ..formats import get_format, list_formats
+
+    try:
+        fmt = get_format(name)
+    except RefquantError:
+        import difflib
+
+        known = sorted(set(named) | set(list_formats()))
+        near = difflib.get_close_matches(name, known, n=3, cutoff=0.7)
+        hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
+        raise RefquantError(
+            f"unknown scheme {name!r}{hint} (presets: {', '.join(sorted(named))}; or a format "
+            "name of refquant.list_formats(): int4, uint8, float8_e4m3fn, mxfp4, q4_0, q6_k, ...)"
+        ) from None
+    if fmt.family == "integer":
+        return IntegerScheme(name, fmt.name, symmetric=fmt.signed)
+    if fmt.family == "float" and fmt.bits <= 8:
+        return FloatScheme(name, fmt.name, axis=0)
+    if fmt.family == "block" and name.startswith("mx"):
+        return MXScheme(name)
+    if fmt.family == "block" and hasattr(fmt, "type_size"):
+        return GGMLScheme(name)
+    if name == "nf4":
+        return NF4Scheme()
+    raise RefquantError(f"format {name!r} ({fmt.family}) has no compression scheme yet; use one "
+                        f"of {', '.join(sorted(named))} or a ggml / MX / integer / fp8 format")
