@@ -334,6 +334,13 @@ def quantize_linear(
       So ``x / y_scale >= 2**31`` and ``+Inf`` give ``qmin`` instead of ``qmax``
       (int8, zero point 0: ``+Inf -> -128``); with a negative zero point every such
       value wraps past INT32_MIN and gives ``qmax`` (zero point -100: ``-Inf -> 127``).
+      A bfloat16 quotient (bfloat16 ``x`` and ``y_scale`` at opsets 19 / 21,
+      ``precision`` bfloat16 from 23) is cast by ml_dtypes, not NumPy, and what
+      ml_dtypes gives for NaN, ±Inf and out-of-range values depends on its version:
+      INT32_MIN before 0.7 (a C++ ``static_cast`` through float on x86-64), 0 from
+      0.7.0 on (int8, zero point 3: ``x = 1.5e9``, ``y_scale = 0.5`` gives -128 with
+      ml_dtypes 0.6 and 3 with 0.7). refquant makes that cast through the installed
+      ml_dtypes, so the result follows its version as onnx.reference's does.
     * ``x = x / y_scale`` (line 86) runs in the type NumPy's division gives x and y_scale,
       not in y_scale's type: float64 for an int32 x, float32 for float32 x with a float16
       y_scale and for float16 with bfloat16 (either way round).
@@ -451,7 +458,8 @@ def _quantize_float(x, s, zp, ax, bs, out, saturate, p, reference_quirks):
 
 
 def _reference_int32_wrap(x, s, z, ax, bs, p, fmt, q):
-    """onnx.reference's int32 arithmetic: out-of-range quotients become INT32_MIN, sums wrap.
+    """onnx.reference's int32 arithmetic: out-of-range quotients become INT32_MIN (or what
+    ml_dtypes gives for a bfloat16 quotient), sums wrap.
 
     Elements whose rounded quotient and sum with the zero point stay inside int32
     are untouched (they equal the spec's result, ``q``).
@@ -463,6 +471,13 @@ def _reference_int32_wrap(x, s, z, ax, bs, p, fmt, q):
     with np.errstate(invalid="ignore"):
         bad = ~((r >= -(2.0**31)) & (r < 2.0**31))
     r32 = np.where(bad, -(2**31), np.where(bad, 0, r).astype(np.int64))
+    if p == "bfloat16" and bad.any():
+        # ml_dtypes casts bfloat16 to int32 itself (the evaluator's np.rint(x).astype(np.int32)
+        # on a bfloat16 array): INT32_MIN for NaN / ±Inf / out of range before ml_dtypes 0.7,
+        # 0 from 0.7.0 on. Cast the same way so the result follows the installed version.
+        with np.errstate(invalid="ignore", over="ignore"):
+            cast = np.rint(np.asarray(v)).astype(np.int32).astype(np.int64)
+        r32 = np.where(bad, cast, r32)
     total = r32 + zb
     wrapped = (total + 2**31) % 2**32 - 2**31
     touched = bad | (wrapped != total)

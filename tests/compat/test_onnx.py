@@ -73,6 +73,29 @@ def test_quantize_linear_reference_quirk_wraps_through_int32():
         127, 127, 127, 0]
 
 
+def _ml_dtypes_version():
+    return tuple(int(p) for p in ml_dtypes.__version__.split(".")[:2])
+
+
+def test_reference_quirk_bfloat16_out_of_range_follows_the_installed_ml_dtypes():
+    # onnx.reference casts a bfloat16 quotient to int32 with ml_dtypes' own cast: NaN, ±Inf
+    # and |q| >= 2**31 give INT32_MIN before ml_dtypes 0.7 (then + 3 clips to -128) and 0
+    # from 0.7.0 on (then + 3 = 3); an in-range quotient (3 / 0.5 = 6) is unaffected
+    bf = ml_dtypes.bfloat16
+    x = np.array([1.5e9, -1.5e9, np.inf, np.nan, 3.0], np.float32).astype(bf)
+    bad = -128 if _ml_dtypes_version() < (0, 7) else 3
+    for opset, kw in ((19, {}), (21, {}), (23, {"precision": 16}), (25, {"precision": 16})):
+        got = ronnx.quantize_linear(x, np.array(0.5, bf), np.int8(3), opset=opset,
+                                    reference_quirks=True, **kw)
+        assert got.tolist() == [bad, bad, bad, bad, 9], opset
+    # a float32 quotient goes through NumPy's cast (x86-64: INT32_MIN) whatever the version
+    got = ronnx.quantize_linear(x.astype(F32), F32(0.5), np.int8(3), reference_quirks=True)
+    assert got.tolist() == [-128, -128, -128, -128, 9]
+    # the spec's result saturates and is independent of ml_dtypes
+    got = ronnx.quantize_linear(x, np.array(0.5, bf), np.int8(3), opset=21)
+    assert got.tolist() == [127, -128, 127, -128, 9]
+
+
 def test_precision_attribute_divides_in_float16():
     # 2049 / 1 = 2049 in float32, but float16 holds 2048 and 2050 only: the tie goes to 2048.
     x = F32([2049.0])
