@@ -6,12 +6,21 @@ and ``old.cc``; the rendered text is ``onnx.defs.get_schema(op, opset).doc``):
 =========================  ============================================================
 function                   operator (opsets whose semantics it covers)
 =========================  ============================================================
-:func:`quantize_linear`    QuantizeLinear 10, 13, 19, 21, 23, 24, 25
-:func:`dequantize_linear`  DequantizeLinear 10, 13, 19, 21, 23, 24, 25
+:func:`quantize_linear`    QuantizeLinear 10, 13, 19, 21, 23, 24, 25, 28
+:func:`dequantize_linear`  DequantizeLinear 10, 13, 19, 21, 23, 24, 25, 28
 :func:`dynamic_quantize_linear`  DynamicQuantizeLinear 11
 :func:`matmul_integer`     MatMulInteger 10
 :func:`qlinear_matmul`     QLinearMatMul 10, 21 (integer types)
 =========================  ============================================================
+
+``opset=`` is the model's ai.onnx opset, 10 to 28 (the newest of onnx 1.23), and selects
+the operator version that opset resolves to, as a runtime does: opsets 26 and 27
+run QuantizeLinear-25, opset 22 runs QuantizeLinear-21.
+
+The functions pass ONNX's own backend node tests for these operators (onnx 1.23's
+``onnx/backend/test/case/node``; ``tests/peers/test_onnx_conformance.py``). Where
+those tests and refquant's reading of the spec disagreed, refquant follows the
+tests, and each function's docstring says where.
 
 Types are TensorProto enum values (``3``), their names (``"INT8"``, ``"int8"``,
 ``"float8e4m3fn"``), refquant format names (``"float8_e4m3fn"``) or NumPy /
@@ -57,7 +66,7 @@ TENSOR_TYPES = {
     "float": 1, "uint8": 2, "int8": 3, "uint16": 4, "int16": 5, "int32": 6,
     "double": 11, "float16": 10, "bfloat16": 16, "float8e4m3fn": 17, "float8e4m3fnuz": 18,
     "float8e5m2": 19, "float8e5m2fnuz": 20, "uint4": 21, "int4": 22, "float4e2m1": 23,
-    "float8e8m0": 24, "uint2": 25, "int2": 26,
+    "float8e8m0": 24, "uint2": 25, "int2": 26, "float6e2m3": 27, "float6e3m2": 28,
 }
 _BY_ENUM = {v: k for k, v in TENSOR_TYPES.items()}
 
@@ -75,6 +84,8 @@ _NUMPY = {
     "float8e5m2fnuz": np.dtype(ml_dtypes.float8_e5m2fnuz),
     "float4e2m1": np.dtype(ml_dtypes.float4_e2m1fn),
     "float8e8m0": np.dtype(ml_dtypes.float8_e8m0fnu),
+    "float6e2m3": np.dtype(ml_dtypes.float6_e2m3fn),
+    "float6e3m2": np.dtype(ml_dtypes.float6_e3m2fn),
 }
 _BY_NUMPY = {v: k for k, v in _NUMPY.items()}
 
@@ -82,8 +93,11 @@ _BY_NUMPY = {v: k for k, v in _NUMPY.items()}
 _FLOAT_FORMATS = {
     "float8e4m3fn": "float8_e4m3fn", "float8e4m3fnuz": "float8_e4m3fnuz",
     "float8e5m2": "float8_e5m2", "float8e5m2fnuz": "float8_e5m2fnuz",
-    "float4e2m1": "float4_e2m1fn",
+    "float4e2m1": "float4_e2m1fn", "float6e2m3": "float6_e2m3fn", "float6e3m2": "float6_e3m2fn",
 }
+# The float types without Inf / NaN encodings: saturate has no effect, and the zero point
+# is added to the quotient (see quantize_linear's Notes).
+_NO_INF_FORMATS = ("float4e2m1", "float6e2m3", "float6e3m2")
 _INTEGER_OUTPUTS = ("uint8", "int8", "uint16", "int16", "uint4", "int4", "uint2", "int2")
 _PRECISIONS = ("float", "float16", "bfloat16")
 
@@ -95,10 +109,15 @@ _TYPE_SINCE = {
     "uint16": 21, "int16": 21, "uint4": 21, "int4": 21,
     "float4e2m1": 23,
     "uint2": 25, "int2": 25,
+    "float6e2m3": 28, "float6e3m2": 28,
+    "float8e8m0": 24,  # as a scale (T2)
 }
 # ... and each attribute.
 _ATTR_SINCE = {"axis": 13, "saturate": 19, "block_size": 21, "output_dtype": 21, "precision": 23}
-_OPSETS = (10, 13, 19, 21, 23, 24, 25)
+# The versions of QuantizeLinear / DequantizeLinear (onnx.defs.get_schema(op, v).since_version),
+# and the newest ai.onnx opset of the pinned onnx release (1.23: 28).
+_VERSIONS = (10, 13, 19, 21, 23, 24, 25, 28)
+_MAX_OPSET = 28
 
 
 def _type_name(t, argname: str) -> str:
@@ -109,9 +128,8 @@ def _type_name(t, argname: str) -> str:
         raise RefquantError(f"{argname} {int(t)} is not a TensorProto type these operators take")
     if isinstance(t, str):
         key = t.lower().replace("_", "")
-        key = {"float32": "float", "float4e2m1fn": "float4e2m1", "float8e8m0fnu": "float8e8m0"}.get(
-            key, key
-        )
+        key = {"float32": "float", "float4e2m1fn": "float4e2m1", "float8e8m0fnu": "float8e8m0",
+               "float6e2m3fn": "float6e2m3", "float6e3m2fn": "float6e3m2"}.get(key, key)
         if key in TENSOR_TYPES:
             return key
         raise RefquantError(f"{argname} {t!r} is not an ONNX type name (e.g. 'int8', 'float8e4m3fn')")
@@ -131,9 +149,23 @@ def _check_attributes(**attrs) -> None:
             raise RefquantError(f"{name} must be a single value (an ONNX attribute), got {v!r}")
 
 
-def _check_opset(opset, used: dict, types: tuple) -> None:
-    if opset not in _OPSETS:
-        raise RefquantError(f"opset must be one of {_OPSETS}, got {opset!r}")
+def _op_version(opset) -> int:
+    """The operator version a model at ai.onnx ``opset`` runs (the newest since_version <= opset)."""
+    try:
+        o = operator.index(opset)
+    except TypeError:
+        raise RefquantError(f"opset must be an integer, got {opset!r}") from None
+    if not _VERSIONS[0] <= o <= _MAX_OPSET:
+        raise RefquantError(
+            f"opset must be an ai.onnx opset from {_VERSIONS[0]} (the first with these "
+            f"operators) to {_MAX_OPSET} (the newest of onnx 1.23), got {o}"
+        )
+    return max(v for v in _VERSIONS if v <= o)
+
+
+def _check_opset(opset, used: dict, types: tuple) -> int:
+    """Check attributes and types against ``opset``; return the operator version it runs."""
+    version = _op_version(opset)
     for attr, given in used.items():
         if given and opset < _ATTR_SINCE[attr]:
             raise RefquantError(
@@ -142,6 +174,7 @@ def _check_opset(opset, used: dict, types: tuple) -> None:
     for t in types:
         if opset < _TYPE_SINCE.get(t, 0):
             raise RefquantError(f"type {t} needs opset >= {_TYPE_SINCE[t]}; got opset {opset}")
+    return version
 
 
 def _check_float_types(opset, x_type, scale_type, xname, sname):
@@ -160,12 +193,36 @@ def _check_float_types(opset, x_type, scale_type, xname, sname):
         )
 
 
-def _refuse_e8m0(scale, argname):
-    if np.asarray(scale).dtype == _NUMPY["float8e8m0"]:
+def _scale_values(scale, argname):
+    """(scale, ONNX type name): a float8e8m0 scale becomes its float32 values, which are exact.
+
+    Every float8e8m0 value (2^-127 .. 2^127) is a float32 (2^-127 a subnormal one); its
+    NaN (0xFF) becomes a float32 NaN, which check_scale refuses.
+    """
+    a = np.asarray(scale)
+    if a.dtype == _NUMPY["float8e8m0"]:
+        return a.astype(np.float32), "float8e8m0"
+    return scale, None
+
+
+def _zero_point_shape(zp, s, ax, zname, sname):
+    """The zero point, checked against the scale's shape (the spec: "Shape must match").
+
+    Per tensor, ONNX's backend node tests (``test_quantizelinear_e4m3fn``,
+    ``test_dequantizelinear_uint4``, ...) pass a zero point of shape (1,) with a scalar
+    scale, which onnx.reference and onnxruntime accept: refquant follows them and takes
+    a scale and a zero point of one element each, whatever their shapes.
+    """
+    if zp is None:
+        return None
+    if ax is None and s.size == 1 and zp.size == 1:
+        return zp.reshape(s.shape)
+    if zp.shape != s.shape:
         raise RefquantError(
-            f"a float8e8m0 {argname} is not implemented (opset 24 allows it; onnxruntime 1.32 "
-            "and onnx.reference 1.23 do not run it); pass its float32 values"
+            f"{zname} has shape {zp.shape} but {sname} has shape {s.shape}: "
+            "the spec requires the same shape"
         )
+    return zp
 
 
 def _check_per_axis_opset(opset, ax, argname):
@@ -244,15 +301,26 @@ def _divide_in(x, scale_b, ptype: str) -> np.ndarray:
         return (np.asarray(x).astype(dt) / np.asarray(scale_b).astype(dt)).astype(dt)
 
 
-def _precision(x, y_scale, precision, reference_quirks) -> str:
-    """ONNX type name of the division's precision."""
+def _precision(x, y_scale, precision, reference_quirks, e8m0_dtype=None) -> str:
+    """ONNX type name of the division's precision.
+
+    ``e8m0_dtype``: the float8e8m0 dtype when y_scale came as one (``y_scale`` then holds
+    its float32 values).
+    """
     if precision:
         p = _type_name(precision, "precision")
     elif reference_quirks:
         # onnx/reference/ops/op_quantize_linear.py: ``x = x / y_scale``, in the dtype NumPy's
         # division returns (np.result_type has no common type for float16 and bfloat16, but
-        # ml_dtypes' division loop for them returns float32)
-        p = _type_name((np.ones(1, x.dtype) / np.ones(1, y_scale.dtype)).dtype, "precision")
+        # ml_dtypes' division loop for them returns float32; bfloat16 by float8e8m0 stays
+        # bfloat16, float16 or float32 by float8e8m0 is float32)
+        sdt = e8m0_dtype if e8m0_dtype is not None else y_scale.dtype
+        p = _type_name((np.ones(1, x.dtype) / np.ones(1, sdt)).dtype, "precision")
+    elif e8m0_dtype is not None:
+        # "The type of y_scale determines the precision of the division": float8e8m0 has no
+        # significand bits and no sign, so read it as float32, which holds every value of it
+        # and is what onnx.reference divides a float32 or float16 x in
+        p = "float"
     else:
         p = _type_name(y_scale.dtype, "y_scale")
     if p == "double" and not precision and not reference_quirks:
@@ -278,7 +346,7 @@ def quantize_linear(
     output_dtype=0,
     precision=0,
     *,
-    opset=25,
+    opset=28,
     reference_quirks=False,
 ):
     """QuantizeLinear: ``y = saturate(round(x / y_scale) + y_zero_point)``.
@@ -289,23 +357,26 @@ def quantize_linear(
     y_scale : array_like
         Scalar (per tensor), 1-D of ``x.shape[axis]`` (per axis) or ``x``'s shape
         with ``ceil(Di / block_size)`` along ``axis`` (blocked). Its type sets the
-        precision of the division unless ``precision`` is given.
+        precision of the division unless ``precision`` is given; a float8e8m0 scale
+        (``ml_dtypes.float8_e8m0fnu``, opset 24 on) divides in float32 (see Notes).
     y_zero_point : array_like, optional
-        Same shape as ``y_scale``. Its dtype (``np.int8``, ``ml_dtypes.int4``, ...)
-        is the output type; a Python int or int64 array is read in ``output_dtype``.
-        Must be zero for float8 / float4 outputs.
+        Same shape as ``y_scale`` (per tensor: one element each, see Notes). Its dtype
+        (``np.int8``, ``ml_dtypes.int4``, ...) is the output type; a Python int or int64
+        array is read in ``output_dtype``. Must be ±0 for float8 / float6 / float4 outputs.
     axis, saturate, block_size, output_dtype, precision
         The operator's attributes, with its defaults. ``output_dtype`` and
         ``precision`` are TensorProto enum values or names; 0 means unset.
-    opset : int, default 25
-        The operator version; types and attributes it does not have are rejected.
+    opset : int, default 28
+        The model's ai.onnx opset (10 to 28), which runs QuantizeLinear-10, -13, -19, -21,
+        -23, -24, -25 or -28; types and attributes that version does not have are rejected.
     reference_quirks : bool, default False
         Reproduce ``onnx.reference`` (the NumPy reference evaluator) where it departs
         from the spec (see Notes).
 
     Returns
     -------
-    numpy.ndarray of the output type (``ml_dtypes`` types for int4, int2, float8, float4).
+    numpy.ndarray of the output type (``ml_dtypes`` types for int4, int2, float8, float6,
+    float4).
 
     Formula
     -------
@@ -320,9 +391,34 @@ def quantize_linear(
     even, with the Cast operator's saturation table: ``saturate=1`` sends ±Inf and
     values whose rounding exceeds the largest finite value to ±max; ``saturate=0``
     sends them to ±Inf (float8e5m2) or NaN (the others). NaN stays NaN.
+    float4e2m1, float6e2m3 and float6e3m2 (no Inf or NaN): always saturate, and
+    :math:`y = \\mathrm{cast}(x \\oslash_P s + z)` when a zero point is given.
 
     Notes
     -----
+    Where ONNX's backend node tests (onnx 1.23) and refquant's earlier reading of the
+    spec disagreed, refquant follows the tests:
+
+    * Per tensor, a zero point of shape (1,) with a scalar scale
+      (``test_quantizelinear_e4m3fn``, ``_e5m2``) is accepted, against "Shape must match
+      y_scale": a scale and a zero point of one element each, whatever their shapes
+      (onnx.reference takes any such shapes; onnxruntime wants rank 0 or 1). The output
+      has ``x``'s shape.
+    * float4e2m1 (and the float6 types, which onnx.reference treats the same): the
+      zero point is added to the quotient, as the formula ``(x / y_scale) + y_zero_point``
+      reads, so ``-0.0`` quantizes to ``+0.0`` (``test_quantizelinear_float4e2m1``
+      expects code 0 for ``x = -0.0``). Without a zero point ``-0.0`` stays ``-0.0``.
+      For float8 outputs, where no conformance test has a ``-0.0``, refquant keeps the
+      sign of zero as both onnx.reference and onnxruntime do (they do not add it).
+
+    float8e8m0 scales (opset 24 on): the spec's "the type of y_scale determines the
+    precision of the division" has no meaning for a type with no significand and no
+    sign; refquant divides in float32, which holds every float8e8m0 value exactly and
+    is what onnx.reference computes for float32 and float16 ``x``. ``precision`` overrides
+    it as for any scale. onnxruntime 1.32 has no kernel for float8e8m0 scales, nor for
+    float4e2m1 / float6 outputs ("Could not find an implementation", "MLDataType for:
+    tensor(float6e2m3) is not currently registered").
+
     Departures of ``onnx.reference`` (``onnx/reference/ops/op_quantize_linear.py``,
     ``_CommonQuantizeLinear._run``; line numbers of onnx 1.23), reproduced with
     ``reference_quirks=True``:
@@ -334,17 +430,22 @@ def quantize_linear(
       So ``x / y_scale >= 2**31`` and ``+Inf`` give ``qmin`` instead of ``qmax``
       (int8, zero point 0: ``+Inf -> -128``); with a negative zero point every such
       value wraps past INT32_MIN and gives ``qmax`` (zero point -100: ``-Inf -> 127``).
+      A bfloat16 quotient (bfloat16 ``x`` and ``y_scale`` at opsets 19 / 21,
+      ``precision`` bfloat16 from 23) is cast by ml_dtypes, not NumPy, and what
+      ml_dtypes gives for NaN, ±Inf and out-of-range values depends on its version:
+      INT32_MIN before 0.7 (a C++ ``static_cast`` through float on x86-64), 0 from
+      0.7.0 on (int8, zero point 3: ``x = 1.5e9``, ``y_scale = 0.5`` gives -128 with
+      ml_dtypes 0.6 and 3 with 0.7). refquant makes that cast through the installed
+      ml_dtypes, so the result follows its version as onnx.reference's does.
     * ``x = x / y_scale`` (line 86) runs in the type NumPy's division gives x and y_scale,
       not in y_scale's type: float64 for an int32 x, float32 for float32 x with a float16
       y_scale and for float16 with bfloat16 (either way round).
+      A float8e8m0 scale divides in NumPy's promotion too: float32 for float32 and
+      float16 ``x``, bfloat16 for bfloat16 ``x``, float64 for int32 ``x``.
     * For float8 outputs the zero point is ignored; refquant rejects a non-zero one.
-    * float4e2m1 has no NaN; the spec leaves NaN undefined and refquant raises.
-      The evaluator casts with ml_dtypes, which gives a zero with the opposite
-      sign (NaN -> -0.0, code 0x8); ``reference_quirks=True`` gives that.
-    * For float4e2m1 the evaluator adds the zero point (``x = x + zero_point``, line 120), which
-      turns ``-0.0`` into ``+0.0``; refquant keeps the sign of zero, as both peers do
-      for float8 (the zero point "is not used" for float types). ``reference_quirks``
-      adds it.
+    * float4e2m1 and the float6 types have no NaN; the spec leaves NaN undefined and
+      refquant raises. The evaluator casts with ml_dtypes, which gives a zero
+      (NaN -> -0.0, float4e2m1 code 0x8); ``reference_quirks=True`` gives that.
 
     onnxruntime (``QuantizeLinear`` CPU kernel, MLAS) saturates ±Inf and
     out-of-range values as the spec says and maps NaN to ``qmin``. At opsets 19 and
@@ -360,34 +461,34 @@ def quantize_linear(
 
     Reference
     ---------
-    ONNX QuantizeLinear-25 (``onnx/defs/quantization/defs.cc``); earlier versions in
-    ``onnx/defs/quantization/old.cc``; Cast-25 for the float8 saturation tables.
+    ONNX QuantizeLinear-28 (``onnx/defs/quantization/defs.cc``); earlier versions in
+    ``onnx/defs/quantization/old.cc``; Cast-25 for the float8 saturation tables; the
+    backend node tests ``onnx/backend/test/case/node/quantizelinear.py`` (onnx 1.23.2).
     """
     _check_attributes(axis=axis, saturate=saturate, block_size=block_size,
                       output_dtype=output_dtype, precision=precision, opset=opset)
     x = np.asarray(x)
     zp = None if y_zero_point is None else np.asarray(y_zero_point)
     out = _output_type(zp, output_dtype)
-    _check_opset(
+    scale_vals, e8m0 = _scale_values(y_scale, "y_scale")
+    version = _check_opset(
         opset,
         {"axis": axis != 1, "saturate": saturate != 1, "block_size": bool(block_size),
          "output_dtype": bool(output_dtype), "precision": bool(precision)},
-        (out,),
+        (out,) + ((e8m0,) if e8m0 else ()),
     )
     if _type_name(x.dtype, "x") not in ("float", "float16", "bfloat16", "int32"):
         raise RefquantError(f"x must be float32, float16, bfloat16 or int32, got {x.dtype}")
-    _refuse_e8m0(y_scale, "y_scale")
-    s = check_scale(y_scale, "y_scale")
-    _check_float_types(opset, _type_name(x.dtype, "x"), _type_name(s.dtype, "y_scale"),
+    s = check_scale(scale_vals, "y_scale")
+    _check_float_types(version, _type_name(x.dtype, "x"), e8m0 or _type_name(s.dtype, "y_scale"),
                        "x", "y_scale")
     ax, bs = _granularity(x.shape, s, axis, block_size, "y_scale")
-    _check_per_axis_opset(opset, ax, "y_scale")
-    if zp is not None and zp.shape != s.shape:
-        raise RefquantError(
-            f"y_zero_point has shape {zp.shape} but y_scale has shape {s.shape}: "
-            "the spec requires the same shape"
-        )
-    p = _precision(x, s, precision, reference_quirks)
+    _check_per_axis_opset(version, ax, "y_scale")
+    if ax is None:
+        s = s.reshape(())  # per tensor: the output has x's shape, whatever the scale's
+    zp = _zero_point_shape(zp, s, ax, "y_zero_point", "y_scale")
+    p = _precision(x, s, precision, reference_quirks,
+                   np.asarray(y_scale).dtype if e8m0 else None)
     if out in _FLOAT_FORMATS:
         return _quantize_float(x, s, zp, ax, bs, out, saturate, p, reference_quirks)
     fmt = int_format(out)
@@ -430,28 +531,36 @@ def _output_type(zp, output_dtype) -> str:
 
 
 def _quantize_float(x, s, zp, ax, bs, out, saturate, p, reference_quirks):
-    """Float8 / float4 outputs: the spec's cast of ``x / y_scale`` with the saturate flag."""
+    """Float8 / float6 / float4 outputs: the spec's cast of ``x / y_scale`` (plus the zero
+    point for float6 / float4) with the saturate flag."""
     if zp is not None and np.any(zp.astype(np.float32) != 0):
         raise RefquantError(
             f"y_zero_point must be 0 for {out} outputs (the spec: the zero point is not used "
-            "for float8 and 4-bit float types); got a non-zero value"
+            "for float8, float6 and float4 types); got a non-zero value"
         )
     if saturate not in (0, 1):
         raise RefquantError(f"saturate must be 0 or 1, got {saturate!r}")
     from ..formats import floats  # the float formats module (refquant/formats/floats.py)
 
     v = _divide_in(x, broadcast_param(s, x.shape, ax, bs, "y_scale"), p)
-    if reference_quirks and out == "float4e2m1" and zp is not None:
-        v = v + v.dtype.type(0)  # the evaluator adds the (zero) zero point: -0.0 -> +0.0
-    # float4e2m1 has no Inf/NaN encoding: saturate has no effect (QuantizeLinear-25 text).
+    if out in _NO_INF_FORMATS and zp is not None:
+        # y = cast(x / y_scale + y_zero_point), as test_quantizelinear_float4e2m1 requires: the
+        # zero point is ±0, so only the sign of a zero quotient changes (-0.0 + 0 = +0.0)
+        zf = zp.astype(np.float32)
+        zb = zf.reshape(()) if ax is None else broadcast_param(zf, x.shape, ax, bs,
+                                                                "y_zero_point")
+        v = v.astype(np.float32) + zb
+    # float4e2m1 and the float6 types have no Inf/NaN encoding: saturate has no effect
+    # (QuantizeLinear-28's text).
     codes = floats.encode(v.astype(np.float32), _FLOAT_FORMATS[out],
-                          saturate=bool(saturate) or out == "float4e2m1", rounding="half_even",
-                          nan="ml_dtypes" if reference_quirks else "raise")
+                          saturate=bool(saturate) or out in _NO_INF_FORMATS,
+                          rounding="half_even", nan="ml_dtypes" if reference_quirks else "raise")
     return np.asarray(codes, dtype=np.uint8).view(_NUMPY[out])
 
 
 def _reference_int32_wrap(x, s, z, ax, bs, p, fmt, q):
-    """onnx.reference's int32 arithmetic: out-of-range quotients become INT32_MIN, sums wrap.
+    """onnx.reference's int32 arithmetic: out-of-range quotients become INT32_MIN (or what
+    ml_dtypes gives for a bfloat16 quotient), sums wrap.
 
     Elements whose rounded quotient and sum with the zero point stay inside int32
     are untouched (they equal the spec's result, ``q``).
@@ -463,6 +572,13 @@ def _reference_int32_wrap(x, s, z, ax, bs, p, fmt, q):
     with np.errstate(invalid="ignore"):
         bad = ~((r >= -(2.0**31)) & (r < 2.0**31))
     r32 = np.where(bad, -(2**31), np.where(bad, 0, r).astype(np.int64))
+    if p == "bfloat16" and bad.any():
+        # ml_dtypes casts bfloat16 to int32 itself (the evaluator's np.rint(x).astype(np.int32)
+        # on a bfloat16 array): INT32_MIN for NaN / ±Inf / out of range before ml_dtypes 0.7,
+        # 0 from 0.7.0 on. Cast the same way so the result follows the installed version.
+        with np.errstate(invalid="ignore", over="ignore"):
+            cast = np.rint(np.asarray(v)).astype(np.int32).astype(np.int64)
+        r32 = np.where(bad, cast, r32)
     total = r32 + zb
     wrapped = (total + 2**31) % 2**32 - 2**31
     touched = bad | (wrapped != total)
@@ -470,21 +586,25 @@ def _reference_int32_wrap(x, s, z, ax, bs, p, fmt, q):
 
 
 def dequantize_linear(x, x_scale, x_zero_point=None, axis=1, block_size=0, output_dtype=0,
-                      *, opset=25, reference_quirks=False):
+                      *, opset=28, reference_quirks=False):
     """DequantizeLinear: ``y = (x - x_zero_point) * x_scale``.
 
     Parameters
     ----------
     x : array_like
         Codes whose dtype is the ONNX input type: int8, uint8, int16, uint16, int32,
-        ``ml_dtypes`` int4 / uint4 / int2 / uint2, float8 types or float4_e2m1fn.
-    x_scale : array_like (float32, float16 or bfloat16)
-        Shape rules as for :func:`quantize_linear`.
+        ``ml_dtypes`` int4 / uint4 / int2 / uint2, float8 types, float6_e2m3fn /
+        float6_e3m2fn (opset 28) or float4_e2m1fn.
+    x_scale : array_like (float32, float16, bfloat16; float8e8m0 from opset 24)
+        Shape rules as for :func:`quantize_linear`. A float8e8m0 scale
+        (``ml_dtypes.float8_e8m0fnu``) needs ``output_dtype``: its own type is not an
+        output type, and ONNX's type inference refuses the node without one.
     x_zero_point : array_like, optional
-        Same type as ``x`` and same shape as ``x_scale``; must be 0 for int32 and
-        float inputs.
+        Same type as ``x`` and same shape as ``x_scale`` (per tensor: one element each,
+        as ONNX's backend node tests pass it); must be 0 for int32 and float inputs.
     axis, block_size, output_dtype : the operator's attributes (0: unset).
-    opset : int, default 25
+    opset : int, default 28
+        The model's ai.onnx opset (10 to 28), as for :func:`quantize_linear`.
     reference_quirks : bool, default False
         For float16 / bfloat16 outputs, round the product to float32 first and then
         to the output type, as onnx.reference and onnxruntime do (see Notes).
@@ -519,32 +639,42 @@ def dequantize_linear(x, x_scale, x_zero_point=None, axis=1, block_size=0, outpu
 
     Reference
     ---------
-    ONNX DequantizeLinear-25 (``onnx/defs/quantization/defs.cc``);
-    ``onnx/reference/ops/op_dequantize_linear.py``.
+    ONNX DequantizeLinear-28 (``onnx/defs/quantization/defs.cc``);
+    ``onnx/reference/ops/op_dequantize_linear.py``; the backend node tests
+    ``onnx/backend/test/case/node/dequantizelinear.py`` (onnx 1.23.2), whose zero points of
+    shape (1,) with scalar scales (``test_dequantizelinear_uint4``, ``_int2``,
+    ``_float4e2m1``, ``_e4m3fn_zero_point``, ...) refquant accepts, against "Shape must
+    match x_scale", as onnx.reference and onnxruntime do. A float8e8m0 scale is exact in
+    float32, so the product is the same as with its float32 value.
     """
     _check_attributes(axis=axis, block_size=block_size, output_dtype=output_dtype, opset=opset)
     x = np.asarray(x)
     xt = _type_name(x.dtype, "x")
     if xt not in _INTEGER_OUTPUTS and xt not in _FLOAT_FORMATS and xt != "int32":
         raise RefquantError(f"x has type {xt}; DequantizeLinear takes quantized types")
-    _refuse_e8m0(x_scale, "x_scale")
-    s = check_scale(x_scale, "x_scale")
-    st = _type_name(s.dtype, "x_scale")
+    scale_vals, e8m0 = _scale_values(x_scale, "x_scale")
+    s = check_scale(scale_vals, "x_scale")
+    st = e8m0 or _type_name(s.dtype, "x_scale")
+    if e8m0 and not output_dtype:
+        raise RefquantError(
+            "a float8e8m0 x_scale needs output_dtype (float, float16 or bfloat16): the output "
+            "type defaults to x_scale's type, which is not an output type (T3), and ONNX's "
+            "type inference refuses it"
+        )
     out = _type_name(output_dtype, "output_dtype") if output_dtype else st
     if out not in _PRECISIONS:
         raise RefquantError(f"output type {out} must be float, float16 or bfloat16")
-    _check_opset(opset, {"axis": axis != 1, "block_size": bool(block_size),
-                         "output_dtype": bool(output_dtype)}, (xt,))
-    _check_float_types(opset, xt, st, None, "x_scale")
+    version = _check_opset(opset, {"axis": axis != 1, "block_size": bool(block_size),
+                                   "output_dtype": bool(output_dtype)},
+                           (xt,) + ((e8m0,) if e8m0 else ()))
+    _check_float_types(version, xt, st, None, "x_scale")
     ax, bs = _granularity(x.shape, s, axis, block_size, "x_scale")
-    _check_per_axis_opset(opset, ax, "x_scale")
+    _check_per_axis_opset(version, ax, "x_scale")
+    if ax is None:
+        s = s.reshape(())  # per tensor: the output has x's shape, whatever the scale's
     zp = None if x_zero_point is None else np.asarray(x_zero_point)
+    zp = _zero_point_shape(zp, s, ax, "x_zero_point", "x_scale")
     if zp is not None:
-        if zp.shape != s.shape:
-            raise RefquantError(
-                f"x_zero_point has shape {zp.shape} but x_scale has shape {s.shape}: the spec "
-                "requires the same shape"
-            )
         zt = _type_name(zp.dtype, "x_zero_point")
         if zt != xt:
             raise RefquantError(
@@ -553,7 +683,7 @@ def dequantize_linear(x, x_scale, x_zero_point=None, axis=1, block_size=0, outpu
         if (xt == "int32" or xt in _FLOAT_FORMATS) and np.any(zp.astype(np.float32) != 0):
             raise RefquantError(
                 f"x_zero_point must be 0 for {xt} inputs (the spec: there is no zero point for "
-                "int32; it is not used for float8 and 4-bit float types)"
+                "int32; it is not used for float8, float6 and float4 types)"
             )
     odt = _NUMPY[out]
     # "exact": (x - z) * s rounded once to the output type. "float32": both steps in float32,

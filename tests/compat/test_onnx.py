@@ -73,6 +73,29 @@ def test_quantize_linear_reference_quirk_wraps_through_int32():
         127, 127, 127, 0]
 
 
+def _ml_dtypes_version():
+    return tuple(int(p) for p in ml_dtypes.__version__.split(".")[:2])
+
+
+def test_reference_quirk_bfloat16_out_of_range_follows_the_installed_ml_dtypes():
+    # onnx.reference casts a bfloat16 quotient to int32 with ml_dtypes' own cast: NaN, ±Inf
+    # and |q| >= 2**31 give INT32_MIN before ml_dtypes 0.7 (then + 3 clips to -128) and 0
+    # from 0.7.0 on (then + 3 = 3); an in-range quotient (3 / 0.5 = 6) is unaffected
+    bf = ml_dtypes.bfloat16
+    x = np.array([1.5e9, -1.5e9, np.inf, np.nan, 3.0], np.float32).astype(bf)
+    bad = -128 if _ml_dtypes_version() < (0, 7) else 3
+    for opset, kw in ((19, {}), (21, {}), (23, {"precision": 16}), (25, {"precision": 16})):
+        got = ronnx.quantize_linear(x, np.array(0.5, bf), np.int8(3), opset=opset,
+                                    reference_quirks=True, **kw)
+        assert got.tolist() == [bad, bad, bad, bad, 9], opset
+    # a float32 quotient goes through NumPy's cast (x86-64: INT32_MIN) whatever the version
+    got = ronnx.quantize_linear(x.astype(F32), F32(0.5), np.int8(3), reference_quirks=True)
+    assert got.tolist() == [-128, -128, -128, -128, 9]
+    # the spec's result saturates and is independent of ml_dtypes
+    got = ronnx.quantize_linear(x, np.array(0.5, bf), np.int8(3), opset=21)
+    assert got.tolist() == [127, -128, 127, -128, 9]
+
+
 def test_precision_attribute_divides_in_float16():
     # 2049 / 1 = 2049 in float32, but float16 holds 2048 and 2050 only: the tie goes to 2048.
     x = F32([2049.0])
@@ -256,15 +279,21 @@ def test_spec_rejects_with_its_reason(call, match):
     ({"precision": 1, "opset": 21}, "precision needs opset >= 23"),
     ({"output_dtype": 3, "opset": 19}, "output_dtype needs opset >= 21"),
     ({"saturate": 0, "opset": 13}, "saturate needs opset >= 19"),
-    ({"opset": 22}, "opset must be one of"),
+    ({"opset": 9}, "opset must be an ai.onnx opset from 10"),
+    ({"opset": 29}, "to 28"),
+    ({"opset": 2.5}, "opset must be an integer"),
+    ({"output_dtype": "float6e2m3", "opset": 27}, "type float6e2m3 needs opset >= 28"),
+    ({"y_scale": np.array(1.0, ml_dtypes.float8_e8m0fnu), "opset": 23},
+     "type float8e8m0 needs opset >= 24"),
 ])
 def test_opset_rules(kw, match):
+    kw = {"y_scale": F32(1), **kw}
     with pytest.raises(RefquantError, match=match):
-        ronnx.quantize_linear(F32([1.0]), F32(1), **kw)
+        ronnx.quantize_linear(F32([1.0]), **kw)
 
 
 def test_every_opset_accepts_what_it_defines():
-    for opset in (10, 13, 19, 21, 23, 24, 25):
+    for opset in range(10, 29):
         assert ronnx.quantize_linear(F32([2.5]), F32(1), np.int8(0), opset=opset).tolist() == [2]
     z8 = np.zeros((), ml_dtypes.float8_e4m3fn)  # opset 19: the zero point's type decides
     assert ronnx.quantize_linear(F32([2.5]), F32(1), z8, opset=19).astype(F32).tolist() == [2.5]
@@ -393,15 +422,106 @@ def test_an_array_attribute_is_a_refquant_error(attr, value):
             ronnx.dequantize_linear(np.int8([[1, 2, 3]]), s, z, **{attr: value})
 
 
-def test_a_float8e8m0_scale_is_refused_as_not_implemented():
-    # opset 24+ allows float8e8m0 scales; refquant does not implement them (neither
-    # onnxruntime 1.32 nor onnx.reference 1.23 runs them): say so, and no hint that
-    # precision= would make QuantizeLinear accept one
-    s = np.array(1.0, ml_dtypes.float8_e8m0fnu)
-    with pytest.raises(RefquantError, match="float8e8m0 y_scale is not implemented"):
-        ronnx.quantize_linear(F32([1.0]), s, np.int8(0), precision=1)
-    with pytest.raises(RefquantError, match="float8e8m0 x_scale is not implemented"):
-        ronnx.dequantize_linear(np.int8([1]), s, np.int8(0), output_dtype=1)
+E8M0 = ml_dtypes.float8_e8m0fnu
+
+
+def test_a_float8e8m0_scale_divides_in_float32_unless_precision_says_otherwise():
+    # x / 0.5 = [2.6, -5.2, 15.8, 200, 1.5] -> rne [3, -5, 16, 200, 2] + 1, clipped to int8
+    x = F32([1.3, -2.6, 7.9, 100.0, 0.75])
+    s = np.array(0.5, E8M0)
+    for opset in (24, 25, 26, 27, 28):
+        y = ronnx.quantize_linear(x, s, np.int8(1), opset=opset)
+        assert y.dtype == np.int8 and y.tolist() == [4, -4, 17, 127, 3]
+    # 2^-127 (the smallest float8e8m0) is a float32 subnormal: 3 * 2^-127 / 2^-127 = 3 exactly;
+    # with precision float16 x and the scale both become 0, and 0 / 0 (NaN) gives qmin
+    tiny = np.array(2.0**-127, E8M0)
+    x = F32([3 * 2.0**-127])
+    assert ronnx.quantize_linear(x, tiny, np.int8(0)).tolist() == [3]
+    assert ronnx.quantize_linear(x, tiny, np.int8(0), precision=10).tolist() == [-128]
+    # float8e8m0's NaN (0xFF) is no scale
+    with pytest.raises(RefquantError, match="y_scale must be finite"):
+        ronnx.quantize_linear(x, np.uint8(255).view(E8M0), np.int8(0))
+
+
+def test_a_float8e8m0_x_scale_dequantizes_exactly_and_needs_output_dtype():
+    x, s = np.int8([1, 2, -3, 127]), np.array(0.25, E8M0)
+    for od, dt in ((1, np.float32), (10, np.float16), (16, ml_dtypes.bfloat16)):
+        y = ronnx.dequantize_linear(x, s, np.int8(1), output_dtype=od)
+        assert y.dtype == dt and y.astype(np.float64).tolist() == [0.0, 0.25, -1.0, 31.5]
+    with pytest.raises(RefquantError, match="float8e8m0 x_scale needs output_dtype"):
+        ronnx.dequantize_linear(x, s, np.int8(1))
+    with pytest.raises(RefquantError, match="float8e8m0 needs opset >= 24"):
+        ronnx.dequantize_linear(x, s, np.int8(1), output_dtype=1, opset=23)
     with pytest.raises(RefquantError) as err:
         ronnx.quantize_linear(F32([1.0]), np.int32(2), np.int8(0))
     assert "float8e8m0" not in str(err.value)
+
+
+def test_an_opset_runs_the_newest_operator_version_up_to_it():
+    # opset 22 runs QuantizeLinear-21 (no precision attribute), opset 20 QuantizeLinear-19
+    # (x and y_scale of one type), opsets 26 and 27 QuantizeLinear-25 (no float6)
+    with pytest.raises(RefquantError, match="precision needs opset >= 23; got opset 22"):
+        ronnx.quantize_linear(F32([1.0]), F32(1), precision=1, opset=22)
+    with pytest.raises(RefquantError, match="x and y_scale of one type"):
+        ronnx.quantize_linear(F32([1.0]), np.float16(1), np.int8(0), opset=20)
+    with pytest.raises(RefquantError, match="per tensor only"):
+        ronnx.quantize_linear(F32([[1.0, 2.0]]), F32([1, 1]), np.uint8([0, 0]), opset=12)
+    for opset in (26, 27):
+        with pytest.raises(RefquantError, match="float6e3m2 needs opset >= 28"):
+            ronnx.quantize_linear(F32([1.0]), F32(1), output_dtype="float6e3m2", opset=opset)
+    assert ronnx.quantize_linear(F32([[1.0, 2.0]]), F32([1, 1]), np.uint8([0, 0]),
+                                 opset=14).tolist() == [[1, 2]]
+
+
+@pytest.mark.parametrize("name, want", [
+    # x / 0.5 = [0, -0, 2.6, -5.2, 15.8, 200]; e2m3 steps 0.25 in [2, 4), 0.5 in [4, 7.5];
+    # e3m2 steps 0.5 in [2, 4), 1 in [4, 8), 4 in [16, 28]; both saturate to their max
+    ("float6e2m3", [0.0, -0.0, 2.5, -5.0, 7.5, 7.5]),
+    ("float6e3m2", [0.0, -0.0, 2.5, -5.0, 16.0, 28.0]),
+])
+def test_float6_outputs_round_to_nearest_even_and_saturate(name, want):
+    x = F32([0.0, -0.0, 1.3, -2.6, 7.9, 100.0])
+    for saturate in (0, 1):  # no Inf encoding: saturate has no effect
+        y = ronnx.quantize_linear(x, F32(0.5), output_dtype=name, saturate=saturate)
+        assert y.dtype == ronnx._NUMPY[name]
+        got = y.astype(np.float32)
+        assert got.tolist() == want and np.signbit(got).tolist() == np.signbit(want).tolist()
+        back = ronnx.dequantize_linear(y, F32(2.0))
+        assert back.tolist() == [2 * w for w in want]
+    with pytest.raises(RefquantError, match="needs opset >= 28"):
+        ronnx.quantize_linear(x, F32(0.5), output_dtype=name, opset=25)
+    with pytest.raises(RefquantError, match="needs opset >= 28"):
+        ronnx.dequantize_linear(np.zeros(2, ronnx._NUMPY[name]), F32(0.5), opset=27)
+
+
+@pytest.mark.parametrize("name", ["float4e2m1", "float6e2m3", "float6e3m2"])
+def test_minus_zero_gains_the_zero_point_s_sign_for_types_without_inf(name):
+    # test_quantizelinear_float4e2m1: y = cast(x / s + z), -0.0 + 0 = +0.0; without a zero
+    # point -0.0 stays -0.0, and a -0.0 zero point keeps it
+    x, dt = F32([-0.0, 0.0, -1.0]), ronnx._NUMPY[name]
+    signs = [(None, [True, False, True]), (0.0, [False, False, True]), (-0.0, [True, False, True])]
+    for z, want in signs:
+        zp = None if z is None else np.array([z], np.float32).astype(dt)
+        y = ronnx.quantize_linear(x, F32(1), zp, output_dtype=name).astype(np.float32)
+        assert np.signbit(y).tolist() == want, z
+    # float8: the peers keep -0.0 whatever the zero point
+    z8 = np.zeros(1, ml_dtypes.float8_e4m3fn)
+    y = ronnx.quantize_linear(x, F32(1), z8).astype(np.float32)
+    assert np.signbit(y).tolist() == [True, False, True]
+
+
+def test_a_one_element_zero_point_goes_with_a_scalar_scale():
+    # the backend node tests pass zero points of shape (1,) with scalar scales
+    x = F32([1.0, 2.0, 3.0])
+    for s, z in ((F32(0.5), np.int8([3])), (F32([0.5]), np.int8(3)), (F32([[0.5]]), np.int8(3))):
+        y = ronnx.quantize_linear(x, s, z)
+        assert y.shape == (3,) and y.tolist() == [5, 7, 9]
+        assert ronnx.dequantize_linear(y, s, z).tolist() == [1.0, 2.0, 3.0]
+    # the output keeps x's shape
+    assert ronnx.quantize_linear(F32(1.0), F32([0.5]), np.int8([3])).shape == ()
+    assert ronnx.dequantize_linear(np.int8(5), F32([0.5]), np.int8([3])).shape == ()
+    # a zero point of two elements is not per tensor
+    with pytest.raises(RefquantError, match="y_zero_point has shape"):
+        ronnx.quantize_linear(x, F32(0.5), np.int8([3, 3]))
+    with pytest.raises(RefquantError, match="x_zero_point has shape"):
+        ronnx.dequantize_linear(np.int8([1]), F32(0.5), np.int8([3, 3]))
