@@ -29,7 +29,8 @@ from collections.abc import Callable
 
 from .._errors import RefquantError
 
-__all__ = ["Allowed", "restricted_load", "describe", "check_hashable_depth", "MAX_KEY_DEPTH"]
+__all__ = ["Allowed", "restricted_load", "describe", "check_hashable_depth", "built_cost",
+           "MAX_KEY_DEPTH", "built_budget"]
 
 
 class Allowed:
@@ -102,8 +103,48 @@ def _check_key(path, k):
             raise _fail(path, f"a dict key of type {type(x).__name__} (only str, int, float, bool, bytes, None, tuples)")
 
 
+def built_cost(args, limit: int) -> int:
+    """An upper bound on the size of what an allowed callable builds from ``args``.
+
+    The callables refquant allows build at most one slot per item of the
+    containers, strings and byte strings they are given (``_codecs.encode(s)``
+    copies ``s``, ``OrderedDict(items)`` inserts ``len(items)`` pairs, ``torch.Size``
+    copies its tuple); the items themselves already exist. Tuples are looked
+    into three levels deep, because ``_rebuild_from_type_v2`` and the tensor
+    rebuilds take their containers inside an argument tuple. The walk stops as
+    soon as the sum passes ``limit``, so it never costs more than the budget it
+    checks.
+    """
+    cost = 1
+    todo = [(args, 0)]
+    while todo:
+        x, depth = todo.pop()
+        if isinstance(x, str | bytes | bytearray | list | tuple | dict | set | frozenset):
+            cost += len(x) + 1
+            if cost > limit:
+                return cost
+            if isinstance(x, tuple) and depth < 3:
+                todo.extend((y, depth + 1) for y in x)
+    return cost
+
+
+def built_budget(pickle_bytes: int) -> int:
+    """Item slots allowed callables may build in all, for a pickle of ``pickle_bytes``.
+
+    Without the memo, every argument a callable gets was spelled out in the
+    stream, so the total is at most the stream's length. The memo lets one
+    argument (a 4 MiB string, a 300k-pair list) be passed again and again for
+    two or three bytes of ``BINGET`` each: 1,000 ``_codecs.encode`` calls on one
+    memoised 4 MiB string built 4 GB from a 4 KB deflated pickle. Real
+    checkpoints pass each string and list once; 16x the stream plus 1 MiB
+    leaves room for any sharing they do.
+    """
+    return 16 * pickle_bytes + (1 << 20)
+
+
 def restricted_load(source, *, allowed: dict, persistent_load: Callable | None, path="<pickle>",
-                    max_ops: int | None = None, refusal_hints: dict | None = None):
+                    max_ops: int | None = None, refusal_hints: dict | None = None,
+                    max_built: int | None = None):
     """Interpret one pickle from ``source`` (bytes or a readable file at the pickle).
 
     Parameters
@@ -120,6 +161,11 @@ def restricted_load(source, *, allowed: dict, persistent_load: Callable | None, 
         beyond the stream's length).
     refusal_hints : dict of str to str, optional
         ``"module.name"`` -> why that global is refused, added to the error.
+    max_built : int, optional
+        Bound on the item slots that ``REDUCE`` / ``NEWOBJ`` calls may build in
+        all (:func:`built_cost` of each call's arguments, summed); default
+        :func:`built_budget` of the bytes from the stream's position to the end
+        of ``source``.
 
     Returns
     -------
@@ -127,6 +173,13 @@ def restricted_load(source, *, allowed: dict, persistent_load: Callable | None, 
         The unpickled value; the stream is left just after ``STOP``.
     """
     f = io.BytesIO(bytes(source)) if isinstance(source, bytes | bytearray | memoryview) else source
+    if max_built is None:
+        try:
+            left = len(source) - (0 if f is not source else f.tell())
+        except (TypeError, AttributeError, OSError, ValueError):
+            left = 0
+        max_built = built_budget(max(left, 0))
+    built = 0
     stack: list = []
     marks: list = []
     memo: dict = {}
@@ -163,16 +216,24 @@ def restricted_load(source, *, allowed: dict, persistent_load: Callable | None, 
         return allowed[mapped]
 
     def call(fn, args, how):
+        nonlocal built
         if not isinstance(fn, Allowed):
             raise _fail(path, f"{how} on {describe(fn)}, which is not an allowed callable")
         if not isinstance(args, tuple):
             raise _fail(path, f"{how} {fn.name} with arguments of type {type(args).__name__}")
+        built += built_cost(args, max_built - built)
+        if built > max_built:
+            raise _fail(path, f"{how} {fn.name}: the allowed calls would build more than {max_built} "
+                              "items in all, far more than the pickle holds (one memoised value "
+                              "passed over and over)")
         try:
             return fn.fn(*args)
         except RefquantError:
             raise
-        except (TypeError, ValueError, OverflowError, KeyError, IndexError) as e:
-            raise _fail(path, f"{how} {fn.name}{describe(args)}: {e}") from None
+        except (TypeError, ValueError, OverflowError, KeyError, IndexError, RecursionError) as e:
+            # RecursionError: no allowed callable recurses on purpose; a deeply
+            # nested argument must still end as a RefquantError
+            raise _fail(path, f"{how} {fn.name}{describe(args)}: {type(e).__name__}: {e}") from None
 
     n_ops = 0
     ops = pickletools.genops(f)

@@ -206,7 +206,7 @@ def parse_header(raw: bytes, file_size: int, path="<bytes>"):
         dt = e["dtype"]
         if not isinstance(dt, str) or dt not in SAFETENSORS_DTYPES:
             raise fail(path, f"tensor {name!r}: unknown dtype {dt!r:.60}")
-        numel = checked_numel(e["shape"], path, f"tensor {name!r}")
+        numel = checked_numel(e["shape"], path, f"tensor {name!r}", SAFETENSORS_DTYPES[dt].itemsize)
         off = e["data_offsets"]
         if (
             not isinstance(off, list)
