@@ -24,13 +24,14 @@ from __future__ import annotations
 import _compat_pickle
 import io
 import pickletools
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 
 from .._errors import RefquantError
 
-__all__ = ["Allowed", "restricted_load", "describe", "check_hashable_depth", "built_cost",
-           "MAX_KEY_DEPTH", "built_budget"]
+__all__ = ["Allowed", "restricted_load", "describe", "check_hashable_depth", "MAX_KEY_DEPTH",
+           "built_budget"]
 
 
 class Allowed:
@@ -103,43 +104,32 @@ def _check_key(path, k):
             raise _fail(path, f"a dict key of type {type(x).__name__} (only str, int, float, bool, bytes, None, tuples)")
 
 
-def built_cost(args, limit: int) -> int:
-    """An upper bound on the size of what an allowed callable builds from ``args``.
-
-    The callables refquant allows build at most one slot per item of the
-    containers, strings and byte strings they are given (``_codecs.encode(s)``
-    copies ``s``, ``OrderedDict(items)`` inserts ``len(items)`` pairs, ``torch.Size``
-    copies its tuple); the items themselves already exist. Tuples are looked
-    into three levels deep, because ``_rebuild_from_type_v2`` and the tensor
-    rebuilds take their containers inside an argument tuple. The walk stops as
-    soon as the sum passes ``limit``, so it never costs more than the budget it
-    checks.
-    """
-    cost = 1
-    todo = [(args, 0)]
-    while todo:
-        x, depth = todo.pop()
-        if isinstance(x, str | bytes | bytearray | list | tuple | dict | set | frozenset):
-            cost += len(x) + 1
-            if cost > limit:
-                return cost
-            if isinstance(x, tuple) and depth < 3:
-                todo.extend((y, depth + 1) for y in x)
-    return cost
-
-
 def built_budget(pickle_bytes: int) -> int:
-    """Item slots allowed callables may build in all, for a pickle of ``pickle_bytes``.
+    """Bytes that ``REDUCE`` / ``NEWOBJ`` calls may build in all, for a pickle of ``pickle_bytes``.
 
     Without the memo, every argument a callable gets was spelled out in the
-    stream, so the total is at most the stream's length. The memo lets one
-    argument (a 4 MiB string, a 300k-pair list) be passed again and again for
-    two or three bytes of ``BINGET`` each: 1,000 ``_codecs.encode`` calls on one
-    memoised 4 MiB string built 4 GB from a 4 KB deflated pickle. Real
-    checkpoints pass each string and list once; 16x the stream plus 1 MiB
-    leaves room for any sharing they do.
+    stream, and what the allowed callables build is a small multiple of their
+    arguments (``_codecs.encode(s)`` copies ``s``; an OrderedDict costs ~95 bytes
+    a pair, each pair at least ~3 bytes of stream). The memo lets one argument (a
+    4 MiB string, a 300k-pair list) be passed again and again for a few bytes of
+    ``BINGET`` each: 1,000 ``_codecs.encode`` calls on one memoised 4 MiB string
+    built 4 GB from a 4 KB deflated pickle; 200 ``OrderedDict(items)`` on one
+    300k-pair list ran for minutes, then exhausted memory. Real checkpoints pass
+    each string and list once (torch shares storages, which build nothing); 8x
+    the stream plus 4 MiB leaves room for that, and bounds the memory of any
+    pickle by a multiple of its size.
     """
-    return 16 * pickle_bytes + (1 << 20)
+    return 8 * pickle_bytes + (4 << 20)
+
+
+def _built_size(obj) -> int:
+    # shallow: the items of a built container already existed (they came from the
+    # stream), so only the container is new; objects that keep new containers
+    # (refquant's LazyTensor and its size / stride tuples) count them in __sizeof__
+    try:
+        return sys.getsizeof(obj)
+    except TypeError:  # pragma: no cover - every object refquant builds has a size
+        return 64
 
 
 def restricted_load(source, *, allowed: dict, persistent_load: Callable | None, path="<pickle>",
@@ -162,10 +152,9 @@ def restricted_load(source, *, allowed: dict, persistent_load: Callable | None, 
     refusal_hints : dict of str to str, optional
         ``"module.name"`` -> why that global is refused, added to the error.
     max_built : int, optional
-        Bound on the item slots that ``REDUCE`` / ``NEWOBJ`` calls may build in
-        all (:func:`built_cost` of each call's arguments, summed); default
-        :func:`built_budget` of the bytes from the stream's position to the end
-        of ``source``.
+        Bound on the bytes that ``REDUCE`` / ``NEWOBJ`` calls may build in all
+        (``sys.getsizeof`` of each result, summed); default :func:`built_budget`
+        of the bytes from the stream's position to the end of ``source``.
 
     Returns
     -------
@@ -221,19 +210,22 @@ def restricted_load(source, *, allowed: dict, persistent_load: Callable | None, 
             raise _fail(path, f"{how} on {describe(fn)}, which is not an allowed callable")
         if not isinstance(args, tuple):
             raise _fail(path, f"{how} {fn.name} with arguments of type {type(args).__name__}")
-        built += built_cost(args, max_built - built)
-        if built > max_built:
-            raise _fail(path, f"{how} {fn.name}: the allowed calls would build more than {max_built} "
-                              "items in all, far more than the pickle holds (one memoised value "
-                              "passed over and over)")
         try:
-            return fn.fn(*args)
+            out = fn.fn(*args)
         except RefquantError:
             raise
         except (TypeError, ValueError, OverflowError, KeyError, IndexError, RecursionError) as e:
             # RecursionError: no allowed callable recurses on purpose; a deeply
             # nested argument must still end as a RefquantError
             raise _fail(path, f"{how} {fn.name}{describe(args)}: {type(e).__name__}: {e}") from None
+        # one call builds at most a small multiple of arguments that already exist;
+        # the sum over calls is what the memo can amplify
+        built += _built_size(out)
+        if built > max_built:
+            raise _fail(path, f"{how} {fn.name}: the allowed calls built more than {max_built} bytes "
+                              "in all, far more than the pickle spells out (one memoised value "
+                              "passed over and over)")
+        return out
 
     n_ops = 0
     ops = pickletools.genops(f)

@@ -170,7 +170,7 @@ class NpzCheckpoint(LazyCheckpoint):
                 try:
                     with zf.open(zi) as fh:
                         head = fh.read(min(zi.file_size, 12 + _MAX_HEADER))
-                except _zip_errors() as e:
+                except Exception as e:  # noqa: BLE001 - each codec raises its own (lzma.LZMAError ...)
                     raise fail(m.path, f"{what}: {type(e).__name__}: {e}") from None
             dt, shape, fortran, off = parse_npy_header(head, zi.file_size, m.path, what)
             if key in infos:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import re
 import struct
+import sys
 import zipfile
 from collections import Counter
 
@@ -117,6 +118,11 @@ class LazyTensor:
 
     def __repr__(self):
         return f"<tensor {self.dtype_name} {list(self.size)}>"
+
+    def __sizeof__(self):
+        # the size / stride tuples may be new (built from lists), counted by the
+        # pickle's build budget
+        return object.__sizeof__(self) + sys.getsizeof(self.size) + sys.getsizeof(self.stride)
 
 
 _TORCH_MARK = object()  # torch.Tensor / Parameter as types for _rebuild_from_type_v2
