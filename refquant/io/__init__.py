@@ -9,7 +9,7 @@ says, and ``with`` releases the memory maps.
 =================  ==============================================  ========  ======
 format             detected by                                     lazy      writer
 =================  ==============================================  ========  ======
-safetensors        u64 header length, then ``{``                   mmap      yes
+safetensors        u64 header length, whitespace, ``{``            mmap      yes
 PyTorch zip        ``PK\\x03\\x04`` with ``*/data.pkl``               mmap      -
 PyTorch legacy     pickled magic ``0x1950a86a20f9469cfc6c``          mmap      -
 npy / npz          ``\\x93NUMPY`` / zip of ``*.npy``                  mmap      npz
@@ -49,6 +49,38 @@ _TF_MAGIC = struct.pack("<Q", 0xDB4775248B80FB57)  # LevelDB/TF table footer mag
 _LEGACY_TORCH = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
 
 
+def _safetensors_header_opens(p, head: bytes, size: int) -> bool:
+    """Whether ``u64 n`` then JSON whitespace then ``{`` starts the file, ``8 + n <= size``.
+
+    serde_json skips space, tab, LF and CR before the object (the safetensors
+    crate's tests read ``b"\\x06\\0\\0\\0\\0\\0\\0\\0\\t\\n{}\\r "``); the
+    whitespace may run past the 64 bytes sniffed, so the file is read on in
+    64 KiB steps, at most 100 MB (safetensors' largest header) past byte 8.
+    """
+    (n,) = struct.unpack("<Q", head[:8])
+    if 8 + n > size:
+        return False
+    ws = b" \t\n\r"
+    rest = head[8:].lstrip(ws)
+    if rest or len(head) == size:
+        return rest[:1] == b"{"
+    pos, end = len(head), min(size, 8 + 100_000_000)
+    try:
+        with p.open("rb") as f:
+            f.seek(pos)
+            while pos < end:
+                chunk = f.read(min(1 << 16, end - pos))
+                if not chunk:
+                    return False
+                pos += len(chunk)
+                rest = chunk.lstrip(ws)
+                if rest:
+                    return rest[:1] == b"{"
+    except OSError:
+        return False
+    return False
+
+
 def detect_format(path) -> str:
     """Name the format of ``path`` from its content (see the module table), never its name.
 
@@ -56,7 +88,8 @@ def detect_format(path) -> str:
     -----
     **Formula**: first match wins, in the order of the checks: zip (then its
     entries decide), ``\x93NUMPY``, ``GGUF``, HDF5 signature, the legacy PyTorch
-    magic pickle, ``u64 n`` followed by ``{`` with ``8 + n <=`` size (safetensors),
+    magic pickle, ``u64 n`` followed by ``{`` (after JSON whitespace) with
+    ``8 + n <=`` size (safetensors),
     a JSON object (an index), the LevelDB table magic in the last 8 bytes (TF),
     protobuf field 1 varint (ONNX), a msgpack map (Flax).
 
@@ -105,10 +138,8 @@ def detect_format(path) -> str:
         return "keras-h5"
     if head.startswith(_LEGACY_TORCH[:4]):
         return "pytorch-legacy"
-    if len(head) >= 9 and head[8:9] == b"{":
-        (n,) = struct.unpack("<Q", head[:8])
-        if 8 + n <= size:
-            return "safetensors"
+    if len(head) >= 9 and _safetensors_header_opens(p, head, size):
+        return "safetensors"
     if head.lstrip()[:1] == b"{":
         return "index"
     if tail == _TF_MAGIC:

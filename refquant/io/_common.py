@@ -37,6 +37,7 @@ __all__ = [
     "MappedFile",
     "fail",
     "checked_numel",
+    "describe_value",
     "readonly",
     "atomic_target",
     "atomic_write",
@@ -100,24 +101,69 @@ class TensorInfo:
         return n
 
 
-def checked_numel(shape, path, what: str) -> int:
-    """Product of a shape read from a file, every dim an int in ``[0, 2**62]``.
+def checked_numel(shape, path, what: str, itemsize: int = 16) -> int:
+    """Product of a shape read from a file, checked so that any array of it can exist.
 
-    Python ints cannot overflow, so the check is on the result: a shape whose
-    product exceeds ``MAX_INDEX`` is refused before anything is allocated.
+    Every dim must be an int in ``[0, 2**62]``, and the *extent* -- the product
+    of the dims with each 0 counted as 1, times ``itemsize`` -- at most
+    ``MAX_INDEX`` bytes. The element count alone is not enough: ``[0, 2**62]``
+    has no elements, yet NumPy refuses to make such an array ("array is too
+    big"), since it bounds the product of the non-zero dims times the itemsize
+    by the largest ``intp``. ``itemsize`` defaults to 16, the widest dtype any
+    reader returns (complex128), for callers that do not know it yet.
+    Python ints cannot overflow, so every check is on exact values, before
+    anything is allocated.
     """
     if not isinstance(shape, list | tuple):
-        raise fail(path, f"{what}: shape {shape!r} is not a list of integers")
+        raise fail(path, f"{what}: shape {describe_value(shape)} is not a list of integers")
+    if len(shape) > 64:
+        # NumPy's NPY_MAXDIMS; a longer shape could never become an array
+        raise fail(path, f"{what}: shape has {len(shape)} dims; at most 64 are supported")
     n = 1
+    extent = max(int(itemsize), 1)
     for d in shape:
         if isinstance(d, bool) or not isinstance(d, int) or d < 0:
-            raise fail(path, f"{what}: shape {list(shape)!r} holds {d!r}; expected integers >= 0")
+            raise fail(path, f"{what}: shape {describe_value(list(shape))} holds {describe_value(d)}; "
+                             "expected integers >= 0")
+        if d > MAX_INDEX:
+            raise fail(path, f"{what}: shape {describe_value(list(shape))} has a dim above 2**62")
         n *= d
-        # each dim on its own too: after a zero dim the product stays 0, yet a
-        # later dim above 2**62 could not be an array dimension
-        if n > MAX_INDEX or d > MAX_INDEX:
-            raise fail(path, f"{what}: shape {list(shape)!r} has more than 2**62 elements")
+        extent *= max(d, 1)
+        if extent > MAX_INDEX:
+            raise fail(path, f"{what}: shape {describe_value(list(shape))} spans more than 2**62 bytes "
+                             f"(the product of its non-zero dims times the itemsize {itemsize}); "
+                             "no array can have that shape, even one with zero elements")
     return n
+
+
+def describe_value(x, limit: int = 80) -> str:
+    """``repr`` for error messages that cannot recurse, blow up or hit the int-digit limit.
+
+    Containers are shown one level deep (``[0, 4611686018427387904]``,
+    ``(<tuple>, ...)``), strings and the whole text cut at ``limit`` characters.
+    """
+    def one(v):
+        if isinstance(v, bool) or v is None or isinstance(v, float):
+            return repr(v)
+        if isinstance(v, int):
+            return repr(v) if v.bit_length() <= 128 else f"<int of {v.bit_length()} bits>"
+        if isinstance(v, str | bytes):
+            return repr(v[:limit])
+        return f"<{type(v).__name__}>"
+
+    if isinstance(x, list | tuple):
+        parts, total = [], 0
+        for v in x:
+            s = one(v)
+            parts.append(s)
+            total += len(s) + 2
+            if total > limit:
+                parts.append("...")
+                break
+        text = ("[" if isinstance(x, list) else "(") + ", ".join(parts) + ("]" if isinstance(x, list) else ")")
+    else:
+        text = one(x)
+    return text if len(text) <= limit + 8 else text[:limit] + "..."
 
 
 def readonly(a: np.ndarray) -> np.ndarray:

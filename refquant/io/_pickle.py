@@ -24,12 +24,14 @@ from __future__ import annotations
 import _compat_pickle
 import io
 import pickletools
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 
 from .._errors import RefquantError
 
-__all__ = ["Allowed", "restricted_load", "describe", "check_hashable_depth", "MAX_KEY_DEPTH"]
+__all__ = ["Allowed", "restricted_load", "describe", "check_hashable_depth", "MAX_KEY_DEPTH",
+           "built_budget"]
 
 
 class Allowed:
@@ -102,8 +104,37 @@ def _check_key(path, k):
             raise _fail(path, f"a dict key of type {type(x).__name__} (only str, int, float, bool, bytes, None, tuples)")
 
 
+def built_budget(pickle_bytes: int) -> int:
+    """Bytes that ``REDUCE`` / ``NEWOBJ`` calls may build in all, for a pickle of ``pickle_bytes``.
+
+    Without the memo, every argument a callable gets was spelled out in the
+    stream, and what the allowed callables build is a small multiple of their
+    arguments (``_codecs.encode(s)`` copies ``s``; an OrderedDict costs ~95 bytes
+    a pair, each pair at least ~3 bytes of stream). The memo lets one argument (a
+    4 MiB string, a 300k-pair list) be passed again and again for a few bytes of
+    ``BINGET`` each: 1,000 ``_codecs.encode`` calls on one memoised 4 MiB string
+    built 4 GB from a 4 KB deflated pickle; 200 ``OrderedDict(items)`` on one
+    300k-pair list ran for minutes, then exhausted memory. Real checkpoints pass
+    each string and list once (torch shares storages, which build nothing); 8x
+    the stream plus 4 MiB leaves room for that, and bounds the memory of any
+    pickle by a multiple of its size.
+    """
+    return 8 * pickle_bytes + (4 << 20)
+
+
+def _built_size(obj) -> int:
+    # shallow: the items of a built container already existed (they came from the
+    # stream), so only the container is new; objects that keep new containers
+    # (refquant's LazyTensor and its size / stride tuples) count them in __sizeof__
+    try:
+        return sys.getsizeof(obj)
+    except TypeError:  # pragma: no cover - every object refquant builds has a size
+        return 64
+
+
 def restricted_load(source, *, allowed: dict, persistent_load: Callable | None, path="<pickle>",
-                    max_ops: int | None = None, refusal_hints: dict | None = None):
+                    max_ops: int | None = None, refusal_hints: dict | None = None,
+                    max_built: int | None = None):
     """Interpret one pickle from ``source`` (bytes or a readable file at the pickle).
 
     Parameters
@@ -120,6 +151,10 @@ def restricted_load(source, *, allowed: dict, persistent_load: Callable | None, 
         beyond the stream's length).
     refusal_hints : dict of str to str, optional
         ``"module.name"`` -> why that global is refused, added to the error.
+    max_built : int, optional
+        Bound on the bytes that ``REDUCE`` / ``NEWOBJ`` calls may build in all
+        (``sys.getsizeof`` of each result, summed); default :func:`built_budget`
+        of the bytes from the stream's position to the end of ``source``.
 
     Returns
     -------
@@ -127,6 +162,13 @@ def restricted_load(source, *, allowed: dict, persistent_load: Callable | None, 
         The unpickled value; the stream is left just after ``STOP``.
     """
     f = io.BytesIO(bytes(source)) if isinstance(source, bytes | bytearray | memoryview) else source
+    if max_built is None:
+        try:
+            left = len(source) - (0 if f is not source else f.tell())
+        except (TypeError, AttributeError, OSError, ValueError):
+            left = 0
+        max_built = built_budget(max(left, 0))
+    built = 0
     stack: list = []
     marks: list = []
     memo: dict = {}
@@ -163,16 +205,27 @@ def restricted_load(source, *, allowed: dict, persistent_load: Callable | None, 
         return allowed[mapped]
 
     def call(fn, args, how):
+        nonlocal built
         if not isinstance(fn, Allowed):
             raise _fail(path, f"{how} on {describe(fn)}, which is not an allowed callable")
         if not isinstance(args, tuple):
             raise _fail(path, f"{how} {fn.name} with arguments of type {type(args).__name__}")
         try:
-            return fn.fn(*args)
+            out = fn.fn(*args)
         except RefquantError:
             raise
-        except (TypeError, ValueError, OverflowError, KeyError, IndexError) as e:
-            raise _fail(path, f"{how} {fn.name}{describe(args)}: {e}") from None
+        except (TypeError, ValueError, OverflowError, KeyError, IndexError, RecursionError) as e:
+            # RecursionError: no allowed callable recurses on purpose; a deeply
+            # nested argument must still end as a RefquantError
+            raise _fail(path, f"{how} {fn.name}{describe(args)}: {type(e).__name__}: {e}") from None
+        # one call builds at most a small multiple of arguments that already exist;
+        # the sum over calls is what the memo can amplify
+        built += _built_size(out)
+        if built > max_built:
+            raise _fail(path, f"{how} {fn.name}: the allowed calls built more than {max_built} bytes "
+                              "in all, far more than the pickle spells out (one memoised value "
+                              "passed over and over)")
+        return out
 
     n_ops = 0
     ops = pickletools.genops(f)

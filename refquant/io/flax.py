@@ -50,7 +50,7 @@ def _decode_ndarray(payload, path, what):
         raise fail(path, f"{what}: dtype {dname!r:.40} is not in the allowlist")
     dt = FLAX_DTYPES[dname]
     shape = tuple(shape) if isinstance(shape, list | tuple) else shape
-    n = checked_numel(shape, path, what)
+    n = checked_numel(shape, path, what, dt.itemsize)
     if not isinstance(raw, bytes) or len(raw) != n * dt.itemsize:
         raise fail(path, f"{what}: {len(raw) if isinstance(raw, bytes) else '?'} data bytes for shape "
                          f"{list(shape)} x {dname} ({n * dt.itemsize} expected)")

@@ -13,7 +13,20 @@
   (keras/src/legacy/saving/legacy_h5_format.py); keys are the weight names
   (``sequential/d1/kernel``).
 
-Datasets are read on access (h5py); only numeric datasets are accepted. HDF5 can
+**libhdf5 runs in a child process, never in the caller's.** libhdf5 loops for
+minutes on some damaged legacy ``.h5`` files while reading ``model_config``, and
+a loop inside a C library cannot be interrupted from Python. So the HDF5 side
+(``refquant/io/_h5worker.py``, a script that imports only NumPy and h5py) runs
+as a subprocess per open checkpoint; each request (open, read one dataset) must
+make progress within ``HDF5_TIMEOUT_S`` seconds, or the child is killed and
+the call raises RefquantError. A crash of libhdf5 ends the child only. The
+other way, parsing the HDF5 that Keras writes without libhdf5 (superblocks
+v0-v3, v1 and v2 object headers, B-tree v1 groups and local heaps, dense link
+storage in fractal heaps and v2 B-trees, chunked layouts and their filters,
+variable-length strings in the global heap), is thousands of lines of new
+parser to fuzz; the child costs one h5py import (~0.5 s) per open.
+
+Datasets are read on access (in the child); only numeric datasets are accepted. HDF5 can
 take a dataset's bytes from other files (external links, external storage,
 virtual datasets): all three are refused, so a hostile file cannot make refquant
 read another file; so is a dataset declaring more bytes than deflate could
@@ -22,102 +35,146 @@ expand its stored bytes to (1032x), such as chunks never written.
 
 from __future__ import annotations
 
-import io
 import json
+import os
+import select
+import struct
+import subprocess
+import sys
+import tempfile
+import time
 import zipfile
+from importlib.util import find_spec
+from pathlib import Path
 
 import numpy as np
 
 from .._errors import RefquantError
 from ._common import LazyCheckpoint, MappedFile, TensorInfo, fail
+from ._h5worker import KERAS_VARIABLE_NAMES
 
-__all__ = ["KerasCheckpoint", "open_keras", "KERAS_VARIABLE_NAMES"]
+__all__ = ["KerasCheckpoint", "open_keras", "KERAS_VARIABLE_NAMES", "HDF5_TIMEOUT_S"]
 
-#: layer class -> names of its variables in ``layer.weights`` order (Keras 3 sources).
-KERAS_VARIABLE_NAMES = {
-    "Dense": ["kernel", "bias"],
-    "EinsumDense": ["kernel", "bias"],
-    "Conv1D": ["kernel", "bias"],
-    "Conv2D": ["kernel", "bias"],
-    "Conv3D": ["kernel", "bias"],
-    "DepthwiseConv2D": ["kernel", "bias"],
-    "Conv2DTranspose": ["kernel", "bias"],
-    "Embedding": ["embeddings"],
-    "BatchNormalization": ["gamma", "beta", "moving_mean", "moving_variance"],
-    "LayerNormalization": ["gamma", "beta"],
-}
+#: Seconds a request to the HDF5 child may go without progress before the child is
+#: killed (``REFQUANT_HDF5_TIMEOUT`` overrides it). Opening includes starting
+#: Python and importing h5py.
+HDF5_TIMEOUT_S = 60.0
+
+#: The command that starts the child: this Python, running the worker script by path
+#: (so it never imports refquant, whose import takes seconds).
+_WORKER_CMD = [sys.executable, str(Path(__file__).with_name("_h5worker.py"))]
 
 
-def _h5py():
-    try:
-        import h5py
-    except ImportError:
-        raise RefquantError("reading Keras HDF5 weights needs h5py: pip install 'refquant[keras]'") from None
-    return h5py
+def _timeout() -> float:
+    env = os.environ.get("REFQUANT_HDF5_TIMEOUT")
+    if env:
+        try:
+            t = float(env)
+        except ValueError:
+            raise RefquantError(f"REFQUANT_HDF5_TIMEOUT={env!r}; expected seconds as a number") from None
+        if not t > 0:
+            raise RefquantError(f"REFQUANT_HDF5_TIMEOUT={env!r}; expected a positive number of seconds")
+        return t
+    return HDF5_TIMEOUT_S
 
 
-def _layer_classes(config) -> dict:
-    """layer name -> (class name, config) from a Keras config.json tree."""
-    out, stack = {}, [config]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            cfg = node.get("config")
-            if isinstance(node.get("class_name"), str) and isinstance(cfg, dict) and isinstance(cfg.get("name"), str):
-                out[cfg["name"]] = (node["class_name"], cfg)
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return out
+def _need_h5py():
+    if find_spec("h5py") is None:
+        raise RefquantError("reading Keras HDF5 weights needs h5py: pip install 'refquant[keras]'")
 
 
-def _var_names(cls, cfg, n):
-    names = list(KERAS_VARIABLE_NAMES.get(cls, []))
-    if cls in ("BatchNormalization", "LayerNormalization"):
-        names = ([] if not cfg.get("scale", True) else ["gamma"]) + ([] if not cfg.get("center", True) else ["beta"])
-        if cls == "BatchNormalization":
-            names += ["moving_mean", "moving_variance"]
-    if cls in KERAS_VARIABLE_NAMES and "use_bias" in cfg and not cfg["use_bias"]:
-        names = [x for x in names if x != "bias"]
-    return names if len(names) == n else [str(i) for i in range(n)]
+class _Worker:
+    """One child process running ``_h5worker.py``; frames over its stdin / stdout."""
 
+    def __init__(self, path):
+        self.path = path
+        self.timeout = _timeout()
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+        # the child finds h5py and NumPy where this process found them
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p and os.path.isdir(p)))
+        try:
+            self.proc = subprocess.Popen(_WORKER_CMD, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self._err, env=env, close_fds=True)
+        except OSError as e:
+            self._err.close()
+            raise fail(path, f"cannot start the HDF5 reader process: {e}") from None
+        self._out = self.proc.stdout.fileno()
 
-def _refuse_external_links(h5py, root, path):
-    """Refuse HDF5 external links anywhere in the file: following one opens another file."""
-    stack, seen = [root], set()
-    while stack:
-        g = stack.pop()
-        for name in g:
-            link = g.get(name, getlink=True)
-            if isinstance(link, h5py.ExternalLink):
-                raise fail(path, f"{g.name.rstrip('/')}/{name} is an external link to {link.filename!r}: "
-                                 "reading other files is refused")
-            if isinstance(link, h5py.SoftLink):
-                continue  # resolves inside this file; its target is visited where it lives
-            obj = g.get(name)
-            if isinstance(obj, h5py.Group) and obj.id not in seen:
-                seen.add(obj.id)
-                stack.append(obj)
+    def _why_dead(self) -> str:
+        try:
+            self._err.seek(0, os.SEEK_END)
+            n = self._err.tell()
+            self._err.seek(max(0, n - 400))
+            tail = self._err.read().decode("utf-8", "replace").strip()
+        except (OSError, ValueError):
+            tail = ""
+        rc = self.proc.poll()
+        what = f"the HDF5 reader process ended (exit status {rc})" if rc is not None else \
+            "the HDF5 reader process stopped answering"
+        return what + (f": {tail.splitlines()[-1]}" if tail else "")
 
+    def _read_exact(self, n: int) -> bytes:
+        buf = bytearray()
+        deadline = time.monotonic() + self.timeout
+        while len(buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.close()
+                raise fail(self.path, f"HDF5 reading made no progress for {self.timeout:g} s "
+                                      "(libhdf5 loops on some damaged files); the reader process was killed")
+            ready, _, _ = select.select([self._out], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(self._out, min(n - len(buf), 1 << 20))
+            if not chunk:
+                msg = self._why_dead()
+                self.close()
+                raise fail(self.path, msg)
+            buf += chunk
+            deadline = time.monotonic() + self.timeout  # progress: the bound is on silence
+        return bytes(buf)
 
-def _check_storage(ds, path):
-    """A dataset's bytes must be stored in this file, and about as many as it declares.
+    def _frame(self) -> bytes:
+        (n,) = struct.unpack("<Q", self._read_exact(8))
+        return self._read_exact(n)
 
-    External storage and virtual datasets take their bytes from other files (any
-    file the process can read); a chunked dataset whose chunks were never written
-    declares any size it likes, filled on read. Compressed chunks may expand, but
-    not beyond deflate's bound (1032x), as for zip entries.
-    """
-    if ds.shape is None:
-        raise fail(path, f"dataset {ds.name!r} has a null dataspace (h5py.Empty): no shape, no values")
-    if ds.is_virtual:
-        raise fail(path, f"dataset {ds.name!r} is a virtual dataset (mapped from other files); refused")
-    if ds.external:
-        raise fail(path, f"dataset {ds.name!r} has external storage in {ds.external[0][0]!r}; refused")
-    nbytes = int(np.prod(ds.shape, dtype=object)) * ds.dtype.itemsize
-    stored = ds.id.get_storage_size()
-    if nbytes > 1032 * stored + 1024:
-        raise fail(path, f"dataset {ds.name!r} declares {nbytes} bytes but the file stores {stored} for it")
+    def request(self, req: dict, payload: bytes | None = None, with_data: bool = False):
+        if self.proc.poll() is not None or self.proc.stdin is None:
+            raise fail(self.path, self._why_dead())
+        try:
+            msg = json.dumps(req).encode("utf-8")
+            self.proc.stdin.write(struct.pack("<Q", len(msg)) + msg)
+            if payload is not None:
+                self.proc.stdin.write(struct.pack("<Q", len(payload)))
+                self.proc.stdin.write(payload)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            msg = self._why_dead()
+            self.close()
+            raise fail(self.path, msg) from None
+        reply = json.loads(self._frame())
+        if not reply.get("ok"):
+            raise fail(self.path, str(reply.get("error")))
+        data = self._frame() if with_data else None
+        return reply, data
+
+    def close(self):
+        proc = getattr(self, "proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        if proc is not None:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # pragma: no cover - a killed process always ends
+                pass
+            for f in (proc.stdin, proc.stdout):
+                try:
+                    if f is not None:
+                        f.close()
+                except OSError:
+                    pass
+        if not self._err.closed:
+            self._err.close()
 
 
 class KerasCheckpoint(LazyCheckpoint):
@@ -126,9 +183,9 @@ class KerasCheckpoint(LazyCheckpoint):
     format = "keras"
 
     def __init__(self, path):
-        h5py = _h5py()
+        _need_h5py()
         m = MappedFile(path)
-        config = None
+        config, raw = None, None
         try:
             head = bytes(m.view(0, min(m.size, 8)))
             if head.startswith(b"PK"):
@@ -139,131 +196,48 @@ class KerasCheckpoint(LazyCheckpoint):
                     infos = {i.filename: i for i in zf.infolist()}
                 except _zip_errors() as e:
                     raise fail(path, f"not a readable .keras archive: {e}") from None
-                if "model.weights.h5" not in infos:
-                    raise fail(path, "no model.weights.h5 in the .keras archive")
-                raw = bytes(read_zip_entry(zf, m, infos["model.weights.h5"], m.size * 1032 + 1024))
-                if "config.json" in infos:
-                    try:
-                        config = json.loads(bytes(read_zip_entry(zf, m, infos["config.json"], 100_000_000)))
-                    except (ValueError, RecursionError):
-                        config = None
-                zf.close()
-                src = io.BytesIO(raw)
-            else:
-                src = m.path
+                try:
+                    if "model.weights.h5" not in infos:
+                        raise fail(path, "no model.weights.h5 in the .keras archive")
+                    raw = bytes(read_zip_entry(zf, m, infos["model.weights.h5"], m.size * 1032 + 1024))
+                    if "config.json" in infos:
+                        try:
+                            config = json.loads(bytes(read_zip_entry(zf, m, infos["config.json"], 100_000_000)))
+                        except (ValueError, RecursionError):
+                            config = None
+                finally:
+                    zf.close()
         finally:
             m.close()
-        try:
-            self._h5 = h5py.File(src, "r")
-        except Exception as e:  # noqa: BLE001 - HDF5 raises many kinds on bad bytes
-            raise fail(path, f"not a readable HDF5 file: {type(e).__name__}: {e}") from None
+        worker = _Worker(os.fspath(path))
         try:
             try:
-                infos, meta, config = self._index(h5py, config, path)
-            except RefquantError:
-                raise
-            except Exception as e:  # noqa: BLE001 - HDF5 raises many kinds on bad files
-                # attributes and dtypes are decoded lazily: damaged ones raise OSError,
-                # RuntimeError, KeyError or ValueError from any access, not just the walk
-                raise fail(path, f"unreadable HDF5 structure: {type(e).__name__}: {e}") from None
-        except BaseException:
-            self._h5.close()
-            raise
-        if config is not None:
-            meta["config"] = config
-        super().__init__(path, infos, meta)
-        self._closers.append(self._h5.close)
-
-    def _index(self, h5py, config, path):
-        """Walk the file: (tensor infos, attributes, config); any HDF5 access may raise."""
-        self._datasets = {}
-        if config is None and "model_config" in self._h5.attrs:
-            try:
-                config = json.loads(self._h5.attrs["model_config"])
+                cfg_json = json.loads(json.dumps(config)) if config is not None else None
             except (ValueError, TypeError, RecursionError):
-                config = None
-        _refuse_external_links(h5py, self._h5, path)
-        if "layers" in self._h5:
-            self._walk_v3(self._h5, [], _layer_classes(config or {}), path)
-        else:
-            self._walk_legacy(path)
-        infos = {}
-        for k, ds in self._datasets.items():
-            dt = ds.dtype
-            if dt.kind not in "biufc":
-                raise fail(path, f"dataset {ds.name!r} has non-numeric dtype {dt}")
-            _check_storage(ds, path)
-            dt = dt.newbyteorder("<") if dt.itemsize > 1 else dt
-            infos[k] = TensorInfo(k, dt, tuple(ds.shape), int(np.prod(ds.shape, dtype=np.int64)) * dt.itemsize,
-                                  str(ds.dtype))
-        meta = {k: (v if isinstance(v, int | float | str) else str(v)) for k, v in self._h5.attrs.items()
-                if k != "model_config"}
-        return infos, meta, config
-
-    def _walk_v3(self, group, names, classes, path, depth=0, seen=None):
-        h5py = _h5py()
-        if depth > 32:
-            raise fail(path, "layers nested deeper than 32")
-        seen = set() if seen is None else seen
-        layers = group.get("layers")
-        if isinstance(layers, h5py.Group):
-            for gname in layers:
-                lg = layers[gname]
-                if not isinstance(lg, h5py.Group):
-                    continue
-                # a group hard-linked under several names is one layer: walk it once
-                # (two links per level, 25 levels deep, were 2**25 walks)
-                if lg.id in seen:
-                    continue
-                seen.add(lg.id)
-                v = lg.get("vars")
-                lname = gname
-                if isinstance(v, h5py.Group):
-                    attr = v.attrs.get("name")
-                    lname = attr.decode() if isinstance(attr, bytes) else (attr if isinstance(attr, str) else gname)
-                    keys = sorted((k for k in v if isinstance(v[k], h5py.Dataset)),
-                                  key=lambda s: (len(s), s))
-                    cls, cfg = classes.get(lname, ("", {}))
-                    for k, vn in zip(keys, _var_names(cls, cfg, len(keys)), strict=True):
-                        key = "/".join([*names, lname, vn])
-                        if key in self._datasets:
-                            key = "/".join([*names, gname, vn])
-                        self._datasets[key] = v[k]
-                self._walk_v3(lg, [*names, lname], classes, path, depth + 1, seen)
-
-    def _walk_legacy(self, path):
-        h5py = _h5py()
-        root = self._h5["model_weights"] if "model_weights" in self._h5 else self._h5
-        layer_names = root.attrs.get("layer_names")
-        if layer_names is None:
-            def visit(name, obj):
-                if isinstance(obj, h5py.Dataset):
-                    self._datasets[name] = obj
-            root.visititems(visit)
-            return
-        done = set()
-        for ln in layer_names:
-            ln = ln.decode() if isinstance(ln, bytes) else str(ln)
-            if ln in done:  # Keras never repeats one; repeats would multiply the work
-                raise fail(path, f"layer {ln!r} is named twice in layer_names")
-            done.add(ln)
-            g = root.get(ln)
-            if not isinstance(g, h5py.Group):
-                raise fail(path, f"layer {ln!r} named in layer_names has no group")
-            for wn in g.attrs.get("weight_names", []):
-                wn = wn.decode() if isinstance(wn, bytes) else str(wn)
-                ds = g.get(wn)
-                if not isinstance(ds, h5py.Dataset):
-                    raise fail(path, f"weight {wn!r} of layer {ln!r} has no dataset")
-                self._datasets[wn] = ds
+                cfg_json = None
+            reply, _ = worker.request({"op": "open", "path": os.path.abspath(os.fspath(path)),
+                                       "config": cfg_json, "raw": raw is not None}, raw)
+            tinfos = {}
+            for name, dstr, shape, nbytes, stored in reply["infos"]:
+                tinfos[name] = TensorInfo(name, np.dtype(dstr), tuple(shape), int(nbytes), stored)
+        except BaseException:
+            worker.close()
+            raise
+        meta = dict(reply.get("meta") or {})
+        if reply.get("config") is not None:
+            meta["config"] = reply["config"]
+        super().__init__(path, tinfos, meta)
+        self._worker = worker
+        self._closers.append(worker.close)
 
     def _read(self, name):
-        try:
-            a = self._datasets[name][()]
-        except Exception as e:  # noqa: BLE001 - HDF5 raises many kinds on bad data
-            raise fail(self.path, f"dataset {name!r} unreadable: {type(e).__name__}: {e}") from None
-        a = np.asarray(a)
-        return a.astype(a.dtype.newbyteorder("<")) if a.dtype.byteorder == ">" else a
+        info = self._infos[name]
+        reply, data = self._worker.request({"op": "read", "name": name}, with_data=True)
+        dt, shape = np.dtype(reply["dtype"]), tuple(reply["shape"])
+        if dt != info.dtype or shape != info.shape or len(data) != info.nbytes:
+            raise fail(self.path, f"dataset {name!r}: the reader returned {dt} {list(shape)} "
+                                  f"({len(data)} bytes), the file declared {info.dtype} {list(info.shape)}")
+        return np.frombuffer(data, dtype=dt).reshape(shape)
 
 
 def open_keras(path) -> KerasCheckpoint:
@@ -273,6 +247,7 @@ def open_keras(path) -> KerasCheckpoint:
     -----
     **Formula**: values bit for bit as stored in HDF5 (big-endian datasets are
     converted to little-endian; values unchanged).
+
     **Reference**: keras/src/saving/saving_lib.py (``H5IOStore``),
     keras/src/legacy/saving/legacy_h5_format.py (``load_weights_from_hdf5_group``).
     """

@@ -71,7 +71,7 @@ def parse_npy_header(buf, total: int, path, what="npy"):
     shape = d["shape"]
     if not isinstance(shape, tuple):
         raise fail(path, f"{what}: shape {shape!r:.80} is not a tuple")
-    numel = checked_numel(shape, path, what)
+    checked_numel(shape, path, what, 1)  # dims first: a bad shape is named before the dtype
     descr = d["descr"]
     try:
         if not isinstance(descr, str | list):
@@ -89,6 +89,7 @@ def parse_npy_header(buf, total: int, path, what="npy"):
                          "structured dtypes are supported")
     if dt.itemsize == 0:
         raise fail(path, f"{what}: dtype {descr!r:.80} has itemsize 0")
+    numel = checked_numel(shape, path, what, dt.itemsize)
     need = numel * dt.itemsize
     have = total - start - hlen
     if need != have:
@@ -169,7 +170,7 @@ class NpzCheckpoint(LazyCheckpoint):
                 try:
                     with zf.open(zi) as fh:
                         head = fh.read(min(zi.file_size, 12 + _MAX_HEADER))
-                except _zip_errors() as e:
+                except Exception as e:  # noqa: BLE001 - each codec raises its own (lzma.LZMAError ...)
                     raise fail(m.path, f"{what}: {type(e).__name__}: {e}") from None
             dt, shape, fortran, off = parse_npy_header(head, zi.file_size, m.path, what)
             if key in infos:

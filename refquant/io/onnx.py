@@ -81,7 +81,7 @@ class OnnxCheckpoint(LazyCheckpoint):
         except Exception:  # noqa: BLE001
             raise fail(path, f"initializer {t.name!r}: unsupported data type {t.data_type}") from None
         shape = tuple(int(d) for d in t.dims)
-        n = checked_numel(list(shape), path, f"initializer {t.name!r}")
+        n = checked_numel(list(shape), path, f"initializer {t.name!r}", dt.itemsize)
         nbytes = (n + 1) // 2 if tname in _PACKED_4BIT else n * dt.itemsize
         if t.data_location == onnx.TensorProto.EXTERNAL:
             ext = {_text(e.key, path, f"initializer {t.name!r}: external data key"):

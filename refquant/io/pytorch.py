@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import re
 import struct
+import sys
 import zipfile
 from collections import Counter
 
@@ -56,6 +57,7 @@ from ._common import (
     MappedFile,
     TensorInfo,
     checked_numel,
+    describe_value,
     fail,
 )
 from ._pickle import Allowed, AttrDict, check_hashable_depth, describe, restricted_load
@@ -117,8 +119,17 @@ class LazyTensor:
     def __repr__(self):
         return f"<tensor {self.dtype_name} {list(self.size)}>"
 
+    def __sizeof__(self):
+        # the size / stride tuples may be new (built from lists), counted by the
+        # pickle's build budget
+        return object.__sizeof__(self) + sys.getsizeof(self.size) + sys.getsizeof(self.stride)
+
 
 _TORCH_MARK = object()  # torch.Tensor / Parameter as types for _rebuild_from_type_v2
+#: What ``_rebuild_from_type_v2`` may call: the functions that build a tensor directly.
+_REBUILDS = frozenset(f"torch._utils.{n}" for n in (
+    "_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
+    "_rebuild_parameter_with_state"))
 
 
 def _ints(x, what, path):
@@ -126,7 +137,10 @@ def _ints(x, what, path):
         raise fail(path, f"pickle refused: {what} {describe(x)} is not a tuple of ints")
     for v in x:
         if isinstance(v, bool) or not isinstance(v, int) or v < 0 or v > MAX_INDEX:
-            raise fail(path, f"pickle refused: {what} {list(x)!r:.80} holds {describe(v)}; expected ints in [0, 2**62]")
+            # describe_value, not repr: repr of a 100,000-deep tuple recurses past the
+            # interpreter's limit, and of a 5,001-digit int hits the int-to-str limit
+            raise fail(path, f"pickle refused: {what} {describe_value(x)} holds {describe(v)}; "
+                             "expected ints in [0, 2**62]")
     return tuple(x)
 
 
@@ -179,7 +193,7 @@ def torch_allowlist(path="<pickle>", on_storage_type=None) -> dict:
             raise fail(path, f"storage {storage.key!r}: {storage.nbytes} bytes is not a multiple of "
                              f"{dname}'s {npdt.itemsize}")
         elems = storage.nbytes // npdt.itemsize
-        numel = checked_numel(size, path, f"tensor on storage {storage.key!r}")
+        numel = checked_numel(size, path, f"tensor on storage {storage.key!r}", npdt.itemsize)
         if numel:
             last = offset + sum((s - 1) * st for s, st in zip(size, stride, strict=True))
             if last >= elems:
@@ -210,8 +224,12 @@ def torch_allowlist(path="<pickle>", on_storage_type=None) -> dict:
     def from_type(func, new_type, args, state):
         if new_type is not _TORCH_MARK:
             raise fail(path, f"pickle refused: _rebuild_from_type_v2 to type {describe(new_type)}")
-        if not isinstance(func, Allowed) or not isinstance(args, tuple):
-            raise fail(path, f"pickle refused: _rebuild_from_type_v2 calling {describe(func)}")
+        # torch._tensor.Tensor.__reduce_ex__ passes a tensor rebuild function here; only
+        # those are accepted, never _rebuild_from_type_v2 itself (nesting it 3,000 deep
+        # recursed through Python's stack)
+        if not isinstance(func, Allowed) or func.name not in _REBUILDS or not isinstance(args, tuple):
+            raise fail(path, f"pickle refused: _rebuild_from_type_v2 calling {describe(func)} "
+                             f"(expected one of {sorted(_REBUILDS)})")
         return need_tensor(func.fn(*args), "_rebuild_from_type_v2")
 
     def odict(items=()):
@@ -345,6 +363,16 @@ def _flatten(obj, path, max_nodes=None, max_chars=None):
             items = o.items() if isinstance(o, dict) else enumerate(o)
             kids = []
             for k, v in items:
+                if isinstance(k, int) and not isinstance(k, bool) and k.bit_length() > 128:
+                    # str() of an int over 4,300 digits raises ValueError; no state dict
+                    # has such a key
+                    raise fail(path, f"a key at {prefix or 'the top'!r} is an int of {k.bit_length()} "
+                                     "bits; expected a name")
+                if isinstance(k, tuple | frozenset):
+                    try:  # a tuple key holding a 5,001-digit int cannot be str()-ed
+                        k = str(k)
+                    except (ValueError, RecursionError):
+                        k = describe_value(k)
                 name = f"{prefix}.{k}" if prefix else str(k)
                 chars += len(name)
                 if max_chars is not None and chars > max_chars:
@@ -396,7 +424,10 @@ class _TorchCheckpoint(LazyCheckpoint):
     def _read(self, name):
         t = self._tensors[name]
         buf = self._storage_bytes(t.storage)
-        base = np.frombuffer(buf, dtype=t.dtype)
+        isz = t.dtype.itemsize
+        # a decompressed prefix (see _storage_reach) may end inside an element of
+        # another dtype viewing the same untyped storage
+        base = np.frombuffer(buf[: len(buf) // isz * isz], dtype=t.dtype)
         numel = 1
         for s in t.size:
             numel *= s
@@ -409,26 +440,60 @@ class _TorchCheckpoint(LazyCheckpoint):
             expect *= s
         if contiguous:
             return base[t.offset : t.offset + numel].reshape(t.size)
+        # a dim of size 1 is never stepped over, so its stride is whatever the file says
+        # (make_tensor cannot bound it by the extent): 2**62 elements times the itemsize
+        # would leave int64 in np.ndarray. Any stride reads the same there; use 0.
         # np.ndarray over the buffer, not as_strided: as_strided goes through
         # __array_interface__, whose typestr numpy cannot parse for some ml_dtypes
         # ('<f1' for float8_e5m2). make_tensor checked the extent lies in the storage.
         isz = t.dtype.itemsize
         a = np.ndarray(t.size, dtype=t.dtype, buffer=base, offset=t.offset * isz,
-                       strides=[st * isz for st in t.stride])
+                       strides=[st * isz if s != 1 else 0 for s, st in zip(t.size, t.stride, strict=True)])
         a.flags.writeable = False
         return a
+
+
+def _storage_reach(tensors) -> dict:
+    """storage key -> bytes from the storage's start that its tensors touch."""
+    reach: dict = {}
+    for t in tensors:
+        if any(s == 0 for s in t.size):
+            continue
+        last = t.offset + sum((s - 1) * st for s, st in zip(t.size, t.stride, strict=True))
+        key = t.storage.key
+        reach[key] = max(reach.get(key, 0), (last + 1) * t.dtype.itemsize)
+    return reach
 
 
 _DATA_PKL = re.compile(r"^(?:[^/]*/)?data\.pkl$")
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")
 
 
+def _pickle_limit(file_size: int) -> int:
+    """Largest data.pkl accepted: 16x the file plus 64 MiB.
+
+    torch writes data.pkl stored, so it is smaller than the file; a re-zipped
+    checkpoint compresses its pickle a few times at most. The ratio ceiling
+    alone (1,032x) let 1.6 GB of zeros deflated to 1.55 MB through.
+    """
+    return 16 * file_size + (64 << 20)
+
+
 def _zip_errors():
+    """What zipfile and its codecs raise on damaged bytes.
+
+    Each codec zipfile supports has its own error: zlib.error (deflate), OSError /
+    EOFError (bzip2), lzma.LZMAError (method 14: a corrupt LZMA header, in a .pt
+    or an .npz, escaped as itself), struct.error (zipfile parsing the LZMA
+    properties), NotImplementedError (methods it lacks). Decompression sites
+    also catch any other Exception (see :func:`read_zip_entry`).
+    """
+    import lzma
     import zlib
 
     return (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, KeyError,
             struct.error, NotImplementedError, OverflowError, UnicodeDecodeError, zlib.error,
-            RuntimeError, IndexError)
+            lzma.LZMAError, RuntimeError, IndexError)
 
 
 def zip_entry_offset(m: MappedFile, info: zipfile.ZipInfo) -> int:
@@ -443,8 +508,15 @@ def zip_entry_offset(m: MappedFile, info: zipfile.ZipInfo) -> int:
     return start
 
 
-def read_zip_entry(zf: zipfile.ZipFile, m: MappedFile, info, limit: int) -> memoryview:
-    """Bytes of a zip entry: a view of the map when stored, else decompressed (<= limit)."""
+def read_zip_entry(zf: zipfile.ZipFile, m: MappedFile, info, limit: int, need: int | None = None) -> memoryview:
+    """Bytes of a zip entry: a view of the map when stored, else decompressed (<= limit).
+
+    ``limit`` is an absolute bound on the entry's size (what the caller can use),
+    checked before anything is decompressed. With ``need``, only the first
+    ``need`` bytes are decompressed and returned (the part the tensors on a
+    storage reach); zipfile then cannot check the CRC, which covers the whole
+    entry. Any error of any codec becomes a RefquantError.
+    """
     if info.file_size > limit:
         raise fail(m.path, f"zip entry {info.filename!r} claims {info.file_size} bytes, expected at most {limit}")
     if info.compress_type == zipfile.ZIP_STORED:
@@ -456,12 +528,17 @@ def read_zip_entry(zf: zipfile.ZipFile, m: MappedFile, info, limit: int) -> memo
         raise fail(m.path, f"compressed zip entry {info.filename!r} claims {info.file_size} bytes from "
                            f"{info.compress_size}")
     zip_entry_offset(m, info)
+    want = info.file_size if need is None else min(need, info.file_size)
     try:
         with zf.open(info) as fh:
-            data = fh.read(info.file_size + 1)
-    except _zip_errors() as e:
+            data = fh.read(want + 1 if want == info.file_size else want)
+    except RefquantError:
+        raise
+    except MemoryError:
+        raise fail(m.path, f"zip entry {info.filename!r}: out of memory decompressing {want} bytes") from None
+    except Exception as e:  # noqa: BLE001 - every codec has its own error type (see _zip_errors)
         raise fail(m.path, f"zip entry {info.filename!r}: {type(e).__name__}: {e}") from None
-    if len(data) != info.file_size:
+    if len(data) != want:
         raise fail(m.path, f"zip entry {info.filename!r}: {len(data)} bytes, the directory says {info.file_size}")
     return memoryview(data)
 
@@ -518,7 +595,7 @@ class TorchZipCheckpoint(_TorchCheckpoint):
             order = bytes(read_zip_entry(zf, m, bo, 16))
             if order != b"little":
                 raise fail(path, f"byteorder record says {order!r}: big-endian checkpoints are not supported")
-        data = read_zip_entry(zf, m, infos[pkls[0]], m.size * 1032 + 1024)
+        data = read_zip_entry(zf, m, infos[pkls[0]], _pickle_limit(m.size))
         storages: dict[str, Storage] = {}
 
         def persistent_load(pid):
@@ -546,11 +623,15 @@ class TorchZipCheckpoint(_TorchCheckpoint):
                 zip_entry_offset(m, info)
             self._entries[key] = info
         self._setup(obj, path, {}, len(data))
+        self._reach = _storage_reach(self._tensors.values())
 
     def _storage_bytes(self, storage):
         mv = self._cache.get(storage.key)
         if mv is None:
-            mv = read_zip_entry(self._zip, self._m, self._entries[storage.key], storage.nbytes)
+            # a compressed storage is decompressed only as far as its tensors reach:
+            # a 2.2 GB deflated storage under a 10-element tensor costs 40 bytes
+            mv = read_zip_entry(self._zip, self._m, self._entries[storage.key], storage.nbytes,
+                                need=self._reach.get(storage.key, 0))
             self._cache[storage.key] = mv
         return mv
 

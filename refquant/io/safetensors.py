@@ -14,7 +14,8 @@ File layout (huggingface/safetensors ``safetensors/src/tensor.rs``,
 Rules checked by the reader (each failure names the file and the rule):
 
 * ``n <= 100_000_000`` (``MAX_HEADER_SIZE``) and ``8 + n <= file size``;
-* the header is UTF-8 JSON, an object that starts with ``{``, no duplicate keys,
+* the header is UTF-8 JSON, an object that starts with ``{`` (after any JSON
+  whitespace: space, tab, LF, CR, which serde_json skips), no duplicate keys,
   no lone surrogate escapes (``"\\ud800"``) and no ``-0`` (serde_json, which
   safetensors parses with, refuses both: ``-0`` is a float to it),
   ``__metadata__`` maps str to str, every entry has ``dtype``, ``shape`` and
@@ -84,6 +85,8 @@ __all__ = [
 
 #: ``MAX_HEADER_SIZE`` of safetensors/src/tensor.rs.
 MAX_HEADER_SIZE = 100_000_000
+#: What serde_json (and RFC 8259) skips around a value.
+JSON_WHITESPACE = " \t\n\r"
 
 
 # ---------------------------------------------------------------------------
@@ -179,8 +182,11 @@ def parse_header(raw: bytes, file_size: int, path="<bytes>"):
         text = bytes(raw[8 : 8 + n]).decode("utf-8")
     except UnicodeDecodeError as e:
         raise fail(path, f"header is not UTF-8 ({e.reason} at byte {8 + e.start})") from None
-    if not text.startswith("{"):
-        raise fail(path, "header does not start with '{'")
+    # serde_json skips JSON whitespace (space, tab, LF, CR) before the object, and
+    # the crate's own tests read b"\t\n{}\r " as an empty header; form feed and
+    # vertical tab are not JSON whitespace and safetensors refuses them
+    if not text.lstrip(JSON_WHITESPACE).startswith("{"):
+        raise fail(path, "header does not start with '{' (after JSON whitespace)")
     try:
         header = json.loads(text, object_pairs_hook=_no_duplicates(path), parse_int=_json_int)
     except RefquantError:
@@ -206,7 +212,7 @@ def parse_header(raw: bytes, file_size: int, path="<bytes>"):
         dt = e["dtype"]
         if not isinstance(dt, str) or dt not in SAFETENSORS_DTYPES:
             raise fail(path, f"tensor {name!r}: unknown dtype {dt!r:.60}")
-        numel = checked_numel(e["shape"], path, f"tensor {name!r}")
+        numel = checked_numel(e["shape"], path, f"tensor {name!r}", SAFETENSORS_DTYPES[dt].itemsize)
         off = e["data_offsets"]
         if (
             not isinstance(off, list)
@@ -339,7 +345,22 @@ def _payload(dt, a):
     return np.ascontiguousarray(a)
 
 
-def _write_one(rows, metadata, f):
+def _header_bytes(rows, metadata) -> bytes:
+    """The padded JSON header of one file; refused beyond ``MAX_HEADER_SIZE``.
+
+    safetensors (and refquant's reader) refuse a header over 100 MB, so a file
+    with one would be written only to be unreadable: it is refused before any
+    file is created.
+    """
+    # a lower bound first (every character is at least one UTF-8 byte), so a 100 MB
+    # metadata value is refused without serialising it
+    floor = sum(len(k) + len(v) for k, v in (metadata or {}).items()) + sum(len(r[0]) for r in rows)
+    if floor > MAX_HEADER_SIZE:
+        raise RefquantError(
+            f"the safetensors header would take more than {floor} bytes (metadata and {len(rows)} "
+            f"tensor entries); safetensors reads at most {MAX_HEADER_SIZE} (MAX_HEADER_SIZE): store "
+            "large values as tensors, not metadata"
+        )
     header = {}
     if metadata:
         header["__metadata__"] = dict(metadata)
@@ -350,6 +371,18 @@ def _write_one(rows, metadata, f):
         off += nbytes
     hb = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     hb += b" " * (-len(hb) % 8)  # align the buffer to 8 bytes with spaces
+    if len(hb) > MAX_HEADER_SIZE:
+        raise RefquantError(
+            f"the safetensors header would take {len(hb)} bytes (metadata and {len(rows)} tensor "
+            f"entries); safetensors reads at most {MAX_HEADER_SIZE} (MAX_HEADER_SIZE): store large "
+            "values as tensors, not metadata"
+        )
+    return hb
+
+
+def _write_one(rows, metadata, f, hb=None):
+    if hb is None:
+        hb = _header_bytes(rows, metadata)
     f.write(struct.pack("<Q", len(hb)))
     f.write(hb)
     for _, dt, a in rows:
@@ -404,7 +437,8 @@ def save_safetensors(tensors, path, *, metadata=None, overwrite=False, max_shard
     metadata = _check_metadata(metadata)
     rows = _prepare(tensors)
     if max_shard_size is None:
-        return atomic_write(path, lambda f: _write_one(rows, metadata, f), overwrite=overwrite)
+        hb = _header_bytes(rows, metadata)  # refused before any file exists
+        return atomic_write(path, lambda f: _write_one(rows, metadata, f, hb), overwrite=overwrite)
     if isinstance(max_shard_size, bool) or not isinstance(max_shard_size, int) or max_shard_size < 1:
         raise RefquantError(f"max_shard_size={max_shard_size!r}; expected a positive int of bytes")
     path = Path(path)
@@ -423,6 +457,7 @@ def save_safetensors(tensors, path, *, metadata=None, overwrite=False, max_shard
     if cur or not shards:
         shards.append(cur)
     names = [f"{stem}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    headers = [_header_bytes(shard, metadata) for shard in shards]  # all refused before any write
     # every target (shards and index) is checked before anything is written
     for target in [path.parent / nm for nm in names] + [path]:
         if target.is_dir():
@@ -434,8 +469,9 @@ def save_safetensors(tensors, path, *, metadata=None, overwrite=False, max_shard
                                 "write elsewhere or close it first")
     weight_map, total, written = {}, 0, []
     try:
-        for nm, shard in zip(names, shards, strict=True):
-            atomic_write(path.parent / nm, lambda f, s=shard: _write_one(s, metadata, f), overwrite=overwrite)
+        for nm, shard, hb in zip(names, shards, headers, strict=True):
+            atomic_write(path.parent / nm, lambda f, s=shard, h=hb: _write_one(s, metadata, f, h),
+                         overwrite=overwrite)
             written.append(path.parent / nm)
             for name, dt, a in shard:
                 weight_map[name] = nm

@@ -1,6 +1,7 @@
 """refquant.io.pytorch on hand-built torch.save files (no torch needed)."""
 
 import struct
+import zipfile
 
 import ml_dtypes
 import numpy as np
@@ -38,10 +39,17 @@ def test_zip_state_dict_reads_values_shape_and_dtype(tmp_path):
 
 
 def test_zip_top_folder_may_have_any_name(tmp_path):
+    # the storage is found under the pickle's own folder: values, not just a
+    # shape (which the pickle alone decides), show the data entry was located
     p = _zip(tmp_path, [("w", tensor_v2("0", "FloatStorage", 6, 0, (6,), (1,)))], {"0": F32_0_5},
              top="some_other_name")
+    names = zipfile.ZipFile(p).namelist()
+    assert "some_other_name/data.pkl" in names and not any(n.startswith("archive/") for n in names)
     with rio.open(p) as ck:
-        assert ck["w"].shape == (6,)
+        assert ck.format == "pytorch-zip" and list(ck) == ["w"]
+        w = ck["w"]
+        assert w.dtype == np.float32
+        np.testing.assert_array_equal(w, np.arange(6, dtype=np.float32))
 
 
 def test_views_sharing_a_storage_with_offset_and_transposed_strides(tmp_path):

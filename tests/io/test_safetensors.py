@@ -282,11 +282,11 @@ def test_sharded_save_that_fails_midway_removes_the_shards_it_wrote(tmp_path, mo
 
     real, calls = sm._write_one, []
 
-    def flaky(rows, metadata, f):
+    def flaky(rows, metadata, f, *rest):
         calls.append(1)
         if len(calls) == 2:
             raise OSError("disk full")
-        real(rows, metadata, f)
+        real(rows, metadata, f, *rest)
 
     monkeypatch.setattr(sm, "_write_one", flaky)
     t = {"a": np.zeros(4, np.float32), "b": np.ones(4, np.float32)}
@@ -299,4 +299,70 @@ def test_writer_refuses_a_ragged_list_as_a_refquant_error(tmp_path):
     # np.asarray([[1], [1, 2]]) raised numpy's ValueError
     with pytest.raises(RefquantError, match="tensor 'a'"):
         save_safetensors({"a": [[1.0], [1.0, 2.0]]}, tmp_path / "o.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ JSON whitespace, header limit
+
+#: The input the safetensors crate's own tests (safetensors/src/tensor.rs) require to
+#: read: header length 6, then "\t\n{}\r ".
+CRATE_WHITESPACE_HEADER = b"\x06\0\0\0\0\0\0\0\t\n{}\r "
+
+
+def test_crate_whitespace_padded_empty_header_opens_through_detection(tmp_path):
+    p = tmp_path / "ws.safetensors"
+    p.write_bytes(CRATE_WHITESPACE_HEADER)
+    assert rio.detect_format(p) == "safetensors"
+    with rio.open(p) as ck:
+        assert ck.format == "safetensors" and len(ck) == 0
+
+
+@pytest.mark.parametrize("lead", [b" ", b"\t\n", b"\r\n" * 40, b" " * 70_000], ids=["1", "2", "80", "70000"])
+def test_json_whitespace_before_a_real_tensor_entry_is_read(tmp_path, lead):
+    # 70,000 bytes of whitespace run past the 64 bytes detection sniffs and its first read
+    h = lead + json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    p = tmp_path / "ws.safetensors"
+    p.write_bytes(struct.pack("<Q", len(h)) + h + np.array([1.5, -2.0], np.float32).tobytes())
+    with rio.open(p) as ck:
+        np.testing.assert_array_equal(ck["w"], np.array([1.5, -2.0], np.float32))
+
+
+@pytest.mark.parametrize("lead", [b"\x0c", b"\x0b", b"\xc2\xa0"], ids=["ff", "vt", "nbsp"])
+def test_whitespace_json_does_not_allow_is_refused(tmp_path, lead):
+    p = tmp_path / "ws.safetensors"
+    h = lead + b"{}"
+    p.write_bytes(struct.pack("<Q", len(h)) + h)
+    with pytest.raises(RefquantError):
+        open_safetensors(p)
+    with pytest.raises(RefquantError):
+        rio.open(p)
+
+
+def test_metadata_past_the_100mb_header_limit_is_refused_and_leaves_no_file(tmp_path):
+    p = tmp_path / "big.safetensors"
+    with pytest.raises(RefquantError, match="MAX_HEADER_SIZE"):
+        rio.save({}, p, metadata={"m": "a" * 100_000_000})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_header_limit_is_exactly_the_readers(tmp_path, monkeypatch, sharded):
+    # with the limit lowered, the largest header the writer accepts is the largest
+    # the reader opens, and one byte more is refused before any file exists
+    import refquant.io.safetensors as rst
+
+    monkeypatch.setattr(rst, "MAX_HEADER_SIZE", 256)
+    base = len(json.dumps({"__metadata__": {"m": ""}}, separators=(",", ":")))
+    target = tmp_path / ("m.safetensors.index.json" if sharded else "m.safetensors")
+    opts = {"max_shard_size": 1 << 20} if sharded else {}
+    fits = 256 - base  # pads to 256 exactly (a multiple of 8)
+    rio.save({}, target, metadata={"m": "a" * fits}, **opts)
+    shard = tmp_path / "m-00001-of-00001.safetensors" if sharded else target
+    assert struct.unpack("<Q", shard.read_bytes()[:8])[0] == 256
+    with open_safetensors(shard) as ck:
+        assert ck.metadata["m"] == "a" * fits
+    for f in tmp_path.iterdir():
+        f.unlink()
+    with pytest.raises(RefquantError, match="MAX_HEADER_SIZE"):
+        rio.save({}, target, metadata={"m": "a" * (fits + 1)}, **opts)
     assert list(tmp_path.iterdir()) == []

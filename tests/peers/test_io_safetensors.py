@@ -4,6 +4,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 from helpers import import_peer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import refquant.io as rio
 from refquant import RefquantError
@@ -114,3 +116,54 @@ def test_an_entry_with_an_extra_field_reads_as_safetensors_reads_it(tmp_path):
     with rio.open(p) as ck:
         np.testing.assert_array_equal(ck["w"], want)
         assert ck["w"].tolist() == [1.5, -2.0]
+
+
+# ------------------------------------------------------------------ leading whitespace (JSON)
+
+_WS = [b" ", b"\t", b"\n", b"\r", b"\x0b", b"\x0c", b"\xa0"]  # JSON's four, and three it excludes
+
+
+def _ws_file(path, lead, trail, entries):
+    import json
+    import struct
+
+    data = b"".join(np.asarray(v, np.float32).tobytes() for v in entries.pop("_values", []))
+    h = lead + json.dumps(entries).encode() + trail
+    path.write_bytes(struct.pack("<Q", len(h)) + h + data)
+    return path
+
+
+def _both(p):
+    """(safetensors' result or 'refused', refquant's result or 'refused') for file ``p``."""
+    stnp = import_peer("safetensors.numpy")
+    try:
+        want = {k: v.tolist() for k, v in stnp.load_file(p).items()}
+    except Exception:  # noqa: BLE001 - the package raises SafetensorError and others
+        want = "refused"
+    try:
+        with rio.open(p) as ck:
+            got = {k: ck[k].tolist() for k in ck}
+    except RefquantError:
+        got = "refused"
+    return want, got
+
+
+def test_the_crates_whitespace_padded_empty_header_reads_as_safetensors_reads_it(tmp_path):
+    p = tmp_path / "ws.safetensors"
+    p.write_bytes(b"\x06\0\0\0\0\0\0\0\t\n{}\r ")
+    want, got = _both(p)
+    assert want == got == {}
+
+
+@settings(max_examples=60, deadline=None)
+@given(lead=st.lists(st.sampled_from(_WS), max_size=6), trail=st.lists(st.sampled_from(_WS[:4]), max_size=4),
+       with_tensor=st.booleans())
+def test_whitespace_around_the_header_object_reads_as_safetensors_reads_it(tmp_path_factory, lead, trail,
+                                                                          with_tensor):
+    entries = {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "_values": [[1.5, -2.0]]} \
+        if with_tensor else {}
+    p = _ws_file(tmp_path_factory.mktemp("ws") / "f.safetensors", b"".join(lead), b"".join(trail), entries)
+    want, got = _both(p)
+    assert got == want
+    json_ws = all(c in (b" ", b"\t", b"\n", b"\r") for c in lead)
+    assert (want != "refused") == json_ws  # what the package accepts: exactly JSON whitespace
