@@ -11,7 +11,7 @@ page cache and allocator warm (every call runs once before timing), best of 5:
   its int4 output cast to int8 in the same graph);
 * float8 e4m3fn: ``formats.floats.encode`` (from the bits) vs ml_dtypes' cast;
 * ggml Q8_0 / Q4_0 quantize and Q4_K dequantize: ``compat.ggml`` vs gguf-py (NumPy too),
-  and Q4_K quantize vs libggml's ``quantize_row_q4_K_ref`` where llama-cpp-python is installed;
+  and Q4_K quantize vs libggml's ``quantize_row_q4_K_ref`` where libggml-python or llama-cpp-python is installed;
 * NF4 (block 64): ``compat.bnb.quantize_4bit`` vs bitsandbytes' CPU ``quantize_4bit``.
 
 Every timed pair is also checked for equal output first, so a ratio is never
@@ -157,7 +157,7 @@ def _rows(x):
                  "gguf-py", peer, same))
 
     peer = None
-    if _have("llama_cpp"):
+    if ggml.libggml_paths():  # libggml-python's or llama-cpp-python's libggml-base
         lib = ggml.LibGGML()
 
         def peer():

@@ -1,17 +1,28 @@
 """Regenerate tests/data/ggml/*.npz: ggml's own C reference output for every block format.
 
-Needs llama-cpp-python (its ``llama_cpp/lib/libggml-base.so``; ``llama_cpp`` itself is
-not imported). For each format it writes ``<format>.npz`` with
+Needs a built ``libggml-base.so``: libggml-python's (``pip install
+libggml-python==0.20.2.post1``; ``libggml/lib64/libggml-base.so``) or llama-cpp-python's
+(``llama_cpp/lib/libggml-base.so``); neither package is imported. For each format it
+writes ``<format>.npz`` with
 
 * ``x``       float32 (n_blocks, block_size): inputs, edge cases first, then random rows;
 * ``q``       uint8 (n_blocks, type_size): ``quantize_row_<type>_ref(x)``;
 * ``dq``      float32 (n_blocks, block_size): ``dequantize_row_<type>(q)`` (absent for q8_1);
 * ``raw``     uint8: random bytes (every bit pattern of scales, NaN/Inf fp16 included);
 * ``raw_dq``  float32: ``dequantize_row_<type>(raw)``;
-* ``ggml_version``: the llama-cpp-python version whose libggml-base wrote it.
+* ``ggml_version``: which ggml wrote it: ``"ggml 0.20.2 (8c63e70), libggml-base.so of
+  libggml-python 0.20.2.post1"`` (the library's ``ggml_version()`` / ``ggml_commit()``
+  and the pip package that shipped it). Files written before this field named ggml's own
+  version say only the package: ``"llama-cpp-python 0.3.36 (libggml-base.so)"``.
 
-Usage: ``python scripts/make_ggml_vectors.py [--out tests/data/ggml]``. Deterministic
-(fixed seed); total size stays well under 3 MB.
+Usage: ``python scripts/make_ggml_vectors.py [--out tests/data/ggml] [--peer NAME]
+[--only q4_0,...]``. Deterministic (fixed seed per format); total size stays well under
+3 MB.
+
+The committed files of the formats up to MXFP4 were written by llama-cpp-python 0.3.36 and
+were not regenerated: libggml-python 0.20.2.post1 (ggml 0.20.2, commit 8c63e70) writes and
+reads every byte and float of them (checked live by tests/peers/test_ggml_libggml.py::
+test_committed_vectors_are_what_this_libggml_writes).
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ import os
 
 import numpy as np
 
-from refquant.compat.ggml import LibGGML
+from refquant.compat.ggml import LibGGML, libggml_paths
 from refquant.formats.ggml import ggml_block_formats
 
 
@@ -78,12 +89,27 @@ def main() -> None:
     ap.add_argument(
         "--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data", "ggml")
     )
+    ap.add_argument(
+        "--peer", choices=["libggml-python", "llama-cpp-python"], default=None,
+        help="which installed package's libggml-base to use (default: the first found)",
+    )
+    ap.add_argument("--only", default=None, help="comma-separated format names to (re)write")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    lib = LibGGML()
-    version = f"llama-cpp-python {importlib.metadata.version('llama_cpp_python')} ({os.path.basename(lib.path)})"
+    paths = libggml_paths()
+    peer = args.peer or next(iter(paths), None)
+    if peer not in paths:
+        raise SystemExit(f"{peer or 'libggml-python'} is not installed")
+    lib = LibGGML(paths[peer])
+    version = (
+        f"ggml {lib.version}, {os.path.basename(lib.path)} of "
+        f"{peer} {importlib.metadata.version(peer)}"
+    )
+    only = set(args.only.split(",")) if args.only else None
     total = 0
     for name, fmt in ggml_block_formats().items():
+        if only is not None and name not in only:
+            continue
         rng = np.random.default_rng(sum(map(ord, name)))
         bs = fmt.block_size
         n_random = 48 if bs == 32 else 10

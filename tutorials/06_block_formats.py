@@ -178,8 +178,8 @@ for label, (_, fn) in methods.items():
 #
 # gguf-py (llama.cpp's Python package) dequantizes every format here; its
 # dequantization of refquant's Q4_0 and Q4_K bytes must be the same floats.
-# Where llama-cpp-python is installed, its `libggml-base` (ggml's own C
-# reference, through ctypes) must write the very same bytes.
+# Where libggml-python (or llama-cpp-python) is installed, its `libggml-base`
+# (ggml's own C reference, through ctypes) must write the very same bytes.
 
 # %%
 w0 = params["blocks.0.weight"]
@@ -198,7 +198,7 @@ else:
 
 try:
     lib = ggml.LibGGML()
-except Exception as e:  # llama-cpp-python missing
+except Exception as e:  # neither libggml-python nor llama-cpp-python installed
     print("libggml not available, C check skipped:", e)
 else:
     for t in ("q4_0", "q4_k"):

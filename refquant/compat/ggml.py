@@ -10,7 +10,8 @@ function               ggml / gguf-py counterpart
 :func:`type_size`,     ``ggml_type_size``, ``ggml_blck_size``, ``ggml_row_size``
 :func:`block_size`,
 :func:`row_size`
-:class:`LibGGML`       calls a built ``libggml-base`` through ctypes (for verification)
+:class:`LibGGML`       calls a built ``libggml-base`` through ctypes (for verification):
+                       libggml-python's or llama-cpp-python's (:func:`libggml_paths`)
 =====================  ==============================================================
 
 Type names are ggml's, case-insensitive (``"q4_0"``, ``"Q4_K"``, ``"q4_k"``,
@@ -59,6 +60,7 @@ __all__ = [
     "row_size",
     "resolve_type",
     "LibGGML",
+    "libggml_paths",
 ]
 
 # ggml type name (upper case, as in gguf.GGMLQuantizationType) -> refquant format name
@@ -242,31 +244,69 @@ def dequantize(raw, type_name, shape) -> np.ndarray:
     return fmt.dequantize_blocks(r.reshape(n_blocks, fmt.type_size)).reshape(shp)
 
 
+#: Where each pip package that ships a built ``libggml-base`` keeps it, relative to its
+#: package folder: libggml-python (a prebuilt wheel of ggml itself) and llama-cpp-python
+#: (built from llama.cpp's vendored ggml).
+_LIBGGML_PACKAGES = {
+    "libggml-python": ("libggml", ("lib64/libggml-base.so", "lib/libggml-base.so")),
+    "llama-cpp-python": ("llama_cpp", ("lib/libggml-base.so",)),
+}
+
+
+def libggml_paths() -> dict[str, str]:
+    """The ``libggml-base`` shared libraries that installed pip packages ship.
+
+    Returns ``{package: path}`` for each of libggml-python (module ``libggml``,
+    ``lib64/libggml-base.so``) and llama-cpp-python (module ``llama_cpp``,
+    ``lib/libggml-base.so``) that is installed, in that order. The packages are
+    located with :func:`importlib.util.find_spec`, never imported.
+    """
+    import importlib.util
+
+    found = {}
+    for package, (module, rels) in _LIBGGML_PACKAGES.items():
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        folder = list(spec.submodule_search_locations)[0]
+        for rel in rels:
+            path = os.path.join(folder, *rel.split("/"))
+            if os.path.exists(path):
+                found[package] = path
+                break
+    return found
+
+
 class LibGGML:
     """ggml's own C reference, called through ctypes on a built ``libggml-base``.
 
     For verification only (refquant never needs it). ``path`` defaults to the
-    copy that llama-cpp-python installs (``llama_cpp/lib/libggml-base.so``),
-    found without importing ``llama_cpp``; :class:`RefquantError` when absent.
+    first of :func:`libggml_paths`: the copy that libggml-python installs
+    (``libggml/lib64/libggml-base.so``), else llama-cpp-python's
+    (``llama_cpp/lib/libggml-base.so``), found without importing either;
+    :class:`RefquantError` when neither is installed.
 
     ``quantize_row(x, t)`` calls ``quantize_row_<t>_ref``; ``dequantize_row(raw, t, n)``
     calls ``dequantize_row_<t>``; ``quantize_chunk(x, t)`` calls
     ``ggml_quantize_chunk(t, x, dst, 0, nrows, n_per_row, NULL)``. Output
     buffers are zero-filled first (``quantize_row_q8_K_ref`` leaves ``bsums``
-    unwritten for an all-zero block).
+    unwritten for an all-zero block). :attr:`version` is what the library's
+    ``ggml_version()`` and ``ggml_commit()`` return (``"0.20.2 (8c63e70)"``), or
+    ``"unknown"`` where it exports neither.
     """
 
     def __init__(self, path: str | os.PathLike | None = None):
         if path is None:
-            import importlib.util
-
-            spec = importlib.util.find_spec("llama_cpp")
-            if spec is None or not spec.submodule_search_locations:
+            found = libggml_paths()
+            if not found:
                 raise RefquantError(
-                    "path: llama-cpp-python is not installed and no libggml-base path was given"
+                    "path: neither libggml-python nor llama-cpp-python is installed and no "
+                    "libggml-base path was given (pip install libggml-python)"
                 )
-            folder = list(spec.submodule_search_locations)[0]
-            path = os.path.join(folder, "lib", "libggml-base.so")
+            path = next(iter(found.values()))
         if not os.path.exists(path):
             raise RefquantError(f"path: no libggml-base at {str(path)!r}")
         self.path = str(path)
@@ -279,6 +319,19 @@ class LibGGML:
             ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
             ctypes.c_void_p,
         ]  # fmt: skip
+        self.version = self._version()
+
+    def _version(self) -> str:
+        parts = []
+        for name in ("ggml_version", "ggml_commit"):
+            f = getattr(self._lib, name, None)
+            if f is None:
+                continue
+            f.restype, f.argtypes = ctypes.c_char_p, []
+            parts.append(f().decode("ascii", "replace"))
+        if not parts:
+            return "unknown"
+        return parts[0] if len(parts) == 1 else f"{parts[0]} ({parts[1]})"
 
     def _fn(self, name):
         try:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import enum
-import importlib.util
 
 import numpy as np
 import pytest
+from helpers import REQUIRE_PEERS
 
 from refquant import RefquantError
 from refquant.compat import ggml
@@ -143,10 +143,36 @@ def test_libggml_refuses_what_it_cannot_call(tmp_path):
     (tmp_path / "fake.so").write_bytes(b"not an ELF file")
     with pytest.raises(RefquantError, match="path: cannot load"):
         ggml.LibGGML(tmp_path / "fake.so")
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama-cpp-python (libggml-base) is not installed")
+    path = ggml.libggml_paths().get("libggml-python")
+    if path is None:  # CI installs it (the peers extra)
+        if REQUIRE_PEERS:
+            pytest.fail("peer 'libggml-python' is required (REFQUANT_REQUIRE_PEERS=1)")
+        pytest.skip("libggml-python (libggml-base) is not installed")
     with pytest.raises(RefquantError, match="dequantize_row_q8_1"):
-        ggml.LibGGML().dequantize_row(np.zeros(36, np.uint8), "q8_1")
+        ggml.LibGGML(path).dequantize_row(np.zeros(36, np.uint8), "q8_1")
+
+
+def test_libggml_paths_finds_packages_without_importing_them(monkeypatch, tmp_path):
+    # libggml_paths locates libggml-python's lib64/ and llama-cpp-python's lib/ copies through
+    # importlib.util.find_spec only: neither package's module may end up imported
+    import sys
+
+    for module, rel in (("libggml", "lib64"), ("llama_cpp", "lib")):
+        pkg = tmp_path / module
+        (pkg / rel).mkdir(parents=True)
+        (pkg / "__init__.py").write_text("raise RuntimeError('imported')\n")
+        (pkg / rel / "libggml-base.so").write_bytes(b"")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for module in ("libggml", "llama_cpp"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    found = ggml.libggml_paths()
+    assert list(found) == ["libggml-python", "llama-cpp-python"]
+    assert found["libggml-python"] == str(tmp_path / "libggml" / "lib64" / "libggml-base.so")
+    assert found["llama-cpp-python"] == str(tmp_path / "llama_cpp" / "lib" / "libggml-base.so")
+    assert "libggml" not in sys.modules and "llama_cpp" not in sys.modules
+    # LibGGML() takes the first: libggml-python's (here an empty file, so it cannot load)
+    with pytest.raises(RefquantError, match=r"path: cannot load .*libggml.*lib64"):
+        ggml.LibGGML()
 
 
 def test_rows_of_zero_weights_are_empty_like_ggml_row_size():

@@ -1,15 +1,18 @@
 """refquant's ggml block formats against vectors that libggml itself produced.
 
 The vectors in tests/data/ggml/*.npz come from ``quantize_row_<type>_ref`` and
-``dequantize_row_<type>`` of llama-cpp-python 0.3.36's libggml-base
-(regenerate with ``python scripts/make_ggml_vectors.py``). These tests need no
-peer, so they run everywhere, CI included; the live comparison on fresh data is
-tests/peers/test_ggml_libggml.py.
+``dequantize_row_<type>`` of a libggml-base; each file's ``ggml_version`` says
+which (the formats up to MXFP4: llama-cpp-python 0.3.36's; libggml-python
+0.20.2.post1, ggml 0.20.2, commit 8c63e70, writes and reads the very same bytes
+and floats, checked live in tests/peers/test_ggml_libggml.py). Regenerate with
+``python scripts/make_ggml_vectors.py``. These tests need no peer, so they run
+everywhere; the live comparison on fresh data is tests/peers/test_ggml_libggml.py.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -48,6 +51,14 @@ def test_every_format_has_committed_vectors():
     assert sorted(os.path.splitext(f)[0] for f in os.listdir(DATA) if f.endswith(".npz")) == sorted(
         GGML_BLOCK_TABLE
     )
+
+
+@pytest.mark.parametrize("name", list(GGML_BLOCK_TABLE))
+def test_each_vector_file_names_the_ggml_that_wrote_it(name):
+    # "ggml 0.20.2 (8c63e70), libggml-base.so of libggml-python 0.20.2.post1", or for the
+    # older files only the package: "llama-cpp-python 0.3.36 (libggml-base.so)"
+    version = str(_load(name)["ggml_version"])
+    assert re.search(r"(libggml-python|llama-cpp-python) \d+\.\d+\.\d+", version), version
 
 
 @pytest.mark.parametrize("name", list(GGML_BLOCK_TABLE))

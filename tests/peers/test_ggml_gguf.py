@@ -2,7 +2,9 @@
 
 gguf-py quantizes Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, TQ1_0, TQ2_0 and MXFP4 and
 dequantizes those plus every K-quant (not Q8_K). The one difference found is
-pinned in :func:`test_gguf_quirk_all_negative_zero_block_gets_positive_zero_scale`.
+pinned in :func:`test_gguf_quirk_all_negative_zero_block_gets_positive_zero_scale`, and
+gguf-py's sign of a zero minimum (Q4_1 / Q5_1) in
+:func:`test_gguf_quirk_mixed_sign_zero_min_differs_in_its_sign_only`.
 """
 
 from __future__ import annotations
@@ -76,10 +78,11 @@ def _drop_signed_zero_blocks(x, qtype):
     x = x.copy()
     x[np.all(x == 0, axis=1)] = 0.0
     if qtype in ("Q4_1", "Q5_1"):
-        # the stored minimum of a block whose smallest value is zero: ggml keeps the first
-        # zero it meets, gguf-py's np.min may return -0.0 where +0.0 came first (NumPy leaves
-        # the sign of a zero minimum unspecified), e.g. [1, 0, ..., 0, -0.0] -> m = -0 in
-        # gguf-py, +0 in libggml and refquant (checked against libggml's own vectors)
+        # the stored minimum of a block whose smallest value is zero: libggml keeps the first
+        # zero it meets (pinned against libggml in tests/peers/test_ggml_libggml.py::
+        # test_mixed_sign_zero_block_stores_the_first_zero_as_its_min_like_libggml), gguf-py's
+        # np.min may return either zero (NumPy leaves the sign of a zero minimum unspecified):
+        # the departure is pinned in test_gguf_quirk_mixed_sign_zero_min_differs_in_its_sign_only
         x[x == 0] = 0.0
     return x
 
@@ -128,3 +131,31 @@ def test_gguf_quirk_all_negative_zero_block_gets_positive_zero_scale(gguf, qtype
     assert ours[0, :2].tolist() == [0x00, 0x80]
     assert theirs[0, :2].tolist() == [0x00, 0x00]
     np.testing.assert_array_equal(ours[0, 2:], theirs[0, 2:])
+
+
+@st.composite
+def signed_zero_rows(draw, bs):
+    """Blocks whose minimum is zero, with each zero's sign drawn (+0, -0 or mixed)."""
+    n = draw(st.integers(1, 3))
+    x = draw(hnp.arrays(np.float32, (n, bs), elements=st.sampled_from([0.0, 0.0, 0.5, 1.0, 3.0])))
+    x[:, draw(st.integers(0, bs - 1))] = 0.0  # at least one zero per block
+    zeros = np.flatnonzero(x == 0)
+    x.reshape(-1)[zeros[draw(hnp.arrays(np.bool_, zeros.size))]] = -0.0
+    return x
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q5_1"])
+@settings(max_examples=40)
+@given(data=st.data())
+def test_gguf_quirk_mixed_sign_zero_min_differs_in_its_sign_only(gguf, qtype, data):
+    # libggml (and refquant) store the sign of the first zero met as m; gguf-py stores the sign
+    # of whichever zero np.min returns. The bytes may differ only in m's sign bit (bit 7 of
+    # byte 3: m is the fp16 at bytes 2-3), and only where m is a zero.
+    x = data.draw(signed_zero_rows(ggml.block_size(qtype)))
+    ours = ggml.quantize(x, qtype)
+    theirs = _gguf_call(gguf.quants.quantize, x, gguf.GGMLQuantizationType[qtype])
+    diff = ours ^ theirs
+    assert not np.any(np.delete(diff, 3, axis=1)), "only byte 3 may differ"
+    assert set(np.unique(diff[:, 3]).tolist()) <= {0, 0x80}
+    m = ours[:, 2:4].copy().view("<u2")[:, 0]
+    assert np.all((m[diff[:, 3] != 0] & 0x7FFF) == 0), "only a zero m may change sign"
