@@ -113,7 +113,7 @@ def test_dequantize_matches_gguf_on_any_bytes(gguf, qtype, data):
     )
 
 
-@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q2_K"])
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q2_K", "IQ4_NL", "IQ4_XS"])
 def test_refquant_k_quant_bytes_dequantize_the_same_in_gguf(gguf, qtype):
     x = np.random.default_rng(3).standard_normal((4, 512)).astype(np.float32)
     raw = ggml.quantize(x, qtype)
