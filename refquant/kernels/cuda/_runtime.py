@@ -52,9 +52,7 @@ def simulator() -> bool:
 def is_device_array(x) -> bool:
     """A numba device array (or the simulator's), or any object with
     ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors)."""
-    return bool(getattr(x, "__cuda_ndarray__", False)) or hasattr(
-        x, "__cuda_array_interface__"
-    )
+    return bool(getattr(x, "__cuda_ndarray__", False)) or hasattr(x, "__cuda_array_interface__")
 
 
 def to_device(x, dtype):
@@ -127,9 +125,7 @@ def _dp4a_ptx(a_signed: bool, b_signed: bool):
     from numba.cuda import types
     from numba.cuda.extending import intrinsic
 
-    asm_text = (
-        f"dp4a.{'s' if a_signed else 'u'}32.{'s' if b_signed else 'u'}32 $0, $1, $2, $3;"
-    )
+    asm_text = f"dp4a.{'s' if a_signed else 'u'}32.{'s' if b_signed else 'u'}32 $0, $1, $2, $3;"
 
     @intrinsic
     def dp4a(typingctx, wa, wb, c):
@@ -165,7 +161,6 @@ def float_ops(use_libdevice: bool):
 
         return libdevice.fmul_rn, libdevice.fadd_rn
     else:
-
         float32 = np.float32 if simulator() else get_cuda().types.float32
 
         def fmul(x, y):
