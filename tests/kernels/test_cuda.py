@@ -135,6 +135,30 @@ def _case_int8_result_wraps_like_int32_when_the_exact_value_does_not_fit():
     np.testing.assert_array_equal(matmul_int(a, b, za, zb, tiles=_config.SMALL["int8"]), want)
 
 
+def _case_int8_is_exact_at_the_edges_of_int32():
+    from refquant.kernels.cuda import _config, matmul_int
+    from refquant.quant.integer import integer_matmul
+
+    small = _config.SMALL["int8"]
+    # K = 1: (a - za) in {2^31 - 1, 2^31}, (b - zb) in {1, -1}
+    a, b = np.zeros((2, 1), np.uint8), np.array([[1, 0]], np.int8)
+    za, zb = np.array([1 - 2**31, -(2**31)], np.int32), np.array([0, 1], np.int32)
+    got = matmul_int(a, b, za, zb, tiles=small)
+    # int32 max, -max and min exactly; the one exact 2^31 wraps to -2^31
+    np.testing.assert_array_equal(got, [[2**31 - 1, 1 - 2**31], [-(2**31), -(2**31)]])
+    np.testing.assert_array_equal(integer_matmul(a, b, za, zb)[1, 0], 2**31)
+    np.testing.assert_array_equal(got, integer_matmul(a, b, za, zb, accumulate="int32_wrap"))
+    # 2^16 * 2^10 = 2^26 per term: K = 31 gives 2^31 - 2^26, K = 32 wraps to -2^31
+    for k, want in ((31, 2**31 - 2**26), (32, -(2**31))):
+        a = np.full((3, k), -128, np.int8)
+        b = np.full((k, 2), 100, np.uint8)
+        za = np.full(3, -128 - 2**16, np.int32)
+        zb = np.full(2, 100 - 2**10, np.int32)
+        got = matmul_int(a, b, za, zb, tiles=small)
+        np.testing.assert_array_equal(got, np.full((3, 2), want, np.int32))
+        np.testing.assert_array_equal(got, integer_matmul(a, b, za, zb, accumulate="int32_wrap"))
+
+
 def _case_dp4a_device_function_is_a_wrapping_byte_dot():
     from refquant.kernels.cuda._runtime import dp4a_function
 
@@ -252,9 +276,13 @@ def _int4_check(got, x, codes, scales, zeros, group_size):
     k = x.shape[1]
     u = 2.0**-24
     gamma = (k + 2) * u / (1 - (k + 2) * u)
-    bound = gamma * (np.abs(x64) @ np.abs(w64).T)
-    err = np.abs(got.astype(np.float64) - x64 @ w64.T)
-    assert np.all(err <= bound), (err - bound).max()
+    with np.errstate(invalid="ignore"):
+        exact = x64 @ w64.T
+        bound = gamma * (np.abs(x64) @ np.abs(w64).T)
+    finite = np.isfinite(exact)
+    np.testing.assert_array_equal(np.isfinite(got), finite)
+    err = np.abs(got.astype(np.float64)[finite] - exact[finite])
+    assert np.all(err <= bound[finite]), (err - bound[finite]).max()
 
 
 def _case_int4_follows_its_float32_order_and_bound_on_drawn_shapes():
@@ -269,12 +297,15 @@ def _case_int4_follows_its_float32_order_and_bound_on_drawn_shapes():
         st.integers(1, 16),
         st.sampled_from([(1, 40), (5, 8), (4, 10), (3, 13), (1, 1), (2, 16)]),
         st.sampled_from(["integer", "float"]),
+        st.sampled_from([None, None, np.nan, np.inf, -np.inf]),
         st.integers(0, 2**32 - 1),
     )
-    def check(m, n, groups_and_size, zeros_kind, seed):
+    def check(m, n, groups_and_size, zeros_kind, special, seed):
         groups, group_size = groups_and_size
         rng = np.random.default_rng(seed)
         x, codes, scales, zeros = _int4_problem(rng, m, n, groups, group_size, zeros_kind)
+        if special is not None:  # NaN / Inf propagate to the same outputs as in the loop
+            x[m - 1, rng.integers(x.shape[1])] = special
         got = matmul_int4(x, codes, scales, zeros, group_size, tiles=_config.SMALL["int4"])
         _int4_check(got, x, codes, scales, zeros, group_size)
 
@@ -415,6 +446,11 @@ def test_int8_gemm_at_default_tiles_sums_minus128_squared_exactly(simulated):
 @needs_numba_cuda
 def test_int8_gemm_wraps_like_int32_when_the_exact_value_overflows(simulated):
     _assert_case(simulated, "_case_int8_result_wraps_like_int32_when_the_exact_value_does_not_fit")
+
+
+@needs_numba_cuda
+def test_int8_gemm_reaches_int32_max_and_min_exactly(simulated):
+    _assert_case(simulated, "_case_int8_is_exact_at_the_edges_of_int32")
 
 
 @needs_numba_cuda
