@@ -388,37 +388,74 @@ def _ptx_report():
 # the tests (parent process)
 
 
-def _child(flag, *, simulator):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env.pop("NUMBA_ENABLE_CUDASIM", None)
-    if simulator:
-        env["NUMBA_ENABLE_CUDASIM"] = "1"
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), flag],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=str(ROOT),
-        timeout=600,
-    )
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(MARK):
-            return json.loads(line[len(MARK) :])
-    pytest.fail(
-        f"the {flag} child process reported nothing (exit {proc.returncode}):\n"
-        f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    )
+class _Child:
+    """One child process (``--simulator`` or ``--ptx``), its output in temporary files."""
+
+    def __init__(self, flag, *, simulator, tmp):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        )
+        env.pop("NUMBA_ENABLE_CUDASIM", None)
+        if simulator:
+            env["NUMBA_ENABLE_CUDASIM"] = "1"
+        self.flag = flag
+        self.out = open(tmp / f"{flag[2:]}.out", "w+")  # closed by the `children` fixture
+        self.err = open(tmp / f"{flag[2:]}.err", "w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), flag],
+            stdout=self.out,
+            stderr=self.err,
+            text=True,
+            env=env,
+            cwd=str(ROOT),
+        )
+
+    def result(self):
+        try:
+            code = self.proc.wait(timeout=600)
+        finally:
+            self.stop()
+        self.out.seek(0)
+        self.err.seek(0)
+        stdout, stderr = self.out.read(), self.err.read()
+        for line in reversed(stdout.splitlines()):
+            if line.startswith(MARK):
+                return json.loads(line[len(MARK) :])
+        pytest.fail(
+            f"the {self.flag} child process reported nothing (exit {code}):\n"
+            f"{stdout[-3000:]}\n{stderr[-5000:]}"
+        )
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 @pytest.fixture(scope="module")
-def simulated():
-    return _child("--simulator", simulator=True)
+def children(tmp_path_factory):
+    """Both children, started together so that they overlap; killed at the end if unread."""
+    tmp = tmp_path_factory.mktemp("cuda")
+    started = {
+        "simulator": _Child("--simulator", simulator=True, tmp=tmp),
+        "ptx": _Child("--ptx", simulator=False, tmp=tmp),
+    }
+    yield started
+    for child in started.values():
+        child.stop()
+        child.out.close()
+        child.err.close()
 
 
 @pytest.fixture(scope="module")
-def ptx():
-    report = _child("--ptx", simulator=False)
+def simulated(children):
+    return children["simulator"].result()
+
+
+@pytest.fixture(scope="module")
+def ptx(children):
+    report = children["ptx"].result()
     if "skip" in report:
         pytest.skip(report["skip"])
     if "error" in report:
