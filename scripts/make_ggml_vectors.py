@@ -8,6 +8,9 @@ writes ``<format>.npz`` with
 * ``x``       float32 (n_blocks, block_size): inputs, edge cases first, then random rows;
 * ``q``       uint8 (n_blocks, type_size): ``quantize_row_<type>_ref(x)``;
 * ``dq``      float32 (n_blocks, block_size): ``dequantize_row_<type>(q)`` (absent for q8_1);
+* ``imatrix``, ``q_chunk``, ``q_imatrix`` (IQ4_NL, IQ4_XS: the formats with
+  ``quantize_blocks_weighted``): ``quantize_<type>(x, NULL)`` and
+  ``quantize_<type>(x, imatrix)``, one block per row, ``imatrix`` float32 (block_size,);
 * ``raw``     uint8: random bytes (every bit pattern of scales, NaN/Inf fp16 included);
 * ``raw_dq``  float32: ``dequantize_row_<type>(raw)``;
 * ``ggml_version``: which ggml wrote it: ``"ggml 0.20.2 (8c63e70), libggml-base.so of
@@ -116,6 +119,11 @@ def main() -> None:
         x = np.concatenate([edge_cases(bs, rng), random_rows(bs, n_random, rng)])
         q = lib.quantize_row(x, name)
         data = {"x": x, "q": q, "ggml_version": np.array(version)}
+        if hasattr(fmt, "quantize_blocks_weighted"):
+            imatrix = (rng.gamma(0.5, size=bs) + 0.01).astype(np.float32)  # skewed, > 0
+            data["imatrix"] = imatrix
+            data["q_chunk"] = lib.quantize(x, name)
+            data["q_imatrix"] = lib.quantize(x, name, imatrix)
         if fmt.has_dequantize:
             data["dq"] = lib.dequantize_row(q, name)
             raw = rng.integers(0, 256, (16 if bs == 32 else 6, fmt.type_size), dtype=np.uint8)

@@ -21,7 +21,7 @@
   double quantization), ``quantize_blockwise`` (8-bit dynamic map); default or CUDA tie rules.
 - :mod:`refquant.compat.ggml`: llama.cpp's block formats by ggml type name (``quantize(x, "q4_k")``
   -> the bytes ``quantize_row_q4_K_ref`` writes, ``dequantize(raw, "q4_k", shape)``), Q4_0 ... Q8_K,
-  TQ1_0, TQ2_0, MXFP4; ``LibGGML`` calls a built libggml-base through ctypes.
+  TQ1_0, TQ2_0, MXFP4, IQ4_NL, IQ4_XS; ``LibGGML`` calls a built libggml-base through ctypes.
 - :mod:`refquant.compat.ocp`: OCP OFP8 (``E4M3``, ``E5M2``) and MX v1.0 (``to_mx``, ``from_mx``,
   ``mx_dot``; ``MXFP8_E4M3`` ... ``MXINT8``).
 """

@@ -15,7 +15,7 @@ function               ggml / gguf-py counterpart
 =====================  ==============================================================
 
 Type names are ggml's, case-insensitive (``"q4_0"``, ``"Q4_K"``, ``"q4_k"``,
-``"mxfp4"``, ``"TQ1_0"``), or the integer ids of ``enum ggml_type`` /
+``"mxfp4"``, ``"TQ1_0"``, ``"IQ4_XS"``), or the integer ids of ``enum ggml_type`` /
 ``gguf.GGMLQuantizationType`` (:data:`GGML_TYPES`), or a member of that enum.
 Here ``"mxfp4"`` is ggml's MXFP4, registered in :mod:`refquant.formats` as
 ``ggml_mxfp4`` (the OCP ``mxfp4`` format is a different rule set: see
@@ -33,6 +33,14 @@ from ggml's:
 * A row whose length is not a multiple of the block size raises; ggml asserts
   (``GGML_ASSERT(start % blck_size == 0)`` / ``assert(k % qk == 0)``), and with
   asserts compiled out would read past the row.
+* IQ4_NL: :func:`quantize` gives ``quantize_row_iq4_nl_ref``'s bytes (no scale
+  search), while ``ggml_quantize_chunk`` (so llama-quantize) calls
+  ``quantize_iq4_nl``, which searches 15 more scales: those bytes, with or
+  without an importance matrix, are
+  ``get_format("iq4_nl").quantize_blocks_weighted(blocks, quant_weights)``
+  (for IQ4_XS the ref and ``quantize_iq4_xs`` are one function). A block with
+  max|x| < 1e-15 gets code 8 where ``quantize_row_iq4_nl_ref`` leaves its codes
+  undefined (d = 0 in both).
 * Q8_1 and Q8_K are ggml's activation formats: ``ggml_quantize_chunk`` rejects
   them (aborts) but ``quantize_row_q8_1_ref`` / ``quantize_row_q8_K_ref`` exist
   and are what :func:`quantize` reproduces. ggml has no ``dequantize_row_q8_1``;
@@ -67,7 +75,7 @@ __all__ = [
 _GGML_TO_REFQUANT = {
     "Q4_0": "q4_0", "Q4_1": "q4_1", "Q5_0": "q5_0", "Q5_1": "q5_1", "Q8_0": "q8_0", "Q8_1": "q8_1",
     "Q2_K": "q2_k", "Q3_K": "q3_k", "Q4_K": "q4_k", "Q5_K": "q5_k", "Q6_K": "q6_k", "Q8_K": "q8_k",
-    "TQ1_0": "tq1_0", "TQ2_0": "tq2_0", "MXFP4": "ggml_mxfp4",
+    "TQ1_0": "tq1_0", "TQ2_0": "tq2_0", "MXFP4": "ggml_mxfp4", "IQ4_NL": "iq4_nl", "IQ4_XS": "iq4_xs",
 }  # fmt: skip
 
 #: ``enum ggml_type`` ids (ggml.h; ``gguf.GGMLQuantizationType``) of the block formats here.
@@ -156,7 +164,8 @@ def quantize(x, type_name) -> np.ndarray:
     Rounding, ties and saturation are ggml's: round half up (``+0.5`` then
     truncation) for Q4/Q5, half away from zero (``roundf``) for Q8_0/Q8_1 and
     ``lroundf`` for TQ*, half to even (``nearest_int``) in the K-quants, first
-    index on ties for MXFP4; scales stored as fp16 with round to nearest even.
+    index on ties for MXFP4, the nearest level with ties to the upper one for IQ4_NL / IQ4_XS;
+    scales stored as fp16 with round to nearest even.
 
     **Reference**: ggml ``ggml_quantize_chunk`` and ``quantize_row_*_ref``
     (ggml/src/ggml-quants.c); gguf-py ``gguf.quants.quantize``.
@@ -360,6 +369,36 @@ class LibGGML:
         out = np.zeros(r.size // fmt.type_size * fmt.block_size, dtype=np.float32)
         self._fn(f"dequantize_row_{fmt.c_name}")(r.ctypes.data, out.ctypes.data, out.size)
         return out.reshape(-1, fmt.block_size)
+
+    def quantize(self, x, type_name, quant_weights=None) -> np.ndarray:
+        """``quantize_<type>(x, dst, nrows, n_per_row, quant_weights)`` on the rows of 2-D ``x``.
+
+        ``quant_weights`` (one float per column, the imatrix row) or None for ``NULL``.
+        """
+        fmt = resolve_type(type_name)
+        xs = np.ascontiguousarray(x, dtype=np.float32)
+        if xs.ndim != 2:
+            raise RefquantError(f"x must be 2-D (rows, n_per_row), got shape {xs.shape}")
+        _check_row(xs.shape[1], fmt)
+        qw = None
+        if quant_weights is not None:
+            qw = np.ascontiguousarray(quant_weights, dtype=np.float32).reshape(-1)
+            if qw.size != xs.shape[1]:
+                raise RefquantError(
+                    f"quant_weights has {qw.size} values for rows of {xs.shape[1]}"
+                )
+        name = "quantize_" + fmt.c_name
+        try:
+            f = getattr(self._lib, name)
+        except AttributeError:
+            raise RefquantError(f"type_name: {self.path} has no {name}") from None
+        f.restype = ctypes.c_size_t
+        f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+        out = np.zeros(xs.size // fmt.block_size * fmt.type_size, dtype=np.uint8)
+        if out.size:
+            f(xs.ctypes.data, out.ctypes.data, xs.shape[0], xs.shape[1],
+              None if qw is None else qw.ctypes.data)  # fmt: skip
+        return out.reshape(xs.shape[0], -1)
 
     def quantize_chunk(self, x, type_name) -> np.ndarray:
         fmt = resolve_type(type_name)

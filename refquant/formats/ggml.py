@@ -25,7 +25,13 @@ q8_k       256         292         9.125   quantize_row_q8_K_ref / dequantize_ro
 tq1_0      256         54          1.6875  quantize_row_tq1_0_ref / dequantize_row_tq1_0
 tq2_0      256         66          2.0625  quantize_row_tq2_0_ref / dequantize_row_tq2_0
 ggml_mxfp4 32          17          4.25    quantize_row_mxfp4_ref / dequantize_row_mxfp4
+iq4_nl     32          18          4.5     quantize_row_iq4_nl_ref / dequantize_row_iq4_nl
+iq4_xs     256         136         4.25    quantize_row_iq4_xs_ref / dequantize_row_iq4_xs
 =========  ==========  ==========  ======  ==========================================
+
+IQ4_NL and IQ4_XS also have ``quantize_blocks_weighted(blocks, quant_weights)``:
+``quantize_iq4_nl`` / ``quantize_iq4_xs``, what ``ggml_quantize_chunk`` (and so
+llama-quantize) calls, with or without an importance matrix.
 
 How bit-exactness is kept
 -------------------------
@@ -82,6 +88,9 @@ __all__ = [
     "TQ2_0",
     "GGML_MXFP4",
     "KVALUES_MXFP4",
+    "IQ4_NL",
+    "IQ4_XS",
+    "KVALUES_IQ4NL",
 ]
 
 QK_K = 256
@@ -103,6 +112,8 @@ GGML_BLOCK_TABLE: dict[str, tuple[int, int, int]] = {
     "tq1_0": (34, QK_K, (QK_K - 4 * QK_K // 64) // 5 + QK_K // 64 + 2),
     "tq2_0": (35, QK_K, QK_K // 4 + 2),
     "ggml_mxfp4": (39, 32, 1 + 16),
+    "iq4_nl": (20, 32, 2 + 16),
+    "iq4_xs": (23, QK_K, 2 + 2 + QK_K // 64 + QK_K // 2),
 }
 
 # ggml-common.h kvalues_mxfp4: the e2m1 values doubled, sign in bit 3.
@@ -402,6 +413,9 @@ class GGMLBlockFormat:
         Input is converted to float32 first (ggml reads float32). NaN and ±Inf
         are rejected (ggml's result is undefined for them).
         """
+        return self._quantize_chunked(self._checked_blocks(blocks), lambda part, _: self._quantize(part))
+
+    def _checked_blocks(self, blocks) -> np.ndarray:
         x = np.asarray(blocks)
         if x.ndim != 2 or x.shape[1] != self.block_size:
             raise RefquantError(
@@ -417,11 +431,16 @@ class GGMLBlockFormat:
                 f"blocks contains a non-finite value {x[where].item()!r} at index {where}; ggml's "
                 f"quantize_row_{self.c_name}_ref has no defined result for NaN/Inf input"
             )
+        return x
+
+    def _quantize_chunked(self, x: np.ndarray, fn) -> np.ndarray:
+        """``fn(x[start:stop], start)`` per chunk of blocks, into one ``(n, type_size)`` array."""
         out = np.empty((x.shape[0], self.type_size), dtype=np.uint8)
         with np.errstate(all="ignore"):
             # blocks are independent: bound the temporaries by working on chunks of blocks
             for start in range(0, x.shape[0], _CHUNK):
-                out[start : start + _CHUNK] = self._quantize(x[start : start + _CHUNK])
+                part = x[start : start + _CHUNK]
+                out[start : start + _CHUNK] = fn(part, start)
         return out
 
     def dequantize_blocks(self, raw: np.ndarray) -> np.ndarray:
@@ -1126,6 +1145,238 @@ class Q8_K(GGMLBlockFormat, name="q8_k"):
         return d[:, None] * raw[:, 4:260].view(np.int8).astype(_F32)
 
 
+# --------------------------------------------------------------------------- 4-bit non-linear
+# ggml-common.h kvalues_iq4nl: the 16 levels of IQ4_NL / IQ4_XS (a non-uniform grid, denser
+# near zero), as int8; a value decodes to d * KVALUES_IQ4NL[code].
+KVALUES_IQ4NL = np.array(
+    [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8
+)
+_IQ4_LEVELS = KVALUES_IQ4NL.astype(_F32)
+_IQ4_NTRY = 7  # quantize_iq4_nl / quantize_iq4_xs; quantize_row_iq4_nl_ref passes -1
+
+
+def _best_index_iq4(v: np.ndarray) -> np.ndarray:
+    """ggml's ``best_index_int8(16, kvalues_iq4nl, v)``: the nearest level, ties to the upper.
+
+    At or below the lowest level: 0; at or above the highest: 15; otherwise the
+    binary search brackets ``val[mu-1] <= v < val[mu]`` and returns ``mu - 1``
+    when ``v - val[mu-1] < val[mu] - v`` in float32, else ``mu`` (so ties and
+    NaN go up).
+    """
+    mu = np.clip(np.searchsorted(_IQ4_LEVELS, v, side="right"), 1, 15)
+    lower = (v - _IQ4_LEVELS[mu - 1]) < (_IQ4_LEVELS[mu] - v)
+    idx = np.where(lower, mu - 1, mu)
+    idx = np.where(v >= _IQ4_LEVELS[15], 15, idx)
+    return np.where(v <= _IQ4_LEVELS[0], 0, idx)
+
+
+def _iq4_sums(v: np.ndarray, x: np.ndarray, w: np.ndarray):
+    """(L, sumqx, sumq2) for the codes of the scaled values ``v``: ``w*q*x`` and ``w*q*q`` summed in order."""
+    L = _best_index_iq4(v)
+    q = _IQ4_LEVELS[L]
+    wq = w * q
+    return L, _seqsum(wq * x), _seqsum(wq * q)
+
+
+def _iq4_block_scales(x: np.ndarray, w: np.ndarray, ntry: int):
+    """The per-32 search of ``quantize_row_iq4_nl_impl``: (scale, L, small) for rows of 32.
+
+    Start from ``d = ±max/127`` (sign by ``ntry``), fit ``d = sumqx/sumq2`` on its codes,
+    then for ``itry`` in ``-ntry..ntry`` try ``id = (itry - 127)/max`` and keep a candidate
+    only when strictly better (``sumqx^2 > best*sumq2``). ``small`` marks rows with
+    amax < 1e-15 (scale 0, codes left to the caller).
+    """
+    amax, mx = _first_absmax(x)
+    small = amax < _GROUP_MAX_EPS
+    mx = np.where(small, _f(1), mx).astype(_F32)  # rows skipped in C; any finite max here
+    d = (-mx if ntry > 0 else mx) / _IQ4_LEVELS[0]
+    L, sumqx, sumq2 = _iq4_sums((_f(1) / d)[:, None] * x, x, w)
+    d = np.where(sumq2 > 0, sumqx / sumq2, _f(0)).astype(_F32)
+    best = d * sumqx
+    for itry in range(-ntry, ntry + 1):
+        idn = _f(itry + int(KVALUES_IQ4NL[0])) / mx
+        _, sqx, sq2 = _iq4_sums(idn[:, None] * x, x, w)
+        better = (sq2 > 0) & (sqx * sqx > best * sq2)
+        d = np.where(better, sqx / sq2, d).astype(_F32)
+        best = np.where(better, d * sqx, best).astype(_F32)
+    return np.where(small, _f(0), d).astype(_F32), L, small
+
+
+def _iq4_weights(x: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+    """``weight[j]``: ``x^2`` without an imatrix, else ``qw * sqrtf(sigma2 + x^2)``.
+
+    ``sigma2 = 2/n * sum(x^2)`` over the whole (super-)block of n, summed in order.
+    """
+    x2 = x * x
+    if qw is None:
+        return x2
+    sigma2 = _seqsum(x2) * _f(2.0 / x.shape[1])
+    return qw * np.sqrt(sigma2[:, None] + x2)
+
+
+def _iq4_pack(L: np.ndarray) -> np.ndarray:
+    """Per 32 codes: byte j = L[j] | L[j + 16] << 4 (as Q4_0)."""
+    n = L.shape[0]
+    g = L.reshape(n, -1, 2, 16).astype(np.uint8)
+    return (g[:, :, 0] | (g[:, :, 1] << 4)).reshape(n, -1)
+
+
+def _iq4_unpack(qs: np.ndarray) -> np.ndarray:
+    n = qs.shape[0]
+    g = qs.reshape(n, -1, 16)
+    return np.stack([g & 0xF, g >> 4], axis=2).reshape(n, -1)
+
+
+class _IQ4Format(GGMLBlockFormat):
+    """IQ4_NL and IQ4_XS: ``quantize_blocks`` is ``quantize_row_*_ref``, plus the imatrix path."""
+
+    _ref_ntry = _IQ4_NTRY
+
+    def quantize_blocks_weighted(self, blocks: np.ndarray, quant_weights=None) -> np.ndarray:
+        """``quantize_<type>(x, ..., quant_weights)``: what ``ggml_quantize_chunk`` and llama-quantize write.
+
+        ``quant_weights`` is the importance matrix (``imatrix``) entry of each weight: shape
+        ``(block_size,)`` (the same for every block) or ``(n, block_size)``, finite and >= 0;
+        ``None`` is ggml's ``NULL``. ggml passes ``quant_weights + block_size*ibl`` for block
+        ``ibl`` of a row, so give a row's imatrix reshaped to ``(-1, block_size)`` and tiled
+        over rows.
+        """
+        x = self._checked_blocks(blocks)
+        qw = None
+        if quant_weights is not None:
+            try:
+                qw = np.asarray(quant_weights, dtype=_F32)
+            except (TypeError, ValueError):
+                raise RefquantError("quant_weights must be a real array") from None
+            if qw.shape not in ((self.block_size,), (x.shape[0], self.block_size)):
+                raise RefquantError(
+                    f"quant_weights must have shape ({self.block_size},) or ({x.shape[0]}, "
+                    f"{self.block_size}) for {self.name}, got {qw.shape}"
+                )
+            if not np.all(np.isfinite(qw)) or np.any(qw < 0):
+                raise RefquantError("quant_weights must be finite and >= 0")
+
+        def fn(part, start):
+            w = qw if qw is None or qw.ndim == 1 else qw[start : start + part.shape[0]]
+            return self._quantize_iq4(part, w, _IQ4_NTRY)
+
+        return self._quantize_chunked(x, fn)
+
+    def _quantize(self, x):
+        return self._quantize_iq4(x, None, self._ref_ntry)
+
+
+# block_iq4_nl (18 bytes, 32 weights):
+#   byte  0      1      2 ............................ 17
+#        +------+------+-------------------------------+
+#        | d (fp16 LE) | qs[16]: low nibble = code of   |
+#        |             | x[j], high nibble = x[j+16]    |
+#        +------+------+-------------------------------+
+#   x[j] = d * kvalues_iq4nl[code]
+class IQ4_NL(_IQ4Format, name="iq4_nl"):
+    """IQ4_NL: 32 weights on the 16 non-uniform levels ``kvalues_iq4nl`` times an fp16 scale.
+
+    **Formula**: with :math:`m` the signed value of largest :math:`|x|` (first
+    one) and :math:`v_k` the levels, codes :math:`L_j = \\arg\\min_k |x_j/d_0 - v_k|`
+    for :math:`d_0 = -m/127` (ties and equal distances to the upper level, in
+    float32), then :math:`d = \\sum w q x / \\sum w q^2` with :math:`q = v_{L_j}`
+    and :math:`w = x^2`; :math:`\\hat x = d_{16}\\, v_L`. Sums run left to right
+    in float32; d is stored rounded to fp16 (nearest even); a block with
+    :math:`\\max|x| < 10^{-15}` gets d = 0.
+
+    :meth:`quantize_blocks` is ``quantize_row_iq4_nl_ref`` (``ntry = -1``: no
+    scale search, the codes of :math:`d_0` kept). :meth:`quantize_blocks_weighted`
+    is ``quantize_iq4_nl`` (what ``ggml_quantize_chunk`` calls, imatrix or not):
+    :math:`d_0 = +m/127`, then 15 more candidate scales
+    :math:`(t - 127)/m`, :math:`t = -7..7`, the best weighted fit kept only when
+    strictly better, and the codes recomputed from the final d; with an imatrix
+    :math:`w_j = qw_j \\sqrt{\\sigma^2 + x_j^2}`, :math:`\\sigma^2 = \\tfrac{2}{32}\\sum x^2`.
+
+    Departure: for a block with :math:`\\max|x| < 10^{-15}`,
+    ``quantize_row_iq4_nl_ref`` leaves the codes as whatever its ``L`` buffer
+    held (the previous block's codes, uninitialised for the first: undefined);
+    refquant writes code 8 (level 1, the one ``quantize_iq4_nl`` writes), so
+    such a block's bytes may differ there while d = 0 in both.
+
+    **Reference**: ``quantize_row_iq4_nl_impl``, ``quantize_row_iq4_nl_ref``,
+    ``quantize_iq4_nl``, ``dequantize_row_iq4_nl``, ``best_index_int8``
+    (ggml/src/ggml-quants.c); ``kvalues_iq4nl``, ``block_iq4_nl``
+    (ggml/src/ggml-common.h).
+    """
+
+    c_name = "iq4_nl"
+    _ref_ntry = -1  # quantize_row_iq4_nl_ref
+
+    def _quantize_iq4(self, x, qw, ntry):
+        w = _iq4_weights(x, qw)
+        d, L, small = _iq4_block_scales(x, w, ntry)
+        if ntry > 0:
+            idn = np.where(d != 0, _f(1) / d, _f(0)).astype(_F32)
+            L = _best_index_iq4(idn[:, None] * x)
+        L = np.where(small[:, None], 8, L)
+        return np.concatenate([_u16_bytes(_fp16_bits(d)), _iq4_pack(L)], axis=1)
+
+    def _dequantize(self, raw):
+        d = _fp16_to_f32(_bytes_u16(raw[:, 0:2]))
+        return d[:, None] * _IQ4_LEVELS[_iq4_unpack(raw[:, 2:18])]
+
+
+# block_iq4_xs (136 bytes, 256 weights = 8 sub-blocks of 32):
+#   | d fp16 | scales_h u16 | scales_l[4] | qs[128] |
+#   sub-block ib's 6-bit scale ls = (scales_l[ib/2] >> 4*(ib%2)) & 0xF | ((scales_h >> 2*ib) & 3) << 4
+#   x = d * (ls - 32) * kvalues_iq4nl[code]; qs as IQ4_NL per 32 weights
+class IQ4_XS(_IQ4Format, name="iq4_xs"):
+    """IQ4_XS: IQ4_NL's levels on sub-blocks of 32 with 6-bit scales under one fp16 scale per 256.
+
+    **Formula**: each sub-block's scale :math:`s_b` comes from IQ4_NL's weighted
+    search (``ntry = 7``, :math:`w = x^2` or the imatrix form); then
+    :math:`d = -s_{max}/32` (:math:`s_{max}` the signed scale of largest
+    magnitude, first one), :math:`l_b = \\mathrm{clamp}(\\mathrm{nearest\\_int}(s_b/d), -32, 31)`
+    (half to even), stored as :math:`l_b + 32`, and the codes recomputed against
+    :math:`d\\,l_b` in float32 (not the fp16 d);
+    :math:`\\hat x = d_{16} (l_b) v_L`. ``quantize_row_iq4_xs_ref`` is
+    ``quantize_iq4_xs`` without an imatrix, so :meth:`quantize_blocks` and
+    :meth:`quantize_blocks_weighted` agree when no weights are given.
+
+    **Reference**: ``quantize_row_iq4_nl_impl``, ``quantize_iq4_xs``,
+    ``quantize_row_iq4_xs_ref``, ``dequantize_row_iq4_xs`` (ggml/src/ggml-quants.c);
+    ``block_iq4_xs`` (ggml/src/ggml-common.h).
+    """
+
+    c_name = "iq4_xs"
+
+    def _quantize_iq4(self, x, qw, ntry):
+        n = x.shape[0]
+        w = _iq4_weights(x, qw).reshape(n * 8, 32)  # sigma2 over the whole 256
+        xs = x.reshape(n * 8, 32)
+        scales, _, _ = _iq4_block_scales(xs, w, ntry)
+        _, max_scale = _first_absmax(scales.reshape(n, 8))
+        d = -max_scale / _f(32)
+        idn = np.where(d != 0, _f(1) / d, _f(0)).astype(_F32)
+        lv = np.clip(_nearest_int(idn[:, None] * scales.reshape(n, 8)), -32, 31)
+        dl = (d[:, None] * lv.astype(_F32)).reshape(n * 8)
+        idl = np.where(dl != 0, _f(1) / dl, _f(0)).astype(_F32)
+        L = _best_index_iq4(idl[:, None] * xs).reshape(n, QK_K)
+        ls = (lv + 32).astype(np.int64)
+        scales_l = ((ls[:, 0::2] & 0xF) | ((ls[:, 1::2] & 0xF) << 4)).astype(np.uint8)
+        scales_h = np.bitwise_or.reduce((ls >> 4) << (2 * np.arange(8)), axis=1)
+        return np.concatenate(
+            [_u16_bytes(_fp16_bits(d)), _u16_bytes(scales_h.astype(np.uint16)), scales_l, _iq4_pack(L)],
+            axis=1,
+        )
+
+    def _dequantize(self, raw):
+        n = raw.shape[0]
+        d = _fp16_to_f32(_bytes_u16(raw[:, 0:2]))
+        sh = _bytes_u16(raw[:, 2:4]).astype(np.int64)
+        sl = raw[:, 4:8].astype(np.int64)
+        ib = np.arange(8)
+        ls = ((sl[:, ib // 2] >> (4 * (ib % 2))) & 0xF) | (((sh[:, None] >> (2 * ib)) & 3) << 4)
+        dl = d[:, None] * (ls - 32).astype(_F32)  # d * (ls - 32) first, then * level
+        q = _IQ4_LEVELS[_iq4_unpack(raw[:, 8:136])].reshape(n, 8, 32)
+        return (dl[:, :, None] * q).reshape(n, QK_K)
+
+
 _FORMATS = tuple(
     register(cls())
     for cls in (
@@ -1144,6 +1395,8 @@ _FORMATS = tuple(
         TQ1_0,
         TQ2_0,
         GGML_MXFP4,
+        IQ4_NL,
+        IQ4_XS,
     )
 )
 

@@ -18,10 +18,13 @@ class _GGMLType(enum.IntEnum):  # a stand-in for gguf.GGMLQuantizationType (an I
 
 
 def test_type_ids_are_those_of_enum_ggml_type():
-    # ggml/include/ggml.h: GGML_TYPE_Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, ..., TQ1_0 = 34, TQ2_0 = 35, MXFP4 = 39
+    # ggml/include/ggml.h: GGML_TYPE_Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, ..., IQ4_NL = 20, IQ4_XS = 23,
+    # TQ1_0 = 34, TQ2_0 = 35, MXFP4 = 39 (checked against the installed header in
+    # tests/peers/test_ggml_libggml.py)
     assert ggml.GGML_TYPES == {
         "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q8_1": 9, "Q2_K": 10, "Q3_K": 11,
         "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "Q8_K": 15, "TQ1_0": 34, "TQ2_0": 35, "MXFP4": 39,
+        "IQ4_NL": 20, "IQ4_XS": 23,
     }  # fmt: skip
 
 

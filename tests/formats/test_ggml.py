@@ -14,7 +14,12 @@ from hypothesis.extra import numpy as hnp
 
 from refquant import RefquantError
 from refquant.formats import get_format, list_formats
-from refquant.formats.ggml import GGML_BLOCK_TABLE, KVALUES_MXFP4, ggml_block_formats
+from refquant.formats.ggml import (
+    GGML_BLOCK_TABLE,
+    KVALUES_IQ4NL,
+    KVALUES_MXFP4,
+    ggml_block_formats,
+)
 
 FORMATS = ggml_block_formats()
 ONE = [0x00, 0x3C]  # fp16 1.0, little endian
@@ -40,6 +45,7 @@ def test_every_ggml_format_is_registered_as_a_block_format():
         ("q8_0", 32, 34, 8.5), ("q8_1", 32, 36, 9.0), ("q2_k", 256, 84, 2.625), ("q3_k", 256, 110, 3.4375),
         ("q4_k", 256, 144, 4.5), ("q5_k", 256, 176, 5.5), ("q6_k", 256, 210, 6.5625), ("q8_k", 256, 292, 9.125),
         ("tq1_0", 256, 54, 1.6875), ("tq2_0", 256, 66, 2.0625), ("ggml_mxfp4", 32, 17, 4.25),
+        ("iq4_nl", 32, 18, 4.5), ("iq4_xs", 256, 136, 4.25),
     ],
 )  # fmt: skip
 def test_block_and_type_sizes_match_ggml_common_h(name, block, size, bits):
@@ -360,3 +366,88 @@ def test_ggml_mxfp4_equals_ocp_mxfp4_except_where_ocp_rounds_a_tie_up_to_even():
     codes, scales = quantize_mx(t, "mxfp4")
     assert dequantize_mx(codes, scales, "mxfp4")[0, 1:4].tolist() == [2, 1, 4]
     assert fmt.dequantize_blocks(fmt.quantize_blocks(t))[0, 1:4].tolist() == [1.5, 0.5, 3]
+
+
+# ----------------------------------------------------------------------------- IQ4_NL / IQ4_XS
+def test_kvalues_iq4nl_are_ggml_common_h():
+    # ggml-common.h: GGML_TABLE_BEGIN(int8_t, kvalues_iq4nl, 16)
+    assert KVALUES_IQ4NL.tolist() == [
+        -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+    ]  # fmt: skip
+    assert KVALUES_IQ4NL.dtype == np.int8
+
+
+def test_iq4_nl_block_on_its_own_levels_is_stored_exactly():
+    # x[j] = 0.25 * kvalues[j % 16]: max = x[0] = -31.75, d0 = max / -127 = 0.25, so x/d0 is
+    # exactly level j % 16; then d = sum(w q x) / sum(w q^2) = 0.25 exactly (x = 0.25 q, and a
+    # power of two scales every rounded term alike). fp16 0.25 = 0x3400; byte j holds the codes
+    # of x[j] (low) and x[j+16] (high): j | j << 4
+    x = (np.float32(0.25) * KVALUES_IQ4NL[np.arange(32) % 16].astype(np.float32))[None, :]
+    fmt = FORMATS["iq4_nl"]
+    for raw in (fmt.quantize_blocks(x), fmt.quantize_blocks_weighted(x)):
+        assert raw[0].tolist() == [0x00, 0x34] + [j | j << 4 for j in range(16)]
+        np.testing.assert_array_equal(fmt.dequantize_blocks(raw), x)
+
+
+def test_iq4_nl_tie_between_two_levels_goes_to_the_upper_one():
+    # best_index_int8: x - val[mu-1] < val[mu] - x ? mu-1 : mu. With d0 = 1 (max = -127),
+    # -115.5 is the midpoint of -127 and -104, -4.5 of -10 and 1: both go up (codes 1 and 8);
+    # -115.51 goes down (code 0). The ref keeps these first-pass codes.
+    x = _block(32, i0=-127, i1=-115.5, i2=-4.5, i3=-115.51)
+    raw = FORMATS["iq4_nl"].quantize_blocks(x)
+    codes = [raw[0, 2 + j] & 0xF for j in range(4)]
+    assert codes == [0, 1, 8, 0]
+
+
+def test_iq4_xs_dequantizes_six_bit_scales_split_over_scales_l_and_scales_h():
+    # d = 1.0; sub-block 0: scales_l[0] low nibble 1, scales_h bits 0-1 = 2 -> ls = 1 | 2 << 4 = 33,
+    # dl = 1 * (33 - 32) = 1; sub-block 1: high nibble 0, bits 2-3 = 0 -> ls = 0, dl = -32;
+    # sub-block 7: scales_l[3] high nibble 0xF, scales_h bits 14-15 = 3 -> ls = 63, dl = 31.
+    # Codes: 0x10 in every qs byte -> low nibble 0 (-127) for x[j], high 1 (-104) for x[j+16]
+    raw = np.zeros((1, 136), np.uint8)
+    raw[0, 0:2] = ONE
+    raw[0, 2:4] = np.array([2 | 3 << 14], "<u2").view(np.uint8)
+    raw[0, 4] = 0x01
+    raw[0, 7] = 0xF0
+    raw[0, 8:] = 0x10
+    y = FORMATS["iq4_xs"].dequantize_blocks(raw)[0].reshape(8, 32)
+    assert y[0, :16].tolist() == [-127] * 16 and y[0, 16:].tolist() == [-104] * 16
+    assert y[1, :16].tolist() == [-32 * -127] * 16 and y[1, 16:].tolist() == [-32 * -104] * 16
+    assert y[7, 0] == 31 * -127 and y[7, 31] == 31 * -104
+
+
+def test_iq4_xs_super_block_of_zeros_stores_a_negative_zero_scale():
+    # max_scale = 0 -> d = -0/32 = -0.0 (fp16 0x8000), every 6-bit scale 0 + 32 = 32 (low nibbles
+    # 0, high bits 2 = 0b10 in each of the 8 pairs of scales_h), and codes of 0 (level 1 = code 8)
+    raw = FORMATS["iq4_xs"].quantize_blocks(np.zeros((1, 256), np.float32))[0]
+    assert raw[:2].tolist() == [0x00, 0x80]
+    assert raw[2:4].view("<u2")[0] == 0xAAAA and raw[4:8].tolist() == [0] * 4
+    assert raw[8:].tolist() == [0x88] * 128
+
+
+def test_iq4_imatrix_changes_the_weighting_and_is_validated():
+    fmt = FORMATS["iq4_xs"]
+    x = np.random.default_rng(6).standard_normal((2, 256)).astype(np.float32)
+    w = np.ones(256, np.float32)
+    w[:128] = 100.0
+    plain, weighted = fmt.quantize_blocks_weighted(x), fmt.quantize_blocks_weighted(x, w)
+    assert np.array_equal(plain, fmt.quantize_blocks(x)) and not np.array_equal(plain, weighted)
+    assert np.array_equal(weighted, fmt.quantize_blocks_weighted(x, np.tile(w, (2, 1))))
+    with pytest.raises(RefquantError, match=r"quant_weights must have shape \(256,\) or \(2, 256\)"):
+        fmt.quantize_blocks_weighted(x, np.ones(32))
+    with pytest.raises(RefquantError, match="finite and >= 0"):
+        fmt.quantize_blocks_weighted(x, -w)
+
+
+@pytest.mark.parametrize("name", ["iq4_nl", "iq4_xs"])
+def test_iq4_weighted_quantize_in_chunks_slices_the_weights(name, monkeypatch):
+    import refquant.formats.ggml as ggml_module
+
+    fmt = FORMATS[name]
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((10, fmt.block_size)).astype(np.float32)
+    w = rng.uniform(0, 2, x.shape).astype(np.float32)
+    whole = fmt.quantize_blocks_weighted(x, w)
+    monkeypatch.setattr(ggml_module, "_CHUNK", 3)
+    assert np.array_equal(fmt.quantize_blocks_weighted(x, w), whole)
+    assert np.array_equal(whole[7:8], fmt.quantize_blocks_weighted(x[7:8], w[7]))

@@ -1,7 +1,7 @@
 """refquant.compat.ggml against gguf-py (``gguf.quants``), bit for bit.
 
 gguf-py quantizes Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, TQ1_0, TQ2_0 and MXFP4 and
-dequantizes those plus every K-quant (not Q8_K). The one difference found is
+dequantizes those plus every K-quant (not Q8_K), IQ4_NL and IQ4_XS. The one difference found is
 pinned in :func:`test_gguf_quirk_all_negative_zero_block_gets_positive_zero_scale`, and
 gguf-py's sign of a zero minimum (Q4_1 / Q5_1) in
 :func:`test_gguf_quirk_mixed_sign_zero_min_differs_in_its_sign_only`.
@@ -21,7 +21,7 @@ from hypothesis.extra import numpy as hnp
 from refquant.compat import ggml
 
 GGUF_QUANTIZES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "TQ1_0", "TQ2_0", "MXFP4"]
-GGUF_DEQUANTIZES = GGUF_QUANTIZES + ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+GGUF_DEQUANTIZES = GGUF_QUANTIZES + ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_dequantize_matches_gguf_on_any_bytes(gguf, qtype, data):
     )
 
 
-@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q2_K"])
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q2_K", "IQ4_NL", "IQ4_XS"])
 def test_refquant_k_quant_bytes_dequantize_the_same_in_gguf(gguf, qtype):
     x = np.random.default_rng(3).standard_normal((4, 512)).astype(np.float32)
     raw = ggml.quantize(x, qtype)
