@@ -555,7 +555,7 @@ def _quantize_float(x, s, zp, ax, bs, out, saturate, p, reference_quirks):
         zf = zp.astype(np.float32)
         zb = zf.reshape(()) if ax is None else broadcast_param(zf, x.shape, ax, bs,
                                                                 "y_zero_point")
-        v = v.astype(np.float32) + zb
+        v = (v if v.dtype == np.float64 else v.astype(np.float32)) + zb  # exact: z is ±0
     # float4e2m1 and the float6 types have no Inf/NaN encoding: saturate has no effect
     # (QuantizeLinear-28's text). A float64 quotient (reference_quirks with an int32 x) is
     # cast the way the installed ml_dtypes casts float64: through float32 before 0.7, once

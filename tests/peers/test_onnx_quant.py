@@ -1079,7 +1079,7 @@ _ALL_FLOAT_OUTPUTS = {**FLOAT8_TYPES, "float4e2m1": 23, "float6e2m3": 27, "float
 @SETTINGS
 @given(name=st.sampled_from(sorted(_ALL_FLOAT_OUTPUTS)), saturate=st.sampled_from([0, 1]),
        e=st.integers(-4, 30), sdt=st.sampled_from([np.float32, np.float16]),
-       opset=st.sampled_from([23, 25, 28]),
+       opset=st.sampled_from([23, 25, 28]), with_zp=st.booleans(),
        x=st.lists(st.one_of(
            st.integers(-(2**31), 2**31 - 1), st.integers(-300, 300),
            # a tie of a short significand, (2k + 1) * 2^j, moved by one unit that float32 drops
@@ -1087,12 +1087,12 @@ _ALL_FLOAT_OUTPUTS = {**FLOAT8_TYPES, "float4e2m1": 23, "float6e2m3": 27, "float
            st.builds(lambda k, j, d: ((2 * k + 1) << j) + d, st.integers(0, 15),
                      st.integers(24, 26), st.sampled_from([-1, 1]))),
            min_size=1, max_size=12))
-@example(name="float8e4m3fn", saturate=1, e=24, sdt=np.float32, opset=23,
+@example(name="float8e4m3fn", saturate=1, e=24, sdt=np.float32, opset=23, with_zp=False,
          x=[(17 << 24) + 1, (17 << 24) - 1, (17 << 25) + 1])  # 17 +- 2^-24: off the tie 17
-@example(name="float4e2m1", saturate=1, e=25, sdt=np.float32, opset=23,
+@example(name="float4e2m1", saturate=1, e=25, sdt=np.float32, opset=23, with_zp=True,
          x=[(5 << 24) + 1, (5 << 24) - 1])  # 2.5 +- 2^-25: off float4e2m1's tie 2.5
 def test_int32_input_to_float_outputs_matches_onnx_reference_on_its_float64_quotient(
-        name, saturate, e, sdt, opset, x):
+        name, saturate, e, sdt, opset, with_zp, x):
     # int32 x / a float32 or float16 y_scale is a float64 quotient in onnx.reference, cast by
     # ml_dtypes (through float32 before 0.7, once from 0.7.0): reference_quirks follows the
     # installed ml_dtypes. Scales 2^e put quotients near every tie of the float grids.
@@ -1103,8 +1103,9 @@ def test_int32_input_to_float_outputs_matches_onnx_reference_on_its_float64_quot
         opset = 28
     xa = np.array(x, np.int32)
     s = np.array(np.ldexp(1.0, min(e, 15) if sdt == np.float16 else e), sdt)  # finite
-    want = QuantizeLinear_25.eval(xa, s, output_dtype=enum, saturate=saturate)
-    got = ronnx.quantize_linear(xa, s, output_dtype=enum, saturate=saturate, opset=opset,
+    z = np.zeros((), ronnx._NUMPY[name]) if with_zp else None  # float4 / float6 add it
+    want = QuantizeLinear_25.eval(xa, s, z, output_dtype=enum, saturate=saturate)
+    got = ronnx.quantize_linear(xa, s, z, output_dtype=enum, saturate=saturate, opset=opset,
                                 reference_quirks=True)
     assert got.dtype == want.dtype
     _assert_same_bits(got.astype(np.float32), want.astype(np.float32), "compat vs onnx.reference")
