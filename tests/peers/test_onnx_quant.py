@@ -1109,3 +1109,44 @@ def test_int32_input_to_float_outputs_matches_onnx_reference_on_its_float64_quot
                                 reference_quirks=True)
     assert got.dtype == want.dtype
     _assert_same_bits(got.astype(np.float32), want.astype(np.float32), "compat vs onnx.reference")
+
+
+@SETTINGS
+@given(case=quant_cases(), opset=st.sampled_from([26, 27]))
+def test_opsets_26_and_27_run_version_25_like_both_peers(case, opset):
+    # a model at opset 26 or 27 runs QuantizeLinear-25 / DequantizeLinear-25 (onnxruntime 1.32
+    # runs them; it has no -28 kernels, pinned below)
+    x, scale, zp, axis, block_size, name = case
+    enum, npdt, _ = INT_TYPES[name]
+    attr_axis = _axis_attr(axis, block_size, scale)
+    feeds = {"x": x, "s": scale, "z32": zp.astype(np.int32)}
+    sess, ref = _runner(("ql", enum, attr_axis, block_size, opset, 1, True))
+    (ref_y,) = ref.run(None, feeds)
+    zq = zp.astype(npdt)
+    got = ronnx.quantize_linear(x, scale, zq, axis=axis, block_size=block_size, opset=opset)
+    if X86:
+        quirks = ronnx.quantize_linear(x, scale, zq, axis=axis, block_size=block_size,
+                                       opset=opset, reference_quirks=True)
+        np.testing.assert_array_equal(quirks.astype(np.int64), ref_y)
+    dfeeds = {"x32": got.astype(np.int32), "s": scale, "z32": zp.astype(np.int32)}
+    dsess, dref = _runner(("dql", enum, attr_axis, block_size, opset))
+    back = ronnx.dequantize_linear(got, scale, zq, axis=axis, block_size=block_size, opset=opset)
+    _assert_same_bits(back, dref.run(None, dfeeds)[0], "dequantize vs onnx.reference")
+    if _ort_refuses(scale, block_size):  # onnxruntime's one-element blocked scale refusal
+        with pytest.raises(Exception, match="block_size must be 0"):
+            sess.run(None, feeds)
+    else:
+        (ort_y,) = sess.run(None, feeds)
+        np.testing.assert_array_equal(got.astype(np.int64), ort_y,
+                                      err_msg="compat vs onnxruntime")
+        _assert_same_bits(back, dsess.run(None, dfeeds)[0], "dequantize vs onnxruntime")
+
+
+def test_onnxruntime_has_no_version_28_kernels():
+    from onnx import helper
+
+    for op, inputs, out in (("QuantizeLinear", [("x", 1), ("s", 1), ("z", 3)], 3),
+                            ("DequantizeLinear", [("x", 3), ("s", 1), ("z", 3)], 1)):
+        _ort_session([helper.make_node(op, ["x", "s", "z"], ["y"])], inputs, [("y", out)], 27)
+        with pytest.raises(Exception, match=rf"Could not find an implementation for {op}\(28\)"):
+            _ort_session([helper.make_node(op, ["x", "s", "z"], ["y"])], inputs, [("y", out)], 28)
