@@ -1,7 +1,7 @@
 """compat: each peer's semantics by the peer's own names, one module per peer.
 
 - :mod:`refquant.compat.onnx`: QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear,
-  MatMulInteger, QLinearMatMul as ``quantize_linear`` ... (the spec through opset 25;
+  MatMulInteger, QLinearMatMul as ``quantize_linear`` ... (the spec at ai.onnx opsets 10-28;
   ``reference_quirks=True`` for onnx.reference's departures).
 - :mod:`refquant.compat.tflite`: TFLite / gemmlowp integer-only arithmetic:
   ``quantize_multiplier``, ``multiply_by_quantized_multiplier`` (double or single

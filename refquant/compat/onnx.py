@@ -39,6 +39,7 @@ docstring with its cause.
 
 from __future__ import annotations
 
+import functools
 import operator
 
 import ml_dtypes
@@ -193,7 +194,7 @@ def _check_float_types(opset, x_type, scale_type, xname, sname):
         )
 
 
-def _scale_values(scale, argname):
+def _scale_values(scale):
     """(scale, ONNX type name): a float8e8m0 scale becomes its float32 values, which are exact.
 
     Every float8e8m0 value (2^-127 .. 2^127) is a float32 (2^-127 a subnormal one); its
@@ -439,7 +440,12 @@ def quantize_linear(
       ml_dtypes, so the result follows its version as onnx.reference's does.
     * ``x = x / y_scale`` (line 86) runs in the type NumPy's division gives x and y_scale,
       not in y_scale's type: float64 for an int32 x, float32 for float32 x with a float16
-      y_scale and for float16 with bfloat16 (either way round).
+      y_scale and for float16 with bfloat16 (either way round). A float64 quotient is then
+      cast to a float8 / float6 / float4 output by ml_dtypes, whose float64 cast depends on
+      its version: through float32 before 0.7 (two roundings), once from 0.7.0 on
+      (int32 ``x = 2**26 + 2**22 + 1``, ``y_scale = 2**26``, float8e4m3fn: the quotient
+      1 + 2^-4 + 2^-26 gives 1.0 (0x38) with ml_dtypes 0.6 and 1.125 (0x39) with 0.7).
+      refquant probes the installed ml_dtypes and casts the same way.
       A float8e8m0 scale divides in NumPy's promotion too: float32 for float32 and
       float16 ``x``, bfloat16 for bfloat16 ``x``, float64 for int32 ``x``.
     * For float8 outputs the zero point is ignored; refquant rejects a non-zero one.
@@ -470,7 +476,7 @@ def quantize_linear(
     x = np.asarray(x)
     zp = None if y_zero_point is None else np.asarray(y_zero_point)
     out = _output_type(zp, output_dtype)
-    scale_vals, e8m0 = _scale_values(y_scale, "y_scale")
+    scale_vals, e8m0 = _scale_values(y_scale)
     version = _check_opset(
         opset,
         {"axis": axis != 1, "saturate": saturate != 1, "block_size": bool(block_size),
@@ -549,13 +555,31 @@ def _quantize_float(x, s, zp, ax, bs, out, saturate, p, reference_quirks):
         zf = zp.astype(np.float32)
         zb = zf.reshape(()) if ax is None else broadcast_param(zf, x.shape, ax, bs,
                                                                 "y_zero_point")
-        v = v.astype(np.float32) + zb
+        v = (v if v.dtype == np.float64 else v.astype(np.float32)) + zb  # exact: z is ±0
     # float4e2m1 and the float6 types have no Inf/NaN encoding: saturate has no effect
-    # (QuantizeLinear-28's text).
-    codes = floats.encode(v.astype(np.float32), _FLOAT_FORMATS[out],
+    # (QuantizeLinear-28's text). A float64 quotient (reference_quirks with an int32 x) is
+    # cast the way the installed ml_dtypes casts float64: through float32 before 0.7, once
+    # from float64 from 0.7.0 on.
+    if v.dtype != np.float64 or _ml_dtypes_rounds_float64_through_float32(out):
+        v = v.astype(np.float32)
+    codes = floats.encode(v, _FLOAT_FORMATS[out],
                           saturate=bool(saturate) or out in _NO_INF_FORMATS,
                           rounding="half_even", nan="ml_dtypes" if reference_quirks else "raise")
     return np.asarray(codes, dtype=np.uint8).view(_NUMPY[out])
+
+
+@functools.cache
+def _ml_dtypes_rounds_float64_through_float32(out: str) -> bool:
+    """Whether the installed ml_dtypes casts float64 to ``out`` through float32 (two roundings).
+
+    ml_dtypes before 0.7 did (float64 1 + 2^-4 + 2^-40 -> float8e4m3fn 1.0, code 0x38: the
+    float32 value is the tie 1 + 2^-4, broken to even); 0.7.0 rounds once (1.125, 0x39).
+    Probed on the installed version with 1 + 2^-(m+1) + 2^-40, m the format's mantissa bits.
+    """
+    dt = _NUMPY[out]
+    m = ml_dtypes.finfo(dt).nmant
+    probe = np.array([1 + 2.0 ** -(m + 1) + 2.0**-40], np.float64)
+    return float(probe.astype(dt).astype(np.float64)[0]) == 1.0
 
 
 def _reference_int32_wrap(x, s, z, ax, bs, p, fmt, q):
@@ -652,7 +676,7 @@ def dequantize_linear(x, x_scale, x_zero_point=None, axis=1, block_size=0, outpu
     xt = _type_name(x.dtype, "x")
     if xt not in _INTEGER_OUTPUTS and xt not in _FLOAT_FORMATS and xt != "int32":
         raise RefquantError(f"x has type {xt}; DequantizeLinear takes quantized types")
-    scale_vals, e8m0 = _scale_values(x_scale, "x_scale")
+    scale_vals, e8m0 = _scale_values(x_scale)
     s = check_scale(scale_vals, "x_scale")
     st = e8m0 or _type_name(s.dtype, "x_scale")
     if e8m0 and not output_dtype:

@@ -96,6 +96,19 @@ def test_reference_quirk_bfloat16_out_of_range_follows_the_installed_ml_dtypes()
     assert got.tolist() == [127, -128, 127, -128, 9]
 
 
+def test_reference_quirk_float64_quotient_to_float8_follows_the_installed_ml_dtypes():
+    # int32 x / float32 y_scale is float64 in onnx.reference; ml_dtypes casts that to float8
+    # through float32 before 0.7 (1 + 2^-4 + 2^-26 -> the float32 tie 1 + 2^-4 -> even, 1.0,
+    # code 0x38) and once from 0.7.0 on (above the tie: 1.125, code 0x39)
+    x, s = np.int32([2**26 + 2**22 + 1]), F32(2.0**26)
+    want = 0x38 if _ml_dtypes_version() < (0, 7) else 0x39
+    got = ronnx.quantize_linear(x, s, output_dtype="float8e4m3fn", reference_quirks=True)
+    assert got.view(np.uint8).tolist() == [want]
+    # the spec divides in y_scale's type, float32: the tie, whatever ml_dtypes does
+    assert ronnx.quantize_linear(x, s, output_dtype="float8e4m3fn").view(np.uint8).tolist() == [
+        0x38]
+
+
 def test_precision_attribute_divides_in_float16():
     # 2049 / 1 = 2049 in float32, but float16 holds 2048 and 2050 only: the tie goes to 2048.
     x = F32([2049.0])

@@ -7,8 +7,8 @@ quantizelinear.py``, ``dequantizelinear.py``, ``dynamicquantizelinear.py``,
 its ``export_*`` functions, each of which calls ``expect(node, inputs, outputs, name)``
 and appends a TestCase (a one-node model at the operator's newest opset, 28 for
 QuantizeLinear / DequantizeLinear in onnx 1.23, and its inputs and expected outputs)
-to ``onnx.backend.test.case.node._NodeTestCases``: the same model and arrays the
-``.pb`` files hold. Each case runs refquant's function of the node's operator with the
+to ``onnx.backend.test.case.node._NodeTestCases``: the model and arrays from which
+onnx's ``backend-test-tools generate-data`` writes the ``.pb`` files. Each case runs refquant's function of the node's operator with the
 node's attributes and the model's opset, and must equal every expected output bit
 for bit (dtype, shape and bytes, so the sign of a zero counts). Function-expanded
 cases (``*_expanded``: DynamicQuantizeLinear as a graph of primitive nodes) run the

@@ -859,3 +859,294 @@ def test_matmul_integer_per_column_b_zero_point_with_a_batched_b_is_refused_by_o
     want = np.matmul(a.astype(np.int64) - 3, b.astype(np.int64) - zb.astype(np.int64))
     np.testing.assert_array_equal(ref.run(None, feeds)[0], want)
     np.testing.assert_array_equal(ronnx.matmul_integer(a, b, za, zb), want)
+
+
+# ---------------------------------------------------------------- opsets 24-28: float6, float8e8m0
+
+FLOAT6_TYPES = {"float6e2m3": (27, ml_dtypes.float6_e2m3fn), "float6e3m2": (28, ml_dtypes.float6_e3m2fn)}
+_E8M0 = ml_dtypes.float8_e8m0fnu
+
+
+def _grid(dt):
+    """Every value of a float6 type (both signs; all finite), from its 64 codes."""
+    return np.arange(64, dtype=np.uint8).view(dt).astype(np.float32)
+
+
+@st.composite
+def _float6_quotients(draw, name, n):
+    """n target quotients x / s: grid points, exact ties between neighbours, near-ties,
+    zeros of both signs, beyond the largest value, ±Inf (and NaN, drawn by the test)."""
+    g = np.unique(_grid(FLOAT6_TYPES[name][1]))
+    mids = (g[1:] + g[:-1]) / 2
+    pool = np.concatenate([g, mids, mids * np.float32(1 + 2**-10), mids * np.float32(1 - 2**-10),
+                           [0.0, 1e3, -1e3, np.inf, -np.inf, 1e-3, -1e-3], [-0.0] * 16])
+    idx = draw(st.lists(st.integers(0, pool.size - 1), min_size=n, max_size=n))
+    return pool[idx].astype(np.float32)
+
+
+@SETTINGS
+@given(case=quant_cases(types=("uint8",), extremes=False), name=st.sampled_from(sorted(FLOAT6_TYPES)),
+       zp=st.sampled_from([None, 0.0, -0.0]), nan=st.booleans(), saturate=st.sampled_from([0, 1]),
+       data=st.data())
+def test_quantize_linear_float6_matches_onnx_reference(case, name, zp, nan, saturate, data):
+    # opset 28's float6 outputs; onnxruntime 1.32 has no float6 type (pinned below). Scales
+    # are powers of two and short mantissas, so x = q * s gives exact grid ties.
+    from onnx.reference.ops.op_quantize_linear import QuantizeLinear_25
+
+    x0, scale, _, axis, block_size, _ = case
+    enum, dt = FLOAT6_TYPES[name]
+    q = data.draw(_float6_quotients(name, x0.size)).reshape(x0.shape)
+    x = (q.astype(np.float64) * _full(scale, x0.shape, axis, block_size)).astype(np.float32)
+    if nan:
+        x.reshape(-1)[0] = np.nan
+    z = None if zp is None else np.full(scale.shape, zp, np.float32).astype(dt)
+    attrs = {"axis": axis, "block_size": block_size, "output_dtype": enum, "saturate": saturate}
+    want = QuantizeLinear_25.eval(x, scale, z, **attrs)
+    got = ronnx.quantize_linear(x, scale, z, opset=28, reference_quirks=True, **attrs)
+    assert got.dtype == want.dtype == np.dtype(dt)
+    np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+    if not nan:  # the spec's default leaves NaN undefined and refuses it; otherwise the same
+        spec = ronnx.quantize_linear(x, scale, z, opset=28, **attrs)
+        np.testing.assert_array_equal(spec.view(np.uint8), want.view(np.uint8))
+    else:
+        with pytest.raises(refquant.RefquantError):
+            ronnx.quantize_linear(x, scale, z, opset=28, **attrs)
+
+
+@SETTINGS
+@given(case=quant_cases(types=("uint8",), extremes=False), name=st.sampled_from(sorted(FLOAT6_TYPES)),
+       out=st.sampled_from([0, 1, 10, 16]), data=st.data())
+def test_dequantize_linear_float6_matches_onnx_reference(case, name, out, data):
+    from onnx.reference.ops.op_dequantize_linear import DequantizeLinear_25
+
+    _, scale, _, axis, block_size, _ = case
+    shape = case[0].shape
+    dt = FLOAT6_TYPES[name][1]
+    n = int(np.prod(shape))
+    codes = np.array(data.draw(st.lists(st.integers(0, 63), min_size=n, max_size=n)),
+                     np.uint8).reshape(shape).view(dt)
+    z = np.zeros(scale.shape, np.float32).astype(dt)
+    attrs = {"axis": axis, "block_size": block_size}
+    if out:
+        attrs["output_dtype"] = out
+    want = DequantizeLinear_25.eval(codes, scale, z, **attrs)
+    # the peer rounds the float32 product again to a float16 / bfloat16 output
+    got = ronnx.dequantize_linear(codes, scale, z, opset=28, reference_quirks=out not in (0, 1),
+                                  **attrs)
+    assert got.dtype == want.dtype
+    _assert_same_bits(got.astype(np.float32), want.astype(np.float32), "compat vs onnx.reference")
+    if out in (0, 1):
+        # float32 output: value times scale is exact in float64 and rounded once either way
+        _assert_same_bits(ronnx.dequantize_linear(codes, scale, z, opset=28, **attrs), want,
+                          "spec vs onnx.reference")
+
+
+_E8M0_EXPONENTS = [-127, -126, -100, -20, -10, -4, -3, -2, -1, 0, 1, 2, 3, 5, 10, 20, 100, 126, 127]
+
+
+@SETTINGS
+@given(case=quant_cases(types=("uint8", "int8", "int4", "int16")),
+       xt=st.sampled_from(["float", "float16", "bfloat16"]),
+       prec=st.sampled_from([0, 1, 10, 16]), opset=st.sampled_from([24, 25, 26, 27, 28]),
+       data=st.data())
+def test_quantize_linear_float8e8m0_scale_matches_onnx_reference(case, xt, prec, opset, data):
+    # opset 24's float8e8m0 scales, fed to the evaluator as ml_dtypes arrays (its Cast to
+    # float8e8m0 fails in onnx 1.23; onnxruntime 1.32 has no kernel: pinned below)
+    from onnx.reference.ops.op_quantize_linear import QuantizeLinear_25
+
+    x, scale, zp, axis, block_size, name = case
+    e = np.array(data.draw(st.lists(st.sampled_from(_E8M0_EXPONENTS), min_size=scale.size,
+                                    max_size=scale.size)), np.float64).reshape(scale.shape)
+    s8 = np.ldexp(1.0, e.astype(np.int64)).astype(np.float32).astype(_E8M0)
+    assert (s8.astype(np.float64) == np.ldexp(1.0, e.astype(np.int64))).all()
+    # x drawn against the float32 scales: rescale to the e8m0 ones (ties stay ties)
+    ratio = _full(s8.astype(np.float32), x.shape, axis, block_size) / _full(scale, x.shape, axis,
+                                                                              block_size)
+    with np.errstate(over="ignore", invalid="ignore"):
+        xa = (x.astype(np.float64) * ratio).astype(np.float32).astype(_NP_FLOAT[xt])
+    zq = zp.astype(INT_TYPES[name][1])
+    attrs = {"axis": axis, "block_size": block_size}
+    if prec:
+        attrs["precision"] = prec
+    with np.errstate(all="ignore"):
+        want = QuantizeLinear_25.eval(xa, s8, zq, **attrs).astype(np.int64)
+        # the evaluator's own quotient (x may overflow float16 when precision is float16)
+        sb = _full(s8.astype(np.float32), x.shape, axis, block_size)
+        if prec:
+            pdt = _NP_FLOAT[{1: "float", 10: "float16", 16: "bfloat16"}[prec]]
+            q = xa.astype(pdt) / sb.astype(pdt)
+        else:
+            q = xa / sb.astype(np.float32).astype(_E8M0)
+        q = np.abs(q.astype(np.float64))
+    got = ronnx.quantize_linear(xa, s8, zq, opset=opset, reference_quirks=True, **attrs)
+    inside = q < 2.0**30
+    np.testing.assert_array_equal(got.astype(np.int64)[inside], want[inside])
+    if X86:
+        np.testing.assert_array_equal(got.astype(np.int64), want)
+    spec = ronnx.quantize_linear(xa, s8, zq, opset=opset, **attrs).astype(np.int64)
+    if prec or xt != "bfloat16":
+        # the same precision as the evaluator's (float32 for float32 / float16 x, or the
+        # attribute): the spec's saturation differs from it only outside int32
+        np.testing.assert_array_equal(spec[inside], want[inside])
+
+
+@SETTINGS
+@given(case=quant_cases(types=("uint8", "int8", "int4", "uint16"), extremes=False),
+       out=st.sampled_from([1, 10, 16]), data=st.data())
+def test_dequantize_linear_float8e8m0_scale_matches_onnx_reference(case, out, data):
+    from onnx.reference.ops.op_dequantize_linear import DequantizeLinear_25
+
+    _, scale, zp, axis, block_size, name = case
+    shape = case[0].shape
+    fmt = int_format(name)
+    n = int(np.prod(shape))
+    codes = np.array(data.draw(st.lists(st.integers(fmt.qmin, fmt.qmax), min_size=n, max_size=n)),
+                     np.int64).reshape(shape)
+    e = np.array(data.draw(st.lists(st.sampled_from(_E8M0_EXPONENTS), min_size=scale.size,
+                                    max_size=scale.size)), np.int64).reshape(scale.shape)
+    s8 = np.ldexp(1.0, e).astype(np.float32).astype(_E8M0)
+    npdt = INT_TYPES[name][1]
+    attrs = {"axis": axis, "block_size": block_size, "output_dtype": out}
+    with np.errstate(over="ignore"):
+        want = DequantizeLinear_25.eval(codes.astype(npdt), s8, zp.astype(npdt), **attrs)
+    # (x - z) * 2^e is exact in float32 (or beyond its range): one rounding, no quirk needed
+    got = ronnx.dequantize_linear(codes.astype(npdt), s8, zp.astype(npdt), opset=28, **attrs)
+    assert got.dtype == want.dtype
+    _assert_same_bits(got.astype(np.float32), want.astype(np.float32), "compat vs onnx.reference")
+
+
+def _ort_session(nodes, inputs, outputs, opset):
+    onnx, ort = _peers()
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, t, None)
+                                           for n, t in inputs],
+                              [helper.make_tensor_value_info(n, t, None) for n, t in outputs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 11
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    return ort.InferenceSession(model.SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+
+
+def test_onnxruntime_has_no_float6_outputs_nor_float8e8m0_scales():
+    # what the float6 / float8e8m0 tests above can compare with onnx.reference only
+    from onnx import helper
+
+    for enum in (27, 28):
+        with pytest.raises(Exception, match="is not currently registered or supported"):
+            _ort_session([helper.make_node("QuantizeLinear", ["x", "s"], ["y"],
+                                           output_dtype=enum)],
+                         [("x", 1), ("s", 1)], [("y", enum)], 28)
+    for op, inputs, out in (("QuantizeLinear", [("x", 1), ("s", 24), ("z", 3)], 3),
+                            ("DequantizeLinear", [("x", 3), ("s", 24), ("z", 3)], 1)):
+        attrs = {"output_dtype": 1} if op == "DequantizeLinear" else {}
+        for opset in (24, 25, 28):
+            with pytest.raises(Exception, match="Could not find an implementation"):
+                _ort_session([helper.make_node(op, ["x", "s", "z"], ["y"], **attrs)], inputs,
+                             [("y", out)], opset)
+
+
+@SETTINGS
+@given(case=quant_cases(), sshape=st.sampled_from([(), (1,)]), zshape=st.sampled_from([(), (1,)]))
+def test_one_element_scale_and_zero_point_of_any_rank_match_both_peers(case, sshape, zshape):
+    # ONNX's backend node tests pass zero points of shape (1,) with scalar scales; both peers
+    # take a scalar or a one-element 1-D tensor for each, in any combination
+    x, scale, zp, _, _, name = case
+    enum, npdt, opset = INT_TYPES[name]
+    s = scale.reshape(-1)[:1].reshape(sshape)
+    z = zp.reshape(-1)[:1].reshape(zshape)
+    feeds = {"x": x, "s": s, "z32": z.astype(np.int32)}
+    (ort_y,), (ref_y,) = _run(("ql", enum, 1, 0, opset, 1, True), feeds)
+    got = ronnx.quantize_linear(x, s, z.astype(npdt), opset=opset)
+    assert got.shape == ort_y.shape == ref_y.shape == x.shape
+    np.testing.assert_array_equal(got.astype(np.int64), ort_y)
+    if X86:
+        quirks = ronnx.quantize_linear(x, s, z.astype(npdt), opset=opset, reference_quirks=True)
+        np.testing.assert_array_equal(quirks.astype(np.int64), ref_y)
+    codes = got
+    (ort_d,), (ref_d,) = _run(("dql", enum, 1, 0, opset),
+                              {"x32": codes.astype(np.int32), "s": s, "z32": z.astype(np.int32)})
+    back = ronnx.dequantize_linear(codes, s, z.astype(npdt), opset=opset)
+    _assert_same_bits(back, ort_d, "dequantize vs onnxruntime")
+    _assert_same_bits(back, ref_d, "dequantize vs onnx.reference")
+
+
+_ALL_FLOAT_OUTPUTS = {**FLOAT8_TYPES, "float4e2m1": 23, "float6e2m3": 27, "float6e3m2": 28}
+
+
+@SETTINGS
+@given(name=st.sampled_from(sorted(_ALL_FLOAT_OUTPUTS)), saturate=st.sampled_from([0, 1]),
+       e=st.integers(-4, 30), sdt=st.sampled_from([np.float32, np.float16]),
+       opset=st.sampled_from([23, 25, 28]), with_zp=st.booleans(),
+       x=st.lists(st.one_of(
+           st.integers(-(2**31), 2**31 - 1), st.integers(-300, 300),
+           # a tie of a short significand, (2k + 1) * 2^j, moved by one unit that float32 drops
+           # (j >= 24): the float64 quotient is just off the tie, its float32 rounding on it
+           st.builds(lambda k, j, d: ((2 * k + 1) << j) + d, st.integers(0, 15),
+                     st.integers(24, 26), st.sampled_from([-1, 1]))),
+           min_size=1, max_size=12))
+@example(name="float8e4m3fn", saturate=1, e=24, sdt=np.float32, opset=23, with_zp=False,
+         x=[(17 << 24) + 1, (17 << 24) - 1, (17 << 25) + 1])  # 17 +- 2^-24: off the tie 17
+@example(name="float4e2m1", saturate=1, e=25, sdt=np.float32, opset=23, with_zp=True,
+         x=[(5 << 24) + 1, (5 << 24) - 1])  # 2.5 +- 2^-25: off float4e2m1's tie 2.5
+def test_int32_input_to_float_outputs_matches_onnx_reference_on_its_float64_quotient(
+        name, saturate, e, sdt, opset, with_zp, x):
+    # int32 x / a float32 or float16 y_scale is a float64 quotient in onnx.reference, cast by
+    # ml_dtypes (through float32 before 0.7, once from 0.7.0): reference_quirks follows the
+    # installed ml_dtypes. Scales 2^e put quotients near every tie of the float grids.
+    from onnx.reference.ops.op_quantize_linear import QuantizeLinear_25
+
+    enum = _ALL_FLOAT_OUTPUTS[name]
+    if name.startswith("float6") and opset < 28:
+        opset = 28
+    xa = np.array(x, np.int32)
+    s = np.array(np.ldexp(1.0, min(e, 15) if sdt == np.float16 else e), sdt)  # finite
+    z = np.zeros((), ronnx._NUMPY[name]) if with_zp else None  # float4 / float6 add it
+    want = QuantizeLinear_25.eval(xa, s, z, output_dtype=enum, saturate=saturate)
+    got = ronnx.quantize_linear(xa, s, z, output_dtype=enum, saturate=saturate, opset=opset,
+                                reference_quirks=True)
+    assert got.dtype == want.dtype
+    _assert_same_bits(got.astype(np.float32), want.astype(np.float32), "compat vs onnx.reference")
+
+
+@SETTINGS
+@given(case=quant_cases(), opset=st.sampled_from([26, 27]))
+def test_opsets_26_and_27_run_version_25_like_both_peers(case, opset):
+    # a model at opset 26 or 27 runs QuantizeLinear-25 / DequantizeLinear-25 (onnxruntime 1.32
+    # runs them; it has no -28 kernels, pinned below)
+    x, scale, zp, axis, block_size, name = case
+    enum, npdt, _ = INT_TYPES[name]
+    attr_axis = _axis_attr(axis, block_size, scale)
+    feeds = {"x": x, "s": scale, "z32": zp.astype(np.int32)}
+    sess, ref = _runner(("ql", enum, attr_axis, block_size, opset, 1, True))
+    (ref_y,) = ref.run(None, feeds)
+    zq = zp.astype(npdt)
+    got = ronnx.quantize_linear(x, scale, zq, axis=axis, block_size=block_size, opset=opset)
+    if X86:
+        quirks = ronnx.quantize_linear(x, scale, zq, axis=axis, block_size=block_size,
+                                       opset=opset, reference_quirks=True)
+        np.testing.assert_array_equal(quirks.astype(np.int64), ref_y)
+    dfeeds = {"x32": got.astype(np.int32), "s": scale, "z32": zp.astype(np.int32)}
+    dsess, dref = _runner(("dql", enum, attr_axis, block_size, opset))
+    back = ronnx.dequantize_linear(got, scale, zq, axis=axis, block_size=block_size, opset=opset)
+    _assert_same_bits(back, dref.run(None, dfeeds)[0], "dequantize vs onnx.reference")
+    if _ort_refuses(scale, block_size):  # onnxruntime's one-element blocked scale refusal
+        with pytest.raises(Exception, match="block_size must be 0"):
+            sess.run(None, feeds)
+    else:
+        (ort_y,) = sess.run(None, feeds)
+        np.testing.assert_array_equal(got.astype(np.int64), ort_y,
+                                      err_msg="compat vs onnxruntime")
+        _assert_same_bits(back, dsess.run(None, dfeeds)[0], "dequantize vs onnxruntime")
+
+
+def test_onnxruntime_has_no_version_28_kernels():
+    from onnx import helper
+
+    for op, inputs, out in (("QuantizeLinear", [("x", 1), ("s", 1), ("z", 3)], 3),
+                            ("DequantizeLinear", [("x", 3), ("s", 1), ("z", 3)], 1)):
+        _ort_session([helper.make_node(op, ["x", "s", "z"], ["y"])], inputs, [("y", out)], 27)
+        with pytest.raises(Exception, match=rf"Could not find an implementation for {op}\(28\)"):
+            _ort_session([helper.make_node(op, ["x", "s", "z"], ["y"])], inputs, [("y", out)], 28)
