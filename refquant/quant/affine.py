@@ -372,6 +372,15 @@ def _round_product(a: np.ndarray, b: np.ndarray, out_dtype) -> np.ndarray:
         odd = (np.asarray(p).view(np.int64) & 1) == 1
         step = np.isfinite(p) & np.isfinite(e) & (e != 0) & ~odd
         p = np.where(step, np.nextafter(p, np.where(e > 0, np.inf, -np.inf)), p)
+        if np.dtype(out_dtype).name == "bfloat16":
+            # ml_dtypes before 0.7 casts float64 -> bfloat16 through float32 (two roundings);
+            # round to odd at float32's 24 bits first, after which every release's
+            # float32 -> bfloat16 cast (8 bits) rounds correctly.
+            f = np.asarray(p).astype(np.float32)
+            inexact = np.isfinite(f) & (f.astype(np.float64) != p)
+            even = (f.view(np.int32) & 1) == 0
+            toward = np.where(p > f, np.float32(np.inf), np.float32(-np.inf))
+            p = np.where(inexact & even, np.nextafter(f, toward), f)
     return np.asarray(p).astype(out_dtype)
 
 

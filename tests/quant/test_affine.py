@@ -275,3 +275,25 @@ def test_dequantize_rounds_the_exact_product_once():
 def test_bad_arrays_zero_points_codes_and_seeds_raise_refquant_error(call):
     with pytest.raises(RefquantError):
         call()
+
+
+def test_dequantize_to_bfloat16_rounds_once_whatever_the_ml_dtypes_release():
+    # ml_dtypes < 0.7 casts float64 -> bfloat16 through float32; where float32(p) lands
+    # exactly on a bfloat16 midpoint, that second rounding goes the wrong way. refquant
+    # rounds to odd at float32's width first, so every release gives the one rounding.
+    import ml_dtypes
+
+    rng = np.random.default_rng(1)
+    codes = rng.integers(-32768, 32768, 400_000).astype(np.int16)
+    scale = np.float32(0.3712)
+    p = codes.astype(np.float64) * np.float64(scale)  # exact: 16 x 24 bits
+    f = p.astype(np.float32)
+    on_mid = ((f.view(np.uint32) & 0xFFFF) == 0x8000) & (f.astype(np.float64) != p)
+    assert on_mid.sum() > 20  # the cases that double rounding gets wrong
+    got = dequantize(codes[on_mid], scale, out_dtype=ml_dtypes.bfloat16).view(np.uint16)
+    # the bfloat16 neighbours of the midpoint f: truncate, then step away from zero when
+    # |p| > |f| (p lies beyond the midpoint)
+    low = (f[on_mid].view(np.uint32) >> 16).astype(np.uint16)
+    beyond = np.abs(p[on_mid]) > np.abs(f[on_mid].astype(np.float64))
+    want = np.where(beyond, low + 1, low).astype(np.uint16)
+    assert np.array_equal(got, want)
