@@ -53,6 +53,11 @@ kept) then round to nearest even; a zero block has scale 0 and gives NaN
 (0 / 0) codes
 ==========================================================================  ===========================
 
+A block_size that reduces no axis (all ones, or blocks only on axes of size 1) hits a
+torch quirk that torchao inherits: ``torch.amin(x, dim=[])`` reduces *every* axis, so
+``choose_qparams_affine`` returns one scale for the whole tensor; with ``keepdim=True``
+(and in ``_choose_scale_float8``) torch then fails to reshape it, and refquant raises.
+
 Dtypes are named as torchao names them: strings (``"int8"``, ``"torch.int8"``,
 ``"bfloat16"``, ``"uint4"``, ``"int4"``, ``"float8_e4m3fn"``), NumPy / ml_dtypes
 dtypes, or torch dtypes themselves (recognised by their ``str``).
