@@ -461,3 +461,23 @@ def test_partial_blocks_are_refused_by_both():
         ao.choose_qparams_affine(x, "SYMMETRIC", (1, 4), "int8")
     with pytest.raises(AssertionError, match="divisible"):
         qp.choose_qparams_affine(_t(x), qp.MappingType.SYMMETRIC, (1, 4), _td("int8"))
+
+
+@SETTINGS
+@given(choose_case(), st.sampled_from(MAPPINGS))
+def test_choose_qparams_affine_with_min_max_bit_exact(case, mapping):
+    qp = _peer()
+    dt, x, block, (tname, qmin, qmax), eps, sdt, zdt = case
+    mn, mx = np.minimum(x, x[::-1]), np.maximum(x, x[::-1])  # any min / max pairs, NaN kept
+
+    def peer():
+        return qp.choose_qparams_affine_with_min_max(
+            _t(mn), _t(mx), getattr(qp.MappingType, mapping), block, _td(tname), qmin, qmax, eps,
+            None if sdt is None else _td(sdt), None if zdt is None else _td(zdt))
+
+    r = _both(lambda: ao.choose_qparams_affine_with_min_max(mn, mx, mapping, block, tname, qmin,
+                                                            qmax, eps, sdt, zdt), peer)
+    assume(r is not None)
+    (s, z), (st_, zt) = r
+    _same(s, _n(st_))
+    _same(z, _n(zt))
