@@ -249,10 +249,11 @@ def quantize_case(draw, domain):
     lo = lo if qmin is None else qmin
     hi = hi if qmax is None else qmax
     if domain == "INT":
-        zdt = draw(st.sampled_from(["int32", "int8", "int64"]))
+        # integer zero points, or integral values in a float dtype (promotion decides the sum)
+        zdt = draw(st.sampled_from(["int32", "int8", "int64", "float32", "float16", "bfloat16"]))
         zr = (max(lo, -128), min(hi, 127)) if zdt == "int8" else (max(lo, -3000), min(hi, 3000))
-        z = np.array(draw(st.lists(st.integers(*zr), min_size=s.size, max_size=s.size)),
-                     zdt).reshape(nb)
+        z = np.array(draw(st.lists(st.integers(*zr), min_size=s.size, max_size=s.size)))
+        z = (z.astype(np.float32).astype(NP[zdt]) if zdt in NP else z.astype(zdt)).reshape(nb)
     elif domain == "FLOAT":
         zdt = draw(st.sampled_from(FLOATS))
         z = (np.array(draw(st.lists(st.integers(-40, 40), min_size=s.size, max_size=s.size)))
