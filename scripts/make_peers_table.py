@@ -152,6 +152,36 @@ def _torch_fake(x, scale, zp, qmin, qmax):
                                                  qmin, qmax).numpy()
 
 
+def _torchao(name, *args, **kw):
+    """Call torchao.quantization.quant_primitives.<name>: NumPy float32 / integer arrays become
+    tensors, dtype names become torch dtypes, mapping and domain names become torchao's enums."""
+    import torch
+    from torchao.quantization import quant_primitives as qp
+
+    def conv(a):
+        if isinstance(a, np.ndarray):
+            return torch.from_numpy(np.ascontiguousarray(a))
+        if isinstance(a, str) and hasattr(qp.MappingType, a):
+            return getattr(qp.MappingType, a)
+        if isinstance(a, str) and a.startswith("torch."):
+            return getattr(torch, a[6:])
+        return a
+
+    out = getattr(qp, name)(*[conv(a) for a in args], **{k: conv(v) for k, v in kw.items()})
+    if isinstance(out, tuple):
+        out = out[0]
+    return out.float().numpy() if out.dtype.is_floating_point else out.numpy()
+
+
+def _torch_observer_scale(x, dtype="quint8", qscheme="per_tensor_affine"):
+    import torch
+
+    o = torch.ao.quantization.MinMaxObserver(dtype=getattr(torch, dtype),
+                                             qscheme=getattr(torch, qscheme))
+    o(torch.tensor(np.asarray(x, np.float32)))
+    return o.calculate_qparams()[0].numpy()
+
+
 # ------------------------------------------------------------------------------- rows
 
 def rows():
@@ -162,6 +192,7 @@ def rows():
     from refquant.compat import onnx as O
     from refquant.compat import tflite as T
     from refquant.compat import torch as P
+    from refquant.compat import torchao as A
     from refquant.quant.integer import integer_matmul, multiply_by_quantized_multiplier
     from refquant.quant.qparams import qparams_from_range
 
@@ -344,8 +375,123 @@ def rows():
                  ("NumPy int8 @ int8", a8 @ b8, ("numpy", lambda: a8 @ b8)),
                  ("ONNX MatMulInteger / refquant", integer_matmul(a8, b8), None),
              ]),
+        *_torchao_rows(A, O, P),
     ]
     return out
+
+
+def _torchao_rows(A, O, P):
+    """Where torchao (compat.torchao) departs from torch.ao (compat.torch) or ONNX."""
+    x_pt, s_pt = F32(0.273939937), F32(0.00214854861)
+    x_fma = F32(-13.65000057)
+    z_fl = F32(s_pt * F32(128))  # tinygemm zero point s * mid, mid = (255 + 0 + 1) / 2
+    zeros = np.zeros((1, 4), F32)
+    pm1 = F32([-1.0, 1.0])
+    big = F32([3e9])
+    return [
+        dict(topic="torchao: a reciprocal in the integer zero-point domain, a division in the "
+                   "float (tinygemm) domain",
+             input="x = 0.273939937, scale = 0.00214854861, uint8 (INT: zero point 0; FLOAT: "
+                   "zero point scale · 128, so that x - (z - s · mid) = x)",
+             why="quantize_affine computes x · fl32(1/s) = 127.5 and half-even gives 128, as "
+                 "PyTorch does; _quantize_affine_tinygemm divides, (x - min) / s = 127.49999, "
+                 "and gives 127, as ONNX does",
+             results=[
+                 ("torchao quantize_affine (INT)",
+                  A.quantize_affine(F32([x_pt]), (1,), F32([s_pt]), np.int32([0]), "uint8"),
+                  ("torchao", lambda: _torchao("quantize_affine", F32([x_pt]), (1,), F32([s_pt]),
+                                               np.int32([0]), "torch.uint8"))),
+                 ("torchao _quantize_affine_tinygemm (FLOAT)",
+                  A.quantize_affine(F32([x_pt]), (1,), F32([s_pt]), F32([z_fl]), "uint8",
+                                    zero_point_domain="FLOAT"),
+                  ("torchao", lambda: _torchao("_quantize_affine_tinygemm", F32([x_pt]), [1],
+                                               F32([s_pt]), F32([z_fl]), "torch.uint8"))),
+                 ("ONNX QuantizeLinear", O.quantize_linear(F32([x_pt]), s_pt, np.uint8(0)),
+                  ("onnxruntime", lambda: _ort_quantize([x_pt], s_pt, np.uint8(0)))),
+             ]),
+        dict(topic="torchao adds the zero point after rounding; PyTorch's 8-bit quantize adds it "
+                   "inside one fused multiply-add",
+             input="x = -13.65000057 (float32), scale = 0.1, zero point 208, uint8",
+             why="torchao rounds fl32(x · fl32(1/s)) = -136.5 half to even (-136), then adds 208; "
+                 "PyTorch's quint8 kernel rounds fma(x, 1/s, 208) = 71.4999943 once",
+             results=[
+                 ("torchao quantize_affine",
+                  A.quantize_affine(F32([x_fma]), (1,), F32([0.1]), np.int32([208]), "uint8"),
+                  ("torchao", lambda: _torchao("quantize_affine", F32([x_fma]), (1,), F32([0.1]),
+                                               np.int32([208]), "torch.uint8"))),
+                 ("PyTorch quantize_per_tensor, quint8",
+                  P.quantize_per_tensor(F32([x_fma]), 0.1, 208, "quint8"),
+                  ("torch", lambda: _torch_quantize([x_fma], 0.1, 208))),
+                 ("ONNX QuantizeLinear, uint8",
+                  O.quantize_linear(F32([x_fma]), F32(0.1), np.uint8(208)),
+                  ("onnxruntime", lambda: _ort_quantize([x_fma], F32(0.1), np.uint8(208)))),
+             ]),
+        dict(topic="torchao's symmetric int8 scales",
+             input="x = [-1, 1], int8, per tensor",
+             why="SYMMETRIC divides amax by (qmax - qmin) / 2 = 127.5, as torch.ao's observers; "
+                 "SYMMETRIC_NO_CLIPPING_ERR takes max(min / qmin, max / qmax) = 1 / 127, as "
+                 "amax / 127 tooling (TFLite, TensorRT) does",
+             results=[
+                 ("torchao SYMMETRIC",
+                  A.choose_qparams_affine(pm1, "SYMMETRIC", (2,), "int8")[0],
+                  ("torchao", lambda: _torchao("choose_qparams_affine", pm1, "SYMMETRIC", (2,),
+                                               "torch.int8"))),
+                 ("torchao SYMMETRIC_NO_CLIPPING_ERR",
+                  A.choose_qparams_affine(pm1, "SYMMETRIC_NO_CLIPPING_ERR", (2,), "int8")[0],
+                  ("torchao", lambda: _torchao("choose_qparams_affine", pm1,
+                                               "SYMMETRIC_NO_CLIPPING_ERR", (2,), "torch.int8"))),
+                 ("PyTorch MinMaxObserver (per_tensor_symmetric)", _refquant_observer_scale(P, pm1),
+                  ("torch", lambda: _torch_observer_scale(pm1, "qint8", "per_tensor_symmetric"))),
+             ]),
+        dict(topic="Scale of an all-zero block",
+             input="x = [0, 0, 0, 0] (float32), int8 symmetric / uint8 asymmetric / float8 e4m3fn",
+             why="torchao's eps defaults to the input dtype's smallest normal (2^-126); its int8 "
+                 "recipe passes float32's machine epsilon (2^-23), the eps of torch.ao's "
+                 "observers; its float8 scale has no eps at all: 0, and 0 / 0 gives NaN codes",
+             results=[
+                 ("torchao choose_qparams_affine (default eps)",
+                  A.choose_qparams_affine(zeros, "ASYMMETRIC", (1, 4), "uint8")[0],
+                  ("torchao", lambda: _torchao("choose_qparams_affine", zeros, "ASYMMETRIC",
+                                               (1, 4), "torch.uint8"))),
+                 ("torchao Int8DynamicActivationInt8WeightConfig (eps 2^-23)",
+                  A.int8_tensor_from_hp(zeros)[1],
+                  ("torchao", lambda: _torchao("choose_qparams_affine", zeros, "SYMMETRIC",
+                                               (1, 4), "torch.int8", -128, 127,
+                                               float(np.finfo(np.float32).eps), "torch.float32",
+                                               "torch.int8", True))),
+                 ("PyTorch MinMaxObserver (quint8, affine)",
+                  _refquant_observer_scale(P, zeros, "quint8", "per_tensor_affine"),
+                  ("torch", lambda: _torch_observer_scale(zeros, "quint8", "per_tensor_affine"))),
+                 ("torchao _choose_scale_float8",
+                  A.choose_scale_float8(zeros, (1, 4)),
+                  ("torchao", lambda: _torchao("_choose_scale_float8", zeros, [1, 4]))),
+                 ("torchao _quantize_affine_float8 with that scale",
+                  A.quantize_affine_float8(zeros, A.choose_scale_float8(zeros, (1, 4)))
+                  .astype(np.float32),
+                  ("torchao", lambda: _torchao("_quantize_affine_float8", zeros,
+                                               np.zeros((1, 1), F32)))),
+             ]),
+        dict(topic="int32 codes at the top of the range",
+             input="x = 3e9 (float32), scale = 1, zero point 0, int32 (ONNX has no int32 "
+                   "QuantizeLinear)",
+             why="torchao clamps in float32, where the bound 2^31 - 1 rounds to 2^31, and the "
+                 "cast of 2^31 to int32 gives INT32_MIN (x86); PyTorch's qint32 saturates",
+             results=[
+                 ("torchao quantize_affine",
+                  A.quantize_affine(big, (1,), F32([1.0]), np.int32([0]), "int32"),
+                  ("torchao", lambda: _torchao("quantize_affine", big, (1,), F32([1.0]),
+                                               np.int32([0]), "torch.int32"))),
+                 ("PyTorch quantize_per_tensor, qint32",
+                  P.quantize_per_tensor(big, 1.0, 0, "qint32"),
+                  ("torch", lambda: _torch_quantize(big, 1.0, 0, "qint32"))),
+             ]),
+    ]
+
+
+def _refquant_observer_scale(P, x, dtype="qint8", qscheme="per_tensor_symmetric"):
+    obs = P.MinMaxObserver(dtype=dtype, qscheme=qscheme)
+    obs.forward(np.asarray(x, F32))
+    return obs.calculate_qparams()[0]
 
 
 def render() -> str:
@@ -364,7 +510,7 @@ def render() -> str:
         res = "<br>".join(f"{label}: **{_fmt(v)}**{' ✓' if peer else ''}"
                           for label, v, peer in r["results"])
         lines.append(f"| {i} | {r['topic']} | {r['input']} | {res} | {r['why']} |")
-    lines += ["", "✓: value cross-checked against the peer (torch, onnxruntime, onnx.reference, "
+    lines += ["", "✓: value cross-checked against the peer (torch, torchao, onnxruntime, onnx.reference, "
               "ai-edge-litert, ml_dtypes, numpy) by `--check-peers` and the test suite.", ""]
     return "\n".join(lines)
 

@@ -11,6 +11,11 @@
   ``fake_quantize_per_tensor_affine`` / ``_per_channel_affine``, the learnable fake-quant's
   forward, and the observers (``MinMaxObserver`` ... ``HistogramObserver``), bit for bit with
   torch's CPU kernels (float32 reciprocal, fused multiply-add, NaN codes, empty defaults).
+- :mod:`refquant.compat.torchao`: torchao 0.18's ``choose_qparams_affine``, ``quantize_affine``,
+  ``dequantize_affine``, ``fake_quantize_affine`` (``MappingType``, ``ZeroPointDomain``,
+  ``block_size`` tuples), the float8 scale and cast (``choose_scale_float8``, tensorwise and
+  rowwise), and the int8-dynamic / int4-tinygemm / float8 recipes, bit for bit on torch CPU
+  (reciprocal multiply, zero point after rounding, float16 / bfloat16 ops rounded per op).
 - :mod:`refquant.compat.torch_prune`: ``torch.nn.utils.prune`` on dicts of arrays
   (``l1_unstructured``, ``ln_structured``, ``global_unstructured``, ``remove``, ...):
   torch's masks, ``*_orig`` / ``*_mask`` names, PruningContainer repeats, error messages.

@@ -53,6 +53,11 @@ kept) then round to nearest even; a zero block has scale 0 and gives NaN
 (0 / 0) codes
 ==========================================================================  ===========================
 
+A block_size that reduces no axis (all ones, or blocks only on axes of size 1) hits a
+torch quirk that torchao inherits: ``torch.amin(x, dim=[])`` reduces *every* axis, so
+``choose_qparams_affine`` returns one scale for the whole tensor; with ``keepdim=True``
+(and in ``_choose_scale_float8``) torch then fails to reshape it, and refquant raises.
+
 Dtypes are named as torchao names them: strings (``"int8"``, ``"torch.int8"``,
 ``"bfloat16"``, ``"uint4"``, ``"int4"``, ``"float8_e4m3fn"``), NumPy / ml_dtypes
 dtypes, or torch dtypes themselves (recognised by their ``str``).
@@ -397,6 +402,8 @@ def _choose(input, mapping_type, block_size, target_dtype, quant_min, quant_max,
         raise RefquantError(f"input of shape {x.shape} has no block to reduce")
     sname = x.dtype.name if scale_dtype is None else _dtype_name(scale_dtype, "scale_dtype",
                                                                  _FLOATS)
+    if isinstance(zero_point_dtype, str) and zero_point_dtype == "default":
+        zero_point_dtype = None if domain is ZeroPointDomain.FLOAT else "int32"
     zname = None if zero_point_dtype is None else _dtype_name(
         zero_point_dtype, "zero_point_dtype", {**_FLOATS, **_INT_STORAGE})
     if eps is None:
@@ -418,7 +425,7 @@ def _choose(input, mapping_type, block_size, target_dtype, quant_min, quant_max,
 
 
 def choose_qparams_affine(input, mapping_type, block_size, target_dtype, quant_min=None,  # noqa: A002 (torchao's name)
-                          quant_max=None, eps=None, scale_dtype=None, zero_point_dtype="int32",
+                          quant_max=None, eps=None, scale_dtype=None, zero_point_dtype="default",
                           keepdim=False, *, zero_point_domain=ZeroPointDomain.INT,
                           preserve_zero=None):
     """torchao's ``choose_qparams_affine``: one scale and zero point per block.
@@ -440,7 +447,8 @@ def choose_qparams_affine(input, mapping_type, block_size, target_dtype, quant_m
     scale_dtype : str, optional
         float32 / float16 / bfloat16; default the input's dtype.
     zero_point_dtype : str, optional
-        Default int32; None keeps the float dtype (symmetric) or int32 (asymmetric), as torchao.
+        Default int32 (INT domain) or the input's dtype (FLOAT domain), as torchao's two
+        functions; None keeps the float dtype (symmetric) or int32 (asymmetric), as torchao.
     keepdim : bool
         False: reduced axes removed (per-tensor gives a 0-d scale); True: shape
         ``input.shape // block_size``.

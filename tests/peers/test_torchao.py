@@ -249,10 +249,11 @@ def quantize_case(draw, domain):
     lo = lo if qmin is None else qmin
     hi = hi if qmax is None else qmax
     if domain == "INT":
-        zdt = draw(st.sampled_from(["int32", "int8", "int64"]))
+        # integer zero points, or integral values in a float dtype (promotion decides the sum)
+        zdt = draw(st.sampled_from(["int32", "int8", "int64", "float32", "float16", "bfloat16"]))
         zr = (max(lo, -128), min(hi, 127)) if zdt == "int8" else (max(lo, -3000), min(hi, 3000))
-        z = np.array(draw(st.lists(st.integers(*zr), min_size=s.size, max_size=s.size)),
-                     zdt).reshape(nb)
+        z = np.array(draw(st.lists(st.integers(*zr), min_size=s.size, max_size=s.size)))
+        z = (z.astype(np.float32).astype(NP[zdt]) if zdt in NP else z.astype(zdt)).reshape(nb)
     elif domain == "FLOAT":
         zdt = draw(st.sampled_from(FLOATS))
         z = (np.array(draw(st.lists(st.integers(-40, 40), min_size=s.size, max_size=s.size)))
@@ -430,3 +431,54 @@ def test_float8_tensor_recipe_bit_exact_on_the_torch_kernel_path(case, gran, f8)
     (y, s), t = r
     _same(y, _n(t.qdata))
     _same(s, _n(t.scale))
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+@pytest.mark.parametrize("mapping", MAPPINGS)
+@pytest.mark.parametrize("fill", [0.0, -0.0, 1.5, -2.0, 1e-40])
+def test_zero_range_blocks_bit_exact(dt, mapping, fill):
+    """Constant blocks (zero, negative zero, one value, a subnormal): eps decides the scale."""
+    qp = _peer()
+    x = np.full((2, 4), fill, np.float32).astype(NP[dt])
+    x[1, :2] = np.array(0.5, np.float32).astype(NP[dt])
+    for tname in ("int8", "uint8", "uint4"):
+        s, z = ao.choose_qparams_affine(x, mapping, (1, 2), tname)
+        st_, zt = qp.choose_qparams_affine(_t(x), getattr(qp.MappingType, mapping), (1, 2),
+                                           _td(tname))
+        _same(s, _n(st_))
+        _same(z, _n(zt))
+        _same(ao.quantize_affine(x, (1, 2), s, z, tname),
+              _n(qp.quantize_affine(_t(x), (1, 2), st_, zt, _td(tname))))
+    s8 = ao.choose_scale_float8(x, (1, 2))
+    st8 = qp._choose_scale_float8(_t(x), [1, 2])
+    _same(s8, _n(st8))
+    _same(ao.quantize_affine_float8(x, s8), _n(qp._quantize_affine_float8(_t(x), st8)))
+
+
+def test_partial_blocks_are_refused_by_both():
+    qp = _peer()
+    x = np.ones((2, 6), np.float32)
+    with pytest.raises(RefquantError, match="block_size"):
+        ao.choose_qparams_affine(x, "SYMMETRIC", (1, 4), "int8")
+    with pytest.raises(AssertionError, match="divisible"):
+        qp.choose_qparams_affine(_t(x), qp.MappingType.SYMMETRIC, (1, 4), _td("int8"))
+
+
+@SETTINGS
+@given(choose_case(), st.sampled_from(MAPPINGS))
+def test_choose_qparams_affine_with_min_max_bit_exact(case, mapping):
+    qp = _peer()
+    dt, x, block, (tname, qmin, qmax), eps, sdt, zdt = case
+    mn, mx = np.minimum(x, x[::-1]), np.maximum(x, x[::-1])  # any min / max pairs, NaN kept
+
+    def peer():
+        return qp.choose_qparams_affine_with_min_max(
+            _t(mn), _t(mx), getattr(qp.MappingType, mapping), block, _td(tname), qmin, qmax, eps,
+            None if sdt is None else _td(sdt), None if zdt is None else _td(zdt))
+
+    r = _both(lambda: ao.choose_qparams_affine_with_min_max(mn, mx, mapping, block, tname, qmin,
+                                                            qmax, eps, sdt, zdt), peer)
+    assume(r is not None)
+    (s, z), (st_, zt) = r
+    _same(s, _n(st_))
+    _same(z, _n(zt))
