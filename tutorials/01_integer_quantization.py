@@ -61,7 +61,14 @@ assert np.array_equal(q, hand)
 import matplotlib
 
 matplotlib.use("Agg")
+import os
+from pathlib import Path
+
 import matplotlib.pyplot as plt
+
+# plots go into one folder the tutorial names (REFQUANT_TUTORIAL_OUT), not the working directory
+OUT = Path(os.environ.get("REFQUANT_TUTORIAL_OUT", "tutorial_output"))
+OUT.mkdir(parents=True, exist_ok=True)
 
 xs = np.linspace(-1.6, 1.6, 2001)
 fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -73,7 +80,7 @@ ax.set_xlabel("x")
 ax.set_ylabel("dequantize(quantize(x))")
 ax.legend()
 fig.tight_layout()
-fig.savefig("01_grid.png")
+fig.savefig(OUT / "01_grid.png")
 
 # %% [markdown]
 # ## Granularity on a real weight matrix
@@ -109,7 +116,7 @@ ax.set_ylabel("SQNR (dB)")
 ax.set_title("about 6 dB per bit")
 ax.legend()
 fig.tight_layout()
-fig.savefig("01_error_vs_bits.png")
+fig.savefig(OUT / "01_error_vs_bits.png")
 
 # %% [markdown]
 # Each extra bit halves the step and so adds $20\log_{10} 2 \approx 6.02$ dB.

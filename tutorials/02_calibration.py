@@ -132,7 +132,14 @@ assert (
 # ## The ranges on the histogram
 
 # %%
+import os
+from pathlib import Path
+
 import matplotlib.pyplot as plt
+
+# plots go into one folder the tutorial names (REFQUANT_TUTORIAL_OUT), not the working directory
+OUT = Path(os.environ.get("REFQUANT_TUTORIAL_OUT", "tutorial_output"))
+OUT.mkdir(parents=True, exist_ok=True)
 
 fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
 panels = [(student, "Student-t, int8 symmetric"), (hidden, "MLP hidden, uint8 affine")]
@@ -148,7 +155,7 @@ for a, (x, key) in zip(ax, panels, strict=True):
 ax[0].set_xlim(-50, 50)
 ax[0].set_ylabel("count (log)")
 fig.tight_layout()
-plt.savefig("calibration_ranges.png", dpi=100)
+plt.savefig(OUT / "calibration_ranges.png", dpi=100)
 
 # %% [markdown]
 # ## Checked against PyTorch

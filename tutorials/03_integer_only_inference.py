@@ -111,7 +111,14 @@ print("largest |accumulator| seen:", int(np.abs(acc).max()))
 import matplotlib
 
 matplotlib.use("Agg")
+import os
+from pathlib import Path
+
 import matplotlib.pyplot as plt
+
+# plots go into one folder the tutorial names (REFQUANT_TUTORIAL_OUT), not the working directory
+OUT = Path(os.environ.get("REFQUANT_TUTORIAL_OUT", "tutorial_output"))
+OUT.mkdir(parents=True, exist_ok=True)
 
 fig, axs = plt.subplots(1, 2, figsize=(9, 3.6))
 axs[0].scatter(y_float.ravel(), y_int.ravel(), s=3)
@@ -122,7 +129,7 @@ axs[0].set_ylabel("integer-only logit (dequantized)")
 axs[1].hist((y_int - y_float).ravel() / s_y, bins=50)
 axs[1].set_xlabel("error in output steps")
 fig.tight_layout()
-fig.savefig("03_integer_head.png")
+fig.savefig(OUT / "03_integer_head.png")
 
 # %% [markdown]
 # ## Why PyTorch, ONNX and TFLite disagree by one step

@@ -73,7 +73,14 @@ assert results["ternary (TWN, per row)"] > results["binary (XNOR, per row)"]
 import matplotlib
 
 matplotlib.use("Agg")
+import os
+from pathlib import Path
+
 import matplotlib.pyplot as plt
+
+# plots go into one folder the tutorial names (REFQUANT_TUTORIAL_OUT), not the working directory
+OUT = Path(os.environ.get("REFQUANT_TUTORIAL_OUT", "tutorial_output"))
+OUT.mkdir(parents=True, exist_ok=True)
 
 from refquant.quant.pow2 import article_binary_formula, pow2_quantize
 
@@ -88,7 +95,7 @@ ax.plot(xs, xs, "k:", lw=0.8)
 ax.set_xlabel("x")
 ax.legend()
 fig.tight_layout()
-fig.savefig("04_pow2.png")
+fig.savefig(OUT / "04_pow2.png")
 
 # %% [markdown]
 # ## The founding article's "binary quantization"
@@ -110,7 +117,7 @@ ax.plot(xs, pow2_quantize(xs, boundary="floor", min_exp=-8)[0], "--", label="int
 ax.set_ylim(-10, 4)
 ax.legend()
 fig.tight_layout()
-fig.savefig("04_article_formula.png")
+fig.savefig(OUT / "04_article_formula.png")
 
 # %% [markdown]
 # The hand-worked values:

@@ -42,7 +42,14 @@ print("0x5B in e4m3fn =", decode(np.array([0x5B]), "float8_e4m3fn")[0])
 # it saturates to 6):
 
 # %%
+import os
+from pathlib import Path
+
 import matplotlib.pyplot as plt
+
+# plots go into one folder the tutorial names (REFQUANT_TUTORIAL_OUT), not the working directory
+OUT = Path(os.environ.get("REFQUANT_TUTORIAL_OUT", "tutorial_output"))
+OUT.mkdir(parents=True, exist_ok=True)
 
 
 def fields(code, f):
@@ -67,7 +74,7 @@ ax.set_xlim(-0.2, 16)
 ax.set_ylim(-2.3, 1)
 ax.axis("off")
 ax.set_title("sign (red), exponent (blue), mantissa (green)")
-plt.savefig("float_fields.png", dpi=80, bbox_inches="tight")
+plt.savefig(OUT / "float_fields.png", dpi=80, bbox_inches="tight")
 
 # %% [markdown]
 # ## The grid of representable values
@@ -87,7 +94,7 @@ for ax, name in zip(axes, ("float4_e2m1fn", "float8_e4m3fn", "float8_e5m2"), str
     ax.set_yticks([])
     ax.set_title(f"{name}: {len(v)} positive values from {v.min():g} to {v.max():g}", fontsize=9)
 plt.tight_layout()
-plt.savefig("float_grids.png", dpi=80)
+plt.savefig(OUT / "float_grids.png", dpi=80)
 
 # %% [markdown]
 # ## Rounding, saturation and overflow
@@ -165,7 +172,7 @@ plt.figure(figsize=(7, 3))
 plt.barh(list(rows), list(rows.values()))
 plt.xlabel("SQNR (dB)")
 plt.tight_layout()
-plt.savefig("float_sqnr.png", dpi=80)
+plt.savefig(OUT / "float_sqnr.png", dpi=80)
 assert rows["float4_e2m1fn per block of 32"] > rows["float4_e2m1fn per tensor"]
 
 # %% [markdown]

@@ -139,7 +139,14 @@ for t, b, s in zip(ladder, ladder_bits, ladder_sqnr, strict=True):
     print(f"{t:<6} {b:6.4f} bpw  {s:6.2f} dB")
 
 # %%
+import os
+from pathlib import Path
+
 import matplotlib.pyplot as plt
+
+# plots go into one folder the tutorial names (REFQUANT_TUTORIAL_OUT), not the working directory
+OUT = Path(os.environ.get("REFQUANT_TUTORIAL_OUT", "tutorial_output"))
+OUT.mkdir(parents=True, exist_ok=True)
 
 fig, ax = plt.subplots(1, 2, figsize=(11, 4))
 labels = list(table)
@@ -154,7 +161,7 @@ ax[1].set_xlabel("bits per weight")
 ax[1].set_ylabel("SQNR (dB)")
 ax[1].legend(fontsize=8)
 fig.tight_layout()
-plt.savefig("block_formats.png")
+plt.savefig(OUT / "block_formats.png")
 
 # %% [markdown]
 # ## What it costs the model

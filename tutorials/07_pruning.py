@@ -207,7 +207,14 @@ print("LAMP at 90 % global: per-layer sparsity",
 # (its strength on LLMs).
 
 # %%
+import os
+from pathlib import Path
+
 import matplotlib.pyplot as plt
+
+# plots go into one folder the tutorial names (REFQUANT_TUTORIAL_OUT), not the working directory
+OUT = Path(os.environ.get("REFQUANT_TUTORIAL_OUT", "tutorial_output"))
+OUT.mkdir(parents=True, exist_ok=True)
 
 fig, ax = plt.subplots(figsize=(6, 4))
 for m, acc in curves.items():
@@ -218,7 +225,7 @@ ax.set_title("Unstructured pruning of the digits MLP")
 ax.legend()
 ax.grid(alpha=0.3)
 fig.tight_layout()
-plt.savefig("pruning_accuracy.png")
+plt.savefig(OUT / "pruning_accuracy.png")
 
 # %% [markdown]
 # ## The founding article's snippet

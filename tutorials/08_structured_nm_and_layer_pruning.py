@@ -71,7 +71,14 @@ acc_embed_only = [
 ]
 
 # %%
+import os
+from pathlib import Path
+
 import matplotlib.pyplot as plt
+
+# plots go into one folder the tutorial names (REFQUANT_TUTORIAL_OUT), not the working directory
+OUT = Path(os.environ.get("REFQUANT_TUTORIAL_OUT", "tutorial_output"))
+OUT.mkdir(parents=True, exist_ok=True)
 
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.plot(fractions, acc_group, "o-", label="score: L2 summed over the whole group")
@@ -81,7 +88,7 @@ ax.set_xlabel("fraction of residual channels removed")
 ax.set_ylabel("test accuracy")
 ax.legend()
 fig.tight_layout()
-plt.savefig("channel_pruning.png")
+plt.savefig(OUT / "channel_pruning.png")
 
 # %% [markdown]
 # ## 2:4 semi-structured sparsity
@@ -165,7 +172,7 @@ axes[0].set_title("2:4 along rows (16x16 corner)")
 axes[1].imshow(t_mask[:16, :16], cmap="gray_r")
 axes[1].set_title("transposable 2:4")
 fig.tight_layout()
-plt.savefig("two_four_masks.png")
+plt.savefig(OUT / "two_four_masks.png")
 
 # %% [markdown]
 # ## Layer pruning: which blocks matter?
@@ -209,7 +216,7 @@ ax1.set_ylabel("accuracy lost")
 ax2.set_ylabel("BI")
 fig.legend(loc="lower center", ncol=2)
 fig.tight_layout(rect=(0, 0.1, 1, 1))
-plt.savefig("layer_importance.png")
+plt.savefig(OUT / "layer_importance.png")
 
 # %% [markdown]
 # Block Influence is a cheap proxy: it measures how far a block rotates the

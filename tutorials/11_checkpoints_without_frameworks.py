@@ -52,6 +52,7 @@ hand_transpose_21 = 5.0
 
 # %%
 import io
+import os
 import pickletools
 import struct
 import zipfile
@@ -87,8 +88,8 @@ data_pkl = (b"\x80\x02" + glob("collections", "OrderedDict") + b")R("
             + text("w_t") + tensor(0, (3, 2), (1, 3)) + b"u.")
 storage = struct.pack("<6f", 0, 1, 2, 3, 4, 5)
 
-work = Path("checkpoints_11")  # in the working directory
-work.mkdir(exist_ok=True)
+work = Path(os.environ.get("REFQUANT_TUTORIAL_OUT", "tutorial_output")) / "checkpoints_11"
+work.mkdir(parents=True, exist_ok=True)
 pt = work / "handmade.pt"
 with zipfile.ZipFile(pt, "w", zipfile.ZIP_STORED) as z:
     z.writestr("handmade/data.pkl", data_pkl)
@@ -195,8 +196,14 @@ if torch is not None:
 
 # %%
 import json
+import os
+from pathlib import Path
 
 import matplotlib.pyplot as plt
+
+# plots go into one folder the tutorial names (REFQUANT_TUTORIAL_OUT), not the working directory
+OUT = Path(os.environ.get("REFQUANT_TUTORIAL_OUT", "tutorial_output"))
+OUT.mkdir(parents=True, exist_ok=True)
 
 st = rio.save({"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1, 2], np.int8)},
               work / "tiny.safetensors", metadata={"made_by": "tutorial 11"}, overwrite=True)
@@ -219,7 +226,7 @@ ax.set_yticks([])
 ax.set_xlabel("byte offset in the file")
 ax.set_title(f"{st.name}: {len(raw)} bytes")
 fig.tight_layout()
-plt.savefig("safetensors_layout.png")
+plt.savefig(OUT / "safetensors_layout.png")
 
 # %% [markdown]
 # ## The hand-worked values, by refquant
