@@ -317,7 +317,39 @@ def _run_decompress(args) -> int:
     return 0
 
 
+def _add_diff(sub):
+    p = sub.add_parser(
+        "diff", help="compare a quantized checkpoint with its original, tensor by tensor",
+        description="Match the float tensors of ORIGINAL to their counterparts in QUANTIZED "
+        "(by name; Hugging Face names to GGUF names through gguf-py's map), dequantize, and "
+        "print per tensor the scheme, SQNR in dB, max absolute error, the error in "
+        "quantization steps where the scheme has steps, and bytes; worst tensors first. "
+        "One tensor pair in memory at a time.",
+    )
+    p.add_argument("original", help="the float checkpoint")
+    p.add_argument("quantized", help="the quantized checkpoint (refquant compress output, GGUF, ...)")
+    p.add_argument("--json", dest="json_out", help="also write the rows to this JSON file")
+    p.add_argument("--plot", help="also save SQNR by tensor to this image file")
+
+
+def _run_diff(args) -> int:
+    from .compress.diff import compare_checkpoints, diff_json, diff_plot, diff_table
+
+    rows = compare_checkpoints(args.original, args.quantized)
+    print(diff_table(rows))
+    if args.json_out:
+        from .io._common import atomic_write
+
+        text = diff_json(rows)
+        atomic_write(args.json_out, lambda f: f.write(text.encode("utf-8")), overwrite=True)
+    if args.plot:
+        diff_plot(rows, args.plot)
+        print(f"plot: {args.plot}")
+    return 0
+
+
 COMMANDS = {
+    "diff": (_add_diff, _run_diff),
     "compress": (_add_compress, _run_compress),
     "decompress": (_add_decompress, _run_decompress),
     "demo": (_add_demo, _run_demo),

@@ -49,6 +49,7 @@ __all__ = [
     "verify_files",
     "identify",
     "IdentifyReport",
+    "compare_checkpoints",
 ]
 
 CLASSES = {
@@ -621,3 +622,13 @@ def verify_files(actual, expected, *, scale=None, zero_point=None, axis=None, bl
         else:
             out[k] = compare_dequantized(a, d, rtol=rtol, atol=atol, max_ulp=max_ulp, **common)
     return out
+
+
+def compare_checkpoints(original, quantized, *, progress=None):
+    """Per-tensor SQNR / max error / steps of a quantized checkpoint against its original.
+
+    What ``refquant diff`` prints: see :func:`refquant.compress.diff.compare_checkpoints`.
+    """
+    from .compress.diff import compare_checkpoints as _compare
+
+    return _compare(original, quantized, progress=progress)
