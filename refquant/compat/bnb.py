@@ -390,7 +390,8 @@ def _state_float(state, key):
 def _state_absmax(state):
     if state.get("nested"):
         am = dequantize_blockwise(state["absmax"], state["state2"]).astype(np.float32)
-        return (am + _state_float(state, "offset")).astype(np.float32)
+        with np.errstate(invalid="ignore", over="ignore"):
+            return (am + _state_float(state, "offset")).astype(np.float32)
     return _state_float(state, "absmax")
 
 
@@ -437,7 +438,8 @@ def dequantize_4bit(A, quant_state) -> np.ndarray:
     nb = -(-n // blocksize)
     if absmax.size != nb:
         raise RefquantError(f"absmax has {absmax.size} values; {n} elements in blocks of {blocksize} need {nb}")
-    out = (code[q] * np.repeat(absmax, blocksize)[:n]).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):  # 0 * Inf absmax is NaN, as in bitsandbytes
+        out = (code[q] * np.repeat(absmax, blocksize)[:n]).astype(np.float32)
     return _to_dtype(out.reshape(shape), quant_state.get("dtype"))
 
 
@@ -523,5 +525,6 @@ def dequantize_blockwise(A, quant_state) -> np.ndarray:
     nb = -(-n // blocksize)
     if absmax.size != nb:
         raise RefquantError(f"absmax has {absmax.size} values; {n} codes in blocks of {blocksize} need {nb}")
-    out = (code[q.ravel()] * np.repeat(absmax, blocksize)[:n]).astype(np.float32).reshape(q.shape)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = (code[q.ravel()] * np.repeat(absmax, blocksize)[:n]).astype(np.float32).reshape(q.shape)
     return _to_dtype(out, quant_state.get("dtype"))
