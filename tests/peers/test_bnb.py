@@ -36,11 +36,10 @@ def F():
 
 def default_dequantize_4bit(q, st):
     """bitsandbytes' default (pure-PyTorch) backend dequantizer, called directly."""
-    from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
-    from bitsandbytes.backends.utils import _get_4bit_code
-
     import bitsandbytes.functional as F
     import torch
+    from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
+    from bitsandbytes.backends.utils import _get_4bit_code
 
     code = _get_4bit_code(st.quant_type, q.device)
     absmax = st.absmax
