@@ -88,8 +88,16 @@ def test_nan_is_ignored_by_minmax_but_all_nan_and_inf_are_refused():
 
 
 def test_empty_input_gives_eps_scale():
-    qp = choose_qparams(np.zeros((0, 4)), axis=1)
-    assert qp.scale.shape == (4,)
+    # no data: the range is (0, 0), as for all zeros, so each channel gets the float32 eps
+    # floor and the zero point all-zero data gets
+    for dtype in ("int8", "uint8"):
+        for symmetric in (True, False):
+            qp = choose_qparams(np.zeros((0, 4)), axis=1, dtype=dtype, symmetric=symmetric)
+            assert qp.scale.dtype == np.float32 and qp.scale.shape == (4,)
+            np.testing.assert_array_equal(qp.scale, np.full(4, np.finfo(np.float32).eps, np.float32))
+            zeros = choose_qparams(np.zeros((3, 4)), axis=1, dtype=dtype, symmetric=symmetric)
+            np.testing.assert_array_equal(qp.zero_point, zeros.zero_point)
+            np.testing.assert_array_equal(qp.scale, zeros.scale)
 
 
 def test_qparams_reproduce_stored_semantics():
