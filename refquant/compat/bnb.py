@@ -80,7 +80,8 @@ Reference
 ---------
 bitsandbytes 0.50.2 ``functional.py`` (``quantize_4bit``, ``dequantize_4bit``,
 ``quantize_blockwise``, ``get_4bit_type``, ``create_dynamic_map``),
-``backends/default/ops.py``, ``backends/cpu/ops.py``, ``csrc/cpu_ops.cpp``, ``csrc/kernels.cu``; Dettmers et al., "QLoRA" (2023).
+``backends/default/ops.py``, ``backends/cpu/ops.py``, ``csrc/cpu_ops.cpp``,
+``csrc/kernels.cu``; Dettmers et al., "QLoRA" (2023).
 """
 
 from __future__ import annotations
