@@ -56,6 +56,9 @@ search but a 65,536-entry lookup table:
   nearest (x / absmax = 0.0240595 gets 164 = 0.0254687, where 163 = 0.0226562 is
   nearer). This was the "±1 code" earlier comparisons allowed; it is now reproduced
   bit for bit.
+* Version: the table arrived in bitsandbytes 0.50.0; 0.49 searched the map per element
+  (``lookup_code_index``) and gives other codes. refquant reproduces 0.50 (tested against
+  0.50.2).
 
 ``backend="cuda"`` — the CUDA kernel (``csrc/kernels.cu`` ``kQuantizeBlockwise``), 4-bit only:
 
