@@ -57,7 +57,7 @@ search but a 65,536-entry lookup table:
   nearer). This was the "±1 code" earlier comparisons allowed; it is now reproduced
   bit for bit.
 * Version: the table arrived in bitsandbytes 0.50.0; 0.49 searched the map per element
-  (``lookup_code_index``) and gives other codes. refquant reproduces 0.50 (tested against
+  (``lookup_code_index``), not reproduced here. refquant reproduces 0.50 (tested against
   0.50.2).
 
 ``backend="cuda"`` — the CUDA kernel (``csrc/kernels.cu`` ``kQuantizeBlockwise``), 4-bit only:
