@@ -1,6 +1,7 @@
 """Every tutorial runs as a script, headless, and ends with its own assertions."""
 
 import os
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -27,7 +28,14 @@ def test_tutorial_runs(path, tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
     plt.close("all")
-    assert os.listdir(tmp_path) is not None
+    # every figure the tutorial saves is there, and is a PNG with pixels in it
+    saved = re.findall(r"savefig\(\s*[\"']([^\"']+)[\"']", path.read_text())
+    assert saved, f"{path.name} saves no figure (each tutorial plots its formula)"
+    for name in saved:
+        png = tmp_path / name
+        assert png.is_file(), f"{path.name} did not write {name}; the folder holds {os.listdir(tmp_path)}"
+        head = png.read_bytes()
+        assert head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) > 1000, f"{name} is not a PNG with content"
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])

@@ -23,7 +23,8 @@
   (``MagnitudeImportance``, ``TaylorImportance``, ``BNScaleImportance``,
   ``LAMPImportance``, ``RandomImportance``) on explicit (tensor, axis) groups.
 - :mod:`refquant.compat.bnb`: bitsandbytes ``quantize_4bit`` / ``dequantize_4bit`` (NF4, FP4,
-  double quantization), ``quantize_blockwise`` (8-bit dynamic map); default or CUDA tie rules.
+  double quantization), ``quantize_blockwise`` (8-bit dynamic map); the CPU build's lookup
+  table, the pure-PyTorch default backend or the CUDA tie rules.
 - :mod:`refquant.compat.ggml`: llama.cpp's block formats by ggml type name (``quantize(x, "q4_k")``
   -> the bytes ``quantize_row_q4_K_ref`` writes, ``dequantize(raw, "q4_k", shape)``), Q4_0 ... Q8_K,
   TQ1_0, TQ2_0, MXFP4, IQ4_NL, IQ4_XS; ``LibGGML`` calls a built libggml-base through ctypes.

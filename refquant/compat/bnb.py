@@ -56,6 +56,9 @@ search but a 65,536-entry lookup table:
   nearest (x / absmax = 0.0240595 gets 164 = 0.0254687, where 163 = 0.0226562 is
   nearer). This was the "±1 code" earlier comparisons allowed; it is now reproduced
   bit for bit.
+* Version: the table arrived in bitsandbytes 0.50.0; 0.49 searched the map per element
+  (``lookup_code_index``), not reproduced here. refquant reproduces 0.50 (tested against
+  0.50.2).
 
 ``backend="cuda"`` — the CUDA kernel (``csrc/kernels.cu`` ``kQuantizeBlockwise``), 4-bit only:
 
@@ -80,7 +83,8 @@ Reference
 ---------
 bitsandbytes 0.50.2 ``functional.py`` (``quantize_4bit``, ``dequantize_4bit``,
 ``quantize_blockwise``, ``get_4bit_type``, ``create_dynamic_map``),
-``backends/default/ops.py``, ``backends/cpu/ops.py``, ``csrc/cpu_ops.cpp``, ``csrc/kernels.cu``; Dettmers et al., "QLoRA" (2023).
+``backends/default/ops.py``, ``backends/cpu/ops.py``, ``csrc/cpu_ops.cpp``,
+``csrc/kernels.cu``; Dettmers et al., "QLoRA" (2023).
 """
 
 from __future__ import annotations
@@ -390,7 +394,8 @@ def _state_float(state, key):
 def _state_absmax(state):
     if state.get("nested"):
         am = dequantize_blockwise(state["absmax"], state["state2"]).astype(np.float32)
-        return (am + _state_float(state, "offset")).astype(np.float32)
+        with np.errstate(invalid="ignore", over="ignore"):
+            return (am + _state_float(state, "offset")).astype(np.float32)
     return _state_float(state, "absmax")
 
 
@@ -437,7 +442,8 @@ def dequantize_4bit(A, quant_state) -> np.ndarray:
     nb = -(-n // blocksize)
     if absmax.size != nb:
         raise RefquantError(f"absmax has {absmax.size} values; {n} elements in blocks of {blocksize} need {nb}")
-    out = (code[q] * np.repeat(absmax, blocksize)[:n]).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):  # 0 * Inf absmax is NaN, as in bitsandbytes
+        out = (code[q] * np.repeat(absmax, blocksize)[:n]).astype(np.float32)
     return _to_dtype(out.reshape(shape), quant_state.get("dtype"))
 
 
@@ -523,5 +529,6 @@ def dequantize_blockwise(A, quant_state) -> np.ndarray:
     nb = -(-n // blocksize)
     if absmax.size != nb:
         raise RefquantError(f"absmax has {absmax.size} values; {n} codes in blocks of {blocksize} need {nb}")
-    out = (code[q.ravel()] * np.repeat(absmax, blocksize)[:n]).astype(np.float32).reshape(q.shape)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = (code[q.ravel()] * np.repeat(absmax, blocksize)[:n]).astype(np.float32).reshape(q.shape)
     return _to_dtype(out, quant_state.get("dtype"))

@@ -525,7 +525,11 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, *, n
     pruning_method : class
         :class:`L1Unstructured` or :class:`RandomUnstructured` (or any method
         with ``PRUNING_TYPE = "unstructured"``), called with ``**kwargs``
-        (``amount=...``, and ``seed=...`` for the random one).
+        (``amount=...``, and ``seed=...`` for the random one). A name such as
+        ``"l1_unstructured"`` is refused with a :class:`PruneTypeError` naming the
+        class to pass: torch 2.13 takes only the class (a string dies there with
+        ``TypeError: 'str' object is not callable``), and code written for refquant
+        should run on torch unchanged.
     importance_scores : list aligned with ``parameters``, or dict keyed by name, optional
 
     Formula
@@ -564,6 +568,19 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, *, n
         raise PruneTypeError(
             "global_unstructured(): importance_scores must be a list aligned with parameters "
             "or a dict keyed by name"
+        )
+    if isinstance(pruning_method, str) or not callable(pruning_method):
+        # torch 2.13 calls pruning_method(**kwargs) and dies with "'str' object is not
+        # callable"; refquant takes the class as torch does, and says which
+        hint = ""
+        if isinstance(pruning_method, str):
+            cls = {"l1_unstructured": "L1Unstructured", "random_unstructured": "RandomUnstructured",
+                   "identity": "Identity"}.get(pruning_method.lower())
+            hint = f" (for {pruning_method!r} pass refquant.compat.torch_prune.{cls})" if cls else ""
+        raise PruneTypeError(
+            "global_unstructured(): pruning_method must be a pruning method class, as in torch: "
+            "L1Unstructured, RandomUnstructured, Identity, or a class with PRUNING_TYPE = "
+            f"'unstructured'; got {pruning_method!r:.60}{hint}"
         )
     method = pruning_method(**kwargs)
     if method.PRUNING_TYPE != "unstructured":

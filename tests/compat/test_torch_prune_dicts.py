@@ -84,6 +84,19 @@ def test_global_unstructured_ranks_all_tensors_and_repeats_on_survivors():
     assert b["weight_mask"].tolist() == [0.0, 0.0, 1.0]
 
 
+def test_global_unstructured_refuses_a_method_name_and_names_the_class():
+    # torch 2.13: TypeError: 'str' object is not callable; refquant was the same Python error
+    a = module([1.0, 5.0])
+    with pytest.raises(prune.PruneTypeError, match=r"L1Unstructured.*pass refquant\.compat\.torch_prune\.L1Unstructured"):
+        prune.global_unstructured([(a, "weight")], pruning_method="l1_unstructured", amount=1)
+    with pytest.raises(RefquantError, match="RandomUnstructured"):
+        prune.global_unstructured([(a, "weight")], pruning_method="random_unstructured", amount=1)
+    for bad in ("l2", 5, None):
+        with pytest.raises(TypeError, match="pruning method class"):  # also a TypeError, as torch's
+            prune.global_unstructured([(a, "weight")], pruning_method=bad, amount=1)
+    assert "weight_mask" not in a  # nothing was applied
+
+
 def test_global_unstructured_takes_importance_as_a_list_or_by_name():
     a, b = module([1.0, 5.0]), module([2.0, 0.5])
     prune.global_unstructured([(a, "weight"), (b, "weight")], prune.L1Unstructured,

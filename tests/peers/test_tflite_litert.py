@@ -43,13 +43,21 @@ def test_quantize_matches_litert(scale, zp, seed, kernel, dtype, n):
     if dtype == "int16":
         zp = 0  # TFLite requires a zero int16 zero point
     k = rng.integers(-300, 300, 48)
-    x = np.concatenate([
+    # every draw carries the special values and the explicit ties; the rest fills up to
+    # 100 + n elements (lengths that are and are not multiples of 8, the SIMD tail), and a
+    # permutation spreads the specials over SIMD groups and the tail
+    special = np.concatenate([
+        np.float32([0.0, -0.0, np.nan, np.inf, -np.inf, 3e9, -3e9, 1e38]),
+        np.float32([0.5, 1.5, 2.5, -2.5]) * np.float32(scale),
+    ])
+    rest = np.concatenate([
         ((k + 0.5) * np.float64(scale)).astype(np.float32),  # ties (up to float32 rounding)
         (k * np.float64(scale)).astype(np.float32),
         rng.normal(0, 100 * scale, 32).astype(np.float32),
-        np.float32([0.0, -0.0, np.nan, np.inf, -np.inf, 3e9, -3e9, 1e38]),
-        np.float32([0.5, 1.5, 2.5, -2.5][: n % 5]) * np.float32(scale),
-    ])[: 100 + n]  # lengths that are and are not multiples of 8 (the SIMD tail)
+    ])
+    x = np.concatenate([special, rest[: 100 + n - special.size]])
+    x = x[rng.permutation(x.size)]
+    assert x.size == 100 + n and np.isnan(x).sum() == 1 and np.isinf(x).sum() == 2
     x = x.reshape(-1, 1) if n % 2 else x
     np.testing.assert_array_equal(T.affine_quantize(x, scale, zp, dtype=dtype, kernel=kernel),
                                   run_quantize(x, scale, zp, dtype=dtype, kernel=kernel))

@@ -264,3 +264,16 @@ def test_float32_exact_tie_is_ranked_by_torchs_rounding(torch):
     assert abs(int(norms.view(np.int32)[0]) - int(norms.view(np.int32)[1])) == 2
     ours = rp._compute_norm(w, 0.5, 1)
     assert abs(ours[0] - ours[1]) <= 1e-15 * ours[0]
+
+
+@pytest.mark.parametrize("name", ["l1_unstructured", "random_unstructured"])
+def test_global_unstructured_method_name_is_a_type_error_in_torch_and_in_refquant(torch, name):
+    # torch 2.13 takes only the class (it calls pruning_method(**kwargs)); refquant refuses the
+    # name too, with a TypeError that is a RefquantError and names the class to pass
+    from torch.nn.utils import prune as tprune
+
+    w = np.float32([[1.0, -2.0], [3.0, 0.5]])
+    with pytest.raises(TypeError, match="not callable"):
+        tprune.global_unstructured([(tmodule(torch, w), "weight")], pruning_method=name, amount=1)
+    with pytest.raises(rp.PruneTypeError, match="Unstructured"):
+        rp.global_unstructured([({"weight": w}, "weight")], pruning_method=name, amount=1)

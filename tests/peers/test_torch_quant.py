@@ -77,14 +77,20 @@ SCALES = st.one_of(
 
 @st.composite
 def tensors(draw, scale, n_min=1, n_max=70, special=True):
-    """float32 values: exact ties (k + 1/2)·s, their neighbours, far values, ±Inf, NaN."""
+    """float32 values: exact ties (k + 1/2)·s, their neighbours, far values, ±Inf, NaN.
+
+    ``scale`` is one scale, or one per element (then ``n_min == n_max == scale.size``):
+    per-channel cases pass each element its own channel's scale, so every channel gets ties.
+    """
     n = draw(st.integers(n_min, n_max))
+    sc = np.asarray(scale, F).astype(np.float64)
+    assert sc.ndim == 0 or sc.shape == (n,), (sc.shape, n)
     k = np.array(draw(st.lists(st.integers(-400, 400), min_size=n, max_size=n)), np.float64)
     kind = np.array(draw(st.lists(st.integers(0, 9), min_size=n, max_size=n)))
-    x = ((k + 0.5) * np.float64(F(scale))).astype(F)  # ties (as float32 allows)
+    x = ((k + 0.5) * sc).astype(F)  # ties (as float32 allows)
     x = np.where(kind == 1, np.nextafter(x, F(np.inf)), x)
     x = np.where(kind == 2, np.nextafter(x, F(-np.inf)), x)
-    x = np.where(kind == 3, (k * np.float64(F(scale))).astype(F), x)
+    x = np.where(kind == 3, (k * sc).astype(F), x)
     if special:
         x = np.where(kind == 4, F(1e30) * np.sign(k + 0.5).astype(F), x)
         x = np.where(kind == 5, F(3e9) * np.sign(k + 0.5).astype(F), x)
@@ -116,7 +122,9 @@ def per_channel_case(draw, dtypes=QDTYPES, float_zp=False):
         )
     )
     n = int(np.prod(shape))
-    x = draw(tensors(s[0], n_min=n, n_max=n)).reshape(shape)
+    per_element = np.broadcast_to(
+        np.array(s).reshape([-1 if d == axis else 1 for d in range(ndim)]), shape).ravel()
+    x = draw(tensors(per_element, n_min=n, n_max=n)).reshape(shape)
     return name, np.array(s), np.array(z), axis, x
 
 

@@ -22,7 +22,7 @@ from refquant.quant.calibration import (
     mse_range,
     percentile_range,
 )
-from refquant.quant.qparams import choose_qparams, minmax_range
+from refquant.quant.qparams import choose_qparams, minmax_range, qparams_from_range
 
 # ------------------------------------------------------------------ percentile
 
@@ -208,10 +208,24 @@ def test_entropy_bad_bins():
 
 
 @pytest.mark.parametrize("method", ["percentile", "mse", "histogram", "entropy"])
-def test_choose_qparams_dispatches_every_method_per_axis(method):
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_choose_qparams_dispatches_every_method_per_axis(method, symmetric):
     x = np.random.default_rng(7).standard_normal((4, 50)).astype(np.float32)
-    qp = choose_qparams(x, dtype="int8", axis=0, method=method)
-    assert qp.scale.shape == (4,) and np.all(qp.scale > 0)
+    x[2] *= 40  # rows of different spread, so a mixed-up row would show
+    qp = choose_qparams(x, dtype="int8", axis=0, method=method, symmetric=symmetric)
+    assert qp.scale.shape == (4,) and qp.zero_point.shape == (4,)
+    # the method's own range, turned into qparams, row by row
+    lo, hi = calibrate_range(x, method, dtype="int8", symmetric=symmetric, axis=0)
+    want = qparams_from_range(np.ravel(lo), np.ravel(hi), dtype="int8", symmetric=symmetric)
+    np.testing.assert_array_equal(qp.scale, want.scale)
+    np.testing.assert_array_equal(qp.zero_point, want.zero_point)
+    for i in range(4):
+        row = choose_qparams(x[i], dtype="int8", method=method, symmetric=symmetric)
+        assert qp.scale[i] == row.scale and qp.zero_point[i] == row.zero_point
+    assert len(set(qp.scale.tolist())) == 4
+    if method != "entropy" and symmetric:  # measured: entropy (and asymmetric mse) keep the
+        # full range of these 50 samples, where the others clip it
+        assert not np.array_equal(qp.scale, choose_qparams(x, dtype="int8", axis=0, symmetric=symmetric).scale)
 
 
 def test_blocked_calibration_has_one_range_per_block_with_a_partial_last_block():

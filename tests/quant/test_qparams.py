@@ -76,6 +76,12 @@ def test_per_channel_and_blocked_shapes():
     lo, hi = minmax_range(x, axis=1, block_size=4)
     np.testing.assert_array_equal(hi[:, 2], x[:, 8:].max(axis=1))
     assert isinstance(qb, QParams)
+    # each block's scale and zero point are its own range's (the last block is partial)
+    for j, cols in enumerate((slice(0, 4), slice(4, 8), slice(8, 10))):
+        own = qparams_from_range(x[:, cols].min(axis=1),
+                                 x[:, cols].max(axis=1), dtype="int4", symmetric=False)
+        np.testing.assert_array_equal(qb.scale[:, j], own.scale)
+        np.testing.assert_array_equal(qb.zero_point[:, j], own.zero_point)
 
 
 def test_nan_is_ignored_by_minmax_but_all_nan_and_inf_are_refused():
@@ -88,8 +94,16 @@ def test_nan_is_ignored_by_minmax_but_all_nan_and_inf_are_refused():
 
 
 def test_empty_input_gives_eps_scale():
-    qp = choose_qparams(np.zeros((0, 4)), axis=1)
-    assert qp.scale.shape == (4,)
+    # no data: the range is (0, 0), as for all zeros, so each channel gets the float32 eps
+    # floor and the zero point all-zero data gets
+    for dtype in ("int8", "uint8"):
+        for symmetric in (True, False):
+            qp = choose_qparams(np.zeros((0, 4)), axis=1, dtype=dtype, symmetric=symmetric)
+            assert qp.scale.dtype == np.float32 and qp.scale.shape == (4,)
+            np.testing.assert_array_equal(qp.scale, np.full(4, np.finfo(np.float32).eps, np.float32))
+            zeros = choose_qparams(np.zeros((3, 4)), axis=1, dtype=dtype, symmetric=symmetric)
+            np.testing.assert_array_equal(qp.zero_point, zeros.zero_point)
+            np.testing.assert_array_equal(qp.scale, zeros.scale)
 
 
 def test_qparams_reproduce_stored_semantics():
