@@ -21,7 +21,10 @@ def test_tutorial_runs(path, tmp_path, monkeypatch):
     import matplotlib
 
     matplotlib.use("Agg")
-    monkeypatch.chdir(tmp_path)  # plots are saved into the working directory
+    cwd, out = tmp_path / "cwd", tmp_path / "out"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("REFQUANT_TUTORIAL_OUT", str(out))  # the folder tutorials write into
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setattr(sys, "argv", [str(path)])
     runpy.run_path(str(path), run_name="__main__")
@@ -29,13 +32,14 @@ def test_tutorial_runs(path, tmp_path, monkeypatch):
 
     plt.close("all")
     # every figure the tutorial saves is there, and is a PNG with pixels in it
-    saved = re.findall(r"savefig\(\s*[\"']([^\"']+)[\"']", path.read_text())
+    saved = re.findall(r"savefig\(\s*OUT\s*/\s*[\"']([^\"']+)[\"']", path.read_text())
     assert saved, f"{path.name} saves no figure (each tutorial plots its formula)"
     for name in saved:
-        png = tmp_path / name
-        assert png.is_file(), f"{path.name} did not write {name}; the folder holds {os.listdir(tmp_path)}"
+        png = out / name
+        assert png.is_file(), f"{path.name} did not write {name}; the folder holds {os.listdir(out)}"
         head = png.read_bytes()
         assert head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) > 1000, f"{name} is not a PNG with content"
+    assert os.listdir(cwd) == [], f"{path.name} wrote into the working directory: {os.listdir(cwd)}"
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
