@@ -327,3 +327,42 @@ def test_a_zero_dim_does_not_hide_a_huge_one(tmp_path):
     with pytest.raises(RefquantError, match="2\\*\\*62"):
         with rio.open(p) as ck:
             ck["t0"]
+
+
+# --------------------------------------------------------------------------- HDF5 (Keras)
+
+# each example starts a child process (Python + h5py, ~0.5 s): fewer examples
+H5_FUZZ = settings(max_examples=int(__import__("os").environ.get("REFQUANT_FUZZ_H5_EXAMPLES", "12")),
+                   deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                         HealthCheck.too_slow])
+
+
+@H5_FUZZ
+@given(st.data())
+def test_fuzz_keras_h5_returns_or_raises_within_the_bound(tmp_path_factory, data):
+    """Damaged legacy Keras .h5 (the file kind libhdf5 was seen to loop on):
+    rio.open and every read end, within the HDF5 timeout, as arrays or RefquantError."""
+    import os
+
+    from test_keras_hdf5_bound import legacy_h5
+
+    pytest.importorskip("h5py")
+    d = tmp_path_factory.mktemp("h5")
+    raw = legacy_h5(d / "ok.h5").read_bytes()
+    # damage the metadata, where libhdf5 parses: the first 2 KiB hold the superblock,
+    # the root group and the attribute messages (model_config among them)
+    head = _mutate(raw[:2048], data.draw)
+    p = d / "f.h5"
+    p.write_bytes(head + raw[2048:])
+    old = os.environ.get("REFQUANT_HDF5_TIMEOUT")
+    os.environ["REFQUANT_HDF5_TIMEOUT"] = "10"
+    t0 = __import__("time").monotonic()
+    try:
+        _open_and_read_once(p, None)
+    finally:
+        if old is None:
+            del os.environ["REFQUANT_HDF5_TIMEOUT"]
+        else:
+            os.environ["REFQUANT_HDF5_TIMEOUT"] = old
+    # one silence bound per request: open, then one read per dataset (two here)
+    assert __import__("time").monotonic() - t0 < 3 * 10 + 5
