@@ -83,6 +83,15 @@ def _need_h5py():
         raise RefquantError("reading Keras HDF5 weights needs h5py: pip install 'refquant[keras]'")
 
 
+def _weights_limit(archive_bytes: int) -> int:
+    """Largest ``model.weights.h5`` a ``.keras`` archive may expand to: 16x + 64 MiB.
+
+    Float weights compress little (a deflated one is rarely under half its
+    size); 1 GB of zeros deflated ~1,000x passed the ratio check alone.
+    """
+    return 16 * archive_bytes + (64 << 20)
+
+
 class _Worker:
     """One child process running ``_h5worker.py``; frames over its stdin / stdout."""
 
@@ -101,6 +110,10 @@ class _Worker:
         self._out = self.proc.stdout.fileno()
 
     def _why_dead(self) -> str:
+        try:  # the pipe closes a moment before the process is reaped
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
         try:
             self._err.seek(0, os.SEEK_END)
             n = self._err.tell()
@@ -199,7 +212,9 @@ class KerasCheckpoint(LazyCheckpoint):
                 try:
                     if "model.weights.h5" not in infos:
                         raise fail(path, "no model.weights.h5 in the .keras archive")
-                    raw = bytes(read_zip_entry(zf, m, infos["model.weights.h5"], m.size * 1032 + 1024))
+                    # an absolute bound, not only deflate's ratio: weights barely compress, so
+                    # a model.weights.h5 over 16x the archive (+64 MiB) is a bomb
+                    raw = bytes(read_zip_entry(zf, m, infos["model.weights.h5"], _weights_limit(m.size)))
                     if "config.json" in infos:
                         try:
                             config = json.loads(bytes(read_zip_entry(zf, m, infos["config.json"], 100_000_000)))

@@ -199,6 +199,12 @@ _FRAGMENTS = [
     GLOBAL("torch", "bfloat16"), GLOBAL("torch._utils", "_rebuild_parameter"),
     GLOBAL("torch._tensor", "_rebuild_from_type_v2"), GLOBAL("torch", "Size"),
     GLOBAL("builtins", "set"), GLOBAL("_codecs", "encode"), GLOBAL("os", "system"),
+    # the hostile classes of test_hostile_files, as pieces: a 5,001-digit int, a
+    # tuple nested 2,000 deep, a memoised 64 KiB string and its re-use, the
+    # callables that copy what they are given, torch.Tensor for _rebuild_from_type_v2
+    INT(10**5000), b")" + b"\x85" * 2000, UNI("a" * 65536) + b"r\x07\x00\x00\x00", b"j\x07\x00\x00\x00",
+    GLOBAL("builtins", "bytearray"), GLOBAL("torch", "device"), GLOBAL("torch", "Tensor"),
+    GLOBAL("collections", "Counter"), b"\x81",
 ]
 
 

@@ -104,3 +104,37 @@ def test_a_bad_timeout_setting_is_refused(tmp_path, monkeypatch, value):
     monkeypatch.setenv("REFQUANT_HDF5_TIMEOUT", value)
     with pytest.raises(RefquantError, match="REFQUANT_HDF5_TIMEOUT"):
         rio.open(p)
+
+
+def test_keras_archive_whose_weights_inflate_past_the_absolute_bound_is_refused(tmp_path):
+    import tracemalloc
+    import zipfile
+
+    import_peer("h5py")
+    p = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("config.json", "{}")
+        zi = zipfile.ZipInfo("model.weights.h5")
+        zi.compress_type = zipfile.ZIP_DEFLATED
+        with z.open(zi, "w", force_zip64=True) as w:
+            for _ in range(96):  # 96 MiB of zeros, ~1,030x: under deflate's ratio ceiling
+                w.write(bytes(1 << 20))
+    assert p.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(RefquantError, match="expected at most"):
+            rio.open(p)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20
+
+
+def test_zero_element_dataset_with_a_huge_dim_is_refused(tmp_path):
+    h5py = import_peer("h5py")
+    p = tmp_path / "z.h5"
+    with h5py.File(p, "w") as f:
+        f.create_dataset("w", shape=(0, 2**62), maxshape=(None, 2**62), dtype="f4", chunks=(1, 1))
+    with pytest.raises(RefquantError, match="2\\*\\*62"):
+        with rio.open(p) as ck:
+            ck["w"]
