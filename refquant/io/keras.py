@@ -108,6 +108,8 @@ class _Worker:
             self._err.close()
             raise fail(path, f"cannot start the HDF5 reader process: {e}") from None
         self._out = self.proc.stdout.fileno()
+        # writes must never block on a child that stopped reading (see _write_all)
+        os.set_blocking(self.proc.stdin.fileno(), False)
 
     def _why_dead(self) -> str:
         try:  # the pipe closes a moment before the process is reaped
@@ -147,6 +149,27 @@ class _Worker:
             deadline = time.monotonic() + self.timeout  # progress: the bound is on silence
         return bytes(buf)
 
+    def _write_all(self, data: bytes) -> None:
+        """Write to the child's stdin, under the same silence bound as reading."""
+        fd = self.proc.stdin.fileno()
+        view = memoryview(data)
+        deadline = time.monotonic() + self.timeout
+        while view:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.close()
+                raise fail(self.path, f"the HDF5 reader process took no input for {self.timeout:g} s; "
+                                      "it was killed")
+            _, ready, _ = select.select([], [fd], [], left)
+            if not ready:
+                continue
+            try:
+                n = os.write(fd, view[: 1 << 16])  # non-blocking: a partial write returns
+            except BlockingIOError:
+                continue
+            view = view[n:]
+            deadline = time.monotonic() + self.timeout
+
     def _frame(self) -> bytes:
         (n,) = struct.unpack("<Q", self._read_exact(8))
         return self._read_exact(n)
@@ -156,11 +179,10 @@ class _Worker:
             raise fail(self.path, self._why_dead())
         try:
             msg = json.dumps(req).encode("utf-8")
-            self.proc.stdin.write(struct.pack("<Q", len(msg)) + msg)
+            self._write_all(struct.pack("<Q", len(msg)) + msg)
             if payload is not None:
-                self.proc.stdin.write(struct.pack("<Q", len(payload)))
-                self.proc.stdin.write(payload)
-            self.proc.stdin.flush()
+                self._write_all(struct.pack("<Q", len(payload)))
+                self._write_all(payload)
         except (BrokenPipeError, OSError):
             msg = self._why_dead()
             self.close()

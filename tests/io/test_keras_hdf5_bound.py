@@ -138,3 +138,21 @@ def test_zero_element_dataset_with_a_huge_dim_is_refused(tmp_path):
     with pytest.raises(RefquantError, match="2\\*\\*62"):
         with rio.open(p) as ck:
             ck["w"]
+
+
+def test_a_child_that_never_reads_its_input_is_killed_within_the_timeout(tmp_path, monkeypatch):
+    # a .keras archive's weights are sent to the child; a child that does not read
+    # them must not block the caller on a full pipe
+    import zipfile
+
+    import_peer("h5py")
+    p = tmp_path / "m.keras"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("config.json", "{}")
+        z.writestr("model.weights.h5", legacy_h5(tmp_path / "w.h5").read_bytes() + bytes(4 << 20))
+    _timeout(monkeypatch, 1)
+    monkeypatch.setattr(rk, "_WORKER_CMD", [sys.executable, "-c", "import time; time.sleep(120)"])
+    t0 = time.monotonic()
+    with pytest.raises(RefquantError, match="took no input for 1 s"):
+        rio.open(p)
+    assert time.monotonic() - t0 < 10
