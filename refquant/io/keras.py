@@ -42,6 +42,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from importlib.util import find_spec
@@ -98,6 +99,7 @@ class _Worker:
     def __init__(self, path):
         self.path = path
         self.timeout = _timeout()
+        self._lock = threading.Lock()
         self._err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
         # the child finds h5py and NumPy where this process found them
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p and os.path.isdir(p)))
@@ -175,6 +177,10 @@ class _Worker:
         return self._read_exact(n)
 
     def request(self, req: dict, payload: bytes | None = None, with_data: bool = False):
+        with self._lock:  # one request and its reply at a time: frames must not interleave
+            return self._request(req, payload, with_data)
+
+    def _request(self, req, payload, with_data):
         if self.proc.poll() is not None or self.proc.stdin is None:
             raise fail(self.path, self._why_dead())
         try:

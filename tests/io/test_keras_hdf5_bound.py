@@ -156,3 +156,15 @@ def test_a_child_that_never_reads_its_input_is_killed_within_the_timeout(tmp_pat
     with pytest.raises(RefquantError, match="took no input for 1 s"):
         rio.open(p)
     assert time.monotonic() - t0 < 10
+
+
+def test_reads_from_several_threads_get_their_own_arrays(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    p = legacy_h5(tmp_path / "w.h5")
+    with rio.open(p) as ck:
+        names = ["d1/kernel:0", "d1/bias:0"] * 20
+        with ThreadPoolExecutor(4) as ex:
+            got = list(ex.map(lambda n: ck[n].copy(), names))
+    for n, a in zip(names, got, strict=True):
+        assert a.shape == ((2, 3) if n == "d1/kernel:0" else (3,))
