@@ -15,7 +15,7 @@ PyTorch legacy     pickled magic ``0x1950a86a20f9469cfc6c``          mmap      -
 npy / npz          ``\\x93NUMPY`` / zip of ``*.npy``                  mmap      npz
 GGUF               ``GGUF``                                         mmap      yes
 ONNX               protobuf ModelProto (field 1, ir_version)        -         -
-Keras              zip with ``model.weights.h5`` / HDF5 signature   h5py      -
+Keras              zip with ``model.weights.h5`` / HDF5 signature   child     -
 Flax               msgpack map                                      -         -
 TensorFlow         ``.index`` SSTable (footer magic) + ``.data-*``  mmap      -
 sharded            ``*.index.json`` with ``weight_map``; a folder   per shard -

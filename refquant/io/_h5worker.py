@@ -115,6 +115,11 @@ def check_storage(np, ds):
         raise Refused(f"dataset {ds.name!r} is a virtual dataset (mapped from other files); refused")
     if ds.external:
         raise Refused(f"dataset {ds.name!r} has external storage in {ds.external[0][0]!r}; refused")
+    extent = ds.dtype.itemsize
+    for d in ds.shape:
+        extent *= max(int(d), 1)
+    if extent > 1 << 62:  # (0, 2**62): no elements, but no array can have that shape
+        raise Refused(f"dataset {ds.name!r}: shape {list(ds.shape)} spans more than 2**62 bytes")
     nbytes = int(np.prod(ds.shape, dtype=object)) * ds.dtype.itemsize
     stored = ds.id.get_storage_size()
     if nbytes > 1032 * stored + 1024:

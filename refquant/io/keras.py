@@ -42,6 +42,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from importlib.util import find_spec
@@ -83,12 +84,22 @@ def _need_h5py():
         raise RefquantError("reading Keras HDF5 weights needs h5py: pip install 'refquant[keras]'")
 
 
+def _weights_limit(archive_bytes: int) -> int:
+    """Largest ``model.weights.h5`` a ``.keras`` archive may expand to: 16x + 64 MiB.
+
+    Float weights compress little (a deflated one is rarely under half its
+    size); 1 GB of zeros deflated ~1,000x passed the ratio check alone.
+    """
+    return 16 * archive_bytes + (64 << 20)
+
+
 class _Worker:
     """One child process running ``_h5worker.py``; frames over its stdin / stdout."""
 
     def __init__(self, path):
         self.path = path
         self.timeout = _timeout()
+        self._lock = threading.Lock()
         self._err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
         # the child finds h5py and NumPy where this process found them
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p and os.path.isdir(p)))
@@ -99,8 +110,14 @@ class _Worker:
             self._err.close()
             raise fail(path, f"cannot start the HDF5 reader process: {e}") from None
         self._out = self.proc.stdout.fileno()
+        # writes must never block on a child that stopped reading (see _write_all)
+        os.set_blocking(self.proc.stdin.fileno(), False)
 
     def _why_dead(self) -> str:
+        try:  # the pipe closes a moment before the process is reaped
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
         try:
             self._err.seek(0, os.SEEK_END)
             n = self._err.tell()
@@ -134,20 +151,44 @@ class _Worker:
             deadline = time.monotonic() + self.timeout  # progress: the bound is on silence
         return bytes(buf)
 
+    def _write_all(self, data: bytes) -> None:
+        """Write to the child's stdin, under the same silence bound as reading."""
+        fd = self.proc.stdin.fileno()
+        view = memoryview(data)
+        deadline = time.monotonic() + self.timeout
+        while view:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.close()
+                raise fail(self.path, f"the HDF5 reader process took no input for {self.timeout:g} s; "
+                                      "it was killed")
+            _, ready, _ = select.select([], [fd], [], left)
+            if not ready:
+                continue
+            try:
+                n = os.write(fd, view[: 1 << 16])  # non-blocking: a partial write returns
+            except BlockingIOError:
+                continue
+            view = view[n:]
+            deadline = time.monotonic() + self.timeout
+
     def _frame(self) -> bytes:
         (n,) = struct.unpack("<Q", self._read_exact(8))
         return self._read_exact(n)
 
     def request(self, req: dict, payload: bytes | None = None, with_data: bool = False):
+        with self._lock:  # one request and its reply at a time: frames must not interleave
+            return self._request(req, payload, with_data)
+
+    def _request(self, req, payload, with_data):
         if self.proc.poll() is not None or self.proc.stdin is None:
             raise fail(self.path, self._why_dead())
         try:
             msg = json.dumps(req).encode("utf-8")
-            self.proc.stdin.write(struct.pack("<Q", len(msg)) + msg)
+            self._write_all(struct.pack("<Q", len(msg)) + msg)
             if payload is not None:
-                self.proc.stdin.write(struct.pack("<Q", len(payload)))
-                self.proc.stdin.write(payload)
-            self.proc.stdin.flush()
+                self._write_all(struct.pack("<Q", len(payload)))
+                self._write_all(payload)
         except (BrokenPipeError, OSError):
             msg = self._why_dead()
             self.close()
@@ -199,7 +240,9 @@ class KerasCheckpoint(LazyCheckpoint):
                 try:
                     if "model.weights.h5" not in infos:
                         raise fail(path, "no model.weights.h5 in the .keras archive")
-                    raw = bytes(read_zip_entry(zf, m, infos["model.weights.h5"], m.size * 1032 + 1024))
+                    # an absolute bound, not only deflate's ratio: weights barely compress, so
+                    # a model.weights.h5 over 16x the archive (+64 MiB) is a bomb
+                    raw = bytes(read_zip_entry(zf, m, infos["model.weights.h5"], _weights_limit(m.size)))
                     if "config.json" in infos:
                         try:
                             config = json.loads(bytes(read_zip_entry(zf, m, infos["config.json"], 100_000_000)))

@@ -470,13 +470,15 @@ _LOCAL_HEADER = struct.Struct("<4s5H3L2H")
 
 
 def _pickle_limit(file_size: int) -> int:
-    """Largest data.pkl accepted: 16x the file plus 64 MiB.
+    """Largest data.pkl accepted: 16x the file plus 16 MiB.
 
     torch writes data.pkl stored, so it is smaller than the file; a re-zipped
     checkpoint compresses its pickle a few times at most. The ratio ceiling
-    alone (1,032x) let 1.6 GB of zeros deflated to 1.55 MB through.
+    alone (1,032x) let 1.6 GB of zeros deflated to 1.55 MB through. With the
+    pickle's build budget (8x the pickle + 4 MiB), a file of ``s`` bytes makes
+    the reader hold at most ~9 x (16 s + 16 MiB).
     """
-    return 16 * file_size + (64 << 20)
+    return 16 * file_size + (16 << 20)
 
 
 def _zip_errors():

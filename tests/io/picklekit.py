@@ -14,6 +14,7 @@ MARK, TUPLE, REDUCE, STOP = b"(", b"t", b"R", b"."
 BINPERSID, EMPTY_DICT, EMPTY_TUPLE, EMPTY_LIST = b"Q", b"}", b")", b"]"
 SETITEM, SETITEMS, APPEND, BUILD = b"s", b"u", b"a", b"b"
 NEWFALSE, NEWTRUE, NONE = b"\x89", b"\x88", b"N"
+TUPLE1, TUPLE2, NEWOBJ = b"\x85", b"\x86", b"\x81"
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
@@ -25,6 +26,20 @@ def GLOBAL(module, name):
 def UNI(s):
     b = s.encode()
     return b"X" + struct.pack("<I", len(b)) + b
+
+
+def PUT(i):
+    """LONG_BINPUT: memoise the top of the stack in slot ``i``."""
+    return b"r" + struct.pack("<I", i)
+
+
+def GET(i):
+    """LONG_BINGET: push memo slot ``i`` again (the memo's amplifier: 5 bytes a use)."""
+    return b"j" + struct.pack("<I", i)
+
+
+def BYTES(b):
+    return b"B" + struct.pack("<I", len(b)) + b
 
 
 def INT(n):

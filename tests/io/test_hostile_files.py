@@ -22,18 +22,24 @@ import numpy as np
 import pytest
 from picklekit import (
     APPEND,
+    BYTES,
     EMPTY_DICT,
     EMPTY_LIST,
     EMPTY_TUPLE,
+    GET,
     GLOBAL,
     INT,
     MARK,
+    NEWOBJ,
     NONE,
     PROTO2,
+    PUT,
     REDUCE,
     SETITEM,
     STOP,
     TUPLE,
+    TUPLE1,
+    TUPLE2,
     UNI,
     state_dict,
     tensor_v2,
@@ -46,20 +52,7 @@ import refquant.io as rio
 from refquant import RefquantError
 from refquant.io._pickle import built_budget
 
-TUPLE1, TUPLE2, NEWOBJ = b"\x85", b"\x86", b"\x81"
 HUGE = 2**62
-
-
-def _put(i):
-    return b"r" + struct.pack("<I", i)  # LONG_BINPUT
-
-
-def _get(i):
-    return b"j" + struct.pack("<I", i)  # LONG_BINGET
-
-
-def _binbytes(b):
-    return b"B" + struct.pack("<I", len(b)) + b
 
 
 def _open_all(path):
@@ -210,11 +203,11 @@ def test_torch_size_of_a_100000_deep_tuple_is_refused(tmp_path):
 
 
 def test_rebuild_from_type_v2_nested_in_itself_3000_deep_is_refused(tmp_path):
-    f = GLOBAL("torch._tensor", "_rebuild_from_type_v2") + _put(0)
-    tensor_t = GLOBAL("torch", "Tensor") + _put(1)
+    f = GLOBAL("torch._tensor", "_rebuild_from_type_v2") + PUT(0)
+    tensor_t = GLOBAL("torch", "Tensor") + PUT(1)
     n = 3000
-    args = (MARK + _get(0) + _get(1)) * n + EMPTY_TUPLE + (EMPTY_DICT + TUPLE) * n
-    pkl = PROTO2 + f + tensor_t + b"0" + b"0" + _get(0) + args + REDUCE + STOP
+    args = (MARK + GET(0) + GET(1)) * n + EMPTY_TUPLE + (EMPTY_DICT + TUPLE) * n
+    pkl = PROTO2 + f + tensor_t + b"0" + b"0" + GET(0) + args + REDUCE + STOP
     for kind in ("zip", "legacy"):
         if kind == "zip":
             p = torch_zip(tmp_path / "z.pt", pkl, {})
@@ -255,11 +248,11 @@ def test_one_memoised_1mib_string_passed_1000_times_is_refused_within_the_budget
     # unbounded, 1,000 copies of 1 MiB are 1 GiB built from a 2 KB file (the corpus had 4 MiB)
     s = "a" * (1 << 20)
     if callable_ == "_codecs.encode":
-        head, call = UNI(s) + _put(0), GLOBAL("_codecs", "encode") + MARK + _get(0) + UNI("latin1") + TUPLE + REDUCE
+        head, call = UNI(s) + PUT(0), GLOBAL("_codecs", "encode") + MARK + GET(0) + UNI("latin1") + TUPLE + REDUCE
     elif callable_ == "builtins.bytearray":
-        head, call = _binbytes(s.encode()) + _put(0), GLOBAL("builtins", "bytearray") + _get(0) + TUPLE1 + REDUCE
+        head, call = BYTES(s.encode()) + PUT(0), GLOBAL("builtins", "bytearray") + GET(0) + TUPLE1 + REDUCE
     else:
-        head, call = UNI(s) + _put(0), GLOBAL("torch", "device") + _get(0) + TUPLE1 + REDUCE
+        head, call = UNI(s) + PUT(0), GLOBAL("torch", "device") + GET(0) + TUPLE1 + REDUCE
     pkl = PROTO2 + head + b"0" + EMPTY_LIST + (call + APPEND) * 1000 + STOP
     p = _deflated_torch_zip(tmp_path / "m.pt", pkl)
     assert p.stat().st_size < 64 << 10
@@ -272,17 +265,17 @@ def test_one_memoised_1mib_string_passed_1000_times_is_refused_within_the_budget
 
 
 def test_ordered_dict_of_one_memoised_list_200_times_is_refused_quickly(tmp_path):
-    n = 30_000
+    n = 10_000
     pairs = b"".join(INT(i) + NONE + TUPLE2 + APPEND for i in range(n))
-    head = EMPTY_LIST + _put(0) + pairs + b"0"
-    call = GLOBAL("collections", "OrderedDict") + _get(0) + TUPLE1 + REDUCE
+    head = EMPTY_LIST + PUT(0) + pairs + b"0"
+    call = GLOBAL("collections", "OrderedDict") + GET(0) + TUPLE1 + REDUCE
     pkl = PROTO2 + head + EMPTY_LIST + (call + APPEND) * 200 + STOP
     p = torch_zip(tmp_path / "m.pt", pkl, {})
     err, peak, secs = _measured(lambda: _open_all(p))
     assert isinstance(err, RefquantError) and "more than" in str(err), err
-    # 200 dicts of 30k pairs would be ~400 MB; the budget stops it at
-    # 8 x the ~300 KB pickle + 4 MiB
-    assert peak < 24 << 20, peak
+    # 200 dicts of 10k pairs would be ~190 MB (the corpus's 300k pairs: 5.6 GB); the
+    # budget stops it at 8 x the ~90 KB pickle + 4 MiB
+    assert peak < built_budget(len(pkl)) + (8 << 20) < 16 << 20, peak
     assert secs < 20, secs
 
 
