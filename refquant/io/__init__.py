@@ -140,6 +140,11 @@ def detect_format(path) -> str:
         return "pytorch-legacy"
     if len(head) >= 9 and _safetensors_header_opens(p, head, size):
         return "safetensors"
+    if len(head) >= 10 and head[8:].lstrip(b" \t\n\r")[:2] in (b'{"', b"{}"):
+        (n,) = struct.unpack("<Q", head[:8])
+        if 8 + n > size and n <= 100_000_000:  # a safetensors file cut short
+            raise fail(path, f"safetensors header of {n} bytes, but the file has only {size}: "
+                       "truncated")
     if head.lstrip()[:1] == b"{":
         return "index"
     if tail == _TF_MAGIC:

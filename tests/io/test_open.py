@@ -169,3 +169,13 @@ def test_a_folder_that_takes_no_files_is_a_refquant_error(fmt):
     # tempfile.mkstemp in /proc raised FileNotFoundError from every writer
     with pytest.raises(RefquantError, match="cannot create a file"):
         rio.save({"a": np.ones(2, np.float32)}, f"/proc/refquant-test.{fmt}")
+
+
+def test_a_truncated_safetensors_file_is_reported_as_truncated(tmp_path):
+    # a 100-byte prefix of a real file was "unrecognised checkpoint format"
+    p = rio.save({"w": np.ones((64, 64), np.float32)}, tmp_path / "m.safetensors")
+    cut = tmp_path / "cut.safetensors"
+    for n in (40, 100):
+        cut.write_bytes(p.read_bytes()[:n])
+        with pytest.raises(RefquantError, match="truncated"):
+            rio.open(cut)
