@@ -14,9 +14,12 @@ Backends (``backend=``): ``"numpy"`` (the reference in
 ``refquant.quant.bitmatmul``, which unpacks every bit), ``"cpu"`` (Numba,
 ``refquant.kernels.cpu.binary``), ``"auto"`` (``"cpu"`` from about 2^16
 word operations). ``path=`` picks the CPU kernel's implementation:
-``"popcnt"`` (``llvm.ctpop.i64``; ``vpopcntq`` where the CPU has AVX-512
-VPOPCNTDQ) or ``"portable"`` (a byte-table popcount); ``None`` reads
-``REFQUANT_CPU_PATH`` and defaults to ``"popcnt"``. All give the same integers.
+``"avx512"`` (512-bit tiles written in LLVM IR, ``vpopcntq zmm``; needs
+AVX-512F and VPOPCNTDQ), ``"popcnt"`` (``llvm.ctpop.i64`` in a Numba loop) or
+``"portable"`` (a byte-table popcount); ``None`` reads ``REFQUANT_CPU_PATH``
+and defaults to ``"avx512"`` where the CPU has it, else ``"popcnt"``. All give
+the same integers. (``path`` applies to ``matmul_binary``; the ternary
+kernels have ``"popcnt"`` and ``"portable"``, and take ``"avx512"`` as ``"popcnt"``.)
 Non-contiguous inputs are copied to C order first.
 """
 
@@ -35,7 +38,7 @@ from .packing import pack_bits
 __all__ = ["pack_signs", "matmul_binary", "pack_ternary", "matmul_ternary"]
 
 _WORD_NAMES = ("uint8", "uint16", "uint32", "uint64")
-_PATHS = ("popcnt", "portable")
+_PATHS = ("avx512", "popcnt", "portable")
 _THRESHOLD = 1 << 16
 _INT32_MAX = 2**31 - 1
 
@@ -193,9 +196,19 @@ def _as_words(p, name, k):
 def _path(path):
     p = forced_path() if path is None else path
     if p is None:
-        return "popcnt"
+        from .cpu._features import has_feature
+
+        return "avx512" if has_feature("avx512f", "avx512vpopcntdq") else "popcnt"
     if p not in _PATHS:
         raise RefquantError(f"path must be one of {_PATHS} (or None), got {p!r}")
+    if p == "avx512":
+        from .cpu._features import has_feature
+
+        if not has_feature("avx512f", "avx512vpopcntdq"):
+            raise RefquantError(
+                "path='avx512' needs a CPU with AVX-512F and AVX-512 VPOPCNTDQ; this one has "
+                "not both (use 'popcnt' or 'portable')"
+            )
     return p
 
 
@@ -296,8 +309,14 @@ def matmul_binary(a_packed, b_packed, k, *, alpha=None, backend="auto", path=Non
     else:
         from .cpu import binary as _cpu
 
-        f = _cpu.matmul_binary_popcnt if p == "popcnt" else _cpu.matmul_binary_portable
-        acc = f(a, b, np.int64(kk))
+        if p == "avx512":
+            if w % 8:  # zero words to a whole 512-bit vector: popcount(0 ^ 0) = 0
+                a = np.concatenate([a, np.zeros((m, 8 - w % 8), np.uint64)], axis=1)
+                b = np.concatenate([b, np.zeros((n, 8 - w % 8), np.uint64)], axis=1)
+            acc = _cpu.matmul_binary_avx512(a, b, np.int64(kk))
+        else:
+            f = _cpu.matmul_binary_popcnt if p == "popcnt" else _cpu.matmul_binary_portable
+            acc = f(a, b, np.int64(kk))
     return acc if alpha is None else _scale(acc, alpha)
 
 
@@ -383,7 +402,7 @@ def matmul_ternary(x, w_planes, k, *, alpha=None, backend="auto", path=None):
         else:
             from .cpu import binary as _cpu
 
-            f = (_cpu.matmul_ternary_binary_popcnt if p == "popcnt"
-                 else _cpu.matmul_ternary_binary_portable)
+            f = (_cpu.matmul_ternary_binary_portable if p == "portable"
+                 else _cpu.matmul_ternary_binary_popcnt)
             acc = f(a, nz, neg)
     return acc if alpha is None else _scale(acc, alpha)

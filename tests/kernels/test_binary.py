@@ -14,9 +14,12 @@ from hypothesis import strategies as st
 
 from refquant import RefquantError
 from refquant.kernels.binary import matmul_binary, matmul_ternary, pack_signs, pack_ternary
+from refquant.kernels.cpu._features import has_feature
 from refquant.quant import bitmatmul
 
 BACKENDS = [("numpy", None), ("cpu", "popcnt"), ("cpu", "portable")]
+if has_feature("avx512f", "avx512vpopcntdq"):  # each path this CPU can run
+    BACKENDS.append(("cpu", "avx512"))
 SETTINGS = settings(max_examples=25, deadline=None)
 
 
@@ -192,12 +195,16 @@ def test_kernel_bodies_run_as_python_without_the_jit():
         from refquant.quant import bitmatmul as ref
         from refquant.kernels.binary import pack_signs, pack_ternary
         rng = np.random.default_rng(0)
-        for m, n, k in [(1, 1, 1), (5, 6, 70), (4, 9, 129)]:
+        for m, n, k in [(1, 1, 1), (5, 6, 70), (4, 9, 129), (8, 4, 600)]:
             a = pack_signs(rng.standard_normal((m, k)))
             b = pack_signs(rng.standard_normal((n, k)))
             want = ref.matmul_binary(a, b, k)
             assert (kb.matmul_binary_popcnt(a, b, k) == want).all()
             assert (kb.matmul_binary_portable(a, b, k) == want).all()
+            w = a.shape[1]
+            a8 = np.concatenate([a, np.zeros((m, -w % 8), np.uint64)], axis=1)
+            b8 = np.concatenate([b, np.zeros((n, -w % 8), np.uint64)], axis=1)
+            assert (kb.matmul_binary_avx512(a8, b8, k) == want).all()
             t = rng.integers(-1, 2, (n, k))
             nz, neg = pack_ternary(t)
             want = ref.matmul_ternary_binary(a, nz, neg, k)
