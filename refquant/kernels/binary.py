@@ -194,7 +194,10 @@ def _as_words(p, name, k):
 
 
 def _path(path):
-    p = forced_path() if path is None else path
+    p = path
+    if p is None:  # REFQUANT_CPU_PATH is shared with the int8 kernels: honour only our names
+        env = forced_path()
+        p = env if env in _PATHS else None
     if p is None:
         from .cpu._features import has_feature
 

@@ -130,14 +130,6 @@ def _cpu_matmul(x2, w, t):
     da = c(_ref._f32le(a[..., 0:4]))
     qa = c(a[..., 4:260]).view(np.int8)
     bsums = c(a[..., 260:292]).view("<i2").astype(np.int16)
-    if t == "q4_k":
-        dw, dminw, sc, mn, codes = _ref._codes_q4_k(w)
-        weighted = codes * np.repeat(sc, 32, axis=-1)
-        mins = mn.astype(np.int16)
-    else:
-        dw, sc, codes = _ref._codes_q6_k(w)
-        weighted = codes * np.repeat(sc, 16, axis=-1)
-        dminw = np.zeros_like(dw)
-        mins = np.zeros(dw.shape + (8,), np.int16)
-    return _cpu.matmul_k(c(weighted.astype(np.int16)), c(dw), c(dminw), c(mins), qa, da, bsums,
-                         t == "q4_k")
+    dw = _ref._fp16(w[..., 0:2]) if t == "q4_k" else _ref._fp16(w[..., 208:210])
+    dminw = _ref._fp16(w[..., 2:4]) if t == "q4_k" else np.zeros_like(dw)
+    return _cpu.matmul_k(w, c(dw), c(dminw), qa, da, bsums, t == "q4_k")

@@ -181,6 +181,14 @@ def test_bad_input_names_the_argument(call, match):
         call()
 
 
+def test_cpu_path_forced_by_environment_and_foreign_names_ignored(monkeypatch):
+    x = pack_signs(np.ones((2, 3)))
+    monkeypatch.setenv("REFQUANT_CPU_PATH", "portable")
+    assert matmul_binary(x, x, 3, backend="cpu").tolist() == [[3, 3], [3, 3]]
+    monkeypatch.setenv("REFQUANT_CPU_PATH", "avx512vnni")  # an int8 path name: not ours
+    assert matmul_binary(x, x, 3, backend="cpu").tolist() == [[3, 3], [3, 3]]
+
+
 def test_forced_numpy_backend_by_environment(monkeypatch):
     monkeypatch.setenv("REFQUANT_BACKEND", "numpy")
     x = pack_signs(np.ones((2, 3)))
