@@ -409,3 +409,16 @@ def matmul_ternary(x, w_planes, k, *, alpha=None, backend="auto", path=None):
                  else _cpu.matmul_ternary_binary_popcnt)
             acc = f(a, nz, neg)
     return acc if alpha is None else _scale(acc, alpha)
+
+
+def _warmup() -> None:
+    """Compile (or load from the disk cache) every binary / ternary kernel this CPU can run."""
+    from .cpu._features import has_feature
+
+    x = pack_signs(np.ones((4, 70)))
+    planes = pack_ternary(np.ones((4, 70)))
+    paths = ["popcnt", "portable"] + (["avx512"] if has_feature("avx512f", "avx512vpopcntdq") else [])
+    for p in paths:
+        matmul_binary(x, x, 70, backend="cpu", path=p)
+        matmul_ternary(x, planes, 70, backend="cpu", path=p)
+    matmul_ternary(np.ones((4, 70), np.int8), planes, 70, backend="cpu")

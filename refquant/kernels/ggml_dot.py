@@ -133,3 +133,13 @@ def _cpu_matmul(x2, w, t):
     dw = _ref._fp16(w[..., 0:2]) if t == "q4_k" else _ref._fp16(w[..., 208:210])
     dminw = _ref._fp16(w[..., 2:4]) if t == "q4_k" else np.zeros_like(dw)
     return _cpu.matmul_k(w, c(dw), c(dminw), qa, da, bsums, t == "q4_k")
+
+
+def _warmup() -> None:
+    """Compile (or load from the disk cache) the ggml block-dot kernels."""
+    from ..formats.ggml import ggml_block_formats
+
+    for t in GGML_MATMUL_TYPES:
+        bs = GGML_BLOCK_TABLE[t][1]
+        w = ggml_block_formats()[t].quantize_blocks(np.ones((1, bs), np.float32))
+        matmul_ggml(np.ones((1, bs), np.float32), w, t, backend="cpu")

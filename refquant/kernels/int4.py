@@ -196,3 +196,11 @@ def matmul_int4(x, w_packed, scales, zero_points=None, *, group_size, layout="ni
 
         y = _cpu.matmul_int4(x2, packed, s, z, np.int64(gs))
     return y.reshape(lead + (n,))
+
+
+def _warmup() -> None:
+    """Compile (or load from the disk cache) the int4 kernel's specialisations."""
+    w = np.zeros((2, 16), np.uint8)
+    for m in (1, 5):  # the fused (M <= 4) and buffered paths share one compiled function
+        matmul_int4(np.ones((m, 32), np.float32), w, np.ones((2, 2), np.float32),
+                    group_size=16, backend="cpu")

@@ -228,3 +228,9 @@ def test_kernel_bodies_run_as_python_without_the_jit():
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+def test_warmup_compiles_every_path_this_cpu_runs():
+    from refquant.kernels import binary
+
+    binary._warmup()

@@ -108,3 +108,9 @@ def test_kernel_bodies_run_as_python_without_the_jit():
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+def test_warmup_compiles_every_type():
+    from refquant.kernels import ggml_dot
+
+    ggml_dot._warmup()

@@ -168,3 +168,9 @@ def test_kernel_bodies_run_as_python_without_the_jit():
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+def test_warmup_compiles_the_kernel():
+    from refquant.kernels import int4
+
+    int4._warmup()
