@@ -117,6 +117,25 @@ def _canonical(w_packed, layout, k):
     return np.ascontiguousarray(b[:, :nb]), n
 
 
+_PATHS = ("avx512", "portable")
+
+
+def _path(path):
+    from .cpu._features import forced_path, has_feature
+
+    p = path
+    if p is None:
+        env = forced_path()
+        p = env if env in _PATHS else None
+    if p is None:
+        return "avx512" if has_feature("avx512f") else "portable"
+    if p not in _PATHS:
+        raise RefquantError(f"path must be one of {_PATHS} (or None), got {p!r}")
+    if p == "avx512" and not has_feature("avx512f"):
+        raise RefquantError("path='avx512' needs a CPU with AVX-512F; use 'portable'")
+    return p
+
+
 def _group_params(v, name, n, groups, default):
     if v is None:
         return np.full((n, groups), default, np.float32)
@@ -134,7 +153,7 @@ def _group_params(v, name, n, groups, default):
 
 
 def matmul_int4(x, w_packed, scales, zero_points=None, *, group_size, layout="nibbles",
-                backend="auto"):
+                backend="auto", path=None):
     """Weight-only int4 matmul: ``x @ ((q - z) * s).T`` in float32.
 
     Parameters
@@ -151,6 +170,13 @@ def matmul_int4(x, w_packed, scales, zero_points=None, *, group_size, layout="ni
         Weights per group along K; must divide K (K itself for per-channel).
     layout : str
     backend : {"auto", "numpy", "cpu"}
+    path : {"avx512", "portable"} or None
+        The CPU kernel's implementation: ``"avx512"`` (AVX-512F; a 16-entry
+        weight table per group looked up with ``vpermps``, four output rows at a
+        time; used when ``group_size % 32 == 0`` and M <= 8, else ``"portable"``
+        serves the call) or ``"portable"`` (plain LLVM vectors, any CPU). None:
+        ``REFQUANT_CPU_PATH`` if it names one of these, else ``"avx512"`` where the
+        CPU has it. Both give the reference's bits.
 
     Returns
     -------
@@ -184,6 +210,7 @@ def matmul_int4(x, w_packed, scales, zero_points=None, *, group_size, layout="ni
     groups = k // gs
     s = _group_params(scales, "scales", n, groups, 1.0)
     z = _group_params(zero_points, "zero_points", n, groups, 8.0)
+    p = _path(path)
     lead = xa.shape[:-1]
     x2 = np.ascontiguousarray(xa.reshape(int(np.prod(lead, dtype=np.int64)), k))
     m = x2.shape[0]
@@ -194,7 +221,10 @@ def matmul_int4(x, w_packed, scales, zero_points=None, *, group_size, layout="ni
     else:
         from .cpu import int4 as _cpu
 
-        y = _cpu.matmul_int4(x2, packed, s, z, np.int64(gs))
+        if p == "avx512" and gs % 32 == 0 and m <= 8:
+            y = _cpu.matmul_int4_avx512(x2, packed, s, z, np.int64(gs))
+        else:
+            y = _cpu.matmul_int4(x2, packed, s, z, np.int64(gs))
     return y.reshape(lead + (n,))
 
 

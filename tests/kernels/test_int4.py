@@ -14,11 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refquant import RefquantError
+from refquant.kernels.cpu._features import has_feature
 from refquant.kernels.int4 import matmul_int4
 from refquant.kernels.packing import pack, pack_int4_to_int32, pack_nibbles
 from refquant.quant import weight_only
 
 SETTINGS = settings(max_examples=30, deadline=None)
+PATHS = ["portable"] + (["avx512"] if has_feature("avx512f") else [])  # each path this CPU runs
 
 
 def _same_bits(a, b):
@@ -42,16 +44,17 @@ def _case(rng, m, n, gs, ng, zero_kind="float"):
 
 
 @SETTINGS
-@given(st.integers(1, 7), st.integers(1, 7), st.sampled_from([1, 2, 3, 8, 16, 32, 48]),
+@given(st.integers(1, 10), st.integers(1, 9), st.sampled_from([1, 2, 3, 8, 16, 32, 48, 64]),
        st.integers(1, 4), st.sampled_from(["float", "int"]), st.integers(0, 2**32 - 1))
 def test_kernel_equals_reference_bit_for_bit(m, n, gs, ng, zero_kind, seed):
     rng = np.random.default_rng(seed)
     x, q, s, z, k = _case(rng, m, n, gs, ng, zero_kind)
     want = weight_only.matmul_int4(x, q, s, z, gs)
     got_np = matmul_int4(x, pack_nibbles(q), s, z, group_size=gs, backend="numpy")
-    got_cpu = matmul_int4(x, pack_nibbles(q), s, z, group_size=gs, backend="cpu")
     _same_bits(got_np, want)
-    _same_bits(got_cpu, want)
+    for path in PATHS:
+        got_cpu = matmul_int4(x, pack_nibbles(q), s, z, group_size=gs, backend="cpu", path=path)
+        _same_bits(got_cpu, want)
     exact = x.astype(np.float64) @ weight_only.dequantize_int4(q, s, z, gs).astype(np.float64).T
     bound = 2 * k * np.finfo(np.float32).eps * (np.abs(x).astype(np.float64) @ np.abs(
         weight_only.dequantize_int4(q, s, z, gs)).astype(np.float64).T) + 1e-30
@@ -83,9 +86,10 @@ def test_every_layout_gives_the_same_result(m):
         "int32_gptq": pack(q.T, 4, axis=0, word="uint32").view(np.int32),
         "codes": q,
     }
-    for backend in ("numpy", "cpu"):
+    for backend, path in [("numpy", None)] + [("cpu", p) for p in PATHS]:
         for layout, w in layouts.items():
-            _same_bits(matmul_int4(x, w, s, z, group_size=16, layout=layout, backend=backend), want)
+            _same_bits(matmul_int4(x, w, s, z, group_size=16, layout=layout, backend=backend,
+                                   path=path), want)
     # compressed-tensors stores signed codes + 8: the same words, zero point 8 by default
     ct = pack_int4_to_int32(q.astype(np.int16) - 8)
     _same_bits(matmul_int4(x, ct, s, None, group_size=16, layout="int32", backend="cpu"),
@@ -106,10 +110,11 @@ def test_odd_k_and_half_precision_activations_and_batch_dims():
 
 def test_infinities_and_nan_propagate_identically():
     rng = np.random.default_rng(6)
-    x, q, s, z, k = _case(rng, 3, 4, 16, 2)
+    x, q, s, z, k = _case(rng, 3, 9, 32, 2)
     x[0, 3], x[1, 5], x[2, 7] = np.inf, -np.inf, np.nan
-    _same_bits(matmul_int4(x, pack_nibbles(q), s, z, group_size=16, backend="cpu"),
-               weight_only.matmul_int4(x, q, s, z, 16))
+    for path in PATHS:
+        _same_bits(matmul_int4(x, pack_nibbles(q), s, z, group_size=32, backend="cpu",
+                               path=path), weight_only.matmul_int4(x, q, s, z, 32))
 
 
 @pytest.mark.parametrize(
@@ -124,6 +129,7 @@ def test_infinities_and_nan_propagate_identically():
         (dict(scales=np.ones((3, 4))), r"scales must have shape .* \(3, 2\)"),
         (dict(layout="codes", w=np.full((3, 32), 16, np.uint8)), "codes must be in 0..15"),
         (dict(backend="cuda"), "no CUDA implementation"),
+        (dict(path="sve"), "path must be one of"),
     ],
 )
 def test_bad_input_names_the_argument(kwargs, match):
@@ -133,7 +139,7 @@ def test_bad_input_names_the_argument(kwargs, match):
     args.update(kwargs)
     with pytest.raises(RefquantError, match=match):
         matmul_int4(args["x"], args["w"], args["scales"], group_size=args["group_size"],
-                    layout=args["layout"], backend=args["backend"])
+                    layout=args["layout"], backend=args["backend"], path=args.get("path"))
 
 
 def test_nonzero_padding_nibble_is_refused():
@@ -151,7 +157,7 @@ def test_kernel_bodies_run_as_python_without_the_jit():
         from refquant.quant import weight_only as ref
         from refquant.kernels.packing import pack_nibbles
         rng = np.random.default_rng(0)
-        for m, n, gs, ng in [(1, 3, 16, 2), (5, 2, 32, 1), (2, 3, 3, 3), (6, 2, 16, 1)]:
+        for m, n, gs, ng in [(1, 3, 16, 2), (5, 2, 32, 1), (2, 3, 3, 3), (6, 2, 16, 1), (2, 6, 32, 2)]:
             k = gs * ng
             x = rng.standard_normal((m, k)).astype(np.float32)
             q = rng.integers(0, 16, (n, k)).astype(np.uint8)
@@ -160,6 +166,9 @@ def test_kernel_bodies_run_as_python_without_the_jit():
             got = ki.matmul_int4(x, pack_nibbles(q), s, z, gs)
             want = ref.matmul_int4(x, q, s, z, gs)
             assert (got.view(np.uint32) == want.view(np.uint32)).all(), (m, n, gs)
+            if gs % 32 == 0:
+                got = ki.matmul_int4_avx512(x, pack_nibbles(q), s, z, gs)
+                assert (got.view(np.uint32) == want.view(np.uint32)).all(), (m, n, gs)
         print("ok")
         """
     )

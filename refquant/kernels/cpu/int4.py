@@ -31,7 +31,7 @@ import numpy as np
 from numba import config, njit, prange, types
 from numba.extending import intrinsic
 
-__all__ = ["matmul_int4"]
+__all__ = ["matmul_int4", "matmul_int4_avx512"]
 
 
 @njit(cache=True)
@@ -137,6 +137,13 @@ if config.DISABLE_JIT:  # pragma: no cover - exercised in a subprocess
             acc += x[i, e:e + 16] * ((codes.astype(np.float32) - zeros[n, g]) * scales[n, g])
         return _tree16(acc)
 
+    def _dot_lut32(x, i, packed, scales, zeros, n, group_size):
+        return _dot_fused16(x, i, packed, scales, zeros, n, group_size)
+
+    def _dot_lut32_x4(x, i, packed, scales, zeros, n0, group_size, out):
+        for r in range(4):
+            out[i, n0 + r] = _dot_fused16(x, i, packed, scales, zeros, n0 + r, group_size)
+
     def _dot_buf16(x, i, w):
         acc = np.zeros(16, np.float32)
         for e in range(0, x.shape[1], 16):
@@ -224,6 +231,165 @@ else:
         return sig, codegen
 
     @intrinsic
+    def _dot_lut32(typingctx, x, i, packed, scales, zeros, n, group_size):
+        """As _dot_fused16 (same lanes, same values), for AVX-512F and group_size % 32 == 0.
+
+        Per group the 16 possible weights ``(float32(q) - z) * s`` are computed once into
+        a table (one zmm) and each code looks its weight up with ``vpermps``
+        (``llvm.x86.avx512.permvar.sf.512``): the same float32 values as computing them
+        per element. 16 bytes (32 codes) are widened to i32 at once, split into low /
+        high nibbles and re-interleaved into element order.
+        """
+        sig = types.float32(x, types.intp, packed, scales, zeros, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            from llvmlite import ir
+            from numba.core import cgutils
+
+            ax = context.make_array(signature.args[0])(context, builder, args[0])
+            ap = context.make_array(signature.args[2])(context, builder, args[2])
+            as_ = context.make_array(signature.args[3])(context, builder, args[3])
+            az = context.make_array(signature.args[4])(context, builder, args[4])
+            i_, n_, gs = args[1], args[5], args[6]
+            i64, i32, i8 = ir.IntType(64), ir.IntType(32), ir.IntType(8)
+            f32 = ir.FloatType()
+            v16f, v16i, v16b = ir.VectorType(f32, 16), ir.VectorType(i32, 16), ir.VectorType(i8, 16)
+            permvar = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(v16f, [v16f, v16i]),
+                "llvm.x86.avx512.permvar.sf.512")
+
+            def const(v):
+                return ir.Constant(i64, v)
+
+            k = cgutils.unpack_tuple(builder, ax.shape, 2)[1]
+            kp = cgutils.unpack_tuple(builder, ap.shape, 2)[1]
+            groups = cgutils.unpack_tuple(builder, as_.shape, 2)[1]
+            xrow = builder.add(builder.ptrtoint(ax.data, i64),
+                               builder.mul(builder.mul(i_, k), const(4)))
+            prow = builder.add(builder.ptrtoint(ap.data, i64), builder.mul(n_, kp))
+            goff = builder.mul(builder.mul(n_, groups), const(4))
+            srow = builder.add(builder.ptrtoint(as_.data, i64), goff)
+            zrow = builder.add(builder.ptrtoint(az.data, i64), goff)
+            chunks = builder.sdiv(gs, const(32))
+            acc = cgutils.alloca_once_value(builder, ir.Constant(v16f, None))
+            codes_f = ir.Constant(v16f, [float(j) for j in range(16)])
+            fifteen = ir.Constant(v16i, [15] * 16)
+            four = ir.Constant(v16i, [4] * 16)
+            first = ir.Constant(v16i, [j // 2 + 16 * (j % 2) for j in range(16)])
+            second = ir.Constant(v16i, [8 + j // 2 + 16 * (j % 2) for j in range(16)])
+            with cgutils.for_range(builder, groups) as gl:
+                goff4 = builder.mul(gl.index, const(4))
+                sv = _splat16(builder, builder.load(
+                    builder.inttoptr(builder.add(srow, goff4), f32.as_pointer())))
+                zv = _splat16(builder, builder.load(
+                    builder.inttoptr(builder.add(zrow, goff4), f32.as_pointer())))
+                table = builder.fmul(builder.fsub(codes_f, zv), sv)  # (j - z) * s, j = 0..15
+                gbase = builder.mul(gl.index, gs)
+                with cgutils.for_range(builder, chunks) as cl:
+                    e = builder.add(gbase, builder.mul(cl.index, const(32)))
+                    bp = builder.inttoptr(builder.add(prow, builder.sdiv(e, const(2))),
+                                          v16b.as_pointer())
+                    by = builder.zext(builder.load(bp, align=1), v16i)
+                    lo = builder.and_(by, fifteen)  # codes of elements e, e+2, ..., e+30
+                    hi = builder.lshr(by, four)  # codes of elements e+1, e+3, ..., e+31
+                    for half, order in ((0, first), (1, second)):
+                        idx = builder.shuffle_vector(lo, hi, order)
+                        w = builder.call(permvar, [table, idx])
+                        off = builder.mul(builder.add(e, const(16 * half)), const(4))
+                        xv = builder.load(builder.inttoptr(builder.add(xrow, off),
+                                                           v16f.as_pointer()), align=4)
+                        builder.store(builder.fadd(builder.load(acc), builder.fmul(xv, w)), acc)
+            return _reduce_tree16(builder, builder.load(acc))
+
+        return sig, codegen
+
+    @intrinsic
+    def _dot_lut32_x4(typingctx, x, i, packed, scales, zeros, n0, group_size, out):
+        """_dot_lut32 for output rows n0 .. n0+3 at once, stored to out[i, n0:n0+4].
+
+        Each row keeps its own accumulator and its own order (the reference's); four
+        independent ``fadd`` chains hide the latency that one chain is bound by, and the
+        activations are loaded once for the four rows.
+        """
+        sig = types.void(x, types.intp, packed, scales, zeros, types.intp, types.intp, out)
+
+        def codegen(context, builder, signature, args):
+            from llvmlite import ir
+            from numba.core import cgutils
+
+            ax = context.make_array(signature.args[0])(context, builder, args[0])
+            ap = context.make_array(signature.args[2])(context, builder, args[2])
+            as_ = context.make_array(signature.args[3])(context, builder, args[3])
+            az = context.make_array(signature.args[4])(context, builder, args[4])
+            ao = context.make_array(signature.args[7])(context, builder, args[7])
+            i_, n0_, gs = args[1], args[5], args[6]
+            i64, i32, i8 = ir.IntType(64), ir.IntType(32), ir.IntType(8)
+            f32 = ir.FloatType()
+            v16f, v16i, v16b = ir.VectorType(f32, 16), ir.VectorType(i32, 16), ir.VectorType(i8, 16)
+            permvar = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(v16f, [v16f, v16i]),
+                "llvm.x86.avx512.permvar.sf.512")
+
+            def const(v):
+                return ir.Constant(i64, v)
+
+            k = cgutils.unpack_tuple(builder, ax.shape, 2)[1]
+            kp = cgutils.unpack_tuple(builder, ap.shape, 2)[1]
+            groups = cgutils.unpack_tuple(builder, as_.shape, 2)[1]
+            n_out = cgutils.unpack_tuple(builder, ao.shape, 2)[1]
+            xrow = builder.add(builder.ptrtoint(ax.data, i64),
+                               builder.mul(builder.mul(i_, k), const(4)))
+            rows = [builder.add(n0_, const(r)) for r in range(4)]
+            prows = [builder.add(builder.ptrtoint(ap.data, i64), builder.mul(nr, kp))
+                     for nr in rows]
+            goffs = [builder.mul(builder.mul(nr, groups), const(4)) for nr in rows]
+            srows = [builder.add(builder.ptrtoint(as_.data, i64), g) for g in goffs]
+            zrows = [builder.add(builder.ptrtoint(az.data, i64), g) for g in goffs]
+            chunks = builder.sdiv(gs, const(32))
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(v16f, None)) for _ in range(4)]
+            tabs = [cgutils.alloca_once_value(builder, ir.Constant(v16f, None)) for _ in range(4)]
+            codes_f = ir.Constant(v16f, [float(j) for j in range(16)])
+            fifteen = ir.Constant(v16i, [15] * 16)
+            four = ir.Constant(v16i, [4] * 16)
+            orders = (ir.Constant(v16i, [j // 2 + 16 * (j % 2) for j in range(16)]),
+                      ir.Constant(v16i, [8 + j // 2 + 16 * (j % 2) for j in range(16)]))
+            with cgutils.for_range(builder, groups) as gl:
+                goff4 = builder.mul(gl.index, const(4))
+                for r in range(4):
+                    sv = _splat16(builder, builder.load(
+                        builder.inttoptr(builder.add(srows[r], goff4), f32.as_pointer())))
+                    zv = _splat16(builder, builder.load(
+                        builder.inttoptr(builder.add(zrows[r], goff4), f32.as_pointer())))
+                    builder.store(builder.fmul(builder.fsub(codes_f, zv), sv), tabs[r])
+                gbase = builder.mul(gl.index, gs)
+                with cgutils.for_range(builder, chunks) as cl:
+                    e = builder.add(gbase, builder.mul(cl.index, const(32)))
+                    xv = [builder.load(builder.inttoptr(
+                        builder.add(xrow, builder.mul(builder.add(e, const(16 * h)), const(4))),
+                        v16f.as_pointer()), align=4) for h in range(2)]
+                    half_e = builder.sdiv(e, const(2))
+                    for r in range(4):
+                        bp = builder.inttoptr(builder.add(prows[r], half_e), v16b.as_pointer())
+                        by = builder.zext(builder.load(bp, align=1), v16i)
+                        lo = builder.and_(by, fifteen)
+                        hi = builder.lshr(by, four)
+                        table = builder.load(tabs[r])
+                        for h in range(2):
+                            w = builder.call(permvar, [table, builder.shuffle_vector(lo, hi, orders[h])])
+                            builder.store(builder.fadd(builder.load(accs[r]),
+                                                       builder.fmul(xv[h], w)), accs[r])
+            base_o = builder.add(builder.ptrtoint(ao.data, i64),
+                                 builder.mul(builder.mul(i_, n_out), const(4)))
+            for r in range(4):
+                res = _reduce_tree16(builder, builder.load(accs[r]))
+                ptr = builder.inttoptr(builder.add(base_o, builder.mul(rows[r], const(4))),
+                                       f32.as_pointer())
+                builder.store(res, ptr)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
     def _dot_buf16(typingctx, x, i, w):
         """Row i of x dot a float32 buffer w (K a multiple of 16), 16 lanes, tree-reduced."""
         sig = types.float32(x, types.intp, w)
@@ -249,6 +415,24 @@ else:
             return _reduce_tree16(builder, builder.load(acc))
 
         return sig, codegen
+
+
+@njit(cache=True, parallel=True)
+def matmul_int4_avx512(x, packed, scales, zeros, group_size):
+    """As :func:`matmul_int4` through the table-lookup dot (AVX-512F, group_size % 32 == 0)."""
+    m_rows, k = x.shape
+    n_rows = packed.shape[0]
+    out = np.empty((m_rows, n_rows), np.float32)
+    nq = n_rows // 4
+    for t in prange(nq + (n_rows - 4 * nq)):
+        if t < nq:
+            for i in range(m_rows):
+                _dot_lut32_x4(x, i, packed, scales, zeros, 4 * t, group_size, out)
+        else:
+            n = 4 * nq + (t - nq)
+            for i in range(m_rows):
+                out[i, n] = _dot_lut32(x, i, packed, scales, zeros, n, group_size)
+    return out
 
 
 @njit(cache=True, parallel=True)
