@@ -184,7 +184,7 @@ def _as_words(p, name, k):
                 f"{name} row {r} has padding bits set beyond k = {k} "
                 f"(last word {int(a[r, -1]):#x}); padding bits must be zero"
             )
-    a = np.ascontiguousarray(a)
+    a = np.ascontiguousarray(a).astype(a.dtype.newbyteorder("="), copy=False)  # native order
     if a.dtype != np.uint64:  # little-endian bytes, zero-padded to whole 64-bit words
         b = a.astype(a.dtype.newbyteorder("<")).view(np.uint8).reshape(a.shape[0], -1)
         nw = -(-k // 64)
