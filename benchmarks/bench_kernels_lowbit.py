@@ -75,6 +75,7 @@ def bench_binary(shapes, repeat, out):
         pa, pb = pack_signs(af), pack_signs(bf)
         want = (af @ bt).astype(np.int32)
         ops = 2.0 * m * n * k
+        assert (_bitwise_count_matmul(pa, pb, k) == want).all(), "bitwise_count route disagrees"
         t_sg = _best(lambda af=af, bt=bt: af @ bt, repeat)
         t_bc = _best(lambda pa=pa, pb=pb, k=k: _bitwise_count_matmul(pa, pb, k),
                      max(1, repeat // 2))
