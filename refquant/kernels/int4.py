@@ -173,8 +173,7 @@ def matmul_int4(x, w_packed, scales, zero_points=None, *, group_size, layout="ni
     path : {"avx512", "portable"} or None
         The CPU kernel's implementation: ``"avx512"`` (AVX-512F; a 16-entry
         weight table per group looked up with ``vpermps``, four output rows at a
-        time; used when ``group_size % 32 == 0`` and M <= 8, else ``"portable"``
-        serves the call) or ``"portable"`` (plain LLVM vectors, any CPU). None:
+        time; used when ``group_size % 32 == 0``, else ``"portable"`` serves the call) or ``"portable"`` (plain LLVM vectors, any CPU). None:
         ``REFQUANT_CPU_PATH`` if it names one of these, else ``"avx512"`` where the
         CPU has it. Both give the reference's bits.
 
@@ -221,7 +220,7 @@ def matmul_int4(x, w_packed, scales, zero_points=None, *, group_size, layout="ni
     else:
         from .cpu import int4 as _cpu
 
-        if p == "avx512" and gs % 32 == 0 and m <= 8:
+        if p == "avx512" and gs % 32 == 0:
             y = _cpu.matmul_int4_avx512(x2, packed, s, z, np.int64(gs))
         else:
             y = _cpu.matmul_int4(x2, packed, s, z, np.int64(gs))
