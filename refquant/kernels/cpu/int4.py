@@ -23,6 +23,18 @@ holds exactly the reference's lane j), reduced by the reference's tree with
 inside the dot (no buffer: the decode shape reads each packed byte once);
 with more, each weight row is dequantized once into a buffer that every
 activation row reads.
+
+``matmul_int4_avx512`` (AVX-512F, ``group_size % 32 == 0``; the caller
+checks both): per group the 16 possible weights ``(float32(j) - z) * s`` form a
+table in one register and each code picks its weight with ``vpermps`` (the
+same float32 values as computing them per element); 16 bytes (32 codes) are
+widened at once and re-interleaved into element order; four output rows run
+together so that four independent ``fadd`` chains hide the latency of the one
+chain a row's fixed order allows, and each activation vector is loaded once
+for the four rows.
+
+Bound against the reference: none needed, every path is bit for bit (the
+tests compare float32 bits, NaN with NaN).
 """
 
 from __future__ import annotations
