@@ -101,7 +101,7 @@ def _make_tile(mr, nrv, lanes):
 
         def codegen(context, builder, signature, args):
             a0, sa, b0, nq, c0, sc = (
-                context.cast(builder, v, t, types.int64) for v, t in zip(args, signature.args)
+                context.cast(builder, v, t, types.int64) for v, t in zip(args, signature.args, strict=True)
             )
             mod = builder.module
             fn = mod.globals.get(fname)
@@ -145,7 +145,7 @@ def _make_tile(mr, nrv, lanes):
                     new.append(builder.call(fn, [accs[r * nrv + v], splat, bvecs[v]]))
             q1 = builder.add(q, ir.Constant(i64, 1))
             q.add_incoming(q1, loop)
-            for ph, x in zip(accs, new):
+            for ph, x in zip(accs, new, strict=True):
                 ph.add_incoming(x, loop)
             builder.cbranch(builder.icmp_signed("<", q1, nq), loop, done)
             builder.position_at_end(done)
@@ -254,12 +254,9 @@ def _requant_one(x, mode, qm, sh, fm, z, lo, hi):
 
 
 @njit(cache=True)
-def _finish_panel(acc, p, nw, n, k, rs, cs, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out):
-    """Columns of panel ``p``: add the zero-point corrections (and bias), wrap, requantize."""
-    m = acc.shape[0]
-    c0 = p * nw
-    c1 = min(n, c0 + nw)
-    for i in range(m):
+def _finish(acc, i0, i1, c0, c1, k, rs, cs, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out):
+    """Rows ``i0:i1``, columns ``c0:c1``: add the zero-point corrections and bias, requantize."""
+    for i in range(i0, i1):
         zai = za[i]
         rsi = rs[i]
         for c in range(c0, c1):
@@ -288,14 +285,22 @@ def _gemm_avx512vnni(ap, bp, rs, cs, za, zb, k, bias, mode, qm, sh, fm, z, lo, h
     ldc = np.int64(4 * npan * nw)
     mfull = m - m % _MR512
     for p in prange(npan):
+        n0 = p * nw
+        n1 = min(n, n0 + nw)
         for q0 in range(0, kq, _KCQ):
             nq = min(_KCQ, kq - q0)
+            last = q0 + nq == kq  # finish each tile while it is in L1
             baddr = b0 + (p * kq + q0) * 4 * nw
             for i in range(0, mfull, _MR512):
-                _tile512(a0 + i * kp + 4 * q0, kp, baddr, nq, c0 + i * ldc + 4 * p * nw, ldc)
+                _tile512(a0 + i * kp + 4 * q0, kp, baddr, nq, c0 + i * ldc + 4 * n0, ldc)
+                if last:
+                    _finish(acc, i, i + _MR512, n0, n1, k, rs, cs, za, zb, bias, mode, qm, sh, fm,
+                            z, lo, hi, out)
             for i in range(mfull, m):
-                _tile512_row(a0 + i * kp + 4 * q0, kp, baddr, nq, c0 + i * ldc + 4 * p * nw, ldc)
-        _finish_panel(acc, p, nw, n, k, rs, cs, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out)
+                _tile512_row(a0 + i * kp + 4 * q0, kp, baddr, nq, c0 + i * ldc + 4 * n0, ldc)
+                if last:
+                    _finish(acc, i, i + 1, n0, n1, k, rs, cs, za, zb, bias, mode, qm, sh, fm,
+                            z, lo, hi, out)
     return out
 
 
@@ -312,14 +317,22 @@ def _gemm_avxvnni(ap, bp, rs, cs, za, zb, k, bias, mode, qm, sh, fm, z, lo, hi, 
     ldc = np.int64(4 * npan * nw)
     mfull = m - m % _MR256
     for p in prange(npan):
+        n0 = p * nw
+        n1 = min(n, n0 + nw)
         for q0 in range(0, kq, _KCQ):
             nq = min(_KCQ, kq - q0)
+            last = q0 + nq == kq  # finish each tile while it is in L1
             baddr = b0 + (p * kq + q0) * 4 * nw
             for i in range(0, mfull, _MR256):
-                _tile256(a0 + i * kp + 4 * q0, kp, baddr, nq, c0 + i * ldc + 4 * p * nw, ldc)
+                _tile256(a0 + i * kp + 4 * q0, kp, baddr, nq, c0 + i * ldc + 4 * n0, ldc)
+                if last:
+                    _finish(acc, i, i + _MR256, n0, n1, k, rs, cs, za, zb, bias, mode, qm, sh, fm,
+                            z, lo, hi, out)
             for i in range(mfull, m):
-                _tile256_row(a0 + i * kp + 4 * q0, kp, baddr, nq, c0 + i * ldc + 4 * p * nw, ldc)
-        _finish_panel(acc, p, nw, n, k, rs, cs, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out)
+                _tile256_row(a0 + i * kp + 4 * q0, kp, baddr, nq, c0 + i * ldc + 4 * n0, ldc)
+                if last:
+                    _finish(acc, i, i + 1, n0, n1, k, rs, cs, za, zb, bias, mode, qm, sh, fm,
+                            z, lo, hi, out)
     return out
 
 
@@ -341,7 +354,8 @@ def _gemm_portable(ap, bp, rs, cs, za, zb, k, bias, mode, qm, sh, fm, z, lo, hi,
                         row[c] += av * np.int32(bp[p, q, 4 * c + t])
             for c in range(nw):
                 acc[i, p * nw + c] = row[c]
-        _finish_panel(acc, p, nw, n, k, rs, cs, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out)
+        _finish(acc, 0, m, p * nw, min(n, p * nw + nw), k, rs, cs, za, zb, bias, mode, qm, sh,
+                fm, z, lo, hi, out)
     return out
 
 
@@ -384,10 +398,9 @@ def default_path(path: str | None = None) -> str:
 
 def _run(a, b, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out, path):
     path = default_path(path)
-    m, k = a.shape
-    n = b.shape[1]
+    k = a.shape[1]
     nw = _NW[path]
-    kq = (k + 3) // 4
+    kq = max(1, (k + 3) // 4)  # K = 0: one step of zeros
     oa = 128 if a.dtype == np.int8 else 0
     ob = 128 if b.dtype == np.uint8 else 0
     ap, rs = _pack_a(a, oa, 4 * kq)
@@ -429,8 +442,13 @@ def matmul_int_requant(a, b, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out_dtyp
 def warmup(paths=None) -> None:
     """Compile (or load from the disk cache) every path this CPU runs, on a tiny problem."""
     a = np.ones((9, 5), np.uint8)
+    za, zb = np.zeros(9, np.int32), np.zeros(3, np.int32)
+    one = np.ones(3, np.int64)
     for path in paths or available_paths():
         for adt in (np.uint8, np.int8):
             for bdt in (np.int8, np.uint8):
-                matmul_int(a.astype(adt), np.ones((5, 3), bdt), np.zeros(9, np.int32),
-                           np.zeros(3, np.int32), path=path)
+                matmul_int(a.astype(adt), np.ones((5, 3), bdt), za, zb, path=path)
+        for out_dtype in (np.int8, np.uint8):
+            matmul_int_requant(a, np.ones((5, 3), np.int8), za, zb, one, MODE_FIXED_DOUBLE,
+                               one << 30, one, one.astype(np.float64), 0, 0, 1, out_dtype,
+                               path=path)
