@@ -83,8 +83,8 @@ MODE_FLOAT64 = 4        # float64(acc) * M, rint
 def _make_tile(mr, nrv, lanes):
     """An ``@intrinsic`` that runs the whole K loop of an ``mr`` x ``nrv * lanes`` tile.
 
-    ``tile(a_addr, lda, b_addr, kq, c_addr, ldc)`` (addresses and strides in
-    bytes, ``kq >= 1`` steps of 4 depths): loads the int32 accumulators from
+    ``tile(a, a_off, lda, b, b_off, kq, c, c_off, ldc)`` (arrays; offsets and
+    strides in bytes from their data pointers; ``kq >= 1`` steps of 4 depths): loads the int32 accumulators from
     ``C``, adds ``sum_q vpdpbusd(bcast(a[r, 4q:4q+4]), b[q, v])`` in registers
     (phi nodes), stores them back once.
     """
@@ -96,13 +96,22 @@ def _make_tile(mr, nrv, lanes):
     vbytes = 4 * lanes
 
     @intrinsic
-    def tile(typingctx, a_addr, lda, b_addr, kq, c_addr, ldc):
-        sig = types.void(a_addr, lda, b_addr, kq, c_addr, ldc)
+    def tile(typingctx, a, a_off, lda, b, b_off, kq, c, c_off, ldc):
+        # arrays, not raw addresses: a reference keeps each buffer alive for the call
+        sig = types.void(a, a_off, lda, b, b_off, kq, c, c_off, ldc)
 
         def codegen(context, builder, signature, args):
-            a0, sa, b0, nq, c0, sc = (
-                context.cast(builder, v, t, types.int64) for v, t in zip(args, signature.args, strict=True)
-            )
+            def base(i):
+                arr = context.make_array(signature.args[i])(context, builder, value=args[i])
+                return builder.ptrtoint(arr.data, i64)
+
+            def num(i):
+                return context.cast(builder, args[i], signature.args[i], types.int64)
+
+            a0 = builder.add(base(0), num(1))
+            b0 = builder.add(base(3), num(4))
+            c0 = builder.add(base(6), num(7))
+            sa, nq, sc = num(2), num(5), num(8)
             mod = builder.module
             fn = mod.globals.get(fname)
             if fn is None:  # declared as a plain function (declare_intrinsic upsets numba)
@@ -179,40 +188,39 @@ _NW = {"avx512vnni": _NW512, "avxvnni": _NW256, "portable": _NW_PORTABLE}
 # ------------------------------------------------------------------------- packing
 
 
-@njit(cache=True, parallel=True)
-def _pack_a(a, oa, kp):
-    """``a' = a + oa`` as uint8 rows padded with zeros to ``kp``; and its row sums."""
+@njit(cache=True)
+def _pack_a(a, fa, kp):
+    """``a' = a ^ fa`` (bytes; ``fa = 0x80`` turns int8 into int8 + 128) as uint8 rows
+    padded with zeros to ``kp``; and the row sums of ``a'``."""
     m, k = a.shape
     ap = np.zeros((m, kp), np.uint8)
     rs = np.zeros(m, np.int64)
-    for i in prange(m):
+    for i in range(m):
         s = 0
         for j in range(k):
-            v = np.int64(a[i, j]) + oa
-            ap[i, j] = np.uint8(v)
-            s += v
+            v = a[i, j] ^ fa
+            ap[i, j] = v
+            s += np.int64(v)
         rs[i] = s
     return ap, rs
 
 
-@njit(cache=True, parallel=True)
-def _pack_b(b, ob, nw, kq):
-    """``b' = b - ob`` as int8 panels ``bp[p, q, 4c + t] = b'[4q + t, nw p + c]``; column sums."""
+@njit(cache=True)
+def _pack_b_panel(b, fb, p, nw, kq, bpan, cs):
+    """Panel ``p`` of ``b' = int8(b ^ fb)``: ``bpan[q, 4c + t] = b'[4q + t, nw p + c]``
+    (zero beyond K and N); the column sums of ``b'`` into ``cs``."""
     k, n = b.shape
-    npan = (n + nw - 1) // nw
-    bp = np.zeros((npan, kq, 4 * nw), np.int8)
-    cs = np.zeros(n, np.int64)
-    for p in prange(npan):
-        c0 = p * nw
-        c1 = min(n, c0 + nw)
-        for j in range(k):
-            q = j // 4
-            t = j - 4 * q
-            for c in range(c0, c1):
-                v = np.int64(b[j, c]) - ob
-                bp[p, q, 4 * (c - c0) + t] = np.int8(v)
-                cs[c] += v
-    return bp, cs
+    c0 = p * nw
+    c1 = min(n, c0 + nw)
+    bpan[:, :] = 0
+    cs[:] = 0
+    for j in range(k):
+        q = j // 4
+        t = j - 4 * q
+        for c in range(c0, c1):
+            v = np.int8(b[j, c] ^ fb)
+            bpan[q, 4 * (c - c0) + t] = v
+            cs[c - c0] += np.int64(v)
 
 
 # ----------------------------------------------------------------------- epilogue
@@ -255,13 +263,14 @@ def _requant_one(x, mode, qm, sh, fm, z, lo, hi):
 
 @njit(cache=True)
 def _finish(acc, i0, i1, c0, c1, k, rs, cs, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out):
-    """Rows ``i0:i1``, columns ``c0:c1``: add the zero-point corrections and bias, requantize."""
+    """Rows ``i0:i1`` of the panel starting at column ``c0`` (``acc`` and ``cs`` hold the
+    panel's columns ``c0:c1``): zero-point corrections, bias, requantization."""
     for i in range(i0, i1):
         zai = za[i]
         rsi = rs[i]
         for c in range(c0, c1):
             zbc = zb[c]
-            v = np.int64(acc[i, c]) - zbc * rsi - zai * cs[c] + k * zai * zbc
+            v = np.int64(acc[i, c - c0]) - zbc * rsi - zai * cs[c - c0] + k * zai * zbc
             x = np.int64(np.int32(v))  # exact: the true value lies in int32
             if mode == MODE_INT32:
                 out[i, c] = x + bias[c]
@@ -270,34 +279,40 @@ def _finish(acc, i0, i1, c0, c1, k, rs, cs, za, zb, bias, mode, qm, sh, fm, z, l
 
 
 # ------------------------------------------------------------------------- drivers
+# One parallel region per call: A is packed once (serially: O(MK)), then each B panel
+# is packed by the thread that owns it, right before its tiles use it (fresh in cache).
+# ``a``, ``b`` arrive as uint8 views; ``fa``, ``fb`` are the byte flips (0 or 0x80);
+# ``za``, ``zb`` the zero points with the offsets folded in (int64).
 
 
 @njit(cache=True, parallel=True)
-def _gemm_avx512vnni(ap, bp, rs, cs, za, zb, k, bias, mode, qm, sh, fm, z, lo, hi, out):
-    m, kp = ap.shape
-    npan, kq, _ = bp.shape
-    n = out.shape[1]
+def _gemm_avx512vnni(a, b, fa, fb, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out):
+    m, k = a.shape
+    n = b.shape[1]
     nw = _NW512
-    acc = np.zeros((m, npan * nw), np.int32)
-    a0 = np.int64(ap.ctypes.data)
-    b0 = np.int64(bp.ctypes.data)
-    c0 = np.int64(acc.ctypes.data)
-    ldc = np.int64(4 * npan * nw)
+    kq = max(1, (k + 3) // 4)  # K = 0: one step of zeros
+    kp = 4 * kq
+    ap, rs = _pack_a(a, fa, kp)
+    ldc = np.int64(4 * nw)
     mfull = m - m % _MR512
-    for p in prange(npan):
+    for p in prange((n + nw - 1) // nw):
         n0 = p * nw
         n1 = min(n, n0 + nw)
+        bpan = np.empty((kq, 4 * nw), np.int8)
+        cs = np.empty(nw, np.int64)
+        _pack_b_panel(b, fb, p, nw, kq, bpan, cs)
+        acc = np.zeros((m, nw), np.int32)
         for q0 in range(0, kq, _KCQ):
             nq = min(_KCQ, kq - q0)
             last = q0 + nq == kq  # finish each tile while it is in L1
-            baddr = b0 + (p * kq + q0) * 4 * nw
+            boff = q0 * 4 * nw
             for i in range(0, mfull, _MR512):
-                _tile512(a0 + i * kp + 4 * q0, kp, baddr, nq, c0 + i * ldc + 4 * n0, ldc)
+                _tile512(ap, i * kp + 4 * q0, kp, bpan, boff, nq, acc, i * ldc, ldc)
                 if last:
-                    _finish(acc, i, i + _MR512, n0, n1, k, rs, cs, za, zb, bias, mode, qm, sh, fm,
-                            z, lo, hi, out)
+                    _finish(acc, i, i + _MR512, n0, n1, k, rs, cs, za, zb, bias, mode, qm, sh,
+                            fm, z, lo, hi, out)
             for i in range(mfull, m):
-                _tile512_row(a0 + i * kp + 4 * q0, kp, baddr, nq, c0 + i * ldc + 4 * n0, ldc)
+                _tile512_row(ap, i * kp + 4 * q0, kp, bpan, boff, nq, acc, i * ldc, ldc)
                 if last:
                     _finish(acc, i, i + 1, n0, n1, k, rs, cs, za, zb, bias, mode, qm, sh, fm,
                             z, lo, hi, out)
@@ -305,31 +320,33 @@ def _gemm_avx512vnni(ap, bp, rs, cs, za, zb, k, bias, mode, qm, sh, fm, z, lo, h
 
 
 @njit(cache=True, parallel=True)
-def _gemm_avxvnni(ap, bp, rs, cs, za, zb, k, bias, mode, qm, sh, fm, z, lo, hi, out):
-    m, kp = ap.shape
-    npan, kq, _ = bp.shape
-    n = out.shape[1]
+def _gemm_avxvnni(a, b, fa, fb, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out):
+    m, k = a.shape
+    n = b.shape[1]
     nw = _NW256
-    acc = np.zeros((m, npan * nw), np.int32)
-    a0 = np.int64(ap.ctypes.data)
-    b0 = np.int64(bp.ctypes.data)
-    c0 = np.int64(acc.ctypes.data)
-    ldc = np.int64(4 * npan * nw)
+    kq = max(1, (k + 3) // 4)
+    kp = 4 * kq
+    ap, rs = _pack_a(a, fa, kp)
+    ldc = np.int64(4 * nw)
     mfull = m - m % _MR256
-    for p in prange(npan):
+    for p in prange((n + nw - 1) // nw):
         n0 = p * nw
         n1 = min(n, n0 + nw)
+        bpan = np.empty((kq, 4 * nw), np.int8)
+        cs = np.empty(nw, np.int64)
+        _pack_b_panel(b, fb, p, nw, kq, bpan, cs)
+        acc = np.zeros((m, nw), np.int32)
         for q0 in range(0, kq, _KCQ):
             nq = min(_KCQ, kq - q0)
-            last = q0 + nq == kq  # finish each tile while it is in L1
-            baddr = b0 + (p * kq + q0) * 4 * nw
+            last = q0 + nq == kq
+            boff = q0 * 4 * nw
             for i in range(0, mfull, _MR256):
-                _tile256(a0 + i * kp + 4 * q0, kp, baddr, nq, c0 + i * ldc + 4 * n0, ldc)
+                _tile256(ap, i * kp + 4 * q0, kp, bpan, boff, nq, acc, i * ldc, ldc)
                 if last:
-                    _finish(acc, i, i + _MR256, n0, n1, k, rs, cs, za, zb, bias, mode, qm, sh, fm,
-                            z, lo, hi, out)
+                    _finish(acc, i, i + _MR256, n0, n1, k, rs, cs, za, zb, bias, mode, qm, sh,
+                            fm, z, lo, hi, out)
             for i in range(mfull, m):
-                _tile256_row(a0 + i * kp + 4 * q0, kp, baddr, nq, c0 + i * ldc + 4 * n0, ldc)
+                _tile256_row(ap, i * kp + 4 * q0, kp, bpan, boff, nq, acc, i * ldc, ldc)
                 if last:
                     _finish(acc, i, i + 1, n0, n1, k, rs, cs, za, zb, bias, mode, qm, sh, fm,
                             z, lo, hi, out)
@@ -337,25 +354,26 @@ def _gemm_avxvnni(ap, bp, rs, cs, za, zb, k, bias, mode, qm, sh, fm, z, lo, hi, 
 
 
 @njit(cache=True, parallel=True)
-def _gemm_portable(ap, bp, rs, cs, za, zb, k, bias, mode, qm, sh, fm, z, lo, hi, out):
-    m, kp = ap.shape
-    npan, kq, _ = bp.shape
-    n = out.shape[1]
+def _gemm_portable(a, b, fa, fb, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out):
+    m, k = a.shape
+    n = b.shape[1]
     nw = _NW_PORTABLE
-    acc = np.zeros((m, npan * nw), np.int32)
-    for p in prange(npan):
-        row = np.zeros(nw, np.int32)
+    kq = max(1, (k + 3) // 4)
+    ap, rs = _pack_a(a, fa, 4 * kq)
+    for p in prange((n + nw - 1) // nw):
+        n0 = p * nw
+        bpan = np.empty((kq, 4 * nw), np.int8)
+        cs = np.empty(nw, np.int64)
+        _pack_b_panel(b, fb, p, nw, kq, bpan, cs)
+        acc = np.zeros((m, nw), np.int32)
         for i in range(m):
-            row[:] = 0
             for q in range(kq):
                 for t in range(4):
                     av = np.int32(ap[i, 4 * q + t])
                     for c in range(nw):
-                        row[c] += av * np.int32(bp[p, q, 4 * c + t])
-            for c in range(nw):
-                acc[i, p * nw + c] = row[c]
-        _finish(acc, 0, m, p * nw, min(n, p * nw + nw), k, rs, cs, za, zb, bias, mode, qm, sh,
-                fm, z, lo, hi, out)
+                        acc[i, c] += av * np.int32(bpan[q, 4 * c + t])
+        _finish(acc, 0, m, n0, min(n, n0 + nw), k, rs, cs, za, zb, bias, mode, qm, sh, fm, z,
+                lo, hi, out)
     return out
 
 
@@ -398,17 +416,13 @@ def default_path(path: str | None = None) -> str:
 
 def _run(a, b, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out, path):
     path = default_path(path)
-    k = a.shape[1]
-    nw = _NW[path]
-    kq = max(1, (k + 3) // 4)  # K = 0: one step of zeros
-    oa = 128 if a.dtype == np.int8 else 0
-    ob = 128 if b.dtype == np.uint8 else 0
-    ap, rs = _pack_a(a, oa, 4 * kq)
-    bp, cs = _pack_b(b, ob, nw, kq)
-    za64 = za.astype(np.int64) + oa
-    zb64 = zb.astype(np.int64) - ob
-    _DRIVERS[path](ap, bp, rs, cs, za64, zb64, np.int64(k), bias, np.int64(mode), qm, sh, fm,
-                   np.int64(z), np.int64(lo), np.int64(hi), out)
+    fa = 0x80 if a.dtype == np.int8 else 0  # a + 128 for int8: flip the top bit
+    fb = 0x80 if b.dtype == np.uint8 else 0  # b - 128 for uint8: likewise
+    za64 = za.astype(np.int64) + (128 if fa else 0)
+    zb64 = zb.astype(np.int64) - (128 if fb else 0)
+    _DRIVERS[path](a.view(np.uint8), b.view(np.uint8), np.uint8(fa), np.uint8(fb), za64, zb64,
+                   bias, np.int64(mode), qm, sh, fm, np.int64(z), np.int64(lo), np.int64(hi),
+                   out)
     return out
 
 
