@@ -207,20 +207,32 @@ def _pack_a(a, fa, kp):
 
 @njit(cache=True)
 def _pack_b_panel(b, fb, p, nw, kq, bpan, cs):
-    """Panel ``p`` of ``b' = int8(b ^ fb)``: ``bpan[q, 4c + t] = b'[4q + t, nw p + c]``
-    (zero beyond K and N); the column sums of ``b'`` into ``cs``."""
+    """Panel ``p`` of ``b' = int8(b ^ fb)``: word ``bpan[q, c]`` holds ``b'[4q + t, nw p + c]``
+    in its byte ``t`` (little-endian: byte ``4c + t`` of the row), zero beyond K and N; the
+    column sums of ``b'`` into ``cs``."""
     k, n = b.shape
     c0 = p * nw
     c1 = min(n, c0 + nw)
     bpan[:, :] = 0
     cs[:] = 0
-    for j in range(k):
-        q = j // 4
-        t = j - 4 * q
-        for c in range(c0, c1):
-            v = np.int8(b[j, c] ^ fb)
-            bpan[q, 4 * (c - c0) + t] = v
-            cs[c - c0] += np.int64(v)
+    for q in range(kq):
+        j0 = 4 * q
+        if j0 + 4 <= k:
+            for c in range(c0, c1):
+                x0 = b[j0, c] ^ fb
+                x1 = b[j0 + 1, c] ^ fb
+                x2 = b[j0 + 2, c] ^ fb
+                x3 = b[j0 + 3, c] ^ fb
+                bpan[q, c - c0] = (np.uint32(x0) | (np.uint32(x1) << 8) | (np.uint32(x2) << 16)
+                                   | (np.uint32(x3) << 24))
+                cs[c - c0] += (np.int64(np.int8(x0)) + np.int64(np.int8(x1))
+                               + np.int64(np.int8(x2)) + np.int64(np.int8(x3)))
+        else:
+            for t in range(k - j0):
+                for c in range(c0, c1):
+                    x = b[j0 + t, c] ^ fb
+                    bpan[q, c - c0] |= np.uint32(x) << (8 * t)
+                    cs[c - c0] += np.int64(np.int8(x))
 
 
 # ----------------------------------------------------------------------- epilogue
@@ -298,14 +310,14 @@ def _gemm_avx512vnni(a, b, fa, fb, za, zb, bias, mode, qm, sh, fm, z, lo, hi, ou
     for p in prange((n + nw - 1) // nw):
         n0 = p * nw
         n1 = min(n, n0 + nw)
-        bpan = np.empty((kq, 4 * nw), np.int8)
+        bpan = np.empty((kq, nw), np.uint32)
         cs = np.empty(nw, np.int64)
         _pack_b_panel(b, fb, p, nw, kq, bpan, cs)
         acc = np.zeros((m, nw), np.int32)
         for q0 in range(0, kq, _KCQ):
             nq = min(_KCQ, kq - q0)
             last = q0 + nq == kq  # finish each tile while it is in L1
-            boff = q0 * 4 * nw
+            boff = q0 * 4 * nw  # bytes
             for i in range(0, mfull, _MR512):
                 _tile512(ap, i * kp + 4 * q0, kp, bpan, boff, nq, acc, i * ldc, ldc)
                 if last:
@@ -332,14 +344,14 @@ def _gemm_avxvnni(a, b, fa, fb, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out):
     for p in prange((n + nw - 1) // nw):
         n0 = p * nw
         n1 = min(n, n0 + nw)
-        bpan = np.empty((kq, 4 * nw), np.int8)
+        bpan = np.empty((kq, nw), np.uint32)
         cs = np.empty(nw, np.int64)
         _pack_b_panel(b, fb, p, nw, kq, bpan, cs)
         acc = np.zeros((m, nw), np.int32)
         for q0 in range(0, kq, _KCQ):
             nq = min(_KCQ, kq - q0)
             last = q0 + nq == kq
-            boff = q0 * 4 * nw
+            boff = q0 * 4 * nw  # bytes
             for i in range(0, mfull, _MR256):
                 _tile256(ap, i * kp + 4 * q0, kp, bpan, boff, nq, acc, i * ldc, ldc)
                 if last:
@@ -362,7 +374,7 @@ def _gemm_portable(a, b, fa, fb, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out)
     ap, rs = _pack_a(a, fa, 4 * kq)
     for p in prange((n + nw - 1) // nw):
         n0 = p * nw
-        bpan = np.empty((kq, 4 * nw), np.int8)
+        bpan = np.empty((kq, nw), np.uint32)
         cs = np.empty(nw, np.int64)
         _pack_b_panel(b, fb, p, nw, kq, bpan, cs)
         acc = np.zeros((m, nw), np.int32)
@@ -371,7 +383,7 @@ def _gemm_portable(a, b, fa, fb, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out)
                 for t in range(4):
                     av = np.int32(ap[i, 4 * q + t])
                     for c in range(nw):
-                        acc[i, c] += av * np.int32(bpan[q, 4 * c + t])
+                        acc[i, c] += av * np.int32(np.int8((bpan[q, c] >> (8 * t)) & 0xFF))
         _finish(acc, 0, m, n0, min(n, n0 + nw), k, rs, cs, za, zb, bias, mode, qm, sh, fm, z,
                 lo, hi, out)
     return out
