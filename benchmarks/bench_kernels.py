@@ -181,7 +181,7 @@ def run(sizes, decode, repeat=5, threads=2, plot=None, cold=True, out=print):
     results = {}
     header = ["shape", "refq u8s8", "refq s8s8", *peers]
     out("")
-    out("GOP/s (2·M·N·K / time, best of %d)" % repeat)
+    out(f"GOP/s (2·M·N·K / time, best of {repeat})")
     out(" | ".join(f"{h:>13}" for h in header))
     for m, k, n in shapes:
         a_u8 = rng.integers(0, 256, (m, k)).astype(np.uint8)
@@ -195,7 +195,7 @@ def run(sizes, decode, repeat=5, threads=2, plot=None, cold=True, out=print):
                                 "refq s8s8": (a_s8, want_s8)}.items():
             got = km.matmul_int(a, b_s8, backend="cpu")
             np.testing.assert_array_equal(got, want)
-            row[name] = ops / _best(lambda a=a: km.matmul_int(a, b_s8, backend="cpu"),
+            row[name] = ops / _best(lambda a=a, b=b_s8: km.matmul_int(a, b, backend="cpu"),
                                     repeat) / 1e9
         operands = {"u8s8": (a_u8, b_s8, want_u8), "s8s8": (a_s8, b_s8, want_s8),
                     "f32": (a_u8.astype(np.float32), b_s8.astype(np.float32), None)}
