@@ -255,6 +255,9 @@ def main(argv=None):
     p.add_argument("--big", action="store_true", help="add 4096^3 to the ladder")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--sizes", type=int, nargs="+", help="square sizes instead of the ladder")
+    p.add_argument("--no-decode", action="store_true", help="skip the 1 x 4096 x 4096 shape")
+    p.add_argument("--no-cold", action="store_true", help="skip the empty-cache compile")
     p.add_argument("--plot", default=os.path.join(tempfile.gettempdir(),
                                                   "refquant_bench_kernels_int8.png"))
     p.add_argument("--keep-openblas-env", action="store_true",
@@ -263,9 +266,9 @@ def main(argv=None):
     if args.quick:
         return run([64, 96], [(1, 256, 256)], repeat=1, threads=args.threads, plot=args.plot,
                    cold=False)
-    sizes = [64, 128, 256, 512, 1024, 2048] + ([4096] if args.big else [])
-    return run(sizes, [(1, 4096, 4096)], repeat=args.repeat, threads=args.threads,
-               plot=args.plot)
+    sizes = args.sizes or [64, 128, 256, 512, 1024, 2048] + ([4096] if args.big else [])
+    return run(sizes, [] if args.no_decode else [(1, 4096, 4096)], repeat=args.repeat,
+               threads=args.threads, plot=args.plot, cold=not args.no_cold)
 
 
 if __name__ == "__main__":

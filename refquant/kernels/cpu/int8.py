@@ -46,6 +46,9 @@ Paths (chosen at run time from the CPU's features, or forced by
     plain integer loops over the same packed operands (any CPU; also what runs
     under ``NUMBA_DISABLE_JIT=1``).
 
+Whatever the path, ``M <= 4`` (a decode step) runs :func:`_gemv`, which streams
+``b`` row by row instead of packing it (plain loops that LLVM vectorises).
+
 Every path gives the same bits. This module imports nothing from
 ``refquant.quant``: it takes validated, C-contiguous arrays and plain ints.
 """
@@ -54,6 +57,7 @@ from __future__ import annotations
 
 import os
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import config, njit, prange, types
@@ -68,6 +72,9 @@ PATHS = ("avx512vnni", "avxvnni", "portable")
 
 KC = 512  # bytes of K per block: a 48-column B micro-panel block is 24 KiB (fits L1d)
 _KCQ = KC // 4
+_SERIAL_WORK = 128**3  # multiply-adds below which a call runs on one thread
+_GEMV_ROWS = 4  # at most this many rows of a: the unpacked row-streaming kernel
+_GEMV_COLS = 512  # its column block (M x 512 int32 accumulators stay in L1)
 
 # Epilogue modes of the fused kernel.
 MODE_INT32 = 0          # the int32 product (bias added when given)
@@ -83,10 +90,11 @@ MODE_FLOAT64 = 4        # float64(acc) * M, rint
 def _make_tile(mr, nrv, lanes):
     """An ``@intrinsic`` that runs the whole K loop of an ``mr`` x ``nrv * lanes`` tile.
 
-    ``tile(a, a_off, lda, b, b_off, kq, c, c_off, ldc)`` (arrays; offsets and
-    strides in bytes from their data pointers; ``kq >= 1`` steps of 4 depths): loads the int32 accumulators from
-    ``C``, adds ``sum_q vpdpbusd(bcast(a[r, 4q:4q+4]), b[q, v])`` in registers
-    (phi nodes), stores them back once.
+    ``tile(a, a_off, lda, b, b_off, kq, c, c_off, ldc, first)`` (arrays; offsets and
+    strides in bytes from their data pointers; ``kq >= 1`` steps of 4 depths): starts
+    from zero (``first``) or from the int32 accumulators in ``C``, adds
+    ``sum_q vpdpbusd(bcast(a[r, 4q:4q+4]), b[q, v])`` in registers (phi nodes), and
+    stores them back once.
     """
     i32 = ir.IntType(32)
     i64 = ir.IntType(64)
@@ -96,9 +104,9 @@ def _make_tile(mr, nrv, lanes):
     vbytes = 4 * lanes
 
     @intrinsic
-    def tile(typingctx, a, a_off, lda, b, b_off, kq, c, c_off, ldc):
+    def tile(typingctx, a, a_off, lda, b, b_off, kq, c, c_off, ldc, first):
         # arrays, not raw addresses: a reference keeps each buffer alive for the call
-        sig = types.void(a, a_off, lda, b, b_off, kq, c, c_off, ldc)
+        sig = types.void(a, a_off, lda, b, b_off, kq, c, c_off, ldc, first)
 
         def codegen(context, builder, signature, args):
             def base(i):
@@ -117,13 +125,26 @@ def _make_tile(mr, nrv, lanes):
             if fn is None:  # declared as a plain function (declare_intrinsic upsets numba)
                 fn = ir.Function(mod, fnty, fname)
             vptr = vec.as_pointer()
-            init = []
+            # the first K block starts from zero, later ones from what C holds
+            start = builder.block
+            load_bb = builder.append_basic_block("vnni.load")
+            pre = builder.append_basic_block("vnni.pre")
+            builder.cbranch(builder.icmp_signed("!=", num(9), ir.Constant(i64, 0)), pre, load_bb)
+            builder.position_at_end(load_bb)
+            loaded = []
             for r in range(mr):
                 row = builder.add(c0, builder.mul(sc, ir.Constant(i64, r)))
                 for v in range(nrv):
                     addr = builder.add(row, ir.Constant(i64, v * vbytes))
-                    init.append(builder.load(builder.inttoptr(addr, vptr), align=4))
-            pre = builder.block
+                    loaded.append(builder.load(builder.inttoptr(addr, vptr), align=4))
+            builder.branch(pre)
+            builder.position_at_end(pre)
+            init = []
+            for x in loaded:
+                ph = builder.phi(vec)
+                ph.add_incoming(ir.Constant(vec, None), start)
+                ph.add_incoming(x, load_bb)
+                init.append(ph)
             loop = builder.append_basic_block("vnni.loop")
             done = builder.append_basic_block("vnni.done")
             builder.branch(loop)
@@ -274,20 +295,43 @@ def _requant_one(x, mode, qm, sh, fm, z, lo, hi):
 
 
 @njit(cache=True)
-def _finish(acc, i0, i1, c0, c1, k, rs, cs, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out):
-    """Rows ``i0:i1`` of the panel starting at column ``c0`` (``acc`` and ``cs`` hold the
-    panel's columns ``c0:c1``): zero-point corrections, bias, requantization."""
-    for i in range(i0, i1):
-        zai = za[i]
-        rsi = rs[i]
-        for c in range(c0, c1):
-            zbc = zb[c]
-            v = np.int64(acc[i, c - c0]) - zbc * rsi - zai * cs[c - c0] + k * zai * zbc
-            x = np.int64(np.int32(v))  # exact: the true value lies in int32
-            if mode == MODE_INT32:
-                out[i, c] = x + bias[c]
-            else:
-                out[i, c] = _requant_one(x + bias[c], mode, qm[c], sh[c], fm[c], z, lo, hi)
+def _finish(acc, i0, i1, n0, n1, rs, za, zbp, wp, bias, mode, qm, sh, fm, z, lo, hi, out):
+    """Rows ``i0:i1`` of the panel of columns ``n0:n1`` (``acc``, ``zbp`` and ``wp`` hold
+    that panel's columns): zero-point corrections, bias, requantization.
+
+    ``C = P - ZB rowsum(a') - ZA (colsum(b') - K ZB) + bias``, with ``wp`` the bracket;
+    evaluated in int64 and wrapped to int32 once, which is exact because the true
+    value lies in int32 (everything else is arithmetic modulo 2^32).
+    """
+    w = n1 - n0
+    if mode == MODE_INT32:
+        for i in range(i0, i1):
+            zai = za[i]
+            rsi = rs[i]
+            for c in range(w):
+                out[i, n0 + c] = np.int32(np.int64(acc[i, c]) - zbp[c] * rsi - zai * wp[c]
+                                          + bias[n0 + c])
+    else:
+        for i in range(i0, i1):
+            zai = za[i]
+            rsi = rs[i]
+            for c in range(w):
+                x = np.int64(np.int32(np.int64(acc[i, c]) - zbp[c] * rsi - zai * wp[c]
+                                      + bias[n0 + c]))
+                j = n0 + c
+                out[i, j] = _requant_one(x, mode, qm[j], sh[j], fm[j], z, lo, hi)
+
+
+@njit(cache=True)
+def _panel_terms(zb, cs, k, n0, n1):
+    """The panel's ``ZB`` and ``colsum(b') - K ZB`` (int64, one per column)."""
+    w = n1 - n0
+    zbp = np.empty(w, np.int64)
+    wp = np.empty(w, np.int64)
+    for c in range(w):
+        zbp[c] = zb[n0 + c]
+        wp[c] = cs[c] - k * zb[n0 + c]
+    return zbp, wp
 
 
 # ------------------------------------------------------------------------- drivers
@@ -313,20 +357,22 @@ def _gemm_avx512vnni(a, b, fa, fb, za, zb, bias, mode, qm, sh, fm, z, lo, hi, ou
         bpan = np.empty((kq, nw), np.uint32)
         cs = np.empty(nw, np.int64)
         _pack_b_panel(b, fb, p, nw, kq, bpan, cs)
-        acc = np.zeros((m, nw), np.int32)
+        zbp, wp = _panel_terms(zb, cs, k, n0, n1)
+        acc = np.empty((m, nw), np.int32)
         for q0 in range(0, kq, _KCQ):
             nq = min(_KCQ, kq - q0)
             last = q0 + nq == kq  # finish each tile while it is in L1
             boff = q0 * 4 * nw  # bytes
             for i in range(0, mfull, _MR512):
-                _tile512(ap, i * kp + 4 * q0, kp, bpan, boff, nq, acc, i * ldc, ldc)
+                _tile512(ap, i * kp + 4 * q0, kp, bpan, boff, nq, acc, i * ldc, ldc, q0 == 0)
                 if last:
-                    _finish(acc, i, i + _MR512, n0, n1, k, rs, cs, za, zb, bias, mode, qm, sh,
+                    _finish(acc, i, i + _MR512, n0, n1, rs, za, zbp, wp, bias, mode, qm, sh,
                             fm, z, lo, hi, out)
             for i in range(mfull, m):
-                _tile512_row(ap, i * kp + 4 * q0, kp, bpan, boff, nq, acc, i * ldc, ldc)
+                _tile512_row(ap, i * kp + 4 * q0, kp, bpan, boff, nq, acc, i * ldc, ldc,
+                              q0 == 0)
                 if last:
-                    _finish(acc, i, i + 1, n0, n1, k, rs, cs, za, zb, bias, mode, qm, sh, fm,
+                    _finish(acc, i, i + 1, n0, n1, rs, za, zbp, wp, bias, mode, qm, sh, fm,
                             z, lo, hi, out)
     return out
 
@@ -347,20 +393,22 @@ def _gemm_avxvnni(a, b, fa, fb, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out):
         bpan = np.empty((kq, nw), np.uint32)
         cs = np.empty(nw, np.int64)
         _pack_b_panel(b, fb, p, nw, kq, bpan, cs)
-        acc = np.zeros((m, nw), np.int32)
+        zbp, wp = _panel_terms(zb, cs, k, n0, n1)
+        acc = np.empty((m, nw), np.int32)
         for q0 in range(0, kq, _KCQ):
             nq = min(_KCQ, kq - q0)
             last = q0 + nq == kq
             boff = q0 * 4 * nw  # bytes
             for i in range(0, mfull, _MR256):
-                _tile256(ap, i * kp + 4 * q0, kp, bpan, boff, nq, acc, i * ldc, ldc)
+                _tile256(ap, i * kp + 4 * q0, kp, bpan, boff, nq, acc, i * ldc, ldc, q0 == 0)
                 if last:
-                    _finish(acc, i, i + _MR256, n0, n1, k, rs, cs, za, zb, bias, mode, qm, sh,
+                    _finish(acc, i, i + _MR256, n0, n1, rs, za, zbp, wp, bias, mode, qm, sh,
                             fm, z, lo, hi, out)
             for i in range(mfull, m):
-                _tile256_row(ap, i * kp + 4 * q0, kp, bpan, boff, nq, acc, i * ldc, ldc)
+                _tile256_row(ap, i * kp + 4 * q0, kp, bpan, boff, nq, acc, i * ldc, ldc,
+                              q0 == 0)
                 if last:
-                    _finish(acc, i, i + 1, n0, n1, k, rs, cs, za, zb, bias, mode, qm, sh, fm,
+                    _finish(acc, i, i + 1, n0, n1, rs, za, zbp, wp, bias, mode, qm, sh, fm,
                             z, lo, hi, out)
     return out
 
@@ -384,8 +432,43 @@ def _gemm_portable(a, b, fa, fb, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out)
                     av = np.int32(ap[i, 4 * q + t])
                     for c in range(nw):
                         acc[i, c] += av * np.int32(np.int8((bpan[q, c] >> (8 * t)) & 0xFF))
-        _finish(acc, 0, m, n0, min(n, n0 + nw), k, rs, cs, za, zb, bias, mode, qm, sh, fm, z,
-                lo, hi, out)
+        n1 = min(n, n0 + nw)
+        zbp, wp = _panel_terms(zb, cs, k, n0, n1)
+        _finish(acc, 0, m, n0, n1, rs, za, zbp, wp, bias, mode, qm, sh, fm, z, lo, hi, out)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _gemv(a, b, fa, fb, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out):
+    """Few rows of ``a`` (decode): ``b`` read once, row by row, in blocks of columns.
+
+    Packing ``b`` would cost as much as the product itself when ``M`` is tiny, so
+    each row ``b'[j, :]`` of a column block is scaled by ``a'[i, j]`` and added to
+    ``M`` int32 accumulator rows (vectorised by LLVM). Same sums, same bits.
+    """
+    m, k = a.shape
+    n = b.shape[1]
+    ap, rs = _pack_a(a, fa, k)
+    for p in prange((n + _GEMV_COLS - 1) // _GEMV_COLS):
+        n0 = p * _GEMV_COLS
+        n1 = min(n, n0 + _GEMV_COLS)
+        w = n1 - n0
+        acc = np.zeros((m, _GEMV_COLS), np.int32)
+        cs = np.zeros(_GEMV_COLS, np.int64)
+        bv = np.empty(_GEMV_COLS, np.int32)
+        for j in range(k):
+            brow = b[j, n0:n1]
+            for c in range(w):  # separate simple loops: each one vectorises
+                bv[c] = np.int8(brow[c] ^ fb)
+            for c in range(w):
+                cs[c] += bv[c]
+            for i in range(m):
+                av = np.int32(ap[i, j])
+                arow = acc[i]
+                for c in range(w):
+                    arow[c] = np.int32(arow[c] + av * bv[c])
+        zbp, wp = _panel_terms(zb, cs, k, n0, n1)
+        _finish(acc, 0, m, n0, n1, rs, za, zbp, wp, bias, mode, qm, sh, fm, z, lo, hi, out)
     return out
 
 
@@ -432,9 +515,22 @@ def _run(a, b, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out, path):
     fb = 0x80 if b.dtype == np.uint8 else 0  # b - 128 for uint8: likewise
     za64 = za.astype(np.int64) + (128 if fa else 0)
     zb64 = zb.astype(np.int64) - (128 if fb else 0)
-    _DRIVERS[path](a.view(np.uint8), b.view(np.uint8), np.uint8(fa), np.uint8(fb), za64, zb64,
-                   bias, np.int64(mode), qm, sh, fm, np.int64(z), np.int64(lo), np.int64(hi),
-                   out)
+    args = (a.view(np.uint8), b.view(np.uint8), np.uint8(fa), np.uint8(fb), za64, zb64, bias,
+            np.int64(mode), qm, sh, fm, np.int64(z), np.int64(lo), np.int64(hi), out)
+    m, k = a.shape
+    n = b.shape[1]
+    driver = _gemv if m <= _GEMV_ROWS else _DRIVERS[path]
+    if m * n * k < _SERIAL_WORK or n <= _NW[path]:
+        # too small to share: one thread (no wait for a second one, which on a busy
+        # machine can cost a whole scheduler time slice)
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            driver(*args)
+        finally:
+            numba.set_num_threads(threads)
+    else:
+        driver(*args)
     return out
 
 
