@@ -75,13 +75,16 @@ def test_every_path_equals_integer_matmul_on_drawn_shapes_values_and_zero_points
 ])
 def test_deepest_int32_safe_k_at_the_extreme_products_is_exact(path, adt, bdt, av, bv, za, zb):
     k = max_int32_depth(np.dtype(adt).name, np.dtype(bdt).name, za, zb)
-    a = np.full((2, k), av, adt)
-    a[1, ::3] = 0 if np.dtype(adt).kind == "i" else 1  # a second row with other sums
+    a = np.full((9, k), av, adt)  # 9 rows: an 8-row register tile and a single-row tail
+    a[1, ::3] = 0 if np.dtype(adt).kind == "i" else 1  # rows with other sums
+    a[8, 1::2] = 0 if np.dtype(adt).kind == "i" else 1
     b = np.full((k, 3), bv, bdt)
-    got = matmul_int(a, b, za, zb, backend="cpu", cpu_path=path)
     want = integer_matmul(a, b, za, zb)
     assert abs(int(want[0, 0])) > 2**31 - 2**20  # the exact sum sits at the edge of int32
-    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(matmul_int(a, b, za, zb, backend="cpu", cpu_path=path), want)
+    # and the row-streaming kernel that serves M <= 4
+    np.testing.assert_array_equal(matmul_int(a[:2], b, za, zb, backend="cpu", cpu_path=path),
+                                  want[:2])
 
 
 def test_one_step_deeper_is_refused_and_int64_accumulation_is_exact():
@@ -237,13 +240,14 @@ def test_kernel_bodies_run_as_python_under_numba_disable_jit():
         from refquant.quant.integer import integer_matmul, requantize
         assert int8.available_paths() == ("portable",)
         rng = np.random.default_rng(0)
-        for adt in (np.uint8, np.int8):
-            for bdt in (np.uint8, np.int8):
+        for adt, bdt, m in ((np.uint8, np.int8, 3), (np.int8, np.int8, 6),
+                            (np.uint8, np.uint8, 5), (np.int8, np.uint8, 2)):
+            if True:  # m <= 4: the row-streaming kernel; m > 4: the packed one
                 a = rng.integers(-128 if adt == np.int8 else 0, 128 if adt == np.int8 else 256,
-                                 (3, 9)).astype(adt)
+                                 (m, 9)).astype(adt)
                 b = rng.integers(-128 if bdt == np.int8 else 0, 128 if bdt == np.int8 else 256,
                                  (9, 17)).astype(bdt)
-                za, zb = rng.integers(-100, 100, 3), 5
+                za, zb = rng.integers(-100, 100, m), 5
                 np.testing.assert_array_equal(matmul_int(a, b, za, zb, backend="cpu"),
                                               integer_matmul(a, b, za, zb))
                 for method, single in (("fixed_point", False), ("fixed_point", True),

@@ -361,19 +361,14 @@ def _gemm_avx512vnni(a, b, fa, fb, za, zb, bias, mode, qm, sh, fm, z, lo, hi, ou
         acc = np.empty((m, nw), np.int32)
         for q0 in range(0, kq, _KCQ):
             nq = min(_KCQ, kq - q0)
-            last = q0 + nq == kq  # finish each tile while it is in L1
             boff = q0 * 4 * nw  # bytes
             for i in range(0, mfull, _MR512):
                 _tile512(ap, i * kp + 4 * q0, kp, bpan, boff, nq, acc, i * ldc, ldc, q0 == 0)
-                if last:
-                    _finish(acc, i, i + _MR512, n0, n1, rs, za, zbp, wp, bias, mode, qm, sh,
-                            fm, z, lo, hi, out)
             for i in range(mfull, m):
                 _tile512_row(ap, i * kp + 4 * q0, kp, bpan, boff, nq, acc, i * ldc, ldc,
                               q0 == 0)
-                if last:
-                    _finish(acc, i, i + 1, n0, n1, rs, za, zbp, wp, bias, mode, qm, sh, fm,
-                            z, lo, hi, out)
+        # one call per panel (a call per tile cost more than the epilogue's arithmetic)
+        _finish(acc, 0, m, n0, n1, rs, za, zbp, wp, bias, mode, qm, sh, fm, z, lo, hi, out)
     return out
 
 
@@ -397,19 +392,14 @@ def _gemm_avxvnni(a, b, fa, fb, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out):
         acc = np.empty((m, nw), np.int32)
         for q0 in range(0, kq, _KCQ):
             nq = min(_KCQ, kq - q0)
-            last = q0 + nq == kq
             boff = q0 * 4 * nw  # bytes
             for i in range(0, mfull, _MR256):
                 _tile256(ap, i * kp + 4 * q0, kp, bpan, boff, nq, acc, i * ldc, ldc, q0 == 0)
-                if last:
-                    _finish(acc, i, i + _MR256, n0, n1, rs, za, zbp, wp, bias, mode, qm, sh,
-                            fm, z, lo, hi, out)
             for i in range(mfull, m):
                 _tile256_row(ap, i * kp + 4 * q0, kp, bpan, boff, nq, acc, i * ldc, ldc,
                               q0 == 0)
-                if last:
-                    _finish(acc, i, i + 1, n0, n1, rs, za, zbp, wp, bias, mode, qm, sh, fm,
-                            z, lo, hi, out)
+        # one call per panel (a call per tile cost more than the epilogue's arithmetic)
+        _finish(acc, 0, m, n0, n1, rs, za, zbp, wp, bias, mode, qm, sh, fm, z, lo, hi, out)
     return out
 
 
