@@ -38,3 +38,14 @@ def test_bench_io_runs_on_a_small_file(tmp_path, capsys):
     _load("bench_io").main(["--size-mb", "2", "--tensors", "4", "--dir", str(tmp_path),
                             "--opens", "3", "--reads", "1"])
     assert "safetensors" in capsys.readouterr().out
+
+
+def test_bench_kernels_quick_checks_every_peer_against_the_int8_kernel(tmp_path):
+    lines = []
+    plot = tmp_path / "int8.png"
+    results = _load("bench_kernels").run([64], [(1, 96, 80)], repeat=1, plot=str(plot),
+                                         cold=False, out=lines.append)
+    assert set(results) == {(64, 64, 64), (1, 96, 80)}
+    assert all(row["refq u8s8"] > 0 and row["numpy f32"] > 0 for row in results.values())
+    assert any(line.startswith("CPU: ") for line in lines)
+    assert plot.stat().st_size > 0
