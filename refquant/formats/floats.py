@@ -86,7 +86,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
 from .._errors import RefquantError
@@ -141,7 +140,13 @@ class FloatFormat:
     @property
     def ml_dtype(self) -> np.dtype:
         """The matching NumPy / ml_dtypes dtype (one element per byte for fp6 / fp4)."""
-        return np.dtype(np.float16) if self.name == "float16" else np.dtype(getattr(ml_dtypes, self.name))
+        if self.name == "float16":
+            return np.dtype(np.float16)
+        # imported here: ml_dtypes 0.7's import takes about a second of CPU, which
+        # `import refquant` should not pay until a float8 / bfloat16 dtype is needed
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, self.name))
 
     @property
     def has_nan(self) -> bool:

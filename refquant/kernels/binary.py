@@ -251,8 +251,8 @@ def _alpha_array(x, name, shape):
     return a
 
 
-def _dispatch(backend, work):
-    return resolve_backend(backend, work, threshold=_THRESHOLD, cuda=False)
+def _dispatch(backend, work, cuda=False):
+    return resolve_backend(backend, work, threshold=_THRESHOLD, cuda=cuda)
 
 
 # --------------------------------------------------------------------------- matmuls
@@ -306,9 +306,14 @@ def matmul_binary(a_packed, b_packed, k, *, alpha=None, backend="auto", path=Non
     p = _path(path)
     m, w = a.shape
     n = b.shape[0]
-    be = _dispatch(backend, m * n * max(w, 1))
+    be = _dispatch(backend, m * n * max(w, 1), cuda=True)
     if be == "numpy" or m == 0 or n == 0:
         acc = _ref.matmul_binary(a, b, kk)
+    elif be == "cuda":
+        from .cuda import matmul_binary as _cuda_binary  # numba.cuda only when asked for
+
+        acc = _cuda_binary(np.ascontiguousarray(a, np.uint64), np.ascontiguousarray(b, np.uint64),
+                           kk)
     else:
         from .cpu import binary as _cpu
 

@@ -325,6 +325,32 @@ def _case_int4_default_tiles_and_device_arrays():
     np.testing.assert_array_equal(dev.copy_to_host(), got)
 
 
+def _case_public_functions_run_backend_cuda_with_the_same_results():
+    # refquant.kernels' public functions reach these kernels with backend="cuda"
+    from refquant.kernels import matmul_binary, matmul_int, matmul_int4, pack_signs
+    from refquant.kernels.packing import pack_nibbles
+
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, (5, 37)).astype(np.uint8)
+    b = rng.integers(-128, 128, (37, 6)).astype(np.int8)
+    za = rng.integers(0, 256, 5)
+    np.testing.assert_array_equal(matmul_int(a, b, za, -3, backend="cuda"),
+                                  matmul_int(a, b, za, -3, backend="numpy"))
+    x = np.where(rng.random((4, 70)) < 0.5, -1.0, 1.0)
+    w = np.where(rng.random((3, 70)) < 0.5, -1.0, 1.0)
+    np.testing.assert_array_equal(matmul_binary(pack_signs(x), pack_signs(w), 70, backend="cuda"),
+                                  (x @ w.T).astype(np.int32))
+    codes = rng.integers(0, 16, (6, 32)).astype(np.uint8)
+    xs = rng.standard_normal((2, 32)).astype(np.float32)
+    sc = rng.random((6, 2)).astype(np.float32)
+    got = matmul_int4(xs, pack_nibbles(codes), sc, group_size=16, backend="cuda")
+    ref = matmul_int4(xs, pack_nibbles(codes), sc, group_size=16, backend="numpy")
+    exact = xs.astype(np.float64) @ ((codes - 8.0) * np.repeat(sc, 16, axis=1)).T
+    bound = 34 * 2.0**-24 / (1 - 34 * 2.0**-24) * (np.abs(xs) @ np.abs(
+        (codes - 8.0) * np.repeat(sc, 16, axis=1)).T)
+    assert np.all(np.abs(got - exact) <= bound) and np.all(np.abs(ref - exact) <= bound)
+
+
 CASES = sorted(name for name in dict(globals()) if name.startswith("_case_"))
 
 
@@ -523,6 +549,11 @@ def test_int4_gemm_is_its_float32_order_bit_for_bit_and_within_the_bound(simulat
 @needs_numba_cuda
 def test_int4_gemm_at_default_tiles_and_on_device_arrays(simulated):
     _assert_case(simulated, "_case_int4_default_tiles_and_device_arrays")
+
+
+@needs_numba_cuda
+def test_public_functions_run_backend_cuda_with_the_same_results(simulated):
+    _assert_case(simulated, "_case_public_functions_run_backend_cuda_with_the_same_results")
 
 
 @needs_numba_cuda

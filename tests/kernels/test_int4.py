@@ -128,7 +128,7 @@ def test_infinities_and_nan_propagate_identically():
         (dict(w=np.zeros((3, 16), np.int32)), "must be uint8, got int32"),
         (dict(scales=np.ones((3, 4))), r"scales must have shape .* \(3, 2\)"),
         (dict(layout="codes", w=np.full((3, 32), 16, np.uint8)), "codes must be in 0..15"),
-        (dict(backend="cuda"), "no CUDA implementation"),
+        (dict(backend="cuda"), "backend=.cuda. was asked for"),
         (dict(path="sve"), "path must be one of"),
     ],
 )
