@@ -218,12 +218,8 @@ def matmul_int(a, b, a_zero_point=0, b_zero_point=0, *, accumulate="int32", back
     which = resolve_backend(backend, nb * m * n * k, threshold=CPU_THRESHOLD)
     out_dtype = np.int32 if accumulate == "int32" else np.int64
     if which == "numpy" or not fits or m * n == 0:
-        zra = za if np.unique(za).size > 1 else za[:1].reshape(())
-        zrb = zb if np.unique(zb).size > 1 else zb[:1].reshape(())
-        if m == 0:
-            zra = 0
-        if n == 0:
-            zrb = 0
+        zra = za if np.unique(za).size > 1 else (za[:1].reshape(()) if m else 0)
+        zrb = zb if np.unique(zb).size > 1 else (zb[:1].reshape(()) if n else 0)
         return integer_matmul(a, b, zra, zrb).astype(out_dtype).reshape(shape)
     mod = _kernel_module(which)
     if which == "cpu":
