@@ -74,15 +74,15 @@ def _config_bytes():
 
 
 @intrinsic
-def amx_tile_2x2(typingctx, a, a_off, lda, b, b_off, ldb, kt, c, c_off, ldc):
+def amx_tile_2x2(typingctx, a, a_off, lda, b, b_off, ldb, kt, c, c_off, ldc, first):
     """``C[32 x 32] = A[32 rows, 64 kt depths] @ B[panel, 64 kt depths, 32 columns]``.
 
     Arrays with byte offsets and byte strides: ``A`` rows at ``a + a_off + r lda``,
     ``B`` words at ``b + b_off + q ldb`` (``ldb`` = bytes per packed depth quad
     row), ``C`` int32 rows at ``c + c_off + r ldc``; ``kt >= 1`` steps of 64 depths.
-    ``C`` is overwritten (the tiles start from zero).
+    The tiles start from zero when ``first`` is true (the first K block), else from ``C``.
     """
-    sig = types.void(a, a_off, lda, b, b_off, ldb, kt, c, c_off, ldc)
+    sig = types.void(a, a_off, lda, b, b_off, ldb, kt, c, c_off, ldc, first)
 
     def codegen(context, builder, signature, args):
         def base(i):
@@ -115,8 +115,17 @@ def amx_tile_2x2(typingctx, a, a_off, lda, b, b_off, ldb, kt, c, c_off, ldc):
         b0 = builder.add(base(3), num(4))
         c0 = builder.add(base(7), num(8))
         sa, sb, nk, sc = num(2), num(5), num(6), num(9)
-        for t in range(4):  # C tiles 0..3: (row block r, column block v) -> 2 r + v
-            builder.call(zero, [tile(t)])
+        # C tiles 0..3: (row block r, column block v) -> 2 r + v
+        c_addrs = [builder.add(c0, builder.add(builder.mul(sc, const(16 * r)), const(64 * v)))
+                   for r in range(2) for v in range(2)]
+        is_first = builder.icmp_signed("!=", num(10), const(0))
+        with builder.if_else(is_first) as (then, otherwise):
+            with then:
+                for t in range(4):
+                    builder.call(zero, [tile(t)])
+            with otherwise:
+                for t in range(4):
+                    builder.call(load, [tile(t), builder.inttoptr(c_addrs[t], _P8), sc])
         pre = builder.block
         loop = builder.append_basic_block("amx.loop")
         done = builder.append_basic_block("amx.done")
@@ -139,11 +148,8 @@ def amx_tile_2x2(typingctx, a, a_off, lda, b, b_off, ldb, kt, c, c_off, ldc):
         q.add_incoming(q1, loop)
         builder.cbranch(builder.icmp_signed("<", q1, nk), loop, done)
         builder.position_at_end(done)
-        for r in range(2):
-            for v in range(2):
-                addr = builder.add(c0, builder.add(builder.mul(sc, const(16 * r)),
-                                                   const(64 * v)))
-                builder.call(store, [tile(2 * r + v), builder.inttoptr(addr, _P8), sc])
+        for t in range(4):
+            builder.call(store, [tile(t), builder.inttoptr(c_addrs[t], _P8), sc])
         builder.call(release, [])
         return context.get_dummy_value()
 

@@ -81,6 +81,7 @@ _KCQ = KC // 4
 _SERIAL_WORK = 128**3  # multiply-adds below which a call runs on one thread
 _GEMV_ROWS = 4  # at most this many rows of a: the unpacked row-streaming kernel
 _GEMV_COLS = 512  # its column block (M x 512 int32 accumulators stay in L1)
+_AMX_KT = 8  # AMX K block in steps of 64: a 32 x 512-byte slice of A (16 KiB) in L1
 
 # Epilogue modes of the fused kernel.
 MODE_INT32 = 0          # the int32 product (bias added when given)
@@ -417,15 +418,23 @@ def _gemm_amx(a, b, fa, fb, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out):
     kp = 64 * kt
     mp = (m + 31) // 32 * 32  # rows padded to whole 2 x 16-row tiles (zeros)
     ap, rs = _pack_a(a, fa, kp, mp)
-    accf = np.empty((mp, npan * nw), np.int32)
+    # every B panel packed first (one region), then each thread takes blocks of 32 rows
+    # and runs them against all panels: its 32 x KC slice of A stays in L1 while the
+    # packed B streams from L2
+    bp = np.empty((npan, 16 * kt, nw), np.uint32)
     csf = np.empty(npan * nw, np.int64)
-    ldc = 4 * npan * nw
     for p in prange(npan):
-        n0 = p * nw
-        bpan = np.empty((16 * kt, nw), np.uint32)
-        _pack_b_panel(b, fb, p, nw, 16 * kt, bpan, csf[n0:n0 + nw])
-        for i in range(0, mp, 32):
-            amx_tile_2x2(ap, i * kp, kp, bpan, 0, 4 * nw, kt, accf, i * ldc + 4 * n0, ldc)
+        _pack_b_panel(b, fb, p, nw, 16 * kt, bp[p], csf[p * nw:p * nw + nw])
+    accf = np.empty((mp, npan * nw), np.int32)
+    ldc = 4 * npan * nw
+    pstride = 4 * nw * 16 * kt  # bytes per packed panel
+    for ib in prange(mp // 32):
+        i = 32 * ib
+        for k0 in range(0, kt, _AMX_KT):
+            nk = min(_AMX_KT, kt - k0)
+            for p in range(npan):
+                amx_tile_2x2(ap, i * kp + 64 * k0, kp, bp, p * pstride + k0 * 16 * 4 * nw,
+                             4 * nw, nk, accf, i * ldc + 4 * nw * p, ldc, k0 == 0)
     _finish_all(accf, k, rs, csf, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out)
     return out
 
