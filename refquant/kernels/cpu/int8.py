@@ -37,8 +37,9 @@ Paths (chosen at run time from the CPU's features, or forced by
 
 ``"amx"``
     Intel AMX ``tdpbusd`` on 2 x 2 tiles of 16 x 16 (32 rows x 32 columns, K in
-    steps of 64), where the CPU has ``amx-int8`` and Linux grants the tile state
-    (:mod:`refquant.kernels.cpu._amx`); the same packed operands, rows padded to 32.
+    steps of 64, blocked by 512), where the CPU has ``amx-int8`` and Linux grants
+    the tile state (:mod:`refquant.kernels.cpu._amx`); the same packed operands
+    (all of B packed first), rows padded to 32, ``prange`` over blocks of 32 rows.
 
 ``"avx512vnni"``
     ``llvm.x86.avx512.vpdpbusd.512``; a register tile of 8 rows x 48 columns
