@@ -41,7 +41,7 @@ __all__ = ["matmul_int", "matmul_int_requant", "warmup", "CPU_THRESHOLD"]
 
 # multiply-adds from which backend="auto" runs the Numba kernel (below, the call
 # and packing overhead is larger than the float64 BLAS route of the reference)
-CPU_THRESHOLD = 64**3
+CPU_THRESHOLD = 2 * 128**3
 
 _DTYPES = (np.dtype(np.uint8), np.dtype(np.int8))
 
