@@ -3,7 +3,8 @@
 These functions reproduce :func:`refquant.quant.integer.integer_matmul` and
 ``requantize(integer_matmul(...) + bias, ...)`` bit for bit; they validate,
 pick a backend (``refquant.kernels._backend``), and run either the NumPy
-reference or the Numba kernel of :mod:`refquant.kernels.cpu.int8` (imported,
+reference or the Numba kernels of :mod:`refquant.kernels.cpu.int8` (AMX, AVX-512
+VNNI, AVX-VNNI or portable loops, chosen from the CPU's features; imported,
 and compiled or loaded from Numba's disk cache, on the first call that needs
 it; never at import).
 
@@ -13,7 +14,7 @@ unsigned by signed bytes with VNNI ``vpdpbusd`` and expands the zero points::
     sum_k (a - za)(b - zb) = sum_k a b  -  zb * sum_k a  -  za * sum_k b  +  K za zb
 
 computing the row sums of ``a`` and the column sums of ``b`` while it packs the
-operands (a signed ``a`` and an unsigned ``b`` are first shifted by 128, which
+operands into ``vpdpbusd`` / ``tdpbusd`` panels (a signed ``a`` and an unsigned ``b`` are first shifted by 128, which
 moves the offset into the zero points). Its int32 arithmetic wraps; the result
 is exact because every case whose true accumulator could leave int32 is refused
 up front (or computed exactly in int64 with ``accumulate="int64"``).
@@ -40,7 +41,7 @@ __all__ = ["matmul_int", "matmul_int_requant", "warmup", "CPU_THRESHOLD"]
 
 # multiply-adds from which backend="auto" runs the Numba kernel (below, the call
 # and packing overhead is larger than the float64 BLAS route of the reference)
-CPU_THRESHOLD = 64**3
+CPU_THRESHOLD = 2 * 128**3
 
 _DTYPES = (np.dtype(np.uint8), np.dtype(np.int8))
 
@@ -184,9 +185,11 @@ def matmul_int(a, b, a_zero_point=0, b_zero_point=0, *, accumulate="int32", back
     backend : {"auto", "numpy", "cpu", "cuda"}
         See :mod:`refquant.kernels._backend`; ``"auto"`` runs the Numba kernel
         from :data:`CPU_THRESHOLD` multiply-adds on.
-    cpu_path : {None, "avx512vnni", "avxvnni", "portable"}
+    cpu_path : {None, "amx", "avx512vnni", "avxvnni", "portable"}
         Force an implementation of the CPU kernel (default: ``REFQUANT_CPU_PATH``,
-        else the fastest the CPU runs). Every path gives the same bits.
+        else the fastest the CPU runs: AMX, then AVX-512 VNNI, AVX-VNNI, plain
+        loops); a path the CPU cannot run raises. Every path gives the same bits.
+        Whatever the path, ``M <= 4`` rows run a kernel that streams ``b`` unpacked.
 
     Returns
     -------
@@ -215,12 +218,8 @@ def matmul_int(a, b, a_zero_point=0, b_zero_point=0, *, accumulate="int32", back
     which = resolve_backend(backend, nb * m * n * k, threshold=CPU_THRESHOLD)
     out_dtype = np.int32 if accumulate == "int32" else np.int64
     if which == "numpy" or not fits or m * n == 0:
-        zra = za if np.unique(za).size > 1 else za[:1].reshape(())
-        zrb = zb if np.unique(zb).size > 1 else zb[:1].reshape(())
-        if m == 0:
-            zra = 0
-        if n == 0:
-            zrb = 0
+        zra = za if np.unique(za).size > 1 else (za[:1].reshape(()) if m else 0)
+        zrb = zb if np.unique(zb).size > 1 else (zb[:1].reshape(()) if n else 0)
         return integer_matmul(a, b, zra, zrb).astype(out_dtype).reshape(shape)
     mod = _kernel_module(which)
     if which == "cpu":

@@ -280,3 +280,17 @@ def test_a_second_process_loads_the_kernels_from_the_disk_cache():
     _run_python(code, {})  # writes the cache if this checkout has none yet
     hits, misses = json.loads(_run_python(code, {}).strip().splitlines()[-1])
     assert (hits, misses) == (1, 0)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("m, k, n", [(0, 3, 2), (2, 0, 3), (2, 3, 0), (0, 0, 0), (6, 0, 40)])
+def test_empty_dimensions_give_the_reference_shape_and_values(backend, m, k, n):
+    a = np.ones((m, k), np.int8)
+    b = np.full((k, n), 9, np.uint8)
+    got = matmul_int(a, b, 1, 2, backend=backend)
+    assert got.shape == (m, n) and got.dtype == np.int32
+    np.testing.assert_array_equal(got, integer_matmul(a, b, 1, 2))
+    q = matmul_int_requant(a, b, np.arange(n), 0.5, 1, backend=backend)
+    want = requantize(integer_matmul(a, b, 1, 2) + np.arange(n), 0.5, 1)
+    assert q.dtype == np.int8
+    np.testing.assert_array_equal(q, want)

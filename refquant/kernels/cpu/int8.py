@@ -35,6 +35,12 @@ in both operands and adds nothing.
 Paths (chosen at run time from the CPU's features, or forced by
 ``REFQUANT_CPU_PATH`` / ``path=``):
 
+``"amx"``
+    Intel AMX ``tdpbusd`` on 2 x 2 tiles of 16 x 16 (32 rows x 32 columns, K in
+    steps of 64, blocked by 512), where the CPU has ``amx-int8`` and Linux grants
+    the tile state (:mod:`refquant.kernels.cpu._amx`); the same packed operands
+    (all of B packed first), rows padded to 32, ``prange`` over blocks of 32 rows.
+
 ``"avx512vnni"``
     ``llvm.x86.avx512.vpdpbusd.512``; a register tile of 8 rows x 48 columns
     (24 zmm accumulators kept in registers over a whole K block), K blocked by
@@ -63,18 +69,20 @@ from llvmlite import ir
 from numba import config, njit, prange, types
 from numba.extending import intrinsic
 
+from ._amx import amx_tile_2x2, request_permission
 from ._features import has_feature
 
 __all__ = ["PATHS", "available_paths", "default_path", "matmul_int", "matmul_int_requant",
            "warmup"]
 
-PATHS = ("avx512vnni", "avxvnni", "portable")
+PATHS = ("amx", "avx512vnni", "avxvnni", "portable")
 
 KC = 512  # bytes of K per block: a 48-column B micro-panel block is 24 KiB (fits L1d)
 _KCQ = KC // 4
 _SERIAL_WORK = 128**3  # multiply-adds below which a call runs on one thread
 _GEMV_ROWS = 4  # at most this many rows of a: the unpacked row-streaming kernel
 _GEMV_COLS = 512  # its column block (M x 512 int32 accumulators stay in L1)
+_AMX_KT = 8  # AMX K block in steps of 64: a 32 x 512-byte slice of A (16 KiB) in L1
 
 # Epilogue modes of the fused kernel.
 MODE_INT32 = 0          # the int32 product (bias added when given)
@@ -203,18 +211,18 @@ _tile256 = _make_tile(_MR256, _NRV256, _L256)
 _tile256_row = _make_tile(1, _NRV256, _L256)
 _NW_PORTABLE = 16
 
-_NW = {"avx512vnni": _NW512, "avxvnni": _NW256, "portable": _NW_PORTABLE}
+_NW = {"amx": 32, "avx512vnni": _NW512, "avxvnni": _NW256, "portable": _NW_PORTABLE}
 
 
 # ------------------------------------------------------------------------- packing
 
 
 @njit(cache=True)
-def _pack_a(a, fa, kp):
-    """``a' = a ^ fa`` (bytes; ``fa = 0x80`` turns int8 into int8 + 128) as uint8 rows
-    padded with zeros to ``kp``; and the row sums of ``a'``."""
+def _pack_a(a, fa, kp, mp):
+    """``a' = a ^ fa`` (bytes; ``fa = 0x80`` turns int8 into int8 + 128) as ``mp`` uint8
+    rows padded with zeros to ``kp``; and the row sums of ``a'``."""
     m, k = a.shape
-    ap = np.zeros((m, kp), np.uint8)
+    ap = np.zeros((mp, kp), np.uint8)
     rs = np.zeros(m, np.int64)
     for i in range(m):
         s = 0
@@ -346,29 +354,28 @@ def _gemm_avx512vnni(a, b, fa, fb, za, zb, bias, mode, qm, sh, fm, z, lo, hi, ou
     m, k = a.shape
     n = b.shape[1]
     nw = _NW512
+    npan = (n + nw - 1) // nw
     kq = max(1, (k + 3) // 4)  # K = 0: one step of zeros
     kp = 4 * kq
-    ap, rs = _pack_a(a, fa, kp)
-    ldc = np.int64(4 * nw)
+    ap, rs = _pack_a(a, fa, kp, m)
+    accf = np.empty((m, npan * nw), np.int32)
+    csf = np.empty(npan * nw, np.int64)
+    ldc = np.int64(4 * npan * nw)
     mfull = m - m % _MR512
-    for p in prange((n + nw - 1) // nw):
+    for p in prange(npan):
         n0 = p * nw
-        n1 = min(n, n0 + nw)
         bpan = np.empty((kq, nw), np.uint32)
-        cs = np.empty(nw, np.int64)
-        _pack_b_panel(b, fb, p, nw, kq, bpan, cs)
-        zbp, wp = _panel_terms(zb, cs, k, n0, n1)
-        acc = np.empty((m, nw), np.int32)
+        _pack_b_panel(b, fb, p, nw, kq, bpan, csf[n0:n0 + nw])
         for q0 in range(0, kq, _KCQ):
             nq = min(_KCQ, kq - q0)
             boff = q0 * 4 * nw  # bytes
             for i in range(0, mfull, _MR512):
-                _tile512(ap, i * kp + 4 * q0, kp, bpan, boff, nq, acc, i * ldc, ldc, q0 == 0)
+                _tile512(ap, i * kp + 4 * q0, kp, bpan, boff, nq, accf, i * ldc + 4 * n0, ldc,
+                         q0 == 0)
             for i in range(mfull, m):
-                _tile512_row(ap, i * kp + 4 * q0, kp, bpan, boff, nq, acc, i * ldc, ldc,
-                              q0 == 0)
-        # one call per panel (a call per tile cost more than the epilogue's arithmetic)
-        _finish(acc, 0, m, n0, n1, rs, za, zbp, wp, bias, mode, qm, sh, fm, z, lo, hi, out)
+                _tile512_row(ap, i * kp + 4 * q0, kp, bpan, boff, nq, accf, i * ldc + 4 * n0,
+                             ldc, q0 == 0)
+    _finish_all(accf, k, rs, csf, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out)
     return out
 
 
@@ -377,30 +384,69 @@ def _gemm_avxvnni(a, b, fa, fb, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out):
     m, k = a.shape
     n = b.shape[1]
     nw = _NW256
-    kq = max(1, (k + 3) // 4)
+    npan = (n + nw - 1) // nw
+    kq = max(1, (k + 3) // 4)  # K = 0: one step of zeros
     kp = 4 * kq
-    ap, rs = _pack_a(a, fa, kp)
-    ldc = np.int64(4 * nw)
+    ap, rs = _pack_a(a, fa, kp, m)
+    accf = np.empty((m, npan * nw), np.int32)
+    csf = np.empty(npan * nw, np.int64)
+    ldc = np.int64(4 * npan * nw)
     mfull = m - m % _MR256
-    for p in prange((n + nw - 1) // nw):
+    for p in prange(npan):
         n0 = p * nw
-        n1 = min(n, n0 + nw)
         bpan = np.empty((kq, nw), np.uint32)
-        cs = np.empty(nw, np.int64)
-        _pack_b_panel(b, fb, p, nw, kq, bpan, cs)
-        zbp, wp = _panel_terms(zb, cs, k, n0, n1)
-        acc = np.empty((m, nw), np.int32)
+        _pack_b_panel(b, fb, p, nw, kq, bpan, csf[n0:n0 + nw])
         for q0 in range(0, kq, _KCQ):
             nq = min(_KCQ, kq - q0)
             boff = q0 * 4 * nw  # bytes
             for i in range(0, mfull, _MR256):
-                _tile256(ap, i * kp + 4 * q0, kp, bpan, boff, nq, acc, i * ldc, ldc, q0 == 0)
+                _tile256(ap, i * kp + 4 * q0, kp, bpan, boff, nq, accf, i * ldc + 4 * n0, ldc,
+                         q0 == 0)
             for i in range(mfull, m):
-                _tile256_row(ap, i * kp + 4 * q0, kp, bpan, boff, nq, acc, i * ldc, ldc,
-                              q0 == 0)
-        # one call per panel (a call per tile cost more than the epilogue's arithmetic)
-        _finish(acc, 0, m, n0, n1, rs, za, zbp, wp, bias, mode, qm, sh, fm, z, lo, hi, out)
+                _tile256_row(ap, i * kp + 4 * q0, kp, bpan, boff, nq, accf, i * ldc + 4 * n0,
+                             ldc, q0 == 0)
+    _finish_all(accf, k, rs, csf, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out)
     return out
+
+
+@njit(cache=True, parallel=True)
+def _gemm_amx(a, b, fa, fb, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out):
+    m, k = a.shape
+    n = b.shape[1]
+    nw = 32  # two 16-column B tiles
+    npan = (n + nw - 1) // nw
+    kt = max(1, (k + 63) // 64)  # steps of 64 depths (K padded with zeros)
+    kp = 64 * kt
+    mp = (m + 31) // 32 * 32  # rows padded to whole 2 x 16-row tiles (zeros)
+    ap, rs = _pack_a(a, fa, kp, mp)
+    # every B panel packed first (one region), then each thread takes blocks of 32 rows
+    # and runs them against all panels: its 32 x KC slice of A stays in L1 while the
+    # packed B streams from L2
+    bp = np.empty((npan, 16 * kt, nw), np.uint32)
+    csf = np.empty(npan * nw, np.int64)
+    for p in prange(npan):
+        _pack_b_panel(b, fb, p, nw, 16 * kt, bp[p], csf[p * nw:p * nw + nw])
+    accf = np.empty((mp, npan * nw), np.int32)
+    ldc = 4 * npan * nw
+    pstride = 4 * nw * 16 * kt  # bytes per packed panel
+    for ib in prange(mp // 32):
+        i = 32 * ib
+        for k0 in range(0, kt, _AMX_KT):
+            nk = min(_AMX_KT, kt - k0)
+            for p in range(npan):
+                amx_tile_2x2(ap, i * kp + 64 * k0, kp, bp, p * pstride + k0 * 16 * 4 * nw,
+                             4 * nw, nk, accf, i * ldc + 4 * nw * p, ldc, k0 == 0)
+    _finish_all(accf, k, rs, csf, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _finish_all(accf, k, rs, csf, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out):
+    """The epilogue as its own pass over whole rows (contiguous reads and writes)."""
+    m, n = out.shape
+    zbp, wp = _panel_terms(zb, csf, k, 0, n)
+    for i in prange(m):
+        _finish(accf, i, i + 1, 0, n, rs, za, zbp, wp, bias, mode, qm, sh, fm, z, lo, hi, out)
 
 
 @njit(cache=True, parallel=True)
@@ -409,7 +455,7 @@ def _gemm_portable(a, b, fa, fb, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out)
     n = b.shape[1]
     nw = _NW_PORTABLE
     kq = max(1, (k + 3) // 4)
-    ap, rs = _pack_a(a, fa, 4 * kq)
+    ap, rs = _pack_a(a, fa, 4 * kq, m)
     for p in prange((n + nw - 1) // nw):
         n0 = p * nw
         bpan = np.empty((kq, nw), np.uint32)
@@ -438,7 +484,7 @@ def _gemv(a, b, fa, fb, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out):
     """
     m, k = a.shape
     n = b.shape[1]
-    ap, rs = _pack_a(a, fa, k)
+    ap, rs = _pack_a(a, fa, k, m)
     for p in prange((n + _GEMV_COLS - 1) // _GEMV_COLS):
         n0 = p * _GEMV_COLS
         n1 = min(n, n0 + _GEMV_COLS)
@@ -462,7 +508,7 @@ def _gemv(a, b, fa, fb, za, zb, bias, mode, qm, sh, fm, z, lo, hi, out):
     return out
 
 
-_DRIVERS = {"avx512vnni": _gemm_avx512vnni, "avxvnni": _gemm_avxvnni,
+_DRIVERS = {"amx": _gemm_amx, "avx512vnni": _gemm_avx512vnni, "avxvnni": _gemm_avxvnni,
             "portable": _gemm_portable}
 
 
@@ -474,6 +520,8 @@ def available_paths() -> tuple[str, ...]:
     if config.DISABLE_JIT:  # the intrinsics have no Python body
         return ("portable",)
     paths = []
+    if has_feature("amx-int8", "amx-tile") and request_permission():
+        paths.append("amx")
     if has_feature("avx512vnni", "avx512bw", "avx512f"):
         paths.append("avx512vnni")
     if has_feature("avxvnni") or has_feature("avx512vnni", "avx512vl"):
