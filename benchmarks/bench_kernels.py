@@ -262,13 +262,24 @@ def main(argv=None):
                                                   "refquant_bench_kernels_int8.png"))
     p.add_argument("--keep-openblas-env", action="store_true",
                    help="do not unset OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE")
+    p.add_argument("--int8-only", action="store_true",
+                   help="skip the binary, int4 weight-only and ggml block-dot tables")
     args = p.parse_args(argv)
     if args.quick:
-        return run([64, 96], [(1, 256, 256)], repeat=1, threads=args.threads, plot=args.plot,
-                   cold=False)
-    sizes = args.sizes or [64, 128, 256, 512, 1024, 2048] + ([4096] if args.big else [])
-    return run(sizes, [] if args.no_decode else [(1, 4096, 4096)], repeat=args.repeat,
-               threads=args.threads, plot=args.plot, cold=not args.no_cold)
+        res = run([64, 96], [(1, 256, 256)], repeat=1, threads=args.threads, plot=args.plot,
+                  cold=False)
+    else:
+        sizes = args.sizes or [64, 128, 256, 512, 1024, 2048] + ([4096] if args.big else [])
+        res = run(sizes, [] if args.no_decode else [(1, 4096, 4096)], repeat=args.repeat,
+                  threads=args.threads, plot=args.plot, cold=not args.no_cold)
+    if not args.int8_only:
+        # one table per kernel: the low-bit kernels' tables, measured in the same process
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import bench_kernels_lowbit
+
+        print()
+        bench_kernels_lowbit.run(quick=args.quick)
+    return res
 
 
 if __name__ == "__main__":
