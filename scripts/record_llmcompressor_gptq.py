@@ -1,4 +1,4 @@
-"""Record llmcompressor's GPTQ on fixed inputs into tests/data/llmcompressor/gptq_64x256.npz.
+"""Record llmcompressor's GPTQ, SparseGPT and Wanda on fixed inputs into tests/data/llmcompressor/gptq_64x256.npz.
 
 llmcompressor pins transformers, datasets, accelerate and compressed-tensors, so it
 lives in its own virtual environment that sees the system torch::
@@ -19,6 +19,10 @@ None / "weight") the file holds the codes (recovered from the dequantized
 weights, checked to reproduce them bit for bit), scales, zero points, g_idx and
 the loss. torch's upper Cholesky factor of the damped inverse Hessian (one per
 actorder) is stored as its upper triangle so that the test can feed it back.
+SparseGPT (``sgpt_sparsify.sparsify_weight``, given the same Hessian) and Wanda
+(``wanda_sparsify``: row scalars streamed over the 8 sequences, then the mask) run
+at 50 % unstructured and 2:4; the file holds SparseGPT's pruned weights, Wanda's
+row scalars and masks.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from llmcompressor.modifiers.gptq.helpers import (
     apply_activation_ordering,
     factorize_hessian,
 )
+from llmcompressor.modifiers.pruning.sparsegpt import sgpt_sparsify
+from llmcompressor.modifiers.pruning.wanda import wanda_sparsify
 from llmcompressor.observers import Observer
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "llmcompressor" / "gptq_64x256.npz"
@@ -108,6 +114,45 @@ def peer_gptq(w: np.ndarray, h: np.ndarray, bits, sym, gs, act) -> dict:
             "loss": np.float32(loss.item())}
 
 
+def _linear(w: np.ndarray) -> torch.nn.Linear:
+    linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(w))
+    linear.weight.requires_grad_(False)
+    return linear
+
+
+def peer_sparsegpt(w: np.ndarray, h: np.ndarray, sparsity, n, m) -> np.ndarray:
+    """llmcompressor's SparseGPT ``sparsify_weight`` on the given Hessian: pruned weights."""
+    linear = _linear(w)
+    _, out = sgpt_sparsify.sparsify_weight(linear, {linear: torch.from_numpy(h).clone()},
+                                           sparsity, n, m, BLOCK, DAMP, False)
+    return out.numpy()
+
+
+def peer_wanda(w: np.ndarray, x: np.ndarray, sparsity, n, m, batches=(3, 5)):
+    """llmcompressor's Wanda: row scalars streamed over sequences, then the mask."""
+    linear = _linear(w)
+    s = torch.zeros(w.shape[1])
+    count = 0
+    xt = torch.from_numpy(x.astype(np.float32)).reshape(-1, 64, w.shape[1])
+    start = 0
+    for size in batches:
+        s, count = wanda_sparsify.accumulate_row_scalars(xt[start:start + size], linear, s,
+                                                         count)
+        start += size
+    row_scalars = s.clone()
+    out = wanda_sparsify.sparsify_weight(linear, {linear: s}, sparsity, n, m).numpy()
+    return row_scalars.numpy(), out == 0
+
+
+PRUNE_CONFIGS = [(0.5, 0, 0), (0.0, 2, 4)]
+
+
+def prune_name(sparsity, n, m):
+    return f"{n}of{m}" if n else f"s{int(sparsity * 100)}"
+
+
 CONFIGS = list(itertools.product((4, 8), (True, False), (128, -1), (None, "weight")))
 
 
@@ -128,6 +173,12 @@ def main() -> int:
         name = config_name(bits, sym, gs, act)
         for key, value in peer_gptq(w, h, bits, sym, gs, act).items():
             out[f"{name}/{key}"] = value
+    for cfg in PRUNE_CONFIGS:
+        name = prune_name(*cfg)
+        out[f"sparsegpt_{name}/weight"] = peer_sparsegpt(w, h, *cfg)
+        scalars, mask = peer_wanda(w, x, *cfg)
+        out[f"wanda_{name}/mask"] = mask
+    out["wanda_row_scalars"] = scalars
     OUT.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(OUT, **out)
     print(f"wrote {OUT} ({OUT.stat().st_size} bytes); {out['versions'].tolist()}")

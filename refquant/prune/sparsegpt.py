@@ -99,6 +99,7 @@ def sparsegpt(
     bits=None,
     symmetric=True,
     group_size=-1,
+    hessian_factor=None,
     max_damping_retries=8,
 ) -> SparseGPTResult:
     """Prune ``weight`` (out, in) with SparseGPT on the layer Hessian (in, in).
@@ -125,6 +126,8 @@ def sparsegpt(
         here it prunes all).
     bits, symmetric, group_size
         Joint quantization of the kept weights (None: prune only).
+    hessian_factor : array_like (in, in), optional
+        A ready upper factor ``U`` of the damped :math:`H^{-1}` (torch's own, say).
     max_damping_retries : int
 
     Returns
@@ -194,10 +197,16 @@ def sparsegpt(
     if np.any(dead):
         H[dead, dead] = 1
         W[:, dead] = 0
-    U, frac, retries = _factor(H, dampening_frac, max_damping_retries)
-    fallback = U is None
-    if fallback:
-        U = np.eye(cols, dtype=dt)
+    retries, frac, fallback = 0, float(dampening_frac), False
+    if hessian_factor is not None:
+        U = np.asarray(hessian_factor).astype(dt)
+        if U.shape != (cols, cols):
+            raise RefquantError(f"hessian_factor has shape {U.shape}; expected ({cols}, {cols})")
+    else:
+        U, frac, retries = _factor(H, dampening_frac, max_damping_retries)
+        fallback = U is None
+        if fallback:
+            U = np.eye(cols, dtype=dt)
 
     mask = np.zeros((rows, cols), bool)
     loss_rows = np.zeros(rows, dt)

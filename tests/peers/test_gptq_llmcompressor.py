@@ -1,4 +1,4 @@
-"""refquant.quant.gptq's float32 path against llmcompressor 0.14's GPTQ (torch CPU).
+"""GPTQ, SparseGPT and Wanda (float32 paths) against llmcompressor 0.14 (torch CPU).
 
 Recorded: ``tests/data/llmcompressor/gptq_64x256.npz``, written by
 ``scripts/record_llmcompressor_gptq.py`` in a separate virtual environment
@@ -12,6 +12,10 @@ OpenBLAS) and the block matmul. Fed torch's own factor, refquant gives the same
 codes as llmcompressor in every configuration; with its own factor a code differs
 now and then (measured: 2 of 16384 codes in one of 16 configurations, 0 in the
 others), bounded below.
+
+SparseGPT (``mask_rule="llmcompressor"``) gives the same masks with either factor
+and bit-identical weights with torch's; Wanda's streamed row scalars agree to
+float32 rounding and its masks are identical.
 
 Live: when ``llmcompressor`` imports, the recording is checked to be current and
 fresh layers are compared.
@@ -27,6 +31,9 @@ import numpy as np
 import pytest
 from helpers import import_peer
 
+from refquant.prune.scores import WandaRowScalars
+from refquant.prune.sparsegpt import sparsegpt
+from refquant.prune.wanda import wanda_prune
 from refquant.quant.gptq import HessianAccumulator, gptq
 
 pytestmark = pytest.mark.peer
@@ -112,6 +119,37 @@ def test_own_factor_is_torchs_to_float32_rounding(rec):
     np.testing.assert_allclose(u, ref, rtol=1e-3, atol=1e-4 * np.max(np.abs(ref)))
 
 
+# --------------------------------------------------------------------------- pruning
+PRUNE = [(0.5, 0, 0, "s50"), (0.0, 2, 4, "2of4")]
+
+
+@pytest.mark.parametrize("sparsity,n,m,name", PRUNE, ids=[p[-1] for p in PRUNE])
+def test_sparsegpt_with_torchs_factor_gives_llmcompressors_weights_bit_for_bit(
+    rec, sparsity, n, m, name
+):
+    ref = rec[f"sparsegpt_{name}/weight"]
+    for factor in (rec["factor_none"], None):
+        r = sparsegpt(rec["weight"], rec["hessian"], sparsity=sparsity, prune_n=n, prune_m=m,
+                      precision="float32", mask_rule="llmcompressor", hessian_factor=factor)
+        np.testing.assert_array_equal(r.mask, ref == 0)
+        if factor is not None:
+            np.testing.assert_array_equal(r.weight.view(np.int32), ref.view(np.int32))
+        else:  # OpenBLAS's factor: the same mask, weights within a few ulps
+            np.testing.assert_allclose(r.weight, ref, rtol=0, atol=1e-6 * np.max(np.abs(ref)))
+
+
+@pytest.mark.parametrize("sparsity,n,m,name", PRUNE, ids=[p[-1] for p in PRUNE])
+def test_wanda_with_streamed_row_scalars_gives_llmcompressors_mask(rec, sparsity, n, m, name):
+    x = rec["x_calib"].astype(np.float32)
+    cols = x.shape[1]
+    acc = WandaRowScalars(cols, count="sequences", precision="float32")
+    acc.update(x[:192].reshape(3, 64, cols)).update(x[192:].reshape(5, 64, cols))
+    np.testing.assert_allclose(acc.row_scalars, rec["wanda_row_scalars"], rtol=2e-6)
+    _, mask = wanda_prune(rec["weight"], acc.scores(rec["weight"]), sparsity=sparsity,
+                          prune_n=n, prune_m=m)
+    np.testing.assert_array_equal(mask, rec[f"wanda_{name}/mask"])
+
+
 # --------------------------------------------------------------------------- live peer
 def _recorder():
     import_peer("llmcompressor")
@@ -130,6 +168,11 @@ def test_live_llmcompressor_reproduces_the_recording(rec):
     for cfg in [(4, True, 128, "weight"), (8, False, -1, None)]:
         out = peer.peer_gptq(w, rec["hessian"], *cfg)
         np.testing.assert_array_equal(out["codes"], rec[f"{_name(*cfg)}/codes"])
+    for sparsity, n, m, name in PRUNE:
+        np.testing.assert_array_equal(peer.peer_sparsegpt(w, rec["hessian"], sparsity, n, m),
+                                      rec[f"sparsegpt_{name}/weight"])
+        _, mask = peer.peer_wanda(w, x, sparsity, n, m)
+        np.testing.assert_array_equal(mask, rec[f"wanda_{name}/mask"])
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -152,3 +195,22 @@ def test_live_llmcompressor_on_fresh_layers(seed, bits, sym, gs, act):
     np.testing.assert_array_equal(r.codes, out["codes"])
     own = gptq(w, h, bits=bits, symmetric=sym, group_size=gs, actorder=act, precision="float32")
     assert np.mean(own.codes != out["codes"]) <= 10 * OWN_FACTOR_MISMATCH_BOUND
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("sparsity,n,m", [(0.5, 0, 0), (0.3, 0, 0), (0.0, 2, 4), (0.0, 1, 4)])
+def test_live_llmcompressor_pruning_on_fresh_layers(seed, sparsity, n, m):
+    peer = _recorder()
+    rng = np.random.default_rng(seed)
+    rows, cols = 24, 192
+    w = (rng.standard_normal((rows, cols)) * 0.05).astype(np.float32)
+    x = (rng.standard_normal((256, cols)) * np.exp(rng.uniform(-2, 2, cols))).astype(np.float32)
+    h = peer.peer_hessian(x, rows, batches=(1, 3))
+    ref = peer.peer_sparsegpt(w, h, sparsity, n, m)
+    r = sparsegpt(w, h, sparsity=sparsity, prune_n=n, prune_m=m, precision="float32",
+                  mask_rule="llmcompressor", hessian_factor=peer.peer_factor(w, h, None))
+    np.testing.assert_array_equal(r.weight.view(np.int32), ref.view(np.int32))
+    scalars, mask = peer.peer_wanda(w, x, sparsity, n, m, batches=(1, 3))
+    _, mine = wanda_prune(w, np.abs(w) * np.sqrt(scalars)[None, :], sparsity=sparsity,
+                          prune_n=n, prune_m=m)
+    np.testing.assert_array_equal(mine, mask)
