@@ -38,3 +38,13 @@ def test_bench_io_runs_on_a_small_file(tmp_path, capsys):
     _load("bench_io").main(["--size-mb", "2", "--tensors", "4", "--dir", str(tmp_path),
                             "--opens", "3", "--reads", "1"])
     assert "safetensors" in capsys.readouterr().out
+
+
+def test_bench_calibrated_runs_on_a_small_layer():
+    lines = []
+    mod = _load("bench_calibrated")
+    args = mod.argparse.Namespace(rows=16, cols=64, tokens=80, group_size=32,
+                                  peer_python=mod.sys.executable)
+    rows = mod.run(args, out=lines.append)
+    assert [r[0] for r in rows] == ["gptq actorder=none", "gptq actorder=weight", "sparsegpt"]
+    assert all(r[1] > 0 for r in rows)
