@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import import_peer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from refquant.prune.scores import WandaRowScalars
 from refquant.prune.sparsegpt import sparsegpt
@@ -214,3 +216,39 @@ def test_live_llmcompressor_pruning_on_fresh_layers(seed, sparsity, n, m):
     _, mine = wanda_prune(w, np.abs(w) * np.sqrt(scalars)[None, :], sparsity=sparsity,
                           prune_n=n, prune_m=m)
     np.testing.assert_array_equal(mine, mask)
+
+
+@st.composite
+def _tie_layers(draw):
+    """Rows whose observer scale is a power of two 2^e exactly, holding exact ties (k + 1/2)·2^e,
+    their float32 neighbours, multiples of 2^e and zeros; a partial last group."""
+    bits = draw(st.sampled_from([2, 3, 4, 8]))
+    e = draw(st.integers(-12, 4))
+    rows, cols = draw(st.integers(1, 6)), draw(st.integers(3, 40))
+    half = ((1 << bits) - 1) / 2  # the symmetric divisor; the span (2^bits - 1) for asym
+    step = np.float32(2.0**e)
+    k = draw(st.lists(st.integers(-int(2 * half), int(2 * half)), min_size=rows * cols,
+                      max_size=rows * cols))
+    w = (np.array(k, np.float32) / 2 * step).reshape(rows, cols)
+    nudge = draw(st.lists(st.sampled_from([0, 0, 0, 1, -1]), min_size=w.size, max_size=w.size))
+    w = np.where(np.array(nudge).reshape(w.shape) == 1, np.nextafter(w, np.float32(np.inf)),
+                 np.where(np.array(nudge).reshape(w.shape) == -1,
+                          np.nextafter(w, np.float32(-np.inf)), w)).astype(np.float32)
+    w[:, 0], w[:, 1] = half * step, -half * step  # pin the range of every row
+    group = draw(st.sampled_from([-1, 8, 16]))
+    return bits, draw(st.booleans()), group, w
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_tie_layers())
+def test_live_identity_hessian_ties_round_half_even_like_compressed_tensors(case):
+    peer = _recorder()
+    bits, sym, group, w = case
+    if group > 0 and w.shape[1] % group:
+        group = -1  # compressed-tensors' group strategy needs whole groups
+    h = np.eye(w.shape[1], dtype=np.float32)
+    out = peer.peer_gptq(w, h, bits, sym, group, None)
+    r = gptq(w, h, bits=bits, symmetric=sym, group_size=group, precision="float32")
+    np.testing.assert_array_equal(r.scale, out["scale"])
+    np.testing.assert_array_equal(r.zero_point, out["zero_point"])
+    np.testing.assert_array_equal(r.codes, out["codes"])
