@@ -13,8 +13,9 @@ codes as llmcompressor in every configuration; with its own factor a code differ
 now and then (measured: 2 of 16384 codes in one of 16 configurations, 0 in the
 others), bounded below.
 
-SparseGPT (``mask_rule="llmcompressor"``) gives the same masks with either factor
-and bit-identical weights with torch's; Wanda's streamed row scalars agree to
+SparseGPT (``mask_rule="llmcompressor"``) gives the same masks with either factor,
+and weights that were bit-identical with torch's factor on the recording machine
+(asserted to BLAS rounding, since the block update is an sgemm); Wanda's streamed row scalars agree to
 float32 rounding and its masks are identical.
 
 Live: when ``llmcompressor`` imports, the recording is checked to be current and
@@ -126,7 +127,7 @@ PRUNE = [(0.5, 0, 0, "s50"), (0.0, 2, 4, "2of4")]
 
 
 @pytest.mark.parametrize("sparsity,n,m,name", PRUNE, ids=[p[-1] for p in PRUNE])
-def test_sparsegpt_with_torchs_factor_gives_llmcompressors_weights_bit_for_bit(
+def test_sparsegpt_gives_llmcompressors_masks_and_weights_to_blas_rounding(
     rec, sparsity, n, m, name
 ):
     ref = rec[f"sparsegpt_{name}/weight"]
@@ -134,10 +135,11 @@ def test_sparsegpt_with_torchs_factor_gives_llmcompressors_weights_bit_for_bit(
         r = sparsegpt(rec["weight"], rec["hessian"], sparsity=sparsity, prune_n=n, prune_m=m,
                       precision="float32", mask_rule="llmcompressor", hessian_factor=factor)
         np.testing.assert_array_equal(r.mask, ref == 0)
-        if factor is not None:
-            np.testing.assert_array_equal(r.weight.view(np.int32), ref.view(np.int32))
-        else:  # OpenBLAS's factor: the same mask, weights within a few ulps
-            np.testing.assert_allclose(r.weight, ref, rtol=0, atol=1e-6 * np.max(np.abs(ref)))
+        # the lazy block update is a BLAS sgemm (OpenBLAS here, MKL in torch): a float
+        # result whose summation order is the library's. Measured on the recording
+        # machine: bit-identical to llmcompressor with torch's factor, within 1.2e-7
+        # (2 ulp of the largest weight) with SciPy's own.
+        np.testing.assert_allclose(r.weight, ref, rtol=0, atol=1e-6 * np.max(np.abs(ref)))
 
 
 @pytest.mark.parametrize("sparsity,n,m,name", PRUNE, ids=[p[-1] for p in PRUNE])
@@ -211,7 +213,8 @@ def test_live_llmcompressor_pruning_on_fresh_layers(seed, sparsity, n, m):
     ref = peer.peer_sparsegpt(w, h, sparsity, n, m)
     r = sparsegpt(w, h, sparsity=sparsity, prune_n=n, prune_m=m, precision="float32",
                   mask_rule="llmcompressor", hessian_factor=peer.peer_factor(w, h, None))
-    np.testing.assert_array_equal(r.weight.view(np.int32), ref.view(np.int32))
+    np.testing.assert_array_equal(r.mask, ref == 0)
+    np.testing.assert_allclose(r.weight, ref, rtol=0, atol=1e-6 * np.max(np.abs(ref)))
     scalars, mask = peer.peer_wanda(w, x, sparsity, n, m, batches=(1, 3))
     _, mine = wanda_prune(w, np.abs(w) * np.sqrt(scalars)[None, :], sparsity=sparsity,
                           prune_n=n, prune_m=m)
