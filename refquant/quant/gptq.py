@@ -331,8 +331,8 @@ def gptq(
     Parameters
     ----------
     weight : array_like (out, in)
-    hessian : array_like (in, in)
-        :math:`\\frac{2}{n}\\sum x x^T` (:class:`HessianAccumulator`).
+    hessian : array_like (in, in) or HessianAccumulator
+        :math:`\\frac{2}{n}\\sum x x^T`; an accumulator also gives ``n_samples``.
     bits : int
         2 to 8: the signed grid ``[-2^(bits-1), 2^(bits-1) - 1]`` for both
         symmetric and asymmetric quantization (compressed-tensors' INT type).
@@ -361,7 +361,8 @@ def gptq(
     max_damping_retries : int
         Times the damping is multiplied by 10 when H is not positive definite.
     n_samples : int, optional
-        Calibration rows behind ``hessian``; fewer than ``in`` warns
+        Calibration rows behind ``hessian`` (taken from a HessianAccumulator);
+        fewer than ``in`` warns
         (H is then singular and only the damping makes it definite).
 
     Returns
@@ -385,6 +386,9 @@ def gptq(
     """
     w0 = _check_weight(weight)
     rows, cols = w0.shape
+    if isinstance(hessian, HessianAccumulator):
+        n_samples = hessian.n_samples if n_samples is None else n_samples
+        hessian = hessian.hessian
     h0 = _check_hessian(hessian, cols)
     dt = _precision(precision)
     if isinstance(bits, bool) or bits not in GPTQ_BITS:

@@ -203,3 +203,12 @@ def test_non_finite_hessian_is_rejected():
     h[0, 0] = np.nan
     with pytest.raises(RefquantError, match="hessian contains NaN or Inf"):
         gptq(w, h)
+
+
+def test_an_accumulator_with_fewer_rows_than_the_width_warns_and_is_damped():
+    w, x, _ = _layer(n=20)
+    acc = HessianAccumulator(48).update(x)
+    with pytest.warns(UserWarning, match="n_samples 20 is below the input width 48"):
+        r = gptq(w, acc)
+    assert not r.rtn_fallback
+    np.testing.assert_array_equal(r.codes, gptq(w, acc.hessian).codes)
