@@ -49,3 +49,13 @@ def test_bench_kernels_quick_checks_every_peer_against_the_int8_kernel(tmp_path)
     assert all(row["refq u8s8"] > 0 and row["numpy f32"] > 0 for row in results.values())
     assert any(line.startswith("CPU: ") for line in lines)
     assert plot.stat().st_size > 0
+
+
+def test_bench_calibrated_runs_on_a_small_layer():
+    lines = []
+    mod = _load("bench_calibrated")
+    args = mod.argparse.Namespace(rows=16, cols=64, tokens=80, group_size=32,
+                                  peer_python=mod.sys.executable)
+    rows = mod.run(args, out=lines.append)
+    assert [r[0] for r in rows] == ["gptq actorder=none", "gptq actorder=weight", "sparsegpt"]
+    assert all(r[1] > 0 for r in rows)

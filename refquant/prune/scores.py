@@ -22,6 +22,7 @@ score                                  formula                                  
 :class:`MovementScore`                 :math:`-\\sum_t g_t \\odot w_t`                       Sanh et al. 2020
 :func:`lamp`                           :math:`w_u^2 / \\sum_{v \\ge u} w_v^2`                Lee et al. 2021
 :func:`wanda`                          :math:`|W_{ij}| \\, \\|X_j\\|_2`                      Sun et al. 2023
+:class:`WandaRowScalars`               streaming :math:`\\overline{X_j^2}` for wanda       llmcompressor 0.14
 :func:`network_slimming`               :math:`|\\gamma|`                                    Liu et al. 2017
 :func:`outlier_ratio`,                 layer sparsities from outlier ratios               OWL (Yin et al. 2023)
 :func:`owl_layer_sparsity`
@@ -61,6 +62,7 @@ __all__ = [
     "MovementScore",
     "lamp",
     "wanda",
+    "WandaRowScalars",
     "network_slimming",
     "outlier_ratio",
     "owl_layer_sparsity",
@@ -538,6 +540,78 @@ def wanda(w, x) -> np.ndarray:
             f"and x (tokens, in) with the same in"
         )
     return np.abs(w) * np.sqrt(np.sum(x * x, axis=0))[None, :]
+
+
+class WandaRowScalars:
+    """Streaming mean of :math:`X_{tj}^2` per input channel, for :func:`wanda` on batches.
+
+    ``update(x)`` takes a batch ``(..., in_features)``; ``scores(w)`` gives
+    :math:`|W_{ij}| \\sqrt{S_j}` with :math:`S_j = \\frac1N \\sum_t X_{tj}^2`, which ranks
+    every row exactly as :func:`wanda` on all rows at once (a factor
+    :math:`1/\\sqrt N`). Only ``in_features`` numbers are held.
+
+    ``count="rows"`` counts every row of a batch as a sample; ``count="sequences"``
+    counts the leading axis of a 3-D batch (a 2-D batch is one sequence), as
+    llmcompressor and locuslab/wanda do: the statistic is then
+    :math:`\\frac{1}{N_{seq}} \\sum_t X_{tj}^2`, the same ranking.
+
+    Formula
+    -------
+    .. math:: S \\leftarrow S\\,\\frac{N}{N + m} + \\frac{1}{N + m}\\sum_{t \\in batch} X_t^2
+
+    Reference
+    ---------
+    llmcompressor 0.14.0.1 ``modifiers/pruning/wanda/wanda_sparsify.py``
+    ``accumulate_row_scalars`` (``row_scalars *= n / (n + m)``; ``n += m``;
+    ``row_scalars += ||inp||_2^2 / n`` in float32); locuslab/wanda ``WrappedGPT.add_batch``.
+    """
+
+    def __init__(self, in_features: int, *, count: str = "rows", precision: str = "float64"):
+        if isinstance(in_features, bool) or not isinstance(in_features, (int, np.integer)) \
+                or in_features < 1:
+            raise RefquantError(f"in_features must be a positive int, got {in_features!r}")
+        if count not in ("rows", "sequences"):
+            raise RefquantError(f"count must be 'rows' or 'sequences', got {count!r}")
+        if precision not in ("float64", "float32"):
+            raise RefquantError(f"precision must be 'float32' or 'float64', got {precision!r}")
+        self.in_features = int(in_features)
+        self.count = count
+        self._dtype = np.dtype(precision).type
+        self.row_scalars = np.zeros(self.in_features, self._dtype)
+        self.n_samples = 0
+
+    def update(self, x) -> WandaRowScalars:
+        """Add a batch (shape ``(..., in_features)``)."""
+        a = np.asarray(x)
+        if a.dtype.kind not in "biuf":
+            raise RefquantError(f"x must be a real numeric array, got dtype {a.dtype}")
+        if a.ndim == 0 or a.shape[-1] != self.in_features:
+            raise RefquantError(
+                f"x has shape {a.shape}; expected (..., {self.in_features}) "
+                f"(the last axis is the layer's input width)"
+            )
+        m = (a.shape[0] if a.ndim == 3 else 1) if self.count == "sequences" \
+            else int(np.prod(a.shape[:-1]))
+        a = a.reshape(-1, self.in_features).astype(self._dtype)
+        if not np.all(np.isfinite(a)):
+            bad = int(np.count_nonzero(~np.isfinite(a)))
+            raise RefquantError(f"x contains {bad} NaN or Inf values; calibration inputs must be finite")
+        if a.shape[0] == 0:
+            return self
+        total = self.n_samples + m
+        self.row_scalars *= self._dtype(self.n_samples / total)
+        self.row_scalars += np.sum(a * a, axis=0) / self._dtype(total)
+        self.n_samples = total
+        return self
+
+    def scores(self, w) -> np.ndarray:
+        """Wanda scores :math:`|W_{ij}|\\sqrt{S_j}` (float64) of a weight ``(out, in)``."""
+        w = _as_float(w, "w")
+        if w.ndim != 2 or w.shape[1] != self.in_features:
+            raise RefquantError(
+                f"w has shape {w.shape}; expected (out, {self.in_features})"
+            )
+        return np.abs(w) * np.sqrt(self.row_scalars.astype(np.float64))[None, :]
 
 
 def network_slimming(gamma) -> np.ndarray:
