@@ -244,7 +244,7 @@ def _run_inspect(args) -> int:
 
 
 def _add_compress(sub):
-    from .compress.recipe import PRESETS
+    from .compress.recipe import LLAMA_CPP_PRESETS, PRESETS
 
     p = sub.add_parser(
         "compress", help="compress every tensor of a checkpoint (streaming) and report the cost",
@@ -252,7 +252,9 @@ def _add_compress(sub):
         "--recipe, and write OUT (.safetensors: refquant's self-describing layout; .gguf: "
         "llama.cpp's types) one tensor at a time. Norms, biases, embeddings and the output "
         "head are kept unless a recipe rule names them. Prints one line per tensor and the "
-        f"totals. Presets: {', '.join(PRESETS)}; or any format name of the registry.",
+        f"totals. Presets: {', '.join(PRESETS)}; llama-quantize's mixes (the type per tensor "
+        f"that llama.cpp chooses, and for GGUF output also q8_0 / q4_0 / q6_k): "
+        f"{', '.join(LLAMA_CPP_PRESETS)}; or any format name of the registry.",
     )
     p.add_argument("input", help="checkpoint file, index .json or model folder")
     p.add_argument("-o", "--output", required=True, help="OUT.safetensors or OUT.gguf")

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .._errors import RefquantError
-from .recipe import Recipe, preset_recipe
+from .recipe import LlamaCppRecipe, Recipe, preset_recipe
 from .report import CompressReport, TensorRow
 from .schemes import KEEP, Part, Scheme, get_scheme
 
@@ -62,7 +62,7 @@ class Planned:
         return self.name + part.suffix
 
 
-def _recipe_of(scheme, recipe) -> Recipe:
+def _recipe_of(scheme, recipe, fmt=None) -> Recipe:
     if (scheme is None) == (recipe is None):
         raise RefquantError("give exactly one of scheme= (a preset or format name) and recipe=")
     if recipe is not None:
@@ -71,7 +71,7 @@ def _recipe_of(scheme, recipe) -> Recipe:
         from .recipe import load_recipe
 
         return load_recipe(recipe)
-    return preset_recipe(scheme)
+    return preset_recipe(scheme, fmt)
 
 
 def _output_format(dst, output_format) -> str:
@@ -89,14 +89,44 @@ def _output_format(dst, output_format) -> str:
                         "*.safetensors or *.gguf, or pass output_format=")
 
 
+def _n_layer(ck) -> int | None:
+    """``{arch}.block_count`` of a GGUF input (llama.cpp's ``hparams.n_layer``), or None."""
+    meta = getattr(ck, "metadata", None) or {}
+    arch = meta.get("general.architecture")
+    n = meta.get(f"{arch}.block_count") if isinstance(arch, str) else None
+    return int(n) if isinstance(n, (int, np.integer)) else None
+
+
+def _llama_decisions(ck, recipe: LlamaCppRecipe) -> dict[str, tuple[str, str]]:
+    from .llamacpp import select_types
+
+    tensors = []
+    for name, info in ck.infos.items():
+        is_float = info.scheme is None and (info.dtype.kind == "f" or info.dtype.name == "bfloat16")
+        tensors.append((name, tuple(info.logical_shape or info.shape), is_float))
+    out = {}
+    for name, c in select_types(tensors, recipe.preset, n_layer=_n_layer(ck)).items():
+        info = ck.info(name)
+        if c.ggml_type is None:
+            out[name] = (KEEP, c.reason)
+        elif c.ggml_type == "F16" and info.dtype == np.float16:
+            out[name] = (KEEP, c.reason + " (already F16)")
+        else:
+            out[name] = (c.ggml_type.lower(), c.reason)
+    return out
+
+
 def plan(ck, recipe: Recipe, fmt: str = "safetensors") -> list[Planned]:
     """Decide every tensor's scheme and output parts from ``ck``'s headers alone."""
     out = []
+    llama = _llama_decisions(ck, recipe) if isinstance(recipe, LlamaCppRecipe) else None
     for name, info in ck.infos.items():
         shape = tuple(info.logical_shape or info.shape)
         raw = info.stored_dtype.upper() if info.scheme and info.scheme.startswith("ggml:") else None
         if raw is not None and not any(r.matches(name) for r in recipe.rules):
             sname, why = KEEP, f"already {raw} (requantizing compounds the error)"
+        elif llama is not None:
+            sname, why = llama[name]
         else:
             sname, why = recipe.decide(name, np.dtype(np.float32) if raw else info.dtype, shape)
         scheme = None
@@ -169,9 +199,14 @@ def _gguf_fields(src):
     return fields, (arch.contents() if arch is not None else None)
 
 
-def _file_type(planned) -> int | None:
-    """llama.cpp's ``general.file_type`` when one ggml type holds the quantized tensors."""
+def _file_type(planned, recipe=None) -> int | None:
+    """llama.cpp's ``general.file_type``: the preset's, or the one ggml type of every tensor."""
     import gguf
+
+    if isinstance(recipe, LlamaCppRecipe):
+        from .llamacpp import ftype_of
+
+        return ftype_of(recipe.preset)
 
     types = {p.scheme.gguf_type for p in planned if p.scheme is not None}
     if len(types) != 1:
@@ -222,8 +257,8 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
 
     if nonfinite not in ("raise", "keep"):
         raise RefquantError(f"nonfinite must be 'raise' or 'keep', got {nonfinite!r}")
-    rec = _recipe_of(scheme, recipe)
     fmt = _output_format(dst, output_format)
+    rec = _recipe_of(scheme, recipe, fmt)
     src_p, dst_p = Path(src), Path(dst)
     if dst_p.exists() and src_p.exists() and os.path.samefile(src_p, dst_p):
         raise RefquantError(f"output {os.fspath(dst)!r} is the input; refquant never "
@@ -256,7 +291,7 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
                 t = p.parts[0]
                 tname = (p.scheme.gguf_type if p.scheme else p.raw_type or _plain_ggml(p.dtype))
                 layout.append((p.name, tname, p.shape, t.nbytes))
-            ftype = _file_type(planned)
+            ftype = _file_type(planned, rec)
             if ftype is not None:
                 import gguf
 
