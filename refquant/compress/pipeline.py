@@ -76,8 +76,8 @@ def _recipe_of(scheme, recipe, fmt=None) -> Recipe:
 
 def _output_format(dst, output_format) -> str:
     if output_format is not None:
-        if output_format not in ("safetensors", "gguf"):
-            raise RefquantError(f"output_format must be 'safetensors' or 'gguf', got "
+        if output_format not in ("safetensors", "gguf", "sharded"):
+            raise RefquantError(f"output_format must be 'safetensors', 'gguf' or 'sharded', got "
                                 f"{output_format!r}")
         return output_format
     name = os.fspath(dst)
@@ -85,8 +85,12 @@ def _output_format(dst, output_format) -> str:
         return "safetensors"
     if name.endswith(".gguf"):
         return "gguf"
+    if name.endswith(".index.json") or os.path.isdir(name) or name.endswith(("/", os.sep)) or (
+            not os.path.splitext(os.path.basename(name))[1]):
+        return "sharded"
     raise RefquantError(f"output {name!r}: cannot tell the format from the suffix; name it "
-                        "*.safetensors or *.gguf, or pass output_format=")
+                        "*.safetensors, *.gguf, a folder or FOLDER/model.safetensors.index.json "
+                        "(sharded), or pass output_format=")
 
 
 def _n_layer(ck) -> int | None:
@@ -226,7 +230,8 @@ def _plain_ggml(dtype) -> str:
 
 
 def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrite=False,
-             nonfinite="raise", progress=None) -> CompressReport:
+             nonfinite="raise", progress=None, resume=False, scheduler=None,
+             n_workers=None) -> CompressReport:
     """Compress every tensor of checkpoint ``src`` into ``dst``, one tensor in memory at a time.
 
     Parameters
@@ -234,7 +239,9 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
     src : path
         Any checkpoint :func:`refquant.io.open` reads (a file, an index, a folder).
     dst : path
-        ``*.safetensors`` or ``*.gguf`` (see the module docstring); never ``src``.
+        ``*.safetensors`` or ``*.gguf`` (see the module docstring), or a folder /
+        ``FOLDER/model.safetensors.index.json``: sharded output, one shard per input
+        shard, the index written last (:mod:`refquant.compress.shards`); never ``src``.
     scheme : str, optional
         A preset (:data:`refquant.compress.recipe.PRESETS`) or a format name of the
         registry; the defaults keep norms, biases, embeddings and the head.
@@ -244,7 +251,18 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
         A tensor holding NaN / Inf is refused naming the tensor and the first index,
         or (``"keep"``) stored unquantized.
     progress : callable, optional
-        Called as ``progress(i, n, name)`` after each tensor.
+        Called as ``progress(i, n, name)`` after each tensor (sharded output: after
+        each shard).
+    resume : bool
+        Sharded output: continue the run that was interrupted, keeping its finished
+        shards; the result is byte for byte an uninterrupted run's.
+    scheduler : {None, "local", "dask"} or str
+        Sharded output: where the shards run. None / ``"local"``: here, one after
+        another; ``"dask"``: a Dask LocalCluster of ``n_workers`` (2) processes;
+        ``"tcp://HOST:PORT"``: an existing Dask distributed scheduler whose workers
+        see the same file system.
+    n_workers : int, optional
+        Workers of the LocalCluster (``scheduler="dask"``).
 
     Returns
     -------
@@ -258,29 +276,30 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
     if nonfinite not in ("raise", "keep"):
         raise RefquantError(f"nonfinite must be 'raise' or 'keep', got {nonfinite!r}")
     fmt = _output_format(dst, output_format)
-    rec = _recipe_of(scheme, recipe, fmt)
+    rec = _recipe_of(scheme, recipe, "safetensors" if fmt == "sharded" else fmt)
     src_p, dst_p = Path(src), Path(dst)
     if dst_p.exists() and src_p.exists() and os.path.samefile(src_p, dst_p):
         raise RefquantError(f"output {os.fspath(dst)!r} is the input; refquant never "
                             "overwrites its input")
+    if fmt == "sharded":
+        from .shards import compress_sharded
+
+        return compress_sharded(src, dst, rec, overwrite=overwrite, nonfinite=nonfinite,
+                                progress=progress, resume=resume, scheduler=scheduler,
+                                n_workers=n_workers)
+    if resume or scheduler not in (None, "local"):
+        raise RefquantError(f"resume= and scheduler= work shard by shard: name the output a "
+                            f"folder or FOLDER/model.safetensors.index.json, not {os.fspath(dst)!r}")
     report = CompressReport(os.fspath(src), os.fspath(dst), rec.source)
     with rio.open(src) as ck:
         planned = plan(ck, rec, fmt)
-        # A tensor with NaN / Inf falls back to being kept: its parts change, so the
-        # check runs before the layout is fixed (one pass over each quantized tensor).
-        for p in planned:
-            if p.scheme is not None and nonfinite == "keep":
-                w = _logical(ck, p)
-                if not np.isfinite(w).all():
-                    p.scheme, p.reason = None, "kept: holds NaN/Inf"
-                    p.parts = [Part("", p.dtype, tuple(ck.info(p.name).shape))]
+        if nonfinite == "keep":
+            _keep_nonfinite(ck, planned)
         if fmt == "safetensors":
             layout = [(p.out_name(t), t.dtype, t.shape) for p in planned for t in p.parts]
-            meta = {"format": "pt", _META_KEY: json.dumps({
-                "version": 1, "source": os.path.basename(os.fspath(src)), "recipe": rec.source,
-                "tensors": {p.name: {"shape": list(p.shape), "dtype": p.dtype.name,
-                                     **(p.scheme.describe() if p.scheme else {"scheme": KEEP})}
-                            for p in planned}}, separators=(",", ":"))}
+            meta = {"format": "pt", _META_KEY: json.dumps(
+                _record(os.path.basename(os.fspath(src)), rec.source, planned),
+                separators=(",", ":"))}
             writer = SafetensorsStreamWriter(dst, layout, metadata=meta, overwrite=overwrite)
         else:
             fields, arch = ([], None)
@@ -309,6 +328,28 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
                 if progress is not None:
                     progress(i + 1, len(planned), p.name)
     return report
+
+
+def _keep_nonfinite(ck, planned) -> None:
+    """A tensor with NaN / Inf falls back to being kept (``nonfinite="keep"``).
+
+    Its parts change, so the check runs before the layout is fixed (one extra read
+    of each quantized tensor).
+    """
+    for p in planned:
+        if p.scheme is not None:
+            w = _logical(ck, p)
+            if not np.isfinite(w).all():
+                p.scheme, p.reason = None, "kept: holds NaN/Inf"
+                p.parts = [Part("", p.dtype, tuple(ck.info(p.name).shape))]
+
+
+def _record(source: str, recipe_source: str, planned) -> dict:
+    """The compression record of ``__metadata__["refquant.compress"]`` (what decompress reads)."""
+    return {"version": 1, "source": source, "recipe": recipe_source,
+            "tensors": {p.name: {"shape": list(p.shape), "dtype": p.dtype.name,
+                                 **(p.scheme.describe() if p.scheme else {"scheme": KEEP})}
+                        for p in planned}}
 
 
 def _logical(ck, p: Planned) -> np.ndarray:
@@ -358,8 +399,8 @@ def decompress(src, dst, *, overwrite=False, dtype="float32", progress=None) -> 
     out_dt = np.dtype(dtype)
     if out_dt.kind != "f":
         raise RefquantError(f"dtype must be a float type, got {dtype!r}")
-    if _output_format(dst, None) != "safetensors":
-        raise RefquantError("decompress writes .safetensors")
+    if not os.fspath(dst).endswith(".safetensors"):
+        raise RefquantError(f"decompress writes one .safetensors file, got {os.fspath(dst)!r}")
     with rio.open(src) as ck:
         meta = ck.metadata.get(_META_KEY)
         entries = []  # (name, shape, scheme or None, part names)
