@@ -4,7 +4,8 @@ llama-quantize is not installable in refquant's test environment (llama-cpp-pyth
 is a 17-minute source build; the prebuilt llama-cpp-cffi wheel is ~290 MB and
 needs a newer libstdc++), so its output is recorded once, here, and
 ``tests/compress/test_llama_presets.py`` compares refquant's output with the
-records: the type chosen for every tensor and the sha256 of its bytes.
+records: the type chosen for every tensor, the sha256 of its bytes, and the
+sha256 of the whole file.
 
 Run it in a separate environment::
 
@@ -110,6 +111,8 @@ def main() -> None:
                 "call": f"llama_model_quantize(ftype={ftype}, nthread=2, defaults otherwise)",
                 "input": "tests/tiny_llama.py: write_tiny_llama(path)",
                 "input_sha256": src_sha,
+                "file_sha256": _sha(dst.read_bytes()),
+                "file_size": dst.stat().st_size,
                 "gguf": version("gguf"),
                 "metadata": {k: r.fields[k].contents() for k in
                              ("general.file_type", "general.quantization_version")},

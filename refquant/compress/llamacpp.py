@@ -52,8 +52,11 @@ Verified
 --------
 Against llama.cpp's own ``llama_model_quantize`` (the prebuilt llama-cpp-cffi
 0.4.42, an older llama.cpp than the commit read) on the tiny llama GGUF of the
-tests, for all eight presets: the same type for all 75 tensors and the same
-bytes for every one (``tests/compress/test_llama_presets.py`` against
+tests, for all eight presets: the same type for all 75 tensors, the same bytes
+for every one, and the same file byte for byte: the pipeline writes the tensors
+in the loader's order (:func:`loader_order`) and the metadata as llama-quantize
+does (the input's keys, then ``general.quantization_version`` and
+``general.file_type`` last) (``tests/compress/test_llama_presets.py`` against
 ``tests/data/llama_quantize/``, written by ``scripts/record_llama_quantize.py``).
 That older build falls back from Q2_K / Q3_K to IQ4_NL where the current source
 falls back to Q4_0; none of these presets reaches that case on the test model.
@@ -81,7 +84,7 @@ from dataclasses import dataclass
 from .._errors import RefquantError
 
 __all__ = ["LLAMA_CPP_PRESETS", "LlamaChoice", "select_types", "use_more_bits", "category",
-           "allows_quantization", "ftype_of"]
+           "allows_quantization", "ftype_of", "loader_order"]
 
 #: preset -> (``LLAMA_FTYPE_MOSTLY_*`` name of ``general.file_type``, the default ggml type)
 LLAMA_CPP_PRESETS = {
@@ -203,6 +206,13 @@ def allows_quantization(name: str, shape) -> bool:
 def _layer_key(name: str):
     m = _GGUF_LAYER.match(name) or _HF_LAYER.search(name)
     return (int(m.group(1)) if m else -1, name)
+
+
+def loader_order(items, key=lambda x: x):
+    """``items`` in the order llama.cpp's model loader lists their names (and
+    llama-quantize writes them): by the ``blk.N.`` number, tensors without one first,
+    then by name (``weight_name_comparer`` of ``llama-model-loader.h``)."""
+    return sorted(items, key=lambda x: _layer_key(key(x)))
 
 
 @dataclass

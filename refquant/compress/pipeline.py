@@ -19,7 +19,10 @@ Outputs
     llama.cpp's container: ggml block schemes (``q4_0`` ... ``q6_k``) stored as
     their ggml types, kept tensors as F32 / F16 / BF16 / integer; from a GGUF
     input every metadata key is copied with its type and ``general.file_type``
-    and ``general.quantization_version`` are set.
+    and ``general.quantization_version`` are set. With a llama.cpp preset
+    (``q4_k_m`` ...: :mod:`refquant.compress.llamacpp`) from an F32 / F16 / BF16
+    GGUF the file is the one llama-quantize writes, byte for byte (tested
+    against llama.cpp's library on a tiny llama model).
 """
 
 from __future__ import annotations
@@ -302,24 +305,31 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
                 separators=(",", ":"))}
             writer = SafetensorsStreamWriter(dst, layout, metadata=meta, overwrite=overwrite)
         else:
+            import gguf
+
             fields, arch = ([], None)
             if ck.format == "gguf":
                 fields, arch = _gguf_fields(src)
+            if isinstance(rec, LlamaCppRecipe):
+                # llama-quantize writes the tensors in its model loader's order
+                # (weight_name_comparer: by blk.N, the others first, then by name)
+                from .llamacpp import loader_order
+
+                planned = loader_order(planned, key=lambda p: p.name)
             layout = []
             for p in planned:
                 t = p.parts[0]
                 tname = (p.scheme.gguf_type if p.scheme else p.raw_type or _plain_ggml(p.dtype))
                 layout.append((p.name, tname, p.shape, t.nbytes))
-            ftype = _file_type(planned, rec)
-            if ftype is not None:
-                import gguf
-
-                fields.append(("general.file_type", ftype, gguf.GGUFValueType.UINT32))
-            if any(p.scheme is not None for p in planned):
-                import gguf
-
+            # llama-quantize copies the input's keys, then sets general.quantization_version
+            # and general.file_type, which (gguf_set_val of a key: removed, then appended)
+            # puts the two last, in that order
+            if isinstance(rec, LlamaCppRecipe) or any(p.scheme is not None for p in planned):
                 fields.append(("general.quantization_version", _GGML_QNT_VERSION,
                                gguf.GGUFValueType.UINT32))
+            ftype = _file_type(planned, rec)
+            if ftype is not None:
+                fields.append(("general.file_type", ftype, gguf.GGUFValueType.UINT32))
             writer = GGUFStreamWriter(dst, layout, arch=arch or "refquant", fields=fields,
                                       overwrite=overwrite)
         with writer:

@@ -131,7 +131,7 @@ def _records(preset):
 
 
 @pytest.mark.parametrize("preset", list(LLAMA_CPP_PRESETS))
-def test_gguf_tensors_are_byte_identical_to_llama_model_quantize(tiny, tmp_path, preset):
+def test_gguf_file_is_byte_identical_to_llama_model_quantize(tiny, tmp_path, preset):
     import gguf
 
     src, _ = tiny
@@ -141,7 +141,7 @@ def test_gguf_tensors_are_byte_identical_to_llama_model_quantize(tiny, tmp_path,
         "scripts/record_llama_quantize.py")
     rep = compress(src, tmp_path / "q.gguf", scheme=preset)
     r = gguf.GGUFReader(tmp_path / "q.gguf")
-    assert sorted(t.name for t in r.tensors) == sorted(rec["tensors"])
+    assert [t.name for t in r.tensors] == rec["tensor_order"]  # the loader's order
     for t in r.tensors:
         want = rec["tensors"][t.name]
         assert t.tensor_type.name == want["type"], t.name
@@ -150,6 +150,10 @@ def test_gguf_tensors_are_byte_identical_to_llama_model_quantize(tiny, tmp_path,
         assert r.fields[key].contents() == value, key
     rows = {x.name: x for x in rep.rows}
     assert rows["output.weight"].scheme == rec["tensors"]["output.weight"]["type"].lower()
+    # and the whole file: header, metadata in llama-quantize's key order, padding, data
+    data = (tmp_path / "q.gguf").read_bytes()
+    assert len(data) == rec["file_size"]
+    assert hashlib.sha256(data).hexdigest() == rec["file_sha256"]
 
 
 def test_q4_k_m_bytes_are_refquants_ggml_quantize_of_the_same_rows(tiny, tmp_path):
