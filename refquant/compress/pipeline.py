@@ -173,10 +173,12 @@ def _measure(w, w_hat, scheme, parts, shape) -> tuple[float | None, float | None
     """SQNR in dB (None when exact), max error in steps (None without steps), exact."""
     w64 = np.asarray(w, np.float64).reshape(-1)
     err = w64 - np.asarray(w_hat, np.float64).reshape(-1)
-    noise = float(np.dot(err, err))
+    # einsum, not np.dot: a BLAS ddot call costs ~2 ms here (OpenBLAS threads on 2 busy
+    # cores) against 30 us for the same sum, and it ran once per tensor
+    noise = float(np.einsum("i,i->", err, err))
     if noise == 0:
         return None, (0.0 if scheme.has_steps else None), True
-    signal = float(np.dot(w64, w64))
+    signal = float(np.einsum("i,i->", w64, w64))
     sq = 10 * math.log10(signal / noise) if signal > 0 else -math.inf
     steps = None
     st = scheme.steps(parts, shape)
