@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import import_peer
 from tiny_llama import N_FF, N_LAYER, tiny_llama_tensors, write_tiny_llama
 
 import refquant.io as rio
@@ -36,7 +37,7 @@ MORE_BITS_8 = {0, 3, 6, 7}
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    pytest.importorskip("gguf")
+    import_peer("gguf")
     path = tmp_path_factory.mktemp("tiny") / "tiny-f16.gguf"
     return path, write_tiny_llama(path)
 
@@ -226,3 +227,13 @@ def test_a_llama_preset_is_not_one_tensors_scheme(tmp_path):
 
     with pytest.raises(RefquantError, match="llama-quantize's mix"):
         load_recipe(rec)
+
+
+def test_cli_scheme_q8_0_writes_llama_quantizes_file(tiny, tmp_path, capsys):
+    from refquant.cli import main
+
+    src, _ = tiny
+    assert main(["compress", str(src), "-o", str(tmp_path / "q.gguf"), "--scheme", "q8_0"]) == 0
+    assert "output.weight" in capsys.readouterr().out  # the per-tensor table
+    data = (tmp_path / "q.gguf").read_bytes()
+    assert hashlib.sha256(data).hexdigest() == _records("q8_0")["file_sha256"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import import_peer
 
 import refquant.io as rio
 from refquant import RefquantError
@@ -138,7 +139,7 @@ def test_an_existing_folder_gets_the_shards_and_keeps_its_other_files(tmp_path):
 
 
 def test_dask_local_cluster_of_two_workers_writes_the_same_bytes(tmp_path):
-    pytest.importorskip("distributed")
+    import_peer("distributed")
     idx, _ = _sharded(tmp_path)
     local = compress(idx, tmp_path / "local", scheme="q4_0")
     dist = compress(idx, tmp_path / "dask", scheme="q4_0", scheduler="dask", n_workers=2)
@@ -148,7 +149,7 @@ def test_dask_local_cluster_of_two_workers_writes_the_same_bytes(tmp_path):
 
 
 def test_an_existing_dask_scheduler_by_address(tmp_path):
-    distributed = pytest.importorskip("distributed")
+    distributed = import_peer("distributed")
     idx, _ = _sharded(tmp_path)
     compress(idx, tmp_path / "local", scheme="int8")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
@@ -157,3 +158,16 @@ def test_an_existing_dask_scheduler_by_address(tmp_path):
     assert _files(tmp_path / "tcp") == _files(tmp_path / "local")
     with pytest.raises(RefquantError, match="scheduler must be"):
         compress(idx, tmp_path / "x", scheme="int8", scheduler="yarn")
+
+
+def test_a_llama_cpp_mix_is_decided_for_the_whole_model_across_shards(tmp_path):
+    idx, _ = _sharded(tmp_path)
+    one = compress(idx, tmp_path / "one.safetensors", scheme="q4_k_m")
+    rep = compress(idx, tmp_path / "out", scheme="q4_k_m")
+    got = {r.name: r.scheme for r in rep.rows}
+    assert got == {r.name: r.scheme for r in one.rows}
+    # 4 layers: use_more_bits(i, 4) for i = 2 ((2 - 4 // 8) % 3 == 2) and 3
+    # (i >= 7 * 4 // 8 = 3); rows of 96 are not whole 256-blocks, so Q6_K -> Q8_0 and
+    # Q4_K -> Q5_0
+    assert [got[f"model.layers.{i}.mlp.down_proj.weight"] for i in range(4)] == [
+        "q5_0", "q5_0", "q8_0", "q8_0"]
