@@ -4,7 +4,7 @@
 as Q4_K: it picks a type per tensor from the tensor's name, its layer, its row
 length and the file type asked for. :func:`select_types` reproduces that choice
 for the presets ``q4_k_m``, ``q5_k_m``, ``q3_k_m``, ``q4_k_s``, ``q5_k_s``,
-``q6_k``, ``q8_0`` and ``q4_0`` (no importance matrix), for the llama
+``q6_k``, ``q8_0``, ``q4_0`` and ``iq4_xs`` (no importance matrix), for the llama
 architecture and its relatives (one expert per layer, not Falcon, not a 70B
 model with grouped attention), on GGUF tensor names (``blk.N.attn_v.weight``,
 ``blk.N.ffn_down.weight``, ``output.weight``, ``token_embd.weight``) and on
@@ -27,17 +27,18 @@ The rules, in the order llama.cpp applies them
      the default type's block, else Q6_K unless the default is Q8_0;
    * ``attn_v`` (also ``attn_qkv`` / ``attn_kv_b``), counted in file order:
      Q4_K_M / Q5_K_M -> Q6_K where ``use_more_bits(i, n)``; Q3_K_M -> Q5_K for
-     the first two, Q4_K after; Q4_K_S -> Q5_K for the first four;
+     the first two, Q4_K after; Q4_K_S -> Q5_K for the first four; IQ4_XS -> Q5_K
+     when ``n_head / n_head_kv >= 4``;
    * ``ffn_down`` of layer ``i`` of ``n``: Q4_K_M / Q5_K_M -> Q6_K where
      ``use_more_bits(i, n)``; Q3_K_M -> Q5_K for ``i < n // 16``, else Q4_K;
-     Q4_K_S -> Q5_K for ``i < n // 8``;
+     Q4_K_S, and IQ4_XS without an importance matrix, -> Q5_K for ``i < n // 8``;
    * ``attn_output`` under Q3_K_M -> Q4_K (llama.cpp's later branch for a fused
      ``attn_qkv`` is never reached: the ``attn_v`` branch takes those first);
 
    with ``use_more_bits(i, n) = i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2``.
 3. *Shapes the type cannot store* (``tensor_type_fallback``): a row that is not
    a multiple of the type's block falls back Q4_K -> Q5_0, Q5_K -> Q5_1,
-   Q6_K -> Q8_0, Q2_K / Q3_K -> Q4_0, and to F16 when the fallback's block does
+   Q6_K -> Q8_0, Q2_K / Q3_K -> Q4_0, IQ4_XS -> IQ4_NL, and to F16 when the fallback's block does
    not divide the row either. llama.cpp throws for a row that Q4_0 / Q8_0
    cannot store; refquant keeps such a tensor in its input type instead and
    says so in the report.
@@ -52,7 +53,7 @@ Verified
 --------
 Against llama.cpp's own ``llama_model_quantize`` (the prebuilt llama-cpp-cffi
 0.4.42, an older llama.cpp than the commit read) on the tiny llama GGUF of the
-tests, for all eight presets: the same type for all 75 tensors, the same bytes
+tests, for all nine presets: the same type for all 75 tensors, the same bytes
 for every one, and the same file byte for byte: the pipeline writes the tensors
 in the loader's order (:func:`loader_order`) and the metadata as llama-quantize
 does (the input's keys, then ``general.quantization_version`` and
@@ -73,7 +74,9 @@ search tools): ``tensor_allows_quantization``, ``tensor_get_category``,
 (``weight_name_comparer``). Without an importance matrix ``ggml_quantize_chunk``
 stores each row as ``quantize_row_<type>_ref`` does, which is what
 :func:`refquant.compat.ggml.quantize` computes; F16 is ``ggml_fp32_to_fp16_row``
-(round to nearest even, NumPy's ``astype(float16)``).
+(round to nearest even, NumPy's ``astype(float16)``); IQ4_NL is
+``quantize_iq4_nl``'s scale search, which ``quantize_row_iq4_nl_ref`` lacks
+(``get_format("iq4_nl").quantize_blocks_weighted``).
 """
 
 from __future__ import annotations
@@ -96,18 +99,20 @@ LLAMA_CPP_PRESETS = {
     "q6_k": ("MOSTLY_Q6_K", "Q6_K"),
     "q8_0": ("MOSTLY_Q8_0", "Q8_0"),
     "q4_0": ("MOSTLY_Q4_0", "Q4_0"),
+    "iq4_xs": ("MOSTLY_IQ4_XS", "IQ4_XS"),
 }
 
 # llama.h's enum llama_ftype values (gguf.LlamaFileType has the same numbers)
 _FTYPE_VALUES = {"MOSTLY_Q4_0": 2, "MOSTLY_Q8_0": 7, "MOSTLY_Q3_K_M": 12, "MOSTLY_Q4_K_S": 14,
-                 "MOSTLY_Q4_K_M": 15, "MOSTLY_Q5_K_S": 16, "MOSTLY_Q5_K_M": 17, "MOSTLY_Q6_K": 18}
+                 "MOSTLY_Q4_K_M": 15, "MOSTLY_Q5_K_S": 16, "MOSTLY_Q5_K_M": 17, "MOSTLY_Q6_K": 18, "MOSTLY_IQ4_XS": 30}
 
 # ggml_blck_size of the types the selection can produce
 _BLOCK = {"Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32, "Q2_K": 256, "Q3_K": 256,
-          "Q4_K": 256, "Q5_K": 256, "Q6_K": 256, "F16": 1}
+          "Q4_K": 256, "Q5_K": 256, "Q6_K": 256, "IQ4_XS": 256, "IQ4_NL": 32, "F16": 1}
 
 # tensor_type_fallback's table for the types these presets use
-_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
+             "IQ4_XS": "IQ4_NL"}
 
 #: name fragments tensor_allows_quantization never quantizes (other architectures' small
 #: 2-D tensors included, so that a GGUF of those keeps them as llama-quantize does)
@@ -237,7 +242,8 @@ def _fallback(name, ncols, target, preset) -> tuple[str | None, str]:
                 f"{_BLOCK[target]} ({target}) -> {fb}")
 
 
-def select_types(tensors, preset: str, *, n_layer: int | None = None) -> dict[str, LlamaChoice]:
+def select_types(tensors, preset: str, *, n_layer: int | None = None,
+                 n_gqa: int | None = None) -> dict[str, LlamaChoice]:
     """llama-quantize's type for every tensor of a model under ``preset``.
 
     Parameters
@@ -250,6 +256,10 @@ def select_types(tensors, preset: str, *, n_layer: int | None = None) -> dict[st
     n_layer : int, optional
         The model's number of blocks (``{arch}.block_count``); by default the
         number of distinct layer indices in the names.
+    n_gqa : int, optional
+        Attention heads per KV head (``hparams.n_gqa()``: ``head_count //
+        head_count_kv`` of layer 0); only ``iq4_xs`` reads it (``attn_v`` -> Q5_K
+        when it is 4 or more). Unknown (None) counts as 1.
 
     Returns
     -------
@@ -292,6 +302,8 @@ def select_types(tensors, preset: str, *, n_layer: int | None = None) -> dict[st
                 new = "Q6_K"
             elif ftype == "MOSTLY_Q4_K_S" and i_attn_v < 4:
                 new = "Q5_K"
+            elif ftype == "MOSTLY_IQ4_XS" and (n_gqa or 1) >= 4:
+                new = "Q5_K"
             if new != default:
                 why = f"llama.cpp {preset}: {cat} #{i_attn_v} of {n_attn_v} gets more bits"
             i_attn_v += 1
@@ -301,6 +313,8 @@ def select_types(tensors, preset: str, *, n_layer: int | None = None) -> dict[st
                 new = "Q5_K" if i < n_layer // 16 else "Q4_K"
             elif ftype in ("MOSTLY_Q4_K_M", "MOSTLY_Q5_K_M") and use_more_bits(i, n_layer):
                 new = "Q6_K"
+            elif ftype == "MOSTLY_IQ4_XS" and i < n_layer // 8:  # no imatrix
+                new = "Q5_K"
             elif ftype == "MOSTLY_Q4_K_S" and i < n_layer // 8:
                 new = "Q5_K"
             if new != default:

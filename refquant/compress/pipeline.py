@@ -104,6 +104,24 @@ def _n_layer(ck) -> int | None:
     return int(n) if isinstance(n, (int, np.integer)) else None
 
 
+def _n_gqa(ck) -> int | None:
+    """``hparams.n_gqa()`` (heads per KV head, layer 0) from GGUF keys or a config.json."""
+    meta = getattr(ck, "metadata", None) or {}
+    arch = meta.get("general.architecture")
+    if isinstance(arch, str):
+        h, kv = meta.get(f"{arch}.attention.head_count"), meta.get(f"{arch}.attention.head_count_kv")
+    else:
+        cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+        h, kv = cfg.get("num_attention_heads"), cfg.get("num_key_value_heads")
+    h = h[0] if isinstance(h, (list, tuple)) and h else h
+    kv = kv[0] if isinstance(kv, (list, tuple)) and kv else kv
+    if kv is None:
+        kv = h  # llama.cpp: n_head_kv defaults to n_head
+    if not isinstance(h, (int, np.integer)) or not isinstance(kv, (int, np.integer)):
+        return None
+    return int(h) // int(kv) if kv else 0
+
+
 def _llama_decisions(ck, recipe: LlamaCppRecipe) -> dict[str, tuple[str, str]]:
     from .llamacpp import select_types
 
@@ -112,7 +130,8 @@ def _llama_decisions(ck, recipe: LlamaCppRecipe) -> dict[str, tuple[str, str]]:
         is_float = info.scheme is None and (info.dtype.kind == "f" or info.dtype.name == "bfloat16")
         tensors.append((name, tuple(info.logical_shape or info.shape), is_float))
     out = {}
-    for name, c in select_types(tensors, recipe.preset, n_layer=_n_layer(ck)).items():
+    for name, c in select_types(tensors, recipe.preset, n_layer=_n_layer(ck),
+                                n_gqa=_n_gqa(ck)).items():
         info = ck.info(name)
         if c.ggml_type is None:
             out[name] = (KEEP, c.reason)

@@ -343,7 +343,14 @@ class GGMLScheme(Scheme):
     def quantize(self, w):
         from ..compat.ggml import quantize
 
-        return {"": quantize(np.asarray(w, np.float32), self.name)}
+        w32 = np.asarray(w, np.float32)
+        if self.name == "iq4_nl":
+            # ggml_quantize_chunk (so llama-quantize) calls quantize_iq4_nl, which searches
+            # scales that quantize_row_iq4_nl_ref does not (refquant.compat.ggml's notes)
+            bs = self.fmt.block_size
+            raw = self.fmt.quantize_blocks_weighted(w32.reshape(-1, bs))
+            return {"": raw.reshape(*w32.shape[:-1], w32.shape[-1] // bs * self.fmt.type_size)}
+        return {"": quantize(w32, self.name)}
 
     def dequantize(self, parts, shape):
         from ..compat.ggml import dequantize

@@ -45,8 +45,10 @@ def tiny(tmp_path_factory):
 def _expected(preset):
     """Hand-derived types of the tiny model under ``preset`` (None: kept as it is)."""
     base = {"q4_k_m": "Q4_K", "q5_k_m": "Q5_K", "q3_k_m": "Q3_K", "q4_k_s": "Q4_K",
-            "q5_k_s": "Q5_K", "q6_k": "Q6_K", "q8_0": "Q8_0", "q4_0": "Q4_0"}[preset]
-    fallback = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "Q3_K": "Q4_0"}
+            "q5_k_s": "Q5_K", "q6_k": "Q6_K", "q8_0": "Q8_0", "q4_0": "Q4_0",
+            "iq4_xs": "IQ4_XS"}[preset]
+    fallback = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "Q3_K": "Q4_0",
+                "IQ4_XS": "IQ4_NL"}
     out = {"token_embd.weight": base, "output_norm.weight": None,
            "output.weight": "Q8_0" if preset == "q8_0" else "Q6_K"}
     for i in range(N_LAYER):
@@ -65,6 +67,8 @@ def _expected(preset):
         elif preset == "q4_k_s":
             v = "Q5_K" if i < 4 else base
             down = "Q5_K" if i < 1 else base
+        elif preset == "iq4_xs":  # 4 heads / 2 KV heads: n_gqa 2 < 4, attn_v unchanged
+            down = "Q5_K" if i < 1 else base  # i < 8 // 8, no imatrix
         out[p + "attn_v.weight"] = v
         if N_FF[i] % 256 and down in fallback:
             down = fallback[down]
@@ -77,6 +81,14 @@ def test_types_chosen_per_tensor_follow_llama_quantize_rules(preset):
     tensors = tiny_llama_tensors()
     got = select_types([(n, a.shape, True) for n, a in tensors.items()], preset, n_layer=N_LAYER)
     assert {n: c.ggml_type for n, c in got.items()} == _expected(preset)
+
+
+def test_iq4_xs_gives_attn_v_q5_k_from_four_heads_per_kv_head():
+    t = tiny_llama_tensors()
+    spec = [(n, a.shape, True) for n, a in t.items()]
+    for n_gqa, want in ((2, "IQ4_XS"), (4, "Q5_K"), (None, "IQ4_XS")):
+        got = select_types(spec, "iq4_xs", n_layer=N_LAYER, n_gqa=n_gqa)
+        assert {got[f"blk.{i}.attn_v.weight"].ggml_type for i in range(N_LAYER)} == {want}
 
 
 def test_use_more_bits_picks_the_first_and_last_eighth_and_every_third_layer():
