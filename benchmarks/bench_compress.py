@@ -250,9 +250,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_compress_") as tmp:
         t0 = time.perf_counter()
         ck = _write_checkpoint(Path(tmp), size)
+        n_shards = len(set(json.loads(Path(ck["index"]).read_text())["weight_map"].values()))
         print(f"checkpoint: {size}, {ck['weights'] / 1e6:.1f}M weights, {ck['bytes'] / 1e6:.1f} MB "
-              f"bf16 in {len(set(json.loads(Path(ck['index']).read_text())['weight_map'].values()))}"
-              f" shards (+ a {ck['gguf_bytes'] / 1e6:.1f} MB bf16 GGUF), written in "
+              f"bf16 in {n_shards} shards (+ a {ck['gguf_bytes'] / 1e6:.1f} MB bf16 GGUF), written in "
               f"{time.perf_counter() - t0:.1f} s; {cpu}, {os.cpu_count()} CPUs, Python "
               f"{platform.python_version()}; best of {repeat}")
         kinds = ["copy", "refquant int8", "gguf-py q8_0", "refquant q4_0", "gguf-py q4_0",
@@ -265,7 +265,8 @@ def main() -> None:
         peers = {"refquant int8": ["copy", "gguf-py q8_0"],
                  "refquant q4_0": ["copy", "gguf-py q4_0", "llama-quantize q4_0"],
                  "refquant q4_k_m": ["copy", "llama-quantize q4_k_m"]}
-        print(f"{'run':<24}{'seconds':>9}{'GB/s in':>9}{'peak RSS MB':>13}  refquant's speed / peer's")
+        print(f"{'run':<24}{'seconds':>9}{'GB/s in':>9}{'peak RSS MB':>13}  "
+              "refquant's speed / peer's")
         for k in kinds:
             r = res.get(k)
             if r is None:

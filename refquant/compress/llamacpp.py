@@ -38,8 +38,8 @@ The rules, in the order llama.cpp applies them
    with ``use_more_bits(i, n) = i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2``.
 3. *Shapes the type cannot store* (``tensor_type_fallback``): a row that is not
    a multiple of the type's block falls back Q4_K -> Q5_0, Q5_K -> Q5_1,
-   Q6_K -> Q8_0, Q2_K / Q3_K -> Q4_0, IQ4_XS -> IQ4_NL, and to F16 when the fallback's block does
-   not divide the row either. llama.cpp throws for a row that Q4_0 / Q8_0
+   Q6_K -> Q8_0, Q2_K / Q3_K -> Q4_0, IQ4_XS -> IQ4_NL, and to F16 when the
+   fallback's block does not divide the row either. llama.cpp throws for a row that Q4_0 / Q8_0
    cannot store; refquant keeps such a tensor in its input type instead and
    says so in the report.
 
@@ -104,7 +104,8 @@ LLAMA_CPP_PRESETS = {
 
 # llama.h's enum llama_ftype values (gguf.LlamaFileType has the same numbers)
 _FTYPE_VALUES = {"MOSTLY_Q4_0": 2, "MOSTLY_Q8_0": 7, "MOSTLY_Q3_K_M": 12, "MOSTLY_Q4_K_S": 14,
-                 "MOSTLY_Q4_K_M": 15, "MOSTLY_Q5_K_S": 16, "MOSTLY_Q5_K_M": 17, "MOSTLY_Q6_K": 18, "MOSTLY_IQ4_XS": 30}
+                 "MOSTLY_Q4_K_M": 15, "MOSTLY_Q5_K_S": 16, "MOSTLY_Q5_K_M": 17, "MOSTLY_Q6_K": 18,
+                 "MOSTLY_IQ4_XS": 30}
 
 # ggml_blck_size of the types the selection can produce
 _BLOCK = {"Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32, "Q2_K": 256, "Q3_K": 256,

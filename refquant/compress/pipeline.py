@@ -109,7 +109,8 @@ def _n_gqa(ck) -> int | None:
     meta = getattr(ck, "metadata", None) or {}
     arch = meta.get("general.architecture")
     if isinstance(arch, str):
-        h, kv = meta.get(f"{arch}.attention.head_count"), meta.get(f"{arch}.attention.head_count_kv")
+        h = meta.get(f"{arch}.attention.head_count")
+        kv = meta.get(f"{arch}.attention.head_count_kv")
     else:
         cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
         h, kv = cfg.get("num_attention_heads"), cfg.get("num_key_value_heads")
@@ -312,8 +313,9 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
                                 progress=progress, resume=resume, scheduler=scheduler,
                                 n_workers=n_workers)
     if resume or scheduler not in (None, "local"):
-        raise RefquantError(f"resume= and scheduler= work shard by shard: name the output a "
-                            f"folder or FOLDER/model.safetensors.index.json, not {os.fspath(dst)!r}")
+        raise RefquantError("resume= and scheduler= work shard by shard: name the output a "
+                            "folder or FOLDER/model.safetensors.index.json, not "
+                            f"{os.fspath(dst)!r}")
     report = CompressReport(os.fspath(src), os.fspath(dst), rec.source)
     with rio.open(src) as ck:
         planned = plan(ck, rec, fmt)

@@ -255,7 +255,8 @@ def compress_sharded(src, dst, rec, *, overwrite, nonfinite, progress, resume, s
     record["tensors"] = dict(sorted(record["tensors"].items(), key=lambda kv: order[kv[0]]))
     index = {"metadata": {"total_size": sum(r["total_size"] for r in results),
                           "format": "pt", _META_KEY: json.dumps(record, separators=(",", ":"))},
-             "weight_map": dict(sorted((k, v) for r in results for k, v in r["weight_map"].items()))}
+             "weight_map": dict(sorted((k, v) for r in results
+                                       for k, v in r["weight_map"].items()))}
     for f in list(staging.iterdir()):
         if f.name == _MANIFEST or f.name.endswith(".report.json"):
             f.unlink()
