@@ -174,6 +174,9 @@ def compress_sharded(src, dst, rec, *, overwrite, nonfinite, progress, resume, s
     folder, index_name = sharded_target(dst)
     index_path = folder / index_name
     staging = _staging(folder)
+    if index_path.exists() and resume and not staging.exists() and not overwrite:
+        raise RefquantError(f"output {os.fspath(index_path)!r} is complete: there is no "
+                            "interrupted run to resume (overwrite=True redoes it)")
     if index_path.exists() and not overwrite:
         raise RefquantError(f"output {os.fspath(index_path)!r} exists; pass overwrite=True "
                             "(--overwrite) to replace it")
@@ -237,8 +240,6 @@ def compress_sharded(src, dst, rec, *, overwrite, nonfinite, progress, resume, s
             raise RefquantError(
                 f"an interrupted run left {os.fspath(staging)!r}; pass resume=True (--resume) "
                 "to continue it, or overwrite=True (--overwrite) to start over")
-    elif resume and not index_path.exists():
-        pass  # nothing to resume: a fresh run
     if not staging.exists():
         staging.mkdir()
         _atomic_json(staging / _MANIFEST, manifest)

@@ -111,6 +111,8 @@ def test_a_killed_run_leaves_no_output_and_resume_finishes_to_the_same_bytes(tmp
         assert (tmp_path / "out" / n).stat().st_mtime_ns == t
     assert _files(tmp_path / "out") == _files(tmp_path / "ref")
     assert not staging.exists()
+    with pytest.raises(RefquantError, match="no interrupted run to resume"):
+        compress(idx, tmp_path / "out", scheme="int8", resume=True)
 
 
 def test_existing_outputs_are_not_replaced_unasked(tmp_path):
