@@ -244,7 +244,7 @@ def _run_inspect(args) -> int:
 
 
 def _add_compress(sub):
-    from .compress.recipe import PRESETS
+    from .compress.recipe import LLAMA_CPP_PRESETS, PRESETS
 
     p = sub.add_parser(
         "compress", help="compress every tensor of a checkpoint (streaming) and report the cost",
@@ -252,10 +252,14 @@ def _add_compress(sub):
         "--recipe, and write OUT (.safetensors: refquant's self-describing layout; .gguf: "
         "llama.cpp's types) one tensor at a time. Norms, biases, embeddings and the output "
         "head are kept unless a recipe rule names them. Prints one line per tensor and the "
-        f"totals. Presets: {', '.join(PRESETS)}; or any format name of the registry.",
+        f"totals. Presets: {', '.join(PRESETS)}; llama-quantize's mixes (the type per tensor "
+        f"that llama.cpp chooses, and for GGUF output also q8_0 / q4_0 / q6_k): "
+        f"{', '.join(LLAMA_CPP_PRESETS)}; or any format name of the registry.",
     )
     p.add_argument("input", help="checkpoint file, index .json or model folder")
-    p.add_argument("-o", "--output", required=True, help="OUT.safetensors or OUT.gguf")
+    p.add_argument("-o", "--output", required=True,
+                   help="OUT.safetensors, OUT.gguf, or a folder / FOLDER/model.safetensors."
+                   "index.json for sharded output (one shard per input shard, the index last)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--scheme", help="a preset or format name (int8, int4-g128, fp8, q4_0, ...)")
     g.add_argument("--recipe", help="a TOML recipe of rules by name pattern")
@@ -266,6 +270,13 @@ def _add_compress(sub):
                    help="a tensor with NaN/Inf: refuse it (default) or keep it unquantized")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no table, no progress bar")
+    p.add_argument("--resume", action="store_true",
+                   help="sharded output: continue an interrupted run, keeping its finished shards")
+    p.add_argument("--scheduler", default=None,
+                   help="sharded output: 'local' (default), 'dask' (a Dask LocalCluster) or "
+                   "tcp://HOST:PORT (an existing Dask scheduler); needs refquant[dask]")
+    p.add_argument("--workers", type=int, default=None,
+                   help="workers of the LocalCluster of --scheduler dask (default 2)")
 
 
 def _write_reports(rep, paths):
@@ -289,7 +300,8 @@ def _run_compress(args) -> int:
             raise RefquantError(f"--report {path!r}: name it .json or .csv")
     rep = compress(args.input, args.output, scheme=args.scheme, recipe=args.recipe,
                    overwrite=args.overwrite, nonfinite=args.nonfinite,
-                   progress=None if args.quiet else tqdm_progress())
+                   progress=None if args.quiet else tqdm_progress(), resume=args.resume,
+                   scheduler=args.scheduler, n_workers=args.workers)
     _write_reports(rep, args.report)
     if args.json:
         print(rep.to_json())

@@ -7,10 +7,12 @@ safetensors or GGUF file one tensor at a time, returning a
 floats.
 """
 
+from .llamacpp import LLAMA_CPP_PRESETS, select_types
 from .pipeline import compress, decompress, plan
-from .recipe import PRESETS, Recipe, Rule, load_recipe, preset_recipe
+from .recipe import PRESETS, LlamaCppRecipe, Recipe, Rule, load_recipe, preset_recipe
 from .report import CompressReport, TensorRow
 from .schemes import get_scheme
 
-__all__ = ["compress", "decompress", "plan", "PRESETS", "Recipe", "Rule", "load_recipe",
-           "preset_recipe", "CompressReport", "TensorRow", "get_scheme"]
+__all__ = ["compress", "decompress", "plan", "PRESETS", "LLAMA_CPP_PRESETS", "Recipe",
+           "LlamaCppRecipe", "Rule", "load_recipe", "preset_recipe", "select_types",
+           "CompressReport", "TensorRow", "get_scheme"]

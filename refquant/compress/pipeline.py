@@ -19,7 +19,10 @@ Outputs
     llama.cpp's container: ggml block schemes (``q4_0`` ... ``q6_k``) stored as
     their ggml types, kept tensors as F32 / F16 / BF16 / integer; from a GGUF
     input every metadata key is copied with its type and ``general.file_type``
-    and ``general.quantization_version`` are set.
+    and ``general.quantization_version`` are set. With a llama.cpp preset
+    (``q4_k_m`` ...: :mod:`refquant.compress.llamacpp`) from an F32 / F16 / BF16
+    GGUF the file is the one llama-quantize writes, byte for byte (tested
+    against llama.cpp's library on a tiny llama model).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .._errors import RefquantError
-from .recipe import Recipe, preset_recipe
+from .recipe import LlamaCppRecipe, Recipe, preset_recipe
 from .report import CompressReport, TensorRow
 from .schemes import KEEP, Part, Scheme, get_scheme
 
@@ -62,7 +65,7 @@ class Planned:
         return self.name + part.suffix
 
 
-def _recipe_of(scheme, recipe) -> Recipe:
+def _recipe_of(scheme, recipe, fmt=None) -> Recipe:
     if (scheme is None) == (recipe is None):
         raise RefquantError("give exactly one of scheme= (a preset or format name) and recipe=")
     if recipe is not None:
@@ -71,13 +74,13 @@ def _recipe_of(scheme, recipe) -> Recipe:
         from .recipe import load_recipe
 
         return load_recipe(recipe)
-    return preset_recipe(scheme)
+    return preset_recipe(scheme, fmt)
 
 
 def _output_format(dst, output_format) -> str:
     if output_format is not None:
-        if output_format not in ("safetensors", "gguf"):
-            raise RefquantError(f"output_format must be 'safetensors' or 'gguf', got "
+        if output_format not in ("safetensors", "gguf", "sharded"):
+            raise RefquantError(f"output_format must be 'safetensors', 'gguf' or 'sharded', got "
                                 f"{output_format!r}")
         return output_format
     name = os.fspath(dst)
@@ -85,18 +88,72 @@ def _output_format(dst, output_format) -> str:
         return "safetensors"
     if name.endswith(".gguf"):
         return "gguf"
+    if name.endswith(".index.json") or os.path.isdir(name) or name.endswith(("/", os.sep)) or (
+            not os.path.splitext(os.path.basename(name))[1]):
+        return "sharded"
     raise RefquantError(f"output {name!r}: cannot tell the format from the suffix; name it "
-                        "*.safetensors or *.gguf, or pass output_format=")
+                        "*.safetensors, *.gguf, a folder or FOLDER/model.safetensors.index.json "
+                        "(sharded), or pass output_format=")
+
+
+def _n_layer(ck) -> int | None:
+    """``{arch}.block_count`` of a GGUF input (llama.cpp's ``hparams.n_layer``), or None."""
+    meta = getattr(ck, "metadata", None) or {}
+    arch = meta.get("general.architecture")
+    n = meta.get(f"{arch}.block_count") if isinstance(arch, str) else None
+    return int(n) if isinstance(n, (int, np.integer)) else None
+
+
+def _n_gqa(ck) -> int | None:
+    """``hparams.n_gqa()`` (heads per KV head, layer 0) from GGUF keys or a config.json."""
+    meta = getattr(ck, "metadata", None) or {}
+    arch = meta.get("general.architecture")
+    if isinstance(arch, str):
+        h = meta.get(f"{arch}.attention.head_count")
+        kv = meta.get(f"{arch}.attention.head_count_kv")
+    else:
+        cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+        h, kv = cfg.get("num_attention_heads"), cfg.get("num_key_value_heads")
+    h = h[0] if isinstance(h, (list, tuple)) and h else h
+    kv = kv[0] if isinstance(kv, (list, tuple)) and kv else kv
+    if kv is None:
+        kv = h  # llama.cpp: n_head_kv defaults to n_head
+    if not isinstance(h, (int, np.integer)) or not isinstance(kv, (int, np.integer)):
+        return None
+    return int(h) // int(kv) if kv else 0
+
+
+def _llama_decisions(ck, recipe: LlamaCppRecipe) -> dict[str, tuple[str, str]]:
+    from .llamacpp import select_types
+
+    tensors = []
+    for name, info in ck.infos.items():
+        is_float = info.scheme is None and (info.dtype.kind == "f" or info.dtype.name == "bfloat16")
+        tensors.append((name, tuple(info.logical_shape or info.shape), is_float))
+    out = {}
+    for name, c in select_types(tensors, recipe.preset, n_layer=_n_layer(ck),
+                                n_gqa=_n_gqa(ck)).items():
+        info = ck.info(name)
+        if c.ggml_type is None:
+            out[name] = (KEEP, c.reason)
+        elif c.ggml_type == "F16" and info.dtype == np.float16:
+            out[name] = (KEEP, c.reason + " (already F16)")
+        else:
+            out[name] = (c.ggml_type.lower(), c.reason)
+    return out
 
 
 def plan(ck, recipe: Recipe, fmt: str = "safetensors") -> list[Planned]:
     """Decide every tensor's scheme and output parts from ``ck``'s headers alone."""
     out = []
+    llama = _llama_decisions(ck, recipe) if isinstance(recipe, LlamaCppRecipe) else None
     for name, info in ck.infos.items():
         shape = tuple(info.logical_shape or info.shape)
         raw = info.stored_dtype.upper() if info.scheme and info.scheme.startswith("ggml:") else None
         if raw is not None and not any(r.matches(name) for r in recipe.rules):
             sname, why = KEEP, f"already {raw} (requantizing compounds the error)"
+        elif llama is not None:
+            sname, why = llama[name]
         else:
             sname, why = recipe.decide(name, np.dtype(np.float32) if raw else info.dtype, shape)
         scheme = None
@@ -136,10 +193,12 @@ def _measure(w, w_hat, scheme, parts, shape) -> tuple[float | None, float | None
     """SQNR in dB (None when exact), max error in steps (None without steps), exact."""
     w64 = np.asarray(w, np.float64).reshape(-1)
     err = w64 - np.asarray(w_hat, np.float64).reshape(-1)
-    noise = float(np.dot(err, err))
+    # einsum, not np.dot: a BLAS ddot call costs ~2 ms here (OpenBLAS threads on 2 busy
+    # cores) against 30 us for the same sum, and it ran once per tensor
+    noise = float(np.einsum("i,i->", err, err))
     if noise == 0:
         return None, (0.0 if scheme.has_steps else None), True
-    signal = float(np.dot(w64, w64))
+    signal = float(np.einsum("i,i->", w64, w64))
     sq = 10 * math.log10(signal / noise) if signal > 0 else -math.inf
     steps = None
     st = scheme.steps(parts, shape)
@@ -169,9 +228,14 @@ def _gguf_fields(src):
     return fields, (arch.contents() if arch is not None else None)
 
 
-def _file_type(planned) -> int | None:
-    """llama.cpp's ``general.file_type`` when one ggml type holds the quantized tensors."""
+def _file_type(planned, recipe=None) -> int | None:
+    """llama.cpp's ``general.file_type``: the preset's, or the one ggml type of every tensor."""
     import gguf
+
+    if isinstance(recipe, LlamaCppRecipe):
+        from .llamacpp import ftype_of
+
+        return ftype_of(recipe.preset)
 
     types = {p.scheme.gguf_type for p in planned if p.scheme is not None}
     if len(types) != 1:
@@ -191,7 +255,8 @@ def _plain_ggml(dtype) -> str:
 
 
 def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrite=False,
-             nonfinite="raise", progress=None) -> CompressReport:
+             nonfinite="raise", progress=None, resume=False, scheduler=None,
+             n_workers=None) -> CompressReport:
     """Compress every tensor of checkpoint ``src`` into ``dst``, one tensor in memory at a time.
 
     Parameters
@@ -199,7 +264,9 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
     src : path
         Any checkpoint :func:`refquant.io.open` reads (a file, an index, a folder).
     dst : path
-        ``*.safetensors`` or ``*.gguf`` (see the module docstring); never ``src``.
+        ``*.safetensors`` or ``*.gguf`` (see the module docstring), or a folder /
+        ``FOLDER/model.safetensors.index.json``: sharded output, one shard per input
+        shard, the index written last (:mod:`refquant.compress.shards`); never ``src``.
     scheme : str, optional
         A preset (:data:`refquant.compress.recipe.PRESETS`) or a format name of the
         registry; the defaults keep norms, biases, embeddings and the head.
@@ -209,7 +276,18 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
         A tensor holding NaN / Inf is refused naming the tensor and the first index,
         or (``"keep"``) stored unquantized.
     progress : callable, optional
-        Called as ``progress(i, n, name)`` after each tensor.
+        Called as ``progress(i, n, name)`` after each tensor (sharded output: after
+        each shard).
+    resume : bool
+        Sharded output: continue the run that was interrupted, keeping its finished
+        shards; the result is byte for byte an uninterrupted run's.
+    scheduler : {None, "local", "dask"} or str
+        Sharded output: where the shards run. None / ``"local"``: here, one after
+        another; ``"dask"``: a Dask LocalCluster of ``n_workers`` (2) processes;
+        ``"tcp://HOST:PORT"``: an existing Dask distributed scheduler whose workers
+        see the same file system.
+    n_workers : int, optional
+        Workers of the LocalCluster (``scheduler="dask"``).
 
     Returns
     -------
@@ -222,50 +300,59 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
 
     if nonfinite not in ("raise", "keep"):
         raise RefquantError(f"nonfinite must be 'raise' or 'keep', got {nonfinite!r}")
-    rec = _recipe_of(scheme, recipe)
     fmt = _output_format(dst, output_format)
+    rec = _recipe_of(scheme, recipe, "safetensors" if fmt == "sharded" else fmt)
     src_p, dst_p = Path(src), Path(dst)
     if dst_p.exists() and src_p.exists() and os.path.samefile(src_p, dst_p):
         raise RefquantError(f"output {os.fspath(dst)!r} is the input; refquant never "
                             "overwrites its input")
+    if fmt == "sharded":
+        from .shards import compress_sharded
+
+        return compress_sharded(src, dst, rec, overwrite=overwrite, nonfinite=nonfinite,
+                                progress=progress, resume=resume, scheduler=scheduler,
+                                n_workers=n_workers)
+    if resume or scheduler not in (None, "local"):
+        raise RefquantError("resume= and scheduler= work shard by shard: name the output a "
+                            "folder or FOLDER/model.safetensors.index.json, not "
+                            f"{os.fspath(dst)!r}")
     report = CompressReport(os.fspath(src), os.fspath(dst), rec.source)
     with rio.open(src) as ck:
         planned = plan(ck, rec, fmt)
-        # A tensor with NaN / Inf falls back to being kept: its parts change, so the
-        # check runs before the layout is fixed (one pass over each quantized tensor).
-        for p in planned:
-            if p.scheme is not None and nonfinite == "keep":
-                w = _logical(ck, p)
-                if not np.isfinite(w).all():
-                    p.scheme, p.reason = None, "kept: holds NaN/Inf"
-                    p.parts = [Part("", p.dtype, tuple(ck.info(p.name).shape))]
+        if nonfinite == "keep":
+            _keep_nonfinite(ck, planned)
         if fmt == "safetensors":
             layout = [(p.out_name(t), t.dtype, t.shape) for p in planned for t in p.parts]
-            meta = {"format": "pt", _META_KEY: json.dumps({
-                "version": 1, "source": os.path.basename(os.fspath(src)), "recipe": rec.source,
-                "tensors": {p.name: {"shape": list(p.shape), "dtype": p.dtype.name,
-                                     **(p.scheme.describe() if p.scheme else {"scheme": KEEP})}
-                            for p in planned}}, separators=(",", ":"))}
+            meta = {"format": "pt", _META_KEY: json.dumps(
+                _record(os.path.basename(os.fspath(src)), rec.source, planned),
+                separators=(",", ":"))}
             writer = SafetensorsStreamWriter(dst, layout, metadata=meta, overwrite=overwrite)
         else:
+            import gguf
+
             fields, arch = ([], None)
             if ck.format == "gguf":
                 fields, arch = _gguf_fields(src)
+            if isinstance(rec, LlamaCppRecipe):
+                # llama-quantize writes the tensors in its model loader's order
+                # (weight_name_comparer: by blk.N, the others first, then by name)
+                from .llamacpp import loader_order
+
+                planned = loader_order(planned, key=lambda p: p.name)
             layout = []
             for p in planned:
                 t = p.parts[0]
                 tname = (p.scheme.gguf_type if p.scheme else p.raw_type or _plain_ggml(p.dtype))
                 layout.append((p.name, tname, p.shape, t.nbytes))
-            ftype = _file_type(planned)
-            if ftype is not None:
-                import gguf
-
-                fields.append(("general.file_type", ftype, gguf.GGUFValueType.UINT32))
-            if any(p.scheme is not None for p in planned):
-                import gguf
-
+            # llama-quantize copies the input's keys, then sets general.quantization_version
+            # and general.file_type, which (gguf_set_val of a key: removed, then appended)
+            # puts the two last, in that order
+            if isinstance(rec, LlamaCppRecipe) or any(p.scheme is not None for p in planned):
                 fields.append(("general.quantization_version", _GGML_QNT_VERSION,
                                gguf.GGUFValueType.UINT32))
+            ftype = _file_type(planned, rec)
+            if ftype is not None:
+                fields.append(("general.file_type", ftype, gguf.GGUFValueType.UINT32))
             writer = GGUFStreamWriter(dst, layout, arch=arch or "refquant", fields=fields,
                                       overwrite=overwrite)
         with writer:
@@ -274,6 +361,28 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
                 if progress is not None:
                     progress(i + 1, len(planned), p.name)
     return report
+
+
+def _keep_nonfinite(ck, planned) -> None:
+    """A tensor with NaN / Inf falls back to being kept (``nonfinite="keep"``).
+
+    Its parts change, so the check runs before the layout is fixed (one extra read
+    of each quantized tensor).
+    """
+    for p in planned:
+        if p.scheme is not None:
+            w = _logical(ck, p)
+            if not np.isfinite(w).all():
+                p.scheme, p.reason = None, "kept: holds NaN/Inf"
+                p.parts = [Part("", p.dtype, tuple(ck.info(p.name).shape))]
+
+
+def _record(source: str, recipe_source: str, planned) -> dict:
+    """The compression record of ``__metadata__["refquant.compress"]`` (what decompress reads)."""
+    return {"version": 1, "source": source, "recipe": recipe_source,
+            "tensors": {p.name: {"shape": list(p.shape), "dtype": p.dtype.name,
+                                 **(p.scheme.describe() if p.scheme else {"scheme": KEEP})}
+                        for p in planned}}
 
 
 def _logical(ck, p: Planned) -> np.ndarray:
@@ -323,8 +432,8 @@ def decompress(src, dst, *, overwrite=False, dtype="float32", progress=None) -> 
     out_dt = np.dtype(dtype)
     if out_dt.kind != "f":
         raise RefquantError(f"dtype must be a float type, got {dtype!r}")
-    if _output_format(dst, None) != "safetensors":
-        raise RefquantError("decompress writes .safetensors")
+    if not os.fspath(dst).endswith(".safetensors"):
+        raise RefquantError(f"decompress writes one .safetensors file, got {os.fspath(dst)!r}")
     with rio.open(src) as ck:
         meta = ck.metadata.get(_META_KEY)
         entries = []  # (name, shape, scheme or None, part names)

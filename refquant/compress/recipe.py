@@ -31,9 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._errors import RefquantError
+from .llamacpp import LLAMA_CPP_PRESETS
 from .schemes import KEEP, get_scheme
 
-__all__ = ["Recipe", "Rule", "load_recipe", "preset_recipe", "PRESETS"]
+__all__ = ["Recipe", "Rule", "LlamaCppRecipe", "load_recipe", "preset_recipe", "PRESETS",
+           "LLAMA_CPP_PRESETS"]
 
 #: named presets: the scheme the weights get (ggml presets: llama.cpp's type names)
 PRESETS = ("int8", "int4-g128", "int4-g32", "fp8", "fp8-channel", "fp8-block", "nf4", "q8_0",
@@ -97,8 +99,30 @@ class Recipe:
                                     "is required but matches no tensor")
 
 
-def preset_recipe(scheme: str) -> Recipe:
-    """The recipe of ``--scheme NAME``: the defaults above and ``NAME`` for every other weight."""
+@dataclass
+class LlamaCppRecipe(Recipe):
+    """llama-quantize's per-tensor mix for a preset (``q4_k_m``, ...): see
+    :mod:`refquant.compress.llamacpp`. The types depend on the whole model (layer
+    counters, tied embeddings), so the pipeline asks :func:`~.llamacpp.select_types`
+    for all tensors at once instead of calling :meth:`decide`."""
+
+    preset: str = "q4_k_m"
+
+    def decide(self, name, dtype, shape):  # pragma: no cover - the pipeline never calls it
+        raise RefquantError("a llama.cpp preset chooses types for the whole model at once")
+
+
+def preset_recipe(scheme: str, output_format: str | None = None) -> Recipe:
+    """The recipe of ``--scheme NAME``: the defaults above and ``NAME`` for every other weight.
+
+    llama.cpp's mixes (``q4_k_m``, ``q5_k_m``, ``q3_k_m``, ``q4_k_s``, ``q5_k_s``) always
+    follow llama-quantize's type selection; ``q6_k``, ``q8_0`` and ``q4_0`` follow it when
+    the output is GGUF (the embeddings and the output head quantized as llama-quantize
+    does) and are plain schemes with the defaults above otherwise.
+    """
+    if scheme in LLAMA_CPP_PRESETS and (output_format == "gguf" or scheme not in PRESETS):
+        return LlamaCppRecipe(scheme=scheme, source=f"--scheme {scheme} (llama-quantize's mix)",
+                              preset=scheme)
     get_scheme(scheme)  # a clear error for an unknown name
     return Recipe(scheme=scheme, source=f"--scheme {scheme}")
 

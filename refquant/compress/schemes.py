@@ -343,7 +343,14 @@ class GGMLScheme(Scheme):
     def quantize(self, w):
         from ..compat.ggml import quantize
 
-        return {"": quantize(np.asarray(w, np.float32), self.name)}
+        w32 = np.asarray(w, np.float32)
+        if self.name == "iq4_nl":
+            # ggml_quantize_chunk (so llama-quantize) calls quantize_iq4_nl, which searches
+            # scales that quantize_row_iq4_nl_ref does not (refquant.compat.ggml's notes)
+            bs = self.fmt.block_size
+            raw = self.fmt.quantize_blocks_weighted(w32.reshape(-1, bs))
+            return {"": raw.reshape(*w32.shape[:-1], w32.shape[-1] // bs * self.fmt.type_size)}
+        return {"": quantize(w32, self.name)}
 
     def dequantize(self, parts, shape):
         from ..compat.ggml import dequantize
@@ -352,6 +359,27 @@ class GGMLScheme(Scheme):
 
     def describe(self):
         return {"scheme": self.name, "ggml_type": self.gguf_type}
+
+
+class F16Scheme(Scheme):
+    """IEEE half precision, each weight cast on its own (round to nearest even).
+
+    llama-quantize's last fallback for a row no block type divides
+    (``ggml_fp32_to_fp16_row``); stored in GGUF as F16.
+    """
+
+    name = "f16"
+    gguf_type = "F16"
+
+    def parts(self, shape):
+        return [Part("", np.dtype(np.float16), tuple(shape))]
+
+    def quantize(self, w):
+        with np.errstate(over="ignore"):
+            return {"": np.asarray(w, np.float32).astype(np.float16)}
+
+    def dequantize(self, parts, shape):
+        return np.asarray(parts[""], np.float32).reshape(shape)
 
 
 def _named():
@@ -363,6 +391,7 @@ def _named():
         "fp8-channel": lambda: FloatScheme("fp8-channel", "float8_e4m3fn", axis=0),
         "fp8-block": lambda: FloatScheme("fp8-block", "float8_e4m3fn", tile=128),
         "nf4": NF4Scheme,
+        "f16": F16Scheme,
     }
 
 
@@ -385,7 +414,13 @@ def get_scheme(name: str) -> Scheme:
     except RefquantError:
         import difflib
 
-        known = sorted(set(named) | set(list_formats()))
+        from .llamacpp import LLAMA_CPP_PRESETS
+
+        if name in LLAMA_CPP_PRESETS:
+            raise RefquantError(f"{name!r} is llama-quantize's mix of types, a preset of "
+                                "--scheme / compress(scheme=...), not one tensor's scheme; use "
+                                "a ggml type (q4_k, q6_k, ...) in a recipe rule") from None
+        known = sorted(set(named) | set(list_formats()) | set(LLAMA_CPP_PRESETS))
         near = difflib.get_close_matches(name, known, n=3, cutoff=0.7)
         hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
         raise RefquantError(

@@ -1,0 +1,251 @@
+"""llama.cpp presets (q4_k_m, ...): llama-quantize's type per tensor and its very bytes.
+
+The expectations of the type tests are derived by hand from llama.cpp's
+src/llama-quant.cpp (see refquant.compress.llamacpp) for the tiny model of
+tests/tiny_llama.py: 8 blocks, so use_more_bits(i, 8) holds for i = 0 (i < 8 // 8),
+6 and 7 (i >= 7 * 8 // 8 = 7 ... and (6 - 1) % 3 == 2) and 3 ((3 - 1) % 3 == 2);
+ffn_down rows of 96 in layers 1, 2, 4, 5, 7.
+
+The records under tests/data/llama_quantize/ are what llama.cpp's own
+llama_model_quantize wrote for the same model (scripts/record_llama_quantize.py,
+llama-cpp-cffi 0.4.42).
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import import_peer
+from tiny_llama import N_FF, N_LAYER, tiny_llama_tensors, write_tiny_llama
+
+import refquant.io as rio
+from refquant import RefquantError
+from refquant.compress import compress, decompress
+from refquant.compress.llamacpp import (
+    LLAMA_CPP_PRESETS,
+    allows_quantization,
+    category,
+    select_types,
+    use_more_bits,
+)
+
+RECORDS = Path(__file__).resolve().parents[1] / "data" / "llama_quantize"
+MORE_BITS_8 = {0, 3, 6, 7}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    import_peer("gguf")
+    path = tmp_path_factory.mktemp("tiny") / "tiny-f16.gguf"
+    return path, write_tiny_llama(path)
+
+
+def _expected(preset):
+    """Hand-derived types of the tiny model under ``preset`` (None: kept as it is)."""
+    base = {"q4_k_m": "Q4_K", "q5_k_m": "Q5_K", "q3_k_m": "Q3_K", "q4_k_s": "Q4_K",
+            "q5_k_s": "Q5_K", "q6_k": "Q6_K", "q8_0": "Q8_0", "q4_0": "Q4_0",
+            "iq4_xs": "IQ4_XS"}[preset]
+    fallback = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "Q3_K": "Q4_0",
+                "IQ4_XS": "IQ4_NL"}
+    out = {"token_embd.weight": base, "output_norm.weight": None,
+           "output.weight": "Q8_0" if preset == "q8_0" else "Q6_K"}
+    for i in range(N_LAYER):
+        p = f"blk.{i}."
+        out[p + "attn_norm.weight"] = out[p + "ffn_norm.weight"] = None
+        for t in ("attn_q", "attn_k", "ffn_gate", "ffn_up"):
+            out[p + t + ".weight"] = base
+        out[p + "attn_output.weight"] = "Q4_K" if preset == "q3_k_m" else base
+        v = down = base
+        if preset in ("q4_k_m", "q5_k_m"):
+            v = "Q6_K" if i in MORE_BITS_8 else base
+            down = "Q6_K" if i in MORE_BITS_8 else base
+        elif preset == "q3_k_m":
+            v = "Q5_K" if i < 2 else "Q4_K"
+            down = "Q4_K"  # i < 8 // 16 never holds; not Falcon
+        elif preset == "q4_k_s":
+            v = "Q5_K" if i < 4 else base
+            down = "Q5_K" if i < 1 else base
+        elif preset == "iq4_xs":  # 4 heads / 2 KV heads: n_gqa 2 < 4, attn_v unchanged
+            down = "Q5_K" if i < 1 else base  # i < 8 // 8, no imatrix
+        out[p + "attn_v.weight"] = v
+        if N_FF[i] % 256 and down in fallback:
+            down = fallback[down]
+        out[p + "ffn_down.weight"] = down
+    return out
+
+
+@pytest.mark.parametrize("preset", list(LLAMA_CPP_PRESETS))
+def test_types_chosen_per_tensor_follow_llama_quantize_rules(preset):
+    tensors = tiny_llama_tensors()
+    got = select_types([(n, a.shape, True) for n, a in tensors.items()], preset, n_layer=N_LAYER)
+    assert {n: c.ggml_type for n, c in got.items()} == _expected(preset)
+
+
+def test_iq4_xs_gives_attn_v_q5_k_from_four_heads_per_kv_head():
+    t = tiny_llama_tensors()
+    spec = [(n, a.shape, True) for n, a in t.items()]
+    for n_gqa, want in ((2, "IQ4_XS"), (4, "Q5_K"), (None, "IQ4_XS")):
+        got = select_types(spec, "iq4_xs", n_layer=N_LAYER, n_gqa=n_gqa)
+        assert {got[f"blk.{i}.attn_v.weight"].ggml_type for i in range(N_LAYER)} == {want}
+
+
+def test_use_more_bits_picks_the_first_and_last_eighth_and_every_third_layer():
+    assert {i for i in range(8) if use_more_bits(i, 8)} == MORE_BITS_8
+    # 32 layers: i < 4, i >= 28, and (i - 4) % 3 == 2: 6, 9, ..., 27
+    assert {i for i in range(32) if use_more_bits(i, 32)} == (
+        {0, 1, 2, 3, 28, 29, 30, 31} | set(range(6, 28, 3)))
+
+
+def test_tied_embeddings_give_token_embd_the_output_type():
+    t = tiny_llama_tensors(tied=True)
+    got = select_types([(n, a.shape, True) for n, a in t.items()], "q4_k_m")
+    assert got["token_embd.weight"].ggml_type == "Q6_K"
+    assert "output tensor" in got["token_embd.weight"].reason
+
+
+def test_rows_no_type_divides_fall_back_to_f16_or_are_kept():
+    t = [("blk.0.ffn_down.weight", (256, 48), True), ("blk.0.attn_v.weight", (64, 256), True)]
+    got = select_types(t, "q4_k_m", n_layer=1)
+    # Q6_K (layer 0 of 1 gets more bits) -> Q8_0 needs rows of 32: F16
+    assert got["blk.0.ffn_down.weight"].ggml_type == "F16"
+    assert "row size 48" in got["blk.0.ffn_down.weight"].reason
+    # llama-quantize has no fallback for Q8_0 and throws; refquant keeps the tensor
+    got = select_types(t, "q8_0", n_layer=1)
+    assert got["blk.0.ffn_down.weight"].ggml_type is None
+    assert "no fallback for Q8_0" in got["blk.0.ffn_down.weight"].reason
+
+
+def test_which_tensors_llama_quantize_leaves_alone():
+    assert not allows_quantization("blk.0.attn_norm.weight", (256, 4))  # a norm, even 2-D
+    assert not allows_quantization("blk.0.ffn_gate_inp.weight", (8, 256))
+    assert not allows_quantization("blk.0.attn_q.bias", (256, 256))  # not a weight
+    assert not allows_quantization("blk.0.attn_q.weight", (1, 256))  # ggml_n_dims == 1
+    assert allows_quantization("blk.0.attn_q.weight", (256, 1))
+    assert not allows_quantization("position_embd.weight", (64, 256))
+    assert allows_quantization("token_embd.weight", (64, 256))
+
+
+def test_hugging_face_names_map_to_llama_cpp_categories():
+    assert category("model.layers.3.self_attn.v_proj.weight") == "attn_v"
+    assert category("model.layers.3.mlp.down_proj.weight") == "ffn_down"
+    assert category("lm_head.weight") == "output"
+    assert category("model.embed_tokens.weight") == "token_embd"
+    assert category("model.layers.3.mlp.up_proj.weight") == "ffn_up"
+    assert category("model.norm.weight") == "other"
+
+
+def _records(preset):
+    path = RECORDS / f"{preset}.json"
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run scripts/record_llama_quantize.py")
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("preset", list(LLAMA_CPP_PRESETS))
+def test_gguf_file_is_byte_identical_to_llama_model_quantize(tiny, tmp_path, preset):
+    import gguf
+
+    src, _ = tiny
+    rec = _records(preset)
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == rec["input_sha256"], (
+        "tiny_llama.py no longer writes the recorded model: rerun "
+        "scripts/record_llama_quantize.py")
+    rep = compress(src, tmp_path / "q.gguf", scheme=preset)
+    r = gguf.GGUFReader(tmp_path / "q.gguf")
+    assert [t.name for t in r.tensors] == rec["tensor_order"]  # the loader's order
+    for t in r.tensors:
+        want = rec["tensors"][t.name]
+        assert t.tensor_type.name == want["type"], t.name
+        assert hashlib.sha256(t.data.tobytes()).hexdigest() == want["sha256"], t.name
+    for key, value in rec["metadata"].items():
+        assert r.fields[key].contents() == value, key
+    rows = {x.name: x for x in rep.rows}
+    assert rows["output.weight"].scheme == rec["tensors"]["output.weight"]["type"].lower()
+    # and the whole file: header, metadata in llama-quantize's key order, padding, data
+    data = (tmp_path / "q.gguf").read_bytes()
+    assert len(data) == rec["file_size"]
+    assert hashlib.sha256(data).hexdigest() == rec["file_sha256"]
+
+
+def test_q4_k_m_bytes_are_refquants_ggml_quantize_of_the_same_rows(tiny, tmp_path):
+    import gguf
+
+    from refquant.compat import ggml
+
+    src, tensors = tiny
+    compress(src, tmp_path / "q.gguf", scheme="q4_k_m")
+    r = gguf.GGUFReader(tmp_path / "q.gguf")
+    seen = set()
+    for t in r.tensors:
+        ty = t.tensor_type.name
+        if ty in ("F32", "F16") or (ty in seen and "blk.7" not in t.name):
+            continue  # one tensor of each type (and the last layer), to keep the test short
+        seen.add(ty)
+        a = np.asarray(tensors[t.name], np.float32)
+        assert np.array_equal(t.data.reshape(-1).view(np.uint8),
+                              ggml.quantize(a, ty).reshape(-1)), t.name
+    assert seen == {"Q4_K", "Q6_K", "Q5_0", "Q8_0"}
+
+
+def test_gguf_input_keeps_every_metadata_key_and_sets_the_file_type(tiny, tmp_path):
+    import gguf
+
+    src, _ = tiny
+    compress(src, tmp_path / "q.gguf", scheme="q8_0")
+    a, b = gguf.GGUFReader(src), gguf.GGUFReader(tmp_path / "q.gguf")
+    for key, f in a.fields.items():
+        if key.startswith("GGUF.") or key == "general.file_type":
+            continue
+        assert b.fields[key].types == f.types and b.fields[key].contents() == f.contents(), key
+    assert b.fields["general.file_type"].contents() == int(gguf.LlamaFileType.MOSTLY_Q8_0)
+
+
+def test_q4_k_m_on_hugging_face_names_writes_a_mixed_refquant_safetensors(tmp_path):
+    rng = np.random.default_rng(3)
+    w = {"model.embed_tokens.weight": rng.standard_normal((16, 256)).astype(np.float32),
+         "lm_head.weight": rng.standard_normal((16, 256)).astype(np.float32),
+         "model.norm.weight": np.ones(256, np.float32)}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        w[p + "self_attn.v_proj.weight"] = rng.standard_normal((64, 256)).astype(np.float32)
+        w[p + "mlp.down_proj.weight"] = rng.standard_normal((256, 64)).astype(np.float32)
+    src = rio.save(w, tmp_path / "m.safetensors")
+    rep = compress(src, tmp_path / "c.safetensors", scheme="q4_k_m")
+    got = {r.name: r.scheme for r in rep.rows}
+    # 2 layers: use_more_bits(i, 2) holds for i = 0 (i < 0 fails; 7*2//8 = 1 <= i for i = 1;
+    # (0 - 0) % 3 != 2) -> only layer 1 of attn_v / ffn_down gets Q6_K
+    assert [use_more_bits(i, 2) for i in range(2)] == [False, True]
+    assert got["model.layers.0.self_attn.v_proj.weight"] == "q4_k"
+    assert got["model.layers.1.self_attn.v_proj.weight"] == "q6_k"
+    assert got["model.layers.0.mlp.down_proj.weight"] == "q5_0"  # rows of 64: Q4_K -> Q5_0
+    assert got["model.layers.1.mlp.down_proj.weight"] == "q8_0"  # Q6_K -> Q8_0
+    assert got["lm_head.weight"] == "q6_k" and got["model.embed_tokens.weight"] == "q4_k"
+    assert got["model.norm.weight"] == "keep"
+    decompress(tmp_path / "c.safetensors", tmp_path / "d.safetensors")
+    from refquant.compat import ggml
+
+    with rio.open(tmp_path / "d.safetensors") as d:
+        a = w["model.layers.1.self_attn.v_proj.weight"]
+        assert np.array_equal(d["model.layers.1.self_attn.v_proj.weight"],
+                              ggml.dequantize(ggml.quantize(a, "q6_k"), "q6_k", a.shape))
+
+
+def test_a_llama_preset_is_not_one_tensors_scheme(tmp_path):
+    rec = tmp_path / "r.toml"
+    rec.write_text('[[rules]]\npattern = "*"\nscheme = "q4_k_m"\n')
+    from refquant.compress import load_recipe
+
+    with pytest.raises(RefquantError, match="llama-quantize's mix"):
+        load_recipe(rec)
+
+
+def test_cli_scheme_q8_0_writes_llama_quantizes_file(tiny, tmp_path, capsys):
+    from refquant.cli import main
+
+    src, _ = tiny
+    assert main(["compress", str(src), "-o", str(tmp_path / "q.gguf"), "--scheme", "q8_0"]) == 0
+    assert "output.weight" in capsys.readouterr().out  # the per-tensor table
+    data = (tmp_path / "q.gguf").read_bytes()
+    assert hashlib.sha256(data).hexdigest() == _records("q8_0")["file_sha256"]
