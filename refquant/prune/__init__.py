@@ -57,6 +57,7 @@ from .scores import (
     taylor,
     wanda,
 )
+from .sparsegpt import SparseGPTResult, sparsegpt
 from .structured import (
     Coupling,
     DependencyGroup,
@@ -66,6 +67,7 @@ from .structured import (
     group_channel_scores,
     structured_prune,
 )
+from .wanda import wanda_prune
 
 __all__ = [
     "LayerAblation",
@@ -128,4 +130,7 @@ __all__ = [
     "taylor",
     "unstructured_mask",
     "wanda",
+    "wanda_prune",
+    "sparsegpt",
+    "SparseGPTResult",
 ]

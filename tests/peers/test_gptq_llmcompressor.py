@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import import_peer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -156,7 +155,12 @@ def test_wanda_with_streamed_row_scalars_gives_llmcompressors_mask(rec, sparsity
 
 # --------------------------------------------------------------------------- live peer
 def _recorder():
-    import_peer("llmcompressor")
+    # llmcompressor 0.14 pins compressed-tensors 0.19, while the peers extra needs 0.20
+    # (issue 12's layouts): it cannot share CI's environment, so CI checks the recording
+    # above and the live comparison runs where a separate environment has it
+    # (scripts/record_llmcompressor_gptq.py names the versions).
+    pytest.importorskip("llmcompressor", reason="llmcompressor 0.14 lives in its own venv: "
+                        "its compressed-tensors pin conflicts with the peers extra")
     spec = importlib.util.spec_from_file_location(
         "record_llmcompressor_gptq", ROOT / "scripts" / "record_llmcompressor_gptq.py")
     mod = importlib.util.module_from_spec(spec)
