@@ -207,4 +207,5 @@ def round_to(x64: np.ndarray, dtype) -> np.ndarray:
     times a scale of at most 24 significant bits), so the one cast is the one
     rounding that torch's ``scale * (q - z)`` in ``dtype`` performs.
     """
-    return np.asarray(x64, dtype=np.float64).astype(dtype)
+    with np.errstate(over="ignore"):  # beyond the dtype's range: Inf, as torch's cast
+        return np.asarray(x64, dtype=np.float64).astype(dtype)

@@ -106,8 +106,9 @@ class MLXView(LayoutView):
         T = sc.dtype
         sx = np.repeat(sc, s.group_size, axis=-1).astype(np.float64)
         bx = np.repeat(bi, s.group_size, axis=-1).astype(np.float64)
-        prod = (sx * q).astype(T).astype(np.float64)
-        return (prod + bx).astype(T).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # Inf and NaN propagate as in MLX
+            prod = (sx * q).astype(T).astype(np.float64)
+            return (prod + bx).astype(T).astype(np.float32)
 
 
 def mlx_tensors(base, q, scales, biases, bits):
