@@ -324,3 +324,54 @@ def test_plain_checkpoint_logical_names_are_its_tensors(tmp_path):
     with rio.open(tmp_path / "p.safetensors") as ck:
         assert ck.logical_names() == ["a"] and ck.scheme("a") is None
         np.testing.assert_array_equal(ck.dequantize("a"), np.arange(4, dtype=np.float32))
+
+
+# ---------------------------------------------------------------------------
+# bitsandbytes
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("qtype", ["nf4", "fp4"])
+@pytest.mark.parametrize("nested", [False, True])
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
+def test_bnb_4bit_round_trip_is_compat_bnb_dequantize(tmp_path, qtype, nested, dtype):
+    from refquant.compat import bnb
+    from refquant.io.layouts.bnb import bnb_4bit_tensors
+
+    w = RNG.standard_normal((24, 35)).astype(dtype)  # 840 elements: a partial last block
+    t = bnb_4bit_tensors(BASE, w, qtype, blocksize=64, double_quant=nested)
+    rio.save(t, tmp_path / "m", layout=f"bitsandbytes-{qtype}", double_quant=nested)
+    packed, state = bnb.quantize_4bit(w, blocksize=64, compress_statistics=nested, quant_type=qtype)
+    want = bnb.dequantize_4bit(packed, state).astype(np.float32)
+    with _open(tmp_path / "m") as ck:
+        assert BASE + ".weight.absmax" not in ck.logical_names()
+        s = ck.scheme(BASE + ".weight")
+        assert (s.format, s.group_size, s.shape) == (f"bitsandbytes-{qtype}", 64, (24, 35))
+        got = ck.dequantize(BASE + ".weight")
+        assert ck[BASE + ".weight"].dtype == np.uint8  # the raw packed bytes under the same name
+    np.testing.assert_array_equal(got, want)
+    assert np.max(np.abs(got - w.astype(np.float32))) < 0.5 * np.max(np.abs(w.astype(np.float32)))
+
+
+def test_bnb_int8_multiplies_by_the_float32_reciprocal_of_127(tmp_path):
+    from refquant.io.layouts.bnb import bnb_int8_tensors
+
+    w = RNG.standard_normal((16, 32)).astype(np.float16)
+    t = bnb_int8_tensors(BASE, w)
+    rio.save(t, tmp_path / "m", layout="bitsandbytes-int8")
+    cb, scb = t[BASE + ".weight"].astype(np.float32), t[BASE + ".SCB"]
+    want = (cb * scb[:, None]) * np.float32(1 / 127)
+    with _open(tmp_path / "m") as ck:
+        np.testing.assert_array_equal(ck.dequantize(BASE + ".weight"), want)
+    with rio.open(tmp_path / "m/model.safetensors") as ck:  # self-describing without config.json
+        assert ck.scheme(BASE + ".weight").format == "bitsandbytes-int8"
+
+
+def test_bnb_quant_state_that_disagrees_with_absmax_is_refused(tmp_path):
+    from refquant.io.layouts.bnb import bnb_4bit_tensors
+
+    t = bnb_4bit_tensors(BASE, RNG.standard_normal((8, 64)).astype(np.float16), "nf4", 64)
+    t[BASE + ".weight.absmax"] = t[BASE + ".weight.absmax"][:-1]
+    rio.save(t, tmp_path / "x.safetensors")
+    with rio.open(tmp_path / "x.safetensors") as ck, pytest.raises(
+            RefquantError, match=r"weight\.absmax'.*shape \(7,\); expected \(8,\)"):
+        ck.logical_names()

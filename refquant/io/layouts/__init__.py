@@ -1,4 +1,4 @@
-"""Quantized checkpoint layouts: GPTQ, AWQ, FP8, compressed-tensors, MLX.
+"""Quantized checkpoint layouts: GPTQ, AWQ, FP8, compressed-tensors, MLX, bitsandbytes.
 
 ``refquant.io.open(folder)`` returns a checkpoint whose raw tensors are the stored
 parts (``qweight``, ``qzeros``, ``scales`` ...); its :meth:`logical_names`,
@@ -20,6 +20,9 @@ layout                 detected by                            module
 compressed-tensors     ``quant_method: compressed-tensors``;  :mod:`.ctensors`
                        ``weight_packed`` + ``weight_shape``
 ``mlx``                ``quantization`` in config.json        :mod:`.mlx`
+bitsandbytes nf4/fp4   ``quant_method: bitsandbytes``; the    :mod:`.bnb`
+and int8               ``quant_state.bitsandbytes__*`` JSON,
+                       ``.SCB``
 =====================  =====================================  ==============================
 """
 
@@ -46,7 +49,8 @@ __all__ = [
 ]
 
 LAYOUTS = ("gptq", "gptq_v2", "awq", "fp8", "fp8-block", "pack-quantized", "int-quantized",
-           "float-quantized", "naive-quantized", "mlx")
+           "float-quantized", "naive-quantized", "mlx", "bitsandbytes-nf4", "bitsandbytes-fp4",
+           "bitsandbytes-int8")
 
 
 class PlainView(LayoutView):
@@ -74,7 +78,8 @@ def detect_layout(ck) -> tuple[str, dict]:
     shapes); e4m3 ``.weight`` with a one-element ``.weight_scale`` -> fp8.
     Everything else that looks quantized (uint32 weights with ``scales`` and
     ``biases`` but no config, a ``.qweight`` whose bit width the shapes do not
-    fix, bitsandbytes parts) raises: unknown, never guessed.
+    fix, a bitsandbytes absmax without its quant-state JSON) raises: unknown, never guessed.
+    bitsandbytes parts describe themselves (the JSON tensor; int8 weight with ``SCB``).
 
     **Reference**: transformers ``quantizers/auto.py`` (``quant_method`` names),
     mlx-lm ``utils.py`` (``quantization``).
@@ -96,6 +101,8 @@ def detect_layout(ck) -> tuple[str, dict]:
                 return "compressed-tensors", qc
             if m in ("mlx",):
                 return "mlx", qc
+            if m == "bitsandbytes":
+                return "bitsandbytes", qc
             raise RefquantError(f"{path}: quantization_config quant_method {m!r} is a layout refquant "
                                 f"does not read (it reads {LAYOUTS}); unknown, not guessed")
         mq = cfg.get("quantization")
@@ -122,6 +129,9 @@ def detect_layout(ck) -> tuple[str, dict]:
         raise RefquantError(f"{path}: tensor {n0!r}: a GPTQ/AWQ-style qweight {qs} whose bit width and "
                             "layout its siblings do not fix (no config.json quantization_config, no "
                             "g_idx); unknown, not guessed")
+    if any(".quant_state.bitsandbytes__" in n for n in names) or any(
+            n.endswith(".SCB") for n in names):
+        return "bitsandbytes", {"quant_method": "bitsandbytes"}  # the parts describe themselves
     if any(n.endswith(".weight_packed") for n in names):
         return "compressed-tensors", _ct_from_tensors(ck)
     e4 = [n for n in names if n.endswith(".weight") and infos[n].dtype.name == "float8_e4m3fn"]
@@ -130,9 +140,8 @@ def detect_layout(ck) -> tuple[str, dict]:
     if e4 and all(n + "_scale" in names and infos[n + "_scale"].shape in ((), (1,)) for n in e4):
         return "fp8", {"quant_method": "fp8", "fmt": "e4m3"}
     for suf, what in ((".biases", "MLX (uint32 weight, scales, biases)"),
-                      (".absmax", "bitsandbytes 4-bit"), (".SCB", "bitsandbytes LLM.int8"),
-                      (".weight_scale", "int8 / fp8 weights with weight_scale"),
-                      ("quant_state.bitsandbytes__nf4", "bitsandbytes 4-bit")):
+                      (".absmax", "bitsandbytes 4-bit without its quant_state JSON"),
+                      (".weight_scale", "int8 / fp8 weights with weight_scale")):
         hit = next((n for n in sorted(names) if n.endswith(suf)), None)
         if hit is not None:
             raise RefquantError(f"{path}: tensor {hit!r} looks like {what}, but without config.json's "
@@ -211,6 +220,10 @@ def layout_of(ck) -> LayoutView:
         from .mlx import MLXView
 
         view = MLXView(ck, cfg, qc)
+    elif name == "bitsandbytes":
+        from .bnb import BnbView
+
+        view = BnbView(ck, cfg, qc)
     else:
         view = PlainView(ck, cfg)
     ck._layout_view = view
@@ -240,7 +253,8 @@ def save_layout(weights, path, layout, *, config=None, overwrite=False, **option
         gptq: ``bits``, ``group_size``, ``desc_act``, ``sym``; awq: ``group_size``;
         fp8-block: ``block`` (default (128, 128)); compressed-tensors: ``bits``,
         ``type``, ``symmetric``, ``strategy``, ``group_size``, ``block``,
-        ``ignore``; mlx: ``bits``, ``group_size``.
+        ``ignore``; mlx: ``bits``, ``group_size``; bitsandbytes-nf4 / -fp4:
+        ``double_quant``, ``compute_dtype``.
 
     Notes
     -----
@@ -274,6 +288,16 @@ def save_layout(weights, path, layout, *, config=None, overwrite=False, **option
     elif layout == "fp8-block":
         qc = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
               "weight_block_size": list(o.pop("block", (128, 128)))}
+    elif layout.startswith("bitsandbytes-"):
+        if layout == "bitsandbytes-int8":
+            qc = {"quant_method": "bitsandbytes", "load_in_8bit": True, "load_in_4bit": False,
+                  "llm_int8_threshold": 6.0}
+        else:
+            qc = {"quant_method": "bitsandbytes", "load_in_4bit": True, "load_in_8bit": False,
+                  "bnb_4bit_quant_type": layout.split("-")[1],
+                  "bnb_4bit_use_double_quant": bool(o.pop("double_quant", False)),
+                  "bnb_4bit_compute_dtype": o.pop("compute_dtype", "float32"),
+                  "bnb_4bit_quant_storage": "uint8"}
     elif layout == "mlx":
         qc = None
         cfg["quantization"] = {"group_size": o.pop("group_size", 64), "bits": o.pop("bits", 4)}
