@@ -5,6 +5,7 @@ import json
 import ml_dtypes
 import numpy as np
 import pytest
+from helpers import import_peer
 
 import refquant.io as rio
 from refquant import RefquantError
@@ -375,3 +376,71 @@ def test_bnb_quant_state_that_disagrees_with_absmax_is_refused(tmp_path):
     with rio.open(tmp_path / "x.safetensors") as ck, pytest.raises(
             RefquantError, match=r"weight\.absmax'.*shape \(7,\); expected \(8,\)"):
         ck.logical_names()
+
+
+def test_pack_quantized_parts_that_disagree_name_the_tensor(tmp_path):
+    q = RNG.integers(-8, 8, size=(8, 64))
+    t = ct_tensors("p", q, np.ones((8, 2), np.float16), "pack-quantized", 4)
+    t["p.weight_shape"] = np.array([8, 96], np.int64)
+    with pytest.raises(RefquantError, match=r"'p\.weight_packed'.*shape \(8, 8\); expected \(8, 12\)"):
+        rio.save(t, tmp_path / "m", layout="pack-quantized", bits=4, group_size=32)
+    t = ct_tensors("p", q, np.ones((8, 2), np.float16), "pack-quantized", 4)
+    with pytest.raises(RefquantError, match="group_size 48 does not divide in_features 64"):
+        rio.save(t, tmp_path / "m2", layout="pack-quantized", bits=4, group_size=48)
+    t["p.weight_g_idx"] = np.full(64, 5, np.int32)
+    rio.save(t, tmp_path / "m3", layout="pack-quantized", bits=4, group_size=32)
+    with rio.open(tmp_path / "m3") as ck, pytest.raises(RefquantError, match=r"g_idx\[0\] = 5"):
+        ck.dequantize("p.weight")
+
+
+def test_compressed_tensors_format_refquant_does_not_read_is_reported(tmp_path):
+    rio.save({"l.weight_packed": np.zeros((4, 4), np.int32), "l.weight_scale": np.ones((4, 1)),
+              "l.weight_shape": np.array([4, 32])}, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "compressed-tensors", "format": "sparse-bitmask",
+        "config_groups": {"g": {"targets": ["Linear"], "weights": {"num_bits": 4}}}}}))
+    with rio.open(tmp_path) as ck, pytest.raises(RefquantError, match="'sparse-bitmask'; refquant reads"):
+        ck.logical_names()
+
+
+def test_awq_gemv_and_fp8_e5m2_are_refused_not_misread(tmp_path):
+    t = awq_tensors("a", RNG.integers(0, 16, (32, 64)), np.ones((32, 1), np.float16),
+                    np.full((32, 1), 3))
+    rio.save(t, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "awq", "bits": 4, "group_size": 64, "version": "gemv"}}))
+    with rio.open(tmp_path) as ck, pytest.raises(RefquantError, match="AWQ version 'gemv'"):
+        ck.logical_names()
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "fp8", "fmt": "e5m2"}}))
+    with rio.open(tmp_path) as ck, pytest.raises(RefquantError, match="fp8 fmt 'e5m2'"):
+        ck.logical_names()
+
+
+def test_fp8_block_scales_of_the_wrong_grid_are_refused(tmp_path):
+    t = fp8_block_tensors("x", RNG.standard_normal((130, 64)).astype(np.float32))
+    t["x.weight_scale_inv"] = np.ones((1, 1), np.float32)
+    with pytest.raises(RefquantError, match=r"'x\.weight_scale_inv'.*expected \(2, 1\)"):
+        rio.save(t, tmp_path / "m", layout="fp8-block")
+
+
+def test_mlx_biases_of_another_dtype_are_refused(tmp_path):
+    t = mlx_tensors("l", RNG.integers(0, 16, (4, 64)), np.ones((4, 1), np.float16),
+                    np.zeros((4, 1), np.float32), 4)
+    with pytest.raises(RefquantError, match=r"'l\.biases'.*float32; expected the scales' float16"):
+        rio.save(t, tmp_path / "m", layout="mlx", bits=4, group_size=64)
+
+
+def test_gguf_tensors_share_the_one_interface(tmp_path):
+    from refquant.compat import ggml
+
+    x = RNG.standard_normal((4, 64)).astype(np.float32)
+    import_peer("gguf")  # the GGUF writer needs gguf-py
+    raw = ggml.quantize(x, "q4_0")
+    rio.save({"w": raw, "n": np.ones(4, np.float32)}, tmp_path / "m.gguf", types={"w": "Q4_0"})
+    with rio.open(tmp_path / "m.gguf") as ck:
+        assert ck.logical_names() == ["w", "n"]
+        s = ck.scheme("w")
+        assert (s.format, s.bits, s.group_size, s.shape) == ("ggml:Q4_0", 4.5, 32, (4, 64))
+        assert ck.scheme("n") is None
+        np.testing.assert_array_equal(ck.dequantize("w"), ggml.dequantize(raw, "q4_0", (4, 64)))

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..._errors import RefquantError
-from ._base import LayoutView, Scheme, pack_bitstream, unpack_bitstream
+from ._base import Entry, LayoutView, Scheme, pack_bitstream, unpack_bitstream
 
 __all__ = [
     "Scheme",
@@ -57,6 +57,35 @@ class PlainView(LayoutView):
     """No quantized layout: every tensor is its own logical weight."""
 
     name = "none"
+
+
+class GGMLView(LayoutView):
+    """A GGUF file: every tensor is a logical weight; ggml block types get a :class:`Scheme`.
+
+    ``bits`` is the ggml type's bits per weight, block scales included (Q4_0: 4.5),
+    ``group_size`` its block size; decoding is :meth:`GGUFCheckpoint.dequantize`
+    (:mod:`refquant.formats.ggml`, bit-exact with ``dequantize_row_<type>``).
+    """
+
+    name = "ggml"
+
+    def __init__(self, ck, config):
+        super().__init__(ck, config)
+        from ..gguf import ggml_type_table
+
+        sizes = {name: (bs, ts) for name, bs, ts in ggml_type_table().values()}
+        for name in ck:
+            info = ck.info(name)
+            if info.scheme is None:
+                continue
+            bs, ts = sizes[info.stored_dtype]
+            self.entries[name] = Entry(Scheme(
+                format=info.scheme, bits=ts * 8 / bs, group_size=bs, symmetric=False,
+                act_order=False, packing=f"ggml blocks of {bs} in {ts} bytes", strategy="block",
+                shape=tuple(info.logical_shape), parts=(name,)), {"data": name})
+
+    def _dequantize(self, name, entry):
+        return self.ck.dequantize(name)
 
 
 def _config_of(ck):
@@ -197,6 +226,9 @@ def layout_of(ck) -> LayoutView:
     """The :class:`LayoutView` of an open checkpoint (cached on it)."""
     view = getattr(ck, "_layout_view", None)
     if view is not None:
+        return view
+    if getattr(ck, "format", None) == "gguf":
+        view = ck._layout_view = GGMLView(ck, None)
         return view
     name, qc = detect_layout(ck)
     cfg = _config_of(ck)
