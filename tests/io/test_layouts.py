@@ -444,3 +444,20 @@ def test_gguf_tensors_share_the_one_interface(tmp_path):
         assert (s.format, s.bits, s.group_size, s.shape) == ("ggml:Q4_0", 4.5, 32, (4, 64))
         assert ck.scheme("n") is None
         np.testing.assert_array_equal(ck.dequantize("w"), ggml.dequantize(raw, "q4_0", (4, 64)))
+
+
+def test_gptq_symmetry_without_config_is_read_off_the_zeros(tmp_path):
+    q = RNG.integers(0, 16, (32, 64))
+    for z, sym in ((np.full((32, 2), 8), True), (RNG.integers(1, 16, (32, 2)), False)):
+        rio.save(gptq_tensors("g", q, np.ones((32, 2), np.float16), z, 4), tmp_path / "g.safetensors",
+                 overwrite=True)
+        with rio.open(tmp_path / "g.safetensors") as ck:
+            assert ck.scheme("g.weight").symmetric is sym
+
+
+def test_gptq_desc_act_without_g_idx_is_refused(tmp_path):
+    t = gptq_tensors("l", RNG.integers(0, 16, (32, 64)), np.ones((32, 2), np.float16),
+                     np.full((32, 2), 3), 4)
+    del t["l.g_idx"]
+    with pytest.raises(RefquantError, match="desc_act.*no g_idx"):
+        rio.save(t, tmp_path / "m", layout="gptq", bits=4, group_size=32, desc_act=True)

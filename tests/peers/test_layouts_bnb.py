@@ -140,3 +140,41 @@ def test_params4bit_from_prequantized_and_linear8bit_load_the_tensors(tmp_path):
         np.testing.assert_array_equal(theirs.numpy(), ck.dequantize("l.weight"))
     cfg = json.loads((tmp_path / "a/config.json").read_text())["quantization_config"]
     assert cfg["bnb_4bit_quant_type"] == "nf4" and cfg["bnb_4bit_use_double_quant"] is True
+
+
+@pytest.mark.parametrize("layout", ["bitsandbytes-nf4", "bitsandbytes-int8"])
+def test_transformers_loads_a_refquant_bitsandbytes_llama(tmp_path, layout):
+    bnb = _bnb()
+    transformers = import_peer("transformers")
+    import_peer("accelerate")
+    import torch
+
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                   dtype="float16")
+    model = transformers.LlamaForCausalLM(cfg).half()
+    t = {}
+    for name, v in model.state_dict().items():
+        a = v.numpy()
+        if name.startswith("model.layers") and name.endswith("proj.weight"):
+            base = name[: -len(".weight")]
+            t.update(bnb_4bit_tensors(base, a, "nf4", 64, double_quant=True)
+                     if layout.endswith("nf4") else bnb_int8_tensors(base, a))
+        else:
+            t[name] = a
+    opts = {"double_quant": True, "compute_dtype": "float16"} if layout.endswith("nf4") else {}
+    rio.save(t, tmp_path / "m", layout=layout, config=json.loads(cfg.to_json_string()), **opts)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m", device_map="cpu")
+    modules = dict(loaded.named_modules())
+    with rio.open(tmp_path / "m") as ck:
+        names = [n for n in ck.logical_names() if ck.scheme(n) is not None]
+        assert len(names) == 7
+        for name in names:
+            w = modules[name[: -len(".weight")]].weight
+            if layout.endswith("nf4"):
+                assert isinstance(w, bnb.nn.Params4bit)
+                theirs = bnb.functional.dequantize_4bit(w.data, w.quant_state)
+            else:
+                assert isinstance(w, bnb.nn.Int8Params)
+                theirs = torch.ops.bitsandbytes.int8_vectorwise_dequant.default(w.data, w.SCB)
+            np.testing.assert_array_equal(theirs.float().numpy(), ck.dequantize(name), err_msg=name)

@@ -149,8 +149,7 @@ def detect_layout(ck) -> tuple[str, dict]:
             k = infos[base + ".g_idx"].shape[0]
             if k and (qs[0] * 32) % k == 0 and qs[0] * 32 // k in (2, 3, 4, 8):
                 return "gptq", {"quant_method": "gptq", "bits": qs[0] * 32 // k,
-                                "group_size": _gptq_group(ck, base, k), "desc_act": _desc(ck, base, k),
-                                "sym": True}
+                                "group_size": _gptq_group(ck, base, k), "desc_act": _desc(ck, base, k)}
         elif sc is not None and len(qs) == 2 and len(sc.shape) == 2 and sc.shape[1] == 8 * qs[1] \
                 and sc.shape[0] and qs[0] % sc.shape[0] == 0:
             return "awq", {"quant_method": "awq", "bits": 4, "version": "gemm", "zero_point": True,

@@ -30,12 +30,14 @@ class Scheme:
         The layout's name: ``"gptq"``, ``"gptq_v2"``, ``"awq"``, ``"fp8"``,
         ``"fp8-block"``, ``"pack-quantized"``, ``"int-quantized"``,
         ``"float-quantized"``, ``"naive-quantized"``, ``"mlx"``.
-    bits : int
-        Bits per stored code.
+    bits : int or float
+        Bits per stored code (ggml block types: bits per weight with the block
+        scales included, e.g. 4.5 for Q4_0).
     group_size : int or None
         Input columns sharing one scale (``None``: per channel or per tensor).
     symmetric : bool
-        No zero point (or a fixed one) is applied.
+        No zero point (or a fixed one) is applied. GPTQ without ``sym`` in its
+        config: whether every stored zero is the midpoint.
     act_order : bool
         A ``g_idx`` maps each input column to its group (GPTQ ``desc_act``).
     packing : str

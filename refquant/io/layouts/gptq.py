@@ -87,7 +87,7 @@ class GPTQView(LayoutView):
         bits = qcfg.get("bits")
         if bits not in (2, 3, 4, 8):
             raise RefquantError(f"{ck.path}: quantization_config bits {bits!r}; GPTQ stores 2, 3, 4 or 8")
-        sym = bool(qcfg.get("sym", True))
+        sym = qcfg.get("sym")  # None: read off each layer's zeros
         desc = bool(qcfg.get("desc_act", False))
         bases = [n[: -len(".qweight")] for n in ck if n.endswith(".qweight")]
         if not bases:
@@ -117,6 +117,9 @@ class GPTQView(LayoutView):
             self.expect_dtype(gi, (np.int32, np.int64), "g_idx")
             self.expect_shape(gi, (k,), f"one group index per input column; qweight {qs} holds "
                                         f"{k} {bits}-bit rows")
+        elif desc:
+            raise self.err(qw, "desc_act (act-order) is set but the layer has no g_idx; the group of "
+                               "each input column is unknown")
         if gs == -1:
             gs_eff = k
         else:
@@ -130,6 +133,9 @@ class GPTQView(LayoutView):
             raise self.err(qz, f"out_features {n} do not pack into whole words of {bits}-bit zeros")
         self.expect_shape(qz, (groups, n * bits // 32), f"{groups} groups, {n} {bits}-bit zeros "
                                                         "per group")
+        if sym is None:  # symmetric GPTQ stores the midpoint 2**(b-1) (v1: minus one) everywhere
+            mid = (1 << (bits - 1)) - (1 if self.v1 else 0)
+            sym = bool(np.all(unpack_bitstream(ck[qz], bits, n) == mid))
         self.add(base + ".weight",
                  Scheme(format="gptq" if self.v1 else "gptq_v2", bits=bits,
                         group_size=None if gs == -1 else gs, symmetric=sym,
