@@ -237,6 +237,14 @@ def ct_tensors(base, q, scale, fmt, bits, zero=None, strategy="group"):
 
     ``q`` holds the signed codes (int, in ``[-2**(b-1), 2**(b-1))``) or fp8 values
     (float-quantized), shape (N, K); ``scale`` / ``zero`` in the strategy's shape.
+
+    Notes
+    -----
+    **Formula**: no arithmetic: ``weight_packed = pack_to_int32(q)`` (codes offset by
+    ``2**(b-1)``, dense), zero points packed along dim 0 for group / channel.
+
+    **Reference**: compressed-tensors 0.20.0 ``PackedQuantizationCompressor.compress``
+    (bit for bit in tests/peers/test_layouts_compressed_tensors.py).
     """
     out = {}
     q = np.asarray(q)

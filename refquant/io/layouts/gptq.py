@@ -272,6 +272,15 @@ def gptq_tensors(base, q, scales, zeros, bits, g_idx=None, v1=True):
 
     ``zeros`` are the true zero points; the v1 format stores ``zero - 1`` (zero 0
     is refused there, see :class:`GPTQView`).
+
+    Notes
+    -----
+    **Formula**: no arithmetic: codes bit-packed LSB-first, ``qweight`` along the
+    input (32 // b codes a word; 3 bits: 32 codes in 3 words), ``qzeros`` along the
+    output, ``scales`` transposed to (G, out), ``g_idx`` ``k // (K / G)`` unless given.
+
+    **Reference**: AutoGPTQ ``qlinear_cuda_old.QuantLinear.pack`` (the same words,
+    checked in tests/peers/test_layouts_gptq_awq.py).
     """
     q = np.asarray(q)
     n, k = q.shape
@@ -297,7 +306,15 @@ def gptq_tensors(base, q, scales, zeros, bits, g_idx=None, v1=True):
 
 
 def awq_tensors(base, q, scales, zeros):
-    """Raw tensors of one AWQ GEMM layer from codes ``q`` (out, in), ``scales`` / ``zeros`` (out, G)."""
+    """Raw tensors of one AWQ GEMM layer from codes ``q`` (out, in), ``scales`` / ``zeros`` (out, G).
+
+    Notes
+    -----
+    **Formula**: no arithmetic: nibble ``i`` of word ``w`` holds output column
+    ``8*w + AWQ_ORDER[i]``, for ``qweight`` (in, out / 8) and ``qzeros`` (G, out / 8).
+
+    **Reference**: AutoAWQ ``WQLinear_GEMM.from_linear`` (``order_map``).
+    """
     q = np.asarray(q)
     return {
         base + ".qweight": _awq_pack(q.T.astype(np.uint32)).view(np.int32),

@@ -112,7 +112,15 @@ class MLXView(LayoutView):
 
 
 def mlx_tensors(base, q, scales, biases, bits):
-    """``weight`` / ``scales`` / ``biases`` of one MLX layer from codes ``q`` (N, K)."""
+    """``weight`` / ``scales`` / ``biases`` of one MLX layer from codes ``q`` (N, K).
+
+    Notes
+    -----
+    **Formula**: no arithmetic: codes packed LSB-first into each row's uint32 words.
+
+    **Reference**: mlx ``mx.quantize``'s word layout (checked against it in
+    tests/peers/test_layouts_mlx.py).
+    """
     q = np.asarray(q)
     if bits not in MLX_BITS:
         raise RefquantError(f"bits={bits!r}; MLX stores {MLX_BITS}")
