@@ -461,3 +461,70 @@ def test_gptq_desc_act_without_g_idx_is_refused(tmp_path):
     del t["l.g_idx"]
     with pytest.raises(RefquantError, match="desc_act.*no g_idx"):
         rio.save(t, tmp_path / "m", layout="gptq", bits=4, group_size=32, desc_act=True)
+
+
+# ---------------------------------------------------------------------------
+# fixtures shaped like published checkpoints (raw words drawn, not written by refquant)
+# ---------------------------------------------------------------------------
+
+def _raw_words(shape):
+    return RNG.integers(-(2**31), 2**31, size=shape, dtype=np.int64).astype(np.int32)
+
+
+def test_shapes_of_a_llama2_7b_gptq_4bit_g128_q_proj(tmp_path):
+    # TheBloke/Llama-2-7B-GPTQ (main): q_proj qweight (512, 4096) I32, qzeros (32, 512) I32,
+    # scales (32, 4096) F16, g_idx (4096,) I32; quantize_config bits 4, group_size 128
+    p = "model.layers.0.self_attn.q_proj"
+    z = np.full((32, 4096), 7, np.uint32)  # symmetric v1: zero 8 stored as 7
+    t = {p + ".qweight": _raw_words((512, 4096)),
+         p + ".qzeros": pack_bitstream(z, 4).view(np.int32),
+         p + ".scales": (RNG.random((32, 4096)) * 0.01).astype(np.float16),
+         p + ".g_idx": (np.arange(4096) // 128).astype(np.int32)}
+    rio.save(t, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True}}))
+    with rio.open(tmp_path) as ck:
+        s = ck.scheme(p + ".weight")
+        assert (s.format, s.shape, s.group_size, s.symmetric) == ("gptq", (4096, 4096), 128, True)
+        w = ck.dequantize(p + ".weight")
+    q0 = int(t[p + ".qweight"].view(np.uint32)[0, 5])
+    want = [np.float16(t[p + ".scales"][0, 5] * np.float32(((q0 >> (4 * i)) & 15) - 8)) for i in range(8)]
+    np.testing.assert_array_equal(w[5, :8], np.array(want, np.float32))
+
+
+def test_shapes_of_a_deepseek_v3_fp8_kv_a_proj(tmp_path):
+    # deepseek-ai/DeepSeek-V3: kv_a_proj_with_mqa.weight (576, 7168) F8_E4M3,
+    # weight_scale_inv (5, 56) F32 -- 576 rows end in a half tile
+    p = "model.layers.0.self_attn.kv_a_proj_with_mqa"
+    w = RNG.integers(0, 256, size=(576, 7168)).astype(np.uint8)
+    w[(w & 0x7F) == 0x7F] = 0  # no NaN codes in a real checkpoint
+    t = {p + ".weight": w.view(ml_dtypes.float8_e4m3fn),
+         p + ".weight_scale_inv": (RNG.random((5, 56)) * 1e-3).astype(np.float32)}
+    rio.save(t, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+        "weight_block_size": [128, 128]}}))
+    with rio.open(tmp_path) as ck:
+        got = ck.dequantize(p + ".weight")
+    s = t[p + ".weight_scale_inv"]
+    assert got[575, 7167] == np.float32(t[p + ".weight"][575, 7167]) * s[4, 55]
+    assert got[512, 0] == np.float32(t[p + ".weight"][512, 0]) * s[4, 0]
+
+
+def test_shapes_of_an_mlx_community_4bit_llama_3_2_1b_q_proj(tmp_path):
+    # mlx-community/Llama-3.2-1B-Instruct-4bit: q_proj weight (2048, 256) U32,
+    # scales / biases (2048, 32) BF16; config "quantization": {"group_size": 64, "bits": 4}
+    p = "model.layers.0.self_attn.q_proj"
+    t = {p + ".weight": _raw_words((2048, 256)).view(np.uint32),
+         p + ".scales": (RNG.random((2048, 32)) * 0.01).astype(ml_dtypes.bfloat16),
+         p + ".biases": (RNG.standard_normal((2048, 32)) * 0.05).astype(ml_dtypes.bfloat16)}
+    rio.save(t, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"quantization": {"group_size": 64, "bits": 4}}))
+    with rio.open(tmp_path) as ck:
+        assert ck.scheme(p + ".weight").shape == (2048, 2048)
+        w = ck.dequantize(p + ".weight")
+    word = int(t[p + ".weight"][3, 9])  # columns 72..79, group 1
+    sc, bi = t[p + ".scales"][3, 1], t[p + ".biases"][3, 1]
+    want = [(sc * ml_dtypes.bfloat16((word >> (4 * i)) & 15)).astype(ml_dtypes.bfloat16) + bi
+            for i in range(8)]
+    np.testing.assert_array_equal(w[3, 72:80], np.array(want, ml_dtypes.bfloat16).astype(np.float32))
