@@ -127,7 +127,7 @@ def _scheme(fmt, bits, typ, sym, strategy, gs):
 
 @SETTINGS
 @given(st.data(), st.integers(1, 8), st.sampled_from(["group", "channel", "tensor"]), st.booleans(),
-       st.sampled_from(sorted(FLOATS)), st.sampled_from([(3, 64, 32), (5, 96, 32), (2, 40, 8)]))
+       st.sampled_from(sorted(FLOATS)), st.sampled_from([(3, 64, 32), (5, 96, 32), (2, 40, 8), (16, 64, 32), (12, 96, 16)]))
 def test_pack_quantized_decompress_matches_dequantize(tmp_path_factory, data, bits, strategy, sym,
                                                       sdt, dims):
     _ct()
@@ -147,9 +147,14 @@ def test_pack_quantized_decompress_matches_dequantize(tmp_path_factory, data, bi
     with rio.open(folder) as ck:
         ours = ck.dequantize("m.l.weight")
     sd = {k2.split(".")[-1]: _t(v) for k2, v in t.items()}
-    theirs = PackedQuantizationCompressor.decompress(
-        sd, _scheme("pack-quantized", bits, "int", sym, strategy,
-                    gs if strategy == "group" else None))["weight"]
+    scheme = _scheme("pack-quantized", bits, "int", sym, strategy, gs if strategy == "group" else None)
+    if bits == 4 and not sym and strategy == "group" and n * 4 <= 32:
+        # the 0.20.0 unpack stride quirk (above) on its own zero points: with at most 8
+        # outputs they pack into one word per group, and decompress raises
+        with pytest.raises(RuntimeError, match="stride"):
+            PackedQuantizationCompressor.decompress(sd, scheme)
+        return
+    theirs = PackedQuantizationCompressor.decompress(sd, scheme)["weight"]
     assert str(theirs.dtype).endswith(sdt)
     np.testing.assert_array_equal(_f32(theirs), ours)
 
