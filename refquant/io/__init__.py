@@ -320,7 +320,8 @@ def _open_directory(path):
     return ck
 
 
-def save(tensors, path, format=None, *, overwrite=False, metadata=None, **options):  # noqa: A002
+def save(tensors, path, format=None, *, overwrite=False, metadata=None, layout=None,  # noqa: A002
+         **options):
     """Write ``tensors`` (name -> array) to ``path`` atomically.
 
     Parameters
@@ -335,6 +336,10 @@ def save(tensors, path, format=None, *, overwrite=False, metadata=None, **option
         refquant checkpoint still reads that file.
     metadata : mapping, optional
         safetensors: str -> str ``__metadata__``; gguf: key/values.
+    layout : str, optional
+        A quantized layout (``gptq``, ``awq``, ``fp8``, ``fp8-block``,
+        ``pack-quantized``, ``mlx`` ...): ``path`` is then a model folder, written
+        by :func:`refquant.io.layouts.save_layout` with ``options``.
     **options
         ``max_shard_size`` (safetensors), ``arch`` / ``types`` (gguf).
 
@@ -345,6 +350,12 @@ def save(tensors, path, format=None, *, overwrite=False, metadata=None, **option
     **Reference**: each writer's module; the write goes to a temporary file in the
     same folder that :func:`os.replace` renames into place.
     """
+    if layout is not None:
+        from .layouts import save_layout
+
+        if format is not None or metadata:
+            raise RefquantError("layout= writes a model folder; it takes no format= or metadata=")
+        return save_layout(tensors, path, layout, overwrite=overwrite, **options)
     fmt = format
     if fmt is None:
         name = os.fspath(path)

@@ -405,6 +405,29 @@ class LazyCheckpoint(Mapping):
         except Exception:  # noqa: BLE001 - never raise from a finalizer
             pass
 
+    # the logical view of quantized layouts (refquant.io.layouts)
+    def logical_names(self) -> list[str]:
+        """Logical weights (``x.weight``, not ``x.qweight`` / ``x.scales``), then plain tensors.
+
+        The layout is detected by :func:`refquant.io.layouts.layout_of` (the
+        folder's ``config.json``, else the tensors); unknown layouts raise.
+        """
+        from .layouts import layout_of
+
+        return layout_of(self).logical_names()
+
+    def scheme(self, name: str):
+        """:class:`refquant.io.layouts.Scheme` of logical weight ``name``; ``None`` when plain."""
+        from .layouts import layout_of
+
+        return layout_of(self).scheme(name)
+
+    def dequantize(self, name: str) -> np.ndarray:
+        """Logical weight ``name`` as float32, as its layout's own dequantization computes it."""
+        from .layouts import layout_of
+
+        return layout_of(self).dequantize(name)
+
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self)} tensors, {self.nbytes} bytes"
         return f"<{type(self).__name__} {self.format} {self.path!r}: {state}>"

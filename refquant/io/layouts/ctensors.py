@@ -1,0 +1,281 @@
+"""compressed-tensors checkpoints: ``pack-quantized``, ``int-quantized``, ``float-quantized``,
+``naive-quantized``.
+
+Per module ``base`` (weight of shape (N, K), ``b`` bits, G groups):
+
+=====================  ===========================  ===========================================
+tensor                 dtype                        shape
+=====================  ===========================  ===========================================
+base.weight_packed     int32                        (N, ceil(K * b / 32))  (pack-quantized)
+base.weight            int8 / float8_e4m3fn         (N, K)                 (the other formats)
+base.weight_scale      float32 / float16 / bf16     (N, G) group, (N, 1) channel, (1,) tensor,
+                                                    (ceil(N/bn), ceil(K/bk)) block
+base.weight_zero_point int32 packed along dim 0     (ceil(N * b / 32), G)  (pack-quantized, asym.)
+                       or int8                      like weight_scale      (the other formats)
+base.weight_shape      int64 / int32                (2,)                   (pack-quantized)
+base.weight_g_idx      int32                        (K,)                   (act-order, before 0.20)
+=====================  ===========================  ===========================================
+"""
+
+from __future__ import annotations
+
+import re
+
+import ml_dtypes
+import numpy as np
+
+from ..._errors import RefquantError
+from ._base import LayoutView, Scheme, pack_bitstream, round_to, unpack_bitstream
+
+__all__ = ["CompressedTensorsView", "CT_FORMATS", "ct_tensors", "ct_config"]
+
+CT_FORMATS = ("pack-quantized", "int-quantized", "float-quantized", "naive-quantized")
+_SCALE = (np.float32, np.float16, ml_dtypes.bfloat16)
+_E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
+
+
+def _weight_args(view, base, qcfg, fmt_default):
+    groups = qcfg.get("config_groups") or {}
+    if not isinstance(groups, dict):
+        raise RefquantError(f"{view.ck.path}: config_groups {groups!r}; expected a mapping")
+    by_re, by_class = [], []
+    for gname, g in groups.items():
+        if not isinstance(g, dict) or not isinstance(g.get("weights"), dict):
+            continue
+        for t in g.get("targets") or []:
+            if isinstance(t, str) and t.startswith("re:"):
+                if re.match(t[3:], base):
+                    by_re.append((gname, g))
+                    break
+            elif isinstance(t, str):
+                by_class.append((gname, g))
+                break
+    pick = by_re or by_class
+    if not pick:
+        raise view.err(base, f"no config group of {sorted(groups)} targets this module")
+    args = [p[1]["weights"] for p in pick]
+    if any(a != args[0] for a in args[1:]):
+        raise view.err(base, f"config groups {[p[0] for p in pick]} target this module with "
+                             "different weight args; refquant cannot tell which applies")
+    return args[0], pick[0][1].get("format") or fmt_default
+
+
+class CompressedTensorsView(LayoutView):
+    """Logical weights of a compressed-tensors checkpoint.
+
+    Notes
+    -----
+    **Formula** (compressed-tensors 0.20 ``PackedQuantizationCompressor.decompress`` /
+    ``NaiveQuantizationCompressor.decompress`` -> ``quantization.lifecycle.forward
+    ._dequantize``), in the scale's dtype ``T``::
+
+        q = unpack_from_int32(weight_packed, b, weight_shape) = code - 2**(b-1)
+        z = unpack_from_int32(weight_zero_point, b, (N, G), packed_dim=0)   (asym.)
+        W[n, k] = T( (T(q[n, k]) - T(z[n, g(k)])) * scale[n, g(k)] )
+
+    with ``g(k) = k // group_size`` (``_process_group``; a width that the group
+    size does not divide is refused as it raises there), or ``weight_g_idx[k]``
+    where a checkpoint from before 0.20 stores one. Differences and products are
+    exact, so each value is rounded once, to ``T``; returned as float32.
+    ``pack_to_int32`` packs densely: code ``i`` of a row at bits ``[i*b, (i+1)*b)``
+    of the row's little-endian words, codes offset by ``2**(b-1)``.
+
+    **Reference**: compressed-tensors 0.20.0 ``compressors/pack_quantized/
+    helpers.py`` (``pack_to_int32``, ``unpack_from_int32``), ``compressors/
+    pack_quantized/base.py``, ``compressors/naive_quantized/base.py``,
+    ``quantization/lifecycle/forward_helpers.py`` (``_dequantize``,
+    ``_process_group``, ``_process_block``).
+    """
+
+    name = "compressed-tensors"
+
+    def __init__(self, ck, config, qcfg):
+        super().__init__(ck, config)
+        fmt_default = qcfg.get("format", "dense")
+        bases = sorted({n.rsplit(".", 1)[0] for n in ck
+                        if n.endswith((".weight_packed", ".weight_scale"))})
+        if not bases:
+            raise RefquantError(f"{ck.path}: config names quant_method 'compressed-tensors' but no "
+                                "tensor ends in '.weight_packed' or '.weight_scale'")
+        for base in bases:
+            args, fmt = _weight_args(self, base, qcfg, fmt_default)
+            if fmt not in CT_FORMATS:
+                raise self.err(base + ".weight", f"compressed-tensors format {fmt!r}; refquant reads "
+                                                 f"{CT_FORMATS}")
+            self._add_module(base, args, fmt)
+
+    def _add_module(self, base, a, fmt):
+        ck = self.ck
+        bits, typ = a.get("num_bits", 8), a.get("type", "int")
+        sym, strat = bool(a.get("symmetric", True)), a.get("strategy")
+        gs = a.get("group_size")
+        if typ not in ("int", "float"):
+            raise self.err(base + ".weight", f"weights type {typ!r}; expected 'int' or 'float'")
+        if fmt == "pack-quantized":
+            if typ != "int" or not (isinstance(bits, int) and 1 <= bits <= 8):
+                raise self.err(base + ".weight_packed", f"pack-quantized with {typ} num_bits {bits!r}; "
+                                                        "it packs int codes of 1 to 8 bits")
+            wp = self.need(base + ".weight_packed", base + ".weight")
+            shp = self.need(base + ".weight_shape", base + ".weight")
+            self.expect_dtype(wp, (np.int32,), "packed codes")
+            self.expect_dtype(shp, (np.int64, np.int32), "weight_shape")
+            self.expect_shape(shp, (2,), "(out_features, in_features)")
+            n, k = (int(v) for v in ck[shp])
+            self.expect_shape(wp, (n, -(-k * bits // 32)), f"weight_shape {(n, k)} at {bits} bits "
+                                                            "packed densely in int32")
+            wname = wp
+        else:
+            wname = self.need(base + ".weight", base + ".weight_scale")
+            if typ == "int":
+                if bits != 8:
+                    raise self.err(wname, f"num_bits {bits!r} for {fmt}; int weights here are int8")
+                self.expect_dtype(wname, (np.int8,), "int codes")
+            else:
+                if bits != 8:
+                    raise self.err(wname, f"num_bits {bits!r} for {fmt}; float weights here are fp8")
+                self.expect_dtype(wname, (_E4M3,), "float codes")
+            shape = tuple(ck.info(wname).shape)
+            if len(shape) != 2:
+                raise self.err(wname, f"shape {shape}; expected 2-D (out_features, in_features)")
+            n, k = shape
+        sc = self.need(base + ".weight_scale", base + ".weight")
+        self.expect_dtype(sc, _SCALE, "scales")
+        block = None
+        if strat == "group":
+            if isinstance(gs, bool) or not isinstance(gs, int) or gs <= 0 or k % gs:
+                raise self.err(sc, f"group_size {gs!r} does not divide in_features {k}")
+            want = (n, k // gs)
+        elif strat == "channel":
+            want = (n, 1)
+        elif strat == "tensor":
+            want = (1,)
+        elif strat == "block":
+            bs = a.get("block_structure")
+            if not (isinstance(bs, list) and len(bs) == 2 and all(isinstance(v, int) and v > 0 for v in bs)):
+                raise self.err(sc, f"block_structure {bs!r}; expected [rows, cols]")
+            block = tuple(bs)
+            want = (-(-n // bs[0]), -(-k // bs[1]))
+        else:
+            raise self.err(sc, f"strategy {strat!r}; refquant reads group, channel, tensor, block")
+        ss = tuple(ck.info(sc).shape)
+        if ss != want and not (strat == "tensor" and ss == ()):
+            raise self.err(sc, f"shape {ss}; expected {want} for strategy {strat!r} of weight {(n, k)}")
+        zp = base + ".weight_zero_point" if base + ".weight_zero_point" in ck else None
+        if not sym:
+            if zp is None:
+                raise self.err(base + ".weight", "asymmetric scheme but no weight_zero_point")
+            if fmt == "pack-quantized" and strat in ("group", "channel"):
+                self.expect_dtype(zp, (np.int32,), "packed zero points")
+                self.expect_shape(zp, (-(-n * bits // 32), want[1]),
+                                  f"{n} {bits}-bit zero points packed along dim 0, {want[1]} columns")
+            else:
+                self.expect_dtype(zp, (np.int8, np.int32, *_SCALE), "zero points")
+                zs = tuple(ck.info(zp).shape)
+                if zs != ss:
+                    raise self.err(zp, f"shape {zs}; expected the scale's {ss}")
+        gi = base + ".weight_g_idx" if base + ".weight_g_idx" in ck else None
+        if gi is not None:
+            self.expect_dtype(gi, (np.int32, np.int64), "g_idx")
+            self.expect_shape(gi, (k,), "one group per input column")
+            if strat != "group":
+                raise self.err(gi, f"g_idx with strategy {strat!r}; it only applies to 'group'")
+        self.add(base + ".weight",
+                 Scheme(format=fmt, bits=bits, group_size=gs if strat == "group" else None,
+                        symmetric=sym, act_order=gi is not None,
+                        packing="int32 dense LSB-first, offset 2**(bits-1)" if fmt == "pack-quantized"
+                        else np.dtype(ck.info(wname).dtype).name, strategy=strat, shape=(n, k),
+                        block=block),
+                 {"weight": wname, "scale": sc, "zero_point": zp, "g_idx": gi,
+                  "shape": base + ".weight_shape" if fmt == "pack-quantized" else None})
+
+    def _dequantize(self, name, e):
+        ck, s, r = self.ck, e.scheme, e.roles
+        n, k = s.shape
+        scale = ck[r["scale"]]
+        T = scale.dtype
+        if s.format == "pack-quantized":
+            off = 1 << (s.bits - 1)
+            q = unpack_bitstream(ck[r["weight"]], s.bits, k).astype(np.int64) - off
+        else:
+            q = ck[r["weight"]].astype(np.float64)
+        z = None
+        if not s.symmetric:
+            zr = ck[r["zero_point"]]
+            if s.format == "pack-quantized" and s.strategy in ("group", "channel"):
+                z = unpack_bitstream(zr.T, s.bits, n).T.astype(np.int64) - (1 << (s.bits - 1))
+            else:
+                z = zr.astype(np.float64)
+        if s.strategy == "block":
+            bn, bk = s.block
+            exp = lambda a: np.repeat(np.repeat(a, bn, 0), bk, 1)[:n, :k]  # noqa: E731
+        elif s.strategy == "group":
+            if r["g_idx"] is not None:
+                cols = ck[r["g_idx"]].astype(np.int64)
+                G = scale.shape[1]
+                bad = np.flatnonzero((cols < 0) | (cols >= G))
+                if bad.size:
+                    raise self.err(r["g_idx"], f"g_idx[{bad[0]}] = {cols[bad[0]]}; expected a group "
+                                               f"in [0, {G})")
+            else:
+                cols = np.arange(k) // s.group_size
+            exp = lambda a: a[:, cols]  # noqa: E731
+        else:
+            exp = lambda a: np.broadcast_to(np.asarray(a).reshape(-1, 1) if np.ndim(a) else a,  # noqa: E731
+                                            (n, k))
+        d = q.astype(np.float64)
+        if z is not None:
+            d = d - exp(z).astype(np.float64)
+        return round_to(d * exp(scale).astype(np.float64), T).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# writers
+# ---------------------------------------------------------------------------
+
+def ct_tensors(base, q, scale, fmt, bits, zero=None, strategy="group"):
+    """Raw tensors of one compressed-tensors module.
+
+    ``q`` holds the signed codes (int, in ``[-2**(b-1), 2**(b-1))``) or fp8 values
+    (float-quantized), shape (N, K); ``scale`` / ``zero`` in the strategy's shape.
+
+    Notes
+    -----
+    **Formula**: no arithmetic: ``weight_packed = pack_to_int32(q)`` (codes offset by
+    ``2**(b-1)``, dense), zero points packed along dim 0 for group / channel.
+
+    **Reference**: compressed-tensors 0.20.0 ``PackedQuantizationCompressor.compress``
+    (bit for bit in tests/peers/test_layouts_compressed_tensors.py).
+    """
+    out = {}
+    q = np.asarray(q)
+    if fmt == "pack-quantized":
+        off = 1 << (bits - 1)
+        if q.min(initial=0) < -off or q.max(initial=0) >= off:
+            raise RefquantError(f"weight {base!r}: codes outside [{-off}, {off}) for {bits} bits")
+        out[base + ".weight_packed"] = pack_bitstream((q.astype(np.int64) + off).astype(np.uint32),
+                                                      bits).view(np.int32)
+        out[base + ".weight_shape"] = np.array(q.shape, np.int64)
+        if zero is not None:
+            z = np.asarray(zero)
+            if strategy in ("group", "channel"):
+                out[base + ".weight_zero_point"] = np.ascontiguousarray(pack_bitstream(
+                    (z.T.astype(np.int64) + off).astype(np.uint32), bits).view(np.int32).T)
+            else:
+                out[base + ".weight_zero_point"] = z.astype(np.int8)
+    else:
+        out[base + ".weight"] = q
+        if zero is not None:
+            out[base + ".weight_zero_point"] = np.asarray(zero).astype(np.int8)
+    out[base + ".weight_scale"] = np.asarray(scale)
+    return out
+
+
+def ct_config(fmt, bits, typ, symmetric, strategy, group_size=None, block=None, ignore=("lm_head",)):
+    """``quantization_config`` of a compressed-tensors checkpoint with one config group."""
+    w = {"num_bits": bits, "type": typ, "symmetric": symmetric, "strategy": strategy,
+         "group_size": group_size, "block_structure": list(block) if block else None,
+         "dynamic": False, "actorder": None, "observer": "minmax", "observer_kwargs": {}}
+    return {"quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": w, "input_activations": None,
+                                          "output_activations": None, "format": fmt}},
+            "ignore": list(ignore), "kv_cache_scheme": None, "sparsity_config": {}}
