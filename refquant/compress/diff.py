@@ -43,42 +43,39 @@ class DiffRow:
 
 
 def _quantized_view(ck):
-    """{logical name: (scheme label, bytes, loader -> float32, steps loader or None)}."""
-    from .pipeline import _META_KEY
-    from .schemes import KEEP, get_scheme
+    """{logical name: (scheme label, bytes, loader -> (float32, steps or None))}.
 
-    view = {}
-    meta = ck.metadata.get(_META_KEY) if hasattr(ck, "metadata") else None
-    if meta is not None:
-        try:
-            tensors = json.loads(meta)["tensors"]
-        except (ValueError, KeyError, TypeError):
-            raise RefquantError(f"{ck.path}: metadata {_META_KEY!r} is not refquant's "
-                                "compression record") from None
-        for name, d in tensors.items():
-            shape = tuple(int(x) for x in d["shape"])
-            if d.get("scheme") == KEEP:
-                view[name] = ("keep", ck.info(name).nbytes,
-                              lambda n=name: np.asarray(ck[n], np.float32), None)
-                continue
-            sch = get_scheme(d["scheme"])
-            names = [name + p.suffix for p in sch.parts(shape)]
+    Every layout :mod:`refquant.io.layouts` reads (GPTQ, AWQ, compressed-tensors,
+    FP8, MLX, bitsandbytes, GGUF, refquant's own) through ``ck.logical_names()``,
+    ``ck.scheme()`` and ``ck.dequantize()``; steps where refquant's own integer
+    schemes store one scale per step.
+    """
+    from ..io.layouts import layout_of
 
-            def load(sch=sch, names=names, name=name, shape=shape):
-                parts = {n[len(name):]: ck[n] for n in names}
-                return sch.dequantize(parts, shape), (
-                    sch.steps(parts, shape) if sch.has_steps else None)
+    view = layout_of(ck)
+    own = getattr(view, "_schemes", {})  # refquant's layout: the compress schemes
+    out = {}
+    for name in view.logical_names():
+        sch = view.scheme(name)
+        if sch is None:
+            info = ck.info(name)
+            if info.dtype.kind == "f" or info.dtype.name == "bfloat16":
+                out[name] = (info.dtype.name, info.nbytes,
+                             lambda n=name: (np.asarray(ck[n], np.float32), None))
+            continue
+        nbytes = sum(ck.info(p).nbytes for p in sch.parts)
 
-            view[name] = (sch.name, sum(ck.info(n).nbytes for n in names), load, True)
-        return view
-    for name, info in ck.infos.items():
-        if info.scheme is not None and hasattr(ck, "dequantize"):
-            view[name] = (info.scheme, info.nbytes,
-                          lambda n=name: np.asarray(ck.dequantize(n), np.float32), None)
-        elif info.dtype.kind == "f" or info.dtype.name == "bfloat16":
-            view[name] = (info.dtype.name, info.nbytes,
-                          lambda n=name: np.asarray(ck[n], np.float32), None)
-    return view
+        def load(n=name, sch=sch):
+            w_hat = np.asarray(ck.dequantize(n), np.float32)
+            s = own.get(n)
+            if s is None or not s.has_steps:
+                return w_hat, None
+            roles = view.entries[n].roles
+            parts = {("" if k == "codes" else k): ck[v] for k, v in roles.items()}
+            return w_hat, s.steps(parts, sch.shape)
+
+        out[name] = (sch.format, nbytes, load)
+    return out
 
 
 def _gguf_name_map(ck_gguf, names):
@@ -145,11 +142,8 @@ def compare_checkpoints(original, quantized, *, progress=None) -> list[DiffRow]:
                                 f"{os.fspath(quantized)!r} (compared by name)")
         for i, (n, (qn, permute)) in enumerate(mapping.items()):
             w = np.asarray(a[n], np.float32)
-            label, nbytes, load, has_steps = view[qn]
-            got = load()
-            steps = None
-            if has_steps:
-                got, steps = got
+            label, nbytes, load = view[qn]
+            got, steps = load()
             if permute:
                 w = _hf_to_gguf_rows(w, permute)
             if got.shape != w.shape:

@@ -90,3 +90,22 @@ def test_cli_diff_prints_worst_first_and_writes_json_and_plot(tmp_path, capsys):
     doc = json.loads((tmp_path / "d.json").read_text())
     assert {r["name"] for r in doc["tensors"]} == {"a.weight", "b.weight", "norm.weight"}
     assert (tmp_path / "d.png").stat().st_size > 1000
+
+
+def test_diff_reads_a_gptq_folder_by_its_logical_names(tmp_path):
+    from refquant.io.layouts.gptq import gptq_tensors
+
+    n, k, gs = 32, 64, 32
+    w = RNG.standard_normal((n, k)).astype(np.float32)
+    qp = rq.choose_qparams(w, dtype="uint4", symmetric=False, axis=1, block_size=gs)
+    q = qp.quantize(w).astype(np.int64)
+    s = np.asarray(qp.scale, np.float32).reshape(n, k // gs).astype(np.float16)
+    z = np.maximum(np.asarray(qp.zero_point).reshape(n, k // gs), 1)  # v1 stores zero - 1
+    rio.save(gptq_tensors("l", q, s, z, 4), tmp_path / "gptq", layout="gptq", bits=4,
+             group_size=gs, desc_act=False)
+    src = rio.save({"l.weight": w}, tmp_path / "orig.safetensors")
+    (row,) = compare_checkpoints(src, tmp_path / "gptq")
+    g = np.arange(k) // gs
+    want = (s[:, g].astype(np.float32) * (q - z[:, g])).astype(np.float16).astype(np.float32)
+    assert row.quantized_name == "l.weight" and row.scheme == "gptq"
+    assert row.max_abs_error == pytest.approx(float(np.abs(w - want).max()))

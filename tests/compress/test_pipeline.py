@@ -281,3 +281,18 @@ def test_cli_compress_prints_the_table_and_writes_reports(tmp_path, capsys):
     assert "did you mean 'q4_k'" in capsys.readouterr().err
     assert main(["decompress", str(out), "-o", str(tmp_path / "d.safetensors")]) == 0
     assert "wrote 9 tensors" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4-g128", "fp8-block", "nf4", "q4_k", "mxfp4"])
+def test_refquant_io_reads_its_own_compressed_layout_by_logical_name(tmp_path, scheme):
+    src, w = _model(tmp_path)
+    compress(src, tmp_path / "c.safetensors", scheme=scheme)
+    decompress(tmp_path / "c.safetensors", tmp_path / "d.safetensors")
+    with rio.open(tmp_path / "c.safetensors") as ck, rio.open(tmp_path / "d.safetensors") as dk:
+        assert sorted(ck.logical_names()) == sorted(w)
+        sc = ck.scheme("model.layers.0.mlp.up_proj.weight")
+        assert sc.format == f"refquant:{scheme}" and sc.shape == (96, 256)
+        assert ck.scheme("model.layers.0.input_layernorm.weight") is None
+        for n in w:
+            got = ck.dequantize(n) if ck.scheme(n) is not None else ck[n]
+            assert np.array_equal(got, dk[n]), n

@@ -115,6 +115,9 @@ def detect_layout(ck) -> tuple[str, dict]:
     """
     cfg = _config_of(ck)
     path = ck.path
+    meta = getattr(ck, "metadata", None) or {}
+    if "refquant.compress" in meta:  # what `refquant compress` writes describes itself
+        return "refquant", {}
     if cfg is not None:
         qc = cfg.get("quantization_config")
         if isinstance(qc, dict):
@@ -251,6 +254,10 @@ def layout_of(ck) -> LayoutView:
         from .mlx import MLXView
 
         view = MLXView(ck, cfg, qc)
+    elif name == "refquant":
+        from .refquant import RefquantView
+
+        view = RefquantView(ck, cfg)
     elif name == "bitsandbytes":
         from .bnb import BnbView
 
