@@ -1,0 +1,927 @@
+"""Numba kernels for llama.cpp's (ggml's) block formats: quantize and dequantize at C speed.
+
+Each kernel is the exact twin of a format class in :mod:`refquant.formats.ggml` (the
+NumPy reference), and therefore of ggml's ``quantize_row_<type>_ref`` /
+``dequantize_row_<type>``: float32 blocks in, uint8 blocks out, and back. Blocks
+are independent, so the outer loop is a ``prange`` over blocks; inside a block
+the code follows ggml-quants.c statement by statement.
+
+How bit-exactness is kept (the same rules as the reference):
+
+* Every float is a float32 and every operation a float32 operation in C's order
+  (``w*x[i]*l`` is ``(w*x)*float(l)``); no Python float or int meets a float32
+  without an explicit ``np.float32`` (Numba would widen to float64).
+* Sums are C's sequential loops. ``fastmath`` is off (no reassociation, no FMA
+  contraction: libggml's C reference is built without contraction; checked with
+  ``inspect_asm`` in the tests: no ``vfmadd``).
+* ``error_model="numpy"``: a float division by zero gives ±Inf/NaN as in C
+  (Numba's default would raise ``ZeroDivisionError``).
+* ``nearest_int`` is ggml's bit trick (add 1.5·2^23, read the low mantissa bits);
+  C's float -> int conversions that ggml leaves undefined (NaN, Inf, out of
+  range) follow x86-64's ``cvttss2si`` (INT32_MIN), as the reference does.
+* fp16 scales: float32 -> fp16 by round to nearest even with overflow to ±Inf
+  (``GGML_FP32_TO_FP16``); fp16 -> float32 through a 65536-entry table (exact).
+
+Nothing here imports from ``refquant.quant``, ``refquant.formats`` or
+``refquant.compat``: the format classes validate and call :func:`quantize_blocks`
+/ :func:`dequantize_blocks` with a contiguous float32 / uint8 2-D array. Importing
+this module imports Numba but compiles nothing: each kernel compiles on its
+first call (and is cached on disk, ``cache=True``).
+
+Reference: ggml-org/llama.cpp ``ggml/src/ggml-quants.c`` (``quantize_row_*_ref``,
+``dequantize_row_*``, ``make_qx_quants``, ``make_q3_quants``, ``make_qkx2_quants``),
+``ggml/src/ggml-common.h`` (block layouts; diagrams in :mod:`refquant.formats.ggml`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["QUANTIZE_KERNELS", "DEQUANTIZE_KERNELS", "quantize_blocks", "dequantize_blocks"]
+
+_F32 = np.float32
+QK_K = 256
+_EPS = np.float32(1e-15)  # GROUP_MAX_EPS
+_MAGIC = np.float32(12582912.0)  # 1.5 * 2^23, nearest_int
+_TWO24 = np.float32(16777216.0)
+_I32_LIMIT = np.float32(2147483648.0)
+_HALF = np.float32(0.5)
+_ONE = np.float32(1.0)
+_ZERO = np.float32(0.0)
+_TENTH = np.float32(0.1)
+
+# every fp16 bit pattern -> its float32 value (GGML_FP16_TO_FP32 is exact)
+_FP16_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(_F32)
+
+# fastmath off (the default), float division by zero gives Inf/NaN as in C
+_OPTS = dict(cache=True, error_model="numpy")
+_PAR = dict(cache=True, error_model="numpy", parallel=True)
+
+
+# --------------------------------------------------------------------------- scalar helpers
+@njit(**_OPTS)
+def _nearest_int(v):
+    """ggml's nearest_int: round half to even for |v| < 2^22, C's bits beyond."""
+    s = np.float32(np.float32(v) + _MAGIC)
+    i = np.int64(np.float32(s).view(np.int32))
+    return (i & 0x007FFFFF) - 0x00400000
+
+
+@njit(**_OPTS)
+def _cvtt(v):
+    """C float -> int32 on x86-64 (cvttss2si): truncation; NaN, Inf, out of range -> INT32_MIN."""
+    if abs(v) < _I32_LIMIT:
+        return np.int64(v)
+    return np.int64(-2147483648)
+
+
+@njit(**_OPTS)
+def _lroundf_int(v):
+    """(int)lroundf(v): half away from zero (exact in float64); NaN/Inf -> LONG_MIN -> low 32 bits 0."""
+    a = abs(np.float64(v))
+    if not a < 1e300:  # Inf or NaN
+        return np.int64(0)
+    r = np.floor(a + 0.5)
+    if v < 0:
+        r = -r
+    return np.int64(r)
+
+
+@njit(**_OPTS)
+def _roundf_cvtt(v):
+    """``(int8_t)roundf(v)`` as x86-64 does it: roundf half away from zero, then cvttss2si."""
+    a = abs(np.float64(v))
+    if not a < 2147483648.0:  # huge, Inf or NaN: roundf keeps it, cvttss2si gives INT32_MIN
+        return np.int64(-2147483648)
+    r = np.floor(a + 0.5)
+    if v < 0:
+        r = -r
+    if not abs(r) < 2147483648.0:
+        return np.int64(-2147483648)
+    return np.int64(r)
+
+
+@njit(**_OPTS)
+def _fp16_bits(f):
+    """GGML_FP32_TO_FP16 of a float32: round to nearest even, overflow to ±Inf (uint16 bits)."""
+    b = np.int64(np.float32(f).view(np.uint32))
+    sign = (b >> 16) & 0x8000
+    a = b & 0x7FFFFFFF
+    if a > 0x7F800000:  # NaN: quiet, top mantissa bits kept
+        return sign | 0x7E00 | ((a >> 13) & 0x3FF)
+    if a >= 0x477FF000:  # >= 65520 rounds to Inf
+        return sign | 0x7C00
+    if a < 0x38800000:  # below 2^-14: an fp16 subnormal (or zero); |f| * 2^24 is exact
+        q = np.rint(np.float32(abs(np.float32(f)) * _TWO24))
+        return sign | np.int64(q)
+    r = a - 0x38000000  # rebias the exponent from 127 to 15
+    r = r + 0xFFF + ((r >> 13) & 1)  # round the 13 dropped bits to nearest even
+    return sign | (r >> 13)
+
+
+@njit(**_OPTS)
+def _put_u16(out, off, v):
+    out[off] = v & 0xFF
+    out[off + 1] = (v >> 8) & 0xFF
+
+
+@njit(**_OPTS)
+def _get_u16(raw, off):
+    return np.int64(raw[off]) | (np.int64(raw[off + 1]) << 8)
+
+
+@njit(**_OPTS)
+def _first_absmax(x, start, n):
+    """``if (fabsf(v) > amax) {amax = fabsf(v); max = v;}`` from 0: (amax, signed max)."""
+    amax = _ZERO
+    mx = _ZERO
+    for j in range(start, start + n):
+        ax = abs(x[j])
+        if ax > amax:
+            amax = ax
+            mx = x[j]
+    return amax, mx
+
+
+@njit(**_OPTS)
+def _absmax(x):
+    """``amax = MAX(amax, fabsf(v))`` from 0."""
+    amax = _ZERO
+    for j in range(x.shape[0]):
+        ax = abs(x[j])
+        if amax <= ax:  # MAX(a, b) = a > b ? a : b
+            amax = ax
+    return amax
+
+
+# --------------------------------------------------------------------------- legacy formats
+@njit(**_OPTS)
+def _q_sym_codes(x, nmax, q):
+    """Q4_0 / Q5_0: d = max/-nmax, q = MIN(2nmax-1, (int8_t)(x*id + nmax + 0.5)) as a byte."""
+    _, mx = _first_absmax(x, 0, 32)
+    d = np.float32(mx / np.float32(-nmax))
+    idd = np.float32(_ONE / d) if d != 0 else _ZERO
+    off = np.float32(nmax + 0.5)
+    for j in range(32):
+        c = _cvtt(np.float32(np.float32(x[j] * idd) + off)) & 0xFF
+        if c < 128:  # MIN(15, int8): a negative int8 passes through
+            c = min(2 * nmax - 1, c)
+        q[j] = c
+    return d
+
+
+@njit(**_PAR)
+def _quantize_q4_0(x, out):
+    for i in prange(x.shape[0]):
+        q = np.empty(32, np.int64)
+        d = _q_sym_codes(x[i], 8, q)
+        _put_u16(out[i], 0, _fp16_bits(d))
+        for j in range(16):
+            out[i, 2 + j] = (q[j] | (q[j + 16] << 4)) & 0xFF
+
+
+@njit(**_PAR)
+def _quantize_q5_0(x, out):
+    for i in prange(x.shape[0]):
+        q = np.empty(32, np.int64)
+        d = _q_sym_codes(x[i], 16, q)
+        _put_u16(out[i], 0, _fp16_bits(d))
+        qh = 0
+        for j in range(32):
+            qh |= ((q[j] >> 4) & 1) << j
+        for k in range(4):
+            out[i, 2 + k] = (qh >> (8 * k)) & 0xFF
+        for j in range(16):
+            out[i, 6 + j] = (q[j] & 0xF) | ((q[j + 16] & 0xF) << 4)
+
+
+@njit(**_OPTS)
+def _q_affine_codes(x, levels, q):
+    """Q4_1 / Q5_1: d = (max - min)/levels, code byte (int)((x - min)*id + 0.5)."""
+    mn = np.float32(3.4028234663852886e38)
+    mx = np.float32(-3.4028234663852886e38)
+    for j in range(32):
+        v = x[j]
+        if v < mn:
+            mn = v
+        if v > mx:
+            mx = v
+    d = np.float32(np.float32(mx - mn) / np.float32(levels))
+    idd = np.float32(_ONE / d) if d != 0 else _ZERO
+    for j in range(32):
+        q[j] = _cvtt(np.float32(np.float32(np.float32(x[j] - mn) * idd) + _HALF)) & 0xFF
+    return d, mn
+
+
+@njit(**_PAR)
+def _quantize_q4_1(x, out):
+    for i in prange(x.shape[0]):
+        q = np.empty(32, np.int64)
+        d, mn = _q_affine_codes(x[i], 15, q)
+        _put_u16(out[i], 0, _fp16_bits(d))
+        _put_u16(out[i], 2, _fp16_bits(mn))
+        for j in range(32):
+            if q[j] < 128:
+                q[j] = min(15, q[j])
+        for j in range(16):
+            out[i, 4 + j] = (q[j] | (q[j + 16] << 4)) & 0xFF
+
+
+@njit(**_PAR)
+def _quantize_q5_1(x, out):
+    for i in prange(x.shape[0]):
+        q = np.empty(32, np.int64)
+        d, mn = _q_affine_codes(x[i], 31, q)
+        _put_u16(out[i], 0, _fp16_bits(d))
+        _put_u16(out[i], 2, _fp16_bits(mn))
+        qh = 0
+        for j in range(32):
+            qh |= ((q[j] >> 4) & 1) << j
+        for k in range(4):
+            out[i, 4 + k] = (qh >> (8 * k)) & 0xFF
+        for j in range(16):
+            out[i, 8 + j] = (q[j] & 0xF) | ((q[j + 16] & 0xF) << 4)
+
+
+@njit(**_OPTS)
+def _q8_codes(x, out, off):
+    """Q8_0 / Q8_1: d = amax/127, byte = (int8_t)roundf(x*id); returns (d, sum of the int8 codes)."""
+    d = np.float32(_absmax(x) / np.float32(127))
+    idd = np.float32(_ONE / d) if d != 0 else _ZERO
+    total = 0
+    for j in range(32):
+        c = _roundf_cvtt(np.float32(x[j] * idd)) & 0xFF
+        out[off + j] = c
+        total += c - 256 if c >= 128 else c
+    return d, total
+
+
+@njit(**_PAR)
+def _quantize_q8_0(x, out):
+    for i in prange(x.shape[0]):
+        d, _ = _q8_codes(x[i], out[i], 2)
+        _put_u16(out[i], 0, _fp16_bits(d))
+
+
+@njit(**_PAR)
+def _quantize_q8_1(x, out):
+    for i in prange(x.shape[0]):
+        d, total = _q8_codes(x[i], out[i], 4)
+        _put_u16(out[i], 0, _fp16_bits(d))
+        _put_u16(out[i], 2, _fp16_bits(np.float32(np.float32(total) * d)))
+
+
+@njit(**_PAR)
+def _dequantize_q4_0(raw, out, t16):
+    for i in prange(raw.shape[0]):
+        d = t16[_get_u16(raw[i], 0)]
+        for j in range(16):
+            b = np.int64(raw[i, 2 + j])
+            out[i, j] = np.float32((b & 0xF) - 8) * d
+            out[i, j + 16] = np.float32((b >> 4) - 8) * d
+
+
+@njit(**_PAR)
+def _dequantize_q4_1(raw, out, t16):
+    for i in prange(raw.shape[0]):
+        d = t16[_get_u16(raw[i], 0)]
+        m = t16[_get_u16(raw[i], 2)]
+        for j in range(16):
+            b = np.int64(raw[i, 4 + j])
+            out[i, j] = np.float32(np.float32(b & 0xF) * d) + m
+            out[i, j + 16] = np.float32(np.float32(b >> 4) * d) + m
+
+
+@njit(**_PAR)
+def _dequantize_q5_0(raw, out, t16):
+    for i in prange(raw.shape[0]):
+        d = t16[_get_u16(raw[i], 0)]
+        qh = _get_u16(raw[i], 2) | (_get_u16(raw[i], 4) << 16)
+        for j in range(16):
+            b = np.int64(raw[i, 6 + j])
+            lo = (b & 0xF) | (((qh >> j) & 1) << 4)
+            hi = (b >> 4) | (((qh >> (j + 16)) & 1) << 4)
+            out[i, j] = np.float32(lo - 16) * d
+            out[i, j + 16] = np.float32(hi - 16) * d
+
+
+@njit(**_PAR)
+def _dequantize_q5_1(raw, out, t16):
+    for i in prange(raw.shape[0]):
+        d = t16[_get_u16(raw[i], 0)]
+        m = t16[_get_u16(raw[i], 2)]
+        qh = _get_u16(raw[i], 4) | (_get_u16(raw[i], 6) << 16)
+        for j in range(16):
+            b = np.int64(raw[i, 8 + j])
+            lo = (b & 0xF) | (((qh >> j) & 1) << 4)
+            hi = (b >> 4) | (((qh >> (j + 16)) & 1) << 4)
+            out[i, j] = np.float32(np.float32(lo) * d) + m
+            out[i, j + 16] = np.float32(np.float32(hi) * d) + m
+
+
+@njit(**_OPTS)
+def _dequantize_q8_into(raw, off, d, out):
+    for j in range(out.shape[0]):
+        c = np.int64(raw[off + j])
+        out[j] = np.float32(c - 256 if c >= 128 else c) * d
+
+
+@njit(**_PAR)
+def _dequantize_q8_0(raw, out, t16):
+    for i in prange(raw.shape[0]):
+        _dequantize_q8_into(raw[i], 2, t16[_get_u16(raw[i], 0)], out[i])
+
+
+@njit(**_PAR)
+def _dequantize_q8_1(raw, out, t16):
+    for i in prange(raw.shape[0]):
+        _dequantize_q8_into(raw[i], 4, t16[_get_u16(raw[i], 0)], out[i])
+
+
+# --------------------------------------------------------------------------- K-quant searches
+@njit(**_OPTS)
+def _make_qx_quants(x, start, n, nmax, L):
+    """make_qx_quants(n, nmax, x + start, L + start, rmse_type=1, qw=NULL): L in 0..2nmax-1."""
+    amax, mx = _first_absmax(x, start, n)
+    if amax < _EPS:
+        for i in range(start, start + n):
+            L[i] = 0
+        return _ZERO
+    iscale = np.float32(np.float32(-nmax) / mx)
+    sumlx = _ZERO
+    suml2 = _ZERO
+    for i in range(start, start + n):
+        lq = max(-nmax, min(nmax - 1, _nearest_int(np.float32(iscale * x[i]))))
+        L[i] = lq + nmax
+        w = np.float32(x[i] * x[i])
+        lf = np.float32(lq)
+        sumlx = np.float32(sumlx + np.float32(np.float32(w * x[i]) * lf))
+        suml2 = np.float32(suml2 + np.float32(np.float32(w * lf) * lf))
+    scale = np.float32(sumlx / suml2) if suml2 != 0 else _ZERO
+    best = np.float32(scale * sumlx)
+    for step in range(-9, 10):
+        if step == 0:
+            continue
+        iscale = np.float32(
+            -np.float32(np.float32(nmax) + np.float32(_TENTH * np.float32(step))) / mx
+        )
+        sumlx = _ZERO
+        suml2 = _ZERO
+        for i in range(start, start + n):
+            lq = max(-nmax, min(nmax - 1, _nearest_int(np.float32(iscale * x[i]))))
+            w = np.float32(x[i] * x[i])
+            lf = np.float32(lq)
+            sumlx = np.float32(sumlx + np.float32(np.float32(w * x[i]) * lf))
+            suml2 = np.float32(suml2 + np.float32(np.float32(w * lf) * lf))
+        if suml2 > 0 and np.float32(sumlx * sumlx) > np.float32(best * suml2):
+            for i in range(start, start + n):
+                lq = max(-nmax, min(nmax - 1, _nearest_int(np.float32(iscale * x[i]))))
+                L[i] = nmax + lq
+            scale = np.float32(sumlx / suml2)
+            best = np.float32(scale * sumlx)
+    return scale
+
+
+@njit(**_OPTS)
+def _make_q3_quants(x, start, n, nmax, L):
+    """make_q3_quants(n, nmax, x + start, L + start, do_rmse=true): L in 0..2nmax-1 (0 for a zero group)."""
+    amax, mx = _first_absmax(x, start, n)
+    if amax < _EPS:
+        for i in range(start, start + n):
+            L[i] = 0
+        return _ZERO
+    iscale = np.float32(np.float32(-nmax) / mx)
+    sumlx = _ZERO
+    suml2 = _ZERO
+    for i in range(start, start + n):
+        lq = max(-nmax, min(nmax - 1, _nearest_int(np.float32(iscale * x[i]))))
+        L[i] = lq
+        w = np.float32(x[i] * x[i])
+        lf = np.float32(lq)
+        sumlx = np.float32(sumlx + np.float32(np.float32(w * x[i]) * lf))
+        suml2 = np.float32(suml2 + np.float32(np.float32(w * lf) * lf))
+    for _ in range(5):
+        n_changed = 0
+        for i in range(start, start + n):
+            w = np.float32(x[i] * x[i])
+            li = np.float32(L[i])
+            slx = np.float32(sumlx - np.float32(np.float32(w * x[i]) * li))
+            if slx > 0:
+                sl2 = np.float32(suml2 - np.float32(np.float32(w * li) * li))
+                new_l = _nearest_int(np.float32(np.float32(x[i] * sl2) / slx))
+                new_l = max(-nmax, min(nmax - 1, new_l))
+                if new_l != L[i]:
+                    nf = np.float32(new_l)
+                    slx = np.float32(slx + np.float32(np.float32(w * x[i]) * nf))
+                    sl2 = np.float32(sl2 + np.float32(np.float32(w * nf) * nf))
+                    if sl2 > 0 and np.float32(np.float32(slx * slx) * suml2) > np.float32(
+                        np.float32(sumlx * sumlx) * sl2
+                    ):
+                        L[i] = new_l
+                        sumlx = slx
+                        suml2 = sl2
+                        n_changed += 1
+        if n_changed == 0:
+            break
+    for i in range(start, start + n):
+        L[i] += nmax
+    return np.float32(sumlx / suml2) if suml2 > 0 else _ZERO
+
+
+@njit(**_OPTS)
+def _make_qkx2_quants(x, start, n, nmax, w, L, laux, rmin, rdelta, nstep, use_mad):
+    """make_qkx2_quants on x[start:start+n] with weights w[0:n]: (scale, the_min = -min), L in 0..nmax."""
+    mn = x[start]
+    mx = x[start]
+    sum_w = w[0]
+    sum_x = np.float32(sum_w * x[start])
+    for i in range(1, n):
+        v = x[start + i]
+        if v < mn:
+            mn = v
+        if v > mx:
+            mx = v
+        sum_w = np.float32(sum_w + w[i])
+        sum_x = np.float32(sum_x + np.float32(w[i] * v))
+    if mn > 0:
+        mn = _ZERO
+    if mx == mn:
+        for i in range(n):
+            L[start + i] = 0
+        return _ZERO, np.float32(-mn)
+    iscale = np.float32(np.float32(nmax) / np.float32(mx - mn))
+    scale = np.float32(_ONE / iscale)
+    best = _ZERO
+    for i in range(n):
+        v = x[start + i]
+        lq = max(0, min(nmax, _nearest_int(np.float32(iscale * np.float32(v - mn)))))
+        L[start + i] = lq
+        diff = np.float32(np.float32(np.float32(scale * np.float32(lq)) + mn) - v)
+        diff = abs(diff) if use_mad else np.float32(diff * diff)
+        best = np.float32(best + np.float32(w[i] * diff))
+    for step in range(nstep + 1):
+        num = np.float32(np.float32(rmin + np.float32(rdelta * np.float32(step))) + np.float32(nmax))
+        iscale = np.float32(num / np.float32(mx - mn))  # min is the best so far, as in C
+        sum_l = _ZERO
+        sum_l2 = _ZERO
+        sum_xl = _ZERO
+        for i in range(n):
+            v = x[start + i]
+            lq = max(0, min(nmax, _nearest_int(np.float32(iscale * np.float32(v - mn)))))
+            laux[i] = lq
+            wl = np.float32(w[i] * np.float32(lq))
+            sum_l = np.float32(sum_l + wl)
+            sum_l2 = np.float32(sum_l2 + np.float32(wl * np.float32(lq)))
+            sum_xl = np.float32(sum_xl + np.float32(wl * v))
+        det = np.float32(np.float32(sum_w * sum_l2) - np.float32(sum_l * sum_l))
+        if det > 0:
+            this_scale = np.float32(
+                np.float32(np.float32(sum_w * sum_xl) - np.float32(sum_x * sum_l)) / det
+            )
+            this_min = np.float32(
+                np.float32(np.float32(sum_l2 * sum_x) - np.float32(sum_l * sum_xl)) / det
+            )
+            if this_min > 0:
+                this_min = _ZERO
+                this_scale = np.float32(sum_xl / sum_l2)
+            cur = _ZERO
+            for i in range(n):
+                diff = np.float32(
+                    np.float32(np.float32(this_scale * np.float32(laux[i])) + this_min)
+                    - x[start + i]
+                )
+                diff = abs(diff) if use_mad else np.float32(diff * diff)
+                cur = np.float32(cur + np.float32(w[i] * diff))
+            if cur < best:
+                for i in range(n):
+                    L[start + i] = laux[i]
+                best = cur
+                scale = this_scale
+                mn = this_min
+    return scale, np.float32(-mn)
+
+
+# --------------------------------------------------------------------------- K-quants
+@njit(**_OPTS)
+def _pack_2bit_128(L, out, off):
+    """Per 128 values: byte l = L[l] | L[l+32]<<2 | L[l+64]<<4 | L[l+96]<<6."""
+    for j in range(0, QK_K, 128):
+        for k in range(32):
+            b = L[j + k] | (L[j + k + 32] << 2) | (L[j + k + 64] << 4) | (L[j + k + 96] << 6)
+            out[off + j // 4 + k] = b & 0xFF
+
+
+@njit(**_PAR)
+def _quantize_q2_k(x, out, t16):
+    for i in prange(x.shape[0]):
+        xb = x[i]
+        o = out[i]
+        L = np.empty(QK_K, np.int64)
+        laux = np.empty(16, np.int64)
+        w = np.empty(16, np.float32)
+        scales = np.empty(16, np.float32)
+        mins = np.empty(16, np.float32)
+        max_scale = _ZERO
+        max_min = _ZERO
+        for j in range(16):
+            for k in range(16):
+                w[k] = abs(xb[16 * j + k])
+            s, m = _make_qkx2_quants(
+                xb, 16 * j, 16, 3, w, L, laux, np.float32(-0.5), _TENTH, 15, True
+            )
+            scales[j] = s
+            mins[j] = m
+            if s > max_scale:
+                max_scale = s
+            if m > max_min:
+                max_min = m
+        sc = np.zeros(16, np.int64)
+        if max_scale > 0:
+            iscale = np.float32(np.float32(15) / max_scale)
+            for j in range(16):
+                sc[j] = _nearest_int(np.float32(iscale * scales[j])) & 0xFF
+            d16 = _fp16_bits(np.float32(max_scale / np.float32(15)))
+        else:
+            d16 = _fp16_bits(_ZERO)
+        if max_min > 0:
+            iscale = np.float32(np.float32(15) / max_min)
+            for j in range(16):
+                sc[j] = (sc[j] | (_nearest_int(np.float32(iscale * mins[j])) << 4)) & 0xFF
+            m16 = _fp16_bits(np.float32(max_min / np.float32(15)))
+        else:
+            m16 = _fp16_bits(_ZERO)
+        for j in range(16):
+            d = np.float32(t16[d16] * np.float32(sc[j] & 0xF))
+            if d == 0:
+                continue
+            dm = np.float32(t16[m16] * np.float32(sc[j] >> 4))
+            for k in range(16):
+                v = np.float32(np.float32(xb[16 * j + k] + dm) / d)
+                L[16 * j + k] = max(0, min(3, _nearest_int(v)))
+        for j in range(16):
+            o[j] = sc[j]
+        _pack_2bit_128(L, o, 16)
+        _put_u16(o, 80, d16)
+        _put_u16(o, 82, m16)
+
+
+@njit(**_PAR)
+def _quantize_q3_k(x, out, t16):
+    for i in prange(x.shape[0]):
+        xb = x[i]
+        o = out[i]
+        L = np.empty(QK_K, np.int64)
+        scales = np.empty(16, np.float32)
+        amax = _ZERO
+        max_scale = _ZERO
+        for j in range(16):
+            s = _make_q3_quants(xb, 16 * j, 16, 4, L)
+            scales[j] = s
+            if abs(s) > amax:
+                amax = abs(s)
+                max_scale = s
+        sb = np.zeros(12, np.int64)
+        if max_scale != 0:
+            iscale = np.float32(np.float32(-32) / max_scale)
+            for j in range(16):
+                l8 = _nearest_int(np.float32(iscale * scales[j])) & 0xFF
+                if l8 >= 128:
+                    l8 -= 256  # int8_t
+                lv = max(-32, min(31, l8)) + 32
+                if j < 8:
+                    sb[j] = lv & 0xF
+                else:
+                    sb[j - 8] |= (lv & 0xF) << 4
+                sb[8 + j % 4] |= (lv >> 4) << (2 * (j // 4))
+            d16 = _fp16_bits(np.float32(_ONE / iscale))
+        else:
+            d16 = _fp16_bits(_ZERO)
+        for j in range(16):
+            lo = sb[j] & 0xF if j < 8 else sb[j - 8] >> 4
+            s6 = (lo | (((sb[8 + j % 4] >> (2 * (j // 4))) & 3) << 4)) - 32
+            d = np.float32(t16[d16] * np.float32(s6))
+            if d == 0:
+                continue
+            for k in range(16):
+                lq = _nearest_int(np.float32(xb[16 * j + k] / d))
+                L[16 * j + k] = max(-4, min(3, lq)) + 4
+        for m in range(32):
+            o[m] = 0
+        for j in range(QK_K):
+            if L[j] > 3:
+                o[j % 32] |= 1 << (j // 32)
+                L[j] -= 4
+        _pack_2bit_128(L, o, 32)
+        for k in range(12):
+            o[96 + k] = sb[k] & 0xFF
+        _put_u16(o, 108, d16)
+
+
+@njit(**_OPTS)
+def _qk_affine(xb, nmax, rmin, nstep, L, sc, mn, t16):
+    """Q4_K / Q5_K's search: 8 sub-blocks of 32, weights av_x + |x|; returns (d16, m16); sc, mn get 0..63."""
+    laux = np.empty(32, np.int64)
+    w = np.empty(32, np.float32)
+    scales = np.empty(8, np.float32)
+    mins = np.empty(8, np.float32)
+    max_scale = _ZERO
+    max_min = _ZERO
+    for j in range(8):
+        sum_x2 = _ZERO
+        for k in range(32):
+            v = xb[32 * j + k]
+            sum_x2 = np.float32(sum_x2 + np.float32(v * v))
+        av_x = np.float32(np.sqrt(np.float32(sum_x2 / np.float32(32))))
+        for k in range(32):
+            w[k] = np.float32(av_x + abs(xb[32 * j + k]))
+        s, m = _make_qkx2_quants(xb, 32 * j, 32, nmax, w, L, laux, rmin, _TENTH, nstep, False)
+        scales[j] = s
+        mins[j] = m
+        if s > max_scale:
+            max_scale = s
+        if m > max_min:
+            max_min = m
+    inv_s = np.float32(np.float32(63) / max_scale) if max_scale > 0 else _ZERO
+    inv_m = np.float32(np.float32(63) / max_min) if max_min > 0 else _ZERO
+    for j in range(8):
+        sc[j] = min(63, _nearest_int(np.float32(inv_s * scales[j])) & 0xFF)
+        mn[j] = min(63, _nearest_int(np.float32(inv_m * mins[j])) & 0xFF)
+    d16 = _fp16_bits(np.float32(max_scale / np.float32(63)))
+    m16 = _fp16_bits(np.float32(max_min / np.float32(63)))
+    for j in range(8):
+        d = np.float32(t16[d16] * np.float32(sc[j]))
+        if d == 0:
+            continue
+        dm = np.float32(t16[m16] * np.float32(mn[j]))
+        for k in range(32):
+            v = np.float32(np.float32(xb[32 * j + k] + dm) / d)
+            L[32 * j + k] = max(0, min(nmax, _nearest_int(v)))
+    return d16, m16
+
+
+@njit(**_OPTS)
+def _k4_pack(sc, mn, o, off):
+    """8 six-bit scales and mins -> 12 bytes (get_scale_min_k4's layout)."""
+    for j in range(4):
+        o[off + j] = (sc[j] | ((sc[j + 4] >> 4) << 6)) & 0xFF
+        o[off + 4 + j] = (mn[j] | ((mn[j + 4] >> 4) << 6)) & 0xFF
+        o[off + 8 + j] = ((sc[j + 4] & 0xF) | ((mn[j + 4] & 0xF) << 4)) & 0xFF
+
+
+@njit(**_PAR)
+def _quantize_q4_k(x, out, t16):
+    for i in prange(x.shape[0]):
+        o = out[i]
+        L = np.empty(QK_K, np.int64)
+        sc = np.empty(8, np.int64)
+        mn = np.empty(8, np.int64)
+        d16, m16 = _qk_affine(x[i], 15, np.float32(-1.0), 20, L, sc, mn, t16)
+        _put_u16(o, 0, d16)
+        _put_u16(o, 2, m16)
+        _k4_pack(sc, mn, o, 4)
+        for j in range(4):
+            for k in range(32):
+                o[16 + 32 * j + k] = L[64 * j + k] | (L[64 * j + 32 + k] << 4)
+
+
+@njit(**_PAR)
+def _quantize_q5_k(x, out, t16):
+    for i in prange(x.shape[0]):
+        o = out[i]
+        L = np.empty(QK_K, np.int64)
+        sc = np.empty(8, np.int64)
+        mn = np.empty(8, np.int64)
+        d16, m16 = _qk_affine(x[i], 31, np.float32(-0.5), 15, L, sc, mn, t16)
+        _put_u16(o, 0, d16)
+        _put_u16(o, 2, m16)
+        _k4_pack(sc, mn, o, 4)
+        for k in range(32):
+            o[16 + k] = 0
+        for j in range(4):
+            for k in range(32):
+                l1 = L[64 * j + k]
+                l2 = L[64 * j + 32 + k]
+                o[16 + k] |= (((l1 >> 4) & 1) << (2 * j)) | (((l2 >> 4) & 1) << (2 * j + 1))
+                o[48 + 32 * j + k] = (l1 & 0xF) | ((l2 & 0xF) << 4)
+
+
+@njit(**_PAR)
+def _quantize_q6_k(x, out, t16):
+    for i in prange(x.shape[0]):
+        xb = x[i]
+        o = out[i]
+        L = np.empty(QK_K, np.int64)
+        scales = np.empty(16, np.float32)
+        max_abs = _ZERO
+        max_scale = _ZERO
+        for j in range(16):
+            s = _make_qx_quants(xb, 16 * j, 16, 32, L)
+            scales[j] = s
+            if abs(s) > max_abs:
+                max_abs = abs(s)
+                max_scale = s
+        if max_abs < _EPS:
+            for k in range(210):
+                o[k] = 0
+            continue
+        iscale = np.float32(np.float32(-128) / max_scale)
+        d16 = _fp16_bits(np.float32(_ONE / iscale))
+        for j in range(16):
+            s8 = min(127, _nearest_int(np.float32(iscale * scales[j]))) & 0xFF
+            o[192 + j] = s8
+            if s8 >= 128:
+                s8 -= 256
+            d = np.float32(t16[d16] * np.float32(s8))
+            if d == 0:
+                continue
+            for k in range(16):
+                lq = _nearest_int(np.float32(xb[16 * j + k] / d))
+                L[16 * j + k] = max(-32, min(31, lq)) + 32
+        for h in range(2):
+            for k in range(32):
+                b = 128 * h + k
+                o[64 * h + k] = (L[b] & 0xF) | ((L[b + 64] & 0xF) << 4)
+                o[64 * h + 32 + k] = (L[b + 32] & 0xF) | ((L[b + 96] & 0xF) << 4)
+                o[128 + 32 * h + k] = (
+                    (L[b] >> 4) | ((L[b + 32] >> 4) << 2) | ((L[b + 64] >> 4) << 4)
+                    | ((L[b + 96] >> 4) << 6)
+                )  # fmt: skip
+        _put_u16(o, 208, d16)
+
+
+@njit(**_PAR)
+def _quantize_q8_k(x, out):
+    for i in prange(x.shape[0]):
+        xb = x[i]
+        o = out[i]
+        amax, mx = _first_absmax(xb, 0, QK_K)
+        if amax == 0:
+            for k in range(292):
+                o[k] = 0
+            continue
+        iscale = np.float32(np.float32(-127) / mx)
+        d = np.zeros(1, np.float32)
+        d[0] = np.float32(_ONE / iscale)
+        db = d.view(np.uint8)
+        for k in range(4):
+            o[k] = db[k]
+        for g in range(16):
+            total = 0
+            for k in range(16):
+                c = min(127, _nearest_int(np.float32(iscale * xb[16 * g + k]))) & 0xFF
+                o[4 + 16 * g + k] = c
+                total += c - 256 if c >= 128 else c
+            o[260 + 2 * g] = total & 0xFF
+            o[261 + 2 * g] = (total >> 8) & 0xFF
+
+
+@njit(**_OPTS)
+def _k4_unpack(r, off, j):
+    """get_scale_min_k4(j, q): (scale, min) of sub-block j."""
+    if j < 4:
+        return np.int64(r[off + j]) & 63, np.int64(r[off + j + 4]) & 63
+    sc = (np.int64(r[off + j + 4]) & 0xF) | ((np.int64(r[off + j - 4]) >> 6) << 4)
+    m = (np.int64(r[off + j + 4]) >> 4) | ((np.int64(r[off + j]) >> 6) << 4)
+    return sc, m
+
+
+@njit(**_PAR)
+def _dequantize_q2_k(raw, out, t16):
+    for i in prange(raw.shape[0]):
+        r = raw[i]
+        y = out[i]
+        d = t16[_get_u16(r, 80)]
+        dmin = t16[_get_u16(r, 82)]
+        for e in range(QK_K):
+            s = np.int64(r[e // 16])
+            dl = np.float32(d * np.float32(s & 0xF))
+            ml = np.float32(dmin * np.float32(s >> 4))
+            q = (np.int64(r[16 + 32 * (e // 128) + e % 32]) >> (2 * ((e % 128) // 32))) & 3
+            y[e] = np.float32(dl * np.float32(q)) - ml
+
+
+@njit(**_PAR)
+def _dequantize_q3_k(raw, out, t16):
+    for i in prange(raw.shape[0]):
+        r = raw[i]
+        y = out[i]
+        d = t16[_get_u16(r, 108)]
+        for j in range(16):
+            lo = np.int64(r[96 + j]) & 0xF if j < 8 else np.int64(r[96 + j - 8]) >> 4
+            s6 = (lo | (((np.int64(r[104 + j % 4]) >> (2 * (j // 4))) & 3) << 4)) - 32
+            dl = np.float32(d * np.float32(s6))
+            for k in range(16):
+                e = 16 * j + k
+                low = (np.int64(r[32 + 32 * (e // 128) + e % 32]) >> (2 * ((e % 128) // 32))) & 3
+                hb = (np.int64(r[e % 32]) >> (e // 32)) & 1
+                y[e] = np.float32(dl * np.float32(low - (0 if hb else 4)))
+
+
+@njit(**_OPTS)
+def _dequantize_k4(r, y, t16, five):
+    d = t16[_get_u16(r, 0)]
+    dmin = t16[_get_u16(r, 2)]
+    qoff = 48 if five else 16
+    for j in range(8):
+        sc, m = _k4_unpack(r, 4, j)
+        d1 = np.float32(d * np.float32(sc))
+        m1 = np.float32(dmin * np.float32(m))
+        for k in range(32):
+            b = np.int64(r[qoff + 32 * (j // 2) + k])
+            q = (b >> 4) if j % 2 else (b & 0xF)
+            if five:
+                q |= ((np.int64(r[16 + k]) >> j) & 1) << 4
+            y[32 * j + k] = np.float32(d1 * np.float32(q)) - m1
+
+
+@njit(**_PAR)
+def _dequantize_q4_k(raw, out, t16):
+    for i in prange(raw.shape[0]):
+        _dequantize_k4(raw[i], out[i], t16, False)
+
+
+@njit(**_PAR)
+def _dequantize_q5_k(raw, out, t16):
+    for i in prange(raw.shape[0]):
+        _dequantize_k4(raw[i], out[i], t16, True)
+
+
+@njit(**_PAR)
+def _dequantize_q6_k(raw, out, t16):
+    for i in prange(raw.shape[0]):
+        r = raw[i]
+        y = out[i]
+        d = t16[_get_u16(r, 208)]
+        for e in range(QK_K):
+            h, g, k = e // 128, (e % 128) // 32, e % 32
+            b = np.int64(r[64 * h + 32 * (g % 2) + k])
+            low = (b >> 4) if g >= 2 else (b & 0xF)
+            high = (np.int64(r[128 + 32 * h + k]) >> (2 * g)) & 3
+            s = np.int64(r[192 + e // 16])
+            s = s - 256 if s >= 128 else s
+            dl = np.float32(d * np.float32(s))
+            y[e] = np.float32(dl * np.float32((low | (high << 4)) - 32))
+
+
+@njit(**_PAR)
+def _dequantize_q8_k(raw, out):
+    for i in prange(raw.shape[0]):
+        d = raw[i, 0:4].copy().view(np.float32)[0]
+        _dequantize_q8_into(raw[i], 4, d, out[i])
+
+
+# --------------------------------------------------------------------------- dispatch
+def _with_table(kernel):
+    return lambda a, out: kernel(a, out, _FP16_TABLE)
+
+
+#: ggml type (refquant's format name) -> callable(x float32 (n, block), out uint8 (n, type_size))
+QUANTIZE_KERNELS = {
+    "q4_0": _quantize_q4_0,
+    "q4_1": _quantize_q4_1,
+    "q5_0": _quantize_q5_0,
+    "q5_1": _quantize_q5_1,
+    "q8_0": _quantize_q8_0,
+    "q8_1": _quantize_q8_1,
+    "q2_k": _with_table(_quantize_q2_k),
+    "q3_k": _with_table(_quantize_q3_k),
+    "q4_k": _with_table(_quantize_q4_k),
+    "q5_k": _with_table(_quantize_q5_k),
+    "q6_k": _with_table(_quantize_q6_k),
+    "q8_k": _quantize_q8_k,
+}
+
+#: ggml type -> callable(raw uint8 (n, type_size), out float32 (n, block))
+DEQUANTIZE_KERNELS = {
+    "q4_0": _with_table(_dequantize_q4_0),
+    "q4_1": _with_table(_dequantize_q4_1),
+    "q5_0": _with_table(_dequantize_q5_0),
+    "q5_1": _with_table(_dequantize_q5_1),
+    "q8_0": _with_table(_dequantize_q8_0),
+    "q8_1": _with_table(_dequantize_q8_1),
+    "q2_k": _with_table(_dequantize_q2_k),
+    "q3_k": _with_table(_dequantize_q3_k),
+    "q4_k": _with_table(_dequantize_q4_k),
+    "q5_k": _with_table(_dequantize_q5_k),
+    "q6_k": _with_table(_dequantize_q6_k),
+    "q8_k": _dequantize_q8_k,
+}
+
+
+def quantize_blocks(name: str, x: np.ndarray, type_size: int) -> np.ndarray:
+    """``(n, block)`` C-contiguous finite float32 -> ``(n, type_size)`` uint8 (no validation here)."""
+    out = np.empty((x.shape[0], type_size), dtype=np.uint8)
+    if x.shape[0]:
+        with np.errstate(all="ignore"):  # only matters under NUMBA_DISABLE_JIT=1
+            QUANTIZE_KERNELS[name](x, out)
+    return out
+
+
+def dequantize_blocks(name: str, raw: np.ndarray, block_size: int) -> np.ndarray:
+    """``(n, type_size)`` C-contiguous uint8 -> ``(n, block_size)`` float32 (no validation here)."""
+    out = np.empty((raw.shape[0], block_size), dtype=np.float32)
+    if raw.shape[0]:
+        with np.errstate(all="ignore"):
+            DEQUANTIZE_KERNELS[name](raw, out)
+    return out
