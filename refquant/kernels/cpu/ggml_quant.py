@@ -793,12 +793,15 @@ def _dequantize_q2_k(raw, out, t16):
         y = out[i]
         d = t16[_get_u16(r, 80)]
         dmin = t16[_get_u16(r, 82)]
-        for e in range(QK_K):
-            s = np.int64(r[e // 16])
+        for j in range(16):  # sub-block j: 16 weights, 2-bit codes at shift 2*((j % 8) // 2)
+            s = np.int64(r[j])
             dl = np.float32(d * np.float32(s & 0xF))
             ml = np.float32(dmin * np.float32(s >> 4))
-            q = (np.int64(r[16 + 32 * (e // 128) + e % 32]) >> (2 * ((e % 128) // 32))) & 3
-            y[e] = np.float32(dl * np.float32(q)) - ml
+            base = 16 + 32 * (j // 8) + 16 * (j % 2)
+            shift = 2 * ((j % 8) // 2)
+            for k in range(16):
+                q = (np.int64(r[base + k]) >> shift) & 3
+                y[16 * j + k] = np.float32(dl * np.float32(q)) - ml
 
 
 @njit(**_PAR)
@@ -811,11 +814,14 @@ def _dequantize_q3_k(raw, out, t16):
             lo = np.int64(r[96 + j]) & 0xF if j < 8 else np.int64(r[96 + j - 8]) >> 4
             s6 = (lo | (((np.int64(r[104 + j % 4]) >> (2 * (j // 4))) & 3) << 4)) - 32
             dl = np.float32(d * np.float32(s6))
+            base = 32 + 32 * (j // 8) + 16 * (j % 2)
+            shift = 2 * ((j % 8) // 2)
+            hbit = j // 2  # element e = 16 j + k sits in hmask byte e % 32, bit e // 32
+            hoff = 16 * (j % 2)
             for k in range(16):
-                e = 16 * j + k
-                low = (np.int64(r[32 + 32 * (e // 128) + e % 32]) >> (2 * ((e % 128) // 32))) & 3
-                hb = (np.int64(r[e % 32]) >> (e // 32)) & 1
-                y[e] = np.float32(dl * np.float32(low - (0 if hb else 4)))
+                low = (np.int64(r[base + k]) >> shift) & 3
+                hb = (np.int64(r[hoff + k]) >> hbit) & 1
+                y[16 * j + k] = np.float32(dl * np.float32(low - 4 + 4 * hb))
 
 
 @njit(**_OPTS)
@@ -853,15 +859,18 @@ def _dequantize_q6_k(raw, out, t16):
         r = raw[i]
         y = out[i]
         d = t16[_get_u16(r, 208)]
-        for e in range(QK_K):
-            h, g, k = e // 128, (e % 128) // 32, e % 32
-            b = np.int64(r[64 * h + 32 * (g % 2) + k])
-            low = (b >> 4) if g >= 2 else (b & 0xF)
-            high = (np.int64(r[128 + 32 * h + k]) >> (2 * g)) & 3
-            s = np.int64(r[192 + e // 16])
-            s = s - 256 if s >= 128 else s
-            dl = np.float32(d * np.float32(s))
-            y[e] = np.float32(dl * np.float32((low | (high << 4)) - 32))
+        for j in range(16):  # sub-block j: half h, group g of 32, 16 weights at k0
+            h = j // 8
+            g = (j % 8) // 2
+            k0 = 16 * (j % 2)
+            s = np.int64(r[192 + j])
+            dl = np.float32(d * np.float32(s - 256 if s >= 128 else s))
+            qlo = 64 * h + 32 * (g % 2)
+            nib = 4 * (g // 2)
+            for k in range(k0, k0 + 16):
+                low = (np.int64(r[qlo + k]) >> nib) & 0xF
+                high = (np.int64(r[128 + 32 * h + k]) >> (2 * g)) & 3
+                y[128 * h + 32 * g + k] = np.float32(dl * np.float32((low | (high << 4)) - 32))
 
 
 @njit(**_PAR)
