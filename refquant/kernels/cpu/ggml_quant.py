@@ -384,6 +384,75 @@ def _make_qx_quants(x, start, n, nmax, L):
 
 
 @njit(**_OPTS)
+def _make_qx_lanes(xt, nmax, Lt, scales):
+    """:func:`_make_qx_quants` on S sub-blocks at once (``xt[i, s]``: element i of sub-block s).
+
+    Bit-identical lane by lane (each sum its own float32 chain, in order); the inner
+    loops run across lanes so that LLVM vectorizes them. Lanes with max|x| < 1e-15,
+    which C leaves early, run along and are reset to L = 0, scale 0.
+    """
+    n, S = xt.shape
+    amax = np.zeros(S, np.float32)
+    mx = np.zeros(S, np.float32)
+    for i in range(n):
+        for s in range(S):
+            v = xt[i, s]
+            ax = abs(v)
+            big = ax > amax[s]
+            amax[s] = ax if big else amax[s]
+            mx[s] = v if big else mx[s]
+    iscale = np.empty(S, np.float32)
+    sumlx = np.zeros(S, np.float32)
+    suml2 = np.zeros(S, np.float32)
+    for s in range(S):
+        iscale[s] = np.float32(np.float32(-nmax) / mx[s])
+    for i in range(n):
+        for s in range(S):
+            v = xt[i, s]
+            lq = max(-nmax, min(nmax - 1, _nearest_int(np.float32(iscale[s] * v))))
+            Lt[i, s] = lq + nmax
+            w = np.float32(v * v)
+            lf = np.float32(lq)
+            sumlx[s] = np.float32(sumlx[s] + np.float32(np.float32(w * v) * lf))
+            suml2[s] = np.float32(suml2[s] + np.float32(np.float32(w * lf) * lf))
+    scale = np.empty(S, np.float32)
+    best = np.empty(S, np.float32)
+    for s in range(S):
+        scale[s] = np.float32(sumlx[s] / suml2[s]) if suml2[s] != 0 else _ZERO
+        best[s] = np.float32(scale[s] * sumlx[s])
+    for step in range(-9, 10):
+        if step == 0:
+            continue
+        num = -np.float32(np.float32(nmax) + np.float32(_TENTH * np.float32(step)))
+        for s in range(S):
+            iscale[s] = np.float32(num / mx[s])
+            sumlx[s] = _ZERO
+            suml2[s] = _ZERO
+        for i in range(n):
+            for s in range(S):
+                v = xt[i, s]
+                lq = max(-nmax, min(nmax - 1, _nearest_int(np.float32(iscale[s] * v))))
+                w = np.float32(v * v)
+                lf = np.float32(lq)
+                sumlx[s] = np.float32(sumlx[s] + np.float32(np.float32(w * v) * lf))
+                suml2[s] = np.float32(suml2[s] + np.float32(np.float32(w * lf) * lf))
+        for s in range(S):
+            if suml2[s] > 0 and np.float32(sumlx[s] * sumlx[s]) > np.float32(best[s] * suml2[s]):
+                for i in range(n):
+                    lq = _nearest_int(np.float32(iscale[s] * xt[i, s]))
+                    Lt[i, s] = nmax + max(-nmax, min(nmax - 1, lq))
+                scale[s] = np.float32(sumlx[s] / suml2[s])
+                best[s] = np.float32(scale[s] * sumlx[s])
+    for s in range(S):
+        if amax[s] < _EPS:
+            for i in range(n):
+                Lt[i, s] = 0
+            scales[s] = _ZERO
+        else:
+            scales[s] = scale[s]
+
+
+@njit(**_OPTS)
 def _make_q3_quants(x, start, n, nmax, L):
     """make_q3_quants(n, nmax, x + start, L + start, do_rmse=true): L in 0..2nmax-1 (0 for a zero group)."""
     amax, mx = _first_absmax(x, start, n)
@@ -502,6 +571,113 @@ def _make_qkx2_quants(x, start, n, nmax, w, L, laux, rmin, rdelta, nstep, use_ma
     return scale, np.float32(-mn)
 
 
+@njit(**_OPTS)
+def _make_qkx2_lanes(xt, w, nmax, rmin, rdelta, nstep, use_mad, Lt, scales, mins):
+    """:func:`_make_qkx2_quants` on S sub-blocks at once: ``xt[i, s]`` is element i of sub-block s.
+
+    Each lane s runs exactly the scalar sequence of its own sub-block (every sum is still
+    its own left-to-right float32 chain), so the results are bit-identical; the inner
+    loops run across the lanes, which LLVM turns into SIMD (independent chains, no
+    reassociation). Lanes that C would leave early (max == min) run along and are reset.
+    """
+    n, S = xt.shape
+    mn = np.empty(S, np.float32)
+    mx = np.empty(S, np.float32)
+    sum_w = np.empty(S, np.float32)
+    sum_x = np.empty(S, np.float32)
+    for s in range(S):
+        mn[s] = xt[0, s]
+        mx[s] = xt[0, s]
+        sum_w[s] = w[0, s]
+        sum_x[s] = np.float32(w[0, s] * xt[0, s])
+    for i in range(1, n):
+        for s in range(S):
+            v = xt[i, s]
+            mn[s] = v if v < mn[s] else mn[s]
+            mx[s] = v if v > mx[s] else mx[s]
+            sum_w[s] = np.float32(sum_w[s] + w[i, s])
+            sum_x[s] = np.float32(sum_x[s] + np.float32(w[i, s] * v))
+    iscale = np.empty(S, np.float32)
+    scale = np.empty(S, np.float32)
+    best = np.zeros(S, np.float32)
+    mn0 = np.empty(S, np.float32)
+    for s in range(S):
+        if mn[s] > 0:
+            mn[s] = _ZERO
+        mn0[s] = mn[s]
+        iscale[s] = np.float32(np.float32(nmax) / np.float32(mx[s] - mn[s]))
+        scale[s] = np.float32(_ONE / iscale[s])
+    for i in range(n):
+        for s in range(S):
+            v = xt[i, s]
+            lq = max(0, min(nmax, _nearest_int(np.float32(iscale[s] * np.float32(v - mn[s])))))
+            Lt[i, s] = lq
+            diff = np.float32(np.float32(np.float32(scale[s] * np.float32(lq)) + mn[s]) - v)
+            diff = abs(diff) if use_mad else np.float32(diff * diff)
+            best[s] = np.float32(best[s] + np.float32(w[i, s] * diff))
+    laux = np.empty((n, S), np.int32)
+    sum_l = np.empty(S, np.float32)
+    sum_l2 = np.empty(S, np.float32)
+    sum_xl = np.empty(S, np.float32)
+    this_scale = np.empty(S, np.float32)
+    this_min = np.empty(S, np.float32)
+    cur = np.empty(S, np.float32)
+    for step in range(nstep + 1):
+        num = np.float32(np.float32(rmin + np.float32(rdelta * np.float32(step))) + np.float32(nmax))
+        for s in range(S):
+            iscale[s] = np.float32(num / np.float32(mx[s] - mn[s]))  # min: the best so far
+            sum_l[s] = _ZERO
+            sum_l2[s] = _ZERO
+            sum_xl[s] = _ZERO
+        for i in range(n):
+            for s in range(S):
+                v = xt[i, s]
+                lq = max(0, min(nmax, _nearest_int(np.float32(iscale[s] * np.float32(v - mn[s])))))
+                laux[i, s] = lq
+                wl = np.float32(w[i, s] * np.float32(lq))
+                sum_l[s] = np.float32(sum_l[s] + wl)
+                sum_l2[s] = np.float32(sum_l2[s] + np.float32(wl * np.float32(lq)))
+                sum_xl[s] = np.float32(sum_xl[s] + np.float32(wl * v))
+        for s in range(S):
+            det = np.float32(np.float32(sum_w[s] * sum_l2[s]) - np.float32(sum_l[s] * sum_l[s]))
+            ts = np.float32(
+                np.float32(np.float32(sum_w[s] * sum_xl[s]) - np.float32(sum_x[s] * sum_l[s])) / det
+            )
+            tm = np.float32(
+                np.float32(np.float32(sum_l2[s] * sum_x[s]) - np.float32(sum_l[s] * sum_xl[s])) / det
+            )
+            if tm > 0:
+                tm = _ZERO
+                ts = np.float32(sum_xl[s] / sum_l2[s])
+            this_scale[s] = ts
+            this_min[s] = tm
+            cur[s] = _ZERO if det > 0 else np.float32(np.inf)  # det <= 0: never better
+        for i in range(n):
+            for s in range(S):
+                diff = np.float32(
+                    np.float32(np.float32(this_scale[s] * np.float32(laux[i, s])) + this_min[s])
+                    - xt[i, s]
+                )
+                diff = abs(diff) if use_mad else np.float32(diff * diff)
+                cur[s] = np.float32(cur[s] + np.float32(w[i, s] * diff))
+        for s in range(S):
+            if cur[s] < best[s]:
+                for i in range(n):
+                    Lt[i, s] = laux[i, s]
+                best[s] = cur[s]
+                scale[s] = this_scale[s]
+                mn[s] = this_min[s]
+    for s in range(S):
+        if mx[s] == mn0[s]:  # C returns early: L = 0, scale 0, the_min = -min
+            for i in range(n):
+                Lt[i, s] = 0
+            scales[s] = _ZERO
+            mins[s] = np.float32(-mn0[s])
+        else:
+            scales[s] = scale[s]
+            mins[s] = np.float32(-mn[s])
+
+
 # --------------------------------------------------------------------------- K-quants
 @njit(**_OPTS)
 def _pack_2bit_128(L, out, off):
@@ -518,24 +694,25 @@ def _quantize_q2_k(x, out, t16):
         xb = x[i]
         o = out[i]
         L = np.empty(QK_K, np.int64)
-        laux = np.empty(16, np.int64)
-        w = np.empty(16, np.float32)
+        xt = np.empty((16, 16), np.float32)  # xt[k, j] = x[16 j + k]: the 16 sub-blocks as lanes
+        w = np.empty((16, 16), np.float32)
+        for k in range(16):
+            for j in range(16):
+                xt[k, j] = xb[16 * j + k]
+                w[k, j] = abs(xb[16 * j + k])
+        Lt = np.empty((16, 16), np.int32)
         scales = np.empty(16, np.float32)
         mins = np.empty(16, np.float32)
+        _make_qkx2_lanes(xt, w, 3, np.float32(-0.5), _TENTH, 15, True, Lt, scales, mins)
         max_scale = _ZERO
         max_min = _ZERO
         for j in range(16):
             for k in range(16):
-                w[k] = abs(xb[16 * j + k])
-            s, m = _make_qkx2_quants(
-                xb, 16 * j, 16, 3, w, L, laux, np.float32(-0.5), _TENTH, 15, True
-            )
-            scales[j] = s
-            mins[j] = m
-            if s > max_scale:
-                max_scale = s
-            if m > max_min:
-                max_min = m
+                L[16 * j + k] = Lt[k, j]
+            if scales[j] > max_scale:
+                max_scale = scales[j]
+            if mins[j] > max_min:
+                max_min = mins[j]
         sc = np.zeros(16, np.int64)
         if max_scale > 0:
             iscale = np.float32(np.float32(15) / max_scale)
@@ -621,27 +798,31 @@ def _quantize_q3_k(x, out, t16):
 @njit(**_OPTS)
 def _qk_affine(xb, nmax, rmin, nstep, L, sc, mn, t16):
     """Q4_K / Q5_K's search: 8 sub-blocks of 32, weights av_x + |x|; returns (d16, m16); sc, mn get 0..63."""
-    laux = np.empty(32, np.int64)
-    w = np.empty(32, np.float32)
+    xt = np.empty((32, 8), np.float32)  # xt[i, j] = x[32 j + i]: the 8 sub-blocks as lanes
+    w = np.empty((32, 8), np.float32)
+    sum_x2 = np.zeros(8, np.float32)
+    for i in range(32):
+        for j in range(8):
+            v = xb[32 * j + i]
+            xt[i, j] = v
+            sum_x2[j] = np.float32(sum_x2[j] + np.float32(v * v))
+    for j in range(8):
+        av_x = np.float32(np.sqrt(np.float32(sum_x2[j] / np.float32(32))))
+        for i in range(32):
+            w[i, j] = np.float32(av_x + abs(xt[i, j]))
+    Lt = np.empty((32, 8), np.int32)
     scales = np.empty(8, np.float32)
     mins = np.empty(8, np.float32)
+    _make_qkx2_lanes(xt, w, nmax, rmin, _TENTH, nstep, False, Lt, scales, mins)
     max_scale = _ZERO
     max_min = _ZERO
     for j in range(8):
-        sum_x2 = _ZERO
-        for k in range(32):
-            v = xb[32 * j + k]
-            sum_x2 = np.float32(sum_x2 + np.float32(v * v))
-        av_x = np.float32(np.sqrt(np.float32(sum_x2 / np.float32(32))))
-        for k in range(32):
-            w[k] = np.float32(av_x + abs(xb[32 * j + k]))
-        s, m = _make_qkx2_quants(xb, 32 * j, 32, nmax, w, L, laux, rmin, _TENTH, nstep, False)
-        scales[j] = s
-        mins[j] = m
-        if s > max_scale:
-            max_scale = s
-        if m > max_min:
-            max_min = m
+        for i in range(32):
+            L[32 * j + i] = Lt[i, j]
+        if scales[j] > max_scale:
+            max_scale = scales[j]
+        if mins[j] > max_min:
+            max_min = mins[j]
     inv_s = np.float32(np.float32(63) / max_scale) if max_scale > 0 else _ZERO
     inv_m = np.float32(np.float32(63) / max_min) if max_min > 0 else _ZERO
     for j in range(8):
@@ -712,12 +893,19 @@ def _quantize_q6_k(x, out, t16):
         xb = x[i]
         o = out[i]
         L = np.empty(QK_K, np.int64)
+        xt = np.empty((16, 16), np.float32)  # xt[k, j] = x[16 j + k]: the 16 sub-blocks as lanes
+        for k in range(16):
+            for j in range(16):
+                xt[k, j] = xb[16 * j + k]
+        Lt = np.empty((16, 16), np.int32)
         scales = np.empty(16, np.float32)
+        _make_qx_lanes(xt, 32, Lt, scales)
         max_abs = _ZERO
         max_scale = _ZERO
         for j in range(16):
-            s = _make_qx_quants(xb, 16 * j, 16, 32, L)
-            scales[j] = s
+            for k in range(16):
+                L[16 * j + k] = Lt[k, j]
+            s = scales[j]
             if abs(s) > max_abs:
                 max_abs = abs(s)
                 max_scale = s
