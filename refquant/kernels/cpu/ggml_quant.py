@@ -157,48 +157,49 @@ def _absmax(x):
 
 # --------------------------------------------------------------------------- legacy formats
 @njit(**_OPTS)
-def _q_sym_codes(x, nmax, q):
-    """Q4_0 / Q5_0: d = max/-nmax, q = MIN(2nmax-1, (int8_t)(x*id + nmax + 0.5)) as a byte."""
+def _q_sym_scale(x, nmax):
+    """Q4_0 / Q5_0: (d, id) with d = max/-nmax, max the signed value of largest |x| (first one)."""
     _, mx = _first_absmax(x, 0, 32)
     d = np.float32(mx / np.float32(-nmax))
-    idd = np.float32(_ONE / d) if d != 0 else _ZERO
-    off = np.float32(nmax + 0.5)
-    for j in range(32):
-        c = _cvtt(np.float32(np.float32(x[j] * idd) + off)) & 0xFF
-        if c < 128:  # MIN(15, int8): a negative int8 passes through
-            c = min(2 * nmax - 1, c)
-        q[j] = c
-    return d
+    return d, (np.float32(_ONE / d) if d != 0 else _ZERO)
+
+
+@njit(**_OPTS)
+def _q_sym_code(v, idd, nmax):
+    """MIN(2nmax-1, (int8_t)(v*id + nmax + 0.5)) as a byte: a negative int8 passes through MIN."""
+    c = _cvtt(np.float32(np.float32(v * idd) + np.float32(nmax + 0.5))) & 0xFF
+    return min(2 * nmax - 1, c) if c < 128 else c
 
 
 @njit(**_PAR)
 def _quantize_q4_0(x, out):
     for i in prange(x.shape[0]):
-        q = np.empty(32, np.int64)
-        d = _q_sym_codes(x[i], 8, q)
+        d, idd = _q_sym_scale(x[i], 8)
         _put_u16(out[i], 0, _fp16_bits(d))
         for j in range(16):
-            out[i, 2 + j] = (q[j] | (q[j + 16] << 4)) & 0xFF
+            c0 = _q_sym_code(x[i, j], idd, 8)
+            c1 = _q_sym_code(x[i, j + 16], idd, 8)
+            out[i, 2 + j] = (c0 | (c1 << 4)) & 0xFF
 
 
 @njit(**_PAR)
 def _quantize_q5_0(x, out):
     for i in prange(x.shape[0]):
-        q = np.empty(32, np.int64)
-        d = _q_sym_codes(x[i], 16, q)
+        d, idd = _q_sym_scale(x[i], 16)
         _put_u16(out[i], 0, _fp16_bits(d))
         qh = 0
-        for j in range(32):
-            qh |= ((q[j] >> 4) & 1) << j
+        for j in range(16):
+            c0 = _q_sym_code(x[i, j], idd, 16)
+            c1 = _q_sym_code(x[i, j + 16], idd, 16)
+            qh |= (((c0 >> 4) & 1) << j) | (((c1 >> 4) & 1) << (j + 16))
+            out[i, 6 + j] = (c0 & 0xF) | ((c1 & 0xF) << 4)
         for k in range(4):
             out[i, 2 + k] = (qh >> (8 * k)) & 0xFF
-        for j in range(16):
-            out[i, 6 + j] = (q[j] & 0xF) | ((q[j + 16] & 0xF) << 4)
 
 
 @njit(**_OPTS)
-def _q_affine_codes(x, levels, q):
-    """Q4_1 / Q5_1: d = (max - min)/levels, code byte (int)((x - min)*id + 0.5)."""
+def _q_affine_scale(x, levels):
+    """Q4_1 / Q5_1: (d, id, min) with d = (max - min)/levels (first min met: C's ``v < min``)."""
     mn = np.float32(3.4028234663852886e38)
     mx = np.float32(-3.4028234663852886e38)
     for j in range(32):
@@ -208,40 +209,43 @@ def _q_affine_codes(x, levels, q):
         if v > mx:
             mx = v
     d = np.float32(np.float32(mx - mn) / np.float32(levels))
-    idd = np.float32(_ONE / d) if d != 0 else _ZERO
-    for j in range(32):
-        q[j] = _cvtt(np.float32(np.float32(np.float32(x[j] - mn) * idd) + _HALF)) & 0xFF
-    return d, mn
+    return d, (np.float32(_ONE / d) if d != 0 else _ZERO), mn
+
+
+@njit(**_OPTS)
+def _q_affine_code(v, mn, idd):
+    """(int)((v - min)*id + 0.5) as a byte (cvttss2si, then the low 8 bits)."""
+    return _cvtt(np.float32(np.float32(np.float32(v - mn) * idd) + _HALF)) & 0xFF
 
 
 @njit(**_PAR)
 def _quantize_q4_1(x, out):
     for i in prange(x.shape[0]):
-        q = np.empty(32, np.int64)
-        d, mn = _q_affine_codes(x[i], 15, q)
+        d, idd, mn = _q_affine_scale(x[i], 15)
         _put_u16(out[i], 0, _fp16_bits(d))
         _put_u16(out[i], 2, _fp16_bits(mn))
-        for j in range(32):
-            if q[j] < 128:
-                q[j] = min(15, q[j])
         for j in range(16):
-            out[i, 4 + j] = (q[j] | (q[j + 16] << 4)) & 0xFF
+            c0 = _q_affine_code(x[i, j], mn, idd)
+            c1 = _q_affine_code(x[i, j + 16], mn, idd)
+            c0 = min(15, c0) if c0 < 128 else c0  # MIN(15, (int8_t)...)
+            c1 = min(15, c1) if c1 < 128 else c1
+            out[i, 4 + j] = (c0 | (c1 << 4)) & 0xFF
 
 
 @njit(**_PAR)
 def _quantize_q5_1(x, out):
     for i in prange(x.shape[0]):
-        q = np.empty(32, np.int64)
-        d, mn = _q_affine_codes(x[i], 31, q)
+        d, idd, mn = _q_affine_scale(x[i], 31)
         _put_u16(out[i], 0, _fp16_bits(d))
         _put_u16(out[i], 2, _fp16_bits(mn))
         qh = 0
-        for j in range(32):
-            qh |= ((q[j] >> 4) & 1) << j
+        for j in range(16):
+            c0 = _q_affine_code(x[i, j], mn, idd)  # (uint8_t)(...): no clamp in C
+            c1 = _q_affine_code(x[i, j + 16], mn, idd)
+            qh |= (((c0 >> 4) & 1) << j) | (((c1 >> 4) & 1) << (j + 16))
+            out[i, 8 + j] = (c0 & 0xF) | ((c1 & 0xF) << 4)
         for k in range(4):
             out[i, 4 + k] = (qh >> (8 * k)) & 0xFF
-        for j in range(16):
-            out[i, 8 + j] = (q[j] & 0xF) | ((q[j + 16] & 0xF) << 4)
 
 
 @njit(**_OPTS)
@@ -450,6 +454,83 @@ def _make_qx_lanes(xt, nmax, Lt, scales):
             scales[s] = _ZERO
         else:
             scales[s] = scale[s]
+
+
+@njit(**_OPTS)
+def _make_q3_lanes(xt, nmax, Lt, scales):
+    """:func:`_make_q3_quants` on S sub-blocks at once (``xt[i, s]``: element i of sub-block s).
+
+    Each lane runs its own sub-block's coordinate descent: every conditional update of C
+    becomes a select on that lane (computed always, kept only where C would take the
+    branch), and a lane stops after its first sweep without change, as C's ``break``
+    does; sums stay each lane's own float32 chain, in order, so the results are bit-identical.
+    """
+    n, S = xt.shape
+    amax = np.zeros(S, np.float32)
+    mx = np.zeros(S, np.float32)
+    for i in range(n):
+        for s in range(S):
+            v = xt[i, s]
+            ax = abs(v)
+            big = ax > amax[s]
+            amax[s] = ax if big else amax[s]
+            mx[s] = v if big else mx[s]
+    iscale = np.empty(S, np.float32)
+    sumlx = np.zeros(S, np.float32)
+    suml2 = np.zeros(S, np.float32)
+    for s in range(S):
+        iscale[s] = np.float32(np.float32(-nmax) / mx[s])
+    for i in range(n):
+        for s in range(S):
+            v = xt[i, s]
+            lq = max(-nmax, min(nmax - 1, _nearest_int(np.float32(iscale[s] * v))))
+            Lt[i, s] = lq
+            w = np.float32(v * v)
+            lf = np.float32(lq)
+            sumlx[s] = np.float32(sumlx[s] + np.float32(np.float32(w * v) * lf))
+            suml2[s] = np.float32(suml2[s] + np.float32(np.float32(w * lf) * lf))
+    active = np.ones(S, np.int32)
+    changed = np.empty(S, np.int32)
+    for _ in range(5):
+        for s in range(S):
+            changed[s] = 0
+        for i in range(n):
+            for s in range(S):
+                v = xt[i, s]
+                w = np.float32(v * v)
+                li = Lt[i, s]
+                lf = np.float32(li)
+                slx = np.float32(sumlx[s] - np.float32(np.float32(w * v) * lf))
+                sl2 = np.float32(suml2[s] - np.float32(np.float32(w * lf) * lf))
+                new_l = _nearest_int(np.float32(np.float32(v * sl2) / slx))
+                new_l = max(-nmax, min(nmax - 1, new_l))
+                nf = np.float32(new_l)
+                slx2 = np.float32(slx + np.float32(np.float32(w * v) * nf))
+                sl22 = np.float32(sl2 + np.float32(np.float32(w * nf) * nf))
+                ok = (
+                    (active[s] != 0) & (slx > 0) & (new_l != li) & (sl22 > 0)
+                    & (np.float32(np.float32(slx2 * slx2) * suml2[s])
+                       > np.float32(np.float32(sumlx[s] * sumlx[s]) * sl22))
+                )  # fmt: skip  (no short-circuit: every term is computed, as selects)
+                Lt[i, s] = new_l if ok else li
+                sumlx[s] = slx2 if ok else sumlx[s]
+                suml2[s] = sl22 if ok else suml2[s]
+                changed[s] = 1 if ok else changed[s]
+        alive = 0
+        for s in range(S):
+            active[s] = active[s] & changed[s]
+            alive += active[s]
+        if alive == 0:
+            break
+    for s in range(S):
+        if amax[s] < _EPS:
+            for i in range(n):
+                Lt[i, s] = 0
+            scales[s] = _ZERO
+        else:
+            for i in range(n):
+                Lt[i, s] += nmax
+            scales[s] = np.float32(sumlx[s] / suml2[s]) if suml2[s] > 0 else _ZERO
 
 
 @njit(**_OPTS)
@@ -749,12 +830,19 @@ def _quantize_q3_k(x, out, t16):
         xb = x[i]
         o = out[i]
         L = np.empty(QK_K, np.int64)
+        xt = np.empty((16, 16), np.float32)  # xt[k, j] = x[16 j + k]: the 16 sub-blocks as lanes
+        for k in range(16):
+            for j in range(16):
+                xt[k, j] = xb[16 * j + k]
+        Lt = np.empty((16, 16), np.int32)
         scales = np.empty(16, np.float32)
+        _make_q3_lanes(xt, 4, Lt, scales)
         amax = _ZERO
         max_scale = _ZERO
         for j in range(16):
-            s = _make_q3_quants(xb, 16 * j, 16, 4, L)
-            scales[j] = s
+            for k in range(16):
+                L[16 * j + k] = Lt[k, j]
+            s = scales[j]
             if abs(s) > amax:
                 amax = abs(s)
                 max_scale = s
@@ -949,11 +1037,9 @@ def _quantize_q8_k(x, out):
                 o[k] = 0
             continue
         iscale = np.float32(np.float32(-127) / mx)
-        d = np.zeros(1, np.float32)
-        d[0] = np.float32(_ONE / iscale)
-        db = d.view(np.uint8)
+        dbits = np.int64(np.float32(_ONE / iscale).view(np.uint32))
         for k in range(4):
-            o[k] = db[k]
+            o[k] = (dbits >> (8 * k)) & 0xFF
         for g in range(16):
             total = 0
             for k in range(16):
