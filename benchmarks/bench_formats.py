@@ -87,7 +87,8 @@ def _ort_session(op, x, attrs, opset, out_type):
 
 
 #: the ggml types timed (every type with a Numba kernel; ``--ggml`` picks fewer)
-GGML_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_k")
+GGML_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_k",
+              "tq1_0", "tq2_0", "ggml_mxfp4")
 
 
 def _threads(fn, n):
@@ -118,7 +119,7 @@ def _ggml_rows(x, same, types=GGML_TYPES):
     for name in types:
         fmt = ggml.resolve_type(name)
         flat = x.reshape(-1, fmt.block_size)
-        up = name.upper()
+        up = "MXFP4" if name == "ggml_mxfp4" else name.upper()
         peer = None if lib is None else functools.partial(lib.quantize_row, flat, name)
         fn = functools.partial(fmt.quantize_blocks, flat, backend="cpu")
         rows.append((f"ggml {up} quantize", _threads(fn, 1), f"libggml quantize_row_{fmt.c_name}_ref",

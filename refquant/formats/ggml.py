@@ -734,6 +734,7 @@ class GGML_MXFP4(GGMLBlockFormat, name="ggml_mxfp4"):
     """
 
     c_name = "mxfp4"
+    has_kernel = True
 
     def _quantize(self, x):
         amax = np.abs(x).max(axis=1)
@@ -792,6 +793,7 @@ class TQ1_0(GGMLBlockFormat, name="tq1_0"):
     """
 
     c_name = "tq1_0"
+    has_kernel = True
 
     def _quantize(self, x):
         n = x.shape[0]
@@ -823,6 +825,7 @@ class TQ2_0(GGMLBlockFormat, name="tq2_0"):
     """
 
     c_name = "tq2_0"
+    has_kernel = True
 
     def _quantize(self, x):
         d, t = _tq_codes(x)

@@ -1154,6 +1154,157 @@ def _dequantize_q8_k(raw, out):
         _dequantize_q8_into(raw[i], 4, d, out[i])
 
 
+# --------------------------------------------------------------------------- ternary
+@njit(**_OPTS)
+def _tq_trit(v, idd):
+    """lroundf(v * id) + 1: -1, 0, 1 -> 0, 1, 2 (half away from zero)."""
+    return _lroundf_int(np.float32(v * idd)) + 1
+
+
+@njit(**_OPTS)
+def _tq_scale(xb):
+    d = _absmax(xb)
+    return d, (np.float32(_ONE / d) if d != 0 else _ZERO)
+
+
+@njit(**_OPTS)
+def _base3_byte(q):
+    """ceil(q * 256 / 243) of the uint8 Horner sum, stored as a byte."""
+    return (((q & 0xFF) * 256 + 242) // 243) & 0xFF
+
+
+@njit(**_PAR)
+def _quantize_tq1_0(x, out):
+    for i in prange(x.shape[0]):
+        xb = x[i]
+        o = out[i]
+        d, idd = _tq_scale(xb)
+        for m in range(32):  # qs[0:32]: x[m + 32 n], n = 0..4, first trit most significant
+            q = 0
+            for n in range(5):
+                q = (q * 3 + _tq_trit(xb[m + 32 * n], idd)) & 0xFF
+            o[m] = _base3_byte(q)
+        for m in range(16):  # qs[32:48]: x[160 + m + 16 n]
+            q = 0
+            for n in range(5):
+                q = (q * 3 + _tq_trit(xb[160 + m + 16 * n], idd)) & 0xFF
+            o[32 + m] = _base3_byte(q)
+        for j in range(4):  # qh[0:4]: x[240 + j + 4 n], n = 0..3, then one trit up
+            q = 0
+            for n in range(4):
+                q = (q * 3 + _tq_trit(xb[240 + j + 4 * n], idd)) & 0xFF
+            o[48 + j] = _base3_byte((q * 3) & 0xFF)
+        _put_u16(o, 52, _fp16_bits(d))
+
+
+@njit(**_PAR)
+def _quantize_tq2_0(x, out):
+    for i in prange(x.shape[0]):
+        xb = x[i]
+        o = out[i]
+        d, idd = _tq_scale(xb)
+        for h in range(2):
+            for m in range(32):
+                q = 0
+                for n in range(4):
+                    q += (_tq_trit(xb[128 * h + m + 32 * n], idd) & 3) << (2 * n)
+                o[32 * h + m] = q & 0xFF
+        _put_u16(o, 64, _fp16_bits(d))
+
+
+@njit(**_OPTS)
+def _base3_trit(b, n):
+    """Trit n of a TQ1_0 byte: ((uint8)(b * 3^n) * 3) >> 8."""
+    p = 1
+    for _ in range(n):
+        p *= 3
+    return (((b * p) & 0xFF) * 3) >> 8
+
+
+@njit(**_PAR)
+def _dequantize_tq1_0(raw, out, t16):
+    for i in prange(raw.shape[0]):
+        r = raw[i]
+        y = out[i]
+        d = t16[_get_u16(r, 52)]
+        for n in range(5):
+            for m in range(32):
+                y[32 * n + m] = np.float32(_base3_trit(np.int64(r[m]), n) - 1) * d
+            for m in range(16):
+                y[160 + 16 * n + m] = np.float32(_base3_trit(np.int64(r[32 + m]), n) - 1) * d
+        for n in range(4):
+            for j in range(4):
+                y[240 + 4 * n + j] = np.float32(_base3_trit(np.int64(r[48 + j]), n) - 1) * d
+
+
+@njit(**_PAR)
+def _dequantize_tq2_0(raw, out, t16):
+    for i in prange(raw.shape[0]):
+        r = raw[i]
+        y = out[i]
+        d = t16[_get_u16(r, 64)]
+        for h in range(2):
+            for n in range(4):
+                for m in range(32):
+                    q = (np.int64(r[32 * h + m]) >> (2 * n)) & 3
+                    y[128 * h + 32 * n + m] = np.float32(q - 1) * d
+
+
+# --------------------------------------------------------------------------- ggml MXFP4
+# ggml-common.h kvalues_mxfp4: the e2m1 values doubled, sign in bit 3
+_KVALUES_MXFP4 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.float32)
+
+
+@njit(**_OPTS)
+def _e8m0_half(e):
+    """GGML_E8M0_TO_FP32_HALF: 2^(e - 128) from the bits (e < 2: the subnormals 2^-128, 2^-127)."""
+    bits = (0x00200000 << e) if e < 2 else ((e - 1) << 23)
+    return np.uint32(bits).view(np.float32)
+
+
+@njit(**_OPTS)
+def _best_index_mxfp4(v, d, kv):
+    """The first index i that minimises |kv[i]*d - v| (strictly smaller error replaces)."""
+    best = 0
+    best_err = abs(np.float32(np.float32(kv[0] * d) - v))
+    for k in range(1, 16):
+        err = abs(np.float32(np.float32(kv[k] * d) - v))
+        if err < best_err:
+            best = k
+            best_err = err
+    return best
+
+
+@njit(**_PAR)
+def _quantize_ggml_mxfp4(x, out, kv):
+    for i in prange(x.shape[0]):
+        xb = x[i]
+        o = out[i]
+        amax = _ZERO
+        for j in range(32):
+            if amax < abs(xb[j]):
+                amax = abs(xb[j])
+        e = 0
+        if amax > 0:  # floorf(log2f(amax)) - 2 + 127, log2f correctly rounded to float32
+            lg = np.float32(np.log2(np.float64(amax)))
+            ev = np.float32(np.float32(np.floor(lg) - np.float32(2)) + np.float32(127))
+            e = _cvtt(ev) & 0xFF
+        d = _e8m0_half(e)
+        o[0] = e
+        for j in range(16):
+            o[1 + j] = _best_index_mxfp4(xb[j], d, kv) | (_best_index_mxfp4(xb[j + 16], d, kv) << 4)
+
+
+@njit(**_PAR)
+def _dequantize_ggml_mxfp4(raw, out, kv):
+    for i in prange(raw.shape[0]):
+        d = _e8m0_half(np.int64(raw[i, 0]))
+        for j in range(16):
+            b = np.int64(raw[i, 1 + j])
+            out[i, j] = np.float32(kv[b & 0xF] * d)
+            out[i, j + 16] = np.float32(kv[b >> 4] * d)
+
+
 # --------------------------------------------------------------------------- dispatch
 def _with_table(kernel):
     return lambda a, out: kernel(a, out, _FP16_TABLE)
@@ -1173,6 +1324,9 @@ QUANTIZE_KERNELS = {
     "q5_k": _with_table(_quantize_q5_k),
     "q6_k": _with_table(_quantize_q6_k),
     "q8_k": _quantize_q8_k,
+    "tq1_0": _quantize_tq1_0,
+    "tq2_0": _quantize_tq2_0,
+    "ggml_mxfp4": lambda a, out: _quantize_ggml_mxfp4(a, out, _KVALUES_MXFP4),
 }
 
 #: ggml type -> callable(raw uint8 (n, type_size), out float32 (n, block))
@@ -1189,6 +1343,9 @@ DEQUANTIZE_KERNELS = {
     "q5_k": _with_table(_dequantize_q5_k),
     "q6_k": _with_table(_dequantize_q6_k),
     "q8_k": _dequantize_q8_k,
+    "tq1_0": _with_table(_dequantize_tq1_0),
+    "tq2_0": _with_table(_dequantize_tq2_0),
+    "ggml_mxfp4": lambda a, out: _dequantize_ggml_mxfp4(a, out, _KVALUES_MXFP4),
 }
 
 
