@@ -88,7 +88,7 @@ def _ort_session(op, x, attrs, opset, out_type):
 
 #: the ggml types timed (every type with a Numba kernel; ``--ggml`` picks fewer)
 GGML_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_k",
-              "tq1_0", "tq2_0", "ggml_mxfp4")
+              "tq1_0", "tq2_0", "ggml_mxfp4", "iq4_nl", "iq4_xs")
 
 
 def _threads(fn, n):

@@ -1356,6 +1356,7 @@ class IQ4_NL(_IQ4Format, name="iq4_nl"):
     """
 
     c_name = "iq4_nl"
+    has_kernel = True
     _ref_ntry = -1  # quantize_row_iq4_nl_ref
 
     def _quantize_iq4(self, x, qw, ntry):
@@ -1395,6 +1396,7 @@ class IQ4_XS(_IQ4Format, name="iq4_xs"):
     """
 
     c_name = "iq4_xs"
+    has_kernel = True
 
     def _quantize_iq4(self, x, qw, ntry):
         n = x.shape[0]

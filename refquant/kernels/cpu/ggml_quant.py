@@ -1305,6 +1305,148 @@ def _dequantize_ggml_mxfp4(raw, out, kv):
             out[i, j + 16] = np.float32(kv[b >> 4] * d)
 
 
+# --------------------------------------------------------------------------- IQ4_NL / IQ4_XS
+# ggml-common.h kvalues_iq4nl: the 16 non-uniform levels, as float32 (exact)
+_KVALUES_IQ4NL = np.array(
+    [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32
+)
+
+
+@njit(**_OPTS)
+def _best_index_iq4(v, kv):
+    """best_index_int8(16, kvalues_iq4nl, v): binary search, then the nearer level, ties up."""
+    if v <= kv[0]:
+        return 0
+    if v >= kv[15]:
+        return 15
+    ml = 0
+    mu = 15
+    while mu - ml > 1:
+        mav = (ml + mu) // 2
+        if v < kv[mav]:
+            mu = mav
+        else:
+            ml = mav
+    return mu - 1 if np.float32(v - kv[mu - 1]) < np.float32(kv[mu] - v) else mu
+
+
+@njit(**_OPTS)
+def _iq4_sub_block(xb, start, kv, ntry, L):
+    """quantize_row_iq4_nl_impl's per-32 search without an imatrix (w = x^2): the scale d.
+
+    Codes of the first fit go to ``L[start:start+32]``; a sub-block with
+    max|x| < 1e-15 gets d = 0 and codes 8 (refquant's choice where the ref leaves them).
+    """
+    amax, mx = _first_absmax(xb, start, 32)
+    if amax < _EPS:
+        for j in range(start, start + 32):
+            L[j] = 8
+        return _ZERO
+    d = np.float32((-mx if ntry > 0 else mx) / kv[0])
+    idd = np.float32(_ONE / d)
+    sumqx = _ZERO
+    sumq2 = _ZERO
+    for j in range(start, start + 32):
+        v = xb[j]
+        lq = _best_index_iq4(np.float32(idd * v), kv)
+        L[j] = lq
+        q = kv[lq]
+        wq = np.float32(np.float32(v * v) * q)
+        sumqx = np.float32(sumqx + np.float32(wq * v))
+        sumq2 = np.float32(sumq2 + np.float32(wq * q))
+    d = np.float32(sumqx / sumq2) if sumq2 > 0 else _ZERO
+    best = np.float32(d * sumqx)
+    for itry in range(-ntry, ntry + 1):
+        idn = np.float32(np.float32(itry + np.float32(kv[0])) / mx)
+        sumqx = _ZERO
+        sumq2 = _ZERO
+        for j in range(start, start + 32):
+            v = xb[j]
+            q = kv[_best_index_iq4(np.float32(idn * v), kv)]
+            wq = np.float32(np.float32(v * v) * q)
+            sumqx = np.float32(sumqx + np.float32(wq * v))
+            sumq2 = np.float32(sumq2 + np.float32(wq * q))
+        if sumq2 > 0 and np.float32(sumqx * sumqx) > np.float32(best * sumq2):
+            d = np.float32(sumqx / sumq2)
+            best = np.float32(d * sumqx)
+    return d
+
+
+@njit(**_OPTS)
+def _iq4_pack(L, o, off, n):
+    for i in range(n // 32):
+        for j in range(16):
+            o[off + 16 * i + j] = L[32 * i + j] | (L[32 * i + 16 + j] << 4)
+
+
+@njit(**_PAR)
+def _quantize_iq4_nl(x, out, kv):
+    for i in prange(x.shape[0]):
+        L = np.empty(32, np.int64)
+        d = _iq4_sub_block(x[i], 0, kv, -1, L)  # quantize_row_iq4_nl_ref: ntry = -1
+        _put_u16(out[i], 0, _fp16_bits(d))
+        _iq4_pack(L, out[i], 2, 32)
+
+
+@njit(**_PAR)
+def _quantize_iq4_xs(x, out, kv):
+    for i in prange(x.shape[0]):
+        xb = x[i]
+        o = out[i]
+        L = np.empty(QK_K, np.int64)
+        scales = np.empty(8, np.float32)
+        amax = _ZERO
+        max_scale = _ZERO
+        for ib in range(8):
+            sd = _iq4_sub_block(xb, 32 * ib, kv, 7, L)
+            scales[ib] = sd
+            if abs(sd) > amax:
+                amax = abs(sd)
+                max_scale = sd
+        d = np.float32(-max_scale / np.float32(32))
+        idd = np.float32(_ONE / d) if d != 0 else _ZERO
+        scales_h = 0
+        for k in range(4):
+            o[4 + k] = 0
+        for ib in range(8):
+            lv = max(-32, min(31, _nearest_int(np.float32(idd * scales[ib]))))
+            dl = np.float32(d * np.float32(lv))
+            idl = np.float32(_ONE / dl) if dl != 0 else _ZERO
+            for j in range(32 * ib, 32 * ib + 32):
+                L[j] = _best_index_iq4(np.float32(idl * xb[j]), kv)
+            lv += 32
+            o[4 + ib // 2] |= (lv & 0xF) << (4 * (ib % 2))
+            scales_h |= (lv >> 4) << (2 * ib)
+        _put_u16(o, 0, _fp16_bits(d))
+        _put_u16(o, 2, scales_h)
+        _iq4_pack(L, o, 8, QK_K)
+
+
+@njit(**_PAR)
+def _dequantize_iq4_nl(raw, out, t16, kv):
+    for i in prange(raw.shape[0]):
+        d = t16[_get_u16(raw[i], 0)]
+        for j in range(16):
+            b = np.int64(raw[i, 2 + j])
+            out[i, j] = np.float32(d * kv[b & 0xF])
+            out[i, j + 16] = np.float32(d * kv[b >> 4])
+
+
+@njit(**_PAR)
+def _dequantize_iq4_xs(raw, out, t16, kv):
+    for i in prange(raw.shape[0]):
+        r = raw[i]
+        d = t16[_get_u16(r, 0)]
+        sh = _get_u16(r, 2)
+        for ib in range(8):
+            ls = ((np.int64(r[4 + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4)
+            dl = np.float32(d * np.float32(ls - 32))
+            for j in range(16):
+                b = np.int64(r[8 + 16 * ib + j])
+                out[i, 32 * ib + j] = np.float32(dl * kv[b & 0xF])
+                out[i, 32 * ib + 16 + j] = np.float32(dl * kv[b >> 4])
+
+
 # --------------------------------------------------------------------------- dispatch
 def _with_table(kernel):
     return lambda a, out: kernel(a, out, _FP16_TABLE)
@@ -1327,6 +1469,8 @@ QUANTIZE_KERNELS = {
     "tq1_0": _quantize_tq1_0,
     "tq2_0": _quantize_tq2_0,
     "ggml_mxfp4": lambda a, out: _quantize_ggml_mxfp4(a, out, _KVALUES_MXFP4),
+    "iq4_nl": lambda a, out: _quantize_iq4_nl(a, out, _KVALUES_IQ4NL),
+    "iq4_xs": lambda a, out: _quantize_iq4_xs(a, out, _KVALUES_IQ4NL),
 }
 
 #: ggml type -> callable(raw uint8 (n, type_size), out float32 (n, block))
@@ -1346,6 +1490,8 @@ DEQUANTIZE_KERNELS = {
     "tq1_0": _with_table(_dequantize_tq1_0),
     "tq2_0": _with_table(_dequantize_tq2_0),
     "ggml_mxfp4": lambda a, out: _dequantize_ggml_mxfp4(a, out, _KVALUES_MXFP4),
+    "iq4_nl": lambda a, out: _dequantize_iq4_nl(a, out, _FP16_TABLE, _KVALUES_IQ4NL),
+    "iq4_xs": lambda a, out: _dequantize_iq4_xs(a, out, _FP16_TABLE, _KVALUES_IQ4NL),
 }
 
 
