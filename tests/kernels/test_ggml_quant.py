@@ -296,3 +296,21 @@ def test_a_type_without_a_kernel_refuses_cpu_and_auto_falls_back_to_numpy():
         fmt.quantize_blocks(x, backend="cpu")
     assert fmt._backend("auto", 10 * KERNEL_THRESHOLD) == "numpy"
     np.testing.assert_array_equal(fmt.quantize_blocks(x), get_format("q4_0").quantize_blocks(x))
+
+
+def test_a_second_process_loads_the_kernel_from_numbas_disk_cache(tmp_path):
+    code = """
+        import numpy as np
+        from refquant.formats import get_format
+        x = np.ones((2, 32), np.float32)
+        print(get_format("q8_0").quantize_blocks(x, backend="cpu")[0, 0])
+    """
+    env = {"NUMBA_CACHE_DIR": str(tmp_path), "NUMBA_DEBUG_CACHE": "1"}
+    first = _run(code, **env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "data saved" in first.stdout and "_quantize_q8_0" in first.stdout
+    second = _run(code, **env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    loaded = [ln for ln in second.stdout.splitlines() if "data loaded" in ln]
+    assert any("_quantize_q8_0" in ln for ln in loaded), second.stdout[-3000:]
+    assert "data saved" not in second.stdout
