@@ -133,15 +133,22 @@ def _get_u16(raw, off):
 
 @njit(**_OPTS)
 def _first_absmax(x, start, n):
-    """``if (fabsf(v) > amax) {amax = fabsf(v); max = v;}`` from 0: (amax, signed max)."""
-    amax = _ZERO
-    mx = _ZERO
+    """``if (fabsf(v) > amax) {amax = fabsf(v); max = v;}`` from 0: (amax, signed max).
+
+    Computed in two passes that vectorize: the largest |v| as the integer maximum of
+    the bits of |v| (the same order as the floats for finite values), then the first
+    element of that magnitude. An all-zero group gives (+0, +0), as in C.
+    """
+    top = 0
     for j in range(start, start + n):
-        ax = abs(x[j])
-        if ax > amax:
-            amax = ax
-            mx = x[j]
-    return amax, mx
+        b = np.int64(np.float32(x[j]).view(np.uint32)) & 0x7FFFFFFF
+        top = b if b > top else top
+    if top == 0:
+        return _ZERO, _ZERO
+    for j in range(start, start + n):
+        if (np.int64(np.float32(x[j]).view(np.uint32)) & 0x7FFFFFFF) == top:
+            return abs(x[j]), x[j]
+    return _ZERO, _ZERO
 
 
 @njit(**_OPTS)
@@ -345,51 +352,8 @@ def _dequantize_q8_1(raw, out, t16):
 
 # --------------------------------------------------------------------------- K-quant searches
 @njit(**_OPTS)
-def _make_qx_quants(x, start, n, nmax, L):
-    """make_qx_quants(n, nmax, x + start, L + start, rmse_type=1, qw=NULL): L in 0..2nmax-1."""
-    amax, mx = _first_absmax(x, start, n)
-    if amax < _EPS:
-        for i in range(start, start + n):
-            L[i] = 0
-        return _ZERO
-    iscale = np.float32(np.float32(-nmax) / mx)
-    sumlx = _ZERO
-    suml2 = _ZERO
-    for i in range(start, start + n):
-        lq = max(-nmax, min(nmax - 1, _nearest_int(np.float32(iscale * x[i]))))
-        L[i] = lq + nmax
-        w = np.float32(x[i] * x[i])
-        lf = np.float32(lq)
-        sumlx = np.float32(sumlx + np.float32(np.float32(w * x[i]) * lf))
-        suml2 = np.float32(suml2 + np.float32(np.float32(w * lf) * lf))
-    scale = np.float32(sumlx / suml2) if suml2 != 0 else _ZERO
-    best = np.float32(scale * sumlx)
-    for step in range(-9, 10):
-        if step == 0:
-            continue
-        iscale = np.float32(
-            -np.float32(np.float32(nmax) + np.float32(_TENTH * np.float32(step))) / mx
-        )
-        sumlx = _ZERO
-        suml2 = _ZERO
-        for i in range(start, start + n):
-            lq = max(-nmax, min(nmax - 1, _nearest_int(np.float32(iscale * x[i]))))
-            w = np.float32(x[i] * x[i])
-            lf = np.float32(lq)
-            sumlx = np.float32(sumlx + np.float32(np.float32(w * x[i]) * lf))
-            suml2 = np.float32(suml2 + np.float32(np.float32(w * lf) * lf))
-        if suml2 > 0 and np.float32(sumlx * sumlx) > np.float32(best * suml2):
-            for i in range(start, start + n):
-                lq = max(-nmax, min(nmax - 1, _nearest_int(np.float32(iscale * x[i]))))
-                L[i] = nmax + lq
-            scale = np.float32(sumlx / suml2)
-            best = np.float32(scale * sumlx)
-    return scale
-
-
-@njit(**_OPTS)
 def _make_qx_lanes(xt, nmax, Lt, scales):
-    """:func:`_make_qx_quants` on S sub-blocks at once (``xt[i, s]``: element i of sub-block s).
+    """ggml's make_qx_quants(n, nmax, x, L, rmse_type=1, NULL) on S sub-blocks at once (``xt[i, s]``: element i of sub-block s).
 
     Bit-identical lane by lane (each sum its own float32 chain, in order); the inner
     loops run across lanes so that LLVM vectorizes them. Lanes with max|x| < 1e-15,
@@ -458,7 +422,7 @@ def _make_qx_lanes(xt, nmax, Lt, scales):
 
 @njit(**_OPTS)
 def _make_q3_lanes(xt, nmax, Lt, scales):
-    """:func:`_make_q3_quants` on S sub-blocks at once (``xt[i, s]``: element i of sub-block s).
+    """ggml's make_q3_quants(n, nmax, x, L, do_rmse=true) on S sub-blocks at once (``xt[i, s]``: element i of sub-block s).
 
     Each lane runs its own sub-block's coordinate descent: every conditional update of C
     becomes a select on that lane (computed always, kept only where C would take the
@@ -534,127 +498,14 @@ def _make_q3_lanes(xt, nmax, Lt, scales):
 
 
 @njit(**_OPTS)
-def _make_q3_quants(x, start, n, nmax, L):
-    """make_q3_quants(n, nmax, x + start, L + start, do_rmse=true): L in 0..2nmax-1 (0 for a zero group)."""
-    amax, mx = _first_absmax(x, start, n)
-    if amax < _EPS:
-        for i in range(start, start + n):
-            L[i] = 0
-        return _ZERO
-    iscale = np.float32(np.float32(-nmax) / mx)
-    sumlx = _ZERO
-    suml2 = _ZERO
-    for i in range(start, start + n):
-        lq = max(-nmax, min(nmax - 1, _nearest_int(np.float32(iscale * x[i]))))
-        L[i] = lq
-        w = np.float32(x[i] * x[i])
-        lf = np.float32(lq)
-        sumlx = np.float32(sumlx + np.float32(np.float32(w * x[i]) * lf))
-        suml2 = np.float32(suml2 + np.float32(np.float32(w * lf) * lf))
-    for _ in range(5):
-        n_changed = 0
-        for i in range(start, start + n):
-            w = np.float32(x[i] * x[i])
-            li = np.float32(L[i])
-            slx = np.float32(sumlx - np.float32(np.float32(w * x[i]) * li))
-            if slx > 0:
-                sl2 = np.float32(suml2 - np.float32(np.float32(w * li) * li))
-                new_l = _nearest_int(np.float32(np.float32(x[i] * sl2) / slx))
-                new_l = max(-nmax, min(nmax - 1, new_l))
-                if new_l != L[i]:
-                    nf = np.float32(new_l)
-                    slx = np.float32(slx + np.float32(np.float32(w * x[i]) * nf))
-                    sl2 = np.float32(sl2 + np.float32(np.float32(w * nf) * nf))
-                    if sl2 > 0 and np.float32(np.float32(slx * slx) * suml2) > np.float32(
-                        np.float32(sumlx * sumlx) * sl2
-                    ):
-                        L[i] = new_l
-                        sumlx = slx
-                        suml2 = sl2
-                        n_changed += 1
-        if n_changed == 0:
-            break
-    for i in range(start, start + n):
-        L[i] += nmax
-    return np.float32(sumlx / suml2) if suml2 > 0 else _ZERO
-
-
-@njit(**_OPTS)
-def _make_qkx2_quants(x, start, n, nmax, w, L, laux, rmin, rdelta, nstep, use_mad):
-    """make_qkx2_quants on x[start:start+n] with weights w[0:n]: (scale, the_min = -min), L in 0..nmax."""
-    mn = x[start]
-    mx = x[start]
-    sum_w = w[0]
-    sum_x = np.float32(sum_w * x[start])
-    for i in range(1, n):
-        v = x[start + i]
-        if v < mn:
-            mn = v
-        if v > mx:
-            mx = v
-        sum_w = np.float32(sum_w + w[i])
-        sum_x = np.float32(sum_x + np.float32(w[i] * v))
-    if mn > 0:
-        mn = _ZERO
-    if mx == mn:
-        for i in range(n):
-            L[start + i] = 0
-        return _ZERO, np.float32(-mn)
-    iscale = np.float32(np.float32(nmax) / np.float32(mx - mn))
-    scale = np.float32(_ONE / iscale)
-    best = _ZERO
-    for i in range(n):
-        v = x[start + i]
-        lq = max(0, min(nmax, _nearest_int(np.float32(iscale * np.float32(v - mn)))))
-        L[start + i] = lq
-        diff = np.float32(np.float32(np.float32(scale * np.float32(lq)) + mn) - v)
-        diff = abs(diff) if use_mad else np.float32(diff * diff)
-        best = np.float32(best + np.float32(w[i] * diff))
-    for step in range(nstep + 1):
-        num = np.float32(np.float32(rmin + np.float32(rdelta * np.float32(step))) + np.float32(nmax))
-        iscale = np.float32(num / np.float32(mx - mn))  # min is the best so far, as in C
-        sum_l = _ZERO
-        sum_l2 = _ZERO
-        sum_xl = _ZERO
-        for i in range(n):
-            v = x[start + i]
-            lq = max(0, min(nmax, _nearest_int(np.float32(iscale * np.float32(v - mn)))))
-            laux[i] = lq
-            wl = np.float32(w[i] * np.float32(lq))
-            sum_l = np.float32(sum_l + wl)
-            sum_l2 = np.float32(sum_l2 + np.float32(wl * np.float32(lq)))
-            sum_xl = np.float32(sum_xl + np.float32(wl * v))
-        det = np.float32(np.float32(sum_w * sum_l2) - np.float32(sum_l * sum_l))
-        if det > 0:
-            this_scale = np.float32(
-                np.float32(np.float32(sum_w * sum_xl) - np.float32(sum_x * sum_l)) / det
-            )
-            this_min = np.float32(
-                np.float32(np.float32(sum_l2 * sum_x) - np.float32(sum_l * sum_xl)) / det
-            )
-            if this_min > 0:
-                this_min = _ZERO
-                this_scale = np.float32(sum_xl / sum_l2)
-            cur = _ZERO
-            for i in range(n):
-                diff = np.float32(
-                    np.float32(np.float32(this_scale * np.float32(laux[i])) + this_min)
-                    - x[start + i]
-                )
-                diff = abs(diff) if use_mad else np.float32(diff * diff)
-                cur = np.float32(cur + np.float32(w[i] * diff))
-            if cur < best:
-                for i in range(n):
-                    L[start + i] = laux[i]
-                best = cur
-                scale = this_scale
-                mn = this_min
-    return scale, np.float32(-mn)
-
-
-@njit(**_OPTS)
 def _make_qkx2_lanes(xt, w, nmax, rmin, rdelta, nstep, use_mad, Lt, scales, mins):
-    """:func:`_make_qkx2_quants` on S sub-blocks at once: ``xt[i, s]`` is element i of sub-block s.
+    """make_qkx2_quants on S sub-blocks at once: ``xt[i, s]`` is element i of sub-block s.
+
+    Per sub-block (C's order): min = min(x, 0), scale = (max - min)/nmax; then for
+    is = 0..nstep, iscale = (rmin + rdelta*is + nmax)/(max - min) with the best min so
+    far, the weighted 2x2 least-squares (scale, min) of those codes (min clamped to <= 0),
+    kept when its weighted |error| (use_mad) or error^2 is strictly smaller. Outputs:
+    ``Lt`` codes 0..nmax, ``scales``, ``mins`` = -min.
 
     Each lane s runs exactly the scalar sequence of its own sub-block (every sum is still
     its own left-to-right float32 chain), so the results are bit-identical; the inner
@@ -1262,19 +1113,6 @@ def _e8m0_half(e):
     return np.uint32(bits).view(np.float32)
 
 
-@njit(**_OPTS)
-def _best_index_mxfp4(v, d, kv):
-    """The first index i that minimises |kv[i]*d - v| (strictly smaller error replaces)."""
-    best = 0
-    best_err = abs(np.float32(np.float32(kv[0] * d) - v))
-    for k in range(1, 16):
-        err = abs(np.float32(np.float32(kv[k] * d) - v))
-        if err < best_err:
-            best = k
-            best_err = err
-    return best
-
-
 @njit(**_PAR)
 def _quantize_ggml_mxfp4(x, out, kv):
     for i in prange(x.shape[0]):
@@ -1291,8 +1129,22 @@ def _quantize_ggml_mxfp4(x, out, kv):
             e = _cvtt(ev) & 0xFF
         d = _e8m0_half(e)
         o[0] = e
+        grid = np.empty(16, np.float32)
+        for k in range(16):
+            grid[k] = np.float32(kv[k] * d)
+        idx = np.empty(32, np.int32)
+        for j in range(32):  # best_index_mxfp4, branch-free so that it vectorizes over j
+            v = xb[j]
+            best = 0
+            best_err = abs(np.float32(grid[0] - v))
+            for k in range(1, 16):
+                err = abs(np.float32(grid[k] - v))
+                lt = err < best_err
+                best = k if lt else best
+                best_err = err if lt else best_err
+            idx[j] = best
         for j in range(16):
-            o[1 + j] = _best_index_mxfp4(xb[j], d, kv) | (_best_index_mxfp4(xb[j + 16], d, kv) << 4)
+            o[1 + j] = idx[j] | (idx[j + 16] << 4)
 
 
 @njit(**_PAR)
