@@ -52,6 +52,16 @@ How bit-exactness is kept
   follow x86-64's ``cvttss2si``: the result is INT32_MIN, then truncated to the
   stored width. ``lroundf`` of Inf/NaN gives LONG_MIN, whose low 32 bits are 0.
 
+Backends
+--------
+``quantize_blocks`` / ``dequantize_blocks`` take ``backend=``: ``"numpy"`` runs the
+NumPy bodies below (the reference: readable, vectorised over blocks), ``"cpu"`` the
+Numba kernels of :mod:`refquant.kernels.cpu.ggml_quant` (one ``prange`` over blocks,
+ggml-quants.c's loops statement by statement; bit-identical, tested against this
+reference and libggml), ``"auto"`` (the default) the kernel from
+:data:`KERNEL_THRESHOLD` weights on; ``REFQUANT_BACKEND=numpy`` forces the reference.
+Nothing is compiled, and Numba not imported, until a kernel first runs.
+
 Non-finite input (NaN, ±Inf) is rejected with :class:`RefquantError`: ggml's
 result for it is undefined behaviour in C (a NaN cast to ``int8_t``) or
 garbage from ``nearest_int``, so there is no "right" answer to match.
