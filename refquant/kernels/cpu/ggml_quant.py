@@ -207,14 +207,24 @@ def _quantize_q5_0(x, out):
 @njit(**_OPTS)
 def _q_affine_scale(x, levels):
     """Q4_1 / Q5_1: (d, id, min) with d = (max - min)/levels (first min met: C's ``v < min``)."""
-    mn = np.float32(3.4028234663852886e38)
-    mx = np.float32(-3.4028234663852886e38)
+    # C's ``if (v < min) min = v; if (v > max) max = v;`` in two passes that vectorize: the
+    # extremes as integer extremes of order-preserving keys of the bits (finite input), then,
+    # where an extreme is a zero, the first zero met (C keeps the sign of the first one)
+    kmin = np.int64(2**31)
+    kmax = np.int64(-(2**31) - 1)
     for j in range(32):
-        v = x[j]
-        if v < mn:
-            mn = v
-        if v > mx:
-            mx = v
+        b = np.int64(np.float32(x[j]).view(np.int32))
+        k = b ^ ((b >> 31) & 0x7FFFFFFF)  # float order as signed integers (-0 just below +0)
+        kmin = k if k < kmin else kmin
+        kmax = k if k > kmax else kmax
+    mn = np.int32(kmin ^ ((kmin >> 31) & 0x7FFFFFFF)).view(np.float32)
+    mx = np.int32(kmax ^ ((kmax >> 31) & 0x7FFFFFFF)).view(np.float32)
+    if mn == 0 or mx == 0:
+        for j in range(32):
+            if x[j] == 0:
+                mn = x[j] if mn == 0 else mn
+                mx = x[j] if mx == 0 else mx
+                break
     d = np.float32(np.float32(mx - mn) / np.float32(levels))
     return d, (np.float32(_ONE / d) if d != 0 else _ZERO), mn
 
