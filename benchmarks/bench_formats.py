@@ -10,19 +10,24 @@ page cache and allocator warm (every call runs once before timing), best of 5:
 * int4 blocked (block 128): ``compat.onnx.quantize_linear`` vs onnxruntime (opset 21,
   its int4 output cast to int8 in the same graph);
 * float8 e4m3fn: ``formats.floats.encode`` (from the bits) vs ml_dtypes' cast;
-* ggml Q8_0 / Q4_0 quantize and Q4_K dequantize: ``compat.ggml`` vs gguf-py (NumPy too),
-  and Q4_K quantize vs libggml's ``quantize_row_q4_K_ref`` where libggml-python or llama-cpp-python is installed;
+* ggml, every type with a Numba kernel: quantize vs libggml's C reference
+  ``quantize_row_<type>_ref`` (single-threaded, through ctypes; libggml-python or
+  llama-cpp-python) with the kernel on one thread and on every core (and the NumPy
+  reference once, for Q4_K), Q4_0 / Q8_0 quantize vs gguf-py, and dequantize vs
+  gguf-py (NumPy); each kernel's first call (compile, or Numba's on-disk cache) is timed;
 * NF4 (block 64): ``compat.bnb.quantize_4bit`` vs bitsandbytes' CPU ``quantize_4bit``.
 
 Every timed pair is also checked for equal output first, so a ratio is never
 printed for two functions that disagree. The ratio column is refquant's time
-divided by the peer's: above 1, refquant is slower. A peer that is not installed
-gives a row "(peer not installed)".
+divided by the peer's: above 1, refquant is slower. The backend column says what ran
+refquant's side (``numpy``: the reference; ``cpu x1`` / ``cpu xN``: the Numba kernel
+on 1 / N threads). A peer that is not installed gives a row "(peer not installed)".
 
 Usage::
 
     python benchmarks/bench_formats.py               # 4M weights
     python benchmarks/bench_formats.py --size 65536  # quick
+    python benchmarks/bench_formats.py --only-ggml --ggml q4_k,q6_k   # some ggml rows only
 """
 
 from __future__ import annotations
@@ -81,9 +86,104 @@ def _ort_session(op, x, attrs, opset, out_type):
     return lambda: sess.run(None, {"x": x})[0]
 
 
-def _rows(x):
+#: the ggml types timed (every type with a Numba kernel; ``--ggml`` picks fewer)
+GGML_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_k",
+              "tq1_0", "tq2_0", "ggml_mxfp4", "iq4_nl", "iq4_xs")
+
+
+def _threads(fn, n):
+    """``fn`` run with Numba's thread count set to ``n`` (None: all cores), then restored."""
+
+    def call():
+        import numba
+
+        before = numba.get_num_threads()
+        numba.set_num_threads(n or numba.config.NUMBA_NUM_THREADS)
+        try:
+            return fn()
+        finally:
+            numba.set_num_threads(before)
+
+    return call
+
+
+def _ggml_rows(x, same, types=GGML_TYPES):
+    """Quantize against libggml's C reference (single-threaded: ``quantize_row_<t>_ref``
+    through ctypes) on the Numba kernel with 1 thread and with every core, and once on the
+    NumPy reference for Q4_K; dequantize against gguf-py; gguf-py's quantizers too."""
+    from refquant.compat import ggml
+
+    rows = []
+    lib = ggml.LibGGML() if ggml.libggml_paths() else None
+    every = f"cpu x{_cores()}"
+    for name in types:
+        fmt = ggml.resolve_type(name)
+        flat = x.reshape(-1, fmt.block_size)
+        up = "MXFP4" if name == "ggml_mxfp4" else name.upper()
+        peer = None if lib is None else functools.partial(lib.quantize_row, flat, name)
+        fn = functools.partial(fmt.quantize_blocks, flat, backend="cpu")
+        rows.append((f"ggml {up} quantize", _threads(fn, 1), f"libggml quantize_row_{fmt.c_name}_ref",
+                     peer, same, "cpu x1"))
+        rows.append((f"ggml {up} quantize", _threads(fn, None), f"libggml quantize_row_{fmt.c_name}_ref",
+                     peer, same, every))
+        if name == "q4_k":  # the NumPy reference, for scale
+            rows.append((f"ggml {up} quantize", functools.partial(fmt.quantize_blocks, flat,
+                                                                  backend="numpy"),
+                         f"libggml quantize_row_{fmt.c_name}_ref", peer, same, "numpy"))
+        if name in ("q4_0", "q8_0") and _have("gguf"):
+            from gguf import GGMLQuantizationType, quants
+
+            rows.append((f"ggml {up} quantize", _threads(fn, None), "gguf-py",
+                         functools.partial(quants.quantize, flat, GGMLQuantizationType[up]),
+                         same, every))
+        if not fmt.has_dequantize:
+            continue
+        raw = fmt.quantize_blocks(flat, backend="cpu")
+        peer = None
+        if _have("gguf"):
+            from gguf import GGMLQuantizationType, quants
+
+            peer = functools.partial(quants.dequantize, raw, GGMLQuantizationType[up])
+            try:
+                peer()
+            except NotImplementedError:  # gguf-py cannot dequantize Q8_K
+                peer = None
+        fn = functools.partial(fmt.dequantize_blocks, raw, backend="cpu")
+        rows.append((f"ggml {up} dequantize", _threads(fn, None), "gguf-py", peer,
+                     lambda a, b: _same_floats(a, b), every))
+    return rows
+
+
+def _same_floats(a, b):
+    a = np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
+    b = np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
+    return np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def _cores():
+    import numba
+
+    return numba.config.NUMBA_NUM_THREADS
+
+
+def first_calls(types=GGML_TYPES, out=print):
+    """Time each ggml kernel's first call in this process: compile, or load from Numba's disk cache."""
+    from refquant.compat import ggml
+
+    for name in types:
+        fmt = ggml.resolve_type(name)
+        xb = np.ones((1, fmt.block_size), np.float32)
+        t0 = time.perf_counter()
+        raw = fmt.quantize_blocks(xb, backend="cpu")
+        t1 = time.perf_counter()
+        fmt.dequantize_blocks(raw, backend="cpu")
+        t2 = time.perf_counter()
+        out(f"first call {name:6} quantize {t1 - t0:6.2f}s  dequantize {t2 - t1:6.2f}s")
+
+
+def _rows(x, ggml_types=GGML_TYPES):
     """(name, refquant callable, peer name, peer callable or None, equal(a, b))."""
-    from refquant.compat import bnb, ggml, onnx, torch
+    from refquant.compat import bnb, onnx, torch
     from refquant.formats import floats
 
     def same(a, b):
@@ -138,34 +238,7 @@ def _rows(x):
                  lambda: floats.encode(x, "float8_e4m3fn", saturate=False),
                  "ml_dtypes astype", peer, same))
 
-    flat = x.reshape(-1, 256)
-    for name in ("Q8_0", "Q4_0"):
-        peer = None
-        if _have("gguf"):
-            from gguf import GGMLQuantizationType, quants
-
-            peer = functools.partial(quants.quantize, flat, GGMLQuantizationType[name])
-        rows.append((f"ggml {name} quantize", functools.partial(ggml.quantize, flat, name),
-                     "gguf-py", peer, same))
-    raw = ggml.quantize(flat, "Q4_K")
-    peer = None
-    if _have("gguf"):
-        from gguf import GGMLQuantizationType, quants
-
-        peer = functools.partial(quants.dequantize, raw, GGMLQuantizationType.Q4_K)
-    rows.append(("ggml Q4_K dequantize", functools.partial(ggml.dequantize, raw, "Q4_K", flat.shape),
-                 "gguf-py", peer, same))
-
-    peer = None
-    if ggml.libggml_paths():  # libggml-python's or llama-cpp-python's libggml-base
-        lib = ggml.LibGGML()
-
-        def peer():
-            return lib.quantize_row(flat, "Q4_K")
-    rows.append(("ggml Q4_K quantize", lambda: ggml.quantize(flat, "Q4_K"),
-                 "libggml quantize_row_q4_K_ref", peer,
-                 lambda a, b: np.array_equal(np.asarray(a).reshape(-1), np.asarray(b).reshape(-1))))
-
+    rows.extend(_ggml_rows(x, same, ggml_types))
     peer = None
     if _have("bitsandbytes") and _have("torch"):
         import bitsandbytes.functional as bf
@@ -182,34 +255,52 @@ def _rows(x):
     return rows
 
 
-def run(size, repeat=5, out=print):
-    """Time every row on ``size`` weights; return [(name, peer, t_ours, t_peer, ratio)]."""
+def run(size, repeat=5, out=print, ggml_types=GGML_TYPES, only_ggml=False):
+    """Time every row on ``size`` weights; return [(name, peer, t_ours, t_peer, ratio, backend)].
+
+    ``backend`` says what ran refquant's side: ``numpy`` (the reference), ``cpu x1`` (the
+    Numba kernel on one thread) or ``cpu xN`` (on every core Numba uses).
+    """
     if size % 4096:
         raise SystemExit(f"--size must be a multiple of 4096, got {size}")
     x = np.random.default_rng(0).standard_normal((size // 4096, 4096)).astype(np.float32)
     warnings.filterwarnings("ignore", category=UserWarning)  # the peers' deprecation notes
     out(f"{size:,} float32 weights ({x.nbytes / 2**20:.1f} MiB), best of {repeat}")
-    out(f"{'formula':24} {'peer':34} {'refquant':>10} {'peer':>10} {'ratio':>7}")
+    if ggml_types:
+        first_calls(ggml_types, out)
+    out(f"{'formula':24} {'peer':34} {'backend':>8} {'refquant':>10} {'peer':>10} {'ratio':>7}")
+    rows = _ggml_rows(x, _same_bytes, ggml_types) if only_ggml else _rows(x, ggml_types)
     results = []
-    for name, ours, peer_name, peer, equal in _rows(x):
+    for row in rows:
+        name, ours, peer_name, peer, equal = row[:5]
+        backend = row[5] if len(row) > 5 else "numpy"
         if peer is None:
-            out(f"{name:24} {peer_name:34} {'':>10} {'':>10}  (peer not installed)")
+            out(f"{name:24} {peer_name:34} {backend:>8} {'':>10} {'':>10}  (peer not installed)")
             continue
         if not equal(ours(), peer()):
             raise AssertionError(f"{name}: refquant and {peer_name} disagree; no ratio printed")
         t_ours, t_peer = _best(ours, repeat), _best(peer, repeat)
         ratio = t_ours / t_peer
-        results.append((name, peer_name, t_ours, t_peer, ratio))
-        out(f"{name:24} {peer_name:34} {t_ours * 1e3:8.1f}ms {t_peer * 1e3:8.1f}ms {ratio:6.1f}x")
+        results.append((name, peer_name, t_ours, t_peer, ratio, backend))
+        out(f"{name:24} {peer_name:34} {backend:>8} {t_ours * 1e3:8.1f}ms {t_peer * 1e3:8.1f}ms "
+            f"{ratio:6.2f}x")
     return results
+
+
+def _same_bytes(a, b):
+    return np.array_equal(np.asarray(a).reshape(-1), np.asarray(b).reshape(-1))
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", type=int, default=4 << 20, help="weights (multiple of 4096)")
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--ggml", default=",".join(GGML_TYPES),
+                   help="comma-separated ggml types to time (empty: none)")
+    p.add_argument("--only-ggml", action="store_true", help="time the ggml rows only")
     a = p.parse_args(argv)
-    run(a.size, a.repeat)
+    types = tuple(t for t in a.ggml.split(",") if t)
+    run(a.size, a.repeat, ggml_types=types, only_ggml=a.only_ggml)
 
 
 if __name__ == "__main__":

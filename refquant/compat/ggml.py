@@ -138,7 +138,7 @@ def _ggml_name(fmt: GGMLBlockFormat) -> str:
     return "mxfp4" if fmt.name == "ggml_mxfp4" else fmt.name
 
 
-def quantize(x, type_name) -> np.ndarray:
+def quantize(x, type_name, *, backend="auto") -> np.ndarray:
     """Quantize rows of ``x`` to ggml's bytes for ``type_name``.
 
     Parameters
@@ -149,6 +149,10 @@ def quantize(x, type_name) -> np.ndarray:
         type's block size (32 or 256).
     type_name : str or int
         ggml type (``"q4_0"``, ``"Q4_K"``, ``"mxfp4"``, ``12``, ``GGMLQuantizationType.Q4_K``).
+    backend : {"auto", "numpy", "cpu"}
+        ``"numpy"`` the NumPy reference, ``"cpu"`` the Numba kernel (bit-identical),
+        ``"auto"`` the kernel on large inputs; ``REFQUANT_BACKEND=numpy`` forces the
+        reference (see :meth:`refquant.formats.ggml.GGMLBlockFormat.quantize_blocks`).
 
     Returns
     -------
@@ -193,11 +197,11 @@ def quantize(x, type_name) -> np.ndarray:
             f"x contains a non-finite value at index {bad}; ggml's quantize_row_{fmt.c_name}_ref "
             "has no defined result for NaN/Inf (refquant refuses instead of guessing)"
         )
-    raw = fmt.quantize_blocks(blocks)
+    raw = fmt.quantize_blocks(blocks, backend=backend)
     return raw.reshape(*arr.shape[:-1], arr.shape[-1] // fmt.block_size * fmt.type_size)
 
 
-def dequantize(raw, type_name, shape) -> np.ndarray:
+def dequantize(raw, type_name, shape, *, backend="auto") -> np.ndarray:
     """Dequantize ggml bytes to float32 of ``shape``.
 
     Parameters
@@ -211,6 +215,8 @@ def dequantize(raw, type_name, shape) -> np.ndarray:
         Shape of the float tensor; the last axis is the row and must be a
         multiple of the block size, and ``raw`` must hold exactly
         ``prod(shape[:-1]) * row_size`` bytes.
+    backend : {"auto", "numpy", "cpu"}
+        As in :func:`quantize`.
 
     Returns
     -------
@@ -250,7 +256,7 @@ def dequantize(raw, type_name, shape) -> np.ndarray:
             f"raw has {r.size} bytes but shape {shp} in {_ggml_name(fmt)} needs {expected} "
             f"({n_blocks} blocks of {fmt.type_size} bytes)"
         )
-    return fmt.dequantize_blocks(r.reshape(n_blocks, fmt.type_size)).reshape(shp)
+    return fmt.dequantize_blocks(r.reshape(n_blocks, fmt.type_size), backend=backend).reshape(shp)
 
 
 #: Where each pip package that ships a built ``libggml-base`` keeps it, relative to its

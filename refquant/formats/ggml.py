@@ -52,6 +52,16 @@ How bit-exactness is kept
   follow x86-64's ``cvttss2si``: the result is INT32_MIN, then truncated to the
   stored width. ``lroundf`` of Inf/NaN gives LONG_MIN, whose low 32 bits are 0.
 
+Backends
+--------
+``quantize_blocks`` / ``dequantize_blocks`` take ``backend=``: ``"numpy"`` runs the
+NumPy bodies below (the reference: readable, vectorised over blocks), ``"cpu"`` the
+Numba kernels of :mod:`refquant.kernels.cpu.ggml_quant` (one ``prange`` over blocks,
+ggml-quants.c's loops statement by statement; bit-identical, tested against this
+reference and libggml), ``"auto"`` (the default) the kernel from
+:data:`KERNEL_THRESHOLD` weights on; ``REFQUANT_BACKEND=numpy`` forces the reference.
+Nothing is compiled, and Numba not imported, until a kernel first runs.
+
 Non-finite input (NaN, ±Inf) is rejected with :class:`RefquantError`: ggml's
 result for it is undefined behaviour in C (a NaN cast to ``int8_t``) or
 garbage from ``nearest_int``, so there is no "right" answer to match.
@@ -66,10 +76,12 @@ from __future__ import annotations
 import numpy as np
 
 from .._errors import RefquantError
+from ..kernels._backend import resolve_backend
 from ._registry import register
 
 __all__ = [
     "GGML_BLOCK_TABLE",
+    "KERNEL_THRESHOLD",
     "GGMLBlockFormat",
     "ggml_block_formats",
     "Q4_0",
@@ -122,6 +134,9 @@ KVALUES_MXFP4 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -1
 _F32 = np.float32
 _GROUP_MAX_EPS = _F32(1e-15)
 _CHUNK = 8192  # blocks quantized at a time (K-quant temporaries: ~1 MB per 256-block)
+#: weights from which ``backend="auto"`` runs the Numba kernel (below, its call overhead and a
+#: first call's compile or cache load cost more than the NumPy body)
+KERNEL_THRESHOLD = 1 << 16
 
 
 # --------------------------------------------------------------------------- helpers
@@ -392,6 +407,8 @@ class GGMLBlockFormat:
     type_size: int = 0
     c_name: str = ""  # the suffix in quantize_row_<c_name>_ref / dequantize_row_<c_name>
     has_dequantize = True
+    #: whether :mod:`refquant.kernels.cpu.ggml_quant` has this type's quantize and dequantize
+    has_kernel = False
 
     def __init_subclass__(cls, name: str = "", **kw):
         super().__init_subclass__(**kw)
@@ -407,13 +424,35 @@ class GGMLBlockFormat:
     def __repr__(self) -> str:
         return f"GGMLBlockFormat({self.name!r}, block_size={self.block_size}, type_size={self.type_size})"
 
-    def quantize_blocks(self, blocks: np.ndarray) -> np.ndarray:
+    def quantize_blocks(self, blocks: np.ndarray, backend: str = "auto") -> np.ndarray:
         """Quantize ``(n, block_size)`` floats to ``(n, type_size)`` bytes, as ggml's ``*_ref``.
 
         Input is converted to float32 first (ggml reads float32). NaN and ±Inf
         are rejected (ggml's result is undefined for them).
+
+        ``backend``: ``"numpy"`` runs the NumPy body here (the reference), ``"cpu"``
+        the Numba kernel of :mod:`refquant.kernels.cpu.ggml_quant` (bit-identical),
+        ``"auto"`` the kernel from :data:`KERNEL_THRESHOLD` weights on (and where
+        the type has one: :attr:`has_kernel`); ``REFQUANT_BACKEND=numpy`` forces the
+        reference.
         """
-        return self._quantize_chunked(self._checked_blocks(blocks), lambda part, _: self._quantize(part))
+        x = self._checked_blocks(blocks)
+        if self._backend(backend, x.size) == "cpu":
+            from ..kernels.cpu import ggml_quant
+
+            return ggml_quant.quantize_blocks(self.name, x, self.type_size)
+        return self._quantize_chunked(x, lambda part, _: self._quantize(part))
+
+    def _backend(self, backend, work: int) -> str:
+        """"numpy" or "cpu" for a call on ``work`` weights (see :func:`resolve_backend`)."""
+        chosen = resolve_backend(backend, work, threshold=KERNEL_THRESHOLD, cuda=False)
+        if chosen == "cpu" and not self.has_kernel:
+            if backend == "cpu":
+                raise RefquantError(
+                    f"backend='cpu': {self.name} has no Numba kernel yet; use backend='numpy'"
+                )
+            return "numpy"
+        return chosen
 
     def _checked_blocks(self, blocks) -> np.ndarray:
         x = np.asarray(blocks)
@@ -443,8 +482,11 @@ class GGMLBlockFormat:
                 out[start : start + _CHUNK] = fn(part, start)
         return out
 
-    def dequantize_blocks(self, raw: np.ndarray) -> np.ndarray:
-        """Dequantize ``(n, type_size)`` bytes to ``(n, block_size)`` float32, as ggml's ``dequantize_row_*``."""
+    def dequantize_blocks(self, raw: np.ndarray, backend: str = "auto") -> np.ndarray:
+        """Dequantize ``(n, type_size)`` bytes to ``(n, block_size)`` float32, as ggml's ``dequantize_row_*``.
+
+        ``backend`` as in :meth:`quantize_blocks`.
+        """
         r = np.asarray(raw)
         if r.dtype != np.uint8:
             raise RefquantError(f"raw must be a uint8 array, got dtype {r.dtype}")
@@ -452,6 +494,10 @@ class GGMLBlockFormat:
             raise RefquantError(
                 f"raw must be a 2-D array of shape (n, {self.type_size}) for {self.name}, got shape {r.shape}"
             )
+        if self._backend(backend, r.shape[0] * self.block_size) == "cpu":
+            from ..kernels.cpu import ggml_quant
+
+            return ggml_quant.dequantize_blocks(self.name, np.ascontiguousarray(r), self.block_size)
         with np.errstate(all="ignore"):
             out = self._dequantize(np.ascontiguousarray(r))
         return out.astype(_F32, copy=False)
@@ -483,6 +529,7 @@ class Q4_0(GGMLBlockFormat, name="q4_0"):
     """
 
     c_name = "q4_0"
+    has_kernel = True
     _nmax = 8
 
     def _scale_codes(self, x):
@@ -520,6 +567,7 @@ class Q4_1(GGMLBlockFormat, name="q4_1"):
     """
 
     c_name = "q4_1"
+    has_kernel = True
     _levels = 15
 
     def _affine(self, x):
@@ -571,6 +619,7 @@ class Q5_0(Q4_0, name="q5_0"):
     """
 
     c_name = "q5_0"
+    has_kernel = True
     _nmax = 16
 
     def _quantize(self, x):
@@ -594,6 +643,7 @@ class Q5_1(Q4_1, name="q5_1"):
     """
 
     c_name = "q5_1"
+    has_kernel = True
     _levels = 31
 
     def _quantize(self, x):
@@ -622,6 +672,7 @@ class Q8_0(GGMLBlockFormat, name="q8_0"):
     """
 
     c_name = "q8_0"
+    has_kernel = True
 
     def _codes(self, x):
         amax = np.abs(x).max(axis=1)
@@ -648,6 +699,7 @@ class Q8_1(Q8_0, name="q8_1"):
     """
 
     c_name = "q8_1"
+    has_kernel = True
     has_dequantize = False
 
     def _quantize(self, x):
@@ -692,6 +744,7 @@ class GGML_MXFP4(GGMLBlockFormat, name="ggml_mxfp4"):
     """
 
     c_name = "mxfp4"
+    has_kernel = True
 
     def _quantize(self, x):
         amax = np.abs(x).max(axis=1)
@@ -750,6 +803,7 @@ class TQ1_0(GGMLBlockFormat, name="tq1_0"):
     """
 
     c_name = "tq1_0"
+    has_kernel = True
 
     def _quantize(self, x):
         n = x.shape[0]
@@ -781,6 +835,7 @@ class TQ2_0(GGMLBlockFormat, name="tq2_0"):
     """
 
     c_name = "tq2_0"
+    has_kernel = True
 
     def _quantize(self, x):
         d, t = _tq_codes(x)
@@ -810,6 +865,7 @@ class Q2_K(GGMLBlockFormat, name="q2_k"):
     """
 
     c_name = "q2_K"
+    has_kernel = True
 
     def _quantize(self, x):
         n = x.shape[0]
@@ -879,6 +935,7 @@ class Q3_K(GGMLBlockFormat, name="q3_k"):
     """
 
     c_name = "q3_K"
+    has_kernel = True
 
     def _quantize(self, x):
         n = x.shape[0]
@@ -991,6 +1048,7 @@ class Q4_K(GGMLBlockFormat, name="q4_k"):
     """
 
     c_name = "q4_K"
+    has_kernel = True
 
     def _quantize(self, x):
         n = x.shape[0]
@@ -1015,6 +1073,7 @@ class Q5_K(GGMLBlockFormat, name="q5_k"):
     """
 
     c_name = "q5_K"
+    has_kernel = True
 
     def _quantize(self, x):
         n = x.shape[0]
@@ -1054,6 +1113,7 @@ class Q6_K(GGMLBlockFormat, name="q6_k"):
     """
 
     c_name = "q6_K"
+    has_kernel = True
 
     def _quantize(self, x):
         n = x.shape[0]
@@ -1120,6 +1180,7 @@ class Q8_K(GGMLBlockFormat, name="q8_k"):
     """
 
     c_name = "q8_K"
+    has_kernel = True
 
     def _quantize(self, x):
         n = x.shape[0]
@@ -1305,6 +1366,7 @@ class IQ4_NL(_IQ4Format, name="iq4_nl"):
     """
 
     c_name = "iq4_nl"
+    has_kernel = True
     _ref_ntry = -1  # quantize_row_iq4_nl_ref
 
     def _quantize_iq4(self, x, qw, ntry):
@@ -1344,6 +1406,7 @@ class IQ4_XS(_IQ4Format, name="iq4_xs"):
     """
 
     c_name = "iq4_xs"
+    has_kernel = True
 
     def _quantize_iq4(self, x, qw, ntry):
         n = x.shape[0]
