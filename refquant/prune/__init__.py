@@ -67,7 +67,7 @@ from .structured import (
     group_channel_scores,
     structured_prune,
 )
-from .wanda import wanda_prune
+from .wanda_calibrated import wanda_prune
 
 __all__ = [
     "LayerAblation",

@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 
 from refquant.prune.scores import WandaRowScalars
 from refquant.prune.sparsegpt import sparsegpt
-from refquant.prune.wanda import wanda_prune
+from refquant.prune.wanda_calibrated import wanda_prune
 from refquant.quant.gptq import HessianAccumulator, gptq
 
 pytestmark = pytest.mark.peer

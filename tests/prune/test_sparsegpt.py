@@ -9,7 +9,7 @@ from refquant import RefquantError
 from refquant.models import DIGITS_MLP_BLOCKS, digits_mlp_forward, load_digits_mlp
 from refquant.prune.scores import WandaRowScalars, wanda
 from refquant.prune.sparsegpt import sparsegpt
-from refquant.prune.wanda import wanda_prune
+from refquant.prune.wanda_calibrated import wanda_prune
 from refquant.quant.gptq import HessianAccumulator, gptq
 
 
@@ -174,3 +174,13 @@ def test_wanda_n_m_prunes_the_n_lowest_of_every_group():
     scores = np.array([[4, 3, 2, 1, 1, 2, 3, 4]], dtype=np.float64)
     _, mask = wanda_prune(np.ones((1, 8)), scores, prune_n=2, prune_m=4)
     np.testing.assert_array_equal(mask, [[0, 0, 1, 1, 1, 1, 0, 0]])
+
+
+def test_prune_wanda_stays_the_score_function_whatever_is_imported():
+    # a module refquant/prune/wanda.py once shadowed the score function refquant.prune.wanda
+    import importlib
+
+    import refquant.prune as rp
+
+    importlib.import_module("refquant.prune.wanda_calibrated")
+    assert callable(rp.wanda) and callable(rp.wanda_prune) and callable(rp.sparsegpt)
