@@ -36,10 +36,10 @@ from ..quant.gptq import (
     GPTQ_BITS,
     _check_hessian,
     _check_weight,
-    _factor,
     _fake_quantize,
     _group_qparams,
     _precision,
+    _prepared_factor,
 )
 
 __all__ = ["SparseGPTResult", "sparsegpt", "SPARSEGPT_MASK_RULES"]
@@ -193,20 +193,8 @@ def sparsegpt(
         qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
         codes = np.empty((rows, cols), np.int64)
 
-    dead = np.diagonal(H) == 0
-    if np.any(dead):
-        H[dead, dead] = 1
-        W[:, dead] = 0
-    retries, frac, fallback = 0, float(dampening_frac), False
-    if hessian_factor is not None:
-        U = np.asarray(hessian_factor).astype(dt)
-        if U.shape != (cols, cols):
-            raise RefquantError(f"hessian_factor has shape {U.shape}; expected ({cols}, {cols})")
-    else:
-        U, frac, retries = _factor(H, dampening_frac, max_damping_retries)
-        fallback = U is None
-        if fallback:
-            U = np.eye(cols, dtype=dt)
+    U, frac, retries, fallback = _prepared_factor(H, W, hessian_factor, dampening_frac,
+                                                  max_damping_retries, dt)
 
     mask = np.zeros((rows, cols), bool)
     loss_rows = np.zeros(rows, dt)

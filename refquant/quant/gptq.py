@@ -236,6 +236,31 @@ def gptq_hessian_factor(hessian, *, dampening_frac=0.01, precision="float64",
     return _factor(h, dampening_frac, max_retries)
 
 
+def _prepared_factor(H, W, hessian_factor, dampening_frac, max_retries, dt):
+    """Dead inputs, then the upper factor of the damped H^-1: ``(U, frac, retries, fallback)``.
+
+    Dead inputs (``H_ii = 0``) get ``H_ii = 1`` and a zero weight column, in place
+    (GPTQ's and SparseGPT's reference code). ``hessian_factor`` (torch's factor,
+    say) is used as given; otherwise :func:`_factor` damps with retries, and when
+    every try fails ``U`` is the identity and ``fallback`` is True (round to
+    nearest, as llmcompressor falls back).
+    """
+    cols = H.shape[0]
+    dead = np.diagonal(H) == 0
+    if np.any(dead):
+        H[dead, dead] = 1
+        W[:, dead] = 0
+    if hessian_factor is not None:
+        U = np.asarray(hessian_factor).astype(dt)
+        if U.shape != (cols, cols):
+            raise RefquantError(f"hessian_factor has shape {U.shape}; expected ({cols}, {cols})")
+        return U, float(dampening_frac), 0, False
+    U, frac, retries = _factor(H, dampening_frac, max_retries)
+    if U is None:
+        return np.eye(cols, dtype=dt), frac, retries, True
+    return U, frac, retries, False
+
+
 def _factor(h: np.ndarray, dampening_frac: float, max_retries: int):
     dt = h.dtype.type
     base = np.diagonal(h).copy()
@@ -433,22 +458,8 @@ def gptq(
         perm = np.argsort(-np.diagonal(H), kind="stable")
         W = W[:, perm]
         H = H[np.ix_(perm, perm)]
-    dead = np.diagonal(H) == 0
-    if np.any(dead):
-        H[dead, dead] = 1
-        W[:, dead] = 0
-
-    retries, frac, fallback = 0, float(dampening_frac), False
-    if hessian_factor is not None:
-        U = np.asarray(hessian_factor).astype(dt)
-        if U.shape != (cols, cols):
-            raise RefquantError(
-                f"hessian_factor has shape {U.shape}; expected ({cols}, {cols})"
-            )
-    else:
-        U, frac, retries = _factor(H, dampening_frac, max_damping_retries)
-        if U is None:
-            U, fallback = np.eye(cols, dtype=dt), True
+    U, frac, retries, fallback = _prepared_factor(H, W, hessian_factor, dampening_frac,
+                                                  max_damping_retries, dt)
 
     order = perm if perm is not None else np.arange(cols)
     if static_groups:
