@@ -41,6 +41,10 @@ from ggml's:
   (for IQ4_XS the ref and ``quantize_iq4_xs`` are one function). A block with
   max|x| < 1e-15 gets code 8 where ``quantize_row_iq4_nl_ref`` leaves its codes
   undefined (d = 0 in both).
+* ``quantize(x, t, imatrix=w)`` (llama-quantize with ``--imatrix``; ``w`` from
+  :func:`refquant.io.imatrix.load_imatrix`): IQ4_NL / IQ4_XS give ``quantize_<type>``'s
+  bytes with that imatrix; Q8_0, TQ1_0, TQ2_0 and MXFP4 ignore it as ggml does; Q4_0 ...
+  Q6_K raise RefquantError (ggml's weighted search is not implemented here yet).
 * Q8_1 and Q8_K are ggml's activation formats: ``ggml_quantize_chunk`` rejects
   them (aborts) but ``quantize_row_q8_1_ref`` / ``quantize_row_q8_K_ref`` exist
   and are what :func:`quantize` reproduces. ggml has no ``dequantize_row_q8_1``;
@@ -138,7 +142,15 @@ def _ggml_name(fmt: GGMLBlockFormat) -> str:
     return "mxfp4" if fmt.name == "ggml_mxfp4" else fmt.name
 
 
-def quantize(x, type_name, *, backend="auto") -> np.ndarray:
+# ggml-quants.c: quantize_<type> that read quant_weights (an imatrix changes their bytes) and
+# those that ignore it (GGML_UNUSED(quant_weights): quantize_q8_0, quantize_tq1_0,
+# quantize_tq2_0, quantize_mxfp4 call the _ref row quantizer either way).
+_IMATRIX_WEIGHTED = frozenset({"q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k",
+                               "q6_k", "iq4_nl", "iq4_xs"})
+_IMATRIX_IGNORED = frozenset({"q8_0", "tq1_0", "tq2_0", "ggml_mxfp4"})
+
+
+def quantize(x, type_name, *, backend="auto", imatrix=None) -> np.ndarray:
     """Quantize rows of ``x`` to ggml's bytes for ``type_name``.
 
     Parameters
@@ -153,6 +165,14 @@ def quantize(x, type_name, *, backend="auto") -> np.ndarray:
         ``"numpy"`` the NumPy reference, ``"cpu"`` the Numba kernel (bit-identical),
         ``"auto"`` the kernel on large inputs; ``REFQUANT_BACKEND=numpy`` forces the
         reference (see :meth:`refquant.formats.ggml.GGMLBlockFormat.quantize_blocks`).
+    imatrix : array_like, optional
+        The importance vector of this tensor, one float per column (length of a row), as
+        :func:`refquant.io.imatrix.load_imatrix` gives it; llama-quantize passes it to
+        ``ggml_quantize_chunk`` -> ``quantize_<type>(..., quant_weights)`` for every row.
+        IQ4_NL / IQ4_XS: the bytes of ``quantize_<type>`` with that imatrix
+        (``quantize_blocks_weighted``); Q8_0, TQ1_0, TQ2_0, MXFP4: ignored, as ggml
+        ignores it; Q4_0 ... Q6_K: RefquantError (refquant has no weighted path for them
+        yet); Q8_1 / Q8_K: RefquantError (ggml has no ``quantize_<type>``).
 
     Returns
     -------
@@ -197,8 +217,36 @@ def quantize(x, type_name, *, backend="auto") -> np.ndarray:
             f"x contains a non-finite value at index {bad}; ggml's quantize_row_{fmt.c_name}_ref "
             "has no defined result for NaN/Inf (refquant refuses instead of guessing)"
         )
-    raw = fmt.quantize_blocks(blocks, backend=backend)
+    if imatrix is not None and fmt.name not in _IMATRIX_IGNORED:
+        raw = _quantize_weighted(blocks, fmt, imatrix, arr.shape[-1])
+    else:
+        raw = fmt.quantize_blocks(blocks, backend=backend)
     return raw.reshape(*arr.shape[:-1], arr.shape[-1] // fmt.block_size * fmt.type_size)
+
+
+def _quantize_weighted(blocks, fmt, imatrix, n_per_row):
+    name = _ggml_name(fmt)
+    if fmt.name not in _IMATRIX_WEIGHTED:
+        raise RefquantError(f"type_name: ggml has no quantize_{fmt.c_name} taking an imatrix "
+                            f"({name} is quantized by quantize_row_{fmt.c_name}_ref only)")
+    weighted = getattr(fmt, "quantize_blocks_weighted", None)
+    if weighted is None:
+        raise RefquantError(f"type_name: {name.upper()} with an imatrix (quantize_{fmt.c_name}'s "
+                            "quant_weights path) is not implemented in refquant; only IQ4_NL and "
+                            "IQ4_XS are")
+    try:
+        w = np.asarray(imatrix, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise RefquantError("imatrix must be a real 1-D array") from None
+    if w.shape != (n_per_row,):
+        raise RefquantError(f"imatrix must have shape ({n_per_row},) (one value per column), "
+                            f"got {w.shape}")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise RefquantError("imatrix must be finite and >= 0")
+    # ggml passes quant_weights + block_size*ibl for block ibl of every row
+    nrows = blocks.shape[0] * fmt.block_size // n_per_row if n_per_row else 0
+    per_block = np.tile(w.reshape(-1, fmt.block_size), (nrows, 1))
+    return weighted(blocks, per_block)
 
 
 def dequantize(raw, type_name, shape, *, backend="auto") -> np.ndarray:
