@@ -46,7 +46,8 @@ Where llmcompressor 0.14 (``modifiers/transform/awq/base.py``,
 * ``Q`` is compressed-tensors' min-max observer, whose range always contains 0
   (``min(lo, 0)``, ``max(hi, 0)``) and whose rounding is ``torch.round`` of
   ``x / scale + zp`` after clamping, not AutoAWQ's ``round(x / scale) + zeros``;
-* it has no clipping search (AutoAWQ's ``_search_best_clip``); not implemented here.
+* it has no clipping search (AutoAWQ's ``_search_best_clip``, here
+  :func:`awq_clip_search` and ``awq(..., clip=True)``).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ __all__ = [
     "awq",
     "awq_pseudo_quantize",
     "awq_grid",
+    "awq_clip_search",
     "AWQ_BITS",
 ]
 
@@ -271,7 +273,10 @@ class AWQResult:
     weight_scaled : ndarray (out, in)
         ``W diag(s)``, the folded weights.
     weight_quantized : ndarray (out, in)
-        ``Q(W diag(s))``, the quantized folded weights (used with ``x / s``).
+        ``Q(W diag(s))``, the quantized folded weights (used with ``x / s``);
+        with ``clip=True`` ``Q(clip(W diag(s), -clip_max, clip_max))``.
+    clip_max : ndarray (out, n_groups) or None
+        The clipping search's threshold per row and group (``clip=True``).
     """
 
     scales: np.ndarray
@@ -281,6 +286,7 @@ class AWQResult:
     losses: np.ndarray
     weight_scaled: np.ndarray
     weight_quantized: np.ndarray
+    clip_max: np.ndarray | None = None
 
     @property
     def weight_effective(self) -> np.ndarray:
@@ -300,7 +306,7 @@ def _output_mse(batches, w, w_hat):
 
 
 def awq(weight, x, *, bits=4, group_size=128, zero_point=True, n_grid=20, grid="autoawq",
-        duo_scaling=False) -> AWQResult:
+        duo_scaling=False, clip=False) -> AWQResult:
     """Search AWQ's per-input-channel scales for one linear layer and quantize it.
 
     Parameters
@@ -317,6 +323,10 @@ def awq(weight, x, *, bits=4, group_size=128, zero_point=True, n_grid=20, grid="
     duo_scaling : bool
         ``False``: the paper's ``s = x_mean**alpha``; ``True``: AutoAWQ's and
         llmcompressor's default, divided by ``w_mean**(1 - alpha) + 1e-4``.
+    clip : bool
+        After the scale search, run :func:`awq_clip_search` on ``W s`` with the
+        input ``x / s`` (AutoAWQ's order) and quantize the clipped weights.
+        ``loss`` and ``losses`` stay the scale search's (unclipped).
 
     Returns
     -------
@@ -358,8 +368,98 @@ def awq(weight, x, *, bits=4, group_size=128, zero_point=True, n_grid=20, grid="
     best = int(np.nanargmin(losses))
     s = _scales(x_mean, w_mean, alphas[best])
     ws = w * s
+    clip_max = None
+    wc = ws
+    if clip:
+        clip_max, wc = awq_clip_search(ws, [b / s for b in batches], bits=bits, group_size=g,
+                                       zero_point=zero_point)
     return AWQResult(
         scales=s, alpha=float(alphas[best]), loss=float(losses[best]), alphas=alphas,
         losses=losses, weight_scaled=ws,
-        weight_quantized=awq_pseudo_quantize(ws, bits=bits, group_size=g, zero_point=zero_point),
+        weight_quantized=awq_pseudo_quantize(wc, bits=bits, group_size=g, zero_point=zero_point),
+        clip_max=clip_max,
     )
+
+
+def awq_clip_search(weight, x, *, bits=4, group_size=128, zero_point=True, n_grid=20,
+                    max_shrink=0.5, n_sample_token=512):
+    """AWQ's weight clipping search: a threshold per row and group of ``weight``.
+
+    Parameters
+    ----------
+    weight : array_like (out, in)
+        The (already scaled) weights.
+    x : array_like (..., in), or a sequence of batches
+        The layer's input (already divided by the scales). Only every
+        ``step``-th row is kept, ``step = max(1, n_rows // n_sample_token)``
+        counted over all batches, as AutoAWQ subsamples tokens.
+    bits, group_size, zero_point
+        ``Q``, see :func:`awq_pseudo_quantize`.
+    n_grid, max_shrink
+        Thresholds ``m0 * (1 - i / n_grid)`` for ``i < int(max_shrink * n_grid)``,
+        ``m0 = max|w|`` of the group.
+
+    Returns
+    -------
+    clip_max : ndarray (out, n_groups)
+    clipped : ndarray (out, in)
+        ``clip(weight, -clip_max, clip_max)`` group by group.
+
+    Formula
+    -------
+    For each row ``r`` and group ``G``, with ``w_c = clip(w_rG, -m, m)``::
+
+        err(m) = mean_k (x_kG . Q(w_c) - x_kG . w_rG) ** 2
+
+    over the kept rows ``k``; ``m`` is the threshold with the smallest error, the
+    larger one on ties (a later threshold must be strictly better, ``err < best``).
+    ``Q`` quantizes the group alone (a partial last group is its own group).
+
+    Reference
+    ---------
+    Lin et al. 2023 (the released code's clipping step); AutoAWQ 0.2
+    ``AwqQuantizer._compute_best_clip`` and ``apply_clip``. AutoAWQ processes rows
+    in batches of 64 or 256 and skips q/k projections; neither changes the result
+    here, which treats all rows.
+    """
+    w = _check_weight(weight)
+    bits = _check_bits(bits)
+    g = _check_group_size(group_size, w.shape[1])
+    if isinstance(n_grid, bool) or not isinstance(n_grid, (int, np.integer)) or n_grid < 1:
+        raise RefquantError(f"n_grid must be a positive int, got {n_grid!r}")
+    if not 0.0 < float(max_shrink) <= 1.0 or int(max_shrink * n_grid) < 1:
+        raise RefquantError(f"max_shrink must be in (0, 1] with max_shrink * n_grid >= 1, got "
+                            f"{max_shrink!r}")
+    if isinstance(n_sample_token, bool) or not isinstance(n_sample_token, (int, np.integer)) \
+            or n_sample_token < 1:
+        raise RefquantError(f"n_sample_token must be a positive int, got {n_sample_token!r}")
+    batches = _batches(x, w.shape[1])
+    n = sum(b.shape[0] for b in batches)
+    step = max(1, n // n_sample_token)
+    kept, start = [], 0
+    for b in batches:
+        first = (-start) % step
+        kept.append(b[first::step])
+        start += b.shape[0]
+    xs = np.concatenate(kept)
+    n_groups = -(-w.shape[1] // g)
+    clip_max = np.empty((w.shape[0], n_groups))
+    clipped = np.empty_like(w)
+    for gi in range(n_groups):
+        cols = slice(gi * g, (gi + 1) * g)
+        wg, xg = w[:, cols], xs[:, cols]
+        org_out = xg @ wg.T
+        m0 = np.abs(wg).max(axis=1)
+        best_m = m0.copy()
+        best_err = np.full(w.shape[0], 1e9)
+        for i in range(int(max_shrink * n_grid)):
+            m = m0 * (1 - i / n_grid)
+            wc = np.clip(wg, -m[:, None], m[:, None])
+            q = awq_pseudo_quantize(wc, bits=bits, group_size=-1, zero_point=zero_point)
+            err = np.mean((xg @ q.T - org_out) ** 2, axis=0)
+            better = err < best_err
+            best_err[better] = err[better]
+            best_m[better] = m[better]
+        clip_max[:, gi] = best_m
+        clipped[:, cols] = np.clip(wg, -best_m[:, None], best_m[:, None])
+    return clip_max, clipped

@@ -6,6 +6,7 @@ from refquant.models import DIGITS_MLP_BLOCKS, digits_mlp_forward, load_digits_m
 from refquant.quant.awq import (
     ActivationMeanAccumulator,
     awq,
+    awq_clip_search,
     awq_grid,
     awq_pseudo_quantize,
 )
@@ -100,6 +101,49 @@ def test_awq_error_not_above_rtn_on_digits_mlp(layer):
     assert r.loss <= rtn
 
 
+def _group_err(w, x, m, bits=4):
+    q = awq_pseudo_quantize(np.clip(w, -m, m)[None, :], bits=bits, group_size=-1)[0]
+    return np.mean((x @ q - x @ w) ** 2)
+
+
+def test_clip_search_picks_the_brute_force_threshold_per_row_and_group():
+    rng = np.random.default_rng(6)
+    w = rng.normal(size=(5, 12))
+    w[:, 0] *= 8  # an outlier per row, so that clipping pays
+    x = rng.normal(size=(40, 12))
+    clip_max, clipped = awq_clip_search(w, x, bits=3, group_size=6)
+    for r in range(5):
+        for gi in range(2):
+            cols = slice(6 * gi, 6 * gi + 6)
+            m0 = np.abs(w[r, cols]).max()
+            cands = [m0 * (1 - i / 20) for i in range(10)]
+            errs = [_group_err(w[r, cols], x[:, cols], m, bits=3) for m in cands]
+            assert clip_max[r, gi] == cands[int(np.argmin(errs))]
+            np.testing.assert_array_equal(clipped[r, cols],
+                                          np.clip(w[r, cols], -clip_max[r, gi], clip_max[r, gi]))
+    assert np.any(clip_max < np.abs(w).reshape(5, 2, 6).max(-1))
+
+
+def test_clip_search_subsamples_rows_across_batches_like_one_array():
+    rng = np.random.default_rng(7)
+    w, x = rng.normal(size=(4, 8)), rng.normal(size=(50, 8))
+    one = awq_clip_search(w, x, group_size=4, n_sample_token=7)
+    split = awq_clip_search(w, [x[:13], x[13:31], x[31:]], group_size=4, n_sample_token=7)
+    np.testing.assert_array_equal(one[0], split[0])
+    np.testing.assert_array_equal(one[0], awq_clip_search(w, x[::7], group_size=4)[0])
+
+
+@pytest.mark.parametrize("block", range(DIGITS_MLP_BLOCKS))
+def test_awq_with_clip_beats_awq_on_digits_mlp(block):
+    p = load_digits_mlp()
+    _, hidden = digits_mlp_forward(p, p["x_calib"], return_hidden=True)
+    w, x = p[f"blocks.{block}.weight"].astype(np.float64), hidden[block].astype(np.float64)
+    r = awq(w, x, clip=True)
+    err = np.mean((x @ w.T - (x / r.scales) @ r.weight_quantized.T) ** 2)
+    assert err < r.loss
+    np.testing.assert_array_equal(r.weight_scaled, awq(w, x).weight_scaled)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -120,6 +164,16 @@ def test_bad_input_raises(kwargs, match):
     w, x = args.pop("weight"), args.pop("x")
     with pytest.raises(RefquantError, match=match):
         awq(w, x, **args)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"n_grid": 0}, "n_grid"), ({"max_shrink": 0.0}, "max_shrink"),
+     ({"n_sample_token": 0}, "n_sample_token"), ({"group_size": -2}, "group_size")],
+)
+def test_clip_search_bad_input_raises(kwargs, match):
+    with pytest.raises(RefquantError, match=match):
+        awq_clip_search(np.ones((2, 4)), np.ones((3, 4)), **kwargs)
 
 
 def test_accumulator_bad_input():
