@@ -16,38 +16,74 @@ __all__ = ["main"]
 
 
 def _add_demo(sub):
-    p = sub.add_parser("demo", help="quantize the bundled model's weights with every scheme")
+    p = sub.add_parser(
+        "demo",
+        help="compress the bundled model (or PATH) under the ladder of presets: accuracy, "
+        "bits per weight, bytes, SQNR, and a plot",
+        description="Compress the bundled digits MLP (or the 2-D float tensors of the "
+        "checkpoint PATH) with int8, fp8, the llama.cpp block types, int4, GPTQ, NF4, MXFP4 "
+        "and 2:4 sparsity; print one table and plot accuracy (SQNR for PATH) against bits "
+        "per weight.")
+    p.add_argument("path", nargs="?", help="a checkpoint refquant.io reads (default: the "
+                   "bundled model)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--plot", default="refquant-demo.png",
+                   help="where the plot goes (default: %(default)s)")
+    p.add_argument("--no-plot", action="store_true", help="write no plot")
 
 
 def _run_demo(args) -> int:
-    from .demo import format_rows, integer_scheme_rows
+    from .demo import checkpoint_rows, ladder_rows, plot_rows
 
-    rows = integer_scheme_rows()
+    if args.path is None:
+        rows, notes = ladder_rows(), []
+        what = "the bundled digits MLP (6 weight matrices, " \
+            f"{rows[0]['bytes'] // 4} weights; accuracy on 360 held-out digits)"
+    else:
+        rows, notes = checkpoint_rows(args.path)
+        what = f"{args.path} ({rows[0]['bytes'] // 4} weights in 2-D float tensors)"
+    plot = None if args.no_plot else args.plot
+    if plot is not None:
+        try:
+            plot_rows(rows, plot, title=f"refquant demo: {what.split(' (')[0]}")
+        except ImportError:
+            notes.append("no plot: matplotlib is not installed (pip install matplotlib)")
+            plot = None
+        except OSError as e:
+            raise RefquantError(f"--plot {plot!r}: cannot write the plot ({e})") from None
     if args.json:
         import json
 
-        print(json.dumps({"integer": rows, "formats": format_rows()}, indent=1))
+        print(json.dumps({"rows": rows, "notes": notes, "plot": plot}, indent=1,
+                         default=str).replace("Infinity", '"inf"'))
         return 0
-    print("refquant demo: the bundled digits MLP (6 weight matrices, "
-          f"{rows[0]['bytes'] // 4} weights) under every scheme\n")
-    head = f"{'scheme':<14}{'bits':>5}  {'kind':<10}{'SQNR dB':>9}{'max err':>9}{'bytes':>9}{'acc %':>8}"
+    acc = "accuracy" in rows[0]
+    print(f"refquant demo: {what}\n")
+    head = (f"{'scheme':<16}{'family':<11}{'bits/w':>7}{'bytes':>9}{'SQNR dB':>9}"
+            + (f"{'acc %':>8}" if acc else ""))
     print(head)
     print("-" * len(head))
+    marks = {}
     for r in rows:
-        kind = "-" if r["symmetric"] is None else ("symmetric" if r["symmetric"] else "affine")
-        print(f"{r['scheme']:<14}{r['bits']:>5}  {kind:<10}{r['sqnr_db']:>9.2f}"
-              f"{r['max_err_steps']:>9.3f}{r['bytes']:>9d}{100 * r['accuracy']:>8.2f}")
-    print("\nmax err: largest |w - dequantize(quantize(w))| in quantization steps (<= 0.5 when "
-          "nothing clips)")
-    fmt_rows = format_rows()
-    print("\nfloat, codebook and block formats (bits per weight include the stored scales)\n")
-    head = f"{'format':<27}{'bits/w':>7}{'SQNR dB':>9}{'bytes':>9}{'acc %':>8}"
-    print(head)
-    print("-" * len(head))
-    for r in fmt_rows:
-        print(f"{r['format']:<27}{r['bits_per_weight']:>7.3f}{r['sqnr_db']:>9.2f}"
-              f"{r['bytes']:>9d}{100 * r['accuracy']:>8.2f}")
+        mark = ""
+        for note in r["notes"]:
+            marks.setdefault(note, "*" * (len(marks) + 1))
+            mark += marks[note]
+        print(f"{r['scheme'] + mark:<16}{r['family']:<11}{r['bits_per_weight']:>7.3f}"
+              f"{r['bytes']:>9d}{r['sqnr_db']:>9.2f}"
+              + (f"{100 * r['accuracy']:>8.2f}" if acc else ""))
+    print("\nbits/w: stored bits (codes, scales, zero points, indices) per weight; "
+          "SQNR over all weights")
+    if acc:
+        print("gptq and sparsegpt minimise the layer's output error on x_calib, not the weight "
+              "error: lower SQNR, higher accuracy")
+    print("2:4: the kept half in float16 plus a 2-bit index each (9 bits per weight)")
+    for note, mark in marks.items():
+        print(f"{mark} {note}")
+    for note in notes:
+        print(note)
+    if plot is not None:
+        print(f"plot: {plot}")
     return 0
 
 

@@ -1,38 +1,93 @@
+import contextlib
+import io
 import json
+
+import pytest
 
 from refquant.cli import main
 
 
-def test_demo_prints_every_integer_scheme(capsys):
-    assert main(["demo"]) == 0
+@pytest.fixture(scope="module")
+def demo_json(tmp_path_factory):
+    plot = tmp_path_factory.mktemp("demo") / "ladder.png"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["demo", "--json", "--plot", str(plot)]) == 0
+    return json.loads(buf.getvalue()), plot
+
+
+def test_demo_prints_one_table_of_the_preset_ladder(capsys):
+    assert main(["demo", "--no-plot"]) == 0
     out = capsys.readouterr().out
-    for word in ("per-tensor", "per-channel", "per-group-32", "symmetric", "affine", "SQNR"):
-        assert word in out
-    assert out.count("\n") > 19
+    for word in ("int8", "int4-g128", "gptq int4-g128", "fp8", "nf4", "mxfp4", "q8_0", "q6_k",
+                 "q4_k", "q4_0", "q3_k", "q2_k", "2:4", "SQNR", "acc %", "bits/w"):
+        assert word in out, word
+    assert "max err" not in out and "plot:" not in out
 
 
-def test_demo_json_rows_are_consistent(capsys):
-    assert main(["demo", "--json"]) == 0
+def test_demo_sqnr_rises_with_bits_within_a_family(demo_json):
+    rows = {r["scheme"]: r for r in demo_json[0]["rows"]}
+    ladder = ["q8_0", "q6_k", "q4_k", "q3_k", "q2_k"]
+    bpw = [rows[s]["bits_per_weight"] for s in ladder]
+    sq = [rows[s]["sqnr_db"] for s in ladder]
+    assert bpw == sorted(bpw, reverse=True) and sq == sorted(sq, reverse=True)
+    assert rows["int8"]["sqnr_db"] > rows["int4-g128"]["sqnr_db"] + 15
+    # llama.cpp's bits per weight, block bytes over block weights
+    assert [rows[s]["bits_per_weight"] for s in ("q8_0", "q4_0", "q6_k", "q4_k", "q3_k",
+                                                 "q2_k")] == [8.5, 4.5, 6.5625, 4.5, 3.4375,
+                                                              2.625]
+    assert rows["mxfp4"]["bits_per_weight"] == pytest.approx(4.25)
+    assert rows["float32"]["bytes"] == 4 * 75008
+
+
+def test_demo_int8_keeps_the_float_accuracy_and_gptq_beats_rtn(demo_json):
+    rows = {r["scheme"]: r for r in demo_json[0]["rows"]}
+    assert abs(rows["int8"]["accuracy"] - rows["float32"]["accuracy"]) <= 0.01
+    assert rows["float32"]["accuracy"] > 0.95
+    # GPTQ trades weight error for output error: worse SQNR, accuracy at least RTN's
+    assert rows["gptq int4-g128"]["accuracy"] >= rows["int4-g128"]["accuracy"]
+    assert rows["2:4 sparsegpt"]["accuracy"] > rows["2:4 magnitude"]["accuracy"]
+
+
+def test_demo_writes_the_plot_it_names(demo_json, tmp_path, monkeypatch, capsys):
+    out, plot = demo_json
+    assert out["plot"] == str(plot)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    monkeypatch.chdir(tmp_path)
+    rows = [{"scheme": "a", "family": "x", "bits_per_weight": 4.0, "sqnr_db": 20.0}]
+    from refquant.demo import plot_rows
+
+    plot_rows(rows, "sqnr.png")
+    assert (tmp_path / "sqnr.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_path_runs_the_ladder_on_a_checkpoint(tmp_path, capsys):
+    import numpy as np
+
+    import refquant.io as rio
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "tiny.safetensors"
+    rio.save({"a.weight": rng.standard_normal((16, 256)).astype(np.float32),
+              "b.weight": rng.standard_normal((8, 64)).astype(np.float32),
+              "a.bias": np.zeros(16, np.float32)}, str(path))
+    assert main(["demo", str(path), "--json", "--plot", str(tmp_path / "p.png")]) == 0
     out = json.loads(capsys.readouterr().out)
-    rows = out["integer"]
-    by = {(r["scheme"], r["bits"], r["symmetric"]): r for r in rows}
-    assert by[("float32", 32, None)]["bytes"] == 4 * 75008
-    # more bits, less error; finer granularity, less error
-    assert by[("per-tensor", 8, True)]["sqnr_db"] > by[("per-tensor", 4, True)]["sqnr_db"]
-    assert by[("per-group-32", 4, True)]["sqnr_db"] > by[("per-tensor", 4, True)]["sqnr_db"]
-    # round to nearest never errs by more than half a step when nothing clips
-    assert all(r["max_err_steps"] <= 0.5 + 1e-6 for r in rows)
-    assert by[("per-channel", 8, True)]["accuracy"] > 0.95
+    rows = {r["scheme"]: r for r in out["rows"]}
+    assert rows["float32"]["bytes"] == 4 * (16 * 256 + 8 * 64)  # the bias is not 2-D
+    assert "accuracy" not in rows["int8"] and "gptq int4-g128" not in rows
+    assert rows["q8_0"]["sqnr_db"] > rows["q4_0"]["sqnr_db"] > rows["q2_k"]["sqnr_db"]
+    # b.weight's 64-wide rows cannot hold K-quant blocks of 256 but hold 512 weights
+    assert any("b.weight" in n for n in rows["q4_k"]["notes"])
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["demo", str(path), "--no-plot"]) == 0
+    text = capsys.readouterr().out
+    assert "SQNR" in text and "acc %" not in text and "q4_k" in text
+    from refquant.demo import checkpoint_rows
 
-
-def test_demo_lists_float_codebook_and_block_formats(capsys):
-    assert main(["demo", "--json"]) == 0
-    fmts = {r["format"]: r for r in json.loads(capsys.readouterr().out)["formats"]}
-    assert {"q4_k (llama.cpp)", "nf4 block 64 (bnb)", "mxfp4", "float8_e4m3fn per-channel"} <= set(fmts)
-    # at equal bits per weight the K-quant's fitted scales and mins beat Q4_0's single scale
-    assert fmts["q4_k (llama.cpp)"]["sqnr_db"] > fmts["q4_0 (llama.cpp)"]["sqnr_db"]
-    assert fmts["q8_0 (llama.cpp)"]["sqnr_db"] > fmts["q4_0 (llama.cpp)"]["sqnr_db"] + 20
-    assert 8.2 < fmts["float8_e4m3fn per-channel"]["bits_per_weight"] < 8.3
+    rows, notes = checkpoint_rows(str(path), max_elements=1000)
+    assert rows[0]["bytes"] == 4 * 8 * 64 and any("a.weight" in n and "skipped" in n
+                                                  for n in notes)
 
 
 def test_version_and_a_bare_command_print_instead_of_erroring(capsys):
