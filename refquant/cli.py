@@ -280,6 +280,7 @@ def _run_inspect(args) -> int:
 
 
 def _add_compress(sub):
+    from .compress.hf import HF_SCHEMES
     from .compress.recipe import LLAMA_CPP_PRESETS, PRESETS
 
     p = sub.add_parser(
@@ -290,7 +291,8 @@ def _add_compress(sub):
         "head are kept unless a recipe rule names them. Prints one line per tensor and the "
         f"totals. Presets: {', '.join(PRESETS)}; llama-quantize's mixes (the type per tensor "
         f"that llama.cpp chooses, and for GGUF output also q8_0 / q4_0 / q6_k): "
-        f"{', '.join(LLAMA_CPP_PRESETS)}; or any format name of the registry.",
+        f"{', '.join(LLAMA_CPP_PRESETS)}; or any format name of the registry. Hugging Face "
+        f"folders (-o OUTDIR; config.json and tokenizer files copied): {', '.join(HF_SCHEMES)}.",
     )
     p.add_argument("input", help="checkpoint file, index .json or model folder")
     p.add_argument("-o", "--output", required=True,

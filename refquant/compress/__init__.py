@@ -7,6 +7,7 @@ safetensors or GGUF file one tensor at a time, returning a
 floats.
 """
 
+from .hf import HF_SCHEMES, compress_hf
 from .llamacpp import LLAMA_CPP_PRESETS, select_types
 from .pipeline import compress, decompress, plan
 from .recipe import PRESETS, LlamaCppRecipe, Recipe, Rule, load_recipe, preset_recipe
@@ -15,4 +16,4 @@ from .schemes import get_scheme
 
 __all__ = ["compress", "decompress", "plan", "PRESETS", "LLAMA_CPP_PRESETS", "Recipe",
            "LlamaCppRecipe", "Rule", "load_recipe", "preset_recipe", "select_types",
-           "CompressReport", "TensorRow", "get_scheme"]
+           "CompressReport", "TensorRow", "get_scheme", "HF_SCHEMES", "compress_hf"]

@@ -15,6 +15,8 @@ Outputs
     :mod:`refquant.compress.schemes`) and, in ``__metadata__["refquant.compress"]``,
     a JSON document naming every tensor's scheme, shape and dtype, which is all
     :func:`decompress` needs.
+Hugging Face folder (``--scheme gptq-int4-g128`` ...)
+    GPTQ / AWQ / compressed-tensors / FP8-block layouts: :mod:`refquant.compress.hf`.
 ``.gguf``
     llama.cpp's container: ggml block schemes (``q4_0`` ... ``q6_k``) stored as
     their ggml types, kept tensors as F32 / F16 / BF16 / integer; from a GGUF
@@ -269,7 +271,10 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
         shard, the index written last (:mod:`refquant.compress.shards`); never ``src``.
     scheme : str, optional
         A preset (:data:`refquant.compress.recipe.PRESETS`) or a format name of the
-        registry; the defaults keep norms, biases, embeddings and the head.
+        registry; the defaults keep norms, biases, embeddings and the head. A name of
+        :data:`refquant.compress.hf.HF_SCHEMES` (``gptq-int4-g128``, ``awq-int4-g128``,
+        ``ct-int4-g128``, ``ct-int8``, ``hf-fp8-block``) writes ``dst`` as a Hugging
+        Face folder in that layout (:func:`refquant.compress.hf.compress_hf`).
     recipe : path or Recipe, optional
         Rules by name pattern instead of ``scheme``.
     nonfinite : {"raise", "keep"}
@@ -300,6 +305,14 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
 
     if nonfinite not in ("raise", "keep"):
         raise RefquantError(f"nonfinite must be 'raise' or 'keep', got {nonfinite!r}")
+    from .hf import HF_SCHEMES, compress_hf
+
+    if scheme in HF_SCHEMES:
+        if recipe is not None or output_format not in (None, "hf") or resume or (
+                scheduler not in (None, "local")) or nonfinite != "raise":
+            raise RefquantError(f"scheme {scheme!r} writes a Hugging Face folder; it takes no "
+                                "recipe=, output_format=, resume=, scheduler= or nonfinite=")
+        return compress_hf(src, dst, scheme, overwrite=overwrite, progress=progress)
     fmt = _output_format(dst, output_format)
     rec = _recipe_of(scheme, recipe, "safetensors" if fmt == "sharded" else fmt)
     src_p, dst_p = Path(src), Path(dst)
