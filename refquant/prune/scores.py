@@ -582,20 +582,12 @@ class WandaRowScalars:
 
     def update(self, x) -> WandaRowScalars:
         """Add a batch (shape ``(..., in_features)``)."""
-        a = np.asarray(x)
-        if a.dtype.kind not in "biuf":
-            raise RefquantError(f"x must be a real numeric array, got dtype {a.dtype}")
-        if a.ndim == 0 or a.shape[-1] != self.in_features:
-            raise RefquantError(
-                f"x has shape {a.shape}; expected (..., {self.in_features}) "
-                f"(the last axis is the layer's input width)"
-            )
-        m = (a.shape[0] if a.ndim == 3 else 1) if self.count == "sequences" \
-            else int(np.prod(a.shape[:-1]))
-        a = a.reshape(-1, self.in_features).astype(self._dtype)
-        if not np.all(np.isfinite(a)):
-            bad = int(np.count_nonzero(~np.isfinite(a)))
-            raise RefquantError(f"x contains {bad} NaN or Inf values; calibration inputs must be finite")
+        from ..quant.gptq import calibration_rows
+
+        shape = np.shape(x)
+        a = calibration_rows(x, self.in_features, self._dtype)
+        m = (shape[0] if len(shape) == 3 else 1) if self.count == "sequences" \
+            else int(np.prod(shape[:-1]))
         if a.shape[0] == 0:
             return self
         total = self.n_samples + m

@@ -109,18 +109,7 @@ class HessianAccumulator:
 
     def update(self, x) -> HessianAccumulator:
         """Add a batch of calibration rows (shape ``(..., in_features)``)."""
-        a = np.asarray(x)
-        if a.dtype.kind not in "biuf":
-            raise RefquantError(f"x must be a real numeric array, got dtype {a.dtype}")
-        if a.ndim == 0 or a.shape[-1] != self.in_features:
-            raise RefquantError(
-                f"x has shape {a.shape}; expected (..., {self.in_features}) "
-                f"(the last axis is the layer's input width)"
-            )
-        a = a.reshape(-1, self.in_features).astype(self._dtype)
-        if not np.all(np.isfinite(a)):
-            bad = int(np.count_nonzero(~np.isfinite(a)))
-            raise RefquantError(f"x contains {bad} NaN or Inf values; calibration inputs must be finite")
+        a = calibration_rows(x, self.in_features, self._dtype)
         m = a.shape[0]
         if m == 0:
             return self
@@ -291,6 +280,27 @@ def _check_hessian(hessian, width):
     if not np.all(np.isfinite(h)):
         raise RefquantError("hessian contains NaN or Inf; calibration inputs must be finite")
     return h
+
+
+def calibration_rows(x, in_features: int, dtype) -> np.ndarray:
+    """A batch of calibration inputs ``(..., in_features)`` as finite 2-D rows of ``dtype``.
+
+    The one check of every streaming statistic (GPTQ's Hessian, Wanda's row
+    scalars): a real array whose last axis is the layer's input width, no NaN / Inf.
+    """
+    a = np.asarray(x)
+    if a.dtype.kind not in "biuf":
+        raise RefquantError(f"x must be a real numeric array, got dtype {a.dtype}")
+    if a.ndim == 0 or a.shape[-1] != in_features:
+        raise RefquantError(
+            f"x has shape {a.shape}; expected (..., {in_features}) "
+            f"(the last axis is the layer's input width)"
+        )
+    a = a.reshape(-1, in_features).astype(dtype)
+    if not np.all(np.isfinite(a)):
+        bad = int(np.count_nonzero(~np.isfinite(a)))
+        raise RefquantError(f"x contains {bad} NaN or Inf values; calibration inputs must be finite")
+    return a
 
 
 def _check_weight(weight):
