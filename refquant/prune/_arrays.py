@@ -8,7 +8,7 @@ import numpy as np
 
 from .._errors import RefquantError
 
-__all__ = ["as_array", "as_shape", "as_count", "is_choice"]
+__all__ = ["as_array", "as_shape", "as_count", "is_choice", "check_prune_nm"]
 
 
 def as_array(x, name: str) -> np.ndarray:
@@ -50,3 +50,15 @@ def is_choice(value, choices) -> bool:
     numpy's "truth value of an array is ambiguous" ValueError.
     """
     return (value is None and None in choices) or (isinstance(value, str) and value in choices)
+
+
+def check_prune_nm(prune_n, prune_m) -> None:
+    """``prune_n`` of every ``prune_m`` (N:M), or both 0 (unstructured); else RefquantError."""
+    for name, v in (("prune_n", prune_n), ("prune_m", prune_m)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise RefquantError(f"{name} must be an int >= 0, got {v!r}")
+    if (prune_n == 0) != (prune_m == 0) or prune_n > prune_m:
+        raise RefquantError(
+            f"prune_n, prune_m = {prune_n}, {prune_m}; expected 0 < prune_n <= prune_m "
+            "(N:M) or both 0 (unstructured)"
+        )

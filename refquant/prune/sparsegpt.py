@@ -41,6 +41,7 @@ from ..quant.gptq import (
     _precision,
     _prepared_factor,
 )
+from ._arrays import check_prune_nm
 
 __all__ = ["SparseGPTResult", "sparsegpt", "SPARSEGPT_MASK_RULES"]
 
@@ -153,14 +154,7 @@ def sparsegpt(
     dt = _precision(precision)
     if mask_rule not in SPARSEGPT_MASK_RULES:
         raise RefquantError(f"mask_rule must be one of {SPARSEGPT_MASK_RULES}, got {mask_rule!r}")
-    for name, v in (("prune_n", prune_n), ("prune_m", prune_m)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-            raise RefquantError(f"{name} must be an int >= 0, got {v!r}")
-    if (prune_n == 0) != (prune_m == 0) or prune_n > prune_m:
-        raise RefquantError(
-            f"prune_n, prune_m = {prune_n}, {prune_m}; expected 0 < prune_n <= prune_m "
-            "(N:M) or both 0 (unstructured)"
-        )
+    check_prune_nm(prune_n, prune_m)
     if prune_n == 0 and not (isinstance(sparsity, (int, float)) and 0 <= sparsity <= 1):
         raise RefquantError(f"sparsity must be a number in [0, 1], got {sparsity!r}")
     if isinstance(blocksize, bool) or not isinstance(blocksize, (int, np.integer)) \

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._errors import RefquantError
+from ._arrays import check_prune_nm
 
 __all__ = ["wanda_prune"]
 
@@ -47,14 +48,7 @@ def wanda_prune(w, scores, *, sparsity=0.5, prune_n=0, prune_m=0):
         )
     if np.isnan(s).any():
         raise RefquantError("scores contain NaN; expected real scores")
-    for name, v in (("prune_n", prune_n), ("prune_m", prune_m)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-            raise RefquantError(f"{name} must be an int >= 0, got {v!r}")
-    if (prune_n == 0) != (prune_m == 0) or prune_n > prune_m:
-        raise RefquantError(
-            f"prune_n, prune_m = {prune_n}, {prune_m}; expected 0 < prune_n <= prune_m "
-            "(N:M) or both 0 (unstructured)"
-        )
+    check_prune_nm(prune_n, prune_m)
     mask = np.zeros(wa.shape, bool)
     if prune_n:
         for c in range(0, wa.shape[1], prune_m):

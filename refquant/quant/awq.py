@@ -89,15 +89,10 @@ def _check_group_size(group_size, width):
 
 
 def _check_weight(weight):
-    w = np.asarray(weight)
-    if w.dtype.kind not in "biuf" or w.ndim != 2 or w.size == 0:
-        raise RefquantError(
-            f"weight must be a non-empty 2-D real matrix (out, in), got shape {w.shape} "
-            f"dtype {w.dtype}"
-        )
-    if not np.all(np.isfinite(w)):
-        raise RefquantError("weight contains NaN or Inf; expected finite weights")
-    return w.astype(np.float64)
+    """GPTQ's weight check (a finite, non-empty 2-D real matrix), as float64."""
+    from .gptq import _check_weight as checked
+
+    return checked(weight).astype(np.float64)
 
 
 def _check_batch(x, width, name="x"):
