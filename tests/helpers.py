@@ -55,3 +55,19 @@ def version_header() -> list[str]:
         if seen:
             lines.append(f"refquant {group}: " + ", ".join(seen))
     return lines
+
+
+def run_without_jit(code: str, timeout: float = 120) -> str:
+    """Run ``code`` in a child Python with ``NUMBA_DISABLE_JIT=1`` (kernel bodies as Python).
+
+    Numba reads the variable once per process, so the check needs its own
+    process; a non-zero exit fails with the child's stderr. Returns its stdout.
+    """
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    return r.stdout

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import ml_dtypes
 import numpy as np
 import pytest
+from helpers import run_without_jit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -172,11 +170,7 @@ def test_kernel_bodies_run_as_python_without_the_jit():
         print("ok")
         """
     )
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "ok"
+    assert run_without_jit(code).strip() == "ok"
 
 
 def test_warmup_compiles_the_kernel():
