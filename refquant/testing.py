@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._core.granularity import broadcast_param, check_block_size, normalize_axis
 from ._errors import RefquantError
 from .identify import IdentifyReport, identify
-from .quant._granularity import broadcast_param, check_block_size, normalize_axis
 from .quant.affine import check_scale
 
 __all__ = [

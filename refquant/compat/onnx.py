@@ -45,13 +45,13 @@ import operator
 import ml_dtypes
 import numpy as np
 
+from .._core.granularity import broadcast_param, broadcasts_to, normalize_axis
+from .._core.rounding import round_to_int
 from .._errors import RefquantError
 from ..formats.integer import int_format
-from ..quant._granularity import broadcast_param, broadcasts_to, normalize_axis
 from ..quant.affine import check_scale, dequantize, quantize
 from ..quant.integer import integer_matmul
 from ..quant.qparams import minmax_range, qparams_from_range
-from ..quant.rounding import round_to_int
 
 __all__ = [
     "TENSOR_TYPES",

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._core.rounding import round_to_int
 from .._errors import RefquantError
 from ..formats.integer import int_format
 from ..quant.integer import (
@@ -52,7 +53,6 @@ from ..quant.integer import (
     rounding_divide_by_pot,
     saturating_rounding_doubling_high_mul,
 )
-from ..quant.rounding import round_to_int
 
 __all__ = [
     "quantize_multiplier",

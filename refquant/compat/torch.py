@@ -58,6 +58,7 @@ import warnings
 
 import numpy as np
 
+from .._core.rounding import round_to_int
 from .._errors import RefquantError
 from ..formats.integer import IntRange, int_format
 from ..quant._float32 import fma_f32
@@ -65,7 +66,6 @@ from ..quant.affine import dequantize as _core_dequantize
 from ..quant.affine import quantize as _core_quantize
 from ..quant.calibration import TorchHistogram
 from ..quant.qparams import qparams_from_range
-from ..quant.rounding import round_to_int
 
 __all__ = [
     "quantize_per_tensor",

@@ -64,8 +64,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._core.granularity import normalize_axis
 from .._errors import RefquantError
-from ..quant._granularity import normalize_axis
 
 __all__ = [
     "MagnitudeImportance",

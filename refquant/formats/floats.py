@@ -88,8 +88,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._core.rounding import ROUNDING_MODES
 from .._errors import RefquantError
-from ..quant.rounding import ROUNDING_MODES
 from ._registry import get_format, register
 
 __all__ = ["FloatFormat", "float_format", "encode", "decode", "cast", "FLOAT_FORMATS"]

@@ -53,9 +53,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._core.granularity import normalize_axis
+from .._core.rounding import ROUNDING_MODES, round_to_int
 from .._errors import RefquantError
-from ..quant._granularity import normalize_axis
-from ..quant.rounding import ROUNDING_MODES, round_to_int
 from ._registry import register
 from .floats import FloatFormat, decode, encode, float_format
 

@@ -33,8 +33,8 @@ import operator
 
 import numpy as np
 
+from .._core.granularity import normalize_axis
 from .._errors import RefquantError
-from ..quant._granularity import normalize_axis
 
 __all__ = [
     "pack",

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._core.granularity import positive_int
 from .._errors import RefquantError
-from ..quant._granularity import positive_int
 
 __all__ = [
     "LayerAblation",

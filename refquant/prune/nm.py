@@ -46,8 +46,8 @@ from math import comb
 
 import numpy as np
 
+from .._core.granularity import normalize_axis, positive_int
 from .._errors import RefquantError
-from ..quant._granularity import normalize_axis, positive_int
 from ._arrays import as_array, is_choice
 
 __all__ = [

@@ -43,8 +43,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from .._core.granularity import normalize_axis
 from .._errors import RefquantError
-from ..quant._granularity import normalize_axis
 from ._arrays import as_shape, is_choice
 
 __all__ = [

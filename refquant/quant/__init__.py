@@ -1,5 +1,6 @@
 """The NumPy reference of the quantization formulas."""
 
+from . import calibration  # noqa: E402,F401  (registers its range methods with choose_qparams)
 from .affine import dequantize, fake_quantize, quantize
 from .metrics import error_in_steps, max_abs_error, mse, sqnr_db
 from .qparams import QParams, choose_qparams, minmax_range, qparams_from_range

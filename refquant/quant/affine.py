@@ -42,11 +42,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._core.granularity import as_array, broadcast_param, check_block_size, normalize_axis
+from .._core.rounding import round_to_int
 from .._errors import RefquantError
 from ..formats.integer import IntFormat, int_format
 from ._float32 import fma_f32
-from ._granularity import as_array, broadcast_param, check_block_size, normalize_axis
-from .rounding import round_to_int
 
 __all__ = ["quantize", "dequantize", "fake_quantize"]
 

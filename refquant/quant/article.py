@@ -13,9 +13,9 @@ import operator
 
 import numpy as np
 
+from .._core.rounding import round_to_int
 from .._errors import RefquantError
 from .affine import dequantize
-from .rounding import round_to_int
 
 __all__ = ["article_integer_quantize", "article_integer_dequantize"]
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._core.granularity import broadcasts_to, normalize_axis
+from .._core.rounding import round_to_int
 from .._errors import RefquantError
-from ._granularity import broadcasts_to, normalize_axis
-from .rounding import round_to_int
 
 __all__ = [
     "binarize",

@@ -30,12 +30,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._core.granularity import (
+    as_array,
+    check_block_size,
+    normalize_axis,
+    param_shape,
+    positive_int,
+)
 from .._errors import RefquantError
 from ..formats.integer import int_format
 from ._float32 import torch_linspace_f32, torch_sum_f32
-from ._granularity import as_array, check_block_size, normalize_axis, param_shape, positive_int
 from .affine import fake_quantize
-from .qparams import minmax_range, qparams_from_range
+from .qparams import minmax_range, qparams_from_range, register_range_method
 
 __all__ = [
     "calibrate_range",
@@ -654,6 +660,9 @@ _QPARAMS_OPTIONS = (
     "narrow_range", "reduce_range", "include_zero", "eps", "symmetric_divisor",
     "zero_point_formula", "precision", "quant_min", "quant_max", "semantics",
 )
+
+for _name in METHODS:
+    register_range_method(_name, calibrate_range)
 
 
 # --------------------------------------------------------------------------- moving average

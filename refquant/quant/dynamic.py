@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._core.granularity import as_array
 from .._errors import RefquantError
-from ._granularity import as_array
 from .qparams import QParams, minmax_range, qparams_from_range
 
 __all__ = ["dynamic_quantize", "dynamic_quantize_per_token"]

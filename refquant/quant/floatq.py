@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._errors import RefquantError
-from ..formats.floats import decode, encode, float_format
-from ._granularity import (
+from .._core.granularity import (
     broadcast_param,
     check_block_size,
     normalize_axis,
     param_shape,
     reduce_groups,
 )
+from .._errors import RefquantError
+from ..formats.floats import decode, encode, float_format
 from .pow2 import pow2_exponent
 
 __all__ = ["float_scale", "quantize_float", "dequantize_float"]

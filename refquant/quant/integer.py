@@ -43,10 +43,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._core.granularity import broadcast_param, normalize_axis
+from .._core.rounding import round_to_int
 from .._errors import RefquantError
 from ..formats.integer import int_format
-from ._granularity import broadcast_param, normalize_axis
-from .rounding import round_to_int
 
 __all__ = [
     "INT32_MIN",

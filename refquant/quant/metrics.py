@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._core.granularity import broadcast_param, check_block_size, normalize_axis
 from .._errors import RefquantError
-from ._granularity import broadcast_param, check_block_size, normalize_axis
 from .affine import check_scale
 
 __all__ = ["mse", "sqnr_db", "max_abs_error", "error_in_steps"]

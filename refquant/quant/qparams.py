@@ -32,11 +32,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._core.granularity import (
+    as_array,
+    check_block_size,
+    normalize_axis,
+    param_shape,
+    reduce_groups,
+)
+from .._core.rounding import round_to_int
 from .._errors import RefquantError
 from ..formats.integer import IntFormat, IntRange, int_format, integral
-from ._granularity import as_array, check_block_size, normalize_axis, param_shape, reduce_groups
 from .affine import dequantize, fake_quantize, quantize
-from .rounding import round_to_int
 
 __all__ = ["QParams", "qparams_from_range", "minmax_range", "choose_qparams"]
 
@@ -290,6 +296,18 @@ def qparams_from_range(
     )
 
 
+# Range methods other than min-max, by name. :mod:`refquant.quant.calibration` registers
+# its own here when it is imported (``refquant.quant`` imports it), so this module never
+# imports the calibration module that builds on it: the import points one way.
+_RANGE_METHODS: dict = {}
+
+
+def register_range_method(name: str, fn) -> None:
+    """Make ``choose_qparams(method=name)`` call ``fn(x, name, dtype=, symmetric=, axis=,
+    block_size=, **options)`` for the ``(lo, hi)`` range."""
+    _RANGE_METHODS[name] = fn
+
+
 def choose_qparams(
     x,
     *,
@@ -337,9 +355,12 @@ def choose_qparams(
             raise RefquantError(f"method 'minmax' takes no method_options, got {sorted(opts)}")
         lo, hi = minmax_range(xa, axis=axis, block_size=block_size)
     else:
-        from . import calibration
-
-        lo, hi = calibration.calibrate_range(
+        range_method = _RANGE_METHODS.get(method)
+        if range_method is None:
+            raise RefquantError(
+                f"method must be one of minmax, {', '.join(_RANGE_METHODS)}; got {method!r}"
+            )
+        lo, hi = range_method(
             xa, method, dtype=dtype, symmetric=symmetric, axis=axis, block_size=block_size,
             **opts,
         )

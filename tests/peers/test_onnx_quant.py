@@ -169,7 +169,7 @@ def quant_cases(draw, types=tuple(INT_TYPES), extremes=True):
     else:
         zp = np.zeros(pshape, dtype=np.int64)
         qmax = 64
-    sb = refquant.quant._granularity.broadcast_param(
+    sb = refquant._core.granularity.broadcast_param(
         scale, shape, None if kind == "tensor" else axis % ndim, block_size or None, "s")
     sb = np.broadcast_to(sb, shape)
     n = int(np.prod(shape))
@@ -223,7 +223,7 @@ def test_quantize_linear_integer_types_match_onnxruntime_and_reference(case):
                                       err_msg="compat(reference_quirks) vs onnx.reference")
     # Where no quotient leaves the int32 range, the reference evaluator agrees with the spec.
     with np.errstate(over="ignore"):
-        inside = np.abs(x.astype(np.float64) / np.broadcast_to(refquant.quant._granularity
+        inside = np.abs(x.astype(np.float64) / np.broadcast_to(refquant._core.granularity
                         .broadcast_param(scale, x.shape, None if scale.ndim == 0 else axis % x.ndim,
                                          block_size or None, "s"), x.shape)) < 2.0**30
     np.testing.assert_array_equal(spec.astype(np.int64)[inside], ref_y[inside],
@@ -297,7 +297,7 @@ FLOAT8_NAMES = {"float8e4m3fn": "float8_e4m3fn", "float8e4m3fnuz": "float8_e4m3f
 
 
 def _full(scale, shape, axis, block_size):
-    p = refquant.quant._granularity.broadcast_param(
+    p = refquant._core.granularity.broadcast_param(
         scale, shape, None if scale.ndim == 0 else axis % len(shape), block_size or None, "s")
     return np.broadcast_to(p, shape).astype(np.float64)
 
