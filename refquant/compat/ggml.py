@@ -42,7 +42,7 @@ from ggml's:
   max|x| < 1e-15 gets code 8 where ``quantize_row_iq4_nl_ref`` leaves its codes
   undefined (d = 0 in both).
 * ``quantize(x, t, imatrix=w)`` (llama-quantize with ``--imatrix``; ``w`` from
-  :func:`refquant.io.imatrix.load_imatrix`): IQ4_NL / IQ4_XS give ``quantize_<type>``'s
+  :func:`refquant.io.imatrix.load_imatrix`): IQ4_NL / IQ4_XS / IQ3_XXS / IQ3_S give ``quantize_<type>``'s
   bytes with that imatrix; Q8_0, TQ1_0, TQ2_0 and MXFP4 ignore it as ggml does; Q4_0 ...
   Q6_K raise RefquantError (ggml's weighted search is not implemented here yet).
 * Q8_1 and Q8_K are ggml's activation formats: ``ggml_quantize_chunk`` rejects
@@ -80,6 +80,8 @@ _GGML_TO_REFQUANT = {
     "Q4_0": "q4_0", "Q4_1": "q4_1", "Q5_0": "q5_0", "Q5_1": "q5_1", "Q8_0": "q8_0", "Q8_1": "q8_1",
     "Q2_K": "q2_k", "Q3_K": "q3_k", "Q4_K": "q4_k", "Q5_K": "q5_k", "Q6_K": "q6_k", "Q8_K": "q8_k",
     "TQ1_0": "tq1_0", "TQ2_0": "tq2_0", "MXFP4": "ggml_mxfp4", "IQ4_NL": "iq4_nl", "IQ4_XS": "iq4_xs",
+    "IQ2_XXS": "iq2_xxs", "IQ2_XS": "iq2_xs", "IQ2_S": "iq2_s", "IQ3_XXS": "iq3_xxs", "IQ3_S": "iq3_s",
+    "IQ1_S": "iq1_s", "IQ1_M": "iq1_m",
 }  # fmt: skip
 
 #: ``enum ggml_type`` ids (ggml.h; ``gguf.GGMLQuantizationType``) of the block formats here.
@@ -146,7 +148,8 @@ def _ggml_name(fmt: GGMLBlockFormat) -> str:
 # those that ignore it (GGML_UNUSED(quant_weights): quantize_q8_0, quantize_tq1_0,
 # quantize_tq2_0, quantize_mxfp4 call the _ref row quantizer either way).
 _IMATRIX_WEIGHTED = frozenset({"q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k",
-                               "q6_k", "iq4_nl", "iq4_xs"})
+                               "q6_k", "iq4_nl", "iq4_xs", "iq3_xxs", "iq3_s", "iq2_xxs", "iq2_xs",
+                               "iq2_s", "iq1_s", "iq1_m"})
 _IMATRIX_IGNORED = frozenset({"q8_0", "tq1_0", "tq2_0", "ggml_mxfp4"})
 
 
@@ -169,7 +172,7 @@ def quantize(x, type_name, *, backend="auto", imatrix=None) -> np.ndarray:
         The importance vector of this tensor, one float per column (length of a row), as
         :func:`refquant.io.imatrix.load_imatrix` gives it; llama-quantize passes it to
         ``ggml_quantize_chunk`` -> ``quantize_<type>(..., quant_weights)`` for every row.
-        IQ4_NL / IQ4_XS: the bytes of ``quantize_<type>`` with that imatrix
+        IQ4_NL / IQ4_XS / IQ3_XXS / IQ3_S: the bytes of ``quantize_<type>`` with that imatrix
         (``quantize_blocks_weighted``); Q8_0, TQ1_0, TQ2_0, MXFP4: ignored, as ggml
         ignores it; Q4_0 ... Q6_K: RefquantError (refquant has no weighted path for them
         yet); Q8_1 / Q8_K: RefquantError (ggml has no ``quantize_<type>``).
@@ -232,8 +235,7 @@ def _quantize_weighted(blocks, fmt, imatrix, n_per_row):
     weighted = getattr(fmt, "quantize_blocks_weighted", None)
     if weighted is None:
         raise RefquantError(f"type_name: {name.upper()} with an imatrix (quantize_{fmt.c_name}'s "
-                            "quant_weights path) is not implemented in refquant; only IQ4_NL and "
-                            "IQ4_XS are")
+                            "quant_weights path) is not implemented in refquant")
     try:
         w = np.asarray(imatrix, dtype=np.float32)
     except (TypeError, ValueError):
@@ -405,8 +407,24 @@ class LibGGML:
         f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
         return f
 
+    def _init_type(self, fmt: GGMLBlockFormat, quant_weights) -> None:
+        """``ggml_quantize_init(type)``: the IQ1 / IQ2 / IQ3 quantizers assert their tables exist.
+
+        Refuses (instead of letting ggml abort the process) a type that
+        ``ggml_quantize_requires_imatrix`` says needs quant_weights when none are given.
+        """
+        needs = self._lib.ggml_quantize_requires_imatrix
+        needs.restype, needs.argtypes = ctypes.c_bool, [ctypes.c_int]
+        if quant_weights is None and needs(fmt.type_id):
+            raise RefquantError(f"quant_weights: ggml's quantize_{fmt.c_name} requires an importance "
+                                "matrix (GGML_ASSERT aborts without one)")
+        init = self._lib.ggml_quantize_init
+        init.restype, init.argtypes = None, [ctypes.c_int]
+        init(fmt.type_id)
+
     def quantize_row(self, x, type_name) -> np.ndarray:
         fmt = resolve_type(type_name)
+        self._init_type(fmt, None)
         xs = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
         _check_row(xs.size, fmt)
         out = np.zeros(xs.size // fmt.block_size * fmt.type_size, dtype=np.uint8)
@@ -442,6 +460,7 @@ class LibGGML:
                     f"quant_weights has {qw.size} values for rows of {xs.shape[1]}"
                 )
         name = "quantize_" + fmt.c_name
+        self._init_type(fmt, qw)
         try:
             f = getattr(self._lib, name)
         except AttributeError:
@@ -460,6 +479,7 @@ class LibGGML:
             raise RefquantError(
                 f"type_name {type_name!r}: ggml_quantize_chunk aborts on {fmt.name}"
             )
+        self._init_type(fmt, None)
         xs = np.ascontiguousarray(x, dtype=np.float32)
         if xs.ndim == 0:
             raise RefquantError("x must be at least 1-D")

@@ -29,6 +29,9 @@ iq4_nl     32          18          4.5     quantize_row_iq4_nl_ref / dequantize_
 iq4_xs     256         136         4.25    quantize_row_iq4_xs_ref / dequantize_row_iq4_xs
 =========  ==========  ==========  ======  ==========================================
 
+The lattice types iq2_xxs, iq2_xs, iq2_s, iq3_xxs, iq3_s, iq1_s and iq1_m are in
+:mod:`refquant.formats.ggml_iq` (their rows of :data:`GGML_BLOCK_TABLE` are here).
+
 IQ4_NL and IQ4_XS also have ``quantize_blocks_weighted(blocks, quant_weights)``:
 ``quantize_iq4_nl`` / ``quantize_iq4_xs``, what ``ggml_quantize_chunk`` (and so
 llama-quantize) calls, with or without an importance matrix.
@@ -126,6 +129,14 @@ GGML_BLOCK_TABLE: dict[str, tuple[int, int, int]] = {
     "ggml_mxfp4": (39, 32, 1 + 16),
     "iq4_nl": (20, 32, 2 + 16),
     "iq4_xs": (23, QK_K, 2 + 2 + QK_K // 64 + QK_K // 2),
+    # the lattice IQ types: classes in refquant.formats.ggml_iq (block structs of ggml-common.h)
+    "iq2_xxs": (16, QK_K, 2 + QK_K // 4),
+    "iq2_xs": (17, QK_K, 2 + QK_K // 4 + QK_K // 32),
+    "iq3_xxs": (18, QK_K, 2 + 3 * QK_K // 8),
+    "iq1_s": (19, QK_K, 2 + QK_K // 8 + QK_K // 16),
+    "iq3_s": (21, QK_K, 2 + 13 * QK_K // 32 + QK_K // 64),
+    "iq2_s": (22, QK_K, 2 + QK_K // 4 + QK_K // 16),
+    "iq1_m": (29, QK_K, QK_K // 8 + QK_K // 16 + QK_K // 32),
 }
 
 # ggml-common.h kvalues_mxfp4: the e2m1 values doubled, sign in bit 3.
@@ -1465,6 +1476,10 @@ _FORMATS = tuple(
 
 
 def ggml_block_formats() -> dict[str, GGMLBlockFormat]:
-    """The registered ggml block formats by name (in GGML_BLOCK_TABLE order)."""
-    by_name = {f.name: f for f in _FORMATS}
-    return {name: by_name[name] for name in GGML_BLOCK_TABLE}
+    """The registered ggml block formats by name (in GGML_BLOCK_TABLE order).
+
+    The IQ1 / IQ2 / IQ3 types are registered by :mod:`refquant.formats.ggml_iq`.
+    """
+    from ._registry import get_format
+
+    return {name: get_format(name) for name in GGML_BLOCK_TABLE}
