@@ -34,7 +34,7 @@ Reference: ggml-org/ggml 0.20.2 (commit 8c63e709), ``src/ggml-quants.c``,
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -65,7 +65,7 @@ def _grid_bytes(grid: np.ndarray, width: int, signed: bool = False) -> np.ndarra
     return raw.reshape(-1, width).astype(_F32)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _dequant_tables():
     return {
         "iq2xxs": _grid_bytes(G.IQ2XXS_GRID, 8),
@@ -268,7 +268,7 @@ class IQ1_M(_IQFormat, name="iq1_m"):
 _IQ3_CHUNK = 256  # blocks per NumPy pass (the neighbour search holds ~blocks*64*nb*4 floats)
 
 
-@lru_cache(maxsize=None)
+@cache
 def iq3_tables(grid_size: int):
     """``iq3xs_init_impl(grid_size)``: (grid levels, kmap, neighbours, neighbour counts).
 
