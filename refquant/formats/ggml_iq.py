@@ -77,10 +77,14 @@ def _dequant_tables():
     }
 
 
-def _sign_factors(signs8: np.ndarray) -> np.ndarray:
-    """(...,) sign bytes -> (..., 8) float32 of ``signs & kmask_iq2xs[j] ? -1.f : 1.f``."""
+def _apply_signs(v: np.ndarray, signs8: np.ndarray) -> np.ndarray:
+    """``v[..., j] * (signs & kmask_iq2xs[j] ? -1.f : 1.f)`` for (..., 8) values and (...,) sign bytes.
+
+    As a negation: libggml's compiled code flips the sign bit (so a NaN's sign flips too,
+    where a multiplication by -1 would keep it); for every other value the two agree.
+    """
     bits = (signs8[..., None].astype(np.int64) & G.KMASK_IQ2XS.astype(np.int64)) != 0
-    return np.where(bits, _f(-1), _f(1)).astype(_F32)
+    return np.where(bits, -v, v).astype(_F32)
 
 
 def _u32(raw: np.ndarray) -> np.ndarray:
@@ -140,7 +144,7 @@ class IQ2_XXS(_IQFormat, name="iq2_xxs"):
         db = (d[:, None] * (_f(0.5) + (aux1 >> 28).astype(_F32))) * _f(0.25)
         signs = G.KSIGNS_IQ2XS[(aux1[:, :, None] >> (7 * np.arange(4))) & 127]  # (n, 8, 4)
         vals = _dequant_tables()["iq2xxs"][q[:, :, 0:4]]  # (n, 8, 4, 8)
-        return ((db[:, :, None, None] * vals) * _sign_factors(signs)).reshape(n, QK_K)
+        return _apply_signs(db[:, :, None, None] * vals, signs).reshape(n, QK_K)
 
 
 # block_iq2_xs (74 bytes): | d fp16 | qs[32] uint16: bits 0..8 grid index, 9..15 ksigns index |
@@ -166,7 +170,7 @@ class IQ2_XS(_IQFormat, name="iq2_xs"):
         dl = db[:, :, np.array([0, 0, 1, 1])]  # db[l/2]
         vals = _dequant_tables()["iq2xs"][qs & 511]
         signs = G.KSIGNS_IQ2XS[qs >> 9]
-        return ((dl[..., None] * vals) * _sign_factors(signs)).reshape(n, QK_K)
+        return _apply_signs(dl[..., None] * vals, signs).reshape(n, QK_K)
 
 
 # block_iq2_s (82 bytes): | d fp16 | qs[32] grid index low 8 bits | signs[32] | qh[8] | scales[8] |
@@ -194,7 +198,7 @@ class IQ2_S(_IQFormat, name="iq2_s"):
         db = (d[:, None, None] * (_f(0.5) + s.astype(_F32))) * _f(0.25)
         dl = db[:, :, np.array([0, 0, 1, 1])]
         vals = _dequant_tables()["iq2s"][idx]
-        return ((dl[..., None] * vals) * _sign_factors(signs)).reshape(n, QK_K)
+        return _apply_signs(dl[..., None] * vals, signs).reshape(n, QK_K)
 
 
 # --------------------------------------------------------------------------- IQ1
@@ -520,7 +524,7 @@ class IQ3_XXS(IQ3Format, name="iq3_xxs"):
         db = (d[:, None] * (_f(0.5) + (aux >> 28).astype(_F32))) * _f(0.5)
         signs = G.KSIGNS_IQ2XS[(aux[:, :, None] >> (7 * np.arange(4))) & 127]  # (n, 8, 4)
         vals = _dequant_tables()["iq3xxs"][qs].reshape(n, 8, 4, 8)
-        return ((db[:, :, None, None] * vals) * _sign_factors(signs)).reshape(n, QK_K)
+        return _apply_signs(db[:, :, None, None] * vals, signs).reshape(n, QK_K)
 
     def _quantize_part(self, x, qw):
         n = x.shape[0]
@@ -602,7 +606,7 @@ class IQ3_S(IQ3Format, name="iq3_s"):
         db = d[:, None] * (1 + 2 * s).astype(_F32)
         idx = qs | (((qh[:, :, None] >> np.arange(8)) & 1) << 8)
         vals = _dequant_tables()["iq3s"][idx].reshape(n, 8, 4, 8)
-        return ((db[:, :, None, None] * vals) * _sign_factors(signs)).reshape(n, QK_K)
+        return _apply_signs(db[:, :, None, None] * vals, signs).reshape(n, QK_K)
 
     def _quantize_part(self, x, qw):
         n = x.shape[0]
