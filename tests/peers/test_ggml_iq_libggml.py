@@ -240,3 +240,40 @@ def test_refquant_raises_exactly_where_libggml_aborts(lib, qtype):
             np.testing.assert_array_equal(ggml.quantize(x, qtype), lib.quantize(x, qtype))
         outcomes.append(aborts)
     assert not outcomes[0] and outcomes[-1]  # both behaviours met
+
+
+# ----------------------------------------------------------------------------- GGUF and diff
+def test_gguf_in_iq_types_reads_dequantizes_and_diffs_like_libggml_and_gguf_py(lib, tmp_path):
+    # a GGUF with one tensor per IQ type (IQ3 quantized by refquant, the others by libggml with
+    # an imatrix), read by refquant.io, dequantized as libggml and gguf-py do, and `refquant diff`
+    gguf = pytest.importorskip("gguf")
+    import refquant.io as rio
+    from refquant.cli import main
+    from refquant.io.gguf import save_gguf
+    from refquant.testing import compare_checkpoints
+
+    rng = np.random.default_rng(9)
+    w = {f"t{i}.weight": rng.standard_normal((4, 512)).astype(np.float32) for i in range(7)}
+    imatrix = (rng.gamma(1.0, size=512) + 0.1).astype(np.float32)
+    types, blocks = {}, {}
+    for (name, x), qtype in zip(w.items(), _GRIDS, strict=True):
+        types[name] = qtype
+        if qtype in IQ3:
+            blocks[name] = ggml.quantize(x, qtype)
+        else:
+            blocks[name] = lib.quantize(x, qtype, imatrix).reshape(4, -1)
+    src = rio.save(w, tmp_path / "orig.safetensors")
+    save_gguf(blocks, tmp_path / "q.gguf", types=types)
+    ck = rio.open(tmp_path / "q.gguf")
+    for name, qtype in types.items():
+        got = ck.dequantize(name)
+        want = lib.dequantize_row(blocks[name], qtype).reshape(4, 512)
+        assert _bits_equal(got, want), name
+        via_gguf_py = gguf.quants.dequantize(blocks[name], gguf.GGMLQuantizationType[qtype])
+        assert _bits_equal(got, via_gguf_py.astype(np.float32)), name
+    rows = {r.name: r for r in compare_checkpoints(src, tmp_path / "q.gguf")}
+    for name, qtype in types.items():
+        assert rows[name].scheme == f"ggml:{qtype}"
+        err = np.abs(w[name] - lib.dequantize_row(blocks[name], qtype).reshape(4, 512))
+        assert rows[name].max_abs_error == pytest.approx(float(err.max()))
+    assert main(["diff", str(src), str(tmp_path / "q.gguf")]) == 0
