@@ -429,21 +429,46 @@ def _seq_max0(v: np.ndarray) -> np.ndarray:
 
 
 class IQ3Format(_IQFormat):
-    """IQ3_XXS and IQ3_S: ``quantize_iq3_*`` with or without quant_weights."""
+    """IQ3_XXS and IQ3_S: ``quantize_iq3_*`` with or without quant_weights.
+
+    ``backend="cpu"`` (or ``"auto"`` from :data:`refquant.formats.ggml.KERNEL_THRESHOLD`
+    weights) runs the Numba twins in :mod:`refquant.kernels.cpu.ggml_iq`.
+    """
 
     has_quantize = True
+    has_kernel = True
     _grid_size = 256
+
+    def _kernels(self):
+        """The kernel module, its tables for this type set (the kernels import no formats)."""
+        from ..kernels.cpu import ggml_iq
+
+        if self.name not in ggml_iq.TABLES:
+            grid, kmap, nbrs, counts = iq3_tables(self._grid_size)
+            key = "iq3xxs" if self._grid_size == 256 else "iq3s"
+            ggml_iq.TABLES[self.name] = (grid, kmap, nbrs, counts, _dequant_tables()[key], G.KSIGNS_IQ2XS)
+        return ggml_iq
+
+    def quantize_blocks(self, blocks: np.ndarray, backend: str = "auto") -> np.ndarray:
+        if self._backend(backend, np.asarray(blocks).size) == "cpu":
+            self._kernels()
+        return super().quantize_blocks(blocks, backend=backend)
+
+    def dequantize_blocks(self, raw: np.ndarray, backend: str = "auto") -> np.ndarray:
+        if self._backend(backend, np.asarray(raw).size * self.block_size // self.type_size) == "cpu":
+            self._kernels()
+        return super().dequantize_blocks(raw, backend=backend)
 
     def _quantize(self, x):
         return self._quantize_iq3(x, None)
 
-    def quantize_blocks_weighted(self, blocks: np.ndarray, quant_weights=None) -> np.ndarray:
+    def quantize_blocks_weighted(self, blocks: np.ndarray, quant_weights=None, backend: str = "auto") -> np.ndarray:
         """``quantize_<type>(x, ..., quant_weights)``: what ``ggml_quantize_chunk`` and llama-quantize write.
 
         ``quant_weights``: shape ``(256,)`` (every block) or ``(n, 256)``, finite and >= 0, or
         None (ggml's ``NULL``, the same bytes as :meth:`quantize_blocks`). ggml reads
         ``quant_weights + 256*ibl`` for block ``ibl`` of a row: give a row's imatrix reshaped
-        to ``(-1, 256)`` and tiled over rows.
+        to ``(-1, 256)`` and tiled over rows. ``backend`` as in :meth:`quantize_blocks`.
         """
         x = self._checked_blocks(blocks)
         qw = None
@@ -460,6 +485,10 @@ class IQ3Format(_IQFormat):
             if not np.all(np.isfinite(qw)) or np.any(qw < 0):
                 raise RefquantError("quant_weights must be finite and >= 0")
             qw = np.broadcast_to(qw, x.shape)
+        if self._backend(backend, x.size) == "cpu":
+            out = np.empty((x.shape[0], self.type_size), np.uint8)
+            self._kernels().quantize_iq3(self.name, x, out, qw)
+            return out
 
         def fn(part, start):
             return self._quantize_iq3(part, None if qw is None else qw[start : start + part.shape[0]])
