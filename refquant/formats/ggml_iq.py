@@ -24,7 +24,8 @@ of Inf / NaN included): every product in C's order, in float32. IQ3_XXS and IQ3_
 quantize as ``quantize_iq3_xxs`` / ``quantize_iq3_s`` (what ``ggml_quantize_chunk``
 and llama-quantize call; ``quantize_row_iq3_*_ref`` is the same function without
 quant_weights), with and without an importance matrix
-(:meth:`IQ3Format.quantize_blocks_weighted`). The IQ2 / IQ1 formats here only
+(:meth:`IQ3Format.quantize_blocks_weighted`); ``backend="cpu"`` runs their Numba twins
+(:mod:`refquant.kernels.cpu.ggml_iq`, bit-identical). The IQ2 / IQ1 formats here only
 dequantize; their quantizers (which need an importance matrix) are not part of this
 module yet.
 
