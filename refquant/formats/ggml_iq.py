@@ -111,6 +111,7 @@ class _IQFormat(GGMLBlockFormat):
     has_quantize = False
 
     def quantize_blocks(self, blocks: np.ndarray, backend: str = "auto") -> np.ndarray:
+        self._backend(backend, 0)  # a bad or kernel-less backend is refused first, as for every type
         if not self.has_quantize:
             raise RefquantError(
                 f"quantizing to {self.name} is not implemented in refquant (it reads and "
