@@ -62,9 +62,13 @@ import scipy.linalg.lapack as lapack
 from .._errors import RefquantError
 from .qparams import FLOAT32_EPS, qparams_from_range
 
-__all__ = ["HessianAccumulator", "GPTQResult", "gptq", "gptq_hessian_factor", "GPTQ_BITS"]
+__all__ = ["HessianAccumulator", "GPTQResult", "gptq", "gptq_hessian_factor", "GPTQ_BITS",
+           "GPTQ_FORMATS"]
 
 GPTQ_BITS = (2, 3, 4, 5, 6, 7, 8)
+#: ``fmt`` values: the signed integer grid of ``bits`` bits, or fp8 e4m3fn (max 448)
+GPTQ_FORMATS = ("int", "float8_e4m3fn")
+_FP8_MAX = 448.0  # float8_e4m3fn's largest finite value (compressed-tensors FP8_E4M3_DATA.max)
 _PRECISIONS = {"float32": np.float32, "float64": np.float64}
 
 
@@ -328,6 +332,36 @@ def _group_qparams(w: np.ndarray, bits: int, symmetric: bool):
     return np.asarray(qp.scale, np.float32), np.asarray(qp.zero_point, np.int64)
 
 
+def _fp8_qparams(w: np.ndarray):
+    """compressed-tensors ``calculate_qparams`` for FLOAT 8 symmetric: ``max|w| / 448`` per row.
+
+    The range is widened to contain 0, ``max_val_pos / (896 / 2)`` in float32,
+    a zero scale replaced by float32 eps; zero points are 0.
+    """
+    lo = np.minimum(np.min(w, axis=1), np.float32(0))
+    hi = np.maximum(np.max(w, axis=1), np.float32(0))
+    amax = np.maximum(np.abs(lo), np.abs(hi)).astype(np.float32)
+    scale = amax / np.float32(_FP8_MAX)
+    scale = np.where(scale == 0, np.float32(FLOAT32_EPS), scale).astype(np.float32)
+    return scale, np.zeros(w.shape[0], np.int64)
+
+
+def _fake_quantize_fp8(w, scale):
+    """Bit patterns and dequantized values of one column, fp8 e4m3fn.
+
+    compressed-tensors ``_quantize_dequantize`` for FLOAT 8: ``x / s + 0`` (the
+    zero point, which turns -0 into +0), clamp to [-448, 448], cast to
+    ``float8_e4m3fn`` (round to nearest even), then ``q * s``.
+    """
+    import ml_dtypes
+
+    dt = w.dtype.type
+    s = scale.astype(dt)
+    scaled = w / s + dt(0)
+    q8 = np.clip(scaled, dt(-_FP8_MAX), dt(_FP8_MAX)).astype(ml_dtypes.float8_e4m3fn)
+    return q8.view(np.uint8).astype(np.int64), q8.astype(dt) * s
+
+
 def _fake_quantize(w, scale, zp, qmin, qmax, symmetric):
     """Codes and dequantized values of one column, in ``w``'s dtype.
 
@@ -352,6 +386,7 @@ def gptq(
     bits=4,
     symmetric=True,
     group_size=128,
+    fmt="int",
     actorder=None,
     static_groups=True,
     dampening_frac=0.01,
@@ -375,8 +410,15 @@ def gptq(
         Symmetric: :math:`s = \\max|w| / ((q_{max} - q_{min})/2)` (7.5 for int4),
         ``z = 0``. Asymmetric: :math:`s = (\\max - \\min)/(q_{max} - q_{min})`,
         ``z = clamp(round(q_min - min/s))``; min and max are widened to contain 0.
-    group_size : int or None
-        Columns per group; ``None`` or ``-1``: one group per row (per channel).
+    group_size : int, None or "tensor"
+        Columns per group; ``None`` or ``-1``: one group per row (per channel);
+        ``"tensor"``: one scale (and zero point) for the whole matrix, repeated
+        in every row of ``scale`` (compressed-tensors' TENSOR strategy).
+    fmt : "int" or "float8_e4m3fn"
+        The grid: signed integers of ``bits`` bits, or fp8 e4m3fn (``bits`` is
+        then ignored; symmetric only, ``s = max|w| / 448``; codes hold the
+        e4m3fn bit patterns 0..255), llmcompressor's
+        ``QuantizationArgs(num_bits=8, type="float")``.
     actorder : None or "weight"
         ``"weight"``: process columns by decreasing ``diag(H)`` (ties: lower
         index first; torch's unstable argsort may order ties differently).
@@ -428,7 +470,17 @@ def gptq(
     dt = _precision(precision)
     if isinstance(bits, bool) or bits not in GPTQ_BITS:
         raise RefquantError(f"bits must be one of {GPTQ_BITS}, got {bits!r}")
-    if group_size is None or group_size == -1:
+    if isinstance(group_size, str) and group_size != "tensor":
+        raise RefquantError(f"group_size must be a positive int, -1, None or 'tensor', "
+                            f"got {group_size!r}")
+    if fmt not in GPTQ_FORMATS:
+        raise RefquantError(f"fmt must be one of {GPTQ_FORMATS}, got {fmt!r}")
+    is_fp8 = fmt == "float8_e4m3fn"
+    if is_fp8 and not symmetric:
+        raise RefquantError("fmt='float8_e4m3fn' is symmetric only; got symmetric=False")
+    per_tensor = isinstance(group_size, str) and group_size == "tensor"
+    if per_tensor or group_size is None or (not isinstance(group_size, str)
+                                            and group_size == -1):
         gs = cols
     elif isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) \
             or group_size < 1:
@@ -454,14 +506,22 @@ def gptq(
     H = h0.astype(dt, copy=True)
     n_groups = -(-cols // gs)
 
+    def qparams(block):
+        """Scale and zero point of each row of ``block`` (float32), or one for all rows."""
+        b = block.astype(np.float32)
+        if per_tensor:
+            b = np.stack([b.min(initial=np.inf), b.max(initial=-np.inf)])[None, :]
+        sc, z = _fp8_qparams(b) if is_fp8 else _group_qparams(b, bits, symmetric)
+        if per_tensor:
+            sc, z = np.repeat(sc, rows), np.repeat(z, rows)
+        return sc, z
+
     # static qparams: the observer runs on the original weights (before dead columns are zeroed)
     if static_groups:
         scale = np.empty((rows, n_groups), np.float32)
         zp = np.zeros((rows, n_groups), np.int64)
         for g in range(n_groups):
-            scale[:, g], zp[:, g] = _group_qparams(
-                w0[:, g * gs:(g + 1) * gs].astype(np.float32), bits, symmetric
-            )
+            scale[:, g], zp[:, g] = qparams(w0[:, g * gs:(g + 1) * gs])
 
     perm = None
     if actorder == "weight":
@@ -492,11 +552,14 @@ def gptq(
             j = i1 + i
             if not static_groups and j % gs == 0:
                 g = j // gs
-                scale[:, g], zp[:, g] = _group_qparams(W[:, j:j + gs].astype(np.float32),
-                                                       bits, symmetric)
+                scale[:, g], zp[:, g] = qparams(W[:, j:j + gs])
             g = g_proc[j]
             w = W1[:, i]
-            codes[:, j], q = _fake_quantize(w, scale[:, g], zp[:, g], fmt_min, fmt_max, symmetric)
+            if is_fp8:
+                codes[:, j], q = _fake_quantize_fp8(w, scale[:, g])
+            else:
+                codes[:, j], q = _fake_quantize(w, scale[:, g], zp[:, g], fmt_min, fmt_max,
+                                                symmetric)
             err = (w - q) / U1[i, i]
             Q1[:, i] = q
             E1[:, i] = err
