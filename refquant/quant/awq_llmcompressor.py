@@ -191,7 +191,7 @@ def awq_llmcompressor(weight, x, *, bits=4, symmetric=False, group_size=128, n_g
         ws = (w * s).astype(np.float32)
         wq = (_quantize(ws, bits, symmetric, g) / s).astype(np.float32)
         total = np.float32(0)
-        for b, r in zip(batches, ref):
+        for b, r in zip(batches, ref, strict=True):
             d = r - b @ wq.T
             total = np.float32(total + np.float32(np.sum(d.astype(np.float64) ** 2)))
         loss = float(total / np.float32(n_el))
