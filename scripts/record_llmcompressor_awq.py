@@ -1,4 +1,4 @@
-"""Record llmcompressor's AWQ scale search, SmoothQuant scales and fp8 GPTQ into
+"""Record llmcompressor's AWQ scale search, SmoothQuant scales, fp8 and NVFP4 GPTQ into
 tests/data/llmcompressor/awq_sq_fp8_64x256.npz.
 
 A sibling of ``record_llmcompressor_gptq.py`` (same inputs: the seeded 64x256
@@ -26,7 +26,9 @@ SmoothQuant: the hook arithmetic (``torch.min`` / ``torch.max`` over each batch,
 
 fp8 GPTQ: the ``memoryless_minmax`` observer and ``quantize_weight`` with
 ``QuantizationArgs(num_bits=8, type="float", symmetric=True, strategy=channel|tensor)``;
-recorded: the dequantized weights, scales and loss.
+recorded: the dequantized weights, scales and loss. NVFP4 GPTQ: the same with
+compressed-tensors' ``NVFP4`` preset (TENSOR_GROUP, group 16, e4m3fn group scales,
+the observer's float32 global scale), actorder None / "weight".
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from compressed_tensors.quantization import (
     QuantizationArgs,
     QuantizationScheme,
     initialize_module_for_quantization,
+    preset_name_to_scheme,
 )
 from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight
 from llmcompressor.modifiers.transform.awq.base import AWQModifier
@@ -162,6 +165,23 @@ def peer_fp8_gptq(w, h, strategy, act):
             "loss": np.float32(loss.item())}
 
 
+def peer_nvfp4_gptq(w, h, act):
+    """compressed-tensors' NVFP4 preset (e2m1, group 16, e4m3fn group scales, float32
+    global scale) through the observer and quantize_weight."""
+    qargs = preset_name_to_scheme("NVFP4", ["Linear"]).weights.model_copy(
+        update={"actorder": act})
+    obs = Observer.load_from_registry("memoryless_minmax", base_name="weight", args=qargs)
+    obs(torch.from_numpy(w))
+    qp = obs.get_qparams()
+    q, loss, fb = quantize_weight(torch.from_numpy(w)[None].clone(),
+                                  torch.from_numpy(h)[None].clone(),
+                                  qp["scale"][None], qp["zero_point"][None], qp["global_scale"],
+                                  qargs, BLOCK, DAMP)
+    assert not fb.item()
+    return {"dequantized": q[0].numpy(), "scale": qp["scale"].float().numpy(),
+            "global_scale": qp["global_scale"].numpy(), "loss": np.float32(loss.item())}
+
+
 def main() -> int:
     torch.manual_seed(0)
     w, x = inputs()
@@ -183,6 +203,9 @@ def main() -> int:
     for strategy, act in FP8_CONFIGS:
         for key, value in peer_fp8_gptq(w, h, strategy, act).items():
             out[f"fp8_{strategy}_{act or 'none'}/{key}"] = value
+    for act in (None, "weight"):
+        for key, value in peer_nvfp4_gptq(w, h, act).items():
+            out[f"nvfp4_{act or 'none'}/{key}"] = value
     OUT.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(OUT, **out)
     print(f"wrote {OUT} ({OUT.stat().st_size} bytes); {out['versions'].tolist()}")

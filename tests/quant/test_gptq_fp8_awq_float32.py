@@ -1,4 +1,4 @@
-"""GPTQ on the fp8 e4m3fn grid, llmcompressor's AWQ search (float32), SmoothQuant float32:
+"""GPTQ on the fp8 e4m3fn and NVFP4 grids, llmcompressor's AWQ search (float32), SmoothQuant float32:
 invariants that need no peer."""
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ def test_fp8_gptq_with_identity_hessian_is_round_to_nearest(group_size, precisio
     s = (amax.astype(np.float32) / np.float32(448)).astype(np.float32)
     np.testing.assert_array_equal(r.scale[:, 0], s)
     dt = np.float32 if precision == "float32" else np.float64
-    q = (w.astype(dt) / s[:, None].astype(dt) + dt(0)).astype(ml_dtypes.float8_e4m3fn)
+    q = (w.astype(dt) / s[:, None].astype(dt)).astype(ml_dtypes.float8_e4m3fn)
     np.testing.assert_array_equal(r.codes, q.view(np.uint8).astype(np.int64))
+    assert r.codes[0, 1] == 0x80  # -0 stays -0 (no zero point is added for symmetric args)
     np.testing.assert_array_equal(r.dequantized, q.astype(dt) * s[:, None].astype(dt))
 
 
@@ -53,6 +54,31 @@ def test_fp8_gptq_beats_round_to_nearest_on_correlated_inputs():
     assert g.loss == pytest.approx(0.5 * np.trace(d @ hd @ d.T), rel=1e-6)
 
 
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_nvfp4_gptq_with_identity_hessian_is_round_to_nearest(precision):
+    w, _ = _layer(5)
+    r = gptq(w, np.eye(w.shape[1]), fmt="nvfp4", group_size=16, precision=precision,
+             dampening_frac=0.0)
+    amax = np.float32(np.abs(w).max())
+    gs = (np.float32(1) / amax) * np.float32(2688)
+    assert r.global_scale == float(gs)
+    blocks = np.abs(w).reshape(16, 4, 16).max(axis=2)
+    s = (gs * (blocks / np.float32(6))).astype(ml_dtypes.float8_e4m3fn).astype(np.float32)
+    np.testing.assert_array_equal(r.scale, s)
+    eff = np.repeat(s / gs, 16, axis=1)
+    dt = np.float32 if precision == "float32" else np.float64
+    q = np.clip(w.astype(dt) / eff.astype(dt), -6, 6).astype(ml_dtypes.float4_e2m1fn)
+    np.testing.assert_array_equal(r.codes, q.view(np.uint8).astype(np.int64))
+    np.testing.assert_array_equal(r.dequantized, q.astype(dt) * eff.astype(dt))
+
+
+def test_e2m1_rounding_ties_are_compressed_tensors_thresholds():
+    # cast_to_fp4: <=0.25 -> 0, 0.75 -> 1, 1.25 -> 1, 1.75 -> 2, 2.5 -> 2, 3.5 -> 4, 5 -> 4
+    v = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 5.01, -0.26], np.float32)
+    got = v.astype(ml_dtypes.float4_e2m1fn).astype(np.float32)
+    np.testing.assert_array_equal(got, [0, 1, 1, 2, 2, 4, 4, 6, -0.5])
+
+
 def test_fp8_gptq_bad_arguments():
     w, _ = _layer()
     with pytest.raises(RefquantError, match="symmetric only"):
@@ -61,6 +87,8 @@ def test_fp8_gptq_bad_arguments():
         gptq(w, np.eye(64), fmt="float8_e5m2")
     with pytest.raises(RefquantError, match="'tensor'"):
         gptq(w, np.eye(64), group_size="row")
+    with pytest.raises(RefquantError, match="needs an int group_size"):
+        gptq(w, np.eye(64), fmt="nvfp4", group_size=None)
 
 
 def test_int_gptq_per_tensor_uses_one_scale():
