@@ -177,3 +177,19 @@ def test_bad_inputs_raise():
         rot.hadamard_transform(np.ones((2, 0)))
     with pytest.raises(RefquantError, match="precision"):
         rot.hadamard_transform(np.ones(4), precision="float16")
+
+
+def test_rotation_on_the_digits_mlp_keeps_outputs_and_accuracy():
+    """Real weights and activations: the bundled digits MLP's blocks.0 (128 -> 128)."""
+    from refquant.models import digits_mlp_forward, load_digits_mlp
+
+    params = load_digits_mlp()
+    w = params["blocks.0.weight"].astype(np.float32)
+    _, hidden = digits_mlp_forward(params, params["x_calib"], return_hidden=True)
+    x = hidden[0].astype(np.float32)
+    y = rot.rotate(x, seed=11) @ rot.rotate(w, seed=11).T
+    np.testing.assert_allclose(y, x @ w.T, rtol=0, atol=1e-5 * np.abs(x @ w.T).max())
+    back = rot.unrotate(rot.rotate(w, seed=11), seed=11)
+    bound = rot.round_trip_bound(128, np.float32) * np.finfo(np.float32).eps \
+        * np.linalg.norm(w, axis=1, keepdims=True)
+    assert np.all(np.abs(back - w) <= bound)
