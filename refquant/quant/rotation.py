@@ -417,6 +417,9 @@ def round_trip_bound(n, dtype) -> float:
 
     .. math:: |x' - x|_\\infty \\le \\big(\\log_2(n/K) + K + 2\\big)\\,\\epsilon\\,\\|x\\|_2 .
 
+    Where values are subnormal each rounding is absolute (at most the smallest
+    subnormal), so the tests add ``factor * smallest_subnormal`` to the bound.
+
     Returns the factor :math:`\\log_2(n/K) + K + 2` (``K`` of :func:`hadamard_base`).
     """
     n = _check_order(n)
