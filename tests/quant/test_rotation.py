@@ -116,7 +116,11 @@ def test_numba_kernel_equals_numpy_bit_for_bit(n, rows, dtype, transpose, normal
     a = rot.hadamard_transform(x, transpose=transpose, normalize=normalize, backend="numpy")
     b = rot.hadamard_transform(x, transpose=transpose, normalize=normalize, backend="cpu")
     assert a.dtype == b.dtype == dtype and a.shape == b.shape
-    assert np.array_equal(_bits(a), _bits(b))
+    # bits equal, NaN with NaN: the sign / payload of a NaN made from two NaN operands is
+    # whichever operand the CPU picks, and LLVM may commute a commutative fadd
+    nan = np.isnan(a)
+    assert np.array_equal(nan, np.isnan(b))
+    assert np.array_equal(_bits(a)[~nan], _bits(b)[~nan])
 
 
 def test_kernel_bodies_run_as_python_without_the_jit():

@@ -12,6 +12,10 @@ in that order starting from ``0.0`` (the reference's order; the products by ±1
 are exact, so no fused multiply-add can change a rounding, and fastmath is
 off). With ``K = 1`` the stage is skipped. Then, when ``scale`` is not zero,
 each element is divided by ``scale``.
+
+Bit for bit with the reference, NaN with NaN: where both operands of an addition
+are NaN the result's sign and payload are whichever operand the CPU propagates,
+and LLVM may commute a commutative ``fadd``.
 """
 
 from __future__ import annotations
