@@ -22,10 +22,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/pip" install --quiet --upgrade pip
 "$VENV/bin/pip" install --quiet torch==2.13.0 llmcompressor==0.14.0.1 hqq==0.2.8.post1
-# refquant itself, with the core and test pins of pyproject.toml (numba-cuda not needed)
-"$VENV/bin/pip" install --quiet "numpy>=2.0,<2.6" "numba>=0.68,<0.69" "scipy>=1.11,<1.18" \
-    "ml_dtypes>=0.5.4,<0.8" "pytest>=8,<10" "hypothesis==6.155.2"
-"$VENV/bin/pip" install --quiet --no-deps -e .
+# refquant itself with its core and test pins, taken from pyproject.toml (pip keeps
+# llmcompressor's compressed-tensors 0.19: refquant's core does not name it)
+"$VENV/bin/pip" install --quiet -e '.[test]'
 installed=$(date +%s)
 
 REFQUANT_REQUIRE_PEERS=1 REFQUANT_LLMCOMPRESSOR_LIVE=1 CI="${CI:-1}" \
