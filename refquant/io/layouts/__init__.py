@@ -49,7 +49,8 @@ __all__ = [
 ]
 
 LAYOUTS = ("gptq", "gptq_v2", "awq", "fp8", "fp8-block", "pack-quantized", "int-quantized",
-           "float-quantized", "naive-quantized", "mlx", "bitsandbytes-nf4", "bitsandbytes-fp4",
+           "float-quantized", "naive-quantized", "nvfp4-pack-quantized", "mxfp4-pack-quantized",
+           "mxfp6-pack-quantized", "mxfp8-quantized", "mlx", "bitsandbytes-nf4", "bitsandbytes-fp4",
            "bitsandbytes-int8")
 
 
@@ -102,7 +103,9 @@ def detect_layout(ck) -> tuple[str, dict]:
     of ``quantization_config``; MLX's ``quantization``); otherwise the tensors:
     ``.qweight`` with ``.g_idx`` -> gptq (v1, the serialized default);
     ``.qweight`` (K, N/8) with ``.scales`` (G, N) and no ``g_idx`` -> awq;
-    ``.weight_packed`` -> pack-quantized; e4m3 ``.weight`` with
+    ``.weight_packed`` -> pack-quantized (uint8 ``weight_packed``: nvfp4 with a
+    ``weight_global_scale``, else mxfp4 / mxfp6 by the uint8 scale's width); e4m3
+    ``.weight`` with a uint8 ``.weight_scale`` -> mxfp8-quantized; e4m3 ``.weight`` with
     ``.weight_scale_inv`` -> fp8-block (128x128 tiles, checked against the
     shapes); e4m3 ``.weight`` with a one-element ``.weight_scale`` -> fp8.
     Everything else that looks quantized (uint32 weights with ``scales`` and
@@ -166,6 +169,8 @@ def detect_layout(ck) -> tuple[str, dict]:
     if any(n.endswith(".weight_packed") for n in names):
         return "compressed-tensors", _ct_from_tensors(ck)
     e4 = [n for n in names if n.endswith(".weight") and infos[n].dtype.name == "float8_e4m3fn"]
+    if e4 and all(n + "_scale" in names and infos[n + "_scale"].dtype == np.uint8 for n in e4):
+        return "compressed-tensors", _ct_float_from_tensors(ck, "mxfp8-quantized")
     if e4 and all(n + "_scale_inv" in names for n in e4):
         return "fp8-block", {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128]}
     if e4 and all(n + "_scale" in names and infos[n + "_scale"].shape in ((), (1,)) for n in e4):
@@ -199,6 +204,19 @@ def _ct_from_tensors(ck):
     infos = ck.infos
     n0 = sorted(n for n in ck if n.endswith(".weight_packed"))[0]
     base = n0[: -len(".weight_packed")]
+    if infos[n0].dtype == np.uint8:  # the float formats pack into bytes
+        sc = infos.get(base + ".weight_scale")
+        cols = infos[n0].shape[-1]
+        if base + ".weight_global_scale" in ck:
+            return _ct_float_from_tensors(ck, "nvfp4-pack-quantized")
+        if sc is not None and len(sc.shape) == 2 and sc.dtype == np.uint8 and sc.shape[1]:
+            if sc.shape[1] * 16 == cols:
+                return _ct_float_from_tensors(ck, "mxfp4-pack-quantized")
+            if sc.shape[1] * 24 == cols:
+                return _ct_float_from_tensors(ck, "mxfp6-pack-quantized")
+        raise RefquantError(f"{ck.path}: tensor {n0!r}: uint8 packed weights whose scale "
+                            f"{None if sc is None else (sc.dtype.name, sc.shape)} fits none of "
+                            "nvfp4 / mxfp4 / mxfp6; unknown, not guessed")
     if base + ".weight_shape" not in ck or base + ".weight_scale" not in ck:
         raise RefquantError(f"{ck.path}: tensor {n0!r}: pack-quantized needs weight_shape and "
                             "weight_scale beside it")
@@ -222,6 +240,13 @@ def _ct_from_tensors(ck):
     w = {"num_bits": bits[0], "type": "int", "symmetric": sym, "strategy": strat, "group_size": gs}
     return {"quant_method": "compressed-tensors", "format": "pack-quantized",
             "config_groups": {"group_0": {"targets": ["Linear"], "weights": w}}}
+
+
+def _ct_float_from_tensors(ck, fmt):
+    """A compressed-tensors config for one of its float formats, read off the tensors."""
+    from .ctensors import ct_config
+
+    return ct_config(fmt, None, "float", True, None)
 
 
 def layout_of(ck) -> LayoutView:
