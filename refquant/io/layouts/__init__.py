@@ -19,6 +19,8 @@ layout                 detected by                            module
                        with ``weight_scale`` / ``_scale_inv``
 compressed-tensors     ``quant_method: compressed-tensors``;  :mod:`.ctensors`
                        ``weight_packed`` + ``weight_shape``
+compressed-tensors     ``sparsity_config``; ``.bitmask`` +    :mod:`.ctsparse`
+sparse                 ``.compressed`` + ``.shape``
 ``mlx``                ``quantization`` in config.json        :mod:`.mlx`
 bitsandbytes nf4/fp4   ``quant_method: bitsandbytes``; the    :mod:`.bnb`
 and int8               ``quant_state.bitsandbytes__*`` JSON,
@@ -50,8 +52,8 @@ __all__ = [
 
 LAYOUTS = ("gptq", "gptq_v2", "awq", "fp8", "fp8-block", "pack-quantized", "int-quantized",
            "float-quantized", "naive-quantized", "nvfp4-pack-quantized", "mxfp4-pack-quantized",
-           "mxfp6-pack-quantized", "mxfp8-quantized", "mlx", "bitsandbytes-nf4", "bitsandbytes-fp4",
-           "bitsandbytes-int8")
+           "mxfp6-pack-quantized", "mxfp8-quantized", "sparse-bitmask", "sparse-24-bitmask", "mlx",
+           "bitsandbytes-nf4", "bitsandbytes-fp4", "bitsandbytes-int8")
 
 
 class PlainView(LayoutView):
@@ -103,7 +105,8 @@ def detect_layout(ck) -> tuple[str, dict]:
     of ``quantization_config``; MLX's ``quantization``); otherwise the tensors:
     ``.qweight`` with ``.g_idx`` -> gptq (v1, the serialized default);
     ``.qweight`` (K, N/8) with ``.scales`` (G, N) and no ``g_idx`` -> awq;
-    ``.weight_packed`` -> pack-quantized (uint8 ``weight_packed``: nvfp4 with a
+    ``.bitmask`` with ``.compressed`` and ``.shape`` -> sparse-bitmask (with
+    ``.row_offsets``) or sparse-24-bitmask; ``.weight_packed`` -> pack-quantized (uint8 ``weight_packed``: nvfp4 with a
     ``weight_global_scale``, else mxfp4 / mxfp6 by the uint8 scale's width); e4m3
     ``.weight`` with a uint8 ``.weight_scale`` -> mxfp8-quantized; e4m3 ``.weight`` with
     ``.weight_scale_inv`` -> fp8-block (128x128 tiles, checked against the
@@ -133,6 +136,13 @@ def detect_layout(ck) -> tuple[str, dict]:
             if m == "fp8":
                 return ("fp8-block" if qc.get("weight_block_size") is not None else "fp8"), qc
             if m == "compressed-tensors":
+                sp = qc.get("sparsity_config")
+                if isinstance(sp, dict) and sp.get("format") not in (None, "dense"):
+                    if qc.get("config_groups"):
+                        raise RefquantError(f"{path}: compressed-tensors sparsity {sp.get('format')!r} "
+                                            "stacked on quantization; refquant reads either alone, "
+                                            "not both (unknown, not guessed)")
+                    return "ct-sparse", qc
                 return "compressed-tensors", qc
             if m in ("mlx",):
                 return "mlx", qc
@@ -166,6 +176,14 @@ def detect_layout(ck) -> tuple[str, dict]:
     if any(".quant_state.bitsandbytes__" in n for n in names) or any(
             n.endswith(".SCB") for n in names):
         return "bitsandbytes", {"quant_method": "bitsandbytes"}  # the parts describe themselves
+    bms = sorted(n for n in names if n.endswith(".bitmask"))
+    if bms:
+        b0 = bms[0][: -len(".bitmask")]
+        if b0 + ".compressed" in names and b0 + ".shape" in names:
+            from .ctsparse import sparse_config
+
+            return "ct-sparse", sparse_config("sparse-bitmask" if b0 + ".row_offsets" in names
+                                              else "sparse-24-bitmask")
     if any(n.endswith(".weight_packed") for n in names):
         return "compressed-tensors", _ct_from_tensors(ck)
     e4 = [n for n in names if n.endswith(".weight") and infos[n].dtype.name == "float8_e4m3fn"]
@@ -275,6 +293,10 @@ def layout_of(ck) -> LayoutView:
         from .ctensors import CompressedTensorsView
 
         view = CompressedTensorsView(ck, cfg, qc)
+    elif name == "ct-sparse":
+        from .ctsparse import CTSparseView
+
+        view = CTSparseView(ck, cfg, qc)
     elif name == "mlx":
         from .mlx import MLXView
 
@@ -361,6 +383,11 @@ def save_layout(weights, path, layout, *, config=None, overwrite=False, **option
                   "bnb_4bit_use_double_quant": bool(o.pop("double_quant", False)),
                   "bnb_4bit_compute_dtype": o.pop("compute_dtype", "float32"),
                   "bnb_4bit_quant_storage": "uint8"}
+    elif layout in ("sparse-bitmask", "sparse-24-bitmask"):
+        from .ctsparse import sparse_config
+
+        qc = sparse_config(layout, ignore=o.pop("ignore", ("lm_head",)),
+                           global_sparsity=o.pop("global_sparsity", 0.0))
     elif layout == "mlx":
         qc = None
         cfg["quantization"] = {"group_size": o.pop("group_size", 64), "bits": o.pop("bits", 4)}
