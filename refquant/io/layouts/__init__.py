@@ -13,8 +13,9 @@ layout                 detected by                            module
 =====================  =====================================  ==============================
 ``gptq``, ``gptq_v2``  ``quant_method: gptq``; ``.qweight``   :mod:`.gptq`
                        with ``.g_idx``
-``awq``                ``quant_method: awq``; ``.qweight``    :mod:`.gptq`
-                       (K, N/8) with ``.scales`` (G, N)
+``awq``, ``awq-gemv``  ``quant_method: awq`` (``version``);   :mod:`.gptq`
+                       ``.qweight`` (K, N/8) with ``.scales``
+                       (G, N); GEMV: (N, K/8), (N, 8 zw)
 ``fp8``, ``fp8-block`` ``quant_method: fp8``; e4m3 weight     :mod:`.fp8`
                        with ``weight_scale`` / ``_scale_inv``
 compressed-tensors     ``quant_method: compressed-tensors``;  :mod:`.ctensors`
@@ -50,7 +51,7 @@ __all__ = [
     "unpack_bitstream",
 ]
 
-LAYOUTS = ("gptq", "gptq_v2", "awq", "fp8", "fp8-block", "pack-quantized", "int-quantized",
+LAYOUTS = ("gptq", "gptq_v2", "awq", "awq-gemv", "fp8", "fp8-block", "pack-quantized", "int-quantized",
            "float-quantized", "naive-quantized", "nvfp4-pack-quantized", "mxfp4-pack-quantized",
            "mxfp6-pack-quantized", "mxfp8-quantized", "sparse-bitmask", "sparse-24-bitmask", "mlx",
            "bitsandbytes-nf4", "bitsandbytes-fp4", "bitsandbytes-int8")
@@ -166,6 +167,11 @@ def detect_layout(ck) -> tuple[str, dict]:
             if k and (qs[0] * 32) % k == 0 and qs[0] * 32 // k in (2, 3, 4, 8):
                 return "gptq", {"quant_method": "gptq", "bits": qs[0] * 32 // k,
                                 "group_size": _gptq_group(ck, base, k), "desc_act": _desc(ck, base, k)}
+        elif sc is not None and base + ".qzeros" in names and len(qs) == 2 and len(sc.shape) == 2 \
+                and qs[0] == sc.shape[0] == infos[base + ".qzeros"].shape[0] \
+                and sc.shape[1] == 8 * infos[base + ".qzeros"].shape[-1] and qs[0] != qs[1] * 8:
+            return "awq", {"quant_method": "awq", "bits": 4, "version": "gemv", "zero_point": True,
+                           "group_size": _gemv_group(ck, base, qs[1] * 8)}
         elif sc is not None and len(qs) == 2 and len(sc.shape) == 2 and sc.shape[1] == 8 * qs[1] \
                 and sc.shape[0] and qs[0] % sc.shape[0] == 0:
             return "awq", {"quant_method": "awq", "bits": 4, "version": "gemm", "zero_point": True,
@@ -202,6 +208,19 @@ def detect_layout(ck) -> tuple[str, dict]:
                                 "quantization config its bits / group size / format are unknown; "
                                 "open the model folder, not the file")
     return "none", {}
+
+
+def _gemv_group(ck, base, k):
+    """The GEMV group size whose zeros width fits the stored one; unknown if several or none do."""
+    from .gptq import awq_gemv_zeros_width
+
+    zw = ck.info(base + ".qzeros").shape[-1]
+    fits = [g for g in (32, 64, 128, 256, 512, 1024, k) if k % g == 0 and awq_gemv_zeros_width(k, g) == zw]
+    fits = sorted(set(fits))
+    if len(fits) != 1:
+        raise RefquantError(f"{ck.path}: tensor {base + '.qzeros'!r}: an AWQ GEMV layer of in_features {k} "
+                            f"whose {zw} zero words fit group sizes {fits}; unknown without config.json")
+    return fits[0]
 
 
 def _gptq_group(ck, base, k):
@@ -365,9 +384,9 @@ def save_layout(weights, path, layout, *, config=None, overwrite=False, **option
         qc = {"quant_method": "gptq", "bits": o.pop("bits"), "group_size": o.pop("group_size", 128),
               "desc_act": o.pop("desc_act", False), "sym": o.pop("sym", True),
               "checkpoint_format": layout}
-    elif layout == "awq":
+    elif layout in ("awq", "awq-gemv"):
         qc = {"quant_method": "awq", "bits": 4, "group_size": o.pop("group_size", 128),
-              "zero_point": True, "version": "gemm"}
+              "zero_point": True, "version": "gemv" if layout == "awq-gemv" else "gemm"}
     elif layout == "fp8":
         qc = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic"}
     elif layout == "fp8-block":
