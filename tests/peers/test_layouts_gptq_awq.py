@@ -31,8 +31,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import refquant.io as rio
-from refquant.io.layouts import unpack_bitstream
 from refquant import RefquantError
+from refquant.io.layouts import unpack_bitstream
 from refquant.io.layouts.gptq import awq_gemv_tensors, awq_tensors, gptq_tensors
 
 pytestmark = pytest.mark.peer
