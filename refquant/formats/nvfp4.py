@@ -15,7 +15,7 @@ torchao ``pack_uint4``). Blocks run along the last axis, whose length must be a
 multiple of 16: compressed-tensors (``_process_group``) and torchao
 (``nvfp4_quantize``) both refuse a partial block, and so does refquant.
 
-Two conventions (``convention=``), each bit-exact with its library on torch CPU
+Three conventions (``convention=``), each bit-exact with its library on torch CPU
 (tests/peers/test_nvfp4.py):
 
 ``"compressed-tensors"`` (0.20.0; what llm-compressor writes as
@@ -30,14 +30,23 @@ two amax divisions, as torch does for bfloat16 / float16 weights)::
     W_i  = fl32(P_i * fl32(s_b / gs))            (_dequantize; decompress returns bfloat16)
 
 ``"torchao"`` (0.18; ``nvfp4_quantize`` with a per-tensor scale, the two-level
-recipe; NVIDIA ModelOpt's ``NVFP4QTensor`` has the same scale formula)::
+recipe)::
 
     pts  = fl32(amax / (448*6))                  (per_tensor_amax_to_scale)
     s_b  = e4m3(clamp(fl32(fl32(amax_b / 6) / pts), 2**-6, 448))
     P_i  = e2m1(clamp(fl32(x_i * fl32(fl32(1 / pts) / s_b)), -6, 6))
     W_i  = fl32(P_i * fl32(pts * s_b))           (NVFP4Tensor.dequantize)
 
-Where the two differ: the global scale is the reciprocal of the other (rounded
+``"modelopt"`` (NVIDIA ModelOpt 0.47 ``NVFP4QTensor.quantize`` / ``dequantize``, what
+its ``export_hf_checkpoint`` writes as ``weight`` / ``weight_scale`` / ``weight_scale_2``)::
+
+    pts  = fl32(amax / (448*6))                  (get_weights_scaling_factor_2)
+    s_b  = e4m3(clamp(fl32(amax_b / fl32(6 * pts)), 2**-9, 448)), 1.0 where the quotient is 0
+    P_i  = e2m1(fl32(x_i / fl32(s_b * pts)))     (_cast_fp4: searchsorted on the midpoints,
+                                                  ties to even, no clamp: |v| > 5 -> 6)
+    W_i  = fl32(P_i * fl32(s_b * pts))
+
+Where compressed-tensors and torchao differ: the global scale is the reciprocal of the other (rounded
 once each way), torchao multiplies by a reciprocal where compressed-tensors
 divides, an all-zero block gets scale 2**-6 in torchao and 0.125 in
 compressed-tensors (either way its codes are 0), a block whose scale underflows
@@ -45,7 +54,8 @@ e4m3 gets 2**-6 in torchao and 0.125 in compressed-tensors, and ``-0.0`` encodes
 as code 8 (negative zero) in torchao but as code 0 in compressed-tensors (its
 ``cast_to_fp4`` multiplies by ``torch.sign``, which is 0 for -0.0); a negative
 value that rounds to zero is code 8 in both. e2m1 rounding is to nearest, ties
-to even, in both.
+to even, in both. ModelOpt: a zero block's scale is 1.0 (0x38), a block whose scale
+underflows e4m3 gets 2**-9 (0x01), -0.0 is code 0, and code 8 decodes to +0.0.
 
 NaN and Inf are refused: compressed-tensors turns them into codes that depend
 on a float-to-int8 cast (``pack_fp4_to_uint8``), not into a defined value.
@@ -59,8 +69,10 @@ compressed-tensors 0.20.0: ``quantization/utils/helpers.py`` (``generate_gparam`
 (``pack_fp4_to_uint8``, ``unpack_fp4_from_uint8``). torchao 0.18.0:
 ``prototype/mx_formats/nvfp4_tensor.py`` (``per_tensor_amax_to_scale``,
 ``nvfp4_quantize``, ``NVFP4Tensor.dequantize``), ``prototype/mx_formats/kernels.py``
-(``pack_uint4``). NVIDIA ModelOpt ``torch/quantization/qtensor/nvfp4_tensor.py``
-(``get_weights_scaling_factor_2`` = amax / (6 * 448)).
+(``pack_uint4``). NVIDIA ModelOpt 0.47.0 ``torch/quantization/qtensor/nvfp4_tensor.py``
+(``get_weights_scaling_factor_2``, ``get_weights_scaling_factor``,
+``_cast_per_block_scale_to_fp8``, ``quantize``, ``_cast_fp4``, ``dequantize``; recorded by
+scripts/record_modelopt_nvfp4.py, it does not install beside the shared environment).
 """
 
 from __future__ import annotations
@@ -77,7 +89,8 @@ from .floats import decode, encode
 __all__ = ["NVFP4Format", "NVFP4", "NVFP4_CONVENTIONS", "nvfp4_global_scale", "quantize_nvfp4",
            "dequantize_nvfp4", "pack_nvfp4", "unpack_nvfp4", "e2m1_codes_ct"]
 
-NVFP4_CONVENTIONS = ("compressed-tensors", "torchao")
+NVFP4_CONVENTIONS = ("compressed-tensors", "torchao", "modelopt")
+_MODELOPT_BOUNDS = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5], np.float32)
 _E4M3_MAX = 448.0
 _E2M1_MAX = 6.0
 _TINY32 = np.float32(np.finfo(np.float32).tiny)
@@ -156,13 +169,13 @@ def nvfp4_global_scale(x, *, convention: str = "compressed-tensors") -> np.float
     ----------
     x : array_like
         The tensor (float32, bfloat16 or float16), finite.
-    convention : {"compressed-tensors", "torchao"}
+    convention : {"compressed-tensors", "torchao", "modelopt"}
 
     Returns
     -------
     numpy.float32
         compressed-tensors: ``weight_global_scale = 448*6 / amax`` (dequantize divides
-        by it); torchao: ``per_tensor_scale = amax / (448*6)`` (dequantize multiplies).
+        by it); torchao and ModelOpt: ``amax / (448*6)`` (dequantize multiplies).
 
     Formula
     -------
@@ -184,7 +197,7 @@ def nvfp4_global_scale(x, *, convention: str = "compressed-tensors") -> np.float
 
 def _global_scale(x32, work, conv):
     amax = np.float32(np.max(np.abs(x32))) if x32.size else np.float32(0)
-    if conv == "torchao":
+    if conv in ("torchao", "modelopt"):
         return np.float32(_f32(np.float32(amax) / np.float32(_E4M3_MAX * _E2M1_MAX)))
     a = np.maximum(amax, _TINY32)
     with np.errstate(over="ignore", divide="ignore"):  # torch's scalar / tensor is reciprocal * scalar
@@ -218,9 +231,9 @@ def quantize_nvfp4(x, *, global_scale=None, convention: str = "compressed-tensor
         taken as float32); the last axis a multiple of 16; finite.
     global_scale : float, optional
         The global scale in the convention's sense (compressed-tensors: ``448*6 / amax``;
-        torchao: ``amax / (448*6)``); computed from ``x`` by :func:`nvfp4_global_scale`
+        torchao, ModelOpt: ``amax / (448*6)``); computed from ``x`` by :func:`nvfp4_global_scale`
         when not given (a calibrated scale may be passed).
-    convention : {"compressed-tensors", "torchao"}
+    convention : {"compressed-tensors", "torchao", "modelopt"}
 
     Returns
     -------
@@ -263,6 +276,18 @@ def quantize_nvfp4(x, *, global_scale=None, convention: str = "compressed-tensor
             v = _f32(blocks / eff[..., None])
         v = np.clip(v, -_E2M1_MAX, _E2M1_MAX)
         codes = e2m1_codes_ct(v)
+    elif conv == "modelopt":
+        with np.errstate(all="ignore"):
+            bs = _f32(amax_b / _f32(np.float32(_E2M1_MAX) * gs))
+        bs = np.where(bs == 0, np.float32(1.0), bs)
+        bs = np.clip(bs, np.float32(2.0**-9), np.float32(_E4M3_MAX))  # _cast_per_block_scale_to_fp8
+        s_codes = encode(bs.astype(np.float64), "float8_e4m3fn")
+        s32 = decode(s_codes, "float8_e4m3fn").astype(np.float32)
+        with np.errstate(all="ignore"):
+            v = _f32(blocks / _f32(s32 * gs)[..., None])
+        a = np.abs(v)
+        codes = (np.searchsorted(_MODELOPT_BOUNDS, a, side="left")  # NaN (0 / 0) sorts last: 7
+                 + np.isin(a, _MODELOPT_BOUNDS[[1, 3, 5]])).astype(np.uint8) | ((v < 0).astype(np.uint8) << 3)
     else:
         bs = _f32(_f32(amax_b / np.float32(_E2M1_MAX)) / gs)
         bs = np.clip(bs, np.float32(2.0**-6), np.float32(_E4M3_MAX))
@@ -285,7 +310,7 @@ def dequantize_nvfp4(codes, scales, global_scale, *, convention: str = "compress
     codes : uint8 array (..., K), e2m1 codes in the low 4 bits
     scales : uint8 array (..., K // 16), e4m3 codes
     global_scale : float
-    convention : {"compressed-tensors", "torchao"}
+    convention : {"compressed-tensors", "torchao", "modelopt"}
     dtype : {"float32", "bfloat16", "float16"}
         The output is computed in float32 and rounded once to ``dtype``; returned as
         float32 (compressed-tensors' ``NVFP4PackedCompressor.decompress`` returns
@@ -295,7 +320,8 @@ def dequantize_nvfp4(codes, scales, global_scale, *, convention: str = "compress
     -------
     compressed-tensors ``_dequantize``: :math:`W = \\mathrm{fl}_{32}(P \\cdot \\mathrm{fl}_{32}(s / g))`;
     torchao ``NVFP4Tensor.dequantize``: :math:`W = \\mathrm{fl}_{32}(P \\cdot \\mathrm{fl}_{32}(g \\cdot s))`.
-    An e4m3 NaN scale (0x7F / 0xFF) gives NaN for its block.
+    An e4m3 NaN scale (0x7F / 0xFF) gives NaN for its block. Code 8 is -0.0, but
+    +0.0 under ModelOpt (its ``e2m1_values`` table).
 
     Reference
     ---------
@@ -319,9 +345,11 @@ def dequantize_nvfp4(codes, scales, global_scale, *, convention: str = "compress
         raise RefquantError(f"global_scale must be one real number, got {global_scale!r}")
     gs = np.float32(g.reshape(()))
     p = decode(c, "float4_e2m1fn").astype(np.float32)
+    if conv == "modelopt":  # its e2m1_values table has +0 at code 8
+        p = np.where(c == 8, np.float32(0), p)
     s32 = decode(s, "float8_e4m3fn").astype(np.float32)
     with np.errstate(all="ignore"):
-        eff = _f32(s32 / gs) if conv == "compressed-tensors" else _f32(gs * s32)
+        eff = _f32(s32 / gs) if conv == "compressed-tensors" else _f32(gs * s32)  # torchao, modelopt
         out = _f32(p.reshape(*c.shape[:-1], -1, 16) * eff[..., None]).reshape(c.shape)
     if dtype != "float32":
         out = out.astype(_DTYPES[dtype]).astype(np.float32)

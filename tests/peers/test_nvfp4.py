@@ -206,3 +206,24 @@ def test_bad_input_is_refused_as_the_peers_refuse_it():
         dequantize_nvfp4(np.full((1, 16), 16, np.uint8), np.zeros((1, 1), np.uint8), 1.0)
     with pytest.raises(RefquantError, match="global_scale"):
         quantize_nvfp4(np.ones((1, 16), np.float32), global_scale=0.0)
+
+
+MODELOPT = __import__("pathlib").Path(__file__).resolve().parents[1] / "data" / "modelopt" / "nvfp4_0.47.npz"
+
+
+def test_modelopt_convention_is_modelopts_recorded_nvfp4():
+    """NVIDIA ModelOpt 0.47 ``NVFP4QTensor`` (recorded by scripts/record_modelopt_nvfp4.py)."""
+    r = np.load(MODELOPT)
+    assert "nvidia-modelopt 0.47.0" in list(r["versions"])
+    keys = sorted({k.rsplit("_", 1)[0] for k in r.files if k.endswith("_packed")})
+    assert len(keys) == 24
+    for key in keys:
+        w = r[key + "_w"]
+        if key.endswith("bfloat16"):
+            w = w.view(ml_dtypes.bfloat16)
+        codes, scales, g = quantize_nvfp4(w, convention="modelopt")
+        assert g.view(np.uint32) == np.float32(r[key + "_scale_2"][0]).view(np.uint32), key
+        np.testing.assert_array_equal(scales, r[key + "_scale"], err_msg=key)
+        np.testing.assert_array_equal(pack_nvfp4(codes), r[key + "_packed"], err_msg=key)
+        back = dequantize_nvfp4(codes, scales, g, convention="modelopt")
+        np.testing.assert_array_equal(back.view(np.uint32), r[key + "_back"].view(np.uint32), err_msg=key)
