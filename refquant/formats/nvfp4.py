@@ -79,7 +79,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
 from .._errors import RefquantError
@@ -94,8 +93,13 @@ _MODELOPT_BOUNDS = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5], np.float32)
 _E4M3_MAX = 448.0
 _E2M1_MAX = 6.0
 _TINY32 = np.float32(np.finfo(np.float32).tiny)
-_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
-           "float16": np.dtype(np.float16)}
+
+
+def _dtypes():
+    import ml_dtypes  # not at import: `import refquant` loads no ml_dtypes (tests/test_import.py)
+
+    return {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
+            "float16": np.dtype(np.float16)}
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,8 @@ def _input(x):
     """x as float32 (exact) and the dtype torch would compute its amax divisions in."""
     xa = np.asarray(x)
     dt = xa.dtype
-    if dt in (_DTYPES["bfloat16"], _DTYPES["float16"]):
+    dts = _dtypes()
+    if dt in (dts["bfloat16"], dts["float16"]):
         work = dt
     elif dt.kind == "f" or dt.kind in "iu":
         work = np.dtype(np.float32)
@@ -329,8 +334,9 @@ def dequantize_nvfp4(codes, scales, global_scale, *, convention: str = "compress
     ``unpack_fp4_from_uint8``, ``_dequantize``; torchao 0.18.0 ``NVFP4Tensor.dequantize``.
     """
     conv = _convention(convention)
-    if not isinstance(dtype, str) or dtype not in _DTYPES:
-        raise RefquantError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    dts = _dtypes()
+    if not isinstance(dtype, str) or dtype not in dts:
+        raise RefquantError(f"dtype must be one of {sorted(dts)}, got {dtype!r}")
     c = np.asarray(codes)
     s = np.asarray(scales)
     if c.dtype != np.uint8 or s.dtype != np.uint8:
@@ -352,7 +358,7 @@ def dequantize_nvfp4(codes, scales, global_scale, *, convention: str = "compress
         eff = _f32(s32 / gs) if conv == "compressed-tensors" else _f32(gs * s32)  # torchao, modelopt
         out = _f32(p.reshape(*c.shape[:-1], -1, 16) * eff[..., None]).reshape(c.shape)
     if dtype != "float32":
-        out = out.astype(_DTYPES[dtype]).astype(np.float32)
+        out = out.astype(dts[dtype]).astype(np.float32)
     return out
 
 
