@@ -142,3 +142,35 @@ def test_mask_24_keeps_what_torch_topk_keeps_on_ties():
     idx = te.abs().topk(2, dim=1).indices
     theirs = torch.zeros(te.shape, dtype=torch.bool).scatter_(1, idx, True).numpy()
     np.testing.assert_array_equal(mask_24(e4.view(ml_dtypes.float8_e4m3fn)), theirs)
+
+
+def test_transformers_with_compressed_tensors_0_20_does_not_read_sparse_bitmask(tmp_path):
+    """Pinned hazard: transformers 5.23 + compressed-tensors 0.20 load a sparse-bitmask
+    checkpoint without an error, but leave every sparse weight newly initialized (missing)."""
+    import_peer("torch")
+    import_peer("compressed_tensors")
+    transformers = import_peer("transformers")
+    import warnings
+
+    import torch
+
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+    model = transformers.LlamaForCausalLM(cfg)
+    t = {}
+    for name, v in model.state_dict().items():
+        w = v.float().numpy().copy()
+        if name.startswith("model.layers") and name.endswith("proj.weight"):
+            w[np.abs(w) < 0.02] = 0
+            t.update(sparse_bitmask_tensors(name[: -len(".weight")], w))
+        else:
+            t[name] = w
+    rio.save(t, tmp_path / "m", layout="sparse-bitmask", config=json.loads(cfg.to_json_string()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded, info = transformers.AutoModelForCausalLM.from_pretrained(
+            tmp_path / "m", dtype=torch.float32, output_loading_info=True)
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert name in set(info["missing_keys"])
+    with rio.open(tmp_path / "m") as ck:
+        assert not np.array_equal(loaded.state_dict()[name].numpy(), ck.dequantize(name))

@@ -15,8 +15,10 @@ base.row_offsets   int64                      (N,), sparse-bitmask: where each r
 compressed-tensors wrote and read these with ``BitmaskCompressor`` and
 ``Sparse24BitMaskCompressor`` up to 0.14; 0.15 - 0.20 keep the format names but
 no compressor (``ModelCompressor.from_compression_config`` refuses a sparsity
-config), so transformers 5.23 with compressed-tensors 0.20 cannot load them. The
-peer is compressed-tensors 0.14.0.1, recorded by scripts/record_ct_sparse.py.
+config), and transformers 5.23 with compressed-tensors 0.20 loads such a
+checkpoint without an error but with every sparse weight newly initialized
+(reported only as missing keys; pinned in tests/peers/test_layouts_ct_sparse.py).
+The peer is compressed-tensors 0.14.0.1, recorded by scripts/record_ct_sparse.py.
 """
 
 from __future__ import annotations
