@@ -252,3 +252,44 @@ def test_transformers_loads_a_refquant_float_format_llama(tmp_path, fmt):
         assert len(names) == 7
         for name in names:
             np.testing.assert_array_equal(sd[name].float().numpy(), ck.dequantize(name), err_msg=name)
+
+
+@SETTINGS
+@given(st.sampled_from(FORMATS), st.sampled_from(["float32", "bfloat16"]), st.integers(1, 4),
+       st.integers(1, 3), st.sampled_from(["normal", "grid", "wide"]), st.randoms(use_true_random=False))
+def test_ct_fp_quantize_is_llm_compressors_qparams_and_compress(fmt, dt, n, groups, kind, rnd):
+    """observer amin / amax -> calculate_qparams (MX: generate_mx_scales; NVFP4 with
+    generate_gparam) -> the format's compress: refquant's ct_fp_quantize gives its tensors."""
+    comp, scheme = _comp(fmt)
+    from compressed_tensors.quantization.utils.helpers import calculate_qparams, generate_gparam
+
+    from refquant.io.layouts.ctensors import ct_fp_quantize
+
+    gs = CT_FLOAT_FORMATS[fmt][1]
+    rng = np.random.default_rng(rnd.getrandbits(32))
+    k = groups * gs
+    if kind == "normal":
+        w = rng.standard_normal((n, k)) * 10.0 ** rng.integers(-5, 4)
+    elif kind == "grid":  # amax at and around the power-of-two rounding threshold, ties
+        w = rng.choice([0, 0.5, 1, 1.5, 1.75, 1.875, 2, 3, 3.5, 4, 6, 7, 7.5], (n, k)) \
+            * rng.choice([-1, 1], (n, k)) * 2.0 ** rng.integers(-20, 20)
+    else:
+        w = rng.standard_normal((n, k)) * 10.0 ** rng.integers(-30, 30, (n, 1))
+    w = w.astype(np.float32)
+    w[0, :gs] = 0.0
+    if n > 1:
+        w[1, 0] = -0.0
+    w = w.astype(ml_dtypes.bfloat16 if dt == "bfloat16" else np.float32)
+    t = _t(w)
+    grp = t.unflatten(-1, (groups, gs))
+    gsc = generate_gparam(t.amin(), t.amax()) if fmt == "nvfp4-pack-quantized" else None
+    s, _ = calculate_qparams(grp.amin(-1), grp.amax(-1), scheme.weights, global_scale=gsc)
+    sd = {"weight": t, "weight_scale": s}
+    if gsc is not None:
+        sd["weight_global_scale"] = gsc
+    theirs = comp.compress(sd, scheme)
+    ours = ct_fp_quantize("m.l", w, fmt)
+    for key, v in ours.items():
+        got = _np(theirs[key.split(".")[-1]])
+        np.testing.assert_array_equal(got.view(np.uint8) if got.dtype.itemsize == 1 else got,
+                                      v.view(np.uint8) if v.dtype.itemsize == 1 else v, err_msg=key)

@@ -45,6 +45,7 @@ from ...formats.nvfp4 import pack_nvfp4, unpack_nvfp4
 from ._base import LayoutView, Scheme, pack_bitstream, round_to, unpack_bitstream
 
 __all__ = ["CompressedTensorsView", "CT_FORMATS", "CT_FLOAT_FORMATS", "ct_tensors", "ct_fp_tensors",
+           "ct_fp_quantize",
            "ct_config", "pack_fp6", "unpack_fp6"]
 
 # format -> (element bits, group size, element format, strategy, scale dtype name)
@@ -469,6 +470,105 @@ def ct_fp_tensors(base, codes, scales, fmt, global_scale=None):
     elif global_scale is not None:
         raise RefquantError(f"weight {base!r}: {fmt} has no global scale")
     return out
+
+
+_MX_OFFSET = {4: 2, 6: 2, 8: 8}  # floor(log2(element max)): compressed-tensors _MX_ELEM_OFFSET
+
+
+def ct_fp_quantize(base, w, fmt):
+    """Quantize a float weight as llm-compressor + compressed-tensors 0.20 do, into ``fmt``'s tensors.
+
+    Parameters
+    ----------
+    base : str
+        The module's name.
+    w : array_like (N, K)
+        float32 or bfloat16, finite; K a multiple of the group size.
+    fmt : str
+        One of :data:`CT_FLOAT_FORMATS`.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        The raw tensors :func:`ct_fp_tensors` writes.
+
+    Notes
+    -----
+    **Formula** (nvfp4: :func:`refquant.formats.nvfp4.quantize_nvfp4`). MX, per group of 32
+    with ``a`` its amax, all in the weight's dtype ``T`` (float32 or bfloat16)::
+
+        p = round_to_power_2(a)      bits: (bits(a) + 2**(m_T - m_e - 1)) & sign_exponent_mask
+                                     (m_e = 1, e2m3's 3 for mxfp6): a rounds up to the next
+                                     power of two when its mantissa is >= 1.75 (1.875 for fp6)
+        e = clamp(127 + floor(log2 p) - offset, 0, 255)        offset 2 (fp4, fp6), 8 (fp8)
+        s = T(2 ** (e - 127))
+        P = cast(clamp(T(fl32(x / s)), -max, max))             fp4: cast_to_fp4 (ties to even,
+                                     -0.0 to code 0); fp6: cast_to_fp6 (ties to even, sign
+                                     kept); fp8: to(float8_e4m3fn)
+
+    An amax of 0 gives e = 0; one whose power of two is 2**128 or more (e = 255, a scale
+    of Inf) is refused, as compressed-tensors' ``compress_mx_scale`` turns it into an
+    undefined int cast.
+
+    **Reference**: compressed-tensors 0.20.0 ``quantization/utils/mxfp_utils.py``
+    (``round_to_power_2``, ``generate_mx_scales``, ``maybe_convert_from_mx_exp``),
+    ``quantization/utils/helpers.py`` (``calculate_qparams``), ``quantization/utils/
+    fp6_utils.py`` (``cast_to_fp6``), ``compressors/mx_utils.py`` (``compress_mx_scale``),
+    the MXFP4 / MXFP6 / MXFP8 compressors' ``compress`` (bit for bit in
+    tests/peers/test_layouts_ct_float.py).
+    """
+    from ...formats.floats import encode
+    from ...formats.nvfp4 import e2m1_codes_ct, quantize_nvfp4
+
+    if fmt not in CT_FLOAT_FORMATS:
+        raise RefquantError(f"fmt={fmt!r}; expected one of {tuple(CT_FLOAT_FORMATS)}")
+    if fmt == "nvfp4-pack-quantized":
+        c, sc, g = quantize_nvfp4(w)
+        return ct_fp_tensors(base, c, sc, fmt, g)
+    bits, gs, _, _, _ = CT_FLOAT_FORMATS[fmt]
+    a = np.asarray(w)
+    bf = np.dtype(ml_dtypes.bfloat16)
+    if a.ndim != 2 or a.dtype not in (np.dtype(np.float32), bf):
+        raise RefquantError(f"weight {base!r}: a 2-D float32 or bfloat16 weight, got {a.dtype} {a.shape} "
+                            "(float16: compressed-tensors' 2**(e - 127) underflows to 0 there and its "
+                            "eps turns the scale into 1; cast to float32 first)")
+    n, k = a.shape
+    if k % gs:
+        raise RefquantError(f"weight {base!r}: in_features {k} is not a multiple of {fmt}'s group {gs}")
+    x32 = a.astype(np.float32)
+    if not np.isfinite(x32).all():
+        raise RefquantError(f"weight {base!r}: NaN or Inf; {fmt} needs finite weights")
+    amax = np.abs(a).reshape(n, k // gs, gs).max(axis=-1)
+    el_m = 3 if bits == 6 else 1
+    if a.dtype == np.float32:
+        ib = amax.view(np.uint32).astype(np.int64)
+        p = ((ib + (1 << (23 - el_m - 1))) & (0x1FF << 23)).astype(np.uint32).view(np.float32)
+    else:  # bfloat16: 7 mantissa bits, 8 exponent bits
+        ib = amax.view(np.uint16).astype(np.int64)
+        p = ((ib + (1 << (7 - el_m - 1))) & (0x1FF << 7)).astype(np.uint16).view(a.dtype)
+    p = p.astype(np.float64)
+    with np.errstate(divide="ignore"):
+        e = np.where(p == 0, 0.0, np.clip(127 + np.floor(np.log2(np.where(p == 0, 1, p))) - _MX_OFFSET[bits],
+                                          0, 255))
+    if (e >= 255).any() or np.isinf(p).any():
+        r = np.argwhere((e >= 255) | np.isinf(p))[0]
+        raise RefquantError(f"weight {base!r}: group {tuple(int(v) for v in r)} has amax "
+                            f"{float(amax[tuple(r)])!r}, whose E8M0 scale would be 2**128 (Inf)")
+    e = e.astype(np.int64)
+    with np.errstate(over="ignore"):
+        s = np.ldexp(1.0, e - 127).astype(np.float32).astype(a.dtype).astype(np.float32)
+    v = (x32.reshape(n, k // gs, gs) / s[..., None]).astype(np.float32)
+    if a.dtype != np.float32:
+        v = v.astype(a.dtype).astype(np.float32)
+    emax = {4: 6.0, 6: 7.5, 8: 448.0}[bits]
+    v = np.clip(v, -emax, emax).reshape(n, k)
+    if bits == 4:
+        codes = e2m1_codes_ct(v)
+    elif bits == 6:
+        codes = encode(np.abs(v).astype(np.float64), "float6_e2m3fn") | (np.signbit(v).astype(np.uint8) << 5)
+    else:
+        codes = encode(v.astype(np.float64), "float8_e4m3fn")
+    return ct_fp_tensors(base, codes.astype(np.uint8), e.astype(np.uint8), fmt)
 
 
 def ct_config(fmt, bits, typ, symmetric, strategy, group_size=None, block=None, ignore=("lm_head",)):
