@@ -268,7 +268,9 @@ def quantize_nvfp4(x, *, global_scale=None, convention: str = "compressed-tensor
         gs = np.float32(g.reshape(()))
         if not (np.isfinite(gs) and gs > 0):
             raise RefquantError(f"global_scale must be finite and > 0, got {gs}")
-    blocks = x32.reshape(*x32.shape[:-1], -1, 16)
+    if conv == "torchao" and x32.size == 0:
+        gs = np.float32(gs) if gs > 0 else np.float32(1)  # nothing to scale
+    blocks = x32.reshape(*x32.shape[:-1], x32.shape[-1] // 16, 16)
     amax_b = np.max(np.abs(blocks), axis=-1) if blocks.size else np.zeros(blocks.shape[:-1], np.float32)
     if conv == "compressed-tensors":
         s = _f32(gs * _in(_f32(amax_b / np.float32(_E2M1_MAX)), work))
@@ -294,6 +296,10 @@ def quantize_nvfp4(x, *, global_scale=None, convention: str = "compressed-tensor
         codes = (np.searchsorted(_MODELOPT_BOUNDS, a, side="left")  # NaN (0 / 0) sorts last: 7
                  + np.isin(a, _MODELOPT_BOUNDS[[1, 3, 5]])).astype(np.uint8) | ((v < 0).astype(np.uint8) << 3)
     else:
+        with np.errstate(divide="ignore", over="ignore"):
+            if not np.isfinite(np.float32(1) / gs):
+                raise RefquantError(f"per_tensor_scale {gs} (amax / 2688) has no finite reciprocal; "
+                                    "torchao multiplies by 1 / per_tensor_scale and gets NaN codes")
         bs = _f32(_f32(amax_b / np.float32(_E2M1_MAX)) / gs)
         bs = np.clip(bs, np.float32(2.0**-6), np.float32(_E4M3_MAX))
         s_codes = encode(bs.astype(np.float64), "float8_e4m3fn")
@@ -356,7 +362,7 @@ def dequantize_nvfp4(codes, scales, global_scale, *, convention: str = "compress
     s32 = decode(s, "float8_e4m3fn").astype(np.float32)
     with np.errstate(all="ignore"):
         eff = _f32(s32 / gs) if conv == "compressed-tensors" else _f32(gs * s32)  # torchao, modelopt
-        out = _f32(p.reshape(*c.shape[:-1], -1, 16) * eff[..., None]).reshape(c.shape)
+        out = _f32(p.reshape(*c.shape[:-1], c.shape[-1] // 16, 16) * eff[..., None]).reshape(c.shape)
     if dtype != "float32":
         out = out.astype(dts[dtype]).astype(np.float32)
     return out
