@@ -22,6 +22,8 @@ compressed-tensors     ``quant_method: compressed-tensors``;  :mod:`.ctensors`
                        ``weight_packed`` + ``weight_shape``
 compressed-tensors     ``sparsity_config``; ``.bitmask`` +    :mod:`.ctsparse`
 sparse                 ``.compressed`` + ``.shape``
+``modelopt-nvfp4``     ``quant_method: modelopt``; uint8      :mod:`.modelopt`
+                       ``.weight`` + ``.weight_scale_2``
 ``mlx``                ``quantization`` in config.json        :mod:`.mlx`
 bitsandbytes nf4/fp4   ``quant_method: bitsandbytes``; the    :mod:`.bnb`
 and int8               ``quant_state.bitsandbytes__*`` JSON,
@@ -53,7 +55,8 @@ __all__ = [
 
 LAYOUTS = ("gptq", "gptq_v2", "awq", "awq-gemv", "fp8", "fp8-block", "pack-quantized", "int-quantized",
            "float-quantized", "naive-quantized", "nvfp4-pack-quantized", "mxfp4-pack-quantized",
-           "mxfp6-pack-quantized", "mxfp8-quantized", "sparse-bitmask", "sparse-24-bitmask", "mlx",
+           "mxfp6-pack-quantized", "mxfp8-quantized", "sparse-bitmask", "sparse-24-bitmask",
+           "modelopt-nvfp4", "mlx",
            "bitsandbytes-nf4", "bitsandbytes-fp4", "bitsandbytes-int8")
 
 
@@ -106,6 +109,7 @@ def detect_layout(ck) -> tuple[str, dict]:
     of ``quantization_config``; MLX's ``quantization``); otherwise the tensors:
     ``.qweight`` with ``.g_idx`` -> gptq (v1, the serialized default);
     ``.qweight`` (K, N/8) with ``.scales`` (G, N) and no ``g_idx`` -> awq;
+    uint8 ``.weight`` with ``.weight_scale_2`` -> ModelOpt NVFP4;
     ``.bitmask`` with ``.compressed`` and ``.shape`` -> sparse-bitmask (with
     ``.row_offsets``) or sparse-24-bitmask; ``.weight_packed`` -> pack-quantized (uint8 ``weight_packed``: nvfp4 with a
     ``weight_global_scale``, else mxfp4 / mxfp6 by the uint8 scale's width); e4m3
@@ -147,6 +151,8 @@ def detect_layout(ck) -> tuple[str, dict]:
                 return "compressed-tensors", qc
             if m in ("mlx",):
                 return "mlx", qc
+            if m == "modelopt":
+                return "modelopt", qc
             if m == "bitsandbytes":
                 return "bitsandbytes", qc
             raise RefquantError(f"{path}: quantization_config quant_method {m!r} is a layout refquant "
@@ -182,6 +188,12 @@ def detect_layout(ck) -> tuple[str, dict]:
     if any(".quant_state.bitsandbytes__" in n for n in names) or any(
             n.endswith(".SCB") for n in names):
         return "bitsandbytes", {"quant_method": "bitsandbytes"}  # the parts describe themselves
+    s2 = sorted(n for n in names if n.endswith(".weight_scale_2"))
+    if s2 and infos.get(s2[0][: -len("_scale_2")]) is not None \
+            and infos[s2[0][: -len("_scale_2")]].dtype == np.uint8:
+        from .modelopt import modelopt_config
+
+        return "modelopt", modelopt_config()
     bms = sorted(n for n in names if n.endswith(".bitmask"))
     if bms:
         b0 = bms[0][: -len(".bitmask")]
@@ -316,6 +328,10 @@ def layout_of(ck) -> LayoutView:
         from .ctsparse import CTSparseView
 
         view = CTSparseView(ck, cfg, qc)
+    elif name == "modelopt":
+        from .modelopt import ModelOptView
+
+        view = ModelOptView(ck, cfg, qc)
     elif name == "mlx":
         from .mlx import MLXView
 
@@ -402,6 +418,10 @@ def save_layout(weights, path, layout, *, config=None, overwrite=False, **option
                   "bnb_4bit_use_double_quant": bool(o.pop("double_quant", False)),
                   "bnb_4bit_compute_dtype": o.pop("compute_dtype", "float32"),
                   "bnb_4bit_quant_storage": "uint8"}
+    elif layout == "modelopt-nvfp4":
+        from .modelopt import modelopt_config
+
+        qc = modelopt_config(exclude=o.pop("exclude", ("lm_head",)))
     elif layout in ("sparse-bitmask", "sparse-24-bitmask"):
         from .ctsparse import sparse_config
 
