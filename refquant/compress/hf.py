@@ -12,6 +12,10 @@ keys and its other non-weight files, tokenizer files included, copied)::
                      float32 scales (N, 1)
     hf-fp8-block     quant_method fp8, weight_block_size [128, 128] (DeepSeek-V3 /
                      transformers FineGrainedFP8), e4m3 codes, float32 weight_scale_inv
+    nvfp4            compressed-tensors nvfp4-pack-quantized (llm-compressor's NVFP4A16):
+                     e2m1 codes, e4m3 scales per 16, float32 weight_global_scale, the
+                     arithmetic of compressed-tensors 0.20 (refquant.formats.nvfp4);
+                     dequantizes (in bfloat16, as its decompressor) to refquant's nvfp4
 
 The int4 codes of all three int4 layouts are those of refquant's ``int4-g128``
 scheme (:mod:`refquant.compress.schemes`): round to nearest even with min-max
@@ -63,6 +67,7 @@ HF_SCHEMES = {
     "ct-int4-g128": ("int4-g128", "pack-quantized"),
     "ct-int8": ("int8", "int-quantized"),
     "hf-fp8-block": ("fp8-block", "fp8-block"),
+    "nvfp4": ("nvfp4", "nvfp4-pack-quantized"),
 }
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".npz", ".h5", ".msgpack")
@@ -73,6 +78,8 @@ def _unsupported(scheme: str, shape) -> str | None:
     if len(shape) != 2:
         return f"{scheme} stores 2-D weights"
     n, k = shape
+    if scheme == "nvfp4":
+        return None if k % 16 == 0 else f"in_features {k} is not a multiple of the NVFP4 block of 16"
     if scheme != "ct-int8" and scheme != "hf-fp8-block" and k % _GROUP:
         return f"in_features {k} is not a multiple of the group size {_GROUP}"
     if scheme in ("gptq-int4-g128", "awq-int4-g128") and n % 8:
@@ -103,6 +110,13 @@ def _quantize_one(scheme: str, base: str, w: np.ndarray):
 
     sname, _ = HF_SCHEMES[scheme]
     sch = get_scheme(sname)
+    if scheme == "nvfp4":
+        from ..formats.nvfp4 import dequantize_nvfp4, quantize_nvfp4
+        from ..io.layouts.ctensors import ct_fp_tensors
+
+        c, s, g = quantize_nvfp4(w)
+        return (ct_fp_tensors(base, c, s, "nvfp4-pack-quantized", g),
+                dequantize_nvfp4(c, s, g, dtype="bfloat16"))
     if scheme == "hf-fp8-block":
         raw = fp8_block_tensors(base, w)
         w_hat = sch.dequantize({"": raw[base + ".weight"], "_scale": raw[base + ".weight_scale_inv"]},
@@ -240,6 +254,8 @@ def compress_hf(src, outdir, scheme: str, *, overwrite=False, progress=None) -> 
     elif layout == "pack-quantized":
         opts = {"bits": 4, "symmetric": False, "strategy": "group", "group_size": _GROUP,
                 "ignore": ["lm_head", *kept_modules]}
+    elif layout == "nvfp4-pack-quantized":
+        opts = {"ignore": ["lm_head", *kept_modules]}
     elif layout == "int-quantized":
         opts = {"bits": 8, "symmetric": True, "strategy": "channel",
                 "ignore": ["lm_head", *kept_modules]}

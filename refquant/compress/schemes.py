@@ -16,6 +16,8 @@ there is one)::
     nf4                         NAME (packed codes, high nibble first as bitsandbytes),
                                 NAME_absmax (float32 per block of 64)
     mxfp4 / mxfp6 / mxfp8 ...   NAME (element codes, one per byte), NAME_scale (e8m0 codes)
+    nvfp4                       NAME (e2m1 codes two per byte, low nibble first),
+                                NAME_scale (e4m3 codes per 16), NAME_global_scale (float32)
     ggml types (q4_0 ... q6_k)  NAME (the raw llama.cpp blocks, uint8 rows)
 
 The Formula and Reference of each format are those of the function each scheme
@@ -382,6 +384,38 @@ class F16Scheme(Scheme):
         return np.asarray(parts[""], np.float32).reshape(shape)
 
 
+class NVFP4Scheme(Scheme):
+    """NVFP4 (refquant.formats.nvfp4, compressed-tensors' arithmetic): blocks of 16 along the last axis."""
+
+    name = "nvfp4"
+
+    def unsupported(self, shape):
+        if len(shape) == 0 or shape[-1] % 16:
+            return f"row size {shape[-1] if shape else 1} is not a multiple of the NVFP4 block of 16"
+        return None
+
+    def parts(self, shape):
+        return [Part("", np.dtype(np.uint8), (*shape[:-1], shape[-1] // 2)),
+                Part("_scale", np.dtype(np.uint8), (*shape[:-1], shape[-1] // 16)),
+                Part("_global_scale", np.dtype(np.float32), (1,))]
+
+    def quantize(self, w):
+        from ..formats.nvfp4 import pack_nvfp4, quantize_nvfp4
+
+        codes, scales, g = quantize_nvfp4(np.asarray(w, np.float32))
+        return {"": pack_nvfp4(codes), "_scale": scales, "_global_scale": np.array([g], np.float32)}
+
+    def dequantize(self, parts, shape):
+        from ..formats.nvfp4 import dequantize_nvfp4, unpack_nvfp4
+
+        return dequantize_nvfp4(unpack_nvfp4(parts[""]), parts["_scale"],
+                                parts["_global_scale"][0]).reshape(shape)
+
+    def describe(self):
+        return {"scheme": "nvfp4", "block_size": 16, "axis": -1, "convention": "compressed-tensors",
+                "packing": "nibbles low_first", "scale": "float8_e4m3fn codes"}
+
+
 def _named():
     return {
         "int8": lambda: IntegerScheme("int8", "int8", symmetric=True),
@@ -431,6 +465,8 @@ def get_scheme(name: str) -> Scheme:
         return IntegerScheme(name, fmt.name, symmetric=fmt.signed)
     if fmt.family == "float" and fmt.bits <= 8:
         return FloatScheme(name, fmt.name, axis=0)
+    if name == "nvfp4":
+        return NVFP4Scheme()
     if fmt.family == "block" and name.startswith("mx"):
         return MXScheme(name)
     if fmt.family == "block" and hasattr(fmt, "type_size"):

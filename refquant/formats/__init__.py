@@ -10,6 +10,7 @@ from . import (
     ggml,  # noqa: F401  (registers q4_0 ... q8_k, tq1_0, tq2_0, ggml_mxfp4, iq4_nl, iq4_xs)
     ggml_iq,  # noqa: F401  (registers iq2_xxs, iq2_xs, iq2_s, iq3_xxs, iq3_s, iq1_s, iq1_m)
     mx,  # noqa: F401  (registers mxfp8_e4m3, mxfp8_e5m2, mxfp6_*, mxfp4, mxint8)
+    nvfp4,  # noqa: F401  (registers nvfp4)
 )
 from ._registry import NumberFormat, get_format, list_formats, register
 from .integer import IntFormat, IntRange, int_format

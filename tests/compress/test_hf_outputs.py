@@ -51,6 +51,11 @@ def _expected(scheme, w):
     if scheme == "hf-fp8-block":
         s = get_scheme("fp8-block")
         return s.dequantize(s.quantize(w), w.shape)
+    if scheme == "nvfp4":  # compressed-tensors' decompressor returns bfloat16
+        import ml_dtypes
+
+        s = get_scheme("nvfp4")
+        return s.dequantize(s.quantize(w), w.shape).astype(ml_dtypes.bfloat16).astype(np.float32)
     s = get_scheme("int4-g128")
     parts = s.quantize(w)
     if scheme == "ct-int4-g128":
@@ -108,7 +113,8 @@ def test_hf_quantization_configs_name_their_layouts(tmp_path):
     src, _ = _folder(tmp_path)
     want = {"gptq-int4-g128": ("gptq", "gptq"), "awq-int4-g128": ("awq", "awq"),
             "ct-int4-g128": ("compressed-tensors", "pack-quantized"),
-            "ct-int8": ("compressed-tensors", "int-quantized"), "hf-fp8-block": ("fp8", "fp8-block")}
+            "ct-int8": ("compressed-tensors", "int-quantized"), "hf-fp8-block": ("fp8", "fp8-block"),
+            "nvfp4": ("compressed-tensors", "nvfp4-pack-quantized")}
     for scheme, (method, view) in want.items():
         out = tmp_path / scheme
         compress(src, out, scheme=scheme)

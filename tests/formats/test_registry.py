@@ -14,6 +14,7 @@ import refquant as rq
 from refquant.formats import floats
 from refquant.formats.codebook import nearest_index
 from refquant.formats.mx import dequantize_mx, quantize_mx
+from refquant.formats.nvfp4 import dequantize_nvfp4, quantize_nvfp4
 
 ALL = rq.list_formats()
 ELEMENT = [n for n in ALL if rq.get_format(n).family in ("integer", "float", "codebook")]
@@ -114,6 +115,8 @@ def _block_round_trip(f, x):
     if type(f).__name__ == "MXFormat":
         codes, scales = quantize_mx(x, f)
         return dequantize_mx(codes, scales, f)
+    if f.name == "nvfp4":  # one global scale over the tensor
+        return dequantize_nvfp4(*quantize_nvfp4(x))
     raw = f.quantize_blocks(x.reshape(-1, f.block_size))
     if f.name == "q8_1":
         return _q8_1_by_hand(raw, x.reshape(-1, f.block_size)).reshape(x.shape)
@@ -133,7 +136,7 @@ def _max_error_per_amax(f):
     |x| < amax / 2 goes to 0, so amax / 2.
     """
     name = f.name
-    if name in ("mxfp4", "ggml_mxfp4"):
+    if name in ("mxfp4", "ggml_mxfp4", "nvfp4"):  # nvfp4: half of e2m1's top step, e4m3 scale
         return 0.25
     if type(f).__name__ == "MXFormat":
         el = f.element_format

@@ -409,7 +409,13 @@ def test_awq_gemv_and_fp8_e5m2_are_refused_not_misread(tmp_path):
     rio.save(t, tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
         "quant_method": "awq", "bits": 4, "group_size": 64, "version": "gemv"}}))
-    with rio.open(tmp_path) as ck, pytest.raises(RefquantError, match="AWQ version 'gemv'"):
+    # a GEMM layer under a GEMV config: (64, 4) words read output-major give in_features 32
+    with rio.open(tmp_path) as ck, pytest.raises(RefquantError, match=r"'a\.qweight'.*in_features 32 is "
+                                                 "not a multiple of group_size 64"):
+        ck.logical_names()
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "awq", "bits": 4, "group_size": 64, "version": "gemv_fast"}}))
+    with rio.open(tmp_path) as ck, pytest.raises(RefquantError, match="AWQ version 'gemv_fast'"):
         ck.logical_names()
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
         "quant_method": "fp8", "fmt": "e5m2"}}))

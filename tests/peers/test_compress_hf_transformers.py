@@ -2,7 +2,7 @@
 
 A tiny random Llama saved by transformers (``save_pretrained``: config.json,
 generation_config.json) is compressed by :func:`refquant.compress.compress` with
-``ct-int4-g128``, ``ct-int8`` (compressed-tensors 0.20.0 decompressing,
+``ct-int4-g128``, ``ct-int8``, ``nvfp4`` (compressed-tensors 0.20.0 decompressing,
 ``CompressedTensorsConfig(dequantize=True)``) and ``hf-fp8-block``
 (``FineGrainedFP8Config(dequantize=True)``, needs accelerate); the loaded model's
 weights equal refquant's dequantization of the same folder, and the tensors kept
@@ -45,7 +45,7 @@ def _tiny_llama(tmp_path):
     return {k: v.float().numpy().copy() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("scheme", ["ct-int4-g128", "ct-int8", "hf-fp8-block"])
+@pytest.mark.parametrize("scheme", ["ct-int4-g128", "ct-int8", "hf-fp8-block", "nvfp4"])
 def test_transformers_loads_refquant_compress_output(tmp_path, scheme):
     transformers = _transformers()
     if scheme == "hf-fp8-block":

@@ -5,6 +5,11 @@
   transformers 4 model zoo), on drawn codes, zeros and raw-bit float16 scales; and the
   packing loop of ``awq/modules/linear/gemm.py`` ``WQLinear_GEMM.from_linear``
   (transcribed below: it lives in a module that imports CUDA extensions).
+* AWQ GEMV: AutoAWQ 0.2.9's ``awq/modules/linear/gemv.py`` ``WQLinear_GEMV.from_linear``
+  itself, loaded by path with ``awq.utils.module`` (``try_import``) loaded beside it
+  (its CUDA extension import fails softly on CPU): the qweight / qzeros / scales it
+  packs from a float layer equal refquant's writer; refquant's dequantization of them
+  gives the layer's weights back.
 * GPTQ: AutoGPTQ's ``QuantLinear.pack`` (``auto_gptq/nn_modules/qlinear/qlinear_cuda_old.py``,
   the 2/4/8-bit and the 3-bit word loops) transcribed, and the torch dequantization of
   ``qlinear_cuda.py`` / GPTQModel ``PackableQuantLinear.dequantize_weight``
@@ -26,8 +31,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import refquant.io as rio
+from refquant import RefquantError
 from refquant.io.layouts import unpack_bitstream
-from refquant.io.layouts.gptq import awq_tensors, gptq_tensors
+from refquant.io.layouts.gptq import awq_gemv_tensors, awq_tensors, gptq_tensors
 
 pytestmark = pytest.mark.peer
 
@@ -164,3 +170,78 @@ def test_gptq_packing_and_float16_dequantization_match_autogptq(tmp_path_factory
     theirs = scales[gi] * (weight - zeros[gi])
     assert theirs.dtype == torch.float16
     np.testing.assert_array_equal(theirs.float().numpy().T, ours)
+
+
+@functools.cache
+def _gemv_module():
+    import sys
+    import types
+
+    import_peer("torch")
+    spec = importlib.util.find_spec("awq")
+    if spec is None or spec.origin is None:
+        import_peer("awq")
+    root = Path(spec.origin).parent
+    saved = {k: sys.modules.get(k) for k in ("awq", "awq.utils", "awq.utils.module")}
+    try:  # gemv.py needs only awq.utils.module.try_import; `import awq` itself needs accelerate
+        sys.modules["awq"] = types.ModuleType("awq")
+        sys.modules["awq.utils"] = types.ModuleType("awq.utils")
+        ms = importlib.util.spec_from_file_location("awq.utils.module", root / "utils" / "module.py")
+        mod = importlib.util.module_from_spec(ms)
+        ms.loader.exec_module(mod)
+        sys.modules["awq.utils.module"] = mod
+        gs = importlib.util.spec_from_file_location("_awq_gemv", root / "modules" / "linear" / "gemv.py")
+        gemv = importlib.util.module_from_spec(gs)
+        gs.loader.exec_module(gemv)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    return gemv
+
+
+@SETTINGS
+@given(st.data(), st.sampled_from([(16, 64, 32), (8, 128, 64), (8, 256, 128), (16, 512, 256), (8, 96, 32)]))
+def test_awq_gemv_is_autoawqs_from_linear(tmp_path_factory, data, dims):
+    import torch
+
+    gemv = _gemv_module()
+    n, k, gs = dims
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    q = rng.integers(0, 16, (n, k))
+    z = rng.integers(0, 16, (n, k // gs))
+    s = (2.0 ** rng.integers(-10, 3, (n, k // gs))).astype(np.float16)  # (w + z s) / s is exact
+    w = ((q - np.repeat(z, gs, 1)) * np.repeat(s.astype(np.float64), gs, 1)).astype(np.float32)
+    lin = torch.nn.Linear(k, n, bias=False)
+    lin.weight.data = torch.from_numpy(w)
+    theirs = gemv.WQLinear_GEMV.from_linear(lin, 4, gs, scales=torch.from_numpy(s),
+                                            zeros=torch.from_numpy(z))
+    t = awq_gemv_tensors("m.l", q, s, z)
+    np.testing.assert_array_equal(t["m.l.qweight"], theirs.qweight.numpy())
+    np.testing.assert_array_equal(t["m.l.qzeros"], theirs.qzeros.numpy())
+    np.testing.assert_array_equal(t["m.l.scales"], theirs.scales.numpy())
+    folder = tmp_path_factory.mktemp("gemv")
+    rio.save(t, folder, layout="awq-gemv", group_size=gs, overwrite=True)
+    with rio.open(folder) as ck:
+        sch = ck.scheme("m.l.weight")
+        assert (sch.format, sch.group_size, sch.shape) == ("awq-gemv", gs, (n, k))
+        np.testing.assert_array_equal(ck.dequantize("m.l.weight"), w)
+
+
+def test_awq_gemv_parts_that_disagree_are_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    t = awq_gemv_tensors("m.l", rng.integers(0, 16, (8, 128)), np.ones((8, 2), np.float16),
+                         rng.integers(0, 16, (8, 2)))
+    bad = dict(t, **{"m.l.scales": t["m.l.scales"][:, :2]})
+    with pytest.raises(RefquantError, match=r"m\.l\.scales.*shape \(8, 2\); expected \(8, 16\)"):
+        rio.save(bad, tmp_path / "a", layout="awq-gemv", group_size=64)
+    with pytest.raises(RefquantError, match="group_size 48"):
+        rio.save(t, tmp_path / "b", layout="awq-gemv", group_size=48)
+    with pytest.raises(RefquantError, match="32, 64 or >= 128"):
+        awq_gemv_tensors("m.l", np.zeros((2, 32), int), np.ones((2, 2), np.float16), np.zeros((2, 2), int))
+    rio.save(t, tmp_path / "c", layout="awq-gemv", group_size=64)
+    (tmp_path / "c" / "config.json").unlink()
+    with rio.open(tmp_path / "c" / "model.safetensors") as ck:  # by tensors: 1 zero word fits 64 only
+        assert ck.scheme("m.l.weight").group_size == 64

@@ -13,12 +13,17 @@ layout                 detected by                            module
 =====================  =====================================  ==============================
 ``gptq``, ``gptq_v2``  ``quant_method: gptq``; ``.qweight``   :mod:`.gptq`
                        with ``.g_idx``
-``awq``                ``quant_method: awq``; ``.qweight``    :mod:`.gptq`
-                       (K, N/8) with ``.scales`` (G, N)
+``awq``, ``awq-gemv``  ``quant_method: awq`` (``version``);   :mod:`.gptq`
+                       ``.qweight`` (K, N/8) with ``.scales``
+                       (G, N); GEMV: (N, K/8), (N, 8 zw)
 ``fp8``, ``fp8-block`` ``quant_method: fp8``; e4m3 weight     :mod:`.fp8`
                        with ``weight_scale`` / ``_scale_inv``
 compressed-tensors     ``quant_method: compressed-tensors``;  :mod:`.ctensors`
                        ``weight_packed`` + ``weight_shape``
+compressed-tensors     ``sparsity_config``; ``.bitmask`` +    :mod:`.ctsparse`
+sparse                 ``.compressed`` + ``.shape``
+``modelopt-nvfp4``     ``quant_method: modelopt``; uint8      :mod:`.modelopt`
+                       ``.weight`` + ``.weight_scale_2``
 ``mlx``                ``quantization`` in config.json        :mod:`.mlx`
 bitsandbytes nf4/fp4   ``quant_method: bitsandbytes``; the    :mod:`.bnb`
 and int8               ``quant_state.bitsandbytes__*`` JSON,
@@ -48,9 +53,11 @@ __all__ = [
     "unpack_bitstream",
 ]
 
-LAYOUTS = ("gptq", "gptq_v2", "awq", "fp8", "fp8-block", "pack-quantized", "int-quantized",
-           "float-quantized", "naive-quantized", "mlx", "bitsandbytes-nf4", "bitsandbytes-fp4",
-           "bitsandbytes-int8")
+LAYOUTS = ("gptq", "gptq_v2", "awq", "awq-gemv", "fp8", "fp8-block", "pack-quantized", "int-quantized",
+           "float-quantized", "naive-quantized", "nvfp4-pack-quantized", "mxfp4-pack-quantized",
+           "mxfp6-pack-quantized", "mxfp8-quantized", "sparse-bitmask", "sparse-24-bitmask",
+           "modelopt-nvfp4", "mlx",
+           "bitsandbytes-nf4", "bitsandbytes-fp4", "bitsandbytes-int8")
 
 
 class PlainView(LayoutView):
@@ -102,7 +109,11 @@ def detect_layout(ck) -> tuple[str, dict]:
     of ``quantization_config``; MLX's ``quantization``); otherwise the tensors:
     ``.qweight`` with ``.g_idx`` -> gptq (v1, the serialized default);
     ``.qweight`` (K, N/8) with ``.scales`` (G, N) and no ``g_idx`` -> awq;
-    ``.weight_packed`` -> pack-quantized; e4m3 ``.weight`` with
+    uint8 ``.weight`` with ``.weight_scale_2`` -> ModelOpt NVFP4;
+    ``.bitmask`` with ``.compressed`` and ``.shape`` -> sparse-bitmask (with
+    ``.row_offsets``) or sparse-24-bitmask; ``.weight_packed`` -> pack-quantized (uint8 ``weight_packed``: nvfp4 with a
+    ``weight_global_scale``, else mxfp4 / mxfp6 by the uint8 scale's width); e4m3
+    ``.weight`` with a uint8 ``.weight_scale`` -> mxfp8-quantized; e4m3 ``.weight`` with
     ``.weight_scale_inv`` -> fp8-block (128x128 tiles, checked against the
     shapes); e4m3 ``.weight`` with a one-element ``.weight_scale`` -> fp8.
     Everything else that looks quantized (uint32 weights with ``scales`` and
@@ -130,9 +141,18 @@ def detect_layout(ck) -> tuple[str, dict]:
             if m == "fp8":
                 return ("fp8-block" if qc.get("weight_block_size") is not None else "fp8"), qc
             if m == "compressed-tensors":
+                sp = qc.get("sparsity_config")
+                if isinstance(sp, dict) and sp.get("format") not in (None, "dense"):
+                    if qc.get("config_groups"):
+                        raise RefquantError(f"{path}: compressed-tensors sparsity {sp.get('format')!r} "
+                                            "stacked on quantization; refquant reads either alone, "
+                                            "not both (unknown, not guessed)")
+                    return "ct-sparse", qc
                 return "compressed-tensors", qc
             if m in ("mlx",):
                 return "mlx", qc
+            if m == "modelopt":
+                return "modelopt", qc
             if m == "bitsandbytes":
                 return "bitsandbytes", qc
             raise RefquantError(f"{path}: quantization_config quant_method {m!r} is a layout refquant "
@@ -153,6 +173,11 @@ def detect_layout(ck) -> tuple[str, dict]:
             if k and (qs[0] * 32) % k == 0 and qs[0] * 32 // k in (2, 3, 4, 8):
                 return "gptq", {"quant_method": "gptq", "bits": qs[0] * 32 // k,
                                 "group_size": _gptq_group(ck, base, k), "desc_act": _desc(ck, base, k)}
+        elif sc is not None and base + ".qzeros" in names and len(qs) == 2 and len(sc.shape) == 2 \
+                and qs[0] == sc.shape[0] == infos[base + ".qzeros"].shape[0] \
+                and sc.shape[1] == 8 * infos[base + ".qzeros"].shape[-1] and qs[0] != qs[1] * 8:
+            return "awq", {"quant_method": "awq", "bits": 4, "version": "gemv", "zero_point": True,
+                           "group_size": _gemv_group(ck, base, qs[1] * 8)}
         elif sc is not None and len(qs) == 2 and len(sc.shape) == 2 and sc.shape[1] == 8 * qs[1] \
                 and sc.shape[0] and qs[0] % sc.shape[0] == 0:
             return "awq", {"quant_method": "awq", "bits": 4, "version": "gemm", "zero_point": True,
@@ -163,9 +188,25 @@ def detect_layout(ck) -> tuple[str, dict]:
     if any(".quant_state.bitsandbytes__" in n for n in names) or any(
             n.endswith(".SCB") for n in names):
         return "bitsandbytes", {"quant_method": "bitsandbytes"}  # the parts describe themselves
+    s2 = sorted(n for n in names if n.endswith(".weight_scale_2"))
+    if s2 and infos.get(s2[0][: -len("_scale_2")]) is not None \
+            and infos[s2[0][: -len("_scale_2")]].dtype == np.uint8:
+        from .modelopt import modelopt_config
+
+        return "modelopt", modelopt_config()
+    bms = sorted(n for n in names if n.endswith(".bitmask"))
+    if bms:
+        b0 = bms[0][: -len(".bitmask")]
+        if b0 + ".compressed" in names and b0 + ".shape" in names:
+            from .ctsparse import sparse_config
+
+            return "ct-sparse", sparse_config("sparse-bitmask" if b0 + ".row_offsets" in names
+                                              else "sparse-24-bitmask")
     if any(n.endswith(".weight_packed") for n in names):
         return "compressed-tensors", _ct_from_tensors(ck)
     e4 = [n for n in names if n.endswith(".weight") and infos[n].dtype.name == "float8_e4m3fn"]
+    if e4 and all(n + "_scale" in names and infos[n + "_scale"].dtype == np.uint8 for n in e4):
+        return "compressed-tensors", _ct_float_from_tensors(ck, "mxfp8-quantized")
     if e4 and all(n + "_scale_inv" in names for n in e4):
         return "fp8-block", {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128]}
     if e4 and all(n + "_scale" in names and infos[n + "_scale"].shape in ((), (1,)) for n in e4):
@@ -179,6 +220,19 @@ def detect_layout(ck) -> tuple[str, dict]:
                                 "quantization config its bits / group size / format are unknown; "
                                 "open the model folder, not the file")
     return "none", {}
+
+
+def _gemv_group(ck, base, k):
+    """The GEMV group size whose zeros width fits the stored one; unknown if several or none do."""
+    from .gptq import awq_gemv_zeros_width
+
+    zw = ck.info(base + ".qzeros").shape[-1]
+    fits = [g for g in (32, 64, 128, 256, 512, 1024, k) if k % g == 0 and awq_gemv_zeros_width(k, g) == zw]
+    fits = sorted(set(fits))
+    if len(fits) != 1:
+        raise RefquantError(f"{ck.path}: tensor {base + '.qzeros'!r}: an AWQ GEMV layer of in_features {k} "
+                            f"whose {zw} zero words fit group sizes {fits}; unknown without config.json")
+    return fits[0]
 
 
 def _gptq_group(ck, base, k):
@@ -199,6 +253,19 @@ def _ct_from_tensors(ck):
     infos = ck.infos
     n0 = sorted(n for n in ck if n.endswith(".weight_packed"))[0]
     base = n0[: -len(".weight_packed")]
+    if infos[n0].dtype == np.uint8:  # the float formats pack into bytes
+        sc = infos.get(base + ".weight_scale")
+        cols = infos[n0].shape[-1]
+        if base + ".weight_global_scale" in ck:
+            return _ct_float_from_tensors(ck, "nvfp4-pack-quantized")
+        if sc is not None and len(sc.shape) == 2 and sc.dtype == np.uint8 and sc.shape[1]:
+            if sc.shape[1] * 16 == cols:
+                return _ct_float_from_tensors(ck, "mxfp4-pack-quantized")
+            if sc.shape[1] * 24 == cols:
+                return _ct_float_from_tensors(ck, "mxfp6-pack-quantized")
+        raise RefquantError(f"{ck.path}: tensor {n0!r}: uint8 packed weights whose scale "
+                            f"{None if sc is None else (sc.dtype.name, sc.shape)} fits none of "
+                            "nvfp4 / mxfp4 / mxfp6; unknown, not guessed")
     if base + ".weight_shape" not in ck or base + ".weight_scale" not in ck:
         raise RefquantError(f"{ck.path}: tensor {n0!r}: pack-quantized needs weight_shape and "
                             "weight_scale beside it")
@@ -222,6 +289,13 @@ def _ct_from_tensors(ck):
     w = {"num_bits": bits[0], "type": "int", "symmetric": sym, "strategy": strat, "group_size": gs}
     return {"quant_method": "compressed-tensors", "format": "pack-quantized",
             "config_groups": {"group_0": {"targets": ["Linear"], "weights": w}}}
+
+
+def _ct_float_from_tensors(ck, fmt):
+    """A compressed-tensors config for one of its float formats, read off the tensors."""
+    from .ctensors import ct_config
+
+    return ct_config(fmt, None, "float", True, None)
 
 
 def layout_of(ck) -> LayoutView:
@@ -250,6 +324,14 @@ def layout_of(ck) -> LayoutView:
         from .ctensors import CompressedTensorsView
 
         view = CompressedTensorsView(ck, cfg, qc)
+    elif name == "ct-sparse":
+        from .ctsparse import CTSparseView
+
+        view = CTSparseView(ck, cfg, qc)
+    elif name == "modelopt":
+        from .modelopt import ModelOptView
+
+        view = ModelOptView(ck, cfg, qc)
     elif name == "mlx":
         from .mlx import MLXView
 
@@ -318,9 +400,9 @@ def save_layout(weights, path, layout, *, config=None, overwrite=False, **option
         qc = {"quant_method": "gptq", "bits": o.pop("bits"), "group_size": o.pop("group_size", 128),
               "desc_act": o.pop("desc_act", False), "sym": o.pop("sym", True),
               "checkpoint_format": layout}
-    elif layout == "awq":
+    elif layout in ("awq", "awq-gemv"):
         qc = {"quant_method": "awq", "bits": 4, "group_size": o.pop("group_size", 128),
-              "zero_point": True, "version": "gemm"}
+              "zero_point": True, "version": "gemv" if layout == "awq-gemv" else "gemm"}
     elif layout == "fp8":
         qc = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic"}
     elif layout == "fp8-block":
@@ -336,6 +418,15 @@ def save_layout(weights, path, layout, *, config=None, overwrite=False, **option
                   "bnb_4bit_use_double_quant": bool(o.pop("double_quant", False)),
                   "bnb_4bit_compute_dtype": o.pop("compute_dtype", "float32"),
                   "bnb_4bit_quant_storage": "uint8"}
+    elif layout == "modelopt-nvfp4":
+        from .modelopt import modelopt_config
+
+        qc = modelopt_config(exclude=o.pop("exclude", ("lm_head",)))
+    elif layout in ("sparse-bitmask", "sparse-24-bitmask"):
+        from .ctsparse import sparse_config
+
+        qc = sparse_config(layout, ignore=o.pop("ignore", ("lm_head",)),
+                           global_sparsity=o.pop("global_sparsity", 0.0))
     elif layout == "mlx":
         qc = None
         cfg["quantization"] = {"group_size": o.pop("group_size", 64), "bits": o.pop("bits", 4)}

@@ -27,9 +27,11 @@ class Scheme:
     Attributes
     ----------
     format : str
-        The layout's name: ``"gptq"``, ``"gptq_v2"``, ``"awq"``, ``"fp8"``,
+        The layout's name: ``"gptq"``, ``"gptq_v2"``, ``"awq"``, ``"awq-gemv"``, ``"fp8"``,
         ``"fp8-block"``, ``"pack-quantized"``, ``"int-quantized"``,
-        ``"float-quantized"``, ``"naive-quantized"``, ``"mlx"``.
+        ``"float-quantized"``, ``"naive-quantized"``, ``"nvfp4-pack-quantized"``,
+        ``"mxfp4-pack-quantized"``, ``"mxfp6-pack-quantized"``, ``"mxfp8-quantized"``,
+        ``"sparse-bitmask"``, ``"sparse-24-bitmask"``, ``"mlx"``.
     bits : int or float
         Bits per stored code (ggml block types: bits per weight with the block
         scales included, e.g. 4.5 for Q4_0).
@@ -43,7 +45,8 @@ class Scheme:
     packing : str
         How codes sit in storage words.
     strategy : str
-        ``"group"``, ``"channel"``, ``"tensor"`` or ``"block"``.
+        ``"group"``, ``"channel"``, ``"tensor"``, ``"block"``, ``"tensor_group"``
+        (NVFP4: groups with a global scale) or ``"sparse"``.
     block : tuple of int or None
         Tile of one scale for ``"block"`` strategy (rows, cols).
     parts : tuple of str

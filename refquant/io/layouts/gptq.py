@@ -190,6 +190,18 @@ class AWQView(LayoutView):
 
     **Reference**: AutoAWQ ``awq/modules/linear/gemm.py`` ``WQLinear_GEMM.from_linear``
     (packing with ``order_map = [0, 2, 4, 6, 1, 3, 5, 7]``), ``awq/utils/packing_utils.py``.
+
+    **GEMV** (``version: gemv``; AutoAWQ 0.2.9 ``awq/modules/linear/gemv.py``
+    ``WQLinear_GEMV.from_linear``): output-major, codes in order along the input::
+
+        qweight (N, K/8):  code of column 8*w + i in bits [4i, 4i+4) of word w   (order_map 0..7)
+        qzeros  (N, zw):   zero of group 8*w + i likewise; zw = calculate_zeros_width(K, gs)
+        scales  (N, 8 zw): group g in column g, columns from K/gs on zero padding
+        W[n, k] = f16( (q[n, k] - z[n, k // gs]) * scales[n, k // gs] )
+
+    AutoAWQ has no CPU dequantization for GEMV (its CUDA kernels never form W);
+    refquant applies GEMM's ``dequantize_gemm`` arithmetic, one rounding to the
+    scales' dtype. The padding is ignored, as the kernels ignore it.
     """
 
     name = "awq"
@@ -197,9 +209,10 @@ class AWQView(LayoutView):
     def __init__(self, ck, config, qcfg):
         super().__init__(ck, config)
         version = str(qcfg.get("version", "gemm")).lower()
-        if version != "gemm":
-            raise RefquantError(f"{ck.path}: AWQ version {version!r}; refquant reads 'gemm' "
-                                "(GEMV, Marlin, exllama layouts are not supported)")
+        if version not in ("gemm", "gemv"):
+            raise RefquantError(f"{ck.path}: AWQ version {version!r}; refquant reads 'gemm' and "
+                                "'gemv' (Marlin, exllama, gemv_fast layouts are not supported)")
+        self.version = version
         bits = qcfg.get("bits", qcfg.get("w_bit", 4))
         if bits != 4:
             raise RefquantError(f"{ck.path}: quantization_config bits {bits!r}; AWQ GEMM stores 4")
@@ -221,6 +234,9 @@ class AWQView(LayoutView):
                 self.expect_dtype(t, (np.int32, np.uint32), "packed codes")
             self.expect_dtype(sc, _scale_dtypes(), "scales")
             qs = ck.info(qw).shape
+            if version == "gemv":
+                self._add_gemv(base, qw, qz, sc, qs, gs)
+                continue
             if len(qs) != 2:
                 raise self.err(qw, f"shape {qs}; expected 2-D (in_features, out_features / 8)")
             k, n = qs[0], qs[1] * 8
@@ -236,16 +252,89 @@ class AWQView(LayoutView):
                             strategy="group", shape=(n, k)),
                      {"qweight": qw, "qzeros": qz, "scales": sc})
 
+    def _add_gemv(self, base, qw, qz, sc, qs, gs):
+        """AutoAWQ GEMV: qweight (N, K/8) along the input, codes in order; qzeros (N, zw); scales (N, 8 zw)."""
+        if len(qs) != 2:
+            raise self.err(qw, f"shape {qs}; expected 2-D (out_features, in_features / 8) for GEMV")
+        n, k = qs[0], qs[1] * 8
+        g = k if gs in (-1, None) else gs
+        if isinstance(g, bool) or not isinstance(g, int) or g <= 0 or k % g:
+            raise self.err(qw, f"in_features {k} is not a multiple of group_size {gs!r}")
+        zw = awq_gemv_zeros_width(k, g)
+        if zw is None:
+            raise self.err(qw, f"group_size {g}; AutoAWQ GEMV takes 32, 64 or >= 128 "
+                               "(calculate_zeros_width)")
+        self.expect_shape(sc, (n, zw * 8), f"{k // g} groups of {g} padded to {zw * 8} columns "
+                                           "(calculate_zeros_width * 8)")
+        self.expect_shape(qz, (n, zw), f"{k // g} 4-bit zeros per row in {zw} words")
+        self.add(base + ".weight",
+                 Scheme(format="awq-gemv", bits=4, group_size=g, symmetric=False, act_order=False,
+                        packing="int32 along in_features, order [0, 1, ..., 7]", strategy="group",
+                        shape=(n, k)),
+                 {"qweight": qw, "qzeros": qz, "scales": sc})
+
     def _dequantize(self, name, e):
         ck, r = self.ck, e.roles
         n, k = e.scheme.shape
         g = e.scheme.group_size
+        if e.scheme.format == "awq-gemv":
+            q = unpack_bitstream(ck[r["qweight"]], 4, k).astype(np.int32)
+            z = unpack_bitstream(ck[r["qzeros"]], 4, k // g).astype(np.int32)
+            scales = ck[r["scales"]]
+            cols = np.arange(k) // g
+            prod = (q - z[:, cols]).astype(np.float64) * scales[:, cols].astype(np.float64)
+            return round_to(prod, scales.dtype).astype(np.float32)
         q = _awq_unpack(ck[r["qweight"]]).astype(np.int32)
         z = _awq_unpack(ck[r["qzeros"]]).astype(np.int32)
         scales = ck[r["scales"]]
         rows = np.arange(k) // g
         prod = (q - z[rows]).astype(np.float64) * scales[rows].astype(np.float64)
         return round_to(prod, scales.dtype).astype(np.float32).T
+
+
+def awq_gemv_zeros_width(in_features, group_size, pack_num=8):
+    """AutoAWQ 0.2.9 ``gemv.calculate_zeros_width`` (None where it raises NotImplementedError)."""
+    if group_size >= 128:
+        mult = 1
+    elif group_size in (64, 32):
+        mult = 128 // group_size
+    else:
+        return None
+    base = -(-(in_features // group_size) // pack_num)  # make_divisible is a ceiling division
+    return -(-base // mult) * mult
+
+
+def awq_gemv_tensors(base, q, scales, zeros):
+    """Raw tensors of one AWQ GEMV layer from codes ``q`` (out, in), ``scales`` / ``zeros`` (out, G).
+
+    Notes
+    -----
+    **Formula**: no arithmetic: ``qweight`` = codes packed in order along the input
+    (8 a word, LSB first), ``qzeros`` likewise along the groups padded to
+    ``calculate_zeros_width`` words, ``scales`` padded with zero columns to 8 per word.
+
+    **Reference**: AutoAWQ 0.2.9 ``WQLinear_GEMV.from_linear`` (checked against it in
+    tests/peers/test_layouts_gptq_awq.py).
+    """
+    q = np.asarray(q)
+    sc = np.asarray(scales)
+    z = np.asarray(zeros)
+    n, k = q.shape
+    G = sc.shape[1] if sc.ndim == 2 else 0
+    if sc.shape != (n, G) or z.shape != (n, G) or G == 0 or k % G:
+        raise RefquantError(f"weight {base!r}: scales {sc.shape} and zeros {z.shape} must both be "
+                            f"(out_features, groups) = ({n}, G) with G dividing in_features {k}")
+    zw = awq_gemv_zeros_width(k, k // G)
+    if zw is None or k % 8 or n % 8:
+        raise RefquantError(f"weight {base!r}: group size {k // G}, shape {(n, k)}; AutoAWQ GEMV "
+                            "takes groups of 32, 64 or >= 128 and in / out features multiples of 8")
+    zpad = np.zeros((n, zw * 8), np.uint32)
+    zpad[:, :G] = z
+    spad = np.zeros((n, zw * 8), sc.dtype)
+    spad[:, :G] = sc
+    return {base + ".qweight": pack_bitstream(q.astype(np.uint32), 4).view(np.int32),
+            base + ".qzeros": pack_bitstream(zpad, 4).view(np.int32),
+            base + ".scales": spad}
 
 
 def _awq_unpack(words):
