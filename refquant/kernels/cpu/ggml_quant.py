@@ -164,9 +164,30 @@ def _absmax(x):
 
 # --------------------------------------------------------------------------- legacy formats
 @njit(**_OPTS)
+def _cvtt_byte(v):
+    """``(int8_t)(int)v`` as a byte, branch-free so that code loops vectorize (cvttps2dq).
+
+    x86-64's cvttss2si truncates; NaN, Inf and |v| >= 2^31 give INT32_MIN, whose low byte
+    is 0: the conversion sees 0 there instead (in range, so LLVM's fptosi is defined).
+    """
+    ok = abs(v) < _I32_LIMIT
+    return np.int32(v if ok else _ZERO) & np.int32(0xFF)
+
+
+@njit(**_OPTS)
 def _q_sym_scale(x, nmax):
-    """Q4_0 / Q5_0: (d, id) with d = max/-nmax, max the signed value of largest |x| (first one)."""
-    _, mx = _first_absmax(x, 0, 32)
+    """Q4_0 / Q5_0: (d, id) with d = max/-nmax, max the signed value of largest |x| (first one).
+
+    C's loop as it stands (``if (amax < fabsf(v)) {amax = fabsf(v); max = v;}``): measured on
+    Zen 5 faster than two vectorized passes (int max of the bits, then the first index).
+    """
+    amax = _ZERO
+    mx = _ZERO
+    for j in range(32):
+        v = x[j]
+        if amax < abs(v):
+            amax = abs(v)
+            mx = v
     d = np.float32(mx / np.float32(-nmax))
     return d, (np.float32(_ONE / d) if d != 0 else _ZERO)
 
@@ -174,8 +195,8 @@ def _q_sym_scale(x, nmax):
 @njit(**_OPTS)
 def _q_sym_code(v, idd, nmax):
     """MIN(2nmax-1, (int8_t)(v*id + nmax + 0.5)) as a byte: a negative int8 passes through MIN."""
-    c = _cvtt(np.float32(np.float32(v * idd) + np.float32(nmax + 0.5))) & 0xFF
-    return min(2 * nmax - 1, c) if c < 128 else c
+    c = _cvtt_byte(np.float32(np.float32(v * idd) + np.float32(nmax + 0.5)))
+    return c if c >= 128 else min(np.int32(2 * nmax - 1), c)
 
 
 @njit(**_PAR)
@@ -206,25 +227,19 @@ def _quantize_q5_0(x, out):
 
 @njit(**_OPTS)
 def _q_affine_scale(x, levels):
-    """Q4_1 / Q5_1: (d, id, min) with d = (max - min)/levels (first min met: C's ``v < min``)."""
-    # C's ``if (v < min) min = v; if (v > max) max = v;`` in two passes that vectorize: the
-    # extremes as integer extremes of order-preserving keys of the bits (finite input), then,
-    # where an extreme is a zero, the first zero met (C keeps the sign of the first one)
-    kmin = np.int64(2**31)
-    kmax = np.int64(-(2**31) - 1)
-    for j in range(32):
-        b = np.int64(np.float32(x[j]).view(np.int32))
-        k = b ^ ((b >> 31) & 0x7FFFFFFF)  # float order as signed integers (-0 just below +0)
-        kmin = k if k < kmin else kmin
-        kmax = k if k > kmax else kmax
-    mn = np.int32(kmin ^ ((kmin >> 31) & 0x7FFFFFFF)).view(np.float32)
-    mx = np.int32(kmax ^ ((kmax >> 31) & 0x7FFFFFFF)).view(np.float32)
-    if mn == 0 or mx == 0:
-        for j in range(32):
-            if x[j] == 0:
-                mn = x[j] if mn == 0 else mn
-                mx = x[j] if mx == 0 else mx
-                break
+    """Q4_1 / Q5_1: (d, id, min) with d = (max - min)/levels.
+
+    C's ``if (v < min) min = v; if (v > max) max = v;`` as it stands (from x[0] instead of
+    ±FLT_MAX: the same bits for finite x; the first of +0/-0 met is kept, as in C).
+    """
+    mn = x[0]
+    mx = x[0]
+    for j in range(1, 32):
+        v = x[j]
+        if v < mn:
+            mn = v
+        if v > mx:
+            mx = v
     d = np.float32(np.float32(mx - mn) / np.float32(levels))
     return d, (np.float32(_ONE / d) if d != 0 else _ZERO), mn
 
@@ -232,7 +247,7 @@ def _q_affine_scale(x, levels):
 @njit(**_OPTS)
 def _q_affine_code(v, mn, idd):
     """(int)((v - min)*id + 0.5) as a byte (cvttss2si, then the low 8 bits)."""
-    return _cvtt(np.float32(np.float32(np.float32(v - mn) * idd) + _HALF)) & 0xFF
+    return _cvtt_byte(np.float32(np.float32(np.float32(v - mn) * idd) + _HALF))
 
 
 @njit(**_PAR)
@@ -244,8 +259,8 @@ def _quantize_q4_1(x, out):
         for j in range(16):
             c0 = _q_affine_code(x[i, j], mn, idd)
             c1 = _q_affine_code(x[i, j + 16], mn, idd)
-            c0 = min(15, c0) if c0 < 128 else c0  # MIN(15, (int8_t)...)
-            c1 = min(15, c1) if c1 < 128 else c1
+            c0 = c0 if c0 >= 128 else min(np.int32(15), c0)  # MIN(15, (int8_t)...)
+            c1 = c1 if c1 >= 128 else min(np.int32(15), c1)
             out[i, 4 + j] = (c0 | (c1 << 4)) & 0xFF
 
 
