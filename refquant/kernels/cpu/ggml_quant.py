@@ -69,6 +69,13 @@ def _nearest_int(v):
 
 
 @njit(**_OPTS)
+def _nearest_int32(v):
+    """:func:`_nearest_int` in int32 arithmetic (the same bits): loops over it vectorize."""
+    s = np.float32(np.float32(v) + _MAGIC)
+    return (s.view(np.int32) & np.int32(0x007FFFFF)) - np.int32(0x00400000)
+
+
+@njit(**_OPTS)
 def _cvtt(v):
     """C float -> int32 on x86-64 (cvttss2si): truncation; NaN, Inf, out of range -> INT32_MIN."""
     if abs(v) < _I32_LIMIT:
@@ -913,17 +920,18 @@ def _quantize_q8_k(x, out):
                 o[k] = 0
             continue
         iscale = np.float32(np.float32(-127) / mx)
-        dbits = np.int64(np.float32(_ONE / iscale).view(np.uint32))
+        dbits = np.float32(_ONE / iscale).view(np.int32)
         for k in range(4):
-            o[k] = (dbits >> (8 * k)) & 0xFF
+            o[k] = np.uint8((dbits >> (8 * k)) & 0xFF)
+        # the codes first (a loop that vectorizes), then bsums from the stored int8 codes
+        for j in range(QK_K):
+            o[4 + j] = np.uint8(min(np.int32(127), _nearest_int32(np.float32(iscale * xb[j]))) & np.int32(0xFF))
         for g in range(16):
-            total = 0
+            total = np.int32(0)
             for k in range(16):
-                c = min(127, _nearest_int(np.float32(iscale * xb[16 * g + k]))) & 0xFF
-                o[4 + 16 * g + k] = c
-                total += c - 256 if c >= 128 else c
-            o[260 + 2 * g] = total & 0xFF
-            o[261 + 2 * g] = (total >> 8) & 0xFF
+                total += np.int32(np.int8(o[4 + 16 * g + k]))
+            o[260 + 2 * g] = np.uint8(total & 0xFF)
+            o[261 + 2 * g] = np.uint8((total >> 8) & 0xFF)
 
 
 @njit(**_OPTS)
