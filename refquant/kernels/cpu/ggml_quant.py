@@ -57,6 +57,7 @@ _FP16_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float1
 # fastmath off (the default), float division by zero gives Inf/NaN as in C
 _OPTS = dict(cache=True, error_model="numpy")
 _PAR = dict(cache=True, error_model="numpy", parallel=True)
+_CHUNK = 64  # blocks per prange step of the K-quant kernels (scratch allocated once per step)
 
 
 # --------------------------------------------------------------------------- scalar helpers
@@ -471,6 +472,8 @@ def _make_q3_lanes(xt, nmax, Lt, scales):
             big = ax > amax[s]
             amax[s] = ax if big else amax[s]
             mx[s] = v if big else mx[s]
+    lo = np.int32(-nmax)
+    hi = np.int32(nmax - 1)
     iscale = np.empty(S, np.float32)
     sumlx = np.zeros(S, np.float32)
     suml2 = np.zeros(S, np.float32)
@@ -479,7 +482,7 @@ def _make_q3_lanes(xt, nmax, Lt, scales):
     for i in range(n):
         for s in range(S):
             v = xt[i, s]
-            lq = max(-nmax, min(nmax - 1, _nearest_int(np.float32(iscale[s] * v))))
+            lq = max(lo, min(hi, _nearest_int32(np.float32(iscale[s] * v))))
             Lt[i, s] = lq
             w = np.float32(v * v)
             lf = np.float32(lq)
@@ -498,8 +501,7 @@ def _make_q3_lanes(xt, nmax, Lt, scales):
                 lf = np.float32(li)
                 slx = np.float32(sumlx[s] - np.float32(np.float32(w * v) * lf))
                 sl2 = np.float32(suml2[s] - np.float32(np.float32(w * lf) * lf))
-                new_l = _nearest_int(np.float32(np.float32(v * sl2) / slx))
-                new_l = max(-nmax, min(nmax - 1, new_l))
+                new_l = max(lo, min(hi, _nearest_int32(np.float32(np.float32(v * sl2) / slx))))
                 nf = np.float32(new_l)
                 slx2 = np.float32(slx + np.float32(np.float32(w * v) * nf))
                 sl22 = np.float32(sl2 + np.float32(np.float32(w * nf) * nf))
@@ -707,63 +709,75 @@ def _quantize_q2_k(x, out, t16):
         _put_u16(o, 82, m16)
 
 
+@njit(**_OPTS)
+def _q3_k_block(xb, o, t16, L, xt, Lt, scales, sb):
+    """One Q3_K block into ``o``; L, xt, Lt, scales, sb: scratch reused across blocks."""
+    for k in range(16):
+        for j in range(16):
+            xt[k, j] = xb[16 * j + k]
+    _make_q3_lanes(xt, 4, Lt, scales)
+    amax = _ZERO
+    max_scale = _ZERO
+    for j in range(16):
+        for k in range(16):
+            L[16 * j + k] = Lt[k, j]
+        s = scales[j]
+        if abs(s) > amax:
+            amax = abs(s)
+            max_scale = s
+    for k in range(12):
+        sb[k] = 0
+    if max_scale != 0:
+        iscale = np.float32(np.float32(-32) / max_scale)
+        for j in range(16):
+            l8 = _nearest_int(np.float32(iscale * scales[j])) & 0xFF
+            if l8 >= 128:
+                l8 -= 256  # int8_t
+            lv = max(-32, min(31, l8)) + 32
+            if j < 8:
+                sb[j] = lv & 0xF
+            else:
+                sb[j - 8] |= (lv & 0xF) << 4
+            sb[8 + j % 4] |= (lv >> 4) << (2 * (j // 4))
+        d16 = _fp16_bits(np.float32(_ONE / iscale))
+    else:
+        d16 = _fp16_bits(_ZERO)
+    for j in range(16):
+        lo = sb[j] & 0xF if j < 8 else sb[j - 8] >> 4
+        s6 = (lo | (((sb[8 + j % 4] >> (2 * (j // 4))) & 3) << 4)) - 32
+        d = np.float32(t16[d16] * np.float32(s6))
+        if d == 0:
+            continue
+        for k in range(16):
+            lq = _nearest_int32(np.float32(xb[16 * j + k] / d))
+            L[16 * j + k] = max(np.int32(-4), min(np.int32(3), lq)) + 4
+    # hmask bit b of byte m = (L[32 b + m] > 3), then L -= 4 there; L is 0..7, so both are
+    # bit 2 of L (branch-free: the branch on random codes mispredicts half the time)
+    for m in range(32):
+        o[m] = 0
+    for b in range(8):
+        for m in range(32):
+            h = L[32 * b + m] >> 2
+            o[m] |= h << b
+            L[32 * b + m] &= 3
+    _pack_2bit_128(L, o, 32)
+    for k in range(12):
+        o[96 + k] = sb[k] & 0xFF
+    _put_u16(o, 108, d16)
+
+
 @njit(**_PAR)
 def _quantize_q3_k(x, out, t16):
-    for i in prange(x.shape[0]):
-        xb = x[i]
-        o = out[i]
+    # prange over chunks of blocks: the scratch arrays are allocated once per chunk, not per block
+    nblk = x.shape[0]
+    for c in prange((nblk + _CHUNK - 1) // _CHUNK):
         L = np.empty(QK_K, np.int64)
         xt = np.empty((16, 16), np.float32)  # xt[k, j] = x[16 j + k]: the 16 sub-blocks as lanes
-        for k in range(16):
-            for j in range(16):
-                xt[k, j] = xb[16 * j + k]
         Lt = np.empty((16, 16), np.int32)
         scales = np.empty(16, np.float32)
-        _make_q3_lanes(xt, 4, Lt, scales)
-        amax = _ZERO
-        max_scale = _ZERO
-        for j in range(16):
-            for k in range(16):
-                L[16 * j + k] = Lt[k, j]
-            s = scales[j]
-            if abs(s) > amax:
-                amax = abs(s)
-                max_scale = s
-        sb = np.zeros(12, np.int64)
-        if max_scale != 0:
-            iscale = np.float32(np.float32(-32) / max_scale)
-            for j in range(16):
-                l8 = _nearest_int(np.float32(iscale * scales[j])) & 0xFF
-                if l8 >= 128:
-                    l8 -= 256  # int8_t
-                lv = max(-32, min(31, l8)) + 32
-                if j < 8:
-                    sb[j] = lv & 0xF
-                else:
-                    sb[j - 8] |= (lv & 0xF) << 4
-                sb[8 + j % 4] |= (lv >> 4) << (2 * (j // 4))
-            d16 = _fp16_bits(np.float32(_ONE / iscale))
-        else:
-            d16 = _fp16_bits(_ZERO)
-        for j in range(16):
-            lo = sb[j] & 0xF if j < 8 else sb[j - 8] >> 4
-            s6 = (lo | (((sb[8 + j % 4] >> (2 * (j // 4))) & 3) << 4)) - 32
-            d = np.float32(t16[d16] * np.float32(s6))
-            if d == 0:
-                continue
-            for k in range(16):
-                lq = _nearest_int(np.float32(xb[16 * j + k] / d))
-                L[16 * j + k] = max(-4, min(3, lq)) + 4
-        for m in range(32):
-            o[m] = 0
-        for j in range(QK_K):
-            if L[j] > 3:
-                o[j % 32] |= 1 << (j // 32)
-                L[j] -= 4
-        _pack_2bit_128(L, o, 32)
-        for k in range(12):
-            o[96 + k] = sb[k] & 0xFF
-        _put_u16(o, 108, d16)
+        sb = np.empty(12, np.int64)
+        for i in range(c * _CHUNK, min(nblk, (c + 1) * _CHUNK)):
+            _q3_k_block(x[i], out[i], t16, L, xt, Lt, scales, sb)
 
 
 @njit(**_OPTS)
