@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import REQUIRE_PEERS
+from helpers import REQUIRE_PEERS, import_peer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -178,3 +178,62 @@ def test_imatrix_shape_and_values_checked():
         ggml.quantize(np.ones((2, 256), np.float32), "q4_k", imatrix=np.ones((2, 256)))
     with pytest.raises(RefquantError, match="q8_1"):
         ggml.quantize(x, "q8_1", imatrix=np.ones(64))
+
+
+# ----------------------------------------------------------------------------- compress --imatrix
+def _tiny_with_imatrix(tmp_path, skip_layer=1):
+    import_peer("gguf")
+    from tiny_llama import write_tiny_llama
+
+    src = tmp_path / "tiny-f16.gguf"
+    tensors = write_tiny_llama(src)
+    rng = np.random.default_rng(4)
+    acts = {}
+    for name, a in tensors.items():
+        if a.ndim == 2 and not name.startswith(f"blk.{skip_layer}."):  # blk.1: no entries
+            acts[name] = (rng.standard_normal((48, a.shape[1]))
+                          * rng.uniform(0.1, 5, a.shape[1])).astype(np.float32)
+    im = tmp_path / "imatrix.gguf"
+    save_imatrix(compute_imatrix(acts, chunk_size=16), im)
+    return src, tensors, im
+
+
+@pytest.mark.parametrize("preset", ["q4_k_m", "q3_k_m", "q4_0"])
+def test_compress_with_imatrix_writes_quantize_with_quant_weights_per_tensor(lib, tmp_path, preset):
+    import gguf
+
+    from refquant.compress import compress
+
+    src, tensors, im = _tiny_with_imatrix(tmp_path)
+    w = load_imatrix(im)
+    compress(src, tmp_path / "q.gguf", scheme=preset, imatrix=im)
+    types = set()
+    for t in gguf.GGUFReader(tmp_path / "q.gguf").tensors:
+        ty = t.tensor_type.name
+        if ty in ("F32", "F16"):
+            continue
+        types.add(ty)
+        a = np.asarray(tensors[t.name], np.float32)
+        # llama-quantize: the tensor's imatrix entry if it has one ("did not find imatrix
+        # data" otherwise: quantize_<type>(..., NULL))
+        want = lib.quantize(a, ty, w.get(t.name))
+        assert np.array_equal(t.data.reshape(-1).view(np.uint8), want.reshape(-1)), (t.name, ty)
+    assert types & set(SEARCHED)
+
+
+def test_compress_imatrix_from_the_cli_and_refusals(lib, tmp_path, capsys):
+    from refquant.cli import main
+    from refquant.compress import compress
+
+    src, tensors, im = _tiny_with_imatrix(tmp_path)
+    assert main(["compress", str(src), "-o", str(tmp_path / "a.gguf"), "--scheme", "q4_k_m",
+                 "--imatrix", str(im), "-q"]) == 0
+    compress(src, tmp_path / "b.gguf", scheme="q4_k_m", imatrix=load_imatrix(im))
+    compress(src, tmp_path / "c.gguf", scheme="q4_k_m")
+    a, b = (tmp_path / "a.gguf").read_bytes(), (tmp_path / "b.gguf").read_bytes()
+    assert a == b and a != (tmp_path / "c.gguf").read_bytes()
+    bad = {"blk.0.attn_q.weight": np.ones(100, np.float32)}
+    with pytest.raises(RefquantError, match="blk.0.attn_q.weight"):
+        compress(src, tmp_path / "d.gguf", scheme="q4_k_m", imatrix=bad)
+    with pytest.raises(RefquantError, match="imatrix"):
+        compress(src, tmp_path / "e", scheme="gptq-int4-g128", imatrix=im)
