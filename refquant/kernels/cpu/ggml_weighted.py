@@ -21,7 +21,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .ggml_quant import _FP16_TABLE, _fp16_bits, _k4_pack, _nearest_int, _pack_2bit_128, _put_u16
+from .ggml_quant import (
+    _FP16_TABLE,
+    _fp16_bits,
+    _k4_pack,
+    _nearest_int,
+    _nearest_int32,
+    _pack_2bit_128,
+    _put_u16,
+)
 
 __all__ = ["quantize_rows_weighted"]
 
@@ -49,11 +57,13 @@ def _make_qx(x, n, nmax, w, L):
         for i in range(n):
             L[i] = 0
         return _ZERO
+    lo = np.int32(-nmax)
+    hi = np.int32(nmax - 1)
     iscale = np.float32(np.float32(-nmax) / mx)
     sumlx = _ZERO
     suml2 = _ZERO
     for i in range(n):
-        lq = max(-nmax, min(nmax - 1, _nearest_int(np.float32(iscale * x[i]))))
+        lq = max(lo, min(hi, _nearest_int32(np.float32(iscale * x[i]))))
         L[i] = lq + nmax
         lf = np.float32(lq)
         sumlx = np.float32(sumlx + np.float32(np.float32(w[i] * x[i]) * lf))
@@ -67,12 +77,12 @@ def _make_qx(x, n, nmax, w, L):
         sumlx = _ZERO
         suml2 = _ZERO
         for i in range(n):
-            lf = np.float32(max(-nmax, min(nmax - 1, _nearest_int(np.float32(iscale * x[i])))))
+            lf = np.float32(max(lo, min(hi, _nearest_int32(np.float32(iscale * x[i])))))
             sumlx = np.float32(sumlx + np.float32(np.float32(w[i] * x[i]) * lf))
             suml2 = np.float32(suml2 + np.float32(np.float32(w[i] * lf) * lf))
         if suml2 > 0 and np.float32(sumlx * sumlx) > np.float32(best * suml2):
             for i in range(n):
-                L[i] = nmax + max(-nmax, min(nmax - 1, _nearest_int(np.float32(iscale * x[i]))))
+                L[i] = nmax + max(lo, min(hi, _nearest_int32(np.float32(iscale * x[i]))))
             scale = np.float32(sumlx / suml2)
             best = np.float32(scale * sumlx)
     return scale
