@@ -314,3 +314,17 @@ def test_a_second_process_loads_the_kernel_from_numbas_disk_cache(tmp_path):
     loaded = [ln for ln in second.stdout.splitlines() if "data loaded" in ln]
     assert any("_quantize_q8_0" in ln for ln in loaded), second.stdout[-3000:]
     assert "data saved" not in second.stdout
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_cpu_backend_refuses_nonfinite_input_naming_the_first_index(bad):
+    # the cpu path tests finiteness in one Numba pass over the bits (ggml_quant.all_finite)
+    fmt = get_format("q4_0")
+    x = np.ones((300, 32), np.float32)
+    x[123, 7] = bad
+    x[200, 1] = np.nan
+    with pytest.raises(RefquantError, match=r"index \(123, 7\)"):
+        fmt.quantize_blocks(x, backend="cpu")
+    assert _kernels().all_finite(np.ones((3, 32), np.float32))
+    assert _kernels().all_finite(np.zeros((0, 32), np.float32))
+    assert not _kernels().all_finite(np.full((1, 32), np.float32(bad)))

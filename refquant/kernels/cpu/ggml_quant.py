@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["QUANTIZE_KERNELS", "DEQUANTIZE_KERNELS", "quantize_blocks", "dequantize_blocks"]
+__all__ = ["QUANTIZE_KERNELS", "DEQUANTIZE_KERNELS", "all_finite", "quantize_blocks", "dequantize_blocks"]
 
 _F32 = np.float32
 QK_K = 256
@@ -1344,6 +1344,21 @@ def _dequantize_iq4_xs(raw, out, t16, kv):
                 b = np.int64(r[8 + 16 * ib + j])
                 out[i, 32 * ib + j] = np.float32(dl * kv[b & 0xF])
                 out[i, 32 * ib + 16 + j] = np.float32(dl * kv[b >> 4])
+
+
+# --------------------------------------------------------------------------- validation help
+@njit(**_OPTS)
+def _all_finite(b):
+    """No float32 of bits ``b`` (int32) has an all-ones exponent (no NaN, no ±Inf)."""
+    bad = np.int32(0)
+    for i in range(b.shape[0]):
+        bad |= np.int32((b[i] & np.int32(0x7F800000)) == np.int32(0x7F800000))
+    return bad == 0
+
+
+def all_finite(x: np.ndarray) -> bool:
+    """Whether C-contiguous float32 ``x`` holds no NaN / ±Inf (what the caller then refuses)."""
+    return bool(x.size == 0 or _all_finite(x.reshape(-1).view(np.int32)))
 
 
 # --------------------------------------------------------------------------- dispatch
