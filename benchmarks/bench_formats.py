@@ -21,7 +21,10 @@ Every timed pair is also checked for equal output first, so a ratio is never
 printed for two functions that disagree. The ratio column is refquant's time
 divided by the peer's: above 1, refquant is slower. The backend column says what ran
 refquant's side (``numpy``: the reference; ``cpu x1`` / ``cpu xN``: the Numba kernel
-on 1 / N threads). A peer that is not installed gives a row "(peer not installed)".
+on 1 / N threads). The ``cpu x1`` rows time both sides in CPU time of the process
+(``time.process_time``: both are single-threaded, and the figure does not grow when other
+processes share the cores); every other row in wall-clock time. A peer that is not
+installed gives a row "(peer not installed)".
 
 Usage::
 
@@ -42,14 +45,14 @@ import warnings
 import numpy as np
 
 
-def _best(fn, repeat=5):
+def _best(fn, repeat=5, clock=time.perf_counter):
     fn()  # warm: first-call imports, allocations, lazily built tables
     best = float("inf")
     for _ in range(repeat):
         gc.collect()
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return best
 
 
@@ -279,7 +282,10 @@ def run(size, repeat=5, out=print, ggml_types=GGML_TYPES, only_ggml=False):
             continue
         if not equal(ours(), peer()):
             raise AssertionError(f"{name}: refquant and {peer_name} disagree; no ratio printed")
-        t_ours, t_peer = _best(ours, repeat), _best(peer, repeat)
+        # single-threaded rows (the ggml "cpu x1" ones against libggml's C reference): CPU time
+        # of the process, which other processes on a shared machine do not inflate
+        clock = time.process_time if backend == "cpu x1" else time.perf_counter
+        t_ours, t_peer = _best(ours, repeat, clock), _best(peer, repeat, clock)
         ratio = t_ours / t_peer
         results.append((name, peer_name, t_ours, t_peer, ratio, backend))
         out(f"{name:24} {peer_name:34} {backend:>8} {t_ours * 1e3:8.1f}ms {t_peer * 1e3:8.1f}ms "

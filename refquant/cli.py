@@ -315,6 +315,9 @@ def _add_compress(sub):
                    "tcp://HOST:PORT (an existing Dask scheduler); needs refquant[dask]")
     p.add_argument("--workers", type=int, default=None,
                    help="workers of the LocalCluster of --scheduler dask (default 2)")
+    p.add_argument("--imatrix", default=None, metavar="FILE",
+                   help="llama-quantize's --imatrix: an importance matrix (GGUF or .dat) for "
+                   "the tensors quantized to ggml types")
 
 
 def _write_reports(rep, paths):
@@ -339,7 +342,7 @@ def _run_compress(args) -> int:
     rep = compress(args.input, args.output, scheme=args.scheme, recipe=args.recipe,
                    overwrite=args.overwrite, nonfinite=args.nonfinite,
                    progress=None if args.quiet else tqdm_progress(), resume=args.resume,
-                   scheduler=args.scheduler, n_workers=args.workers)
+                   scheduler=args.scheduler, n_workers=args.workers, imatrix=args.imatrix)
     _write_reports(rep, args.report)
     if args.json:
         print(rep.to_json())

@@ -42,9 +42,10 @@ from ggml's:
   max|x| < 1e-15 gets code 8 where ``quantize_row_iq4_nl_ref`` leaves its codes
   undefined (d = 0 in both).
 * ``quantize(x, t, imatrix=w)`` (llama-quantize with ``--imatrix``; ``w`` from
-  :func:`refquant.io.imatrix.load_imatrix`): IQ4_NL / IQ4_XS / IQ3_XXS / IQ3_S give ``quantize_<type>``'s
-  bytes with that imatrix; Q8_0, TQ1_0, TQ2_0 and MXFP4 ignore it as ggml does; Q4_0 ...
-  Q6_K raise RefquantError (ggml's weighted search is not implemented here yet).
+  :func:`refquant.io.imatrix.load_imatrix`): Q4_0, Q4_1, Q5_0, Q5_1, Q2_K ... Q6_K, IQ4_NL,
+  IQ4_XS, IQ3_XXS and IQ3_S give ``quantize_<type>``'s bytes with that imatrix
+  (:mod:`refquant.formats.ggml_weighted` for the first nine); Q8_0, TQ1_0, TQ2_0 and MXFP4
+  ignore it as ggml does.
 * The lattice types (:mod:`refquant.formats.ggml_iq`): IQ3_XXS / IQ3_S quantize as
   ``quantize_iq3_*`` (``quantize_row_iq3_*_ref`` is that function without an imatrix); where
   ggml aborts (``GGML_ASSERT`` on a float32 overflow in its neighbour search, |x| around
@@ -67,6 +68,7 @@ import numpy as np
 
 from .._errors import RefquantError
 from ..formats.ggml import GGML_BLOCK_TABLE, GGMLBlockFormat, _real_dtype, ggml_block_formats
+from ..formats.ggml_weighted import WEIGHTED_TYPES, quantize_rows_weighted
 
 __all__ = [
     "GGML_TYPES",
@@ -177,10 +179,12 @@ def quantize(x, type_name, *, backend="auto", imatrix=None) -> np.ndarray:
         The importance vector of this tensor, one float per column (length of a row), as
         :func:`refquant.io.imatrix.load_imatrix` gives it; llama-quantize passes it to
         ``ggml_quantize_chunk`` -> ``quantize_<type>(..., quant_weights)`` for every row.
-        IQ4_NL / IQ4_XS / IQ3_XXS / IQ3_S: the bytes of ``quantize_<type>`` with that imatrix
-        (``quantize_blocks_weighted``); Q8_0, TQ1_0, TQ2_0, MXFP4: ignored, as ggml
-        ignores it; Q4_0 ... Q6_K: RefquantError (refquant has no weighted path for them
-        yet); Q8_1 / Q8_K: RefquantError (ggml has no ``quantize_<type>``).
+        Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K: the bytes of
+        ``quantize_<type>`` with that imatrix (the weighted ``quantize_row_<type>_impl``,
+        :func:`refquant.formats.ggml_weighted.quantize_rows_weighted`, on ``backend``);
+        IQ4_NL / IQ4_XS / IQ3_XXS / IQ3_S: likewise (``quantize_blocks_weighted``); Q8_0,
+        TQ1_0, TQ2_0, MXFP4: ignored, as ggml ignores it; Q8_1 / Q8_K: RefquantError (ggml
+        has no ``quantize_<type>``).
 
     Returns
     -------
@@ -226,19 +230,19 @@ def quantize(x, type_name, *, backend="auto", imatrix=None) -> np.ndarray:
             "has no defined result for NaN/Inf (refquant refuses instead of guessing)"
         )
     if imatrix is not None and fmt.name not in _IMATRIX_IGNORED:
-        raw = _quantize_weighted(blocks, fmt, imatrix, arr.shape[-1])
+        raw = _quantize_weighted(blocks, fmt, imatrix, arr.shape[-1], backend)
     else:
         raw = fmt.quantize_blocks(blocks, backend=backend)
     return raw.reshape(*arr.shape[:-1], arr.shape[-1] // fmt.block_size * fmt.type_size)
 
 
-def _quantize_weighted(blocks, fmt, imatrix, n_per_row):
+def _quantize_weighted(blocks, fmt, imatrix, n_per_row, backend="auto"):
     name = _ggml_name(fmt)
     if fmt.name not in _IMATRIX_WEIGHTED:
         raise RefquantError(f"type_name: ggml has no quantize_{fmt.c_name} taking an imatrix "
                             f"({name} is quantized by quantize_row_{fmt.c_name}_ref only)")
     weighted = getattr(fmt, "quantize_blocks_weighted", None)
-    if weighted is None:
+    if weighted is None and fmt.name not in WEIGHTED_TYPES:
         raise RefquantError(f"type_name: {name.upper()} with an imatrix (quantize_{fmt.c_name}'s "
                             "quant_weights path) is not implemented in refquant")
     try:
@@ -250,6 +254,10 @@ def _quantize_weighted(blocks, fmt, imatrix, n_per_row):
                             f"got {w.shape}")
     if not np.isfinite(w).all() or (w < 0).any():
         raise RefquantError("imatrix must be finite and >= 0")
+    if fmt.name in WEIGHTED_TYPES:  # quantize_<type> row by row, the same quant_weights for each
+        if n_per_row == 0:
+            return np.zeros(0, dtype=np.uint8)
+        return quantize_rows_weighted(fmt.name, blocks.reshape(-1, n_per_row), w, backend)
     # ggml passes quant_weights + block_size*ibl for block ibl of every row
     nrows = blocks.shape[0] * fmt.block_size // n_per_row if n_per_row else 0
     per_block = np.tile(w.reshape(-1, fmt.block_size), (nrows, 1))

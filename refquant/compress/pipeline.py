@@ -258,7 +258,7 @@ def _plain_ggml(dtype) -> str:
 
 def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrite=False,
              nonfinite="raise", progress=None, resume=False, scheduler=None,
-             n_workers=None) -> CompressReport:
+             n_workers=None, imatrix=None) -> CompressReport:
     """Compress every tensor of checkpoint ``src`` into ``dst``, one tensor in memory at a time.
 
     Parameters
@@ -293,6 +293,14 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
         see the same file system.
     n_workers : int, optional
         Workers of the LocalCluster (``scheduler="dask"``).
+    imatrix : path or dict, optional
+        llama-quantize's ``--imatrix``: an imatrix file (GGUF or legacy ``.dat``, read with
+        :func:`refquant.io.imatrix.load_imatrix`) or ``{tensor name: vector}``. A tensor
+        quantized to a ggml type whose name has an entry is quantized by
+        ``quantize_<type>(..., quant_weights)`` (:func:`refquant.compat.ggml.quantize`);
+        one without an entry as without an imatrix (llama-quantize: "did not find
+        imatrix data"); an entry of another size than ``ne[0]*ne[2]`` is refused.
+        Single-file output only.
 
     Returns
     -------
@@ -309,11 +317,13 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
 
     if scheme in HF_SCHEMES:
         if recipe is not None or output_format not in (None, "hf") or resume or (
-                scheduler not in (None, "local")) or nonfinite != "raise":
+                scheduler not in (None, "local")) or nonfinite != "raise" or imatrix is not None:
             raise RefquantError(f"scheme {scheme!r} writes a Hugging Face folder; it takes no "
-                                "recipe=, output_format=, resume=, scheduler= or nonfinite=")
+                                "recipe=, output_format=, resume=, scheduler=, nonfinite= or "
+                                "imatrix=")
         return compress_hf(src, dst, scheme, overwrite=overwrite, progress=progress)
     fmt = _output_format(dst, output_format)
+    imat = _imatrix_of(imatrix, fmt)
     rec = _recipe_of(scheme, recipe, "safetensors" if fmt == "sharded" else fmt)
     src_p, dst_p = Path(src), Path(dst)
     if dst_p.exists() and src_p.exists() and os.path.samefile(src_p, dst_p):
@@ -370,7 +380,7 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
                                       overwrite=overwrite)
         with writer:
             for i, p in enumerate(planned):
-                report.rows.append(_one(ck, p, writer, fmt, nonfinite))
+                report.rows.append(_one(ck, p, writer, fmt, nonfinite, imat))
                 if progress is not None:
                     progress(i + 1, len(planned), p.name)
     return report
@@ -406,7 +416,38 @@ def _logical(ck, p: Planned) -> np.ndarray:
     return np.asarray(ck[p.name], np.float32)
 
 
-def _one(ck, p: Planned, writer, fmt, nonfinite) -> TensorRow:
+def _imatrix_of(imatrix, fmt):
+    """``compress(imatrix=)`` as ``{name: float32 vector}`` (None: no imatrix)."""
+    if imatrix is None:
+        return None
+    if fmt == "sharded":
+        raise RefquantError("imatrix= works with single-file output (.gguf / .safetensors), "
+                            "not sharded output")
+    if isinstance(imatrix, (str, os.PathLike)):
+        from ..io.imatrix import load_imatrix
+
+        return load_imatrix(imatrix)
+    if not hasattr(imatrix, "items"):
+        raise RefquantError(f"imatrix must be a path or a dict of vectors, got {type(imatrix).__name__}")
+    return {str(k): np.asarray(v, np.float32).reshape(-1) for k, v in imatrix.items()}
+
+
+def _quant_weights(p: Planned, imat):
+    """The imatrix vector llama-quantize hands to ``quantize_<type>`` for ``p``, or None."""
+    from .schemes import GGMLScheme
+
+    if imat is None or not isinstance(p.scheme, GGMLScheme) or p.name not in imat:
+        return None
+    qw = imat[p.name]
+    want = p.shape[-1] * (p.shape[-3] if len(p.shape) == 3 else 1)  # ne[0] * ne[2]
+    if qw.size != want or len(p.shape) > 3:
+        raise RefquantError(f"imatrix: {p.name!r} has {qw.size} values, the tensor of shape "
+                            f"{tuple(p.shape)} needs {want} (ne[0]*ne[2]); llama-quantize "
+                            "refuses a mismatched imatrix")
+    return qw
+
+
+def _one(ck, p: Planned, writer, fmt, nonfinite, imat=None) -> TensorRow:
     numel = math.prod(p.shape)
     if p.scheme is None:
         a = ck[p.name]
@@ -416,7 +457,8 @@ def _one(ck, p: Planned, writer, fmt, nonfinite) -> TensorRow:
                          exact=True)
     w = _logical(ck, p)
     _finite_or_refuse(p.name, w, nonfinite)
-    parts = p.scheme.quantize(w)
+    qw = _quant_weights(p, imat)
+    parts = p.scheme.quantize(w) if qw is None else p.scheme.quantize(w, imatrix=qw)
     for t in p.parts:
         got = np.asarray(parts[t.suffix])
         if got.shape != tuple(t.shape) or got.dtype != t.dtype:  # a scheme bug, never input

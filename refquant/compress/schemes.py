@@ -342,10 +342,20 @@ class GGMLScheme(Scheme):
         bs, ts = self.fmt.block_size, self.fmt.type_size
         return [Part("", np.dtype(np.uint8), (*shape[:-1], shape[-1] // bs * ts))]
 
-    def quantize(self, w):
+    def quantize(self, w, imatrix=None):
+        """``imatrix``: llama-quantize's importance vector of this tensor (``ne[0]*ne[2]``
+        floats: one row per expert of a 3-D tensor), handed to ``quantize_<type>``."""
         from ..compat.ggml import quantize
 
         w32 = np.asarray(w, np.float32)
+        if imatrix is not None:
+            qw = np.asarray(imatrix, np.float32).reshape(-1)
+            if w32.ndim == 3 and qw.size == w32.shape[0] * w32.shape[-1]:
+                # llama_tensor_quantize_impl: expert i03 gets imatrix + i03 * n_per_row
+                n = w32.shape[-1]
+                return {"": np.stack([quantize(w32[e], self.name, imatrix=qw[e * n : (e + 1) * n])
+                                      for e in range(w32.shape[0])])}
+            return {"": quantize(w32, self.name, imatrix=qw)}
         if self.name == "iq4_nl":
             # ggml_quantize_chunk (so llama-quantize) calls quantize_iq4_nl, which searches
             # scales that quantize_row_iq4_nl_ref does not (refquant.compat.ggml's notes)

@@ -447,8 +447,9 @@ class GGMLBlockFormat:
         the type has one: :attr:`has_kernel`); ``REFQUANT_BACKEND=numpy`` forces the
         reference.
         """
-        x = self._checked_blocks(blocks)
-        if self._backend(backend, x.size) == "cpu":
+        cpu = self._backend(backend, np.size(blocks)) == "cpu"
+        x = self._checked_blocks(blocks, cpu)
+        if cpu:
             from ..kernels.cpu import ggml_quant
 
             return ggml_quant.quantize_blocks(self.name, x, self.type_size)
@@ -465,7 +466,7 @@ class GGMLBlockFormat:
             return "numpy"
         return chosen
 
-    def _checked_blocks(self, blocks) -> np.ndarray:
+    def _checked_blocks(self, blocks, cpu: bool = False) -> np.ndarray:
         x = np.asarray(blocks)
         if x.ndim != 2 or x.shape[1] != self.block_size:
             raise RefquantError(
@@ -474,6 +475,11 @@ class GGMLBlockFormat:
         if not _real_dtype(x.dtype):
             raise RefquantError(f"blocks must be a real array, got dtype {x.dtype}")
         x = np.ascontiguousarray(x, dtype=_F32)
+        if cpu:  # the same test in one pass over the bits, no temporaries (a third of the time)
+            from ..kernels.cpu import ggml_quant
+
+            if ggml_quant.all_finite(x):
+                return x
         bad = ~np.isfinite(x)
         if bad.any():
             where = tuple(int(i) for i in np.argwhere(bad)[0])

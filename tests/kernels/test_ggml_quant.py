@@ -252,7 +252,7 @@ def _fresh_asm(kernel, *args):
     return "\n".join(fresh.inspect_asm().values())
 
 
-@pytest.mark.parametrize("name", ["q4_k", "q6_k", "q3_k", "q4_0", "q8_0"])
+@pytest.mark.parametrize("name", ["q4_k", "q6_k", "q3_k", "q4_0", "q4_1", "q8_0", "q8_k"])
 def test_kernels_have_no_contracted_fma(name):
     # libggml's C reference is built without FMA contraction; a fused multiply-add would
     # round once where C rounds twice, and change bytes
@@ -261,7 +261,7 @@ def test_kernels_have_no_contracted_fma(name):
     x = np.ones((2, fmt.block_size), np.float32)
     out = np.empty((2, fmt.type_size), np.uint8)
     fn = getattr(kern, f"_quantize_{name}")
-    args = (x, out, kern._FP16_TABLE) if "k" in name else (x, out)
+    args = (x, out, kern._FP16_TABLE) if name in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k") else (x, out)
     asm = _fresh_asm(fn, *args)
     assert re.search(r"\bv?mulss\b|\bv?mulps\b", asm), "no float multiply found: wrong code inspected"
     assert not re.search(r"vf(n)?m(add|sub)", asm), f"{name}: contracted FMA in the kernel"
@@ -337,3 +337,17 @@ def test_a_second_process_loads_the_kernel_from_numbas_disk_cache(tmp_path):
     loaded = [ln for ln in second.stdout.splitlines() if "data loaded" in ln]
     assert any("_quantize_q8_0" in ln for ln in loaded), second.stdout[-3000:]
     assert "data saved" not in second.stdout
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_cpu_backend_refuses_nonfinite_input_naming_the_first_index(bad):
+    # the cpu path tests finiteness in one Numba pass over the bits (ggml_quant.all_finite)
+    fmt = get_format("q4_0")
+    x = np.ones((300, 32), np.float32)
+    x[123, 7] = bad
+    x[200, 1] = np.nan
+    with pytest.raises(RefquantError, match=r"index \(123, 7\)"):
+        fmt.quantize_blocks(x, backend="cpu")
+    assert _kernels().all_finite(np.ones((3, 32), np.float32))
+    assert _kernels().all_finite(np.zeros((0, 32), np.float32))
+    assert not _kernels().all_finite(np.full((1, 32), np.float32(bad)))
