@@ -62,6 +62,7 @@ class Planned:
     reason: str
     parts: list[Part] = field(default_factory=list)
     raw_type: str | None = None  # a kept GGUF tensor already in a ggml block type
+    treat: object = None  # a methods.Treatment (gptq / awq / pruning) or None: round to nearest
 
     def out_name(self, part: Part) -> str:
         return self.name + part.suffix
@@ -159,6 +160,9 @@ def plan(ck, recipe: Recipe, fmt: str = "safetensors") -> list[Planned]:
         else:
             sname, why = recipe.decide(name, np.dtype(np.float32) if raw else info.dtype, shape)
         scheme = None
+        if sname == "dense":  # pruned weights stored in their own float type
+            sname = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(
+                np.dtype(np.float32 if raw else info.dtype).name, "f32")
         if sname != KEEP:
             scheme = get_scheme(sname)
             bad = scheme.unsupported(shape)
@@ -170,6 +174,10 @@ def plan(ck, recipe: Recipe, fmt: str = "safetensors") -> list[Planned]:
                                     "or write .safetensors")
         p = Planned(name, shape, np.dtype(info.dtype), int(info.nbytes), scheme, why,
                     raw_type=raw)
+        if scheme is not None and llama is None:
+            p.treat = recipe.treatment(name)
+            if p.treat is not None:
+                p.reason += f" ({p.treat.label()})"
         if scheme is None:
             p.parts = [Part("", np.dtype(info.dtype), tuple(info.shape))]
         else:
@@ -258,7 +266,7 @@ def _plain_ggml(dtype) -> str:
 
 def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrite=False,
              nonfinite="raise", progress=None, resume=False, scheduler=None,
-             n_workers=None) -> CompressReport:
+             n_workers=None, calibration=None, workers=None) -> CompressReport:
     """Compress every tensor of checkpoint ``src`` into ``dst``, one tensor in memory at a time.
 
     Parameters
@@ -293,6 +301,17 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
         see the same file system.
     n_workers : int, optional
         Workers of the LocalCluster (``scheduler="dask"``).
+    calibration : path, optional
+        Per-layer calibration inputs (``.npz``, :mod:`refquant.compress.methods`) for
+        the recipe's ``gptq`` / ``awq`` / wanda / sparsegpt rules, for ``mixed:B``
+        (Hessian-weighted sensitivity) and for ``gptq-int4-g128`` /
+        ``awq-int4-g128``; overrides the recipe's ``calibration``.
+    workers : int, optional
+        Local parallelism: tensors quantized on this many threads (single-file
+        output; written in order, so the bytes are the 1-worker run's) or shards
+        on this many processes (sharded output). Default: the CPUs this process
+        may use (``os.sched_getaffinity``). Peak memory grows to about ``workers``
+        tensors (shards) in flight.
 
     Returns
     -------
@@ -312,9 +331,19 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
                 scheduler not in (None, "local")) or nonfinite != "raise":
             raise RefquantError(f"scheme {scheme!r} writes a Hugging Face folder; it takes no "
                                 "recipe=, output_format=, resume=, scheduler= or nonfinite=")
-        return compress_hf(src, dst, scheme, overwrite=overwrite, progress=progress)
+        return compress_hf(src, dst, scheme, overwrite=overwrite, progress=progress,
+                           calibration=calibration)
     fmt = _output_format(dst, output_format)
+    workers = _workers(workers)
     rec = _recipe_of(scheme, recipe, "safetensors" if fmt == "sharded" else fmt)
+    calib_path = calibration if calibration is not None else rec.calibration
+    from .methods import Calibration
+    from .mixed import MixedRecipe
+
+    calib = Calibration(calib_path) if calib_path is not None else None
+    if isinstance(rec, MixedRecipe):
+        with rio.open(src) as ck0:
+            rec = rec.resolve(ck0, calib)
     src_p, dst_p = Path(src), Path(dst)
     if dst_p.exists() and src_p.exists() and os.path.samefile(src_p, dst_p):
         raise RefquantError(f"output {os.fspath(dst)!r} is the input; refquant never "
@@ -324,7 +353,8 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
 
         return compress_sharded(src, dst, rec, overwrite=overwrite, nonfinite=nonfinite,
                                 progress=progress, resume=resume, scheduler=scheduler,
-                                n_workers=n_workers)
+                                n_workers=n_workers, workers=workers,
+                                calibration=None if calib is None else calib.path)
     if resume or scheduler not in (None, "local"):
         raise RefquantError("resume= and scheduler= work shard by shard: name the output a "
                             "folder or FOLDER/model.safetensors.index.json, not "
@@ -368,12 +398,70 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
                 fields.append(("general.file_type", ftype, gguf.GGUFValueType.UINT32))
             writer = GGUFStreamWriter(dst, layout, arch=arch or "refquant", fields=fields,
                                       overwrite=overwrite)
-        with writer:
-            for i, p in enumerate(planned):
-                report.rows.append(_one(ck, p, writer, fmt, nonfinite))
-                if progress is not None:
-                    progress(i + 1, len(planned), p.name)
+        try:
+            with writer:
+                _write_all(ck, planned, writer, fmt, nonfinite, calib, workers, report, progress)
+        except OSError as e:  # disk full, permission, I/O error: the temporary file is gone
+            raise RefquantError(f"cannot write {os.fspath(dst)!r}: "
+                                f"{e.strerror or e} (nothing was written)") from None
+    if getattr(rec, "plan", None) is not None:
+        report.plan = rec.plan
     return report
+
+
+def _workers(workers) -> int:
+    if workers is None:
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # pragma: no cover - not Linux
+            return max(1, os.cpu_count() or 1)
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise RefquantError(f"workers must be a positive int, got {workers!r}")
+    return int(workers)
+
+
+def _write_all(ck, planned, writer, fmt, nonfinite, calib, workers, report, progress):
+    """Quantize on ``workers`` threads, read and write here in plan order (so the bytes do not
+    depend on ``workers``): at most ``workers + 1`` tensors in flight."""
+    def done(i, p, row):
+        report.rows.append(row)
+        if progress is not None:
+            progress(i + 1, len(planned), p.name)
+
+    if workers <= 1:
+        for i, p in enumerate(planned):
+            done(i, p, _one(ck, p, writer, fmt, nonfinite, calib))
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="refquant-compress") as pool:
+        window = deque()
+
+        def drain_one():
+            i, p, fut = window.popleft()
+            parts, row = fut.result()
+            for name, a in parts:
+                writer.write(name, a)
+            done(i, p, row)
+
+        try:
+            for i, p in enumerate(planned):
+                if p.scheme is None:  # a copy: no work to overlap
+                    while window:
+                        drain_one()
+                    done(i, p, _one(ck, p, writer, fmt, nonfinite, calib))
+                    continue
+                w = _logical(ck, p)
+                window.append((i, p, pool.submit(_quantize_planned, p, w, nonfinite, calib)))
+                if len(window) > workers:
+                    drain_one()
+            while window:
+                drain_one()
+        except BaseException:
+            for _, _, f in window:
+                f.cancel()
+            raise
 
 
 def _keep_nonfinite(ck, planned) -> None:
@@ -406,7 +494,7 @@ def _logical(ck, p: Planned) -> np.ndarray:
     return np.asarray(ck[p.name], np.float32)
 
 
-def _one(ck, p: Planned, writer, fmt, nonfinite) -> TensorRow:
+def _one(ck, p: Planned, writer, fmt, nonfinite, calib=None) -> TensorRow:
     numel = math.prod(p.shape)
     if p.scheme is None:
         a = ck[p.name]
@@ -414,21 +502,34 @@ def _one(ck, p: Planned, writer, fmt, nonfinite) -> TensorRow:
         return TensorRow(p.name, list(p.shape), p.dtype.name, KEEP, p.reason,
                          8 * p.bytes_in / numel if numel else 0.0, p.bytes_in, p.bytes_in,
                          exact=True)
-    w = _logical(ck, p)
+    parts, row = _quantize_planned(p, _logical(ck, p), nonfinite, calib)
+    for name, a in parts:
+        writer.write(name, a)
+    return row
+
+
+def _quantize_planned(p: Planned, w, nonfinite, calib):
+    """([(output name, array)], report row) of one quantized tensor (thread-safe: no I/O)."""
+    from .methods import apply
+
+    numel = math.prod(p.shape)
     _finite_or_refuse(p.name, w, nonfinite)
-    parts = p.scheme.quantize(w)
+    parts = apply(p.scheme, w, p.treat, calib, p.name)
+    out = []
     for t in p.parts:
         got = np.asarray(parts[t.suffix])
         if got.shape != tuple(t.shape) or got.dtype != t.dtype:  # a scheme bug, never input
             raise AssertionError(f"{p.name}{t.suffix}: {got.dtype}{got.shape} != planned "
                                  f"{t.dtype}{tuple(t.shape)}")
-        writer.write(p.out_name(t), got)
+        out.append((p.out_name(t), got))
     w_hat = p.scheme.dequantize(parts, p.shape)
     sq, steps, exact = _measure(w, w_hat, p.scheme, parts, p.shape)
     out_bytes = sum(t.nbytes for t in p.parts)
-    return TensorRow(p.name, list(p.shape), p.dtype.name, p.scheme.name, p.reason,
-                     8 * out_bytes / numel if numel else 0.0, p.bytes_in, out_bytes, sq, steps,
-                     exact=exact)
+    sparsity = float(np.count_nonzero(w_hat == 0) / numel) if p.treat is not None and (
+        p.treat.prune) and numel else 0.0
+    return out, TensorRow(p.name, list(p.shape), p.dtype.name, p.scheme.name, p.reason,
+                          8 * out_bytes / numel if numel else 0.0, p.bytes_in, out_bytes, sq,
+                          steps, sparsity=sparsity, exact=exact)
 
 
 def decompress(src, dst, *, overwrite=False, dtype="float32", progress=None) -> int:

@@ -135,20 +135,25 @@ class IntegerScheme(Scheme):
                               block_size=self.group)
 
     def quantize(self, w):
-        from ..kernels.packing import pack_nibbles
-
         rows, cols, _ = self._layout(w.shape)
         w2 = w.reshape(rows, cols)
         qp = self._qparams(w2)
-        q = qp.quantize(w2).astype(np.int64)
-        scale = np.asarray(qp.scale, np.float32).reshape(self.parts(w.shape)[1].shape)
+        return self.from_codes(qp.quantize(w2), qp.scale, qp.zero_point, w.shape)
+
+    def from_codes(self, q, scale, zero_point, shape):
+        """The stored parts of codes ``q`` (rows, cols) on this scheme's grid, with their
+        scales and zero points (GPTQ's results land here)."""
+        from ..kernels.packing import pack_nibbles
+
+        q = np.asarray(q).astype(np.int64)
+        scale = np.asarray(scale, np.float32).reshape(self.parts(shape)[1].shape)
         if self._packed():
             codes = pack_nibbles(q & 0xF, axis=1)  # two's complement nibbles for signed codes
         else:
-            codes = q.astype(self._code_dtype()).reshape(w.shape)
+            codes = q.astype(self._code_dtype()).reshape(shape)
         out = {"": codes, "_scale": scale}
         if not self.symmetric:
-            out["_zero_point"] = np.asarray(qp.zero_point).astype(self._code_dtype()).reshape(
+            out["_zero_point"] = np.asarray(zero_point).astype(self._code_dtype()).reshape(
                 scale.shape)
         return out
 
@@ -392,7 +397,28 @@ def _named():
         "fp8-block": lambda: FloatScheme("fp8-block", "float8_e4m3fn", tile=128),
         "nf4": NF4Scheme,
         "f16": F16Scheme,
+        "f32": lambda: CastScheme("f32", np.float32, "F32"),
+        "bf16": lambda: CastScheme("bf16", "bfloat16", "BF16"),
     }
+
+
+class CastScheme(Scheme):
+    """A plain float type (the ``dense`` storage of pruned weights): float32 or bfloat16."""
+
+    def __init__(self, name, dtype, gguf_type):
+        import ml_dtypes
+
+        self.name, self.gguf_type = name, gguf_type
+        self.dtype = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+
+    def parts(self, shape):
+        return [Part("", self.dtype, tuple(shape))]
+
+    def quantize(self, w):
+        return {"": np.asarray(w, np.float32).astype(self.dtype)}
+
+    def dequantize(self, parts, shape):
+        return np.asarray(parts[""], np.float32).reshape(shape)
 
 
 def get_scheme(name: str) -> Scheme:
@@ -407,6 +433,11 @@ def get_scheme(name: str) -> Scheme:
     named = _named()
     if name in named:
         return named[name]()
+    import re
+
+    m = re.fullmatch(r"int([2-8])-g([1-9][0-9]*)", name)
+    if m:  # int4-g128's family at any width and group: uint{b}, min-max per group
+        return IntegerScheme(name, f"uint{m.group(1)}", symmetric=False, group=int(m.group(2)))
     from ..formats import get_format, list_formats
 
     try:
