@@ -322,6 +322,9 @@ def _add_compress(sub):
                    help="per-layer calibration inputs (an .npz keyed by tensor name) for "
                    "gptq / awq / wanda / sparsegpt rules, gptq-int4-g128, awq-int4-g128 and "
                    "mixed:B")
+    p.add_argument("--save-plan", default=None, metavar="PLAN.toml",
+                   help="--scheme mixed:B: also save the plan (.toml: a recipe for --recipe; "
+                   ".json)")
 
 
 def _write_reports(rep, paths):
@@ -343,6 +346,10 @@ def _run_compress(args) -> int:
     for path in args.report:  # refuse a bad report name before any work
         if not path.lower().endswith((".json", ".csv")):
             raise RefquantError(f"--report {path!r}: name it .json or .csv")
+    if args.save_plan and not (args.scheme or "").startswith("mixed:"):
+        raise RefquantError("--save-plan saves the plan of --scheme mixed:B")
+    if args.save_plan and not args.save_plan.endswith((".toml", ".json")):
+        raise RefquantError(f"--save-plan {args.save_plan!r}: name it .toml or .json")
     rep = compress(args.input, args.output, scheme=args.scheme, recipe=args.recipe,
                    overwrite=args.overwrite, nonfinite=args.nonfinite,
                    progress=None if args.quiet else tqdm_progress(), resume=args.resume,
@@ -351,6 +358,11 @@ def _run_compress(args) -> int:
                    workers=None if args.scheduler == "dask" else args.workers,
                    calibration=args.calibration)
     _write_reports(rep, args.report)
+    plan = getattr(rep, "plan", None)
+    if plan is not None and args.save_plan:
+        plan.save(args.save_plan)
+    if plan is not None and not args.json and not args.quiet:
+        print(plan.table())
     if args.json:
         print(rep.to_json())
     elif not args.quiet:

@@ -422,7 +422,7 @@ def _workers(workers) -> int:
 
 def _write_all(ck, planned, writer, fmt, nonfinite, calib, workers, report, progress):
     """Quantize on ``workers`` threads, read and write here in plan order (so the bytes do not
-    depend on ``workers``): at most ``workers + 1`` tensors in flight."""
+    depend on ``workers``): at most ``workers`` tensors in flight."""
     def done(i, p, row):
         report.rows.append(row)
         if progress is not None:
@@ -454,7 +454,7 @@ def _write_all(ck, planned, writer, fmt, nonfinite, calib, workers, report, prog
                     continue
                 w = _logical(ck, p)
                 window.append((i, p, pool.submit(_quantize_planned, p, w, nonfinite, calib)))
-                if len(window) > workers:
+                if len(window) >= workers:
                     drain_one()
             while window:
                 drain_one()

@@ -289,3 +289,26 @@ def test_permission_error_names_the_folder(model, tmp_path, monkeypatch):
     finally:
         os.chmod(ro, 0o700)
     assert os.listdir(ro) == []
+
+
+def test_cli_mixed_plan_calibration_and_workers(model, tmp_path, capsys):
+    from refquant.cli import main
+
+    d, _, _ = model
+    rc = main(["compress", str(d / "m.safetensors"), "-o", str(tmp_path / "o.safetensors"),
+               "--scheme", "mixed:4.5", "--save-plan", str(tmp_path / "p.toml"),
+               "--workers", "2", "--calibration", str(d / "acts.npz")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "mixed-precision plan: 4.5 bits/weight" in out and "hessian_diag" in out
+    rc = main(["compress", str(d / "m.safetensors"), "-o", str(tmp_path / "p.safetensors"),
+               "--recipe", str(tmp_path / "p.toml"), "--workers", "1", "-q"])
+    assert rc == 0
+    a = rio.load_arrays(tmp_path / "o.safetensors")
+    b = rio.load_arrays(tmp_path / "p.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    rc = main(["compress", str(d / "m.safetensors"), "-o", str(tmp_path / "q.safetensors"),
+               "--scheme", "int8", "--save-plan", str(tmp_path / "x.toml")])
+    assert rc == 2 and "--save-plan saves the plan of --scheme mixed:B" in capsys.readouterr().err
+    assert not (tmp_path / "x.toml").exists() and not (tmp_path / "q.safetensors").exists()
