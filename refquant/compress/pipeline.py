@@ -311,7 +311,9 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
         output; written in order, so the bytes are the 1-worker run's) or shards
         on this many processes (sharded output). Default: the CPUs this process
         may use (``os.sched_getaffinity``). Peak memory grows to about ``workers``
-        tensors (shards) in flight.
+        tensors (shards) in flight. Threads need Numba's ``omp`` or ``tbb``
+        threading layer (its parallel kernels are not thread-safe under
+        ``workqueue``); without one a single-file run uses one thread.
 
     Returns
     -------
@@ -420,6 +422,20 @@ def _workers(workers) -> int:
     return int(workers)
 
 
+def _numba_threadsafe() -> bool:
+    """Whether Numba's parallel kernels may run from two threads at once: its ``omp`` and
+    ``tbb`` threading layers are thread-safe, ``workqueue`` (the fallback when neither is
+    installed) aborts the process on concurrent launches, so threads are not used then."""
+    try:
+        import numba
+        from numba.np.ufunc import parallel
+
+        parallel._launch_threads()
+        return numba.threading_layer() in ("omp", "tbb")
+    except Exception:  # pragma: no cover - numba internals moved: play safe
+        return False
+
+
 def _write_all(ck, planned, writer, fmt, nonfinite, calib, workers, report, progress):
     """Quantize on ``workers`` threads, read and write here in plan order (so the bytes do not
     depend on ``workers``): at most ``workers`` tensors in flight."""
@@ -428,6 +444,8 @@ def _write_all(ck, planned, writer, fmt, nonfinite, calib, workers, report, prog
         if progress is not None:
             progress(i + 1, len(planned), p.name)
 
+    if workers > 1 and not _numba_threadsafe():
+        workers = 1
     if workers <= 1:
         for i, p in enumerate(planned):
             done(i, p, _one(ck, p, writer, fmt, nonfinite, calib))

@@ -312,3 +312,20 @@ def test_cli_mixed_plan_calibration_and_workers(model, tmp_path, capsys):
                "--scheme", "int8", "--save-plan", str(tmp_path / "x.toml")])
     assert rc == 2 and "--save-plan saves the plan of --scheme mixed:B" in capsys.readouterr().err
     assert not (tmp_path / "x.toml").exists() and not (tmp_path / "q.safetensors").exists()
+
+
+def test_without_a_threadsafe_numba_layer_one_thread_is_used(model, tmp_path, monkeypatch):
+    from concurrent import futures
+
+    import refquant.compress.pipeline as pl
+
+    d, _, _ = model
+    compress(d / "m.safetensors", tmp_path / "a.gguf", scheme="q4_0", workers=1)
+    monkeypatch.setattr(pl, "_numba_threadsafe", lambda: False)
+
+    def no_pool(*a, **k):
+        raise AssertionError("a thread pool was started")
+
+    monkeypatch.setattr(futures, "ThreadPoolExecutor", no_pool)
+    compress(d / "m.safetensors", tmp_path / "b.gguf", scheme="q4_0", workers=2)
+    assert _sha(tmp_path / "a.gguf") == _sha(tmp_path / "b.gguf")
