@@ -6,6 +6,12 @@ A recipe rule (or the whole recipe) may add, to a tensor's scheme::
     prune  = "2:4" | "N:M" | "50%" | "0.5" | "rows:25%"
     score  = "magnitude" | "wanda" | "sparsegpt"   # default "magnitude"
 
+llama.cpp types take an importance matrix instead (``imatrix = "model.imatrix"``
+in the recipe: llama-imatrix's GGUF or legacy ``.dat``, read by
+:func:`refquant.io.imatrix.load_imatrix`): every ggml-typed tensor it names is
+quantized by :func:`refquant.compat.ggml.quantize` with its importance vector
+(``quantize_<type>(..., quant_weights)``, as llama-quantize does).
+
 Calibration data (``calibration = "acts.npz"`` in the recipe, relative to the
 recipe file; ``compress(..., calibration=)``; ``--calibration``) is an ``.npz``
 of **per-layer inputs**: one array per weight, keyed by the weight tensor's name
@@ -122,10 +128,20 @@ def check_treatment(method, prune, score, where) -> Treatment:
 
 
 class Calibration:
-    """Per-layer calibration inputs from an ``.npz`` (see the module docstring)."""
+    """Per-layer calibration inputs from an ``.npz`` (see the module docstring), and / or a
+    llama.cpp importance matrix (``imatrix``) for the ggml block types."""
 
-    def __init__(self, path):
-        self.path = os.fspath(path)
+    def __init__(self, path=None, imatrix=None):
+        self.imatrix_path = None if imatrix is None else os.fspath(imatrix)
+        self.imatrix = None
+        if imatrix is not None:
+            from ..io.imatrix import load_imatrix
+
+            self.imatrix = load_imatrix(imatrix)
+        self.path = None if path is None else os.fspath(path)
+        self._z = None
+        if path is None:
+            return
         try:
             self._z = np.load(self.path, allow_pickle=False)
         except (OSError, ValueError) as e:
@@ -136,6 +152,9 @@ class Calibration:
 
     def rows(self, name: str, width: int, where: str) -> np.ndarray:
         """The layer's inputs as float64 rows (n, width)."""
+        if self._z is None:
+            raise RefquantError(f"{where}: tensor {name!r} needs calibration inputs (an .npz: "
+                                "calibration = 'acts.npz' in the recipe, or --calibration)")
         for key in (name, name[:-len(".weight")] if name.endswith(".weight") else None):
             if key is not None and key in self._z.files:
                 x = self._z[key]
@@ -154,8 +173,19 @@ class Calibration:
                                 f"{bad}")
         return x
 
+    def importance(self, name: str, width: int):
+        """llama-quantize's importance vector of ``name`` (None when the imatrix has none)."""
+        if self.imatrix is None or name not in self.imatrix:
+            return None
+        v = np.asarray(self.imatrix[name], np.float32)
+        if v.shape != (width,):
+            raise RefquantError(f"imatrix {self.imatrix_path!r}: entry {name!r} has "
+                                f"{v.size} values, the tensor's rows {width}")
+        return v
+
     def close(self):
-        self._z.close()
+        if self._z is not None:
+            self._z.close()
 
 
 def _hessian(x):
@@ -217,6 +247,17 @@ def gptq_parts(scheme, w, x):
 
 def apply(scheme, w, t: Treatment | None, calib: Calibration | None, name: str):
     """The scheme's parts for ``w`` under treatment ``t`` (prune, then quantize)."""
+    from .schemes import GGMLScheme
+
+    if isinstance(scheme, GGMLScheme) and calib is not None and calib.imatrix is not None:
+        imp = calib.importance(name, int(w.shape[-1]) if w.ndim else 1)
+        if imp is not None and (t is None or (t.method == "rtn")):
+            from ..compat.ggml import quantize
+
+            if t is not None and t.prune is not None:
+                w = _prune(np.asarray(w, np.float64), t, None if not t.needs_calibration else
+                           calib.rows(name, int(np.prod(w.shape[1:])), t.where), name)
+            return {"": quantize(np.asarray(w, np.float32), scheme.name, imatrix=imp)}
     if t is None or (t.method == "rtn" and t.prune is None):
         return scheme.quantize(w)
     x = None

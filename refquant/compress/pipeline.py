@@ -342,7 +342,9 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
     from .methods import Calibration
     from .mixed import MixedRecipe
 
-    calib = Calibration(calib_path) if calib_path is not None else None
+    imx = getattr(rec, "imatrix", None)
+    calib = (Calibration(calib_path, imx) if calib_path is not None or imx is not None
+             else None)
     if isinstance(rec, MixedRecipe):
         with rio.open(src) as ck0:
             rec = rec.resolve(ck0, calib)
@@ -356,7 +358,8 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
         return compress_sharded(src, dst, rec, overwrite=overwrite, nonfinite=nonfinite,
                                 progress=progress, resume=resume, scheduler=scheduler,
                                 n_workers=n_workers, workers=workers,
-                                calibration=None if calib is None else calib.path)
+                                calibration=None if calib is None else calib.path,
+                                imatrix=None if calib is None else calib.imatrix_path)
     if resume or scheduler not in (None, "local"):
         raise RefquantError("resume= and scheduler= work shard by shard: name the output a "
                             "folder or FOLDER/model.safetensors.index.json, not "

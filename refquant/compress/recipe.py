@@ -26,6 +26,7 @@ A recipe file (TOML)::
     prune = "2:4"                   # N:M, "50%", "rows:25%"; score = magnitude, wanda, sparsegpt
 
     calibration = "acts.npz"        # top level: per-layer inputs keyed by tensor name
+    imatrix = "model.imatrix"       # top level: llama.cpp importance matrix (ggml types)
     method = "rtn"                  # top level: the default method / prune / score
 
 A mixed-precision plan saved as TOML (:meth:`refquant.quant.mixed.MixedPrecisionPlan.save`)
@@ -97,6 +98,7 @@ class Recipe:
     prune: str | None = None
     score: str = "magnitude"
     calibration: str | None = None
+    imatrix: str | None = None
 
     def treatment(self, name: str):
         """The method / pruning of tensor ``name`` (:class:`~.methods.Treatment`), or None."""
@@ -170,7 +172,7 @@ def preset_recipe(scheme: str, output_format: str | None = None) -> Recipe:
 
 
 _TOP_KEYS = {"scheme", "rules", "keep_embeddings", "keep_head", "method", "prune", "score",
-             "calibration", "mixed_precision"}
+             "calibration", "imatrix", "mixed_precision"}
 _RULE_KEYS = {"pattern", "scheme", "required", "method", "prune", "score"}
 
 
@@ -223,6 +225,12 @@ def load_recipe(path) -> Recipe:
             raise RefquantError(f"recipe {src}: line {_line_of(text, 'calibration')}: "
                                 f"calibration must be a path string, got {calib!r}")
         calib = str(p.parent / calib) if not Path(calib).is_absolute() else calib
+    imx = data.get("imatrix")
+    if imx is not None:
+        if not isinstance(imx, str):
+            raise RefquantError(f"recipe {src}: line {_line_of(text, 'imatrix')}: imatrix must "
+                                f"be a path string, got {imx!r}")
+        imx = str(p.parent / imx) if not Path(imx).is_absolute() else imx
     for flag in ("keep_embeddings", "keep_head"):
         if not isinstance(data.get(flag, True), bool):
             raise RefquantError(f"recipe {src}: line {_line_of(text, flag)}: {flag} must be "
@@ -267,4 +275,4 @@ def load_recipe(path) -> Recipe:
                           score=r.get("score")))
     return Recipe(scheme=scheme, rules=rules, keep_embeddings=data.get("keep_embeddings", True),
                   keep_head=data.get("keep_head", True), source=src, calibration=calib,
-                  **top)
+                  imatrix=imx, **top)

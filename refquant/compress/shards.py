@@ -97,7 +97,8 @@ def run_shard(task: dict) -> dict:
     from .schemes import Part, get_scheme
 
     out = Path(task["output"])
-    calib = Calibration(task["calibration"]) if task.get("calibration") else None
+    calib = (Calibration(task.get("calibration"), task.get("imatrix"))
+             if task.get("calibration") or task.get("imatrix") else None)
     with rio.open(task["input"]) as ck:
         planned = []
         for name, sname, reason in task["tensors"]:
@@ -184,7 +185,7 @@ def _run_tasks(tasks, scheduler, n_workers, progress, workers=1):
 
 
 def compress_sharded(src, dst, rec, *, overwrite, nonfinite, progress, resume, scheduler,
-                     n_workers=None, workers=1, calibration=None):
+                     n_workers=None, workers=1, calibration=None, imatrix=None):
     """The sharded path of :func:`refquant.compress.compress` (see the module docstring)."""
     from .. import io as rio
     from .pipeline import _META_KEY, plan
@@ -221,7 +222,7 @@ def compress_sharded(src, dst, rec, *, overwrite, nonfinite, progress, resume, s
                              by_name[n].reason) for n in names],
                 "treat": {n: list(astuple(by_name[n].treat)) for n in names
                           if by_name[n].treat is not None},
-                "calibration": calibration})
+                "calibration": calibration, "imatrix": imatrix})
     outs = [os.path.basename(t["output"]) for t in tasks]
     if len(set(outs)) != len(outs):
         raise RefquantError("two input shards map to the same output shard name: "

@@ -329,3 +329,31 @@ def test_without_a_threadsafe_numba_layer_one_thread_is_used(model, tmp_path, mo
     monkeypatch.setattr(futures, "ThreadPoolExecutor", no_pool)
     compress(d / "m.safetensors", tmp_path / "b.gguf", scheme="q4_0", workers=2)
     assert _sha(tmp_path / "a.gguf") == _sha(tmp_path / "b.gguf")
+
+
+@pytest.mark.parametrize("out", ["o.gguf", "o.safetensors", "sharded"])
+def test_recipe_imatrix_quantizes_ggml_types_as_llama_quantize(model, tmp_path, out):
+    from refquant.compat.ggml import quantize
+    from refquant.io.imatrix import compute_imatrix, load_imatrix, save_imatrix
+
+    d, w, acts = model
+    save_imatrix(compute_imatrix({k: v for k, v in acts.items()}), tmp_path / "m.imatrix")
+    imp = load_imatrix(tmp_path / "m.imatrix")
+    r = _recipe(tmp_path, 'imatrix = "m.imatrix"\nscheme = "iq4_xs"\n')
+    dst = tmp_path / (out if out != "sharded" else "shards")
+    compress(d / "m.safetensors", dst, recipe=r, workers=2)
+    if out == "sharded":
+        got = rio.load_arrays(dst / "model.safetensors.index.json")
+    else:
+        got = rio.load_arrays(dst) if out.endswith("safetensors") else None
+    n = "model.layers.0.mlp.up_proj.weight"
+    want = quantize(w[n], "iq4_xs", imatrix=imp[n])
+    plain = quantize(w[n], "iq4_xs")
+    assert not np.array_equal(want, plain)
+    if got is None:
+        import gguf
+
+        t = {t.name: t for t in gguf.GGUFReader(dst).tensors}[n]
+        np.testing.assert_array_equal(np.asarray(t.data).reshape(want.shape), want)
+    else:
+        np.testing.assert_array_equal(got[n], want)
