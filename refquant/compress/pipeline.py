@@ -355,11 +355,14 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
     if fmt == "sharded":
         from .shards import compress_sharded
 
-        return compress_sharded(src, dst, rec, overwrite=overwrite, nonfinite=nonfinite,
-                                progress=progress, resume=resume, scheduler=scheduler,
-                                n_workers=n_workers, workers=workers,
-                                calibration=None if calib is None else calib.path,
-                                imatrix=None if calib is None else calib.imatrix_path)
+        rep = compress_sharded(src, dst, rec, overwrite=overwrite, nonfinite=nonfinite,
+                               progress=progress, resume=resume, scheduler=scheduler,
+                               n_workers=n_workers, workers=workers,
+                               calibration=None if calib is None else calib.path,
+                               imatrix=None if calib is None else calib.imatrix_path)
+        if getattr(rec, "plan", None) is not None:
+            rep.plan = rec.plan
+        return rep
     if resume or scheduler not in (None, "local"):
         raise RefquantError("resume= and scheduler= work shard by shard: name the output a "
                             "folder or FOLDER/model.safetensors.index.json, not "

@@ -357,3 +357,16 @@ def test_recipe_imatrix_quantizes_ggml_types_as_llama_quantize(model, tmp_path, 
         np.testing.assert_array_equal(np.asarray(t.data).reshape(want.shape), want)
     else:
         np.testing.assert_array_equal(got[n], want)
+
+
+def test_mixed_preset_on_sharded_output_plans_the_whole_model(tmp_path):
+    rng = np.random.default_rng(4)
+    w = {f"l{i}.weight": (rng.normal(size=(16, 256)) * (i + 1)).astype(np.float32)
+         for i in range(4)}
+    (tmp_path / "in").mkdir()
+    rio.save(w, tmp_path / "in" / "model.safetensors.index.json", max_shard_size=40000)
+    rep = compress(tmp_path / "in", tmp_path / "out", scheme="mixed:4", workers=1)
+    assert rep.plan.total_bits <= 4 * rep.plan.numel
+    got = {r.name: r.scheme for r in rep.rows}
+    assert got == rep.plan.choices()
+    assert len(set(got.values())) > 1  # a real mix
