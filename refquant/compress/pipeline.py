@@ -309,7 +309,7 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
     workers : int, optional
         Local parallelism: tensors quantized on this many threads (single-file
         output; written in order, so the bytes are the 1-worker run's) or shards
-        on this many processes (sharded output). Default: the CPUs this process
+        on this many threads (sharded output, each shard its own file). Default: the CPUs this process
         may use (``os.sched_getaffinity``). Peak memory grows to about ``workers``
         tensors (shards) in flight. Threads need Numba's ``omp`` or ``tbb``
         threading layer (its parallel kernels are not thread-safe under

@@ -131,15 +131,18 @@ def run_shard(task: dict) -> dict:
 def _run_tasks(tasks, scheduler, n_workers, progress, workers=1):
     if not tasks:
         return []
-    if scheduler in (None, "local") and workers > 1 and len(tasks) > 1:
-        # shards on a process pool; each writes its own file, so the bytes are the
-        # one-worker run's (results gathered in task order)
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+    from .pipeline import _numba_threadsafe
+
+    if scheduler in (None, "local") and workers > 1 and len(tasks) > 1 and _numba_threadsafe():
+        # shards on threads (NumPy and the Numba kernels release the GIL; a process pool's
+        # start-up, seconds on a busy machine, costs more than it gains on most
+        # checkpoints); each shard writes its own file, so the bytes are the one-worker
+        # run's (results gathered in task order)
+        from concurrent.futures import ThreadPoolExecutor
 
         results = []
-        ctx = mp.get_context("spawn")  # no fork of a process holding threads / open files
-        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx) as pool:
+        with ThreadPoolExecutor(min(workers, len(tasks)),
+                                thread_name_prefix="refquant-shard") as pool:
             for i, r in enumerate(pool.map(run_shard, tasks)):
                 results.append(r)
                 if progress is not None:
