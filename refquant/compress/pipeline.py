@@ -295,8 +295,8 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
         Sharded output: continue the run that was interrupted, keeping its finished
         shards; the result is byte for byte an uninterrupted run's.
     scheduler : {None, "local", "dask"} or str
-        Sharded output: where the shards run. None / ``"local"``: here, one after
-        another; ``"dask"``: a Dask LocalCluster of ``n_workers`` (2) processes;
+        Sharded output: where the shards run. None / ``"local"``: here, ``workers``
+        at a time; ``"dask"``: a Dask LocalCluster of ``n_workers`` (2) processes;
         ``"tcp://HOST:PORT"``: an existing Dask distributed scheduler whose workers
         see the same file system.
     n_workers : int, optional
