@@ -201,18 +201,24 @@ def _finite_or_refuse(name, w, nonfinite):
 
 def _measure(w, w_hat, scheme, parts, shape) -> tuple[float | None, float | None, bool]:
     """SQNR in dB (None when exact), max error in steps (None without steps), exact."""
-    w64 = np.asarray(w, np.float64).reshape(-1)
-    err = w64 - np.asarray(w_hat, np.float64).reshape(-1)
-    # einsum, not np.dot: a BLAS ddot call costs ~2 ms here (OpenBLAS threads on 2 busy
-    # cores) against 30 us for the same sum, and it ran once per tensor
-    noise = float(np.einsum("i,i->", err, err))
+    wf = np.asarray(w).reshape(-1)
+    hf = np.asarray(w_hat).reshape(-1)
+    # in float64 chunks of 64 Ki elements (cache-sized: three times faster than whole
+    # float64 copies of a large tensor); einsum, not np.dot: a BLAS ddot call costs ~2 ms
+    # here (OpenBLAS threads on 2 busy cores) against 30 us for the same sum
+    noise = signal = 0.0
+    for i in range(0, wf.size, 1 << 16):
+        a = wf[i:i + (1 << 16)].astype(np.float64)
+        d = a - hf[i:i + (1 << 16)].astype(np.float64)
+        noise += float(np.einsum("i,i->", d, d))
+        signal += float(np.einsum("i,i->", a, a))
     if noise == 0:
         return None, (0.0 if scheme.has_steps else None), True
-    signal = float(np.einsum("i,i->", w64, w64))
     sq = 10 * math.log10(signal / noise) if signal > 0 else -math.inf
     steps = None
     st = scheme.steps(parts, shape)
     if st is not None:
+        err = np.asarray(w, np.float64).reshape(-1) - np.asarray(w_hat, np.float64).reshape(-1)
         e = np.abs(err.reshape(np.shape(st)[0], -1)) / st
         steps = float(e.max()) if e.size else 0.0
     return (sq if math.isfinite(sq) else None), steps, False
