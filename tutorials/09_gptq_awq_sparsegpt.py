@@ -262,7 +262,108 @@ for d in methods.values():
 # the input norms in its score, lands between it and plain magnitude. 2:4 costs
 # more than 50 % unstructured for every method: it forbids pruning two small
 # weights that share a group of four.
+
+# %% [markdown]
+# ## AWQ: searching the migration exponent $\alpha$
 #
+# AWQ scales input channel $j$ of $W$ by $s_j = \bar{|x_j|}^{\alpha}$ (normalised
+# by $\sqrt{\max s \cdot \min s}$) and the input by $1/s_j$: the product is
+# unchanged, but salient channels (large mean activation) get a finer grid.
+# $\alpha$ is chosen on the grid $\{0, 0.05, \dots, 0.95\}$ by the layer's output
+# MSE with $W' = Q(W\,\mathrm{diag}(s))\,\mathrm{diag}(s)^{-1}$; $\alpha = 0$ is
+# round-to-nearest.
+
+# %%
+from refquant.quant.awq import awq  # noqa: E402
+
+aw = awq(W, X, bits=3, group_size=32)
+assert aw.losses[0] >= aw.loss and np.isclose(aw.alpha, aw.alphas[np.argmin(aw.losses)])
+fig, ax = plt.subplots(figsize=(6, 3.2))
+ax.plot(aw.alphas, aw.losses, "o-")
+ax.axvline(aw.alpha, color="C3", ls="--", label=f"best alpha = {aw.alpha:.2f}")
+ax.set_xlabel("alpha")
+ax.set_ylabel("output MSE (int3, group 32)")
+ax.set_title("AWQ grid search on blocks.0")
+ax.legend()
+fig.tight_layout()
+fig.savefig(OUT / "awq_alpha_search.png", dpi=110)
+print(f"AWQ: alpha {aw.alpha:.2f}, output MSE {aw.loss:.3e} vs RTN {aw.losses[0]:.3e}")
+
+# %% [markdown]
+# ## SmoothQuant: migrating the activation range into the weights
+#
+# For W8A8 the activations' per-channel ranges matter: SmoothQuant divides input
+# channel $j$ by $s_j = \max|X_j|^{\alpha} / \max|W_j|^{1-\alpha}$ and multiplies
+# $W$'s column $j$ by it, so $\max|X_j/s_j| = \max|X_j|^{1-\alpha}\max|W_j|^{1-\alpha}$
+# and $\max|W_j s_j| = \max|X_j|^{\alpha}\max|W_j|^{\alpha}$: with $\alpha = 0.5$
+# both become the geometric mean.
+
+# %%
+from refquant.quant.smoothquant import ActivationRangeAccumulator, smoothing_scales  # noqa: E402
+
+rng_acc = ActivationRangeAccumulator(W.shape[1])
+rng_acc.update(X)
+x_max = rng_acc.absmax
+w_max = np.abs(W).max(axis=0)
+live = x_max > 0
+s_sq = smoothing_scales(x_max, W, 0.5)
+x_after, w_after = x_max / s_sq, w_max * s_sq
+assert np.allclose(x_after[live], w_after[live])  # alpha = 0.5 balances the two exactly
+order = np.argsort(-x_max)
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+for axis, (title, xa, wa) in zip(axes, [("before", x_max, w_max), ("after (alpha 0.5)",
+                                                                    x_after, w_after)],
+                                    strict=True):
+    axis.semilogy(xa[order], label="max |X_j|")
+    axis.semilogy(wa[order], label="max |W_j|")
+    axis.set_title(f"SmoothQuant {title}")
+    axis.set_xlabel("input channel (by max |X|)")
+axes[0].legend()
+fig.tight_layout()
+fig.savefig(OUT / "smoothquant_migration.png", dpi=110)
+print(f"activation range spread (max/median): {np.max(x_max) / np.median(x_max[live]):.1f} "
+      f"-> {np.max(x_after[live]) / np.median(x_after[live]):.1f}")
+
+# %% [markdown]
+# ## A Hadamard rotation on an outlier channel
+#
+# QuaRot / SpinQuant rotate the input axis by an orthogonal $R = D H / \sqrt n$
+# ($H$ Hadamard, $D$ random signs): $(xR)(WR)^\top = xW^\top$. An outlier channel
+# is spread over all $n$ channels (here a channel near 30 becomes about
+# $\pm 30/\sqrt{128}$ on every channel), the tail of the distribution is gone
+# (the kurtosis falls from about 120 to about 1) and a 4-bit grid sized by each
+# token's maximum wastes far less range.
+
+# %%
+from refquant.quant.rotation import kurtosis, rotate, unrotate  # noqa: E402
+
+Xo = X.copy()
+Xo[:, 7] = 10 * Xo[:, 7] + 30  # one outlier channel, as LLM activations have
+Xr = rotate(Xo, seed=0)
+assert np.allclose(Xr @ rotate(W, seed=0).T, Xo @ W.T)  # the layer output is unchanged
+assert np.allclose(unrotate(Xr, seed=0), Xo)
+
+
+def int4_token_mse(v):
+    """symmetric per-token int4 round-to-nearest error (the same in both bases: R is orthogonal)."""
+    scale = np.abs(v).max(axis=1, keepdims=True) / 7
+    return float(np.mean((np.clip(np.round(v / scale), -8, 7) * scale - v) ** 2))
+
+
+k_before, k_after = kurtosis(Xo), kurtosis(Xr)
+e_before, e_after = int4_token_mse(Xo), int4_token_mse(Xr)
+assert k_after < k_before / 5 and e_after < e_before / 2
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+axes[0].hist(Xo.ravel(), bins=120, log=True)
+axes[0].set_title(f"before: kurtosis {k_before:.0f}")
+axes[1].hist(Xr.ravel(), bins=120, log=True, color="C1")
+axes[1].set_title(f"after Hadamard: kurtosis {k_after:.1f}")
+fig.tight_layout()
+fig.savefig(OUT / "hadamard_outlier_histogram.png", dpi=110)
+print(f"kurtosis {k_before:.1f} -> {k_after:.2f}; int4 per-token MSE {e_before:.3e} -> "
+      f"{e_after:.3e}")
+
+# %% [markdown]
 # The hand-worked values still hold:
 
 # %%

@@ -62,9 +62,13 @@ import scipy.linalg.lapack as lapack
 from .._errors import RefquantError
 from .qparams import FLOAT32_EPS, qparams_from_range
 
-__all__ = ["HessianAccumulator", "GPTQResult", "gptq", "gptq_hessian_factor", "GPTQ_BITS"]
+__all__ = ["HessianAccumulator", "GPTQResult", "gptq", "gptq_hessian_factor", "GPTQ_BITS",
+           "GPTQ_FORMATS"]
 
 GPTQ_BITS = (2, 3, 4, 5, 6, 7, 8)
+#: ``fmt`` values: the signed integer grid of ``bits`` bits, or fp8 e4m3fn (max 448)
+GPTQ_FORMATS = ("int", "float8_e4m3fn", "nvfp4")
+_FP8_MAX = 448.0  # float8_e4m3fn's largest finite value (compressed-tensors FP8_E4M3_DATA.max)
 _PRECISIONS = {"float32": np.float32, "float64": np.float64}
 
 
@@ -161,6 +165,9 @@ class GPTQResult:
     rtn_fallback : bool
         True when no damping made H positive definite and ``U = I`` was used
         (round-to-nearest with the same qparams, as llmcompressor falls back).
+    global_scale : float or None
+        ``fmt="nvfp4"``: the float32 global scale; the group scales in ``scale``
+        are the e4m3fn values and the effective scale is ``scale / global_scale``.
     """
 
     codes: np.ndarray
@@ -173,6 +180,7 @@ class GPTQResult:
     dampening_frac: float
     damping_retries: int
     rtn_fallback: bool
+    global_scale: float | None = None
 
 
 # --------------------------------------------------------------------------- Cholesky
@@ -328,6 +336,76 @@ def _group_qparams(w: np.ndarray, bits: int, symmetric: bool):
     return np.asarray(qp.scale, np.float32), np.asarray(qp.zero_point, np.int64)
 
 
+def _fp8_qparams(w: np.ndarray):
+    """compressed-tensors ``calculate_qparams`` for FLOAT 8 symmetric: ``max|w| / 448`` per row.
+
+    The range is widened to contain 0, ``max_val_pos / (896 / 2)`` in float32,
+    a zero scale replaced by float32 eps; zero points are 0.
+    """
+    lo = np.minimum(np.min(w, axis=1), np.float32(0))
+    hi = np.maximum(np.max(w, axis=1), np.float32(0))
+    amax = np.maximum(np.abs(lo), np.abs(hi)).astype(np.float32)
+    scale = amax / np.float32(_FP8_MAX)
+    scale = np.where(scale == 0, np.float32(FLOAT32_EPS), scale).astype(np.float32)
+    return scale, np.zeros(w.shape[0], np.int64)
+
+
+def _fake_quantize_fp8(w, scale):
+    """Bit patterns and dequantized values of one column, fp8 e4m3fn.
+
+    compressed-tensors ``_quantize_dequantize`` for FLOAT 8 as llmcompressor's
+    GPTQ calls it (``column_scale_window`` passes no zero point for symmetric
+    args, so -0 stays -0): ``x / s``, clamp to [-448, 448], cast to
+    ``float8_e4m3fn`` (round to nearest even), then ``q * s``.
+    """
+    import ml_dtypes
+
+    dt = w.dtype.type
+    s = scale.astype(dt)
+    scaled = w / s
+    q8 = np.clip(scaled, dt(-_FP8_MAX), dt(_FP8_MAX)).astype(ml_dtypes.float8_e4m3fn)
+    return q8.view(np.uint8).astype(np.int64), q8.astype(dt) * s
+
+
+def _nvfp4_global_scale(w: np.ndarray) -> np.float32:
+    """compressed-tensors ``generate_gparam``: ``448 * 6 / max|w|`` over the whole tensor.
+
+    float32; ``2688.0 / t`` with a Python float is torch's ``reciprocal(t) * 2688``
+    (two roundings); ``max|w|`` at least float32 tiny; Inf / NaN become 1.
+    """
+    amax = np.float32(max(-min(np.min(w), 0.0), max(np.max(w), 0.0)))
+    amax = max(amax, np.finfo(np.float32).tiny)
+    with np.errstate(over="ignore"):
+        g = (np.float32(1) / np.float32(amax)) * np.float32(448.0 * 6.0)
+    return np.float32(g) if np.isfinite(g) else np.float32(1)
+
+
+def _nvfp4_qparams(w: np.ndarray, global_scale):
+    """compressed-tensors ``calculate_qparams`` for NVFP4 (TENSOR_GROUP): per row of ``w``
+    ``fp8(global_scale * max|w| / 6)`` (clamped to ±448, cast to e4m3fn), 0 → 0.125."""
+    import ml_dtypes
+
+    lo = np.minimum(np.min(w, axis=1), np.float32(0))
+    hi = np.maximum(np.max(w, axis=1), np.float32(0))
+    amax = np.maximum(np.abs(lo), np.abs(hi)).astype(np.float32)
+    s = np.float32(global_scale) * (amax / np.float32(6))
+    s = np.clip(s, np.float32(-448), np.float32(448)).astype(ml_dtypes.float8_e4m3fn)
+    s = s.astype(np.float32)
+    s = np.where(s == 0, np.float32(0.125), s).astype(np.float32)  # float8_e4m3fn eps
+    return s, np.zeros(w.shape[0], np.int64)
+
+
+def _fake_quantize_fp4(w, eff_scale):
+    """e2m1 bit patterns and dequantized values: ``x / s``, clamp ±6, round to the e2m1
+    grid (half to even: compressed-tensors ``cast_to_fp4``'s thresholds), ``q * s``."""
+    import ml_dtypes
+
+    dt = w.dtype.type
+    s = eff_scale.astype(dt)
+    q4 = np.clip(w / s, dt(-6), dt(6)).astype(ml_dtypes.float4_e2m1fn)
+    return q4.view(np.uint8).astype(np.int64), q4.astype(dt) * s
+
+
 def _fake_quantize(w, scale, zp, qmin, qmax, symmetric):
     """Codes and dequantized values of one column, in ``w``'s dtype.
 
@@ -352,6 +430,7 @@ def gptq(
     bits=4,
     symmetric=True,
     group_size=128,
+    fmt="int",
     actorder=None,
     static_groups=True,
     dampening_frac=0.01,
@@ -375,8 +454,18 @@ def gptq(
         Symmetric: :math:`s = \\max|w| / ((q_{max} - q_{min})/2)` (7.5 for int4),
         ``z = 0``. Asymmetric: :math:`s = (\\max - \\min)/(q_{max} - q_{min})`,
         ``z = clamp(round(q_min - min/s))``; min and max are widened to contain 0.
-    group_size : int or None
-        Columns per group; ``None`` or ``-1``: one group per row (per channel).
+    group_size : int, None or "tensor"
+        Columns per group; ``None`` or ``-1``: one group per row (per channel);
+        ``"tensor"``: one scale (and zero point) for the whole matrix, repeated
+        in every row of ``scale`` (compressed-tensors' TENSOR strategy).
+    fmt : "int", "float8_e4m3fn" or "nvfp4"
+        The grid: signed integers of ``bits`` bits; fp8 e4m3fn (``bits`` is
+        then ignored; symmetric only, ``s = max|w| / 448``; codes hold the
+        e4m3fn bit patterns 0..255), llmcompressor's
+        ``QuantizationArgs(num_bits=8, type="float")``; or NVFP4 (compressed-tensors'
+        ``NVFP4`` preset: e2m1 codes 0..15, group scales rounded to e4m3fn, a
+        float32 global scale ``448 * 6 / max|W|``, effective scale
+        ``scale / global_scale``; group_size 16 in the preset).
     actorder : None or "weight"
         ``"weight"``: process columns by decreasing ``diag(H)`` (ties: lower
         index first; torch's unstable argsort may order ties differently).
@@ -428,7 +517,20 @@ def gptq(
     dt = _precision(precision)
     if isinstance(bits, bool) or bits not in GPTQ_BITS:
         raise RefquantError(f"bits must be one of {GPTQ_BITS}, got {bits!r}")
-    if group_size is None or group_size == -1:
+    if isinstance(group_size, str) and group_size != "tensor":
+        raise RefquantError(f"group_size must be a positive int, -1, None or 'tensor', "
+                            f"got {group_size!r}")
+    if fmt not in GPTQ_FORMATS:
+        raise RefquantError(f"fmt must be one of {GPTQ_FORMATS}, got {fmt!r}")
+    is_fp8 = fmt == "float8_e4m3fn"
+    is_fp4 = fmt == "nvfp4"
+    if (is_fp8 or is_fp4) and not symmetric:
+        raise RefquantError(f"fmt={fmt!r} is symmetric only; got symmetric=False")
+    if is_fp4 and (isinstance(group_size, str) or group_size is None or group_size == -1):
+        raise RefquantError(f"fmt='nvfp4' needs an int group_size (16), got {group_size!r}")
+    per_tensor = isinstance(group_size, str) and group_size == "tensor"
+    if per_tensor or group_size is None or (not isinstance(group_size, str)
+                                            and group_size == -1):
         gs = cols
     elif isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) \
             or group_size < 1:
@@ -454,14 +556,27 @@ def gptq(
     H = h0.astype(dt, copy=True)
     n_groups = -(-cols // gs)
 
+    global_scale = _nvfp4_global_scale(w0.astype(np.float32)) if is_fp4 else None
+
+    def qparams(block):
+        """Scale and zero point of each row of ``block`` (float32), or one for all rows."""
+        b = block.astype(np.float32)
+        if per_tensor:
+            b = np.stack([b.min(initial=np.inf), b.max(initial=-np.inf)])[None, :]
+        if is_fp4:
+            sc, z = _nvfp4_qparams(b, global_scale)
+        else:
+            sc, z = _fp8_qparams(b) if is_fp8 else _group_qparams(b, bits, symmetric)
+        if per_tensor:
+            sc, z = np.repeat(sc, rows), np.repeat(z, rows)
+        return sc, z
+
     # static qparams: the observer runs on the original weights (before dead columns are zeroed)
     if static_groups:
         scale = np.empty((rows, n_groups), np.float32)
         zp = np.zeros((rows, n_groups), np.int64)
         for g in range(n_groups):
-            scale[:, g], zp[:, g] = _group_qparams(
-                w0[:, g * gs:(g + 1) * gs].astype(np.float32), bits, symmetric
-            )
+            scale[:, g], zp[:, g] = qparams(w0[:, g * gs:(g + 1) * gs])
 
     perm = None
     if actorder == "weight":
@@ -492,11 +607,16 @@ def gptq(
             j = i1 + i
             if not static_groups and j % gs == 0:
                 g = j // gs
-                scale[:, g], zp[:, g] = _group_qparams(W[:, j:j + gs].astype(np.float32),
-                                                       bits, symmetric)
+                scale[:, g], zp[:, g] = qparams(W[:, j:j + gs])
             g = g_proc[j]
             w = W1[:, i]
-            codes[:, j], q = _fake_quantize(w, scale[:, g], zp[:, g], fmt_min, fmt_max, symmetric)
+            if is_fp4:  # column_scale_window: s / global_scale in float32
+                codes[:, j], q = _fake_quantize_fp4(w, scale[:, g] / global_scale)
+            elif is_fp8:
+                codes[:, j], q = _fake_quantize_fp8(w, scale[:, g])
+            else:
+                codes[:, j], q = _fake_quantize(w, scale[:, g], zp[:, g], fmt_min, fmt_max,
+                                                symmetric)
             err = (w - q) / U1[i, i]
             Q1[:, i] = q
             E1[:, i] = err
@@ -516,4 +636,5 @@ def gptq(
         codes=codes, scale=scale, zero_point=zp, g_idx=g_idx, dequantized=W,
         loss=float(np.sum(loss_rows)), perm=perm,
         dampening_frac=frac, damping_retries=retries, rtn_fallback=fallback,
+        global_scale=None if global_scale is None else float(global_scale),
     )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -159,8 +160,11 @@ def _recorder():
     # (issue 12's layouts): it cannot share CI's environment, so CI checks the recording
     # above and the live comparison runs where a separate environment has it
     # (scripts/record_llmcompressor_gptq.py names the versions).
-    pytest.importorskip("llmcompressor", reason="llmcompressor 0.14 lives in its own venv: "
-                        "its compressed-tensors pin conflicts with the peers extra")
+    if importlib.util.find_spec("llmcompressor") is None:
+        if os.environ.get("REFQUANT_LLMCOMPRESSOR_LIVE") == "1":  # .ci/peers-llmcompressor.sh
+            pytest.fail("REFQUANT_LLMCOMPRESSOR_LIVE=1 but llmcompressor is not installed")
+        pytest.skip("llmcompressor 0.14 lives in its own venv: its compressed-tensors pin "
+                    "conflicts with the peers extra")
     spec = importlib.util.spec_from_file_location(
         "record_llmcompressor_gptq", ROOT / "scripts" / "record_llmcompressor_gptq.py")
     mod = importlib.util.module_from_spec(spec)
@@ -172,13 +176,19 @@ def test_live_llmcompressor_reproduces_the_recording(rec):
     peer = _recorder()
     w, x = peer.inputs()
     np.testing.assert_array_equal(w, rec["weight"])
-    np.testing.assert_array_equal(peer.peer_hessian(x), rec["hessian"])
+    # torch's float32 X^T X goes through MKL, whose summation order depends on the CPU:
+    # on an AMD Zen 5 the Hessian recorded on an Intel Xeon differed by up to 4e-7 of
+    # its largest entry (78 % of entries by an ulp or more), so the live check is a bound
+    h = rec["hessian"]
+    np.testing.assert_allclose(peer.peer_hessian(x), h, rtol=1e-5, atol=1e-6 * np.max(h))
     for cfg in [(4, True, 128, "weight"), (8, False, -1, None)]:
-        out = peer.peer_gptq(w, rec["hessian"], *cfg)
-        np.testing.assert_array_equal(out["codes"], rec[f"{_name(*cfg)}/codes"])
+        out = peer.peer_gptq(w, h, *cfg)
+        assert np.mean(out["codes"] != rec[f"{_name(*cfg)}/codes"]) <= OWN_FACTOR_MISMATCH_BOUND
     for sparsity, n, m, name in PRUNE:
-        np.testing.assert_array_equal(peer.peer_sparsegpt(w, rec["hessian"], sparsity, n, m),
-                                      rec[f"sparsegpt_{name}/weight"])
+        got = peer.peer_sparsegpt(w, h, sparsity, n, m)
+        want = rec[f"sparsegpt_{name}/weight"]
+        np.testing.assert_array_equal(got == 0, want == 0)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.max(np.abs(want)))
         _, mask = peer.peer_wanda(w, x, sparsity, n, m)
         np.testing.assert_array_equal(mask, rec[f"wanda_{name}/mask"])
 
