@@ -20,6 +20,9 @@ without ``.weight``), of shape ``(..., in_features)``: the rows the layer saw on
 calibration data (for a linear layer ``y = x W^T``, the ``x``). Each array is
 read when its tensor is quantized (memory: one layer's inputs at a time).
 
+HQQ (calibration-free, a float zero point) is a scheme, ``hqq-int{b}-g{G}``
+(:class:`refquant.compress.schemes.HQQScheme`), not a method.
+
 Methods (tensor by tensor, so nothing is folded into a neighbouring layer):
 
 ``rtn``        the scheme's own quantization.
@@ -110,6 +113,9 @@ def parse_prune(spec, where="prune"):
 
 
 def check_treatment(method, prune, score, where) -> Treatment:
+    if method == "hqq":
+        raise RefquantError(f"{where}: HQQ needs no calibration and stores a float zero "
+                            "point, so it is a scheme: scheme = 'hqq-int4-g64' (hqq-int{b}-g{G})")
     if method not in METHODS:
         raise RefquantError(f"{where}: method must be one of {', '.join(METHODS)}, got "
                             f"{method!r}")

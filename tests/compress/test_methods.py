@@ -370,3 +370,25 @@ def test_mixed_preset_on_sharded_output_plans_the_whole_model(tmp_path):
     got = {r.name: r.scheme for r in rep.rows}
     assert got == rep.plan.choices()
     assert len(set(got.values())) > 1  # a real mix
+
+
+def test_hqq_scheme_stores_hqqs_result(model, tmp_path):
+    from refquant.compress.recipe import load_recipe
+    from refquant.compress.schemes import get_scheme
+    from refquant.quant.hqq import hqq_quantize
+
+    d, w, _ = model
+    rep = compress(d / "m.safetensors", tmp_path / "h.safetensors", scheme="hqq-int4-g64",
+                   workers=2)
+    assert {r.scheme for r in rep.rows} == {"hqq-int4-g64", "keep"}
+    decompress(tmp_path / "h.safetensors", tmp_path / "hd.safetensors")
+    got = rio.load_arrays(tmp_path / "hd.safetensors")
+    for n in w:
+        if n.endswith("proj.weight"):
+            r = hqq_quantize(w[n], bits=4, group_size=64, axis=1)
+            np.testing.assert_array_equal(got[n], np.asarray(r.dequantized, np.float32))
+    assert get_scheme("hqq-int3-g32").unsupported((8, 48)) is not None
+    with pytest.raises(RefquantError, match="2, 3, 4, 5, 6 or 8 bits"):
+        get_scheme("hqq-int7-g64")
+    with pytest.raises(RefquantError, match=r"line 1: HQQ .* is a scheme"):
+        load_recipe(_recipe(tmp_path, 'method = "hqq"\nscheme = "int4-g128"\n'))
