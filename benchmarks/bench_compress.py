@@ -156,9 +156,10 @@ def _one(kind: str, ck: dict, out: str) -> dict:
         # per process, which a 30 MB checkpoint would otherwise mostly measure)
         warm = os.path.join(os.path.dirname(out), "warm")
         os.makedirs(warm, exist_ok=True)
-        rio.save({"w.weight": np.ones((8, 256), np.float32)}, warm + "/w.safetensors",
+        # large enough for backend="auto" to pick the Numba kernels
+        rio.save({"w.weight": np.ones((256, 4096), np.float32)}, warm + "/w.safetensors",
                  overwrite=True)
-        for s in ("int8", "q4_0", "q4_k", "q6_k"):
+        for s in ("int8", "q4_0", "q4_k", "q5_k", "q6_k", "q8_0"):
             compress(warm + "/w.safetensors", f"{warm}/w-{s}.safetensors", scheme=s,
                      overwrite=True)
 
