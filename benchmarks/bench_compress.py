@@ -9,7 +9,9 @@ RSS is that run's own), best of ``--repeat``:
   shard): the bandwidth ceiling of a streaming pipeline;
 * ``refquant int8``: per-channel int8, sharded safetensors in, sharded out;
 * ``refquant q4_0`` / ``refquant q4_k_m``: the bf16 GGUF to GGUF with
-  llama-quantize's type selection (what ``refquant compress --scheme q4_k_m`` does);
+  llama-quantize's type selection (what ``refquant compress --scheme q4_k_m`` does),
+  on every CPU of the process (the default ``workers``); ``... w1``: the same on
+  one worker (the speed-up of ``--workers``; the bytes are checked identical);
 * ``gguf-py q8_0`` / ``gguf-py q4_0``: gguf-py's NumPy quantizer
   (``gguf.quants.quantize``) over the same tensors, read and converted to
   float32 one at a time, nothing written (gguf-py has no Q4_K quantizer);
@@ -19,7 +21,8 @@ RSS is that run's own), best of ``--repeat``:
   byte for byte against refquant's.
 
 Throughput is GB/s of input (the bf16 bytes, 10^9 bytes per GB). Every refquant
-run includes its report (dequantizing each tensor and computing SQNR).
+run includes its report (dequantizing each tensor and computing SQNR); Numba's
+cached kernels are loaded (a tiny compress) before its clock starts.
 
 Usage::
 
@@ -144,12 +147,27 @@ def _one(kind: str, ck: dict, out: str) -> dict:
             shutil.copyfile(idx.parent / s, Path(out) / s)
         return {"seconds": time.perf_counter() - t0}
     if kind.startswith("refquant"):
+        import numpy as np
+
+        import refquant.io as rio
         from refquant.compress import compress
 
+        # load Numba's cached kernels before the clock starts (a one-off second or two
+        # per process, which a 30 MB checkpoint would otherwise mostly measure)
+        warm = os.path.join(os.path.dirname(out), "warm")
+        os.makedirs(warm, exist_ok=True)
+        # large enough for backend="auto" to pick the Numba kernels
+        rio.save({"w.weight": np.ones((256, 4096), np.float32)}, warm + "/w.safetensors",
+                 overwrite=True)
+        for s in ("int8", "q4_0", "q4_k", "q5_k", "q6_k", "q8_0"):
+            compress(warm + "/w.safetensors", f"{warm}/w-{s}.safetensors", scheme=s,
+                     overwrite=True)
+
         scheme = kind.split()[1]
+        workers = 1 if kind.endswith(" w1") else None
         src, dst = (ck["index"], out) if scheme == "int8" else (ck["gguf"], out + ".gguf")
         t0 = time.perf_counter()
-        compress(src, dst, scheme=scheme, overwrite=True)
+        compress(src, dst, scheme=scheme, overwrite=True, workers=workers)
         return {"seconds": time.perf_counter() - t0, "output": dst}
     if kind.startswith("gguf-py"):
         import gguf
@@ -255,25 +273,32 @@ def main() -> None:
               f"bf16 in {n_shards} shards (+ a {ck['gguf_bytes'] / 1e6:.1f} MB bf16 GGUF), written in "
               f"{time.perf_counter() - t0:.1f} s; {cpu}, {os.cpu_count()} CPUs, Python "
               f"{platform.python_version()}; best of {repeat}")
-        kinds = ["copy", "refquant int8", "gguf-py q8_0", "refquant q4_0", "gguf-py q4_0",
-                 "llama-quantize q4_0", "refquant q4_k_m", "llama-quantize q4_k_m"]
+        kinds = ["copy", "refquant int8", "refquant int8 w1", "gguf-py q8_0", "refquant q4_0",
+                 "refquant q4_0 w1", "gguf-py q4_0", "llama-quantize q4_0", "refquant q4_k_m",
+                 "refquant q4_k_m w1", "llama-quantize q4_k_m"]
         res = {}
         for k in kinds:
             r = _measure(k, ck, tmp, args, repeat)
             if r is not None:
                 res[k] = r
-        peers = {"refquant int8": ["copy", "gguf-py q8_0"],
-                 "refquant q4_0": ["copy", "gguf-py q4_0", "llama-quantize q4_0"],
-                 "refquant q4_k_m": ["copy", "llama-quantize q4_k_m"]}
+        peers = {"refquant int8": ["copy", "gguf-py q8_0", "refquant int8 w1"],
+                 "refquant q4_0": ["copy", "gguf-py q4_0", "llama-quantize q4_0",
+                                   "refquant q4_0 w1"],
+                 "refquant q4_0 w1": ["gguf-py q4_0"],
+                 "refquant q4_k_m": ["copy", "llama-quantize q4_k_m", "refquant q4_k_m w1"]}
         print(f"{'run':<24}{'seconds':>9}{'GB/s in':>9}{'peak RSS MB':>13}  "
               "refquant's speed / peer's")
         for k in kinds:
             r = res.get(k)
             if r is None:
-                print(f"{k:<24}  (no --llama-python)")
+                print(f"{k:<24}  (not measured: no --llama-python with llama-cpp-cffi)")
                 continue
             vs = "  ".join(f"{p}: {res[p]['seconds'] / r['seconds']:.3f}x"
                            for p in peers.get(k, []) if p in res)
+            if k.endswith(" w1") and k.startswith("refquant") and k != "refquant int8 w1":
+                mine = res.get(k[:-3], {}).get("output")
+                if mine and Path(mine).read_bytes() != Path(r["output"]).read_bytes():
+                    vs += "  OUTPUT DIFFERS FROM THE DEFAULT-WORKERS RUN"
             if k.startswith("llama-quantize"):
                 mine = res.get("refquant " + k.split()[1], {}).get("output")
                 if mine:

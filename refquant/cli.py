@@ -291,7 +291,9 @@ def _add_compress(sub):
         "head are kept unless a recipe rule names them. Prints one line per tensor and the "
         f"totals. Presets: {', '.join(PRESETS)}; llama-quantize's mixes (the type per tensor "
         f"that llama.cpp chooses, and for GGUF output also q8_0 / q4_0 / q6_k): "
-        f"{', '.join(LLAMA_CPP_PRESETS)}; or any format name of the registry. Hugging Face "
+        f"{', '.join(LLAMA_CPP_PRESETS)}; 2:4 (magnitude pruning); mixed:B (a mixed-precision "
+        "plan at B bits per weight); int{b}-g{G}; hqq-int{b}-g{G} (HQQ); or any format name "
+        "of the registry. Hugging Face "
         f"folders (-o OUTDIR; config.json and tokenizer files copied): {', '.join(HF_SCHEMES)}.",
     )
     p.add_argument("input", help="checkpoint file, index .json or model folder")
@@ -314,10 +316,19 @@ def _add_compress(sub):
                    help="sharded output: 'local' (default), 'dask' (a Dask LocalCluster) or "
                    "tcp://HOST:PORT (an existing Dask scheduler); needs refquant[dask]")
     p.add_argument("--workers", type=int, default=None,
-                   help="workers of the LocalCluster of --scheduler dask (default 2)")
+                   help="local runs: tensors (single file) or shards (sharded output) quantized "
+                   "in parallel, identical bytes (default: every CPU this process may use); "
+                   "--scheduler dask: workers of the LocalCluster (default 2)")
+    p.add_argument("--calibration", default=None, metavar="ACTS.npz",
+                   help="per-layer calibration inputs (an .npz keyed by tensor name) for "
+                   "gptq / awq / wanda / sparsegpt rules, gptq-int4-g128, awq-int4-g128 and "
+                   "mixed:B")
+    p.add_argument("--save-plan", default=None, metavar="PLAN.toml",
+                   help="--scheme mixed:B: also save the plan (.toml: a recipe for --recipe; "
+                   ".json)")
     p.add_argument("--imatrix", default=None, metavar="FILE",
                    help="llama-quantize's --imatrix: an importance matrix (GGUF or .dat) for "
-                   "the tensors quantized to ggml types")
+                   "the tensors quantized to ggml types (overrides the recipe's imatrix)")
 
 
 def _write_reports(rep, paths):
@@ -339,11 +350,23 @@ def _run_compress(args) -> int:
     for path in args.report:  # refuse a bad report name before any work
         if not path.lower().endswith((".json", ".csv")):
             raise RefquantError(f"--report {path!r}: name it .json or .csv")
+    if args.save_plan and not (args.scheme or "").startswith("mixed:"):
+        raise RefquantError("--save-plan saves the plan of --scheme mixed:B")
+    if args.save_plan and not args.save_plan.endswith((".toml", ".json")):
+        raise RefquantError(f"--save-plan {args.save_plan!r}: name it .toml or .json")
     rep = compress(args.input, args.output, scheme=args.scheme, recipe=args.recipe,
                    overwrite=args.overwrite, nonfinite=args.nonfinite,
                    progress=None if args.quiet else tqdm_progress(), resume=args.resume,
-                   scheduler=args.scheduler, n_workers=args.workers, imatrix=args.imatrix)
+                   scheduler=args.scheduler,
+                   n_workers=args.workers if args.scheduler == "dask" else None,
+                   workers=None if args.scheduler == "dask" else args.workers,
+                   calibration=args.calibration, imatrix=args.imatrix)
     _write_reports(rep, args.report)
+    plan = getattr(rep, "plan", None)
+    if plan is not None and args.save_plan:
+        plan.save(args.save_plan)
+    if plan is not None and not args.json and not args.quiet:
+        print(plan.table())
     if args.json:
         print(rep.to_json())
     elif not args.quiet:

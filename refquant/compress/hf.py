@@ -102,7 +102,17 @@ def _f16_dequant(q, scale16, zero, shape):
     return prod.astype(np.float16).astype(np.float32)
 
 
-def _quantize_one(scheme: str, base: str, w: np.ndarray):
+def _calibrated_int4(scheme, sch, name, w, calib):
+    """(codes, scale, zero) of GPTQ (gptq-int4-g128) or AWQ's clipping (awq-int4-g128)."""
+    from .methods import Treatment, apply
+
+    t = Treatment("gptq" if scheme.startswith("gptq") else "awq", None, "magnitude",
+                  f"--scheme {scheme}")
+    parts = apply(sch, w, t, calib, name)
+    return sch._codes(parts, w.shape), parts["_scale"], parts["_zero_point"].astype(np.int64)
+
+
+def _quantize_one(scheme: str, base: str, w: np.ndarray, calib=None):
     """The layout's raw tensors of one weight and the weights they dequantize to."""
     from ..io.layouts.ctensors import ct_tensors
     from ..io.layouts.fp8 import fp8_block_tensors
@@ -127,7 +137,10 @@ def _quantize_one(scheme: str, base: str, w: np.ndarray):
         raw = ct_tensors(base, parts[""], parts["_scale"].reshape(-1, 1), "int-quantized", 8,
                          strategy="channel")
         return raw, sch.dequantize(parts, w.shape)
-    q, scale, zero = _int4_codes(sch, w)
+    if calib is not None and scheme in ("gptq-int4-g128", "awq-int4-g128"):
+        q, scale, zero = _calibrated_int4(scheme, sch, base + ".weight", w, calib)
+    else:
+        q, scale, zero = _int4_codes(sch, w)
     if scheme == "ct-int4-g128":
         raw = ct_tensors(base, q - 8, scale, "pack-quantized", 4, zero=zero - 8, strategy="group")
         return raw, sch.dequantize(sch.quantize(w), w.shape)
@@ -166,7 +179,8 @@ def _config_and_files(src: Path):
     return cfg, files
 
 
-def compress_hf(src, outdir, scheme: str, *, overwrite=False, progress=None) -> CompressReport:
+def compress_hf(src, outdir, scheme: str, *, overwrite=False, progress=None,
+                calibration=None) -> CompressReport:
     """Write ``outdir``, a Hugging Face folder in ``scheme``'s layout (see the module docstring).
 
     Parameters
@@ -179,6 +193,14 @@ def compress_hf(src, outdir, scheme: str, *, overwrite=False, progress=None) -> 
         ``overwrite``.
     scheme : str
         One of :data:`HF_SCHEMES`.
+    calibration : path, optional
+        Per-layer inputs (``.npz`` keyed by tensor or module name,
+        :mod:`refquant.compress.methods`). ``gptq-int4-g128`` then runs GPTQ
+        (:func:`refquant.quant.gptq.gptq`: asymmetric, group 128, static groups,
+        damping 0.01) and ``awq-int4-g128`` AWQ's clipping search before rounding;
+        every quantized weight needs its inputs. Without it both are round to
+        nearest, with a ``UserWarning`` saying so (the layouts are still valid
+        GPTQ / AWQ checkpoints, only the codes are not calibrated).
 
     Notes
     -----
@@ -207,7 +229,23 @@ def compress_hf(src, outdir, scheme: str, *, overwrite=False, progress=None) -> 
             raise RefquantError(f"output folder {os.fspath(out)!r} is not empty; pass "
                                 "overwrite=True (--overwrite)")
     sname, layout = HF_SCHEMES[scheme]
-    rec = Recipe(scheme=sname, source=f"--scheme {scheme}")
+    calib = None
+    if calibration is not None:
+        if scheme not in ("gptq-int4-g128", "awq-int4-g128"):
+            raise RefquantError(f"scheme {scheme!r} is round to nearest and takes no "
+                                "calibration; gptq-int4-g128 and awq-int4-g128 do")
+        from .methods import Calibration
+
+        calib = Calibration(calibration)
+    elif scheme in ("gptq-int4-g128", "awq-int4-g128"):
+        import warnings
+
+        warnings.warn(f"{scheme} without calibration data: writing round-to-nearest codes in "
+                      f"the {layout.upper()} layout; pass calibration= (--calibration "
+                      "acts.npz) to run " + ("GPTQ" if layout == "gptq" else "AWQ's clipping"),
+                      UserWarning, stacklevel=3)
+    method = ("GPTQ" if layout == "gptq" else "AWQ clip") if calib else "round to nearest"
+    rec = Recipe(scheme=sname, source=f"--scheme {scheme} ({method})")
     cfg, files = _config_and_files(src_p)
     report = CompressReport(os.fspath(src), os.fspath(outdir), rec.source)
     weights, kept_modules = {}, []
@@ -237,7 +275,7 @@ def compress_hf(src, outdir, scheme: str, *, overwrite=False, progress=None) -> 
             else:
                 w = np.asarray(ck[name], np.float32)
                 _finite_or_refuse(name, w, "raise")
-                raw, w_hat = _quantize_one(scheme, name[: -len(".weight")], w)
+                raw, w_hat = _quantize_one(scheme, name[: -len(".weight")], w, calib)
                 weights.update(raw)
                 sq, exact = _sqnr(w, w_hat)
                 out_b = sum(np.asarray(a).nbytes for a in raw.values())

@@ -62,6 +62,7 @@ class Planned:
     reason: str
     parts: list[Part] = field(default_factory=list)
     raw_type: str | None = None  # a kept GGUF tensor already in a ggml block type
+    treat: object = None  # a methods.Treatment (gptq / awq / pruning) or None: round to nearest
 
     def out_name(self, part: Part) -> str:
         return self.name + part.suffix
@@ -159,6 +160,9 @@ def plan(ck, recipe: Recipe, fmt: str = "safetensors") -> list[Planned]:
         else:
             sname, why = recipe.decide(name, np.dtype(np.float32) if raw else info.dtype, shape)
         scheme = None
+        if sname == "dense":  # pruned weights stored in their own float type
+            sname = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(
+                np.dtype(np.float32 if raw else info.dtype).name, "f32")
         if sname != KEEP:
             scheme = get_scheme(sname)
             bad = scheme.unsupported(shape)
@@ -170,6 +174,10 @@ def plan(ck, recipe: Recipe, fmt: str = "safetensors") -> list[Planned]:
                                     "or write .safetensors")
         p = Planned(name, shape, np.dtype(info.dtype), int(info.nbytes), scheme, why,
                     raw_type=raw)
+        if scheme is not None and llama is None:
+            p.treat = recipe.treatment(name)
+            if p.treat is not None:
+                p.reason += f" ({p.treat.label()})"
         if scheme is None:
             p.parts = [Part("", np.dtype(info.dtype), tuple(info.shape))]
         else:
@@ -193,18 +201,24 @@ def _finite_or_refuse(name, w, nonfinite):
 
 def _measure(w, w_hat, scheme, parts, shape) -> tuple[float | None, float | None, bool]:
     """SQNR in dB (None when exact), max error in steps (None without steps), exact."""
-    w64 = np.asarray(w, np.float64).reshape(-1)
-    err = w64 - np.asarray(w_hat, np.float64).reshape(-1)
-    # einsum, not np.dot: a BLAS ddot call costs ~2 ms here (OpenBLAS threads on 2 busy
-    # cores) against 30 us for the same sum, and it ran once per tensor
-    noise = float(np.einsum("i,i->", err, err))
+    wf = np.asarray(w).reshape(-1)
+    hf = np.asarray(w_hat).reshape(-1)
+    # in float64 chunks of 64 Ki elements (cache-sized: three times faster than whole
+    # float64 copies of a large tensor); einsum, not np.dot: a BLAS ddot call costs ~2 ms
+    # here (OpenBLAS threads on 2 busy cores) against 30 us for the same sum
+    noise = signal = 0.0
+    for i in range(0, wf.size, 1 << 16):
+        a = wf[i:i + (1 << 16)].astype(np.float64)
+        d = a - hf[i:i + (1 << 16)].astype(np.float64)
+        noise += float(np.einsum("i,i->", d, d))
+        signal += float(np.einsum("i,i->", a, a))
     if noise == 0:
         return None, (0.0 if scheme.has_steps else None), True
-    signal = float(np.einsum("i,i->", w64, w64))
     sq = 10 * math.log10(signal / noise) if signal > 0 else -math.inf
     steps = None
     st = scheme.steps(parts, shape)
     if st is not None:
+        err = np.asarray(w, np.float64).reshape(-1) - np.asarray(w_hat, np.float64).reshape(-1)
         e = np.abs(err.reshape(np.shape(st)[0], -1)) / st
         steps = float(e.max()) if e.size else 0.0
     return (sq if math.isfinite(sq) else None), steps, False
@@ -258,7 +272,7 @@ def _plain_ggml(dtype) -> str:
 
 def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrite=False,
              nonfinite="raise", progress=None, resume=False, scheduler=None,
-             n_workers=None, imatrix=None) -> CompressReport:
+             n_workers=None, calibration=None, workers=None, imatrix=None) -> CompressReport:
     """Compress every tensor of checkpoint ``src`` into ``dst``, one tensor in memory at a time.
 
     Parameters
@@ -287,12 +301,25 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
         Sharded output: continue the run that was interrupted, keeping its finished
         shards; the result is byte for byte an uninterrupted run's.
     scheduler : {None, "local", "dask"} or str
-        Sharded output: where the shards run. None / ``"local"``: here, one after
-        another; ``"dask"``: a Dask LocalCluster of ``n_workers`` (2) processes;
+        Sharded output: where the shards run. None / ``"local"``: here, ``workers``
+        at a time; ``"dask"``: a Dask LocalCluster of ``n_workers`` (2) processes;
         ``"tcp://HOST:PORT"``: an existing Dask distributed scheduler whose workers
         see the same file system.
     n_workers : int, optional
         Workers of the LocalCluster (``scheduler="dask"``).
+    calibration : path, optional
+        Per-layer calibration inputs (``.npz``, :mod:`refquant.compress.methods`) for
+        the recipe's ``gptq`` / ``awq`` / wanda / sparsegpt rules, for ``mixed:B``
+        (Hessian-weighted sensitivity) and for ``gptq-int4-g128`` /
+        ``awq-int4-g128``; overrides the recipe's ``calibration``.
+    workers : int, optional
+        Local parallelism: tensors quantized on this many threads (single-file
+        output; written in order, so the bytes are the 1-worker run's) or shards
+        on this many threads (sharded output, each shard its own file). Default: the CPUs this process
+        may use (``os.sched_getaffinity``). Peak memory grows to about ``workers``
+        tensors (shards) in flight. Threads need Numba's ``omp`` or ``tbb``
+        threading layer (its parallel kernels are not thread-safe under
+        ``workqueue``); without one a single-file run uses one thread.
     imatrix : path or dict, optional
         llama-quantize's ``--imatrix``: an imatrix file (GGUF or legacy ``.dat``, read with
         :func:`refquant.io.imatrix.load_imatrix`) or ``{tensor name: vector}``. A tensor
@@ -300,7 +327,7 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
         ``quantize_<type>(..., quant_weights)`` (:func:`refquant.compat.ggml.quantize`);
         one without an entry as without an imatrix (llama-quantize: "did not find
         imatrix data"); an entry of another size than ``ne[0]*ne[2]`` is refused.
-        Single-file output only.
+        Overrides the recipe's ``imatrix``.
 
     Returns
     -------
@@ -321,10 +348,21 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
             raise RefquantError(f"scheme {scheme!r} writes a Hugging Face folder; it takes no "
                                 "recipe=, output_format=, resume=, scheduler=, nonfinite= or "
                                 "imatrix=")
-        return compress_hf(src, dst, scheme, overwrite=overwrite, progress=progress)
+        return compress_hf(src, dst, scheme, overwrite=overwrite, progress=progress,
+                           calibration=calibration)
     fmt = _output_format(dst, output_format)
-    imat = _imatrix_of(imatrix, fmt)
+    workers = _workers(workers)
     rec = _recipe_of(scheme, recipe, "safetensors" if fmt == "sharded" else fmt)
+    calib_path = calibration if calibration is not None else rec.calibration
+    from .methods import Calibration
+    from .mixed import MixedRecipe
+
+    imx = imatrix if imatrix is not None else getattr(rec, "imatrix", None)
+    calib = (Calibration(calib_path, imx) if calib_path is not None or imx is not None
+             else None)
+    if isinstance(rec, MixedRecipe):
+        with rio.open(src) as ck0:
+            rec = rec.resolve(ck0, calib)
     src_p, dst_p = Path(src), Path(dst)
     if dst_p.exists() and src_p.exists() and os.path.samefile(src_p, dst_p):
         raise RefquantError(f"output {os.fspath(dst)!r} is the input; refquant never "
@@ -332,9 +370,18 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
     if fmt == "sharded":
         from .shards import compress_sharded
 
-        return compress_sharded(src, dst, rec, overwrite=overwrite, nonfinite=nonfinite,
-                                progress=progress, resume=resume, scheduler=scheduler,
-                                n_workers=n_workers)
+        if calib is not None and calib.imatrix is not None and calib.imatrix_path is None:
+            raise RefquantError("sharded output reads the imatrix in each shard's worker: give "
+                                "imatrix= as a file path, not a dict")
+
+        rep = compress_sharded(src, dst, rec, overwrite=overwrite, nonfinite=nonfinite,
+                               progress=progress, resume=resume, scheduler=scheduler,
+                               n_workers=n_workers, workers=workers,
+                               calibration=None if calib is None else calib.path,
+                               imatrix=None if calib is None else calib.imatrix_path)
+        if getattr(rec, "plan", None) is not None:
+            rep.plan = rec.plan
+        return rep
     if resume or scheduler not in (None, "local"):
         raise RefquantError("resume= and scheduler= work shard by shard: name the output a "
                             "folder or FOLDER/model.safetensors.index.json, not "
@@ -378,12 +425,86 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
                 fields.append(("general.file_type", ftype, gguf.GGUFValueType.UINT32))
             writer = GGUFStreamWriter(dst, layout, arch=arch or "refquant", fields=fields,
                                       overwrite=overwrite)
-        with writer:
-            for i, p in enumerate(planned):
-                report.rows.append(_one(ck, p, writer, fmt, nonfinite, imat))
-                if progress is not None:
-                    progress(i + 1, len(planned), p.name)
+        try:
+            with writer:
+                _write_all(ck, planned, writer, fmt, nonfinite, calib, workers, report, progress)
+        except OSError as e:  # disk full, permission, I/O error: the temporary file is gone
+            raise RefquantError(f"cannot write {os.fspath(dst)!r}: "
+                                f"{e.strerror or e} (nothing was written)") from None
+    if getattr(rec, "plan", None) is not None:
+        report.plan = rec.plan
     return report
+
+
+def _workers(workers) -> int:
+    if workers is None:
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # pragma: no cover - not Linux
+            return max(1, os.cpu_count() or 1)
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise RefquantError(f"workers must be a positive int, got {workers!r}")
+    return int(workers)
+
+
+def _numba_threadsafe() -> bool:
+    """Whether Numba's parallel kernels may run from two threads at once: its ``omp`` and
+    ``tbb`` threading layers are thread-safe, ``workqueue`` (the fallback when neither is
+    installed) aborts the process on concurrent launches, so threads are not used then."""
+    try:
+        import numba
+        from numba.np.ufunc import parallel
+
+        parallel._launch_threads()
+        return numba.threading_layer() in ("omp", "tbb")
+    except Exception:  # pragma: no cover - numba internals moved: play safe
+        return False
+
+
+def _write_all(ck, planned, writer, fmt, nonfinite, calib, workers, report, progress):
+    """Quantize on ``workers`` threads, read and write here in plan order (so the bytes do not
+    depend on ``workers``): at most ``workers`` tensors in flight."""
+    def done(i, p, row):
+        report.rows.append(row)
+        if progress is not None:
+            progress(i + 1, len(planned), p.name)
+
+    if workers > 1 and not _numba_threadsafe():
+        workers = 1
+    if workers <= 1:
+        for i, p in enumerate(planned):
+            done(i, p, _one(ck, p, writer, fmt, nonfinite, calib))
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="refquant-compress") as pool:
+        window = deque()
+
+        def drain_one():
+            i, p, fut = window.popleft()
+            parts, row = fut.result()
+            for name, a in parts:
+                writer.write(name, a)
+            done(i, p, row)
+
+        try:
+            for i, p in enumerate(planned):
+                if p.scheme is None:  # a copy: no work to overlap
+                    while window:
+                        drain_one()
+                    done(i, p, _one(ck, p, writer, fmt, nonfinite, calib))
+                    continue
+                w = _logical(ck, p)
+                window.append((i, p, pool.submit(_quantize_planned, p, w, nonfinite, calib)))
+                if len(window) >= workers:
+                    drain_one()
+            while window:
+                drain_one()
+        except BaseException:
+            for _, _, f in window:
+                f.cancel()
+            raise
 
 
 def _keep_nonfinite(ck, planned) -> None:
@@ -416,38 +537,7 @@ def _logical(ck, p: Planned) -> np.ndarray:
     return np.asarray(ck[p.name], np.float32)
 
 
-def _imatrix_of(imatrix, fmt):
-    """``compress(imatrix=)`` as ``{name: float32 vector}`` (None: no imatrix)."""
-    if imatrix is None:
-        return None
-    if fmt == "sharded":
-        raise RefquantError("imatrix= works with single-file output (.gguf / .safetensors), "
-                            "not sharded output")
-    if isinstance(imatrix, (str, os.PathLike)):
-        from ..io.imatrix import load_imatrix
-
-        return load_imatrix(imatrix)
-    if not hasattr(imatrix, "items"):
-        raise RefquantError(f"imatrix must be a path or a dict of vectors, got {type(imatrix).__name__}")
-    return {str(k): np.asarray(v, np.float32).reshape(-1) for k, v in imatrix.items()}
-
-
-def _quant_weights(p: Planned, imat):
-    """The imatrix vector llama-quantize hands to ``quantize_<type>`` for ``p``, or None."""
-    from .schemes import GGMLScheme
-
-    if imat is None or not isinstance(p.scheme, GGMLScheme) or p.name not in imat:
-        return None
-    qw = imat[p.name]
-    want = p.shape[-1] * (p.shape[-3] if len(p.shape) == 3 else 1)  # ne[0] * ne[2]
-    if qw.size != want or len(p.shape) > 3:
-        raise RefquantError(f"imatrix: {p.name!r} has {qw.size} values, the tensor of shape "
-                            f"{tuple(p.shape)} needs {want} (ne[0]*ne[2]); llama-quantize "
-                            "refuses a mismatched imatrix")
-    return qw
-
-
-def _one(ck, p: Planned, writer, fmt, nonfinite, imat=None) -> TensorRow:
+def _one(ck, p: Planned, writer, fmt, nonfinite, calib=None) -> TensorRow:
     numel = math.prod(p.shape)
     if p.scheme is None:
         a = ck[p.name]
@@ -455,22 +545,34 @@ def _one(ck, p: Planned, writer, fmt, nonfinite, imat=None) -> TensorRow:
         return TensorRow(p.name, list(p.shape), p.dtype.name, KEEP, p.reason,
                          8 * p.bytes_in / numel if numel else 0.0, p.bytes_in, p.bytes_in,
                          exact=True)
-    w = _logical(ck, p)
+    parts, row = _quantize_planned(p, _logical(ck, p), nonfinite, calib)
+    for name, a in parts:
+        writer.write(name, a)
+    return row
+
+
+def _quantize_planned(p: Planned, w, nonfinite, calib):
+    """([(output name, array)], report row) of one quantized tensor (thread-safe: no I/O)."""
+    from .methods import apply
+
+    numel = math.prod(p.shape)
     _finite_or_refuse(p.name, w, nonfinite)
-    qw = _quant_weights(p, imat)
-    parts = p.scheme.quantize(w) if qw is None else p.scheme.quantize(w, imatrix=qw)
+    parts = apply(p.scheme, w, p.treat, calib, p.name)
+    out = []
     for t in p.parts:
         got = np.asarray(parts[t.suffix])
         if got.shape != tuple(t.shape) or got.dtype != t.dtype:  # a scheme bug, never input
             raise AssertionError(f"{p.name}{t.suffix}: {got.dtype}{got.shape} != planned "
                                  f"{t.dtype}{tuple(t.shape)}")
-        writer.write(p.out_name(t), got)
+        out.append((p.out_name(t), got))
     w_hat = p.scheme.dequantize(parts, p.shape)
     sq, steps, exact = _measure(w, w_hat, p.scheme, parts, p.shape)
     out_bytes = sum(t.nbytes for t in p.parts)
-    return TensorRow(p.name, list(p.shape), p.dtype.name, p.scheme.name, p.reason,
-                     8 * out_bytes / numel if numel else 0.0, p.bytes_in, out_bytes, sq, steps,
-                     exact=exact)
+    sparsity = float(np.count_nonzero(w_hat == 0) / numel) if p.treat is not None and (
+        p.treat.prune) and numel else 0.0
+    return out, TensorRow(p.name, list(p.shape), p.dtype.name, p.scheme.name, p.reason,
+                          8 * out_bytes / numel if numel else 0.0, p.bytes_in, out_bytes, sq,
+                          steps, sparsity=sparsity, exact=exact)
 
 
 def decompress(src, dst, *, overwrite=False, dtype="float32", progress=None) -> int:

@@ -19,6 +19,22 @@ A recipe file (TOML)::
     pattern = "lm_head.weight"
     scheme = "keep"
 
+    [[rules]]                       # the method and pruning axes (refquant.compress.methods)
+    pattern = "*.self_attn.*_proj.weight"
+    scheme = "int4-g128"
+    method = "gptq"                 # rtn (default), gptq, awq: need calibration below
+    prune = "2:4"                   # N:M, "50%", "rows:25%"; score = magnitude, wanda, sparsegpt
+
+    calibration = "acts.npz"        # top level: per-layer inputs keyed by tensor name
+    imatrix = "model.imatrix"       # top level: llama.cpp importance matrix (ggml types)
+    method = "rtn"                  # top level: the default method / prune / score
+
+A mixed-precision plan saved as TOML (:meth:`refquant.quant.mixed.MixedPrecisionPlan.save`)
+is a recipe: one required rule per layer, and a ``[mixed_precision]`` table the
+recipe keeps for the record. Presets ``2:4`` (magnitude 2:4 pruning, weights kept
+in their float type) and ``mixed:B`` (a plan at ``B`` bits per weight on average,
+:mod:`refquant.compress.mixed`) need no file.
+
 Patterns are shell globs (``fnmatch``, case-sensitive) or, written as
 ``re:...``, regular expressions matched against the whole name.
 """
@@ -56,6 +72,9 @@ class Rule:
     required: bool = False
     line: int | None = None
     matched: int = 0
+    method: str | None = None
+    prune: str | None = None
+    score: str | None = None
 
     def matches(self, name: str) -> bool:
         if self.pattern.startswith("re:"):
@@ -75,6 +94,25 @@ class Recipe:
     keep_embeddings: bool = True
     keep_head: bool = True
     source: str = "flags"
+    method: str = "rtn"
+    prune: str | None = None
+    score: str = "magnitude"
+    calibration: str | None = None
+    imatrix: str | None = None
+
+    def treatment(self, name: str):
+        """The method / pruning of tensor ``name`` (:class:`~.methods.Treatment`), or None."""
+        from .methods import Treatment
+
+        for r in self.rules:
+            if r.matches(name):
+                t = Treatment(r.method or self.method, r.prune if r.prune is not None else
+                              self.prune, r.score or self.score,
+                              f"recipe {self.source}: {r.where()}")
+                break
+        else:
+            t = Treatment(self.method, self.prune, self.score, f"recipe {self.source}")
+        return None if t.method == "rtn" and t.prune is None else t
 
     def decide(self, name: str, dtype, shape) -> tuple[str, str]:
         """(scheme name or "keep", why) for one tensor."""
@@ -120,6 +158,12 @@ def preset_recipe(scheme: str, output_format: str | None = None) -> Recipe:
     the output is GGUF (the embeddings and the output head quantized as llama-quantize
     does) and are plain schemes with the defaults above otherwise.
     """
+    if scheme == "2:4":
+        return Recipe(scheme="dense", prune="2:4", source="--scheme 2:4 (magnitude 2:4 pruning)")
+    if isinstance(scheme, str) and scheme.startswith("mixed:"):
+        from .mixed import MixedRecipe
+
+        return MixedRecipe.from_preset(scheme, output_format)
     if scheme in LLAMA_CPP_PRESETS and (output_format == "gguf" or scheme not in PRESETS):
         return LlamaCppRecipe(scheme=scheme, source=f"--scheme {scheme} (llama-quantize's mix)",
                               preset=scheme)
@@ -127,8 +171,18 @@ def preset_recipe(scheme: str, output_format: str | None = None) -> Recipe:
     return Recipe(scheme=scheme, source=f"--scheme {scheme}")
 
 
-_TOP_KEYS = {"scheme", "rules", "keep_embeddings", "keep_head"}
-_RULE_KEYS = {"pattern", "scheme", "required"}
+_TOP_KEYS = {"scheme", "rules", "keep_embeddings", "keep_head", "method", "prune", "score",
+             "calibration", "imatrix", "mixed_precision"}
+_RULE_KEYS = {"pattern", "scheme", "required", "method", "prune", "score"}
+
+
+def _scheme_ok(name, where):
+    if name in (KEEP, "dense"):
+        return
+    try:
+        get_scheme(name)
+    except RefquantError as e:
+        raise RefquantError(f"{where}: {e}") from None
 
 
 def _line_of(text: str, needle: str, start: int = 0) -> int | None:
@@ -158,8 +212,25 @@ def load_recipe(path) -> Recipe:
     if not isinstance(scheme, str):
         raise RefquantError(f"recipe {src}: line {_line_of(text, 'scheme')}: scheme must be a "
                             f"string, got {scheme!r}")
-    if scheme != KEEP:
-        get_scheme(scheme)
+    _scheme_ok(scheme, f"recipe {src}: line {_line_of(text, 'scheme')}")
+    from .methods import check_treatment
+
+    top = {k: data.get(k, d) for k, d in (("method", "rtn"), ("prune", None),
+                                          ("score", "magnitude"))}
+    check_treatment(top["method"], top["prune"], top["score"],
+                    f"recipe {src}: line {_line_of(text, 'method') or _line_of(text, 'prune')}")
+    calib = data.get("calibration")
+    if calib is not None:
+        if not isinstance(calib, str):
+            raise RefquantError(f"recipe {src}: line {_line_of(text, 'calibration')}: "
+                                f"calibration must be a path string, got {calib!r}")
+        calib = str(p.parent / calib) if not Path(calib).is_absolute() else calib
+    imx = data.get("imatrix")
+    if imx is not None:
+        if not isinstance(imx, str):
+            raise RefquantError(f"recipe {src}: line {_line_of(text, 'imatrix')}: imatrix must "
+                                f"be a path string, got {imx!r}")
+        imx = str(p.parent / imx) if not Path(imx).is_absolute() else imx
     for flag in ("keep_embeddings", "keep_head"):
         if not isinstance(data.get(flag, True), bool):
             raise RefquantError(f"recipe {src}: line {_line_of(text, flag)}: {flag} must be "
@@ -184,8 +255,9 @@ def load_recipe(path) -> Recipe:
             raise RefquantError(f"{where}: pattern must be a non-empty string, got {pat!r}")
         if not isinstance(sch, str):
             raise RefquantError(f"{where}: scheme must be a string, got {sch!r}")
-        if sch != KEEP:
-            get_scheme(sch)
+        _scheme_ok(sch, where)
+        check_treatment(r.get("method", top["method"]), r.get("prune", top["prune"]),
+                        r.get("score", top["score"]), where)
         if pat.startswith("re:"):
             try:
                 re.compile(pat[3:])
@@ -199,6 +271,8 @@ def load_recipe(path) -> Recipe:
         req = r.get("required", False)
         if not isinstance(req, bool):
             raise RefquantError(f"{where}: required must be true or false, got {req!r}")
-        rules.append(Rule(pat, sch, req, line))
+        rules.append(Rule(pat, sch, req, line, method=r.get("method"), prune=r.get("prune"),
+                          score=r.get("score")))
     return Recipe(scheme=scheme, rules=rules, keep_embeddings=data.get("keep_embeddings", True),
-                  keep_head=data.get("keep_head", True), source=src)
+                  keep_head=data.get("keep_head", True), source=src, calibration=calib,
+                  imatrix=imx, **top)

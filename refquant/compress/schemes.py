@@ -137,20 +137,25 @@ class IntegerScheme(Scheme):
                               block_size=self.group)
 
     def quantize(self, w):
-        from ..kernels.packing import pack_nibbles
-
         rows, cols, _ = self._layout(w.shape)
         w2 = w.reshape(rows, cols)
         qp = self._qparams(w2)
-        q = qp.quantize(w2).astype(np.int64)
-        scale = np.asarray(qp.scale, np.float32).reshape(self.parts(w.shape)[1].shape)
+        return self.from_codes(qp.quantize(w2), qp.scale, qp.zero_point, w.shape)
+
+    def from_codes(self, q, scale, zero_point, shape):
+        """The stored parts of codes ``q`` (rows, cols) on this scheme's grid, with their
+        scales and zero points (GPTQ's results land here)."""
+        from ..kernels.packing import pack_nibbles
+
+        q = np.asarray(q).astype(np.int64)
+        scale = np.asarray(scale, np.float32).reshape(self.parts(shape)[1].shape)
         if self._packed():
             codes = pack_nibbles(q & 0xF, axis=1)  # two's complement nibbles for signed codes
         else:
-            codes = q.astype(self._code_dtype()).reshape(w.shape)
+            codes = q.astype(self._code_dtype()).reshape(shape)
         out = {"": codes, "_scale": scale}
         if not self.symmetric:
-            out["_zero_point"] = np.asarray(qp.zero_point).astype(self._code_dtype()).reshape(
+            out["_zero_point"] = np.asarray(zero_point).astype(self._code_dtype()).reshape(
                 scale.shape)
         return out
 
@@ -436,7 +441,89 @@ def _named():
         "fp8-block": lambda: FloatScheme("fp8-block", "float8_e4m3fn", tile=128),
         "nf4": NF4Scheme,
         "f16": F16Scheme,
+        "f32": lambda: CastScheme("f32", np.float32, "F32"),
+        "bf16": lambda: CastScheme("bf16", "bfloat16", "BF16"),
     }
+
+
+class HQQScheme(Scheme):
+    """HQQ (half-quadratic quantization, calibration-free): ``hqq-int{b}-g{G}``.
+
+    :func:`refquant.quant.hqq.hqq_quantize` with hqq's defaults (``axis=1``: groups of
+    ``G`` consecutive inputs of a row, min-max inverse scale, the proximal solver of the
+    zero point, 20 iterations, float32). Parts: ``NAME`` (uint codes in
+    ``[0, 2^b - 1]``, two per byte low nibble first for ``b <= 4``), ``NAME_scale``
+    (float32 ``1/s`` per row and group) and ``NAME_zero`` (float32: HQQ's zero point is
+    not an integer). ``W = (q - z) * scale`` in float32.
+    """
+
+    has_steps = False
+
+    def __init__(self, name, bits, group):
+        if bits == 7:
+            raise RefquantError(f"scheme {name!r}: hqq quantizes 2, 3, 4, 5, 6 or 8 bits")
+        self.name, self.bits, self.group = name, bits, group
+
+    def unsupported(self, shape):
+        if len(shape) != 2:
+            return f"{self.name} quantizes 2-D weights"
+        if shape[1] % self.group:
+            return f"in_features {shape[1]} is not a multiple of the hqq group size {self.group}"
+        return None
+
+    def parts(self, shape):
+        rows, cols = shape
+        code = (rows, -(-cols // 2)) if self.bits <= 4 else (rows, cols)
+        g = (rows, cols // self.group)
+        return [Part("", np.dtype(np.uint8), code), Part("_scale", np.dtype(np.float32), g),
+                Part("_zero", np.dtype(np.float32), g)]
+
+    def quantize(self, w):
+        from ..kernels.packing import pack_nibbles
+        from ..quant.hqq import hqq_quantize
+
+        rows, cols = w.shape
+        r = hqq_quantize(np.asarray(w, np.float32), bits=self.bits, group_size=self.group,
+                         axis=1)
+        g = (rows, cols // self.group)
+        q = np.asarray(r.codes, np.uint8).reshape(rows, cols)
+        codes = pack_nibbles(q, axis=1) if self.bits <= 4 else q
+        return {"": codes, "_scale": np.asarray(r.scale, np.float32).reshape(g),
+                "_zero": np.asarray(r.zero, np.float32).reshape(g)}
+
+    def dequantize(self, parts, shape):
+        from ..kernels.packing import unpack_nibbles
+
+        rows, cols = shape
+        q = (unpack_nibbles(parts[""], cols, axis=1) if self.bits <= 4 else parts[""])
+        q = q.astype(np.float32).reshape(rows, cols // self.group, self.group)
+        z = parts["_zero"].astype(np.float32)[..., None]
+        s = parts["_scale"].astype(np.float32)[..., None]
+        return ((q - z) * s).reshape(rows, cols)
+
+    def describe(self):
+        return {"scheme": self.name, "bits": self.bits, "group_size": self.group, "axis": 1,
+                "zero_point": "float32", "packing": "nibbles low_first" if self.bits <= 4
+                else None}
+
+
+class CastScheme(Scheme):
+    """A plain float type (the ``dense`` storage of pruned weights): float32 or bfloat16."""
+
+    def __init__(self, name, dtype, gguf_type):
+        import ml_dtypes
+
+        self.name, self.gguf_type = name, gguf_type
+        self.dtype = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+
+    def parts(self, shape):
+        return [Part("", self.dtype, tuple(shape))]
+
+    def quantize(self, w):
+        return {"": np.asarray(w, np.float32).astype(self.dtype)}
+
+    def dequantize(self, parts, shape):
+        return np.asarray(parts[""], np.float32).reshape(shape)
 
 
 def get_scheme(name: str) -> Scheme:
@@ -451,6 +538,14 @@ def get_scheme(name: str) -> Scheme:
     named = _named()
     if name in named:
         return named[name]()
+    import re
+
+    m = re.fullmatch(r"hqq-int([2-8])-g([1-9][0-9]*)", name)
+    if m:
+        return HQQScheme(name, int(m.group(1)), int(m.group(2)))
+    m = re.fullmatch(r"int([2-8])-g([1-9][0-9]*)", name)
+    if m:  # int4-g128's family at any width and group: uint{b}, min-max per group
+        return IntegerScheme(name, f"uint{m.group(1)}", symmetric=False, group=int(m.group(2)))
     from ..formats import get_format, list_formats
 
     try:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import astuple
 from pathlib import Path
 
 from .._errors import RefquantError
@@ -91,10 +92,13 @@ def run_shard(task: dict) -> dict:
 
     from .. import io as rio
     from ..io.streaming import SafetensorsStreamWriter
+    from .methods import Calibration, Treatment
     from .pipeline import _META_KEY, Planned, _keep_nonfinite, _one, _record
     from .schemes import Part, get_scheme
 
     out = Path(task["output"])
+    calib = (Calibration(task.get("calibration"), task.get("imatrix"))
+             if task.get("calibration") or task.get("imatrix") else None)
     with rio.open(task["input"]) as ck:
         planned = []
         for name, sname, reason in task["tensors"]:
@@ -104,6 +108,8 @@ def run_shard(task: dict) -> dict:
             raw = (info.stored_dtype.upper() if info.scheme and info.scheme.startswith("ggml:")
                    else None)
             p = Planned(name, shape, info.dtype, int(info.nbytes), scheme, reason, raw_type=raw)
+            if name in task.get("treat", {}):
+                p.treat = Treatment(*task["treat"][name])
             p.parts = scheme.parts(shape) if scheme else [Part("", info.dtype, tuple(info.shape))]
             planned.append(p)
         if task["nonfinite"] == "keep":
@@ -114,7 +120,7 @@ def run_shard(task: dict) -> dict:
         rows = []
         with SafetensorsStreamWriter(out, layout, metadata=meta, overwrite=True) as w:
             for p in planned:
-                rows.append(asdict(_one(ck, p, w, "safetensors", task["nonfinite"])))
+                rows.append(asdict(_one(ck, p, w, "safetensors", task["nonfinite"], calib)))
     result = {"shard": out.name, "rows": rows, "record": record["tensors"],
               "weight_map": {name: out.name for name, _, _ in layout},
               "total_size": sum(int(t.nbytes) for p in planned for t in p.parts)}
@@ -122,9 +128,26 @@ def run_shard(task: dict) -> dict:
     return result
 
 
-def _run_tasks(tasks, scheduler, n_workers, progress):
+def _run_tasks(tasks, scheduler, n_workers, progress, workers=1):
     if not tasks:
         return []
+    from .pipeline import _numba_threadsafe
+
+    if scheduler in (None, "local") and workers > 1 and len(tasks) > 1 and _numba_threadsafe():
+        # shards on threads (NumPy and the Numba kernels release the GIL; a process pool's
+        # start-up, seconds on a busy machine, costs more than it gains on most
+        # checkpoints); each shard writes its own file, so the bytes are the one-worker
+        # run's (results gathered in task order)
+        from concurrent.futures import ThreadPoolExecutor
+
+        results = []
+        with ThreadPoolExecutor(min(workers, len(tasks)),
+                                thread_name_prefix="refquant-shard") as pool:
+            for i, r in enumerate(pool.map(run_shard, tasks)):
+                results.append(r)
+                if progress is not None:
+                    progress(i + 1, len(tasks), os.path.basename(tasks[i]["output"]))
+        return results
     if scheduler in (None, "local"):
         results = []
         for i, t in enumerate(tasks):
@@ -165,7 +188,7 @@ def _run_tasks(tasks, scheduler, n_workers, progress):
 
 
 def compress_sharded(src, dst, rec, *, overwrite, nonfinite, progress, resume, scheduler,
-                     n_workers=None):
+                     n_workers=None, workers=1, calibration=None, imatrix=None):
     """The sharded path of :func:`refquant.compress.compress` (see the module docstring)."""
     from .. import io as rio
     from .pipeline import _META_KEY, plan
@@ -199,7 +222,10 @@ def compress_sharded(src, dst, rec, *, overwrite, nonfinite, progress, resume, s
                 "input": shard, "output": os.fspath(staging / _out_name(shard)),
                 "source": source, "recipe": rec.source, "nonfinite": nonfinite,
                 "tensors": [(n, by_name[n].scheme.name if by_name[n].scheme else None,
-                             by_name[n].reason) for n in names]})
+                             by_name[n].reason) for n in names],
+                "treat": {n: list(astuple(by_name[n].treat)) for n in names
+                          if by_name[n].treat is not None},
+                "calibration": calibration, "imatrix": imatrix})
     outs = [os.path.basename(t["output"]) for t in tasks]
     if len(set(outs)) != len(outs):
         raise RefquantError("two input shards map to the same output shard name: "
@@ -244,7 +270,7 @@ def compress_sharded(src, dst, rec, *, overwrite, nonfinite, progress, resume, s
         staging.mkdir()
         _atomic_json(staging / _MANIFEST, manifest)
     todo = [t for t in tasks if os.path.basename(t["output"]) not in done]
-    for r in _run_tasks(todo, scheduler, n_workers, progress):
+    for r in _run_tasks(todo, scheduler, n_workers, progress, workers):
         done[r["shard"]] = r
     results = [done[o] for o in outs]
     for r in results:

@@ -101,11 +101,15 @@ class SafetensorsStreamWriter:
     def __exit__(self, exc_type, exc, tb):
         missing = sorted(set(self._where) - self._written) if exc_type is None else []
         try:
-            if exc_type is None and not missing:
-                self._f.flush()
-                os.fsync(self._f.fileno())
-        finally:
-            self._f.close()
+            try:
+                if exc_type is None and not missing:
+                    self._f.flush()
+                    os.fsync(self._f.fileno())
+            finally:
+                self._f.close()
+        except OSError:  # disk full at the last flush: remove the temporary file too
+            self._ctx.__exit__(*sys.exc_info())
+            raise
         if missing:
             err = RefquantError(f"{len(missing)} tensors never written, e.g. {missing[:3]}")
             self._ctx.__exit__(RefquantError, err, None)  # removes the temporary file
@@ -178,7 +182,12 @@ class GGUFStreamWriter:
         self._next += 1
 
     def __exit__(self, exc_type, exc, tb):
-        self._w.close()
+        try:
+            self._w.close()
+        except OSError:  # disk full at the last flush: remove the temporary file too
+            if exc_type is None:
+                self._ctx.__exit__(*sys.exc_info())
+                raise
         if exc_type is None and self._next != len(self._layout):
             err = RefquantError(f"{len(self._layout) - self._next} GGUF tensors never written")
             self._ctx.__exit__(RefquantError, err, None)

@@ -78,7 +78,8 @@ _KILLABLE = textwrap.dedent("""
             time.sleep(600)
         return real(self, w)
     schemes.IntegerScheme.quantize = slow
-    compress(sys.argv[1], sys.argv[2], scheme="int8")
+    # one worker: the patched quantize runs in this process, not in a pool's children
+    compress(sys.argv[1], sys.argv[2], scheme="int8", workers=1)
 """)
 
 
