@@ -497,6 +497,15 @@ def _raise_nan(fmt, index):
     )
 
 
+def _check_codes(c, fmt) -> None:
+    """Integer codes in ``[0, 2**bits)``, or a RefquantError naming the first bad one."""
+    if c.dtype.kind not in "iu":
+        raise RefquantError(f"codes must be an integer array, got dtype {c.dtype}")
+    if c.size and (c.min() < 0 or c.max() >= (1 << fmt.bits)):
+        bad = c[(c < 0) | (c >= (1 << fmt.bits))].flat[0]
+        raise RefquantError(f"codes must be in [0, {1 << fmt.bits}) for {fmt.name}; got {int(bad)}")
+
+
 def decode(codes, name, *, backend: str = "auto") -> np.ndarray:
     """The float32 values of ``codes`` in the float format ``name``.
 
@@ -523,11 +532,7 @@ def decode(codes, name, *, backend: str = "auto") -> np.ndarray:
     """
     fmt = float_format(name)
     c = np.asarray(codes)
-    if c.dtype.kind not in "iu":
-        raise RefquantError(f"codes must be an integer array, got dtype {c.dtype}")
-    if c.size and (c.min() < 0 or c.max() >= (1 << fmt.bits)):
-        bad = c[(c < 0) | (c >= (1 << fmt.bits))].flat[0]
-        raise RefquantError(f"codes must be in [0, {1 << fmt.bits}) for {fmt.name}; got {int(bad)}")
+    _check_codes(c, fmt)
     if resolve_backend(backend, c.size, threshold=KERNEL_THRESHOLD, cuda=False) == "cpu":
         from ..kernels.cpu.floats import decode_into
 
