@@ -27,15 +27,15 @@ def pack_into(c, bits, shifts, pad, out):
     rows, n = c.shape
     nw = out.shape[1]
     per = shifts.size
-    mask = (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
-    padf = np.uint64(pad) & mask
+    imask = (np.int64(1) << bits) - 1  # two's complement field of a signed code: mask in int64
+    padf = np.uint64(np.int64(pad) & imask)
     for r in prange(rows):
         for w in range(nw):
             acc = np.uint64(0)
             base = w * per
             for j in range(per):
                 i = base + j
-                f = (np.uint64(np.int64(c[r, i])) & mask) if i < n else padf
+                f = np.uint64(np.int64(c[r, i]) & imask) if i < n else padf
                 acc |= f << np.uint64(shifts[j])
             out[r, w] = acc
 
