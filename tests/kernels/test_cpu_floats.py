@@ -170,3 +170,30 @@ for name, fmt in FLOAT_FORMATS.items():
 print("ok")
 """
     assert run_without_jit(code, timeout=600).strip() == "ok"
+
+
+def test_kernel_paths_allocate_the_output_and_no_float64_copy():
+    import tracemalloc
+
+    from refquant.compat import bnb
+    from refquant.formats import codebook, mx
+
+    n = 1 << 20
+    x = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+    calls = {  # bytes of output each call must allocate, at most
+        "encode": (lambda: encode(x, "float8_e4m3fn", backend="cpu"), n),
+        "encode float64": (lambda: encode(x64, "float8_e5m2", backend="cpu"), n),
+        "decode": (lambda: decode(c8, "float8_e4m3fn", backend="cpu"), 4 * n),
+        "mx": (lambda: mx.quantize_mx(x, "mxfp4", backend="cpu"), n + n // 32),
+        "blockwise": (lambda: codebook.quantize_blockwise_absmax(x, "nf4", 64, backend="cpu"), n + n // 16),
+        "bnb nf4": (lambda: bnb.quantize_4bit(x, quant_type="nf4"), n // 2 + n // 16),
+    }
+    x64 = x.astype(np.float64)
+    c8 = encode(x, "float8_e4m3fn", backend="cpu")
+    for name, (fn, out_bytes) in calls.items():
+        fn()  # compile / load outside the measurement
+        tracemalloc.start()
+        fn()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak <= out_bytes + (1 << 16), (name, peak, out_bytes)  # output + O(1) scratch
