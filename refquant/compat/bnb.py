@@ -526,7 +526,18 @@ def quantize_blockwise(A, code=None, absmax=None, out=None, blocksize: int = 409
     if c.ndim != 1 or c.size != 256 or np.any(np.diff(c) < 0):
         raise RefquantError(f"code must be 256 sorted float32 values, got shape {c.shape}")
     a, flat = _as_input(A, backend)
-    if backend == "cpu":
+    if _kernel(flat.size):
+        from ..kernels.cpu import codebook as kc
+
+        q = np.empty(flat.size, np.uint8)
+        absmax = np.empty(-(-flat.size // blocksize), np.float32)
+        flat = np.ascontiguousarray(flat)
+        if backend == "cpu":
+            kc.bnb_cpu_lut_into(flat, blocksize, _cpu_lut(c), q, absmax)
+        else:
+            kc.bnb_default_codes_into(flat, blocksize, ((c[:-1] + c[1:]) / np.float32(2)).astype(np.float32),
+                                      q, absmax)
+    elif backend == "cpu":
         q, absmax = _quantize_blockwise_cpu(flat, c, blocksize)
     else:
         scaled, absmax = _scale(flat, blocksize, "default")
@@ -564,6 +575,13 @@ def dequantize_blockwise(A, quant_state) -> np.ndarray:
     nb = -(-n // blocksize)
     if absmax.size != nb:
         raise RefquantError(f"absmax has {absmax.size} values; {n} codes in blocks of {blocksize} need {nb}")
+    if _kernel(n):
+        from ..kernels.cpu import codebook as kc
+
+        out = np.empty(n, np.float32)
+        kc.dequantize_into(np.ascontiguousarray(q).reshape(-1), np.ascontiguousarray(absmax).reshape(-1), code,
+                           blocksize, out)
+        return _to_dtype(out.reshape(q.shape), quant_state.get("dtype"))
     with np.errstate(invalid="ignore", over="ignore"):
         out = (code[q.ravel()] * np.repeat(absmax, blocksize)[:n]).astype(np.float32).reshape(q.shape)
     return _to_dtype(out, quant_state.get("dtype"))

@@ -115,6 +115,27 @@ def test_bnb_4bit_fused_kernel_equals_the_numpy_body(x, quant_type, blocksize, b
         _same(dk, dr)
 
 
+@settings(max_examples=60)
+@given(
+    x=hnp.arrays(np.float32, st.integers(0, 600),
+                 elements=st.floats(width=32, allow_nan=True, allow_infinity=True, allow_subnormal=True)),
+    blocksize=st.sampled_from([64, 100, 256]),
+    backend=st.sampled_from(["cpu", "default"]),
+    nested=st.booleans(),
+    zero_block=st.booleans(),
+)
+def test_bnb_8bit_kernels_equal_the_numpy_bodies(x, blocksize, backend, nested, zero_block):
+    if zero_block:
+        x[:blocksize] = 0
+    with pytest.MonkeyPatch.context() as mp:
+        (qk, sk), (qr, sr) = _bnb_both(mp, bnb.quantize_blockwise, x, blocksize=blocksize, backend=backend,
+                                       nested=nested)
+        _same(qk, qr)
+        _same(np.asarray(sk["absmax"]), np.asarray(sr["absmax"]))
+        dk, dr = _bnb_both(mp, bnb.dequantize_blockwise, qk, sk)
+        _same(dk, dr)
+
+
 def test_bnb_4bit_kernel_keeps_the_input_dtype_and_shape(monkeypatch):
     x = np.random.default_rng(3).standard_normal((33, 7)).astype(np.float16)
     (pk, sk), (pr, sr) = _bnb_both(monkeypatch, bnb.quantize_4bit, x, quant_type="nf4", compress_statistics=True)
@@ -158,6 +179,15 @@ for xx in (x, y):
         dr = bnb.dequantize_4bit(pr, sr)
         del os.environ["REFQUANT_BACKEND"]
         assert np.array_equal(pk, pr) and np.array_equal(sk["absmax"], sr["absmax"], equal_nan=True)
+        assert np.array_equal(dk.view(np.uint32), dr.view(np.uint32))
+    for be in ("cpu", "default"):
+        qk, sk = bnb.quantize_blockwise(xx, blocksize=64, backend=be)
+        dk = bnb.dequantize_blockwise(qk, sk)
+        os.environ["REFQUANT_BACKEND"] = "numpy"
+        qr, sr = bnb.quantize_blockwise(xx, blocksize=64, backend=be)
+        dr = bnb.dequantize_blockwise(qr, sr)
+        del os.environ["REFQUANT_BACKEND"]
+        assert np.array_equal(qk, qr) and np.array_equal(sk["absmax"], sr["absmax"], equal_nan=True)
         assert np.array_equal(dk.view(np.uint32), dr.view(np.uint32))
 print("ok")
 """

@@ -206,3 +206,73 @@ def dequantize_4bit_packed_into(packed, absmax, c, block, n, out):
             out[i + 1] = np.float32(c[byte & 0xF] * am)
         if (hi - lo) & 1:
             out[hi - 1] = np.float32(c[np.int64(packed[(hi - 1) >> 1]) >> 4] * am)
+
+
+@njit(**_PAR)
+def bnb_default_codes_into(a, block, t, codes, absmax):
+    """bitsandbytes' default-backend ``quantize_blockwise``: as :func:`bnb_4bit_packed_into`
+    (full blocks by reciprocal, the partial one divided and its absmax clamped, NaN last),
+    one unpacked code per element, the count of sorted thresholds below the scaled value."""
+    n = a.size
+    full = n // block
+    tiny = np.float32(1e-38)
+    one = np.float32(1.0)
+    for b in prange(absmax.size):
+        lo = b * block
+        hi = min(lo + block, n)
+        m = np.float32(0.0)
+        isnan = False
+        for i in range(lo, hi):
+            v = abs(a[i])
+            if v != v:
+                isnan = True
+            elif v > m:
+                m = v
+        if isnan:
+            m = np.float32(np.nan)
+        d = np.float32(np.nan) if isnan else (m if m > tiny else tiny)
+        partial = b >= full
+        absmax[b] = d if partial else m
+        r = np.float32(one / d)
+        for i in range(lo, hi):
+            s = np.float32(a[i] / d) if partial else np.float32(a[i] * r)
+            s = min(max(s, -one), one) if s == s else s
+            codes[i] = _count_below(t, s)
+
+
+@njit(**_PAR)
+def bnb_cpu_lut_into(a, block, lut, codes, absmax):
+    """libbitsandbytes_cpu ``quantize_cpu_impl`` (compat.bnb._quantize_blockwise_cpu).
+
+    absmax skips NaN (``std::max`` from 0); ``v = x * float32(1 / absmax)`` clamped to
+    [-1, 1] (NaN stays), ``t = (v + 1) * 0.5`` in float32, ``w = float32(t * 65535 + 0.5)``
+    (one rounding: exact in float64, as the fma), index ``trunc(w) & 0xFFFF`` (NaN: 0), code
+    ``lut[index]``; an all-zero block writes zeros.
+    """
+    n = a.size
+    one = np.float32(1.0)
+    half = np.float32(0.5)
+    for b in prange(absmax.size):
+        lo = b * block
+        hi = min(lo + block, n)
+        m = np.float32(0.0)
+        for i in range(lo, hi):
+            v = abs(a[i])
+            if v > m:  # False for NaN: m is kept
+                m = v
+        absmax[b] = m
+        if m == 0:
+            for i in range(lo, hi):
+                codes[i] = 0
+            continue
+        inv = np.float32(one / m)
+        for i in range(lo, hi):
+            v = np.float32(a[i] * inv)
+            if v < -one:
+                v = -one
+            elif v > one:
+                v = one
+            tt = np.float32(np.float32(v + one) * half)
+            w = np.float32(np.float64(tt) * 65535.0 + 0.5)
+            idx = 0 if w != w else np.int64(w) & 0xFFFF
+            codes[i] = lut[idx]
