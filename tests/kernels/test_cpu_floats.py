@@ -197,3 +197,23 @@ def test_kernel_paths_allocate_the_output_and_no_float64_copy():
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert peak <= out_bytes + (1 << 16), (name, peak, out_bytes)  # output + O(1) scratch
+
+
+def test_a_second_process_loads_the_kernels_from_numbas_disk_cache(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import numpy as np
+from refquant.formats.floats import decode, encode
+from refquant.kernels.cpu import floats as kf
+x = np.linspace(-500, 500, 1000, dtype=np.float32)
+decode(encode(x, "float8_e4m3fn", backend="cpu"), "float8_e4m3fn", backend="cpu")
+print(sum(k.stats.cache_hits.total() if hasattr(k.stats.cache_hits, "total") else sum(k.stats.cache_hits.values())
+          for k in (kf._encode_f32, kf._decode)))
+"""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    hits = [int(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                               check=True).stdout.split()[-1]) for _ in range(2)]
+    assert hits == [0, 2]  # the first process compiles and writes the cache, the second only loads
