@@ -79,6 +79,12 @@ log-uniform length 3 to 70,000, torch 2.13 with AVX-512: 65 % agree exactly, 28 
 by one ulp, 6 % by two, 0.3 % by three).
 Given the same offset, the nested codes and statistics are bit for bit.
 
+Kernels: for ``backend="cpu"`` and ``"default"``, ``quantize_4bit`` / ``dequantize_4bit`` /
+``quantize_blockwise`` / ``dequantize_blockwise`` run fused Numba kernels
+(:mod:`refquant.kernels.cpu.codebook`; scale, assignment and packing in one pass, bit for
+bit the NumPy bodies here) from :data:`KERNEL_THRESHOLD` elements on;
+``REFQUANT_BACKEND=numpy`` forces the NumPy bodies.
+
 Reference
 ---------
 bitsandbytes 0.50.2 ``functional.py`` (``quantize_4bit``, ``dequantize_4bit``,

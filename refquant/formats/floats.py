@@ -74,6 +74,15 @@ Peer notes
   2^-126 (1.01 * 2^-127 -> 2^-126); ONNX's ``to_float8e8m0`` rounds one "up" to 2^-126
   (2^-128 -> 2^-126). refquant rounds the value: both give 2^-127 here.
 
+Backends
+--------
+:func:`encode`, :func:`decode` and :func:`cast` take ``backend=``: ``"numpy"`` runs
+the NumPy bodies here (the reference), ``"cpu"`` the Numba kernels of
+:mod:`refquant.kernels.cpu.floats` (the same decisions element by element, bit for
+bit; float32 input of a signed format through a branch-free vectorised loop; no
+float64 copy of the input), ``"auto"`` (the default) the kernel from
+:data:`KERNEL_THRESHOLD` elements on; ``REFQUANT_BACKEND=numpy`` forces the reference.
+
 Reference
 ---------
 OCP 8-bit Floating Point Specification (OFP8) rev. 1.0 (2023); OCP Microscaling
