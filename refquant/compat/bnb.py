@@ -313,7 +313,7 @@ def quantize_4bit(A, absmax=None, out=None, blocksize=None, compress_statistics:
 #: elements from which the Numba kernels of :mod:`refquant.kernels.cpu.codebook` run the
 #: 4-bit paths of the "cpu" / "default" backends (bit-identical to the NumPy bodies here;
 #: ``REFQUANT_BACKEND=numpy`` forces those)
-KERNEL_THRESHOLD = 1 << 14
+KERNEL_THRESHOLD = 1 << 16
 
 
 def _kernel(n: int) -> bool:

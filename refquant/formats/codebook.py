@@ -72,7 +72,7 @@ __all__ = [
 #: :mod:`refquant.kernels.cpu.codebook` (every public function here takes ``backend=``:
 #: ``"numpy"`` the NumPy body, the reference; ``"cpu"`` the kernel, bit-identical;
 #: ``REFQUANT_BACKEND=numpy`` forces the reference)
-KERNEL_THRESHOLD = 1 << 14
+KERNEL_THRESHOLD = 1 << 16
 
 # bitsandbytes functional.get_4bit_type("nf4") (== csrc/kernels.cu dDequantizeNF4), as float32.
 NF4_VALUES = np.array(

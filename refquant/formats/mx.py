@@ -66,7 +66,7 @@ __all__ = ["MXFormat", "MX_FORMATS", "mx_format", "shared_exponent", "quantize_m
 #: elements from which ``backend="auto"`` runs the Numba kernels of :mod:`refquant.kernels.cpu.mx`
 #: (``quantize_mx`` / ``dequantize_mx`` take ``backend=``: ``"numpy"`` the NumPy body, the
 #: reference; ``"cpu"`` the kernel, bit-identical; ``REFQUANT_BACKEND=numpy`` forces the reference)
-KERNEL_THRESHOLD = 1 << 14
+KERNEL_THRESHOLD = 1 << 16
 _STOCH_ROWS_ELEMENTS = 1 << 16  # stochastic draws are made for this many padded elements at a time
 
 _SCALE_RULES = ("floor", "ceil")

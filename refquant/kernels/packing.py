@@ -51,7 +51,7 @@ __all__ = [
 #: codes from which ``backend="auto"`` runs the Numba kernels of :mod:`refquant.kernels.cpu.packing`
 #: (:func:`pack` / :func:`unpack` take ``backend=``: ``"numpy"`` the NumPy body, the reference;
 #: ``"cpu"`` the kernel, bit-identical; ``REFQUANT_BACKEND=numpy`` forces the reference)
-KERNEL_THRESHOLD = 1 << 14
+KERNEL_THRESHOLD = 1 << 16
 
 _WORDS = {"uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64}
 _ORDERS = ("low_first", "high_first")
