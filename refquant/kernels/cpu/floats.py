@@ -334,6 +334,66 @@ def _encode_f32(u, p, mode, saturate, nan_ml, out):
 
 
 @njit(**_PAR)
+def _encode_f64(u, p, mode, saturate, nan_ml, out):
+    """:func:`_encode_f32` for float64 input: the same code on the float64 bits ``u``
+    (viewed as int64), 52 fraction bits instead of 23."""
+    m, emin, max_code, sign_bit = p[_M], p[_EMIN], p[_MAXCODE], p[_SIGNBIT]
+    kind, inf_mag, nan_mag = p[_NANKIND], p[_INFMAG], p[_NANMAG]
+    # rounding: step = above | tie & (even_rule) | (rem != 0) & directed_rule
+    t_odd = mode == 0  # half_even: ties to the odd kept value step up
+    t_all = mode == 1  # half_away
+    t_pos = mode == 2  # half_up: ties step away from zero when positive
+    t_neg = mode == 3  # half_down: ... when negative
+    use_above = mode <= 4
+    d_neg = mode == 5  # floor: any remainder steps a negative magnitude up
+    d_pos = mode == 6  # ceil
+    tz_all = mode == 7
+    # overflow handling
+    sat = saturate
+    ieee = (not sat) and p[_HASINF] != 0
+    withnan = (not sat) and p[_HASINF] == 0 and kind != 3
+    nonan = (not sat) and p[_HASINF] == 0 and kind == 3
+    fnuz = kind == 2
+    hasnan_code = kind != 2 and kind != 3
+    ml = nan_ml
+    for i in prange(u.size):
+        b = u[i]
+        neg = b < 0
+        a = b & 0x7FFFFFFFFFFFFFFF
+        expf = a >> 52
+        sig = (a & 0xFFFFFFFFFFFFF) | ((expf != 0) * 0x10000000000000)
+        e = max(expf, 1) - 1023
+        e_eff = max(e, emin)
+        shift = min(52 - m + e_eff - e, 63)
+        kept = sig >> shift
+        rem = sig & ((np.int64(1) << shift) - 1)
+        half = np.int64(1) << (shift - 1)
+        above = rem > half
+        tie = rem == half
+        nz = rem != 0
+        step = (use_above & above) | (tie & ((t_odd & ((kept & 1) == 1)) | t_all | (t_pos & (not neg))
+                                             | (t_neg & neg))) | (nz & ((d_neg & neg) | (d_pos & (not neg))))
+        finite = expf != 0x7FF
+        isnan = a > 0x7FF0000000000000
+        isinf = a == 0x7FF0000000000000
+        mag = (((e_eff - emin) << m) + kept + np.int64(step)) * finite
+        over = finite & (mag > max_code)
+        toward_zero = tz_all | (d_neg & (not neg)) | (d_pos & neg)
+        over_tz = over & toward_zero
+        over_special = (over & (not toward_zero)) | isinf
+        if sat:
+            mag = max_code if (over | isinf) else mag
+        mag = max_code if ((not sat) & (over_tz | (nonan & over_special))) else mag
+        mag = inf_mag if (ieee & over_special) else mag
+        special = isnan | (withnan & over_special)
+        sign = sign_bit * neg
+        code = sign | mag
+        code = 0 if (fnuz & (mag == 0)) else code
+        alt = 0x80 if fnuz else ((sign | nan_mag) if hasnan_code else ((sign_bit * (not neg)) if ml else NAN_MARK))
+        out[i] = alt if special else code
+
+
+@njit(**_PAR)
 def _decode(c, p, out):
     for i in prange(c.size):
         out[i] = decode_one(np.int64(c[i]), p)
@@ -353,6 +413,9 @@ def encode_into(x: np.ndarray, p: np.ndarray, mode: int, saturate: bool, nan_ml:
     """
     if x.dtype == np.float32 and mode != 8 and p[_SIGNED]:
         _encode_f32(x.view(np.uint32), p, mode, saturate, nan_ml, out)
+        return
+    if x.dtype == np.float64 and mode != 8 and p[_SIGNED]:
+        _encode_f64(x.view(np.int64), p, mode, saturate, nan_ml, out)
         return
     if x.dtype.name in _NATIVE:
         src = x.view(np.uint8) if x.dtype == np.bool_ else x
