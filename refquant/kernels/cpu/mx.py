@@ -23,7 +23,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .floats import _pow2, decode_one, encode_one
+from .floats import _EMIN, _M, _MAXCODE, _NANKIND, _SIGNBIT, _pow2, decode_one, encode_one
 
 __all__ = ["quantize_into", "dequantize_into"]
 
@@ -83,6 +83,34 @@ def _round_int(v, mode, u):
 
 
 @njit(**_OPTS)
+def _encode_sat(v, m, emin, max_code, sign_bit, fnuz, mode):
+    """encode_one(v, saturate=True) for a finite float64 ``v`` and a deterministic mode,
+    without branches on the data (so that a block's loop vectorises): finite input never
+    reaches Inf / NaN, so only the rounding, the clamp to max and fnuz's lost -0 remain."""
+    b = np.float64(v).view(np.int64)
+    neg = b < 0
+    a = b & 0x7FFFFFFFFFFFFFFF
+    expf = a >> 52
+    sig = (a & 0xFFFFFFFFFFFFF) | ((expf != 0) * 0x10000000000000)
+    e = max(expf, 1) - 1023
+    e_eff = max(e, emin)
+    shift = min(52 - m + e_eff - e, 63)
+    kept = sig >> shift
+    rem = sig & ((np.int64(1) << shift) - 1)
+    half = np.int64(1) << (shift - 1)
+    above = rem > half
+    tie = rem == half
+    nz = rem != 0
+    step = ((mode <= 4) & above) | (tie & (((mode == 0) & ((kept & 1) == 1)) | (mode == 1)
+                                           | ((mode == 2) & (not neg)) | ((mode == 3) & neg))) \
+        | (nz & (((mode == 5) & neg) | ((mode == 6) & (not neg))))
+    mag = ((e_eff - emin) << m) + kept + np.int64(step)
+    mag = max_code if mag > max_code else mag
+    code = (sign_bit * neg) | mag
+    return 0 if (fnuz & (mag == 0)) else code
+
+
+@njit(**_OPTS)
 def _row(x, conv, table, r, n, k, nb, ceil_rule, emax_elem, elem_max32, p, is_int, mode, du, df, dr,
          codes, scales):
     for b in range(nb):
@@ -100,6 +128,16 @@ def _row(x, conv, table, r, n, k, nb, ceil_rule, emax_elem, elem_max32, p, is_in
         e, bad = _shared_exponent(amax, ceil_rule, emax_elem, elem_max32)
         scales[r, b] = 0xFF if bad else e + 127
         div = _pow2(0 if bad else e)
+        if not is_int and mode != 8:  # the common case: a loop LLVM vectorises
+            if bad:
+                for i in range(lo, hi):
+                    codes[r, i] = 0  # +0.0 encodes as 0 in every element format
+            else:
+                m, emin, max_code, sign_bit, fnuz = p[_M], p[_EMIN], p[_MAXCODE], p[_SIGNBIT], p[_NANKIND] == 2
+                for i in range(lo, hi):
+                    v = table[np.int64(x[r, i])] if conv else np.float64(x[r, i])
+                    codes[r, i] = _encode_sat(v / div, m, emin, max_code, sign_bit, fnuz, mode)
+            continue
         for i in range(lo, hi):
             if bad:
                 s = 0.0
