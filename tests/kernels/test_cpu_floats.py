@@ -217,3 +217,41 @@ print(sum(k.stats.cache_hits.total() if hasattr(k.stats.cache_hits, "total") els
     hits = [int(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                check=True).stdout.split()[-1]) for _ in range(2)]
     assert hits == [0, 2]  # the first process compiles and writes the cache, the second only loads
+
+
+def test_float_codebook_and_mx_kernels_have_no_contracted_fma(tmp_path):
+    # fastmath stays off: no a * b + c may become one fused rounding (the references round twice)
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import numpy as np
+from refquant.compat import bnb
+from refquant.formats import codebook, floats, mx
+from refquant.kernels.cpu import codebook as kc, floats as kf, mx as km
+x = np.random.default_rng(0).standard_normal(4096).astype(np.float32)
+floats.encode(x, "float8_e4m3fn", backend="cpu"); floats.encode(x.astype(np.float64), "bfloat16", backend="cpu")
+floats.encode(x, "float8_e8m0fnu", backend="cpu"); floats.decode(np.arange(256, dtype=np.uint8), "float8_e5m2", backend="cpu")
+codebook.quantize_blockwise_absmax(x, "nf4", 64, backend="cpu")
+codebook.quantize_blockwise_absmax(x, "nf4", 64, assign="nearest", backend="cpu")
+mx.dequantize_mx(*mx.quantize_mx(x, "mxfp4", backend="cpu"), "mxfp4", backend="cpu")
+bnb.KERNEL_THRESHOLD = 0
+bnb.dequantize_4bit(*bnb.quantize_4bit(x, quant_type="nf4"))
+bnb.dequantize_blockwise(*bnb.quantize_blockwise(x))
+bnb.quantize_blockwise(x, backend="default")
+n = 0
+for mod in (kf, kc, km):
+    for name in dir(mod):
+        k = getattr(mod, name)
+        if hasattr(k, "inspect_asm"):
+            for sig in k.signatures:
+                asm = k.inspect_asm(sig)
+                assert "vfmadd" not in asm and "vfmsub" not in asm and "vfnmadd" not in asm, name
+                n += 1
+print(n)
+"""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))  # a fresh cache: inspect_asm needs compiled code
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout.split()[-1]) >= 10
