@@ -79,6 +79,12 @@ log-uniform length 3 to 70,000, torch 2.13 with AVX-512: 65 % agree exactly, 28 
 by one ulp, 6 % by two, 0.3 % by three).
 Given the same offset, the nested codes and statistics are bit for bit.
 
+Kernels: for ``backend="cpu"`` and ``"default"``, ``quantize_4bit`` / ``dequantize_4bit`` /
+``quantize_blockwise`` / ``dequantize_blockwise`` run fused Numba kernels
+(:mod:`refquant.kernels.cpu.codebook`; scale, assignment and packing in one pass, bit for
+bit the NumPy bodies here) from :data:`KERNEL_THRESHOLD` elements on;
+``REFQUANT_BACKEND=numpy`` forces the NumPy bodies.
+
 Reference
 ---------
 bitsandbytes 0.50.2 ``functional.py`` (``quantize_4bit``, ``dequantize_4bit``,
@@ -101,6 +107,7 @@ from ..formats.codebook import (
     create_dynamic_map,
     midpoint_thresholds,
 )
+from ..kernels._backend import resolve_backend
 from ..kernels.packing import pack_nibbles, unpack_nibbles
 
 __all__ = [
@@ -150,7 +157,7 @@ def _as_input(A, backend):
     if a.dtype.kind != "f" and a.dtype.name != "bfloat16":
         raise RefquantError(f"A must be a float array (float16, bfloat16 or float32), got dtype {a.dtype}")
     with np.errstate(invalid="ignore", over="ignore"):
-        a32 = a.astype(np.float32)
+        a32 = a.astype(np.float32, copy=False)
     if backend == "cuda" and not np.isfinite(a32).all():
         raise RefquantError("A contains NaN or Inf; backend='cuda' reproduces the CUDA kernel on finite "
                             "values only (backend='cpu' and 'default' follow bitsandbytes on NaN / Inf)")
@@ -272,16 +279,19 @@ def quantize_4bit(A, absmax=None, out=None, blocksize=None, compress_statistics:
     get_4bit_type(quant_type)
     blocksize = _check_blocksize(64 if blocksize is None else blocksize)
     a, flat = _as_input(A, backend)
-    scaled, absmax = _scale(flat, blocksize, backend)
-    q = _codes_4bit(scaled, quant_type, backend)
-    # the odd element's partner: 0.0 scaled as its block is (CUDA: 0 * (1 / absmax), NaN when
-    # the last block is all zero, code 0; the default backend pads the scaled values with 0)
-    zero = np.zeros(1, np.float32)
-    if backend == "cuda" and absmax.size:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            zero = (np.float32(0) * (np.float32(1) / absmax[-1:])).astype(np.float32)
-    pad = int(_codes_4bit(zero, quant_type, backend)[0])
-    packed = pack_nibbles(q, order="high_first", pad=pad).reshape(-1, 1)
+    if backend != "cuda" and _kernel(flat.size):
+        packed, absmax = _quantize_4bit_kernel(flat, blocksize, quant_type)
+    else:
+        scaled, absmax = _scale(flat, blocksize, backend)
+        q = _codes_4bit(scaled, quant_type, backend)
+        # the odd element's partner: 0.0 scaled as its block is (CUDA: 0 * (1 / absmax), NaN when
+        # the last block is all zero, code 0; the default backend pads the scaled values with 0)
+        zero = np.zeros(1, np.float32)
+        if backend == "cuda" and absmax.size:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                zero = (np.float32(0) * (np.float32(1) / absmax[-1:])).astype(np.float32)
+        pad = int(_codes_4bit(zero, quant_type, backend)[0])
+        packed = pack_nibbles(q, order="high_first", pad=pad).reshape(-1, 1)
     state = {
         "absmax": absmax,
         "shape": tuple(a.shape),
@@ -298,6 +308,30 @@ def quantize_4bit(A, absmax=None, out=None, blocksize=None, compress_statistics:
         qabs, state2 = quantize_blockwise(_sub32(absmax, offset), blocksize=256, backend=backend)
         state.update(absmax=qabs, offset=offset, state2=state2)
     return packed, state
+
+
+#: elements from which the Numba kernels of :mod:`refquant.kernels.cpu.codebook` run the
+#: 4-bit paths of the "cpu" / "default" backends (bit-identical to the NumPy bodies here;
+#: ``REFQUANT_BACKEND=numpy`` forces those)
+KERNEL_THRESHOLD = 1 << 16
+
+
+def _kernel(n: int) -> bool:
+    return resolve_backend("auto", n, threshold=KERNEL_THRESHOLD, cuda=False) == "cpu"
+
+
+def _quantize_4bit_kernel(flat, blocksize, quant_type):
+    """The default backend's scale, bucketize and high-first packing, fused in one Numba pass."""
+    from ..kernels.cpu import codebook as kc
+
+    t, order = midpoint_thresholds(get_4bit_type(quant_type))
+    order = order.astype(np.int64)
+    pad = int(_bucketize(np.zeros(1, np.float32), t, order)[0])
+    n = flat.size
+    packed = np.empty((n + 1) // 2, np.uint8)
+    absmax = np.empty(-(-n // blocksize), np.float32)
+    kc.bnb_4bit_packed_into(np.ascontiguousarray(flat), blocksize, t, order, pad, packed, absmax)
+    return packed.reshape(-1, 1), absmax
 
 
 def _mean32(x):
@@ -403,7 +437,7 @@ def _to_dtype(x, dtype):
     if dtype is None:
         return x
     try:
-        return x.astype(dtype)
+        return x.astype(dtype, copy=False)  # x is always a new array here
     except (TypeError, ValueError):
         raise RefquantError(f"quant_state['dtype'] must be a float dtype, got {dtype!r}") from None
 
@@ -437,11 +471,18 @@ def dequantize_4bit(A, quant_state) -> np.ndarray:
         raise RefquantError(
             f"A must be {(n + 1) // 2} packed uint8 bytes for shape {shape}, got {packed.size} of {packed.dtype}"
         )
-    q = unpack_nibbles(packed.ravel(), 2 * packed.size, order="high_first")[:n]
     absmax = _state_absmax(quant_state)
     nb = -(-n // blocksize)
     if absmax.size != nb:
         raise RefquantError(f"absmax has {absmax.size} values; {n} elements in blocks of {blocksize} need {nb}")
+    if _kernel(n):
+        from ..kernels.cpu import codebook as kc
+
+        out = np.empty(n, np.float32)
+        kc.dequantize_4bit_packed_into(np.ascontiguousarray(packed).reshape(-1), np.ascontiguousarray(absmax).reshape(-1),
+                                       code, blocksize, n, out)
+        return _to_dtype(out.reshape(shape), quant_state.get("dtype"))
+    q = unpack_nibbles(packed.ravel(), 2 * packed.size, order="high_first")[:n]
     with np.errstate(invalid="ignore", over="ignore"):  # 0 * Inf absmax is NaN, as in bitsandbytes
         out = (code[q] * np.repeat(absmax, blocksize)[:n]).astype(np.float32)
     return _to_dtype(out.reshape(shape), quant_state.get("dtype"))
@@ -491,7 +532,18 @@ def quantize_blockwise(A, code=None, absmax=None, out=None, blocksize: int = 409
     if c.ndim != 1 or c.size != 256 or np.any(np.diff(c) < 0):
         raise RefquantError(f"code must be 256 sorted float32 values, got shape {c.shape}")
     a, flat = _as_input(A, backend)
-    if backend == "cpu":
+    if _kernel(flat.size):
+        from ..kernels.cpu import codebook as kc
+
+        q = np.empty(flat.size, np.uint8)
+        absmax = np.empty(-(-flat.size // blocksize), np.float32)
+        flat = np.ascontiguousarray(flat)
+        if backend == "cpu":
+            kc.bnb_cpu_lut_into(flat, blocksize, _cpu_lut(c), q, absmax)
+        else:
+            kc.bnb_default_codes_into(flat, blocksize, ((c[:-1] + c[1:]) / np.float32(2)).astype(np.float32),
+                                      q, absmax)
+    elif backend == "cpu":
         q, absmax = _quantize_blockwise_cpu(flat, c, blocksize)
     else:
         scaled, absmax = _scale(flat, blocksize, "default")
@@ -529,6 +581,13 @@ def dequantize_blockwise(A, quant_state) -> np.ndarray:
     nb = -(-n // blocksize)
     if absmax.size != nb:
         raise RefquantError(f"absmax has {absmax.size} values; {n} codes in blocks of {blocksize} need {nb}")
+    if _kernel(n):
+        from ..kernels.cpu import codebook as kc
+
+        out = np.empty(n, np.float32)
+        kc.dequantize_into(np.ascontiguousarray(q).reshape(-1), np.ascontiguousarray(absmax).reshape(-1), code,
+                           blocksize, out)
+        return _to_dtype(out.reshape(q.shape), quant_state.get("dtype"))
     with np.errstate(invalid="ignore", over="ignore"):
         out = (code[q.ravel()] * np.repeat(absmax, blocksize)[:n]).astype(np.float32).reshape(q.shape)
     return _to_dtype(out, quant_state.get("dtype"))

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._errors import RefquantError
+from ..kernels._backend import resolve_backend
 from ._registry import register
 
 __all__ = [
@@ -64,7 +65,14 @@ __all__ = [
     "dequantize_blockwise_absmax",
     "kmeans_codebook",
     "codebook",
+    "KERNEL_THRESHOLD",
 ]
+
+#: elements from which ``backend="auto"`` runs the Numba kernels of
+#: :mod:`refquant.kernels.cpu.codebook` (every public function here takes ``backend=``:
+#: ``"numpy"`` the NumPy body, the reference; ``"cpu"`` the kernel, bit-identical;
+#: ``REFQUANT_BACKEND=numpy`` forces the reference)
+KERNEL_THRESHOLD = 1 << 16
 
 # bitsandbytes functional.get_4bit_type("nf4") (== csrc/kernels.cu dDequantizeNF4), as float32.
 NF4_VALUES = np.array(
@@ -235,7 +243,24 @@ def _finite(x, argname="x"):
     return a
 
 
-def nearest_index(x, values) -> np.ndarray:
+def _use_kernel(backend, a) -> bool:
+    """Whether the Numba kernel runs on the validated array ``a`` (it reads every dtype but longdouble)."""
+    if resolve_backend(backend, a.size, threshold=KERNEL_THRESHOLD, cuda=False) != "cpu":
+        return False
+    return a.dtype.itemsize <= 8
+
+
+def _kernel_source(a):
+    """(flat array the kernel reads, float64 widening table or None): float16 is read through a table."""
+    flat = np.ascontiguousarray(a).reshape(-1)
+    if a.dtype == np.float16:
+        from ..kernels.cpu.floats import widening_table
+
+        return flat.view(np.uint16), widening_table(np.float16)
+    return flat, None
+
+
+def nearest_index(x, values, *, backend: str = "auto") -> np.ndarray:
     """Index of the nearest codebook value; ties go to the lower index.
 
     Formula
@@ -247,9 +272,23 @@ def nearest_index(x, values) -> np.ndarray:
     Reference
     ---------
     Nearest-neighbour vector quantization, scalar case (Gersho & Gray, 1992).
+
+    ``backend``: ``"numpy"`` (the reference), ``"cpu"`` (Numba, no n x K temporaries),
+    ``"auto"`` (the kernel from :data:`KERNEL_THRESHOLD` elements).
     """
     c = codebook(values).astype(np.float64)
-    a = _finite(x).astype(np.float64)[..., None]
+    a = _finite(x)
+    if _use_kernel(backend, a):
+        from ..kernels.cpu import codebook as kc
+
+        src, table = _kernel_source(a)
+        out = np.empty(src.size, np.uint8 if c.size <= 256 else np.int64)
+        if table is None:
+            kc.nearest_index_into(src, c, out)
+        else:
+            kc.nearest_index_table_into(src, table, c, out)
+        return out.reshape(a.shape)
+    a = a.astype(np.float64)[..., None]
     hi = a - c  # TwoSum: a - c = hi + lo exactly
     bb = hi - a
     lo = (a - (hi - bb)) + (-c - bb)
@@ -272,7 +311,7 @@ def midpoint_thresholds(values) -> tuple[np.ndarray, np.ndarray]:
     return ((s[:-1] + s[1:]) / np.float32(2)).astype(np.float32), order
 
 
-def threshold_index(x, thresholds, order=None) -> np.ndarray:
+def threshold_index(x, thresholds, order=None, *, backend: str = "auto") -> np.ndarray:
     """bitsandbytes' assignment: the number of thresholds strictly below ``x``, mapped through ``order``.
 
     Formula
@@ -284,12 +323,15 @@ def threshold_index(x, thresholds, order=None) -> np.ndarray:
     ---------
     ``torch.bucketize(x, t, right=False)`` in bitsandbytes' default backend;
     ``dQuantizeNF4`` / ``dQuantize`` in ``csrc/kernels.cu``.
+
+    ``backend`` as in :func:`nearest_index`; the kernel's binary search needs sorted
+    thresholds, so unsorted ones (for which ``searchsorted``'s answer is its own
+    algorithm's) always run the reference.
     """
     t = _finite(thresholds, "thresholds").astype(np.float32)
     if t.ndim != 1:
         raise RefquantError(f"thresholds must be 1-D, got shape {t.shape}")
-    a = _finite(x).astype(np.float32)
-    k = np.searchsorted(t, a, side="left")  # count of t_j < x
+    a = _finite(x)
     if order is not None:
         order = np.asarray(order)
         if order.shape != (t.size + 1,) or order.dtype.kind not in "iu":
@@ -297,8 +339,27 @@ def threshold_index(x, thresholds, order=None) -> np.ndarray:
                 f"order must hold {t.size + 1} integer indices (one per bucket of {t.size} thresholds), "
                 f"got shape {order.shape} of {order.dtype}"
             )
+    if _use_kernel(backend, a) and not np.any(t[1:] < t[:-1]):
+        return _threshold_kernel(a, t, order)
+    a = a.astype(np.float32)
+    k = np.searchsorted(t, a, side="left")  # count of t_j < x
+    if order is not None:
         k = order[k]
     return k.astype(np.uint8)
+
+
+def _threshold_kernel(a, t, order):
+    from ..kernels.cpu import codebook as kc
+
+    src, table = _kernel_source(a)
+    out = np.empty(src.size, np.uint8)
+    use = order is not None
+    o = np.asarray(order).astype(np.int64) if use else np.zeros(1, np.int64)
+    if table is None:
+        kc.threshold_index_into(src, t, o, use, out)
+    else:
+        kc.threshold_index_table_into(src, table, t, o, use, out)
+    return out.reshape(a.shape)
 
 
 def _blocks(n, block_size):
@@ -308,7 +369,7 @@ def _blocks(n, block_size):
 
 
 def quantize_blockwise_absmax(x, values, block_size: int = 64, *, scale_op: str = "reciprocal",
-                              assign: str = "midpoints", zero_absmax: float = 1e-38):
+                              assign: str = "midpoints", zero_absmax: float = 1e-38, backend: str = "auto"):
     """Blockwise absmax quantization of the flattened ``x`` onto a codebook.
 
     Parameters
@@ -332,6 +393,9 @@ def quantize_blockwise_absmax(x, values, block_size: int = 64, *, scale_op: str 
         block whose absmax is below it (float32 subnormals: [1e-40, -5e-41] codes
         as [0, 0]) both use it. The absmax returned is the unclamped one (0 for an
         all-zero block).
+    backend : {"auto", "numpy", "cpu"}
+        As in :func:`nearest_index`; the kernel works block by block (no float64 or
+        padded copy of ``x``).
 
     Returns
     -------
@@ -347,11 +411,11 @@ def quantize_blockwise_absmax(x, values, block_size: int = 64, *, scale_op: str 
     bitsandbytes ``backends/default/ops.py`` ``quantize_blockwise`` / ``quantize_4bit``.
     """
     a = _finite(x)
-    if a.dtype.kind == "f" and a.size and np.abs(a).max() > np.finfo(np.float32).max:
+    if a.dtype.kind == "f" and a.size and max(-a.min(), a.max()) > np.finfo(np.float32).max:
         raise RefquantError(
-            f"x holds {float(np.abs(a).max())!r}, beyond float32 (blockwise absmax works in float32)"
+            f"x holds {float(max(-a.min(), a.max()))!r}, beyond float32 (blockwise absmax works in float32)"
         )
-    a = a.astype(np.float32).ravel()
+    a = np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
     n = a.size
     nb = _blocks(n, block_size)
     try:
@@ -366,6 +430,15 @@ def quantize_blockwise_absmax(x, values, block_size: int = 64, *, scale_op: str 
         raise RefquantError(f"scale_op must be 'reciprocal' or 'divide', got {scale_op!r}")
     if assign not in ("midpoints", "nearest"):
         raise RefquantError(f"assign must be 'midpoints' or 'nearest', got {assign!r}")
+    if resolve_backend(backend, n, threshold=KERNEL_THRESHOLD, cuda=False) == "cpu":
+        from ..kernels.cpu import codebook as kc
+
+        t, order = midpoint_thresholds(values)
+        codes = np.empty(n, np.uint8)
+        absmax = np.empty(nb, np.float32)
+        kc.blockwise_absmax_into(a, int(block_size), z32, scale_op == "reciprocal", assign == "midpoints", t,
+                                 order.astype(np.int64), codebook(values).astype(np.float64), codes, absmax)
+        return codes, absmax
     pad = nb * block_size - n
     ab = np.abs(np.concatenate([a, np.zeros(pad, np.float32)])).reshape(nb, block_size)
     absmax = ab.max(axis=1) if n else np.zeros(0, np.float32)
@@ -384,7 +457,8 @@ def quantize_blockwise_absmax(x, values, block_size: int = 64, *, scale_op: str 
     return codes.astype(np.uint8), absmax.astype(np.float32)
 
 
-def dequantize_blockwise_absmax(codes, absmax, values, block_size: int = 64) -> np.ndarray:
+def dequantize_blockwise_absmax(codes, absmax, values, block_size: int = 64, *,
+                                backend: str = "auto") -> np.ndarray:
     """``values[codes] * absmax`` per block, float32, flat.
 
     Formula
@@ -394,6 +468,8 @@ def dequantize_blockwise_absmax(codes, absmax, values, block_size: int = 64) -> 
     Reference
     ---------
     bitsandbytes ``dequantize_blockwise`` / ``dequantize_4bit``.
+
+    ``backend`` as in :func:`quantize_blockwise_absmax`.
     """
     c = codebook(values)
     try:
@@ -409,6 +485,12 @@ def dequantize_blockwise_absmax(codes, absmax, values, block_size: int = 64) -> 
     nb = _blocks(q.size, block_size)
     if am.size != nb:
         raise RefquantError(f"absmax has {am.size} values but {q.size} codes in blocks of {block_size} need {nb}")
+    if resolve_backend(backend, q.size, threshold=KERNEL_THRESHOLD, cuda=False) == "cpu":
+        from ..kernels.cpu import codebook as kc
+
+        out = np.empty(q.size, np.float32)
+        kc.dequantize_into(np.ascontiguousarray(q), np.ascontiguousarray(am), c, int(block_size), out)
+        return out
     return (c[q] * np.repeat(am, block_size)[: q.size]).astype(np.float32)
 
 

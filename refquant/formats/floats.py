@@ -74,6 +74,15 @@ Peer notes
   2^-126 (1.01 * 2^-127 -> 2^-126); ONNX's ``to_float8e8m0`` rounds one "up" to 2^-126
   (2^-128 -> 2^-126). refquant rounds the value: both give 2^-127 here.
 
+Backends
+--------
+:func:`encode`, :func:`decode` and :func:`cast` take ``backend=``: ``"numpy"`` runs
+the NumPy bodies here (the reference), ``"cpu"`` the Numba kernels of
+:mod:`refquant.kernels.cpu.floats` (the same decisions element by element, bit for
+bit; float32 input of a signed format through a branch-free vectorised loop; no
+float64 copy of the input), ``"auto"`` (the default) the kernel from
+:data:`KERNEL_THRESHOLD` elements on; ``REFQUANT_BACKEND=numpy`` forces the reference.
+
 Reference
 ---------
 OCP 8-bit Floating Point Specification (OFP8) rev. 1.0 (2023); OCP Microscaling
@@ -90,9 +99,14 @@ import numpy as np
 
 from .._core.rounding import ROUNDING_MODES
 from .._errors import RefquantError
+from ..kernels._backend import resolve_backend
 from ._registry import get_format, register
 
-__all__ = ["FloatFormat", "float_format", "encode", "decode", "cast", "FLOAT_FORMATS"]
+__all__ = ["FloatFormat", "float_format", "encode", "decode", "cast", "FLOAT_FORMATS", "KERNEL_THRESHOLD"]
+
+#: elements from which ``backend="auto"`` runs the Numba kernel (below, the call overhead and a
+#: first call's compile or cache load cost more than the NumPy body)
+KERNEL_THRESHOLD = 1 << 16
 
 _NAN_KINDS = ("ieee", "fn", "fnuz", "none")
 
@@ -290,7 +304,7 @@ def _round_away(rem, half, shift, lsb, neg, rounding, rng, excess):
 
 
 def encode(x, name, *, saturate: bool = True, rounding: str = "half_even", nan: str = "raise",
-           seed=None, rng=None) -> np.ndarray:
+           seed=None, rng=None, backend: str = "auto") -> np.ndarray:
     """Round ``x`` to the float format ``name`` and return the codes.
 
     Parameters
@@ -315,6 +329,11 @@ def encode(x, name, *, saturate: bool = True, rounding: str = "half_even", nan: 
         ml_dtypes' code (zero with the opposite sign bit). Ignored for formats with NaN.
     seed, rng
         Only for ``rounding="stochastic"``: one 64-bit draw per element, C order.
+    backend : {"auto", "numpy", "cpu"}
+        ``"numpy"`` the NumPy body below (the reference), ``"cpu"`` the Numba kernel
+        of :mod:`refquant.kernels.cpu.floats` (bit-identical, no float64 copy of
+        ``x``), ``"auto"`` the kernel from :data:`KERNEL_THRESHOLD` elements on;
+        ``REFQUANT_BACKEND=numpy`` forces the reference.
 
     Returns
     -------
@@ -349,13 +368,13 @@ def encode(x, name, *, saturate: bool = True, rounding: str = "half_even", nan: 
             raise RefquantError(f"seed must be None or a non-negative integer, got {seed!r}") from None
         if not isinstance(gen, np.random.Generator):
             raise RefquantError(f"rng must be a numpy.random.Generator, got {type(gen).__name__}")
-    xf = _as_float64(x)
+    xa = np.asarray(x)
+    if resolve_backend(backend, xa.size, threshold=KERNEL_THRESHOLD, cuda=False) == "cpu" and _kernel_dtype(xa):
+        return _encode_cpu(xa, fmt, saturate, rounding, nan, gen)
+    xf = _as_float64(xa)
     isnan = np.isnan(xf)
     if not fmt.has_nan and nan == "raise" and isnan.any():
-        raise RefquantError(
-            f"x contains NaN at flat index {int(np.flatnonzero(isnan)[0])}, which {fmt.name} cannot "
-            "represent (it has no NaN); pass nan='ml_dtypes' for ml_dtypes' code"
-        )
+        _raise_nan(fmt, int(np.flatnonzero(isnan)[0]))
 
     bits64 = xf.view(np.uint64)
     neg_in = (bits64 >> np.uint64(63)).astype(bool)
@@ -438,7 +457,65 @@ def encode(x, name, *, saturate: bool = True, rounding: str = "half_even", nan: 
     return code.astype(fmt.storage_dtype)
 
 
-def decode(codes, name) -> np.ndarray:
+def _kernel_dtype(x) -> bool:
+    """Whether the Numba kernel reads ``x``'s dtype (else the reference runs, e.g. longdouble)."""
+    dt = x.dtype
+    if dt.kind in "iub" and dt.itemsize <= 8:
+        return True
+    if dt.kind == "f" and dt.itemsize in (2, 4, 8):
+        return True
+    if dt.kind == "V" and dt.itemsize <= 2:
+        try:
+            np.zeros(1, dt).astype(np.float64)
+        except (TypeError, ValueError):
+            return False  # the reference names the bad dtype
+        return True
+    return False
+
+
+def _params(fmt: FloatFormat) -> np.ndarray:
+    from ..kernels.cpu.floats import format_params
+
+    return format_params(mantissa_bits=fmt.mantissa_bits, exponent_bits=fmt.exponent_bits, bias=fmt.bias,
+                         emin=fmt.emin, subnormals=fmt.subnormals, signed=fmt.signed, max_code=fmt.max_code,
+                         has_inf=fmt.has_inf, nan=fmt.nan, sign_bit=fmt.sign_bit, bits=fmt.bits)
+
+
+def _encode_cpu(x, fmt, saturate, rounding, nan, gen):
+    """:func:`encode` through :func:`refquant.kernels.cpu.floats.encode_into` (validated arguments)."""
+    from ..kernels.cpu import floats as kf
+
+    flat = np.ascontiguousarray(x).reshape(-1)
+    mark = not fmt.has_nan and nan == "raise"
+    if mark and rounding == "stochastic" and x.dtype.kind in "fV":
+        with np.errstate(invalid="ignore"):
+            isnan = np.isnan(flat.astype(np.float32)) if x.dtype.kind == "V" else np.isnan(flat)
+        if isnan.any():
+            _raise_nan(fmt, int(np.flatnonzero(isnan)[0]))
+    out = np.empty(flat.size, fmt.storage_dtype)
+    kf.encode_into(flat, _params(fmt), kf.ROUNDING_CODES[rounding], bool(saturate), nan == "ml_dtypes", out, gen)
+    if mark and out.size and out.max() == kf.NAN_MARK:
+        _raise_nan(fmt, int(np.flatnonzero(out == kf.NAN_MARK)[0]))
+    return out.reshape(x.shape)
+
+
+def _raise_nan(fmt, index):
+    raise RefquantError(
+        f"x contains NaN at flat index {index}, which {fmt.name} cannot "
+        "represent (it has no NaN); pass nan='ml_dtypes' for ml_dtypes' code"
+    )
+
+
+def _check_codes(c, fmt) -> None:
+    """Integer codes in ``[0, 2**bits)``, or a RefquantError naming the first bad one."""
+    if c.dtype.kind not in "iu":
+        raise RefquantError(f"codes must be an integer array, got dtype {c.dtype}")
+    if c.size and (c.min() < 0 or c.max() >= (1 << fmt.bits)):
+        bad = c[(c < 0) | (c >= (1 << fmt.bits))].flat[0]
+        raise RefquantError(f"codes must be in [0, {1 << fmt.bits}) for {fmt.name}; got {int(bad)}")
+
+
+def decode(codes, name, *, backend: str = "auto") -> np.ndarray:
     """The float32 values of ``codes`` in the float format ``name``.
 
     Parameters
@@ -446,6 +523,8 @@ def decode(codes, name) -> np.ndarray:
     codes : array_like of unsigned integers
         Codes in ``[0, 2**bits)`` (uint8 / uint16 or any integer dtype); not modified.
     name : str or FloatFormat
+    backend : {"auto", "numpy", "cpu"}
+        As in :func:`encode`.
 
     Returns
     -------
@@ -462,11 +541,13 @@ def decode(codes, name) -> np.ndarray:
     """
     fmt = float_format(name)
     c = np.asarray(codes)
-    if c.dtype.kind not in "iu":
-        raise RefquantError(f"codes must be an integer array, got dtype {c.dtype}")
-    if c.size and (c.min() < 0 or c.max() >= (1 << fmt.bits)):
-        bad = c[(c < 0) | (c >= (1 << fmt.bits))].flat[0]
-        raise RefquantError(f"codes must be in [0, {1 << fmt.bits}) for {fmt.name}; got {int(bad)}")
+    _check_codes(c, fmt)
+    if resolve_backend(backend, c.size, threshold=KERNEL_THRESHOLD, cuda=False) == "cpu":
+        from ..kernels.cpu.floats import decode_into
+
+        out = np.empty(c.size, np.float32)
+        decode_into(np.ascontiguousarray(c).reshape(-1), _params(fmt), out)
+        return out.reshape(c.shape)
     c = c.astype(np.int64)
     m = fmt.mantissa_bits
     mag = c & ((1 << (fmt.bits - int(fmt.signed))) - 1)
@@ -489,7 +570,8 @@ def decode(codes, name) -> np.ndarray:
     return val.astype(np.float32)
 
 
-def cast(x, name, *, saturate: bool = True, rounding: str = "half_even", nan: str = "raise"):
+def cast(x, name, *, saturate: bool = True, rounding: str = "half_even", nan: str = "raise",
+         backend: str = "auto"):
     """:func:`encode` viewed as the ml_dtypes (or NumPy float16) dtype of ``name``.
 
     A convenience: the values come from refquant's own rounding, the dtype only
@@ -504,4 +586,4 @@ def cast(x, name, *, saturate: bool = True, rounding: str = "half_even", nan: st
     ml_dtypes types (one element per byte for float6 / float4).
     """
     fmt = float_format(name)
-    return encode(x, fmt, saturate=saturate, rounding=rounding, nan=nan).view(fmt.ml_dtype)
+    return encode(x, fmt, saturate=saturate, rounding=rounding, nan=nan, backend=backend).view(fmt.ml_dtype)

@@ -56,10 +56,18 @@ import numpy as np
 from .._core.granularity import normalize_axis
 from .._core.rounding import ROUNDING_MODES, round_to_int
 from .._errors import RefquantError
+from ..kernels._backend import resolve_backend
 from ._registry import register
-from .floats import FloatFormat, decode, encode, float_format
+from .floats import FloatFormat, _check_codes, _params, decode, encode, float_format
 
-__all__ = ["MXFormat", "MX_FORMATS", "mx_format", "shared_exponent", "quantize_mx", "dequantize_mx"]
+__all__ = ["MXFormat", "MX_FORMATS", "mx_format", "shared_exponent", "quantize_mx", "dequantize_mx",
+           "KERNEL_THRESHOLD"]
+
+#: elements from which ``backend="auto"`` runs the Numba kernels of :mod:`refquant.kernels.cpu.mx`
+#: (``quantize_mx`` / ``dequantize_mx`` take ``backend=``: ``"numpy"`` the NumPy body, the
+#: reference; ``"cpu"`` the kernel, bit-identical; ``REFQUANT_BACKEND=numpy`` forces the reference)
+KERNEL_THRESHOLD = 1 << 16
+_STOCH_ROWS_ELEMENTS = 1 << 16  # stochastic draws are made for this many padded elements at a time
 
 _SCALE_RULES = ("floor", "ceil")
 
@@ -195,7 +203,7 @@ def _unblocked(y, n, axis):
 
 
 def quantize_mx(x, fmt, *, axis: int = -1, block_size: int | None = None, scale_rule: str = "floor",
-                rounding: str = "half_even", seed=None, rng=None):
+                rounding: str = "half_even", seed=None, rng=None, backend: str = "auto"):
     """Quantize ``x`` to an MX format: E8M0 scale codes and element codes.
 
     Parameters
@@ -219,6 +227,9 @@ def quantize_mx(x, fmt, *, axis: int = -1, block_size: int | None = None, scale_
     seed, rng
         For ``rounding="stochastic"`` only: the draws come from ``rng`` if given,
         else from ``numpy.random.default_rng(seed)``.
+    backend : {"auto", "numpy", "cpu"}
+        ``"numpy"`` the NumPy body (the reference), ``"cpu"`` the Numba kernel (bit-identical,
+        no float64 copy of ``x``), ``"auto"`` the kernel from :data:`KERNEL_THRESHOLD` elements.
 
     Returns
     -------
@@ -242,10 +253,15 @@ def quantize_mx(x, fmt, *, axis: int = -1, block_size: int | None = None, scale_
     xa = np.asarray(x)
     if xa.dtype.kind not in "fiu":
         raise RefquantError(f"x must be a real array, got dtype {xa.dtype}")
-    xa = xa.astype(np.float64)
     if xa.ndim == 0:
         raise RefquantError("x must have at least one dimension")
     ax = normalize_axis(axis, xa.ndim)
+    if not isinstance(scale_rule, str) or scale_rule not in _SCALE_RULES:
+        raise RefquantError(f"scale_rule must be one of {_SCALE_RULES}, got {scale_rule!r}")
+    if (resolve_backend(backend, xa.size, threshold=KERNEL_THRESHOLD, cuda=False) == "cpu"
+            and xa.dtype.itemsize <= 8):
+        return _quantize_cpu(xa, f, ax, int(k), scale_rule, rounding, seed, rng)
+    xa = xa.astype(np.float64)
     blocks, n = _blocked(xa, ax, int(k))
     with np.errstate(invalid="ignore"):
         amax = np.max(np.abs(blocks), axis=-1)
@@ -261,13 +277,69 @@ def quantize_mx(x, fmt, *, axis: int = -1, block_size: int | None = None, scale_
     return _unblocked(q, n, ax), np.moveaxis(scale_codes, -1, ax)
 
 
-def dequantize_mx(codes, scales, fmt, *, axis: int = -1, block_size: int | None = None) -> np.ndarray:
+def _generator(seed, rng):
+    try:
+        gen = rng if rng is not None else np.random.default_rng(seed)
+    except (TypeError, ValueError):
+        raise RefquantError(f"seed must be None or a non-negative integer, got {seed!r}") from None
+    if not isinstance(gen, np.random.Generator):
+        raise RefquantError(f"rng must be a numpy.random.Generator, got {type(gen).__name__}")
+    return gen
+
+
+def _quantize_cpu(xa, f, ax, k, scale_rule, rounding, seed, rng):
+    """:func:`quantize_mx` through :func:`refquant.kernels.cpu.mx.quantize_into` (validated arguments)."""
+    from ..kernels.cpu import mx as kmx
+    from ..kernels.cpu.floats import ROUNDING_CODES, widening_table
+
+    xm = np.moveaxis(xa, ax, -1)
+    lead, n = xm.shape[:-1], xm.shape[-1]
+    rows = int(np.prod(lead, dtype=np.int64))
+    x2 = np.ascontiguousarray(xm).reshape(rows, n)
+    nb = -(-n // k)
+    k_eff = k if nb > 1 else max(n, 1)  # _blocked: one (partial) block is not padded
+    if x2.dtype == np.float16:
+        x2, table, conv = x2.view(np.uint16), widening_table(np.float16), True
+    else:
+        x2, table, conv = (x2.view(np.uint8) if x2.dtype == np.bool_ else x2), np.zeros(1), False
+    is_int = f.element == "int8"
+    p = np.zeros(13, np.int64) if is_int else _params(f.element_format)
+    mode = ROUNDING_CODES[rounding]
+    codes = np.empty((rows, n), np.int8 if is_int else np.uint8)
+    scales = np.empty((rows, nb), np.uint8)
+    emax32 = np.float32(f.element_max)
+    no_u, no_f = np.zeros((1, 1), np.uint64), np.zeros((1, 1))
+    if mode != 8:
+        kmx.quantize_into(x2, conv, table, k_eff, scale_rule == "ceil", f.emax_elem, emax32, p, is_int, mode,
+                          no_u, no_f, 0, codes, scales)
+    else:  # the draws of the padded blocked array, C order, a few rows at a time
+        gen = _generator(seed, rng)
+        width = nb * k_eff
+        step = max(1, _STOCH_ROWS_ELEMENTS // max(width, 1))
+        for r0 in range(0, rows, step):
+            r1 = min(r0 + step, rows)
+            if is_int:
+                du, df = no_u, gen.random(size=(r1 - r0, width))
+            else:
+                du = gen.integers(0, np.iinfo(np.uint64).max, size=(r1 - r0, width), dtype=np.uint64,
+                                  endpoint=True)
+                df = no_f
+            kmx.quantize_into(x2[r0:r1], conv, table, k_eff, scale_rule == "ceil", f.emax_elem, emax32, p,
+                              is_int, mode, du, df, 0, codes[r0:r1], scales[r0:r1])
+    codes = np.moveaxis(codes.reshape(lead + (n,)), -1, ax)
+    return codes, np.moveaxis(scales.reshape(lead + (nb,)), -1, ax)
+
+
+def dequantize_mx(codes, scales, fmt, *, axis: int = -1, block_size: int | None = None,
+                  backend: str = "auto") -> np.ndarray:
     """``X * P`` in float32 from element codes and E8M0 scale codes.
 
     Formula
     -------
     :math:`v_i = 2^{s - 127} \\cdot \\mathrm{decode}_{elem}(P_i)` (MXINT8: :math:`P_i / 64`);
     a scale code 0xFF makes the whole block NaN.
+
+    ``backend`` as in :func:`quantize_mx`.
 
     Reference
     ---------
@@ -285,6 +357,11 @@ def dequantize_mx(codes, scales, fmt, *, axis: int = -1, block_size: int | None 
     if f.element == "int8":
         if c.dtype != np.int8:
             raise RefquantError(f"mxint8 codes must be int8, got dtype {c.dtype}")
+    else:
+        _check_codes(c, f.element_format)
+    if resolve_backend(backend, c.size, threshold=KERNEL_THRESHOLD, cuda=False) == "cpu":
+        return _dequantize_cpu(c, s, f, ax, int(k))
+    if f.element == "int8":
         vals = c.astype(np.float64) / 64.0
     else:
         vals = decode(c, f.element_format).astype(np.float64)
@@ -300,3 +377,28 @@ def dequantize_mx(codes, scales, fmt, *, axis: int = -1, block_size: int | None 
         )
     x_scale = np.where(sm == 0xFF, np.nan, np.ldexp(1.0, sm.astype(np.int64) - 127))
     return _unblocked((blocks * x_scale[..., None]).astype(np.float32), n, ax)
+
+
+def _dequantize_cpu(c, s, f, ax, k):
+    from ..kernels.cpu import mx as kmx
+
+    cm, sm = np.moveaxis(c, ax, -1), np.moveaxis(s, ax, -1)
+    lead, n = cm.shape[:-1], cm.shape[-1]
+    nb = -(-n // k)
+    if s.ndim != c.ndim or sm.shape != lead + (nb,):
+        # the reference's messages
+        if s.ndim != c.ndim:
+            raise RefquantError(f"scales have shape {s.shape}; codes of shape {c.shape} need scales "
+                                f"of the same rank ({c.ndim}) with ceil(n / {k}) along axis {ax}")
+        raise RefquantError(
+            f"scales have shape {s.shape}; codes of shape {c.shape} in blocks of {k} along axis {ax} "
+            f"need {np.moveaxis(np.empty(lead + (nb,)), -1, ax).shape}"
+        )
+    rows = int(np.prod(lead, dtype=np.int64))
+    c2 = np.ascontiguousarray(cm).reshape(rows, n)
+    s2 = np.ascontiguousarray(sm).reshape(rows, nb)
+    is_int = f.element == "int8"
+    p = np.zeros(13, np.int64) if is_int else _params(f.element_format)
+    out = np.empty((rows, n), np.float32)
+    kmx.dequantize_into(c2, s2, k, p, is_int, out)
+    return np.moveaxis(out.reshape(lead + (n,)), -1, ax)

@@ -35,6 +35,7 @@ import numpy as np
 
 from .._core.granularity import normalize_axis
 from .._errors import RefquantError
+from ._backend import resolve_backend
 
 __all__ = [
     "pack",
@@ -46,6 +47,11 @@ __all__ = [
     "pack_int4_to_int32",
     "unpack_int4_from_int32",
 ]
+
+#: codes from which ``backend="auto"`` runs the Numba kernels of :mod:`refquant.kernels.cpu.packing`
+#: (:func:`pack` / :func:`unpack` take ``backend=``: ``"numpy"`` the NumPy body, the reference;
+#: ``"cpu"`` the kernel, bit-identical; ``REFQUANT_BACKEND=numpy`` forces the reference)
+KERNEL_THRESHOLD = 1 << 16
 
 _WORDS = {"uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64}
 _ORDERS = ("low_first", "high_first")
@@ -76,7 +82,7 @@ def _shifts(per, bits, order, wt):
     return s.astype(wt)
 
 
-def pack(codes, bits, *, axis=-1, order="low_first", word="uint8", pad=0) -> np.ndarray:
+def pack(codes, bits, *, axis=-1, order="low_first", word="uint8", pad=0, backend="auto") -> np.ndarray:
     """Pack ``bits``-wide codes along ``axis`` into words.
 
     Parameters
@@ -92,6 +98,9 @@ def pack(codes, bits, *, axis=-1, order="low_first", word="uint8", pad=0) -> np.
     word : "uint8", "uint16", "uint32" or "uint64"
     pad : int
         Code used to fill the last word when the length is not a multiple.
+    backend : {"auto", "numpy", "cpu"}
+        ``"numpy"`` the NumPy body (the reference), ``"cpu"`` the Numba kernel
+        (bit-identical, no int64 copy), ``"auto"`` the kernel from :data:`KERNEL_THRESHOLD` codes.
 
     Returns
     -------
@@ -121,13 +130,15 @@ def pack(codes, bits, *, axis=-1, order="low_first", word="uint8", pad=0) -> np.
         raise RefquantError(
             f"code {int(bad)} does not fit {bits} bits (allowed {lo} .. {hi})"
         )
-    c = c.astype(np.int64)
     try:
         pad = operator.index(pad)
     except TypeError:
         raise RefquantError(f"pad must be an integer, got {pad!r}") from None
     if not lo <= pad <= hi:
         raise RefquantError(f"pad {pad} does not fit {bits} bits")
+    if resolve_backend(backend, c.size, threshold=KERNEL_THRESHOLD, cuda=False) == "cpu":
+        return _pack_cpu(c, bits, ax, order, wt, per, pad)
+    c = c.astype(np.int64)
     c = np.moveaxis(c, ax, -1)
     n = c.shape[-1]
     nw = -(-n // per)
@@ -138,11 +149,26 @@ def pack(codes, bits, *, axis=-1, order="low_first", word="uint8", pad=0) -> np.
     return np.moveaxis(words.astype(wt), -1, ax)
 
 
-def unpack(packed, bits, n=None, *, axis=-1, order="low_first", signed=False) -> np.ndarray:
+def _pack_cpu(c, bits, ax, order, wt, per, pad):
+    from .cpu.packing import pack_into
+
+    if c.dtype.kind not in "iu":  # ml_dtypes int4 / uint4 / int2 / uint2: one code per byte
+        c = c.astype(np.int8 if c.dtype.name.startswith("int") else np.uint8)
+    cm = np.moveaxis(c, ax, -1)
+    lead, n = cm.shape[:-1], cm.shape[-1]
+    rows = int(np.prod(lead, dtype=np.int64))
+    nw = -(-n // per)
+    out = np.empty((rows, nw), wt)
+    pack_into(np.ascontiguousarray(cm).reshape(rows, n), bits, _shifts(per, bits, order, np.dtype(np.int64)), pad,
+              out)
+    return np.moveaxis(out.reshape(lead + (nw,)), -1, ax)
+
+
+def unpack(packed, bits, n=None, *, axis=-1, order="low_first", signed=False, backend="auto") -> np.ndarray:
     """Inverse of :func:`pack`: the first ``n`` codes along ``axis`` (all when None).
 
     Returns uint8 codes, or int8 codes sign-extended from ``bits`` when
-    ``signed``. The word type is the dtype of ``packed``.
+    ``signed``. The word type is the dtype of ``packed``. ``backend`` as in :func:`pack`.
 
     Formula
     -------
@@ -172,6 +198,16 @@ def unpack(packed, bits, n=None, *, axis=-1, order="low_first", signed=False) ->
         raise RefquantError(
             f"n {n} is out of range: {w.shape[-1]} word(s) hold at most {total} codes"
         )
+    if resolve_backend(backend, n * max(1, w.size // max(w.shape[-1], 1)), threshold=KERNEL_THRESHOLD,
+                       cuda=False) == "cpu":
+        from .cpu.packing import unpack_into
+
+        lead = w.shape[:-1]
+        rows = int(np.prod(lead, dtype=np.int64))
+        out = np.empty((rows, n), np.int8 if signed else np.uint8)
+        unpack_into(np.ascontiguousarray(w).reshape(rows, w.shape[-1]), bits,
+                    _shifts(per, bits, order, np.dtype(np.int64)), bool(signed), out)
+        return np.moveaxis(out.reshape(lead + (n,)), -1, ax)
     fields = (w[..., None] >> _shifts(per, bits, order, wt)) & wt.type((1 << bits) - 1)
     c = fields.reshape(w.shape[:-1] + (total,))[..., :n]
     if signed:
@@ -182,7 +218,7 @@ def unpack(packed, bits, n=None, *, axis=-1, order="low_first", signed=False) ->
     return np.moveaxis(c, -1, ax)
 
 
-def pack_nibbles(codes, *, axis=-1, order="low_first", pad=0) -> np.ndarray:
+def pack_nibbles(codes, *, axis=-1, order="low_first", pad=0, backend="auto") -> np.ndarray:
     """Two 4-bit codes per byte (int4 / uint4); an odd length is padded with ``pad``.
 
     Reference
@@ -190,10 +226,10 @@ def pack_nibbles(codes, *, axis=-1, order="low_first", pad=0) -> np.ndarray:
     ``order="low_first"``: ONNX IR int4/uint4 raw data; ``"high_first"``:
     bitsandbytes' 4-bit quantization (first element in the high nibble).
     """
-    return pack(codes, 4, axis=axis, order=order, word="uint8", pad=pad)
+    return pack(codes, 4, axis=axis, order=order, word="uint8", pad=pad, backend=backend)
 
 
-def unpack_nibbles(packed, n=None, *, axis=-1, order="low_first", signed=False) -> np.ndarray:
+def unpack_nibbles(packed, n=None, *, axis=-1, order="low_first", signed=False, backend="auto") -> np.ndarray:
     """Inverse of :func:`pack_nibbles` (``signed`` sign-extends int4 codes).
 
     Reference
@@ -206,7 +242,7 @@ def unpack_nibbles(packed, n=None, *, axis=-1, order="low_first", signed=False) 
             raise RefquantError(f"packed must be bytes (uint8, or integers in 0 .. 255), got dtype {p.dtype}"
                                 + (f" with values {int(p.min())} .. {int(p.max())}" if p.dtype.kind in "iu" else ""))
         p = p.astype(np.uint8)
-    return unpack(p, 4, n, axis=axis, order=order, signed=signed)
+    return unpack(p, 4, n, axis=axis, order=order, signed=signed, backend=backend)
 
 
 def pack_bits(bits_, *, axis=-1, order="low_first", word="uint8") -> np.ndarray:

@@ -117,3 +117,67 @@ def test_unpack_names_packed_when_its_dtype_is_not_a_word():
     # the message said "word must be one of ..." though unpack has no word argument
     with pytest.raises(RefquantError, match=r"^packed must be uint8, uint16, uint32 or uint64 words"):
         unpack(np.array([1], np.int8), 4)
+
+
+# ----------------------------------------------------------------- the Numba kernels
+
+
+def _same_array(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_array_equal(a, b)
+
+
+@given(
+    data=st.data(),
+    bits=st.sampled_from([1, 2, 4, 8]),
+    word=st.sampled_from(["uint8", "uint16", "uint32", "uint64"]),
+    order=st.sampled_from(["low_first", "high_first"]),
+    signed=st.booleans(),
+    dtype=st.sampled_from([np.int8, np.int16, np.int64, np.uint8, np.uint32]),
+)
+def test_pack_and_unpack_kernels_equal_the_reference(data, bits, word, order, signed, dtype):
+    if np.dtype(word).itemsize * 8 < bits or (signed and np.dtype(dtype).kind == "u"):
+        return
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    if np.dtype(dtype).kind == "i":
+        hi = min(hi, np.iinfo(dtype).max)
+    shape = data.draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=70))
+    c = data.draw(hnp.arrays(dtype, shape, elements=st.integers(lo, hi)))
+    axis = data.draw(st.integers(-c.ndim, c.ndim - 1))
+    pad = data.draw(st.integers(lo, hi))
+    kw = dict(axis=axis, order=order, word=word, pad=pad)
+    packed = pack(c, bits, backend="numpy", **kw)
+    _same_array(pack(c, bits, backend="cpu", **kw), packed)
+    n = data.draw(st.integers(0, packed.shape[axis] * (np.dtype(word).itemsize * 8 // bits)))
+    ukw = dict(axis=axis, order=order, signed=signed)
+    _same_array(unpack(packed, bits, n, backend="cpu", **ukw), unpack(packed, bits, n, backend="numpy", **ukw))
+
+
+def test_nibble_kernels_take_ml_dtypes_int4_and_check_like_the_reference():
+    import ml_dtypes
+
+    c = np.arange(-8, 8).repeat(3).astype(ml_dtypes.int4)
+    _same_array(pack_nibbles(c, backend="cpu"), pack_nibbles(c, backend="numpy"))
+    for backend in ("numpy", "cpu"):
+        with pytest.raises(RefquantError, match="does not fit"):
+            pack(np.array([16]), 4, backend=backend)
+        with pytest.raises(RefquantError, match="out of range"):
+            unpack(np.zeros(2, np.uint8), 4, 5, backend=backend)
+
+
+def test_packing_kernel_bodies_run_as_python_without_jit():
+    from helpers import run_without_jit
+
+    code = """
+import numpy as np
+from refquant.kernels.packing import pack, unpack
+c = np.random.default_rng(0).integers(-8, 8, (3, 21))
+for order in ("low_first", "high_first"):
+    for word in ("uint8", "uint32"):
+        p1 = pack(c, 4, order=order, word=word, pad=-8, backend="cpu")
+        assert np.array_equal(p1, pack(c, 4, order=order, word=word, pad=-8, backend="numpy"))
+        assert np.array_equal(unpack(p1, 4, 21, order=order, signed=True, backend="cpu"),
+                              unpack(p1, 4, 21, order=order, signed=True, backend="numpy"))
+print("ok")
+"""
+    assert run_without_jit(code).strip() == "ok"
