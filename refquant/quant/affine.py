@@ -378,6 +378,9 @@ def _quantize_cpu(xa, s, z, fmt, ft, lay, odt, rounding, scale_op, zero_point_st
         lo = np.full((1, 1, 1), fmt.qmin, np.float64)
         hi = np.full((1, 1, 1), fmt.qmax, np.float64)
     zfill = np.trunc(zf).astype(np.int64) if z.dtype.kind == "f" else z.astype(np.int64)
+    # one compact shape for all: the kernel indexes every parameter array alike
+    sf, rcp, zft, zf, lo, hi, zfill = (np.ascontiguousarray(a) for a in np.broadcast_arrays(
+        sf, rcp, zft, zf, lo, hi, zfill))
     fills = {"zero": 0, "qmin": fmt.qmin, "qmax": fmt.qmax}
     width = 1 << fmt.bits
     wlow = -(width >> 1) if fmt.signed else 0
@@ -412,7 +415,7 @@ def _wrap(r: np.ndarray, fmt: IntFormat) -> np.ndarray:
 
 def dequantize(
     q, scale, zero_point=0, *, axis=None, block_size=None, out_dtype=np.float32,
-    precision="exact",
+    precision="exact", backend="auto",
 ) -> np.ndarray:
     """Map integer codes back to real values: ``(q - z) * s``.
 
@@ -427,6 +430,9 @@ def dequantize(
         ``out_dtype``. ``"float32"``: ``float32(q - z) * float32(s)`` with both
         steps rounded to float32 (they differ only for ``|q - z| >= 2^24``,
         i.e. 32-bit codes: PyTorch's qint32, int32 accumulators).
+    backend : {"auto", "numpy", "cpu"}
+        As for :func:`quantize` (the kernel writes float32 and float64 outputs;
+        other output dtypes run the NumPy body).
 
     Formula
     -------
@@ -447,8 +453,21 @@ def dequantize(
     if precision not in ("exact", "float32"):
         raise RefquantError(f"precision must be 'exact' or 'float32'; got {precision!r}")
     axis, block_size = _granularity(qa, axis, block_size)
-    s = broadcast_param(check_scale(scale), qa.shape, axis, block_size, "scale")
+    sc = check_scale(scale)
+    sk = _compact_param(sc, qa.shape, axis, block_size, "scale")
     z = as_array(zero_point, "zero_point")
+    if z.dtype.kind != "f" and z.dtype.kind not in "iub" and z.dtype.kind != "V":
+        raise RefquantError(f"zero_point must be integers, got dtype {z.dtype}")
+    zk = _compact_param(z, qa.shape, axis, block_size, "zero_point")
+    try:
+        odt = np.dtype(out_dtype)
+    except TypeError:
+        odt = None
+    if (odt in (np.float32, np.float64)
+            and resolve_backend(backend, qa.size, threshold=KERNEL_THRESHOLD, cuda=False) == "cpu"):
+        return _dequantize_cpu(qa, sk, zk, _layout(qa.shape, axis, block_size), odt,
+                               precision == "float32")
+    s = broadcast_param(sc, qa.shape, axis, block_size, "scale")
     if z.dtype.kind == "f":
         diff = qa.astype(np.float64) - broadcast_param(z, qa.shape, axis, block_size, "zero_point")
     else:
@@ -460,6 +479,24 @@ def dequantize(
     if precision == "float32":
         return (diff.astype(np.float32) * s.astype(np.float32)).astype(out_dtype)
     return _round_product(diff.astype(np.float64), s.astype(np.float64), out_dtype)
+
+
+def _dequantize_cpu(qa, s, z, lay, odt, prec32):
+    """The Numba kernel's ``(q - z) * s`` (``s``, ``z`` compact) as ``odt`` (float32 / float64)."""
+    from ..kernels.cpu import affine as kern
+
+    if qa.dtype.kind == "V":  # ml_dtypes int2/int4/uint2/uint4: their exact values in a byte
+        qa = qa.astype(np.int8 if qa.dtype.name.startswith("int") else np.uint8)
+    zfloat = z.dtype.kind == "f"
+    zk = z.astype(np.float64) if zfloat else z.astype(np.int64)
+    sk = s.astype(np.float32) if prec32 else s.astype(np.float64)
+    out = np.empty(qa.size, odt)
+    a, n, c, b = lay
+    q = np.ascontiguousarray(qa).reshape(-1)
+    if q.dtype == np.bool_:
+        q = q.view(np.uint8)
+    kern.dequantize_kernel(prec32, odt == np.float64, zfloat)(q, out, a, n, c, b, sk, zk)
+    return out.reshape(qa.shape)
 
 
 def _round_product(a: np.ndarray, b: np.ndarray, out_dtype) -> np.ndarray:
@@ -507,11 +544,14 @@ def fake_quantize(
     block_size=None,
     rounding="half_even",
     out_dtype=np.float32,
+    backend="auto",
     **semantics,
 ) -> np.ndarray:
     """Quantize then dequantize: the value ``x`` takes on the grid, as a float array.
 
-    Takes every argument of :func:`quantize` (``**semantics``), and ``out_dtype``.
+    Takes every argument of :func:`quantize` (``**semantics``), ``out_dtype`` and
+    ``backend`` (both steps run on it; on the kernels the codes in between are
+    held in the format's storage dtype, one byte per int8 code, not int64).
 
     Formula
     -------
@@ -522,15 +562,22 @@ def fake_quantize(
     PyTorch ``torch.fake_quantize_per_tensor_affine`` (with scale_op="reciprocal",
     precision="float32"); TF ``fake_quant_with_min_max_vars``.
     """
+    xa = as_array(x, "x")
+    codes = np.int64
+    if (resolve_backend(backend, xa.size, threshold=KERNEL_THRESHOLD, cuda=False) == "cpu"
+            and rounding != "stochastic"):
+        codes = None  # the storage dtype holds every code (saturated or wrapped to the width)
     q = quantize(
-        x,
+        xa,
         scale,
         zero_point,
         dtype=dtype,
         axis=axis,
         block_size=block_size,
         rounding=rounding,
-        out_dtype=np.int64,
+        out_dtype=codes,
+        backend=backend,
         **semantics,
     )
-    return dequantize(q, scale, zero_point, axis=axis, block_size=block_size, out_dtype=out_dtype)
+    return dequantize(q, scale, zero_point, axis=axis, block_size=block_size, out_dtype=out_dtype,
+                      backend=backend)

@@ -244,24 +244,30 @@ def quantize_kernel(xkind: int, f32: bool, scale_op: int, zp_stage: int, clamp_b
             pa = i if pa_on else 0
             pn = jb if pn_on else 0
             f = 0
+            # slices indexed from 0: LLVM then knows no index is negative (no wraparound
+            # selects, no gathers) and vectorises the loops
             if not pc_on:
                 ps, prc, pzft = s[pa, pn, 0], rcp[pa, pn, 0], zft[pa, pn, 0]
                 pzf, plo, phi, pzfill = zf[pa, pn, 0], lo[pa, pn, 0], hi[pa, pn, 0], zfill[pa, pn, 0]
-                for e in range((i * N + j0) * C, (i * N + j1) * C):
-                    q, g = _code(_load(x, e, XK), FT, SCALE_OP, ZPS, CLAMP, MODE, OVF, ps, prc,
+                xs = x[(i * N + j0) * C:(i * N + j1) * C]
+                os = out[(i * N + j0) * C:(i * N + j1) * C]
+                for e in range(xs.size):
+                    q, g = _code(_load(xs, e, XK), FT, SCALE_OP, ZPS, CLAMP, MODE, OVF, ps, prc,
                                  pzft, pzf, plo, phi, pzfill, qmin, qmax, wlow, wspan, nanfill_z,
                                  nanfill)
-                    out[e] = q
+                    os[e] = q
                     f |= g
             else:
                 for j in range(j0, j1):
-                    e0 = (i * N + j) * C
+                    xs = x[(i * N + j) * C:(i * N + j + 1) * C]
+                    os = out[(i * N + j) * C:(i * N + j + 1) * C]
+                    ss, rs, zs = s[pa, pn], rcp[pa, pn], zft[pa, pn]
+                    fs, ls, hs, ws = zf[pa, pn], lo[pa, pn], hi[pa, pn], zfill[pa, pn]
                     for k in range(C):
-                        q, g = _code(_load(x, e0 + k, XK), FT, SCALE_OP, ZPS, CLAMP, MODE, OVF,
-                                     s[pa, pn, k], rcp[pa, pn, k], zft[pa, pn, k], zf[pa, pn, k],
-                                     lo[pa, pn, k], hi[pa, pn, k], zfill[pa, pn, k], qmin, qmax,
+                        q, g = _code(_load(xs, k, XK), FT, SCALE_OP, ZPS, CLAMP, MODE, OVF,
+                                     ss[k], rs[k], zs[k], fs[k], ls[k], hs[k], ws[k], qmin, qmax,
                                      wlow, wspan, nanfill_z, nanfill)
-                        out[e0 + k] = q
+                        os[k] = q
                         f |= g
             tflags[t] = f
         flags = 0
@@ -337,14 +343,17 @@ def dequantize_kernel(prec32: bool, out64: bool, zfloat: bool):
             if not (pc_on or zc_on):
                 sv = s[pa, pn, 0]
                 zv = z[qa, qn, 0]
-                for e in range((i * N + j0) * C, (i * N + j1) * C):
-                    out[e] = one(q[e], sv, zv)
+                qs = q[(i * N + j0) * C:(i * N + j1) * C]
+                os = out[(i * N + j0) * C:(i * N + j1) * C]
+                for e in range(qs.size):
+                    os[e] = one(qs[e], sv, zv)
             else:
                 for j in range(j0, j1):
-                    e0 = (i * N + j) * C
+                    qs = q[(i * N + j) * C:(i * N + j + 1) * C]
+                    os = out[(i * N + j) * C:(i * N + j + 1) * C]
+                    ss, zs = s[pa, pn], z[qa, qn]
                     for k in range(C):
-                        out[e0 + k] = one(q[e0 + k], s[pa, pn, k if pc_on else 0],
-                                          z[qa, qn, k if zc_on else 0])
+                        os[k] = one(qs[k], ss[k if pc_on else 0], zs[k if zc_on else 0])
 
     return kernel
 
@@ -372,8 +381,9 @@ def minmax_kernel(x, xkind, A, N, C, B, lo, hi):
             mn = np.inf
             mx = -np.inf
             for i in range(i0, i1):
-                for e in range((i * N + j0) * C, (i * N + j1) * C):
-                    v = _load(x, e, xkind)
+                xs = x[(i * N + j0) * C:(i * N + j1) * C]
+                for e in range(xs.size):
+                    v = _load(xs, e, xkind)
                     if v <= mn:  # NaN never; of equal values (±0) the later, as NumPy's loop
                         mn = v
                     if v >= mx:
@@ -381,12 +391,13 @@ def minmax_kernel(x, xkind, A, N, C, B, lo, hi):
             lo[pa, jb, 0] = mn
             hi[pa, jb, 0] = mx
         else:
+            ls, hs = lo[pa, jb], hi[pa, jb]
             for i in range(i0, i1):
                 for j in range(j0, j1):
-                    e0 = (i * N + j) * C
+                    xs = x[(i * N + j) * C:(i * N + j + 1) * C]
                     for k in range(C):
-                        v = _load(x, e0 + k, xkind)
-                        if v <= lo[pa, jb, k]:
-                            lo[pa, jb, k] = v
-                        if v >= hi[pa, jb, k]:
-                            hi[pa, jb, k] = v
+                        v = _load(xs, k, xkind)
+                        if v <= ls[k]:
+                            ls[k] = v
+                        if v >= hs[k]:
+                            hs[k] = v
