@@ -199,11 +199,24 @@ def _auto_backend(n):
 
 
 def _affine_rows(x, same):
-    """int8 per tensor, int8 per channel and int4 blocked against torch and onnxruntime."""
+    """int8 per tensor, int8 per channel and int4 blocked against torch and onnxruntime; where
+    ``backend="auto"`` runs the Numba kernel, on one thread and on every core."""
     from refquant.compat import onnx, torch
 
+    auto = _auto_backend(x.size)
     rows = []
-    backend = _auto_backend(x.size)
+    for name, fn, peer_name, peer, equal in _affine_row_list(x, same, torch, onnx):
+        if auto == "numpy":
+            rows.append((name, fn, peer_name, peer, equal, auto))
+        else:
+            rows.append((name, _threads(fn, 1), peer_name, peer, equal, "cpu x1"))
+            rows.append((name, _threads(fn, None), peer_name, peer, equal, auto))
+    return rows
+
+
+def _affine_row_list(x, same, torch, onnx):
+    """(name, refquant callable, peer name, peer callable or None, equal) of the affine rows."""
+    rows = []
     scale = np.float32(np.abs(x).max() / 127)
     have_ort = _have("onnxruntime") and _have("onnx")
 
@@ -216,7 +229,7 @@ def _affine_rows(x, same):
         def peer():
             return th.quantize_per_tensor(tx, float(scale), 0, th.qint8).int_repr().numpy()
     rows.append(("int8 per tensor", lambda: torch.quantize_per_tensor(x, scale, 0, "qint8"),
-                 "torch.quantize_per_tensor", peer, same, backend))
+                 "torch.quantize_per_tensor", peer, same))
 
     peer = None
     if have_ort:
@@ -225,7 +238,7 @@ def _affine_rows(x, same):
         peer = _ort_session("QuantizeLinear", x, {"_scale": scale, "_zero": np.int8(0)}, 21,
                             TensorProto.INT8)
     rows.append(("int8 per tensor", lambda: onnx.quantize_linear(x, scale, np.int8(0)),
-                 "onnxruntime QuantizeLinear", peer, same, backend))
+                 "onnxruntime QuantizeLinear", peer, same))
 
     cscale = (np.abs(x).max(axis=1) / 127).astype(np.float32)
     cscale[cscale == 0] = 1
@@ -243,7 +256,7 @@ def _affine_rows(x, same):
     rows.append(("int8 per channel",
                  lambda: torch.quantize_per_channel(x, cscale.astype(np.float64),
                                                     czero.astype(np.int64), 0, "qint8"),
-                 "torch.quantize_per_channel", peer, same, backend))
+                 "torch.quantize_per_channel", peer, same))
     peer = None
     if have_ort:
         from onnx import TensorProto
@@ -251,7 +264,7 @@ def _affine_rows(x, same):
         peer = _ort_session("QuantizeLinear", x, {"_scale": cscale, "_zero": czero, "axis": 0},
                             21, TensorProto.INT8)
     rows.append(("int8 per channel", lambda: onnx.quantize_linear(x, cscale, czero, axis=0),
-                 "onnxruntime QuantizeLinear", peer, same, backend))
+                 "onnxruntime QuantizeLinear", peer, same))
 
     block = 128
     bscale = (np.abs(x).reshape(x.shape[0], -1, block).max(-1) / 7).astype(np.float32)
@@ -267,7 +280,8 @@ def _affine_rows(x, same):
     rows.append(("int4 block 128",
                  lambda: onnx.quantize_linear(x, bscale, None, axis=1, block_size=block,
                                               output_dtype="int4"),
-                 "onnxruntime QuantizeLinear", peer, same, backend))
+                 "onnxruntime QuantizeLinear", peer, same))
+    return rows
     return rows
 
 

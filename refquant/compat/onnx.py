@@ -726,7 +726,7 @@ def dequantize_linear(x, x_scale, x_zero_point=None, axis=1, block_size=0, outpu
         wide = np.float32 if prec == "float32" else np.float64
         return (vals.astype(wide) * sb.astype(wide)).astype(odt)
     z = 0 if zp is None or xt == "int32" else zp.astype(np.int64)
-    return dequantize(x.astype(np.int64), s, z, axis=ax, block_size=bs, out_dtype=odt,
+    return dequantize(x, s, z, axis=ax, block_size=bs, out_dtype=odt,
                       precision=prec)
 
 

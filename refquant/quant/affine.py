@@ -390,8 +390,9 @@ def _quantize_cpu(xa, s, z, fmt, ft, lay, odt, rounding, scale_op, zero_point_st
                                   kern.OVERFLOWS[overflow])
     out = np.empty(xa.size, odt)
     a, n, c, b = lay
-    flags = kernel(_flat(xa), out, a, n, c, b, sf, rcp, zft, zf, lo, hi, zfill, fmt.qmin,
-                   fmt.qmax, wlow, width, nan not in fills, fills.get(nan, 0))
+    flags = kern.run_tasks(kernel, a * -(-n // b), xa.size, _flat(xa), out, a, n, c, b, sf, rcp,
+                           zft, zf, lo, hi, zfill, fmt.qmin, fmt.qmax, wlow, width,
+                           nan not in fills, fills.get(nan, 0))
     if ((inf == "raise" and flags & kern.FLAG_INF) or (nan == "raise" and flags & kern.FLAG_NAN)
             or flags & (kern.FLAG_RANGE | kern.FLAG_WRAP)
             or (nan == "zero" and flags & kern.FLAG_NAN_CODE and not fmt.qmin <= 0 <= fmt.qmax)):
@@ -495,7 +496,8 @@ def _dequantize_cpu(qa, s, z, lay, odt, prec32):
     q = np.ascontiguousarray(qa).reshape(-1)
     if q.dtype == np.bool_:
         q = q.view(np.uint8)
-    kern.dequantize_kernel(prec32, odt == np.float64, zfloat)(q, out, a, n, c, b, sk, zk)
+    kern.run_tasks(kern.dequantize_kernel(prec32, odt == np.float64, zfloat), a * -(-n // b),
+                   q.size, q, out, a, n, c, b, sk, zk)
     return out.reshape(qa.shape)
 
 

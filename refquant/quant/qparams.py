@@ -154,7 +154,7 @@ def _minmax(x, axis, block_size, backend):
 
 def _minmax_cpu(x, axis, block_size):
     """The Numba reduction: float64 cells, returned in the reference's dtype and shape."""
-    from ..kernels.cpu.affine import minmax_kernel
+    from ..kernels.cpu.affine import minmax_kernel, run_tasks
 
     a, n, c, b = _layout(x.shape, axis, block_size)
     if axis is None:
@@ -165,7 +165,8 @@ def _minmax_cpu(x, axis, block_size):
         cells = (a, -(-n // b), c)
     lo = np.full(cells, np.inf)
     hi = np.full(cells, -np.inf)
-    minmax_kernel(_flat(x), _kernel_dtype(x.dtype)[1], a, n, c, b, lo, hi)
+    run_tasks(minmax_kernel, cells[0] * cells[1], x.size, _flat(x), _kernel_dtype(x.dtype)[1], a,
+              n, c, b, lo, hi)
     dt = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
     if axis is None:
         lo, hi = np.minimum.reduce(lo.reshape(-1)), np.maximum.reduce(hi.reshape(-1))

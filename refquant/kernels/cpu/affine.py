@@ -12,7 +12,7 @@ their arguments and hand these kernels plain arrays:
   for the threads; per axis ``B = 1``; blocked ``B = block_size``, the last block
   partial. Nothing is broadcast to the input's size.
 
-Each ``prange`` task is one (row ``i``, block ``jb``) pair; where the parameters
+Each task is one (row ``i``, block ``jb``) pair; where the parameters
 do not vary along ``C`` the task is one contiguous run with constant parameters,
 a loop that LLVM vectorises.
 
@@ -36,11 +36,12 @@ from __future__ import annotations
 import functools
 import math
 
+import numba
 import numpy as np
-from numba import config, njit, prange, types
+from numba import config, njit, types
 from numba.extending import intrinsic
 
-__all__ = ["ROUNDING_IDS", "quantize_kernel", "dequantize_kernel", "minmax_kernel",
+__all__ = ["ROUNDING_IDS", "quantize_kernel", "dequantize_kernel", "minmax_kernel", "run_tasks",
            "FLAG_INF", "FLAG_NAN", "FLAG_RANGE", "FLAG_WRAP", "FLAG_NAN_CODE"]
 
 ROUNDING_IDS = {"half_even": 0, "half_away": 1, "half_up": 2, "half_down": 3, "half_zero": 4,
@@ -56,7 +57,9 @@ FLAG_WRAP = 8  # |round(x / s) + z| >= 2^62 (overflow="wrap")
 FLAG_NAN_CODE = 16  # some code was NaN (filled by the NaN policy)
 
 _OPTS = dict(cache=True, error_model="numpy")
-_PAR = dict(cache=True, error_model="numpy", parallel=True)
+# The kernels run tasks [t0, t1) without the GIL; :func:`run_tasks` spreads the tasks over
+# threads. (A prange loop compiled 2-3x slower, one kernel per combination of choices.)
+_TASKS = dict(cache=True, error_model="numpy", nogil=True)
 
 if config.DISABLE_JIT:  # pragma: no cover - exercised in a subprocess
 
@@ -94,7 +97,34 @@ else:
         return types.float32(types.float32, types.float32, types.float32), codegen
 
 
-@njit(**_OPTS, inline="always")
+#: elements below which a call runs on the calling thread alone
+PARALLEL_MIN = 1 << 17
+
+
+@functools.cache
+def _pool():
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1),
+                              thread_name_prefix="refquant-affine")
+
+
+def run_tasks(kernel, ntask, size, *args):
+    """``kernel(*args, t0, t1)`` over tasks ``[0, ntask)``, split into contiguous ranges, one per
+    thread (``numba.get_num_threads()`` of them; one for fewer than :data:`PARALLEL_MIN`
+    elements). Returns the OR of the kernels' results (flags; 0 for None)."""
+    n = min(numba.get_num_threads(), ntask) if size >= PARALLEL_MIN else 1
+    if n <= 1:
+        return kernel(*args, 0, ntask) or 0
+    bounds = [ntask * i // n for i in range(n + 1)]
+    futures = [_pool().submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(1, n)]
+    flags = kernel(*args, bounds[0], bounds[1]) or 0
+    for f in futures:
+        flags |= f.result() or 0
+    return flags
+
+
+@njit(**_OPTS)
 def _bf16(bits):
     return np.uint32(np.uint32(bits) << np.uint32(16))
 
@@ -113,7 +143,7 @@ def _f16_to_f64(h):
     return sign * (1024 + m) * 2.0 ** (e - 25)
 
 
-@njit(**_OPTS, inline="always")
+@njit(**_OPTS)
 def _load(x, e, xkind):
     """Element ``e`` of ``x`` as a float64 (exact; integers as NumPy's int -> float64 cast)."""
     if xkind == 1:
@@ -123,7 +153,7 @@ def _load(x, e, xkind):
     return np.float64(x[e])
 
 
-@njit(**_OPTS, inline="always")
+@njit(**_OPTS)
 def _round(v, mode):
     """``round_to_int`` of a float64 ``v`` with mode ``ROUNDING_IDS[...]`` (exact: the
     fraction ``v - trunc(v)`` is exact, as in ``refquant._core.rounding``)."""
@@ -150,7 +180,7 @@ def _round(v, mode):
     return out if math.isfinite(v) else v
 
 
-@njit(**_OPTS, inline="always")
+@njit(**_OPTS)
 def _code(xv, FT, SCALE_OP, ZPS, CLAMP, MODE, OVF, s, rcp, zft, zf, lo, hi, zfill, qmin, qmax,
           wlow, wspan, nanfill_z, nanfill):
     """(code, flags) of one element ``xv`` (float64, exact) under one set of parameters.
@@ -229,21 +259,19 @@ def quantize_kernel(xkind: int, f32: bool, scale_op: int, zp_stage: int, clamp_b
     XK, SCALE_OP, ZPS, CLAMP, MODE, OVF = (xkind, scale_op, zp_stage, clamp_before, rounding,
                                            overflow)
 
-    @njit(**_PAR)
+    @njit(**_TASKS)
     def kernel(x, out, A, N, C, B, s, rcp, zft, zf, lo, hi, zfill, qmin, qmax, wlow, wspan,
-               nanfill_z, nanfill):
+               nanfill_z, nanfill, t0, t1):
         nbt = (N + B - 1) // B
         pa_on, pn_on, pc_on = s.shape[0] > 1, s.shape[1] > 1, s.shape[2] > 1
-        ntask = A * nbt
-        tflags = np.zeros(ntask, np.int64)
-        for t in prange(ntask):
+        flags = 0
+        for t in range(t0, t1):
             i = t // nbt
             jb = t - i * nbt
             j0 = jb * B
             j1 = min(j0 + B, N)
             pa = i if pa_on else 0
             pn = jb if pn_on else 0
-            f = 0
             # slices indexed from 0: LLVM then knows no index is negative (no wraparound
             # selects, no gathers) and vectorises the loops
             if not pc_on:
@@ -256,7 +284,7 @@ def quantize_kernel(xkind: int, f32: bool, scale_op: int, zp_stage: int, clamp_b
                                  pzft, pzf, plo, phi, pzfill, qmin, qmax, wlow, wspan, nanfill_z,
                                  nanfill)
                     os[e] = q
-                    f |= g
+                    flags |= g
             else:
                 for j in range(j0, j1):
                     xs = x[(i * N + j) * C:(i * N + j + 1) * C]
@@ -268,17 +296,13 @@ def quantize_kernel(xkind: int, f32: bool, scale_op: int, zp_stage: int, clamp_b
                                      ss[k], rs[k], zs[k], fs[k], ls[k], hs[k], ws[k], qmin, qmax,
                                      wlow, wspan, nanfill_z, nanfill)
                         os[k] = q
-                        f |= g
-            tflags[t] = f
-        flags = 0
-        for t in range(ntask):
-            flags |= tflags[t]
+                        flags |= g
         return flags
 
     return kernel
 
 
-@njit(**_OPTS, inline="always")
+@njit(**_OPTS)
 def _round_product_f32(a, b):
     """``a * b`` (float64, ``a`` integral) rounded once to float32: the float64 product
     rounded to odd with Dekker's exact error, then to float32 (Boldo & Melquiond 2008)."""
@@ -313,7 +337,7 @@ def dequantize_kernel(prec32: bool, out64: bool, zfloat: bool):
     """
     P32, O64, ZF = prec32, out64, zfloat
 
-    @njit(**_OPTS, inline="always")
+    @njit(**_OPTS)
     def one(qv, sv, zv):
         if ZF:
             d = np.float64(qv) - zv
@@ -326,12 +350,12 @@ def dequantize_kernel(prec32: bool, out64: bool, zfloat: bool):
             return a * sv
         return _round_product_f32(a, sv)
 
-    @njit(**_PAR)
-    def kernel(q, out, A, N, C, B, s, z):
+    @njit(**_TASKS)
+    def kernel(q, out, A, N, C, B, s, z, t0, t1):
         nbt = (N + B - 1) // B
         pa_on, pn_on, pc_on = s.shape[0] > 1, s.shape[1] > 1, s.shape[2] > 1
         za_on, zn_on, zc_on = z.shape[0] > 1, z.shape[1] > 1, z.shape[2] > 1
-        for t in prange(A * nbt):
+        for t in range(t0, t1):
             i = t // nbt
             jb = t - i * nbt
             j0 = jb * B
@@ -358,8 +382,8 @@ def dequantize_kernel(prec32: bool, out64: bool, zfloat: bool):
     return kernel
 
 
-@njit(**_PAR)
-def minmax_kernel(x, xkind, A, N, C, B, lo, hi):
+@njit(**_TASKS)
+def minmax_kernel(x, xkind, A, N, C, B, lo, hi, t0, t1):
     """Per-group NaN-ignoring min and max (float64) into ``lo``, ``hi`` (filled with
     +Inf / -Inf by the caller) of shape ``(PA, ceil(N / B), PC)``, ``PA`` 1 or ``A``,
     ``PC`` 1 or ``C``; an all-NaN group keeps (+Inf, -Inf).
@@ -370,8 +394,7 @@ def minmax_kernel(x, xkind, A, N, C, B, lo, hi):
     nbt = (N + B - 1) // B
     pa_on = lo.shape[0] > 1
     pc_on = lo.shape[2] > 1
-    npa = lo.shape[0]
-    for t in prange(npa * nbt):
+    for t in range(t0, t1):
         pa = t // nbt
         jb = t - pa * nbt
         j0 = jb * B
