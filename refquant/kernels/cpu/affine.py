@@ -80,21 +80,26 @@ else:
 
     @intrinsic
     def _fma32(typingctx, a, b, c):
-        """``llvm.fma.f32``: ``a * b + c`` rounded once (vfmadd on x86)."""
-        if not all(t == types.float32 for t in (a, b, c)):
+        """``llvm.fma.f32``: ``a * b + c`` rounded once (vfmadd on x86). float64 arguments
+        (typed for the float64 kernels, which never take this branch) get ``llvm.fma.f64``."""
+        if all(t == types.float32 for t in (a, b, c)):
+            ty, name = types.float32, "llvm.fma.f32"
+        elif all(t == types.float64 for t in (a, b, c)):
+            ty, name = types.float64, "llvm.fma.f64"
+        else:
             return None
 
         def codegen(context, builder, signature, args):
             from llvmlite import ir
 
-            f32 = ir.FloatType()
+            ft = ir.FloatType() if ty == types.float32 else ir.DoubleType()
             mod = builder.module
-            fn = mod.globals.get("llvm.fma.f32")
+            fn = mod.globals.get(name)
             if fn is None:  # a plain declaration (llvmlite's declare_intrinsic upsets numba)
-                fn = ir.Function(mod, ir.FunctionType(f32, [f32, f32, f32]), "llvm.fma.f32")
+                fn = ir.Function(mod, ir.FunctionType(ft, [ft, ft, ft]), name)
             return builder.call(fn, list(args))
 
-        return types.float32(types.float32, types.float32, types.float32), codegen
+        return ty(ty, ty, ty), codegen
 
 
 #: elements below which a call runs on the calling thread alone
@@ -239,7 +244,8 @@ def _code(xv, FT, SCALE_OP, ZPS, CLAMP, MODE, OVF, s, rcp, zft, zf, lo, hi, zfil
 @functools.cache
 def quantize_kernel(xkind: int, f32: bool, scale_op: int, zp_stage: int, clamp_before: bool,
                     rounding: int, overflow: int):
-    """The Numba kernel of one combination of the compile-time choices.
+    """The Numba kernel of one combination of the compile-time choices (a closure over plain
+    values only: Numba's disk cache keys a closure by its pickled cells).
 
     ``kernel(x, out, A, N, C, B, s, rcp, zft, zf, lo, hi, zfill, qmin, qmax, wlow, wspan,
     nanfill_z, nanfill) -> flags`` writes the codes of flat ``x`` into flat ``out``
@@ -326,6 +332,25 @@ def _round_product_f32(a, b):
     return np.float32(p)
 
 
+@njit(**_OPTS)
+def _dequantize_one(qv, sv, zv, P32, O64, ZF):
+    """``(q - z) * s`` of one code (see :func:`dequantize_kernel`), as a float64 that the
+    output holds exactly."""
+    if ZF:
+        df = np.float64(qv) - zv
+        if P32:
+            return np.float64(np.float32(df) * np.float32(sv))
+        a = df
+    else:
+        di = np.int64(qv) - zv  # exact; cast once to the working precision
+        if P32:
+            return np.float64(np.float32(di) * np.float32(sv))
+        a = np.float64(di)
+    if O64:
+        return a * sv
+    return np.float64(_round_product_f32(a, sv))
+
+
 @functools.cache
 def dequantize_kernel(prec32: bool, out64: bool, zfloat: bool):
     """``kernel(q, out, A, N, C, B, s, z)``: ``(q - z) * s`` per element into ``out``.
@@ -335,20 +360,7 @@ def dequantize_kernel(prec32: bool, out64: bool, zfloat: bool):
     product, else :func:`_round_product_f32`). ``z`` int64 (``q - z`` the exact
     int64 difference) or, ``zfloat``, float64 (``float64(q) - z``).
     """
-    P32, O64, ZF = prec32, out64, zfloat
-
-    @njit(**_OPTS)
-    def one(qv, sv, zv):
-        if ZF:
-            d = np.float64(qv) - zv
-        else:
-            d = np.int64(qv) - zv
-        if P32:
-            return np.float32(d) * sv
-        a = np.float64(d)
-        if O64:
-            return a * sv
-        return _round_product_f32(a, sv)
+    P32, O64, ZF = prec32, out64, zfloat  # plain values only in the closure (see above)
 
     @njit(**_TASKS)
     def kernel(q, out, A, N, C, B, s, z, t0, t1):
@@ -370,14 +382,15 @@ def dequantize_kernel(prec32: bool, out64: bool, zfloat: bool):
                 qs = q[(i * N + j0) * C:(i * N + j1) * C]
                 os = out[(i * N + j0) * C:(i * N + j1) * C]
                 for e in range(qs.size):
-                    os[e] = one(qs[e], sv, zv)
+                    os[e] = _dequantize_one(qs[e], sv, zv, P32, O64, ZF)
             else:
                 for j in range(j0, j1):
                     qs = q[(i * N + j) * C:(i * N + j + 1) * C]
                     os = out[(i * N + j) * C:(i * N + j + 1) * C]
                     ss, zs = s[pa, pn], z[qa, qn]
                     for k in range(C):
-                        os[k] = one(qs[k], ss[k if pc_on else 0], zs[k if zc_on else 0])
+                        os[k] = _dequantize_one(qs[k], ss[k if pc_on else 0],
+                                                zs[k if zc_on else 0], P32, O64, ZF)
 
     return kernel
 
