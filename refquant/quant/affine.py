@@ -387,7 +387,9 @@ def _quantize_cpu(xa, s, z, fmt, ft, lay, odt, rounding, scale_op, zero_point_st
     kernel = kern.quantize_kernel(xkind, f32, kern.SCALE_OPS[scale_op],
                                   kern.ZP_STAGES[zero_point_stage],
                                   clamp_stage == "before_rounding", kern.ROUNDING_IDS[rounding],
-                                  kern.OVERFLOWS[overflow])
+                                  kern.SATURATE_F32 if f32 and overflow == "saturate"
+                                  and max(-fmt.qmin, fmt.qmax) < 2**24
+                                  else kern.OVERFLOWS[overflow])
     out = np.empty(xa.size, odt)
     a, n, c, b = lay
     flags = kern.run_tasks(kernel, a * -(-n // b), xa.size, _flat(xa), out, a, n, c, b, sf, rcp,

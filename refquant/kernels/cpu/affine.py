@@ -49,6 +49,7 @@ ROUNDING_IDS = {"half_even": 0, "half_away": 1, "half_up": 2, "half_down": 3, "h
 SCALE_OPS = {"divide": 0, "reciprocal": 1}
 ZP_STAGES = {"after_rounding": 0, "before_rounding": 1, "fused": 2}
 OVERFLOWS = {"saturate": 0, "wrap": 1, "raise": 2}
+SATURATE_F32 = 3  # overflow="saturate" computed in float32 (see _code)
 
 FLAG_INF = 1  # x (in the working precision) holds ±Inf
 FLAG_NAN = 2  # x holds NaN
@@ -216,6 +217,23 @@ def _code(xv, FT, SCALE_OP, ZPS, CLAMP, MODE, OVF, s, rcp, zft, zf, lo, hi, zfil
         if w > hi:
             w = hi
         v = FT(w)
+    if OVF == 3:
+        # saturate in float32 (float32 kernels on grids inside ±2^24, chosen by the caller):
+        # the same codes as the float64 steps below. rint(v) is a float32 integer; with
+        # |z|, |qmin|, |qmax| < 2^24 the float32 sum r + z is exact while |r + z| <= 2^24,
+        # and beyond it rounds to a value still beyond the grid, which saturates alike.
+        r32 = np.float32(_round(np.float64(v), MODE))
+        if ZPS == 0:
+            r32 = np.float32(r32 + np.float32(zf))
+        isn32 = r32 != r32
+        if isn32:
+            r32 = np.float32(0)
+            flags |= FLAG_NAN_CODE
+        r32 = min(max(r32, np.float32(qmin)), np.float32(qmax))
+        q32 = np.int64(np.int32(r32))
+        if isn32:
+            q32 = zfill if nanfill_z else nanfill
+        return q32, flags
     r = _round(np.float64(v), MODE)
     if ZPS == 0:
         r = r + zf
