@@ -18,7 +18,7 @@ import textwrap
 import ml_dtypes
 import numpy as np
 import pytest
-from helpers import run_without_jit
+from helpers import import_peer, run_without_jit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -396,3 +396,75 @@ def test_a_second_process_loads_the_affine_kernels_from_the_disk_cache():
     _run_python(code, {})  # writes the cache if this checkout has none yet
     stats = json.loads(_run_python(code, {}).strip().splitlines()[-1])
     assert stats == [[1, 0]] * 3
+
+
+def _peer_input(rows=32, cols=4096):
+    """Weights large enough for backend="auto" to run the kernels, with exact ties, NaN, ±Inf,
+    ±float32 max and subnormals sprinkled in."""
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((rows, cols)) * 3).astype(np.float32)
+    assert x.size >= KERNEL_THRESHOLD
+    flat = x.reshape(-1)
+    idx = rng.choice(flat.size, 64, replace=False)
+    flat[idx] = np.array([np.nan, np.inf, -np.inf, 3.4028235e38, -3.4028235e38, 1e-45, -0.0,
+                          2.0**-130] * 8, np.float32)
+    flat[rng.choice(flat.size, 500, replace=False)] = (np.arange(500) - 250 + 0.5) * 0.0625
+    return x
+
+
+def test_torch_agrees_with_the_kernel_path_at_kernel_size():
+    th = import_peer("torch")
+    from refquant.compat import torch as ct
+
+    x = _peer_input()
+    # NaN and ±Inf included: torch's codes for them are part of the semantics
+    for name, tdt in (("quint8", th.quint8), ("qint8", th.qint8)):
+        want = th.quantize_per_tensor(th.from_numpy(x), 0.0625, 3 if name == "quint8" else 0,
+                                      tdt).int_repr().numpy()
+        got = ct.quantize_per_tensor(x, 0.0625, 3 if name == "quint8" else 0, name)
+        np.testing.assert_array_equal(got, want)
+    s = np.linspace(0.01, 0.2, x.shape[0])
+    want = th.quantize_per_channel(th.from_numpy(x), th.from_numpy(s),
+                                   th.zeros(x.shape[0], dtype=th.int64), 0,
+                                   th.qint8).int_repr().numpy()
+    np.testing.assert_array_equal(ct.quantize_per_channel(x, s, np.zeros(x.shape[0], np.int64),
+                                                          0, "qint8"), want)
+
+
+def test_onnxruntime_agrees_with_the_kernel_path_at_kernel_size():
+    ort = import_peer("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from refquant.compat import onnx as co
+
+    x = _peer_input()
+    cases = [(np.float32(0.0625), np.uint8(3), {}),
+             (np.linspace(0.01, 0.2, x.shape[0]).astype(np.float32),
+              np.arange(x.shape[0]).astype(np.int8), {"axis": 0}),
+             (np.full((x.shape[0], x.shape[1] // 100 + 1), 0.05, np.float32),
+              np.zeros((x.shape[0], x.shape[1] // 100 + 1), np.int8), {"axis": 1,
+                                                                      "block_size": 100})]
+    for s, z, attrs in cases:
+        ztype = TensorProto.UINT8 if z.dtype == np.uint8 else TensorProto.INT8
+        graph = helper.make_graph(
+            [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"], **attrs)], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+            [helper.make_tensor_value_info("y", ztype, x.shape)],
+            initializer=[numpy_helper.from_array(s, "s"), numpy_helper.from_array(z, "z")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+        model.ir_version = 10
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        want = sess.run(None, {"x": x})[0]
+        got = co.quantize_linear(x, s, z, **attrs)
+        np.testing.assert_array_equal(got, want)
+        deq = co.dequantize_linear(got, s, z, **attrs)
+        dgraph = helper.make_graph(
+            [helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], **attrs)], "g",
+            [helper.make_tensor_value_info("q", ztype, x.shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, x.shape)],
+            initializer=[numpy_helper.from_array(s, "s"), numpy_helper.from_array(z, "z")])
+        dmodel = helper.make_model(dgraph, opset_imports=[helper.make_opsetid("", 21)])
+        dmodel.ir_version = 10
+        dsess = ort.InferenceSession(dmodel.SerializeToString(), providers=["CPUExecutionProvider"])
+        np.testing.assert_array_equal(deq.view(np.uint32),
+                                      dsess.run(None, {"q": got})[0].view(np.uint32))
