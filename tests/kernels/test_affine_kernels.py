@@ -323,6 +323,16 @@ def test_the_kernel_path_never_copies_the_input_to_float64():
     tracemalloc.stop()
     # the int8 codes (x.size bytes) and O(groups) parameters, not float64 (8 bytes a weight)
     assert peak < 1.5 * x.size, peak
+    q = np.zeros(x.shape, np.int8)
+    for call, limit in ((lambda: dequantize(q, s, axis=1, block_size=128, backend="cpu"), 4.5),
+                        (lambda: minmax_range(x, axis=1, block_size=128, backend="cpu"), 0.5),
+                        (lambda: minmax_range(x, axis=0, backend="cpu"), 0.5)):
+        call()
+        tracemalloc.start()
+        call()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < limit * x.size, peak  # the float32 output (4 bytes a weight) at most
 
 
 def test_kernel_bodies_as_python_without_the_jit():
