@@ -478,3 +478,33 @@ def test_onnxruntime_agrees_with_the_kernel_path_at_kernel_size():
         dsess = ort.InferenceSession(dmodel.SerializeToString(), providers=["CPUExecutionProvider"])
         np.testing.assert_array_equal(deq.view(np.uint32),
                                       dsess.run(None, {"q": got})[0].view(np.uint32))
+
+
+def test_no_contracted_fma_where_the_reference_rounds_twice():
+    """fastmath stays off: a float32 multiply then add (scale_op="reciprocal" with the zero
+    point before rounding) and Dekker's exact product in dequantize are separate roundings;
+    only zero_point_stage="fused" asks for the fma."""
+    import re
+
+    from numba import njit
+
+    from refquant.kernels.cpu import affine as kern
+
+    def asm(kernel, *args):
+        fresh = njit(error_model="numpy", nogil=True)(kernel.py_func)  # cached code has no asm
+        fresh(*args)
+        return fresh.inspect_asm(fresh.signatures[0])
+
+    p = [np.ones((1, 1, 1), t) for t in (np.float32, np.float32, np.float32, np.float64,
+                                         np.float64, np.float64, np.int64)]
+    x, out = np.ones(8, np.float32), np.empty(8, np.int8)
+    fma = re.compile(r"\bv?f(n?)m(add|sub)\w*")
+    two = asm(kern.quantize_kernel(0, True, 1, 1, False, 0, 0), x, out, 1, 8, 1, 8, *p, -128,
+              127, -128, 256, False, 0, 0, 1)
+    assert not fma.search(two)
+    fused = asm(kern.quantize_kernel(0, True, 1, 2, False, 0, 0), x, out, 1, 8, 1, 8, *p, -128,
+                127, -128, 256, False, 0, 0, 1)
+    assert fma.search(fused)
+    dq = asm(kern.dequantize_kernel(False, False, False), out, np.empty(8, np.float32), 1, 8, 1,
+             8, np.ones((1, 1, 1)), np.zeros((1, 1, 1), np.int64), 0, 1)
+    assert not fma.search(dq)
