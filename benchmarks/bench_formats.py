@@ -7,8 +7,12 @@ page cache and allocator warm (every call runs once before timing), best of 5:
 
 * int8 per tensor: ``compat.torch.quantize_per_tensor`` vs ``torch.quantize_per_tensor``
   and ``compat.onnx.quantize_linear`` vs onnxruntime's QuantizeLinear;
+* int8 per channel (one scale per row): ``compat.torch.quantize_per_channel`` vs
+  ``torch.quantize_per_channel`` and ``compat.onnx.quantize_linear(axis=0)`` vs onnxruntime;
 * int4 blocked (block 128): ``compat.onnx.quantize_linear`` vs onnxruntime (opset 21,
-  its int4 output cast to int8 in the same graph);
+  its int4 output cast to int8 in the same graph); onnxruntime runs on every core
+  (its default), as torch and the Numba kernels do;
+* the affine kernels' first calls (compile, or Numba's on-disk cache) are timed;
 * float8 e4m3fn: ``formats.floats.encode`` (from the bits) vs ml_dtypes' cast;
 * ggml, every type with a Numba kernel: quantize vs libggml's C reference
   ``quantize_row_<type>_ref`` (single-threaded, through ctypes; libggml-python or
@@ -19,16 +23,21 @@ page cache and allocator warm (every call runs once before timing), best of 5:
 
 Every timed pair is also checked for equal output first, so a ratio is never
 printed for two functions that disagree. The ratio column is refquant's time
-divided by the peer's: above 1, refquant is slower. The backend column says what ran
-refquant's side (``numpy``: the reference; ``cpu x1`` / ``cpu xN``: the Numba kernel
-on 1 / N threads). The ``cpu x1`` rows time both sides in CPU time of the process
-(``time.process_time``: both are single-threaded, and the figure does not grow when other
-processes share the cores); every other row in wall-clock time. A peer that is not
-installed gives a row "(peer not installed)".
+divided by the peer's: above 1, refquant is slower. The ``copy bw`` column is the
+time of a NumPy copy of the same float32 bytes divided by refquant's time: the
+share of the memory-bandwidth floor refquant reaches (1.0: as fast as a copy).
+The backend column says what ran refquant's side (``numpy``: the reference;
+``cpu x1`` / ``cpu xN``: the Numba kernel on 1 / N threads; ``default``: the
+function's default backend, whatever it resolves to). The ggml ``cpu x1`` rows
+time both sides in CPU time of the process (``time.process_time``: both are
+single-threaded, and the figure does not grow when other processes share the
+cores); every other row in wall-clock time. A peer that is not installed gives a
+row "(peer not installed)".
 
 Usage::
 
-    python benchmarks/bench_formats.py               # 4M weights
+    python benchmarks/bench_formats.py               # 4M weights, then 64M
+    python benchmarks/bench_formats.py --size 4194304 --only-affine   # the affine rows
     python benchmarks/bench_formats.py --size 65536  # quick
     python benchmarks/bench_formats.py --only-ggml --ggml q4_k,q6_k   # some ggml rows only
 """
@@ -61,7 +70,7 @@ def _have(name):
 
 
 def _ort_session(op, x, attrs, opset, out_type):
-    """An onnxruntime session for QuantizeLinear with a constant scale.
+    """An onnxruntime session for QuantizeLinear with a constant scale (every core).
 
     int4 outputs get a Cast to int8 after them: onnxruntime cannot hand int4 to NumPy.
     """
@@ -83,8 +92,7 @@ def _ort_session(op, x, attrs, opset, out_type):
         [helper.make_tensor_value_info("y", out_type, x.shape)], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 10
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
+    so = ort.SessionOptions()  # intra-op threads: onnxruntime's default, every core
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return lambda: sess.run(None, {"x": x})[0]
 
@@ -184,16 +192,36 @@ def first_calls(types=GGML_TYPES, out=print):
         out(f"first call {name:6} quantize {t1 - t0:6.2f}s  dequantize {t2 - t1:6.2f}s")
 
 
-def _rows(x, ggml_types=GGML_TYPES):
-    """(name, refquant callable, peer name, peer callable or None, equal(a, b))."""
-    from refquant.compat import bnb, onnx, torch
-    from refquant.formats import floats
+def _auto_backend(n):
+    """What ``backend="auto"`` of the affine functions runs on ``n`` elements."""
+    from refquant.kernels._backend import resolve_backend
+    from refquant.quant.affine import KERNEL_THRESHOLD
 
-    def same(a, b):
-        return np.array_equal(np.asarray(a), np.asarray(b))
+    b = resolve_backend("auto", n, threshold=KERNEL_THRESHOLD, cuda=False)
+    return f"cpu x{_cores()}" if b == "cpu" else b
 
+
+def _affine_rows(x, same):
+    """int8 per tensor, int8 per channel and int4 blocked against torch and onnxruntime; where
+    ``backend="auto"`` runs the Numba kernel, on one thread and on every core."""
+    from refquant.compat import onnx, torch
+
+    auto = _auto_backend(x.size)
+    rows = []
+    for name, fn, peer_name, peer, equal in _affine_row_list(x, same, torch, onnx):
+        if auto == "numpy":
+            rows.append((name, fn, peer_name, peer, equal, auto))
+        else:
+            rows.append((name, _threads(fn, 1), peer_name, peer, equal, "cpu x1"))
+            rows.append((name, _threads(fn, None), peer_name, peer, equal, auto))
+    return rows
+
+
+def _affine_row_list(x, same, torch, onnx):
+    """(name, refquant callable, peer name, peer callable or None, equal) of the affine rows."""
     rows = []
     scale = np.float32(np.abs(x).max() / 127)
+    have_ort = _have("onnxruntime") and _have("onnx")
 
     peer = None
     if _have("torch"):
@@ -207,7 +235,7 @@ def _rows(x, ggml_types=GGML_TYPES):
                  "torch.quantize_per_tensor", peer, same))
 
     peer = None
-    if _have("onnxruntime") and _have("onnx"):
+    if have_ort:
         from onnx import TensorProto
 
         peer = _ort_session("QuantizeLinear", x, {"_scale": scale, "_zero": np.int8(0)}, 21,
@@ -215,12 +243,38 @@ def _rows(x, ggml_types=GGML_TYPES):
     rows.append(("int8 per tensor", lambda: onnx.quantize_linear(x, scale, np.int8(0)),
                  "onnxruntime QuantizeLinear", peer, same))
 
+    cscale = (np.abs(x).max(axis=1) / 127).astype(np.float32)
+    cscale[cscale == 0] = 1
+    czero = np.zeros(cscale.shape, np.int8)
+    peer = None
+    if _have("torch"):
+        import torch as th
+
+        tx = th.from_numpy(x)
+        ts = th.from_numpy(cscale.astype(np.float64))
+        tz = th.zeros(cscale.shape, dtype=th.int64)
+
+        def peer():
+            return th.quantize_per_channel(tx, ts, tz, 0, th.qint8).int_repr().numpy()
+    rows.append(("int8 per channel",
+                 lambda: torch.quantize_per_channel(x, cscale.astype(np.float64),
+                                                    czero.astype(np.int64), 0, "qint8"),
+                 "torch.quantize_per_channel", peer, same))
+    peer = None
+    if have_ort:
+        from onnx import TensorProto
+
+        peer = _ort_session("QuantizeLinear", x, {"_scale": cscale, "_zero": czero, "axis": 0},
+                            21, TensorProto.INT8)
+    rows.append(("int8 per channel", lambda: onnx.quantize_linear(x, cscale, czero, axis=0),
+                 "onnxruntime QuantizeLinear", peer, same))
+
     block = 128
     bscale = (np.abs(x).reshape(x.shape[0], -1, block).max(-1) / 7).astype(np.float32)
     bscale[bscale == 0] = 1
     bzero = np.zeros(bscale.shape, np.int8)
     peer = None
-    if _have("onnxruntime") and _have("onnx"):
+    if have_ort:
         from onnx import TensorProto
 
         peer = _ort_session("QuantizeLinear", x,
@@ -230,49 +284,131 @@ def _rows(x, ggml_types=GGML_TYPES):
                  lambda: onnx.quantize_linear(x, bscale, None, axis=1, block_size=block,
                                               output_dtype="int4"),
                  "onnxruntime QuantizeLinear", peer, same))
+    return rows
+    return rows
 
-    peer = None
-    if _have("ml_dtypes"):
-        import ml_dtypes
 
-        def peer():
-            return x.astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
-    rows.append(("float8_e4m3fn encode",
-                 lambda: floats.encode(x, "float8_e4m3fn", saturate=False),
-                 "ml_dtypes astype", peer, same))
+def affine_first_calls(out=print):
+    """Time each affine kernel's first call in this process (compile, or Numba's disk cache)."""
+    from refquant.quant.affine import dequantize, quantize
+    from refquant.quant.qparams import minmax_range
 
+    x = np.ones((4, 64), np.float32)
+    s = np.ones((4, 1), np.float32)
+    calls = [
+        ("quantize torch fused", lambda: quantize(
+            x, 1.0, 0, scale_op="reciprocal", precision="float32", zero_point_stage="fused",
+            nan="qmax", backend="cpu")),
+        ("quantize torch per channel", lambda: quantize(
+            x, s[:, 0], 0, axis=0, scale_op="reciprocal", precision="float32",
+            zero_point_stage="before_rounding", nan="zero", backend="cpu")),
+        ("quantize onnx float32", lambda: quantize(
+            x, 1.0, 0, precision="float32", nan="qmin", backend="cpu")),
+        ("quantize float64 default", lambda: quantize(x, 1.0, 0, backend="cpu")),
+        ("dequantize exact float32", lambda: dequantize(x.astype(np.int8), 1.0, backend="cpu")),
+        ("minmax", lambda: minmax_range(x, axis=0, backend="cpu")),
+    ]
+    for name, fn in calls:
+        t0 = time.perf_counter()
+        fn()
+        out(f"first call {name:28} {time.perf_counter() - t0:6.2f}s")
+
+
+def _rows(x, ggml_types=GGML_TYPES):
+    """(name, refquant callable, peer name, peer callable or None, equal(a, b))."""
+
+    def same(a, b):
+        return np.array_equal(np.asarray(a), np.asarray(b))
+
+    rows = _affine_rows(x, same)
+    rows.extend(_float_rows(x))
     rows.extend(_ggml_rows(x, same, ggml_types))
-    peer = None
+    rows.extend(_codebook_rows(x))
+    return rows
+
+
+def _bits_equal(a, b):
+    a, b = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
+    return a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+def _float_rows(x):
+    """float8 e4m3fn / e5m2 encode and decode against ml_dtypes' casts (default backend)."""
+    from refquant.formats import floats
+
+    rows = []
+    ml = None
+    if _have("ml_dtypes"):
+        import ml_dtypes as ml
+    for name in ("float8_e4m3fn", "float8_e5m2"):
+        dt = None if ml is None else getattr(ml, name)
+        codes = floats.encode(x, name, saturate=False)
+        rows.append((f"{name} encode", lambda name=name: floats.encode(x, name, saturate=False),
+                     "ml_dtypes astype",
+                     None if dt is None else (lambda dt=dt: x.astype(dt).view(np.uint8)),
+                     _bits_equal, "default"))
+        rows.append((f"{name} decode",
+                     lambda name=name, codes=codes: floats.decode(codes, name),
+                     "ml_dtypes astype",
+                     None if dt is None else (lambda dt=dt, codes=codes:
+                                              codes.view(dt).astype(np.float32)),
+                     _bits_equal, "default"))
+    return rows
+
+
+def _codebook_rows(x):
+    """NF4 (block 64) quantize and dequantize against bitsandbytes' CPU functions."""
+    from refquant.compat import bnb
+
+    p, st = bnb.quantize_4bit(x, blocksize=64, quant_type="nf4")
+    quant_peer = deq_peer = None
     if _have("bitsandbytes") and _have("torch"):
         import bitsandbytes.functional as bf
         import torch as th
 
         tx = th.from_numpy(x)
+        tp, ts = bf.quantize_4bit(tx, blocksize=64, quant_type="nf4")
 
-        def peer():
+        def quant_peer():
             return bf.quantize_4bit(tx, blocksize=64, quant_type="nf4")[0].numpy()
-    rows.append(("nf4 block 64",
-                 lambda: bnb.quantize_4bit(x, blocksize=64, quant_type="nf4")[0],
-                 "bitsandbytes quantize_4bit (CPU)", peer,
-                 lambda a, b: np.array_equal(np.asarray(a).reshape(-1), np.asarray(b).reshape(-1))))
-    return rows
+
+        def deq_peer():
+            return bf.dequantize_4bit(tp, ts).numpy()
+    return [
+        ("nf4 block 64 quantize", lambda: bnb.quantize_4bit(x, blocksize=64, quant_type="nf4")[0],
+         "bitsandbytes quantize_4bit (CPU)", quant_peer, _bits_equal, "default"),
+        ("nf4 block 64 dequantize", lambda: bnb.dequantize_4bit(p, st),
+         "bitsandbytes dequantize_4bit (CPU)", deq_peer, _bits_equal, "default"),
+    ]
 
 
-def run(size, repeat=5, out=print, ggml_types=GGML_TYPES, only_ggml=False):
-    """Time every row on ``size`` weights; return [(name, peer, t_ours, t_peer, ratio, backend)].
+def run(size, repeat=5, out=print, ggml_types=GGML_TYPES, only_ggml=False, only_affine=False):
+    """Time every row on ``size`` weights; return [(name, peer, t_ours, t_peer, ratio, backend,
+    copy_bw)].
 
     ``backend`` says what ran refquant's side: ``numpy`` (the reference), ``cpu x1`` (the
-    Numba kernel on one thread) or ``cpu xN`` (on every core Numba uses).
+    Numba kernel on one thread), ``cpu xN`` (on every core Numba uses) or ``default``.
+    ``copy_bw`` is a NumPy copy's time of the same float32 weights over refquant's time.
     """
     if size % 4096:
         raise SystemExit(f"--size must be a multiple of 4096, got {size}")
     x = np.random.default_rng(0).standard_normal((size // 4096, 4096)).astype(np.float32)
     warnings.filterwarnings("ignore", category=UserWarning)  # the peers' deprecation notes
-    out(f"{size:,} float32 weights ({x.nbytes / 2**20:.1f} MiB), best of {repeat}")
-    if ggml_types:
+    t_copy = _best(x.copy, repeat)
+    out(f"{size:,} float32 weights ({x.nbytes / 2**20:.1f} MiB), best of {repeat}; "
+        f"NumPy copy {t_copy * 1e3:.2f} ms ({2 * x.nbytes / t_copy / 1e9:.1f} GB/s read + write)")
+    if not only_ggml:
+        affine_first_calls(out)
+    if ggml_types and not only_affine:
         first_calls(ggml_types, out)
-    out(f"{'formula':24} {'peer':34} {'backend':>8} {'refquant':>10} {'peer':>10} {'ratio':>7}")
-    rows = _ggml_rows(x, _same_bytes, ggml_types) if only_ggml else _rows(x, ggml_types)
+    out(f"{'formula':24} {'peer':34} {'backend':>8} {'refquant':>10} {'peer':>10} {'ratio':>7} "
+        f"{'copy bw':>7}")
+    if only_affine:
+        rows = _affine_rows(x, _same_bytes)
+    elif only_ggml:
+        rows = _ggml_rows(x, _same_bytes, ggml_types)
+    else:
+        rows = _rows(x, ggml_types)
     results = []
     for row in rows:
         name, ours, peer_name, peer, equal = row[:5]
@@ -284,12 +420,13 @@ def run(size, repeat=5, out=print, ggml_types=GGML_TYPES, only_ggml=False):
             raise AssertionError(f"{name}: refquant and {peer_name} disagree; no ratio printed")
         # single-threaded rows (the ggml "cpu x1" ones against libggml's C reference): CPU time
         # of the process, which other processes on a shared machine do not inflate
-        clock = time.process_time if backend == "cpu x1" else time.perf_counter
+        single = backend == "cpu x1" and peer_name.startswith("libggml")
+        clock = time.process_time if single else time.perf_counter
         t_ours, t_peer = _best(ours, repeat, clock), _best(peer, repeat, clock)
         ratio = t_ours / t_peer
-        results.append((name, peer_name, t_ours, t_peer, ratio, backend))
-        out(f"{name:24} {peer_name:34} {backend:>8} {t_ours * 1e3:8.1f}ms {t_peer * 1e3:8.1f}ms "
-            f"{ratio:6.2f}x")
+        results.append((name, peer_name, t_ours, t_peer, ratio, backend, t_copy / t_ours))
+        out(f"{name:24} {peer_name:34} {backend:>8} {t_ours * 1e3:8.2f}ms {t_peer * 1e3:8.2f}ms "
+            f"{ratio:6.2f}x {t_copy / t_ours:6.2f}")
     return results
 
 
@@ -299,14 +436,18 @@ def _same_bytes(a, b):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--size", type=int, default=4 << 20, help="weights (multiple of 4096)")
+    p.add_argument("--size", type=int, action="append",
+                   help="weights (multiple of 4096); repeat for several (default 4M and 64M)")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--ggml", default=",".join(GGML_TYPES),
                    help="comma-separated ggml types to time (empty: none)")
     p.add_argument("--only-ggml", action="store_true", help="time the ggml rows only")
+    p.add_argument("--only-affine", action="store_true",
+                   help="time the int8 / int4 affine rows only")
     a = p.parse_args(argv)
     types = tuple(t for t in a.ggml.split(",") if t)
-    run(a.size, a.repeat, ggml_types=types, only_ggml=a.only_ggml)
+    for size in a.size or (4 << 20, 64 << 20):
+        run(size, a.repeat, ggml_types=types, only_ggml=a.only_ggml, only_affine=a.only_affine)
 
 
 if __name__ == "__main__":

@@ -499,18 +499,20 @@ def quantize_linear(
         return _quantize_float(x, s, zp, ax, bs, out, saturate, p, reference_quirks)
     fmt = int_format(out)
     z = 0 if zp is None else zp.astype(np.int64)
+    # the storage dtype holds every saturated code (int64 only for the reference's int32 wrap)
+    codes = np.int64 if reference_quirks else fmt.storage_dtype
     if p in ("float", "double"):
         q = quantize(x, s, z, dtype=fmt, axis=ax, block_size=bs, rounding="half_even",
                      precision="float32" if p == "float" else "float64", nan="qmin",
-                     inf="saturate", overflow="saturate", out_dtype=np.int64)
+                     inf="saturate", overflow="saturate", out_dtype=codes)
     else:
         v = _divide_in(x, broadcast_param(s, x.shape, ax, bs, "y_scale"), p)
         q = quantize(v, 1.0, z, dtype=fmt, axis=ax, block_size=bs, rounding="half_even",
                      precision="float64", nan="qmin", inf="saturate", overflow="saturate",
-                     out_dtype=np.int64)
+                     out_dtype=codes)
     if reference_quirks:
         q = _reference_int32_wrap(x, s, z, ax, bs, p, fmt, q)
-    return q.astype(_NUMPY[out])
+    return q.astype(_NUMPY[out], copy=False)
 
 
 def _output_type(zp, output_dtype) -> str:
@@ -724,7 +726,7 @@ def dequantize_linear(x, x_scale, x_zero_point=None, axis=1, block_size=0, outpu
         wide = np.float32 if prec == "float32" else np.float64
         return (vals.astype(wide) * sb.astype(wide)).astype(odt)
     z = 0 if zp is None or xt == "int32" else zp.astype(np.int64)
-    return dequantize(x.astype(np.int64), s, z, axis=ax, block_size=bs, out_dtype=odt,
+    return dequantize(x, s, z, axis=ax, block_size=bs, out_dtype=odt,
                       precision=prec)
 
 

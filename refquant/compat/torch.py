@@ -136,7 +136,7 @@ def _float_input(x, name="input"):
         )
     if a.dtype.kind not in "fiub":
         raise RefquantError(f"{name} must be a real array, got dtype {a.dtype}")
-    return a.astype(np.float32)
+    return a.astype(np.float32, copy=False)  # never modified: no copy of float32 input
 
 
 def _fake_input(x, name="input"):

@@ -42,13 +42,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._core.granularity import as_array, broadcast_param, check_block_size, normalize_axis
-from .._core.rounding import round_to_int
+from .._core.granularity import (
+    as_array,
+    broadcast_param,
+    check_block_size,
+    normalize_axis,
+    param_shape,
+)
+from .._core.rounding import ROUNDING_MODES, round_to_int
 from .._errors import RefquantError
 from ..formats.integer import IntFormat, int_format
+from ..kernels._backend import resolve_backend
 from ._float32 import fma_f32
 
-__all__ = ["quantize", "dequantize", "fake_quantize"]
+__all__ = ["quantize", "dequantize", "fake_quantize", "KERNEL_THRESHOLD"]
+
+#: elements from which ``backend="auto"`` runs the Numba kernel: below, the NumPy body is
+#: as fast, and a small call never pays a kernel's first compile
+KERNEL_THRESHOLD = 1 << 16
 
 _PRECISIONS = {"float64": np.float64, "float32": np.float32}
 _CHOICES = {
@@ -66,12 +77,12 @@ def _choice(name, value):
         raise RefquantError(f"{name} must be one of {', '.join(_CHOICES[name])}; got {value!r}")
 
 
-def _as_float_array(x, name):
+def _as_float_array(x, name, keep_int=False):
     a = as_array(x, name)
     if a.dtype.kind == "f" or a.dtype.name in ("bfloat16",):
         return a
     if a.dtype.kind in "iub":
-        return a.astype(np.float64)
+        return a if keep_int else a.astype(np.float64)
     raise RefquantError(
         f"{name} must be an array of real numbers (floating-point, integer or bool), "
         f"got dtype {a.dtype}"
@@ -164,6 +175,7 @@ def quantize(
     seed=None,
     rng=None,
     out_dtype=None,
+    backend="auto",
 ) -> np.ndarray:
     """Quantize real values to integer codes of ``dtype``.
 
@@ -192,6 +204,12 @@ def quantize(
         For ``rounding="stochastic"`` only.
     out_dtype : dtype, optional
         Output dtype; default the format's storage dtype (int4 -> int8).
+    backend : {"auto", "numpy", "cpu"}
+        ``"numpy"``: the NumPy body below (the reference); ``"cpu"``: the Numba
+        kernel (:mod:`refquant.kernels.cpu.affine`, bit for bit the same codes);
+        ``"auto"``: the kernel from :data:`KERNEL_THRESHOLD` elements on.
+        Stochastic rounding and output dtypes other than NumPy integers always run
+        the NumPy body. ``REFQUANT_BACKEND=numpy`` forces the reference.
 
     Returns
     -------
@@ -224,16 +242,28 @@ def quantize(
             "zero_point_stage='fused' computes fma(x, float32(1/s), z) and needs "
             f"scale_op='reciprocal' and precision='float32'; got {scale_op!r}, {precision!r}"
         )
-    xa = _as_float_array(x, "x")
+    xa = _as_float_array(x, "x", keep_int=True)
     axis, block_size = _granularity(xa, axis, block_size)
-    s = broadcast_param(check_scale(scale), xa.shape, axis, block_size, "scale").astype(ft)
-    z = broadcast_param(
-        check_zero_point(zero_point, fmt, allow_float=zero_point_stage != "after_rounding"),
-        xa.shape,
-        axis,
-        block_size,
-        "zero_point",
-    )
+    sc = check_scale(scale)
+    sk = _compact_param(sc, xa.shape, axis, block_size, "scale")
+    zc = check_zero_point(zero_point, fmt, allow_float=zero_point_stage != "after_rounding")
+    zk = _compact_param(zc, xa.shape, axis, block_size, "zero_point")
+    try:
+        odt = np.dtype(fmt.storage_dtype if out_dtype is None else out_dtype)
+    except TypeError:
+        odt = None  # the reference's astype says what is wrong with it
+    if (resolve_backend(backend, xa.size, threshold=KERNEL_THRESHOLD, cuda=False) == "cpu"
+            and isinstance(rounding, str) and rounding in ROUNDING_MODES
+            and rounding != "stochastic" and odt is not None and odt.name in _NP_INTS
+            and _kernel_dtype(xa.dtype) is not None):
+        out = _quantize_cpu(xa, sk, zk, fmt, ft, _layout(xa.shape, axis, block_size), odt,
+                            rounding, scale_op, zero_point_stage, clamp_stage, overflow, nan, inf)
+        if out is not None:
+            return out
+        # the kernel flagged what the reference raises on: the reference says it
+    xa = _as_float_array(xa, "x")
+    s = broadcast_param(sc, xa.shape, axis, block_size, "scale").astype(ft)
+    z = broadcast_param(zc, xa.shape, axis, block_size, "zero_point")
 
     xf = xa.astype(ft)
     if inf == "raise" and np.isinf(xf).any():
@@ -283,6 +313,95 @@ def quantize(
     return qi.astype(fmt.storage_dtype if out_dtype is None else out_dtype)
 
 
+_NP_INTS = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64")
+_CHUNK = 1 << 15  # elements per thread task of a per-tensor kernel
+
+
+def _kernel_dtype(dt):
+    """(view dtype, xkind) under which the kernels read ``dt``, or None (the reference runs)."""
+    if dt == np.float32 or dt == np.float64 or (dt.kind in "iu" and dt.name in _NP_INTS):
+        return dt, 0
+    if dt == np.bool_:
+        return np.dtype(np.uint8), 0
+    if dt.name == "bfloat16":
+        return np.dtype(np.uint16), 1
+    if dt == np.float16:
+        return np.dtype(np.uint16), 2
+    return None
+
+
+def _flat(a):
+    """``a`` flat, C-contiguous, in the view dtype the kernels read (no copy if contiguous)."""
+    view, _ = _kernel_dtype(a.dtype)
+    return np.ascontiguousarray(a).reshape(-1).view(view)
+
+
+def _layout(shape, axis, block_size):
+    """``(A, N, C, B)``: the array seen as (A, N, C) with blocks of B along N (see the kernels)."""
+    if axis is None:
+        return 1, int(np.prod(shape, dtype=np.int64)), 1, _CHUNK
+    a = int(np.prod(shape[:axis], dtype=np.int64))
+    c = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    return a, int(shape[axis]), c, (1 if block_size is None else block_size)
+
+
+def _compact_param(p, shape, axis, block_size, name):
+    """Parameter ``p`` as a compact ``(PA, PN, PC)`` array for :func:`_layout`'s view, after
+    the checks of :func:`broadcast_param` (which raises its messages); nothing is expanded."""
+    p = np.asarray(p)
+    if p.size == 1 and (axis is None or p.ndim == 0 or p.shape == (1,)):
+        return p.reshape(1, 1, 1)
+    if axis is None or p.shape != param_shape(shape, axis, block_size):
+        broadcast_param(p, shape, axis, block_size, name)  # raises
+    if block_size is None:
+        return p.reshape(1, -1, 1)
+    a, _, c, _ = _layout(shape, axis, block_size)
+    return p.reshape(a, p.shape[axis], c)
+
+
+def _quantize_cpu(xa, s, z, fmt, ft, lay, odt, rounding, scale_op, zero_point_stage,
+                  clamp_stage, overflow, nan, inf):
+    """The Numba kernel's codes, or None where it flagged a condition the reference raises on."""
+    from ..kernels.cpu import affine as kern
+
+    view, xkind = _kernel_dtype(xa.dtype)
+    f32 = ft is np.float32
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        sf = s.astype(ft)
+        rcp = (ft(1) / sf).astype(ft)
+        zft = z.astype(ft)
+    zf = z.astype(np.float64)
+    if zero_point_stage == "after_rounding":  # z is int64 here
+        lo = (fmt.qmin - z).astype(np.float64)
+        hi = (fmt.qmax - z).astype(np.float64)
+    else:
+        lo = np.full((1, 1, 1), fmt.qmin, np.float64)
+        hi = np.full((1, 1, 1), fmt.qmax, np.float64)
+    zfill = np.trunc(zf).astype(np.int64) if z.dtype.kind == "f" else z.astype(np.int64)
+    # one compact shape for all: the kernel indexes every parameter array alike
+    sf, rcp, zft, zf, lo, hi, zfill = (np.ascontiguousarray(a) for a in np.broadcast_arrays(
+        sf, rcp, zft, zf, lo, hi, zfill))
+    fills = {"zero": 0, "qmin": fmt.qmin, "qmax": fmt.qmax}
+    width = 1 << fmt.bits
+    wlow = -(width >> 1) if fmt.signed else 0
+    kernel = kern.quantize_kernel(xkind, f32, kern.SCALE_OPS[scale_op],
+                                  kern.ZP_STAGES[zero_point_stage],
+                                  clamp_stage == "before_rounding", kern.ROUNDING_IDS[rounding],
+                                  kern.SATURATE_F32 if f32 and overflow == "saturate"
+                                  and max(-fmt.qmin, fmt.qmax) < 2**24
+                                  else kern.OVERFLOWS[overflow])
+    out = np.empty(xa.size, odt)
+    a, n, c, b = lay
+    flags = kern.run_tasks(kernel, a * -(-n // b), xa.size, _flat(xa), out, a, n, c, b, sf, rcp,
+                           zft, zf, lo, hi, zfill, fmt.qmin, fmt.qmax, wlow, width,
+                           nan not in fills, fills.get(nan, 0))
+    if ((inf == "raise" and flags & kern.FLAG_INF) or (nan == "raise" and flags & kern.FLAG_NAN)
+            or flags & (kern.FLAG_RANGE | kern.FLAG_WRAP)
+            or (nan == "zero" and flags & kern.FLAG_NAN_CODE and not fmt.qmin <= 0 <= fmt.qmax)):
+        return None
+    return out.reshape(xa.shape)
+
+
 def _wrap(r: np.ndarray, fmt: IntFormat) -> np.ndarray:
     """Two's-complement wrap of integral floats to the format's width (exact for |r| < 2^63)."""
     big = np.abs(r) >= 2.0**62
@@ -299,7 +418,7 @@ def _wrap(r: np.ndarray, fmt: IntFormat) -> np.ndarray:
 
 def dequantize(
     q, scale, zero_point=0, *, axis=None, block_size=None, out_dtype=np.float32,
-    precision="exact",
+    precision="exact", backend="auto",
 ) -> np.ndarray:
     """Map integer codes back to real values: ``(q - z) * s``.
 
@@ -314,6 +433,9 @@ def dequantize(
         ``out_dtype``. ``"float32"``: ``float32(q - z) * float32(s)`` with both
         steps rounded to float32 (they differ only for ``|q - z| >= 2^24``,
         i.e. 32-bit codes: PyTorch's qint32, int32 accumulators).
+    backend : {"auto", "numpy", "cpu"}
+        As for :func:`quantize` (the kernel writes float32 and float64 outputs;
+        other output dtypes run the NumPy body).
 
     Formula
     -------
@@ -334,8 +456,21 @@ def dequantize(
     if precision not in ("exact", "float32"):
         raise RefquantError(f"precision must be 'exact' or 'float32'; got {precision!r}")
     axis, block_size = _granularity(qa, axis, block_size)
-    s = broadcast_param(check_scale(scale), qa.shape, axis, block_size, "scale")
+    sc = check_scale(scale)
+    sk = _compact_param(sc, qa.shape, axis, block_size, "scale")
     z = as_array(zero_point, "zero_point")
+    if z.dtype.kind != "f" and z.dtype.kind not in "iub" and z.dtype.kind != "V":
+        raise RefquantError(f"zero_point must be integers, got dtype {z.dtype}")
+    zk = _compact_param(z, qa.shape, axis, block_size, "zero_point")
+    try:
+        odt = np.dtype(out_dtype)
+    except TypeError:
+        odt = None
+    if (odt in (np.float32, np.float64)
+            and resolve_backend(backend, qa.size, threshold=KERNEL_THRESHOLD, cuda=False) == "cpu"):
+        return _dequantize_cpu(qa, sk, zk, _layout(qa.shape, axis, block_size), odt,
+                               precision == "float32")
+    s = broadcast_param(sc, qa.shape, axis, block_size, "scale")
     if z.dtype.kind == "f":
         diff = qa.astype(np.float64) - broadcast_param(z, qa.shape, axis, block_size, "zero_point")
     else:
@@ -347,6 +482,25 @@ def dequantize(
     if precision == "float32":
         return (diff.astype(np.float32) * s.astype(np.float32)).astype(out_dtype)
     return _round_product(diff.astype(np.float64), s.astype(np.float64), out_dtype)
+
+
+def _dequantize_cpu(qa, s, z, lay, odt, prec32):
+    """The Numba kernel's ``(q - z) * s`` (``s``, ``z`` compact) as ``odt`` (float32 / float64)."""
+    from ..kernels.cpu import affine as kern
+
+    if qa.dtype.kind == "V":  # ml_dtypes int2/int4/uint2/uint4: their exact values in a byte
+        qa = qa.astype(np.int8 if qa.dtype.name.startswith("int") else np.uint8)
+    zfloat = z.dtype.kind == "f"
+    zk = z.astype(np.float64) if zfloat else z.astype(np.int64)
+    sk = s.astype(np.float32) if prec32 else s.astype(np.float64)
+    out = np.empty(qa.size, odt)
+    a, n, c, b = lay
+    q = np.ascontiguousarray(qa).reshape(-1)
+    if q.dtype == np.bool_:
+        q = q.view(np.uint8)
+    kern.run_tasks(kern.dequantize_kernel(prec32, odt == np.float64, zfloat), a * -(-n // b),
+                   q.size, q, out, a, n, c, b, sk, zk)
+    return out.reshape(qa.shape)
 
 
 def _round_product(a: np.ndarray, b: np.ndarray, out_dtype) -> np.ndarray:
@@ -394,11 +548,14 @@ def fake_quantize(
     block_size=None,
     rounding="half_even",
     out_dtype=np.float32,
+    backend="auto",
     **semantics,
 ) -> np.ndarray:
     """Quantize then dequantize: the value ``x`` takes on the grid, as a float array.
 
-    Takes every argument of :func:`quantize` (``**semantics``), and ``out_dtype``.
+    Takes every argument of :func:`quantize` (``**semantics``), ``out_dtype`` and
+    ``backend`` (both steps run on it; on the kernels the codes in between are
+    held in the format's storage dtype, one byte per int8 code, not int64).
 
     Formula
     -------
@@ -409,15 +566,22 @@ def fake_quantize(
     PyTorch ``torch.fake_quantize_per_tensor_affine`` (with scale_op="reciprocal",
     precision="float32"); TF ``fake_quant_with_min_max_vars``.
     """
+    xa = as_array(x, "x")
+    codes = np.int64
+    if (resolve_backend(backend, xa.size, threshold=KERNEL_THRESHOLD, cuda=False) == "cpu"
+            and rounding != "stochastic"):
+        codes = None  # the storage dtype holds every code (saturated or wrapped to the width)
     q = quantize(
-        x,
+        xa,
         scale,
         zero_point,
         dtype=dtype,
         axis=axis,
         block_size=block_size,
         rounding=rounding,
-        out_dtype=np.int64,
+        out_dtype=codes,
+        backend=backend,
         **semantics,
     )
-    return dequantize(q, scale, zero_point, axis=axis, block_size=block_size, out_dtype=out_dtype)
+    return dequantize(q, scale, zero_point, axis=axis, block_size=block_size, out_dtype=out_dtype,
+                      backend=backend)

@@ -22,7 +22,7 @@ import numpy as np
 
 from .._core.granularity import as_array
 from .._errors import RefquantError
-from .qparams import QParams, minmax_range, qparams_from_range
+from .qparams import QParams, _minmax, qparams_from_range
 
 __all__ = ["dynamic_quantize", "dynamic_quantize_per_token"]
 
@@ -36,6 +36,7 @@ def dynamic_quantize(
     block_size=None,
     rounding="half_even",
     nan="raise",
+    backend="auto",
     **qparams_kwargs,
 ) -> tuple[np.ndarray, QParams]:
     """Quantize ``x`` with parameters computed from ``x`` itself → ``(codes, QParams)``.
@@ -50,6 +51,9 @@ def dynamic_quantize(
     axis, block_size : granularity (one parameter per index of ``axis``, or per block)
     rounding : str, default "half_even"
     nan : NaN policy of :func:`refquant.quant.affine.quantize`
+    backend : {"auto", "numpy", "cpu"}
+        Of the min-max reduction and the quantization (see
+        :func:`refquant.quant.affine.quantize`).
     **qparams_kwargs
         Passed to :func:`qparams_from_range`. Defaults here follow ONNX
         DynamicQuantizeLinear: ``zero_point_formula="round_difference"``,
@@ -86,9 +90,12 @@ def dynamic_quantize(
         "precision": "float32",
         **qparams_kwargs,
     }
-    if np.isinf(xa).any() if xa.dtype.kind == "f" else False:
+    lo, hi = _minmax(xa, axis, block_size, backend)
+    # ±Inf in x <=> a group with a value (lo <= hi) whose lo or hi is infinite
+    if np.any((lo <= hi) & (np.isinf(lo) | np.isinf(hi))):
         raise RefquantError("x contains ±Inf: a dynamic range would be infinite")
-    lo, hi = minmax_range(xa, axis=axis, block_size=block_size)
+    if np.any(lo > hi):
+        raise RefquantError("x has a group whose values are all NaN; no range can be computed")
     qp = qparams_from_range(
         lo,
         hi,
@@ -99,11 +106,12 @@ def dynamic_quantize(
         semantics={"rounding": rounding, "precision": "float32", "nan": nan},
         **kw,
     )
-    return qp.quantize(xa), qp
+    return qp.quantize(xa, backend=backend), qp
 
 
 def dynamic_quantize_per_token(
-    x, *, dtype="int8", symmetric=True, rounding="half_even", nan="raise", **qparams_kwargs
+    x, *, dtype="int8", symmetric=True, rounding="half_even", nan="raise", backend="auto",
+    **qparams_kwargs,
 ) -> tuple[np.ndarray, QParams]:
     """Per-token dynamic quantization: one scale (and zero point) per row of the last axis.
 
@@ -137,5 +145,6 @@ def dynamic_quantize_per_token(
         block_size=hidden,
         rounding=rounding,
         nan=nan,
+        backend=backend,
         **qparams_kwargs,
     )

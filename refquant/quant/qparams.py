@@ -42,7 +42,16 @@ from .._core.granularity import (
 from .._core.rounding import round_to_int
 from .._errors import RefquantError
 from ..formats.integer import IntFormat, IntRange, int_format, integral
-from .affine import dequantize, fake_quantize, quantize
+from ..kernels._backend import resolve_backend
+from .affine import (
+    KERNEL_THRESHOLD,
+    _flat,
+    _kernel_dtype,
+    _layout,
+    dequantize,
+    fake_quantize,
+    quantize,
+)
 
 __all__ = ["QParams", "qparams_from_range", "minmax_range", "choose_qparams"]
 
@@ -98,11 +107,13 @@ class QParams:
         return self.dtype.qmax
 
 
-def minmax_range(x, *, axis=None, block_size=None):
+def minmax_range(x, *, axis=None, block_size=None, backend="auto"):
     """Per-group minimum and maximum of ``x`` (NaN ignored), parameter-shaped.
 
     An empty group (an empty tensor) gives lo = hi = 0. A group that is all NaN
     raises RefquantError. ±Inf are kept (and rejected later by the scale check).
+    ``backend`` as for :func:`refquant.quant.affine.quantize`: the Numba reduction
+    (:func:`refquant.kernels.cpu.affine.minmax_kernel`) or the NumPy body.
 
     Formula
     -------
@@ -113,10 +124,17 @@ def minmax_range(x, *, axis=None, block_size=None):
     ---------
     PyTorch ``MinMaxObserver`` (``torch.aminmax``); ONNX DynamicQuantizeLinear's min / max.
     """
+    lo, hi = _minmax(x, axis, block_size, backend)
+    if np.any(np.asarray(lo) > np.asarray(hi)):
+        raise RefquantError("x has a group whose values are all NaN; no range can be computed")
+    return lo, hi
+
+
+def _minmax(x, axis, block_size, backend):
+    """(lo, hi) of :func:`minmax_range` without its all-NaN check: such a group is (+Inf, -Inf)."""
     x = as_array(x, "x")
     if x.dtype.kind not in "fiub":
         raise RefquantError(f"x must be a real array, got dtype {x.dtype}")
-    x = x.astype(np.float64) if x.dtype.kind != "f" else x
     if axis is not None:
         axis = normalize_axis(axis, x.ndim)
     block_size = check_block_size(block_size, axis)
@@ -124,12 +142,36 @@ def minmax_range(x, *, axis=None, block_size=None):
         shape = param_shape(x.shape, axis, block_size)
         z = np.zeros(shape, dtype=np.float32)
         return z, z.copy()
+    if (resolve_backend(backend, x.size, threshold=KERNEL_THRESHOLD, cuda=False) == "cpu"
+            and _kernel_dtype(x.dtype) is not None):
+        return _minmax_cpu(x, axis, block_size)
+    x = x.astype(np.float64) if x.dtype.kind != "f" else x
     nan = np.isnan(x)
     lo = reduce_groups(np.where(nan, np.inf, x), axis, block_size, np.minimum)
     hi = reduce_groups(np.where(nan, -np.inf, x), axis, block_size, np.maximum)
-    if np.any(np.asarray(lo) > np.asarray(hi)):
-        raise RefquantError("x has a group whose values are all NaN; no range can be computed")
     return np.asarray(lo), np.asarray(hi)
+
+
+def _minmax_cpu(x, axis, block_size):
+    """The Numba reduction: float64 cells, returned in the reference's dtype and shape."""
+    from ..kernels.cpu.affine import minmax_kernel, run_tasks
+
+    a, n, c, b = _layout(x.shape, axis, block_size)
+    if axis is None:
+        cells = (1, -(-n // b), 1)
+    elif block_size is None:
+        cells = (1, n, 1)
+    else:
+        cells = (a, -(-n // b), c)
+    lo = np.full(cells, np.inf)
+    hi = np.full(cells, -np.inf)
+    run_tasks(minmax_kernel, cells[0] * cells[1], x.size, _flat(x), _kernel_dtype(x.dtype)[1], a,
+              n, c, b, lo, hi)
+    dt = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
+    if axis is None:
+        lo, hi = np.minimum.reduce(lo.reshape(-1)), np.maximum.reduce(hi.reshape(-1))
+    return (np.asarray(lo.reshape(param_shape(x.shape, axis, block_size))).astype(dt),
+            np.asarray(hi.reshape(param_shape(x.shape, axis, block_size))).astype(dt))
 
 
 def _integral(value, name) -> int:
@@ -317,6 +359,7 @@ def choose_qparams(
     block_size=None,
     method="minmax",
     method_options=None,
+    backend="auto",
     **kwargs,
 ) -> QParams:
     """Calibrate: pick a range of ``x`` per group with ``method``, then scale and zero point.
@@ -332,6 +375,8 @@ def choose_qparams(
         :mod:`refquant.quant.calibration` (percentile, mse, histogram, entropy).
     method_options : dict, optional
         Options for the range method (``{"percentile": 99.99}``).
+    backend : {"auto", "numpy", "cpu"}
+        Of the min-max reduction (see :func:`minmax_range`).
     **kwargs
         Passed to :func:`qparams_from_range` (narrow_range, reduce_range,
         include_zero, eps, symmetric_divisor, zero_point_formula, precision,
@@ -353,7 +398,7 @@ def choose_qparams(
     if method == "minmax":
         if opts:
             raise RefquantError(f"method 'minmax' takes no method_options, got {sorted(opts)}")
-        lo, hi = minmax_range(xa, axis=axis, block_size=block_size)
+        lo, hi = minmax_range(xa, axis=axis, block_size=block_size, backend=backend)
     else:
         range_method = _RANGE_METHODS.get(method)
         if range_method is None:
