@@ -44,7 +44,8 @@ def test_the_page_shows_the_pytorch_onnx_reciprocal_example():
                          ids=[f"{t[:30]}|{lbl}" for t, lbl, _, _ in PEER_VALUES])
 def test_peer_returns_the_value_on_the_page(topic, label, value, peer):
     mod, fn = peer
-    import_peer(mod)
+    if mod != "recorded":  # "recorded": the peer's outputs stored in tests/data
+        import_peer(mod)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         got = np.asarray(fn())
