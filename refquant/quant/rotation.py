@@ -43,9 +43,9 @@ theirs). Sloane's matrices are other Hadamard matrices of the same order than
 Paley's, so a rotation with refquant's own base differs from compressed-tensors'
 for those sizes (both are orthogonal; the quantization benefit is the same).
 For powers of two from 256 on compressed-tensors' ``random_hadamard_matrix``
-uses its stored order-256 matrix as the base (not Sylvester's), so it matches
-refquant given ``base=`` its 256 matrix; ``deterministic_hadamard_matrix`` is
-Sylvester's and matches refquant's default.
+uses its stored order-256 matrix as the base; that stored matrix is exactly
+Sylvester's H_256 (checked entry by entry), so its rotation is refquant's default
+given the same signs; ``deterministic_hadamard_matrix`` is Sylvester's too.
 
 Layout (compressed-tensors ``_matmul_hadU``, QuaRot ``matmul_hadU``): the
 butterflies pair entries at distance ``c = 1, 2, ..., n/(2K)``; the base stage

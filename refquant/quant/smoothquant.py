@@ -110,7 +110,8 @@ def _check_alpha(alpha, name="alpha"):
 def _pow32(a, e):
     """torch's float32 ``pow(tensor, scalar)``: exponents 0, 1, 2 exactly, others as a
     float64 ``pow`` with the exponent rounded to float32, rounded once. torch 2.13's
-    CPU ``powf`` (SLEEF, 1 ulp; not ``sqrt`` even for 0.5) differs from it by one ulp
+    CPU float32 ``pow`` (1 ulp; at 0.5 it is ``torch.sqrt``, which is not correctly rounded
+    either) differs from it by one ulp
     on 1-15 % of inputs (measured: 15 % at 0.5, 2 % at 0.8, 1 % at 0.35)."""
     if e == 0:
         return np.ones_like(a)
