@@ -40,6 +40,7 @@ import numpy as np
 
 from .._errors import RefquantError
 from . import _iq_grids as G
+from ._iq_quant import GridQuantizer
 from ._registry import register
 from .ggml import (
     QK_K,
@@ -119,7 +120,7 @@ class _IQFormat(GGMLBlockFormat):
 #   per 32 weights (ib32): aux8[0..3] = iq2xxs_grid indices of the 4 groups of 8,
 #   aux32 bits 7l..7l+6 = ksigns_iq2xs index of group l, bits 28..31 = scale s;
 #   x = d * (0.5 + s) * 0.25 * grid[j] * (±1)
-class IQ2_XXS(_IQFormat, name="iq2_xxs"):
+class IQ2_XXS(GridQuantizer, _IQFormat, name="iq2_xxs"):
     """IQ2_XXS: 2.0625 bits per weight, groups of 8 on the 256-point ``iq2xxs_grid``.
 
     **Formula**: :math:`\\hat x = ((d (0.5 + s) \\cdot 0.25)\\, g_j)\\, \\sigma_j` in float32,
@@ -145,7 +146,7 @@ class IQ2_XXS(_IQFormat, name="iq2_xxs"):
 
 # block_iq2_xs (74 bytes): | d fp16 | qs[32] uint16: bits 0..8 grid index, 9..15 ksigns index |
 #   scales[8]: low nibble for groups 0, 1 of each 32, high nibble for groups 2, 3 |
-class IQ2_XS(_IQFormat, name="iq2_xs"):
+class IQ2_XS(GridQuantizer, _IQFormat, name="iq2_xs"):
     """IQ2_XS: 2.3125 bits per weight, 512-point ``iq2xs_grid``, 4-bit scales per 16 weights.
 
     **Formula**: :math:`\\hat x = ((d (0.5 + s) \\cdot 0.25)\\, g_j)\\, \\sigma_j`.
@@ -171,7 +172,7 @@ class IQ2_XS(_IQFormat, name="iq2_xs"):
 
 # block_iq2_s (82 bytes): | d fp16 | qs[32] grid index low 8 bits | signs[32] | qh[8] | scales[8] |
 #   group l of sub-block ib: index = qs[4ib+l] | (qh[ib] << (8-2l)) & 0x300, signs[4ib+l] 8 bits
-class IQ2_S(_IQFormat, name="iq2_s"):
+class IQ2_S(GridQuantizer, _IQFormat, name="iq2_s"):
     """IQ2_S: 2.5625 bits per weight, 1024-point ``iq2s_grid``, all 8 signs stored.
 
     **Formula**: :math:`\\hat x = ((d (0.5 + s) \\cdot 0.25)\\, g_j)\\, \\sigma_j`.
@@ -181,6 +182,7 @@ class IQ2_S(_IQFormat, name="iq2_s"):
     """
 
     c_name = "iq2_s"
+    requires_imatrix = False  # quantize_iq2_s takes NULL (quantize_row_iq2_s_ref passes it)
 
     def _dequantize(self, raw):
         n = raw.shape[0]
@@ -201,7 +203,7 @@ class IQ2_S(_IQFormat, name="iq2_s"):
 # block_iq1_s (50 bytes): | d fp16 | qs[32] grid index low 8 bits | qh[8] uint16 |
 #   qh[ib]: bits 3l..3l+2 = index bits 8..10 of group l, bits 12..14 = scale s, bit 15 = delta sign
 #   x = d * (2s + 1) * (grid[j] + delta), delta = ±IQ1S_DELTA
-class IQ1_S(_IQFormat, name="iq1_s"):
+class IQ1_S(GridQuantizer, _IQFormat, name="iq1_s"):
     """IQ1_S: 1.5625 bits per weight, 2048-point ``iq1s_grid`` of -1/0/1, shifted by ±1/8.
 
     **Formula**: :math:`\\hat x = (d (2s + 1))\\, (g_j + \\delta)`, :math:`\\delta = \\pm 0.125`
@@ -229,7 +231,7 @@ class IQ1_S(_IQFormat, name="iq1_s"):
 #   fp16 d = (sc[0] >> 12) | (sc[1] >> 8) & 0xf0 | (sc[2] >> 4) & 0xf00 | sc[3] & 0xf000
 #   sub-block ib: 3-bit scales at bits 6(ib%2) and 6(ib%2)+3 of sc[ib/2] (groups 0,1 / 2,3);
 #   qh[2ib + h]: bits 0..2 / 4..6 = index bits 8..10 of group 2h / 2h+1, bit 3 / 7 = its delta sign
-class IQ1_M(_IQFormat, name="iq1_m"):
+class IQ1_M(GridQuantizer, _IQFormat, name="iq1_m"):
     """IQ1_M: 1.75 bits per weight, ``iq1s_grid`` with a delta sign per group of 8.
 
     **Formula**: :math:`\\hat x = (d (2s + 1))\\, (g_j + \\delta)`, :math:`s` 3 bits per 16
@@ -240,6 +242,7 @@ class IQ1_M(_IQFormat, name="iq1_m"):
     """
 
     c_name = "iq1_m"
+    requires_imatrix = False  # quantize_iq1_m takes NULL (weights x^2)
 
     def _dequantize(self, raw):
         n = raw.shape[0]

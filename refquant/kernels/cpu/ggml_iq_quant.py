@@ -224,7 +224,7 @@ def _pattern(L, k):
 
 
 @njit(**_OPTS)
-def _iq2_sub_search(xval, weight, waux, nsub, scale, best_init_search, is_lo, is_hi, divisor,
+def _iq2_sub_search(xval, weight, waux, nsub, scale, is_lo, is_hi, divisor,
                     grid, kmap, neigh, L, Laux, on_grid, on_grid_aux, only_off_grid):
     """The candidate-scale loop and final requantization shared by IQ2_XXS/XS/S.
 
@@ -322,7 +322,7 @@ def _quantize_iq2_xxs(x, qw, out, grid, kmap, neigh, status):
             if eff_max <= 0:
                 scales[ib] = 0
                 continue
-            scale, ok = _iq2_sub_search(xval, weight, waux, 32, scale, True, -6, 6, eff_max,
+            scale, ok = _iq2_sub_search(xval, weight, waux, 32, scale, -6, 6, eff_max,
                                         grid, kmap, neigh, L, Laux, on_grid, on_grid_aux, False)
             if not ok:
                 status[ibl] = 1
@@ -331,6 +331,9 @@ def _quantize_iq2_xxs(x, qw, out, grid, kmap, neigh, status):
                 scale = -scale
                 for k in range(4):
                     signs[k] = (~signs[k]) & 127
+            if not scale >= 0:  # GGML_ASSERT(scale >= 0): a NaN scale
+                status[ibl] = 1
+                break
             for k in range(4):
                 u = _pattern(L, k)
                 gi = kmap[u] if u < kmap.shape[0] else -1
@@ -339,6 +342,8 @@ def _quantize_iq2_xxs(x, qw, out, grid, kmap, neigh, status):
                     break
                 q2[2 * ib] |= gi << (8 * k)
                 q2[2 * ib + 1] |= signs[k] << (7 * k)
+            if status[ibl]:
+                break
             scales[ib] = scale
             max_scale = _max_c(max_scale, scale)
         for j in range(out.shape[1]):
@@ -401,7 +406,7 @@ def _quantize_iq2_xs_s(x, qw, has_qw, out, grid, kmap, neigh, status, is_s):
                 scales[ib] = 0
                 continue
             scale = _f(mx / _f(5.0))
-            scale, ok = _iq2_sub_search(xval, weight, waux, 16, scale, False, -9, 9, mx,
+            scale, ok = _iq2_sub_search(xval, weight, waux, 16, scale, -9, 9, mx,
                                         grid, kmap, neigh, L, Laux, on_grid, on_grid_aux, True)
             if not ok:
                 status[ibl] = 1
@@ -410,6 +415,9 @@ def _quantize_iq2_xs_s(x, qw, has_qw, out, grid, kmap, neigh, status, is_s):
                 scale = -scale
                 for k in range(2):
                     signs[k] = (~signs[k]) & (0xFF if is_s else 127)
+            if not scale >= 0:  # GGML_ASSERT(scale >= 0): a NaN scale
+                status[ibl] = 1
+                break
             for k in range(2):
                 u = _pattern(L, k)
                 gi = kmap[u] if u < kmap.shape[0] else -1
@@ -423,6 +431,8 @@ def _quantize_iq2_xs_s(x, qw, has_qw, out, grid, kmap, neigh, status, is_s):
                     o[2 + 32 + i8] = signs[k]
                 else:
                     q2[2 * ib + k] = gi | (signs[k] << 9)
+            if status[ibl]:
+                break
             scales[ib] = scale
             max_scale = _max_c(max_scale, scale)
         if max_scale == 0:
@@ -588,6 +598,9 @@ def _quantize_iq1_s(x, qw, out, grid, kmap, neigh, status):
                         sumq2 = _f(sumq2 + _f(_f(w * q) * q))
                 if sumqx > 0 and sumq2 > 0:
                     scale = _f(sumqx / sumq2)
+            if not scale >= 0:  # GGML_ASSERT(scale >= 0): a NaN scale
+                status[ibl] = 1
+                break
             h = 0
             for k in range(4):
                 o[2 + 4 * ib + k] = index[k] & 255
@@ -723,6 +736,9 @@ def _quantize_iq1_m(x, qw, has_qw, out, grid, kmap, neigh, status):
                         sq2 = _f(sq2 + _f(_f(w * q) * q))
                 if sqx > 0 and sq2 > 0:
                     scale = _f(sqx / sq2)
+            if not scale >= 0:  # GGML_ASSERT(scale >= 0): a NaN scale
+                status[ibl] = 1
+                break
             o[2 * ib] = index[0] & 255
             o[2 * ib + 1] = index[1] & 255
             o[32 + ib] = (index[0] >> 8) | ((index[1] >> 8) << 4)
