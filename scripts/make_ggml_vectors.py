@@ -11,6 +11,10 @@ writes ``<format>.npz`` with
 * ``imatrix``, ``q_chunk``, ``q_imatrix`` (IQ4_NL, IQ4_XS: the formats with
   ``quantize_blocks_weighted``): ``quantize_<type>(x, NULL)`` and
   ``quantize_<type>(x, imatrix)``, one block per row, ``imatrix`` float32 (block_size,);
+* IQ2_XXS ... IQ1_M (the lattice types): ``q`` is ``quantize_<type>(x, NULL)``, or with
+  ``imatrix`` where ggml requires one (IQ2_XXS, IQ2_XS, IQ1_S); rows on which libggml
+  aborts (a ``GGML_ASSERT``: float32 overflow of a distance or a scale, e.g. the 1e30 rows)
+  are dropped, found by quantizing each row in a forked child first;
 * ``raw``     uint8: random bytes (every bit pattern of scales, NaN/Inf fp16 included);
 * ``raw_dq``  float32: ``dequantize_row_<type>(raw)``;
 * ``ggml_version``: which ggml wrote it: ``"ggml 0.20.2 (8c63e70), libggml-base.so of
@@ -87,6 +91,40 @@ def random_rows(bs: int, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32)
 
 
+#: ggml's lattice IQ types: quantize_<type> (no quantize_row_<type>_ref for some), inputs
+#: that make ggml abort are dropped from their vectors
+IQ_LATTICE = ("iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s", "iq1_s", "iq1_m")
+
+
+def lib_requires_imatrix(lib: LibGGML, name: str) -> bool:
+    import ctypes
+
+    f = lib._lib.ggml_quantize_requires_imatrix
+    f.restype, f.argtypes = ctypes.c_bool, [ctypes.c_int]
+    return bool(f(ggml_block_formats()[name].type_id))
+
+
+def _quantize_iq(lib: LibGGML, x: np.ndarray, name: str, imatrix) -> np.ndarray:
+    """``quantize_<type>`` one block per row, with the imatrix only where ggml requires one."""
+    return lib.quantize(x, name, imatrix if lib_requires_imatrix(lib, name) else None)
+
+
+def _survives(lib: LibGGML, row: np.ndarray, name: str, imatrix) -> bool:
+    """Whether libggml quantizes this block (with and without the imatrix) without aborting."""
+    lib._init_type(ggml_block_formats()[name], imatrix)  # build ggml's tables once, before forking
+    pid = os.fork()
+    if pid == 0:  # child: quantize, exit 0 if ggml returned
+        os.environ["GGML_NO_BACKTRACE"] = "1"  # ggml_abort would run gdb for a backtrace
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+        try:
+            _quantize_iq(lib, row[None], name, imatrix)
+            lib.quantize(row[None], name, imatrix)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -117,12 +155,21 @@ def main() -> None:
         bs = fmt.block_size
         n_random = 48 if bs == 32 else 10
         x = np.concatenate([edge_cases(bs, rng), random_rows(bs, n_random, rng)])
-        q = lib.quantize_row(x, name)
-        data = {"x": x, "q": q, "ggml_version": np.array(version)}
-        if hasattr(fmt, "quantize_blocks_weighted"):
+        imatrix = None
+        if hasattr(fmt, "quantize_blocks_weighted") or name in IQ_LATTICE:
             imatrix = (rng.gamma(0.5, size=bs) + 0.01).astype(np.float32)  # skewed, > 0
+        if name in IQ_LATTICE:
+            # ggml aborts (GGML_ASSERT) on some inputs of these types (distances that overflow
+            # float32): keep the rows a forked child quantizes without dying
+            x = x[[_survives(lib, row, name, imatrix) for row in x]]
+            q = _quantize_iq(lib, x, name, imatrix)
+        else:
+            q = lib.quantize_row(x, name)
+        data = {"x": x, "q": q, "ggml_version": np.array(version)}
+        if imatrix is not None:
             data["imatrix"] = imatrix
-            data["q_chunk"] = lib.quantize(x, name)
+            if not lib_requires_imatrix(lib, name):
+                data["q_chunk"] = lib.quantize(x, name)
             data["q_imatrix"] = lib.quantize(x, name, imatrix)
         if fmt.has_dequantize:
             data["dq"] = lib.dequantize_row(q, name)

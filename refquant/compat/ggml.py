@@ -45,6 +45,11 @@ from ggml's:
   :func:`refquant.io.imatrix.load_imatrix`): IQ4_NL / IQ4_XS / IQ3_XXS / IQ3_S give ``quantize_<type>``'s
   bytes with that imatrix; Q8_0, TQ1_0, TQ2_0 and MXFP4 ignore it as ggml does; Q4_0 ...
   Q6_K raise RefquantError (ggml's weighted search is not implemented here yet).
+* The lattice types (:mod:`refquant.formats.ggml_iq`): IQ3_XXS / IQ3_S quantize as
+  ``quantize_iq3_*`` (``quantize_row_iq3_*_ref`` is that function without an imatrix); where
+  ggml aborts (``GGML_ASSERT`` on a float32 overflow in its neighbour search, |x| around
+  1e12 and beyond) they raise RefquantError. IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S and IQ1_M
+  dequantize only: :func:`quantize` raises for them.
 * Q8_1 and Q8_K are ggml's activation formats: ``ggml_quantize_chunk`` rejects
   them (aborts) but ``quantize_row_q8_1_ref`` / ``quantize_row_q8_K_ref`` exist
   and are what :func:`quantize` reproduces. ggml has no ``dequantize_row_q8_1``;

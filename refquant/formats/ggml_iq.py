@@ -24,7 +24,8 @@ of Inf / NaN included): every product in C's order, in float32. IQ3_XXS and IQ3_
 quantize as ``quantize_iq3_xxs`` / ``quantize_iq3_s`` (what ``ggml_quantize_chunk``
 and llama-quantize call; ``quantize_row_iq3_*_ref`` is the same function without
 quant_weights), with and without an importance matrix
-(:meth:`IQ3Format.quantize_blocks_weighted`). The IQ2 / IQ1 formats here only
+(:meth:`IQ3Format.quantize_blocks_weighted`); ``backend="cpu"`` runs their Numba twins
+(:mod:`refquant.kernels.cpu.ggml_iq`, bit-identical). The IQ2 / IQ1 formats here only
 dequantize; their quantizers (which need an importance matrix) are not part of this
 module yet.
 
@@ -78,10 +79,14 @@ def _dequant_tables():
     }
 
 
-def _sign_factors(signs8: np.ndarray) -> np.ndarray:
-    """(...,) sign bytes -> (..., 8) float32 of ``signs & kmask_iq2xs[j] ? -1.f : 1.f``."""
+def _apply_signs(v: np.ndarray, signs8: np.ndarray) -> np.ndarray:
+    """``v[..., j] * (signs & kmask_iq2xs[j] ? -1.f : 1.f)`` for (..., 8) values and (...,) sign bytes.
+
+    As a negation: libggml's compiled code flips the sign bit (so a NaN's sign flips too,
+    where a multiplication by -1 would keep it); for every other value the two agree.
+    """
     bits = (signs8[..., None].astype(np.int64) & G.KMASK_IQ2XS.astype(np.int64)) != 0
-    return np.where(bits, _f(-1), _f(1)).astype(_F32)
+    return np.where(bits, -v, v).astype(_F32)
 
 
 def _u32(raw: np.ndarray) -> np.ndarray:
@@ -107,6 +112,7 @@ class _IQFormat(GGMLBlockFormat):
     has_quantize = False
 
     def quantize_blocks(self, blocks: np.ndarray, backend: str = "auto") -> np.ndarray:
+        self._backend(backend, 0)  # a bad or kernel-less backend is refused first, as for every type
         if not self.has_quantize:
             raise RefquantError(
                 f"quantizing to {self.name} is not implemented in refquant (it reads and "
@@ -141,7 +147,7 @@ class IQ2_XXS(GridQuantizer, _IQFormat, name="iq2_xxs"):
         db = (d[:, None] * (_f(0.5) + (aux1 >> 28).astype(_F32))) * _f(0.25)
         signs = G.KSIGNS_IQ2XS[(aux1[:, :, None] >> (7 * np.arange(4))) & 127]  # (n, 8, 4)
         vals = _dequant_tables()["iq2xxs"][q[:, :, 0:4]]  # (n, 8, 4, 8)
-        return ((db[:, :, None, None] * vals) * _sign_factors(signs)).reshape(n, QK_K)
+        return _apply_signs(db[:, :, None, None] * vals, signs).reshape(n, QK_K)
 
 
 # block_iq2_xs (74 bytes): | d fp16 | qs[32] uint16: bits 0..8 grid index, 9..15 ksigns index |
@@ -167,7 +173,7 @@ class IQ2_XS(GridQuantizer, _IQFormat, name="iq2_xs"):
         dl = db[:, :, np.array([0, 0, 1, 1])]  # db[l/2]
         vals = _dequant_tables()["iq2xs"][qs & 511]
         signs = G.KSIGNS_IQ2XS[qs >> 9]
-        return ((dl[..., None] * vals) * _sign_factors(signs)).reshape(n, QK_K)
+        return _apply_signs(dl[..., None] * vals, signs).reshape(n, QK_K)
 
 
 # block_iq2_s (82 bytes): | d fp16 | qs[32] grid index low 8 bits | signs[32] | qh[8] | scales[8] |
@@ -196,7 +202,7 @@ class IQ2_S(GridQuantizer, _IQFormat, name="iq2_s"):
         db = (d[:, None, None] * (_f(0.5) + s.astype(_F32))) * _f(0.25)
         dl = db[:, :, np.array([0, 0, 1, 1])]
         vals = _dequant_tables()["iq2s"][idx]
-        return ((dl[..., None] * vals) * _sign_factors(signs)).reshape(n, QK_K)
+        return _apply_signs(dl[..., None] * vals, signs).reshape(n, QK_K)
 
 
 # --------------------------------------------------------------------------- IQ1
@@ -428,21 +434,46 @@ def _seq_max0(v: np.ndarray) -> np.ndarray:
 
 
 class IQ3Format(_IQFormat):
-    """IQ3_XXS and IQ3_S: ``quantize_iq3_*`` with or without quant_weights."""
+    """IQ3_XXS and IQ3_S: ``quantize_iq3_*`` with or without quant_weights.
+
+    ``backend="cpu"`` (or ``"auto"`` from :data:`refquant.formats.ggml.KERNEL_THRESHOLD`
+    weights) runs the Numba twins in :mod:`refquant.kernels.cpu.ggml_iq`.
+    """
 
     has_quantize = True
+    has_kernel = True
     _grid_size = 256
+
+    def _kernels(self):
+        """The kernel module, its tables for this type set (the kernels import no formats)."""
+        from ..kernels.cpu import ggml_iq
+
+        if self.name not in ggml_iq.TABLES:
+            grid, kmap, nbrs, counts = iq3_tables(self._grid_size)
+            key = "iq3xxs" if self._grid_size == 256 else "iq3s"
+            ggml_iq.TABLES[self.name] = (grid, kmap, nbrs, counts, _dequant_tables()[key], G.KSIGNS_IQ2XS)
+        return ggml_iq
+
+    def quantize_blocks(self, blocks: np.ndarray, backend: str = "auto") -> np.ndarray:
+        if self._backend(backend, np.asarray(blocks).size) == "cpu":
+            self._kernels()
+        return super().quantize_blocks(blocks, backend=backend)
+
+    def dequantize_blocks(self, raw: np.ndarray, backend: str = "auto") -> np.ndarray:
+        if self._backend(backend, np.asarray(raw).size * self.block_size // self.type_size) == "cpu":
+            self._kernels()
+        return super().dequantize_blocks(raw, backend=backend)
 
     def _quantize(self, x):
         return self._quantize_iq3(x, None)
 
-    def quantize_blocks_weighted(self, blocks: np.ndarray, quant_weights=None) -> np.ndarray:
+    def quantize_blocks_weighted(self, blocks: np.ndarray, quant_weights=None, backend: str = "auto") -> np.ndarray:
         """``quantize_<type>(x, ..., quant_weights)``: what ``ggml_quantize_chunk`` and llama-quantize write.
 
         ``quant_weights``: shape ``(256,)`` (every block) or ``(n, 256)``, finite and >= 0, or
         None (ggml's ``NULL``, the same bytes as :meth:`quantize_blocks`). ggml reads
         ``quant_weights + 256*ibl`` for block ``ibl`` of a row: give a row's imatrix reshaped
-        to ``(-1, 256)`` and tiled over rows.
+        to ``(-1, 256)`` and tiled over rows. ``backend`` as in :meth:`quantize_blocks`.
         """
         x = self._checked_blocks(blocks)
         qw = None
@@ -459,6 +490,10 @@ class IQ3Format(_IQFormat):
             if not np.all(np.isfinite(qw)) or np.any(qw < 0):
                 raise RefquantError("quant_weights must be finite and >= 0")
             qw = np.broadcast_to(qw, x.shape)
+        if self._backend(backend, x.size) == "cpu":
+            out = np.empty((x.shape[0], self.type_size), np.uint8)
+            self._kernels().quantize_iq3(self.name, x, out, qw)
+            return out
 
         def fn(part, start):
             return self._quantize_iq3(part, None if qw is None else qw[start : start + part.shape[0]])
@@ -523,7 +558,7 @@ class IQ3_XXS(IQ3Format, name="iq3_xxs"):
         db = (d[:, None] * (_f(0.5) + (aux >> 28).astype(_F32))) * _f(0.5)
         signs = G.KSIGNS_IQ2XS[(aux[:, :, None] >> (7 * np.arange(4))) & 127]  # (n, 8, 4)
         vals = _dequant_tables()["iq3xxs"][qs].reshape(n, 8, 4, 8)
-        return ((db[:, :, None, None] * vals) * _sign_factors(signs)).reshape(n, QK_K)
+        return _apply_signs(db[:, :, None, None] * vals, signs).reshape(n, QK_K)
 
     def _quantize_part(self, x, qw):
         n = x.shape[0]
@@ -605,7 +640,7 @@ class IQ3_S(IQ3Format, name="iq3_s"):
         db = d[:, None] * (1 + 2 * s).astype(_F32)
         idx = qs | (((qh[:, :, None] >> np.arange(8)) & 1) << 8)
         vals = _dequant_tables()["iq3s"][idx].reshape(n, 8, 4, 8)
-        return ((db[:, :, None, None] * vals) * _sign_factors(signs)).reshape(n, QK_K)
+        return _apply_signs(db[:, :, None, None] * vals, signs).reshape(n, QK_K)
 
     def _quantize_part(self, x, qw):
         n = x.shape[0]

@@ -24,7 +24,8 @@ def test_type_ids_are_those_of_enum_ggml_type():
     assert ggml.GGML_TYPES == {
         "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q8_1": 9, "Q2_K": 10, "Q3_K": 11,
         "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "Q8_K": 15, "TQ1_0": 34, "TQ2_0": 35, "MXFP4": 39,
-        "IQ4_NL": 20, "IQ4_XS": 23,
+        "IQ4_NL": 20, "IQ4_XS": 23, "IQ2_XXS": 16, "IQ2_XS": 17, "IQ3_XXS": 18, "IQ1_S": 19,
+        "IQ3_S": 21, "IQ2_S": 22, "IQ1_M": 29,
     }  # fmt: skip
 
 

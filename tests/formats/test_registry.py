@@ -150,6 +150,8 @@ def _max_error_per_amax(f):
 @pytest.mark.parametrize("name", BLOCK)
 def test_block_format_round_trip_keeps_shape_zeros_and_bounds(name, data):
     f = rq.get_format(name)
+    if not getattr(f, "has_quantize", True):
+        pytest.skip(f"{name}: refquant dequantizes it but has no quantizer")
     n = f.block_size * data.draw(st.integers(2, 3))
     x = data.draw(hnp.arrays(np.float32, (2, n), elements=st.floats(-100, 100, width=32)))
     x[:, : f.block_size] = 0  # a whole zero block
@@ -157,6 +159,8 @@ def test_block_format_round_trip_keeps_shape_zeros_and_bounds(name, data):
     y = _block_round_trip(f, x)
     assert y.shape == x.shape and np.isfinite(y).all()
     np.testing.assert_array_equal(y[:, : f.block_size], 0)
+    if name in _LATTICE:
+        return
     xb = x.reshape(-1, f.block_size).astype(np.float64)
     err = np.abs(y.reshape(-1, f.block_size) - xb)
     amax = np.abs(xb).max(axis=1, keepdims=True)
@@ -176,6 +180,11 @@ def test_block_format_round_trip_keeps_shape_zeros_and_bounds(name, data):
 # fitted min may lie beyond the data: a q4_k block of 255 x -1e-5 and one 0 decodes the 0 as
 # -1.1265278e-05 in libggml itself (error 1.13 * amax), so the amax bound does not hold there.
 _FITTED_MIN = ("q2_k", "q4_k", "q5_k")
+# ggml's lattice IQ types (formats.ggml_iq) meet neither bound: their grids hold no 0 (a block
+# of one spike decodes its zeros to ±4 d), IQ3_XXS stores 1.0125 times the fitted scale, and
+# IQ3_S shifts the sub-blocks after an all-zero one (ggml's pointer quirk). Their bytes are
+# checked against libggml instead (tests/peers/test_ggml_iq_libggml.py).
+_LATTICE = ("iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s", "iq1_s", "iq1_m")
 
 
 def test_fitted_min_k_quants_can_land_beyond_the_block_range():

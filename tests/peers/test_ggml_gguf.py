@@ -21,7 +21,9 @@ from hypothesis.extra import numpy as hnp
 from refquant.compat import ggml
 
 GGUF_QUANTIZES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "TQ1_0", "TQ2_0", "MXFP4"]
-GGUF_DEQUANTIZES = GGUF_QUANTIZES + ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
+GGUF_DEQUANTIZES = GGUF_QUANTIZES + ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS",
+                                     "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S",
+                                     "IQ1_M"]
 
 
 @pytest.fixture(scope="module")

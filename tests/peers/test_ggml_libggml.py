@@ -40,12 +40,16 @@ from hypothesis.extra import numpy as hnp
 from refquant.compat import ggml
 from refquant.formats.ggml import KVALUES_IQ4NL
 
-ALL_TYPES = list(ggml.GGML_TYPES)
+# the lattice IQ types (formats.ggml_iq) are compared in test_ggml_iq_libggml.py: their
+# quantizers abort the process on inputs this file draws (GGML_ASSERT on float32 overflow)
+IQ_LATTICE = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
+ALL_TYPES = [t for t in ggml.GGML_TYPES if t not in IQ_LATTICE]
 # ggml_quantize_chunk aborts on Q8_1 and Q8_K, and calls quantize_iq4_nl with ntry = 7 where
 # quantize_row_iq4_nl_ref passes -1 (compared in test_iq4_quantize_with_and_without_imatrix)
 CHUNK_TYPES = [t for t in ALL_TYPES if t not in ("Q8_1", "Q8_K", "IQ4_NL")]
 IQ4_TYPES = ["IQ4_NL", "IQ4_XS"]
 DEQUANT_TYPES = [t for t in ALL_TYPES if t != "Q8_1"]  # ggml has no dequantize_row_q8_1
+ANY_BYTES_TYPES = DEQUANT_TYPES + IQ_LATTICE
 REQUIRED_PEER = "libggml-python"
 PEERS = [REQUIRED_PEER, "llama-cpp-python"]
 F32_MAX = np.finfo(np.float32).max
@@ -145,7 +149,8 @@ _SCALE_OFFSETS = {
     "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0],
     "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
     "TQ1_0": [52], "TQ2_0": [64], "IQ4_NL": [0], "IQ4_XS": [0],
-}  # fmt: skip
+    "IQ2_XXS": [0], "IQ2_XS": [0], "IQ2_S": [0], "IQ3_XXS": [0], "IQ3_S": [0], "IQ1_S": [0],
+}  # fmt: skip (IQ1_M's fp16 d is spread over the top nibbles of its scales: no offset)
 
 
 @st.composite
@@ -161,7 +166,7 @@ def raw_blocks(draw, qtype):
         elif qtype == "MXFP4":
             row[0] = draw(st.sampled_from([0, 1, 126, 127, 128, 253, 254, 255]))
         else:
-            for off in _SCALE_OFFSETS[qtype]:
+            for off in _SCALE_OFFSETS.get(qtype, []):
                 row[off : off + 2] = np.array([draw(st.sampled_from(_F16_SPECIAL))], "<u2").view(
                     np.uint8
                 )
@@ -242,7 +247,7 @@ def test_ggml_quantize_chunk_without_imatrix_is_the_ref(lib, qtype, data):
     np.testing.assert_array_equal(ggml.quantize(x, qtype), lib.quantize_chunk(x, qtype))
 
 
-@pytest.mark.parametrize("qtype", DEQUANT_TYPES)
+@pytest.mark.parametrize("qtype", ANY_BYTES_TYPES)
 @settings(max_examples=30)
 @given(data=st.data())
 def test_dequantize_row_bit_exact_on_any_bytes(lib, qtype, data):
@@ -294,12 +299,17 @@ def test_committed_vectors_are_what_this_libggml_writes(lib):
         with np.load(path) as z:
             v = {k: z[k] for k in z.files}
         assert str(v["ggml_version"]), name
-        q, frozen = lib.quantize_row(v["x"], name), v["q"]
+        if name.upper() in IQ_LATTICE:  # quantize_<type>, the imatrix only where ggml requires one
+            q = lib.quantize(v["x"], name, v["imatrix"] if "q_chunk" not in v else None)
+        else:
+            q = lib.quantize_row(v["x"], name)
+        frozen = v["q"]
         if name == "iq4_nl":  # undefined codes of its tiny blocks (see _iq4_nl_defined)
             q, frozen = _iq4_nl_defined(v["x"], q, frozen)
         np.testing.assert_array_equal(q, frozen, err_msg=name)
-        if "imatrix" in v:
+        if "q_chunk" in v:
             np.testing.assert_array_equal(lib.quantize(v["x"], name), v["q_chunk"], err_msg=name)
+        if "imatrix" in v:
             got = lib.quantize(v["x"], name, v["imatrix"])
             np.testing.assert_array_equal(got, v["q_imatrix"], err_msg=name)
         if "dq" in v:

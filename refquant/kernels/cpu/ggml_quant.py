@@ -1314,6 +1314,17 @@ def _with_table(kernel):
     return lambda a, out: kernel(a, out, _FP16_TABLE)
 
 
+def _iq3(name, quantize):
+    """IQ3_XXS / IQ3_S: kernels in :mod:`refquant.kernels.cpu.ggml_iq` (imported on first use)."""
+
+    def run(a, out):
+        from . import ggml_iq
+
+        (ggml_iq.quantize_iq3 if quantize else ggml_iq.dequantize_iq3)(name, a, out)
+
+    return run
+
+
 #: ggml type (refquant's format name) -> callable(x float32 (n, block), out uint8 (n, type_size))
 QUANTIZE_KERNELS = {
     "q4_0": _quantize_q4_0,
@@ -1333,6 +1344,8 @@ QUANTIZE_KERNELS = {
     "ggml_mxfp4": lambda a, out: _quantize_ggml_mxfp4(a, out, _KVALUES_MXFP4),
     "iq4_nl": lambda a, out: _quantize_iq4_nl(a, out, _KVALUES_IQ4NL),
     "iq4_xs": lambda a, out: _quantize_iq4_xs(a, out, _KVALUES_IQ4NL),
+    "iq3_xxs": _iq3("iq3_xxs", True),
+    "iq3_s": _iq3("iq3_s", True),
 }
 
 #: ggml type -> callable(raw uint8 (n, type_size), out float32 (n, block))
@@ -1354,6 +1367,8 @@ DEQUANTIZE_KERNELS = {
     "ggml_mxfp4": lambda a, out: _dequantize_ggml_mxfp4(a, out, _KVALUES_MXFP4),
     "iq4_nl": lambda a, out: _dequantize_iq4_nl(a, out, _FP16_TABLE, _KVALUES_IQ4NL),
     "iq4_xs": lambda a, out: _dequantize_iq4_xs(a, out, _FP16_TABLE, _KVALUES_IQ4NL),
+    "iq3_xxs": _iq3("iq3_xxs", False),
+    "iq3_s": _iq3("iq3_s", False),
 }
 
 
