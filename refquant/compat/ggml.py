@@ -42,14 +42,17 @@ from ggml's:
   max|x| < 1e-15 gets code 8 where ``quantize_row_iq4_nl_ref`` leaves its codes
   undefined (d = 0 in both).
 * ``quantize(x, t, imatrix=w)`` (llama-quantize with ``--imatrix``; ``w`` from
-  :func:`refquant.io.imatrix.load_imatrix`): IQ4_NL / IQ4_XS / IQ3_XXS / IQ3_S give ``quantize_<type>``'s
+  :func:`refquant.io.imatrix.load_imatrix`): IQ4_NL / IQ4_XS and the lattice IQ types give ``quantize_<type>``'s
   bytes with that imatrix; Q8_0, TQ1_0, TQ2_0 and MXFP4 ignore it as ggml does; Q4_0 ...
   Q6_K raise RefquantError (ggml's weighted search is not implemented here yet).
 * The lattice types (:mod:`refquant.formats.ggml_iq`): IQ3_XXS / IQ3_S quantize as
   ``quantize_iq3_*`` (``quantize_row_iq3_*_ref`` is that function without an imatrix); where
   ggml aborts (``GGML_ASSERT`` on a float32 overflow in its neighbour search, |x| around
   1e12 and beyond) they raise RefquantError. IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S and IQ1_M
-  dequantize only: :func:`quantize` raises for them.
+  quantize as ``quantize_iq2_*`` / ``quantize_iq1_*`` with ``imatrix=`` (the same aborts
+  refused); without an imatrix IQ2_S (``quantize_row_iq2_s_ref``) and IQ1_M quantize with
+  ``quant_weights = NULL`` and IQ2_XXS, IQ2_XS, IQ1_S raise RefquantError, where ggml
+  asserts (``ggml_quantize_requires_imatrix``).
 * Q8_1 and Q8_K are ggml's activation formats: ``ggml_quantize_chunk`` rejects
   them (aborts) but ``quantize_row_q8_1_ref`` / ``quantize_row_q8_K_ref`` exist
   and are what :func:`quantize` reproduces. ggml has no ``dequantize_row_q8_1``;
@@ -177,7 +180,7 @@ def quantize(x, type_name, *, backend="auto", imatrix=None) -> np.ndarray:
         The importance vector of this tensor, one float per column (length of a row), as
         :func:`refquant.io.imatrix.load_imatrix` gives it; llama-quantize passes it to
         ``ggml_quantize_chunk`` -> ``quantize_<type>(..., quant_weights)`` for every row.
-        IQ4_NL / IQ4_XS / IQ3_XXS / IQ3_S: the bytes of ``quantize_<type>`` with that imatrix
+        IQ4_NL / IQ4_XS / IQ3_* / IQ2_* / IQ1_*: the bytes of ``quantize_<type>`` with that imatrix
         (``quantize_blocks_weighted``); Q8_0, TQ1_0, TQ2_0, MXFP4: ignored, as ggml
         ignores it; Q4_0 ... Q6_K: RefquantError (refquant has no weighted path for them
         yet); Q8_1 / Q8_K: RefquantError (ggml has no ``quantize_<type>``).

@@ -10,13 +10,13 @@ weights under one fp16 scale.
 =========  ==========  ==========  ======  =============================================
 name       block size  type size   bits/w  C reference (ggml/src/ggml-quants.c)
 =========  ==========  ==========  ======  =============================================
-iq2_xxs    256         66          2.0625  dequantize_row_iq2_xxs
-iq2_xs     256         74          2.3125  dequantize_row_iq2_xs
-iq2_s      256         82          2.5625  dequantize_row_iq2_s
+iq2_xxs    256         66          2.0625  quantize_iq2_xxs / dequantize_row_iq2_xxs
+iq2_xs     256         74          2.3125  quantize_iq2_xs / dequantize_row_iq2_xs
+iq2_s      256         82          2.5625  quantize_iq2_s / dequantize_row_iq2_s
 iq3_xxs    256         98          3.0625  quantize_iq3_xxs / dequantize_row_iq3_xxs
 iq3_s      256         110         3.4375  quantize_iq3_s / dequantize_row_iq3_s
-iq1_s      256         50          1.5625  dequantize_row_iq1_s
-iq1_m      256         56          1.75    dequantize_row_iq1_m
+iq1_s      256         50          1.5625  quantize_iq1_s / dequantize_row_iq1_s
+iq1_m      256         56          1.75    quantize_iq1_m / dequantize_row_iq1_m
 =========  ==========  ==========  ======  =============================================
 
 Dequantization is bit for bit ``dequantize_row_<type>`` for any bytes (fp16 scales
@@ -25,9 +25,12 @@ quantize as ``quantize_iq3_xxs`` / ``quantize_iq3_s`` (what ``ggml_quantize_chun
 and llama-quantize call; ``quantize_row_iq3_*_ref`` is the same function without
 quant_weights), with and without an importance matrix
 (:meth:`IQ3Format.quantize_blocks_weighted`); ``backend="cpu"`` runs their Numba twins
-(:mod:`refquant.kernels.cpu.ggml_iq`, bit-identical). The IQ2 / IQ1 formats here only
-dequantize; their quantizers (which need an importance matrix) are not part of this
-module yet.
+(:mod:`refquant.kernels.cpu.ggml_iq`, bit-identical). IQ2_XXS, IQ2_XS, IQ2_S,
+IQ1_S and IQ1_M quantize as ``quantize_iq2_xxs`` ... ``quantize_iq1_m``
+(:class:`refquant.formats._iq_quant.GridQuantizer`: NumPy reference there, Numba twins in
+:mod:`refquant.kernels.cpu.ggml_iq_quant`) with an importance matrix
+(``quantize_blocks_weighted``); without one only IQ2_S and IQ1_M, as in ggml
+(``ggml_quantize_requires_imatrix``: IQ2_XXS, IQ2_XS and IQ1_S raise).
 
 Reference: ggml-org/ggml 0.20.2 (commit 8c63e709), ``src/ggml-quants.c``,
 ``src/ggml-common.h`` (block structs, grids).
