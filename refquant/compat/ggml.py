@@ -62,6 +62,7 @@ from ggml's:
 from __future__ import annotations
 
 import ctypes
+import inspect
 import operator
 import os
 from math import prod
@@ -229,13 +230,13 @@ def quantize(x, type_name, *, backend="auto", imatrix=None) -> np.ndarray:
             "has no defined result for NaN/Inf (refquant refuses instead of guessing)"
         )
     if imatrix is not None and fmt.name not in _IMATRIX_IGNORED:
-        raw = _quantize_weighted(blocks, fmt, imatrix, arr.shape[-1])
+        raw = _quantize_weighted(blocks, fmt, imatrix, arr.shape[-1], backend)
     else:
         raw = fmt.quantize_blocks(blocks, backend=backend)
     return raw.reshape(*arr.shape[:-1], arr.shape[-1] // fmt.block_size * fmt.type_size)
 
 
-def _quantize_weighted(blocks, fmt, imatrix, n_per_row):
+def _quantize_weighted(blocks, fmt, imatrix, n_per_row, backend):
     name = _ggml_name(fmt)
     if fmt.name not in _IMATRIX_WEIGHTED:
         raise RefquantError(f"type_name: ggml has no quantize_{fmt.c_name} taking an imatrix "
@@ -256,6 +257,8 @@ def _quantize_weighted(blocks, fmt, imatrix, n_per_row):
     # ggml passes quant_weights + block_size*ibl for block ibl of every row
     nrows = blocks.shape[0] * fmt.block_size // n_per_row if n_per_row else 0
     per_block = np.tile(w.reshape(-1, fmt.block_size), (nrows, 1))
+    if "backend" in inspect.signature(weighted).parameters:  # the formats with a weighted kernel
+        return weighted(blocks, per_block, backend=backend)
     return weighted(blocks, per_block)
 
 
