@@ -201,3 +201,25 @@ for name in {TYPES!r}:
 print("ok")
 """
     assert run_without_jit(code, timeout=600).strip().endswith("ok")
+
+
+@pytest.mark.parametrize("kernel,name", [("_quantize_iq2_xxs", "iq2_xxs"), ("_quantize_iq1_m", "iq1_m")])
+def test_kernels_have_no_contracted_fma(kernel, name):
+    # libggml-base is built without FMA contraction: a fused multiply-add would round once
+    # where C rounds twice and change bytes (the machine code of a fresh compile, callees linked in)
+    import re
+
+    import numba
+
+    from refquant.kernels.cpu import ggml_iq_quant as K
+
+    fn = getattr(K, kernel)
+    x = np.ones((1, 256), np.float32)
+    out = np.zeros((1, get_format(name).type_size), np.uint8)
+    st_ = np.zeros(1, np.int8)
+    args = (x, x, out, *iq2xs_tables(name), st_) if name == "iq2_xxs" else (x, x, True, out, *iq2xs_tables(name), st_)
+    fresh = numba.njit(error_model="numpy", parallel=True)(fn.py_func)
+    fresh(*args)
+    asm = "\n".join(fresh.inspect_asm().values())
+    assert re.search(r"\bv?mulss\b", asm) and re.search(r"\bv?sqrtss\b|\bv?sqrtsd\b", asm), "wrong code inspected"
+    assert not re.search(r"vf(n)?m(add|sub)", asm), f"{name}: contracted FMA in the kernel"
