@@ -32,7 +32,7 @@ import numpy as np
 
 from .._errors import RefquantError
 from ..kernels._backend import resolve_backend
-from . import _iq_grids as _iq_kgrid
+from . import _iq_grids
 from .ggml import KERNEL_THRESHOLD, _f, _fp16_bits, _nearest_int, _seqsum, _u16_bytes
 
 _F32 = np.float32
@@ -72,7 +72,7 @@ def iq2xs_tables(name: str):
     Offsets follow the patterns in increasing order.
     """
     table, nwant = _INIT[name]
-    kgrid = np.asarray(getattr(_iq_kgrid, table), dtype=np.int64)
+    kgrid = np.asarray(getattr(_iq_grids, table), dtype=np.int64)
     grid = (2 * _levels(kgrid) + 1).astype(np.int8)
     kmap = np.full(KMAP_SIZE, -1, dtype=np.int64)
     kmap[kgrid] = np.arange(kgrid.size)
