@@ -43,14 +43,17 @@ from ggml's:
   undefined (d = 0 in both).
 * ``quantize(x, t, imatrix=w)`` (llama-quantize with ``--imatrix``; ``w`` from
   :func:`refquant.io.imatrix.load_imatrix`): Q4_0, Q4_1, Q5_0, Q5_1, Q2_K ... Q6_K, IQ4_NL,
-  IQ4_XS, IQ3_XXS and IQ3_S give ``quantize_<type>``'s bytes with that imatrix
+  IQ4_XS and the lattice IQ types give ``quantize_<type>``'s bytes with that imatrix
   (:mod:`refquant.formats.ggml_weighted` for the first nine); Q8_0, TQ1_0, TQ2_0 and MXFP4
   ignore it as ggml does.
 * The lattice types (:mod:`refquant.formats.ggml_iq`): IQ3_XXS / IQ3_S quantize as
   ``quantize_iq3_*`` (``quantize_row_iq3_*_ref`` is that function without an imatrix); where
   ggml aborts (``GGML_ASSERT`` on a float32 overflow in its neighbour search, |x| around
   1e12 and beyond) they raise RefquantError. IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S and IQ1_M
-  dequantize only: :func:`quantize` raises for them.
+  quantize as ``quantize_iq2_*`` / ``quantize_iq1_*`` with ``imatrix=`` (the same aborts
+  refused); without an imatrix IQ2_S (``quantize_row_iq2_s_ref``) and IQ1_M quantize with
+  ``quant_weights = NULL`` and IQ2_XXS, IQ2_XS, IQ1_S raise RefquantError, where ggml
+  asserts (``ggml_quantize_requires_imatrix``).
 * Q8_1 and Q8_K are ggml's activation formats: ``ggml_quantize_chunk`` rejects
   them (aborts) but ``quantize_row_q8_1_ref`` / ``quantize_row_q8_K_ref`` exist
   and are what :func:`quantize` reproduces. ggml has no ``dequantize_row_q8_1``;
@@ -60,6 +63,7 @@ from ggml's:
 from __future__ import annotations
 
 import ctypes
+import inspect
 import operator
 import os
 from math import prod
@@ -182,9 +186,9 @@ def quantize(x, type_name, *, backend="auto", imatrix=None) -> np.ndarray:
         Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K: the bytes of
         ``quantize_<type>`` with that imatrix (the weighted ``quantize_row_<type>_impl``,
         :func:`refquant.formats.ggml_weighted.quantize_rows_weighted`, on ``backend``);
-        IQ4_NL / IQ4_XS / IQ3_XXS / IQ3_S: likewise (``quantize_blocks_weighted``); Q8_0,
-        TQ1_0, TQ2_0, MXFP4: ignored, as ggml ignores it; Q8_1 / Q8_K: RefquantError (ggml
-        has no ``quantize_<type>``).
+        IQ4_NL / IQ4_XS / IQ3_* / IQ2_* / IQ1_*: likewise (``quantize_blocks_weighted``);
+        Q8_0, TQ1_0, TQ2_0, MXFP4: ignored, as ggml ignores it; Q8_1 / Q8_K: RefquantError
+        (ggml has no ``quantize_<type>``).
 
     Returns
     -------
@@ -261,6 +265,8 @@ def _quantize_weighted(blocks, fmt, imatrix, n_per_row, backend="auto"):
     # ggml passes quant_weights + block_size*ibl for block ibl of every row
     nrows = blocks.shape[0] * fmt.block_size // n_per_row if n_per_row else 0
     per_block = np.tile(w.reshape(-1, fmt.block_size), (nrows, 1))
+    if "backend" in inspect.signature(weighted).parameters:  # the formats with a weighted kernel
+        return weighted(blocks, per_block, backend=backend)
     return weighted(blocks, per_block)
 
 

@@ -10,13 +10,13 @@ weights under one fp16 scale.
 =========  ==========  ==========  ======  =============================================
 name       block size  type size   bits/w  C reference (ggml/src/ggml-quants.c)
 =========  ==========  ==========  ======  =============================================
-iq2_xxs    256         66          2.0625  dequantize_row_iq2_xxs
-iq2_xs     256         74          2.3125  dequantize_row_iq2_xs
-iq2_s      256         82          2.5625  dequantize_row_iq2_s
+iq2_xxs    256         66          2.0625  quantize_iq2_xxs / dequantize_row_iq2_xxs
+iq2_xs     256         74          2.3125  quantize_iq2_xs / dequantize_row_iq2_xs
+iq2_s      256         82          2.5625  quantize_iq2_s / dequantize_row_iq2_s
 iq3_xxs    256         98          3.0625  quantize_iq3_xxs / dequantize_row_iq3_xxs
 iq3_s      256         110         3.4375  quantize_iq3_s / dequantize_row_iq3_s
-iq1_s      256         50          1.5625  dequantize_row_iq1_s
-iq1_m      256         56          1.75    dequantize_row_iq1_m
+iq1_s      256         50          1.5625  quantize_iq1_s / dequantize_row_iq1_s
+iq1_m      256         56          1.75    quantize_iq1_m / dequantize_row_iq1_m
 =========  ==========  ==========  ======  =============================================
 
 Dequantization is bit for bit ``dequantize_row_<type>`` for any bytes (fp16 scales
@@ -25,9 +25,12 @@ quantize as ``quantize_iq3_xxs`` / ``quantize_iq3_s`` (what ``ggml_quantize_chun
 and llama-quantize call; ``quantize_row_iq3_*_ref`` is the same function without
 quant_weights), with and without an importance matrix
 (:meth:`IQ3Format.quantize_blocks_weighted`); ``backend="cpu"`` runs their Numba twins
-(:mod:`refquant.kernels.cpu.ggml_iq`, bit-identical). The IQ2 / IQ1 formats here only
-dequantize; their quantizers (which need an importance matrix) are not part of this
-module yet.
+(:mod:`refquant.kernels.cpu.ggml_iq`, bit-identical). IQ2_XXS, IQ2_XS, IQ2_S,
+IQ1_S and IQ1_M quantize as ``quantize_iq2_xxs`` ... ``quantize_iq1_m``
+(:class:`refquant.formats._iq_quant.GridQuantizer`: NumPy reference there, Numba twins in
+:mod:`refquant.kernels.cpu.ggml_iq_quant`) with an importance matrix
+(``quantize_blocks_weighted``); without one only IQ2_S and IQ1_M, as in ggml
+(``ggml_quantize_requires_imatrix``: IQ2_XXS, IQ2_XS and IQ1_S raise).
 
 Reference: ggml-org/ggml 0.20.2 (commit 8c63e709), ``src/ggml-quants.c``,
 ``src/ggml-common.h`` (block structs, grids).
@@ -41,6 +44,7 @@ import numpy as np
 
 from .._errors import RefquantError
 from . import _iq_grids as G
+from ._iq_quant import GridQuantizer
 from ._registry import register
 from .ggml import (
     QK_K,
@@ -125,7 +129,7 @@ class _IQFormat(GGMLBlockFormat):
 #   per 32 weights (ib32): aux8[0..3] = iq2xxs_grid indices of the 4 groups of 8,
 #   aux32 bits 7l..7l+6 = ksigns_iq2xs index of group l, bits 28..31 = scale s;
 #   x = d * (0.5 + s) * 0.25 * grid[j] * (±1)
-class IQ2_XXS(_IQFormat, name="iq2_xxs"):
+class IQ2_XXS(GridQuantizer, _IQFormat, name="iq2_xxs"):
     """IQ2_XXS: 2.0625 bits per weight, groups of 8 on the 256-point ``iq2xxs_grid``.
 
     **Formula**: :math:`\\hat x = ((d (0.5 + s) \\cdot 0.25)\\, g_j)\\, \\sigma_j` in float32,
@@ -151,7 +155,7 @@ class IQ2_XXS(_IQFormat, name="iq2_xxs"):
 
 # block_iq2_xs (74 bytes): | d fp16 | qs[32] uint16: bits 0..8 grid index, 9..15 ksigns index |
 #   scales[8]: low nibble for groups 0, 1 of each 32, high nibble for groups 2, 3 |
-class IQ2_XS(_IQFormat, name="iq2_xs"):
+class IQ2_XS(GridQuantizer, _IQFormat, name="iq2_xs"):
     """IQ2_XS: 2.3125 bits per weight, 512-point ``iq2xs_grid``, 4-bit scales per 16 weights.
 
     **Formula**: :math:`\\hat x = ((d (0.5 + s) \\cdot 0.25)\\, g_j)\\, \\sigma_j`.
@@ -177,7 +181,7 @@ class IQ2_XS(_IQFormat, name="iq2_xs"):
 
 # block_iq2_s (82 bytes): | d fp16 | qs[32] grid index low 8 bits | signs[32] | qh[8] | scales[8] |
 #   group l of sub-block ib: index = qs[4ib+l] | (qh[ib] << (8-2l)) & 0x300, signs[4ib+l] 8 bits
-class IQ2_S(_IQFormat, name="iq2_s"):
+class IQ2_S(GridQuantizer, _IQFormat, name="iq2_s"):
     """IQ2_S: 2.5625 bits per weight, 1024-point ``iq2s_grid``, all 8 signs stored.
 
     **Formula**: :math:`\\hat x = ((d (0.5 + s) \\cdot 0.25)\\, g_j)\\, \\sigma_j`.
@@ -187,6 +191,7 @@ class IQ2_S(_IQFormat, name="iq2_s"):
     """
 
     c_name = "iq2_s"
+    requires_imatrix = False  # quantize_iq2_s takes NULL (quantize_row_iq2_s_ref passes it)
 
     def _dequantize(self, raw):
         n = raw.shape[0]
@@ -207,7 +212,7 @@ class IQ2_S(_IQFormat, name="iq2_s"):
 # block_iq1_s (50 bytes): | d fp16 | qs[32] grid index low 8 bits | qh[8] uint16 |
 #   qh[ib]: bits 3l..3l+2 = index bits 8..10 of group l, bits 12..14 = scale s, bit 15 = delta sign
 #   x = d * (2s + 1) * (grid[j] + delta), delta = ±IQ1S_DELTA
-class IQ1_S(_IQFormat, name="iq1_s"):
+class IQ1_S(GridQuantizer, _IQFormat, name="iq1_s"):
     """IQ1_S: 1.5625 bits per weight, 2048-point ``iq1s_grid`` of -1/0/1, shifted by ±1/8.
 
     **Formula**: :math:`\\hat x = (d (2s + 1))\\, (g_j + \\delta)`, :math:`\\delta = \\pm 0.125`
@@ -235,7 +240,7 @@ class IQ1_S(_IQFormat, name="iq1_s"):
 #   fp16 d = (sc[0] >> 12) | (sc[1] >> 8) & 0xf0 | (sc[2] >> 4) & 0xf00 | sc[3] & 0xf000
 #   sub-block ib: 3-bit scales at bits 6(ib%2) and 6(ib%2)+3 of sc[ib/2] (groups 0,1 / 2,3);
 #   qh[2ib + h]: bits 0..2 / 4..6 = index bits 8..10 of group 2h / 2h+1, bit 3 / 7 = its delta sign
-class IQ1_M(_IQFormat, name="iq1_m"):
+class IQ1_M(GridQuantizer, _IQFormat, name="iq1_m"):
     """IQ1_M: 1.75 bits per weight, ``iq1s_grid`` with a delta sign per group of 8.
 
     **Formula**: :math:`\\hat x = (d (2s + 1))\\, (g_j + \\delta)`, :math:`s` 3 bits per 16
@@ -246,6 +251,7 @@ class IQ1_M(_IQFormat, name="iq1_m"):
     """
 
     c_name = "iq1_m"
+    requires_imatrix = False  # quantize_iq1_m takes NULL (weights x^2)
 
     def _dequantize(self, raw):
         n = raw.shape[0]

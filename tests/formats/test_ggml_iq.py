@@ -117,14 +117,15 @@ def test_overflowing_input_is_refused_where_ggml_aborts(name):
         ggml.quantize(x, name.upper())
 
 
-@pytest.mark.parametrize("name", ["iq2_xxs", "iq2_xs", "iq2_s", "iq1_s", "iq1_m"])
-def test_dequantize_only_types_refuse_to_quantize(name):
+@pytest.mark.parametrize("name", ["iq2_xxs", "iq2_xs", "iq1_s"])
+def test_types_ggml_quantizes_only_with_an_imatrix_refuse_without(name):
     f = get_format(name)
-    assert not f.has_quantize and f.has_dequantize
-    with pytest.raises(RefquantError, match="not implemented"):
+    assert f.has_quantize and f.has_dequantize and f.requires_imatrix
+    with pytest.raises(RefquantError, match="requires an importance matrix"):
         f.quantize_blocks(np.zeros((1, 256), np.float32))
-    with pytest.raises(RefquantError, match="not implemented"):
+    with pytest.raises(RefquantError, match="requires an importance matrix"):
         ggml.quantize(np.zeros(256, np.float32), name)
+    assert ggml.quantize(np.zeros(256, np.float32), name, imatrix=np.ones(256)).shape == (f.type_size,)
 
 
 @pytest.mark.parametrize("name", ["iq3_xxs", "iq3_s"])

@@ -69,7 +69,11 @@ def test_quantize_matches_libggml_bytes(name):
     v = _load(name)
     if not getattr(FORMATS[name], "has_quantize", True):
         pytest.skip(f"{name}: refquant has no quantizer for it (its vectors check dequantize)")
-    ours, theirs = FORMATS[name].quantize_blocks(v["x"]), v["q"]
+    fmt = FORMATS[name]
+    if getattr(fmt, "requires_imatrix", False):  # IQ2_XXS, IQ2_XS, IQ1_S: q was written with it
+        ours, theirs = fmt.quantize_blocks_weighted(v["x"], v["imatrix"]), v["q"]
+    else:
+        ours, theirs = fmt.quantize_blocks(v["x"]), v["q"]
     if name == "iq4_nl":
         # quantize_row_iq4_nl_ref leaves the codes of a block with max|x| < 1e-15 as whatever
         # its buffer held (formats.ggml.IQ4_NL: the departure); its d (0) must still match
@@ -80,7 +84,7 @@ def test_quantize_matches_libggml_bytes(name):
     assert_blocks_equal(ours, theirs, f"{name} quantize")
 
 
-@pytest.mark.parametrize("name", ["iq4_nl", "iq4_xs", "iq3_xxs", "iq3_s"])
+@pytest.mark.parametrize("name", ["iq4_nl", "iq4_xs", "iq3_xxs", "iq3_s", "iq2_s", "iq1_m"])
 def test_weighted_quantize_matches_libggml_with_and_without_imatrix(name):
     # quantize_iq4_nl / quantize_iq4_xs (what ggml_quantize_chunk calls), one block per row
     v = _load(name)

@@ -168,6 +168,8 @@ def test_every_registered_ggml_format_has_a_kernel_or_says_it_has_none(name):
     assert (name in kern.DEQUANTIZE_KERNELS) == fmt.has_kernel
     if not fmt.has_kernel:
         with pytest.raises(RefquantError, match="no Numba kernel"):
+            if hasattr(fmt, "requires_imatrix"):  # IQ2 / IQ1: a quantize kernel of their own
+                fmt.dequantize_blocks(np.zeros((1, fmt.type_size), np.uint8), backend="cpu")
             fmt.quantize_blocks(x, backend="cpu")
         from refquant.formats.ggml import KERNEL_THRESHOLD
 
