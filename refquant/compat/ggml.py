@@ -223,21 +223,30 @@ def quantize(x, type_name, *, backend="auto", imatrix=None) -> np.ndarray:
     with np.errstate(over="ignore"):
         x32 = np.asarray(arr, dtype=np.float32)
     blocks = x32.reshape(-1, fmt.block_size)
-    if not np.isfinite(blocks).all():
-        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(x32))[0])
-        if np.isfinite(arr[bad]):
-            raise RefquantError(
-                f"x holds {float(arr[bad])!r} at index {bad}, which overflows float32 (ggml reads float)"
-            )
-        raise RefquantError(
-            f"x contains a non-finite value at index {bad}; ggml's quantize_row_{fmt.c_name}_ref "
-            "has no defined result for NaN/Inf (refquant refuses instead of guessing)"
-        )
-    if imatrix is not None and fmt.name not in _IMATRIX_IGNORED:
-        raw = _quantize_weighted(blocks, fmt, imatrix, arr.shape[-1], backend)
-    else:
-        raw = fmt.quantize_blocks(blocks, backend=backend)
+    try:  # quantize_blocks refuses NaN / ±Inf (in its kernel's pass): no check of our own first
+        if imatrix is not None and fmt.name not in _IMATRIX_IGNORED:
+            raw = _quantize_weighted(blocks, fmt, imatrix, arr.shape[-1], backend)
+        else:
+            raw = fmt.quantize_blocks(blocks, backend=backend)
+    except RefquantError:
+        _check_finite_x(arr, x32, fmt)  # a non-finite x is named first, with x's own index
+        raise
     return raw.reshape(*arr.shape[:-1], arr.shape[-1] // fmt.block_size * fmt.type_size)
+
+
+def _check_finite_x(arr, x32, fmt):
+    """Refuse ``x`` (float32 copy ``x32``) holding NaN / ±Inf or a value that overflows float32."""
+    if np.isfinite(x32).all():
+        return
+    bad = tuple(int(i) for i in np.argwhere(~np.isfinite(x32))[0])
+    if np.isfinite(arr[bad]):
+        raise RefquantError(
+            f"x holds {float(arr[bad])!r} at index {bad}, which overflows float32 (ggml reads float)"
+        ) from None
+    raise RefquantError(
+        f"x contains a non-finite value at index {bad}; ggml's quantize_row_{fmt.c_name}_ref "
+        "has no defined result for NaN/Inf (refquant refuses instead of guessing)"
+    ) from None
 
 
 def _quantize_weighted(blocks, fmt, imatrix, n_per_row, backend="auto"):

@@ -353,3 +353,50 @@ def test_cpu_backend_refuses_nonfinite_input_naming_the_first_index(bad):
     assert _kernels().all_finite(np.ones((3, 32), np.float32))
     assert _kernels().all_finite(np.zeros((0, 32), np.float32))
     assert not _kernels().all_finite(np.full((1, 32), np.float32(bad)))
+
+
+@pytest.mark.parametrize("name", sorted(_kernels().FINITE_CHECKING))
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_the_kernels_that_check_finiteness_flag_every_nonfinite_block(name, data):
+    # the legacy kernels fold the finiteness check into their code loop: any NaN / ±Inf,
+    # wherever it sits in a block (first element, beside a tiny or an all-zero block,
+    # with other NaN / Inf), must flag the call; a flagged finite call (1/d overflowing
+    # for a tiny block) still returns the reference's bytes
+    fmt = get_format(name)
+    n = data.draw(st.integers(1, 6))
+    base = data.draw(st.sampled_from([0.0, 1e-40, 3e-38, 1.0, -7.5, 1e30]))
+    x = np.full((n, 32), np.float32(base), np.float32)
+    x += np.float32(data.draw(st.sampled_from([0.0, 1e-39, 0.5]))) * np.arange(32, dtype=np.float32)
+    hits = data.draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, 31),
+                                        st.sampled_from([np.nan, np.inf, -np.inf])), max_size=4))
+    for i, j, v in hits:
+        x[i, j] = v
+    k = _kernels()
+    out = np.empty((n, fmt.type_size), np.uint8)
+    with np.errstate(all="ignore"):
+        flagged = k.QUANTIZE_KERNELS[name](x, out)
+    if hits:
+        assert flagged > 0
+        assert k.quantize_finite_blocks(name, x, fmt.type_size) is None
+        with pytest.raises(RefquantError, match="non-finite"):
+            fmt.quantize_blocks(x, backend="cpu")
+    else:
+        np.testing.assert_array_equal(k.quantize_finite_blocks(name, x, fmt.type_size),
+                                      fmt.quantize_blocks(x, backend="numpy"))
+
+
+def test_compat_quantize_checks_finiteness_once_with_its_own_messages():
+    x = np.ones((2, 64), np.float32)
+    x[1, 40] = np.inf
+    for backend in ("numpy", "cpu"):
+        with pytest.raises(RefquantError, match=r"x contains a non-finite value at index \(1, 40\)"):
+            ggml.quantize(x, "q4_0", backend=backend)
+    big = np.ones((1, 32), np.float64)
+    big[0, 5] = 1e300
+    with pytest.raises(RefquantError, match=r"x holds 1e\+300 at index \(0, 5\), which overflows float32"):
+        ggml.quantize(big, "q4_1", backend="cpu")
+    w = np.ones((1, 256))
+    w[0, 3] = np.nan
+    with pytest.raises(RefquantError, match=r"x contains a non-finite value at index \(0, 3\)"):
+        ggml.quantize(w, "iq2_xxs", imatrix=np.ones(256))

@@ -38,7 +38,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["QUANTIZE_KERNELS", "DEQUANTIZE_KERNELS", "all_finite", "quantize_blocks", "dequantize_blocks"]
+__all__ = [
+    "QUANTIZE_KERNELS",
+    "DEQUANTIZE_KERNELS",
+    "FINITE_CHECKING",
+    "all_finite",
+    "quantize_blocks",
+    "quantize_finite_blocks",
+    "dequantize_blocks",
+]
 
 _F32 = np.float32
 QK_K = 256
@@ -170,6 +178,19 @@ def _absmax(x):
     return amax
 
 
+@njit(**_OPTS)
+def _nonfinite(x):
+    """1 if the float32 row ``x`` holds a NaN / ±Inf (an all-ones exponent), else 0.
+
+    The legacy kernels run it on each block while it is in L1 and sum it over the
+    blocks: the finiteness check folded into the kernel instead of a pass of its own.
+    """
+    bad = np.int32(0)
+    for j in range(x.shape[0]):
+        bad |= np.int32((np.float32(x[j]).view(np.int32) & np.int32(0x7F800000)) == np.int32(0x7F800000))
+    return bad
+
+
 # --------------------------------------------------------------------------- legacy formats
 @njit(**_OPTS)
 def _cvtt_byte(v):
@@ -201,36 +222,68 @@ def _q_sym_scale(x, nmax):
 
 
 @njit(**_OPTS)
-def _q_sym_code(v, idd, nmax):
-    """MIN(2nmax-1, (int8_t)(v*id + nmax + 0.5)) as a byte: a negative int8 passes through MIN."""
-    c = _cvtt_byte(np.float32(np.float32(v * idd) + np.float32(nmax + 0.5)))
+def _wild(t):
+    """1 where cvttss2si of ``t`` is out of range (NaN, ±Inf, |t| >= 2^31), else 0.
+
+    The legacy kernels OR it over a block's code arguments: a NaN / ±Inf input always
+    makes one of them NaN (NaN*id, Inf*0 with id = 1/Inf = 0, or (v - min)*id likewise),
+    so a block with no flag is finite; a flagged one may still be finite (id = 1/d
+    overflowing for a tiny block) and the caller then looks at the bits.
+    """
+    return np.int32(t != t)
+
+
+@njit(**_OPTS)
+def _q_sym_arg(v, idd, nmax):
+    """v*id + nmax + 0.5 in float32, as C computes it."""
+    return np.float32(np.float32(v * idd) + np.float32(nmax + 0.5))
+
+
+@njit(**_OPTS)
+def _q_sym_byte(t, nmax):
+    """MIN(2nmax-1, (int8_t)t) as a byte: a negative int8 passes through MIN."""
+    c = _cvtt_byte(t)
     return c if c >= 128 else min(np.int32(2 * nmax - 1), c)
 
 
 @njit(**_PAR)
 def _quantize_q4_0(x, out):
+    nbad = 0
     for i in prange(x.shape[0]):
         d, idd = _q_sym_scale(x[i], 8)
         _put_u16(out[i], 0, _fp16_bits(d))
+        bad = np.int32(0)
         for j in range(16):
-            c0 = _q_sym_code(x[i, j], idd, 8)
-            c1 = _q_sym_code(x[i, j + 16], idd, 8)
+            t0 = _q_sym_arg(x[i, j], idd, 8)
+            t1 = _q_sym_arg(x[i, j + 16], idd, 8)
+            bad |= _wild(t0) | _wild(t1)
+            c0 = _q_sym_byte(t0, 8)
+            c1 = _q_sym_byte(t1, 8)
             out[i, 2 + j] = (c0 | (c1 << 4)) & 0xFF
+        nbad += bad
+    return nbad
 
 
 @njit(**_PAR)
 def _quantize_q5_0(x, out):
+    nbad = 0
     for i in prange(x.shape[0]):
         d, idd = _q_sym_scale(x[i], 16)
         _put_u16(out[i], 0, _fp16_bits(d))
         qh = 0
+        bad = np.int32(0)
         for j in range(16):
-            c0 = _q_sym_code(x[i, j], idd, 16)
-            c1 = _q_sym_code(x[i, j + 16], idd, 16)
+            t0 = _q_sym_arg(x[i, j], idd, 16)
+            t1 = _q_sym_arg(x[i, j + 16], idd, 16)
+            bad |= _wild(t0) | _wild(t1)
+            c0 = _q_sym_byte(t0, 16)
+            c1 = _q_sym_byte(t1, 16)
             qh |= (((c0 >> 4) & 1) << j) | (((c1 >> 4) & 1) << (j + 16))
             out[i, 6 + j] = (c0 & 0xF) | ((c1 & 0xF) << 4)
         for k in range(4):
             out[i, 2 + k] = (qh >> (8 * k)) & 0xFF
+        nbad += bad
+    return nbad
 
 
 @njit(**_OPTS)
@@ -253,39 +306,53 @@ def _q_affine_scale(x, levels):
 
 
 @njit(**_OPTS)
-def _q_affine_code(v, mn, idd):
-    """(int)((v - min)*id + 0.5) as a byte (cvttss2si, then the low 8 bits)."""
-    return _cvtt_byte(np.float32(np.float32(np.float32(v - mn) * idd) + _HALF))
+def _q_affine_arg(v, mn, idd):
+    """(v - min)*id + 0.5 in float32 (what C's (int) then truncates)."""
+    return np.float32(np.float32(np.float32(v - mn) * idd) + _HALF)
 
 
 @njit(**_PAR)
 def _quantize_q4_1(x, out):
+    nbad = 0
     for i in prange(x.shape[0]):
         d, idd, mn = _q_affine_scale(x[i], 15)
         _put_u16(out[i], 0, _fp16_bits(d))
         _put_u16(out[i], 2, _fp16_bits(mn))
+        bad = np.int32(0)
         for j in range(16):
-            c0 = _q_affine_code(x[i, j], mn, idd)
-            c1 = _q_affine_code(x[i, j + 16], mn, idd)
+            t0 = _q_affine_arg(x[i, j], mn, idd)
+            t1 = _q_affine_arg(x[i, j + 16], mn, idd)
+            bad |= _wild(t0) | _wild(t1)
+            c0 = _cvtt_byte(t0)
+            c1 = _cvtt_byte(t1)
             c0 = c0 if c0 >= 128 else min(np.int32(15), c0)  # MIN(15, (int8_t)...)
             c1 = c1 if c1 >= 128 else min(np.int32(15), c1)
             out[i, 4 + j] = (c0 | (c1 << 4)) & 0xFF
+        nbad += bad
+    return nbad
 
 
 @njit(**_PAR)
 def _quantize_q5_1(x, out):
+    nbad = 0
     for i in prange(x.shape[0]):
         d, idd, mn = _q_affine_scale(x[i], 31)
         _put_u16(out[i], 0, _fp16_bits(d))
         _put_u16(out[i], 2, _fp16_bits(mn))
         qh = 0
+        bad = np.int32(0)
         for j in range(16):
-            c0 = _q_affine_code(x[i, j], mn, idd)  # (uint8_t)(...): no clamp in C
-            c1 = _q_affine_code(x[i, j + 16], mn, idd)
+            t0 = _q_affine_arg(x[i, j], mn, idd)
+            t1 = _q_affine_arg(x[i, j + 16], mn, idd)
+            bad |= _wild(t0) | _wild(t1)
+            c0 = _cvtt_byte(t0)  # (uint8_t)(...): no clamp in C
+            c1 = _cvtt_byte(t1)
             qh |= (((c0 >> 4) & 1) << j) | (((c1 >> 4) & 1) << (j + 16))
             out[i, 8 + j] = (c0 & 0xF) | ((c1 & 0xF) << 4)
         for k in range(4):
             out[i, 4 + k] = (qh >> (8 * k)) & 0xFF
+        nbad += bad
+    return nbad
 
 
 @njit(**_OPTS)
@@ -303,17 +370,23 @@ def _q8_codes(x, out, off):
 
 @njit(**_PAR)
 def _quantize_q8_0(x, out):
+    nbad = 0
     for i in prange(x.shape[0]):
+        nbad += _nonfinite(x[i])
         d, _ = _q8_codes(x[i], out[i], 2)
         _put_u16(out[i], 0, _fp16_bits(d))
+    return nbad
 
 
 @njit(**_PAR)
 def _quantize_q8_1(x, out):
+    nbad = 0
     for i in prange(x.shape[0]):
+        nbad += _nonfinite(x[i])
         d, total = _q8_codes(x[i], out[i], 4)
         _put_u16(out[i], 0, _fp16_bits(d))
         _put_u16(out[i], 2, _fp16_bits(np.float32(np.float32(total) * d)))
+    return nbad
 
 
 @njit(**_PAR)
@@ -1430,6 +1503,30 @@ def quantize_blocks(name: str, x: np.ndarray, type_size: int) -> np.ndarray:
     if x.shape[0]:
         with np.errstate(all="ignore"):  # only matters under NUMBA_DISABLE_JIT=1
             QUANTIZE_KERNELS[name](x, out)
+    return out
+
+
+#: the types whose quantize kernel also returns how many blocks may hold a NaN / ±Inf
+#: (0: none does; Q4/Q5 flag any block whose code arguments leave cvttss2si's range, a
+#: superset, Q8 test the bits): their finiteness check costs no pass of its own
+FINITE_CHECKING = frozenset({"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q8_1"})
+
+
+def quantize_finite_blocks(name: str, x: np.ndarray, type_size: int):
+    """:func:`quantize_blocks` of float32 ``x`` that may hold NaN / ±Inf: None if it does.
+
+    For :data:`FINITE_CHECKING` types the kernel flags blocks as it goes (their kernels
+    are total: any float input gives some bytes), and only a flagged run pays for
+    :func:`all_finite`; for the others :func:`all_finite` runs first.
+    """
+    if name not in FINITE_CHECKING:
+        return quantize_blocks(name, x, type_size) if all_finite(x) else None
+    out = np.empty((x.shape[0], type_size), dtype=np.uint8)
+    if x.shape[0]:
+        with np.errstate(all="ignore"):
+            flagged = QUANTIZE_KERNELS[name](x, out)
+        if flagged and not all_finite(x):
+            return None
     return out
 
 
