@@ -82,8 +82,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._errors import RefquantError
+from ..kernels._backend import resolve_backend
 from ._registry import register
 from .floats import decode, encode
+
+#: elements from which ``backend="auto"`` runs the Numba kernel (:mod:`refquant.kernels.cpu.nvfp4`)
+KERNEL_THRESHOLD = 1 << 16
 
 __all__ = ["NVFP4Format", "NVFP4", "NVFP4_CONVENTIONS", "nvfp4_global_scale", "quantize_nvfp4",
            "dequantize_nvfp4", "pack_nvfp4", "unpack_nvfp4", "e2m1_codes_ct"]
@@ -226,7 +230,7 @@ def e2m1_codes_ct(v):
     return idx | ((v < 0).astype(np.uint8) << 3)
 
 
-def quantize_nvfp4(x, *, global_scale=None, convention: str = "compressed-tensors"):
+def quantize_nvfp4(x, *, global_scale=None, convention: str = "compressed-tensors", backend: str = "auto"):
     """Quantize ``x`` to NVFP4 along its last axis.
 
     Parameters
@@ -239,6 +243,10 @@ def quantize_nvfp4(x, *, global_scale=None, convention: str = "compressed-tensor
         torchao, ModelOpt: ``amax / (448*6)``); computed from ``x`` by :func:`nvfp4_global_scale`
         when not given (a calibrated scale may be passed).
     convention : {"compressed-tensors", "torchao", "modelopt"}
+    backend : {"auto", "numpy", "cpu"}
+        ``"numpy"`` the NumPy body below (the reference), ``"cpu"`` the Numba kernel of
+        :mod:`refquant.kernels.cpu.nvfp4` (bit-identical), ``"auto"`` the kernel from
+        :data:`KERNEL_THRESHOLD` elements on; ``REFQUANT_BACKEND=numpy`` forces the reference.
 
     Returns
     -------
@@ -270,6 +278,10 @@ def quantize_nvfp4(x, *, global_scale=None, convention: str = "compressed-tensor
             raise RefquantError(f"global_scale must be finite and > 0, got {gs}")
     if conv == "torchao" and x32.size == 0:
         gs = np.float32(gs) if gs > 0 else np.float32(1)  # nothing to scale
+    if resolve_backend(backend, x32.size, threshold=KERNEL_THRESHOLD, cuda=False) == "cpu":
+        out = _quantize_cpu(x32, gs, conv, work)
+        if out is not None:
+            return out
     blocks = x32.reshape(*x32.shape[:-1], x32.shape[-1] // 16, 16)
     amax_b = np.max(np.abs(blocks), axis=-1) if blocks.size else np.zeros(blocks.shape[:-1], np.float32)
     if conv == "compressed-tensors":
@@ -310,6 +322,25 @@ def quantize_nvfp4(x, *, global_scale=None, convention: str = "compressed-tensor
         v = np.clip(v, -_E2M1_MAX, _E2M1_MAX)
         codes = encode(v.astype(np.float64), "float4_e2m1fn")  # RNE, sign bit kept for -0.0
     return codes.reshape(x32.shape).astype(np.uint8), s_codes.astype(np.uint8), np.float32(gs)
+
+
+def _quantize_cpu(x32, gs, conv, work):
+    """The blocks through :func:`refquant.kernels.cpu.nvfp4.quantize_into`; None: run the reference."""
+    from ..kernels.cpu import nvfp4 as kn
+    from .floats import _params, float_format
+
+    if conv == "torchao":  # the reference's check, before any block
+        with np.errstate(divide="ignore", over="ignore"):
+            if not np.isfinite(np.float32(1) / gs):
+                return None
+    flat = np.ascontiguousarray(x32).reshape(-1, 16)
+    codes = np.empty(flat.shape, np.uint8)
+    scales = np.empty(flat.shape[0], np.uint8)
+    wname = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}.get(np.dtype(work), "bfloat16")
+    if not kn.quantize_into(flat, gs, conv, wname, _params(float_format("float8_e4m3fn")),
+                            _params(float_format("float4_e2m1fn")), codes, scales):
+        return None  # torchao met a NaN: the reference refuses it with its own message
+    return codes.reshape(x32.shape), scales.reshape(x32.shape[:-1] + (x32.shape[-1] // 16,)), np.float32(gs)
 
 
 def dequantize_nvfp4(codes, scales, global_scale, *, convention: str = "compressed-tensors",

@@ -15,13 +15,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import refquant as rq
-from refquant.formats import codebook, floats, mx
+from refquant.formats import codebook, floats, mx, nvfp4
 
 ALL = rq.list_formats()
 
 # Explicit names: a format registered without a Numba kernel must be added here by hand.
-# NVFP4 (formats.nvfp4) is NumPy only so far.
-NO_CPU_KERNEL_YET = {"nvfp4"}
+NO_CPU_KERNEL_YET: set[str] = set()
 
 
 def _float_round_trip(f, x, backend):
@@ -61,6 +60,22 @@ def _ggml_round_trip(f, x, backend):
     return out
 
 
+def _nvfp4_round_trip(f, x, backend):
+    # finite (NVFP4 refuses NaN / Inf on both backends), whole blocks of 16, every convention
+    x = np.nan_to_num(x, nan=0.0, posinf=3e38, neginf=-3e38)
+    n = max(1, -(-x.size // 16)) * 16
+    x = np.resize(x, n) if x.size else np.zeros(n, np.float32)
+    out = []
+    for conv in nvfp4.NVFP4_CONVENTIONS:
+        try:
+            codes, scales, gs = nvfp4.quantize_nvfp4(x.reshape(-1, 16), convention=conv, backend=backend)
+        except rq.RefquantError as e:  # torchao refuses an all-zero tensor: the same refusal
+            out.append(np.array(str(e)))
+            continue
+        out += [codes, scales, np.asarray(gs)]
+    return out
+
+
 def _integer_round_trip(f, x, backend):
     x = np.nan_to_num(x, nan=0.0, posinf=1e30, neginf=-1e30)
     q = rq.quantize(x, 0.37, dtype=f, backend=backend)
@@ -76,6 +91,9 @@ def adapter(name):
         return _codebook_round_trip
     if isinstance(f, mx.MXFormat):
         return _mx_round_trip
+    if isinstance(f, nvfp4.NVFP4Format):
+        takes = "backend" in inspect.signature(nvfp4.quantize_nvfp4).parameters
+        return _nvfp4_round_trip if takes else None
     if hasattr(f, "quantize_blocks"):
         weighted = getattr(f, "quantize_blocks_weighted", None)
         weighted_kernel = weighted is not None and "backend" in inspect.signature(weighted).parameters
