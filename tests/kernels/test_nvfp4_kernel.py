@@ -145,3 +145,22 @@ def test_the_work_dtype_rounding_is_numpys_cast(work):
         want = v.astype(dt).astype(np.float32)
     got = np.array([_round_work(np.float32(t), WORK_DTYPES[work]) for t in v], np.float32)
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_the_kernel_has_no_contracted_fma():
+    # the reference rounds every float32 product and quotient on its own (numpy): a fused
+    # multiply-add would round once and could change a code
+    import re
+
+    import numba
+
+    from refquant.formats.floats import _params, float_format
+    from refquant.kernels.cpu import nvfp4 as kn
+
+    fresh = numba.njit(error_model="numpy", parallel=True)(kn._quantize.py_func)  # cached code hides its asm
+    x = np.ones((2, 16), np.float32)
+    fresh(x, np.float32(1), 0, 1, _params(float_format("float8_e4m3fn")), _params(float_format("float4_e2m1fn")),
+          np.empty((2, 16), np.uint8), np.empty(2, np.uint8))
+    asm = "\n".join(fresh.inspect_asm().values())
+    assert re.search(r"\bv?mulss\b|\bv?mulps\b|\bv?divss\b", asm), "no float arithmetic found: wrong code"
+    assert not re.search(r"vf(n)?m(add|sub)", asm), "contracted FMA in the NVFP4 kernel"
