@@ -6,8 +6,9 @@ for each convention (0 compressed-tensors, 1 torchao, 2 ModelOpt). The global
 scale, the validation and the input's work dtype (float32, bfloat16, float16:
 where compressed-tensors rounds ``amax_b / 6``) are decided by the caller, which
 passes plain arrays and flags; nothing here imports from ``refquant.formats``.
-The e4m3 / e2m1 roundings are :func:`refquant.kernels.cpu.floats.encode_one`
-(round half to even, saturating) on the caller's format parameter vectors.
+The e4m3 rounding is :func:`refquant.kernels.cpu.floats.encode_one` (round half to
+even, saturating) on the caller's format parameter vector; e2m1 (eight magnitudes)
+is rounded by thresholds, ties to even, as the reference's ``encode`` rounds it.
 Blocks are independent: the outer loop is a ``prange``.
 
 Reference: :mod:`refquant.formats.nvfp4` (compressed-tensors 0.20.0, torchao 0.18.0,
@@ -77,12 +78,23 @@ def _clip(v, lo, hi):
 
 
 @njit(**_OPTS)
+def _e2m1_index(a):
+    """e2m1 magnitude code of ``a`` in [0, 6], round to nearest, ties to even (thresholds)."""
+    return (np.int32(a > 0.25) + np.int32(a >= 0.75) + np.int32(a > 1.25) + np.int32(a >= 1.75)
+            + np.int32(a > 2.5) + np.int32(a >= 3.5) + np.int32(a > 5.0))
+
+
+@njit(**_OPTS)
 def _code_ct(v):
     """compressed-tensors' cast_to_fp4 index (formats.nvfp4.e2m1_codes_ct) of one float32."""
-    a = abs(v)
-    idx = (np.int32(a > 0.25) + np.int32(a >= 0.75) + np.int32(a > 1.25) + np.int32(a >= 1.75)
-           + np.int32(a > 2.5) + np.int32(a >= 3.5) + np.int32(a > 5.0))
-    return idx | (np.int32(v < 0) << 3)
+    return _e2m1_index(abs(v)) | (np.int32(v < 0) << 3)
+
+
+@njit(**_OPTS)
+def _code_e2m1(v):
+    """float4_e2m1fn encode (RNE, saturating) of a non-NaN float32 in [-6, 6]: sign bit kept (-0.0 -> 8)."""
+    sign = np.int32(np.float32(v).view(np.int32) < 0)
+    return _e2m1_index(abs(v)) | (sign << 3)
 
 
 @njit(**_OPTS)
@@ -99,7 +111,7 @@ def _code_modelopt(v):
 
 
 @njit(**_PAR)
-def _quantize(x, gs, conv, work, p8, p4, codes, scales):
+def _quantize(x, gs, conv, work, p8, codes, scales):
     """Blocks ``x`` (n, 16) float32 -> codes (n, 16), scales (n,); returns the NaN codes met (torchao)."""
     nbad = 0
     for i in prange(x.shape[0]):
@@ -129,7 +141,7 @@ def _quantize(x, gs, conv, work, p8, p4, codes, scales):
             for j in range(16):
                 v = _clip(np.float32(x[i, j] * recip), -_SIX, _SIX)
                 bad += np.int32(v != v)
-                codes[i, j] = encode_one(np.float64(v), p4, 0, True, False, _U0) & 0xFF
+                codes[i, j] = _code_e2m1(v)
         else:
             bs = np.float32(amax / np.float32(_SIX * gs))
             if bs == 0:
@@ -145,18 +157,16 @@ def _quantize(x, gs, conv, work, p8, p4, codes, scales):
     return nbad
 
 
-def quantize_into(x: np.ndarray, gs, convention: str, work: str, p_e4m3: np.ndarray, p_e2m1: np.ndarray,
-                  codes: np.ndarray, scales: np.ndarray) -> bool:
+def quantize_into(x: np.ndarray, gs, convention: str, work: str, p_e4m3: np.ndarray, codes: np.ndarray,
+                  scales: np.ndarray) -> bool:
     """Quantize C-contiguous float32 blocks ``x`` (n, 16) into ``codes`` (n, 16) / ``scales`` (n,).
 
-    ``gs`` the float32 global scale (validated: finite, > 0), ``p_e4m3`` / ``p_e2m1`` the
-    :func:`refquant.kernels.cpu.floats.format_params` vectors of float8_e4m3fn and
-    float4_e2m1fn. Returns False where torchao's scaled value was NaN (the caller then
+    ``gs`` the float32 global scale (validated: finite, > 0), ``p_e4m3`` the
+    :func:`refquant.kernels.cpu.floats.format_params` vector of float8_e4m3fn. Returns False where torchao's scaled value was NaN (the caller then
     runs the reference, which refuses it), else True.
     """
     if x.shape[0] == 0:
         return True
     with np.errstate(all="ignore"):  # only matters under NUMBA_DISABLE_JIT=1
-        nbad = _quantize(x, np.float32(gs), CONVENTIONS[convention], WORK_DTYPES[work], p_e4m3, p_e2m1,
-                         codes, scales)
+        nbad = _quantize(x, np.float32(gs), CONVENTIONS[convention], WORK_DTYPES[work], p_e4m3, codes, scales)
     return nbad == 0
