@@ -343,7 +343,7 @@ def _quantize_cpu(x32, gs, conv, work):
 
 
 def dequantize_nvfp4(codes, scales, global_scale, *, convention: str = "compressed-tensors",
-                     dtype: str = "float32") -> np.ndarray:
+                     dtype: str = "float32", backend: str = "auto") -> np.ndarray:
     """NVFP4 values from unpacked e2m1 codes, e4m3 block scale codes and the global scale.
 
     Parameters
@@ -356,6 +356,8 @@ def dequantize_nvfp4(codes, scales, global_scale, *, convention: str = "compress
         The output is computed in float32 and rounded once to ``dtype``; returned as
         float32 (compressed-tensors' ``NVFP4PackedCompressor.decompress`` returns
         bfloat16: ``dtype="bfloat16"``).
+    backend : {"auto", "numpy", "cpu"}
+        As for :func:`quantize_nvfp4` (the kernel is bit-identical).
 
     Formula
     -------
@@ -386,16 +388,36 @@ def dequantize_nvfp4(codes, scales, global_scale, *, convention: str = "compress
     if g.size != 1 or g.dtype.kind not in "fiu":
         raise RefquantError(f"global_scale must be one real number, got {global_scale!r}")
     gs = np.float32(g.reshape(()))
+    if resolve_backend(backend, c.size, threshold=KERNEL_THRESHOLD, cuda=False) == "cpu":
+        out = _dequantize_cpu(c, s, gs, conv)
+    else:
+        out = _dequantize_numpy(c, s, gs, conv)
+    if dtype != "float32":
+        out = out.astype(dts[dtype]).astype(np.float32)
+    return out
+
+
+def _dequantize_cpu(c, s, gs, conv):
+    from ..kernels.cpu import nvfp4 as kn
+
+    t4 = decode(np.arange(16, dtype=np.uint8), "float4_e2m1fn").astype(np.float32)
+    if conv == "modelopt":  # its e2m1_values table has +0 at code 8
+        t4[8] = 0
+    t8 = decode(np.arange(256, dtype=np.uint8), "float8_e4m3fn").astype(np.float32)
+    out = np.empty(c.shape, np.float32)
+    kn.dequantize_into(np.ascontiguousarray(c).reshape(-1, 16), np.ascontiguousarray(s).reshape(-1), gs, conv,
+                       t4, t8, out.reshape(-1, 16))
+    return out
+
+
+def _dequantize_numpy(c, s, gs, conv):
     p = decode(c, "float4_e2m1fn").astype(np.float32)
     if conv == "modelopt":  # its e2m1_values table has +0 at code 8
         p = np.where(c == 8, np.float32(0), p)
     s32 = decode(s, "float8_e4m3fn").astype(np.float32)
     with np.errstate(all="ignore"):
         eff = _f32(s32 / gs) if conv == "compressed-tensors" else _f32(gs * s32)  # torchao, modelopt
-        out = _f32(p.reshape(*c.shape[:-1], c.shape[-1] // 16, 16) * eff[..., None]).reshape(c.shape)
-    if dtype != "float32":
-        out = out.astype(dts[dtype]).astype(np.float32)
-    return out
+        return _f32(p.reshape(*c.shape[:-1], c.shape[-1] // 16, 16) * eff[..., None]).reshape(c.shape)
 
 
 def pack_nvfp4(codes) -> np.ndarray:

@@ -72,7 +72,8 @@ def _nvfp4_round_trip(f, x, backend):
         except rq.RefquantError as e:  # torchao refuses an all-zero tensor: the same refusal
             out.append(np.array(str(e)))
             continue
-        out += [codes, scales, np.asarray(gs)]
+        out += [codes, scales, np.asarray(gs),
+                nvfp4.dequantize_nvfp4(codes, scales, gs, convention=conv, backend=backend)]
     return out
 
 

@@ -107,7 +107,7 @@ def test_torchao_nan_codes_are_refused_on_both_backends():
 def test_kernel_body_matches_the_reference_as_plain_python():
     out = run_without_jit(
         "import numpy as np, ml_dtypes\n"
-        "from refquant.formats.nvfp4 import quantize_nvfp4, NVFP4_CONVENTIONS\n"
+        "from refquant.formats.nvfp4 import quantize_nvfp4, dequantize_nvfp4, NVFP4_CONVENTIONS\n"
         "rng = np.random.default_rng(3)\n"
         "x = (rng.standard_normal((3, 32)) * [[1e-6], [1.0], [1e4]]).astype(np.float32)\n"
         "x[0, :16] = -0.0; x[1, 0] = 0.75; x[1, 1] = -2.5; x[2, 5] = 3e4\n"
@@ -116,6 +116,10 @@ def test_kernel_body_matches_the_reference_as_plain_python():
         "        a = quantize_nvfp4(x.astype(dt), convention=conv, backend='cpu')\n"
         "        b = quantize_nvfp4(x.astype(dt), convention=conv, backend='numpy')\n"
         "        assert all(np.array_equal(u, v) for u, v in zip(a, b)), (dt, conv)\n"
+        "        c, s = np.arange(32, dtype=np.uint8).reshape(2, 16) % 16, np.uint8([[0x38], [0x7F]])\n"
+        "        d1 = dequantize_nvfp4(c, s, 0.37, convention=conv, backend='cpu')\n"
+        "        d2 = dequantize_nvfp4(c, s, 0.37, convention=conv, backend='numpy')\n"
+        "        assert np.array_equal(d1.view(np.uint32), d2.view(np.uint32)), conv\n"
         "print('ok')\n")
     assert out.strip() == "ok"
 
@@ -164,3 +168,25 @@ def test_the_kernel_has_no_contracted_fma():
     asm = "\n".join(fresh.inspect_asm().values())
     assert re.search(r"\bv?mulss\b|\bv?mulps\b|\bv?divss\b", asm), "no float arithmetic found: wrong code"
     assert not re.search(r"vf(n)?m(add|sub)", asm), "contracted FMA in the NVFP4 kernel"
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), conv=st.sampled_from(NVFP4_CONVENTIONS),
+       dtype=st.sampled_from(["float32", "bfloat16", "float16"]),
+       gs=st.sampled_from([1.0, 2688.0, 1e-3, 3e-39, 0.0, -2.0, np.inf, 3e38]))
+def test_cpu_dequantize_is_bit_exact_on_any_codes_and_scale_bytes(data, conv, dtype, gs):
+    rows, blocks = data.draw(st.integers(0, 3)), data.draw(st.integers(0, 3))
+    codes = data.draw(hnp.arrays(np.uint8, (rows, 16 * blocks), elements=st.integers(0, 15)))
+    scales = data.draw(hnp.arrays(np.uint8, (rows, blocks)))  # NaN scales 0x7F / 0xFF included
+    got = nvfp4.dequantize_nvfp4(codes, scales, gs, convention=conv, dtype=dtype, backend="cpu")
+    want = nvfp4.dequantize_nvfp4(codes, scales, gs, convention=conv, dtype=dtype, backend="numpy")
+    _same([got], [want])
+
+
+@pytest.mark.parametrize("conv", NVFP4_CONVENTIONS)
+def test_cpu_dequantize_every_code_and_scale(conv):
+    codes = np.tile(np.arange(16, dtype=np.uint8), (256, 1))
+    scales = np.arange(256, dtype=np.uint8).reshape(256, 1)
+    got = nvfp4.dequantize_nvfp4(codes, scales, 0.37, convention=conv, backend="cpu")
+    _same([got], [nvfp4.dequantize_nvfp4(codes, scales, 0.37, convention=conv, backend="numpy")])
+    assert np.signbit(got[56, 8]) == (conv != "modelopt")  # code 8: -0.0, but +0.0 under ModelOpt

@@ -23,7 +23,7 @@ from numba import njit, prange
 from .floats import decode_one, encode_one
 from .ggml_quant import _fp16_bits
 
-__all__ = ["CONVENTIONS", "WORK_DTYPES", "quantize_into"]
+__all__ = ["CONVENTIONS", "WORK_DTYPES", "quantize_into", "dequantize_into"]
 
 #: convention name -> the code the kernel branches on
 CONVENTIONS = {"compressed-tensors": 0, "torchao": 1, "modelopt": 2}
@@ -170,3 +170,25 @@ def quantize_into(x: np.ndarray, gs, convention: str, work: str, p_e4m3: np.ndar
     with np.errstate(all="ignore"):  # only matters under NUMBA_DISABLE_JIT=1
         nbad = _quantize(x, np.float32(gs), CONVENTIONS[convention], WORK_DTYPES[work], p_e4m3, codes, scales)
     return nbad == 0
+
+
+@njit(**_PAR)
+def _dequantize(codes, scales, gs, divide, t4, t8, out):
+    for i in prange(codes.shape[0]):
+        s32 = t8[scales[i]]
+        eff = np.float32(s32 / gs) if divide else np.float32(gs * s32)
+        for j in range(16):
+            out[i, j] = np.float32(t4[codes[i, j]] * eff)
+
+
+def dequantize_into(codes: np.ndarray, scales: np.ndarray, gs, convention: str, t_e2m1: np.ndarray,
+                    t_e4m3: np.ndarray, out: np.ndarray) -> None:
+    """float32 ``out`` (n, 16) from codes (n, 16) and scale codes (n,), C-contiguous uint8.
+
+    ``t_e2m1`` / ``t_e4m3``: the float32 value of each of the 16 / 256 codes, as the caller
+    decodes them (ModelOpt's code 8 is +0.0 there); compressed-tensors divides the block
+    scale by ``gs``, torchao and ModelOpt multiply: W = fl32(P * fl32(s / gs)) or fl32(P * fl32(gs * s)).
+    """
+    if codes.shape[0]:
+        with np.errstate(all="ignore"):
+            _dequantize(codes, scales, np.float32(gs), CONVENTIONS[convention] == 0, t_e2m1, t_e4m3, out)
