@@ -261,6 +261,51 @@ def _gguf_fields(src):
     return fields, (arch.contents() if arch is not None else None)
 
 
+def _imatrix_fields(path) -> list:
+    """The keys llama-quantize adds when given ``--imatrix path``, in its order.
+
+    llama.cpp tools/quantize/quantize.cpp ``main`` passes them as KV overrides (after
+    ``prepare_imatrix``), and src/llama-quant.cpp ``llama_model_quantize_impl`` sets
+    them after ``general.quantization_version`` / ``general.file_type`` with
+    ``gguf_set_val_*`` (an existing key is removed, then appended):
+
+    * ``quantize.imatrix.file`` (string): the path as given, cut to 127 bytes
+      (``strncpy(kvo.val_str, imatrix_file.c_str(), 127)``);
+    * ``quantize.imatrix.dataset`` (string, when the file names a dataset): the first
+      dataset, cut to 127 bytes;
+    * ``quantize.imatrix.entries_count`` (uint32: ``LLAMA_KV_OVERRIDE_TYPE_INT`` is
+      written with ``gguf_set_val_u32``, llama.cpp PR 14182): the number of entries;
+    * ``quantize.imatrix.chunks_count`` (uint32, when above 0): the file's chunk count
+      (legacy: its last chunk count; GGUF: ``imatrix.chunk_count``).
+    """
+    import gguf
+
+    from ..io.imatrix import read_imatrix
+
+    data = read_imatrix(path)
+    n = len(data.sums)
+    if n == 0:  # llama-quantize: no imatrix data, no keys
+        return []
+
+    def cut(text: str, what: str) -> str:
+        b = os.fsencode(text) if what == "file" else text.encode("utf-8")
+        try:
+            return b[:127].decode("utf-8")
+        except UnicodeDecodeError:
+            raise RefquantError(f"imatrix {what} {text!r}: its first 127 bytes (what "
+                                "llama-quantize stores) end inside a UTF-8 character, which "
+                                "a GGUF string cannot hold") from None
+
+    s, u32 = gguf.GGUFValueType.STRING, gguf.GGUFValueType.UINT32
+    out = [("quantize.imatrix.file", cut(os.fspath(path), "file"), s)]
+    if data.datasets:
+        out.append(("quantize.imatrix.dataset", cut(str(data.datasets[0]), "dataset"), s))
+    out.append(("quantize.imatrix.entries_count", n, u32))
+    if data.chunk_count > 0:
+        out.append(("quantize.imatrix.chunks_count", int(data.chunk_count), u32))
+    return out
+
+
 def _file_type(planned, recipe=None) -> int | None:
     """llama.cpp's ``general.file_type``: the preset's, or the one ggml type of every tensor."""
     import gguf
@@ -441,6 +486,10 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
             ftype = _file_type(planned, rec)
             if ftype is not None:
                 fields.append(("general.file_type", ftype, gguf.GGUFValueType.UINT32))
+            if calib is not None and calib.imatrix_path is not None:
+                extra = _imatrix_fields(calib.imatrix_path)
+                keys = {k for k, _, _ in extra}
+                fields = [f for f in fields if f[0] not in keys] + extra
             writer = GGUFStreamWriter(dst, layout, arch=arch or "refquant", fields=fields,
                                       overwrite=overwrite)
         try:
