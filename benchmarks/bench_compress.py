@@ -157,24 +157,23 @@ def _one(kind: str, ck: dict, out: str) -> dict:
             shutil.copyfile(idx.parent / s, Path(out) / s)
         return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0}
     if kind.startswith("refquant"):
-        import numpy as np
-
-        import refquant.io as rio
         from refquant.compress import compress
 
-        # load Numba's cached kernels before the clock starts (a one-off second or two
-        # per process, which a 30 MB checkpoint would otherwise mostly measure)
-        warm = os.path.join(os.path.dirname(out), "warm")
-        os.makedirs(warm, exist_ok=True)
-        # large enough for backend="auto" to pick the Numba kernels
-        rio.save({"w.weight": np.ones((256, 4096), np.float32)}, warm + "/w.safetensors",
-                 overwrite=True)
-        for s in ("int8", "q4_0", "q4_k", "q5_k", "q6_k", "q8_0"):
-            compress(warm + "/w.safetensors", f"{warm}/w-{s}.safetensors", scheme=s,
-                     overwrite=True)
-
+        # load Numba's cached kernels (one per argument type: bf16 GGUF memmaps included)
+        # and import what the run imports before the clock starts: the same compress on
+        # the quick checkpoint (a one-off second or two per process, which a 30 MB
+        # checkpoint would otherwise mostly measure)
+        warm = Path(os.path.dirname(out)) / "warm"
+        if not warm.exists():
+            warm.mkdir()
+            (warm / "ck.json").write_text(json.dumps(_write_checkpoint(warm, "quick")))
+        wck = json.loads((warm / "ck.json").read_text())
         scheme = kind.split()[1]
         workers = 1 if kind.endswith(" w1") else None
+        wsrc, wdst = ((wck["index"], str(warm / "out")) if scheme == "int8"
+                      else (wck["gguf"], str(warm / "out.gguf")))
+        compress(wsrc, wdst, scheme=scheme, overwrite=True, workers=workers)
+
         src, dst = (ck["index"], out) if scheme == "int8" else (ck["gguf"], out + ".gguf")
         t0, c0 = time.perf_counter(), time.process_time()
         compress(src, dst, scheme=scheme, overwrite=True, workers=workers)
