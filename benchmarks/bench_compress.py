@@ -20,9 +20,19 @@ RSS is that run's own), best of ``--repeat``:
   llama-cpp-cffi (see scripts/record_llama_quantize.py); its output is checked
   byte for byte against refquant's.
 
-Throughput is GB/s of input (the bf16 bytes, 10^9 bytes per GB). Every refquant
-run includes its report (dequantizing each tensor and computing SQNR); Numba's
-cached kernels are loaded (a tiny compress) before its clock starts.
+Throughput is GB/s of input (the bf16 bytes, 10^9 bytes per GB); ``cpu s`` is the
+process's CPU time over the same interval (all its threads: the fairer figure on a
+loaded machine, where wall time depends on what else runs). What each side does:
+
+* refquant (GGUF in, GGUF out): read every tensor, convert bf16 to float32,
+  check it finite, quantize with llama-quantize's type choice (so ``output.weight``
+  becomes Q6_K under ``q4_0``, and 1-D norms stay F32), dequantize it and compute
+  the report (SQNR, max error in steps), write the output file, rename it into
+  place. Numba's cached kernels are loaded (a tiny compress) before its clock starts.
+  ``w1`` runs on one thread in all (Numba's kernels included), like gguf-py.
+* gguf-py: read every tensor (the safetensors shards), convert bf16 to float32 and
+  quantize every 2-D tensor with ``gguf.quants.quantize`` (``output.weight`` in the
+  named type too); no dequantize, no report, nothing written; one thread (NumPy).
 
 Usage::
 
@@ -142,33 +152,33 @@ def _one(kind: str, ck: dict, out: str) -> dict:
         idx = Path(ck["index"])
         shards = sorted(set(json.loads(idx.read_text())["weight_map"].values()))
         os.makedirs(out, exist_ok=True)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for s in shards:
             shutil.copyfile(idx.parent / s, Path(out) / s)
-        return {"seconds": time.perf_counter() - t0}
+        return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0}
     if kind.startswith("refquant"):
-        import numpy as np
-
-        import refquant.io as rio
         from refquant.compress import compress
 
-        # load Numba's cached kernels before the clock starts (a one-off second or two
-        # per process, which a 30 MB checkpoint would otherwise mostly measure)
-        warm = os.path.join(os.path.dirname(out), "warm")
-        os.makedirs(warm, exist_ok=True)
-        # large enough for backend="auto" to pick the Numba kernels
-        rio.save({"w.weight": np.ones((256, 4096), np.float32)}, warm + "/w.safetensors",
-                 overwrite=True)
-        for s in ("int8", "q4_0", "q4_k", "q5_k", "q6_k", "q8_0"):
-            compress(warm + "/w.safetensors", f"{warm}/w-{s}.safetensors", scheme=s,
-                     overwrite=True)
-
+        # load Numba's cached kernels (one per argument type: bf16 GGUF memmaps included)
+        # and import what the run imports before the clock starts: the same compress on
+        # the quick checkpoint (a one-off second or two per process, which a 30 MB
+        # checkpoint would otherwise mostly measure)
+        warm = Path(os.path.dirname(out)) / "warm"
+        if not warm.exists():
+            warm.mkdir()
+            (warm / "ck.json").write_text(json.dumps(_write_checkpoint(warm, "quick")))
+        wck = json.loads((warm / "ck.json").read_text())
         scheme = kind.split()[1]
         workers = 1 if kind.endswith(" w1") else None
+        wsrc, wdst = ((wck["index"], str(warm / "out")) if scheme == "int8"
+                      else (wck["gguf"], str(warm / "out.gguf")))
+        compress(wsrc, wdst, scheme=scheme, overwrite=True, workers=workers)
+
         src, dst = (ck["index"], out) if scheme == "int8" else (ck["gguf"], out + ".gguf")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         compress(src, dst, scheme=scheme, overwrite=True, workers=workers)
-        return {"seconds": time.perf_counter() - t0, "output": dst}
+        return {"seconds": time.perf_counter() - t0, "output": dst,
+                "cpu": time.process_time() - c0}
     if kind.startswith("gguf-py"):
         import gguf
         import numpy as np
@@ -176,13 +186,13 @@ def _one(kind: str, ck: dict, out: str) -> dict:
         import refquant.io as rio
 
         qt = gguf.GGMLQuantizationType[kind.split()[1].upper()]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with rio.open(ck["index"]) as c:
             for name in c:
                 a = np.asarray(c[name], np.float32)
                 if a.ndim == 2:
                     gguf.quants.quantize(a, qt)
-        return {"seconds": time.perf_counter() - t0}
+        return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0}
     raise SystemExit(f"unknown measurement {kind!r}")
 
 
@@ -284,16 +294,19 @@ def main() -> None:
         peers = {"refquant int8": ["copy", "gguf-py q8_0", "refquant int8 w1"],
                  "refquant q4_0": ["copy", "gguf-py q4_0", "llama-quantize q4_0",
                                    "refquant q4_0 w1"],
+                 "refquant int8 w1": ["gguf-py q8_0"],
                  "refquant q4_0 w1": ["gguf-py q4_0"],
                  "refquant q4_k_m": ["copy", "llama-quantize q4_k_m", "refquant q4_k_m w1"]}
-        print(f"{'run':<24}{'seconds':>9}{'GB/s in':>9}{'peak RSS MB':>13}  "
-              "refquant's speed / peer's")
+        print(f"{'run':<24}{'seconds':>9}{'cpu s':>8}{'GB/s in':>9}{'peak RSS MB':>13}  "
+              "refquant's speed / peer's (wall; cpu)")
         for k in kinds:
             r = res.get(k)
             if r is None:
                 print(f"{k:<24}  (not measured: no --llama-python with llama-cpp-cffi)")
                 continue
             vs = "  ".join(f"{p}: {res[p]['seconds'] / r['seconds']:.3f}x"
+                           + (f"; {res[p]['cpu'] / r['cpu']:.3f}x" if res[p].get("cpu")
+                              and r.get("cpu") else "")
                            for p in peers.get(k, []) if p in res)
             if k.endswith(" w1") and k.startswith("refquant") and k != "refquant int8 w1":
                 mine = res.get(k[:-3], {}).get("output")
@@ -304,7 +317,8 @@ def main() -> None:
                 if mine:
                     same = Path(mine).read_bytes() == Path(r["output"]).read_bytes()
                     vs = "output identical to refquant's" if same else "OUTPUT DIFFERS"
-            print(f"{k:<24}{r['seconds']:>9.3f}{ck['bytes'] / r['seconds'] / 1e9:>9.4f}"
+            cpu_s = f"{r['cpu']:>8.3f}" if r.get("cpu") is not None else f"{'-':>8}"
+            print(f"{k:<24}{r['seconds']:>9.3f}{cpu_s}{ck['bytes'] / r['seconds'] / 1e9:>9.4f}"
                   f"{r['rss_mb']:>13.0f}  {vs}")
 
 

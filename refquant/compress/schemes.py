@@ -176,11 +176,28 @@ class IntegerScheme(Scheme):
         return np.repeat(p, self.group, axis=1)[:, :cols]
 
     def dequantize(self, parts, shape):
-        q = self._codes(parts, shape)
-        z = self._expand(parts["_zero_point"], shape) if not self.symmetric else 0.0
-        s = self._expand(parts["_scale"].astype(np.float32), shape)
-        # (q - z) * s with s the stored float32 scale, rounded once to float32
-        return ((q - z) * s).astype(np.float32).reshape(shape)
+        # (q - z) * s in float64 with s the stored float32 scale, rounded once to float32;
+        # by blocks of rows (~32 Ki elements: the float64 temporaries stay in cache) and with
+        # q - z in float64, which holds every integer code difference exactly: the values
+        # of the whole-tensor int64 / float64 expression, elementwise
+        rows, cols, _ = self._layout(shape)
+        if rows * cols == 0:
+            return np.zeros(shape, np.float32)
+        codes = np.asarray(parts[""]).reshape(rows, -1)
+        scale = np.asarray(parts["_scale"]).astype(np.float32).reshape(rows, -1)
+        zero = (None if self.symmetric
+                else np.asarray(parts["_zero_point"]).reshape(rows, -1))
+        out = np.empty((rows, cols), np.float32)
+        by = max(1, (1 << 15) // max(1, cols))
+        for r in range(0, rows, by):
+            sub = {"": codes[r:r + by]}
+            n = sub[""].shape[0]
+            q = self._codes(sub, (n, cols)).astype(np.float64)
+            if zero is not None:
+                q -= self._expand(zero[r:r + by], (n, cols))
+            q *= self._expand(scale[r:r + by], (n, cols))
+            out[r:r + by] = q
+        return out.reshape(shape)
 
     def steps(self, parts, shape):
         return self._expand(parts["_scale"], shape).reshape(

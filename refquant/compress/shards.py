@@ -131,7 +131,7 @@ def run_shard(task: dict) -> dict:
 def _run_tasks(tasks, scheduler, n_workers, progress, workers=1):
     if not tasks:
         return []
-    from .pipeline import _numba_threadsafe
+    from .pipeline import _numba_threadsafe, _one_numba_thread
 
     if scheduler in (None, "local") and workers > 1 and len(tasks) > 1 and _numba_threadsafe():
         # shards on threads (NumPy and the Numba kernels release the GIL; a process pool's
@@ -142,18 +142,26 @@ def _run_tasks(tasks, scheduler, n_workers, progress, workers=1):
 
         results = []
         with ThreadPoolExecutor(min(workers, len(tasks)),
-                                thread_name_prefix="refquant-shard") as pool:
+                                thread_name_prefix="refquant-shard",
+                                initializer=_one_numba_thread) as pool:
             for i, r in enumerate(pool.map(run_shard, tasks)):
                 results.append(r)
                 if progress is not None:
                     progress(i + 1, len(tasks), os.path.basename(tasks[i]["output"]))
         return results
     if scheduler in (None, "local"):
+        from .pipeline import _numba_threads
+
         results = []
-        for i, t in enumerate(tasks):
-            results.append(run_shard(t))
-            if progress is not None:
-                progress(i + 1, len(tasks), os.path.basename(t["output"]))
+        # one worker is one thread, Numba's kernels too (see pipeline._one_numba_thread)
+        prev = _numba_threads(1 if workers <= 1 else None)
+        try:
+            for i, t in enumerate(tasks):
+                results.append(run_shard(t))
+                if progress is not None:
+                    progress(i + 1, len(tasks), os.path.basename(t["output"]))
+        finally:
+            _numba_threads(prev)
         return results
     if not isinstance(scheduler, str) or not (scheduler == "dask" or "://" in scheduler):
         raise RefquantError(f"scheduler must be None, 'local', 'dask' or a Dask scheduler "

@@ -249,3 +249,75 @@ def test_cli_scheme_q8_0_writes_llama_quantizes_file(tiny, tmp_path, capsys):
     assert "output.weight" in capsys.readouterr().out  # the per-tensor table
     data = (tmp_path / "q.gguf").read_bytes()
     assert hashlib.sha256(data).hexdigest() == _records("q8_0")["file_sha256"]
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "dat"])
+def test_imatrix_adds_llama_quantizes_four_keys_after_the_file_type(tiny, tmp_path, fmt):
+    """llama-quantize --imatrix (tools/quantize/quantize.cpp main: KV overrides, set by
+    src/llama-quant.cpp after general.file_type): quantize.imatrix.file (the path as
+    given, cut to 127 bytes), .dataset (the first dataset), .entries_count and
+    .chunks_count (uint32). Checked against that source, not a recorded run: the
+    records of tests/data/llama_quantize/ come from the library call, without an imatrix."""
+    import gguf
+
+    from refquant.io.imatrix import compute_imatrix, read_imatrix, save_imatrix
+
+    src, tensors = tiny
+    rng = np.random.default_rng(3)
+    names = [n for n, a in tensors.items() if np.ndim(a) == 2 and n.startswith("blk.")]
+    acts = {n: rng.normal(size=(600, np.shape(tensors[n])[1])).astype(np.float32)
+            for n in names}
+    folder = tmp_path / ("d" * 130)  # the path runs past llama-quantize's 127 bytes
+    folder.mkdir()
+    imx = folder / f"m.{fmt}"
+    save_imatrix(compute_imatrix(acts, chunk_size=256, datasets=["wiki.train.raw"]), imx,
+                 file_format=fmt)
+    data = read_imatrix(imx)
+    assert data.chunk_count > 0 and len(data.sums) == len(names)
+    compress(src, tmp_path / "q.gguf", scheme="q4_k_m", imatrix=imx)
+    compress(src, tmp_path / "p.gguf", scheme="q4_k_m")
+    r = gguf.GGUFReader(tmp_path / "q.gguf")
+    keys = [k for k in r.fields if not k.startswith("GGUF.")]
+    plain = [k for k in gguf.GGUFReader(tmp_path / "p.gguf").fields if not k.startswith("GGUF.")]
+    new = ["quantize.imatrix.file", "quantize.imatrix.dataset",
+           "quantize.imatrix.entries_count", "quantize.imatrix.chunks_count"]
+    assert keys == plain + new
+    assert plain[-2:] == ["general.quantization_version", "general.file_type"]
+    S, U = gguf.GGUFValueType.STRING, gguf.GGUFValueType.UINT32
+    want = {"quantize.imatrix.file": (S, str(imx).encode()[:127].decode()),
+            "quantize.imatrix.dataset": (S, "wiki.train.raw"),
+            "quantize.imatrix.entries_count": (U, len(names)),
+            "quantize.imatrix.chunks_count": (U, data.chunk_count)}
+    for k, (ty, value) in want.items():
+        assert r.fields[k].types == [ty] and r.fields[k].contents() == value, k
+    assert len(str(imx).encode()) > 127 and len(r.fields["quantize.imatrix.file"].contents()) == 127
+    # the tensors are still llama-quantize's with that imatrix (same types as without)
+    assert [(t.name, t.tensor_type) for t in r.tensors] == [
+        (t.name, t.tensor_type) for t in gguf.GGUFReader(tmp_path / "p.gguf").tensors]
+
+
+def test_imatrix_keys_of_the_input_move_to_the_end(tiny, tmp_path):
+    """gguf_set_val_* of a key the input already has removes it and appends it: a GGUF
+    requantized with another imatrix carries the new keys, once, last."""
+    import gguf
+
+    from refquant.io.imatrix import compute_imatrix, read_imatrix, save_imatrix
+
+    src, tensors = tiny
+    n = "blk.0.attn_q.weight"
+    acts = {n: np.ones((1024, np.shape(tensors[n])[1]), np.float32)}
+    save_imatrix(compute_imatrix(acts, chunk_size=512), tmp_path / "a.imatrix")
+    assert read_imatrix(tmp_path / "a.imatrix").chunk_count == 2
+    compress(src, tmp_path / "f32.gguf", scheme="f32", imatrix=tmp_path / "a.imatrix")
+    compress(tmp_path / "f32.gguf", tmp_path / "q.gguf", scheme="q8_0",
+             imatrix=tmp_path / "a.imatrix")
+    r = gguf.GGUFReader(tmp_path / "q.gguf")
+    keys = [k for k in r.fields if not k.startswith("GGUF.")]
+    assert keys[-5:] == ["general.quantization_version", "general.file_type",
+                         "quantize.imatrix.file", "quantize.imatrix.entries_count",
+                         "quantize.imatrix.chunks_count"]  # no dataset named: no key
+    mid = [k for k in gguf.GGUFReader(tmp_path / "f32.gguf").fields if not k.startswith("GGUF.")]
+    assert "quantize.imatrix.file" in mid[:-1]  # not last in the input, last in the output
+    assert keys.count("quantize.imatrix.file") == 1
+    assert r.fields["quantize.imatrix.entries_count"].contents() == 1
+    assert r.fields["quantize.imatrix.chunks_count"].contents() == 2
