@@ -287,7 +287,6 @@ def _row_f32_saturate(xs, os, s, rcp, zf, qmin, qmax, fill, SCALE_OP, MODE):
         os[e] = fill if isn else q
 
 
-@functools.cache
 def quantize_kernel(xkind: int, f32: bool, scale_op: int, zp_stage: int, clamp_before: bool,
                     rounding: int, overflow: int, flags: bool = True):
     """The Numba kernel of one combination of the compile-time choices (a closure over plain
@@ -306,6 +305,13 @@ def quantize_kernel(xkind: int, f32: bool, scale_op: int, zp_stage: int, clamp_b
     complement wrap (overflow="wrap"). NaN codes are ``zfill`` if ``nanfill_z``
     else ``nanfill``. Stochastic rounding is not here (it draws NumPy's stream).
     """
+    # one cache entry however ``flags`` is passed (positionally, by name or left out)
+    return _quantize_kernel(xkind, bool(f32), scale_op, zp_stage, bool(clamp_before), rounding,
+                            overflow, bool(flags))
+
+
+@functools.cache
+def _quantize_kernel(xkind, f32, scale_op, zp_stage, clamp_before, rounding, overflow, flags):
     if zp_stage == 2 and not (f32 and scale_op == 1):
         raise ValueError("fused needs scale_op reciprocal and float32")
     if rounding not in range(8):
