@@ -389,7 +389,10 @@ def _quantize_cpu(xa, s, z, fmt, ft, lay, odt, rounding, scale_op, zero_point_st
                                   clamp_stage == "before_rounding", kern.ROUNDING_IDS[rounding],
                                   kern.SATURATE_F32 if f32 and overflow == "saturate"
                                   and max(-fmt.qmin, fmt.qmax) < 2**24
-                                  else kern.OVERFLOWS[overflow])
+                                  else kern.OVERFLOWS[overflow],
+                                  # the flags matter only where the reference may raise
+                                  inf == "raise" or nan in ("raise", "zero")
+                                  or overflow != "saturate")
     out = np.empty(xa.size, odt)
     a, n, c, b = lay
     flags = kern.run_tasks(kernel, a * -(-n // b), xa.size, _flat(xa), out, a, n, c, b, sf, rcp,

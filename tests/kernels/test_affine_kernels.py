@@ -139,6 +139,27 @@ def test_quantize_kernel_equals_the_reference(combo, data):
                                    out_dtype=np.int64, backend=backend, **combo))
 
 
+# float32 saturating codes with no flag that the caller needs (nan neither "raise" nor
+# "zero", inf="saturate") into an output at most 4 bytes wide: the kernel's full-width float32
+# row loop (_row_f32_saturate), as compat.onnx's QuantizeLinear runs it
+FAST_COMBOS = [
+    dict(precision="float32", nan="qmin"),
+    dict(precision="float32", scale_op="reciprocal", nan="zero_point", rounding="half_away"),
+    dict(precision="float32", nan="qmax", rounding="floor"),
+    dict(precision="float32", scale_op="reciprocal", nan="qmin", rounding="trunc"),
+]
+
+
+@pytest.mark.parametrize("combo", FAST_COMBOS, ids=lambda c: ",".join(f"{v}" for v in c.values()))
+@pytest.mark.parametrize("out_dtype", [None, np.int32, np.uint8])
+@settings(max_examples=30)
+@given(data=st.data())
+def test_float32_saturating_row_loop_equals_the_reference(combo, out_dtype, data):
+    x, s, z, grid, axis, block = data.draw(problems())
+    _both(lambda backend: quantize(x, s, z, dtype=grid, axis=axis, block_size=block,
+                                   out_dtype=out_dtype, backend=backend, **combo))
+
+
 @settings(max_examples=40)
 @given(problems(grids=["int8", "uint4"]))
 def test_fake_quantize_kernel_equals_the_reference(p):
@@ -345,7 +366,9 @@ def test_kernel_bodies_as_python_without_the_jit():
         x[0, 0, 0], x[1, 1, 1], x[2, 2, 2] = np.nan, np.inf, 2.5
         s = rng.uniform(0.1, 2, (3, 2, 7)).astype(np.float32)
         z = rng.integers(-5, 5, (3, 2, 7))
+        # precision="float32" with nan="qmax" and int8 codes: the float32 row loop
         combos = [dict(), dict(precision="float32"),
+                  dict(precision="float32", scale_op="reciprocal", rounding="half_away"),
                   dict(scale_op="reciprocal", precision="float32", zero_point_stage="fused"),
                   dict(rounding="half_away", clamp_stage="before_rounding", overflow="wrap"),
                   dict(rounding="half_up"), dict(rounding="half_down"), dict(rounding="half_zero"),

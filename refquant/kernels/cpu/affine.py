@@ -259,21 +259,59 @@ def _code(xv, FT, SCALE_OP, ZPS, CLAMP, MODE, OVF, s, rcp, zft, zf, lo, hi, zfil
     return q, flags
 
 
-@functools.cache
+@njit(**_OPTS)
+def _row_f32_saturate(xs, os, s, rcp, zf, qmin, qmax, fill, SCALE_OP, MODE):
+    """The codes of a contiguous float32 run ``xs`` with one set of parameters into ``os``:
+    :func:`_code` (``xkind`` 0) with ``FT`` float32, ``ZPS`` 0 (after rounding), no clamp before rounding,
+    ``OVF`` :data:`SATURATE_F32`, and no flags (the caller needs none).
+
+    Step for step the same float32 operations as :func:`_code`; only the data types of the
+    loop differ: the codes stay int32 (the grid is inside ±2^24) and the NaN fill is given as
+    the int32 that the output's store truncates alike (``os`` at most 4 bytes wide), so no
+    lane is widened to int64 and LLVM vectorises the loop at full width (zmm on AVX-512:
+    vdivps, vrndscaleps, vcvttps2dq, vpmovdb).
+    """
+    fz = np.float32(zf)
+    lo = np.float32(qmin)
+    hi = np.float32(qmax)
+    for e in range(xs.size):
+        xf = np.float32(np.float64(xs[e]))  # _load then FT: no-op casts for float32 ``xs``
+        if SCALE_OP == 0:
+            v = np.float32(xf / s)
+        else:
+            v = np.float32(xf * rcp)
+        r = np.float32(np.float32(_round(np.float64(v), MODE)) + fz)
+        isn = r != r
+        r = min(max(r, lo), hi)
+        q = np.int32(r)
+        os[e] = fill if isn else q
+
+
 def quantize_kernel(xkind: int, f32: bool, scale_op: int, zp_stage: int, clamp_before: bool,
-                    rounding: int, overflow: int):
+                    rounding: int, overflow: int, flags: bool = True):
     """The Numba kernel of one combination of the compile-time choices (a closure over plain
     values only: Numba's disk cache keys a closure by its pickled cells).
 
     ``kernel(x, out, A, N, C, B, s, rcp, zft, zf, lo, hi, zfill, qmin, qmax, wlow, wspan,
     nanfill_z, nanfill) -> flags`` writes the codes of flat ``x`` into flat ``out``
     (any integer dtype: the int64 code is cast as NumPy's ``astype`` casts).
+    ``flags=False`` promises that the caller needs no flag (it returns 0) and, for ``x`` read
+    plainly (``xkind`` 0) in float32 with the zero point after rounding, no clamp before rounding,
+    ``overflow`` :data:`SATURATE_F32` and an ``out`` at most 4 bytes wide, lets the
+    contiguous runs take :func:`_row_f32_saturate`.
     Parameters ``s``, ``rcp`` (``1 / s``), ``zft`` (``z``) in the working precision,
     ``zf`` (``z``), ``lo``, ``hi`` (clamp bounds before rounding) float64, ``zfill``
     (``z`` as the NaN code) int64, all compact. ``wlow``, ``wspan``: the two's
     complement wrap (overflow="wrap"). NaN codes are ``zfill`` if ``nanfill_z``
     else ``nanfill``. Stochastic rounding is not here (it draws NumPy's stream).
     """
+    # one cache entry however ``flags`` is passed (positionally, by name or left out)
+    return _quantize_kernel(xkind, bool(f32), scale_op, zp_stage, bool(clamp_before), rounding,
+                            overflow, bool(flags))
+
+
+@functools.cache
+def _quantize_kernel(xkind, f32, scale_op, zp_stage, clamp_before, rounding, overflow, flags):
     if zp_stage == 2 and not (f32 and scale_op == 1):
         raise ValueError("fused needs scale_op reciprocal and float32")
     if rounding not in range(8):
@@ -282,6 +320,8 @@ def quantize_kernel(xkind: int, f32: bool, scale_op: int, zp_stage: int, clamp_b
     # only plain values in the closure: Numba's disk cache keys a closure by its cells
     XK, SCALE_OP, ZPS, CLAMP, MODE, OVF = (xkind, scale_op, zp_stage, clamp_before, rounding,
                                            overflow)
+    FAST = (not flags and xkind == 0 and f32 and zp_stage == 0 and not clamp_before
+            and overflow == SATURATE_F32)
 
     @njit(**_TASKS)
     def kernel(x, out, A, N, C, B, s, rcp, zft, zf, lo, hi, zfill, qmin, qmax, wlow, wspan,
@@ -303,6 +343,10 @@ def quantize_kernel(xkind: int, f32: bool, scale_op: int, zp_stage: int, clamp_b
                 pzf, plo, phi, pzfill = zf[pa, pn, 0], lo[pa, pn, 0], hi[pa, pn, 0], zfill[pa, pn, 0]
                 xs = x[(i * N + j0) * C:(i * N + j1) * C]
                 os = out[(i * N + j0) * C:(i * N + j1) * C]
+                if FAST and out.itemsize <= 4:
+                    fill = np.int32(pzfill if nanfill_z else nanfill)  # the store truncates alike
+                    _row_f32_saturate(xs, os, ps, prc, pzf, qmin, qmax, fill, SCALE_OP, MODE)
+                    continue
                 for e in range(xs.size):
                     q, g = _code(_load(xs, e, XK), FT, SCALE_OP, ZPS, CLAMP, MODE, OVF, ps, prc,
                                  pzft, pzf, plo, phi, pzfill, qmin, qmax, wlow, wspan, nanfill_z,
