@@ -29,6 +29,7 @@ from .ggml_quant import (
     _nearest_int32,
     _pack_2bit_128,
     _put_u16,
+    q6_k_finish,
 )
 
 __all__ = ["quantize_rows_weighted"]
@@ -460,41 +461,10 @@ def _quantize_q6_k_w(x, qw, out, t16):
         o = out[i]
         L = np.empty(QK_K, np.int64)
         scales = np.empty(16, np.float32)
-        max_abs = _ZERO
-        max_scale = _ZERO
         for j in range(16):
-            s = _make_qx(xb[16 * j : 16 * j + 16], 16, 32, q[16 * j : 16 * j + 16], L[16 * j : 16 * j + 16])
-            scales[j] = s
-            if abs(s) > max_abs:
-                max_abs = abs(s)
-                max_scale = s
-        if max_abs < _EPS:
-            for k in range(210):
-                o[k] = 0
-            continue
-        iscale = np.float32(np.float32(-128) / max_scale)
-        d16 = _fp16_bits(np.float32(_ONE / iscale))
-        for j in range(16):
-            s8 = min(127, _nearest_int(np.float32(iscale * scales[j]))) & 0xFF
-            o[192 + j] = s8
-            if s8 >= 128:
-                s8 -= 256
-            d = np.float32(t16[d16] * np.float32(s8))
-            if d == 0:
-                continue
-            for k in range(16):
-                lq = _nearest_int(np.float32(xb[16 * j + k] / d))
-                L[16 * j + k] = max(-32, min(31, lq)) + 32
-        for h in range(2):
-            for k in range(32):
-                b = 128 * h + k
-                o[64 * h + k] = (L[b] & 0xF) | ((L[b + 64] & 0xF) << 4)
-                o[64 * h + 32 + k] = (L[b + 32] & 0xF) | ((L[b + 96] & 0xF) << 4)
-                o[128 + 32 * h + k] = (
-                    (L[b] >> 4) | ((L[b + 32] >> 4) << 2) | ((L[b + 64] >> 4) << 4)
-                    | ((L[b + 96] >> 4) << 6)
-                ) & 0xFF  # fmt: skip
-        _put_u16(o, 208, d16)
+            scales[j] = _make_qx(xb[16 * j : 16 * j + 16], 16, 32, q[16 * j : 16 * j + 16],
+                                 L[16 * j : 16 * j + 16])
+        q6_k_finish(xb, scales, L, o, t16)
 
 
 # --------------------------------------------------------------------------- dispatch
