@@ -228,10 +228,20 @@ def test_compress_imatrix_from_the_cli_and_refusals(lib, tmp_path, capsys):
     src, tensors, im = _tiny_with_imatrix(tmp_path)
     assert main(["compress", str(src), "-o", str(tmp_path / "a.gguf"), "--scheme", "q4_k_m",
                  "--imatrix", str(im), "-q"]) == 0
-    compress(src, tmp_path / "b.gguf", scheme="q4_k_m", imatrix=load_imatrix(im))
+    # the same file path: the same bytes, llama-quantize's quantize.imatrix.* keys included
+    compress(src, tmp_path / "b.gguf", scheme="q4_k_m", imatrix=str(im))
     compress(src, tmp_path / "c.gguf", scheme="q4_k_m")
     a, b = (tmp_path / "a.gguf").read_bytes(), (tmp_path / "b.gguf").read_bytes()
     assert a == b and a != (tmp_path / "c.gguf").read_bytes()
+    # a dict imatrix (no file to name, so no quantize.imatrix.* keys): the same tensor bytes
+    compress(src, tmp_path / "b2.gguf", scheme="q4_k_m", imatrix=load_imatrix(im))
+    import gguf
+
+    ra, rb = gguf.GGUFReader(tmp_path / "a.gguf"), gguf.GGUFReader(tmp_path / "b2.gguf")
+    assert [t.name for t in ra.tensors] == [t.name for t in rb.tensors]
+    for ta, tb in zip(ra.tensors, rb.tensors, strict=True):
+        assert bytes(ta.data) == bytes(tb.data), ta.name
+    assert "quantize.imatrix.file" in ra.fields and "quantize.imatrix.file" not in rb.fields
     bad = {"blk.0.attn_q.weight": np.ones(100, np.float32)}
     with pytest.raises(RefquantError, match="blk.0.attn_q.weight"):
         compress(src, tmp_path / "d.gguf", scheme="q4_k_m", imatrix=bad)
