@@ -40,6 +40,8 @@ argument                    choices (default first)
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .._core.granularity import (
@@ -103,6 +105,10 @@ def check_scale(scale, name: str = "scale") -> np.ndarray:
     s = as_array(scale, name)
     if s.dtype.kind not in "fiu" and s.dtype.name != "bfloat16":
         raise RefquantError(f"{name} must be a real number or array, got dtype {s.dtype}")
+    if s.size == 1:  # per tensor: a Python comparison, not four array operations
+        v = float(s.reshape(-1)[0])
+        if math.isfinite(v) and v > 0:
+            return s
     s64 = s.astype(np.float64)
     bad = ~(np.isfinite(s64) & (s64 > 0))
     if bad.any():
@@ -138,6 +144,8 @@ def check_zero_point(zero_point, fmt: IntFormat, *, allow_float: bool, name="zer
         z = z64
     elif z.dtype.kind not in "iub" and z.dtype.kind != "V":
         raise RefquantError(f"{name} must be an integer or array of integers, got dtype {z.dtype}")
+    elif z.size == 1 and z.dtype.kind in "iu" and fmt.qmin <= int(z.reshape(-1)[0]) <= fmt.qmax:
+        return z.astype(np.int64)  # per tensor, in range: no array comparisons
     zi = z.astype(np.int64)
     out = (zi < fmt.qmin) | (zi > fmt.qmax)
     if out.any():
@@ -254,7 +262,7 @@ def quantize(
         odt = None  # the reference's astype says what is wrong with it
     if (resolve_backend(backend, xa.size, threshold=KERNEL_THRESHOLD, cuda=False) == "cpu"
             and isinstance(rounding, str) and rounding in ROUNDING_MODES
-            and rounding != "stochastic" and odt is not None and odt.name in _NP_INTS
+            and rounding != "stochastic" and odt in _NP_INT_DTYPES
             and _kernel_dtype(xa.dtype) is not None):
         out = _quantize_cpu(xa, sk, zk, fmt, ft, _layout(xa.shape, axis, block_size), odt,
                             rounding, scale_op, zero_point_stage, clamp_stage, overflow, nan, inf)
@@ -314,12 +322,13 @@ def quantize(
 
 
 _NP_INTS = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64")
+_NP_INT_DTYPES = frozenset(np.dtype(n) for n in _NP_INTS)
 _CHUNK = 1 << 15  # elements per thread task of a per-tensor kernel
 
 
 def _kernel_dtype(dt):
     """(view dtype, xkind) under which the kernels read ``dt``, or None (the reference runs)."""
-    if dt == np.float32 or dt == np.float64 or (dt.kind in "iu" and dt.name in _NP_INTS):
+    if dt == np.float32 or dt == np.float64 or dt in _NP_INT_DTYPES:
         return dt, 0
     if dt == np.bool_:
         return np.dtype(np.uint8), 0
@@ -379,8 +388,9 @@ def _quantize_cpu(xa, s, z, fmt, ft, lay, odt, rounding, scale_op, zero_point_st
         hi = np.full((1, 1, 1), fmt.qmax, np.float64)
     zfill = np.trunc(zf).astype(np.int64) if z.dtype.kind == "f" else z.astype(np.int64)
     # one compact shape for all: the kernel indexes every parameter array alike
-    sf, rcp, zft, zf, lo, hi, zfill = (np.ascontiguousarray(a) for a in np.broadcast_arrays(
-        sf, rcp, zft, zf, lo, hi, zfill))
+    if not (sf.shape == zft.shape == lo.shape == (1, 1, 1)):  # per tensor: they already are
+        sf, rcp, zft, zf, lo, hi, zfill = (np.ascontiguousarray(a) for a in np.broadcast_arrays(
+            sf, rcp, zft, zf, lo, hi, zfill))
     fills = {"zero": 0, "qmin": fmt.qmin, "qmax": fmt.qmax}
     width = 1 << fmt.bits
     wlow = -(width >> 1) if fmt.signed else 0

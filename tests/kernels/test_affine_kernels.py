@@ -531,3 +531,41 @@ def test_no_contracted_fma_where_the_reference_rounds_twice():
     dq = asm(kern.dequantize_kernel(False, False, False), out, np.empty(8, np.float32), 1, 8, 1,
              8, np.ones((1, 1, 1)), np.zeros((1, 1, 1), np.int64), 0, 1)
     assert not fma.search(dq)
+
+
+def test_run_tasks_runs_every_task_once_whichever_thread_claims_it(monkeypatch):
+    """run_tasks hands out chunks dynamically: every task runs exactly once, the flags of all
+    chunks are OR-ed, and a big call gives the same codes on 1, 2 and 3 threads."""
+    import threading
+
+    import numba
+
+    from refquant.kernels.cpu import affine as kern
+
+    ran, lock = [], threading.Lock()
+
+    def kernel(tag, t0, t1):
+        with lock:
+            ran.extend(range(t0, t1))
+        return (4 if t0 == 0 else 0) | (8 if t1 == 1000 else 0)
+
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 3)
+    assert kern.run_tasks(kernel, 1000, 1 << 22, "x") == 12
+    assert sorted(ran) == list(range(1000))
+    ran.clear()
+    assert kern.run_tasks(kernel, 1000, kern.PARALLEL_MIN - 1, "x") == 12  # one thread
+    assert sorted(ran) == list(range(1000))
+    monkeypatch.undo()
+
+    x = np.random.default_rng(5).standard_normal(kern.PARALLEL_MIN * 3).astype(np.float32)
+    before = numba.get_num_threads()
+    try:
+        outs = []
+        for n in range(1, min(3, numba.config.NUMBA_NUM_THREADS) + 1):
+            numba.set_num_threads(n)
+            outs.append(quantize(x, 0.01, 3, backend="cpu", axis=None))
+    finally:
+        numba.set_num_threads(before)
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])
+    np.testing.assert_array_equal(outs[0], quantize(x, 0.01, 3, backend="numpy"))

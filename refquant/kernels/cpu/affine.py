@@ -34,6 +34,7 @@ This module imports nothing from ``refquant.quant``.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import numba
@@ -105,6 +106,8 @@ else:
 
 #: elements below which a call runs on the calling thread alone
 PARALLEL_MIN = 1 << 17
+#: about how many elements one claimed chunk of :func:`run_tasks` covers
+CHUNK_ELEMENTS = 1 << 18
 
 
 @functools.cache
@@ -116,17 +119,37 @@ def _pool():
 
 
 def run_tasks(kernel, ntask, size, *args):
-    """``kernel(*args, t0, t1)`` over tasks ``[0, ntask)``, split into contiguous ranges, one per
-    thread (``numba.get_num_threads()`` of them; one for fewer than :data:`PARALLEL_MIN`
-    elements). Returns the OR of the kernels' results (flags; 0 for None)."""
+    """``kernel(*args, t0, t1)`` over tasks ``[0, ntask)``; returns the OR of the kernels' results
+    (flags; 0 for None).
+
+    Below :data:`PARALLEL_MIN` elements, or with one Numba thread, the calling thread runs them
+    all. Otherwise the tasks are cut into contiguous chunks of about :data:`CHUNK_ELEMENTS`
+    elements (at least four per thread), and the calling thread and ``numba.get_num_threads() -
+    1`` pool threads claim chunks in order until none is left. The claiming is dynamic because a
+    pool thread that has slept (between two calls of a user's loop) can take a few hundred
+    microseconds to run again on a virtual machine: with a fixed half each, the call waited for
+    it; now the caller takes its share of the work meanwhile. The kernels write disjoint parts of
+    their outputs, so which thread runs a chunk does not change a byte.
+    """
     n = min(numba.get_num_threads(), ntask) if size >= PARALLEL_MIN else 1
     if n <= 1:
         return kernel(*args, 0, ntask) or 0
-    bounds = [ntask * i // n for i in range(n + 1)]
-    futures = [_pool().submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(1, n)]
-    flags = kernel(*args, bounds[0], bounds[1]) or 0
+    nchunk = min(ntask, max(4 * n, size // CHUNK_ELEMENTS))
+    bounds = [ntask * i // nchunk for i in range(nchunk + 1)]
+    claim = itertools.count()
+
+    def work():
+        flags = 0
+        c = next(claim)
+        while c < nchunk:
+            flags |= kernel(*args, bounds[c], bounds[c + 1]) or 0
+            c = next(claim)
+        return flags
+
+    futures = [_pool().submit(work) for _ in range(n - 1)]
+    flags = work()
     for f in futures:
-        flags |= f.result() or 0
+        flags |= f.result()
     return flags
 
 
