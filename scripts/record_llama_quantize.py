@@ -20,7 +20,24 @@ compiles a one-function shim with g++ and re-runs itself with it in
 where it terminates, as GCC 14's does). It imports the library module directly
 (``llama/__init__`` pulls in transformers and more).
 
-Writes ``tests/data/llama_quantize/<preset>.json`` for every preset.
+Writes ``tests/data/llama_quantize/<preset>.json`` for every preset, and
+``tests/data/llama_quantize/imatrix/<preset>.json`` for the same presets given the
+importance matrix of ``tests/tiny_llama.py: write_tiny_imatrix`` (a legacy ``.dat``).
+
+The library call takes the imatrix and the extra metadata as C++ objects
+(``llama_model_quantize_params.imatrix`` points to a
+``std::unordered_map<std::string, std::vector<float>>``, ``.kv_overrides`` to a
+``std::vector<llama_model_kv_override>`` ended by an empty key). llama-quantize's
+``main`` (tools/quantize/quantize.cpp) builds both; this script does what it does,
+through a small C++ helper compiled here with g++:
+
+* ``load_imatrix``, legacy branch: every stored vector divided by its ``ncall`` in
+  float32 (``e[j] /= ncall``); the trailing chunk count and dataset name read back;
+* the overrides, in ``main``'s order: ``quantize.imatrix.file`` (the path as given on
+  the command line, here the relative ``tiny-imatrix.dat`` with the working directory
+  set to the file's folder, so that the tests can give the same string),
+  ``quantize.imatrix.dataset``, ``quantize.imatrix.entries_count`` and
+  ``quantize.imatrix.chunks_count`` (``LLAMA_KV_OVERRIDE_TYPE_INT``).
 """
 
 from __future__ import annotations
@@ -43,6 +60,38 @@ PRESETS = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_
            "q5_k_s": "LLAMA_FTYPE_MOSTLY_Q5_K_S", "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
            "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
            "iq4_xs": "LLAMA_FTYPE_MOSTLY_IQ4_XS"}
+
+IMATRIX_FILE = "tiny-imatrix.dat"
+
+# Builds the two C++ objects llama_model_quantize_params points to. The override struct
+# is llama.h's llama_model_kv_override; its size is checked against the library's.
+HELPER = r"""
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <unordered_map>
+#include <vector>
+struct kv_override {
+    int tag;
+    char key[128];
+    union { int64_t val_i64; double val_f64; bool val_bool; char val_str[128]; };
+};
+using imatrix_map = std::unordered_map<std::string, std::vector<float>>;
+extern "C" size_t rq_kv_size() { return sizeof(kv_override); }
+extern "C" void *rq_imatrix_new() { return new imatrix_map(); }
+extern "C" void rq_imatrix_put(void *m, const char *name, const float *v, size_t n) {
+    (*(imatrix_map *)m)[name] = std::vector<float>(v, v + n);
+}
+extern "C" void rq_imatrix_free(void *m) { delete (imatrix_map *)m; }
+extern "C" void *rq_kv_new(const void *items, size_t n) {
+    auto *v = new std::vector<kv_override>(n + 1);
+    std::memcpy(v->data(), items, n * sizeof(kv_override));
+    std::memset(&v->back(), 0, sizeof(kv_override));  // the empty key that ends the list
+    return v;
+}
+extern "C" void rq_kv_free(void *v) { delete (std::vector<kv_override> *)v; }
+"""
 
 SHIM = r"""
 #include <cxxabi.h>
@@ -76,6 +125,72 @@ def _load_lib():
     return mod.lib, mod.ffi, so
 
 
+def _helper(ffi):
+    """The compiled HELPER through ctypes."""
+    import ctypes
+
+    d = Path(tempfile.mkdtemp(prefix="rq_helper_"))
+    (d / "helper.cc").write_text(HELPER)
+    subprocess.run(["g++", "-shared", "-fPIC", "-O2", "-std=c++17", "-o", str(d / "helper.so"),
+                    str(d / "helper.cc")], check=True)
+    h = ctypes.CDLL(str(d / "helper.so"))
+    h.rq_kv_size.restype = ctypes.c_size_t
+    h.rq_imatrix_new.restype = h.rq_kv_new.restype = ctypes.c_void_p
+    h.rq_imatrix_put.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p,
+                                 ctypes.c_size_t]
+    h.rq_kv_new.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    h.rq_imatrix_free.argtypes = h.rq_kv_free.argtypes = [ctypes.c_void_p]
+    if h.rq_kv_size() != ffi.sizeof("struct llama_model_kv_override"):
+        sys.exit("llama_model_kv_override: the helper's layout is not the library's")
+    return h
+
+
+def _read_legacy_imatrix(path):
+    """tools/quantize/quantize.cpp ``load_imatrix`` on a legacy file: {name: values / ncall}
+    (float32), the chunk count and the dataset name."""
+    import struct
+
+    import numpy as np
+
+    b = Path(path).read_bytes()
+    (n,), pos = struct.unpack_from("<i", b, 0), 4
+    out = {}
+    for _ in range(n):
+        (ln,) = struct.unpack_from("<i", b, pos)
+        name = b[pos + 4:pos + 4 + ln].decode()
+        pos += 4 + ln
+        ncall, nval = struct.unpack_from("<ii", b, pos)
+        v = np.frombuffer(b, "<f4", nval, pos + 8).astype(np.float32)
+        pos += 8 + 4 * nval
+        out[name] = v / np.float32(ncall) if ncall > 0 else v.copy()
+    chunks, dataset = 0, ""
+    if pos < len(b):
+        chunks, ln = struct.unpack_from("<ii", b, pos)
+        dataset = b[pos + 8:pos + 8 + ln].decode()
+    return out, chunks, dataset
+
+
+def _overrides(ffi, lib, entries, chunks, dataset):
+    """llama-quantize main's KV overrides for ``--imatrix IMATRIX_FILE``, in its order."""
+    kv = []
+
+    def add(key, tag, field, value):
+        o = ffi.new("struct llama_model_kv_override *")
+        o.key = key.encode()
+        o.tag = getattr(lib, tag)
+        setattr(o, field, value)
+        kv.append(bytes(ffi.buffer(o)))
+
+    add("quantize.imatrix.file", "LLAMA_KV_OVERRIDE_TYPE_STR", "val_str", IMATRIX_FILE.encode())
+    if dataset:
+        add("quantize.imatrix.dataset", "LLAMA_KV_OVERRIDE_TYPE_STR", "val_str",
+            dataset.encode()[:127])
+    add("quantize.imatrix.entries_count", "LLAMA_KV_OVERRIDE_TYPE_INT", "val_i64", len(entries))
+    if chunks > 0:
+        add("quantize.imatrix.chunks_count", "LLAMA_KV_OVERRIDE_TYPE_INT", "val_i64", chunks)
+    return b"".join(kv), len(kv)
+
+
 def _sha(b) -> str:
     return hashlib.sha256(bytes(b)).hexdigest()
 
@@ -85,7 +200,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "tests" / "data" / "llama_quantize"))
     args = ap.parse_args()
     import gguf
-    from tiny_llama import write_tiny_llama
+    from tiny_llama import write_tiny_imatrix, write_tiny_llama
 
     lib, ffi, so = _load_lib()
     from importlib.metadata import version
@@ -97,35 +212,64 @@ def main() -> None:
         src = Path(tmp) / "tiny-f16.gguf"
         write_tiny_llama(src)
         src_sha = _sha(src.read_bytes())
-        for preset, ftype in PRESETS.items():
-            dst = Path(tmp) / f"tiny-{preset}.gguf"
-            params = ffi.new("struct llama_model_quantize_params *")
-            params[0] = lib.llama_model_quantize_default_params()
-            params.ftype = getattr(lib, ftype)
-            params.nthread = 2
-            rc = lib.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
-            if rc != 0:
-                sys.exit(f"llama_model_quantize failed for {preset} (rc {rc})")
-            r = gguf.GGUFReader(dst)
-            rec = {
-                "peer": peer,
-                "call": f"llama_model_quantize(ftype={ftype}, nthread=2, defaults otherwise)",
-                "input": "tests/tiny_llama.py: write_tiny_llama(path)",
-                "input_sha256": src_sha,
-                "file_sha256": _sha(dst.read_bytes()),
-                "file_size": dst.stat().st_size,
-                "gguf": version("gguf"),
-                "metadata": {k: r.fields[k].contents() for k in
-                             ("general.file_type", "general.quantization_version")},
-                "tensor_order": [t.name for t in r.tensors],
-                "tensors": {t.name: {"type": t.tensor_type.name,
-                                     "shape": [int(d) for d in reversed(t.shape.tolist())],
-                                     "nbytes": int(t.n_bytes),
-                                     "sha256": _sha(t.data.tobytes())} for t in r.tensors},
-            }
-            (out / f"{preset}.json").write_text(json.dumps(rec, indent=1) + "\n")
-            print(preset, {v["type"] for v in rec["tensors"].values()})
-
+        helper = _helper(ffi)
+        write_tiny_imatrix(Path(tmp) / IMATRIX_FILE)
+        imx_sha = _sha((Path(tmp) / IMATRIX_FILE).read_bytes())
+        entries, chunks, dataset = _read_legacy_imatrix(Path(tmp) / IMATRIX_FILE)
+        os.chdir(tmp)  # the imatrix path as given is the relative IMATRIX_FILE
+        for with_imatrix in (False, True):
+            folder = out / "imatrix" if with_imatrix else out
+            folder.mkdir(parents=True, exist_ok=True)
+            for preset, ftype in PRESETS.items():
+                dst = Path(tmp) / f"tiny-{preset}.gguf"
+                params = ffi.new("struct llama_model_quantize_params *")
+                params[0] = lib.llama_model_quantize_default_params()
+                params.ftype = getattr(lib, ftype)
+                params.nthread = 2
+                keep = []
+                if with_imatrix:
+                    m = helper.rq_imatrix_new()
+                    for name, v in entries.items():
+                        keep.append(v)
+                        helper.rq_imatrix_put(m, name.encode(), v.ctypes.data, v.size)
+                    items, n = _overrides(ffi, lib, entries, chunks, dataset)
+                    kv = helper.rq_kv_new(items, n)
+                    params.imatrix = ffi.cast("void *", m)
+                    params.kv_overrides = ffi.cast("void *", kv)
+                rc = lib.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+                if with_imatrix:
+                    helper.rq_imatrix_free(m)
+                    helper.rq_kv_free(kv)
+                if rc != 0:
+                    sys.exit(f"llama_model_quantize failed for {preset} (rc {rc})")
+                r = gguf.GGUFReader(dst)
+                meta = ["general.file_type", "general.quantization_version"]
+                if with_imatrix:
+                    meta += [k for k in r.fields if k.startswith("quantize.imatrix.")]
+                rec = {
+                    "peer": peer,
+                    "call": (f"llama_model_quantize(ftype={ftype}, nthread=2, defaults otherwise"
+                             + (", imatrix and kv_overrides as llama-quantize --imatrix "
+                                f"{IMATRIX_FILE} builds them)" if with_imatrix else ")")),
+                    "input": "tests/tiny_llama.py: write_tiny_llama(path)",
+                    "input_sha256": src_sha,
+                    **({"imatrix": f"tests/tiny_llama.py: write_tiny_imatrix('{IMATRIX_FILE}')",
+                        "imatrix_sha256": imx_sha} if with_imatrix else {}),
+                    "file_sha256": _sha(dst.read_bytes()),
+                    "file_size": dst.stat().st_size,
+                    "gguf": version("gguf"),
+                    "metadata": {k: r.fields[k].contents() for k in meta},
+                    "metadata_types": {k: [t.name for t in r.fields[k].types] for k in meta},
+                    "key_order": [k for k in r.fields if not k.startswith("GGUF.")],
+                    "tensor_order": [t.name for t in r.tensors],
+                    "tensors": {t.name: {"type": t.tensor_type.name,
+                                         "shape": [int(d) for d in reversed(t.shape.tolist())],
+                                         "nbytes": int(t.n_bytes),
+                                         "sha256": _sha(t.data.tobytes())} for t in r.tensors},
+                }
+                (folder / f"{preset}.json").write_text(json.dumps(rec, indent=1) + "\n")
+                print("imatrix" if with_imatrix else "plain", preset,
+                      sorted({v["type"] for v in rec["tensors"].values()}))
 
 if __name__ == "__main__":
     main()

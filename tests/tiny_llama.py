@@ -76,3 +76,41 @@ def write_tiny_llama(path, seed: int = 14, tied: bool = False):
     wr.write_tensors_to_file()
     wr.close()
     return tensors
+
+
+IMATRIX_NCALL = 8
+IMATRIX_DATASET = "tiny-calibration.txt"
+
+
+def tiny_imatrix_entries(seed: int = 15) -> dict[str, np.ndarray]:
+    """An importance vector (float32, one value per input column) for every matrix that
+    llama-imatrix collects (every 2-D weight but ``token_embd``, a row lookup), as stored in
+    a legacy ``.dat`` (mean of x² times ``ncall``); a few exact zeros in ``blk.0.attn_q``."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, a in tiny_llama_tensors().items():
+        if a.ndim != 2 or name == "token_embd.weight":
+            continue
+        v = rng.gamma(2.0, 0.5, a.shape[1]).astype(np.float32) * np.float32(IMATRIX_NCALL)
+        if name == "blk.0.attn_q.weight":
+            v[::37] = 0
+        out[name] = v
+    return out
+
+
+def write_tiny_imatrix(path, seed: int = 15) -> dict[str, np.ndarray]:
+    """Write :func:`tiny_imatrix_entries` as a legacy llama-imatrix ``.dat`` (int32 entry count;
+    per entry int32 name length, name, int32 ncall, int32 nval, float32 values; then int32
+    chunk count and the dataset name) and return the entries."""
+    import struct
+
+    entries = tiny_imatrix_entries(seed)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<i", len(entries)))
+        for name, v in entries.items():
+            b = name.encode()
+            f.write(struct.pack("<i", len(b)) + b + struct.pack("<ii", IMATRIX_NCALL, v.size))
+            f.write(v.astype("<f4").tobytes())
+        d = IMATRIX_DATASET.encode()
+        f.write(struct.pack("<ii", IMATRIX_NCALL, len(d)) + d)
+    return entries

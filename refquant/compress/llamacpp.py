@@ -244,7 +244,7 @@ def _fallback(name, ncols, target, preset) -> tuple[str | None, str]:
 
 
 def select_types(tensors, preset: str, *, n_layer: int | None = None,
-                 n_gqa: int | None = None) -> dict[str, LlamaChoice]:
+                 n_gqa: int | None = None, has_imatrix: bool = False) -> dict[str, LlamaChoice]:
     """llama-quantize's type for every tensor of a model under ``preset``.
 
     Parameters
@@ -261,6 +261,11 @@ def select_types(tensors, preset: str, *, n_layer: int | None = None,
         Attention heads per KV head (``hparams.n_gqa()``: ``head_count //
         head_count_kv`` of layer 0); only ``iq4_xs`` reads it (``attn_v`` -> Q5_K
         when it is 4 or more). Unknown (None) counts as 1.
+    has_imatrix : bool, default False
+        Whether llama-quantize was given a non-empty importance matrix (``qs.has_imatrix``):
+        with one, ``ffn_down`` of the first ``n_layer // 8`` layers becomes Q4_1 under
+        ``q4_0`` (llama.cpp's "guard against craziness in the first few ffn_down layers")
+        and stays IQ4_XS under ``iq4_xs`` (Q5_K without one).
 
     Returns
     -------
@@ -314,10 +319,12 @@ def select_types(tensors, preset: str, *, n_layer: int | None = None,
                 new = "Q5_K" if i < n_layer // 16 else "Q4_K"
             elif ftype in ("MOSTLY_Q4_K_M", "MOSTLY_Q5_K_M") and use_more_bits(i, n_layer):
                 new = "Q6_K"
-            elif ftype == "MOSTLY_IQ4_XS" and i < n_layer // 8:  # no imatrix
+            elif ftype == "MOSTLY_IQ4_XS" and i < n_layer // 8 and not has_imatrix:
                 new = "Q5_K"
             elif ftype == "MOSTLY_Q4_K_S" and i < n_layer // 8:
                 new = "Q5_K"
+            elif ftype == "MOSTLY_Q4_0" and has_imatrix and i < n_layer // 8:
+                new = "Q4_1"
             if new != default:
                 why = f"llama.cpp {preset}: ffn_down of layer {i} of {n_layer} gets more bits"
             i_ffn_down += 1

@@ -126,7 +126,8 @@ def _n_gqa(ck) -> int | None:
     return int(h) // int(kv) if kv else 0
 
 
-def _llama_decisions(ck, recipe: LlamaCppRecipe) -> dict[str, tuple[str, str]]:
+def _llama_decisions(ck, recipe: LlamaCppRecipe,
+                     has_imatrix: bool = False) -> dict[str, tuple[str, str]]:
     from .llamacpp import select_types
 
     tensors = []
@@ -135,7 +136,7 @@ def _llama_decisions(ck, recipe: LlamaCppRecipe) -> dict[str, tuple[str, str]]:
         tensors.append((name, tuple(info.logical_shape or info.shape), is_float))
     out = {}
     for name, c in select_types(tensors, recipe.preset, n_layer=_n_layer(ck),
-                                n_gqa=_n_gqa(ck)).items():
+                                n_gqa=_n_gqa(ck), has_imatrix=has_imatrix).items():
         info = ck.info(name)
         if c.ggml_type is None:
             out[name] = (KEEP, c.reason)
@@ -146,10 +147,12 @@ def _llama_decisions(ck, recipe: LlamaCppRecipe) -> dict[str, tuple[str, str]]:
     return out
 
 
-def plan(ck, recipe: Recipe, fmt: str = "safetensors") -> list[Planned]:
-    """Decide every tensor's scheme and output parts from ``ck``'s headers alone."""
+def plan(ck, recipe: Recipe, fmt: str = "safetensors", has_imatrix: bool = False) -> list[Planned]:
+    """Decide every tensor's scheme and output parts from ``ck``'s headers alone
+    (``has_imatrix``: a non-empty importance matrix, which llama.cpp's type choice reads)."""
     out = []
-    llama = _llama_decisions(ck, recipe) if isinstance(recipe, LlamaCppRecipe) else None
+    llama = (_llama_decisions(ck, recipe, has_imatrix) if isinstance(recipe, LlamaCppRecipe)
+             else None)
     for name, info in ck.infos.items():
         shape = tuple(info.logical_shape or info.shape)
         raw = info.stored_dtype.upper() if info.scheme and info.scheme.startswith("ggml:") else None
@@ -277,6 +280,10 @@ def _imatrix_fields(path) -> list:
       written with ``gguf_set_val_u32``, llama.cpp PR 14182): the number of entries;
     * ``quantize.imatrix.chunks_count`` (uint32, when above 0): the file's chunk count
       (legacy: its last chunk count; GGUF: ``imatrix.chunk_count``).
+
+    llama.cpp builds before PR 14182 wrote the two counts as int32; the records of
+    tests/data/llama_quantize/imatrix/ (llama-cpp-cffi 0.4.42) do, and differ from
+    refquant's file in those two type tags only.
     """
     import gguf
 
@@ -441,7 +448,8 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
                                progress=progress, resume=resume, scheduler=scheduler,
                                n_workers=n_workers, workers=workers,
                                calibration=None if calib is None else calib.path,
-                               imatrix=None if calib is None else calib.imatrix_path)
+                               imatrix=None if calib is None else calib.imatrix_path,
+                               has_imatrix=bool(calib is not None and calib.imatrix))
         if getattr(rec, "plan", None) is not None:
             rep.plan = rec.plan
         return rep
@@ -451,7 +459,7 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
                             f"{os.fspath(dst)!r}")
     report = CompressReport(os.fspath(src), os.fspath(dst), rec.source)
     with rio.open(src) as ck:
-        planned = plan(ck, rec, fmt)
+        planned = plan(ck, rec, fmt, has_imatrix=bool(calib is not None and calib.imatrix))
         if nonfinite == "keep":
             _keep_nonfinite(ck, planned)
         if fmt == "safetensors":

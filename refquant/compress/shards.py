@@ -196,7 +196,8 @@ def _run_tasks(tasks, scheduler, n_workers, progress, workers=1):
 
 
 def compress_sharded(src, dst, rec, *, overwrite, nonfinite, progress, resume, scheduler,
-                     n_workers=None, workers=1, calibration=None, imatrix=None):
+                     n_workers=None, workers=1, calibration=None, imatrix=None,
+                     has_imatrix=False):
     """The sharded path of :func:`refquant.compress.compress` (see the module docstring)."""
     from .. import io as rio
     from .pipeline import _META_KEY, plan
@@ -222,7 +223,7 @@ def compress_sharded(src, dst, rec, *, overwrite, nonfinite, progress, resume, s
         if folder.exists() and os.path.samefile(folder, Path(ck.path).resolve().parent):
             raise RefquantError(f"output folder {os.fspath(folder)!r} holds the input; write "
                                 "the compressed shards elsewhere")
-        planned = plan(ck, rec, "safetensors")
+        planned = plan(ck, rec, "safetensors", has_imatrix=has_imatrix)
         by_name = {p.name: p for p in planned}
         tasks = []
         for shard, names in _shard_map(ck, src).items():

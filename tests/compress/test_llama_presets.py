@@ -8,7 +8,7 @@ ffn_down rows of 96 in layers 1, 2, 4, 5, 7.
 
 The records under tests/data/llama_quantize/ are what llama.cpp's own
 llama_model_quantize wrote for the same model (scripts/record_llama_quantize.py,
-llama-cpp-cffi 0.4.42).
+llama-cpp-cffi 0.4.42), without and (imatrix/) with an importance matrix.
 """
 
 import hashlib
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import import_peer
-from tiny_llama import N_FF, N_LAYER, tiny_llama_tensors, write_tiny_llama
+from tiny_llama import N_FF, N_LAYER, tiny_llama_tensors, write_tiny_imatrix, write_tiny_llama
 
 import refquant.io as rio
 from refquant import RefquantError
@@ -136,8 +136,8 @@ def test_hugging_face_names_map_to_llama_cpp_categories():
     assert category("model.norm.weight") == "other"
 
 
-def _records(preset):
-    path = RECORDS / f"{preset}.json"
+def _records(preset, folder=RECORDS):
+    path = folder / f"{preset}.json"
     if not path.exists():
         pytest.fail(f"{path} is missing: run scripts/record_llama_quantize.py")
     return json.loads(path.read_text())
@@ -167,6 +167,77 @@ def test_gguf_file_is_byte_identical_to_llama_model_quantize(tiny, tmp_path, pre
     data = (tmp_path / "q.gguf").read_bytes()
     assert len(data) == rec["file_size"]
     assert hashlib.sha256(data).hexdigest() == rec["file_sha256"]
+
+
+def _int_keys_as_int32(data: bytes, reader, keys) -> bytes:
+    """``data`` with the value-type tag of each of ``keys`` (UINT32) set to INT32."""
+    import gguf
+
+    b = bytearray(data)
+    for k in keys:
+        f = reader.fields[k]
+        at = f.offset + 8 + len(k.encode())  # uint64 key length, key bytes, then the type
+        assert int.from_bytes(b[at:at + 4], "little") == gguf.GGUFValueType.UINT32, k
+        b[at:at + 4] = int(gguf.GGUFValueType.INT32).to_bytes(4, "little")
+    return bytes(b)
+
+
+@pytest.mark.parametrize("preset", list(LLAMA_CPP_PRESETS))
+def test_with_an_imatrix_the_file_is_llama_model_quantizes(tiny, tmp_path, monkeypatch, preset):
+    """``--imatrix``: the tensors llama.cpp's library wrote given llama-quantize's imatrix map
+    and KV overrides (scripts/record_llama_quantize.py), byte for byte, with the imatrix's
+    effect on the type choice (q4_0: ffn_down of layer 0 in Q4_1; iq4_xs: no Q5_K), and the
+    whole file once the two count keys are typed as the recorded build types them.
+
+    The recorded llama.cpp (llama-cpp-cffi 0.4.42) writes ``LLAMA_KV_OVERRIDE_TYPE_INT``
+    overrides with ``gguf_set_val_i32``; llama.cpp since PR 14182 (June 2025) writes them
+    with ``gguf_set_val_u32``, and refquant follows the current llama.cpp: its file differs
+    from the record in those two type tags and nowhere else."""
+    import gguf
+
+    src, _ = tiny
+    rec = _records(preset, RECORDS / "imatrix")
+    monkeypatch.chdir(tmp_path)  # the path as given is stored: the recorded run gave it bare
+    entries = write_tiny_imatrix(tmp_path / "tiny-imatrix.dat")
+    assert hashlib.sha256((tmp_path / "tiny-imatrix.dat").read_bytes()).hexdigest() == rec[
+        "imatrix_sha256"], "tiny_llama.py no longer writes the recorded imatrix"
+    rep = compress(src, "q.gguf", scheme=preset, imatrix="tiny-imatrix.dat")
+    r = gguf.GGUFReader(tmp_path / "q.gguf")
+    assert [t.name for t in r.tensors] == rec["tensor_order"]
+    for t in r.tensors:
+        want = rec["tensors"][t.name]
+        assert t.tensor_type.name == want["type"], t.name
+        assert hashlib.sha256(t.data.tobytes()).hexdigest() == want["sha256"], t.name
+    assert [k for k in r.fields if not k.startswith("GGUF.")] == rec["key_order"]
+    for key, value in rec["metadata"].items():
+        assert r.fields[key].contents() == value, key
+    counts = ["quantize.imatrix.entries_count", "quantize.imatrix.chunks_count"]
+    assert rec["metadata"]["quantize.imatrix.entries_count"] == len(entries)
+    for k in counts:
+        assert rec["metadata_types"][k] == ["INT32"]
+        assert r.fields[k].types == [gguf.GGUFValueType.UINT32]
+    data = (tmp_path / "q.gguf").read_bytes()
+    assert len(data) == rec["file_size"]
+    assert hashlib.sha256(_int_keys_as_int32(data, r, counts)).hexdigest() == rec["file_sha256"]
+    if preset == "q4_0":
+        assert {x.name: x.scheme for x in rep.rows}["blk.0.ffn_down.weight"] == "q4_1"
+
+
+def test_has_imatrix_changes_only_the_rules_llama_cpp_gives_it():
+    tensors = [(n, a.shape, True) for n, a in tiny_llama_tensors().items()]
+    for preset in LLAMA_CPP_PRESETS:
+        plain = select_types(tensors, preset)
+        imx = select_types(tensors, preset, has_imatrix=True)
+        diff = {n for n in plain if plain[n].ggml_type != imx[n].ggml_type}
+        if preset == "q4_0":
+            assert diff == {"blk.0.ffn_down.weight"}
+            assert imx["blk.0.ffn_down.weight"].ggml_type == "Q4_1"
+        elif preset == "iq4_xs":
+            assert diff == {"blk.0.ffn_down.weight"}
+            assert (plain["blk.0.ffn_down.weight"].ggml_type,
+                    imx["blk.0.ffn_down.weight"].ggml_type) == ("Q5_K", "IQ4_XS")
+        else:
+            assert not diff, preset
 
 
 def test_q4_k_m_bytes_are_refquants_ggml_quantize_of_the_same_rows(tiny, tmp_path):
@@ -256,8 +327,9 @@ def test_imatrix_adds_llama_quantizes_four_keys_after_the_file_type(tiny, tmp_pa
     """llama-quantize --imatrix (tools/quantize/quantize.cpp main: KV overrides, set by
     src/llama-quant.cpp after general.file_type): quantize.imatrix.file (the path as
     given, cut to 127 bytes), .dataset (the first dataset), .entries_count and
-    .chunks_count (uint32). Checked against that source, not a recorded run: the
-    records of tests/data/llama_quantize/ come from the library call, without an imatrix."""
+    .chunks_count (uint32), here with a GGUF and a legacy imatrix, a dataset name and a
+    path longer than 127 bytes (test_with_an_imatrix_the_file_is_llama_model_quantizes
+    checks a recorded run)."""
     import gguf
 
     from refquant.io.imatrix import compute_imatrix, read_imatrix, save_imatrix
