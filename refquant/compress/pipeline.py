@@ -204,23 +204,16 @@ def _finite_or_refuse(name, w, nonfinite):
 
 def _measure(w, w_hat, scheme, parts, shape) -> tuple[float | None, float | None, bool]:
     """SQNR in dB (None when exact), max error in steps (None without steps), exact."""
-    wf = np.asarray(w).reshape(-1)
-    hf = np.asarray(w_hat).reshape(-1)
-    # in float64 chunks of 64 Ki elements (cache-sized: three times faster than whole
-    # float64 copies of a large tensor); einsum, not np.dot: a BLAS ddot call costs ~2 ms
-    # here (OpenBLAS threads on 2 busy cores) against 30 us for the same sum
-    # (two float64 buffers reused across chunks: np.copyto / np.subtract cast float32 to
-    # float64 exactly as astype does, so the sums are those of fresh copies)
-    noise = signal = 0.0
-    n = min(wf.size, 1 << 16)
-    buf_a, buf_d = np.empty(n, np.float64), np.empty(n, np.float64)
-    for i in range(0, wf.size, 1 << 16):
-        w_c = wf[i:i + (1 << 16)]
-        a, d = buf_a[:w_c.size], buf_d[:w_c.size]
-        np.copyto(a, w_c)
-        np.subtract(a, hf[i:i + (1 << 16)], out=d)
-        noise += float(np.einsum("i,i->", d, d))
-        signal += float(np.einsum("i,i->", a, a))
+    from ..kernels.cpu.stats import error_sums
+
+    def flat(a):  # float32 / float64 as they are; float16, bfloat16 widened exactly
+        a = np.ascontiguousarray(a).reshape(-1)
+        return a if a.dtype in (np.float32, np.float64) else a.astype(np.float32)
+
+    wf, hf = flat(w), flat(w_hat)
+    # one pass in float64, the order of the sums fixed (kernels.cpu.stats); it releases the
+    # GIL, so the workers' reports overlap
+    signal, noise = error_sums(wf, hf)
     if noise == 0:
         return None, (0.0 if scheme.has_steps else None), True
     sq = 10 * math.log10(signal / noise) if signal > 0 else -math.inf
@@ -567,7 +560,7 @@ def _one_numba_thread() -> None:
 
 def _write_all(ck, planned, writer, fmt, nonfinite, calib, workers, report, progress):
     """Quantize on ``workers`` threads, read and write here in plan order (so the bytes do not
-    depend on ``workers``): at most ``workers`` tensors in flight."""
+    depend on ``workers``): at most ``workers + 1`` tensors being quantized or waiting."""
     def done(i, p, row):
         report.rows.append(row)
         if progress is not None:
@@ -589,31 +582,38 @@ def _write_all(ck, planned, writer, fmt, nonfinite, calib, workers, report, prog
 
     with ThreadPoolExecutor(workers, thread_name_prefix="refquant-compress",
                             initializer=_one_numba_thread) as pool:
-        window = deque()
+        window = deque()  # (index, planned, future or None for a copy), in plan order
 
         def drain_one():
             i, p, fut = window.popleft()
+            if fut is None:  # a tensor kept as it is: read and written in its turn
+                done(i, p, _one(ck, p, writer, fmt, nonfinite, calib))
+                return
             parts, row = fut.result()
             for name, a in parts:
                 writer.write(name, a)
             done(i, p, row)
 
         try:
+            busy = 0  # quantizations in the window
             for i, p in enumerate(planned):
-                if p.scheme is None:  # a copy: no work to overlap
-                    while window:
-                        drain_one()
-                    done(i, p, _one(ck, p, writer, fmt, nonfinite, calib))
+                if p.scheme is None:  # no work to overlap, and it must not stall the window
+                    window.append((i, p, None))
                     continue
-                w = _logical(ck, p)
+                w = _stored(ck, p)  # made float32 on the worker
                 window.append((i, p, pool.submit(_quantize_planned, p, w, nonfinite, calib)))
-                if len(window) >= workers:
+                busy += 1
+                # one tensor more than there are workers: a worker that finishes a small
+                # tensor starts the next while the oldest (perhaps a large one) still runs
+                while busy > workers:
+                    busy -= window[0][2] is not None
                     drain_one()
             while window:
                 drain_one()
         except BaseException:
             for _, _, f in window:
-                f.cancel()
+                if f is not None:
+                    f.cancel()
             raise
 
 
@@ -641,10 +641,17 @@ def _record(source: str, recipe_source: str, planned) -> dict:
 
 def _logical(ck, p: Planned) -> np.ndarray:
     """Tensor ``p`` as float32 in its logical shape (GGUF blocks dequantized)."""
+    return np.asarray(_stored(ck, p), np.float32)
+
+
+def _stored(ck, p: Planned) -> np.ndarray:
+    """Tensor ``p`` in its logical shape, in whatever float type the reader gives it (GGUF
+    blocks dequantized): what a worker turns into float32 (for a memory-mapped input that
+    is also where the bytes are read)."""
     info = ck.info(p.name)
     if info.scheme is not None and hasattr(ck, "dequantize"):
-        return np.asarray(ck.dequantize(p.name), np.float32)
-    return np.asarray(ck[p.name], np.float32)
+        return ck.dequantize(p.name)
+    return ck[p.name]
 
 
 def _one(ck, p: Planned, writer, fmt, nonfinite, calib=None) -> TensorRow:
@@ -666,6 +673,7 @@ def _quantize_planned(p: Planned, w, nonfinite, calib):
     from .methods import apply
 
     numel = math.prod(p.shape)
+    w = np.asarray(w, np.float32)
     _finite_or_refuse(p.name, w, nonfinite)
     parts = apply(p.scheme, w, p.treat, calib, p.name)
     out = []

@@ -33,8 +33,8 @@ from numba import njit, prange
 __all__ = ["nearest_index_into", "threshold_index_into", "blockwise_absmax_into", "bnb_4bit_packed_into",
            "dequantize_into"]
 
-_OPTS = dict(cache=True, error_model="numpy")
-_PAR = dict(cache=True, error_model="numpy", parallel=True)
+_OPTS = dict(cache=True, nogil=True, error_model="numpy")
+_PAR = dict(cache=True, nogil=True, error_model="numpy", parallel=True)
 _F32 = np.float32
 
 

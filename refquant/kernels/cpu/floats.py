@@ -53,8 +53,8 @@ _M, _EBITS, _EMIN, _SUBN, _SIGNED, _MAXCODE, _HASINF, _NANKIND, _SIGNBIT, _INFMA
 #: marker written for a NaN in a format without NaN under nan="raise" (above every 6/4-bit code)
 NAN_MARK = 0xFF
 
-_OPTS = dict(cache=True)
-_PAR = dict(cache=True, parallel=True)
+_OPTS = dict(cache=True, nogil=True)
+_PAR = dict(cache=True, nogil=True, parallel=True)
 
 _FRAC_MASK = np.uint64((1 << 52) - 1)
 _IMPLICIT = np.uint64(1 << 52)

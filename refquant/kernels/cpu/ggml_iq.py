@@ -26,8 +26,8 @@ __all__ = ["quantize_iq3", "dequantize_iq3"]
 
 _F32 = np.float32
 _FLT_MAX = np.float32(np.finfo(np.float32).max)
-_OPTS = dict(cache=True, error_model="numpy")
-_PAR = dict(cache=True, error_model="numpy", parallel=True)
+_OPTS = dict(cache=True, nogil=True, error_model="numpy")
+_PAR = dict(cache=True, nogil=True, error_model="numpy", parallel=True)
 
 
 @njit(**_OPTS)

@@ -52,8 +52,8 @@ _DELTA = np.float32(0.125)  # IQ1S_DELTA = IQ1M_DELTA
 _X_P = np.array([-0.875, 0.125, 1.125], np.float32)
 _X_M = np.array([-1.125, -0.125, 0.875], np.float32)
 
-_OPTS = dict(cache=True, error_model="numpy")
-_PAR = dict(cache=True, error_model="numpy", parallel=True)
+_OPTS = dict(cache=True, nogil=True, error_model="numpy")
+_PAR = dict(cache=True, nogil=True, error_model="numpy", parallel=True)
 
 
 @njit(**_OPTS)

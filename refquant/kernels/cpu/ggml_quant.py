@@ -63,8 +63,8 @@ _TENTH = np.float32(0.1)
 _FP16_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(_F32)
 
 # fastmath off (the default), float division by zero gives Inf/NaN as in C
-_OPTS = dict(cache=True, error_model="numpy")
-_PAR = dict(cache=True, error_model="numpy", parallel=True)
+_OPTS = dict(cache=True, nogil=True, error_model="numpy")
+_PAR = dict(cache=True, nogil=True, error_model="numpy", parallel=True)
 _CHUNK = 64  # blocks per prange step of the K-quant kernels (scratch allocated once per step)
 
 

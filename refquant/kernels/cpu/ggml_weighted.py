@@ -39,8 +39,8 @@ _EPS = np.float32(1e-15)  # GROUP_MAX_EPS
 _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
 _TENTH = np.float32(0.1)
-_OPTS = dict(cache=True, error_model="numpy")
-_PAR = dict(cache=True, error_model="numpy", parallel=True)
+_OPTS = dict(cache=True, nogil=True, error_model="numpy")
+_PAR = dict(cache=True, nogil=True, error_model="numpy", parallel=True)
 
 
 # --------------------------------------------------------------------------- searches

@@ -27,8 +27,8 @@ from .floats import _EMIN, _M, _MAXCODE, _NANKIND, _SIGNBIT, _pow2, decode_one, 
 
 __all__ = ["quantize_into", "dequantize_into"]
 
-_OPTS = dict(cache=True, error_model="numpy")
-_PAR = dict(cache=True, error_model="numpy", parallel=True)
+_OPTS = dict(cache=True, nogil=True, error_model="numpy")
+_PAR = dict(cache=True, nogil=True, error_model="numpy", parallel=True)
 
 
 @njit(**_OPTS)

@@ -30,8 +30,8 @@ CONVENTIONS = {"compressed-tensors": 0, "torchao": 1, "modelopt": 2}
 #: compressed-tensors' work dtype for amax_b / 6 -> code
 WORK_DTYPES = {"float32": 0, "bfloat16": 1, "float16": 2}
 
-_OPTS = dict(cache=True, error_model="numpy")
-_PAR = dict(cache=True, error_model="numpy", parallel=True)
+_OPTS = dict(cache=True, nogil=True, error_model="numpy")
+_PAR = dict(cache=True, nogil=True, error_model="numpy", parallel=True)
 
 _F32 = np.float32
 _SIX = _F32(6.0)

@@ -18,7 +18,7 @@ from numba import njit, prange
 
 __all__ = ["pack_into", "unpack_into"]
 
-_PAR = dict(cache=True, parallel=True)
+_PAR = dict(cache=True, nogil=True, parallel=True)
 
 
 @njit(**_PAR)
