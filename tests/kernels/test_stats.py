@@ -16,7 +16,7 @@ from refquant.kernels.cpu.stats import LANES, error_sums
 def _ordered(w, h):
     """The documented order, in Python floats: lane i % LANES, then the lanes in order."""
     s, e = [0.0] * LANES, [0.0] * LANES
-    for i, (a, b) in enumerate(zip(w.tolist(), h.tolist())):
+    for i, (a, b) in enumerate(zip(w.tolist(), h.tolist(), strict=True)):
         d = a - b
         s[i % LANES] += a * a
         e[i % LANES] += d * d
@@ -40,7 +40,7 @@ def test_error_sums_are_the_documented_order_bit_for_bit(w, noise, wide):
         h = h.astype(np.float64)
     got = error_sums(w, h)
     want = _ordered(w, h)
-    for g, x in zip(got, want):
+    for g, x in zip(got, want, strict=True):
         assert g == x or (math.isnan(g) and math.isnan(x))
 
 
