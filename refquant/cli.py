@@ -292,7 +292,8 @@ def _add_compress(sub):
         f"totals. Presets: {', '.join(PRESETS)}; llama-quantize's mixes (the type per tensor "
         f"that llama.cpp chooses, and for GGUF output also q8_0 / q4_0 / q6_k): "
         f"{', '.join(LLAMA_CPP_PRESETS)}; 2:4 (magnitude pruning); mixed:B (a mixed-precision "
-        "plan at B bits per weight); int{b}-g{G}; hqq-int{b}-g{G} (HQQ); or any format name "
+        "plan at B bits per weight; mixed:B:S1,S2,... chooses among the schemes named); "
+        "int{b}-g{G}; hqq-int{b}-g{G} (HQQ); or any format name "
         "of the registry. Hugging Face "
         f"folders (-o OUTDIR; config.json and tokenizer files copied): {', '.join(HF_SCHEMES)}.",
     )

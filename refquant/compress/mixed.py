@@ -14,7 +14,9 @@ Ladder (:data:`LADDER`): llama.cpp's block types ``q2_k`` (2.625 bits/weight),
 ``q3_k`` (3.4375), ``q4_k`` (4.5), ``q5_k`` (5.5), ``q6_k`` (6.5625) for rows that
 are a multiple of 256, ``q4_0`` (4.5), ``q5_0`` (5.5), ``q8_0`` (8.5) for
 multiples of 32, and ``f16``: their exact stored sizes, and every one of them
-writes to GGUF as well as to refquant's safetensors.
+writes to GGUF as well as to refquant's safetensors. ``mixed:B:S1,S2,...`` replaces the
+ladder with the schemes named (``mixed:5:q4_k,q6_k,q8_0``; for GGUF output each needs a
+ggml type).
 """
 
 from __future__ import annotations
@@ -44,11 +46,26 @@ class MixedRecipe(Recipe):
 
     @classmethod
     def from_preset(cls, name: str, output_format=None) -> MixedRecipe:
-        m = re.fullmatch(r"mixed:([0-9]+(?:\.[0-9]+)?)", name)
+        """``mixed:B``, or ``mixed:B:S1,S2,...`` to choose among schemes ``S1, S2, ...``
+        instead of :data:`LADDER` (any scheme names of refquant: ``mixed:5:q4_k,q6_k,q8_0``)."""
+        m = re.fullmatch(r"mixed:([0-9]+(?:\.[0-9]+)?)(?::([^:]+))?", name)
         if not m or not 0 < float(m.group(1)) <= 32:
             raise RefquantError(f"scheme {name!r}: expected mixed:B with B the average bits per "
-                                "weight, a number in (0, 32] (mixed:4.5)")
-        return cls(scheme="mixed", bits=float(m.group(1)),
+                                "weight, a number in (0, 32] (mixed:4.5), optionally followed "
+                                "by :S1,S2,... the schemes to choose from (mixed:5:q4_k,q8_0)")
+        ladder = LADDER
+        if m.group(2) is not None:
+            ladder = tuple(c.strip() for c in m.group(2).split(","))
+            if any(not c for c in ladder):
+                raise RefquantError(f"scheme {name!r}: an empty name in the list of schemes")
+            if len(set(ladder)) != len(ladder):
+                raise RefquantError(f"scheme {name!r}: a scheme is listed twice")
+            for c in ladder:
+                if c == KEEP or c.startswith("mixed"):
+                    raise RefquantError(f"scheme {name!r}: {c!r} cannot be a choice of a "
+                                        "mixed-precision plan")
+                get_scheme(c)  # an unknown name raises, with its suggestions
+        return cls(scheme="mixed", bits=float(m.group(1)), ladder=ladder,
                    source=f"--scheme {name} (mixed-precision plan)")
 
     def resolve(self, ck, calibration=None) -> Recipe:

@@ -392,3 +392,24 @@ def test_hqq_scheme_stores_hqqs_result(model, tmp_path):
         get_scheme("hqq-int7-g64")
     with pytest.raises(RefquantError, match=r"line 1: HQQ .* is a scheme"):
         load_recipe(_recipe(tmp_path, 'method = "hqq"\nscheme = "int4-g128"\n'))
+
+
+def test_mixed_preset_takes_the_list_of_schemes_to_choose_from(model, tmp_path, capsys):
+    d, _, _ = model
+    rep = compress(d / "m.safetensors", tmp_path / "x.safetensors", scheme="mixed:6:q4_0,q8_0",
+                   workers=1)
+    assert {r.scheme for r in rep.rows if r.scheme != "keep"} <= {"q4_0", "q8_0"}
+    assert rep.plan.total_bits <= 6 * rep.plan.numel
+    assert {lp.choice for lp in rep.plan.layers} == {"q4_0", "q8_0"}  # 6 bits: some of each
+    for bad, match in (("mixed:5:q4_x", "q4_x"), ("mixed:5:q4_0,,q8_0", "empty name"),
+                       ("mixed:5:q4_0,q4_0", "listed twice"), ("mixed:5:keep", "cannot be"),
+                       ("mixed:5:", "mixed:B")):
+        with pytest.raises(RefquantError, match=match):
+            compress(d / "m.safetensors", tmp_path / "z.safetensors", scheme=bad)
+    assert not (tmp_path / "z.safetensors").exists()
+    from refquant.cli import main
+
+    assert main(["compress", str(d / "m.safetensors"), "-o", str(tmp_path / "c.safetensors"),
+                 "--scheme", "mixed:5:q4_k,q6_k,q8_0,f16", "--quiet"]) == 0
+    got = rio.load_arrays(tmp_path / "c.safetensors")
+    assert got.keys()
