@@ -183,6 +183,7 @@ def quantize(
     seed=None,
     rng=None,
     out_dtype=None,
+    out=None,
     backend="auto",
 ) -> np.ndarray:
     """Quantize real values to integer codes of ``dtype``.
@@ -212,6 +213,11 @@ def quantize(
         For ``rounding="stochastic"`` only.
     out_dtype : dtype, optional
         Output dtype; default the format's storage dtype (int4 -> int8).
+    out : numpy.ndarray, optional
+        Where to write the codes: C-contiguous, writeable, ``x``'s shape, the output
+        dtype, sharing no memory with ``x``; returned. Reusing one buffer saves the
+        page faults of a fresh output (a third of the time of a 64M-element int8
+        call). As with NumPy's ``out=``, a call that raises may have written part of it.
     backend : {"auto", "numpy", "cpu"}
         ``"numpy"``: the NumPy body below (the reference); ``"cpu"``: the Numba
         kernel (:mod:`refquant.kernels.cpu.affine`, bit for bit the same codes);
@@ -260,15 +266,41 @@ def quantize(
         odt = np.dtype(fmt.storage_dtype if out_dtype is None else out_dtype)
     except TypeError:
         odt = None  # the reference's astype says what is wrong with it
+    if out is not None:
+        _check_out(out, xa, odt)
     if (resolve_backend(backend, xa.size, threshold=KERNEL_THRESHOLD, cuda=False) == "cpu"
             and isinstance(rounding, str) and rounding in ROUNDING_MODES
             and rounding != "stochastic" and odt in _NP_INT_DTYPES
             and _kernel_dtype(xa.dtype) is not None):
-        out = _quantize_cpu(xa, sk, zk, fmt, ft, _layout(xa.shape, axis, block_size), odt,
-                            rounding, scale_op, zero_point_stage, clamp_stage, overflow, nan, inf)
-        if out is not None:
-            return out
+        q = _quantize_cpu(xa, sk, zk, fmt, ft, _layout(xa.shape, axis, block_size), odt,
+                          rounding, scale_op, zero_point_stage, clamp_stage, overflow, nan, inf,
+                          dest=out)
+        if q is not None:
+            return q
         # the kernel flagged what the reference raises on: the reference says it
+    q = _quantize_numpy(xa, sc, zc, fmt, ft, axis, block_size, rounding, scale_op,
+                        zero_point_stage, clamp_stage, overflow, nan, inf, seed, rng, out_dtype)
+    if out is None:
+        return q
+    np.copyto(out, q, casting="no")
+    return out
+
+
+def _check_out(out, xa, odt):
+    if not isinstance(out, np.ndarray):
+        raise RefquantError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != xa.shape or out.dtype != odt:
+        raise RefquantError(f"out must have x's shape {xa.shape} and the output dtype {odt}; "
+                            f"got {out.shape} {out.dtype}")
+    if not (out.flags.c_contiguous and out.flags.writeable):
+        raise RefquantError("out must be C-contiguous and writeable")
+    if np.shares_memory(out, xa):
+        raise RefquantError("out shares memory with x, which quantize never modifies")
+
+
+def _quantize_numpy(xa, sc, zc, fmt, ft, axis, block_size, rounding, scale_op,
+                    zero_point_stage, clamp_stage, overflow, nan, inf, seed, rng, out_dtype):
+    """The reference body of :func:`quantize` (after its validation)."""
     xa = _as_float_array(xa, "x")
     s = broadcast_param(sc, xa.shape, axis, block_size, "scale").astype(ft)
     z = broadcast_param(zc, xa.shape, axis, block_size, "zero_point")
@@ -369,7 +401,7 @@ def _compact_param(p, shape, axis, block_size, name):
 
 
 def _quantize_cpu(xa, s, z, fmt, ft, lay, odt, rounding, scale_op, zero_point_stage,
-                  clamp_stage, overflow, nan, inf):
+                  clamp_stage, overflow, nan, inf, dest=None):
     """The Numba kernel's codes, or None where it flagged a condition the reference raises on."""
     from ..kernels.cpu import affine as kern
 
@@ -403,7 +435,7 @@ def _quantize_cpu(xa, s, z, fmt, ft, lay, odt, rounding, scale_op, zero_point_st
                                   # the flags matter only where the reference may raise
                                   inf == "raise" or nan in ("raise", "zero")
                                   or overflow != "saturate")
-    out = np.empty(xa.size, odt)
+    out = np.empty(xa.size, odt) if dest is None else dest.reshape(-1)
     a, n, c, b = lay
     flags = kern.run_tasks(kernel, a * -(-n // b), xa.size, _flat(xa), out, a, n, c, b, sf, rcp,
                            zft, zf, lo, hi, zfill, fmt.qmin, fmt.qmax, wlow, width,
@@ -412,7 +444,7 @@ def _quantize_cpu(xa, s, z, fmt, ft, lay, odt, rounding, scale_op, zero_point_st
             or flags & (kern.FLAG_RANGE | kern.FLAG_WRAP)
             or (nan == "zero" and flags & kern.FLAG_NAN_CODE and not fmt.qmin <= 0 <= fmt.qmax)):
         return None
-    return out.reshape(xa.shape)
+    return out.reshape(xa.shape) if dest is None else dest
 
 
 def _wrap(r: np.ndarray, fmt: IntFormat) -> np.ndarray:

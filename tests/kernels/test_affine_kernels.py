@@ -569,3 +569,32 @@ def test_run_tasks_runs_every_task_once_whichever_thread_claims_it(monkeypatch):
     for o in outs[1:]:
         np.testing.assert_array_equal(o, outs[0])
     np.testing.assert_array_equal(outs[0], quantize(x, 0.01, 3, backend="numpy"))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_quantize_writes_into_out(backend):
+    x = np.random.default_rng(8).standard_normal((300, 257)).astype(np.float32)
+    want = quantize(x, 0.02, 3, axis=None, backend="numpy")
+    buf = np.full(x.shape, 99, np.int8)
+    got = quantize(x, 0.02, 3, out=buf, backend=backend)
+    assert got is buf
+    np.testing.assert_array_equal(buf, want)
+    blocked = quantize(x, np.full((300, 3), 0.05), 0, axis=1, block_size=128, dtype="int4",
+                       backend="numpy")
+    buf4 = np.empty(x.shape, np.int8)
+    assert quantize(x, np.full((300, 3), 0.05), 0, axis=1, block_size=128, dtype="int4",
+                    out=buf4, backend=backend) is buf4
+    np.testing.assert_array_equal(buf4, blocked)
+    for bad, match in ((np.empty((300, 256), np.int8), "shape"),
+                       (np.empty(x.shape, np.int16), "dtype"),
+                       (np.empty((257, 300), np.int8).T, "C-contiguous"),
+                       ([0] * 5, "numpy.ndarray")):
+        with pytest.raises(RefquantError, match=match):
+            quantize(x, 0.02, out=bad, backend=backend)
+    ro = np.empty(x.shape, np.int8)
+    ro.flags.writeable = False
+    with pytest.raises(RefquantError, match="writeable"):
+        quantize(x, 0.02, out=ro, backend=backend)
+    xi = np.arange(64, dtype=np.int8)
+    with pytest.raises(RefquantError, match="shares memory"):
+        quantize(xi, 1.0, out=xi, backend=backend)
