@@ -191,6 +191,11 @@ def plan(ck, recipe: Recipe, fmt: str = "safetensors", has_imatrix: bool = False
 
 
 def _finite_or_refuse(name, w, nonfinite):
+    if w.dtype == np.float32 and w.flags.c_contiguous:
+        from ..kernels.cpu.ggml_quant import all_finite
+
+        if all_finite(w):  # one pass over the bits, no boolean array, the GIL released
+            return True
     bad = ~np.isfinite(w)
     if not bad.any():
         return True
@@ -218,6 +223,13 @@ def _measure(w, w_hat, scheme, parts, shape) -> tuple[float | None, float | None
         return None, (0.0 if scheme.has_steps else None), True
     sq = 10 * math.log10(signal / noise) if signal > 0 else -math.inf
     steps = None
+    if hasattr(scheme, "group_steps") and wf.size:
+        from ..kernels.cpu.stats import max_steps
+
+        st, group = scheme.group_steps(parts, shape)
+        steps = float(max_steps(wf.reshape(st.shape[0], -1), hf.reshape(st.shape[0], -1),
+                                np.ascontiguousarray(st), max(1, group)))
+        return (sq if math.isfinite(sq) else None), steps, False
     st = scheme.steps(parts, shape)
     if st is not None:
         # |w - w_hat| / step, its max taken over blocks of rows (~64 Ki elements: no
@@ -560,7 +572,8 @@ def _one_numba_thread() -> None:
 
 def _write_all(ck, planned, writer, fmt, nonfinite, calib, workers, report, progress):
     """Quantize on ``workers`` threads, read and write here in plan order (so the bytes do not
-    depend on ``workers``): at most ``workers + 1`` tensors being quantized or waiting."""
+    depend on ``workers``): the tensors in flight hold at most about twice the float32
+    bytes of the largest tensor (and never more than ``8 * workers`` tensors)."""
     def done(i, p, row):
         report.rows.append(row)
         if progress is not None:
@@ -594,8 +607,14 @@ def _write_all(ck, planned, writer, fmt, nonfinite, calib, workers, report, prog
                 writer.write(name, a)
             done(i, p, row)
 
+        # The window holds the tensors being quantized or waiting to be written. It may
+        # run ahead of its oldest tensor (a large one, say the output head in Q6_K) by
+        # up to twice the float32 bytes of the largest tensor, so that the other workers
+        # keep going meanwhile; memory stays a constant times the largest tensor.
+        budget = 2 * max((4 * math.prod(p.shape) for p in planned if p.scheme is not None),
+                         default=0)
         try:
-            busy = 0  # quantizations in the window
+            busy = held = 0  # quantizations in the window, their float32 bytes
             for i, p in enumerate(planned):
                 if p.scheme is None:  # no work to overlap, and it must not stall the window
                     window.append((i, p, None))
@@ -603,10 +622,12 @@ def _write_all(ck, planned, writer, fmt, nonfinite, calib, workers, report, prog
                 w = _stored(ck, p)  # made float32 on the worker
                 window.append((i, p, pool.submit(_quantize_planned, p, w, nonfinite, calib)))
                 busy += 1
-                # one tensor more than there are workers: a worker that finishes a small
-                # tensor starts the next while the oldest (perhaps a large one) still runs
-                while busy > workers:
-                    busy -= window[0][2] is not None
+                held += 4 * math.prod(p.shape)
+                while busy > workers and (held > budget or busy > 8 * workers):
+                    _, q, f = window[0]
+                    if f is not None:
+                        busy -= 1
+                        held -= 4 * math.prod(q.shape)
                     drain_one()
             while window:
                 drain_one()

@@ -147,12 +147,13 @@ class IntegerScheme(Scheme):
         scales and zero points (GPTQ's results land here)."""
         from ..kernels.packing import pack_nibbles
 
-        q = np.asarray(q).astype(np.int64)
+        q = np.asarray(q)
         scale = np.asarray(scale, np.float32).reshape(self.parts(shape)[1].shape)
         if self._packed():
-            codes = pack_nibbles(q & 0xF, axis=1)  # two's complement nibbles for signed codes
-        else:
-            codes = q.astype(self._code_dtype()).reshape(shape)
+            # two's complement nibbles for signed codes
+            codes = pack_nibbles(q.astype(np.int64) & 0xF, axis=1)
+        else:  # codes on the grid: the cast is exact (integral floats included)
+            codes = q.astype(self._code_dtype(), copy=False).reshape(shape)
         out = {"": codes, "_scale": scale}
         if not self.symmetric:
             out["_zero_point"] = np.asarray(zero_point).astype(self._code_dtype()).reshape(
@@ -187,6 +188,20 @@ class IntegerScheme(Scheme):
         scale = np.asarray(parts["_scale"]).astype(np.float32).reshape(rows, -1)
         zero = (None if self.symmetric
                 else np.asarray(parts["_zero_point"]).reshape(rows, -1))
+        if np.isfinite(scale).all() and (scale > 0).all():
+            # refquant.dequantize computes the same exact (q - z) * s rounded once, on its
+            # Numba kernel (the loop below stays for scales it refuses: zero, Inf, NaN)
+            from ..quant.affine import dequantize
+
+            q = (self._codes({"": codes}, (rows, cols)) if self._packed()
+                 else codes.reshape(rows, cols))
+            z = 0 if zero is None else zero
+            if self.group is None:
+                out = dequantize(q, scale.reshape(rows), z if zero is None else
+                                 zero.reshape(rows), axis=0)
+            else:
+                out = dequantize(q, scale, z, axis=1, block_size=self.group)
+            return out.reshape(shape)
         out = np.empty((rows, cols), np.float32)
         by = max(1, (1 << 15) // max(1, cols))
         for r in range(0, rows, by):
@@ -202,6 +217,13 @@ class IntegerScheme(Scheme):
     def steps(self, parts, shape):
         return self._expand(parts["_scale"], shape).reshape(
             (shape[0], -1) if len(shape) else (1, 1))
+
+    def group_steps(self, parts, shape):
+        """``(steps, group)``: the step of each group, float64 of shape (rows, groups), and
+        the group's width (``cols`` per channel); :meth:`steps` without the expansion."""
+        rows, cols, groups = self._layout(shape)
+        st = np.asarray(parts["_scale"], np.float64).reshape(rows, groups)
+        return st, (cols if self.group is None else self.group)
 
     def describe(self):
         return {"scheme": self.name, "format": self.fmt.name, "symmetric": self.symmetric,

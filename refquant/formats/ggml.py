@@ -1489,6 +1489,12 @@ def ggml_block_formats() -> dict[str, GGMLBlockFormat]:
 
     The IQ1 / IQ2 / IQ3 types are registered by :mod:`refquant.formats.ggml_iq`.
     """
-    from ._registry import get_format
+    global _BLOCK_FORMATS
+    if _BLOCK_FORMATS is None:  # get_format imports every family once; after that, fixed
+        from ._registry import get_format
 
-    return {name: get_format(name) for name in GGML_BLOCK_TABLE}
+        _BLOCK_FORMATS = {name: get_format(name) for name in GGML_BLOCK_TABLE}
+    return dict(_BLOCK_FORMATS)  # the caller's own dict
+
+
+_BLOCK_FORMATS = None

@@ -598,3 +598,28 @@ def test_quantize_writes_into_out(backend):
     xi = np.arange(64, dtype=np.int8)
     with pytest.raises(RefquantError, match="shares memory"):
         quantize(xi, 1.0, out=xi, backend=backend)
+
+
+@settings(deadline=None, max_examples=200)
+@given(data=st.data())
+def test_minmax_lanes_on_long_groups_of_zeros_nan_and_inf(data):
+    """Groups longer than the kernel's 64 lanes, of zeros of both signs, NaN, Inf and a few
+    other values: the reference's values (a zero's sign is the CPU's: NumPy's
+    minimum.reduce leaves it to its SIMD loop, so it is not compared)."""
+    rows = data.draw(st.integers(1, 3))
+    cols = data.draw(st.integers(0, 300))
+    x = data.draw(hnp.arrays(np.float32, (rows, cols), elements=st.sampled_from(
+        [0.0, -0.0, 0.0, -0.0, np.nan, 1.5, -2.0, np.inf])))
+    for axis in (None, 0):
+        if axis is None and rows * cols == 0:
+            continue
+        try:
+            want = minmax_range(x, axis=axis, backend="numpy")
+        except RefquantError:
+            with pytest.raises(RefquantError):
+                minmax_range(x, axis=axis, backend="cpu")
+            continue
+        got = minmax_range(x, axis=axis, backend="cpu")
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == w.dtype and g.shape == w.shape
+            np.testing.assert_array_equal(g, w)

@@ -69,3 +69,22 @@ def test_error_sums_without_jit():
         assert abs(s - float((w.astype(np.float64) ** 2).sum())) < 1e-9, s
         assert e == 300 * 0.0625, e
     """))
+
+
+@settings(deadline=None, max_examples=150)
+@given(data=st.data())
+def test_max_steps_is_numpys_max_of_the_quotients(data):
+    from refquant.kernels.cpu.stats import max_steps
+
+    rows, cols = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 40))
+    group = data.draw(st.sampled_from([cols, 1, 3, 8, 16]))
+    groups = -(-cols // group)
+    el = st.floats(-1e3, 1e3, width=32) | st.sampled_from([0.0, -0.0, np.nan])
+    w = data.draw(hnp.arrays(np.float32, (rows, cols), elements=el))
+    h = data.draw(hnp.arrays(np.float32, (rows, cols), elements=el))
+    steps = data.draw(hnp.arrays(np.float64, (rows, groups), elements=st.sampled_from(
+        [0.5, 1e-3, 3.0, 0.0, np.inf, 1e-300])))
+    with np.errstate(all="ignore"):
+        want = (np.abs(w.astype(np.float64) - h) / np.repeat(steps, group, axis=1)[:, :cols]).max()
+    got = max_steps(w, h, steps, group)
+    assert got == want or (np.isnan(got) and np.isnan(want))

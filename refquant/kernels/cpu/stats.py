@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["error_sums"]
+__all__ = ["error_sums", "max_steps"]
 
 
 #: accumulators per sum: element i is added to lane i % LANES
@@ -57,3 +57,38 @@ def error_sums(w, w_hat):
         signal += s[k]
         noise += e[k]
     return signal, noise
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def max_steps(w, w_hat, steps, group):
+    """``max |w - w_hat| / step`` over ``w``, ``w_hat`` of shape (rows, cols) (float32 or
+    float64), element ``(r, c)`` divided by ``steps[r, c // group]`` (float64, ``steps`` of
+    shape (rows, ceil(cols / group)); ``group = cols`` for one step per row): the difference
+    and its absolute value in float64, one division, the maximum exact, the same value as
+    ``(np.abs(w64 - w_hat) / steps_expanded).max()``. NaN anywhere gives NaN (as NumPy's
+    ``max``); no element gives 0."""
+    rows, cols = w.shape
+    m = 0.0
+    nan = False
+    for r in range(rows):
+        for g in range(steps.shape[1]):
+            st = steps[r, g]
+            c0 = g * group
+            ws = w[r, c0:min(c0 + group, cols)]
+            hs = w_hat[r, c0:min(c0 + group, cols)]
+            if st > 0 and st < np.inf:
+                # a / st rounds monotonically in a: the largest quotient is that of the largest
+                # |error|, so one division per group (selects, no branch: the loop vectorises)
+                a = 0.0
+                for c in range(ws.size):
+                    d = abs(np.float64(ws[c]) - np.float64(hs[c]))
+                    nan |= d != d
+                    a = d if d > a else a
+                e = a / st
+                m = e if e > m else m
+            else:  # a zero, infinite or NaN step: every quotient as it comes
+                for c in range(ws.size):
+                    e = abs(np.float64(ws[c]) - np.float64(hs[c])) / st
+                    nan |= e != e
+                    m = e if e > m else m
+    return np.nan if nan else m
