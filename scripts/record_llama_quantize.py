@@ -47,6 +47,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -198,6 +199,9 @@ def _sha(b) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "tests" / "data" / "llama_quantize"))
+    ap.add_argument("--keep", default=None, metavar="DIR",
+                    help="also keep the quantized files (DIR/tiny-<preset>.gguf, "
+                    "DIR/imatrix/tiny-<preset>.gguf)")
     args = ap.parse_args()
     import gguf
     from tiny_llama import write_tiny_imatrix, write_tiny_llama
@@ -206,7 +210,9 @@ def main() -> None:
     from importlib.metadata import version
 
     peer = f"llama-cpp-cffi {version('llama-cpp-cffi')} ({so.name})"
-    out = Path(args.out)
+    out = Path(args.out).resolve()
+    if args.keep:
+        args.keep = str(Path(args.keep).resolve())
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "tiny-f16.gguf"
@@ -242,6 +248,10 @@ def main() -> None:
                     helper.rq_kv_free(kv)
                 if rc != 0:
                     sys.exit(f"llama_model_quantize failed for {preset} (rc {rc})")
+                if args.keep:
+                    keep_dir = Path(args.keep) / ("imatrix" if with_imatrix else "")
+                    keep_dir.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(dst, keep_dir / dst.name)
                 r = gguf.GGUFReader(dst)
                 meta = ["general.file_type", "general.quantization_version"]
                 if with_imatrix:
