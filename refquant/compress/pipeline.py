@@ -463,7 +463,13 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
                             "folder or FOLDER/model.safetensors.index.json, not "
                             f"{os.fspath(dst)!r}")
     report = CompressReport(os.fspath(src), os.fspath(dst), rec.source)
-    with rio.open(src) as ck:
+    llama_hf = None  # a Hugging Face llama folder written as llama.cpp's GGUF
+    if fmt == "gguf":
+        from .hf_gguf import is_llama_folder
+
+        if is_llama_folder(src):
+            llama_hf = src
+    with _open_input(src, llama_hf) as ck:
         planned = plan(ck, rec, fmt, has_imatrix=bool(calib is not None and calib.imatrix))
         if nonfinite == "keep":
             _keep_nonfinite(ck, planned)
@@ -477,7 +483,13 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
             import gguf
 
             fields, arch = ([], None)
-            if ck.format == "gguf":
+            if llama_hf is not None:
+                from .hf_gguf import llama_fields
+
+                fields, note = llama_fields(llama_hf, ck.hp)
+                arch = "llama"
+                report.notes.append(note)
+            elif ck.format == "gguf":
                 fields, arch = _gguf_fields(src)
             if isinstance(rec, LlamaCppRecipe):
                 # llama-quantize writes the tensors in its model loader's order
@@ -514,6 +526,22 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
     if getattr(rec, "plan", None) is not None:
         report.plan = rec.plan
     return report
+
+
+def _open_input(src, llama_hf):
+    """The input checkpoint; a llama folder for GGUF output under llama.cpp's names."""
+    from .. import io as rio
+
+    ck = rio.open(src)
+    if llama_hf is None:
+        return ck
+    from .hf_gguf import LlamaFolderView
+
+    try:
+        return LlamaFolderView(ck, llama_hf)
+    except BaseException:
+        ck.close()
+        raise
 
 
 def _workers(workers) -> int:

@@ -43,6 +43,8 @@ class CompressReport:
     output: str
     recipe: str
     rows: list[TensorRow] = field(default_factory=list)
+    #: remarks on the whole output (what a conversion could not reproduce, ...)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def bytes_in(self) -> int:
@@ -61,8 +63,11 @@ class CompressReport:
                 "bits_per_weight": 8 * self.bytes_out / weights if weights else None}
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "output": self.output, "recipe": self.recipe,
-                "tensors": [asdict(r) for r in self.rows], "totals": self.totals()}
+        out = {"source": self.source, "output": self.output, "recipe": self.recipe,
+               "tensors": [asdict(r) for r in self.rows], "totals": self.totals()}
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
 
     def to_json(self) -> str:
         # strict JSON: allow_nan=False refuses any NaN / Infinity that slipped through
@@ -105,4 +110,5 @@ class CompressReport:
         for why, names in kept.items():
             shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
             lines.append(f"kept ({why}): {shown}")
+        lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
