@@ -537,6 +537,14 @@ def _dequantize_cpu(qa, s, z, lay, odt, prec32):
         qa = qa.astype(np.int8 if qa.dtype.name.startswith("int") else np.uint8)
     zfloat = z.dtype.kind == "f"
     zk = z.astype(np.float64) if zfloat else z.astype(np.int64)
+    if (not prec32 and odt == np.float32 and not zfloat and qa.dtype.itemsize <= 2
+            and qa.dtype.kind in "iub" and np.abs(zk).max(initial=0) < 2**20):
+        # the exact (q - z) * s rounded once to float32 IS float32(q - z) * float32(s) when
+        # |q - z| < 2^24 (exact in float32) and s is a float32 (then the float32 product is
+        # the correctly rounded exact one): the float32 kernel, which vectorises
+        s64 = s.astype(np.float64)
+        s32 = s64.astype(np.float32)
+        prec32 = bool(np.array_equal(s32.astype(np.float64), s64))
     sk = s.astype(np.float32) if prec32 else s.astype(np.float64)
     out = np.empty(qa.size, odt)
     a, n, c, b = lay

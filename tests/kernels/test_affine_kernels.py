@@ -623,3 +623,23 @@ def test_minmax_lanes_on_long_groups_of_zeros_nan_and_inf(data):
         for g, w in zip(got, want, strict=True):
             assert g.dtype == w.dtype and g.shape == w.shape
             np.testing.assert_array_equal(g, w)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_dequantize_float32_scales_of_small_codes_take_the_float32_product(data):
+    """int8 / uint8 / int16 codes, integer zero points and float32 scales: the kernel's
+    float32 product (exact difference, one rounding) is the reference's exact product
+    rounded once, subnormal and overflowing scales included."""
+    qdt = data.draw(st.sampled_from([np.int8, np.uint8, np.int16, np.bool_]))
+    rows, cols = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 300))
+    info = np.iinfo(np.uint8 if qdt is np.bool_ else qdt)
+    q = data.draw(hnp.arrays(qdt, (rows, cols), elements=st.booleans() if qdt is np.bool_
+                             else st.integers(int(info.min), int(info.max))))
+    s = data.draw(hnp.arrays(np.float32, rows, elements=st.floats(
+        float(np.float32(1e-45)), float(np.float32(3e38)), width=32) | st.sampled_from(
+        [np.float32(1e-45), np.float32(3.0e38), np.float32(1 / 3)])))
+    z = data.draw(hnp.arrays(np.int64, rows, elements=st.integers(-1000, 1000)))
+    want = dequantize(q, s, z, axis=0, backend="numpy")
+    got = dequantize(q, s, z, axis=0, backend="cpu")
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
