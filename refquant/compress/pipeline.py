@@ -163,9 +163,10 @@ def plan(ck, recipe: Recipe, fmt: str = "safetensors", has_imatrix: bool = False
         else:
             sname, why = recipe.decide(name, np.dtype(np.float32) if raw else info.dtype, shape)
         scheme = None
-        if sname == "dense":  # pruned weights stored in their own float type
-            sname = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(
+        if sname in ("dense", "sparse24"):  # pruned weights in their own float type
+            kind = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(
                 np.dtype(np.float32 if raw else info.dtype).name, "f32")
+            sname = kind if sname == "dense" else f"sparse24-{kind}"
         if sname != KEEP:
             scheme = get_scheme(sname)
             bad = scheme.unsupported(shape)

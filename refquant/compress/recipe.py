@@ -160,6 +160,9 @@ def preset_recipe(scheme: str, output_format: str | None = None) -> Recipe:
     """
     if scheme == "2:4":
         return Recipe(scheme="dense", prune="2:4", source="--scheme 2:4 (magnitude 2:4 pruning)")
+    if scheme == "2:4-sparse":
+        return Recipe(scheme="sparse24", prune="2:4",
+                      source="--scheme 2:4-sparse (magnitude 2:4 pruning, stored 2:4-compressed)")
     if isinstance(scheme, str) and scheme.startswith("mixed:"):
         from .mixed import MixedRecipe
 
@@ -177,7 +180,7 @@ _RULE_KEYS = {"pattern", "scheme", "required", "method", "prune", "score"}
 
 
 def _scheme_ok(name, where):
-    if name in (KEEP, "dense"):
+    if name in (KEEP, "dense", "sparse24"):
         return
     try:
         get_scheme(name)

@@ -470,8 +470,61 @@ class NVFP4Scheme(Scheme):
                 "packing": "nibbles low_first", "scale": "float8_e4m3fn codes"}
 
 
+class Sparse24Scheme(Scheme):
+    """2:4-sparse weights stored compactly, as compressed-tensors' ``sparse-24-bitmask``
+    encodes them: ``NAME`` the two kept values of every four consecutive inputs, shape
+    (rows, cols / 2), in the float type (float32, float16 or bfloat16), and
+    ``NAME_bitmask`` which four positions they came from, one bit per weight, LSB first
+    (rows, ceil(cols / 8)) uint8. The two kept are the two largest magnitudes of the four
+    (:func:`refquant.io.layouts.ctsparse.mask_24`, compressed-tensors 0.14's
+    ``get_24_bytemasks`` with torch's tie order); after 2:4 pruning they are the weights the
+    pruning kept. 2-D weights whose width is a multiple of 4; refquant's own safetensors
+    only (no ggml type; transformers with compressed-tensors 0.20 no longer decompresses
+    the format, see ctsparse)."""
+
+    has_steps = False
+
+    def __init__(self, name, dtype):
+        import ml_dtypes
+
+        self.name = name
+        self.dtype = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+
+    def unsupported(self, shape):
+        if len(shape) != 2 or shape[1] % 4:
+            return "2:4 storage needs a 2-D weight whose width is a multiple of 4"
+        return None
+
+    def parts(self, shape):
+        rows, cols = shape
+        return [Part("", self.dtype, (rows, cols // 2)),
+                Part("_bitmask", np.dtype(np.uint8), (rows, -(-cols // 8)))]
+
+    def quantize(self, w):
+        from ..io.layouts.ctsparse import mask_24
+
+        d = np.asarray(w, np.float32).astype(self.dtype)
+        mask = mask_24(d)
+        return {"": d[mask].reshape(d.shape[0], d.shape[1] // 2),
+                "_bitmask": np.packbits(mask, axis=-1, bitorder="little")}
+
+    def dequantize(self, parts, shape):
+        rows, cols = shape
+        mask = np.unpackbits(np.asarray(parts["_bitmask"]).reshape(rows, -1), axis=-1,
+                             count=cols, bitorder="little").astype(bool)
+        out = np.zeros((rows, cols), np.float32)
+        out[mask] = np.asarray(parts[""], np.float32).reshape(-1)
+        return out
+
+    def describe(self):
+        return {"scheme": self.name, "layout": "sparse-24-bitmask", "dtype": self.dtype.name}
+
+
 def _named():
     return {
+        "sparse24-f32": lambda: Sparse24Scheme("sparse24-f32", np.float32),
+        "sparse24-f16": lambda: Sparse24Scheme("sparse24-f16", np.float16),
+        "sparse24-bf16": lambda: Sparse24Scheme("sparse24-bf16", "bfloat16"),
         "int8": lambda: IntegerScheme("int8", "int8", symmetric=True),
         "int4-g128": lambda: IntegerScheme("int4-g128", "uint4", symmetric=False, group=128),
         "int4-g32": lambda: IntegerScheme("int4-g32", "uint4", symmetric=False, group=32),

@@ -413,3 +413,31 @@ def test_mixed_preset_takes_the_list_of_schemes_to_choose_from(model, tmp_path, 
                  "--scheme", "mixed:5:q4_k,q6_k,q8_0,f16", "--quiet"]) == 0
     got = rio.load_arrays(tmp_path / "c.safetensors")
     assert got.keys()
+
+
+def test_preset_2_4_sparse_stores_half_the_values_and_a_bitmask(model, tmp_path):
+    """--scheme 2:4-sparse: the same weights as --scheme 2:4, stored as compressed-tensors'
+    sparse-24-bitmask encodes them (values and bitmask equal to its encoding of the dense
+    pruned weight), 9/16 of the bytes for bfloat16 / float16, and decompress restores them."""
+    from refquant.compress import decompress
+    from refquant.io.layouts.ctsparse import sparse24_bitmask_tensors
+
+    d, w, _ = model
+    dense_rep = compress(d / "m.safetensors", tmp_path / "d.safetensors", scheme="2:4")
+    rep = compress(d / "m.safetensors", tmp_path / "s.safetensors", scheme="2:4-sparse")
+    dense = rio.load_arrays(tmp_path / "d.safetensors")
+    got = rio.load_arrays(tmp_path / "s.safetensors")
+    n = "model.layers.2.mlp.up_proj.weight"
+    ct = sparse24_bitmask_tensors("x", dense[n])
+    np.testing.assert_array_equal(got[n], ct["x.compressed"])
+    np.testing.assert_array_equal(got[n + "_bitmask"], ct["x.bitmask"])
+    rows = {r.name: r for r in rep.rows}
+    drows = {r.name: r for r in dense_rep.rows}
+    assert rows[n].scheme.startswith("sparse24-")
+    assert rows[n].bytes_out * 16 == drows[n].bytes_out * 9 or dense[n].dtype == np.float32
+    assert rows[n].sqnr_db == pytest.approx(drows[n].sqnr_db)
+    decompress(tmp_path / "s.safetensors", tmp_path / "back.safetensors")
+    back = rio.load_arrays(tmp_path / "back.safetensors")
+    np.testing.assert_array_equal(back[n], np.asarray(dense[n], np.float32))
+    with pytest.raises(RefquantError, match="no ggml type"):
+        compress(d / "m.safetensors", tmp_path / "s.gguf", scheme="2:4-sparse")
