@@ -76,8 +76,8 @@ def test_error_sums_without_jit():
 def test_max_steps_is_numpys_max_of_the_quotients(data):
     from refquant.kernels.cpu.stats import max_steps
 
-    rows, cols = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 40))
-    group = data.draw(st.sampled_from([cols, 1, 3, 8, 16]))
+    rows, cols = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 40) | st.integers(250, 600))
+    group = data.draw(st.sampled_from([cols, 1, 3, 8, 16, 300]))
     groups = -(-cols // group)
     el = st.floats(-1e3, 1e3, width=32) | st.sampled_from([0.0, -0.0, np.nan])
     w = data.draw(hnp.arrays(np.float32, (rows, cols), elements=el))
@@ -88,3 +88,20 @@ def test_max_steps_is_numpys_max_of_the_quotients(data):
         want = (np.abs(w.astype(np.float64) - h) / np.repeat(steps, group, axis=1)[:, :cols]).max()
     got = max_steps(w, h, steps, group)
     assert got == want or (np.isnan(got) and np.isnan(want))
+
+
+def test_max_steps_past_its_256_element_chunks():
+    from refquant.kernels.cpu.stats import max_steps
+
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((3, 700)).astype(np.float32)
+    h = (w + 0.01 * rng.standard_normal(w.shape)).astype(np.float32)
+    h[2, 611] = w[2, 611] + 5  # the largest error, in a third chunk
+    steps = np.array([[0.5], [0.25], [0.125]])
+    want = (np.abs(w.astype(np.float64) - h) / steps).max()
+    assert max_steps(w, h, steps, 700) == want
+    h[1, 513] = np.nan
+    assert np.isnan(max_steps(w, h, steps, 700))
+    g = np.full((3, 3), 0.5)
+    h[1, 513] = w[1, 513]
+    assert max_steps(w, h, g, 300) == (np.abs(w.astype(np.float64) - h) / 0.5).max()

@@ -70,6 +70,8 @@ def max_steps(w, w_hat, steps, group):
     rows, cols = w.shape
     m = 0.0
     nan = False
+    buf = np.empty(_CHUNK)
+    bits = buf.view(np.int64)
     for r in range(rows):
         for g in range(steps.shape[1]):
             st = steps[r, g]
@@ -77,14 +79,22 @@ def max_steps(w, w_hat, steps, group):
             ws = w[r, c0:min(c0 + group, cols)]
             hs = w_hat[r, c0:min(c0 + group, cols)]
             if st > 0 and st < np.inf:
-                # a / st rounds monotonically in a: the largest quotient is that of the largest
-                # |error|, so one division per group (selects, no branch: the loop vectorises)
-                a = 0.0
-                for c in range(ws.size):
-                    d = abs(np.float64(ws[c]) - np.float64(hs[c]))
-                    nan |= d != d
-                    a = d if d > a else a
-                e = a / st
+                # a / st rounds monotonically in a: the largest quotient is that of the
+                # largest |error|, so one division per group. The largest |error| is taken on
+                # the bits: a non-negative float64's bits order as its value, and a NaN's lie
+                # above +Inf's; an integer max vectorises where a float one may not (NaN)
+                top = np.int64(0)
+                for k0 in range(0, ws.size, _CHUNK):
+                    k1 = min(k0 + _CHUNK, ws.size)
+                    for c in range(k1 - k0):
+                        buf[c] = abs(np.float64(ws[k0 + c]) - np.float64(hs[k0 + c]))
+                    for c in range(k1 - k0):
+                        top = bits[c] if bits[c] > top else top
+                if top > _INF_BITS:
+                    nan = True
+                    continue
+                bits[0] = top
+                e = buf[0] / st
                 m = e if e > m else m
             else:  # a zero, infinite or NaN step: every quotient as it comes
                 for c in range(ws.size):
@@ -92,3 +102,7 @@ def max_steps(w, w_hat, steps, group):
                     nan |= e != e
                     m = e if e > m else m
     return np.nan if nan else m
+
+
+_CHUNK = 256
+_INF_BITS = np.int64(0x7FF0000000000000)
