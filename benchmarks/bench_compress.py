@@ -28,7 +28,9 @@ loaded machine, where wall time depends on what else runs). What each side does:
   check it finite, quantize with llama-quantize's type choice (so ``output.weight``
   becomes Q6_K under ``q4_0``, and 1-D norms stay F32), dequantize it and compute
   the report (SQNR, max error in steps), write the output file, rename it into
-  place. Numba's cached kernels are loaded (a tiny compress) before its clock starts.
+  place. Numba's cached kernels are loaded (a tiny compress) before its clock starts, and
+  glibc's malloc is set to keep freed blocks (``refquant.cli.tune_allocator``, as the
+  ``refquant`` command does; the library alone leaves the process's allocator as it is).
   ``w1`` runs on one thread in all (Numba's kernels included), like gguf-py.
 * gguf-py: read every tensor (the safetensors shards), convert bf16 to float32 and
   quantize every 2-D tensor with ``gguf.quants.quantize`` (``output.weight`` in the
@@ -157,7 +159,10 @@ def _one(kind: str, ck: dict, out: str) -> dict:
             shutil.copyfile(idx.parent / s, Path(out) / s)
         return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0}
     if kind.startswith("refquant"):
+        from refquant.cli import tune_allocator
         from refquant.compress import compress
+
+        tune_allocator()  # as the refquant command does before it runs
 
         # load Numba's cached kernels (one per argument type: bf16 GGUF memmaps included)
         # and import what the run imports before the clock starts: the same compress on

@@ -452,6 +452,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def tune_allocator() -> bool:
+    """Ask glibc's malloc to keep freed blocks for reuse: what the ``refquant`` command does
+    before it runs (not the library, whose callers own their process).
+
+    A compression allocates and frees a few arrays the size of each tensor; by default glibc
+    hands blocks above its (dynamic) mmap threshold back to the kernel and trims the heap,
+    so every tensor's arrays are fresh pages, faulted in and zeroed again (about 16 ms of a
+    42 ms int8 run of a 30 MB checkpoint, bench_compress.py). Blocks up to 32 MiB (glibc's
+    limit) now come from the heap, which is trimmed only above 1 GiB free and grows by
+    64 MiB at a time. Peak memory is unchanged; memory is returned when the process ends.
+    Returns whether the settings took (False off glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # malloc.h
+    return all(mallopt(k, v) == 1 for k, v in ((m_mmap_threshold, 32 << 20),
+                                                (m_trim_threshold, 1 << 30),
+                                                (m_top_pad, 64 << 20)))
+
+
+def console_main() -> int:
+    """The ``refquant`` command: :func:`tune_allocator`, then :func:`main`."""
+    tune_allocator()
+    return main()
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -471,4 +503,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -167,3 +167,17 @@ def test_quantize_of_text_says_what_it_accepts():
 
     with pytest.raises(refquant.RefquantError, match="real numbers .floating-point, integer"):
         refquant.quantize("abc", 0.1)
+
+
+def test_the_command_entry_tunes_glibcs_allocator(tmp_path):
+    """tune_allocator (what console_main, the ``refquant`` command, calls first) takes on
+    glibc, in a child process; ``python -m refquant`` runs through it."""
+    import subprocess
+    import sys
+
+    code = ("import refquant.cli as c, sys; ok = c.tune_allocator(); "
+            "sys.exit(0 if ok or not sys.platform.startswith('linux') else 1)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    r = subprocess.run([sys.executable, "-m", "refquant", "--version"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and r.stdout.startswith("refquant ")
