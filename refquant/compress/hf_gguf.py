@@ -32,6 +32,9 @@ run that tokenizer, and writes ``"default"`` (llama.cpp's GPT-2 regex) and says 
 the report's reason. A SentencePiece ``tokenizer.model`` (Llama 1 / 2, Mistral v0.1) is
 not converted: refused with a RefquantError.
 
+Recipe rules and imatrix entries then name the tensors as llama.cpp does
+(``blk.*.attn_q.weight``), as llama-quantize and llama-imatrix name them.
+
 Reference: ggml-org/llama.cpp ``convert_hf_to_gguf.py`` (``LlamaModel``, ``TextModel.
 set_gguf_parameters``, ``get_vocab_base``, ``_set_vocab_gpt2``) and gguf-py 0.19.
 """
@@ -128,7 +131,13 @@ class LlamaFolderView(LazyCheckpoint):
                                     4 * info.numel if one_d else info.nbytes,
                                     "F32" if one_d else info.stored_dtype)
             self._src[new] = name
-        super().__init__(inner.path, infos, inner.metadata)
+        # llama.cpp's hyper-parameter keys too: llama-quantize's type choice reads the
+        # block count and the heads per KV head (iq4_xs) from them
+        meta = dict(inner.metadata)
+        meta.update({"general.architecture": "llama", "llama.block_count": self.hp["n_layer"],
+                     "llama.attention.head_count": self.hp["n_head"],
+                     "llama.attention.head_count_kv": self.hp["n_kv"]})
+        super().__init__(inner.path, infos, meta)
         self.format = inner.format
 
     def _read(self, name):

@@ -119,3 +119,31 @@ def test_what_is_not_converted_is_refused(folder, tmp_path):
 
     with rio.open(tmp_path / "c.safetensors") as ck:
         assert any(n.startswith("model.layers.0.self_attn.q_proj.weight") for n in ck)
+
+
+def test_llama_cpp_mixes_read_the_folders_hyper_parameters(folder, tmp_path):
+    """q4_k_m / iq4_xs from a Hugging Face folder choose types as llama-quantize does on the
+    converted model: the layer count and heads per KV head come from config.json."""
+    from refquant.compress.llamacpp import select_types
+
+    d, hf = folder
+    rep = compress(d, tmp_path / "m.gguf", scheme="iq4_xs")
+    r, t = _read(tmp_path / "m.gguf")
+    shapes = [(n, tuple(int(x) for x in reversed(v.shape.tolist())), True) for n, v in t.items()]
+    want = select_types(shapes, "iq4_xs", n_layer=N_LAYER, n_gqa=N_HEAD // N_KV)
+    for n, v in t.items():
+        exp = want[n].ggml_type or ("F32" if v.tensor_type.name == "F32" else None)
+        assert exp is None or v.tensor_type.name == exp, n
+    assert {x.name for x in rep.rows} == set(t)
+
+
+def test_the_folder_view_carries_llama_cpps_hyper_parameter_keys(folder):
+    import refquant.io as rio
+    from refquant.compress.hf_gguf import LlamaFolderView
+    from refquant.compress.pipeline import _n_gqa, _n_layer
+
+    d, _ = folder
+    with LlamaFolderView(rio.open(d), d) as v:
+        assert _n_layer(v) == N_LAYER and _n_gqa(v) == N_HEAD // N_KV
+        assert v.info("blk.0.attn_norm.weight").dtype == np.float32
+        assert v["blk.1.attn_k.weight"].shape == (N_KV * HIDDEN // N_HEAD, HIDDEN)
