@@ -418,17 +418,19 @@ def test_a_second_process_loads_the_affine_kernels_from_the_disk_cache():
         assert "numba" not in sys.modules  # nothing compiles or even loads at import
         x = np.ones((4, 33), np.float32)
         refquant.quantize(x, 0.5, 1, backend="cpu")
-        refquant.dequantize(x.astype(np.int8), 0.5, 1, backend="cpu")
+        refquant.dequantize(x.astype(np.int8), 0.5, 1, backend="cpu")  # float32 product
+        refquant.dequantize(x.astype(np.int32), 0.5, 1, backend="cpu")  # the exact product
         refquant.quant.qparams.minmax_range(x, axis=1, backend="cpu")
         from refquant.kernels.cpu import affine
         ks = [affine.quantize_kernel(0, False, 0, 0, False, 0, 0),
+              affine.dequantize_kernel(True, False, False),
               affine.dequantize_kernel(False, False, False), affine.minmax_kernel]
         print(json.dumps([[sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values())]
                           for k in ks]))
     """
     _run_python(code, {})  # writes the cache if this checkout has none yet
     stats = json.loads(_run_python(code, {}).strip().splitlines()[-1])
-    assert stats == [[1, 0]] * 3
+    assert stats == [[1, 0]] * 4
 
 
 def _peer_input(rows=32, cols=4096):
