@@ -17,7 +17,8 @@ loads:
   (``max_position_embeddings``), ``embedding_length``, ``block_count``,
   ``feed_forward_length``, ``attention.head_count`` / ``head_count_kv``,
   ``rope.freq_base`` (``rope_theta``), ``attention.layer_norm_rms_epsilon``,
-  ``rope.dimension_count`` (``head_dim``), ``vocab_size``; linear rope scaling as
+  ``rope.dimension_count`` (``head_dim``), ``vocab_size``, ``attention.key_length`` /
+  ``value_length`` when config.json names a ``head_dim``; linear rope scaling as
   ``rope.scaling.type`` / ``.factor``;
 * **the tokenizer** from ``tokenizer.json`` when it is a byte-level BPE (Llama 3,
   SmolLM, Qwen-style): ``tokenizer.ggml.model = "gpt2"``, the tokens by id (ids the
@@ -232,6 +233,9 @@ def llama_fields(folder, hp) -> tuple[list, str]:
            (f"{a}.attention.layer_norm_rms_epsilon", hp["eps"], V.FLOAT32),
            (f"{a}.vocab_size", hp["vocab"], V.UINT32),
            (f"{a}.rope.dimension_count", hp["head_dim"], V.UINT32)]
+    if cfg.get("head_dim"):  # heads not hidden_size / n_head wide (Mistral-Nemo)
+        out += [(f"{a}.attention.key_length", hp["head_dim"], V.UINT32),
+                (f"{a}.attention.value_length", hp["head_dim"], V.UINT32)]
     scaling = cfg.get("rope_scaling") or {}
     kind = scaling.get("rope_type", scaling.get("type"))
     if kind == "linear" and "factor" in scaling:

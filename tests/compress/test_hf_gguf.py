@@ -147,3 +147,21 @@ def test_the_folder_view_carries_llama_cpps_hyper_parameter_keys(folder):
         assert _n_layer(v) == N_LAYER and _n_gqa(v) == N_HEAD // N_KV
         assert v.info("blk.0.attn_norm.weight").dtype == np.float32
         assert v["blk.1.attn_k.weight"].shape == (N_KV * HIDDEN // N_HEAD, HIDDEN)
+
+
+def test_an_explicit_head_dim_gives_the_key_and_value_lengths(folder, tmp_path):
+    import shutil
+
+    d, _ = folder
+    hd = tmp_path / "hd"
+    shutil.copytree(d, hd)
+    cfg = json.loads((hd / "config.json").read_text())
+    cfg["head_dim"] = HIDDEN // N_HEAD
+    (hd / "config.json").write_text(json.dumps(cfg))
+    compress(hd, tmp_path / "m.gguf", scheme="q8_0")
+    r, _ = _read(tmp_path / "m.gguf")
+    for k in ("llama.attention.key_length", "llama.attention.value_length",
+              "llama.rope.dimension_count"):
+        assert r.fields[k].contents() == HIDDEN // N_HEAD
+    compress(d, tmp_path / "n.gguf", scheme="q8_0")
+    assert "llama.attention.key_length" not in _read(tmp_path / "n.gguf")[0].fields
