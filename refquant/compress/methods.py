@@ -140,11 +140,15 @@ class Calibration:
     def __init__(self, path=None, imatrix=None):
         self.imatrix_path = None
         self.imatrix = None
+        #: the imatrix file's contents (``ImatrixData``), read once: its vectors and the
+        #: GGUF keys llama-quantize adds come from it
+        self.imatrix_data = None
         if isinstance(imatrix, (str, os.PathLike)):
-            from ..io.imatrix import load_imatrix
+            from ..io.imatrix import read_imatrix
 
             self.imatrix_path = os.fspath(imatrix)
-            self.imatrix = load_imatrix(imatrix)
+            self.imatrix_data = read_imatrix(imatrix)
+            self.imatrix = self.imatrix_data.importance()  # load_imatrix's vectors
         elif imatrix is not None:
             if not hasattr(imatrix, "items"):
                 raise RefquantError("imatrix must be a path or a dict {tensor name: vector}, "

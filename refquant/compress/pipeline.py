@@ -224,29 +224,13 @@ def _measure(w, w_hat, scheme, parts, shape) -> tuple[float | None, float | None
         return None, (0.0 if scheme.has_steps else None), True
     sq = 10 * math.log10(signal / noise) if signal > 0 else -math.inf
     steps = None
-    if hasattr(scheme, "group_steps") and wf.size:
+    gs = scheme.group_steps(parts, shape)
+    if gs is not None:
         from ..kernels.cpu.stats import max_steps
 
-        st, group = scheme.group_steps(parts, shape)
+        st, group = gs
         steps = float(max_steps(wf.reshape(st.shape[0], -1), hf.reshape(st.shape[0], -1),
                                 np.ascontiguousarray(st), max(1, group)))
-        return (sq if math.isfinite(sq) else None), steps, False
-    st = scheme.steps(parts, shape)
-    if st is not None:
-        # |w - w_hat| / step, its max taken over blocks of rows (~64 Ki elements: no
-        # whole-tensor float64 temporaries; elementwise the same values, and the max of
-        # the blocks' maxima is the max, NaN included)
-        st = np.asarray(st)
-        rows = st.shape[0]
-        w2, h2 = wf.reshape(rows, -1), hf.reshape(rows, -1)
-        by = rows if rows == 1 else max(1, (1 << 16) // max(1, w2.shape[1]))
-        maxima = []
-        for r in range(0, rows, by):
-            err = w2[r:r + by].astype(np.float64) - h2[r:r + by]
-            e = np.abs(err, out=err) / (st if rows == 1 else st[r:r + by])
-            if e.size:
-                maxima.append(e.max())
-        steps = float(np.max(maxima)) if maxima else 0.0
     return (sq if math.isfinite(sq) else None), steps, False
 
 
@@ -270,8 +254,9 @@ def _gguf_fields(src):
     return fields, (arch.contents() if arch is not None else None)
 
 
-def _imatrix_fields(path) -> list:
-    """The keys llama-quantize adds when given ``--imatrix path``, in its order.
+def _imatrix_fields(path, data) -> list:
+    """The keys llama-quantize adds when given ``--imatrix path`` (``data``: the file's
+    :class:`~refquant.io.imatrix.ImatrixData`), in its order.
 
     llama.cpp tools/quantize/quantize.cpp ``main`` passes them as KV overrides (after
     ``prepare_imatrix``), and src/llama-quant.cpp ``llama_model_quantize_impl`` sets
@@ -293,9 +278,6 @@ def _imatrix_fields(path) -> list:
     """
     import gguf
 
-    from ..io.imatrix import read_imatrix
-
-    data = read_imatrix(path)
     n = len(data.sums)
     if n == 0:  # llama-quantize: no imatrix data, no keys
         return []
@@ -436,6 +418,7 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
     imx = imatrix if imatrix is not None else getattr(rec, "imatrix", None)
     calib = (Calibration(calib_path, imx) if calib_path is not None or imx is not None
              else None)
+    has_imatrix = bool(calib is not None and calib.imatrix)  # llama.cpp's qs.has_imatrix
     if isinstance(rec, MixedRecipe):
         with rio.open(src) as ck0:
             rec = rec.resolve(ck0, calib)
@@ -455,7 +438,7 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
                                n_workers=n_workers, workers=workers,
                                calibration=None if calib is None else calib.path,
                                imatrix=None if calib is None else calib.imatrix_path,
-                               has_imatrix=bool(calib is not None and calib.imatrix))
+                               has_imatrix=has_imatrix)
         if getattr(rec, "plan", None) is not None:
             rep.plan = rec.plan
         return rep
@@ -471,7 +454,7 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
         if is_llama_folder(src):
             llama_hf = src
     with _open_input(src, llama_hf) as ck:
-        planned = plan(ck, rec, fmt, has_imatrix=bool(calib is not None and calib.imatrix))
+        planned = plan(ck, rec, fmt, has_imatrix=has_imatrix)
         if nonfinite == "keep":
             _keep_nonfinite(ck, planned)
         if fmt == "safetensors":
@@ -513,7 +496,7 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
             if ftype is not None:
                 fields.append(("general.file_type", ftype, gguf.GGUFValueType.UINT32))
             if calib is not None and calib.imatrix_path is not None:
-                extra = _imatrix_fields(calib.imatrix_path)
+                extra = _imatrix_fields(calib.imatrix_path, calib.imatrix_data)
                 keys = {k for k, _, _ in extra}
                 fields = [f for f in fields if f[0] not in keys] + extra
             writer = GGUFStreamWriter(dst, layout, arch=arch or "refquant", fields=fields,
@@ -624,10 +607,11 @@ def _write_all(ck, planned, writer, fmt, nonfinite, calib, workers, report, prog
 
     with ThreadPoolExecutor(workers, thread_name_prefix="refquant-compress",
                             initializer=_one_numba_thread) as pool:
-        window = deque()  # (index, planned, future or None for a copy), in plan order
+        # (index, planned, future or None for a copy, float32 bytes in flight), in plan order
+        window = deque()
 
         def drain_one():
-            i, p, fut = window.popleft()
+            i, p, fut, _ = window.popleft()
             if fut is None:  # a tensor kept as it is: read and written in its turn
                 done(i, p, _one(ck, p, writer, fmt, nonfinite, calib))
                 return
@@ -646,22 +630,23 @@ def _write_all(ck, planned, writer, fmt, nonfinite, calib, workers, report, prog
             busy = held = 0  # quantizations in the window, their float32 bytes
             for i, p in enumerate(planned):
                 if p.scheme is None:  # no work to overlap, and it must not stall the window
-                    window.append((i, p, None))
+                    window.append((i, p, None, 0))
                     continue
                 w = _stored(ck, p)  # made float32 on the worker
-                window.append((i, p, pool.submit(_quantize_planned, p, w, nonfinite, calib)))
+                nbytes = 4 * math.prod(p.shape)
+                window.append((i, p, pool.submit(_quantize_planned, p, w, nonfinite, calib),
+                               nbytes))
                 busy += 1
-                held += 4 * math.prod(p.shape)
+                held += nbytes
                 while busy > workers and (held > budget or busy > 8 * workers):
-                    _, q, f = window[0]
-                    if f is not None:
-                        busy -= 1
-                        held -= 4 * math.prod(q.shape)
+                    _, _, f, nbytes = window[0]
+                    busy -= f is not None
+                    held -= nbytes
                     drain_one()
             while window:
                 drain_one()
         except BaseException:
-            for _, _, f in window:
+            for _, _, f, _ in window:
                 if f is not None:
                     f.cancel()
             raise
@@ -712,7 +697,7 @@ def _one(ck, p: Planned, writer, fmt, nonfinite, calib=None) -> TensorRow:
         return TensorRow(p.name, list(p.shape), p.dtype.name, KEEP, p.reason,
                          8 * p.bytes_in / numel if numel else 0.0, p.bytes_in, p.bytes_in,
                          exact=True)
-    parts, row = _quantize_planned(p, _logical(ck, p), nonfinite, calib)
+    parts, row = _quantize_planned(p, _stored(ck, p), nonfinite, calib)
     for name, a in parts:
         writer.write(name, a)
     return row

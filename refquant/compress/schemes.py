@@ -80,6 +80,12 @@ class Scheme:
         """The quantization step of every element (float64, broadcastable), or None."""
         return None
 
+    def group_steps(self, parts: dict[str, np.ndarray], shape):
+        """``(steps, group)``: the step of each group of ``group`` consecutive elements of a
+        row, float64 of shape (rows, groups), what the report's largest error in steps is
+        measured on; None for schemes without steps (:meth:`steps` expanded, compactly)."""
+        return None
+
     def describe(self) -> dict:
         """The scheme as JSON-able metadata (enough to dequantize the parts)."""
         return {"scheme": self.name}
@@ -195,12 +201,12 @@ class IntegerScheme(Scheme):
 
             q = (self._codes({"": codes}, (rows, cols)) if self._packed()
                  else codes.reshape(rows, cols))
-            z = 0 if zero is None else zero
             if self.group is None:
-                out = dequantize(q, scale.reshape(rows), z if zero is None else
-                                 zero.reshape(rows), axis=0)
+                out = dequantize(q, scale.reshape(rows),
+                                 0 if zero is None else zero.reshape(rows), axis=0)
             else:
-                out = dequantize(q, scale, z, axis=1, block_size=self.group)
+                out = dequantize(q, scale, 0 if zero is None else zero, axis=1,
+                                 block_size=self.group)
             return out.reshape(shape)
         out = np.empty((rows, cols), np.float32)
         by = max(1, (1 << 15) // max(1, cols))
