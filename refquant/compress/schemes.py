@@ -507,17 +507,16 @@ class Sparse24Scheme(Scheme):
                 Part("_bitmask", np.dtype(np.uint8), (rows, -(-cols // 8)))]
 
     def quantize(self, w):
-        from ..io.layouts.ctsparse import mask_24
+        from ..io.layouts.ctsparse import sparse24_bitmask_tensors
 
-        d = np.asarray(w, np.float32).astype(self.dtype)
-        mask = mask_24(d)
-        return {"": d[mask].reshape(d.shape[0], d.shape[1] // 2),
-                "_bitmask": np.packbits(mask, axis=-1, bitorder="little")}
+        t = sparse24_bitmask_tensors("w", np.asarray(w, np.float32).astype(self.dtype))
+        return {"": t["w.compressed"], "_bitmask": t["w.bitmask"]}
 
     def dequantize(self, parts, shape):
+        from ..io.layouts.ctsparse import unpack_mask
+
         rows, cols = shape
-        mask = np.unpackbits(np.asarray(parts["_bitmask"]).reshape(rows, -1), axis=-1,
-                             count=cols, bitorder="little").astype(bool)
+        mask = unpack_mask(np.asarray(parts["_bitmask"]).reshape(rows, -1), cols)
         out = np.zeros((rows, cols), np.float32)
         out[mask] = np.asarray(parts[""], np.float32).reshape(-1)
         return out
