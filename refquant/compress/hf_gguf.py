@@ -111,6 +111,7 @@ class LlamaFolderView(LazyCheckpoint):
         import gguf
 
         cfg = _config(folder) or {}
+        self.folder, self.config = folder, cfg
         self.hp = _hparams(cfg, folder)
         names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, self.hp["n_layer"])
         self._inner = inner
@@ -214,14 +215,14 @@ def _tokenizer_fields(folder, hp) -> tuple[list, str]:
                  "tokenizer that convert_hf_to_gguf.py hashes to choose it")
 
 
-def llama_fields(folder, hp) -> tuple[list, str]:
+def llama_fields(view: LlamaFolderView) -> tuple[list, str]:
     """(key, value, type) of the llama GGUF's metadata, in convert_hf_to_gguf.py's order,
     and a note on what it could not reproduce."""
     import gguf
 
     V = gguf.GGUFValueType
     a = "llama"
-    cfg = _config(folder) or {}
+    folder, cfg, hp = view.folder, view.config, view.hp
     out = [("general.name", Path(folder).resolve().name, V.STRING),
            (f"{a}.block_count", hp["n_layer"], V.UINT32),
            (f"{a}.context_length", hp["ctx"], V.UINT32),

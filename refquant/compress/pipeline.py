@@ -470,7 +470,7 @@ def compress(src, dst, *, scheme=None, recipe=None, output_format=None, overwrit
             if llama_hf is not None:
                 from .hf_gguf import llama_fields
 
-                fields, note = llama_fields(llama_hf, ck.hp)
+                fields, note = llama_fields(ck)
                 arch = "llama"
                 report.notes.append(note)
             elif ck.format == "gguf":
