@@ -104,6 +104,15 @@ extern "C" void __cxa_call_terminate(void *ue) noexcept {
 """
 
 
+def _compile(source: str, name: str) -> Path:
+    """``source`` (C++) compiled by g++ into a shared library in a new temporary folder."""
+    d = Path(tempfile.mkdtemp(prefix=f"rq_{name}_"))
+    (d / f"{name}.cc").write_text(source)
+    subprocess.run(["g++", "-shared", "-fPIC", "-O2", "-std=c++17", "-o", str(d / f"{name}.so"),
+                    str(d / f"{name}.cc")], check=True)
+    return d / f"{name}.so"
+
+
 def _load_lib():
     spec = importlib.util.find_spec("llama")
     if spec is None:
@@ -117,11 +126,7 @@ def _load_lib():
     except ImportError as e:
         if "__cxa_call_terminate" not in str(e) or os.environ.get("REFQUANT_SHIM_LOADED"):
             raise
-        shim_dir = Path(tempfile.mkdtemp(prefix="cxa_shim_"))
-        (shim_dir / "shim.cc").write_text(SHIM)
-        subprocess.run(["g++", "-shared", "-fPIC", "-O2", "-o", str(shim_dir / "libshim.so"),
-                        str(shim_dir / "shim.cc")], check=True)
-        env = dict(os.environ, LD_PRELOAD=str(shim_dir / "libshim.so"), REFQUANT_SHIM_LOADED="1")
+        env = dict(os.environ, LD_PRELOAD=str(_compile(SHIM, "shim")), REFQUANT_SHIM_LOADED="1")
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
     return mod.lib, mod.ffi, so
 
@@ -130,11 +135,7 @@ def _helper(ffi):
     """The compiled HELPER through ctypes."""
     import ctypes
 
-    d = Path(tempfile.mkdtemp(prefix="rq_helper_"))
-    (d / "helper.cc").write_text(HELPER)
-    subprocess.run(["g++", "-shared", "-fPIC", "-O2", "-std=c++17", "-o", str(d / "helper.so"),
-                    str(d / "helper.cc")], check=True)
-    h = ctypes.CDLL(str(d / "helper.so"))
+    h = ctypes.CDLL(str(_compile(HELPER, "helper")))
     h.rq_kv_size.restype = ctypes.c_size_t
     h.rq_imatrix_new.restype = h.rq_kv_new.restype = ctypes.c_void_p
     h.rq_imatrix_put.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p,
